@@ -1,0 +1,180 @@
+"""Fitbit data exports in the Fitabase CSV layout (Fitbit's own export since the Web API shut down).
+
+The files carry the participant's local wall-clock time (`M/D/YYYY h:mm:ss AM/PM`) with no zone, so
+the zone is configuration (`OHX_FITABASE_TZ`) and every record keeps the offset it implies. Several
+export directories may be given; a record found in two of them is one record (same identity).
+
+Read: heartrate_seconds_merged.csv (heart rate, /min), hourlySteps_merged.csv (steps per hour),
+weightLogInfo_merged.csv (weight, kg). dailyActivity_merged.csv is not read: its TotalSteps repeats
+the hourly steps and would count them twice.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from ohx_dagster.errors import ProviderError, ValidationError
+from ohx_dagster.models import (
+    AggregationLevel,
+    DateRange,
+    HealthDataType,
+    HealthSyncConfig,
+    SyncFrequency,
+)
+from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
+
+NAME: Final = "fitabase"
+TIME_FORMAT: Final = "%m/%d/%Y %I:%M:%S %p"
+DEVICE: Final = "fitbit"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFile:
+    name: str
+    data_type: HealthDataType
+    time_column: str
+    value_column: str
+    unit: str
+    duration_s: float | None
+
+
+EXPORT_FILES: Final = (
+    ExportFile(
+        "heartrate_seconds_merged.csv", HealthDataType.HEART_RATE, "Time", "Value", "/min", None
+    ),
+    ExportFile(
+        "hourlySteps_merged.csv", HealthDataType.STEPS, "ActivityHour", "StepTotal", "1", 3600.0
+    ),
+    ExportFile("weightLogInfo_merged.csv", HealthDataType.WEIGHT, "Date", "WeightKg", "kg", None),
+)
+
+
+def parse_dirs(value: str) -> list[Path]:
+    """OHX_FITABASE_DIR: one directory, or several separated by the OS path separator."""
+    return [Path(part).expanduser() for part in value.split(os.pathsep) if part.strip()]
+
+
+def _localize(file: Path, column: pd.Series, zone: str) -> pd.DatetimeIndex:
+    parsed = pd.to_datetime(column, format=TIME_FORMAT, errors="coerce")
+    bad = parsed.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValidationError(
+            "time", column.iloc[row], "M/D/YYYY h:mm:ss AM/PM", where=f"{file}, data row {row + 1}"
+        )
+    # The hour repeated when clocks go back is read as the first (daylight) one; the hour that
+    # does not exist when clocks go forward is moved forward. Both are how Fitbit devices log.
+    index = pd.DatetimeIndex(parsed)
+    return index.tz_localize(
+        zone, ambiguous=np.ones(len(index), dtype=bool), nonexistent="shift_forward"
+    )
+
+
+def read_export_file(path: Path, spec: ExportFile, zone: str) -> pd.DataFrame:
+    """One export CSV as a validated record batch; errors name the file, row and column."""
+    try:
+        table = pd.read_csv(path, dtype={"Id": "string"}, skip_blank_lines=True)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ProviderError(f"{path}: not a readable CSV export ({exc})") from exc
+    missing = {"Id", spec.time_column, spec.value_column} - set(table.columns)
+    if missing:
+        raise ValidationError(
+            "columns", sorted(missing), f"present in {spec.name}", where=str(path)
+        )
+    table = table.dropna(how="all")
+    if table.empty:
+        return empty_batch()
+    values = pd.to_numeric(table[spec.value_column], errors="coerce")
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise ValidationError(
+            spec.value_column,
+            table[spec.value_column].iloc[row],
+            "a number",
+            where=f"{path}, data row {row + 1}",
+        )
+    stamps = _localize(path, table[spec.time_column], zone)
+    offsets = (stamps.tz_convert(zone).map(lambda t: t.utcoffset().total_seconds() // 60)).astype(
+        "int64"
+    )
+    parts = []
+    for user_id, rows in table.groupby("Id", sort=True).indices.items():
+        parts.append(
+            make_batch(
+                provider=NAME,
+                user_id=str(user_id),
+                data_type=spec.data_type,
+                timestamps=stamps[rows],
+                values=values.to_numpy()[rows],
+                unit=spec.unit,
+                device_id=DEVICE,
+                utc_offset_min=offsets[rows],
+                duration_s=spec.duration_s,
+            )
+        )
+    return concat(parts)
+
+
+class FitabaseSource:
+    """Reads one or more Fitabase export directories once and serves windows from memory."""
+
+    name = NAME
+
+    def __init__(self, directories: Sequence[Path], timezone: str = "UTC") -> None:
+        if not directories:
+            raise ValidationError("OHX_FITABASE_DIR", "", "one or more export directories")
+        for directory in directories:
+            if not directory.is_dir():
+                raise ValidationError("OHX_FITABASE_DIR", str(directory), "an existing directory")
+        HealthSyncConfig(user_id="tz-check", provider=NAME, timezone=timezone)  # validates the zone
+        self.directories = list(directories)
+        self.timezone = timezone
+
+    @cached_property
+    def records(self) -> pd.DataFrame:
+        parts = [
+            read_export_file(directory / spec.name, spec, self.timezone)
+            for directory in self.directories
+            for spec in EXPORT_FILES
+            if (directory / spec.name).is_file()
+        ]
+        batch = dedupe(concat(parts))
+        return batch.sort_values(["user_id", "data_type", "ts"], ignore_index=True)
+
+    def discover_users(self) -> list[HealthSyncConfig]:
+        return [
+            HealthSyncConfig(
+                user_id=user_id,
+                provider=NAME,
+                aggregation=AggregationLevel.HOURLY,
+                sync_frequency=SyncFrequency.DAILY,
+                timezone=self.timezone,
+            )
+            for user_id in sorted(self.records["user_id"].unique())
+        ]
+
+    def fetch(
+        self,
+        user: HealthSyncConfig,
+        data_types: Iterable[HealthDataType],
+        window: DateRange,
+        *,
+        batch_size: int = 1000,
+    ) -> pd.DataFrame:
+        batch = self.records
+        wanted = [HealthDataType(t).value for t in data_types]
+        selected = (
+            (batch["user_id"] == user.user_id)
+            & batch["data_type"].isin(wanted)
+            & (batch["ts"] >= window.start)
+            & (batch["ts"] < window.end)
+        )
+        return batch[selected].reset_index(drop=True)

@@ -1,0 +1,297 @@
+"""The embedded simulated provider: deterministic, physiologically plausible data for all 8 types.
+
+Each (user, type, UTC hour) is generated from its own seed, so any window, fetched in any order or
+overlapping any other, yields exactly the same records: the simulator behaves like a provider API
+with a fixed history. Nothing is returned after `now` (the simulator's clock).
+
+Per user: heart rate every 1-5 s with a day/night rhythm and activity bouts, steps per minute during
+waking hours, a nightly 5-minute RR-interval session consistent with the heart rate, one 30 s ECG a
+day at 250-500 Hz with its heart rate, blood pressure twice a day, weight and temperature each
+morning, SpO2 hourly at night.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from ohx_dagster.models import (
+    AggregationLevel,
+    DateRange,
+    HealthDataType,
+    HealthSyncConfig,
+    SyncFrequency,
+)
+from ohx_dagster.records import concat, empty_batch, make_batch
+
+NAME: Final = "simulated"
+HOUR: Final = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatedProfile:
+    """What makes one simulated person different from another."""
+
+    user_id: str
+    timezone: str
+    resting_hr: float
+    hr_interval_s: int
+    ecg_rate_hz: int
+    weight_kg: float
+    aggregation: AggregationLevel
+    sync_frequency: SyncFrequency
+
+
+_ZONES: Final = ("Europe/Amsterdam", "America/New_York", "Asia/Kolkata", "UTC", "Pacific/Auckland")
+_AGGREGATIONS: Final = (
+    AggregationLevel.HOURLY,
+    AggregationLevel.DAILY,
+    AggregationLevel.INDIVIDUAL,
+)
+_FREQUENCIES: Final = (SyncFrequency.REALTIME, SyncFrequency.HOURLY, SyncFrequency.DAILY)
+
+
+def profiles(count: int, seed: int = 7) -> list[SimulatedProfile]:
+    rng = np.random.default_rng(seed)
+    return [
+        SimulatedProfile(
+            user_id=f"sim-{i + 1:03d}",
+            timezone=_ZONES[i % len(_ZONES)],
+            resting_hr=float(rng.uniform(52, 72)),
+            hr_interval_s=int(rng.choice([1, 2, 5, 5, 5])),
+            ecg_rate_hz=int(rng.choice([250, 500])),
+            weight_kg=float(rng.uniform(55, 100)),
+            aggregation=_AGGREGATIONS[i % len(_AGGREGATIONS)],
+            sync_frequency=_FREQUENCIES[i % len(_FREQUENCIES)],
+        )
+        for i in range(count)
+    ]
+
+
+def _rng(seed: int, user_id: str, data_type: str, hour_us: int) -> np.random.Generator:
+    digest = hashlib.blake2b(f"{seed}|{user_id}|{data_type}|{hour_us}".encode(), digest_size=8)
+    return np.random.default_rng(int.from_bytes(digest.digest(), "little"))
+
+
+def _local_hours(profile: SimulatedProfile, stamps: pd.DatetimeIndex) -> np.ndarray:
+    local = stamps.tz_convert(profile.timezone)
+    return local.hour.to_numpy() + local.minute.to_numpy() / 60.0 + local.second.to_numpy() / 3600.0
+
+
+def _offset_min(profile: SimulatedProfile, hour: datetime) -> int:
+    return int(pd.Timestamp(hour).tz_convert(profile.timezone).utcoffset().total_seconds() // 60)
+
+
+def _heart_rate_at(
+    profile: SimulatedProfile, local_hour: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Resting rate, higher by day (circadian), with a slow random walk and rare activity bouts."""
+    circadian = 8.0 * np.clip(np.sin((local_hour - 7.0) / 24.0 * 2 * np.pi) + 0.3, -1.0, 1.0)
+    walk = np.cumsum(rng.normal(0.0, 0.25, local_hour.size))
+    walk -= np.linspace(0.0, walk[-1] if walk.size else 0.0, local_hour.size)
+    awake = (local_hour >= 7) & (local_hour < 22)
+    bout = (
+        awake * 25.0 * (rng.random() < 0.25) * np.exp(-((np.linspace(-2, 2, local_hour.size)) ** 2))
+    )
+    return np.clip(profile.resting_hr + circadian + walk + bout, 40.0, 185.0).round(0)
+
+
+def _ecg_waveform(rate_hz: int, seconds: float, bpm: float, rng: np.random.Generator) -> np.ndarray:
+    """A synthetic lead-I trace in microvolts: P, QRS and T waves as Gaussians at each beat."""
+    t = np.arange(int(rate_hz * seconds)) / rate_hz
+    beat = 60.0 / bpm
+    phase = np.mod(t, beat)
+    wave = (
+        120 * np.exp(-(((phase - 0.16 * beat) / 0.025) ** 2))
+        + 1100 * np.exp(-(((phase - 0.30 * beat) / 0.010) ** 2))
+        - 180 * np.exp(-(((phase - 0.33 * beat) / 0.008) ** 2))
+        + 300 * np.exp(-(((phase - 0.55 * beat) / 0.045) ** 2))
+    )
+    return (wave + rng.normal(0.0, 15.0, t.size)).round(1)
+
+
+class SimulatedSource:
+    """Deterministic simulated provider (the embedded default)."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        user_count: int = 3,
+        *,
+        seed: int = 7,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.seed = seed
+        self.clock = clock
+        self.profiles = {p.user_id: p for p in profiles(user_count, seed)}
+
+    def discover_users(self) -> list[HealthSyncConfig]:
+        return [
+            HealthSyncConfig(
+                user_id=p.user_id,
+                provider=NAME,
+                aggregation=p.aggregation,
+                sync_frequency=p.sync_frequency,
+                timezone=p.timezone,
+            )
+            for p in self.profiles.values()
+        ]
+
+    def fetch(
+        self,
+        user: HealthSyncConfig,
+        data_types: Iterable[HealthDataType],
+        window: DateRange,
+        *,
+        batch_size: int = 1000,
+    ) -> pd.DataFrame:
+        profile = self.profiles.get(user.user_id)
+        end = min(window.end, self.clock())
+        if profile is None or end <= window.start:
+            return empty_batch()
+        first_hour = window.start.replace(minute=0, second=0, microsecond=0)
+        hours = pd.date_range(first_hour, end, freq="h", inclusive="left").to_pydatetime()
+        batches = [
+            self._hour(profile, HealthDataType(kind), hour)
+            for kind in sorted(data_types)
+            for hour in hours
+        ]
+        batch = concat(batches)
+        if batch.empty:
+            return batch
+        inside = (batch["ts"] >= window.start) & (batch["ts"] < end)
+        return batch[inside].reset_index(drop=True)
+
+    def _hour(
+        self, profile: SimulatedProfile, kind: HealthDataType, hour: datetime
+    ) -> pd.DataFrame:
+        hour_us = int(pd.Timestamp(hour).value // 1000)
+        rng = _rng(self.seed, profile.user_id, kind.value, hour_us)
+        local_hour = pd.Timestamp(hour).tz_convert(profile.timezone).hour
+        common = {
+            "provider": NAME,
+            "user_id": profile.user_id,
+            "data_type": kind,
+            "utc_offset_min": _offset_min(profile, hour),
+        }
+        watch = f"sim-watch-{profile.user_id}"
+
+        if kind is HealthDataType.HEART_RATE:
+            stamps = pd.date_range(
+                hour, periods=3600 // profile.hr_interval_s, freq=f"{profile.hr_interval_s}s"
+            )
+            values = _heart_rate_at(profile, _local_hours(profile, stamps), rng)
+            return make_batch(
+                **common, timestamps=stamps, values=values, unit="/min", device_id=watch
+            )
+
+        if kind is HealthDataType.STEPS:
+            if not 7 <= local_hour < 23:
+                return empty_batch()
+            stamps = pd.date_range(hour, periods=60, freq="min")
+            walking = rng.random(60) < 0.3
+            values = np.where(
+                walking, rng.poisson(95, 60), rng.poisson(3, 60) * (rng.random(60) < 0.2)
+            )
+            return make_batch(
+                **common,
+                timestamps=stamps,
+                values=values,
+                unit="{steps}",
+                device_id=watch,
+                duration_s=60.0,
+            )
+
+        if kind is HealthDataType.RR_INTERVALS:
+            if local_hour != 3:
+                return empty_batch()
+            # A nightly 5-minute HRV session: RR = 60000 / HR with respiratory sinus arrhythmia.
+            bpm = profile.resting_hr - 4.0
+            count = int(300 * bpm / 60)
+            base = 60_000.0 / bpm
+            rsa = 40.0 * np.sin(np.arange(count) * 2 * np.pi / 4.5)
+            rr = (base + rsa + rng.normal(0, 15, count)).round(0)
+            stamps = (
+                pd.Timestamp(hour)
+                + pd.Timedelta(minutes=10)
+                + pd.to_timedelta(np.cumsum(rr), unit="ms")
+            )
+            return make_batch(**common, timestamps=stamps, values=rr, unit="ms", device_id=watch)
+
+        if kind is HealthDataType.ECG:
+            if local_hour != 9:
+                return empty_batch()
+            start = pd.Timestamp(hour) + pd.Timedelta(minutes=15)
+            bpm = float(
+                _heart_rate_at(profile, _local_hours(profile, pd.DatetimeIndex([start])), rng)[0]
+            )
+            wave = _ecg_waveform(profile.ecg_rate_hz, 30.0, bpm, rng)
+            return make_batch(
+                **common,
+                timestamps=[start],
+                values=None,
+                unit="uV",
+                device_id=watch,
+                samples=[wave],
+                sampling_rate_hz=float(profile.ecg_rate_hz),
+                duration_s=30.0,
+            )
+
+        if kind is HealthDataType.BLOOD_PRESSURE:
+            if local_hour not in (7, 20):
+                return empty_batch()
+            systolic = round(float(rng.normal(122, 8)))
+            diastolic = round(float(min(rng.normal(79, 6), systolic - 25)))
+            return make_batch(
+                **common,
+                timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=30)],
+                values=[systolic],
+                diastolic=[diastolic],
+                unit="mm[Hg]",
+                device_id=f"sim-cuff-{profile.user_id}",
+            )
+
+        if kind is HealthDataType.WEIGHT:
+            if local_hour != 7:
+                return empty_batch()
+            value = round(profile.weight_kg + float(rng.normal(0, 0.3)), 1)
+            return make_batch(
+                **common,
+                timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=2)],
+                values=[value],
+                unit="kg",
+                device_id=f"sim-scale-{profile.user_id}",
+            )
+
+        if kind is HealthDataType.TEMPERATURE:
+            if local_hour != 7:
+                return empty_batch()
+            value = round(float(rng.normal(36.6, 0.2)), 2)
+            return make_batch(
+                **common,
+                timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=5)],
+                values=[value],
+                unit="Cel",
+                device_id=f"sim-thermometer-{profile.user_id}",
+            )
+
+        if kind is HealthDataType.SPO2:
+            if not (local_hour < 6 or local_hour >= 23):
+                return empty_batch()
+            value = float(np.clip(round(float(rng.normal(96.5, 1.0))), 88, 100))
+            return make_batch(
+                **common,
+                timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=30)],
+                values=[value],
+                unit="%",
+                device_id=watch,
+            )
+
+        raise AssertionError(f"unhandled data type {kind}")

@@ -1,0 +1,221 @@
+"""Record batches: many HealthDataRecords as one pandas DataFrame, validated vectorized.
+
+Providers yield tens of thousands of samples per user and day; building one Python object per
+sample is the slow path the seed took. A batch holds the same fields as `HealthDataRecord`, one
+column each, and `make_batch` applies the same rules (aware timestamps, canonical units, finite
+values inside the hard limits) to whole arrays at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Final
+
+import numpy as np
+import pandas as pd
+
+from ohx_dagster.errors import ValidationError
+from ohx_dagster.models import HARD_LIMITS, HealthDataRecord, HealthDataType
+from ohx_dagster.units import to_canonical
+
+IDENTITY: Final[list[str]] = ["provider", "user_id", "data_type", "ts", "device_id"]
+COLUMNS: Final[list[str]] = [
+    *IDENTITY,
+    "utc_offset_min",
+    "value",
+    "diastolic",
+    "unit",
+    "samples",
+    "sampling_rate_hz",
+    "duration_s",
+]
+_DTYPES: Final[dict[str, str]] = {
+    "provider": "object",
+    "user_id": "object",
+    "data_type": "object",
+    "ts": "datetime64[us, UTC]",
+    "device_id": "object",
+    "utc_offset_min": "Int32",
+    "value": "float64",
+    "diastolic": "float64",
+    "unit": "object",
+    "samples": "object",
+    "sampling_rate_hz": "float64",
+    "duration_s": "float64",
+}
+
+
+def empty_batch() -> pd.DataFrame:
+    return pd.DataFrame({name: pd.Series(dtype=_DTYPES[name]) for name in COLUMNS})
+
+
+def _check_range(kind: HealthDataType, field: str, values: np.ndarray, where: str) -> None:
+    low, high = HARD_LIMITS[kind]
+    bad = ~np.isfinite(values) | (values < low) | (values > high)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ValidationError(
+            field,
+            float(values[index]),
+            f"a finite number in {low:g}..{high:g} {kind.canonical_unit} for {kind.value}",
+            where=f"{where}, row {index}",
+        )
+
+
+def to_utc_index(timestamps: Sequence[datetime] | pd.Series | pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """Timestamps as a UTC DatetimeIndex; naive input is rejected, not assumed to be UTC."""
+    index = pd.DatetimeIndex(timestamps)
+    if index.tz is None:
+        sample = index[0].isoformat() if len(index) else ""
+        raise ValidationError("timestamp", sample, "timezone-aware timestamps (naive given)")
+    return index.tz_convert("UTC").as_unit("us")
+
+
+def make_batch(
+    *,
+    provider: str,
+    user_id: str | Sequence[str],
+    data_type: HealthDataType | str,
+    timestamps: Sequence[datetime] | pd.Series | pd.DatetimeIndex,
+    values: Sequence[float] | np.ndarray | None,
+    unit: str,
+    device_id: str = "",
+    utc_offset_min: int | Sequence[int] | None = None,
+    diastolic: Sequence[float] | np.ndarray | None = None,
+    duration_s: float | Sequence[float] | None = None,
+    samples: Sequence[Sequence[float]] | None = None,
+    sampling_rate_hz: float | Sequence[float] | None = None,
+) -> pd.DataFrame:
+    """A validated batch of one provider's records of one type, converted to canonical units."""
+    kind = HealthDataType(data_type)
+    where = f"{provider} {kind.value}"
+    ts = to_utc_index(timestamps)
+    n = len(ts)
+    frame = pd.DataFrame(
+        {
+            "provider": provider,
+            "user_id": user_id,
+            "data_type": kind.value,
+            "ts": ts,
+            "device_id": device_id,
+        },
+        index=pd.RangeIndex(n),
+    )
+    frame["utc_offset_min"] = pd.array(
+        np.broadcast_to(np.asarray(0 if utc_offset_min is None else utc_offset_min), n),
+        dtype="Int32",
+    )
+    if kind is HealthDataType.ECG:
+        if samples is None or sampling_rate_hz is None:
+            raise ValidationError("samples", None, "samples and sampling_rate_hz for ecg")
+        converted = [to_canonical(kind, s, unit) for s in samples]
+        for array in converted:
+            if array.size == 0:
+                raise ValidationError("samples", [], "a non-empty waveform", where=where)
+            _check_range(kind, "samples", array, where)
+        frame["value"] = np.nan
+        frame["samples"] = pd.Series([a.tolist() for a in converted], dtype="object")
+        rate = np.broadcast_to(np.asarray(sampling_rate_hz, dtype="float64"), n)
+        if ((rate < 50) | (rate > 10_000) | ~np.isfinite(rate)).any():
+            raise ValidationError("sampling_rate_hz", rate.tolist()[:3], "50..10000 Hz for ecg")
+        frame["sampling_rate_hz"] = rate
+    else:
+        if values is None:
+            raise ValidationError("value", None, f"values for {kind.value}", where=where)
+        converted = to_canonical(kind, values, unit)
+        if converted.shape != (n,):
+            raise ValidationError("value", converted.shape, f"{n} values, one per timestamp")
+        _check_range(kind, "value", converted, where)
+        frame["value"] = converted
+        frame["samples"] = None
+        frame["sampling_rate_hz"] = np.nan
+    if kind is HealthDataType.BLOOD_PRESSURE:
+        if diastolic is None:
+            raise ValidationError("diastolic", None, "values for blood_pressure", where=where)
+        low = to_canonical(kind, diastolic, unit)
+        _check_range(kind, "diastolic", low, where)
+        if (low >= frame["value"].to_numpy()).any():
+            index = int(np.flatnonzero(low >= frame["value"].to_numpy())[0])
+            raise ValidationError(
+                "diastolic", float(low[index]), "< systolic", where=f"{where}, row {index}"
+            )
+        frame["diastolic"] = low
+    else:
+        frame["diastolic"] = np.nan
+    frame["unit"] = kind.canonical_unit
+    frame["duration_s"] = np.broadcast_to(
+        np.asarray(np.nan if duration_s is None else duration_s, dtype="float64"), n
+    )
+    return frame[COLUMNS]
+
+
+def batch_from_records(records: Iterable[HealthDataRecord]) -> pd.DataFrame:
+    rows = [
+        {
+            "provider": r.provider,
+            "user_id": r.user_id,
+            "data_type": r.data_type.value,
+            "ts": r.timestamp,
+            "device_id": r.device_id,
+            "utc_offset_min": r.utc_offset_min,
+            "value": np.nan if r.value is None else r.value,
+            "diastolic": np.nan if r.diastolic is None else r.diastolic,
+            "unit": r.unit,
+            "samples": None if r.samples is None else list(r.samples),
+            "sampling_rate_hz": np.nan if r.sampling_rate_hz is None else r.sampling_rate_hz,
+            "duration_s": np.nan if r.duration_s is None else r.duration_s,
+        }
+        for r in records
+    ]
+    if not rows:
+        return empty_batch()
+    return normalize(pd.DataFrame(rows))
+
+
+def records_from_batch(batch: pd.DataFrame) -> Iterator[HealthDataRecord]:
+    """The batch as validated records (re-checks every rule; for tests and small batches)."""
+    for row in batch.itertuples(index=False):
+
+        def opt(value: float) -> float | None:
+            return None if pd.isna(value) else float(value)
+
+        yield HealthDataRecord(
+            provider=row.provider,
+            user_id=row.user_id,
+            data_type=HealthDataType(row.data_type),
+            timestamp=row.ts.to_pydatetime(),
+            value=opt(row.value),
+            unit=row.unit,
+            device_id=row.device_id,
+            diastolic=opt(row.diastolic),
+            samples=None if row.samples is None else tuple(row.samples),
+            sampling_rate_hz=opt(row.sampling_rate_hz),
+            duration_s=opt(row.duration_s),
+            utc_offset_min=None if pd.isna(row.utc_offset_min) else int(row.utc_offset_min),
+        )
+
+
+def normalize(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns in canonical order and dtype (for frames read from storage or built from rows)."""
+    if frame.empty:
+        return empty_batch()
+    out = frame.reindex(columns=COLUMNS)
+    out["ts"] = pd.to_datetime(out["ts"], utc=True).dt.as_unit("us")
+    for name, dtype in _DTYPES.items():
+        if name != "ts" and dtype != "object":
+            out[name] = out[name].astype(dtype)
+    out["samples"] = out["samples"].astype("object").where(out["samples"].notna(), None)
+    return out.reset_index(drop=True)
+
+
+def concat(batches: Iterable[pd.DataFrame]) -> pd.DataFrame:
+    parts = [b for b in batches if not b.empty]
+    if not parts:
+        return empty_batch()
+    return pd.concat(parts, ignore_index=True)
+
+
+def dedupe(batch: pd.DataFrame) -> pd.DataFrame:
+    """One row per record identity; the last occurrence wins, as an upsert would."""
+    return batch.drop_duplicates(subset=IDENTITY, keep="last").reset_index(drop=True)

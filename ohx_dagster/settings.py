@@ -1,0 +1,88 @@
+"""Settings from the environment, read in one place. Every variable, its default, and why.
+
+| variable | default | meaning |
+|---|---|---|
+| OHX_HOME | ~/.ohx | data directory: SQLite store, FHIR NDJSON output |
+| OHX_DATABASE_URL | sqlite:///$OHX_HOME/ohx.db | record store (sqlite:/// or postgresql://) |
+| OHX_PARTITIONS_START | 2025-01-01 | first day partition (UTC) |
+| OHX_SOURCES | simulated (+ fitabase when OHX_FITABASE_DIR is set) | source partition keys |
+| OHX_FITABASE_DIR | (unset) | Fitabase export directory; several separated by ':' |
+| OHX_FITABASE_TZ | UTC | IANA zone of the exports' wall-clock times |
+| OHX_SIMULATED_USERS | 3 | number of simulated users |
+| OHX_SIMULATED_SEED | 7 | seed of the simulated provider |
+| OHX_FHIR_DIR | $OHX_HOME/fhir | NDJSON output root |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+from ohx_dagster.errors import ConfigError
+from ohx_dagster.models import HealthSyncConfig
+
+KNOWN_SOURCES = ("simulated", "fitabase")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    database_url: str
+    partitions_start: date
+    sources: tuple[str, ...]
+    fitabase_dir: str | None
+    fitabase_tz: str
+    simulated_users: int
+    simulated_seed: int
+    fhir_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("OHX_HOME") or Path.home() / ".ohx").expanduser()
+        fitabase_dir = env.get("OHX_FITABASE_DIR") or None
+        default_sources = "simulated,fitabase" if fitabase_dir else "simulated"
+        sources = tuple(
+            s.strip() for s in env.get("OHX_SOURCES", default_sources).split(",") if s.strip()
+        )
+        for source in sources:
+            if source not in KNOWN_SOURCES:
+                raise ConfigError(
+                    f"OHX_SOURCES: unknown source {source!r}; known: {', '.join(KNOWN_SOURCES)}"
+                )
+        if not sources:
+            raise ConfigError("OHX_SOURCES is empty: name at least one source")
+        if "fitabase" in sources and not fitabase_dir:
+            raise ConfigError("OHX_SOURCES names fitabase but OHX_FITABASE_DIR is not set")
+        start_text = env.get("OHX_PARTITIONS_START", "2025-01-01")
+        try:
+            start = date.fromisoformat(start_text)
+        except ValueError:
+            raise ConfigError(f"OHX_PARTITIONS_START={start_text!r}: expected YYYY-MM-DD") from None
+        fitabase_tz = env.get("OHX_FITABASE_TZ", "UTC")
+        HealthSyncConfig(user_id="-", provider="-", timezone=fitabase_tz)  # validates the zone
+        return cls(
+            home=home,
+            database_url=env.get("OHX_DATABASE_URL") or f"sqlite:///{home / 'ohx.db'}",
+            partitions_start=start,
+            sources=sources,
+            fitabase_dir=fitabase_dir,
+            fitabase_tz=fitabase_tz,
+            simulated_users=_positive_int(env, "OHX_SIMULATED_USERS", 3),
+            simulated_seed=_positive_int(env, "OHX_SIMULATED_SEED", 7),
+            fhir_dir=Path(env.get("OHX_FHIR_DIR") or home / "fhir").expanduser(),
+        )
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a whole number") from None
+    if value < 0:
+        raise ConfigError(f"{name}={text!r}: expected a number >= 0")
+    return value

@@ -1,0 +1,41 @@
+"""The health-data sources (one per `source` partition key) as a Dagster resource."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import dagster as dg
+
+from ohx_dagster.errors import ConfigError
+from ohx_dagster.providers.base import HealthSource
+from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
+from ohx_dagster.providers.simulated import SimulatedSource
+
+
+@cache
+def _simulated(users: int, seed: int) -> SimulatedSource:
+    return SimulatedSource(users, seed=seed)
+
+
+@cache
+def _fitabase(directories: str, timezone: str) -> FitabaseSource:
+    # Cached per process: an export is parsed once, not once per asset.
+    return FitabaseSource(parse_dirs(directories), timezone)
+
+
+class SourcesResource(dg.ConfigurableResource):
+    """Builds the source behind a `source` partition key."""
+
+    simulated_users: int = 3
+    simulated_seed: int = 7
+    fitabase_dir: str | None = None
+    fitabase_tz: str = "UTC"
+
+    def get(self, name: str) -> HealthSource:
+        if name == "simulated":
+            return _simulated(self.simulated_users, self.simulated_seed)
+        if name == "fitabase":
+            if not self.fitabase_dir:
+                raise ConfigError("source 'fitabase' needs OHX_FITABASE_DIR (an export directory)")
+            return _fitabase(self.fitabase_dir, self.fitabase_tz)
+        raise ConfigError(f"unknown source {name!r}: expected simulated or fitabase")
