@@ -147,7 +147,8 @@ def create_engine(url: str) -> Engine:
         _sqlite_pragmas(engine)
         return engine
     if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
-        url = url.replace("postgres://", "postgresql://", 1)
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the pinned driver is psycopg2.
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
         return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
     raise ConfigError(
         f"OHX_DATABASE_URL={url!r}: expected sqlite:///<path> or postgresql://user@host/db"
@@ -223,7 +224,10 @@ class RecordStore:
         if frame.empty:
             return normalize(frame)
         frame["ts"] = pd.to_datetime(frame.pop("ts_us"), unit="us", utc=True)
-        frame["samples"] = [None if s is None else orjson.loads(s) for s in frame["samples"]]
+        # pandas 3 reads the text column as strings with NA (not None) for the missing ones.
+        frame["samples"] = [
+            orjson.loads(s) if isinstance(s, str) else None for s in frame["samples"]
+        ]
         return normalize(frame)
 
     def count_records(self, provider: str | None = None) -> int:
