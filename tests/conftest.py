@@ -1,0 +1,87 @@
+"""Shared fixtures: the real data in ../shared/data, a real PostgreSQL (pgserver), record stores.
+
+Nothing here is a stub: SQLite stores are files in tmp_path, PostgreSQL is a real server started
+once per session from PyPI's `pgserver`, and every test database is created fresh.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+
+from ohx_dagster.store import RecordStore
+
+REPO = Path(__file__).resolve().parents[1]
+# CI clones the repository as a sibling of shared/, exactly like the working tree.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data sets (Fitabase, Apple Health, Polar H10); a missing folder is a failure."""
+    assert (SHARED_DATA / "fitabase" / "heartrate_seconds_merged.csv").is_file(), (
+        f"real data not found at {SHARED_DATA}: clone the repo next to shared/"
+    )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fitabase_dir(shared_data: Path) -> Path:
+    return shared_data / "fitabase"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real PostgreSQL server for the whole session (pgserver: about a second to start)."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: object) -> str:
+    """The server's admin URL, with the driver this product pins (psycopg2)."""
+    url = sa.make_url(pg_server.get_uri())  # type: ignore[attr-defined]
+    return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+
+
+_DATABASE_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture
+def pg_database_url(pg_url: str) -> str:
+    """A fresh, empty database on the session's server, as a plain postgresql:// URL."""
+    name = f"ohx_test_{next(_DATABASE_NUMBERS)}"
+    admin = sa.make_url(pg_url)
+    connection = psycopg2.connect(
+        dbname=admin.database, user=admin.username, host=admin.query["host"]
+    )
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        cursor.execute(f"CREATE DATABASE {name}")
+    connection.close()
+    return admin.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh record-store URL: a SQLite file in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ohx.db'}"
+    return request.getfixturevalue("pg_database_url")
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[RecordStore]:
+    """A RecordStore on SQLite and on PostgreSQL (tests using it run once per backend)."""
+    record_store = RecordStore(store_url)
+    yield record_store
+    record_store.dispose()
