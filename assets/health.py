@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.partitions import STRATEGY_TAG, USERS_TAG, day_and_source
+from assets.partitions import day_and_source
 from ohx_dagster import aggregate
 from ohx_dagster.fhir.ndjson import write_ndjson
 from ohx_dagster.fhir.publish import partition_resources, utc_day
@@ -22,8 +22,8 @@ from ohx_dagster.quality import (
     implausible_values,
     recordings_without_heart_rate,
 )
+from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import SyncStrategy
 from ohx_dagster.sync import sync_partition
 from resources import RecordStoreResource, SourcesResource
 
@@ -47,11 +47,6 @@ def _span(first: object, last: object) -> dict[str, dg.MetadataValue]:
 
 def _zones(store: RecordStore, source: str) -> dict:
     return {config.user_id: config.zone for config in store.users(source, connected_only=False)}
-
-
-def _run_users(context: dg.AssetExecutionContext) -> list[str] | None:
-    text = context.run.tags.get(USERS_TAG, "").strip()
-    return [u.strip() for u in text.split(",") if u.strip()] or None
 
 
 def build_health_assets(
@@ -82,18 +77,20 @@ def build_health_assets(
         context: dg.AssetExecutionContext, store: RecordStoreResource, sources: SourcesResource
     ) -> dg.MaterializeResult:
         """Records fetched from the partition's source for its UTC day, normalized to canonical
-        units and upserted into the record store. The run tag `ohx/strategy` picks the window
-        (partition: whole day, the default; incremental; push; initial) and `ohx/users` limits
-        the run to some users (comma-separated)."""
+        units and upserted into the record store. Run tags (ohx_dagster/run_request.py) choose
+        the window (`ohx/strategy`: partition, the default, = the whole day; incremental; push;
+        initial; close) and the users (`ohx/users`, `ohx/frequencies`, `ohx/close-at`)."""
         day, source_name = day_and_source(context)
         record_store = store.get_store()
-        strategy = SyncStrategy(context.run.tags.get(STRATEGY_TAG, SyncStrategy.PARTITION.value))
+        request = SyncRequest.from_tags(context.run.tags)
         report = sync_partition(
             sources.get(source_name),
             record_store,
             utc_day(day),
-            strategy=strategy,
-            user_ids=_run_users(context),
+            strategy=request.strategy,
+            user_ids=request.user_ids,
+            select=request.selects,
+            since=request.since,
             now=datetime.now(UTC),
         )
         stored = record_store.read_records(source_name, utc_day(day))
@@ -105,7 +102,7 @@ def build_health_assets(
         )
         return dg.MaterializeResult(
             metadata={
-                "strategy": strategy.value,
+                "strategy": request.strategy.value,
                 "records_fetched": report.records,
                 "records_in_partition": len(stored),
                 "users": len(report.users_synced),

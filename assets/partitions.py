@@ -10,10 +10,6 @@ import dagster as dg
 DAY = "day"
 SOURCE = "source"
 
-# Run tags that select what a run of raw_health_records fetches (schedules, sensors, backfills).
-STRATEGY_TAG = "ohx/strategy"
-USERS_TAG = "ohx/users"
-
 
 def health_partitions(start: date, sources: Sequence[str]) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition(

@@ -12,7 +12,9 @@ from assets.health import build_health_assets
 from assets.partitions import health_partitions
 from ohx_dagster.settings import Settings
 from resources import RecordStoreResource, SourcesResource
-from sensors.schedules import build_incremental_schedule
+from sensors.new_users import build_new_user_sensor
+from sensors.schedules import build_schedules
+from sensors.webhooks import build_webhook_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
@@ -27,7 +29,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=health_assets,
         jobs=[sync_job],
-        schedules=[build_incremental_schedule(sync_job, settings.sources)],
+        schedules=build_schedules(sync_job, settings.sources, settings.partitions_start),
+        sensors=[
+            build_webhook_sensor(sync_job, settings.live_sources, settings.partitions_start),
+            build_new_user_sensor(
+                health_assets, partitions, settings.live_sources, settings.partitions_start
+            ),
+        ],
         resources={
             "store": RecordStoreResource(database_url=settings.database_url),
             "sources": SourcesResource(

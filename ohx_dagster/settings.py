@@ -25,6 +25,8 @@ from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 
 KNOWN_SOURCES = ("simulated", "fitabase")
+# Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
+FILE_SOURCES = frozenset({"fitabase"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,11 @@ class Settings:
     simulated_users: int
     simulated_seed: int
     fhir_dir: Path
+
+    @property
+    def live_sources(self) -> tuple[str, ...]:
+        """Sources that users connect to and that notify us (APIs and the simulator)."""
+        return tuple(s for s in self.sources if s not in FILE_SOURCES)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -3,17 +3,22 @@
 - initial: a new user's history, `lookback_days` back from now (30 by default).
 - incremental: from the last committed sync minus a 5-minute overlap (late-arriving samples), or
   the last 24 hours when the user was never synced.
-- push: the last 15 minutes, for webhook-triggered realtime runs.
+- push: the last 15 minutes, for webhook-triggered realtime runs, reaching back to the oldest
+  event of the batch when the webhooks name older data.
 - partition: the whole partition day, what a plain materialization or a UI backfill means.
+- close: the user's whole local calendar day whose date is the partition's, run once after the
+  user's local midnight (daily-frequency users are synced only then).
 
-A run for a day partition fetches the strategy's window clipped to that day, so a partition's
-run never writes records that belong to another partition's aggregates.
+A run for a day partition fetches the strategy's window clipped to that day, so a partition's run
+never writes records that belong to another partition. `close` is the one exception: a local day
+straddles two UTC days, and its records land in the store where the neighbouring partition's
+aggregates pick them up on that partition's next run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -26,6 +31,7 @@ class SyncStrategy(StrEnum):
     INCREMENTAL = "incremental"
     PUSH = "push"
     PARTITION = "partition"
+    CLOSE = "close"
 
 
 INCREMENTAL_OVERLAP: Final = timedelta(minutes=5)
@@ -38,11 +44,13 @@ BATCH_SIZE: Final[dict[SyncStrategy, int]] = {
     SyncStrategy.INCREMENTAL: 100,
     SyncStrategy.PUSH: 50,
     SyncStrategy.PARTITION: 1000,
+    SyncStrategy.CLOSE: 1000,
 }
 PRIORITY: Final[dict[SyncStrategy, int]] = {
     SyncStrategy.PUSH: 10,
     SyncStrategy.INCREMENTAL: 0,
     SyncStrategy.PARTITION: 0,
+    SyncStrategy.CLOSE: 0,
     SyncStrategy.INITIAL: -10,
 }
 
@@ -72,9 +80,21 @@ def incremental_plan(last_synced: datetime | None, now: datetime) -> SyncPlan:
     return _plan(SyncStrategy.INCREMENTAL, min(start, now), now)
 
 
-def push_plan(now: datetime) -> SyncPlan:
+def push_plan(now: datetime, since: datetime | None = None) -> SyncPlan:
+    """The last 15 minutes, or from `since` (the oldest webhook event's time) when earlier."""
     now = require_aware("now", now)
-    return _plan(SyncStrategy.PUSH, now - PUSH_WINDOW, now)
+    start = now - PUSH_WINDOW
+    if since is not None:
+        start = min(start, require_aware("since", since) - INCREMENTAL_OVERLAP)
+    return _plan(SyncStrategy.PUSH, start, now)
+
+
+def close_plan(day: date, config: HealthSyncConfig, now: datetime) -> SyncPlan:
+    """The user's local calendar day `day`, up to now."""
+    start = datetime.combine(day, time(), tzinfo=config.zone)
+    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=config.zone)
+    now = require_aware("now", now)
+    return _plan(SyncStrategy.CLOSE, start, max(start, min(end, now)))
 
 
 def partition_plan(partition: DateRange, now: datetime) -> SyncPlan:
@@ -89,8 +109,10 @@ def plan_for_partition(
     config: HealthSyncConfig,
     last_synced: datetime | None,
     now: datetime,
+    since: datetime | None = None,
 ) -> SyncPlan | None:
-    """The strategy's window for one user, clipped to the partition day; None if they miss."""
+    """The strategy's window for one user, clipped to the partition day (but for `close`);
+    None if they miss."""
     try:
         kind = SyncStrategy(strategy)
     except ValueError:
@@ -102,7 +124,10 @@ def plan_for_partition(
     elif kind is SyncStrategy.INCREMENTAL:
         plan = incremental_plan(last_synced, now)
     elif kind is SyncStrategy.PUSH:
-        plan = push_plan(now)
+        plan = push_plan(now, since)
+    elif kind is SyncStrategy.CLOSE:
+        plan = close_plan(partition.start.date(), config, now)
+        return plan if plan.window.duration else None
     else:
         plan = partition_plan(partition, now)
     window = plan.window.intersect(partition)

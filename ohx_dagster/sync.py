@@ -7,9 +7,9 @@ not stop the others; their data is committed and the failures are raised togethe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Final
 
 import pandas as pd
@@ -72,6 +72,7 @@ def fetch_user(
     strategy: SyncStrategy,
     partition: DateRange,
     now: datetime,
+    since: datetime | None = None,
 ) -> tuple[pd.DataFrame, dict[HealthDataType, DateRange]]:
     """The user's records for the partition under the strategy, with linked heart rate added."""
     windows: dict[HealthDataType, DateRange] = {}
@@ -79,7 +80,7 @@ def fetch_user(
     for kind in sorted(config.enabled_types):
         last = store.last_synced(source.name, config.user_id, kind)
         plan = plan_for_partition(
-            strategy, partition=partition, config=config, last_synced=last, now=now
+            strategy, partition=partition, config=config, last_synced=last, now=now, since=since
         )
         if plan is None:
             continue
@@ -101,8 +102,12 @@ def sync_partition(
     *,
     strategy: SyncStrategy | str = SyncStrategy.PARTITION,
     user_ids: Iterable[str] | None = None,
+    select: Callable[[HealthSyncConfig, date], bool] | None = None,
+    since: datetime | None = None,
     now: datetime,
 ) -> SyncReport:
+    """Sync the source's connected users (only `user_ids`, and only those `select` accepts, when
+    given) for one partition day under a strategy."""
     strategy = SyncStrategy(strategy)
     store.add_users(source.discover_users())
     wanted = None if user_ids is None else set(user_ids)
@@ -110,9 +115,11 @@ def sync_partition(
     for config in store.users(source.name):
         if wanted is not None and config.user_id not in wanted:
             continue
+        if select is not None and not select(config, partition.start.date()):
+            continue
         try:
             batch, windows = fetch_user(
-                source, store, config, strategy=strategy, partition=partition, now=now
+                source, store, config, strategy=strategy, partition=partition, now=now, since=since
             )
         except (ProviderError, OhxError, ValueError) as exc:
             report.failures[config.user_id] = f"{type(exc).__name__}: {exc}"
@@ -130,8 +137,10 @@ def sync_partition(
             report.first = first if report.first is None else min(report.first, first)
             report.last = last if report.last is None else max(report.last, last)
     if wanted is not None:
+        known = {c.user_id for c in store.users(source.name)}
         for user_id in sorted(wanted - set(report.users_synced) - set(report.failures)):
-            report.users_skipped[user_id] = "not connected to this source"
+            reason = "not selected by this run" if user_id in known else "not connected"
+            report.users_skipped[user_id] = reason
     if report.failures:
         raise SyncFailed(report)
     return report

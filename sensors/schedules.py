@@ -1,35 +1,98 @@
-"""Schedules: incremental sync of today's partitions every hour, for every source."""
+"""Schedules per sync frequency.
 
-from collections.abc import Sequence
-from datetime import UTC
+- hourly_incremental_sync: every hour, today's partition of every source, for users who sync
+  hourly or in realtime (the sensor covers realtime; this is its safety net). The first run after
+  UTC midnight also finishes yesterday's partition.
+- daily_close: every hour, for the users whose local midnight has just passed, the whole local day
+  that ended (daily-frequency users are synced only then; everyone's daily aggregates are final).
+"""
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
-from assets.partitions import STRATEGY_TAG, partition_key
-from ohx_dagster.strategies import PRIORITY, SyncStrategy
+from assets.partitions import partition_key
+from ohx_dagster.models import SyncFrequency
+from ohx_dagster.run_request import SyncRequest
+from ohx_dagster.strategies import SyncStrategy
+
+# UTC offsets in use on Earth, every quarter hour from UTC-12 to UTC+14.
+_OFFSETS = [timedelta(minutes=15 * step) for step in range(-48, 57)]
 
 
-def build_incremental_schedule(
-    job: dg.JobDefinition, sources: Sequence[str]
-) -> dg.ScheduleDefinition:
+def days_closing_at(moment: datetime) -> list[date]:
+    """Local dates that end in some time zone within the hour before `moment`."""
+    closing = set()
+    for offset in _OFFSETS:
+        local = moment.astimezone(UTC) + offset
+        if local.hour == 0:
+            closing.add(local.date() - timedelta(days=1))
+    return sorted(closing)
+
+
+def incremental_requests(
+    moment: datetime, sources: Sequence[str], first_day: date
+) -> Iterator[dg.RunRequest]:
+    moment = moment.astimezone(UTC)
+    request = SyncRequest(
+        SyncStrategy.INCREMENTAL,
+        frequencies=frozenset({SyncFrequency.HOURLY, SyncFrequency.REALTIME}),
+    )
+    days = [moment.date()]
+    if moment.hour == 0:
+        days.insert(0, moment.date() - timedelta(days=1))
+    for day in days:
+        if day < first_day:
+            continue
+        for source in sources:
+            yield dg.RunRequest(
+                run_key=f"incremental|{day}|{source}|{moment.isoformat()}",
+                partition_key=partition_key(day, source),
+                tags=request.tags(),
+            )
+
+
+def close_requests(
+    moment: datetime, sources: Sequence[str], first_day: date
+) -> Iterator[dg.RunRequest]:
+    moment = moment.astimezone(UTC)
+    request = SyncRequest(SyncStrategy.CLOSE, close_at=moment)
+    for day in days_closing_at(moment):
+        if day < first_day:
+            continue
+        for source in sources:
+            yield dg.RunRequest(
+                run_key=f"close|{day}|{source}|{moment.isoformat()}",
+                partition_key=partition_key(day, source),
+                tags=request.tags(),
+            )
+
+
+def build_schedules(
+    job: dg.JobDefinition, sources: Sequence[str], first_day: date
+) -> list[dg.ScheduleDefinition]:
     @dg.schedule(
         job=job,
         cron_schedule="5 * * * *",
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Every hour: incremental sync (from each user's last sync minus 5 minutes) "
-        "of today's partition of every source, then its aggregates and FHIR.",
+        "of today's partition of every source for hourly and realtime users, then its "
+        "aggregates and FHIR.",
     )
     def hourly_incremental_sync(context: dg.ScheduleEvaluationContext):
-        moment = context.scheduled_execution_time.astimezone(UTC)
-        for source in sources:
-            yield dg.RunRequest(
-                run_key=f"incremental|{source}|{moment.isoformat()}",
-                partition_key=partition_key(moment.date(), source),
-                tags={
-                    STRATEGY_TAG: SyncStrategy.INCREMENTAL.value,
-                    "dagster/priority": str(PRIORITY[SyncStrategy.INCREMENTAL]),
-                },
-            )
+        yield from incremental_requests(context.scheduled_execution_time, sources, first_day)
 
-    return hourly_incremental_sync
+    @dg.schedule(
+        job=job,
+        cron_schedule="20 * * * *",
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Every hour: for users whose local midnight just passed, sync the local day "
+        "that ended in full and publish its final daily aggregates.",
+    )
+    def daily_close(context: dg.ScheduleEvaluationContext):
+        yield from close_requests(context.scheduled_execution_time, sources, first_day)
+
+    return [hourly_incremental_sync, daily_close]

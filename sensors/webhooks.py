@@ -1,0 +1,109 @@
+"""webhook_sensor: turns provider webhooks in the durable inbox into push-sync runs.
+
+Each tick reads at most BATCH_LIMIT events after its cursor (so a tick stays far below Dagster's
+60 s limit even with 100k events waiting), decides per event which partition it belongs to or
+why it is ignored, and asks for one run per partition, for just the users the events name.
+run_key = partition + last event id: a tick that is evaluated twice launches nothing twice.
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+import dagster as dg
+
+from assets.partitions import partition_key
+from ohx_dagster.inbox import Inbox, InboxEvent
+from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.run_request import SyncRequest
+from ohx_dagster.store import RecordStore
+from ohx_dagster.strategies import SyncStrategy
+from resources import RecordStoreResource
+
+BATCH_LIMIT = 2_000
+
+
+@dataclass
+class Dispatch:
+    """One tick's decisions: events grouped per partition, and events ignored with a reason."""
+
+    groups: dict[tuple[date, str], list[InboxEvent]] = field(default_factory=dict)
+    ignored: dict[int, str] = field(default_factory=dict)
+
+
+def plan_dispatch(
+    events: Sequence[InboxEvent], store: RecordStore, sources: Sequence[str], first_day: date
+) -> Dispatch:
+    """Group events by (UTC day of the data, source); ignore what no run could sync."""
+    dispatch = Dispatch()
+    groups: dict[tuple[date, str], list[InboxEvent]] = defaultdict(list)
+    connected: dict[str, dict[str, HealthSyncConfig]] = {}
+    for event in events:
+        source = event.provider
+        if source not in sources:
+            dispatch.ignored[event.id] = f"no source {source!r} is configured (OHX_SOURCES)"
+            continue
+        if source not in connected:
+            connected[source] = {c.user_id: c for c in store.users(source)}
+        config = connected[source].get(event.user_id)
+        if config is None:
+            dispatch.ignored[event.id] = f"user {event.user_id!r} is not connected to {source}"
+            continue
+        if event.data_type is not None and event.data_type not in config.enabled_types:
+            dispatch.ignored[event.id] = f"{event.data_type} is not enabled for {event.user_id!r}"
+            continue
+        # A provider clock ahead of ours does not open tomorrow's partition.
+        moment = min(event.occurred_at or event.received_at, event.received_at)
+        if moment.date() < first_day:
+            dispatch.ignored[event.id] = f"{moment.date()} is before OHX_PARTITIONS_START"
+            continue
+        groups[(moment.date(), source)].append(event)
+    dispatch.groups = dict(groups)
+    return dispatch
+
+
+def run_request_for(day: date, source: str, events: Sequence[InboxEvent]) -> dg.RunRequest:
+    since: datetime = min(e.occurred_at or e.received_at for e in events)
+    request = SyncRequest(
+        SyncStrategy.PUSH, user_ids=frozenset(e.user_id for e in events), since=since
+    )
+    last_id = max(e.id for e in events)
+    return dg.RunRequest(
+        run_key=f"webhook|{day.isoformat()}|{source}|{last_id}",
+        partition_key=partition_key(day, source),
+        tags={**request.tags(), "ohx/inbox-events": str(len(events))},
+    )
+
+
+def build_webhook_sensor(
+    job: dg.JobDefinition, sources: Sequence[str], first_day: date
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        job=job,
+        minimum_interval_seconds=10,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Drains the webhook inbox ({BATCH_LIMIT} events a tick at most) into "
+        "push-sync runs, one per day x source partition, for the users the events name.",
+    )
+    def webhook_sensor(
+        context: dg.SensorEvaluationContext, store: RecordStoreResource
+    ) -> dg.SensorResult:
+        record_store = store.get_store()
+        inbox = Inbox(record_store)
+        cursor = int(context.cursor or 0)
+        events = inbox.after(cursor, BATCH_LIMIT)
+        if not events:
+            return dg.SensorResult(skip_reason=f"no webhook events after id {cursor}")
+        dispatch = plan_dispatch(events, record_store, sources, first_day)
+        requests = []
+        for (day, source), group in sorted(dispatch.groups.items()):
+            request = run_request_for(day, source, group)
+            requests.append(request)
+            inbox.mark_dispatched([e.id for e in group], request.run_key or "")
+        if dispatch.ignored:
+            inbox.mark_ignored(dispatch.ignored)
+            context.log.info(f"ignored {len(dispatch.ignored)} events: {dispatch.ignored}")
+        return dg.SensorResult(run_requests=requests, cursor=str(max(e.id for e in events)))
+
+    return webhook_sensor
