@@ -155,26 +155,8 @@ class Inbox:
 
     def after(self, cursor: int, limit: int) -> list[InboxEvent]:
         """Pending events with id > cursor, in id order, at most `limit`."""
-        if limit < 1:
-            raise ValidationError("limit", limit, "a whole number >= 1")
-        t = webhook_inbox
-        query = (
-            sa.select(
-                t.c.id,
-                t.c.provider,
-                t.c.event_key,
-                t.c.user_id,
-                t.c.data_type,
-                t.c.occurred_at_us,
-                t.c.received_at_us,
-                t.c.payload,
-            )
-            .where(t.c.status == PENDING, t.c.id > cursor)
-            .order_by(t.c.id)
-            .limit(limit)
-        )
         with self.store.read() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(pending_after(cursor, limit)).all()
         return [
             InboxEvent(
                 id=row.id,
@@ -224,6 +206,28 @@ class Inbox:
     def _serialize_writers(self, conn: Connection) -> None:
         if self._postgres:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INBOX_LOCK})
+
+
+def pending_after(cursor: int, limit: int) -> sa.Select[Any]:
+    """The query behind `Inbox.after`: an index seek on (status, id), then at most `limit` rows."""
+    if limit < 1:
+        raise ValidationError("limit", limit, "a whole number >= 1")
+    t = webhook_inbox
+    return (
+        sa.select(
+            t.c.id,
+            t.c.provider,
+            t.c.event_key,
+            t.c.user_id,
+            t.c.data_type,
+            t.c.occurred_at_us,
+            t.c.received_at_us,
+            t.c.payload,
+        )
+        .where(t.c.status == PENDING, t.c.id > cursor)
+        .order_by(t.c.id)
+        .limit(limit)
+    )
 
 
 def _row(event: NewEvent, received_us: int) -> dict[str, Any]:
