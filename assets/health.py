@@ -24,10 +24,12 @@ from ohx_dagster.quality import (
 )
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
+from ohx_dagster.sync import SyncFailed, sync_partition
 from resources import RecordStoreResource, SourcesResource
 
 PREVIEW_ROWS = 10
+MAX_RETRIES = 3
+RETRY_WAIT_S = 30.0
 
 
 def _preview(frame: pd.DataFrame, columns: list[str]) -> dg.MetadataValue:
@@ -57,9 +59,6 @@ def build_health_assets(
         group_name="sync",
         kinds={"python", "sql"},
         owners=["team:data-engineering"],
-        retry_policy=dg.RetryPolicy(
-            max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-        ),
         check_specs=[
             dg.AssetCheckSpec(
                 "plausible_ranges",
@@ -83,16 +82,24 @@ def build_health_assets(
         day, source_name = day_and_source(context)
         record_store = store.get_store()
         request = SyncRequest.from_tags(context.run.tags)
-        report = sync_partition(
-            sources.get(source_name),
-            record_store,
-            utc_day(day),
-            strategy=request.strategy,
-            user_ids=request.user_ids,
-            select=request.selects,
-            since=request.since,
-            now=datetime.now(UTC),
-        )
+        try:
+            report = sync_partition(
+                sources.get(source_name),
+                record_store,
+                utc_day(day),
+                strategy=request.strategy,
+                user_ids=request.user_ids,
+                select=request.selects,
+                since=request.since,
+                now=datetime.now(UTC),
+            )
+        except SyncFailed as failed:
+            # The other users' records are committed; only a provider error is worth a retry,
+            # after the provider's Retry-After when it gave one.
+            if failed.report.transient:
+                wait = failed.report.retry_after_s or RETRY_WAIT_S
+                raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from failed
+            raise
         stored = record_store.read_records(source_name, utc_day(day))
         implausible = implausible_values(stored)
         unlinked = recordings_without_heart_rate(stored)
@@ -279,7 +286,7 @@ def build_health_assets(
                 "directory": dg.MetadataValue.path(str(directory)),
                 "resources": len(resources),
                 "resources_by_type": dg.MetadataValue.json(counts),
-                "users": len({r["subject"]["reference"] for r in resources}),
+                "patients": len({r["subject"]["reference"] for r in resources if "subject" in r}),
             },
             check_results=[
                 dg.AssetCheckResult(

@@ -14,7 +14,7 @@ from typing import Final
 
 import pandas as pd
 
-from ohx_dagster.errors import OhxError, ProviderError
+from ohx_dagster.errors import OhxError, ProviderError, RateLimited
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import HealthSource
 from ohx_dagster.records import concat, dedupe
@@ -34,6 +34,10 @@ class SyncReport:
     users_synced: list[str] = field(default_factory=list)
     users_skipped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    # Failures that a later attempt may not meet (provider outage, rate limit), and the longest
+    # Retry-After any provider asked for.
+    transient: bool = True
+    retry_after_s: float | None = None
     first: datetime | None = None
     last: datetime | None = None
 
@@ -123,6 +127,10 @@ def sync_partition(
             )
         except (ProviderError, OhxError, ValueError) as exc:
             report.failures[config.user_id] = f"{type(exc).__name__}: {exc}"
+            # Bad data or config stays bad on retry; a provider error may pass.
+            report.transient &= isinstance(exc, ProviderError)
+            if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
+                report.retry_after_s = max(report.retry_after_s or 0.0, exc.retry_after_s)
             continue
         store.upsert_records(batch)
         for kind, window in windows.items():
