@@ -35,16 +35,27 @@ def recordings_without_heart_rate(records: pd.DataFrame) -> list[str]:
     """ECG recordings and RR sessions with no heart rate of the same user within a minute."""
     missing = []
     heart_rate = records[records["data_type"] == HealthDataType.HEART_RATE.value]
-    linked = records[
-        records["data_type"].isin([HealthDataType.ECG.value, HealthDataType.RR_INTERVALS.value])
-    ]
+    linked_types = [HealthDataType.ECG.value, HealthDataType.RR_INTERVALS.value]
+    linked = records[records["data_type"].isin(linked_types)]
+    tolerance = LINK_TOLERANCE.value // 1000  # microseconds, like the int64 timestamps below
     for user_id, rows in linked.groupby("user_id"):
-        stamps = heart_rate.loc[heart_rate["user_id"] == user_id, "ts"].sort_values().to_numpy()
-        for kind, ts in zip(rows["data_type"], rows["ts"], strict=True):
-            position = np.searchsorted(stamps, ts.to_datetime64())
-            near = [stamps[i] for i in (position - 1, position) if 0 <= i < len(stamps)]
-            if not any(abs(pd.Timestamp(n, tz="UTC") - ts) <= LINK_TOLERANCE for n in near):
-                missing.append(f"{user_id} {kind} at {ts.isoformat()}")
+        user_hr = heart_rate.loc[heart_rate["user_id"] == user_id, "ts"]
+        stamps = np.sort(user_hr.astype("int64").to_numpy())
+        wanted = rows["ts"].astype("int64").to_numpy()
+        position = np.searchsorted(stamps, wanted)
+        before = np.abs(wanted - stamps[np.clip(position - 1, 0, None)]) if stamps.size else None
+        after = (
+            np.abs(stamps[np.clip(position, None, stamps.size - 1)] - wanted)
+            if stamps.size
+            else None
+        )
+        linked_ok = (
+            np.zeros(len(wanted), dtype=bool)
+            if stamps.size == 0
+            else (before <= tolerance) | (after <= tolerance)
+        )
+        for kind, ts in zip(rows["data_type"][~linked_ok], rows["ts"][~linked_ok], strict=True):
+            missing.append(f"{user_id} {kind} at {ts.isoformat()}")
     return missing
 
 
