@@ -15,6 +15,8 @@ UCUM: Final = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
 STATISTICS: Final = "http://hl7.org/fhir/observation-statistics"
 V2_0074: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
+# ISO/IEEE 11073-10101 nomenclature (MDC), as HL7 names it in the R5 example Observation-ekg.
+MDC: Final = "urn:oid:2.16.840.1.113883.6.24"
 IDENTIFIER_SYSTEM: Final = "urn:ohx:fhir"
 
 
@@ -38,6 +40,14 @@ class TypeCodes:
     unit_display: str
     category: str  # observation-category code
     profile: str | None  # R5 vital-signs profile canonical URL, where one applies
+    also: tuple[Code, ...] = ()  # further codings a profile asks for (SpO2: 2708-6)
+
+    def concept(self) -> dict[str, object]:
+        """Observation.code: the type's LOINC coding first, then any the profile requires."""
+        return {
+            "coding": [self.code.coding(), *(c.coding() for c in self.also)],
+            "text": self.code.display,
+        }
 
 
 _VS: Final = "http://hl7.org/fhir/StructureDefinition/"
@@ -58,7 +68,7 @@ TYPE_CODES: Final[dict[HealthDataType, TypeCodes]] = {
         None,
     ),
     HealthDataType.RR_INTERVALS: TypeCodes(
-        Code(LOINC, "8637-1", "R-R interval by EKG"), "ms", "ms", "vital-signs", None
+        Code(LOINC, "8637-1", "R-R interval by EKG"), "ms", "ms", "vital-signs", _VS + "vitalsigns"
     ),
     HealthDataType.ECG: TypeCodes(
         Code(LOINC, "11524-6", "EKG study"), "uV", "microvolt", "procedure", None
@@ -82,13 +92,21 @@ TYPE_CODES: Final[dict[HealthDataType, TypeCodes]] = {
         "%",
         "vital-signs",
         _VS + "oxygensat",
+        (Code(LOINC, "2708-6", "Oxygen saturation in Arterial blood"),),
     ),
 }
 
 DAILY_STEPS: Final = Code(LOINC, "41950-7", "Number of steps in 24 hour Measured")
 SYSTOLIC: Final = Code(LOINC, "8480-6", "Systolic blood pressure")
 DIASTOLIC: Final = Code(LOINC, "8462-4", "Diastolic blood pressure")
-OXYGEN_SATURATION: Final = Code(LOINC, "2708-6", "Oxygen saturation in Arterial blood")
+
+# ECG: a DiagnosticReport (the TYPE_CODES code, 11524-6) in the electrocardiac section of HL7 v2
+# table 0074 ("EC"; "CG" in that table is not electrocardiac), its waveform an Observation.
+ECG_SECTION: Final = Code(V2_0074, "EC", "Electrocardiac (e.g., EKG,  EEC, Holter)")
+ECG_WAVEFORM: Final = Code(MDC, "131328", "MDC_ECG_ELEC_POTL")
+
+# SampledData: the UCUM units of its time axis (interval / offsets).
+INTERVAL_UNITS: Final = frozenset({"s", "ms"})
 
 STATISTIC: Final[dict[str, Code]] = {
     "mean": Code(STATISTICS, "average", "Average"),
@@ -107,3 +125,20 @@ CATEGORY_DISPLAY: Final[dict[str, str]] = {
 
 def category(code: str) -> dict[str, object]:
     return Code(OBSERVATION_CATEGORY, code, CATEGORY_DISPLAY[code]).concept()
+
+
+# R5 vital signs: an Observation with one of these codes SHALL conform to the matching profile,
+# whether or not it claims it in meta.profile (the validator applies it either way).
+VITAL_SIGN_PROFILES: Final[dict[tuple[str, str], str]] = {
+    **{
+        (c.code.system, c.code.code): c.profile
+        for c in TYPE_CODES.values()
+        if c.profile and not c.profile.endswith("/vitalsigns")
+    },
+    **{
+        (also.system, also.code): c.profile
+        for c in TYPE_CODES.values()
+        for also in c.also
+        if c.profile
+    },
+}

@@ -9,38 +9,21 @@ re-publishing a partition produces the same resources.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pandas as pd
 
-from ohx_dagster.fhir.codes import (
-    DAILY_STEPS,
-    DIASTOLIC,
-    IDENTIFIER_SYSTEM,
-    STATISTIC,
-    SYSTOLIC,
-    TYPE_CODES,
-    UCUM,
-    Code,
-    category,
-)
+from ohx_dagster.fhir.codes import DAILY_STEPS, DIASTOLIC, STATISTIC, SYSTOLIC, TYPE_CODES
+from ohx_dagster.fhir.common import observation_base, patient_reference, quantity
 from ohx_dagster.fhir.timefmt import format_us
-from ohx_dagster.ids import content_key, stable_id
+from ohx_dagster.ids import content_key
 from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfig
 
+__all__ = ["aggregate_observation", "aggregate_observations", "patient_reference", "quantity"]
 
-def quantity(value: float, unit: str) -> dict[str, Any]:
-    return {"value": _number(value), "unit": unit, "system": UCUM, "code": unit}
-
-
-def _number(value: float) -> float | int:
-    """Whole numbers as integers (steps, counts); others as they are."""
-    return int(value) if float(value).is_integer() else float(value)
-
-
-def patient_reference(config: HealthSyncConfig) -> dict[str, str]:
-    return {"reference": f"Patient/{config.fhir_patient_id}"}
+# The series Observations an aggregate row summarises (see fhir.publish).
+DerivedFrom = Callable[[Mapping[str, Any]], list[dict[str, str]]]
 
 
 def aggregate_key(row: Mapping[str, Any]) -> str:
@@ -64,28 +47,22 @@ def _statistic_components(row: Mapping[str, Any], unit: str) -> list[dict[str, A
     return components
 
 
-def aggregate_observation(row: Mapping[str, Any], config: HealthSyncConfig) -> dict[str, Any]:
+def aggregate_observation(
+    row: Mapping[str, Any], config: HealthSyncConfig, derived_from: list[dict[str, str]] = ()
+) -> dict[str, Any]:
     kind = HealthDataType(row["data_type"])
     codes = TYPE_CODES[kind]
     level = AggregationLevel(row["level"])
-    key = aggregate_key(row)
-    code: Code = codes.code
+    resource = observation_base(kind, aggregate_key(row), config)
     if kind is HealthDataType.STEPS and level is AggregationLevel.DAILY:
-        code = DAILY_STEPS
-    resource: dict[str, Any] = {
-        "resourceType": "Observation",
-        "id": stable_id("Observation", key),
-        "identifier": [{"system": IDENTIFIER_SYSTEM, "value": f"Observation|{key}"}],
-        "status": "final",
-        "category": [category(codes.category)],
-        "code": code.concept(),
-        "subject": patient_reference(config),
-        "effectivePeriod": {
-            "start": format_us(row["bucket_start_us"], row["utc_offset_min"]),
-            "end": format_us(row["bucket_end_us"], row["utc_offset_min"]),
-        },
+        resource["code"] = DAILY_STEPS.concept()
+    resource["effectivePeriod"] = {
+        "start": format_us(row["bucket_start_us"], row["utc_offset_min"]),
+        "end": format_us(row["bucket_end_us"], row["utc_offset_min"]),
     }
     if kind is HealthDataType.BLOOD_PRESSURE:
+        if derived_from:
+            resource["derivedFrom"] = list(derived_from)
         resource["component"] = [
             {"code": SYSTOLIC.concept(), "valueQuantity": quantity(row["mean"], codes.unit)},
             {
@@ -96,15 +73,20 @@ def aggregate_observation(row: Mapping[str, Any], config: HealthSyncConfig) -> d
         return resource
     headline = row["sum"] if kind is HealthDataType.STEPS else row["mean"]
     resource["valueQuantity"] = quantity(headline, codes.unit)
+    if derived_from:
+        resource["derivedFrom"] = list(derived_from)
     resource["component"] = _statistic_components(row, codes.unit)
     return resource
 
 
 def aggregate_observations(
-    aggregates: pd.DataFrame, configs: Mapping[str, HealthSyncConfig]
+    aggregates: pd.DataFrame,
+    configs: Mapping[str, HealthSyncConfig],
+    derived_from: DerivedFrom | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Observations for the aggregate rows whose user asked for that aggregation level."""
     for row in aggregates.to_dict("records"):
         config = configs.get(row["user_id"])
         if config is not None and config.aggregation.value == row["level"]:
-            yield aggregate_observation(row, config)
+            sources = derived_from(row) if derived_from is not None else []
+            yield aggregate_observation(row, config, sources)

@@ -1,0 +1,74 @@
+"""Individual measurements of the sparse types (blood pressure, weight, temperature, SpO2): one
+Observation each, for users whose aggregation preference is "individual".
+
+Blood pressure is the 85354-9 panel with systolic (8480-6) and diastolic (8462-4) components and no
+value of its own (the R5 bp profile forbids one); SpO2 carries 59408-5 and the 2708-6 coding the
+oxygensat profile requires; each claims its R5 vital-signs profile in meta.profile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import pandas as pd
+
+from ohx_dagster.fhir.codes import DIASTOLIC, SYSTOLIC, TYPE_CODES
+from ohx_dagster.fhir.common import device_reference, epoch_us, observation_base, quantity
+from ohx_dagster.fhir.timefmt import format_us
+from ohx_dagster.ids import content_key
+from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfig
+
+SPARSE_TYPES: Final = (
+    HealthDataType.BLOOD_PRESSURE,
+    HealthDataType.WEIGHT,
+    HealthDataType.TEMPERATURE,
+    HealthDataType.SPO2,
+)
+
+
+def measurement_key(provider: str, user_id: str, data_type: str, ts_us: int, device_id: str) -> str:
+    return content_key(provider, user_id, data_type, "individual", int(ts_us), device_id)
+
+
+def measurement_observation(row: Mapping[str, Any], config: HealthSyncConfig) -> dict[str, Any]:
+    kind = HealthDataType(row["data_type"])
+    codes = TYPE_CODES[kind]
+    ts_us = int(row["ts_us"])
+    key = measurement_key(row["provider"], config.user_id, kind.value, ts_us, row["device_id"])
+    resource = observation_base(kind, key, config)
+    offset = 0 if pd.isna(row["utc_offset_min"]) else int(row["utc_offset_min"])
+    resource["effectiveDateTime"] = format_us(ts_us, offset)
+    if kind is HealthDataType.BLOOD_PRESSURE:
+        resource["component"] = [
+            {
+                "code": SYSTOLIC.concept(),
+                "valueQuantity": quantity(row["value"], codes.unit, codes.unit_display),
+            },
+            {
+                "code": DIASTOLIC.concept(),
+                "valueQuantity": quantity(row["diastolic"], codes.unit, codes.unit_display),
+            },
+        ]
+    else:
+        resource["valueQuantity"] = quantity(row["value"], codes.unit, codes.unit_display)
+    device = device_reference(row["provider"], row["device_id"])
+    if device:
+        resource["device"] = device
+    return resource
+
+
+def individual_rows(records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig]) -> pd.DataFrame:
+    """The sparse-type records of users who asked for individual measurements."""
+    wanted = {u for u, c in configs.items() if c.aggregation is AggregationLevel.INDIVIDUAL}
+    frame = records[
+        records["data_type"].isin([t.value for t in SPARSE_TYPES]) & records["user_id"].isin(wanted)
+    ]
+    return frame.assign(ts_us=epoch_us(frame["ts"]))
+
+
+def measurement_observations(
+    records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig]
+) -> Iterator[dict[str, Any]]:
+    for row in individual_rows(records, configs).to_dict("records"):
+        yield measurement_observation(row, configs[row["user_id"]])
