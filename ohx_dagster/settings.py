@@ -11,6 +11,7 @@
 | OHX_SIMULATED_USERS | 3 | number of simulated users |
 | OHX_SIMULATED_SEED | 7 | seed of the simulated provider |
 | OHX_FHIR_DIR | $OHX_HOME/fhir | NDJSON output root |
+| OHX_POLAR_CSV | (unset) | Polar H10 recording (ECGLogger CSV) for source "polar" |
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from pathlib import Path
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 
-KNOWN_SOURCES = ("simulated", "fitabase")
+KNOWN_SOURCES = ("simulated", "fitabase", "polar")
 # Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
-FILE_SOURCES = frozenset({"fitabase"})
+FILE_SOURCES = frozenset({"fitabase", "polar"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class Settings:
     simulated_users: int
     simulated_seed: int
     fhir_dir: Path
+    polar_csv: str | None = None
 
     @property
     def live_sources(self) -> tuple[str, ...]:
@@ -64,6 +66,9 @@ class Settings:
             raise ConfigError("OHX_SOURCES is empty: name at least one source")
         if "fitabase" in sources and not fitabase_dir:
             raise ConfigError("OHX_SOURCES names fitabase but OHX_FITABASE_DIR is not set")
+        polar_csv = env.get("OHX_POLAR_CSV") or None
+        if "polar" in sources and not polar_csv:
+            raise ConfigError("OHX_SOURCES names polar but OHX_POLAR_CSV is not set")
         start_text = env.get("OHX_PARTITIONS_START", "2025-01-01")
         try:
             start = date.fromisoformat(start_text)
@@ -81,6 +86,7 @@ class Settings:
             simulated_users=_positive_int(env, "OHX_SIMULATED_USERS", 3),
             simulated_seed=_positive_int(env, "OHX_SIMULATED_SEED", 7),
             fhir_dir=Path(env.get("OHX_FHIR_DIR") or home / "fhir").expanduser(),
+            polar_csv=polar_csv,
         )
 
 

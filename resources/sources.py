@@ -9,6 +9,7 @@ import dagster as dg
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.providers.base import HealthSource
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
+from ohx_dagster.providers.polar import PolarH10Source
 from ohx_dagster.providers.simulated import SimulatedSource
 
 
@@ -23,6 +24,11 @@ def _fitabase(directories: str, timezone: str) -> FitabaseSource:
     return FitabaseSource(parse_dirs(directories), timezone)
 
 
+@cache
+def _polar(path: str) -> PolarH10Source:
+    return PolarH10Source(path)
+
+
 class SourcesResource(dg.ConfigurableResource):
     """Builds the source behind a `source` partition key."""
 
@@ -30,6 +36,7 @@ class SourcesResource(dg.ConfigurableResource):
     simulated_seed: int = 7
     fitabase_dir: str | None = None
     fitabase_tz: str = "UTC"
+    polar_csv: str | None = None
 
     def get(self, name: str) -> HealthSource:
         if name == "simulated":
@@ -38,4 +45,8 @@ class SourcesResource(dg.ConfigurableResource):
             if not self.fitabase_dir:
                 raise ConfigError("source 'fitabase' needs OHX_FITABASE_DIR (an export directory)")
             return _fitabase(self.fitabase_dir, self.fitabase_tz)
-        raise ConfigError(f"unknown source {name!r}: expected simulated or fitabase")
+        if name == "polar":
+            if not self.polar_csv:
+                raise ConfigError("source 'polar' needs OHX_POLAR_CSV (a Polar H10 CSV file)")
+            return _polar(self.polar_csv)
+        raise ConfigError(f"unknown source {name!r}: expected simulated, fitabase or polar")
