@@ -1,0 +1,181 @@
+"""Provider notifications -> inbox events: type mapping, time, and event keys (retry vs new)."""
+
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from ohx_dagster.errors import ValidationError
+from ohx_dagster.webhooks.notifications import (
+    parse_fitbit,
+    parse_oura,
+    parse_simulated,
+    parse_withings,
+)
+
+FITBIT_ITEM = {
+    "collectionType": "activities",
+    "date": "2026-03-01",
+    "ownerId": "228S74",
+    "ownerType": "user",
+    "subscriptionId": "1234",
+}
+T0 = 1_772_355_600.0  # 2026-03-01T09:00:00Z, a minute boundary
+
+
+def fitbit(*items: dict) -> bytes:
+    return orjson.dumps(list(items))
+
+
+def test_fitbit_collections_map_to_types_and_keep_the_payload():
+    events = parse_fitbit(
+        fitbit(
+            FITBIT_ITEM,
+            {**FITBIT_ITEM, "collectionType": "body"},
+            {**FITBIT_ITEM, "collectionType": "sleep"},
+            {"collectionType": "userRevokedAccess", "ownerId": "228S74", "ownerType": "user"},
+        ),
+        received_at=T0,
+    )
+    assert [(e.data_type, e.ignored_reason is None) for e in events] == [
+        ("steps", True),
+        ("weight", True),
+        (None, True),  # sleep: the sensor syncs every enabled type
+        (None, False),  # revoked access is recorded, never dispatched
+    ]
+    assert "revoked" in events[3].ignored_reason
+    assert events[0].user_id == "228S74" and events[0].payload == FITBIT_ITEM
+    # A local date, as its noon UTC (inside that local day for every offset within ±12 h).
+    assert events[0].occurred_at == datetime(2026, 3, 1, 12, tzinfo=UTC)
+    assert events[3].occurred_at is None
+
+
+def test_fitbit_retry_within_the_minute_dedups_and_a_later_sync_does_not():
+    first = parse_fitbit(fitbit(FITBIT_ITEM), received_at=T0 + 1)[0].event_key
+    retry = parse_fitbit(fitbit(FITBIT_ITEM), received_at=T0 + 59)[0].event_key
+    later = parse_fitbit(fitbit(FITBIT_ITEM), received_at=T0 + 61)[0].event_key
+    other_day = parse_fitbit(fitbit({**FITBIT_ITEM, "date": "2026-03-02"}), received_at=T0)
+    assert first == retry
+    assert later != first
+    assert other_day[0].event_key != first
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b"{not json", "body"),
+        (b"{}", "body"),  # an object, not the documented array
+        (b"[]", "body"),
+        (fitbit({**FITBIT_ITEM, "collectionType": "heartbeat"}), "collectionType"),
+        (fitbit({k: v for k, v in FITBIT_ITEM.items() if k != "ownerId"}), "ownerId"),
+        (fitbit({**FITBIT_ITEM, "date": "01/03/2026"}), "date"),
+        (b'["activities"]', "item"),
+    ],
+)
+def test_fitbit_malformed(body, field):
+    with pytest.raises(ValidationError) as error:
+        parse_fitbit(body, received_at=T0)
+    assert error.value.field == field
+
+
+OURA = {
+    "event_type": "create",
+    "data_type": "heartrate",
+    "object_id": "8f9a",
+    "user_id": "oura-u1",
+    "event_time": "2026-03-01T08:59:30+00:00",
+}
+
+
+def test_oura_types_times_and_keys():
+    [created] = parse_oura(orjson.dumps(OURA), delivery_timestamp="1772355600")
+    assert (created.user_id, created.data_type) == ("oura-u1", "heart_rate")
+    assert created.occurred_at == datetime(2026, 3, 1, 8, 59, 30, tzinfo=UTC)
+    [retry] = parse_oura(orjson.dumps(OURA), delivery_timestamp="1772355660")
+    [updated] = parse_oura(
+        orjson.dumps({**OURA, "event_type": "update", "event_time": "2026-03-01T10:00:00Z"}),
+        delivery_timestamp="1772359200",
+    )
+    assert retry.event_key == created.event_key
+    assert updated.event_key != created.event_key
+    kinds = {
+        k: parse_oura(orjson.dumps({**OURA, "data_type": k}), delivery_timestamp="1")[0]
+        for k in ("daily_activity", "daily_spo2", "sleep", "daily_readiness")
+    }
+    assert kinds["daily_activity"].data_type == "steps"
+    assert kinds["daily_spo2"].data_type == "spo2"
+    assert kinds["sleep"].data_type is None and kinds["sleep"].ignored_reason is None
+    assert kinds["daily_readiness"].ignored_reason is not None
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"data_type": "brainwaves"}, "data_type"),
+        ({"event_type": "upsert"}, "event_type"),
+        ({"user_id": None}, "user_id"),
+        ({"object_id": ""}, "object_id"),
+        ({"event_time": "2026-03-01T08:59:30"}, "event_time"),  # no offset
+    ],
+)
+def test_oura_malformed(change, field):
+    with pytest.raises(ValidationError) as error:
+        parse_oura(orjson.dumps({**OURA, **change}), delivery_timestamp="1")
+    assert error.value.field == field
+
+
+WITHINGS = {"userid": "12345", "appli": "4", "startdate": "1772355000", "enddate": "1772355600"}
+
+
+def test_withings_appli_maps_to_one_event_per_type():
+    events = parse_withings(WITHINGS)
+    assert [e.data_type for e in events] == ["blood_pressure", "heart_rate", "spo2"]
+    assert len({e.event_key for e in events}) == 3
+    assert events[0].occurred_at == datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
+    assert [e.data_type for e in parse_withings({**WITHINGS, "appli": "1"})] == ["weight"]
+    assert [e.data_type for e in parse_withings({**WITHINGS, "appli": "54"})] == ["ecg"]
+    assert [e.data_type for e in parse_withings({**WITHINGS, "appli": "16"})] == ["steps"]
+    [bed] = parse_withings({**WITHINGS, "appli": "50"})
+    assert bed.ignored_reason and "bed in" in bed.ignored_reason
+
+
+def test_withings_retry_dedups_and_a_new_measurement_does_not():
+    first = [e.event_key for e in parse_withings(WITHINGS)]
+    assert first == [e.event_key for e in parse_withings(dict(WITHINGS))]
+    newer = {**WITHINGS, "startdate": "1772359000", "enddate": "1772359200"}
+    assert set(first).isdisjoint(e.event_key for e in parse_withings(newer))
+    [dated] = parse_withings({"userid": "12345", "appli": "44", "date": "2026-03-01"})
+    assert dated.data_type is None and dated.occurred_at == datetime(2026, 3, 1, 12, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({**WITHINGS, "appli": "x"}, "appli"),
+        ({**WITHINGS, "appli": "999"}, "appli"),
+        ({k: v for k, v in WITHINGS.items() if k != "userid"}, "userid"),
+        ({"userid": "1", "appli": "1"}, "startdate"),
+        ({**WITHINGS, "enddate": "soon"}, "enddate"),
+        ({"userid": "1", "appli": "1", "date": "March"}, "date"),
+    ],
+)
+def test_withings_malformed(form, field):
+    with pytest.raises(ValidationError) as error:
+        parse_withings(form)
+    assert error.value.field == field
+
+
+def test_simulated_event_key_is_the_event_id():
+    body = {
+        "event_id": "e-1",
+        "user_id": "sim-001",
+        "data_type": "blood_pressure",
+        "occurred_at": "2026-03-01T10:00:00+01:00",
+    }
+    [new] = parse_simulated(orjson.dumps(body))
+    assert (new.provider, new.event_key, new.data_type) == ("simulated", "e-1", "blood_pressure")
+    assert new.occurred_at == datetime(2026, 3, 1, 9, tzinfo=UTC)
+    with pytest.raises(ValidationError, match="data_type='pulse'"):
+        parse_simulated(orjson.dumps({**body, "data_type": "pulse"}))
+    with pytest.raises(ValidationError, match="occurred_at"):
+        parse_simulated(orjson.dumps({**body, "occurred_at": None}))
