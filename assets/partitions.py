@@ -14,7 +14,11 @@ SOURCE = "source"
 def health_partitions(start: date, sources: Sequence[str]) -> dg.MultiPartitionsDefinition:
     return dg.MultiPartitionsDefinition(
         {
-            DAY: dg.DailyPartitionsDefinition(start_date=start.isoformat(), timezone="UTC"),
+            # end_offset=1: today's partition exists while today is still going on, so hourly and
+            # realtime runs can sync it (by default Dagster only offers finished days).
+            DAY: dg.DailyPartitionsDefinition(
+                start_date=start.isoformat(), timezone="UTC", end_offset=1
+            ),
             SOURCE: dg.StaticPartitionsDefinition(list(sources)),
         }
     )
