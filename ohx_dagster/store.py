@@ -26,6 +26,7 @@ from ohx_dagster.models import DateRange, HealthSyncConfig
 from ohx_dagster.records import COLUMNS, normalize
 
 WRITE_CHUNK: Final = 20_000
+SCHEMA_LOCK_KEY: Final = 0x6F6878  # "ohx": PostgreSQL advisory lock held while creating tables
 
 metadata = sa.MetaData()
 
@@ -162,7 +163,13 @@ class RecordStore:
         self.url = url
         self.engine = create_engine(url)
         self._insert = _insert_for(self.engine)
-        metadata.create_all(self.engine)
+        # Several runs may open a fresh store at once: create the tables inside one write
+        # transaction (a deferred SQLite transaction that upgrades to writing fails "database is
+        # locked"; two PostgreSQL sessions would both try CREATE TABLE).
+        with self.write() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
+            metadata.create_all(conn)
 
     def dispose(self) -> None:
         self.engine.dispose()
