@@ -102,9 +102,12 @@ def make_batch(
         },
         index=pd.RangeIndex(n),
     )
+    if utc_offset_min is None:
+        # Keep the device's local offset when the timestamps carry one, as HealthDataRecord does.
+        local = pd.DatetimeIndex(timestamps)
+        utc_offset_min = (local.tz_localize(None) - ts.tz_localize(None)) // pd.Timedelta("1min")
     frame["utc_offset_min"] = pd.array(
-        np.broadcast_to(np.asarray(0 if utc_offset_min is None else utc_offset_min), n),
-        dtype="Int32",
+        np.broadcast_to(np.asarray(utc_offset_min), n), dtype="Int32"
     )
     if kind is HealthDataType.ECG:
         if samples is None or sampling_rate_hz is None:
