@@ -7,6 +7,8 @@ once per session from PyPI's `pgserver`, and every test database is created fres
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,13 +38,20 @@ def fitabase_dir(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A real PostgreSQL server for the whole session (pgserver: about a second to start)."""
+def pg_server() -> Iterator[object]:
+    """A real PostgreSQL server for the whole session (pgserver: about a second to start).
+
+    Its data directory is not under pytest's tmp root: run as root, pgserver runs PostgreSQL as
+    a `pgserver` user and opens the parent folders to it, and every other pytest session on the
+    machine resets /tmp/pytest-of-<user> to 0700 again, locking the server out of its own files.
+    """
     import pgserver
 
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    data = Path(tempfile.mkdtemp(prefix="ohx-pg-"))
+    server = pgserver.get_server(data, cleanup_mode="stop")
     yield server
     server.cleanup()
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """The record store on SQLite and PostgreSQL: idempotent upserts, forward-only sync state, users,
-aggregates, and several processes writing one SQLite file at once."""
+aggregates, and several processes writing one store (a SQLite file) at once."""
 
 from __future__ import annotations
 
@@ -258,8 +258,9 @@ def _writer(url: str, worker: int, start: object, errors: object) -> None:
         raise
 
 
-def test_concurrent_processes_write_one_sqlite_file(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'ohx.db'}"  # a fresh file: the workers also race to create it
+def test_concurrent_processes_write_one_store(store_url: str) -> None:
+    """No "database is locked" on SQLite, no duplicate-table or deadlock errors on PostgreSQL."""
+    url = store_url  # a fresh file or database: the workers also race to create the tables
     context = multiprocessing.get_context("spawn")
     start, errors = context.Event(), context.Queue()
     workers = [
