@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType
-from ohx_dagster.store import AGGREGATE_COLUMNS
+from ohx_dagster.store import AGGREGATE_COLUMNS, to_us
 
 HOUR_US: Final = 3_600_000_000
 # ECG waveforms are published as recordings, not as statistics.
@@ -90,8 +90,9 @@ def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd
             continue
         stats = _statistics(rows, ["provider", "user_id", "data_type"])
         stats["level"] = AggregationLevel.DAILY.value
-        stats["bucket_start_us"] = int(pd.Timestamp(window.start).as_unit("us").value)
-        stats["bucket_end_us"] = int(pd.Timestamp(window.end).as_unit("us").value)
+        # Timestamp.value is nanoseconds whatever the unit: use the store's exact conversion.
+        stats["bucket_start_us"] = to_us(window.start)
+        stats["bucket_end_us"] = to_us(window.end)
         stats["utc_offset_min"] = int(
             window.start.astimezone(zone).utcoffset().total_seconds() // 60
         )
