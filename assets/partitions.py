@@ -29,5 +29,11 @@ def partition_key(day: date, source: str) -> dg.MultiPartitionKey:
 
 
 def day_and_source(context: dg.AssetExecutionContext) -> tuple[date, str]:
-    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
+    key = context.partition_key
+    if not isinstance(key, dg.MultiPartitionKey):
+        # A run tagged only with dagster/partition (CLI `job execute --tags`) gives the key as a
+        # string; the definition parses it the way it formats it.
+        partitions = context.assets_def.partitions_def
+        key = partitions.get_partition_key_from_str(key)  # type: ignore[union-attr]
+    keys = key.keys_by_dimension
     return date.fromisoformat(keys[DAY]), keys[SOURCE]

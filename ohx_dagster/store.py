@@ -144,7 +144,7 @@ def create_engine(url: str) -> Engine:
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60})
+        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
         _sqlite_pragmas(engine)
         return engine
     if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
