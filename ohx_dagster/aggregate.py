@@ -81,22 +81,31 @@ def records_window_for_local_day(day: date) -> DateRange:
 def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd.DataFrame:
     """Statistics per (provider, user, type) over local calendar day `day` in each user's zone."""
     frame = records[records["data_type"].isin([t.value for t in AGGREGATED_TYPES])]
-    parts = []
-    for user_id, rows in frame.groupby("user_id", sort=True):
-        zone = zones.get(str(user_id), ZoneInfo("UTC"))
-        window = local_day_window(day, zone)
-        rows = rows[(rows["ts"] >= window.start) & (rows["ts"] < window.end)]
-        if rows.empty:
-            continue
-        stats = _statistics(rows, ["provider", "user_id", "data_type"])
-        stats["level"] = AggregationLevel.DAILY.value
-        # Timestamp.value is nanoseconds whatever the unit: use the store's exact conversion.
-        stats["bucket_start_us"] = to_us(window.start)
-        stats["bucket_end_us"] = to_us(window.end)
-        stats["utc_offset_min"] = int(
-            window.start.astimezone(zone).utcoffset().total_seconds() // 60
-        )
-        parts.append(stats)
-    if not parts:
+    if frame.empty:
         return empty_aggregates()
-    return pd.concat(parts, ignore_index=True)[AGGREGATE_COLUMNS]
+    # Each user's local day as UTC bounds, then one grouping for all users (not one per user).
+    users = pd.Index(frame["user_id"].unique())
+    user_zones = [zones.get(str(user_id), ZoneInfo("UTC")) for user_id in users]
+    windows = [local_day_window(day, zone) for zone in user_zones]
+    bounds = pd.DataFrame(
+        {
+            # Timestamp.value is nanoseconds whatever the unit: use the store's exact conversion.
+            "bucket_start_us": [to_us(w.start) for w in windows],
+            "bucket_end_us": [to_us(w.end) for w in windows],
+            "utc_offset_min": [
+                int(w.start.astimezone(zone).utcoffset().total_seconds() // 60)
+                for w, zone in zip(windows, user_zones, strict=True)
+            ],
+        },
+        index=users,
+    )
+    stamps = frame["ts"].dt.as_unit("us").astype("int64")
+    inside = (stamps >= frame["user_id"].map(bounds["bucket_start_us"])) & (
+        stamps < frame["user_id"].map(bounds["bucket_end_us"])
+    )
+    if not inside.any():
+        return empty_aggregates()
+    stats = _statistics(frame[inside], ["provider", "user_id", "data_type"])
+    stats["level"] = AggregationLevel.DAILY.value
+    stats = stats.join(bounds, on="user_id")
+    return stats[AGGREGATE_COLUMNS].reset_index(drop=True)
