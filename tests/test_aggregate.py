@@ -1,0 +1,224 @@
+"""Aggregation on the real Fitabase data, checked against independent pandas computations over
+the CSV files, plus the edges: users never mixed, local days across clock changes."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ohx_dagster import aggregate
+from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
+from ohx_dagster.records import concat, make_batch
+
+TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
+CHICAGO = "America/Chicago"
+HOUR_US = 3_600_000_000
+
+
+def read_csv(path: Path, time_column: str) -> pd.DataFrame:
+    table = pd.read_csv(path, dtype={"Id": "string"}).dropna(how="all")
+    table["local"] = pd.to_datetime(table[time_column], format=TIME_FORMAT)
+    return table
+
+
+def zones_of(source: FitabaseSource) -> dict[str, ZoneInfo]:
+    return {u.user_id: u.zone for u in source.discover_users()}
+
+
+def hourly_heart_rate_by_pandas(path: Path, zone: str) -> pd.DataFrame:
+    """Per Id and hour: count, min, max, mean, with the hour's start in UTC microseconds."""
+    table = read_csv(path, "Time")
+    table["hour"] = table["local"].dt.floor("h")
+    stats = table.groupby(["Id", "hour"])["Value"].agg(["count", "min", "max", "mean"])
+    stats = stats.reset_index()
+    start = stats["hour"].dt.tz_localize(zone).dt.tz_convert("UTC").dt.as_unit("us")
+    stats["bucket_start_us"] = start.astype("int64")
+    return stats.rename(columns={"Id": "user_id"}).drop(columns="hour")
+
+
+def compare_hourly(stats: pd.DataFrame, expected: pd.DataFrame) -> None:
+    got = stats[stats["data_type"] == "heart_rate"].set_index(["user_id", "bucket_start_us"])
+    want = expected.set_index(["user_id", "bucket_start_us"])
+    assert sorted(got.index) == sorted(want.index)
+    got = got.loc[want.index]
+    np.testing.assert_array_equal(got["count"].to_numpy(), want["count"].to_numpy())
+    np.testing.assert_array_equal(got["min"].to_numpy(), want["min"].to_numpy())
+    np.testing.assert_array_equal(got["max"].to_numpy(), want["max"].to_numpy())
+    np.testing.assert_allclose(got["mean"].to_numpy(), want["mean"].to_numpy(), rtol=1e-12)
+    assert (got["bucket_end_us"] - got.index.get_level_values(1) == HOUR_US).all()
+    assert (got["unit"] == "/min").all()
+    assert (got["level"] == "hourly").all()
+
+
+def test_hourly_heart_rate_equals_pandas_over_the_csv(fitabase_dir: Path) -> None:
+    source = FitabaseSource([fitabase_dir], "UTC")
+    stats = aggregate.hourly(source.records, zones_of(source))
+    expected = hourly_heart_rate_by_pandas(fitabase_dir / "heartrate_seconds_merged.csv", "UTC")
+    assert len(expected) > 20
+    compare_hourly(stats, expected)
+    assert (stats["utc_offset_min"] == 0).all()
+
+
+def test_hourly_heart_rate_in_chicago_keeps_the_local_offset(fitabase_dir: Path) -> None:
+    source = FitabaseSource([fitabase_dir], CHICAGO)
+    stats = aggregate.hourly(source.records, zones_of(source))
+    expected = hourly_heart_rate_by_pandas(fitabase_dir / "heartrate_seconds_merged.csv", CHICAGO)
+    compare_hourly(stats, expected)
+    assert (stats["utc_offset_min"] == -300).all()  # April and May: CDT
+
+
+def test_hourly_heart_rate_of_both_exports(shared_data: Path) -> None:
+    dirs = os.pathsep.join(str(shared_data / name) for name in ("fitabase", "fitabase-may"))
+    source = FitabaseSource(parse_dirs(dirs), "UTC")
+    stats = aggregate.hourly(source.records, zones_of(source))
+    expected = pd.concat(
+        [
+            hourly_heart_rate_by_pandas(shared_data / name / "heartrate_seconds_merged.csv", "UTC")
+            for name in ("fitabase", "fitabase-may")
+        ],
+        ignore_index=True,
+    )
+    assert set(expected["user_id"]) == {"2022484408", "8877689391"}
+    compare_hourly(stats, expected)
+
+
+def test_hourly_steps_never_mix_users(fitabase_dir: Path) -> None:
+    source = FitabaseSource([fitabase_dir], "UTC")
+    stats = aggregate.hourly(source.records, zones_of(source))
+    steps = stats[stats["data_type"] == "steps"]
+    table = read_csv(fitabase_dir / "hourlySteps_merged.csv", "ActivityHour")
+    # One bucket per (user, hour) row of the export, holding exactly that user's steps.
+    assert len(steps) == len(table) == 22_099
+    assert (steps["count"] == 1).all()
+    expected = table.groupby("Id")["StepTotal"].sum()
+    got = steps.groupby("user_id")["sum"].sum()
+    pd.testing.assert_series_equal(
+        got.sort_index(), expected.astype("float64"), check_names=False, check_index_type=False
+    )
+
+
+def test_daily_steps_per_local_day_equal_the_csv_sums(fitabase_dir: Path) -> None:
+    source = FitabaseSource([fitabase_dir], CHICAGO)
+    records = source.records
+    zones = zones_of(source)
+    table = read_csv(fitabase_dir / "hourlySteps_merged.csv", "ActivityHour")
+    table["day"] = table["local"].dt.date
+    expected = table.groupby(["day", "Id"])["StepTotal"].agg(["sum", "count"])
+    days = sorted(table["day"].unique())
+    assert len(days) == 31
+    rows = []
+    for day in days:
+        daily = aggregate.daily(records, zones, day)
+        steps = daily[daily["data_type"] == "steps"]
+        window = aggregate.local_day_window(day, ZoneInfo(CHICAGO))
+        assert (steps["bucket_start_us"] == int(window.start.timestamp() * 1_000_000)).all()
+        assert (steps["utc_offset_min"] == -300).all()
+        rows.extend((day, r.user_id, r.sum, r.count) for r in steps.itertuples())
+    got = pd.DataFrame(rows, columns=["day", "Id", "sum", "count"]).set_index(["day", "Id"])
+    assert sorted(got.index) == sorted(expected.index)
+    got = got.loc[expected.index]
+    np.testing.assert_array_equal(got["sum"].to_numpy(), expected["sum"].to_numpy())
+    np.testing.assert_array_equal(got["count"].to_numpy(), expected["count"].to_numpy())
+
+
+def test_daily_steps_equal_fitbits_own_daily_totals_for_full_days(fitabase_dir: Path) -> None:
+    """Fitbit's dailyActivity TotalSteps, where the day has all 24 hourly rows, match our sum."""
+    source = FitabaseSource([fitabase_dir], CHICAGO)
+    day = date(2016, 4, 20)
+    daily = aggregate.daily(source.records, zones_of(source), day)
+    steps = daily[(daily["data_type"] == "steps") & (daily["count"] == 24)]
+    totals = pd.read_csv(fitabase_dir / "dailyActivity_merged.csv", dtype={"Id": "string"})
+    totals = totals[totals["ActivityDate"] == "4/20/2016"].set_index("Id")["TotalSteps"]
+    assert len(steps) > 20
+    close = [
+        abs(r.sum - totals[r.user_id]) <= 0.01 * totals[r.user_id] + 50 for r in steps.itertuples()
+    ]
+    assert sum(close) >= 0.9 * len(close)
+
+
+def test_two_users_in_one_hour_stay_apart() -> None:
+    hour = pd.Timestamp("2016-04-12T10:00:00Z")
+    stamps = pd.date_range(hour, periods=60, freq="min")
+    batch = concat(
+        make_batch(
+            provider="simulated",
+            user_id=user,
+            data_type="heart_rate",
+            timestamps=stamps,
+            values=np.full(60, value),
+            unit="/min",
+        )
+        for user, value in (("a", 60.0), ("b", 120.0))
+    )
+    zones = {"a": ZoneInfo("UTC"), "b": ZoneInfo("Asia/Kolkata")}
+    stats = aggregate.hourly(batch, zones).set_index("user_id")
+    assert stats.loc["a", "mean"] == 60.0 and stats.loc["b", "mean"] == 120.0
+    assert stats.loc["a", "count"] == stats.loc["b", "count"] == 60
+    assert stats.loc["b", "utc_offset_min"] == 330
+    daily = aggregate.daily(batch, zones, date(2016, 4, 12)).set_index("user_id")
+    assert daily.loc["a", "max"] == 60.0 and daily.loc["b", "min"] == 120.0
+
+
+@pytest.mark.parametrize(
+    ("day", "hours", "offset"),
+    [(date(2016, 3, 13), 23, -360), (date(2016, 11, 6), 25, -300), (date(2016, 4, 1), 24, -300)],
+)
+def test_local_days_across_clock_changes(day: date, hours: int, offset: int) -> None:
+    zone = ZoneInfo(CHICAGO)
+    window = aggregate.local_day_window(day, zone)
+    stamps = pd.date_range(
+        window.start - timedelta(hours=2), window.end, freq="h", inclusive="left"
+    )
+    batch = make_batch(
+        provider="fitabase",
+        user_id="u",
+        data_type="steps",
+        timestamps=stamps,
+        values=np.full(len(stamps), 100.0),
+        unit="1",
+    )
+    (row,) = aggregate.daily(batch, {"u": zone}, day).itertuples()
+    assert row.bucket_end_us - row.bucket_start_us == hours * HOUR_US
+    assert (row.count, row.sum) == (hours, 100.0 * hours)
+    assert row.utc_offset_min == offset
+    outer = aggregate.records_window_for_local_day(day)
+    assert outer.start <= window.start and window.end <= outer.end
+
+
+def test_ecg_is_not_aggregated_and_blood_pressure_keeps_diastolic() -> None:
+    t0 = datetime(2016, 4, 12, 9, tzinfo=UTC)
+    batch = concat(
+        [
+            make_batch(
+                provider="s",
+                user_id="u",
+                data_type="ecg",
+                timestamps=[t0],
+                values=None,
+                unit="uV",
+                samples=[[1.0, 2.0]],
+                sampling_rate_hz=250.0,
+            ),
+            make_batch(
+                provider="s",
+                user_id="u",
+                data_type="blood_pressure",
+                timestamps=[t0, t0 + timedelta(minutes=30)],
+                values=[120.0, 130.0],
+                diastolic=[80.0, 70.0],
+                unit="mm[Hg]",
+            ),
+        ]
+    )
+    (row,) = aggregate.hourly(batch, {}).itertuples()
+    assert row.data_type == "blood_pressure"
+    assert (row.min, row.max, row.mean) == (120.0, 130.0, 125.0)
+    assert (row.diastolic_min, row.diastolic_max, row.diastolic_mean) == (70.0, 80.0, 75.0)
+    assert aggregate.hourly(batch[batch["data_type"] == "ecg"], {}).empty
+    assert aggregate.daily(batch.iloc[:0], {}, date(2016, 4, 12)).empty
