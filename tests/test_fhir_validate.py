@@ -1,0 +1,168 @@
+"""The validator on HL7's own R5 examples: they pass; mutated copies fail with clear messages."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ohx_dagster.fhir.validate import (
+    Problem,
+    iter_examples,
+    model_problems,
+    profile_problems,
+    sample,
+    schema_problems,
+    validate_resource,
+    validate_resources,
+)
+
+HEARTRATE = "http://hl7.org/fhir/StructureDefinition/heartrate"
+OFFICIAL = [
+    "Observation-heart-rate.json",
+    "Observation-blood-pressure.json",
+    "Observation-ekg.json",
+    "Observation-body-temperature.json",
+    "Observation-body-height.json",
+    "Observation-satO2.json",
+    "Observation-respiratory-rate.json",
+    "Observation-vitals-panel.json",
+    "DiagnosticReport-f201.json",
+    "Device-example.json",
+]
+
+
+@pytest.fixture(scope="module")
+def examples() -> dict[str, dict]:
+    found = {n: r for prefix in OFFICIAL for n, r in iter_examples(prefix.removesuffix(".json"))}
+    missing = [name for name in OFFICIAL if name not in found]
+    assert not missing, f"official examples not in hl7.fhir.r5.examples: {missing}"
+    return found
+
+
+def _messages(problems: list[Problem]) -> str:
+    return "\n".join(str(p) for p in problems)
+
+
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_official_examples_pass_all_three_layers(examples: dict[str, dict], name: str) -> None:
+    assert validate_resource(examples[name]) == []
+
+
+def test_wrong_code_fails_the_claimed_heartrate_profile(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    resource["meta"]["profile"] = [HEARTRATE]
+    assert validate_resource(resource) == []
+    resource["code"]["coding"][0]["code"] = "8480-6"
+    problems = profile_problems(resource)
+    assert "Observation.code.coding:HeartRateCode: 0 found, at least 1 required [heartrate]" in (
+        p.message for p in problems
+    ), _messages(problems)
+
+
+def test_heart_rate_in_the_wrong_unit_fails(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    resource["valueQuantity"]["code"] = "{beats}/min"
+    problems = validate_resource(resource)
+    assert any(
+        "valueQuantity.code: '{beats}/min' found, fixed value '/min' required" in p.message
+        for p in problems
+    ), _messages(problems)
+
+
+def test_missing_status_fails_model_and_structure(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    del resource["status"]
+    assert any("status" in p.message and "required" in p.message for p in model_problems(resource))
+    # fhir.schema.json marks only `code` as required; the StructureDefinition knows better.
+    assert schema_problems(resource) == []
+    assert any(
+        "Observation.status: 0 found, at least 1 required" in p.message
+        for p in profile_problems(resource)
+    )
+
+
+def test_sampled_data_with_r4_period_fails(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-ekg.json"])
+    sampled = resource["component"][0]["valueSampledData"]
+    sampled["period"] = sampled.pop("interval")
+    del sampled["intervalUnit"]
+    problems = validate_resource(resource)
+    text = _messages(problems)
+    assert "('period' was unexpected)" in text
+    assert "valueSampledData.period: Extra inputs are not permitted" in text
+    assert "intervalUnit" in text  # R5 requires the unit of the interval
+
+
+def test_sampled_data_with_interval_and_offsets_fails_sdd_1(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-ekg.json"])
+    resource["component"][0]["valueSampledData"]["offsets"] = "0 10 20"
+    problems = profile_problems(resource)
+    assert any("invariant sdd-1 failed" in p.message for p in problems), _messages(problems)
+
+
+def test_diastolic_coded_as_heart_rate_fails_the_bp_profile(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-blood-pressure.json"])
+    diastolic = next(c for c in resource["component"] if c["code"]["coding"][0]["code"] == "8462-4")
+    diastolic["code"]["coding"][0]["code"] = "8867-4"
+    problems = validate_resource(resource)
+    assert [p.message for p in problems] == [
+        "Observation.component:DiastolicBP: 0 found, at least 1 required [bp]"
+    ]
+
+
+def test_date_time_without_offset_fails(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    resource["effectiveDateTime"] = "1999-07-02T10:30:00"
+    problems = validate_resource(resource)
+    assert any(
+        p.message.startswith("effectiveDateTime") and "regex" in p.message for p in problems
+    ), _messages(problems)
+
+
+def test_period_ending_before_it_starts_fails_per_1(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    del resource["effectiveDateTime"]
+    resource["effectivePeriod"] = {"start": "2024-01-02T10:00:00Z", "end": "2024-01-01T10:00:00Z"}
+    problems = profile_problems(resource)
+    assert any("invariant per-1 failed" in p.message for p in problems), _messages(problems)
+
+
+def test_vital_sign_without_vital_signs_category_fails(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    resource["category"][0]["coding"][0]["code"] = "activity"
+    problems = profile_problems(resource)
+    assert [p.message for p in problems] == [
+        "Observation.category:VSCat: 0 found, at least 1 required [vitalsigns]"
+    ]
+
+
+def test_oxygen_saturation_without_2708_6_fails(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-satO2.json"])
+    resource["code"]["coding"] = [c for c in resource["code"]["coding"] if c["code"] != "2708-6"]
+    problems = profile_problems(resource)
+    assert any("OxygenSatCode: 0 found" in p.message for p in problems), _messages(problems)
+
+
+def test_unknown_profile_is_a_problem(examples: dict[str, dict]) -> None:
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    resource["meta"]["profile"] = ["http://example.org/StructureDefinition/nope"]
+    assert [p.message for p in profile_problems(resource)] == [
+        "unknown profile http://example.org/StructureDefinition/nope"
+    ]
+
+
+def test_sample_keeps_every_type_and_profile(examples: dict[str, dict]) -> None:
+    resources = [examples[name] for name in OFFICIAL] * 5
+    strata = {(r["resourceType"], str(r.get("meta", {}).get("profile"))) for r in resources}
+    chosen = sample(resources, len(strata) + 2)
+    assert len(chosen) == len(strata) + 2
+    assert {(r["resourceType"], str(r.get("meta", {}).get("profile"))) for r in chosen} == strata
+    assert sample(resources, 12) == sample(resources, 12)  # deterministic
+
+
+def test_validate_resources_reports_each_broken_resource(examples: dict[str, dict]) -> None:
+    broken = copy.deepcopy(examples["Observation-ekg.json"])
+    broken["component"][0]["valueSampledData"]["offsets"] = "0 10"
+    problems = validate_resources([examples["Observation-heart-rate.json"], broken])
+    assert problems and {p.resource_id for p in problems} == {"ekg"}
