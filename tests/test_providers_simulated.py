@@ -1,0 +1,126 @@
+"""The simulated provider: deterministic, plausible, all eight types, nothing from the future."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ohx_dagster.models import DateRange, HealthDataType
+from ohx_dagster.providers.base import HealthSource
+from ohx_dagster.providers.simulated import SimulatedSource
+from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
+from ohx_dagster.records import records_from_batch
+
+NOW = datetime(2025, 1, 10, tzinfo=UTC)
+DAY = DateRange(datetime(2025, 1, 5, tzinfo=UTC), datetime(2025, 1, 6, tzinfo=UTC))
+
+
+def source(users: int = 3, seed: int = 7, now: datetime = NOW) -> SimulatedSource:
+    return SimulatedSource(users, seed=seed, clock=lambda: now)
+
+
+@pytest.fixture(scope="module")
+def day_of_data() -> pd.DataFrame:
+    sim = source()
+    return pd.concat(
+        [sim.fetch(u, list(HealthDataType), DAY, batch_size=1000) for u in sim.discover_users()],
+        ignore_index=True,
+    )
+
+
+def test_users_are_deterministic_and_varied() -> None:
+    users = source(5).discover_users()
+    assert [u.user_id for u in users] == ["sim-001", "sim-002", "sim-003", "sim-004", "sim-005"]
+    assert users == source(5).discover_users()
+    assert len({u.timezone for u in users}) == 5
+    assert {u.aggregation.value for u in users} == {"individual", "hourly", "daily"}
+    assert isinstance(source(), HealthSource)
+
+
+def test_all_eight_types_every_day_for_every_user(day_of_data: pd.DataFrame) -> None:
+    for user_id, rows in day_of_data.groupby("user_id"):
+        assert set(rows["data_type"]) == {t.value for t in HealthDataType}, user_id
+        counts = rows["data_type"].value_counts()
+        assert counts["ecg"] == 1 and counts["weight"] == 1 and counts["temperature"] == 1
+        assert counts["blood_pressure"] == 2
+    assert (day_of_data["ts"] >= pd.Timestamp(DAY.start)).all()
+    assert (day_of_data["ts"] < pd.Timestamp(DAY.end)).all()
+
+
+def test_values_are_plausible_and_valid_records(day_of_data: pd.DataFrame) -> None:
+    assert implausible_values(day_of_data) == {}
+    sparse = day_of_data[~day_of_data["data_type"].isin(["heart_rate", "steps", "rr_intervals"])]
+    assert len(list(records_from_batch(sparse))) == len(sparse)  # every rule re-checked
+
+
+def test_heart_rate_every_one_to_five_seconds_with_a_day_night_rhythm(
+    day_of_data: pd.DataFrame,
+) -> None:
+    sim = source()
+    for user in sim.discover_users():
+        hr = day_of_data[
+            (day_of_data["user_id"] == user.user_id) & (day_of_data["data_type"] == "heart_rate")
+        ]
+        steps = hr["ts"].diff().dropna().dt.total_seconds().unique()
+        assert len(steps) == 1 and 1 <= steps[0] <= 5
+        local_hour = hr["ts"].dt.tz_convert(user.timezone).dt.hour
+        night = hr.loc[local_hour.between(1, 4), "value"].mean()
+        afternoon = hr.loc[local_hour.between(13, 16), "value"].mean()
+        assert afternoon > night + 5, user.user_id
+
+
+def test_rr_intervals_are_consistent_with_the_heart_rate(day_of_data: pd.DataFrame) -> None:
+    for user_id, rows in day_of_data.groupby("user_id"):
+        rr = rows[rows["data_type"] == "rr_intervals"]
+        hr = rows[rows["data_type"] == "heart_rate"]
+        around = hr[(hr["ts"] >= rr["ts"].min()) & (hr["ts"] <= rr["ts"].max())]
+        assert len(rr) > 200
+        assert abs(60_000 / rr["value"].mean() - around["value"].mean()) < 12, user_id
+        # RR sessions are back-to-back beats: consecutive stamps are one interval apart.
+        gaps = rr["ts"].diff().dropna().dt.total_seconds().to_numpy() * 1000
+        np.testing.assert_allclose(gaps, rr["value"].to_numpy()[1:], atol=1)
+
+
+def test_ecg_is_30_seconds_at_250_or_500_hz_with_its_heart_rate(day_of_data: pd.DataFrame):
+    ecg = day_of_data[day_of_data["data_type"] == "ecg"]
+    assert len(ecg) == 3
+    for row in ecg.itertuples():
+        assert row.sampling_rate_hz in (250.0, 500.0)
+        assert len(row.samples) == 30 * row.sampling_rate_hz
+        assert row.duration_s == 30.0
+        assert 500 < max(row.samples) < 2000  # an R wave of about a millivolt, in microvolts
+    assert recordings_without_heart_rate(day_of_data) == []
+
+
+def test_any_window_gives_the_same_records() -> None:
+    user = source().discover_users()[1]
+    kinds = [HealthDataType.HEART_RATE, HealthDataType.STEPS]
+    start = datetime(2025, 1, 5, 12, 17, 3, tzinfo=UTC)
+    whole = source().fetch(user, kinds, DateRange(start, start + timedelta(hours=3)), batch_size=1)
+    first = source().fetch(user, kinds, DateRange(start, start + timedelta(hours=2)), batch_size=1)
+    second = source().fetch(
+        user, kinds, DateRange(start + timedelta(hours=1), start + timedelta(hours=3)), batch_size=1
+    )
+    merged = (
+        pd.concat([first, second])
+        .drop_duplicates(["data_type", "ts"])
+        .sort_values(["data_type", "ts"], ignore_index=True)
+    )
+    pd.testing.assert_frame_equal(merged, whole.sort_values(["data_type", "ts"], ignore_index=True))
+    other_seed = source(seed=8).fetch(
+        user, kinds, DateRange(start, start + timedelta(hours=1)), batch_size=1
+    )
+    assert not np.array_equal(other_seed["value"].to_numpy()[:100], whole["value"].to_numpy()[:100])
+
+
+def test_nothing_after_the_simulators_clock() -> None:
+    now = datetime(2025, 1, 5, 10, 30, tzinfo=UTC)
+    user = source().discover_users()[0]
+    batch = source(now=now).fetch(user, [HealthDataType.HEART_RATE], DAY, batch_size=1000)
+    assert batch["ts"].max() < pd.Timestamp(now)
+    assert batch["ts"].max() >= pd.Timestamp(now) - pd.Timedelta(seconds=5)
+    later = DateRange(now + timedelta(hours=1), now + timedelta(hours=2))
+    assert source(now=now).fetch(user, list(HealthDataType), later, batch_size=1).empty
