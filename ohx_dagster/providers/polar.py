@@ -14,7 +14,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Final
 
-import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ValidationError
