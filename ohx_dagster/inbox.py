@@ -114,9 +114,11 @@ class Inbox:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        # The store creates every table on `metadata` it knows of when it starts; a store built
-        # before this module was imported gets the inbox here.
-        webhook_inbox.create(store.engine, checkfirst=True)
+        # The store creates every table on `metadata` when it starts; a store built before this
+        # module was imported gets the inbox here (in a write transaction: one creator at a time).
+        if not sa.inspect(store.engine).has_table(webhook_inbox.name):
+            with store.write() as conn:
+                webhook_inbox.create(conn, checkfirst=True)
         self._postgres = store.engine.dialect.name == "postgresql"
 
     def add(self, events: Sequence[NewEvent]) -> int:
