@@ -1,0 +1,344 @@
+"""Delivery to a FHIR R5 server: a durable outbox and a client that sends it as transactions.
+
+The outbox (table fhir_outbox, in the record store) holds the latest body of every published
+resource and the hash of the body the server last acknowledged. A partition's resources are
+enqueued, then sent in bounded transaction Bundles of conditional updates
+(PUT Observation?identifier=urn:ohx:fhir|...), and marked delivered only after the server answered
+the whole transaction with success. So:
+- a server outage loses nothing: undelivered rows stay pending and the next run sends them;
+- a retry duplicates nothing: a conditional update on the deterministic identifier replaces, never
+  adds, even when the server applied a transaction whose response was lost;
+- re-publishing an unchanged partition sends nothing (the acknowledged hash matches).
+429 and 503 are retried after their Retry-After; other 5xx and dropped connections with
+exponential backoff; any other 4xx stops with the server's OperationOutcome in the error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Final
+from urllib.parse import quote
+
+import httpx
+import orjson
+import sqlalchemy as sa
+
+from ohx_dagster.errors import OhxError
+from ohx_dagster.store import RecordStore, metadata, now_us
+
+RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
+FHIR_JSON: Final = "application/fhir+json"
+
+fhir_outbox = sa.Table(
+    "fhir_outbox",
+    metadata,
+    sa.Column("resource_type", sa.String(64), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
+    sa.Column("partition_key", sa.String(128), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("body_hash", sa.String(64), nullable=False),
+    sa.Column("delivered_hash", sa.String(64)),
+    sa.Column("enqueued_at_us", sa.BigInteger, nullable=False),
+    sa.Column("delivered_at_us", sa.BigInteger),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("last_error", sa.Text),
+)
+sa.Index("ix_outbox_partition", fhir_outbox.c.partition_key)
+
+
+def ensure_outbox(store: RecordStore) -> None:
+    """Create the outbox table on a store opened before this module was imported."""
+    fhir_outbox.create(store.engine, checkfirst=True)
+
+
+class DeliveryError(OhxError):
+    """The server refused a transaction (not retryable) or stayed unavailable past the retries."""
+
+
+def enqueue(store: RecordStore, partition_key: str, resources: Iterable[dict]) -> int:
+    """Put the partition's resources in the outbox; returns how many differ from what the server
+    last acknowledged (those are pending)."""
+    t = fhir_outbox
+    rows = []
+    for resource in resources:
+        body = orjson.dumps(resource)
+        rows.append(
+            {
+                "resource_type": resource["resourceType"],
+                "resource_id": resource["id"],
+                "partition_key": partition_key,
+                "body": body.decode(),
+                "body_hash": hashlib.sha256(body).hexdigest(),
+                "enqueued_at_us": now_us(),
+            }
+        )
+    ensure_outbox(store)
+    if not rows:
+        return 0
+    statement = store._insert(t)  # the store's dialect-specific INSERT (SQLite / PostgreSQL)
+    upsert = statement.on_conflict_do_update(
+        index_elements=["resource_type", "resource_id"],
+        set_={
+            "partition_key": statement.excluded.partition_key,
+            "body": statement.excluded.body,
+            "body_hash": statement.excluded.body_hash,
+            "enqueued_at_us": statement.excluded.enqueued_at_us,
+        },
+    )
+    with store.write() as conn:
+        for start in range(0, len(rows), 1000):
+            conn.execute(upsert, rows[start : start + 1000])
+    return len(pending(store, partition_key))
+
+
+def _pending_query(partition_key: str | None) -> sa.Select:
+    t = fhir_outbox
+    query = sa.select(t.c.resource_type, t.c.resource_id, t.c.body, t.c.body_hash).where(
+        sa.or_(t.c.delivered_hash.is_(None), t.c.delivered_hash != t.c.body_hash)
+    )
+    if partition_key is not None:
+        query = query.where(t.c.partition_key == partition_key)
+    return query.order_by(t.c.resource_type, t.c.resource_id)
+
+
+def pending(store: RecordStore, partition_key: str | None = None) -> list[tuple[str, str, str]]:
+    """(resource type, id, body hash) of resources not yet acknowledged by the server."""
+    with store.read() as conn:
+        rows = conn.execute(_pending_query(partition_key)).all()
+    return [(r.resource_type, r.resource_id, r.body_hash) for r in rows]
+
+
+# -- authentication ---------------------------------------------------------------------------
+
+
+class Auth:
+    def header(self, client: httpx.Client) -> dict[str, str]:
+        return {}
+
+    def invalidate(self) -> None:
+        """Forget a cached token (the server answered 401)."""
+
+
+@dataclass
+class BearerToken(Auth):
+    token: str
+
+    def header(self, client: httpx.Client) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@dataclass
+class ClientCredentials(Auth):
+    """OAuth 2.0 client credentials (client_secret_post) against the server's token endpoint,
+    the token cached until shortly before it expires."""
+
+    token_url: str
+    client_id: str
+    client_secret: str
+    scope: str = "system/*.write"
+    _token: str | None = field(default=None, repr=False)
+    _expires: float = 0.0
+
+    def header(self, client: httpx.Client) -> dict[str, str]:
+        if self._token is None or time.monotonic() > self._expires:
+            response = client.post(
+                self.token_url,
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": self.client_id,
+                    "client_secret": self.client_secret,
+                    "scope": self.scope,
+                },
+            )
+            if response.status_code != 200:
+                raise DeliveryError(
+                    f"token endpoint {self.token_url} answered {response.status_code}: "
+                    f"{response.text[:300]}"
+                )
+            payload = response.json()
+            self._token = str(payload["access_token"])
+            self._expires = time.monotonic() + max(0, int(payload.get("expires_in", 300)) - 30)
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def invalidate(self) -> None:
+        self._token = None
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+def _token_escape(text: str) -> str:
+    """FHIR search token escaping: a literal | , $ or \\ in a value is preceded by \\."""
+    for char in ("\\", "|", ",", "$"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def conditional_url(resource: dict) -> str:
+    identifier = resource["identifier"][0]
+    token = f"{_token_escape(identifier['system'])}|{_token_escape(identifier['value'])}"
+    return f"{resource['resourceType']}?identifier={quote(token, safe='')}"
+
+
+def transaction(base_url: str, resources: Sequence[dict]) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "request": {"method": "PUT", "url": conditional_url(r)},
+            }
+            for r in resources
+        ],
+    }
+
+
+def retry_after_seconds(value: str | None, default: float) -> float:
+    if not value:
+        return default
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return default
+        return max(0.0, moment.timestamp() - time.time())
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    batches: int = 0
+    retries: int = 0
+    remaining: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class FhirClient:
+    base_url: str
+    auth: Auth = field(default_factory=Auth)
+    batch_size: int = 100
+    max_retries: int = 5
+    backoff_s: float = 0.5
+    max_wait_s: float = 60.0
+    timeout_s: float = 30.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size}: expected >= 1")
+
+    def deliver(self, store: RecordStore, partition_key: str | None = None) -> DeliveryReport:
+        """Send every pending resource (of a partition, or all) in bounded transactions."""
+        report = DeliveryReport()
+        ensure_outbox(store)
+        with store.read() as conn:
+            rows = conn.execute(_pending_query(partition_key)).all()
+        with httpx.Client(timeout=self.timeout_s) as client:
+            for start in range(0, len(rows), self.batch_size):
+                batch = rows[start : start + self.batch_size]
+                try:
+                    self._send(client, [orjson.loads(r.body) for r in batch], report)
+                except DeliveryError as exc:
+                    self._record_failure(store, batch, str(exc))
+                    report.remaining = len(rows) - start
+                    raise
+                self._mark_delivered(store, batch)
+                report.sent += len(batch)
+                report.batches += 1
+        return report
+
+    def _send(self, client: httpx.Client, resources: list[dict], report: DeliveryReport) -> None:
+        body = orjson.dumps(transaction(self.base_url, resources))
+        attempt = 0
+        while True:
+            error: str
+            wait = min(self.max_wait_s, self.backoff_s * 2**attempt)
+            try:
+                response = client.post(
+                    self.base_url,
+                    content=body,
+                    headers={
+                        "Content-Type": FHIR_JSON,
+                        "Accept": FHIR_JSON,
+                        **self.auth.header(client),
+                    },
+                )
+            except httpx.TransportError as exc:  # refused, reset, dropped mid-response
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    self._check_response(response, len(resources), report)
+                    return
+                error = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code == 401 and attempt == 0:
+                    self.auth.invalidate()
+                elif response.status_code not in RETRY_STATUSES:
+                    raise DeliveryError(f"{self.base_url} refused the transaction: {error}")
+                if response.status_code in (429, 503):
+                    wait = min(
+                        self.max_wait_s,
+                        retry_after_seconds(response.headers.get("Retry-After"), wait),
+                    )
+            if attempt >= self.max_retries:
+                raise DeliveryError(
+                    f"{self.base_url} unavailable after {attempt + 1} attempts: {error}"
+                )
+            attempt += 1
+            report.retries += 1
+            self.sleep(wait)
+
+    def _check_response(self, response: httpx.Response, count: int, report: DeliveryReport) -> None:
+        bundle = response.json()
+        entries = bundle.get("entry", [])
+        if bundle.get("type") != "transaction-response" or len(entries) != count:
+            raise DeliveryError(
+                f"{self.base_url}: expected a transaction-response with {count} entries, got "
+                f"{bundle.get('type')!r} with {len(entries)}"
+            )
+        for entry in entries:
+            status = str(entry.get("response", {}).get("status", "")).split(" ")[0]
+            if not status.startswith("2"):
+                raise DeliveryError(f"{self.base_url}: an entry answered {status!r}")
+            report.statuses[status] = report.statuses.get(status, 0) + 1
+
+    def _mark_delivered(self, store: RecordStore, batch: Sequence[Any]) -> None:
+        t = fhir_outbox
+        at = now_us()
+        with store.write() as conn:
+            for row in batch:
+                conn.execute(
+                    t.update()
+                    .where(
+                        t.c.resource_type == row.resource_type,
+                        t.c.resource_id == row.resource_id,
+                        t.c.body_hash == row.body_hash,  # a newer body stays pending
+                    )
+                    .values(
+                        delivered_hash=row.body_hash,
+                        delivered_at_us=at,
+                        attempts=t.c.attempts + 1,
+                        last_error=None,
+                    )
+                )
+
+    def _record_failure(self, store: RecordStore, batch: Sequence[Any], error: str) -> None:
+        t = fhir_outbox
+        with store.write() as conn:
+            for row in batch:
+                conn.execute(
+                    t.update()
+                    .where(
+                        t.c.resource_type == row.resource_type, t.c.resource_id == row.resource_id
+                    )
+                    .values(attempts=t.c.attempts + 1, last_error=error[:1000])
+                )
