@@ -150,7 +150,16 @@ def create_engine(url: str) -> Engine:
     if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
         # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the pinned driver is psycopg2.
         url = "postgresql+psycopg2://" + url.split("://", 1)[1]
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+        # SQLAlchemy 2.1 does not batch INSERT .. ON CONFLICT (no insertmanyvalues): without
+        # execute_batch every upserted row would be its own round trip.
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=5,
+            max_overflow=5,
+            executemany_mode="values_plus_batch",
+            executemany_batch_page_size=1000,
+        )
     raise ConfigError(
         f"OHX_DATABASE_URL={url!r}: expected sqlite:///<path> or postgresql://user@host/db"
     )
