@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.fhir_delivery import build_fhir_delivery_asset
 from assets.health import build_health_assets
 from assets.partitions import health_partitions
 from ohx_dagster.settings import Settings
 from resources import RecordStoreResource, SourcesResource
+from resources.fhir_server import fhir_server_from_env
 from sensors.new_users import build_new_user_sensor
 from sensors.schedules import build_schedules
 from sensors.webhooks import build_webhook_sensor
@@ -20,14 +22,15 @@ from sensors.webhooks import build_webhook_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = health_partitions(settings.partitions_start, settings.sources)
     health_assets = build_health_assets(partitions, settings.fhir_dir)
+    fhir_delivery = build_fhir_delivery_asset(partitions)
     sync_job = dg.define_asset_job(
         "sync_partition",
-        selection=dg.AssetSelection.assets(*health_assets),
+        selection=dg.AssetSelection.assets(*health_assets, fhir_delivery),
         partitions_def=partitions,
         description="Fetch, aggregate and publish one day x source partition.",
     )
     return dg.Definitions(
-        assets=health_assets,
+        assets=[*health_assets, fhir_delivery],
         jobs=[sync_job],
         schedules=build_schedules(sync_job, settings.sources, settings.partitions_start),
         sensors=[
@@ -43,7 +46,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 simulated_seed=settings.simulated_seed,
                 fitabase_dir=settings.fitabase_dir,
                 fitabase_tz=settings.fitabase_tz,
+                polar_csv=settings.polar_csv,
             ),
+            "fhir_server": fhir_server_from_env(),
         },
         executor=dg.in_process_executor,
     )
