@@ -397,21 +397,17 @@ class RecordStore:
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
-def _plain(value: Any) -> Any:
-    """numpy / pandas scalars and missing values as what a DB-API driver accepts."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return None
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
+def _column_values(column: pd.Series) -> list[Any]:
+    """A column as Python values a DB-API driver accepts: NaN/NA -> None, numpy -> Python."""
+    values = column.astype("object").where(column.notna(), None)
+    return [v.item() if isinstance(v, np.generic) else v for v in values.tolist()]
 
 
 def _plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    columns = list(frame.columns)
-    return [
-        {name: _plain(value) for name, value in zip(columns, row, strict=True)}
-        for row in frame.itertuples(index=False, name=None)
-    ]
+    """Rows as dicts, built column-wise (row-wise conversion was half of a sync's time)."""
+    names = list(frame.columns)
+    columns = [_column_values(frame[name]) for name in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 def _record_rows(batch: pd.DataFrame) -> list[dict[str, Any]]:

@@ -125,10 +125,11 @@ def sync_partition(
             batch, windows = fetch_user(
                 source, store, config, strategy=strategy, partition=partition, now=now, since=since
             )
-        except (ProviderError, OhxError, ValueError) as exc:
+        except (ProviderError, OhxError, ValueError, OSError) as exc:
+            # OSError: a provider's network failure (reset, timeout) is one user's failure too.
             report.failures[config.user_id] = f"{type(exc).__name__}: {exc}"
-            # Bad data or config stays bad on retry; a provider error may pass.
-            report.transient &= isinstance(exc, ProviderError)
+            # Bad data or config stays bad on retry; a provider or network error may pass.
+            report.transient &= isinstance(exc, ProviderError | OSError)
             if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
                 report.retry_after_s = max(report.retry_after_s or 0.0, exc.retry_after_s)
             continue
