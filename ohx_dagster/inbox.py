@@ -1,7 +1,8 @@
 """The durable webhook inbox: provider notifications, committed before they are acknowledged.
 
-The webhook receiver adds events; the webhook sensor reads the pending ones in id order with a
-cursor (`after`), launches runs, and marks them dispatched (or ignored, with the reason).
+The webhook receiver adds events; the webhook sensor reads them in id order after its cursor
+(`for_sensor`), launches runs, and marks them dispatched (or ignored, with the reason); `after`
+reads only the pending ones.
 
 - `id` only grows, so it is the sensor's cursor. SQLite: AUTOINCREMENT never reuses an id, and
   writers are serialized, so ids commit in order. PostgreSQL: ids come from a sequence at insert
@@ -157,8 +158,29 @@ class Inbox:
 
     def after(self, cursor: int, limit: int) -> list[InboxEvent]:
         """Pending events with id > cursor, in id order, at most `limit`."""
+        return self._events(pending_after(cursor, limit))
+
+    def for_sensor(self, cursor: int, limit: int) -> list[InboxEvent]:
+        """Events with id > cursor that are not ignored, pending or dispatched, in id order.
+
+        The sensor's cursor, not the status, says what is done: a tick that marked events
+        dispatched and then died before Dagster stored its cursor reads them again, and its
+        run keys (partition + last event id) are the same, so nothing runs twice or never.
+        """
+        if limit < 1:
+            raise ValidationError("limit", limit, "a whole number >= 1")
+        t = webhook_inbox
+        query = (
+            sa.select(*_EVENT_COLUMNS)
+            .where(t.c.id > cursor, t.c.status != IGNORED)
+            .order_by(t.c.id)
+            .limit(limit)
+        )
+        return self._events(query)
+
+    def _events(self, query: sa.Select[Any]) -> list[InboxEvent]:
         with self.store.read() as conn:
-            rows = conn.execute(pending_after(cursor, limit)).all()
+            rows = conn.execute(query).all()
         return [
             InboxEvent(
                 id=row.id,
@@ -210,22 +232,25 @@ class Inbox:
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INBOX_LOCK})
 
 
+_EVENT_COLUMNS: Final = (
+    webhook_inbox.c.id,
+    webhook_inbox.c.provider,
+    webhook_inbox.c.event_key,
+    webhook_inbox.c.user_id,
+    webhook_inbox.c.data_type,
+    webhook_inbox.c.occurred_at_us,
+    webhook_inbox.c.received_at_us,
+    webhook_inbox.c.payload,
+)
+
+
 def pending_after(cursor: int, limit: int) -> sa.Select[Any]:
     """The query behind `Inbox.after`: an index seek on (status, id), then at most `limit` rows."""
     if limit < 1:
         raise ValidationError("limit", limit, "a whole number >= 1")
     t = webhook_inbox
     return (
-        sa.select(
-            t.c.id,
-            t.c.provider,
-            t.c.event_key,
-            t.c.user_id,
-            t.c.data_type,
-            t.c.occurred_at_us,
-            t.c.received_at_us,
-            t.c.payload,
-        )
+        sa.select(*_EVENT_COLUMNS)
         .where(t.c.status == PENDING, t.c.id > cursor)
         .order_by(t.c.id)
         .limit(limit)

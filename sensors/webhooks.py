@@ -92,7 +92,7 @@ def build_webhook_sensor(
         record_store = store.get_store()
         inbox = Inbox(record_store)
         cursor = int(context.cursor or 0)
-        events = inbox.after(cursor, BATCH_LIMIT)
+        events = inbox.for_sensor(cursor, BATCH_LIMIT)
         if not events:
             return dg.SensorResult(skip_reason=f"no webhook events after id {cursor}")
         dispatch = plan_dispatch(events, record_store, sources, first_day)

@@ -158,3 +158,22 @@ def test_new_user_backfill_never_starts_before_the_first_partition(tmp_path, dat
     )
     days = sorted(date.fromisoformat(k.split("|")[0]) for k in subset.get_partition_keys())
     assert days[0] == TODAY - timedelta(days=5)
+
+
+def test_a_tick_whose_cursor_was_lost_asks_for_the_same_runs_again(defs, store, database_url):
+    # The first tick marks its events dispatched; if the daemon dies before it stores the
+    # cursor, the next tick starts from the old cursor and must not skip those events.
+    now = datetime.now(UTC)
+    Inbox(store).add([event(f"e{i}", "sim-001", "heart_rate", now) for i in range(5)])
+    first = tick(defs, "webhook_sensor", database_url)
+    replayed = tick(defs, "webhook_sensor", database_url, cursor=None)
+    assert [r.run_key for r in replayed.run_requests] == [r.run_key for r in first.run_requests]
+    assert replayed.cursor == first.cursor
+
+
+def test_the_sensor_reads_a_bounded_batch_from_a_large_backlog(store):
+    inbox = Inbox(store)
+    now = datetime.now(UTC)
+    inbox.add([event(f"e{i}", "sim-001", "heart_rate", now) for i in range(100_000)])
+    batch = inbox.for_sensor(50_000, BATCH_LIMIT)
+    assert [e.id for e in batch] == list(range(50_001, 50_001 + BATCH_LIMIT))
