@@ -90,11 +90,14 @@ def test_cli_materialize_fitabase_matches_pandas_and_is_byte_stable(
     first = output.read_bytes()
     observations = [json.loads(line) for line in first.splitlines()]
 
+    # Hourly aggregates: heart rate with a valueQuantity (the series Observations that they
+    # are derived from carry valueSampledData instead).
     heart_rate = [
         o
         for o in observations
         if o["code"]["coding"][0]["system"] == "http://loinc.org"
         and o["code"]["coding"][0]["code"] == "8867-4"
+        and "valueQuantity" in o
     ]
     expected = expected_hourly_heart_rate(fitabase_dir / "heartrate_seconds_merged.csv")
     assert len(expected) == 12  # hours 07..20 of the one user, 12 of them with data
