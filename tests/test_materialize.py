@@ -118,6 +118,8 @@ def test_materialize_simulated_partition_on_sqlite(tmp_path: Path) -> None:
 
 def test_materialize_on_postgres_instance_and_store(tmp_path: Path, pg_database_url: str):
     """Production layout: dagster-postgres for runs/events/schedules, the store on PostgreSQL."""
+    # dagster-postgres hands the URL to SQLAlchemy 2.1, which reads a bare postgresql:// as
+    # psycopg 3 (not installed): a dagster.yaml must name the pinned driver, psycopg2.
     url = sa.make_url(pg_database_url).set(drivername="postgresql+psycopg2")
     dagster_url = url.render_as_string(hide_password=False)
     dagster_home = tmp_path / "dagster_home"
