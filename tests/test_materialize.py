@@ -4,6 +4,7 @@ instance, and on PostgreSQL for both the record store and Dagster's instance (da
 from __future__ import annotations
 
 import hashlib
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from ohx_dagster.store import RecordStore
 DAY = "2025-01-05"
 PARTITION = f"{DAY}|simulated"
 STATISTICS = "http://hl7.org/fhir/observation-statistics"
+
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_partition(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
@@ -116,7 +120,9 @@ def test_materialize_simulated_partition_on_sqlite(tmp_path: Path) -> None:
     store.dispose()
 
 
-def test_materialize_on_postgres_instance_and_store(tmp_path: Path, pg_database_url: str):
+def test_materialize_on_postgres_instance_and_store(
+    tmp_path: Path, pg_database_url: str, monkeypatch: pytest.MonkeyPatch
+):
     """Production layout: dagster-postgres for runs/events/schedules, the store on PostgreSQL."""
     # dagster-postgres hands the URL to SQLAlchemy 2.1, which reads a bare postgresql:// as
     # psycopg 3 (not installed): a dagster.yaml must name the pinned driver, psycopg2.
@@ -124,9 +130,9 @@ def test_materialize_on_postgres_instance_and_store(tmp_path: Path, pg_database_
     dagster_url = url.render_as_string(hide_password=False)
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text(
-        f'storage:\n  postgres:\n    postgres_url: "{dagster_url}"\n'
-    )
+    # The instance config the product ships for production, reading DAGSTER_PG_URL.
+    shutil.copy(REPO / "deploy" / "dagster.postgres.yaml", dagster_home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_PG_URL", dagster_url)
     settings = Settings.from_env(
         {
             "OHX_HOME": str(tmp_path / "home"),
