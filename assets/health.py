@@ -50,6 +50,16 @@ def _span(first: object, last: object) -> dict[str, dg.MetadataValue]:
     }
 
 
+def _consistency(stats: pd.DataFrame) -> dg.AssetCheckResult:
+    """The statistics_consistent check of an aggregate asset."""
+    inconsistent = aggregate_inconsistencies(stats)
+    return dg.AssetCheckResult(
+        check_name="statistics_consistent",
+        passed=not inconsistent,
+        metadata={"rows": dg.MetadataValue.json(inconsistent[:20]), "count": len(inconsistent)},
+    )
+
+
 def _users_in_scope(context: dg.AssetExecutionContext) -> frozenset[str] | None:
     """The users this run was asked to sync (a webhook's users), or None for all: a realtime
     run re-aggregates only what it could have changed."""
@@ -189,7 +199,6 @@ def build_health_assets(
         )
         mismatched = expected.sub(got, fill_value=0)
         mismatched = mismatched[mismatched != 0]
-        inconsistent = aggregate_inconsistencies(stats)
         return dg.MaterializeResult(
             metadata={
                 "buckets": len(stats),
@@ -210,11 +219,7 @@ def build_health_assets(
                         )
                     },
                 ),
-                dg.AssetCheckResult(
-                    check_name="statistics_consistent",
-                    passed=not inconsistent,
-                    metadata={"rows": dg.MetadataValue.json(inconsistent[:20])},
-                ),
+                _consistency(stats),
             ],
         )
 
@@ -246,7 +251,6 @@ def build_health_assets(
         )
         stats = aggregate.daily(records, _zones(record_store, source_name), day)
         record_store.upsert_aggregates(stats)
-        inconsistent = aggregate_inconsistencies(stats)
         return dg.MaterializeResult(
             metadata={
                 "local_day": day.isoformat(),
@@ -257,11 +261,7 @@ def build_health_assets(
                 ),
             },
             check_results=[
-                dg.AssetCheckResult(
-                    check_name="statistics_consistent",
-                    passed=not inconsistent,
-                    metadata={"rows": dg.MetadataValue.json(inconsistent[:20])},
-                ),
+                _consistency(stats),
             ],
         )
 

@@ -31,6 +31,19 @@ def days_closing_at(moment: datetime) -> list[date]:
     return sorted(closing)
 
 
+def _requests(
+    request: SyncRequest, days: Sequence[date], sources: Sequence[str], moment: datetime
+) -> Iterator[dg.RunRequest]:
+    """One run per day x source; the run key names the tick, so a tick never runs twice."""
+    for day in days:
+        for source in sources:
+            yield dg.RunRequest(
+                run_key=f"{request.strategy.value}|{day}|{source}|{moment.isoformat()}",
+                partition_key=partition_key(day, source),
+                tags=request.tags(),
+            )
+
+
 def incremental_requests(
     moment: datetime, sources: Sequence[str], first_day: date
 ) -> Iterator[dg.RunRequest]:
@@ -39,18 +52,9 @@ def incremental_requests(
         SyncStrategy.INCREMENTAL,
         frequencies=frozenset({SyncFrequency.HOURLY, SyncFrequency.REALTIME}),
     )
-    days = [moment.date()]
-    if moment.hour == 0:
-        days.insert(0, moment.date() - timedelta(days=1))
-    for day in days:
-        if day < first_day:
-            continue
-        for source in sources:
-            yield dg.RunRequest(
-                run_key=f"incremental|{day}|{source}|{moment.isoformat()}",
-                partition_key=partition_key(day, source),
-                tags=request.tags(),
-            )
+    days = [moment.date() - timedelta(days=1)] if moment.hour == 0 else []
+    days = [d for d in [*days, moment.date()] if d >= first_day]
+    yield from _requests(request, days, sources, moment)
 
 
 def close_requests(
@@ -58,15 +62,8 @@ def close_requests(
 ) -> Iterator[dg.RunRequest]:
     moment = moment.astimezone(UTC)
     request = SyncRequest(SyncStrategy.CLOSE, close_at=moment)
-    for day in days_closing_at(moment):
-        if day < first_day:
-            continue
-        for source in sources:
-            yield dg.RunRequest(
-                run_key=f"close|{day}|{source}|{moment.isoformat()}",
-                partition_key=partition_key(day, source),
-                tags=request.tags(),
-            )
+    days = [d for d in days_closing_at(moment) if d >= first_day]
+    yield from _requests(request, days, sources, moment)
 
 
 def build_schedules(
