@@ -47,6 +47,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 fitabase_dir=settings.fitabase_dir,
                 fitabase_tz=settings.fitabase_tz,
                 polar_csv=settings.polar_csv,
+                apple_health_export=settings.apple_health_export,
+                apple_health_user=settings.apple_health_user,
             ),
             "fhir_server": fhir_server_from_env(),
         },

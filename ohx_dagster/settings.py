@@ -12,6 +12,8 @@
 | OHX_SIMULATED_SEED | 7 | seed of the simulated provider |
 | OHX_FHIR_DIR | $OHX_HOME/fhir | NDJSON output root |
 | OHX_POLAR_CSV | (unset) | Polar H10 recording (ECGLogger CSV) for source "polar" |
+| OHX_APPLE_HEALTH_EXPORT | (unset) | Apple Health export.xml or export.zip, source "apple_health" |
+| OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from pathlib import Path
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 
-KNOWN_SOURCES = ("simulated", "fitabase", "polar")
+KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health")
 # Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
-FILE_SOURCES = frozenset({"fitabase", "polar"})
+FILE_SOURCES = frozenset({"fitabase", "polar", "apple_health"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Settings:
     simulated_seed: int
     fhir_dir: Path
     polar_csv: str | None = None
+    apple_health_export: str | None = None
+    apple_health_user: str | None = None
 
     @property
     def live_sources(self) -> tuple[str, ...]:
@@ -69,6 +73,11 @@ class Settings:
         polar_csv = env.get("OHX_POLAR_CSV") or None
         if "polar" in sources and not polar_csv:
             raise ConfigError("OHX_SOURCES names polar but OHX_POLAR_CSV is not set")
+        apple_health_export = env.get("OHX_APPLE_HEALTH_EXPORT") or None
+        if "apple_health" in sources and not apple_health_export:
+            raise ConfigError(
+                "OHX_SOURCES names apple_health but OHX_APPLE_HEALTH_EXPORT is not set"
+            )
         start_text = env.get("OHX_PARTITIONS_START", "2025-01-01")
         try:
             start = date.fromisoformat(start_text)
@@ -87,6 +96,8 @@ class Settings:
             simulated_seed=_positive_int(env, "OHX_SIMULATED_SEED", 7),
             fhir_dir=Path(env.get("OHX_FHIR_DIR") or home / "fhir").expanduser(),
             polar_csv=polar_csv,
+            apple_health_export=apple_health_export,
+            apple_health_user=env.get("OHX_APPLE_HEALTH_USER") or None,
         )
 
 

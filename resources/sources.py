@@ -7,6 +7,7 @@ from functools import cache
 import dagster as dg
 
 from ohx_dagster.errors import ConfigError
+from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.base import HealthSource
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.polar import PolarH10Source
@@ -29,6 +30,12 @@ def _polar(path: str) -> PolarH10Source:
     return PolarH10Source(path)
 
 
+@cache
+def _apple_health(path: str, user_id: str | None) -> AppleHealthSource:
+    # Cached per process: a multi-gigabyte export is streamed once, not once per asset.
+    return AppleHealthSource(path, user_id=user_id)
+
+
 class SourcesResource(dg.ConfigurableResource):
     """Builds the source behind a `source` partition key."""
 
@@ -37,6 +44,8 @@ class SourcesResource(dg.ConfigurableResource):
     fitabase_dir: str | None = None
     fitabase_tz: str = "UTC"
     polar_csv: str | None = None
+    apple_health_export: str | None = None
+    apple_health_user: str | None = None
 
     def get(self, name: str) -> HealthSource:
         if name == "simulated":
@@ -49,4 +58,12 @@ class SourcesResource(dg.ConfigurableResource):
             if not self.polar_csv:
                 raise ConfigError("source 'polar' needs OHX_POLAR_CSV (a Polar H10 CSV file)")
             return _polar(self.polar_csv)
-        raise ConfigError(f"unknown source {name!r}: expected simulated, fitabase or polar")
+        if name == "apple_health":
+            if not self.apple_health_export:
+                raise ConfigError(
+                    "source 'apple_health' needs OHX_APPLE_HEALTH_EXPORT (export.xml or export.zip)"
+                )
+            return _apple_health(self.apple_health_export, self.apple_health_user)
+        raise ConfigError(
+            f"unknown source {name!r}: expected simulated, fitabase, polar or apple_health"
+        )

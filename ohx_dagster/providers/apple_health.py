@@ -1,0 +1,486 @@
+"""File import of an Apple Health "Export All Health Data" export: export.xml, or the export.zip
+the Health app shares (its apple_health_export/export.xml is read inside the archive).
+
+Exports reach gigabytes, so the XML is streamed with ElementTree's pull parser (the engine of
+`iterparse`), fed line by line so every error names its line, and each top-level element is
+cleared once read: the parse holds one element at a time, and the records kept are compact
+arrays (about 50 bytes per mapped sample), never the document.
+
+Mapped, one user per export; timestamps keep the device offset ("2017-01-07 10:05:13 +0200"):
+
+| HealthKit | data type |
+|---|---|
+| HKQuantityTypeIdentifierHeartRate (count/min) | heart_rate |
+| InstantaneousBeatsPerMinute (children of HRV or heartbeat-series records) | heart_rate |
+| HKQuantityTypeIdentifierStepCount (count, duration = end - start) | steps |
+| HKQuantityTypeIdentifierBodyMass (kg, lb, g, st) | weight |
+| HKQuantityTypeIdentifierBodyTemperature (degC, degF) | temperature |
+| HKQuantityTypeIdentifierOxygenSaturation (%, stored as a fraction 0..1) | spo2 |
+| HKCorrelationTypeIdentifierBloodPressure (Systolic + Diastolic children) | blood_pressure |
+
+Not mapped: HKQuantityTypeIdentifierHeartRateVariabilitySDNN is a per-minute statistic of beat
+intervals, not RR intervals (its beat list still yields heart rate). Every other type (distance,
+energy, sleep, nutrition, Workouts, ActivitySummary, ...) is skipped and counted in the summary;
+a mapped type with a unit we cannot convert, a value that is not a number, or a date without its
+offset is an error naming the file, line, type and the value.
+
+Duplicates: HealthKit exports the same walk from every source that saw it (iPhone and Watch,
+or a phone and a Garmin via Connect). The record identity includes device_id, so both are kept,
+as they should be for per-device data: a daily step total over all devices counts such walks
+twice. A sample exported twice by the same device (same type and start) is one record.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+import zipfile
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import IO, Final
+
+import numpy as np
+import pandas as pd
+
+from ohx_dagster.errors import ProviderError, ValidationError
+from ohx_dagster.models import (
+    HARD_LIMITS,
+    AggregationLevel,
+    DateRange,
+    HealthDataType,
+    HealthSyncConfig,
+    SyncFrequency,
+)
+from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
+from ohx_dagster.units import accepted_units, to_canonical
+
+NAME: Final = "apple_health"
+QUANTITY_TYPES: Final[dict[str, HealthDataType]] = {
+    "HKQuantityTypeIdentifierHeartRate": HealthDataType.HEART_RATE,
+    "HKQuantityTypeIdentifierStepCount": HealthDataType.STEPS,
+    "HKQuantityTypeIdentifierBodyMass": HealthDataType.WEIGHT,
+    "HKQuantityTypeIdentifierBodyTemperature": HealthDataType.TEMPERATURE,
+    "HKQuantityTypeIdentifierOxygenSaturation": HealthDataType.SPO2,
+}
+BLOOD_PRESSURE: Final = "HKCorrelationTypeIdentifierBloodPressure"
+SYSTOLIC: Final = "HKQuantityTypeIdentifierBloodPressureSystolic"
+DIASTOLIC: Final = "HKQuantityTypeIdentifierBloodPressureDiastolic"
+BEAT: Final = "InstantaneousBeatsPerMinute"
+DEVICE_ID_MAX: Final = 128  # the store's device_id column
+
+_DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
+# Beat times are local wall-clock times in the phone's locale: "6:14:48.94 PM", "08:33:44,67",
+# "3:10:01.12\u202fAM".
+_BEAT_TIME = re.compile(r"(\d{1,2}):(\d\d):(\d\d)(?:[.,](\d{1,6}))?\s*([AaPp][Mm])?")
+_HARDWARE = re.compile(r"hardware:([^,>]+(?:,\d+)?)")
+_DEVICE_NAME = re.compile(r"name:([^,>]+)")
+_EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
+_DAY_US: Final = 86_400_000_000
+TIME_FORMAT: Final = "'YYYY-MM-DD hh:mm:ss +hhmm' (local time with its UTC offset)"
+
+
+@dataclass
+class ExportSummary:
+    """What the export held: elements per HealthKit type, and what became records."""
+
+    records: Counter[str] = field(default_factory=Counter)  # top-level Record per type
+    correlations: Counter[str] = field(default_factory=Counter)
+    other: Counter[str] = field(default_factory=Counter)  # Workout, ActivitySummary, Me, ...
+    skipped: Counter[str] = field(default_factory=Counter)  # Record types not mapped
+    mapped: Counter[str] = field(default_factory=Counter)  # samples read per data type
+    beats: int = 0  # InstantaneousBeatsPerMinute read as heart rate
+    # Top-level systolic/diastolic records repeat their correlation's children (HealthKit's DTD);
+    # halves with no blood-pressure correlation are counted here, not stored.
+    unpaired_blood_pressure: int = 0
+    lines: int = 0
+
+
+class _Columns:
+    """One (data type, unit)'s samples as compact arrays while the file streams."""
+
+    def __init__(self) -> None:
+        self.local_us = array("q")
+        self.offset_min = array("h")
+        self.value = array("d")
+        self.diastolic = array("d")
+        self.duration_s = array("d")
+        self.device = array("q")
+        self.line = array("q")
+
+    def add(
+        self,
+        local_us: int,
+        offset_min: int,
+        value: float,
+        device: int,
+        line: int,
+        *,
+        diastolic: float = np.nan,
+        duration_s: float = np.nan,
+    ) -> None:
+        self.local_us.append(local_us)
+        self.offset_min.append(offset_min)
+        self.value.append(value)
+        self.diastolic.append(diastolic)
+        self.duration_s.append(duration_s)
+        self.device.append(device)
+        self.line.append(line)
+
+
+@contextmanager
+def open_export(path: Path) -> Iterator[IO[bytes]]:
+    """export.xml, or the export.xml inside Apple's export.zip (not export_cda.xml)."""
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as stream:
+            yield stream
+        return
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "export.xml"]
+        if len(names) != 1:
+            raise ValidationError("archive", str(path), "a zip holding one export.xml")
+        with archive.open(names[0]) as stream:
+            yield stream
+
+
+@lru_cache(maxsize=4096)
+def device_id(source_name: str, device: str) -> str:
+    """The app or device that wrote the sample, plus the hardware model when HealthKit names one
+    ("Jonathan’s iPhone [iPhone8,1]"). The HKDevice pointer and software version are left out:
+    they change from sample to sample and with every update, the device does not."""
+    found = _HARDWARE.search(device) or _DEVICE_NAME.search(device)
+    text = f"{source_name} [{found.group(1).strip()}]" if found else source_name
+    return text[:DEVICE_ID_MAX]
+
+
+@lru_cache(maxsize=65536)
+def _epoch_day(text: str) -> int:
+    return date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_DAY
+
+
+class _Reader:
+    """Turns the stream of elements into per-type columns and the summary."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.summary = ExportSummary()
+        self.columns: dict[tuple[HealthDataType, str], _Columns] = {}
+        self.devices: dict[str, int] = {}
+        self.units_ok: set[tuple[HealthDataType, str]] = set()
+        self.bp_halves: Counter[tuple[str, str, str, str]] = Counter()
+        self.bp_children: Counter[tuple[str, str, str, str]] = Counter()
+
+    def where(self, line: int, kind: str) -> str:
+        return f"{self.path}, line {line}, {kind}"
+
+    def moment(self, text: str | None, name: str, line: int, kind: str) -> tuple[int, int]:
+        """Local wall-clock microseconds since the epoch and the UTC offset in minutes."""
+        match = _DATE.fullmatch(text or "")
+        if match is None:
+            raise ValidationError(name, text, TIME_FORMAT, where=self.where(line, kind))
+        try:
+            day = _epoch_day(match[0][:10])
+        except ValueError:
+            raise ValidationError(
+                name, text, "a calendar date", where=self.where(line, kind)
+            ) from None
+        h, m, s = int(match[4]), int(match[5]), int(match[6])
+        offset = (int(match[8]) * 60 + int(match[9])) * (-1 if match[7] == "-" else 1)
+        if h > 23 or m > 59 or s > 60 or abs(offset) > 18 * 60:
+            raise ValidationError(name, text, TIME_FORMAT, where=self.where(line, kind))
+        return day * _DAY_US + ((h * 60 + m) * 60 + s) * 1_000_000, offset
+
+    def number(self, text: str | None, name: str, line: int, kind: str) -> float:
+        try:
+            value = float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValidationError(name, text, "a number", where=self.where(line, kind)) from None
+        return value
+
+    def check_unit(self, data_type: HealthDataType, unit: str, line: int, kind: str) -> None:
+        if (data_type, unit) in self.units_ok:
+            return
+        if unit not in accepted_units(data_type.value):
+            raise ValidationError(
+                "unit",
+                unit,
+                f"a unit for {data_type.value}: one of {accepted_units(data_type.value)}",
+                where=self.where(line, kind),
+            )
+        self.units_ok.add((data_type, unit))
+
+    def device(self, element: ET.Element) -> int:
+        name = device_id(element.get("sourceName", ""), element.get("device", ""))
+        return self.devices.setdefault(name, len(self.devices))
+
+    def add(self, data_type: HealthDataType, unit: str, *args: float, **kwargs: float) -> None:
+        columns = self.columns.get((data_type, unit))
+        if columns is None:
+            columns = self.columns[(data_type, unit)] = _Columns()
+        columns.add(*args, **kwargs)  # type: ignore[arg-type]
+        self.summary.mapped[data_type.value] += 1
+
+    def record(self, element: ET.Element, line: int) -> None:
+        kind = element.get("type", "")
+        self.summary.records[kind] += 1
+        if len(element):
+            self.beats(element, line, kind)
+        if kind in (SYSTOLIC, DIASTOLIC):
+            self.bp_halves[_bp_key(element)] += 1
+            return
+        data_type = QUANTITY_TYPES.get(kind)
+        if data_type is None:
+            self.summary.skipped[kind] += 1
+            return
+        unit = element.get("unit", "")
+        self.check_unit(data_type, unit, line, kind)
+        value = self.number(element.get("value"), "value", line, kind)
+        if data_type is HealthDataType.SPO2 and unit == "%" and value <= 1.0:
+            # HealthKit's percent unit holds a fraction (0.97 is 97 %); apps that wrote 97
+            # are read as percent. No one has an SpO2 of 1 %, so the two cannot be confused.
+            unit = "1"
+        start, offset = self.moment(element.get("startDate"), "startDate", line, kind)
+        duration = np.nan
+        if data_type is HealthDataType.STEPS:
+            end, end_offset = self.moment(element.get("endDate"), "endDate", line, kind)
+            duration = ((end - end_offset * 60_000_000) - (start - offset * 60_000_000)) / 1e6
+            if duration < 0:
+                raise ValidationError(
+                    "endDate",
+                    element.get("endDate"),
+                    "not before startDate",
+                    where=self.where(line, kind),
+                )
+        self.add(
+            data_type, unit, start, offset, value, self.device(element), line, duration_s=duration
+        )
+
+    def beats(self, element: ET.Element, line: int, kind: str) -> None:
+        """InstantaneousBeatsPerMinute children: a time of day (the sample's local clock) each."""
+        beats = list(element.iter(BEAT))
+        if not beats:
+            return
+        start, offset = self.moment(element.get("startDate"), "startDate", line, kind)
+        midnight = start - start % _DAY_US
+        device = self.device(element)
+        for beat in beats:
+            text = beat.get("time", "")
+            match = _BEAT_TIME.fullmatch(text.strip())
+            if match is None:
+                raise ValidationError(
+                    "time",
+                    text,
+                    "a time of day like '6:14:48.94 PM' or '18:14:48,94'",
+                    where=self.where(line, f"{kind} {BEAT}"),
+                )
+            hour = int(match[1])
+            if match[5]:
+                hour = hour % 12 + (12 if match[5].lower() == "pm" else 0)
+            fraction = int((match[4] or "0").ljust(6, "0"))
+            moment = (
+                midnight + ((hour * 60 + int(match[2])) * 60 + int(match[3])) * 10**6 + fraction
+            )
+            if moment < start - 3_600_000_000:  # the series ran past local midnight
+                moment += _DAY_US
+            bpm = self.number(beat.get("bpm"), "bpm", line, f"{kind} {BEAT}")
+            self.add(HealthDataType.HEART_RATE, "count/min", moment, offset, bpm, device, line)
+            self.summary.beats += 1
+
+    def correlation(self, element: ET.Element, line: int) -> None:
+        kind = element.get("type", "")
+        self.summary.correlations[kind] += 1
+        if kind != BLOOD_PRESSURE:
+            return
+        halves: dict[str, float] = {}
+        data_type = HealthDataType.BLOOD_PRESSURE
+        for child in element.iter("Record"):
+            child_kind = child.get("type", "")
+            if child_kind not in (SYSTOLIC, DIASTOLIC):
+                continue
+            unit = child.get("unit", "")
+            self.check_unit(data_type, unit, line, child_kind)
+            value = self.number(child.get("value"), "value", line, child_kind)
+            halves[child_kind] = float(to_canonical(data_type.value, value, unit))
+            self.bp_children[_bp_key(child)] += 1
+        if len(halves) != 2:
+            raise ValidationError(
+                "Correlation",
+                sorted(halves),
+                "a systolic and a diastolic Record",
+                where=self.where(line, kind),
+            )
+        start, offset = self.moment(element.get("startDate"), "startDate", line, kind)
+        self.add(
+            data_type,
+            data_type.canonical_unit,
+            start,
+            offset,
+            halves[SYSTOLIC],
+            self.device(element),
+            line,
+            diastolic=halves[DIASTOLIC],
+        )
+
+    def finish(self) -> None:
+        self.summary.unpaired_blood_pressure = sum((self.bp_halves - self.bp_children).values())
+
+
+def _bp_key(element: ET.Element) -> tuple[str, str, str, str]:
+    return tuple(element.get(k, "") for k in ("type", "sourceName", "startDate", "value"))  # type: ignore[return-value]
+
+
+def read_export(path: Path) -> _Reader:
+    """Stream the export once; the reader holds the samples per type and the summary."""
+    reader = _Reader(path)
+    parser = ET.XMLPullParser(events=("start", "end"))
+    root: ET.Element | None = None
+    starts: list[int] = []  # line of each open element's start tag
+    line = 0
+    try:
+        with open_export(path) as stream:
+            for text in stream:
+                line += 1
+                parser.feed(text)
+                for event, element in parser.read_events():
+                    if event == "start":
+                        starts.append(line)
+                        if root is None:
+                            root = element
+                        continue
+                    start_line = starts.pop()
+                    if len(starts) != 1:  # only HealthData's children are read (and cleared)
+                        continue
+                    if element.tag == "Record":
+                        reader.record(element, start_line)
+                    elif element.tag == "Correlation":
+                        reader.correlation(element, start_line)
+                    else:
+                        reader.summary.other[element.tag] += 1
+                    root.clear()  # type: ignore[union-attr]
+            parser.close()
+    except ET.ParseError as exc:
+        row, column = exc.position
+        raise ProviderError(
+            f"{path}: not a complete Apple Health export (XML error at line {row}, "
+            f"column {column}: {exc}); export it again from the Health app"
+        ) from exc
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ProviderError(f"{path}: cannot read the export ({exc})") from exc
+    if root is None or root.tag != "HealthData":
+        raise ValidationError("root", getattr(root, "tag", None), "<HealthData>", where=str(path))
+    reader.summary.lines = line
+    reader.finish()
+    return reader
+
+
+def _batch(reader: _Reader, user_id: str, key: tuple[HealthDataType, str]) -> pd.DataFrame:
+    data_type, unit = key
+    columns = reader.columns[key]
+    values = to_canonical(data_type.value, np.frombuffer(columns.value), unit)
+    diastolic = np.frombuffer(columns.diastolic)
+    low, high = HARD_LIMITS[data_type]
+    for name, array_ in (("value", values), ("diastolic", diastolic)):
+        if name == "diastolic" and data_type is not HealthDataType.BLOOD_PRESSURE:
+            continue
+        bad = ~np.isfinite(array_) | (array_ < low) | (array_ > high)
+        if name == "diastolic":
+            bad |= array_ >= values
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValidationError(
+                name,
+                float(array_[row]),
+                f"{low:g}..{high:g} {data_type.canonical_unit} for {data_type.value}"
+                + (" and < systolic" if name == "diastolic" else ""),
+                where=reader.where(columns.line[row], f"{data_type.value} in {unit!r}"),
+            )
+    offsets = np.frombuffer(columns.offset_min, dtype="int16").astype("int64")
+    utc_us = np.frombuffer(columns.local_us, dtype="int64") - offsets * 60_000_000
+    names = np.array(list(reader.devices), dtype=object)
+    return make_batch(
+        provider=NAME,
+        user_id=user_id,
+        data_type=data_type,
+        timestamps=pd.DatetimeIndex(utc_us.astype("datetime64[us]")).tz_localize("UTC"),
+        values=values,
+        unit=data_type.canonical_unit,
+        device_id=names[np.frombuffer(columns.device, dtype="int64")],  # type: ignore[arg-type]
+        utc_offset_min=offsets,
+        diastolic=diastolic if data_type is HealthDataType.BLOOD_PRESSURE else None,
+        duration_s=np.frombuffer(columns.duration_s),
+    )
+
+
+def zone_for_offsets(offsets: pd.Series) -> str:
+    """A fixed zone for the export's most common offset (Etc/GMT-2 is UTC+2), for daily buckets;
+    UTC when the offset is not whole hours. An export carries offsets, not the IANA zone."""
+    if offsets.empty:
+        return "UTC"
+    minutes = int(offsets.mode().iloc[0])
+    if minutes % 60 or not -12 <= minutes // 60 <= 14:
+        return "UTC"
+    hours = minutes // 60
+    return "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"
+
+
+class AppleHealthSource:
+    """One export = one user: OHX_APPLE_HEALTH_USER, else the export's parent folder name."""
+
+    name = NAME
+
+    def __init__(self, path: Path | str, *, user_id: str | None = None) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise ValidationError(
+                "OHX_APPLE_HEALTH_EXPORT", str(self.path), "an export.xml or export.zip file"
+            )
+        self.user_id = user_id or self.path.resolve().parent.name
+
+    @cached_property
+    def _reader(self) -> _Reader:
+        return read_export(self.path)
+
+    @property
+    def summary(self) -> ExportSummary:
+        return self._reader.summary
+
+    @cached_property
+    def records(self) -> pd.DataFrame:
+        reader = self._reader
+        batch = concat(_batch(reader, self.user_id, key) for key in sorted(reader.columns))
+        return dedupe(batch).sort_values(["data_type", "ts", "device_id"], ignore_index=True)
+
+    def discover_users(self) -> list[HealthSyncConfig]:
+        return [
+            HealthSyncConfig(
+                user_id=self.user_id,
+                provider=NAME,
+                aggregation=AggregationLevel.HOURLY,
+                sync_frequency=SyncFrequency.DAILY,
+                timezone=zone_for_offsets(self.records["utc_offset_min"]),
+            )
+        ]
+
+    def fetch(
+        self,
+        user: HealthSyncConfig,
+        data_types: Iterable[HealthDataType],
+        window: DateRange,
+        *,
+        batch_size: int = 1000,
+    ) -> pd.DataFrame:
+        if user.user_id != self.user_id:
+            return empty_batch()
+        batch = self.records
+        wanted = [HealthDataType(t).value for t in data_types]
+        selected = (
+            batch["data_type"].isin(wanted)
+            & (batch["ts"] >= window.start)
+            & (batch["ts"] < window.end)
+        )
+        return batch[selected].reset_index(drop=True)
