@@ -2,16 +2,28 @@
 
 Runs after fhir_observations. Without a configured server it records "skipped" and touches nothing.
 The outbox makes it safe to retry: what the server acknowledged is not sent again, what it did not
-stays pending for the next run (see ohx_dagster.fhir.delivery).
+stays pending for the next run (see ohx_dagster.fhir.delivery). A server that stays unavailable
+fails the step after its retries, with the outbox's counts in the failure's metadata.
+
+Checks: `outbox_drained` (nothing of the partition left pending after the run) and
+`server_confirms` (a sample of the delivered resources, searched on the server by identifier,
+holds exactly what was sent, once).
 """
 
 import dagster as dg
 
 from assets.partitions import day_and_source
-from ohx_dagster.fhir.delivery import enqueue
+from ohx_dagster.fhir.delivery import (
+    DeliveryError,
+    delivered_sample,
+    enqueue,
+    outbox_counts,
+)
 from ohx_dagster.fhir.publish import partition_resources
 from resources import RecordStoreResource
 from resources.fhir_server import FhirServerResource
+
+SKIPPED = "skipped: no FHIR server configured"
 
 
 def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
@@ -21,9 +33,24 @@ def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         group_name="fhir",
         kinds={"fhir"},
         owners=["team:clinical-integration"],
+        # Delivery outages retry by the resource's step_retries (RetryRequested); this policy
+        # covers anything else (the record store unavailable, say).
         retry_policy=dg.RetryPolicy(
             max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
         ),
+        check_specs=[
+            dg.AssetCheckSpec(
+                "outbox_drained",
+                asset="fhir_delivery",
+                description="Nothing of the partition is left pending or failed in the outbox.",
+            ),
+            dg.AssetCheckSpec(
+                "server_confirms",
+                asset="fhir_delivery",
+                description="A sample of delivered resources, searched on the server by "
+                "identifier, is held exactly once with the content that was sent.",
+            ),
+        ],
     )
     def fhir_delivery(
         context: dg.AssetExecutionContext,
@@ -33,21 +60,74 @@ def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         """Transaction Bundles of conditional updates (PUT Type?identifier=...) to the configured
         FHIR server, in bounded batches, through the durable outbox."""
         if not fhir_server.configured:
-            return dg.MaterializeResult(metadata={"status": "skipped: no FHIR server configured"})
+            skipped = {"status": SKIPPED}
+            return dg.MaterializeResult(
+                metadata={"status": SKIPPED, "skipped": True},
+                check_results=[
+                    dg.AssetCheckResult(check_name=name, passed=True, metadata=skipped)
+                    for name in ("outbox_drained", "server_confirms")
+                ],
+            )
         day, source = day_and_source(context)
         record_store = store.get_store()
         partition = f"{day.isoformat()}|{source}"
-        queued = enqueue(record_store, partition, partition_resources(record_store, source, day))
-        report = fhir_server.client().deliver(record_store, partition)
+        resources = partition_resources(record_store, source, day)
+        queued = enqueue(record_store, partition, resources)
+        client = fhir_server.client()
+        server = fhir_server.display_url
+        try:
+            report = client.deliver(record_store, partition)
+        except DeliveryError as exc:
+            counts = outbox_counts(record_store, partition)
+            attempt = context.retry_number
+            context.log.warning(
+                f"FHIR delivery to {server} failed (step attempt {attempt + 1}): {exc}; "
+                f"{counts['pending']} of {counts['total']} resources stay pending in the outbox"
+            )
+            if attempt < fhir_server.step_retries:
+                raise dg.RetryRequested(
+                    max_retries=fhir_server.step_retries,
+                    seconds_to_wait=fhir_server.step_retry_wait_s * 2**attempt,
+                ) from exc
+            raise dg.Failure(
+                description=f"FHIR server {server} unavailable: {exc}",
+                metadata={"server": server, **counts},
+                allow_retries=False,
+            ) from exc
+        counts = outbox_counts(record_store, partition)
+        sample = delivered_sample(record_store, partition, fhir_server.confirm_sample)
+        mismatches = client.read_back(sample)
         return dg.MaterializeResult(
             metadata={
                 "status": "delivered",
-                "pending_before": queued,
+                "server": server,
+                "resources": len(resources),
                 "sent": report.sent,
+                "unchanged": len(resources) - queued,
+                "pending": counts["pending"],
+                "failed": counts["failed"],
                 "transactions": report.batches,
                 "retries": report.retries,
+                "step_attempt": context.retry_number + 1,
                 "statuses": dg.MetadataValue.json(report.statuses),
-            }
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="outbox_drained",
+                    passed=counts["pending"] == 0 and counts["failed"] == 0,
+                    metadata=counts,
+                ),
+                dg.AssetCheckResult(
+                    check_name="server_confirms",
+                    passed=not mismatches,
+                    metadata={
+                        "server": server,
+                        "sampled": len(sample),
+                        "mismatches": len(mismatches),
+                        "problems": dg.MetadataValue.json(mismatches[:20]),
+                    },
+                ),
+            ],
         )
 
     return fhir_delivery

@@ -2,54 +2,127 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
 import dagster as dg
 
-from ohx_dagster.fhir.delivery import Auth, BearerToken, ClientCredentials, FhirClient
+from ohx_dagster.errors import ConfigError
+from ohx_dagster.fhir.delivery import (
+    Auth,
+    BearerToken,
+    ClientCredentials,
+    FhirClient,
+    SmartBackendServices,
+    redacted_url,
+)
 
 
 class FhirServerResource(dg.ConfigurableResource):
-    """`base_url` empty = no server (fhir_delivery records "skipped"). Auth: a bearer token, or
-    OAuth client credentials against `token_url` (client_id + client_secret)."""
+    """`base_url` empty = no server (fhir_delivery records "skipped"). Auth, the first that is
+    configured: SMART Backend Services (`token_url` + `client_id` + `key_id` + a private key PEM
+    in `private_key` or the file `private_key_file`), OAuth client credentials with a secret
+    (`token_url` + `client_id` + `client_secret`), a static `bearer_token`, or none.
+
+    Retries: each transaction is retried `max_retries` times (429/503 after Retry-After, other
+    5xx and dropped connections after an exponential backoff from `retry_backoff_s`); when the
+    server stays unavailable the step is retried `step_retries` times, `step_retry_wait_s`
+    apart (doubling), then fails. The outbox keeps what was not delivered for the next run."""
 
     base_url: str = ""
     bearer_token: str = ""
     token_url: str = ""
     client_id: str = ""
     client_secret: str = ""
+    private_key: str = ""
+    private_key_file: str = ""
+    key_id: str = ""
     scope: str = "system/*.write"
     batch_size: int = 100
     max_retries: int = 5
+    retry_backoff_s: float = 0.5
+    step_retries: int = 3
+    step_retry_wait_s: float = 30.0
+    confirm_sample: int = 20
 
     @property
     def configured(self) -> bool:
         return bool(self.base_url)
 
-    def client(self) -> FhirClient:
-        auth: Auth = Auth()
+    @property
+    def display_url(self) -> str:
+        return redacted_url(self.base_url)
+
+    def auth(self) -> Auth:
+        if self.token_url and (self.private_key or self.private_key_file):
+            pem = self.private_key or Path(self.private_key_file).expanduser().read_text()
+            if "\\n" in pem and "\n" not in pem.strip():
+                pem = pem.replace("\\n", "\n")  # a PEM squeezed onto one line of an env file
+            return SmartBackendServices(
+                self.token_url, self.client_id, pem, self.key_id, scope=self.scope
+            )
         if self.token_url:
-            auth = ClientCredentials(self.token_url, self.client_id, self.client_secret, self.scope)
-        elif self.bearer_token:
-            auth = BearerToken(self.bearer_token)
+            return ClientCredentials(self.token_url, self.client_id, self.client_secret, self.scope)
+        if self.bearer_token:
+            return BearerToken(self.bearer_token)
+        return Auth()
+
+    def client(self) -> FhirClient:
         return FhirClient(
-            self.base_url, auth=auth, batch_size=self.batch_size, max_retries=self.max_retries
+            self.base_url,
+            auth=self.auth(),
+            batch_size=self.batch_size,
+            max_retries=self.max_retries,
+            backoff_s=self.retry_backoff_s,
         )
 
 
+# Secrets and URLs: passed as dg.EnvVar, so their values never land in run config or the UI.
 _ENV: dict[str, str] = {
     "base_url": "OHX_FHIR_SERVER_URL",
     "bearer_token": "OHX_FHIR_BEARER_TOKEN",
     "token_url": "OHX_FHIR_TOKEN_URL",
     "client_id": "OHX_FHIR_CLIENT_ID",
     "client_secret": "OHX_FHIR_CLIENT_SECRET",
+    "private_key": "OHX_FHIR_PRIVATE_KEY",
+    "private_key_file": "OHX_FHIR_PRIVATE_KEY_FILE",
+    "key_id": "OHX_FHIR_KEY_ID",
+    "scope": "OHX_FHIR_SCOPE",
+}
+# Tuning, not secret: read as numbers here.
+_NUMBERS: dict[str, tuple[str, type]] = {
+    "batch_size": ("OHX_FHIR_BATCH_SIZE", int),
+    "max_retries": ("OHX_FHIR_MAX_RETRIES", int),
+    "retry_backoff_s": ("OHX_FHIR_RETRY_BACKOFF_S", float),
+    "step_retries": ("OHX_FHIR_STEP_RETRIES", int),
+    "step_retry_wait_s": ("OHX_FHIR_STEP_RETRY_WAIT_S", float),
+    "confirm_sample": ("OHX_FHIR_CONFIRM_SAMPLE", int),
 }
 
 
-def fhir_server_from_env(environ: dict[str, str] | None = None) -> FhirServerResource:
-    """The resource with each variable that is set passed as dg.EnvVar (secrets never land in
-    run config or the UI); no OHX_FHIR_SERVER_URL = no server."""
-    import os
+def fhir_server_from_env(environ: Mapping[str, str] | None = None) -> FhirServerResource:
+    """The resource from OHX_FHIR_* variables; no OHX_FHIR_SERVER_URL = no server.
 
+    | variable | meaning |
+    |---|---|
+    | OHX_FHIR_SERVER_URL | FHIR base URL (unset: delivery is skipped) |
+    | OHX_FHIR_BEARER_TOKEN | static bearer token |
+    | OHX_FHIR_TOKEN_URL, OHX_FHIR_CLIENT_ID | OAuth token endpoint and client id |
+    | OHX_FHIR_CLIENT_SECRET | client credentials with a shared secret |
+    | OHX_FHIR_PRIVATE_KEY / _FILE, OHX_FHIR_KEY_ID | SMART Backend Services: PEM (RSA: RS384, EC P-384: ES384) and its kid |
+    | OHX_FHIR_SCOPE | default system/*.write |
+    | OHX_FHIR_BATCH_SIZE, _MAX_RETRIES, _RETRY_BACKOFF_S, _STEP_RETRIES, _STEP_RETRY_WAIT_S, _CONFIRM_SAMPLE | tuning |
+    """  # noqa: E501
     env = os.environ if environ is None else environ
-    return FhirServerResource(
-        **{field: dg.EnvVar(name) for field, name in _ENV.items() if env.get(name)}
-    )
+    values: dict[str, object] = {
+        field: dg.EnvVar(name) for field, name in _ENV.items() if env.get(name)
+    }
+    for field, (name, kind) in _NUMBERS.items():
+        text = env.get(name)
+        if text:
+            try:
+                values[field] = kind(text)
+            except ValueError:
+                raise ConfigError(f"{name}={text!r}: expected a {kind.__name__}") from None
+    return FhirServerResource(**values)

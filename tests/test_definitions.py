@@ -13,8 +13,6 @@ from ohx_dagster.definitions import build_definitions
 from ohx_dagster.settings import Settings
 
 HEALTH_ASSETS = ["raw_health_records", "hourly_aggregates", "daily_aggregates", "fhir_observations"]
-# Known gap, reported to its owner: fhir_delivery (a later issue) has no asset check yet.
-WITHOUT_CHECKS = {"fhir_delivery"}
 
 
 @pytest.fixture
@@ -44,11 +42,12 @@ def test_every_asset_has_a_description_a_group_and_checks(defs: dg.Definitions) 
         name = key.to_user_string()
         assert node.description and len(node.description) > 20, name
         assert node.group_name and node.group_name != "default", name
-        assert checks_by_asset.get(name) or name in WITHOUT_CHECKS, f"{name} has no checks"
+        assert checks_by_asset.get(name), f"{name} has no checks"
     assert {"plausible_ranges", "linked_heart_rate_present"} <= checks_by_asset[
         "raw_health_records"
     ]
     assert "valid_r5" in checks_by_asset["fhir_observations"]
+    assert {"outbox_drained", "server_confirms"} <= checks_by_asset["fhir_delivery"]
     upstream = graph.get(dg.AssetKey("fhir_observations")).parent_keys
     assert dg.AssetKey("daily_aggregates") in upstream
 

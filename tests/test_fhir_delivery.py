@@ -4,14 +4,11 @@ Retry-After, dropped connections (after applying the transaction). Nothing lost,
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
 
-import orjson
 import pytest
+from fhir_test_server import FhirServer, running_fhir_server
 
 from ohx_dagster.fhir.delivery import (
     BearerToken,
@@ -25,124 +22,10 @@ from ohx_dagster.fhir.delivery import (
 from ohx_dagster.store import RecordStore
 
 
-def _split_token(text: str) -> tuple[str, str]:
-    """system|value with FHIR's backslash escapes undone."""
-    parts, current, escaped = [], "", False
-    for char in text:
-        if escaped:
-            current, escaped = current + char, False
-        elif char == "\\":
-            escaped = True
-        elif char == "|" and not parts:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    return parts[0], current
-
-
-class FhirServer:
-    """An in-memory FHIR server: resources keyed by type and id, searchable by identifier."""
-
-    def __init__(self, token: str = "secret-token") -> None:
-        self.resources: dict[tuple[str, str], dict] = {}
-        self.faults: list[str] = []  # "500", "429", "503", "drop-after-apply", "400"
-        self.transactions = 0
-        self.requests = 0
-        self.token = token
-        self.token_requests = 0
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
-                data = orjson.dumps(body)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/fhir+json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                body = self.rfile.read(length)
-                if self.path == "/token":
-                    form = parse_qs(body.decode())
-                    server.token_requests += 1
-                    if form.get("client_secret") != ["s3cret"]:
-                        return self._reply(401, {"error": "invalid_client"})
-                    return self._reply(200, {"access_token": server.token, "expires_in": 300})
-                server.requests += 1
-                if self.headers.get("Authorization") != f"Bearer {server.token}":
-                    return self._reply(401, {"resourceType": "OperationOutcome"})
-                fault = server.faults.pop(0) if server.faults else None
-                if fault in ("500", "503"):
-                    return self._reply(int(fault), {"resourceType": "OperationOutcome"})
-                if fault == "429":
-                    return self._reply(
-                        429, {"resourceType": "OperationOutcome"}, {"Retry-After": "1"}
-                    )
-                if fault == "400":
-                    return self._reply(400, {"resourceType": "OperationOutcome", "issue": []})
-                response = server.apply(orjson.loads(body))
-                if fault == "drop-after-apply":
-                    self.close_connection = True
-                    self.connection.close()  # applied, but the client never hears of it
-                    return
-                self._reply(200, response)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fhir"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def apply(self, bundle: dict) -> dict:
-        """All entries or none (transaction semantics), each a conditional update."""
-        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
-        with self.lock:
-            staged = dict(self.resources)
-            statuses = []
-            for entry in bundle["entry"]:
-                request = entry["request"]
-                assert request["method"] == "PUT"
-                url = urlsplit(request["url"])
-                resource_type = url.path
-                system, value = _split_token(unquote(parse_qs(url.query)["identifier"][0]))
-                matches = [
-                    key
-                    for key, stored in staged.items()
-                    if key[0] == resource_type
-                    and any(
-                        i["system"] == system and i["value"] == value
-                        for i in stored.get("identifier", [])
-                    )
-                ]
-                if len(matches) > 1:
-                    raise AssertionError("412: multiple matches")
-                resource = entry["resource"]
-                key = matches[0] if matches else (resource_type, resource["id"])
-                statuses.append("200 OK" if matches else "201 Created")
-                staged[key] = resource
-            self.resources = staged
-            self.transactions += 1
-        return {
-            "resourceType": "Bundle",
-            "type": "transaction-response",
-            "entry": [{"response": {"status": s}} for s in statuses],
-        }
-
-
 @pytest.fixture
 def server() -> Iterator[FhirServer]:
-    fhir = FhirServer()
-    fhir.thread.start()
-    yield fhir
-    fhir.httpd.shutdown()
-    fhir.httpd.server_close()
+    with running_fhir_server() as fhir:
+        yield fhir
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import orjson
@@ -112,6 +112,64 @@ def pending(store: RecordStore, partition_key: str | None = None) -> list[tuple[
     return [(r.resource_type, r.resource_id, r.body_hash) for r in rows]
 
 
+def outbox_counts(store: RecordStore, partition_key: str) -> dict[str, int]:
+    """The partition's outbox rows: total, delivered (the server acknowledged the current body),
+    pending (not yet), failed (pending, and the last attempt to send it failed)."""
+    t = fhir_outbox
+    ensure_outbox(store)
+    current = sa.and_(t.c.delivered_hash.is_not(None), t.c.delivered_hash == t.c.body_hash)
+    query = sa.select(
+        sa.func.count(),
+        sa.func.coalesce(sa.func.sum(sa.case((current, 1), else_=0)), 0),
+        sa.func.coalesce(
+            sa.func.sum(sa.case((sa.and_(~current, t.c.last_error.is_not(None)), 1), else_=0)), 0
+        ),
+    ).where(t.c.partition_key == partition_key)
+    with store.read() as conn:
+        total, delivered, failed = conn.execute(query).one()
+    return {
+        "total": int(total),
+        "delivered": int(delivered),
+        "pending": int(total) - int(delivered),
+        "failed": int(failed),
+    }
+
+
+def delivered_sample(store: RecordStore, partition_key: str, size: int) -> list[dict]:
+    """Up to `size` of the partition's delivered resources, spread evenly over types and ids
+    (the same ones every time for the same outbox)."""
+    t = fhir_outbox
+    delivered = sa.and_(t.c.partition_key == partition_key, t.c.delivered_hash == t.c.body_hash)
+    with store.read() as conn:
+        keys = conn.execute(
+            sa.select(t.c.resource_type, t.c.resource_id)
+            .where(delivered)
+            .order_by(t.c.resource_type, t.c.resource_id)
+        ).all()
+        if not keys or size < 1:
+            return []
+        step = max(1, len(keys) // size)
+        chosen = keys[::step][:size]
+        bodies = []
+        for resource_type, resource_id in chosen:
+            bodies.append(
+                conn.execute(
+                    sa.select(t.c.body).where(
+                        t.c.resource_type == resource_type, t.c.resource_id == resource_id
+                    )
+                ).scalar_one()
+            )
+    return [orjson.loads(body) for body in bodies]
+
+
+def redacted_url(url: str) -> str:
+    """The URL without user:password and query (safe for logs and metadata)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
 # -- authentication ---------------------------------------------------------------------------
 
 
@@ -132,28 +190,24 @@ class BearerToken(Auth):
 
 
 @dataclass
-class ClientCredentials(Auth):
-    """OAuth 2.0 client credentials (client_secret_post) against the server's token endpoint,
-    the token cached until shortly before it expires."""
+class _TokenEndpoint(Auth):
+    """An access token from an OAuth 2.0 token endpoint, cached until `margin_s` before it
+    expires (then fetched anew) and forgotten when the FHIR server answers 401."""
 
     token_url: str
-    client_id: str
-    client_secret: str
-    scope: str = "system/*.write"
-    _token: str | None = field(default=None, repr=False)
-    _expires: float = 0.0
+    margin_s: float = field(default=30.0, kw_only=True)
+    clock: Callable[[], float] = field(default=time.time, kw_only=True, repr=False)
+    token_requests: int = field(default=0, kw_only=True)
+    _token: str | None = field(default=None, kw_only=True, repr=False)
+    _expires: float = field(default=0.0, kw_only=True, repr=False)
+
+    def token_form(self) -> dict[str, str]:
+        raise NotImplementedError
 
     def header(self, client: httpx.Client) -> dict[str, str]:
-        if self._token is None or time.monotonic() > self._expires:
-            response = client.post(
-                self.token_url,
-                data={
-                    "grant_type": "client_credentials",
-                    "client_id": self.client_id,
-                    "client_secret": self.client_secret,
-                    "scope": self.scope,
-                },
-            )
+        if self._token is None or self.clock() >= self._expires:
+            response = client.post(self.token_url, data=self.token_form())
+            self.token_requests += 1
             if response.status_code != 200:
                 raise DeliveryError(
                     f"token endpoint {self.token_url} answered {response.status_code}: "
@@ -161,11 +215,102 @@ class ClientCredentials(Auth):
                 )
             payload = response.json()
             self._token = str(payload["access_token"])
-            self._expires = time.monotonic() + max(0, int(payload.get("expires_in", 300)) - 30)
+            lifetime = float(payload.get("expires_in", 300))
+            self._expires = self.clock() + max(0.0, lifetime - self.margin_s)
         return {"Authorization": f"Bearer {self._token}"}
 
     def invalidate(self) -> None:
         self._token = None
+
+
+@dataclass
+class ClientCredentials(_TokenEndpoint):
+    """OAuth 2.0 client credentials with a shared secret (client_secret_post)."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    scope: str = "system/*.write"
+
+    def token_form(self) -> dict[str, str]:
+        return {
+            "grant_type": "client_credentials",
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "scope": self.scope,
+        }
+
+
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# SMART Backend Services: the assertion's exp is at most five minutes ahead; four leaves room for
+# a client clock running ahead of the authorization server's.
+ASSERTION_LIFETIME_S: Final = 240
+
+
+def _signing_algorithm(private_key: object) -> str:
+    """SMART Backend Services asks servers to support RS384 and ES384: the key decides which."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return "RS384"
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        return "ES384"
+    raise DeliveryError(
+        f"SMART backend services: a {type(private_key).__name__} key; expected RSA or EC (P-384)"
+    )
+
+
+@dataclass
+class SmartBackendServices(_TokenEndpoint):
+    """SMART Backend Services (SMART App Launch, client-confidential-asymmetric): client
+    credentials where the client authenticates with a JWT it signs with its private key
+    (RS384 for an RSA key, ES384 for an EC key): header kid + typ JWT, claims iss = sub =
+    client_id, aud = the token URL, exp at most five minutes ahead, a fresh jti every time."""
+
+    client_id: str
+    private_key_pem: str = field(repr=False)
+    kid: str
+    scope: str = "system/*.write"
+    jku: str = ""
+    _key: Any = field(init=False, repr=False)
+    algorithm: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        if not (self.client_id and self.kid and self.private_key_pem):
+            raise DeliveryError(
+                "SMART backend services needs a client id, a key id (kid) and a private key"
+            )
+        try:
+            self._key = load_pem_private_key(self.private_key_pem.encode(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise DeliveryError(f"SMART backend services: unreadable private key: {exc}") from None
+        self.algorithm = _signing_algorithm(self._key)
+
+    def client_assertion(self) -> str:
+        import uuid
+
+        import jwt
+
+        now = int(self.clock())
+        headers = {"kid": self.kid, "typ": "JWT", **({"jku": self.jku} if self.jku else {})}
+        claims = {
+            "iss": self.client_id,
+            "sub": self.client_id,
+            "aud": self.token_url,
+            "iat": now,
+            "exp": now + ASSERTION_LIFETIME_S,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._key, algorithm=self.algorithm, headers=headers)
+
+    def token_form(self) -> dict[str, str]:
+        return {
+            "grant_type": "client_credentials",
+            "scope": self.scope,
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": self.client_assertion(),
+        }
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -212,6 +357,10 @@ def retry_after_seconds(value: str | None, default: float) -> float:
         return max(0.0, moment.timestamp() - time.time())
 
 
+def _content(resource: dict) -> dict:
+    return {k: v for k, v in resource.items() if k not in ("meta", "id")}
+
+
 @dataclass
 class DeliveryReport:
     sent: int = 0
@@ -256,6 +405,40 @@ class FhirClient:
                 report.sent += len(batch)
                 report.batches += 1
         return report
+
+    def read_back(self, resources: Sequence[dict]) -> list[str]:
+        """Search the server for each resource by its identifier and compare what it holds with
+        what was sent (server-managed meta and id aside); returns one line per mismatch."""
+        problems = []
+        with httpx.Client(timeout=self.timeout_s) as client:
+            for sent in resources:
+                url = f"{self.base_url}/{conditional_url(sent)}"
+                label = f"{sent['resourceType']}/{sent['id']}"
+                try:
+                    response = client.get(
+                        url, headers={"Accept": FHIR_JSON, **self.auth.header(client)}
+                    )
+                except httpx.TransportError as exc:
+                    problems.append(f"{label}: {type(exc).__name__}: {exc}")
+                    continue
+                if response.status_code != 200:
+                    problems.append(f"{label}: search answered HTTP {response.status_code}")
+                    continue
+                matches = [
+                    e["resource"]
+                    for e in response.json().get("entry", [])
+                    if e.get("search", {}).get("mode", "match") == "match" and "resource" in e
+                ]
+                if len(matches) != 1:
+                    problems.append(f"{label}: {len(matches)} resources hold its identifier")
+                elif _content(matches[0]) != _content(sent):
+                    differing = sorted(
+                        k
+                        for k in _content(matches[0]).keys() | _content(sent).keys()
+                        if matches[0].get(k) != sent.get(k)
+                    )
+                    problems.append(f"{label}: the server holds other content in {differing}")
+        return problems
 
     def _send(self, client: httpx.Client, resources: list[dict], report: DeliveryReport) -> None:
         body = orjson.dumps(transaction(self.base_url, resources))
