@@ -15,6 +15,7 @@ from ohx_dagster.settings import Settings
 from resources import RecordStoreResource, SourcesResource
 from resources.fhir_server import fhir_server_from_env
 from sensors.new_users import build_new_user_sensor
+from sensors.retention import apply_retention_job, retention_schedule
 from sensors.schedules import build_schedules
 from sensors.webhooks import build_webhook_sensor
 
@@ -31,8 +32,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
     return dg.Definitions(
         assets=[*health_assets, fhir_delivery],
-        jobs=[sync_job],
-        schedules=build_schedules(sync_job, settings.sources, settings.partitions_start),
+        jobs=[sync_job, apply_retention_job],
+        schedules=[
+            *build_schedules(sync_job, settings.sources, settings.partitions_start),
+            retention_schedule,
+        ],
         sensors=[
             build_webhook_sensor(sync_job, settings.live_sources, settings.partitions_start),
             build_new_user_sensor(

@@ -349,6 +349,31 @@ class RecordStore:
             rows = conn.execute(query.order_by(users.c.user_id)).scalars().all()
         return [HealthSyncConfig.from_json(orjson.loads(row)) for row in rows]
 
+    def all_users(self) -> list[HealthSyncConfig]:
+        """Every user of every source, connected or not (retention applies to all)."""
+        query = sa.select(users.c.config).order_by(users.c.provider, users.c.user_id)
+        with self.read() as conn:
+            rows = conn.execute(query).scalars().all()
+        return [HealthSyncConfig.from_json(orjson.loads(row)) for row in rows]
+
+    def delete_before(self, provider: str, user_id: str, cutoff: datetime) -> tuple[int, int]:
+        """Delete a user's records and aggregate buckets older than `cutoff`, in one transaction;
+        returns (records, aggregates) deleted."""
+        before = to_us(cutoff)
+        r, a = health_records, aggregates
+        with self.write() as conn:
+            records = conn.execute(
+                r.delete().where(
+                    r.c.provider == provider, r.c.user_id == user_id, r.c.ts_us < before
+                )
+            ).rowcount
+            buckets = conn.execute(
+                a.delete().where(
+                    a.c.provider == provider, a.c.user_id == user_id, a.c.bucket_end_us <= before
+                )
+            ).rowcount
+        return int(records or 0), int(buckets or 0)
+
     def user(self, provider: str, user_id: str) -> HealthSyncConfig | None:
         query = sa.select(users.c.config).where(
             users.c.provider == provider, users.c.user_id == user_id

@@ -95,5 +95,9 @@ def test_ui_serves_assets_partitions_checks_schedules_and_sensors(webserver: str
     (repository,) = data["repositoriesOrError"]["nodes"]
     assert repository["location"]["name"] == "ohx"
     schedules = {s["name"]: s["cronSchedule"] for s in repository["schedules"]}
-    assert schedules == {"hourly_incremental_sync": "5 * * * *", "daily_close": "20 * * * *"}
+    assert schedules == {
+        "hourly_incremental_sync": "5 * * * *",
+        "daily_close": "20 * * * *",
+        "daily_retention": "45 3 * * *",
+    }
     assert {s["name"] for s in repository["sensors"]} == {"webhook_sensor", "new_user_sensor"}
