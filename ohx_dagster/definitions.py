@@ -23,15 +23,15 @@ from sensors.webhooks import build_webhook_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = health_partitions(settings.partitions_start, settings.sources)
     health_assets = build_health_assets(partitions, settings.fhir_dir)
-    fhir_delivery = build_fhir_delivery_asset(partitions)
+    sync_assets = [*health_assets, build_fhir_delivery_asset(partitions)]
     sync_job = dg.define_asset_job(
         "sync_partition",
-        selection=dg.AssetSelection.assets(*health_assets, fhir_delivery),
+        selection=dg.AssetSelection.assets(*sync_assets),
         partitions_def=partitions,
         description="Fetch, aggregate and publish one day x source partition.",
     )
     return dg.Definitions(
-        assets=[*health_assets, fhir_delivery],
+        assets=sync_assets,
         jobs=[sync_job, apply_retention_job],
         schedules=[
             *build_schedules(sync_job, settings.sources, settings.partitions_start),
@@ -40,7 +40,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         sensors=[
             build_webhook_sensor(sync_job, settings.live_sources, settings.partitions_start),
             build_new_user_sensor(
-                health_assets, partitions, settings.live_sources, settings.partitions_start
+                sync_assets, partitions, settings.live_sources, settings.partitions_start
             ),
         ],
         resources={

@@ -134,6 +134,7 @@ def test_new_user_sensor_backfills_the_lookback_with_the_initial_strategy(
         "hourly_aggregates",
         "daily_aggregates",
         "fhir_observations",
+        "fhir_delivery",
     }
     assert all(found == expected for found in keys.values())
 
