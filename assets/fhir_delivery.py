@@ -1,6 +1,7 @@
 """fhir_delivery: the partition's FHIR resources into the outbox, then to the FHIR server.
 
-Runs after fhir_observations. Without a configured server it records "skipped" and touches nothing.
+Runs after fhir_observations and delivers exactly the NDJSON files it wrote for the partition.
+Without a configured server it records "skipped" and touches nothing.
 The outbox makes it safe to retry: what the server acknowledged is not sent again, what it did not
 stays pending for the next run (see ohx_dagster.fhir.delivery). A server that stays unavailable
 fails the step after its retries, with the outbox's counts in the failure's metadata.
@@ -9,6 +10,8 @@ Checks: `outbox_drained` (nothing of the partition left pending after the run) a
 `server_confirms` (a sample of the delivered resources, searched on the server by identifier,
 holds exactly what was sent, once).
 """
+
+from pathlib import Path
 
 import dagster as dg
 
@@ -19,14 +22,16 @@ from ohx_dagster.fhir.delivery import (
     enqueue,
     outbox_counts,
 )
-from ohx_dagster.fhir.publish import partition_resources
+from ohx_dagster.fhir.ndjson import read_ndjson
 from resources import RecordStoreResource
 from resources.fhir_server import FhirServerResource
 
 SKIPPED = "skipped: no FHIR server configured"
 
 
-def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_fhir_delivery_asset(
+    partitions: dg.PartitionsDefinition, fhir_dir: Path
+) -> dg.AssetsDefinition:
     @dg.asset(
         partitions_def=partitions,
         deps=[dg.AssetKey("fhir_observations")],
@@ -71,8 +76,11 @@ def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         day, source = day_and_source(context)
         record_store = store.get_store()
         partition = f"{day.isoformat()}|{source}"
-        resources = partition_resources(record_store, source, day)
-        queued = enqueue(record_store, partition, resources)
+        directory = fhir_dir / day.isoformat() / source
+        if context.retry_number == 0:  # a step retry finds them in the outbox already
+            resources = [r for f in sorted(directory.glob("*.ndjson")) for r in read_ndjson(f)]
+            enqueue(record_store, partition, resources)
+        before = outbox_counts(record_store, partition)
         client = fhir_server.client()
         server = fhir_server.display_url
         try:
@@ -101,9 +109,10 @@ def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
             metadata={
                 "status": "delivered",
                 "server": server,
-                "resources": len(resources),
+                "directory": dg.MetadataValue.path(str(directory)),
+                "resources": counts["total"],
                 "sent": report.sent,
-                "unchanged": len(resources) - queued,
+                "unchanged": before["delivered"],
                 "pending": counts["pending"],
                 "failed": counts["failed"],
                 "transactions": report.batches,

@@ -23,7 +23,7 @@ from sensors.webhooks import build_webhook_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     partitions = health_partitions(settings.partitions_start, settings.sources)
     health_assets = build_health_assets(partitions, settings.fhir_dir)
-    sync_assets = [*health_assets, build_fhir_delivery_asset(partitions)]
+    sync_assets = [*health_assets, build_fhir_delivery_asset(partitions, settings.fhir_dir)]
     sync_job = dg.define_asset_job(
         "sync_partition",
         selection=dg.AssetSelection.assets(*sync_assets),
