@@ -11,6 +11,9 @@ the whole transaction with success. So:
 - re-publishing an unchanged partition sends nothing (the acknowledged hash matches).
 429 and 503 are retried after their Retry-After; other 5xx and dropped connections with
 exponential backoff; any other 4xx stops with the server's OperationOutcome in the error.
+Auth: a static bearer token, OAuth client credentials with a secret, or SMART Backend Services
+(client credentials authenticated by a JWT the client signs with its private key); tokens are
+cached until shortly before they expire and fetched anew after a 401.
 """
 
 from __future__ import annotations
@@ -196,7 +199,7 @@ class _TokenEndpoint(Auth):
 
     token_url: str
     margin_s: float = field(default=30.0, kw_only=True)
-    clock: Callable[[], float] = field(default=time.time, kw_only=True, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, kw_only=True, repr=False)
     token_requests: int = field(default=0, kw_only=True)
     _token: str | None = field(default=None, kw_only=True, repr=False)
     _expires: float = field(default=0.0, kw_only=True, repr=False)
@@ -292,7 +295,7 @@ class SmartBackendServices(_TokenEndpoint):
 
         import jwt
 
-        now = int(self.clock())
+        now = int(time.time())
         headers = {"kid": self.kid, "typ": "JWT", **({"jku": self.jku} if self.jku else {})}
         claims = {
             "iss": self.client_id,
