@@ -191,7 +191,8 @@ def build_health_assets(
         stored = record_store.read_aggregates(source_name, "hourly", utc_day(day))
         if scope is not None and not stored.empty:
             stored = stored[stored["user_id"].isin(scope)]
-        expected = records[records["data_type"] != "ecg"].groupby(["user_id", "data_type"]).size()
+        counted = aggregate.aggregated_records(records)
+        expected = counted.groupby(["user_id", "data_type"]).size()
         got = (
             stored.groupby(["user_id", "data_type"])["count"].sum()
             if not stored.empty

@@ -3,6 +3,11 @@
 Buckets never mix users (the seed's aggregator did). Hourly buckets are UTC hours; daily buckets are
 the user's local calendar days (23 or 25 hours long across a DST change), so "Tuesday's steps" is
 the Tuesday the person lived.
+
+Steps are counted once per person: when two devices (a phone and a watch) both count the same
+hour's steps, the hour's steps come from the device that counted the most, as HealthKit and
+Health Connect resolve overlapping sources. Every device's records stay in the store and in the
+FHIR series; only the statistics choose.
 """
 
 from __future__ import annotations
@@ -25,6 +30,23 @@ AGGREGATED_TYPES: Final = frozenset(HealthDataType) - {HealthDataType.ECG}
 
 def empty_aggregates() -> pd.DataFrame:
     return pd.DataFrame(columns=AGGREGATE_COLUMNS)
+
+
+def aggregated_records(records: pd.DataFrame) -> pd.DataFrame:
+    """The records the statistics are computed from: no ECG, and steps from one device an hour."""
+    frame = records[records["data_type"].isin([t.value for t in AGGREGATED_TYPES])]
+    steps = frame["data_type"] == HealthDataType.STEPS.value
+    if not steps.any():
+        return frame
+    counted = frame[steps].assign(hour=frame.loc[steps, "ts"].dt.floor("h"))
+    totals = counted.groupby(["user_id", "hour", "device_id"], sort=True)["value"].sum()
+    # Largest total wins; equal totals go to the first device id in sort order (deterministic).
+    best = totals.reset_index().sort_values(
+        ["user_id", "hour", "value", "device_id"], ascending=[True, True, False, True]
+    )
+    best = best.drop_duplicates(["user_id", "hour"])[["user_id", "hour", "device_id"]]
+    kept = counted.merge(best, on=["user_id", "hour", "device_id"], how="inner")
+    return pd.concat([frame[~steps], kept.drop(columns="hour")], ignore_index=True)
 
 
 def _statistics(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -50,7 +72,7 @@ def _offset_minutes(zone: ZoneInfo, starts_us: np.ndarray) -> np.ndarray:
 
 def hourly(records: pd.DataFrame, zones: Mapping[str, ZoneInfo]) -> pd.DataFrame:
     """Statistics per (provider, user, type, UTC hour); offsets are the user's local offset."""
-    frame = records[records["data_type"].isin([t.value for t in AGGREGATED_TYPES])]
+    frame = aggregated_records(records)
     if frame.empty:
         return empty_aggregates()
     frame = frame.assign(bucket_start_us=frame["ts"].dt.floor("h").astype("int64"))
@@ -80,7 +102,7 @@ def records_window_for_local_day(day: date) -> DateRange:
 
 def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd.DataFrame:
     """Statistics per (provider, user, type) over local calendar day `day` in each user's zone."""
-    frame = records[records["data_type"].isin([t.value for t in AGGREGATED_TYPES])]
+    frame = aggregated_records(records)
     if frame.empty:
         return empty_aggregates()
     # Each user's local day as UTC bounds, then one grouping for all users (not one per user).

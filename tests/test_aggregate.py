@@ -4,6 +4,7 @@ the CSV files, plus the edges: users never mixed, local days across clock change
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -222,3 +223,60 @@ def test_ecg_is_not_aggregated_and_blood_pressure_keeps_diastolic() -> None:
     assert (row.diastolic_min, row.diastolic_max, row.diastolic_mean) == (70.0, 80.0, 75.0)
     assert aggregate.hourly(batch[batch["data_type"] == "ecg"], {}).empty
     assert aggregate.daily(batch.iloc[:0], {}, date(2016, 4, 12)).empty
+
+
+def _steps(user: str, device: str, stamps: list[datetime], values: list[float]) -> pd.DataFrame:
+    return make_batch(
+        provider="p", user_id=user, data_type="steps", timestamps=stamps, values=values,
+        unit="1", device_id=device,
+    )  # fmt: skip
+
+
+def test_steps_of_two_devices_in_one_hour_count_once() -> None:
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    records = concat(
+        [
+            _steps("u", "phone", [at, at + timedelta(minutes=30)], [60, 40]),
+            _steps("u", "watch", [at + timedelta(minutes=10)], [300]),
+            _steps("u", "phone", [at + timedelta(hours=1)], [50]),  # the watch was off
+            _steps("v", "phone", [at], [7]),  # another user is never compared
+        ]
+    )
+    hourly = aggregate.hourly(records, {}).set_index(["user_id", "bucket_start_us"])
+    nine, ten = (int(pd.Timestamp(at + timedelta(hours=h)).value // 1000) for h in (0, 1))
+    assert hourly.loc[("u", nine), "sum"] == 300 and hourly.loc[("u", nine), "count"] == 1
+    assert hourly.loc[("u", ten), "sum"] == 50
+    assert hourly.loc[("v", nine), "sum"] == 7
+    daily = aggregate.daily(records, {}, at.date()).set_index("user_id")
+    assert daily.loc["u", "sum"] == 350
+
+
+def test_apple_health_steps_from_phone_and_garmin_count_once_per_hour(shared_data: Path) -> None:
+    # Independent of the importer: read the XML's StepCount records with a regular expression,
+    # sum per source and hour, keep the larger source of each hour, add up the local day.
+    from ohx_dagster.providers.apple_health import AppleHealthSource
+
+    export = shared_data / "apple-health" / "export.xml"
+    pattern = re.compile(
+        r'<Record type="HKQuantityTypeIdentifierStepCount" sourceName="([^"]*)"[^>]*?'
+        r'startDate="([^"]*)"[^>]*?value="([^"]*)"'
+    )
+    rows = [
+        (source, pd.Timestamp(datetime.strptime(start, "%Y-%m-%d %H:%M:%S %z")), float(value))
+        for source, start, value in pattern.findall(export.read_text(encoding="utf-8"))
+    ]
+    frame = pd.DataFrame(rows, columns=["source", "start", "value"])
+    frame["hour"] = frame["start"].map(lambda t: t.tz_convert("UTC").floor("h"))
+    frame["local_day"] = frame["start"].map(lambda t: t.date())  # the export's own +02:00
+    per_source = frame.groupby(["local_day", "hour", "source"])["value"].sum()
+    expected = per_source.groupby(["local_day", "hour"]).max().groupby("local_day").sum()
+    both = frame.groupby("local_day")["source"].nunique()
+    day = date(2017, 10, 24)
+    assert both[day] == 2  # the phone and Garmin Connect both counted that day
+
+    source = AppleHealthSource(export)
+    records = source.records
+    zones = {c.user_id: c.zone for c in source.discover_users()}
+    daily = aggregate.daily(records[records["data_type"] == "steps"], zones, day)
+    assert float(daily["sum"].iloc[0]) == expected[day]
+    assert expected[day] < frame[frame["local_day"] == day]["value"].sum()
