@@ -1,0 +1,280 @@
+"""Per-user OAuth2 tokens of the provider APIs, encrypted at rest, refreshed when they expire.
+
+- One row per (provider, user) in `oauth_tokens` (on the store's `metadata`): the access and
+  refresh tokens as one Fernet ciphertext (key from OHX_TOKEN_KEY; several keys separated by
+  commas rotate: the first encrypts, all decrypt), the scope and expiry in clear (not secrets;
+  an operator can see who must reconnect without the key).
+- A missing or malformed key is a ConfigError when a token is read or written, not before: a
+  deployment without API sources needs no key.
+- Refresh (refresh-token grant at the provider's token URL) happens when the access token is
+  expired, or once after a 401. It runs inside one write transaction holding the row (BEGIN
+  IMMEDIATE on SQLite, SELECT .. FOR UPDATE on PostgreSQL): providers that rotate refresh tokens
+  (Oura, Withings) accept each one once, so two runs refreshing the same user at once must not
+  both spend it. The second run finds the token already replaced and uses the new one. The
+  rotated refresh token is written in that same transaction, or not at all.
+- `connect_user` is the one way a user arrives: tokens first, then the sync config, so the
+  new-user sensor (which backfills the user's history) never sees a user without tokens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any, Final
+
+import orjson
+import sqlalchemy as sa
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+from ohx_dagster.errors import ConfigError, ProviderError
+from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.providers import payload
+from ohx_dagster.providers.http import ApiClient, decode_json
+from ohx_dagster.store import RecordStore, from_us, metadata, now_us, to_us
+
+TOKEN_KEY_ENV: Final = "OHX_TOKEN_KEY"
+# An access token this close to its expiry is refreshed before use (clock skew, request time).
+EXPIRY_MARGIN: Final = timedelta(seconds=60)
+
+oauth_tokens = sa.Table(
+    "oauth_tokens",
+    metadata,
+    sa.Column("provider", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("ciphertext", sa.Text, nullable=False),
+    sa.Column("scope", sa.String(2048), nullable=False, default=""),
+    sa.Column("expires_at_us", sa.BigInteger),
+    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthTokens:
+    """One user's grant. The tokens never appear in repr() (logs, tracebacks)."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    expires_at: datetime | None = None
+    scope: str = ""
+
+    def expires_soon(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at - EXPIRY_MARGIN <= now
+
+    @classmethod
+    def from_token_response(
+        cls, body: Any, *, now: datetime, previous_refresh: str, where: str
+    ) -> OAuthTokens:
+        """RFC 6749 5.1: access_token, optional refresh_token (kept when not rotated),
+        expires_in seconds, scope."""
+        access = payload.get(body, "access_token", where, "a string")
+        refresh = body.get("refresh_token") or previous_refresh
+        if not isinstance(access, str) or not isinstance(refresh, str) or not refresh:
+            raise payload.bad_field(where, "access_token/refresh_token", "...", "strings")
+        expires_in = body.get("expires_in")
+        expires_at = None
+        if expires_in is not None:
+            expires_at = now + timedelta(seconds=payload.number(body, "expires_in", where))
+        scope = body.get("scope") or ""
+        scope = scope if isinstance(scope, str) else " ".join(scope)
+        return cls(access, refresh, expires_at, scope)
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthClient:
+    """A provider's OAuth application: where and as whom to refresh tokens."""
+
+    provider: str
+    token_url: str
+    client_id: str
+    client_secret: str = field(repr=False)
+    # Fields the provider wants beside the standard ones (Withings: action=requesttoken).
+    extra_params: Mapping[str, str] = field(default_factory=dict)
+    # Withings wraps every answer as {"status": 0, "body": {...}}.
+    wrapped: bool = False
+
+
+def cipher_from_env(env: Mapping[str, str] | None = None) -> MultiFernet:
+    env = os.environ if env is None else env
+    text = env.get(TOKEN_KEY_ENV, "")
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    if not keys:
+        raise ConfigError(
+            f"{TOKEN_KEY_ENV} is not set: provider tokens are encrypted at rest with it; "
+            'create one with python -c "from cryptography.fernet import Fernet; '
+            'print(Fernet.generate_key().decode())"'
+        )
+    try:
+        return MultiFernet([Fernet(k) for k in keys])
+    except (ValueError, TypeError):
+        raise ConfigError(
+            f"{TOKEN_KEY_ENV}: expected Fernet keys (32 url-safe base64-encoded bytes each, "
+            "comma-separated for rotation)"
+        ) from None
+
+
+class TokenStore:
+    """Encrypted tokens in the record store's database."""
+
+    def __init__(self, store: RecordStore, *, key: str | None = None) -> None:
+        self.store = store
+        self._key = key
+        # The store creates the tables known when it was opened; this one may be newer.
+        with store.write() as conn:
+            oauth_tokens.create(conn, checkfirst=True)
+
+    @cached_property
+    def cipher(self) -> MultiFernet:
+        return cipher_from_env(None if self._key is None else {TOKEN_KEY_ENV: self._key})
+
+    def _row(self, provider: str, user_id: str, tokens: OAuthTokens) -> dict[str, Any]:
+        secret = orjson.dumps({"access": tokens.access_token, "refresh": tokens.refresh_token})
+        return {
+            "provider": provider,
+            "user_id": user_id,
+            "ciphertext": self.cipher.encrypt(secret).decode(),
+            "scope": tokens.scope,
+            "expires_at_us": None if tokens.expires_at is None else to_us(tokens.expires_at),
+            "updated_at_us": now_us(),
+        }
+
+    def _decode(self, row: Any, where: str) -> OAuthTokens:
+        try:
+            secret = orjson.loads(self.cipher.decrypt(row.ciphertext.encode()))
+        except InvalidToken:
+            raise ConfigError(
+                f"{where}: the stored tokens do not decrypt with {TOKEN_KEY_ENV} (was the key "
+                "changed? keep the old key after the new one until every user is re-saved)"
+            ) from None
+        expires = None if row.expires_at_us is None else from_us(row.expires_at_us)
+        return OAuthTokens(secret["access"], secret["refresh"], expires, row.scope)
+
+    def save(self, provider: str, user_id: str, tokens: OAuthTokens) -> None:
+        with self.store.write() as conn:
+            self.store.upsert(conn, oauth_tokens, [self._row(provider, user_id, tokens)])
+
+    def load(self, provider: str, user_id: str) -> OAuthTokens | None:
+        t = oauth_tokens
+        query = sa.select(t).where(t.c.provider == provider, t.c.user_id == user_id)
+        with self.store.read() as conn:
+            row = conn.execute(query).one_or_none()
+        return None if row is None else self._decode(row, f"{provider} user {user_id!r}")
+
+    def refresh(
+        self,
+        client: OAuthClient,
+        user_id: str,
+        api: ApiClient,
+        *,
+        rejected: str | None,
+        now: datetime,
+    ) -> OAuthTokens:
+        """Fresh tokens for the user: refreshed at the provider unless another run already did
+        (the stored access token is no longer `rejected`, or no longer expiring)."""
+        where = f"{client.provider} user {user_id!r}"
+        t = oauth_tokens
+        query = (
+            sa.select(t)
+            .where(t.c.provider == client.provider, t.c.user_id == user_id)
+            .with_for_update()
+        )
+        with self.store.write() as conn:
+            row = conn.execute(query).one_or_none()
+            if row is None:
+                raise ProviderError(f"{where}: no tokens stored; connect the user first")
+            current = self._decode(row, where)
+            replaced = rejected is not None and current.access_token != rejected
+            if replaced or (rejected is None and not current.expires_soon(now)):
+                return current
+            fresh = _refresh_grant(client, current.refresh_token, api, now=now)
+            self.store.upsert(conn, oauth_tokens, [self._row(client.provider, user_id, fresh)])
+        return fresh
+
+
+def _refresh_grant(
+    client: OAuthClient, refresh_token: str, api: ApiClient, *, now: datetime
+) -> OAuthTokens:
+    form = {
+        **client.extra_params,
+        "grant_type": "refresh_token",
+        "refresh_token": refresh_token,
+        "client_id": client.client_id,
+        "client_secret": client.client_secret,
+    }
+    where = f"{client.provider} {client.token_url}"
+    response = api.send(
+        "POST", client.token_url, data=form, secrets=(refresh_token, client.client_secret)
+    )
+    body = decode_json(client.provider, client.token_url, response.content, secrets=())
+    if client.wrapped:
+        status = payload.get(body, "status", where, "a status code")
+        if status != 0:
+            error = str(body.get("error", ""))[:120]
+            raise ProviderError(f"{where}: refresh failed with status {status} {error}".rstrip())
+        body = payload.get(body, "body", where, "an object")
+    if not isinstance(body, dict):
+        raise payload.bad_field(where, "(body)", body, "a JSON object")
+    return OAuthTokens.from_token_response(
+        body, now=now, previous_refresh=refresh_token, where=where
+    )
+
+
+class UserTokens:
+    """The `TokenSource` of one user of one provider (see ohx_dagster.providers.http)."""
+
+    def __init__(
+        self,
+        tokens: TokenStore,
+        client: OAuthClient,
+        user_id: str,
+        api: ApiClient,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.tokens = tokens
+        self.client = client
+        self.user_id = user_id
+        self.api = api
+        self.clock = clock
+
+    def access_token(self) -> str:
+        current = self.tokens.load(self.client.provider, self.user_id)
+        if current is None:
+            raise ProviderError(
+                f"{self.client.provider} user {self.user_id!r}: no tokens stored; connect the user"
+            )
+        if current.expires_soon(self.clock()):
+            current = self.tokens.refresh(
+                self.client, self.user_id, self.api, rejected=None, now=self.clock()
+            )
+        return current.access_token
+
+    def refresh(self, rejected: str) -> str:
+        fresh = self.tokens.refresh(
+            self.client, self.user_id, self.api, rejected=rejected, now=self.clock()
+        )
+        return fresh.access_token
+
+
+def connect_user(
+    store: RecordStore,
+    provider: str,
+    user_id: str,
+    tokens: OAuthTokens,
+    config: HealthSyncConfig | None = None,
+    *,
+    key: str | None = None,
+) -> HealthSyncConfig:
+    """Store a newly authorized user's tokens, then register their sync config (the new-user
+    sensor then backfills their lookback window). Reconnecting replaces the tokens."""
+    config = config or HealthSyncConfig(user_id=user_id, provider=provider)
+    if (config.provider, config.user_id) != (provider, user_id):
+        raise ConfigError(
+            f"connect_user({provider!r}, {user_id!r}): the config is for "
+            f"({config.provider!r}, {config.user_id!r})"
+        )
+    TokenStore(store, key=key).save(provider, user_id, tokens)
+    store.upsert_user(config)
+    return config
