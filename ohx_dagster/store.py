@@ -296,6 +296,18 @@ class RecordStore:
             value = conn.execute(query).scalar_one_or_none()
         return None if value is None else from_us(value)
 
+    def oldest_sync(self, provider: str) -> datetime | None:
+        """The least advanced last-synced time of the provider's connected users, any type."""
+        s, u = sync_state, users
+        query = (
+            sa.select(sa.func.min(s.c.last_synced_us))
+            .select_from(s.join(u, (s.c.provider == u.c.provider) & (s.c.user_id == u.c.user_id)))
+            .where(s.c.provider == provider, u.c.connected.is_(True))
+        )
+        with self.read() as conn:
+            value = conn.execute(query).scalar_one_or_none()
+        return None if value is None else from_us(value)
+
     # -- users ---------------------------------------------------------------------------------
 
     def upsert_user(self, config: HealthSyncConfig, *, connected: bool = True) -> None:

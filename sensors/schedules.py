@@ -1,13 +1,14 @@
 """Schedules per sync frequency.
 
 - hourly_incremental_sync: every hour, today's partition of every source, for users who sync
-  hourly or in realtime (the sensor covers realtime; this is its safety net). The first run after
-  UTC midnight also finishes yesterday's partition.
+  hourly or in realtime (the sensor covers realtime; this is its safety net). When a source's
+  least advanced user last synced on an earlier day (after UTC midnight, or after an outage), the
+  days since then are synced too, at most CATCH_UP_DAYS back; older gaps are for a backfill.
 - daily_close: every hour, for the users whose local midnight has just passed, the whole local day
   that ended (daily-frequency users are synced only then; everyone's daily aggregates are final).
 """
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
@@ -16,6 +17,9 @@ from assets.partitions import partition_key
 from ohx_dagster.models import SyncFrequency
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.strategies import SyncStrategy
+from resources import RecordStoreResource
+
+CATCH_UP_DAYS = 7
 
 # UTC offsets in use on Earth, every quarter hour from UTC-12 to UTC+14.
 _OFFSETS = [timedelta(minutes=15 * step) for step in range(-48, 57)]
@@ -44,17 +48,25 @@ def _requests(
             )
 
 
+def catch_up_days(moment: datetime, oldest_sync: datetime | None, first_day: date) -> list[date]:
+    """Today, and the days since the least advanced user's last sync (bounded)."""
+    today = moment.astimezone(UTC).date()
+    start = today if oldest_sync is None else oldest_sync.astimezone(UTC).date()
+    start = max(start, today - timedelta(days=CATCH_UP_DAYS), first_day)
+    return [start + timedelta(days=i) for i in range((today - start).days + 1)]
+
+
 def incremental_requests(
-    moment: datetime, sources: Sequence[str], first_day: date
+    moment: datetime, oldest_sync: Mapping[str, datetime | None], first_day: date
 ) -> Iterator[dg.RunRequest]:
     moment = moment.astimezone(UTC)
     request = SyncRequest(
         SyncStrategy.INCREMENTAL,
         frequencies=frozenset({SyncFrequency.HOURLY, SyncFrequency.REALTIME}),
     )
-    days = [moment.date() - timedelta(days=1)] if moment.hour == 0 else []
-    days = [d for d in [*days, moment.date()] if d >= first_day]
-    yield from _requests(request, days, sources, moment)
+    for source, oldest in oldest_sync.items():
+        days = catch_up_days(moment, oldest, first_day)
+        yield from _requests(request, days, [source], moment)
 
 
 def close_requests(
@@ -78,8 +90,10 @@ def build_schedules(
         "of today's partition of every source for hourly and realtime users, then its "
         "aggregates and FHIR.",
     )
-    def hourly_incremental_sync(context: dg.ScheduleEvaluationContext):
-        yield from incremental_requests(context.scheduled_execution_time, sources, first_day)
+    def hourly_incremental_sync(context: dg.ScheduleEvaluationContext, store: RecordStoreResource):
+        record_store = store.get_store()
+        oldest = {source: record_store.oldest_sync(source) for source in sources}
+        yield from incremental_requests(context.scheduled_execution_time, oldest, first_day)
 
     @dg.schedule(
         job=job,

@@ -11,6 +11,7 @@ import pytest
 
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.settings import Settings
+from resources import RecordStoreResource
 
 HEALTH_ASSETS = ["raw_health_records", "hourly_aggregates", "daily_aggregates", "fhir_observations"]
 
@@ -68,7 +69,7 @@ def test_partitions_are_day_by_source(defs: dg.Definitions) -> None:
         assert len(keys) == 2 * 73 + 2  # + today's partition (end_offset=1) for each source
 
 
-def test_hourly_schedule_requests_one_run_per_source(defs: dg.Definitions) -> None:
+def test_hourly_schedule_requests_one_run_per_source(defs: dg.Definitions, tmp_path: Path) -> None:
     schedule = defs.get_schedule_def("hourly_incremental_sync")
     assert schedule.cron_schedule == "5 * * * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -78,6 +79,7 @@ def test_hourly_schedule_requests_one_run_per_source(defs: dg.Definitions) -> No
             instance=instance,
             scheduled_execution_time=moment,
             repository_def=defs.get_repository_def(),
+            resources={"store": RecordStoreResource(database_url=f"sqlite:///{tmp_path / 's.db'}")},
         )
         requests = list(schedule.evaluate_tick(context).run_requests or [])
     assert [r.partition_key for r in requests] == ["2016-04-12|simulated", "2016-04-12|fitabase"]

@@ -15,7 +15,8 @@ from ohx_dagster.settings import Settings
 from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import SyncStrategy
 from ohx_dagster.sync import sync_partition
-from sensors.schedules import days_closing_at
+from resources import RecordStoreResource
+from sensors.schedules import CATCH_UP_DAYS, days_closing_at
 
 
 @pytest.fixture
@@ -28,9 +29,17 @@ def defs(tmp_path) -> dg.Definitions:
     return build_definitions(Settings.from_env(env))
 
 
-def evaluate(defs: dg.Definitions, name: str, moment: datetime) -> list[dg.RunRequest]:
+@pytest.fixture
+def store(tmp_path) -> RecordStore:
+    return RecordStore(f"sqlite:///{tmp_path / 'schedules.db'}")
+
+
+def evaluate(
+    defs: dg.Definitions, name: str, moment: datetime, store: RecordStore | None = None
+) -> list[dg.RunRequest]:
     schedule = defs.get_schedule_def(name)
-    context = dg.build_schedule_context(scheduled_execution_time=moment)
+    resources = {} if store is None else {"store": RecordStoreResource(database_url=store.url)}
+    context = dg.build_schedule_context(scheduled_execution_time=moment, resources=resources)
     return list(schedule(context))
 
 
@@ -40,8 +49,11 @@ def user(zone: str, frequency: SyncFrequency = SyncFrequency.HOURLY) -> HealthSy
     )
 
 
-def test_hourly_schedule_syncs_today_for_every_source_hourly_and_realtime_users(defs) -> None:
-    requests = evaluate(defs, "hourly_incremental_sync", datetime(2026, 11, 25, 13, 5, tzinfo=UTC))
+def test_hourly_schedule_syncs_today_for_every_source_hourly_and_realtime_users(
+    defs, store
+) -> None:
+    moment = datetime(2026, 11, 25, 13, 5, tzinfo=UTC)
+    requests = evaluate(defs, "hourly_incremental_sync", moment, store)
     assert sorted(r.partition_key for r in requests) == [
         "2026-11-25|fitabase",
         "2026-11-25|simulated",
@@ -54,10 +66,34 @@ def test_hourly_schedule_syncs_today_for_every_source_hourly_and_realtime_users(
     assert len({r.run_key for r in requests}) == 2
 
 
-def test_first_hourly_run_after_midnight_also_finishes_yesterday(defs) -> None:
-    requests = evaluate(defs, "hourly_incremental_sync", datetime(2026, 11, 25, 0, 5, tzinfo=UTC))
-    days = sorted({r.partition_key.split("|")[0] for r in requests})
-    assert days == ["2026-11-24", "2026-11-25"]
+def test_first_hourly_run_after_midnight_also_finishes_yesterday(defs, store) -> None:
+    store.add_users([user("UTC")])
+    store.advance_sync_state(
+        "simulated", "u-UTC", ["heart_rate"], datetime(2026, 11, 24, 23, 5, tzinfo=UTC)
+    )
+    requests = evaluate(
+        defs, "hourly_incremental_sync", datetime(2026, 11, 25, 0, 5, tzinfo=UTC), store
+    )
+    simulated = sorted(r.partition_key for r in requests if r.partition_key.endswith("simulated"))
+    assert simulated == ["2026-11-24|simulated", "2026-11-25|simulated"]
+    # fitabase has no synced user: only today
+    assert [r.partition_key for r in requests if "fitabase" in r.partition_key] == [
+        "2026-11-25|fitabase"
+    ]
+
+
+def test_after_an_outage_the_hourly_run_catches_up_a_bounded_number_of_days(defs, store) -> None:
+    store.add_users([user("UTC"), user("Asia/Kolkata")])
+    moment = datetime(2026, 11, 25, 13, 5, tzinfo=UTC)
+    store.advance_sync_state("simulated", "u-UTC", ["steps"], moment - timedelta(days=3))
+    store.advance_sync_state("simulated", "u-Asia/Kolkata", ["steps"], moment - timedelta(hours=1))
+    requests = evaluate(defs, "hourly_incremental_sync", moment, store)
+    days = sorted(r.partition_key.split("|")[0] for r in requests if "simulated" in r.partition_key)
+    assert days == ["2026-11-22", "2026-11-23", "2026-11-24", "2026-11-25"]
+    store.advance_sync_state("simulated", "u-UTC", ["heart_rate"], moment - timedelta(days=40))
+    requests = evaluate(defs, "hourly_incremental_sync", moment, store)
+    days = sorted(r.partition_key.split("|")[0] for r in requests if "simulated" in r.partition_key)
+    assert len(days) == CATCH_UP_DAYS + 1 and days[-1] == "2026-11-25"
 
 
 def _closing_by_zoneinfo(moment: datetime, zones: list[str]) -> set[date]:
