@@ -103,7 +103,7 @@ def build_health_assets(
         request = SyncRequest.from_tags(context.run.tags)
         try:
             report = sync_partition(
-                sources.get(source_name),
+                sources.get(source_name, record_store),
                 record_store,
                 utc_day(day),
                 strategy=request.strategy,

@@ -7,11 +7,19 @@ from functools import cache
 import dagster as dg
 
 from ohx_dagster.errors import ConfigError
+from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.base import HealthSource
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
+from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.polar import PolarH10Source
 from ohx_dagster.providers.simulated import SimulatedSource
+from ohx_dagster.settings import KNOWN_SOURCES
+from ohx_dagster.store import RecordStore
+
+# Provider APIs: their users' OAuth tokens live in the record store, their OAuth app in the
+# environment (ohx_dagster/providers/api.py lists the variables).
+API_SOURCES = {"oura": OuraSource}
 
 
 @cache
@@ -36,6 +44,12 @@ def _apple_health(path: str, user_id: str | None) -> AppleHealthSource:
     return AppleHealthSource(path, user_id=user_id)
 
 
+@cache
+def _api_source(name: str, store: RecordStore) -> HealthSource:
+    # One HTTP connection pool per process, provider and store.
+    return API_SOURCES[name](store, ApiSettings.from_env(name))
+
+
 class SourcesResource(dg.ConfigurableResource):
     """Builds the source behind a `source` partition key."""
 
@@ -47,7 +61,12 @@ class SourcesResource(dg.ConfigurableResource):
     apple_health_export: str | None = None
     apple_health_user: str | None = None
 
-    def get(self, name: str) -> HealthSource:
+    def get(self, name: str, store: RecordStore | None = None) -> HealthSource:
+        """The source; provider APIs also need the `store` that holds their users' tokens."""
+        if name in API_SOURCES:
+            if store is None:
+                raise ConfigError(f"source {name!r} is a provider API: it needs the record store")
+            return _api_source(name, store)
         if name == "simulated":
             return _simulated(self.simulated_users, self.simulated_seed)
         if name == "fitabase":
@@ -64,6 +83,4 @@ class SourcesResource(dg.ConfigurableResource):
                     "source 'apple_health' needs OHX_APPLE_HEALTH_EXPORT (export.xml or export.zip)"
                 )
             return _apple_health(self.apple_health_export, self.apple_health_user)
-        raise ConfigError(
-            f"unknown source {name!r}: expected simulated, fitabase, polar or apple_health"
-        )
+        raise ConfigError(f"unknown source {name!r}: expected one of {', '.join(KNOWN_SOURCES)}")
