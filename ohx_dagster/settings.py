@@ -27,7 +27,7 @@ from pathlib import Path
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 
-KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health", "oura")
+KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health", "oura", "withings")
 # Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
 FILE_SOURCES = frozenset({"fitabase", "polar", "apple_health"})
 

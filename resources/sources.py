@@ -14,12 +14,13 @@ from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.polar import PolarH10Source
 from ohx_dagster.providers.simulated import SimulatedSource
+from ohx_dagster.providers.withings import WithingsSource
 from ohx_dagster.settings import KNOWN_SOURCES
 from ohx_dagster.store import RecordStore
 
 # Provider APIs: their users' OAuth tokens live in the record store, their OAuth app in the
 # environment (ohx_dagster/providers/api.py lists the variables).
-API_SOURCES = {"oura": OuraSource}
+API_SOURCES = {"oura": OuraSource, "withings": WithingsSource}
 
 
 @cache

@@ -164,25 +164,34 @@ class ApiClient:
         auth: TokenSource | None = None,
         params: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        check: Callable[[Any], None] | None = None,
     ) -> Any:
-        """The decoded JSON body; with `auth`, a 401 refreshes the token and repeats once."""
+        """The decoded JSON body. `check` inspects it (providers that answer errors with HTTP
+        200 raise from it; Unauthorized there counts as a 401). With `auth`, a 401 refreshes
+        the token and repeats the request once."""
         token = auth.access_token() if auth is not None else None
-        try:
-            response = self.send(method, endpoint, token=token, params=params, data=data)
-        except Unauthorized:
-            if auth is None or token is None:
-                raise
-            token = auth.refresh(token)
+        for attempt in range(2):
             try:
                 response = self.send(method, endpoint, token=token, params=params, data=data)
-            except Unauthorized as again:
-                raise HttpStatusError(
-                    self.provider,
-                    endpoint,
-                    401,
-                    f"the refreshed token was rejected too, reconnect the user: {again.excerpt}",
-                ) from None
-        return decode_json(self.provider, endpoint, response.content, secrets=(token or "",))
+                body = decode_json(
+                    self.provider, endpoint, response.content, secrets=(token or "",)
+                )
+                if check is not None:
+                    check(body)
+                return body
+            except Unauthorized as rejected:
+                if auth is None or token is None:
+                    raise
+                if attempt == 1:
+                    raise HttpStatusError(
+                        self.provider,
+                        endpoint,
+                        401,
+                        f"the refreshed token was rejected too, reconnect the user: "
+                        f"{rejected.excerpt}",
+                    ) from None
+                token = auth.refresh(token)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def decode_json(provider: str, endpoint: str, body: bytes, *, secrets: tuple[str, ...] = ()) -> Any:
