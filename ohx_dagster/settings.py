@@ -14,6 +14,8 @@
 | OHX_POLAR_CSV | (unset) | Polar H10 recording (ECGLogger CSV) for source "polar" |
 | OHX_APPLE_HEALTH_EXPORT | (unset) | Apple Health export.xml or export.zip, source "apple_health" |
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
+| OHX_TOKEN_KEY | (unset) | Fernet key(s) encrypting provider OAuth tokens at rest |
+| OHX_{OURA,WITHINGS,GOOGLE_HEALTH}_* | (unset) | provider API sources: see providers/api.py |
 """
 
 from __future__ import annotations
@@ -27,7 +29,15 @@ from pathlib import Path
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 
-KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health", "oura", "withings")
+KNOWN_SOURCES = (
+    "simulated",
+    "fitabase",
+    "polar",
+    "apple_health",
+    "oura",
+    "withings",
+    "google_health",
+)
 # Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
 FILE_SOURCES = frozenset({"fitabase", "polar", "apple_health"})
 

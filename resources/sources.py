@@ -11,6 +11,7 @@ from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.base import HealthSource
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
+from ohx_dagster.providers.google_health import GoogleHealthSource
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.polar import PolarH10Source
 from ohx_dagster.providers.simulated import SimulatedSource
@@ -20,7 +21,11 @@ from ohx_dagster.store import RecordStore
 
 # Provider APIs: their users' OAuth tokens live in the record store, their OAuth app in the
 # environment (ohx_dagster/providers/api.py lists the variables).
-API_SOURCES = {"oura": OuraSource, "withings": WithingsSource}
+API_SOURCES = {
+    "oura": OuraSource,
+    "withings": WithingsSource,
+    "google_health": GoogleHealthSource,
+}
 
 
 @cache
