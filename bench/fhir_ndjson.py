@@ -7,7 +7,7 @@ for 100 users (8.64 M samples), this product's way next to the seed's, in the sa
   subset, extrapolated).
 A stratified sample of the emitted resources is validated with the three-layer validator.
 
-Run: .venv/bin/python bench/fhir.py   (one core; prints the figures)
+Run: .venv/bin/python bench/fhir_ndjson.py   (one core; prints the figures)
 """
 
 from __future__ import annotations
