@@ -22,7 +22,6 @@ import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -31,6 +30,7 @@ import orjson
 import sqlalchemy as sa
 
 from ohx_dagster.errors import OhxError
+from ohx_dagster.providers.http import parse_retry_after
 from ohx_dagster.store import RecordStore, metadata, now_us
 
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
@@ -347,17 +347,9 @@ def transaction(base_url: str, resources: Sequence[dict]) -> dict[str, Any]:
     }
 
 
-def retry_after_seconds(value: str | None, default: float) -> float:
-    if not value:
-        return default
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            moment = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return default
-        return max(0.0, moment.timestamp() - time.time())
+def _retry_after(value: str | None, default: float) -> float:
+    seconds = parse_retry_after(value)
+    return default if seconds is None else seconds
 
 
 def _content(resource: dict) -> dict:
@@ -473,7 +465,7 @@ class FhirClient:
                 if response.status_code in (429, 503):
                     wait = min(
                         self.max_wait_s,
-                        retry_after_seconds(response.headers.get("Retry-After"), wait),
+                        _retry_after(response.headers.get("Retry-After"), wait),
                     )
             if attempt >= self.max_retries:
                 raise DeliveryError(
