@@ -28,6 +28,7 @@ from pathlib import Path
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.providers.api import API_DEFAULTS, ApiSettings
 
 KNOWN_SOURCES = (
     "simulated",
@@ -88,6 +89,11 @@ class Settings:
             raise ConfigError(
                 "OHX_SOURCES names apple_health but OHX_APPLE_HEALTH_EXPORT is not set"
             )
+        for source in sources:
+            if source in API_DEFAULTS:
+                # A provider API named without its OAuth app fails here, when the code location
+                # loads, not at its first run.
+                ApiSettings.from_env(source, env)
         start_text = env.get("OHX_PARTITIONS_START", "2025-01-01")
         try:
             start = date.fromisoformat(start_text)
