@@ -262,7 +262,8 @@ def test_registered_as_a_live_source(store: RecordStore, monkeypatch: pytest.Mon
     from ohx_dagster.settings import Settings
     from resources.sources import SourcesResource
 
-    settings = Settings.from_env({"OHX_SOURCES": "simulated,oura"})
+    app = {"OHX_OURA_CLIENT_ID": "cid", "OHX_OURA_CLIENT_SECRET": "cs"}
+    settings = Settings.from_env({"OHX_SOURCES": "simulated,oura", **app})
     assert settings.live_sources == ("simulated", "oura")  # webhooks and new-user backfills
     monkeypatch.delenv("OHX_OURA_CLIENT_ID", raising=False)
     monkeypatch.setenv("OHX_OURA_CLIENT_SECRET", "cs")
