@@ -40,6 +40,7 @@ from ohx_dagster.inbox import Inbox, NewEvent
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks import notifications, signatures
 from ohx_dagster.webhooks.config import WebhookSecrets
+from ohx_dagster.webhooks.connect import ConnectConfig, connect_routes
 from ohx_dagster.webhooks.signatures import REPLAY_WINDOW_S, SignatureRejected
 
 MAX_BODY_BYTES: Final = 256 * 1024
@@ -97,8 +98,10 @@ def create_app(
     replay_window_s: float = REPLAY_WINDOW_S,
     clock: Callable[[], float] = time.time,
     group_commit: bool = True,
+    connect: ConnectConfig | None = None,
 ) -> Starlette:
-    """The receiver for the providers `secrets` configures (others are not mounted)."""
+    """The receiver for the providers `secrets` configures (others are not mounted); with
+    `connect`, also the account-connection routes (ohx_dagster.webhooks.connect)."""
     inbox = Inbox(store)
     committer = GroupCommitter(inbox) if group_commit else None
 
@@ -230,6 +233,9 @@ def create_app(
             Route("/webhooks/simulated", simulated_verify, methods=["GET"]),
             Route("/webhooks/simulated", simulated_notify, methods=["POST"]),
         ]
+
+    if connect is not None:
+        routes += connect_routes(store, connect)
 
     app = Starlette(
         routes=routes,

@@ -1,0 +1,406 @@
+"""Connecting a person's Oura, Withings or Google Health account: the OAuth 2 authorization code
+flow (RFC 6749 4.1), started by a clinic's staff for a FHIR patient, finished by the provider's
+redirect to our callback.
+
+1. `start(provider, fhir_patient_id=..., timezone=..., ...)` validates the sync config to create,
+   stores a pending authorization in `oauth_states` (the SHA-256 of a random `state`, the provider,
+   the config, the PKCE verifier where the provider supports PKCE, the creation time) and returns
+   the provider's authorization URL.
+2. `complete(provider, state=..., code=..., error=...)` takes the pending authorization out of the
+   table (single use: a replay finds nothing; older than 10 minutes: expired), exchanges the code
+   at the provider's token URL, finds the provider's user id, then `connect_user` stores the tokens
+   encrypted and registers the config, and the new-user sensor backfills the person's history.
+   A refused state, a denial (`error=access_denied`) or a failed exchange stores nothing.
+
+Per provider (authorization endpoint; scopes asked; PKCE; where the provider's user id comes from):
+- oura: https://cloud.ouraring.com/oauth/authorize; `personal daily heartrate spo2`
+  (space-separated); no PKCE; GET /v2/usercollection/personal_info `id`.
+- withings: https://account.withings.com/oauth2_user/authorize2; `user.metrics` (comma-separated);
+  no PKCE; the token answer's `body.userid` (the id Withings notifications carry).
+- google_health: https://accounts.google.com/o/oauth2/v2/auth; googlehealth
+  `.activity_and_fitness.readonly` (steps) and `.health_metrics_and_measurements.readonly`
+  (heart rate, weight, oxygen saturation); PKCE S256; GET /v4/users/me/identity `healthUserId`.
+
+Token endpoints and client credentials are the API sources' (ohx_dagster.providers.api). The token
+answer is RFC 6749 5.1 JSON (errors: HTTP 400 {"error", "error_description"}), except Withings:
+HTTP 200 {"status": 0, "body": {"userid", "access_token", "refresh_token", "expires_in", "scope"}},
+an error being a non-zero status with an `error` text. Google sends a refresh token only with
+access_type=offline, and again on a reconnect only with prompt=consent: both are asked for.
+
+Variables:
+- OHX_OAUTH_REDIRECT_BASE: public base URL of the receiver; the callback, to register at each
+  provider, is <base>/oauth/<provider>/callback.
+- OHX_<P>_AUTHORIZE_URL (P = OURA, WITHINGS, GOOGLE_HEALTH): another authorization endpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import httpx
+import orjson
+import sqlalchemy as sa
+
+from ohx_dagster.errors import ConfigError, OhxError, ProviderError, ValidationError
+from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.providers import payload
+from ohx_dagster.providers.api import API_DEFAULTS, ApiSettings
+from ohx_dagster.providers.http import ApiClient, excerpt
+from ohx_dagster.providers.tokens import OAuthTokens, cipher_from_env, connect_user
+from ohx_dagster.store import RecordStore, metadata, to_us
+
+REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
+STATE_TTL: Final = timedelta(minutes=10)
+EXCHANGE_TIMEOUT_S: Final = 30.0
+# FHIR R5 `id`: 1-64 of [A-Za-z0-9-.].
+FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+oauth_states = sa.Table(
+    "oauth_states",
+    metadata,
+    # SHA-256 of the state: the table alone does not let anyone finish someone else's flow.
+    sa.Column("state_hash", sa.String(64), primary_key=True),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("config", sa.Text, nullable=False),  # the HealthSyncConfig to create, sans user id
+    sa.Column("code_verifier", sa.String(128)),  # PKCE (RFC 7636), where the provider has it
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+)
+
+
+class ConnectRefused(OhxError):
+    """The callback cannot complete: unknown, used or expired state, the person declined, or the
+    provider sent neither code nor error. Nothing is stored."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeSpec:
+    """What differs between the providers' authorization requests."""
+
+    authorize_url: str
+    scopes: tuple[str, ...]
+    scope_separator: str = " "
+    pkce: bool = False
+    extra_params: Mapping[str, str] = field(default_factory=dict)
+
+
+GOOGLE_SCOPE: Final = "https://www.googleapis.com/auth/googlehealth"
+AUTHORIZE: Final[dict[str, AuthorizeSpec]] = {
+    # heartrate -> heartrate, daily -> daily_activity steps, spo2 -> daily_spo2, personal -> the
+    # personal_info id that identifies the user.
+    "oura": AuthorizeSpec(
+        "https://cloud.ouraring.com/oauth/authorize", ("personal", "daily", "heartrate", "spo2")
+    ),
+    # user.metrics -> measure getmeas (weight, blood pressure, pulse, SpO2, temperature).
+    "withings": AuthorizeSpec(
+        "https://account.withings.com/oauth2_user/authorize2", ("user.metrics",), ","
+    ),
+    # steps: activity_and_fitness; heart rate, weight, oxygen saturation: health metrics.
+    "google_health": AuthorizeSpec(
+        "https://accounts.google.com/o/oauth2/v2/auth",
+        (
+            f"{GOOGLE_SCOPE}.activity_and_fitness.readonly",
+            f"{GOOGLE_SCOPE}.health_metrics_and_measurements.readonly",
+        ),
+        pkce=True,
+        extra_params={"access_type": "offline", "prompt": "consent"},
+    ),
+}
+PROVIDERS: Final = tuple(AUTHORIZE)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSettings:
+    """One provider's OAuth app as the connect flow needs it."""
+
+    api: ApiSettings
+    authorize: AuthorizeSpec
+    redirect_uri: str
+
+    @property
+    def provider(self) -> str:
+        return self.api.provider
+
+    @classmethod
+    def from_env(cls, provider: str, env: Mapping[str, str] | None = None) -> ConnectSettings:
+        env = os.environ if env is None else env
+        if provider not in AUTHORIZE:
+            raise ConfigError(f"provider {provider!r}: expected one of {list(PROVIDERS)}")
+        base = env.get(REDIRECT_BASE_ENV, "").strip().rstrip("/")
+        if not base.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"{REDIRECT_BASE_ENV}={base!r}: expected the receiver's public base URL "
+                "(https://...), under which /oauth/<provider>/callback is registered"
+            )
+        spec = AUTHORIZE[provider]
+        url = env.get(f"{API_DEFAULTS[provider].prefix}_AUTHORIZE_URL") or spec.authorize_url
+        return cls(
+            api=ApiSettings.from_env(provider, env),
+            authorize=AuthorizeSpec(
+                url, spec.scopes, spec.scope_separator, spec.pkce, spec.extra_params
+            ),
+            redirect_uri=f"{base}/oauth/{provider}/callback",
+        )
+
+    @classmethod
+    def configured(cls, env: Mapping[str, str] | None = None) -> dict[str, ConnectSettings]:
+        """The providers whose OAuth client id and secret are set (the others cannot connect)."""
+        env = os.environ if env is None else env
+        found = {}
+        for provider in PROVIDERS:
+            prefix = API_DEFAULTS[provider].prefix
+            if env.get(f"{prefix}_CLIENT_ID") and env.get(f"{prefix}_CLIENT_SECRET"):
+                found[provider] = cls.from_env(provider, env)
+        return found
+
+
+def _hash(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def pkce_challenge(verifier: str) -> str:
+    """RFC 7636 S256: BASE64URL(SHA256(verifier)) without padding."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sync_config(
+    provider: str,
+    *,
+    fhir_patient_id: str,
+    timezone: str = "UTC",
+    sync_frequency: str = "hourly",
+    aggregation: str = "hourly",
+    lookback_days: int = 30,
+    user_id: str = "(pending)",
+) -> HealthSyncConfig:
+    """The config to register; raises ValidationError naming a bad field."""
+    if not FHIR_ID.fullmatch(fhir_patient_id or ""):
+        raise ValidationError("patient", fhir_patient_id, "a FHIR id: 1-64 of A-Z a-z 0-9 - .")
+    return HealthSyncConfig(
+        user_id=user_id,
+        provider=provider,
+        timezone=timezone,
+        sync_frequency=sync_frequency,  # type: ignore[arg-type]
+        aggregation=aggregation,  # type: ignore[arg-type]
+        fhir_patient_id=fhir_patient_id,
+        lookback_days=lookback_days,
+    )
+
+
+class ConnectFlow:
+    """Start and complete authorizations for the configured providers."""
+
+    def __init__(
+        self,
+        store: RecordStore,
+        settings: Mapping[str, ConnectSettings],
+        *,
+        token_key: str | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        timeout_s: float = EXCHANGE_TIMEOUT_S,
+    ) -> None:
+        self.store = store
+        self.settings = dict(settings)
+        self.token_key = token_key
+        self.clock = clock
+        self.timeout_s = timeout_s
+        if self.settings:
+            # Tokens cannot be stored without the key: fail now, not after the person consented.
+            cipher_from_env(None if token_key is None else {"OHX_TOKEN_KEY": token_key})
+        with store.write() as conn:
+            oauth_states.create(conn, checkfirst=True)
+
+    def provider(self, name: str) -> ConnectSettings:
+        settings = self.settings.get(name)
+        if settings is None:
+            raise ConfigError(
+                f"provider {name!r} cannot be connected: its OAuth client is not configured "
+                f"(configured: {sorted(self.settings)})"
+            )
+        return settings
+
+    # -- start -----------------------------------------------------------------------------------
+
+    def start(self, provider: str, **config: Any) -> str:
+        """The provider's authorization URL for a new pending authorization (see sync_config for
+        the keyword arguments)."""
+        settings = self.provider(provider)
+        template = sync_config(provider, **config).to_json()
+        del template["user_id"]
+        state = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64) if settings.authorize.pkce else None
+        now = self.clock()
+        with self.store.write() as conn:
+            conn.execute(
+                oauth_states.delete().where(oauth_states.c.created_at_us < to_us(now - STATE_TTL))
+            )
+            conn.execute(
+                oauth_states.insert().values(
+                    state_hash=_hash(state),
+                    provider=provider,
+                    config=orjson.dumps(template).decode(),
+                    code_verifier=verifier,
+                    created_at_us=to_us(now),
+                )
+            )
+        spec = settings.authorize
+        params = {
+            "response_type": "code",
+            "client_id": settings.api.oauth.client_id,
+            "redirect_uri": settings.redirect_uri,
+            "scope": spec.scope_separator.join(spec.scopes),
+            "state": state,
+            **spec.extra_params,
+        }
+        if verifier is not None:
+            params |= {"code_challenge": pkce_challenge(verifier), "code_challenge_method": "S256"}
+        separator = "&" if "?" in spec.authorize_url else "?"
+        return f"{spec.authorize_url}{separator}{urlencode(params)}"
+
+    # -- complete --------------------------------------------------------------------------------
+
+    def _take_state(self, provider: str, state: str) -> tuple[dict[str, Any], str | None]:
+        """The pending authorization, removed (single use); refused if unknown or expired."""
+        t = oauth_states
+        key = _hash(state)
+        with self.store.write() as conn:
+            row = conn.execute(
+                sa.select(t).where(t.c.state_hash == key).with_for_update()
+            ).one_or_none()
+            if row is not None:
+                conn.execute(t.delete().where(t.c.state_hash == key))
+        if row is None or row.provider != provider:
+            raise ConnectRefused(
+                f"{provider}: unknown or already used state; start the connection again"
+            )
+        if row.created_at_us < to_us(self.clock() - STATE_TTL):
+            minutes = int(STATE_TTL.total_seconds() // 60)
+            raise ConnectRefused(
+                f"{provider}: the authorization expired (older than {minutes} minutes); "
+                "start the connection again"
+            )
+        return orjson.loads(row.config), row.code_verifier
+
+    def complete(
+        self,
+        provider: str,
+        *,
+        state: str | None,
+        code: str | None,
+        error: str | None = None,
+        error_description: str | None = None,
+    ) -> HealthSyncConfig:
+        """Finish the authorization the provider redirected back; the registered config."""
+        settings = self.provider(provider)
+        if not state:
+            raise ConnectRefused(f"{provider}: the callback has no state")
+        template, verifier = self._take_state(provider, state)
+        if error:
+            detail = f": {error_description[:200]}" if error_description else ""
+            raise ConnectRefused(f"{provider}: authorization not granted ({error[:60]}){detail}")
+        if not code:
+            raise ConnectRefused(f"{provider}: the callback has neither code nor error")
+        tokens, body = self._exchange(settings, code, verifier)
+        user_id = self._provider_user_id(settings, tokens, body)
+        config = HealthSyncConfig.from_json({**template, "user_id": user_id})
+        return connect_user(self.store, provider, user_id, tokens, config, key=self.token_key)
+
+    def _exchange(
+        self, settings: ConnectSettings, code: str, verifier: str | None
+    ) -> tuple[OAuthTokens, dict[str, Any]]:
+        client = settings.api.oauth
+        form = {
+            **client.extra_params,
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": settings.redirect_uri,
+            "client_id": client.client_id,
+            "client_secret": client.client_secret,
+        }
+        if verifier is not None:
+            form["code_verifier"] = verifier
+        where = f"{client.provider} token exchange ({client.token_url})"
+        hidden = (code, client.client_secret, verifier or "")
+        try:
+            with httpx.Client(timeout=self.timeout_s) as http:
+                response = http.post(
+                    client.token_url, data=form, headers={"Accept": "application/json"}
+                )
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"{where}: {type(exc).__name__}: {exc}") from None
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        if response.status_code >= 400 or not isinstance(body, dict):
+            raise ProviderError(
+                f"{where}: HTTP {response.status_code}: {_error_of(body, response, hidden)}"
+            )
+        if client.wrapped:
+            status = body.get("status")
+            if status != 0:
+                raise ProviderError(
+                    f"{where}: status {status}: {_error_of(body, response, hidden)}"
+                )
+            body = body.get("body")
+            if not isinstance(body, dict):
+                raise payload.bad_field(where, "body", body, "a JSON object")
+        tokens = OAuthTokens.from_token_response(
+            body, now=self.clock(), previous_refresh="", where=where
+        )
+        return tokens, body
+
+    def _provider_user_id(
+        self, settings: ConnectSettings, tokens: OAuthTokens, body: dict[str, Any]
+    ) -> str:
+        provider = settings.provider
+        if provider == "withings":
+            userid = body.get("userid")
+            if isinstance(userid, bool) or not isinstance(userid, str | int) or userid == "":
+                raise payload.bad_field(f"{provider} token exchange", "userid", userid, "an id")
+            return str(userid)
+        endpoint, key = {
+            "oura": ("/v2/usercollection/personal_info", "id"),
+            "google_health": ("/v4/users/me/identity", "healthUserId"),
+        }[provider]
+        api = ApiClient(provider, settings.api.base_url, timeout_s=self.timeout_s, attempts=2)
+        try:
+            answer = api.json("GET", endpoint, auth=_Bearer(tokens.access_token))
+        finally:
+            api.close()
+        user_id = payload.get(answer, key, f"{provider} {endpoint}", "the user's id")
+        if not isinstance(user_id, str) or not user_id:
+            raise payload.bad_field(f"{provider} {endpoint}", key, user_id, "a non-empty string")
+        return user_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Bearer:
+    """A TokenSource for the brand-new access token (no refresh: it was issued a moment ago)."""
+
+    token: str = field(repr=False)
+
+    def access_token(self) -> str:
+        return self.token
+
+    def refresh(self, rejected: str) -> str:
+        raise ProviderError("the access token just issued was rejected (401)")
+
+
+def _error_of(body: Any, response: httpx.Response, hidden: tuple[str, ...]) -> str:
+    """The provider's error field(s), else an excerpt of the body; secrets cut out."""
+    if isinstance(body, dict) and (body.get("error") or body.get("error_description")):
+        parts = [str(body.get("error") or "")]
+        if body.get("error_description"):
+            parts.append(str(body["error_description"]))
+        return excerpt(": ".join(p for p in parts if p), secrets=hidden)
+    return excerpt(response.content, secrets=hidden) or "(empty body)"

@@ -1,0 +1,160 @@
+"""The receiver's account-connection routes (the flow itself: ohx_dagster.providers.connect).
+
+- GET /connect/<provider>?patient=<FHIR patient id>[&timezone=Europe/Paris][&frequency=hourly]
+  [&aggregation=hourly][&lookback_days=30], with the staff token as `Authorization: Bearer <t>`
+  or `?token=<t>` -> 302 to the provider's consent page. 401 without the right token (compared in
+  constant time), 404 for a provider whose OAuth client is not configured, 400 naming a bad field.
+- GET /oauth/<provider>/callback?code=..&state=.. (the provider's redirect) -> 200 "connected"
+  page; 400 for an unknown, used or expired state or a denial (`error=access_denied`); 502 when
+  the provider's token endpoint fails. Only a 200 stores anything.
+
+Pages are small HTML, or JSON when the request accepts application/json. None is cached, and no
+page sends a Referer onward (the start URL may carry the token).
+
+Variables:
+- OHX_CONNECT_TOKEN: the staff token for /connect/<provider> (16+ characters); unset: the routes
+  are not mounted.
+- OHX_OAUTH_REDIRECT_BASE: public base URL of this receiver (ohx_dagster.providers.connect).
+- OHX_<P>_CLIENT_ID and OHX_<P>_CLIENT_SECRET (P = OURA, WITHINGS, GOOGLE_HEALTH): the provider's
+  OAuth app; a provider without them cannot be connected (404).
+- OHX_TOKEN_KEY: the Fernet key that encrypts the tokens, required once a provider is connectable.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from ohx_dagster.errors import ConfigError, ProviderError, ValidationError
+from ohx_dagster.providers.connect import ConnectFlow, ConnectRefused, ConnectSettings
+from ohx_dagster.store import RecordStore
+from ohx_dagster.webhooks.signatures import same_secret
+
+CONNECT_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
+MIN_TOKEN_CHARS: Final = 16
+NO_STORE: Final = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+log = logging.getLogger("ohx_dagster.webhooks.connect")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectConfig:
+    """The staff token and the connectable providers' OAuth apps."""
+
+    admin_token: str = field(repr=False)
+    providers: Mapping[str, ConnectSettings]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectConfig | None:
+        env = os.environ if env is None else env
+        token = env.get(CONNECT_TOKEN_ENV, "").strip()
+        if not token:
+            return None
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ConfigError(
+                f"{CONNECT_TOKEN_ENV} is {len(token)} characters long: expected a secret of at "
+                f"least {MIN_TOKEN_CHARS} (unset it to leave /connect unmounted)"
+            )
+        return cls(token, ConnectSettings.configured(env))
+
+
+def _given_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.query_params.get("token")
+
+
+def _page(request: Request, status: int, title: str, detail: str, **extra: str) -> Response:
+    if "application/json" in request.headers.get("accept", ""):
+        key = "status" if status < 400 else "error"
+        body = {key: title, "detail": detail, **extra}
+        return JSONResponse(body, status_code=status, headers=NO_STORE)
+    t, d = html.escape(title), html.escape(detail)
+    text = (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{t}</title></head>"
+        f"<body><h1>{t}</h1><p>{d}</p></body></html>"
+    )
+    return HTMLResponse(text, status_code=status, headers=NO_STORE)
+
+
+def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
+    """The two routes, over one ConnectFlow (creates its state table on the store)."""
+    flow = ConnectFlow(store, config.providers)
+
+    async def start(request: Request) -> Response:
+        provider = request.path_params["provider"]
+        if not same_secret(config.admin_token, _given_token(request)):
+            log.warning("401 /connect/%s: missing or wrong staff token", provider)
+            return _page(request, 401, "Not authorized", "missing or wrong staff token")
+        if provider not in flow.settings:
+            return _page(request, 404, "Unknown provider", f"{provider!r} cannot be connected here")
+        q = request.query_params
+        try:
+            lookback = int(q.get("lookback_days", "30"))
+        except ValueError:
+            lookback = -1
+        if not 1 <= lookback <= 3650:
+            return _page(request, 400, "Bad request", "lookback_days: expected 1..3650 days")
+        try:
+            url = await run_in_threadpool(
+                flow.start,
+                provider,
+                fhir_patient_id=q.get("patient", ""),
+                timezone=q.get("timezone", "UTC"),
+                sync_frequency=q.get("frequency", "hourly"),
+                aggregation=q.get("aggregation", "hourly"),
+                lookback_days=lookback,
+            )
+        except ValidationError as exc:
+            return _page(request, 400, "Bad request", str(exc), field=exc.field)
+        return RedirectResponse(url, status_code=302, headers=NO_STORE)
+
+    async def callback(request: Request) -> Response:
+        provider = request.path_params["provider"]
+        if provider not in flow.settings:
+            return _page(request, 404, "Unknown provider", f"{provider!r} cannot be connected here")
+        q = request.query_params
+        try:
+            user = await run_in_threadpool(
+                flow.complete,
+                provider,
+                state=q.get("state"),
+                code=q.get("code"),
+                error=q.get("error"),
+                error_description=q.get("error_description"),
+            )
+        except ConnectRefused as exc:
+            log.info("400 /oauth/%s/callback: %s", provider, exc)
+            return _page(request, 400, "Not connected", str(exc))
+        except ProviderError as exc:
+            log.error("502 /oauth/%s/callback: %s", provider, exc)
+            return _page(request, 502, "Not connected", f"the provider failed: {exc}")
+        except ConfigError as exc:
+            log.error("500 /oauth/%s/callback: %s", provider, exc)
+            return _page(request, 500, "Not connected", "server configuration error")
+        log.info("connected %s user %s (patient %s)", provider, user.user_id, user.fhir_patient_id)
+        return _page(
+            request,
+            200,
+            "Connected",
+            f"{provider} account connected for patient {user.fhir_patient_id}; "
+            "its history is being synchronized",
+            provider=provider,
+            user_id=user.user_id,
+            patient=user.fhir_patient_id,
+        )
+
+    return [
+        Route("/connect/{provider}", start, methods=["GET"]),
+        Route("/oauth/{provider}/callback", callback, methods=["GET"]),
+    ]
