@@ -25,6 +25,8 @@ from resources import RecordStoreResource
 
 def test_signed_webhook_becomes_records_and_fhir_without_a_human(tmp_path) -> None:
     now = datetime.now(UTC)
+    # Two minutes ago, but never across UTC midnight: the event's day is today's partition.
+    moment = max(now - timedelta(minutes=2), now.replace(hour=0, minute=0, second=0, microsecond=0))
     database_url = f"sqlite:///{tmp_path / 'ohx.db'}"
     settings = Settings.from_env(
         {
@@ -39,9 +41,7 @@ def test_signed_webhook_becomes_records_and_fhir_without_a_human(tmp_path) -> No
     named, other = users[0], users[1]
 
     with serve_in_thread(create_app(store, WebhookSecrets())) as url:
-        answer = send_event(
-            url, SIMULATED_DEV_SECRET, named.user_id, "heart_rate", now - timedelta(minutes=2)
-        )
+        answer = send_event(url, SIMULATED_DEV_SECRET, named.user_id, "heart_rate", moment)
         forged = send_event(url, "not-the-secret", other.user_id, "heart_rate", now)
     assert answer.status_code == 200, answer.text
     assert forged.status_code == 401
@@ -76,7 +76,7 @@ def test_signed_webhook_becomes_records_and_fhir_without_a_human(tmp_path) -> No
         read_ndjson(settings.fhir_dir / now.date().isoformat() / "simulated" / "Observation.ndjson")
     )
     patient = f"Patient/{named.fhir_patient_id}"
-    hour = now.replace(minute=0, second=0, microsecond=0)
+    hour = moment.replace(minute=0, second=0, microsecond=0)
     heart_rate_now = [
         o
         for o in observations
