@@ -12,7 +12,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from assets.partitions import day_and_source
+from assets.partitions import day_and_shard
 from ohx_dagster import aggregate
 from ohx_dagster.fhir.ndjson import write_ndjson
 from ohx_dagster.fhir.publish import partition_resources, utc_day
@@ -23,6 +23,7 @@ from ohx_dagster.quality import (
     recordings_without_heart_rate,
 )
 from ohx_dagster.run_request import SyncRequest
+from ohx_dagster.shards import Shard, Sharding
 from ohx_dagster.store import RecordStore
 from ohx_dagster.sync import SyncFailed, sync_partition
 from resources import RecordStoreResource, SourcesResource
@@ -66,13 +67,33 @@ def _users_in_scope(context: dg.AssetExecutionContext) -> frozenset[str] | None:
     return SyncRequest.from_tags(context.run.tags).user_ids
 
 
+def _shard_users(store: RecordStore, shard: Shard) -> frozenset[str] | None:
+    """The users of a shard partition, or None for all of the provider's (not sharded)."""
+    if shard.whole:
+        return None
+    return shard.select(c.user_id for c in store.users(shard.provider, connected_only=False))
+
+
+def _scope(
+    context: dg.AssetExecutionContext, store: RecordStore, shard: Shard
+) -> frozenset[str] | None:
+    """The run's users (_users_in_scope) of the partition's shard; None for all."""
+    run_users = _users_in_scope(context)
+    shard_users = _shard_users(store, shard)
+    if run_users is None or shard_users is None:
+        return shard_users if run_users is None else run_users
+    return run_users & shard_users
+
+
 def _zones(store: RecordStore, source: str) -> dict:
     return {config.user_id: config.zone for config in store.users(source, connected_only=False)}
 
 
 def build_health_assets(
-    partitions: dg.MultiPartitionsDefinition, fhir_dir: Path
+    partitions: dg.MultiPartitionsDefinition, fhir_dir: Path, sharding: Sharding | None = None
 ) -> list[dg.AssetsDefinition]:
+    """The assets; `sharding` maps shard source keys (`oura-3`) to providers and users."""
+
     @dg.asset(
         partitions_def=partitions,
         group_name="sync",
@@ -98,7 +119,8 @@ def build_health_assets(
         units and upserted into the record store. Run tags (ohx_dagster/run_request.py) choose
         the window (`ohx/strategy`: partition, the default, = the whole day; incremental; push;
         initial; close) and the users (`ohx/users`, `ohx/frequencies`, `ohx/close-at`)."""
-        day, source_name = day_and_source(context)
+        day, shard = day_and_shard(context, sharding)
+        source_name = shard.provider
         record_store = store.get_store()
         request = SyncRequest.from_tags(context.run.tags)
         try:
@@ -110,6 +132,7 @@ def build_health_assets(
                 user_ids=request.user_ids,
                 select=request.selects,
                 since=request.since,
+                shard=None if shard.whole else shard,
                 now=datetime.now(UTC),
             )
         except SyncFailed as failed:
@@ -119,11 +142,13 @@ def build_health_assets(
                 wait = failed.report.retry_after_s or RETRY_WAIT_S
                 raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from failed
             raise
-        stored = record_store.read_records(source_name, utc_day(day), user_ids=request.user_ids)
+        stored = record_store.read_records(
+            source_name, utc_day(day), user_ids=_scope(context, record_store, shard)
+        )
         implausible = implausible_values(stored)
         unlinked = recordings_without_heart_rate(stored)
         context.log.info(
-            f"{source_name} {day}: {report.records} records fetched "
+            f"{shard.key} {day}: {report.records} records fetched "
             f"for {len(report.users_synced)} users"
         )
         return dg.MaterializeResult(
@@ -181,14 +206,15 @@ def build_health_assets(
     ) -> dg.MaterializeResult:
         """Count, min, max, mean and sum per user, type and UTC hour of the partition day
         (blood pressure: systolic and diastolic). ECG waveforms are not aggregated."""
-        day, source_name = day_and_source(context)
+        day, shard = day_and_shard(context, sharding)
+        source_name = shard.provider
         record_store = store.get_store()
-        scope = _users_in_scope(context)
+        scope = _scope(context, record_store, shard)
         records = record_store.read_records(source_name, utc_day(day), user_ids=scope)
         stats = aggregate.hourly(records, _zones(record_store, source_name))
         record_store.upsert_aggregates(stats)
         # Read back what the table now holds: stale or lost buckets show up as a mismatch.
-        stored = record_store.read_aggregates(source_name, "hourly", utc_day(day))
+        stored = record_store.read_aggregates(source_name, "hourly", utc_day(day), user_ids=scope)
         if scope is not None and not stored.empty:
             stored = stored[stored["user_id"].isin(scope)]
         counted = aggregate.aggregated_records(records)
@@ -243,12 +269,13 @@ def build_health_assets(
     ) -> dg.MaterializeResult:
         """Statistics per user and type over the partition's date as a local calendar day in each
         user's time zone (reads the neighbouring UTC days from the store as zones require)."""
-        day, source_name = day_and_source(context)
+        day, shard = day_and_shard(context, sharding)
+        source_name = shard.provider
         record_store = store.get_store()
         records = record_store.read_records(
             source_name,
             aggregate.records_window_for_local_day(day),
-            user_ids=_users_in_scope(context),
+            user_ids=_scope(context, record_store, shard),
         )
         stats = aggregate.daily(records, _zones(record_store, source_name), day)
         record_store.upsert_aggregates(stats)
@@ -289,11 +316,14 @@ def build_health_assets(
         context: dg.AssetExecutionContext, store: RecordStoreResource
     ) -> dg.MaterializeResult:
         """FHIR R5 Observations for the partition, per each user's aggregation preference, as
-        NDJSON at <OHX_FHIR_DIR>/<day>/<source>/<ResourceType>.ndjson, byte-identical on
-        re-runs."""
-        day, source_name = day_and_source(context)
-        resources = partition_resources(store.get_store(), source_name, day)
-        directory = fhir_dir / day.isoformat() / source_name
+        NDJSON at <OHX_FHIR_DIR>/<day>/<source key>/<ResourceType>.ndjson (per shard of a
+        sharded source: its users only), byte-identical on re-runs."""
+        day, shard = day_and_shard(context, sharding)
+        record_store = store.get_store()
+        resources = partition_resources(
+            record_store, shard.provider, day, user_ids=_shard_users(record_store, shard)
+        )
+        directory = fhir_dir / day.isoformat() / shard.key
         counts = write_ndjson(directory, resources)
         problems = validate_resources(resources, limit=VALIDATION_SAMPLE)
         ids = pd.Series([r["id"] for r in resources], dtype="object")

@@ -1,4 +1,7 @@
-"""Partitions: day (UTC) x source. Users are never a partition dimension (DESIGN.md)."""
+"""Partitions: day (UTC) x source. Users are never a partition dimension (DESIGN.md).
+
+A `source` key is a provider (`oura`) or one hash shard of its users (`oura-3`), as OHX_SOURCES
+says (ohx_dagster/shards.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ from collections.abc import Sequence
 from datetime import date
 
 import dagster as dg
+
+from ohx_dagster.shards import Shard, Sharding
 
 DAY = "day"
 SOURCE = "source"
@@ -37,3 +42,12 @@ def day_and_source(context: dg.AssetExecutionContext) -> tuple[date, str]:
         key = partitions.get_partition_key_from_str(key)  # type: ignore[union-attr]
     keys = key.keys_by_dimension
     return date.fromisoformat(keys[DAY]), keys[SOURCE]
+
+
+def day_and_shard(
+    context: dg.AssetExecutionContext, sharding: Sharding | None
+) -> tuple[date, Shard]:
+    """The partition's day and the shard of users behind its source key (the whole provider
+    when the source is not sharded)."""
+    day, key = day_and_source(context)
+    return day, Shard(key) if sharding is None else sharding.shard(key)

@@ -12,6 +12,7 @@ from assets.fhir_delivery import build_fhir_delivery_asset
 from assets.health import build_health_assets
 from assets.partitions import health_partitions
 from ohx_dagster.settings import Settings
+from ohx_dagster.shards import Sharding
 from resources import RecordStoreResource, SourcesResource
 from resources.fhir_server import fhir_server_from_env
 from sensors.new_users import build_new_user_sensor
@@ -21,8 +22,12 @@ from sensors.webhooks import build_webhook_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    partitions = health_partitions(settings.partitions_start, settings.sources)
-    health_assets = build_health_assets(partitions, settings.fhir_dir)
+    # The source dimension lists every shard key of OHX_SOURCES (the provider's name when a
+    # source is not sharded).
+    sharding = settings.sharding
+    live = Sharding({source: sharding[source] for source in settings.live_sources})
+    partitions = health_partitions(settings.partitions_start, settings.source_keys)
+    health_assets = build_health_assets(partitions, settings.fhir_dir, sharding)
     sync_assets = [*health_assets, build_fhir_delivery_asset(partitions, settings.fhir_dir)]
     sync_job = dg.define_asset_job(
         "sync_partition",
@@ -34,14 +39,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=sync_assets,
         jobs=[sync_job, apply_retention_job],
         schedules=[
-            *build_schedules(sync_job, settings.sources, settings.partitions_start),
+            *build_schedules(sync_job, sharding, settings.partitions_start),
             retention_schedule,
         ],
         sensors=[
-            build_webhook_sensor(sync_job, settings.live_sources, settings.partitions_start),
-            build_new_user_sensor(
-                sync_assets, partitions, settings.live_sources, settings.partitions_start
-            ),
+            build_webhook_sensor(sync_job, live, settings.partitions_start),
+            build_new_user_sensor(sync_assets, partitions, live, settings.partitions_start),
         ],
         resources={
             "store": RecordStoreResource(database_url=settings.database_url),

@@ -5,7 +5,7 @@
 | OHX_HOME | ~/.ohx | data directory: SQLite store, FHIR NDJSON output |
 | OHX_DATABASE_URL | sqlite:///$OHX_HOME/ohx.db | record store (sqlite:/// or postgresql://) |
 | OHX_PARTITIONS_START | 2025-01-01 | first day partition (UTC) |
-| OHX_SOURCES | simulated (+ fitabase when OHX_FITABASE_DIR is set) | source partition keys |
+| OHX_SOURCES | simulated (+ fitabase if OHX_FITABASE_DIR) | `name` or `name:N` (N shards) |
 | OHX_FITABASE_DIR | (unset) | Fitabase export directory; several separated by ':' |
 | OHX_FITABASE_TZ | UTC | IANA zone of the exports' wall-clock times |
 | OHX_SIMULATED_USERS | 3 | number of simulated users |
@@ -29,6 +29,7 @@ from pathlib import Path
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.api import API_DEFAULTS, ApiSettings
+from ohx_dagster.shards import Sharding
 
 KNOWN_SOURCES = (
     "simulated",
@@ -57,11 +58,24 @@ class Settings:
     polar_csv: str | None = None
     apple_health_export: str | None = None
     apple_health_user: str | None = None
+    # (source, shard count) of the sources OHX_SOURCES splits into hash shards of users.
+    shard_counts: tuple[tuple[str, int], ...] = ()
 
     @property
     def live_sources(self) -> tuple[str, ...]:
         """Sources that users connect to and that notify us (APIs and the simulator)."""
         return tuple(s for s in self.sources if s not in FILE_SOURCES)
+
+    @property
+    def sharding(self) -> Sharding:
+        """Shard count of every source (1 = unsharded)."""
+        counts = dict(self.shard_counts)
+        return Sharding({s: counts.get(s, 1) for s in self.sources})
+
+    @property
+    def source_keys(self) -> tuple[str, ...]:
+        """The `source` partition keys: one per source, or one per shard of a sharded one."""
+        return tuple(self.sharding.all_keys())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,9 +83,8 @@ class Settings:
         home = Path(env.get("OHX_HOME") or Path.home() / ".ohx").expanduser()
         fitabase_dir = env.get("OHX_FITABASE_DIR") or None
         default_sources = "simulated,fitabase" if fitabase_dir else "simulated"
-        sources = tuple(
-            s.strip() for s in env.get("OHX_SOURCES", default_sources).split(",") if s.strip()
-        )
+        sharding = Sharding.parse(env.get("OHX_SOURCES", default_sources))
+        sources = tuple(sharding)
         for source in sources:
             if source not in KNOWN_SOURCES:
                 raise ConfigError(
@@ -114,6 +127,7 @@ class Settings:
             polar_csv=polar_csv,
             apple_health_export=apple_health_export,
             apple_health_user=env.get("OHX_APPLE_HEALTH_USER") or None,
+            shard_counts=tuple((s, n) for s, n in sharding.items() if n > 1),
         )
 
 

@@ -416,19 +416,25 @@ class RecordStore:
                 self.upsert(conn, aggregates, rows[start : start + WRITE_CHUNK])
         return len(rows)
 
-    def read_aggregates(self, provider: str, level: str, window: DateRange) -> pd.DataFrame:
-        """Aggregates of `level` whose bucket starts inside the window."""
+    def read_aggregates(
+        self,
+        provider: str,
+        level: str,
+        window: DateRange,
+        *,
+        user_ids: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """Aggregates of `level` whose bucket starts inside the window (of `user_ids` only)."""
         t = aggregates
-        query = (
-            sa.select(t)
-            .where(
-                t.c.provider == provider,
-                t.c.level == level,
-                t.c.bucket_start_us >= to_us(window.start),
-                t.c.bucket_start_us < to_us(window.end),
-            )
-            .order_by(t.c.user_id, t.c.data_type, t.c.bucket_start_us)
+        query = sa.select(t).where(
+            t.c.provider == provider,
+            t.c.level == level,
+            t.c.bucket_start_us >= to_us(window.start),
+            t.c.bucket_start_us < to_us(window.end),
         )
+        if user_ids is not None:
+            query = query.where(t.c.user_id.in_(list(user_ids)))
+        query = query.order_by(t.c.user_id, t.c.data_type, t.c.bucket_start_us)
         with self.read() as conn:
             result = conn.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))

@@ -18,6 +18,7 @@ from ohx_dagster.errors import OhxError, ProviderError, RateLimited
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import HealthSource
 from ohx_dagster.records import concat, dedupe
+from ohx_dagster.shards import Shard
 from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import SyncStrategy, plan_for_partition
 
@@ -108,15 +109,18 @@ def sync_partition(
     user_ids: Iterable[str] | None = None,
     select: Callable[[HealthSyncConfig, date], bool] | None = None,
     since: datetime | None = None,
+    shard: Shard | None = None,
     now: datetime,
 ) -> SyncReport:
-    """Sync the source's connected users (only `user_ids`, and only those `select` accepts, when
-    given) for one partition day under a strategy."""
+    """Sync the source's connected users (only `user_ids`, only those `select` accepts, and only
+    those of the `shard` partition key, when given) for one partition day under a strategy."""
     strategy = SyncStrategy(strategy)
     store.add_users(source.discover_users())
     wanted = None if user_ids is None else set(user_ids)
     report = SyncReport(source.name, strategy.value, partition)
     for config in store.users(source.name):
+        if shard is not None and not shard.holds(config.user_id):
+            continue
         if wanted is not None and config.user_id not in wanted:
             continue
         if select is not None and not select(config, partition.start.date()):
@@ -148,7 +152,12 @@ def sync_partition(
     if wanted is not None:
         known = {c.user_id for c in store.users(source.name)}
         for user_id in sorted(wanted - set(report.users_synced) - set(report.failures)):
-            reason = "not selected by this run" if user_id in known else "not connected"
+            if user_id not in known:
+                reason = "not connected"
+            elif shard is not None and not shard.holds(user_id):
+                reason = f"not in shard {shard.key}"
+            else:
+                reason = "not selected by this run"
             report.users_skipped[user_id] = reason
     if report.failures:
         raise SyncFailed(report)

@@ -1,9 +1,10 @@
 """new_user_sensor: a newly connected user's history arrives by itself, as a Dagster backfill.
 
-For every source with users connected since the cursor, one backfill over the day partitions of
-their lookback window (30 days by default), with the initial strategy for just those users, at
-the lowest priority (realtime runs go first) and visible in the UI's Backfills page. A backfill
-launched by hand from the UI or CLI with the same tags behaves the same way.
+For every source key (the users' shard of a sharded source) with users connected since the
+cursor, one backfill over the day partitions of their lookback window (30 days by default), with
+the initial strategy for just those users, at the lowest priority (realtime runs go first) and
+visible in the UI's Backfills page. A backfill launched by hand from the UI or CLI with the same
+tags behaves the same way.
 """
 
 from collections import defaultdict
@@ -19,6 +20,7 @@ from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraph
 from assets.partitions import partition_key
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.run_request import SyncRequest
+from ohx_dagster.shards import Sharding
 from ohx_dagster.strategies import SyncStrategy
 from resources import RecordStoreResource
 
@@ -56,9 +58,11 @@ def backfill_request(
 def build_new_user_sensor(
     assets: Sequence[dg.AssetsDefinition],
     partitions: dg.MultiPartitionsDefinition,
-    sources: Sequence[str],
+    sources: Sequence[str] | Sharding,
     first_day: date,
 ) -> dg.SensorDefinition:
+    sharding = sources if isinstance(sources, Sharding) else Sharding.unsharded(sources)
+
     @dg.sensor(
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -75,8 +79,8 @@ def build_new_user_sensor(
             return dg.SensorResult(skip_reason="no newly connected users")
         by_source: dict[str, list[HealthSyncConfig]] = defaultdict(list)
         for _, config in connected:
-            if config.provider in sources:
-                by_source[config.provider].append(config)
+            if config.provider in sharding:
+                by_source[sharding.key_of(config.provider, config.user_id)].append(config)
         today = datetime.now(UTC).date()
         requests = [
             backfill_request(

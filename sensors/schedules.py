@@ -1,5 +1,8 @@
 """Schedules per sync frequency.
 
+Both request every source key: each shard of a sharded source (`oura-0` .. `oura-7`) is its own
+partition, run for its own users.
+
 - hourly_incremental_sync: every hour, today's partition of every source, for users who sync
   hourly or in realtime (the sensor covers realtime; this is its safety net). When a source's
   least advanced user last synced on an earlier day (after UTC midnight, or after an outage), the
@@ -16,6 +19,7 @@ import dagster as dg
 from assets.partitions import partition_key
 from ohx_dagster.models import SyncFrequency
 from ohx_dagster.run_request import SyncRequest
+from ohx_dagster.shards import Sharding
 from ohx_dagster.strategies import SyncStrategy
 from resources import RecordStoreResource
 
@@ -79,8 +83,11 @@ def close_requests(
 
 
 def build_schedules(
-    job: dg.JobDefinition, sources: Sequence[str], first_day: date
+    job: dg.JobDefinition, sources: Sequence[str] | Sharding, first_day: date
 ) -> list[dg.ScheduleDefinition]:
+    sharding = sources if isinstance(sources, Sharding) else Sharding.unsharded(sources)
+    keys = sharding.all_keys()
+
     @dg.schedule(
         job=job,
         cron_schedule="5 * * * *",
@@ -92,7 +99,9 @@ def build_schedules(
     )
     def hourly_incremental_sync(context: dg.ScheduleEvaluationContext, store: RecordStoreResource):
         record_store = store.get_store()
-        oldest = {source: record_store.oldest_sync(source) for source in sources}
+        # Sync state is per provider: every shard of a provider catches up from its oldest.
+        by_provider = {provider: record_store.oldest_sync(provider) for provider in sharding}
+        oldest = {key: by_provider[sharding.shard(key).provider] for key in keys}
         yield from incremental_requests(context.scheduled_execution_time, oldest, first_day)
 
     @dg.schedule(
@@ -104,6 +113,6 @@ def build_schedules(
         "that ended in full and publish its final daily aggregates.",
     )
     def daily_close(context: dg.ScheduleEvaluationContext):
-        yield from close_requests(context.scheduled_execution_time, sources, first_day)
+        yield from close_requests(context.scheduled_execution_time, keys, first_day)
 
     return [hourly_incremental_sync, daily_close]

@@ -2,7 +2,8 @@
 
 Each tick reads at most BATCH_LIMIT events after its cursor (so a tick stays far below Dagster's
 60 s limit even with 100k events waiting), decides per event which partition it belongs to or
-why it is ignored, and asks for one run per partition, for just the users the events name.
+why it is ignored, and asks for one run per partition, for just the users the events name. An
+event's partition is its day x the shard key of its user (`oura-3`; `oura` when not sharded).
 run_key = partition + last event id: a tick that is evaluated twice launches nothing twice.
 """
 
@@ -17,6 +18,7 @@ from assets.partitions import partition_key
 from ohx_dagster.inbox import Inbox, InboxEvent
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.run_request import SyncRequest
+from ohx_dagster.shards import Sharding
 from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import SyncStrategy
 from resources import RecordStoreResource
@@ -33,9 +35,15 @@ class Dispatch:
 
 
 def plan_dispatch(
-    events: Sequence[InboxEvent], store: RecordStore, sources: Sequence[str], first_day: date
+    events: Sequence[InboxEvent],
+    store: RecordStore,
+    sources: Sequence[str] | Sharding,
+    first_day: date,
 ) -> Dispatch:
-    """Group events by (UTC day of the data, source); ignore what no run could sync."""
+    """Group events by (UTC day of the data, source key of the user's shard); ignore what no run
+    could sync. `sources`: the live sources, with their shard counts when sharded."""
+    if not isinstance(sources, Sharding):
+        sources = Sharding.unsharded(sources)
     dispatch = Dispatch()
     groups: dict[tuple[date, str], list[InboxEvent]] = defaultdict(list)
     connected: dict[str, dict[str, HealthSyncConfig]] = {}
@@ -58,7 +66,7 @@ def plan_dispatch(
         if moment.date() < first_day:
             dispatch.ignored[event.id] = f"{moment.date()} is before OHX_PARTITIONS_START"
             continue
-        groups[(moment.date(), source)].append(event)
+        groups[(moment.date(), sources.key_of(source, event.user_id))].append(event)
     dispatch.groups = dict(groups)
     return dispatch
 
@@ -77,7 +85,7 @@ def run_request_for(day: date, source: str, events: Sequence[InboxEvent]) -> dg.
 
 
 def build_webhook_sensor(
-    job: dg.JobDefinition, sources: Sequence[str], first_day: date
+    job: dg.JobDefinition, sources: Sequence[str] | Sharding, first_day: date
 ) -> dg.SensorDefinition:
     @dg.sensor(
         job=job,

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -53,19 +54,24 @@ class SeriesIndex:
     Read as one grouped query over the records, so daily aggregates (a local day reaches into the
     neighbouring UTC days) and ECG links point only at series that are published somewhere."""
 
-    def __init__(self, store: RecordStore, provider: str, window: DateRange) -> None:
+    def __init__(
+        self,
+        store: RecordStore,
+        provider: str,
+        window: DateRange,
+        user_ids: Collection[str] | None = None,
+    ) -> None:
         t = health_records
         hour = t.c.ts_us // HOUR_US
-        query = (
-            sa.select(t.c.user_id, t.c.data_type, hour.label("hour"), t.c.device_id)
-            .where(
-                t.c.provider == provider,
-                t.c.ts_us >= to_us(window.start),
-                t.c.ts_us < to_us(window.end),
-                t.c.data_type.in_([k.value for k in SERIES_TYPES]),
-            )
-            .group_by(t.c.user_id, t.c.data_type, hour, t.c.device_id)
+        query = sa.select(t.c.user_id, t.c.data_type, hour.label("hour"), t.c.device_id).where(
+            t.c.provider == provider,
+            t.c.ts_us >= to_us(window.start),
+            t.c.ts_us < to_us(window.end),
+            t.c.data_type.in_([k.value for k in SERIES_TYPES]),
         )
+        if user_ids is not None:
+            query = query.where(t.c.user_id.in_(list(user_ids)))
+        query = query.group_by(t.c.user_id, t.c.data_type, hour, t.c.device_id)
         self.provider = provider
         self.hours: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
         with store.read() as conn:
@@ -106,19 +112,25 @@ def _devices(source: str, records: pd.DataFrame, sparse: pd.DataFrame) -> list[d
     return [device(source, device_id) for device_id in sorted(ids) if device_id]
 
 
-def partition_resources(store: RecordStore, source: str, day: date) -> list[dict[str, Any]]:
-    """Every resource the partition publishes (see the module docstring), as plain dicts."""
+def partition_resources(
+    store: RecordStore, source: str, day: date, *, user_ids: Collection[str] | None = None
+) -> list[dict[str, Any]]:
+    """Every resource the partition publishes (see the module docstring), as plain dicts: of the
+    provider `source`'s users, or of `user_ids` only (a shard partition's users)."""
     configs = {c.user_id: c for c in store.users(source, connected_only=False)}
     window = utc_day(day)
-    records = store.read_records(source, window)
+    records = store.read_records(source, window, user_ids=user_ids)
     # A local day starts between 14 h before and 12 h after the UTC midnight of the same date.
     daily_window = DateRange(window.start - timedelta(hours=14), window.end)
     index = SeriesIndex(
-        store, source, DateRange(daily_window.start, window.end + timedelta(hours=12))
+        store, source, DateRange(daily_window.start, window.end + timedelta(hours=12)), user_ids
     )
-    hourly = store.read_aggregates(source, AggregationLevel.HOURLY.value, window)
+    hourly = store.read_aggregates(source, AggregationLevel.HOURLY.value, window, user_ids=user_ids)
     daily = _local_day_of(
-        store.read_aggregates(source, AggregationLevel.DAILY.value, daily_window), day
+        store.read_aggregates(
+            source, AggregationLevel.DAILY.value, daily_window, user_ids=user_ids
+        ),
+        day,
     )
     return [
         *series_observations(records, configs),
