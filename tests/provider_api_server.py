@@ -1,8 +1,9 @@
 """A real HTTP server on 127.0.0.1 (uvicorn, ephemeral port) playing a provider's API in tests.
 
 Each test scripts what a path answers: `api.on("/v2/usercollection/heartrate", handler)` where
-the handler takes the `Call` (method, path, query, form, headers) and returns (status, body,
-headers); `api.queue(path, *answers)` answers a path's requests in order (the last one repeats).
+the handler takes the `Call` (method, path, query, form, headers, raw body) and returns (status,
+body, headers); `api.queue(path, *answers)` answers a path's requests in order (the last one
+repeats).
 Every request is kept in `api.calls`, in order.
 """
 
@@ -33,6 +34,7 @@ class Call:
     query: dict[str, str]
     form: dict[str, str]
     headers: dict[str, str]
+    body: bytes = b""
 
     @property
     def bearer(self) -> str | None:
@@ -76,6 +78,7 @@ class FakeApi:
             dict(request.query_params),
             form,
             {k.lower(): v for k, v in request.headers.items()},
+            body,
         )
         with self.lock:
             self.calls.append(call)

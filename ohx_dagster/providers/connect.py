@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import secrets
@@ -63,6 +64,12 @@ STATE_TTL: Final = timedelta(minutes=10)
 EXCHANGE_TIMEOUT_S: Final = 30.0
 # FHIR R5 `id`: 1-64 of [A-Za-z0-9-.].
 FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+
+log = logging.getLogger("ohx_dagster.providers.connect")
+# Called with the provider's settings and the registered user once a connection is stored (the
+# receiver subscribes the provider's webhooks there). It must not undo the connection: whatever
+# it raises is logged and swallowed.
+AfterConnect = Callable[["ConnectSettings", HealthSyncConfig], object]
 
 oauth_states = sa.Table(
     "oauth_states",
@@ -207,8 +214,10 @@ class ConnectFlow:
         token_key: str | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         timeout_s: float = EXCHANGE_TIMEOUT_S,
+        after_connect: AfterConnect | None = None,
     ) -> None:
         self.store = store
+        self.after_connect = after_connect
         self.settings = dict(settings)
         self.token_key = token_key
         self.clock = clock
@@ -312,7 +321,13 @@ class ConnectFlow:
         tokens, body = self._exchange(settings, code, verifier)
         user_id = self._provider_user_id(settings, tokens, body)
         config = HealthSyncConfig.from_json({**template, "user_id": user_id})
-        return connect_user(self.store, provider, user_id, tokens, config, key=self.token_key)
+        config = connect_user(self.store, provider, user_id, tokens, config, key=self.token_key)
+        if self.after_connect is not None:
+            try:
+                self.after_connect(settings, config)
+            except Exception:
+                log.exception("%s user %r: after-connect step failed", provider, user_id)
+        return config
 
     def _exchange(
         self, settings: ConnectSettings, code: str, verifier: str | None

@@ -121,17 +121,23 @@ class ApiClient:
         token: str | None = None,
         params: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
         secrets: tuple[str, ...] = (),
     ) -> httpx.Response:
         """One request with retries on 5xx and connection errors; a 2xx response or an error.
-        `secrets` (besides the token) are cut out of error messages."""
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        `json_body` is sent as JSON, `headers` beside the bearer token (app credentials: pass
+        their values in `secrets` too). `secrets` (besides the token) are cut out of error
+        messages."""
+        sent = dict(headers or {})
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
         secrets = (*secrets, token) if token else secrets
         for attempt in range(self.attempts):
             last = attempt == self.attempts - 1
             try:
                 response = self.client.request(
-                    method, endpoint, params=params, data=data, headers=headers
+                    method, endpoint, params=params, data=data, json=json_body, headers=sent
                 )
             except httpx.TransportError as exc:
                 if last:

@@ -18,6 +18,9 @@ Variables:
 - OHX_<P>_CLIENT_ID and OHX_<P>_CLIENT_SECRET (P = OURA, WITHINGS, GOOGLE_HEALTH): the provider's
   OAuth app; a provider without them cannot be connected (404).
 - OHX_TOKEN_KEY: the Fernet key that encrypts the tokens, required once a provider is connectable.
+- OHX_WEBHOOK_BASE_URL (default OHX_OAUTH_REDIRECT_BASE): after a connection, the provider's
+  webhooks are subscribed to this receiver (ohx_dagster.webhooks.subscriptions); a failure there
+  is logged and recorded and the person is connected all the same.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -35,9 +38,13 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ohx_dagster.errors import ConfigError, ProviderError, ValidationError
+from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.connect import ConnectFlow, ConnectRefused, ConnectSettings
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks.signatures import same_secret
+
+if TYPE_CHECKING:  # imported where used: `python -m ohx_dagster.webhooks.subscriptions` runs it
+    from ohx_dagster.webhooks.subscriptions import SubscriptionSettings
 
 CONNECT_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
 MIN_TOKEN_CHARS: Final = 16
@@ -52,6 +59,8 @@ class ConnectConfig:
 
     admin_token: str = field(repr=False)
     providers: Mapping[str, ConnectSettings]
+    # Where providers call back; None: no webhook subscriptions after connecting.
+    subscriptions: SubscriptionSettings | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectConfig | None:
@@ -64,7 +73,9 @@ class ConnectConfig:
                 f"{CONNECT_TOKEN_ENV} is {len(token)} characters long: expected a secret of at "
                 f"least {MIN_TOKEN_CHARS} (unset it to leave /connect unmounted)"
             )
-        return cls(token, ConnectSettings.configured(env))
+        from ohx_dagster.webhooks.subscriptions import SubscriptionSettings
+
+        return cls(token, ConnectSettings.configured(env), SubscriptionSettings.from_env(env))
 
 
 def _given_token(request: Request) -> str | None:
@@ -89,7 +100,15 @@ def _page(request: Request, status: int, title: str, detail: str, **extra: str) 
 
 def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
     """The two routes, over one ConnectFlow (creates its state table on the store)."""
-    flow = ConnectFlow(store, config.providers)
+    subscriptions = config.subscriptions
+    after_connect = None
+    if subscriptions is not None:
+        from ohx_dagster.webhooks.subscriptions import subscribe_after_connect
+
+        def after_connect(settings: ConnectSettings, user: HealthSyncConfig) -> object:
+            return subscribe_after_connect(store, subscriptions, settings.api, user)
+
+    flow = ConnectFlow(store, config.providers, after_connect=after_connect)
 
     async def start(request: Request) -> Response:
         provider = request.path_params["provider"]
