@@ -382,6 +382,9 @@ def test_secrets_from_env():
         WebhookSecrets.from_env({"OHX_WEBHOOK_FITBIT_SECRET": "fitbit-secret"})
     with pytest.raises(ConfigError, match="OHX_OURA_CLIENT_SECRET"):
         WebhookSecrets.from_env({"OHX_OURA_VERIFICATION_TOKEN": "oura-token"})
+    # The OAuth app's secret alone (API sync without webhooks) starts, Oura unmounted.
+    api_only = WebhookSecrets.from_env({"OHX_OURA_CLIENT_SECRET": "oura-secret"})
+    assert api_only.mounted["oura"] is False
     with pytest.raises(ConfigError, match="OHX_WITHINGS_CALLBACK_TOKEN"):
         WebhookSecrets.from_env({"OHX_WITHINGS_CALLBACK_TOKEN": "short"})
     with pytest.raises(ConfigError, match="OHX_SIMULATED_WEBHOOK_SECRET"):

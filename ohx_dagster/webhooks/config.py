@@ -13,7 +13,8 @@ Routes are /webhooks/<route>.
 
 A provider whose variables are all unset is not mounted (its route answers 404; the receiver
 logs it at startup). Half a configuration (a secret without its verification code) or a value
-too short to be a secret is an error at startup that names the variable. Only the simulated
+too short to be a secret is an error at startup that names the variable; the one exception is
+Oura's client secret alone, which is the OAuth app's secret for API sync without webhooks. Only the simulated
 provider has a default, because it is the embedded development source; never use it in production.
 """
 
@@ -62,7 +63,7 @@ class WebhookSecrets:
     def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookSecrets:
         env = os.environ if env is None else env
         fitbit = _pair(env, FITBIT_SECRET, FITBIT_VERIFY)
-        oura = _pair(env, OURA_SECRET, OURA_TOKEN)
+        oura = _oura(env)
         withings = _secret(env, WITHINGS_TOKEN)
         simulated = _secret(env, SIMULATED_SECRET) if SIMULATED_SECRET in env else None
         return cls(
@@ -93,6 +94,15 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
             f"{MIN_SECRET_CHARS} characters (unset it to leave the provider unmounted)"
         )
     return value
+
+
+def _oura(env: Mapping[str, str]) -> tuple[str, str] | None:
+    """Oura signs webhooks with the OAuth app's client secret, so the secret alone means "the
+    API is used"; the route is mounted once the verification token is set too."""
+    secret, token = _secret(env, OURA_SECRET), _secret(env, OURA_TOKEN)
+    if token is not None and secret is None:
+        raise ConfigError(f"{OURA_TOKEN} is set but {OURA_SECRET} is not: set both or neither")
+    return None if token is None or secret is None else (secret, token)
 
 
 def _pair(env: Mapping[str, str], first: str, second: str) -> tuple[str, str] | None:
