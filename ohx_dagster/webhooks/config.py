@@ -14,8 +14,9 @@ Routes are /webhooks/<route>.
 A provider whose variables are all unset is not mounted (its route answers 404; the receiver
 logs it at startup). Half a configuration (a secret without its verification code) or a value
 too short to be a secret is an error at startup that names the variable; the one exception is
-Oura's client secret alone, which is the OAuth app's secret for API sync without webhooks. Only the simulated
-provider has a default, because it is the embedded development source; never use it in production.
+Oura's client secret alone, which is the OAuth app's secret for API sync without webhooks. Only
+the simulated provider has a default, because it is the embedded development source; never use it
+in production.
 """
 
 from __future__ import annotations
