@@ -18,6 +18,7 @@ from resources.fhir_server import fhir_server_from_env
 from sensors.new_users import build_new_user_sensor
 from sensors.retention import apply_retention_job, retention_schedule
 from sensors.schedules import build_schedules
+from sensors.subscriptions import oura_subscriptions_job, oura_subscriptions_schedule
 from sensors.webhooks import build_webhook_sensor
 
 
@@ -35,12 +36,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         partitions_def=partitions,
         description="Fetch, aggregate and publish one day x source partition.",
     )
+    # Oura's webhook subscriptions belong to the app and expire: renewed daily when Oura is used.
+    uses_oura = "oura" in settings.sources
     return dg.Definitions(
         assets=sync_assets,
-        jobs=[sync_job, apply_retention_job],
+        jobs=[sync_job, apply_retention_job, *([oura_subscriptions_job] if uses_oura else [])],
         schedules=[
             *build_schedules(sync_job, sharding, settings.partitions_start),
             retention_schedule,
+            *([oura_subscriptions_schedule] if uses_oura else []),
         ],
         sensors=[
             build_webhook_sensor(sync_job, live, settings.partitions_start),

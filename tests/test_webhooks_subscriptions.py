@@ -435,3 +435,33 @@ def test_even_a_crashing_subscription_step_leaves_the_connection_standing(
     assert done.status_code == 200
     assert sqlite_store.user("withings", USER_IDS["withings"]) is not None
     assert "after-connect step failed" in caplog.text
+
+
+def test_the_daily_dagster_job_renews_oura_and_fails_visibly(
+    oura: FakeOura, oura_receiver: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resources import RecordStoreResource
+    from sensors.subscriptions import oura_subscriptions_job
+
+    database = f"sqlite:///{tmp_path / 'job.db'}"
+    for name, value in {
+        "OHX_OURA_CLIENT_ID": "oura-client",
+        "OHX_OURA_CLIENT_SECRET": SECRET["oura"],
+        "OHX_OURA_API_URL": oura.api.base_url,
+        "OHX_OURA_VERIFICATION_TOKEN": VERIFY,
+        "OHX_WEBHOOK_BASE_URL": oura_receiver,
+    }.items():
+        monkeypatch.setenv(name, value)
+    resources = {"store": RecordStoreResource(database_url=database)}
+    assert oura_subscriptions_job.execute_in_process(resources=resources).success
+    assert len(oura.subscriptions) == 6
+    oura.subscriptions.clear()
+    oura.reject.add("sleep")
+    failed = oura_subscriptions_job.execute_in_process(resources=resources, raise_on_error=False)
+    assert not failed.success
+    store = RecordStore(database)
+    try:
+        statuses = {r.status for r in recorded(store, "oura")}
+    finally:
+        store.dispose()
+    assert "failed" in statuses

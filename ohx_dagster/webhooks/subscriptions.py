@@ -392,6 +392,30 @@ def subscribe_after_connect(
 # -- CLI ------------------------------------------------------------------------------------------
 
 
+def renew_oura(
+    store: RecordStore, env: Mapping[str, str], renew_within: timedelta = RENEW_WITHIN
+) -> list[SubscriptionResult]:
+    """Create or renew the app's Oura subscriptions and record the outcome in the store; the
+    one job behind the CLI and the daily Dagster schedule. ConfigError names what is missing."""
+    settings = SubscriptionSettings.from_env(env)
+    if settings is None:
+        raise ConfigError(f"set {BASE_URL_ENV} (or {REDIRECT_BASE_ENV}): our callback base")
+    if settings.oura_verification_token is None:
+        raise ConfigError("OHX_OURA_VERIFICATION_TOKEN is not set (/webhooks/oura unmounted)")
+    api = ApiSettings.from_env("oura", env)
+    try:
+        results = ensure_oura_subscriptions(
+            api,
+            settings.oura_callback,
+            settings.oura_verification_token,
+            renew_within=renew_within,
+        )
+    except ProviderError as exc:
+        results = [SubscriptionResult("oura", "", "*", FAILED, detail=str(exc))]
+    record(store, results)
+    return results
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ohx_dagster.webhooks.subscriptions",
@@ -403,28 +427,15 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
     env = os.environ if env is None else env
     try:
-        settings = SubscriptionSettings.from_env(env)
-        if settings is None:
-            raise ConfigError(f"set {BASE_URL_ENV} (or {REDIRECT_BASE_ENV}): our callback base")
-        if settings.oura_verification_token is None:
-            raise ConfigError("OHX_OURA_VERIFICATION_TOKEN is not set (/webhooks/oura unmounted)")
-        api = ApiSettings.from_env("oura", env)
-        database_url = Settings.from_env(env).database_url
+        store = RecordStore(Settings.from_env(env).database_url)
     except ConfigError as exc:
         print(f"subscriptions: configuration error: {exc}", file=sys.stderr)
         return 2
     try:
-        results = ensure_oura_subscriptions(
-            api,
-            settings.oura_callback,
-            settings.oura_verification_token,
-            renew_within=timedelta(days=args.renew_within_days),
-        )
-    except ProviderError as exc:
-        results = [SubscriptionResult("oura", "", "*", FAILED, detail=str(exc))]
-    store = RecordStore(database_url)
-    try:
-        record(store, results)
+        results = renew_oura(store, env, timedelta(days=args.renew_within_days))
+    except ConfigError as exc:
+        print(f"subscriptions: configuration error: {exc}", file=sys.stderr)
+        return 2
     finally:
         store.dispose()
     for r in results:
