@@ -15,6 +15,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from provider_api_server import FakeApi, fake_api
 
 from ohx_dagster.store import RecordStore
 
@@ -94,3 +96,29 @@ def store(store_url: str) -> Iterator[RecordStore]:
     record_store = RecordStore(store_url)
     yield record_store
     record_store.dispose()
+
+
+# -- shared by the provider API, token and connect tests -------------------------------------------
+
+
+@pytest.fixture
+def token_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh Fernet key in OHX_TOKEN_KEY: provider tokens are encrypted at rest with it."""
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv("OHX_TOKEN_KEY", key)
+    return key
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[RecordStore]:
+    """A RecordStore on a SQLite file in tmp_path (for tests that need one backend only)."""
+    record_store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
+    yield record_store
+    record_store.dispose()
+
+
+@pytest.fixture
+def api() -> Iterator[FakeApi]:
+    """A provider API test server on 127.0.0.1 (tests/provider_api_server.py)."""
+    with fake_api() as server:
+        yield server

@@ -17,7 +17,6 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 import sqlalchemy as sa
-from cryptography.fernet import Fernet
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 
 from ohx_dagster.errors import ConfigError
@@ -148,20 +147,6 @@ class FakeProviders:
             return answer(200, {"id": USER_IDS["oura"], "age": 41, "weight": 70.2})
         name = "users/me/identity"
         return answer(200, {"name": name, "healthUserId": USER_IDS[provider], "legacyUserId": ""})
-
-
-@pytest.fixture
-def token_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    key = Fernet.generate_key().decode()
-    monkeypatch.setenv("OHX_TOKEN_KEY", key)
-    return key
-
-
-@pytest.fixture
-def sqlite_store(tmp_path) -> Iterator[RecordStore]:
-    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
-    yield store
-    store.dispose()
 
 
 @pytest.fixture

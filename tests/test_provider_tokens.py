@@ -31,26 +31,6 @@ ACCESS = "access-token-SECRET-1"
 REFRESH = "refresh-token-SECRET-1"
 
 
-@pytest.fixture
-def token_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    key = Fernet.generate_key().decode()
-    monkeypatch.setenv("OHX_TOKEN_KEY", key)
-    return key
-
-
-@pytest.fixture
-def sqlite_store(tmp_path) -> RecordStore:
-    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
-    yield store
-    store.dispose()
-
-
-@pytest.fixture
-def api():
-    with fake_api() as server:
-        yield server
-
-
 def client(api: FakeApi, **kwargs) -> ApiClient:
     return ApiClient("oura", api.base_url, backoff_s=0.0, **kwargs)
 

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 from cryptography.fernet import Fernet
-from provider_api_server import FakeApi, answer, fake_api
+from provider_api_server import FakeApi, answer
 
 from ohx_dagster.errors import ProviderError, RateLimited
 from ohx_dagster.fhir.publish import utc_day
@@ -59,12 +59,6 @@ def activity(day: str, steps: int, timestamp: str) -> dict:
         "day": day,
         "timestamp": timestamp,
     }
-
-
-@pytest.fixture
-def api():
-    with fake_api() as server:
-        yield server
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 from cryptography.fernet import Fernet
-from provider_api_server import Call, FakeApi, answer, fake_api
+from provider_api_server import Call, FakeApi, answer
 
 from ohx_dagster.errors import ProviderError, RateLimited
 from ohx_dagster.fhir.publish import utc_day
@@ -75,12 +75,6 @@ PAGE_2 = {
         "offset": 0,
     },
 }
-
-
-@pytest.fixture
-def api():
-    with fake_api() as server:
-        yield server
 
 
 @pytest.fixture

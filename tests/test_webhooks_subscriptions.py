@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from cryptography.fernet import Fernet
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 from test_connect import ADMIN, JSON, SECRET, USER_IDS, FakeProviders, Receiver
 
@@ -131,20 +130,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def token_key(monkeypatch: pytest.MonkeyPatch) -> str:
-    key = Fernet.generate_key().decode()
-    monkeypatch.setenv("OHX_TOKEN_KEY", key)
-    return key
-
-
-@pytest.fixture
-def sqlite_store(tmp_path) -> Iterator[RecordStore]:
-    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
-    yield store
-    store.dispose()
 
 
 @pytest.fixture
