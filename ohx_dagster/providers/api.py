@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -113,6 +113,22 @@ class ApiConnection:
 
     def where(self, endpoint: str) -> str:
         return f"{self.settings.provider} {endpoint}"
+
+
+class ApiSource:
+    """What the provider API sources share: a connection, and no users of their own (people
+    arrive by connecting their account, see ohx_dagster/providers/connect.py)."""
+
+    name: str
+
+    def __init__(
+        self, store: RecordStore, settings: ApiSettings | None = None, **connection: Any
+    ) -> None:
+        settings = settings or ApiSettings.from_env(self.name)
+        self.connection = ApiConnection(store, settings, **connection)
+
+    def discover_users(self) -> list[HealthSyncConfig]:
+        return []
 
 
 @dataclass(frozen=True, slots=True)

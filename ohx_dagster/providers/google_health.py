@@ -25,10 +25,9 @@ import pandas as pd
 
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiConnection, ApiSettings, Sample, samples_batch
+from ohx_dagster.providers.api import ApiSource, Sample, samples_batch
 from ohx_dagster.providers.http import TokenSource, paginate
 from ohx_dagster.records import concat
-from ohx_dagster.store import RecordStore
 
 NAME: Final = "google_health"
 MAX_PAGE_SIZE: Final = 10_000
@@ -68,16 +67,8 @@ def time_filter(kind: GoogleType, window: DateRange) -> str:
     return f'{field} >= "{rfc3339(window.start)}" AND {field} < "{rfc3339(window.end)}"'
 
 
-class GoogleHealthSource:
+class GoogleHealthSource(ApiSource):
     name = NAME
-
-    def __init__(
-        self, store: RecordStore, settings: ApiSettings | None = None, **connection: Any
-    ) -> None:
-        self.connection = ApiConnection(store, settings or ApiSettings.from_env(NAME), **connection)
-
-    def discover_users(self) -> list[HealthSyncConfig]:
-        return []  # users arrive by connecting (ohx_dagster.providers.tokens.connect_user)
 
     def fetch(
         self,

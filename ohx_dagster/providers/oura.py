@@ -24,10 +24,9 @@ import pandas as pd
 
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiConnection, ApiSettings, Sample, offset_min, samples_batch
+from ohx_dagster.providers.api import ApiSource, Sample, offset_min, samples_batch
 from ohx_dagster.providers.http import TokenSource, paginate
 from ohx_dagster.records import concat
-from ohx_dagster.store import RecordStore
 
 NAME: Final = "oura"
 DEVICE: Final = "oura-ring"
@@ -37,16 +36,8 @@ DAILY_SPO2: Final = "/v2/usercollection/daily_spo2"
 DAY_S: Final = 86_400.0
 
 
-class OuraSource:
+class OuraSource(ApiSource):
     name = NAME
-
-    def __init__(
-        self, store: RecordStore, settings: ApiSettings | None = None, **connection: Any
-    ) -> None:
-        self.connection = ApiConnection(store, settings or ApiSettings.from_env(NAME), **connection)
-
-    def discover_users(self) -> list[HealthSyncConfig]:
-        return []  # users arrive by connecting (ohx_dagster.providers.tokens.connect_user)
 
     def _documents(self, endpoint: str, params: dict[str, str], auth: TokenSource) -> list[Any]:
         where = self.connection.where(endpoint)

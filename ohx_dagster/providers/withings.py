@@ -33,10 +33,9 @@ import pandas as pd
 from ohx_dagster.errors import ProviderError, RateLimited
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiConnection, ApiSettings, Sample, offset_min, samples_batch
+from ohx_dagster.providers.api import ApiSource, Sample, offset_min, samples_batch
 from ohx_dagster.providers.http import TokenSource, Unauthorized, excerpt, paginate
 from ohx_dagster.records import concat
-from ohx_dagster.store import RecordStore
 
 NAME: Final = "withings"
 MEASURE: Final = "/measure"
@@ -62,16 +61,8 @@ def measure_value(measure: Any, where: str) -> float:
     return value / 10 ** -int(unit) if unit < 0 else value * 10 ** int(unit)
 
 
-class WithingsSource:
+class WithingsSource(ApiSource):
     name = NAME
-
-    def __init__(
-        self, store: RecordStore, settings: ApiSettings | None = None, **connection: Any
-    ) -> None:
-        self.connection = ApiConnection(store, settings or ApiSettings.from_env(NAME), **connection)
-
-    def discover_users(self) -> list[HealthSyncConfig]:
-        return []  # users arrive by connecting (ohx_dagster.providers.tokens.connect_user)
 
     def _check(self, body: Any) -> None:
         where = f"{NAME} {MEASURE} getmeas"
