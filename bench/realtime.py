@@ -41,10 +41,16 @@ from ohx_dagster.webhooks.serve import serve_in_thread  # noqa: E402
 from ohx_dagster.webhooks.simulator import send_event  # noqa: E402
 from resources import RecordStoreResource  # noqa: E402
 
+_INSTANCE: dg.DagsterInstance | None = None
+
 
 def tick(defs: dg.Definitions, database_url: str, cursor: str | None) -> dg.SensorResult:
+    # One ephemeral instance for every tick, as the daemon has one instance (a new one a tick
+    # left dozens of SQLite connections to be collected from other threads).
+    global _INSTANCE
+    _INSTANCE = _INSTANCE or dg.DagsterInstance.ephemeral()
     context = dg.build_sensor_context(
-        instance=dg.DagsterInstance.ephemeral(),
+        instance=_INSTANCE,
         cursor=cursor,
         resources={"store": RecordStoreResource(database_url=database_url)},
     )
