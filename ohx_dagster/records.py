@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import HARD_LIMITS, HealthDataRecord, HealthDataType
+from ohx_dagster.models import HARD_LIMITS, DateRange, HealthDataRecord, HealthDataType
 from ohx_dagster.units import to_canonical
 
 IDENTITY: Final[list[str]] = ["provider", "user_id", "data_type", "ts", "device_id"]
@@ -227,3 +227,18 @@ def concat(batches: Iterable[pd.DataFrame]) -> pd.DataFrame:
 def dedupe(batch: pd.DataFrame) -> pd.DataFrame:
     """One row per record identity; the last occurrence wins, as an upsert would."""
     return batch.drop_duplicates(subset=IDENTITY, keep="last").reset_index(drop=True)
+
+
+def select(
+    batch: pd.DataFrame, user_id: str, data_types: Iterable[HealthDataType | str], window: DateRange
+) -> pd.DataFrame:
+    """One user's records of these types with timestamps in the window (file sources read an
+    export once and serve every fetch from it)."""
+    wanted = [HealthDataType(t).value for t in data_types]
+    selected = (
+        (batch["user_id"] == user_id)
+        & batch["data_type"].isin(wanted)
+        & (batch["ts"] >= window.start)
+        & (batch["ts"] < window.end)
+    )
+    return batch[selected].reset_index(drop=True)

@@ -57,7 +57,7 @@ from ohx_dagster.models import (
     HealthSyncConfig,
     SyncFrequency,
 )
-from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
+from ohx_dagster.records import concat, dedupe, make_batch, select
 from ohx_dagster.units import accepted_units, to_canonical
 
 NAME: Final = "apple_health"
@@ -474,13 +474,4 @@ class AppleHealthSource:
         *,
         batch_size: int = 1000,
     ) -> pd.DataFrame:
-        if user.user_id != self.user_id:
-            return empty_batch()
-        batch = self.records
-        wanted = [HealthDataType(t).value for t in data_types]
-        selected = (
-            batch["data_type"].isin(wanted)
-            & (batch["ts"] >= window.start)
-            & (batch["ts"] < window.end)
-        )
-        return batch[selected].reset_index(drop=True)
+        return select(self.records, user.user_id, data_types, window)

@@ -29,7 +29,7 @@ from ohx_dagster.models import (
     HealthSyncConfig,
     SyncFrequency,
 )
-from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
+from ohx_dagster.records import concat, dedupe, empty_batch, make_batch, select
 
 NAME: Final = "fitabase"
 TIME_FORMAT: Final = "%m/%d/%Y %I:%M:%S %p"
@@ -169,12 +169,4 @@ class FitabaseSource:
         *,
         batch_size: int = 1000,
     ) -> pd.DataFrame:
-        batch = self.records
-        wanted = [HealthDataType(t).value for t in data_types]
-        selected = (
-            (batch["user_id"] == user.user_id)
-            & batch["data_type"].isin(wanted)
-            & (batch["ts"] >= window.start)
-            & (batch["ts"] < window.end)
-        )
-        return batch[selected].reset_index(drop=True)
+        return select(self.records, user.user_id, data_types, window)
