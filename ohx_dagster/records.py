@@ -29,7 +29,12 @@ COLUMNS: Final[list[str]] = [
     "samples",
     "sampling_rate_hz",
     "duration_s",
+    "method",
+    "context",
 ]
+# How a value was obtained: measured by the device, typed in by a person, or measured by a device
+# that cannot tell who stood on it (a shared scale's unassigned weigh-in).
+METHODS: Final = ("device", "manual", "ambiguous")
 _DTYPES: Final[dict[str, str]] = {
     "provider": "object",
     "user_id": "object",
@@ -43,6 +48,8 @@ _DTYPES: Final[dict[str, str]] = {
     "samples": "object",
     "sampling_rate_hz": "float64",
     "duration_s": "float64",
+    "method": "object",
+    "context": "object",
 }
 
 
@@ -91,8 +98,13 @@ def make_batch(
     duration_s: float | Sequence[float] | None = None,
     samples: Sequence[Sequence[float]] | None = None,
     sampling_rate_hz: float | Sequence[float] | None = None,
+    method: str | Sequence[str] = "device",
+    context: str | Sequence[str] = "",
 ) -> pd.DataFrame:
-    """A validated batch of one provider's records of one type, converted to canonical units."""
+    """A validated batch of one provider's records of one type, converted to canonical units.
+
+    `method`: one of METHODS per record; `context`: what the person was doing when a reading was
+    taken as the provider names it (Oura heart rate: awake, rest, sleep, workout, ...), or ""."""
     kind = HealthDataType(data_type)
     where = f"{provider} {kind.value}"
     ts = to_utc_index(timestamps)
@@ -155,6 +167,13 @@ def make_batch(
     frame["duration_s"] = np.broadcast_to(
         np.asarray(np.nan if duration_s is None else duration_s, dtype="float64"), n
     )
+    methods = np.broadcast_to(np.asarray(method, dtype="object"), n)
+    unknown = set(methods.tolist()) - set(METHODS)
+    if unknown:
+        raise ValidationError("method", sorted(unknown)[0], f"one of {list(METHODS)}", where=where)
+    frame["method"] = pd.Series(methods, dtype="object", index=frame.index)
+    contexts = np.broadcast_to(np.asarray(context, dtype="object"), n)
+    frame["context"] = pd.Series(contexts, dtype="object", index=frame.index)
     return frame[COLUMNS]
 
 
@@ -173,6 +192,8 @@ def batch_from_records(records: Iterable[HealthDataRecord]) -> pd.DataFrame:
             "samples": None if r.samples is None else list(r.samples),
             "sampling_rate_hz": np.nan if r.sampling_rate_hz is None else r.sampling_rate_hz,
             "duration_s": np.nan if r.duration_s is None else r.duration_s,
+            "method": "device",
+            "context": "",
         }
         for r in records
     ]
@@ -214,6 +235,8 @@ def normalize(frame: pd.DataFrame) -> pd.DataFrame:
         if name != "ts" and dtype != "object":
             out[name] = out[name].astype(dtype)
     out["samples"] = out["samples"].astype("object").where(out["samples"].notna(), None)
+    out["method"] = out["method"].astype("object").where(out["method"].notna(), "device")
+    out["context"] = out["context"].astype("object").where(out["context"].notna(), "")
     return out.reset_index(drop=True)
 
 

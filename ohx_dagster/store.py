@@ -45,6 +45,8 @@ health_records = sa.Table(
     sa.Column("samples", sa.Text),
     sa.Column("sampling_rate_hz", sa.Float),
     sa.Column("duration_s", sa.Float),
+    sa.Column("method", sa.String(16), nullable=False, default="device"),
+    sa.Column("context", sa.String(32), nullable=False, default=""),
     sa.Column("ingested_at_us", sa.BigInteger, nullable=False),
 )
 sa.Index("ix_records_window", health_records.c.provider, health_records.c.ts_us)
