@@ -1,17 +1,18 @@
 """fhir_delivery: the partition's FHIR resources into the outbox, then to the FHIR server.
 
-Runs after fhir_observations and delivers exactly the NDJSON files it wrote for the partition.
-Without a configured server it records "skipped" and touches nothing.
+Runs after fhir_observations. Every attempt (a step retry too) first enqueues the files of the
+partition's current output that are not in the outbox yet, read from the output store (a path or
+s3://: no shared disk needed), then sends what the server has not acknowledged. Without a
+configured server it records "skipped" and touches nothing.
 The outbox makes it safe to retry: what the server acknowledged is not sent again, what it did not
 stays pending for the next run (see ohx_dagster.fhir.delivery). A server that stays unavailable
 fails the step after its retries, with the outbox's counts in the failure's metadata.
 
-Checks: `outbox_drained` (nothing of the partition left pending after the run) and
-`server_confirms` (a sample of the delivered resources, searched on the server by identifier,
-holds exactly what was sent, once).
+Checks: `outbox_drained` (every resource of the partition's current files acknowledged by the
+server with exactly the published body: compared with the partition, never with whatever happens
+to be queued) and `server_confirms` (a sample of the delivered resources, searched on the server
+by identifier, holds exactly what was sent, once).
 """
-
-from pathlib import Path
 
 import dagster as dg
 
@@ -19,19 +20,17 @@ from assets.partitions import day_and_source
 from ohx_dagster.fhir.delivery import (
     DeliveryError,
     delivered_sample,
-    enqueue,
-    outbox_counts,
+    enqueue_partition,
+    partition_counts,
 )
-from ohx_dagster.fhir.ndjson import read_ndjson
-from resources import RecordStoreResource
+from ohx_dagster.publish import partition_key
+from resources import FhirOutputResource, RecordStoreResource
 from resources.fhir_server import FhirServerResource
 
 SKIPPED = "skipped: no FHIR server configured"
 
 
-def build_fhir_delivery_asset(
-    partitions: dg.PartitionsDefinition, fhir_dir: Path
-) -> dg.AssetsDefinition:
+def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
     @dg.asset(
         partitions_def=partitions,
         deps=[dg.AssetKey("fhir_observations")],
@@ -60,6 +59,7 @@ def build_fhir_delivery_asset(
     def fhir_delivery(
         context: dg.AssetExecutionContext,
         store: RecordStoreResource,
+        output: FhirOutputResource,
         fhir_server: FhirServerResource,
     ) -> dg.MaterializeResult:
         """Transaction Bundles of conditional updates (PUT Type?identifier=...) to the configured
@@ -75,18 +75,15 @@ def build_fhir_delivery_asset(
             )
         day, source = day_and_source(context)
         record_store = store.get_store()
-        partition = f"{day.isoformat()}|{source}"
-        directory = fhir_dir / day.isoformat() / source
-        if context.retry_number == 0:  # a step retry finds them in the outbox already
-            resources = [r for f in sorted(directory.glob("*.ndjson")) for r in read_ndjson(f)]
-            enqueue(record_store, partition, resources)
-        before = outbox_counts(record_store, partition)
+        partition = partition_key(day, source)
+        enqueued = enqueue_partition(record_store, output.get(), partition)
+        before = partition_counts(record_store, partition)
         client = fhir_server.client()
         server = fhir_server.display_url
         try:
             report = client.deliver(record_store, partition)
         except DeliveryError as exc:
-            counts = outbox_counts(record_store, partition)
+            counts = partition_counts(record_store, partition)
             attempt = context.retry_number
             context.log.warning(
                 f"FHIR delivery to {server} failed (step attempt {attempt + 1}): {exc}; "
@@ -102,14 +99,14 @@ def build_fhir_delivery_asset(
                 metadata={"server": server, **counts},
                 allow_retries=False,
             ) from exc
-        counts = outbox_counts(record_store, partition)
+        counts = partition_counts(record_store, partition)
         sample = delivered_sample(record_store, partition, fhir_server.confirm_sample)
         mismatches = client.read_back(sample)
         return dg.MaterializeResult(
             metadata={
                 "status": "delivered",
                 "server": server,
-                "directory": dg.MetadataValue.path(str(directory)),
+                "files_enqueued": enqueued,
                 "resources": counts["total"],
                 "sent": report.sent,
                 "unchanged": before["delivered"],

@@ -21,9 +21,11 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType
-from ohx_dagster.store import AGGREGATE_COLUMNS, to_us
+from ohx_dagster.schema import aggregates
+from ohx_dagster.times import to_us
 
 HOUR_US: Final = 3_600_000_000
+AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
 # ECG waveforms are published as recordings, not as statistics.
 AGGREGATED_TYPES: Final = frozenset(HealthDataType) - {HealthDataType.ECG}
 
@@ -49,6 +51,10 @@ def aggregated_records(records: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([frame[~steps], kept.drop(columns="hour")], ignore_index=True)
 
 
+def _joined(values: pd.Series) -> str:
+    return ",".join(sorted({str(v) for v in values if v}))
+
+
 def _statistics(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     grouped = frame.groupby(keys, sort=True, observed=True)
     stats = grouped.agg(
@@ -61,6 +67,8 @@ def _statistics(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         diastolic_max=("diastolic", "max"),
         diastolic_mean=("diastolic", "mean"),
         unit=("unit", "first"),
+        devices=("device_id", _joined),
+        methods=("method", _joined),
     )
     return stats.reset_index()
 
@@ -131,3 +139,17 @@ def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd
     stats["level"] = AggregationLevel.DAILY.value
     stats = stats.join(bounds, on="user_id")
     return stats[AGGREGATE_COLUMNS].reset_index(drop=True)
+
+
+def count_mismatches(records: pd.DataFrame, hourly_stats: pd.DataFrame) -> list[str]:
+    """Per person and type, hourly counts that do not add up to the records the statistics
+    count (ECG aside, steps from one device an hour): a bucket lost or counted twice."""
+    counted = aggregated_records(records)
+    expected = counted.groupby(["user_id", "data_type"]).size()
+    got = (
+        hourly_stats.groupby(["user_id", "data_type"])["count"].sum()
+        if not hourly_stats.empty
+        else expected.iloc[:0]
+    )
+    difference = expected.sub(got, fill_value=0)
+    return [f"{u} {t}: {int(v):+d}" for (u, t), v in difference[difference != 0].items()]

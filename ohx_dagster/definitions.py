@@ -13,7 +13,8 @@ from assets.health import build_health_assets
 from assets.partitions import health_partitions
 from ohx_dagster.settings import Settings
 from ohx_dagster.shards import Sharding
-from resources import RecordStoreResource, SourcesResource
+from resources import FhirOutputResource, SourcesResource
+from resources.store import store_resource
 from resources.fhir_server import fhir_server_from_env
 from sensors.new_users import build_new_user_sensor
 from sensors.retention import apply_retention_job, retention_schedule
@@ -28,8 +29,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     sharding = settings.sharding
     live = Sharding({source: sharding[source] for source in settings.live_sources})
     partitions = health_partitions(settings.partitions_start, settings.source_keys)
-    health_assets = build_health_assets(partitions, settings.fhir_dir, sharding)
-    sync_assets = [*health_assets, build_fhir_delivery_asset(partitions, settings.fhir_dir)]
+    health_assets = build_health_assets(partitions, sharding)
+    sync_assets = [*health_assets, build_fhir_delivery_asset(partitions)]
     sync_job = dg.define_asset_job(
         "sync_partition",
         selection=dg.AssetSelection.assets(*sync_assets),
@@ -51,7 +52,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_new_user_sensor(sync_assets, partitions, live, settings.partitions_start),
         ],
         resources={
-            "store": RecordStoreResource(database_url=settings.database_url),
+            "store": store_resource(settings),
+            "output": FhirOutputResource(root=settings.fhir_dir),
             "sources": SourcesResource(
                 simulated_users=settings.simulated_users,
                 simulated_seed=settings.simulated_seed,
@@ -60,6 +62,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 polar_csv=settings.polar_csv,
                 apple_health_export=settings.apple_health_export,
                 apple_health_user=settings.apple_health_user,
+                resync_horizons_s=dict(settings.horizon_overrides),
             ),
             "fhir_server": fhir_server_from_env(),
         },

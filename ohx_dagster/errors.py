@@ -34,3 +34,13 @@ class RateLimited(ProviderError):
 
 class ConfigError(OhxError, ValueError):
     """A setting (environment variable, run tag, user config) is missing or malformed."""
+
+
+class NeedsReauthorization(ProviderError):
+    """The provider no longer accepts the person's grant (a refresh token refused with
+    invalid_grant, or spent): nothing can be fetched until they connect the account again."""
+
+
+class Refused(ProviderError):
+    """The provider refuses one data type to us (HTTP 403: a scope the person did not grant, an
+    expired membership): retrying will not help until the person reconnects."""

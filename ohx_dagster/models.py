@@ -33,6 +33,10 @@ class HealthDataType(StrEnum):
         return CANONICAL_UNITS[self.value]
 
 
+# Types that arrive as many samples: stored as hourly chunks and published as SampledData series.
+SERIES_TYPES: Final = (HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.RR_INTERVALS)
+
+
 class AggregationLevel(StrEnum):
     INDIVIDUAL = "individual"
     HOURLY = "hourly"

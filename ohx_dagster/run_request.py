@@ -3,11 +3,13 @@ CLI runs all speak the same language (tags survive into backfill runs; run confi
 
 | tag | value | meaning |
 |---|---|---|
-| ohx/strategy | partition (default), incremental, push, initial, close | which window to fetch |
-| ohx/users | comma-separated user ids | only these users |
-| ohx/frequencies | comma-separated sync frequencies | only users with these frequencies |
-| ohx/close-at | ISO instant | only users whose local day (the partition's date) just ended |
-| ohx/since | ISO instant | push: reach back to this event time |
+| ohx/strategy | partition (default), incremental, push, initial, close, refresh | which windows to fetch (ohx_dagster/strategies.py) |
+| ohx/users | comma-separated user ids | only these people |
+| ohx/frequencies | comma-separated sync frequencies | only people with these frequencies |
+| ohx/close-at | ISO instant | only people whose local day (the partition's date) just ended |
+| ohx/inbox | the webhook sensor's run key | push: the notifications this run answers |
+
+Any other `ohx/` tag is an error that lists these: a typo must not widen a run to everyone.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ STRATEGY_TAG: Final = "ohx/strategy"
 USERS_TAG: Final = "ohx/users"
 FREQUENCIES_TAG: Final = "ohx/frequencies"
 CLOSE_AT_TAG: Final = "ohx/close-at"
-SINCE_TAG: Final = "ohx/since"
+INBOX_TAG: Final = "ohx/inbox"
 PRIORITY_TAG: Final = "dagster/priority"
+# Tags the product sets for people to read, not for runs to obey.
+INFO_TAGS: Final = ("ohx/backfill", "ohx/inbox-events", "ohx/reason")
+KNOWN_TAGS: Final = (STRATEGY_TAG, USERS_TAG, FREQUENCIES_TAG, CLOSE_AT_TAG, INBOX_TAG, *INFO_TAGS)
 
 
 def _split(text: str) -> frozenset[str]:
@@ -41,7 +46,7 @@ def _instant(tag: str, text: str) -> datetime:
 
 
 def closes_day(config: HealthSyncConfig, moment: datetime, day: date) -> bool:
-    """True when the user's local day `day` ended within the hour before `moment`."""
+    """True when the person's local day `day` ended within the hour before `moment`."""
     local = moment.astimezone(config.zone)
     return time(0) <= local.time() < time(1) and local.date() - timedelta(days=1) == day
 
@@ -52,10 +57,10 @@ class SyncRequest:
     user_ids: frozenset[str] | None = None
     frequencies: frozenset[SyncFrequency] | None = None
     close_at: datetime | None = None
-    since: datetime | None = None
+    inbox: str | None = None
 
     def selects(self, config: HealthSyncConfig, day: date) -> bool:
-        """Whether this run syncs the user, for the partition's date `day`."""
+        """Whether this run syncs the person, for the partition's date `day`."""
         if self.user_ids is not None and config.user_id not in self.user_ids:
             return False
         if self.frequencies is not None and config.sync_frequency not in self.frequencies:
@@ -70,12 +75,17 @@ class SyncRequest:
             tags[FREQUENCIES_TAG] = ",".join(sorted(f.value for f in self.frequencies))
         if self.close_at is not None:
             tags[CLOSE_AT_TAG] = self.close_at.isoformat()
-        if self.since is not None:
-            tags[SINCE_TAG] = self.since.isoformat()
+        if self.inbox is not None:
+            tags[INBOX_TAG] = self.inbox
         return tags
 
     @classmethod
     def from_tags(cls, tags: Mapping[str, str]) -> SyncRequest:
+        unknown = sorted(t for t in tags if t.startswith("ohx/") and t not in KNOWN_TAGS)
+        if unknown:
+            raise ConfigError(
+                f"unknown run tag {unknown[0]!r}: the ohx/ tags are {', '.join(KNOWN_TAGS)}"
+            )
         text = tags.get(STRATEGY_TAG, SyncStrategy.PARTITION.value)
         try:
             strategy = SyncStrategy(text)
@@ -92,10 +102,12 @@ class SyncRequest:
                     f"{', '.join(f.value for f in SyncFrequency)}"
                 ) from None
         users = _split(tags[USERS_TAG]) if tags.get(USERS_TAG, "").strip() else None
+        if USERS_TAG in tags and users is None:
+            raise ConfigError(f"run tag {USERS_TAG} is empty: name user ids, or leave it out")
         return cls(
             strategy=strategy,
             user_ids=users,
             frequencies=frequencies,
             close_at=_instant(CLOSE_AT_TAG, tags[CLOSE_AT_TAG]) if CLOSE_AT_TAG in tags else None,
-            since=_instant(SINCE_TAG, tags[SINCE_TAG]) if SINCE_TAG in tags else None,
+            inbox=tags.get(INBOX_TAG) or None,
         )

@@ -10,7 +10,9 @@
 | OHX_FITABASE_TZ | UTC | IANA zone of the exports' wall-clock times |
 | OHX_SIMULATED_USERS | 3 | number of simulated users |
 | OHX_SIMULATED_SEED | 7 | seed of the simulated provider |
-| OHX_FHIR_DIR | $OHX_HOME/fhir | NDJSON output root |
+| OHX_FHIR_DIR | $OHX_HOME/fhir | FHIR bulk output root: a path or s3://bucket/prefix |
+| OHX_S3_ENDPOINT_URL | (unset: AWS) | S3-compatible endpoint for an s3:// output (MinIO, moto) |
+| OHX_RESYNC_HORIZON | per source (providers/registry.py) | how far back today's sync re-reads, `oura=72h` |
 | OHX_POLAR_CSV | (unset) | Polar H10 recording (ECGLogger CSV) for source "polar" |
 | OHX_APPLE_HEALTH_EXPORT | (unset) | Apple Health export.xml or export.zip, source "apple_health" |
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
@@ -23,12 +25,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.api import API_DEFAULTS, ApiSettings
+from ohx_dagster.providers.registry import horizons, parse_horizons
 from ohx_dagster.shards import Sharding
 
 KNOWN_SOURCES = (
@@ -54,12 +57,19 @@ class Settings:
     fitabase_tz: str
     simulated_users: int
     simulated_seed: int
-    fhir_dir: Path
+    fhir_dir: str
     polar_csv: str | None = None
     apple_health_export: str | None = None
     apple_health_user: str | None = None
     # (source, shard count) of the sources OHX_SOURCES splits into hash shards of users.
     shard_counts: tuple[tuple[str, int], ...] = ()
+    # (source, seconds) overriding the re-sync horizons of providers/registry.py.
+    horizon_overrides: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def resync_horizons(self) -> dict[str, timedelta]:
+        overrides = {name: timedelta(seconds=s) for name, s in self.horizon_overrides}
+        return horizons(overrides)
 
     @property
     def live_sources(self) -> tuple[str, ...]:
@@ -123,12 +133,23 @@ class Settings:
             fitabase_tz=fitabase_tz,
             simulated_users=_positive_int(env, "OHX_SIMULATED_USERS", 3),
             simulated_seed=_positive_int(env, "OHX_SIMULATED_SEED", 7),
-            fhir_dir=Path(env.get("OHX_FHIR_DIR") or home / "fhir").expanduser(),
+            fhir_dir=_output_root(env.get("OHX_FHIR_DIR") or str(home / "fhir")),
             polar_csv=polar_csv,
             apple_health_export=apple_health_export,
             apple_health_user=env.get("OHX_APPLE_HEALTH_USER") or None,
             shard_counts=tuple((s, n) for s, n in sharding.items() if n > 1),
+            horizon_overrides=tuple(
+                (name, delta.total_seconds())
+                for name, delta in parse_horizons(env.get("OHX_RESYNC_HORIZON", "")).items()
+            ),
         )
+
+
+def _output_root(text: str) -> str:
+    """A local path (expanded, absolute) or a URL such as s3://bucket/prefix, kept as given."""
+    if "://" in text:
+        return text.rstrip("/")
+    return str(Path(text).expanduser().absolute())
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

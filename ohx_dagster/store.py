@@ -1,349 +1,153 @@
-"""The record store: records, sync state, users and aggregates on SQLAlchemy Core.
+"""The record store: people, their records, what has been synced, and what must be published.
 
-SQLite (WAL, one writer at a time with BEGIN IMMEDIATE and a busy timeout) is the embedded
-default; the same statements run on PostgreSQL. Every write is an idempotent upsert on its natural
-key, so re-running a partition, overlapping windows and duplicate webhooks change nothing twice.
-Times are stored as integer microseconds since the epoch (UTC): exact, portable and fast to compare.
+One `RecordStore` per process and database (thread-safe). The invariant it keeps: a sync commits a
+person's records, the coverage it fetched and the day partitions it changed in ONE transaction,
+under that person's lock, so coverage never claims data the store does not hold and no change is
+ever left unpublished (docs/sync.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
-import numpy as np
 import orjson
 import pandas as pd
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
-from ohx_dagster.errors import ConfigError
+from ohx_dagster import coverage as cov
+from ohx_dagster import db, migrate, record_tables
+from ohx_dagster.aggregate import AGGREGATE_COLUMNS
+from ohx_dagster.coverage import Interval
 from ohx_dagster.models import DateRange, HealthSyncConfig
-from ohx_dagster.records import COLUMNS, normalize
-
-WRITE_CHUNK: Final = 20_000
-SCHEMA_LOCK_KEY: Final = 0x6F6878  # "ohx": PostgreSQL advisory lock held while creating tables
-
-metadata = sa.MetaData()
-
-health_records = sa.Table(
-    "health_records",
-    metadata,
-    sa.Column("provider", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(128), primary_key=True),
-    sa.Column("data_type", sa.String(32), primary_key=True),
-    sa.Column("ts_us", sa.BigInteger, primary_key=True),
-    sa.Column("device_id", sa.String(128), primary_key=True),
-    sa.Column("utc_offset_min", sa.Integer),
-    sa.Column("value", sa.Float),
-    sa.Column("diastolic", sa.Float),
-    sa.Column("unit", sa.String(16), nullable=False),
-    sa.Column("samples", sa.Text),
-    sa.Column("sampling_rate_hz", sa.Float),
-    sa.Column("duration_s", sa.Float),
-    sa.Column("method", sa.String(16), nullable=False, default="device"),
-    sa.Column("context", sa.String(32), nullable=False, default=""),
-    sa.Column("ingested_at_us", sa.BigInteger, nullable=False),
+from ohx_dagster.record_tables import DENSE, Chunk
+from ohx_dagster.records import concat
+from ohx_dagster.schema import (
+    aggregates,
+    coverage,
+    day_versions,
+    measurements,
+    provider_cursors,
+    series_chunks,
+    type_status,
+    users,
 )
-sa.Index("ix_records_window", health_records.c.provider, health_records.c.ts_us)
+from ohx_dagster.times import from_us, now_us, to_us
 
-sync_state = sa.Table(
-    "sync_state",
-    metadata,
-    sa.Column("provider", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(128), primary_key=True),
-    sa.Column("data_type", sa.String(32), primary_key=True),
-    sa.Column("last_synced_us", sa.BigInteger, nullable=False),
-    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
-)
-
-users = sa.Table(
-    "users",
-    metadata,
-    sa.Column("provider", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(128), primary_key=True),
-    sa.Column("config", sa.Text, nullable=False),
-    sa.Column("connected", sa.Boolean, nullable=False, default=True),
-    sa.Column("connected_at_us", sa.BigInteger, nullable=False),
-)
-
-aggregates = sa.Table(
-    "aggregates",
-    metadata,
-    sa.Column("provider", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(128), primary_key=True),
-    sa.Column("data_type", sa.String(32), primary_key=True),
-    sa.Column("level", sa.String(16), primary_key=True),
-    sa.Column("bucket_start_us", sa.BigInteger, primary_key=True),
-    sa.Column("bucket_end_us", sa.BigInteger, nullable=False),
-    sa.Column("utc_offset_min", sa.Integer, nullable=False),
-    sa.Column("count", sa.Integer, nullable=False),
-    sa.Column("min", sa.Float),
-    sa.Column("max", sa.Float),
-    sa.Column("mean", sa.Float),
-    sa.Column("sum", sa.Float),
-    sa.Column("diastolic_min", sa.Float),
-    sa.Column("diastolic_max", sa.Float),
-    sa.Column("diastolic_mean", sa.Float),
-    sa.Column("unit", sa.String(16), nullable=False),
-)
-sa.Index(
-    "ix_aggregates_window", aggregates.c.provider, aggregates.c.level, aggregates.c.bucket_start_us
-)
-
-AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
+ACTIVE, NEEDS_REAUTHORIZATION, DISCONNECTED = "active", "needs_reauthorization", "disconnected"
 
 
-def to_us(moment: datetime) -> int:
-    """Exact integer microseconds since the epoch (float timestamps lose the last digits)."""
-    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+def config_hash(config: HealthSyncConfig) -> str:
+    """A refusal applies to the settings it happened under: edited settings are tried again."""
+    return hashlib.sha256(orjson.dumps(config.to_json(), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def from_us(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+@dataclass
+class CommitReport:
+    """What one person's commit changed."""
+
+    changed: list[Interval] = field(default_factory=list)  # instants whose stored data changed
+    days: set[date] = field(default_factory=set)  # day partitions to publish again
+
+    @property
+    def changed_anything(self) -> bool:
+        return bool(self.changed)
 
 
-def now_us() -> int:
-    return to_us(datetime.now(UTC))
+def days_touched(spans: Iterable[Interval], zone: ZoneInfo) -> set[date]:
+    """Day partitions whose output depends on these instants: the UTC day (series, hourly
+    aggregates) and the person's local day (daily aggregates) of each end of each span."""
+    days: set[date] = set()
+    for start, end in spans:
+        for moment in (from_us(start), from_us(max(start, end - 1))):
+            days.add(moment.date())
+            days.add(moment.astimezone(zone).date())
+    return days
 
 
-def _insert_for(engine: Engine) -> Any:
-    if engine.dialect.name == "sqlite":
-        return sqlite.insert
-    if engine.dialect.name == "postgresql":
-        return postgresql.insert
-    raise ConfigError(
-        f"database {engine.dialect.name!r} is not supported: use sqlite or postgresql"
-    )
-
-
-def _sqlite_pragmas(engine: Engine) -> None:
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event decide how transactions start (see below).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(connection: Connection) -> None:
-        # Writers take the write lock up front: two deferred transactions that both upgrade to
-        # writing would deadlock, and SQLite would fail one of them with "database is locked".
-        immediate = connection.get_execution_options().get("ohx_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-
-def create_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        path = url.removeprefix("sqlite:///")
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-        _sqlite_pragmas(engine)
-        return engine
-    if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
-        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3; the pinned driver is psycopg2.
-        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
-        # SQLAlchemy 2.1 does not batch INSERT .. ON CONFLICT (no insertmanyvalues): without
-        # execute_batch every upserted row would be its own round trip.
-        return sa.create_engine(
-            url,
-            pool_pre_ping=True,
-            pool_size=5,
-            max_overflow=5,
-            executemany_mode="values_plus_batch",
-            executemany_batch_page_size=1000,
-        )
-    raise ConfigError(
-        f"OHX_DATABASE_URL={url!r}: expected sqlite:///<path> or postgresql://user@host/db"
-    )
+@dataclass(frozen=True, slots=True)
+class PersonRow:
+    config: HealthSyncConfig
+    connected: bool
+    connected_at_us: int
+    state: str
+    state_reason: str | None
+    state_at_us: int | None
 
 
 class RecordStore:
-    """All persistent product state. Thread-safe; one instance per process is enough."""
-
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, migrate_schema: bool | None = None) -> None:
         self.url = url
-        self.engine = create_engine(url)
-        self._insert = _insert_for(self.engine)
-        # Several runs may open a fresh store at once: create the tables inside one write
-        # transaction (a deferred SQLite transaction that upgrades to writing fails "database is
-        # locked"; two PostgreSQL sessions would both try CREATE TABLE).
-        with self.write() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
-            metadata.create_all(conn)
+        self.engine = db.create_engine(url)
+        self._insert = db.insert_for(self.engine)
+        allowed = db.auto_migrate_default(url) if migrate_schema is None else migrate_schema
+        migrate.ensure(self.engine, url, migrate=allowed)
 
     def dispose(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        """One write transaction (BEGIN IMMEDIATE on SQLite)."""
-        with self.engine.connect().execution_options(ohx_write=True) as conn, conn.begin():
+        with db.write(self.engine) as conn:
             yield conn
 
     @contextmanager
-    def read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
+    def read(self, *, snapshot: bool = False) -> Iterator[Connection]:
+        with db.read(self.engine, snapshot=snapshot) as conn:
             yield conn
 
     def upsert(self, conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert rows, replacing the non-key columns of rows whose primary key exists."""
-        if not rows:
-            return
-        statement = self._insert(table)
-        keys = [c.name for c in table.primary_key.columns]
-        updates = {c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys}
-        conn.execute(statement.on_conflict_do_update(index_elements=keys, set_=updates), rows)
+        db.upsert(conn, table, rows)
 
-    # -- records -------------------------------------------------------------------------------
-
-    def upsert_records(self, batch: pd.DataFrame) -> int:
-        """Idempotently write a record batch in bulk chunks; returns the number of rows written."""
-        if batch.empty:
-            return 0
-        rows = _record_rows(batch)
-        for start in range(0, len(rows), WRITE_CHUNK):
-            with self.write() as conn:
-                self.upsert(conn, health_records, rows[start : start + WRITE_CHUNK])
-        return len(rows)
-
-    def read_records(
-        self,
-        provider: str,
-        window: DateRange,
-        *,
-        user_ids: Iterable[str] | None = None,
-        data_types: Iterable[str] | None = None,
-    ) -> pd.DataFrame:
-        t = health_records
-        query = sa.select(*[c for c in t.columns if c.name != "ingested_at_us"]).where(
-            t.c.provider == provider,
-            t.c.ts_us >= to_us(window.start),
-            t.c.ts_us < to_us(window.end),
-        )
-        if user_ids is not None:
-            query = query.where(t.c.user_id.in_(list(user_ids)))
-        if data_types is not None:
-            query = query.where(t.c.data_type.in_([str(d) for d in data_types]))
-        query = query.order_by(t.c.user_id, t.c.data_type, t.c.ts_us, t.c.device_id)
-        with self.read() as conn:
-            result = conn.execute(query)
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-        if frame.empty:
-            return normalize(frame)
-        frame["ts"] = pd.to_datetime(frame.pop("ts_us"), unit="us", utc=True)
-        # pandas 3 reads the text column as strings with NA (not None) for the missing ones.
-        frame["samples"] = [
-            orjson.loads(s) if isinstance(s, str) else None for s in frame["samples"]
-        ]
-        return normalize(frame)
-
-    def count_records(self, provider: str | None = None) -> int:
-        query = sa.select(sa.func.count()).select_from(health_records)
-        if provider is not None:
-            query = query.where(health_records.c.provider == provider)
-        with self.read() as conn:
-            return int(conn.execute(query).scalar_one())
-
-    # -- sync state ----------------------------------------------------------------------------
-
-    def advance_sync_state(
-        self, provider: str, user_id: str, data_types: Iterable[str], synced_to: datetime
-    ) -> None:
-        """Move last-synced forward (never back) for the types; call after the records commit."""
-        t = sync_state
-        statement = self._insert(t)
-        new = statement.excluded.last_synced_us
-        rows = [
-            {
-                "provider": provider,
-                "user_id": user_id,
-                "data_type": str(data_type),
-                "last_synced_us": to_us(synced_to),
-                "updated_at_us": now_us(),
-            }
-            for data_type in data_types
-        ]
-        if not rows:
-            return
-        keep_latest = sa.case((new > t.c.last_synced_us, new), else_=t.c.last_synced_us)
-        with self.write() as conn:
-            conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["provider", "user_id", "data_type"],
-                    set_={
-                        "last_synced_us": keep_latest,
-                        "updated_at_us": statement.excluded.updated_at_us,
-                    },
-                ),
-                rows,
-            )
-
-    def last_synced(self, provider: str, user_id: str, data_type: str) -> datetime | None:
-        t = sync_state
-        query = sa.select(t.c.last_synced_us).where(
-            t.c.provider == provider, t.c.user_id == user_id, t.c.data_type == str(data_type)
-        )
-        with self.read() as conn:
-            value = conn.execute(query).scalar_one_or_none()
-        return None if value is None else from_us(value)
-
-    def oldest_sync(self, provider: str) -> datetime | None:
-        """The least advanced last-synced time of the provider's connected users, any type."""
-        s, u = sync_state, users
-        query = (
-            sa.select(sa.func.min(s.c.last_synced_us))
-            .select_from(s.join(u, (s.c.provider == u.c.provider) & (s.c.user_id == u.c.user_id)))
-            .where(s.c.provider == provider, u.c.connected.is_(True))
-        )
-        with self.read() as conn:
-            value = conn.execute(query).scalar_one_or_none()
-        return None if value is None else from_us(value)
-
-    # -- users ---------------------------------------------------------------------------------
+    # -- people --------------------------------------------------------------------------------
 
     def upsert_user(self, config: HealthSyncConfig, *, connected: bool = True) -> None:
+        """Register or (re)connect a person: reconnecting makes them active again and forgets the
+        types the provider refused (the person may have granted them this time)."""
         row = {
             "provider": config.provider,
             "user_id": config.user_id,
             "config": orjson.dumps(config.to_json()).decode(),
             "connected": connected,
             "connected_at_us": now_us(),
+            "state": ACTIVE if connected else DISCONNECTED,
+            "state_reason": None,
+            "state_at_us": now_us(),
         }
-        t = users
-        statement = self._insert(t)
+        statement = self._insert(users)
         with self.write() as conn:
             # Reconnecting or editing a config keeps the original connection time.
             conn.execute(
                 statement.on_conflict_do_update(
                     index_elements=["provider", "user_id"],
                     set_={
-                        "config": statement.excluded.config,
-                        "connected": statement.excluded.connected,
+                        name: statement.excluded[name]
+                        for name in ("config", "connected", "state", "state_reason", "state_at_us")
                     },
                 ),
                 [row],
             )
+            if connected:
+                self._clear_refusals(conn, config.provider, config.user_id)
 
     def add_users(self, configs: Iterable[HealthSyncConfig]) -> int:
-        """Register users not yet known; existing users keep their (possibly edited) config."""
+        """Register people not yet known; known people keep their (possibly edited) config."""
+        stamp = now_us()
         rows = [
             {
                 "provider": c.provider,
                 "user_id": c.user_id,
                 "config": orjson.dumps(c.to_json()).decode(),
                 "connected": True,
-                "connected_at_us": now_us(),
+                "connected_at_us": stamp,
+                "state": ACTIVE,
             }
             for c in configs
         ]
@@ -355,67 +159,510 @@ class RecordStore:
         with self.write() as conn:
             return conn.execute(statement, rows).rowcount or 0
 
-    def users(self, provider: str, *, connected_only: bool = True) -> list[HealthSyncConfig]:
-        query = sa.select(users.c.config).where(users.c.provider == provider)
-        if connected_only:
-            query = query.where(users.c.connected.is_(True))
+    def _people(self, query: sa.Select) -> list[PersonRow]:
         with self.read() as conn:
-            rows = conn.execute(query.order_by(users.c.user_id)).scalars().all()
-        return [HealthSyncConfig.from_json(orjson.loads(row)) for row in rows]
+            rows = conn.execute(query).all()
+        return [
+            PersonRow(
+                HealthSyncConfig.from_json(orjson.loads(r.config)),
+                bool(r.connected),
+                int(r.connected_at_us),
+                r.state,
+                r.state_reason,
+                r.state_at_us,
+            )
+            for r in rows
+        ]
+
+    def people(self, provider: str | None = None) -> list[PersonRow]:
+        """Everyone (connected or not) with their connection state, by provider and id."""
+        query = sa.select(users)
+        if provider is not None:
+            query = query.where(users.c.provider == provider)
+        return self._people(query.order_by(users.c.provider, users.c.user_id))
+
+    def person(self, provider: str, user_id: str) -> PersonRow | None:
+        found = self._people(
+            sa.select(users).where(users.c.provider == provider, users.c.user_id == user_id)
+        )
+        return found[0] if found else None
+
+    def users(self, provider: str, *, connected_only: bool = True) -> list[HealthSyncConfig]:
+        """The provider's people; `connected_only`: those connected (whatever their state)."""
+        return [
+            p.config for p in self.people(provider) if p.connected or not connected_only
+        ]
+
+    def active_users(self, provider: str) -> list[HealthSyncConfig]:
+        """The people a sync may call the provider for: connected and not awaiting reconnection."""
+        return [p.config for p in self.people(provider) if p.connected and p.state == ACTIVE]
 
     def all_users(self) -> list[HealthSyncConfig]:
-        """Every user of every source, connected or not (retention applies to all)."""
-        query = sa.select(users.c.config).order_by(users.c.provider, users.c.user_id)
+        return [p.config for p in self.people()]
+
+    def user(self, provider: str, user_id: str) -> HealthSyncConfig | None:
+        found = self.person(provider, user_id)
+        return None if found is None else found.config
+
+    def users_connected_since(self, after_us: int) -> list[tuple[int, HealthSyncConfig]]:
+        """People connected after a point in time, oldest first: what the new-user sensor reads."""
+        query = (
+            sa.select(users)
+            .where(users.c.connected_at_us > after_us, users.c.connected.is_(True))
+            .order_by(users.c.connected_at_us, users.c.provider, users.c.user_id)
+        )
+        return [(p.connected_at_us, p.config) for p in self._people(query)]
+
+    def set_state(self, provider: str, user_id: str, state: str, reason: str | None) -> None:
+        values: dict[str, Any] = {"state": state, "state_reason": reason, "state_at_us": now_us()}
+        if state == DISCONNECTED:
+            values["connected"] = False
+        with self.write() as conn:
+            conn.execute(
+                users.update()
+                .where(users.c.provider == provider, users.c.user_id == user_id)
+                .values(**values)
+            )
+
+    # -- records -------------------------------------------------------------------------------
+
+    def commit(
+        self,
+        provider: str,
+        user_id: str,
+        zone: ZoneInfo,
+        batch: pd.DataFrame,
+        *,
+        covered: Mapping[str, Sequence[Interval]] | None = None,
+        replace: Mapping[str, Sequence[Interval]] | None = None,
+    ) -> CommitReport:
+        """One person's fetch in one transaction: records merged, `covered` added to coverage,
+        the changed day partitions marked for publishing, the types' last success noted."""
+        covered = covered or {}
+        replace = replace or {}
+        dense = batch[batch["data_type"].isin(DENSE)] if not batch.empty else batch
+        sparse = batch[~batch["data_type"].isin(DENSE)] if not batch.empty else batch
+        report = CommitReport()
+        with self.write() as conn:
+            db.lock(conn, "person", provider, user_id)
+            report.changed += record_tables.write_series(conn, provider, user_id, dense, replace)
+            report.changed += record_tables.write_measurements(
+                conn, provider, user_id, sparse, replace
+            )
+            for data_type, intervals in covered.items():
+                self._add_coverage(conn, provider, user_id, data_type, intervals)
+            report.days = days_touched(report.changed, zone)
+            self._bump_days(conn, provider, user_id, report.days)
+            if covered:
+                self._succeeded(conn, provider, user_id, covered)
+        return report
+
+    def read_chunks(
+        self,
+        provider: str,
+        window: DateRange,
+        *,
+        user_ids: Iterable[str] | None = None,
+        data_types: Iterable[str] | None = None,
+    ) -> list[Chunk]:
         with self.read() as conn:
-            rows = conn.execute(query).scalars().all()
-        return [HealthSyncConfig.from_json(orjson.loads(row)) for row in rows]
+            return record_tables.read_chunks(
+                conn,
+                provider,
+                to_us(window.start),
+                to_us(window.end),
+                user_ids=user_ids,
+                data_types=data_types,
+            )
+
+    def read_records(
+        self,
+        provider: str,
+        window: DateRange,
+        *,
+        user_ids: Iterable[str] | None = None,
+        data_types: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """Every record in the window as one batch (one row per sample: for checks and tests;
+        the publishing path reads chunks)."""
+        start, end = to_us(window.start), to_us(window.end)
+        users_ = None if user_ids is None else list(user_ids)
+        types = None if data_types is None else [str(t) for t in data_types]
+        with self.read(snapshot=True) as conn:
+            found = record_tables.read_chunks(
+                conn, provider, start, end, user_ids=users_, data_types=types
+            )
+            sparse = record_tables.read_measurements(
+                conn, provider, start, end, user_ids=users_, data_types=types
+            )
+        batch = concat([record_tables.chunks_to_batch(provider, found), sparse])
+        return batch.sort_values(
+            ["user_id", "data_type", "ts", "device_id"], ignore_index=True, kind="stable"
+        )
+
+    def count_records(self, provider: str | None = None) -> int:
+        """Samples and measurements stored (a chunk counts its samples)."""
+        s, m = series_chunks, measurements
+        dense = sa.select(sa.func.coalesce(sa.func.sum(s.c.samples), 0))
+        sparse = sa.select(sa.func.count()).select_from(m)
+        if provider is not None:
+            dense = dense.where(s.c.provider == provider)
+            sparse = sparse.where(m.c.provider == provider)
+        with self.read() as conn:
+            return int(conn.execute(dense).scalar_one()) + int(conn.execute(sparse).scalar_one())
 
     def delete_before(self, provider: str, user_id: str, cutoff: datetime) -> tuple[int, int]:
-        """Delete a user's records and aggregate buckets older than `cutoff`, in one transaction;
-        returns (records, aggregates) deleted."""
+        """Delete a person's records and whole aggregate buckets older than `cutoff`, and the
+        coverage before it; returns (records, aggregates) deleted."""
         before = to_us(cutoff)
-        r, a = health_records, aggregates
+        s, m, a = series_chunks, measurements, aggregates
+        person = (s.c.provider == provider) & (s.c.user_id == user_id)
         with self.write() as conn:
-            records = conn.execute(
-                r.delete().where(
-                    r.c.provider == provider, r.c.user_id == user_id, r.c.ts_us < before
+            db.lock(conn, "person", provider, user_id)
+            whole = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(s.c.samples), 0)).where(
+                    person, s.c.hour_us + record_tables.HOUR_US <= before
                 )
+            ).scalar_one()
+            conn.execute(s.delete().where(person, s.c.hour_us + record_tables.HOUR_US <= before))
+            # The hour that straddles the cutoff keeps its later samples only.
+            straddling = conn.execute(
+                sa.select(s.c.data_type).where(
+                    person, s.c.hour_us < before, s.c.hour_us + record_tables.HOUR_US > before
+                )
+            ).scalars()
+            trim = {kind: [(before - record_tables.HOUR_US, before)] for kind in straddling}
+            before_trim = self._count_in(conn, provider, user_id, before)
+            record_tables.write_series(conn, provider, user_id, pd.DataFrame(), trim)
+            trimmed = before_trim - self._count_in(conn, provider, user_id, before)
+            sparse = conn.execute(
+                m.delete().where(m.c.provider == provider, m.c.user_id == user_id, m.c.ts_us < before)
             ).rowcount
             buckets = conn.execute(
                 a.delete().where(
                     a.c.provider == provider, a.c.user_id == user_id, a.c.bucket_end_us <= before
                 )
             ).rowcount
-        return int(records or 0), int(buckets or 0)
+            self._cut_coverage(conn, provider, user_id, before)
+        return int(whole) + int(trimmed) + int(sparse or 0), int(buckets or 0)
 
-    def user(self, provider: str, user_id: str) -> HealthSyncConfig | None:
-        query = sa.select(users.c.config).where(
-            users.c.provider == provider, users.c.user_id == user_id
+    @staticmethod
+    def _count_in(conn: Connection, provider: str, user_id: str, before: int) -> int:
+        s = series_chunks
+        return int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(s.c.samples), 0)).where(
+                    s.c.provider == provider,
+                    s.c.user_id == user_id,
+                    s.c.hour_us > before - record_tables.HOUR_US,
+                    s.c.hour_us < before,
+                )
+            ).scalar_one()
         )
+
+    # -- coverage ------------------------------------------------------------------------------
+
+    def _add_coverage(
+        self,
+        conn: Connection,
+        provider: str,
+        user_id: str,
+        data_type: str,
+        intervals: Sequence[Interval],
+    ) -> None:
+        c = coverage
+        key = (c.c.provider == provider) & (c.c.user_id == user_id) & (c.c.data_type == data_type)
+        stored = [(r.start_us, r.end_us) for r in conn.execute(sa.select(c).where(key))]
+        merged = cov.normalize([*stored, *intervals])
+        if merged == stored:
+            return
+        conn.execute(c.delete().where(key))
+        conn.execute(
+            c.insert(),
+            [
+                {"provider": provider, "user_id": user_id, "data_type": data_type,
+                 "start_us": s, "end_us": e}
+                for s, e in merged
+            ],
+        )  # fmt: skip
+
+    def _cut_coverage(self, conn: Connection, provider: str, user_id: str, before: int) -> None:
+        c = coverage
+        rows = conn.execute(
+            sa.select(c).where(c.c.provider == provider, c.c.user_id == user_id)
+        ).all()
+        conn.execute(c.delete().where(c.c.provider == provider, c.c.user_id == user_id))
+        kept = [
+            {**r._asdict(), "start_us": max(r.start_us, before)} for r in rows if r.end_us > before
+        ]
+        if kept:
+            conn.execute(c.insert(), kept)
+
+    def coverage(
+        self, provider: str, user_ids: Iterable[str] | None = None
+    ) -> dict[tuple[str, str], list[Interval]]:
+        """(user, type) -> covered intervals, of the provider's people (or of `user_ids`)."""
+        c = coverage
+        query = sa.select(c).where(c.c.provider == provider)
+        if user_ids is not None:
+            query = query.where(c.c.user_id.in_(sorted(user_ids)))
+        found: dict[tuple[str, str], list[Interval]] = defaultdict(list)
         with self.read() as conn:
-            row = conn.execute(query).scalar_one_or_none()
-        return None if row is None else HealthSyncConfig.from_json(orjson.loads(row))
+            for row in conn.execute(query.order_by(c.c.user_id, c.c.data_type, c.c.start_us)):
+                found[(row.user_id, row.data_type)].append((row.start_us, row.end_us))
+        return dict(found)
 
-    def users_connected_since(self, after_us: int) -> list[tuple[int, HealthSyncConfig]]:
-        """Users connected after a point in time, oldest first: what the new-user sensor reads."""
-        query = (
-            sa.select(users.c.connected_at_us, users.c.config)
-            .where(users.c.connected_at_us > after_us, users.c.connected.is_(True))
-            .order_by(users.c.connected_at_us, users.c.provider, users.c.user_id)
+    def last_synced(self, provider: str, user_id: str, data_type: str) -> datetime | None:
+        """The end of the person's latest covered window of the type (for people reading
+        status; syncs compute gaps from the whole coverage)."""
+        intervals = self.coverage(provider, [user_id]).get((user_id, str(data_type)))
+        return None if not intervals else from_us(intervals[-1][1])
+
+    # -- per-type status -----------------------------------------------------------------------
+
+    def _succeeded(
+        self, conn: Connection, provider: str, user_id: str, types: Iterable[str]
+    ) -> None:
+        statement = self._insert(type_status)
+        rows = [
+            {"provider": provider, "user_id": user_id, "data_type": t, "last_success_us": now_us()}
+            for t in types
+        ]
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["provider", "user_id", "data_type"],
+                set_={"last_success_us": statement.excluded.last_success_us},
+            ),
+            rows,
         )
+
+    def record_errors(
+        self,
+        provider: str,
+        user_id: str,
+        errors: Mapping[str, str],
+        *,
+        refused: bool = False,
+        config: HealthSyncConfig | None = None,
+    ) -> None:
+        """Note failures per type; `refused`: the provider will not serve these types to us (403):
+        they are skipped until the person reconnects or `config` changes."""
+        if not errors:
+            return
+        stamp = now_us()
+        statement = self._insert(type_status)
+        rows = []
+        for data_type, message in errors.items():
+            row = {
+                "provider": provider,
+                "user_id": user_id,
+                "data_type": data_type,
+                "last_error": message[:2000],
+                "last_error_us": stamp,
+            }
+            if refused:
+                row |= {
+                    "refused_reason": message[:2000],
+                    "refused_us": stamp,
+                    "refused_config": None if config is None else config_hash(config),
+                }
+            rows.append(row)
+        updated = ["last_error", "last_error_us"]
+        if refused:
+            updated += ["refused_reason", "refused_us", "refused_config"]
+        with self.write() as conn:
+            for row in rows:
+                conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["provider", "user_id", "data_type"],
+                        set_={name: statement.excluded[name] for name in updated},
+                    ),
+                    [row],
+                )
+
+    def refused_types(self, config: HealthSyncConfig) -> dict[str, str]:
+        """Types the provider refused for this person under their current settings."""
+        t = type_status
+        query = sa.select(t.c.data_type, t.c.refused_reason, t.c.refused_config).where(
+            t.c.provider == config.provider,
+            t.c.user_id == config.user_id,
+            t.c.refused_reason.is_not(None),
+        )
+        current = config_hash(config)
         with self.read() as conn:
             rows = conn.execute(query).all()
-        return [(at, HealthSyncConfig.from_json(orjson.loads(cfg))) for at, cfg in rows]
+        return {r.data_type: r.refused_reason for r in rows if r.refused_config in (None, current)}
+
+    def _clear_refusals(self, conn: Connection, provider: str, user_id: str) -> None:
+        t = type_status
+        conn.execute(
+            t.update()
+            .where(t.c.provider == provider, t.c.user_id == user_id)
+            .values(refused_reason=None, refused_us=None, refused_config=None)
+        )
+
+    def type_statuses(self, provider: str | None = None) -> list[Any]:
+        t = type_status
+        query = sa.select(t)
+        if provider is not None:
+            query = query.where(t.c.provider == provider)
+        with self.read() as conn:
+            return list(conn.execute(query.order_by(t.c.provider, t.c.user_id, t.c.data_type)))
+
+    # -- day partitions to publish -------------------------------------------------------------
+
+    def _bump_days(
+        self, conn: Connection, provider: str, user_id: str, days: Iterable[date]
+    ) -> None:
+        rows = [
+            {
+                "provider": provider,
+                "user_id": user_id,
+                "day": day.isoformat(),
+                "version": 1,
+                "published_version": 0,
+                "published_final": False,
+                "changed_us": now_us(),
+            }
+            for day in sorted(days)
+        ]
+        if not rows:
+            return
+        t = day_versions
+        statement = self._insert(t)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["provider", "user_id", "day"],
+                set_={"version": t.c.version + 1, "changed_us": statement.excluded.changed_us},
+            ),
+            rows,
+        )
+
+    def day_versions(
+        self, conn: Connection, provider: str, day: date, user_ids: Iterable[str] | None
+    ) -> dict[str, int]:
+        """Current version of each person's day (inside the caller's snapshot)."""
+        t = day_versions
+        query = sa.select(t.c.user_id, t.c.version).where(
+            t.c.provider == provider, t.c.day == day.isoformat()
+        )
+        if user_ids is not None:
+            query = query.where(t.c.user_id.in_(sorted(user_ids)))
+        return {r.user_id: int(r.version) for r in conn.execute(query)}
+
+    def mark_published(
+        self,
+        provider: str,
+        day: date,
+        versions: Mapping[str, int],
+        final: Mapping[str, bool],
+    ) -> None:
+        """The day's output now reflects these versions (never moves a published version back)."""
+        if not versions:
+            return
+        t = day_versions
+        statement = self._insert(t)
+        rows = [
+            {
+                "provider": provider,
+                "user_id": user_id,
+                "day": day.isoformat(),
+                "version": version,
+                "published_version": version,
+                "published_final": bool(final.get(user_id, False)),
+                "published_us": now_us(),
+            }
+            for user_id, version in sorted(versions.items())
+        ]
+        newer = statement.excluded.published_version > t.c.published_version
+        with self.write() as conn:
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["provider", "user_id", "day"],
+                    set_={
+                        "published_version": sa.case(
+                            (newer, statement.excluded.published_version),
+                            else_=t.c.published_version,
+                        ),
+                        "published_final": statement.excluded.published_final,
+                        "published_us": statement.excluded.published_us,
+                    },
+                ),
+                rows,
+            )
+
+    def unpublished_days(self, provider: str) -> dict[date, set[str]]:
+        """Days with changes not yet published, and whose, of the provider's people."""
+        t = day_versions
+        query = sa.select(t.c.day, t.c.user_id).where(
+            t.c.provider == provider, t.c.version > t.c.published_version
+        )
+        found: dict[date, set[str]] = defaultdict(set)
+        with self.read() as conn:
+            for row in conn.execute(query):
+                found[date.fromisoformat(row.day)].add(row.user_id)
+        return dict(found)
+
+    def preliminary_days(self, provider: str, since: date) -> dict[date, set[str]]:
+        """Days since `since` last published as preliminary, and whose."""
+        t = day_versions
+        query = sa.select(t.c.day, t.c.user_id).where(
+            t.c.provider == provider,
+            t.c.published_final.is_(False),
+            t.c.published_version > 0,
+            t.c.day >= since.isoformat(),
+        )
+        found: dict[date, set[str]] = defaultdict(set)
+        with self.read() as conn:
+            for row in conn.execute(query):
+                found[date.fromisoformat(row.day)].add(row.user_id)
+        return dict(found)
+
+    # -- provider cursors ----------------------------------------------------------------------
+
+    def cursor(self, provider: str, user_id: str, name: str) -> str | None:
+        t = provider_cursors
+        query = sa.select(t.c.value).where(
+            t.c.provider == provider, t.c.user_id == user_id, t.c.name == name
+        )
+        with self.read() as conn:
+            return conn.execute(query).scalar_one_or_none()
+
+    def set_cursor(self, conn: Connection, provider: str, user_id: str, name: str, value: str):
+        db.upsert(
+            conn,
+            provider_cursors,
+            [{"provider": provider, "user_id": user_id, "name": name, "value": value,
+              "updated_at_us": now_us()}],
+        )  # fmt: skip
 
     # -- aggregates ----------------------------------------------------------------------------
 
-    def upsert_aggregates(self, frame: pd.DataFrame) -> int:
-        if frame.empty:
-            return 0
-        rows = _plain_rows(frame[AGGREGATE_COLUMNS])
-        for start in range(0, len(rows), WRITE_CHUNK):
-            with self.write() as conn:
-                self.upsert(conn, aggregates, rows[start : start + WRITE_CHUNK])
+    def replace_aggregates(
+        self,
+        provider: str,
+        level: str,
+        user_ids: Iterable[str],
+        window: DateRange,
+        frame: pd.DataFrame,
+    ) -> int:
+        """The people's `level` buckets starting in the window become exactly `frame`'s rows (a
+        bucket whose records are all gone disappears)."""
+        t = aggregates
+        people = sorted(user_ids)
+        rows = db.plain_rows(frame[AGGREGATE_COLUMNS]) if not frame.empty else []
+        with self.write() as conn:
+            for start in range(0, len(people), 500):
+                conn.execute(
+                    t.delete().where(
+                        t.c.provider == provider,
+                        t.c.level == level,
+                        t.c.user_id.in_(people[start : start + 500]),
+                        t.c.bucket_start_us >= to_us(window.start),
+                        t.c.bucket_start_us < to_us(window.end),
+                    )
+                )
+            db.upsert(conn, t, rows)
         return len(rows)
 
     def read_aggregates(
@@ -435,32 +682,15 @@ class RecordStore:
             t.c.bucket_start_us < to_us(window.end),
         )
         if user_ids is not None:
-            query = query.where(t.c.user_id.in_(list(user_ids)))
+            query = query.where(t.c.user_id.in_(sorted(user_ids)))
         query = query.order_by(t.c.user_id, t.c.data_type, t.c.bucket_start_us)
         with self.read() as conn:
             result = conn.execute(query)
             return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
 
 
-def _column_values(column: pd.Series) -> list[Any]:
-    """A column as Python values a DB-API driver accepts: NaN/NA -> None, numpy -> Python."""
-    values = column.astype("object").where(column.notna(), None)
-    return [v.item() if isinstance(v, np.generic) else v for v in values.tolist()]
-
-
-def _plain_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows as dicts, built column-wise (row-wise conversion was half of a sync's time)."""
-    names = list(frame.columns)
-    columns = [_column_values(frame[name]) for name in names]
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
-
-
-def _record_rows(batch: pd.DataFrame) -> list[dict[str, Any]]:
-    frame = batch[COLUMNS].copy()
-    frame["ts_us"] = frame.pop("ts").astype("int64")
-    frame["samples"] = [
-        None if s is None else orjson.dumps(list(s)).decode() for s in frame["samples"]
-    ]
-    frame["utc_offset_min"] = frame["utc_offset_min"].astype("object")
-    frame["ingested_at_us"] = now_us()
-    return _plain_rows(frame)
+def history_start(config: HealthSyncConfig, connected_at_us: int, now: datetime) -> datetime:
+    """Where an automated sync's goal begins for a person: their lookback before connecting,
+    never earlier than their retention period allows (what retention deletes is not re-fetched)."""
+    lookback = from_us(connected_at_us) - timedelta(days=config.lookback_days)
+    return max(lookback, now - timedelta(days=config.retention_days))

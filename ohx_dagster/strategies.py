@@ -1,29 +1,36 @@
-"""Sync strategies: which time window to fetch, as pure functions of config, state and now.
+"""Sync strategies: which windows to fetch for one person and type, as pure functions of the
+partition day, the person's history start, what is already covered, and now.
 
-- initial: a new user's history, `lookback_days` back from now (30 by default).
-- incremental: from the last committed sync minus a 5-minute overlap (late-arriving samples), or
-  the last 24 hours when the user was never synced.
-- push: the last 15 minutes, for webhook-triggered realtime runs, reaching back to the oldest
-  event of the batch when the webhooks name older data.
-- partition: the whole partition day, what a plain materialization or a UI backfill means.
-- close: the user's whole local calendar day whose date is the partition's, run once after the
-  user's local midnight (daily-frequency users are synced only then).
+Every strategy leaves its goal covered: the fetch is computed from coverage (`gaps`), never from a
+clock mark, so runs of any days in any order, or at the same time, never skip data.
 
-A run for a day partition fetches the strategy's window clipped to that day, so a partition's run
-never writes records that belong to another partition. `close` is the one exception: a local day
-straddles two UTC days, and its records land in the store where the neighbouring partition's
-aggregates pick them up on that partition's next run.
+| strategy | goal | fetched |
+|---|---|---|
+| partition | the UTC day, up to now | the whole goal, covered or not (what a person asks for by hand) |
+| initial | the day from the person's history start | the goal's gaps |
+| incremental | the day from the history start | gaps; for today's partition also the trailing re-sync horizon, for uploads that arrive late |
+| push | as incremental | gaps, plus every window the notifications name (documents, ranges), wherever they fall |
+| close | the person's local calendar day (the partition's date) | gaps, and the horizon inside it |
+| refresh | none | nothing: publish what changed (late data written by another run, a status turning final) |
+
+A person's history starts `lookback_days` before they connected and never before their retention
+period (ohx_dagster.store.history_start). Windows may reach beyond the partition day (the horizon,
+a notification's range, a local day): what they change is marked for publishing in the partitions
+it belongs to (store.CommitReport.days).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Final
 
+from ohx_dagster import coverage as cov
+from ohx_dagster.coverage import Interval
 from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import DateRange, HealthSyncConfig, require_aware
+from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.times import to_us, utc_day
 
 
 class SyncStrategy(StrEnum):
@@ -32,22 +39,13 @@ class SyncStrategy(StrEnum):
     PUSH = "push"
     PARTITION = "partition"
     CLOSE = "close"
+    REFRESH = "refresh"
 
 
-INCREMENTAL_OVERLAP: Final = timedelta(minutes=5)
-INCREMENTAL_FALLBACK: Final = timedelta(hours=24)
-PUSH_WINDOW: Final = timedelta(minutes=15)
-
-# Records per provider request page, and the run priority (Dagster's dagster/priority tag).
-BATCH_SIZE: Final[dict[SyncStrategy, int]] = {
-    SyncStrategy.INITIAL: 1000,
-    SyncStrategy.INCREMENTAL: 100,
-    SyncStrategy.PUSH: 50,
-    SyncStrategy.PARTITION: 1000,
-    SyncStrategy.CLOSE: 1000,
-}
+# The run priority (Dagster's dagster/priority tag): realtime first, history last.
 PRIORITY: Final[dict[SyncStrategy, int]] = {
     SyncStrategy.PUSH: 10,
+    SyncStrategy.REFRESH: 5,
     SyncStrategy.INCREMENTAL: 0,
     SyncStrategy.PARTITION: 0,
     SyncStrategy.CLOSE: 0,
@@ -55,82 +53,74 @@ PRIORITY: Final[dict[SyncStrategy, int]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class SyncPlan:
-    strategy: SyncStrategy
-    window: DateRange
-    batch_size: int
-    priority: int
-
-
-def _plan(strategy: SyncStrategy, start: datetime, end: datetime) -> SyncPlan:
-    return SyncPlan(strategy, DateRange(start, end), BATCH_SIZE[strategy], PRIORITY[strategy])
-
-
-def initial_plan(config: HealthSyncConfig, now: datetime) -> SyncPlan:
-    now = require_aware("now", now)
-    return _plan(SyncStrategy.INITIAL, now - timedelta(days=config.lookback_days), now)
-
-
-def incremental_plan(last_synced: datetime | None, now: datetime) -> SyncPlan:
-    now = require_aware("now", now)
-    if last_synced is None:
-        return _plan(SyncStrategy.INCREMENTAL, now - INCREMENTAL_FALLBACK, now)
-    start = require_aware("last_synced", last_synced) - INCREMENTAL_OVERLAP
-    return _plan(SyncStrategy.INCREMENTAL, min(start, now), now)
-
-
-def push_plan(now: datetime, since: datetime | None = None) -> SyncPlan:
-    """The last 15 minutes, or from `since` (the oldest webhook event's time) when earlier."""
-    now = require_aware("now", now)
-    start = now - PUSH_WINDOW
-    if since is not None:
-        start = min(start, require_aware("since", since) - INCREMENTAL_OVERLAP)
-    return _plan(SyncStrategy.PUSH, start, now)
-
-
-def close_plan(day: date, config: HealthSyncConfig, now: datetime) -> SyncPlan:
-    """The user's local calendar day `day`, up to now."""
-    start = datetime.combine(day, time(), tzinfo=config.zone)
-    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=config.zone)
-    now = require_aware("now", now)
-    return _plan(SyncStrategy.CLOSE, start, max(start, min(end, now)))
-
-
-def partition_plan(partition: DateRange, now: datetime) -> SyncPlan:
-    end = min(partition.end, require_aware("now", now))
-    return _plan(SyncStrategy.PARTITION, partition.start, max(end, partition.start))
-
-
-def plan_for_partition(
-    strategy: SyncStrategy | str,
-    *,
-    partition: DateRange,
-    config: HealthSyncConfig,
-    last_synced: datetime | None,
-    now: datetime,
-    since: datetime | None = None,
-) -> SyncPlan | None:
-    """The strategy's window for one user, clipped to the partition day (but for `close`);
-    None if they miss."""
+def parse(strategy: SyncStrategy | str) -> SyncStrategy:
     try:
-        kind = SyncStrategy(strategy)
+        return SyncStrategy(strategy)
     except ValueError:
         raise ValidationError(
             "strategy", strategy, f"one of {[s.value for s in SyncStrategy]}"
         ) from None
-    if kind is SyncStrategy.INITIAL:
-        plan = initial_plan(config, now)
-    elif kind is SyncStrategy.INCREMENTAL:
-        plan = incremental_plan(last_synced, now)
-    elif kind is SyncStrategy.PUSH:
-        plan = push_plan(now, since)
-    elif kind is SyncStrategy.CLOSE:
-        plan = close_plan(partition.start.date(), config, now)
-        return plan if plan.window.duration else None
-    else:
-        plan = partition_plan(partition, now)
-    window = plan.window.intersect(partition)
-    if window is None:
+
+
+def local_day(day: date, config: HealthSyncConfig) -> Interval:
+    start = datetime.combine(day, time(), tzinfo=config.zone)
+    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=config.zone)
+    return to_us(start), to_us(end)
+
+
+def goal(
+    strategy: SyncStrategy, day: date, config: HealthSyncConfig, history_start: datetime, now: datetime
+) -> Interval | None:
+    """The window the run must leave covered for the person, or None."""
+    if strategy is SyncStrategy.REFRESH:
         return None
-    return SyncPlan(plan.strategy, window, plan.batch_size, plan.priority)
+    if strategy is SyncStrategy.CLOSE:
+        start, end = local_day(day, config)
+    else:
+        window = utc_day(day)
+        start, end = to_us(window.start), to_us(window.end)
+    if strategy is not SyncStrategy.PARTITION:
+        start = max(start, to_us(history_start))
+    end = min(end, to_us(now))
+    return (start, end) if start < end else None
+
+
+def plan_windows(
+    strategy: SyncStrategy | str,
+    *,
+    day: date,
+    config: HealthSyncConfig,
+    types: Sequence[HealthDataType],
+    history_start: datetime,
+    now: datetime,
+    covered: Mapping[str, Sequence[Interval]],
+    horizon: timedelta,
+    announced: Mapping[HealthDataType, Sequence[Interval]] | None = None,
+) -> dict[HealthDataType, list[Interval]]:
+    """The windows to fetch per type (normalized; types with nothing to fetch are left out)."""
+    kind = parse(strategy)
+    target = goal(kind, day, config, history_start, now)
+    now_us = to_us(now)
+    today = now.date() == day
+    plan: dict[HealthDataType, list[Interval]] = {}
+    for data_type in types:
+        windows: list[Interval] = []
+        if target is not None:
+            if kind is SyncStrategy.PARTITION:
+                windows.append(target)
+            else:
+                windows += cov.gaps(target, covered.get(data_type.value, ()))
+            recent = (max(now_us - int(horizon.total_seconds() * 1e6), target[0]), target[1])
+            if kind is SyncStrategy.CLOSE:
+                windows.append(recent)
+            elif kind in (SyncStrategy.INCREMENTAL, SyncStrategy.PUSH) and today and horizon:
+                # Today's run owns the trailing horizon, across midnight: late uploads of the
+                # days before land without a run for each of them.
+                start = max(now_us - int(horizon.total_seconds() * 1e6), to_us(history_start))
+                windows.append((start, now_us))
+        if kind is SyncStrategy.PUSH and announced:
+            windows += [(s, min(e, now_us)) for s, e in announced.get(data_type, ())]
+        windows = cov.normalize(windows)
+        if windows:
+            plan[data_type] = windows
+    return plan

@@ -1,26 +1,36 @@
-"""One sync of one source for one partition day: fetch per user, commit, then advance sync state.
+"""One sync of one source for one day partition: per person, plan windows from coverage, fetch,
+and commit records + coverage + changed days in one transaction (ohx_dagster.store.commit).
 
-The order is the invariant: records are committed before the user's sync state moves, so a crash
-anywhere repeats a fetch (idempotent upsert) but never skips data. One user's provider failure does
-not stop the others; their data is committed and the failures are raised together at the end.
+Failures stay as small as they are:
+- a type the provider refuses (403) is recorded with the provider's reason and skipped from then on
+  (until the person reconnects or their settings change); their other types keep syncing;
+- a refresh token the provider no longer accepts puts the person in "needs reauthorization": no
+  run calls the provider for them until they connect again, and then their gaps are fetched;
+- a rate limit (429, or the shared request budget running out) stops this run from calling the
+  provider for anyone else: those people are deferred and the run asks to be retried after the
+  provider's Retry-After, their gaps still open, so nothing is lost;
+- one person's provider or data error does not stop the others; their data is committed and the
+  failures are raised together at the end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Final
 
 import pandas as pd
 
-from ohx_dagster.errors import OhxError, ProviderError, RateLimited
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.providers.base import HealthSource
-from ohx_dagster.records import concat, dedupe
+from ohx_dagster.coverage import Interval
+from ohx_dagster.errors import NeedsReauthorization, OhxError, ProviderError, RateLimited
+from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.providers.base import Event, FetchResult, HealthSource
+from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
 from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import SyncStrategy, plan_for_partition
+from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore, history_start
+from ohx_dagster.strategies import SyncStrategy, parse, plan_windows
+from ohx_dagster.times import to_us
 
 # Heart rate fetched around a linked recording (ECG, RR session) so the two are stored together.
 LINK_MARGIN: Final = timedelta(minutes=1)
@@ -30,135 +40,217 @@ LINK_MARGIN: Final = timedelta(minutes=1)
 class SyncReport:
     source: str
     strategy: str
-    partition: DateRange
+    day: date
     records_by_type: dict[str, int] = field(default_factory=dict)
     users_synced: list[str] = field(default_factory=list)
     users_skipped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
-    # Failures that a later attempt may not meet (provider outage, rate limit), and the longest
-    # Retry-After any provider asked for.
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
+    deferred: list[str] = field(default_factory=list)
+    days_changed: set[date] = field(default_factory=set)
+    # Whether a later attempt may succeed (outage, rate limit), and the longest Retry-After.
     transient: bool = True
     retry_after_s: float | None = None
     first: datetime | None = None
     last: datetime | None = None
+    # Quality of what was fetched (the raw asset's checks): implausible values per type, and
+    # ECG recordings / RR sessions without heart rate around them.
+    implausible: dict[str, int] = field(default_factory=dict)
+    unlinked: list[str] = field(default_factory=list)
+    supported_types: frozenset[HealthDataType] = frozenset()
 
     @property
     def records(self) -> int:
         return sum(self.records_by_type.values())
 
+    @property
+    def incomplete(self) -> bool:
+        return bool(self.failures or self.deferred)
+
 
 class SyncFailed(OhxError):
     def __init__(self, report: SyncReport) -> None:
         self.report = report
-        details = "; ".join(
-            f"{user}: {message}" for user, message in sorted(report.failures.items())
-        )
+        parts = [f"{user}: {message}" for user, message in sorted(report.failures.items())]
+        if report.deferred:
+            parts.append(
+                f"{len(report.deferred)} deferred by the provider's rate limit "
+                f"(retry after {report.retry_after_s or 0:.0f} s)"
+            )
+        total = len(report.failures) + len(report.users_synced) + len(report.deferred)
         super().__init__(
-            f"{len(report.failures)} of {len(report.failures) + len(report.users_synced)} users of "
-            f"{report.source} failed (the others were committed): {details}"
+            f"{len(report.failures) + len(report.deferred)} of {total} users of "
+            f"{report.source} were not synced (the others were committed): " + "; ".join(parts)
         )
 
 
-def _linked_heart_rate_window(batch: pd.DataFrame, config: HealthSyncConfig) -> DateRange | None:
+def _linked_heart_rate(batch: pd.DataFrame, config: HealthSyncConfig) -> Interval | None:
+    """The window around the person's ECG recordings and RR sessions that needs heart rate."""
     linked = batch[batch["data_type"].isin([t.value for t in config.link_heart_rate_to])]
     if linked.empty:
         return None
     ends = linked["ts"] + pd.to_timedelta(linked["duration_s"].fillna(0.0), unit="s")
-    return DateRange(
-        linked["ts"].min().to_pydatetime() - LINK_MARGIN, ends.max().to_pydatetime() + LINK_MARGIN
-    )
+    start = linked["ts"].min().to_pydatetime() - LINK_MARGIN
+    return to_us(start), to_us(ends.max().to_pydatetime() + LINK_MARGIN)
 
 
-def fetch_user(
-    source: HealthSource,
+def fetch_person(
+    source: HealthSource, config: HealthSyncConfig, windows: Mapping[HealthDataType, list[Interval]]
+) -> FetchResult:
+    """The person's records for the windows, with the heart rate around linked recordings."""
+    result = source.fetch_windows(config, windows)
+    around = _linked_heart_rate(result.batch, config)
+    heart_rate = HealthDataType.HEART_RATE
+    if around is not None and heart_rate in source.supported_types:
+        have = result.covered.get(heart_rate.value, [])
+        if not any(s <= around[0] and around[1] <= e for s, e in have):
+            result.add(source.fetch_windows(config, {heart_rate: [around]}))
+    return result
+
+
+def _selected(
     store: RecordStore,
-    config: HealthSyncConfig,
+    source: HealthSource,
     *,
-    strategy: SyncStrategy,
-    partition: DateRange,
-    now: datetime,
-    since: datetime | None = None,
-) -> tuple[pd.DataFrame, dict[HealthDataType, DateRange]]:
-    """The user's records for the partition under the strategy, with linked heart rate added."""
-    windows: dict[HealthDataType, DateRange] = {}
-    batches = []
-    for kind in sorted(config.enabled_types):
-        last = store.last_synced(source.name, config.user_id, kind)
-        plan = plan_for_partition(
-            strategy, partition=partition, config=config, last_synced=last, now=now, since=since
-        )
-        if plan is None:
+    user_ids: frozenset[str] | None,
+    select: Callable[[HealthSyncConfig, date], bool] | None,
+    shard: Shard | None,
+    day: date,
+    report: SyncReport,
+) -> list[tuple[HealthSyncConfig, int]]:
+    """(config, connected_at_us) of the people this run syncs; the others named are reported."""
+    chosen = []
+    known = set()
+    for person in store.people(source.name):
+        config = person.config
+        known.add(config.user_id)
+        if shard is not None and not shard.holds(config.user_id):
             continue
-        windows[kind] = plan.window
-        batches.append(source.fetch(config, [kind], plan.window, batch_size=plan.batch_size))
-    batch = concat(batches)
-    around = _linked_heart_rate_window(batch, config)
-    heart_rate = windows.get(HealthDataType.HEART_RATE)
-    if around is not None and (heart_rate is None or around.intersect(heart_rate) != around):
-        batches.append(source.fetch(config, [HealthDataType.HEART_RATE], around, batch_size=1000))
-        batch = dedupe(concat(batches))
-    return batch, windows
+        if user_ids is not None and config.user_id not in user_ids:
+            continue
+        if select is not None and not select(config, day):
+            continue
+        if not person.connected:
+            report.users_skipped[config.user_id] = "disconnected"
+        elif person.state == NEEDS_REAUTHORIZATION:
+            report.users_skipped[config.user_id] = (
+                f"needs reauthorization ({person.state_reason}): connect the account again"
+            )
+        else:
+            chosen.append((config, person.connected_at_us))
+    for user_id in sorted((user_ids or set()) - known):
+        report.users_skipped[user_id] = "not connected"
+    if shard is not None:
+        for user_id in sorted((user_ids or set()) & known):
+            if not shard.holds(user_id):
+                report.users_skipped[user_id] = f"not in shard {shard.key}"
+    return chosen
 
 
 def sync_partition(
     source: HealthSource,
     store: RecordStore,
-    partition: DateRange,
+    day: date,
     *,
     strategy: SyncStrategy | str = SyncStrategy.PARTITION,
     user_ids: Iterable[str] | None = None,
     select: Callable[[HealthSyncConfig, date], bool] | None = None,
-    since: datetime | None = None,
+    events: Mapping[str, Sequence[Event]] | None = None,
     shard: Shard | None = None,
     now: datetime,
 ) -> SyncReport:
-    """Sync the source's connected users (only `user_ids`, only those `select` accepts, and only
-    those of the `shard` partition key, when given) for one partition day under a strategy."""
-    strategy = SyncStrategy(strategy)
+    """Sync the source's people (of `user_ids`, accepted by `select`, of the `shard`) for one
+    day partition under a strategy; `events`: each person's notifications (push)."""
+    kind = parse(strategy)
+    report = SyncReport(source.name, kind.value, day, supported_types=source.supported_types)
+    if kind is SyncStrategy.REFRESH:
+        return report
     store.add_users(source.discover_users())
-    wanted = None if user_ids is None else set(user_ids)
-    report = SyncReport(source.name, strategy.value, partition)
-    for config in store.users(source.name):
-        if shard is not None and not shard.holds(config.user_id):
-            continue
-        if wanted is not None and config.user_id not in wanted:
-            continue
-        if select is not None and not select(config, partition.start.date()):
+    wanted = None if user_ids is None else frozenset(user_ids)
+    people = _selected(
+        store, source, user_ids=wanted, select=select, shard=shard, day=day, report=report
+    )
+    coverage = store.coverage(source.name, [c.user_id for c, _ in people])
+    for position, (config, connected_at_us) in enumerate(people):
+        refused = store.refused_types(config)
+        types = sorted((config.enabled_types & source.supported_types) - set(refused))
+        covered = {t.value: coverage.get((config.user_id, t.value), []) for t in types}
+        announced = None
+        if events and events.get(config.user_id):
+            try:
+                announced = source.event_windows(config, events[config.user_id], now)
+            except (ProviderError, ValueError, OSError) as exc:
+                report.failures[config.user_id] = f"{type(exc).__name__}: {exc}"
+                report.transient &= isinstance(exc, ProviderError | OSError)
+                continue
+        windows = plan_windows(
+            kind,
+            day=day,
+            config=config,
+            types=types,
+            history_start=history_start(config, connected_at_us, now),
+            now=now,
+            covered=covered,
+            horizon=source.resync_horizon,
+            announced=announced,
+        )
+        if not windows:
+            report.users_synced.append(config.user_id)
             continue
         try:
-            batch, windows = fetch_user(
-                source, store, config, strategy=strategy, partition=partition, now=now, since=since
-            )
+            result = fetch_person(source, config, windows)
+        except RateLimited as exc:
+            # Every further call would be refused too: defer the rest of the people.
+            report.deferred = [c.user_id for c, _ in people[position:]]
+            report.retry_after_s = max(report.retry_after_s or 0.0, exc.retry_after_s or 60.0)
+            break
+        except NeedsReauthorization as exc:
+            store.set_state(source.name, config.user_id, NEEDS_REAUTHORIZATION, str(exc))
+            report.users_skipped[config.user_id] = f"needs reauthorization: {exc}"
+            continue
         except (ProviderError, OhxError, ValueError, OSError) as exc:
-            # OSError: a provider's network failure (reset, timeout) is one user's failure too.
-            report.failures[config.user_id] = f"{type(exc).__name__}: {exc}"
+            # OSError: a provider's network failure (reset, timeout) is one person's failure.
+            message = f"{type(exc).__name__}: {exc}"
+            report.failures[config.user_id] = message
+            store.record_errors(source.name, config.user_id, {t.value: message for t in windows})
             # Bad data or config stays bad on retry; a provider or network error may pass.
             report.transient &= isinstance(exc, ProviderError | OSError)
-            if isinstance(exc, RateLimited) and exc.retry_after_s is not None:
-                report.retry_after_s = max(report.retry_after_s or 0.0, exc.retry_after_s)
             continue
-        store.upsert_records(batch)
-        for kind, window in windows.items():
-            store.advance_sync_state(source.name, config.user_id, [kind], window.end)
-        report.users_synced.append(config.user_id)
-        for data_type, count in batch["data_type"].value_counts().items():
-            report.records_by_type[data_type] = report.records_by_type.get(data_type, 0) + int(
-                count
+        commit = store.commit(
+            source.name,
+            config.user_id,
+            config.zone,
+            result.batch,
+            covered=result.covered,
+            replace=result.covered,
+        )
+        report.days_changed |= commit.days
+        if result.refused:
+            store.record_errors(
+                source.name, config.user_id, result.refused, refused=True, config=config
             )
-        if not batch.empty:
-            first, last = batch["ts"].min().to_pydatetime(), batch["ts"].max().to_pydatetime()
-            report.first = first if report.first is None else min(report.first, first)
-            report.last = last if report.last is None else max(report.last, last)
-    if wanted is not None:
-        known = {c.user_id for c in store.users(source.name)}
-        for user_id in sorted(wanted - set(report.users_synced) - set(report.failures)):
-            if user_id not in known:
-                reason = "not connected"
-            elif shard is not None and not shard.holds(user_id):
-                reason = f"not in shard {shard.key}"
-            else:
-                reason = "not selected by this run"
-            report.users_skipped[user_id] = reason
-    if report.failures:
+            report.refused[config.user_id] = dict(result.refused)
+        if result.failed:
+            store.record_errors(source.name, config.user_id, result.failed)
+            report.failures[config.user_id] = "; ".join(
+                f"{t}: {m}" for t, m in sorted(result.failed.items())
+            )
+        else:
+            report.users_synced.append(config.user_id)
+        _count(report, result.batch)
+        for kind, count in implausible_values(result.batch).items():
+            report.implausible[kind] = report.implausible.get(kind, 0) + count
+        report.unlinked += recordings_without_heart_rate(result.batch)
+    if report.incomplete:
         raise SyncFailed(report)
     return report
+
+
+def _count(report: SyncReport, batch: pd.DataFrame) -> None:
+    if batch.empty:
+        return
+    for data_type, count in batch["data_type"].value_counts().items():
+        report.records_by_type[data_type] = report.records_by_type.get(data_type, 0) + int(count)
+    first, last = batch["ts"].min().to_pydatetime(), batch["ts"].max().to_pydatetime()
+    report.first = first if report.first is None else min(report.first, first)
+    report.last = last if report.last is None else max(report.last, last)

@@ -1,6 +1,7 @@
-"""Dagster resources: the record store and the health-data sources."""
+"""Dagster resources: the record store, the health-data sources, the FHIR output."""
 
+from resources.output import FhirOutputResource
 from resources.sources import SourcesResource
 from resources.store import RecordStoreResource
 
-__all__ = ["RecordStoreResource", "SourcesResource"]
+__all__ = ["FhirOutputResource", "RecordStoreResource", "SourcesResource"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import cache
 
 import dagster as dg
@@ -9,11 +10,12 @@ import dagster as dg
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.apple_health import AppleHealthSource
-from ohx_dagster.providers.base import HealthSource
+from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.google_health import GoogleHealthSource
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.polar import PolarH10Source
+from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.providers.withings import WithingsSource
 from ohx_dagster.settings import KNOWN_SOURCES
@@ -51,7 +53,7 @@ def _apple_health(path: str, user_id: str | None) -> AppleHealthSource:
 
 
 @cache
-def _api_source(name: str, store: RecordStore) -> HealthSource:
+def _api_source(name: str, store: RecordStore) -> object:
     # One HTTP connection pool per process, provider and store.
     return API_SOURCES[name](store, ApiSettings.from_env(name))
 
@@ -66,9 +68,22 @@ class SourcesResource(dg.ConfigurableResource):
     polar_csv: str | None = None
     apple_health_export: str | None = None
     apple_health_user: str | None = None
+    # Seconds, per source: OHX_RESYNC_HORIZON's overrides of providers/registry.py.
+    resync_horizons_s: dict[str, float] = {}
+
+    def horizon(self, name: str) -> timedelta:
+        if name in self.resync_horizons_s:
+            return timedelta(seconds=self.resync_horizons_s[name])
+        return RESYNC_HORIZON[name]
 
     def get(self, name: str, store: RecordStore | None = None) -> HealthSource:
         """The source; provider APIs also need the `store` that holds their users' tokens."""
+        reader = self._reader(name, store)
+        if isinstance(reader, HealthSource):
+            return reader
+        return Windowed(reader, SUPPORTED_TYPES[name], self.horizon(name))
+
+    def _reader(self, name: str, store: RecordStore | None) -> object:
         if name in API_SOURCES:
             if store is None:
                 raise ConfigError(f"source {name!r} is a provider API: it needs the record store")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import cache
 
 import dagster as dg
 
+from ohx_dagster.settings import Settings
 from ohx_dagster.store import RecordStore
 
 
@@ -16,10 +19,20 @@ def _store(url: str) -> RecordStore:
 
 
 class RecordStoreResource(dg.ConfigurableResource):
-    """Where records, sync state, users and aggregates live. `database_url` is sqlite:///path
-    or postgresql://user:password@host/db (credentials from OHX_DATABASE_URL, never in code)."""
+    """Where records, sync state, people and aggregates live. `database_url` is sqlite:///path
+    or postgresql://user:password@host/db; a server URL comes in as EnvVar("OHX_DATABASE_URL"), so
+    Dagster stores and shows the variable's name, never the password."""
 
     database_url: str
 
     def get_store(self) -> RecordStore:
         return _store(self.database_url)
+
+
+def store_resource(settings: Settings, env: Mapping[str, str] | None = None) -> RecordStoreResource:
+    """The store resource of these settings: the URL through EnvVar when the environment gives
+    it (it may hold a password), else the embedded SQLite path (no secret in it)."""
+    env = os.environ if env is None else env
+    if env.get("OHX_DATABASE_URL"):
+        return RecordStoreResource(database_url=dg.EnvVar("OHX_DATABASE_URL"))
+    return RecordStoreResource(database_url=settings.database_url)

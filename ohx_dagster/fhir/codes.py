@@ -67,8 +67,10 @@ TYPE_CODES: Final[dict[HealthDataType, TypeCodes]] = {
         "activity",
         None,
     ),
+    # No vital-signs profile: that profile binds every quantity to ucum-vitals-common, which has
+    # no unit of time, so an RR interval in ms cannot conform to it.
     HealthDataType.RR_INTERVALS: TypeCodes(
-        Code(LOINC, "8637-1", "R-R interval by EKG"), "ms", "ms", "vital-signs", _VS + "vitalsigns"
+        Code(LOINC, "8637-1", "R-R interval by EKG"), "ms", "ms", "vital-signs", None
     ),
     HealthDataType.ECG: TypeCodes(
         Code(LOINC, "11524-6", "EKG study"), "uV", "microvolt", "procedure", None

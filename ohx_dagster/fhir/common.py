@@ -57,10 +57,13 @@ def device_reference(provider: str, device_id: str) -> dict[str, str] | None:
     return reference("Device", device_key(provider, device_id)) if device_id else None
 
 
-def observation_base(kind: HealthDataType, key: str, config: HealthSyncConfig) -> dict[str, Any]:
+def observation_base(
+    kind: HealthDataType, key: str, config: HealthSyncConfig, status: str = "final"
+) -> dict[str, Any]:
     """The leading elements of an Observation of a type: profile, status, category, code, subject.
 
-    Aggregates claim the profile too: an hourly mean heart rate is still a heart rate."""
+    Aggregates claim the profile too: an hourly mean heart rate is still a heart rate. `status`:
+    final, or preliminary while late data may still change it (ohx_dagster/publish.py)."""
     codes = TYPE_CODES[kind]
     resource = header("Observation", key)
     if codes.profile:
@@ -70,7 +73,7 @@ def observation_base(kind: HealthDataType, key: str, config: HealthSyncConfig) -
             "meta": {"profile": [codes.profile]},
             "identifier": resource["identifier"],
         }
-    resource["status"] = "final"
+    resource["status"] = status
     resource["category"] = [category(codes.category)]
     resource["code"] = codes.concept()
     resource["subject"] = patient_reference(config)

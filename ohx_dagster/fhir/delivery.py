@@ -31,78 +31,93 @@ import sqlalchemy as sa
 
 from ohx_dagster.errors import OhxError
 from ohx_dagster.providers.http import parse_retry_after
-from ohx_dagster.store import RecordStore, metadata, now_us
+from ohx_dagster import db
+from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.schema import fhir_files, fhir_outbox
+from ohx_dagster.store import RecordStore
+from ohx_dagster.times import now_us
 
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 FHIR_JSON: Final = "application/fhir+json"
-
-fhir_outbox = sa.Table(
-    "fhir_outbox",
-    metadata,
-    sa.Column("resource_type", sa.String(64), primary_key=True),
-    sa.Column("resource_id", sa.String(64), primary_key=True),
-    sa.Column("partition_key", sa.String(128), nullable=False),
-    sa.Column("body", sa.Text, nullable=False),
-    sa.Column("body_hash", sa.String(64), nullable=False),
-    sa.Column("delivered_hash", sa.String(64)),
-    sa.Column("enqueued_at_us", sa.BigInteger, nullable=False),
-    sa.Column("delivered_at_us", sa.BigInteger),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("last_error", sa.Text),
-)
-sa.Index("ix_outbox_partition", fhir_outbox.c.partition_key)
-
-
-def ensure_outbox(store: RecordStore) -> None:
-    """Create the outbox table on a store opened before this module was imported."""
-    fhir_outbox.create(store.engine, checkfirst=True)
+ENQUEUE_BATCH: Final = 1_000
 
 
 class DeliveryError(OhxError):
     """The server refused a transaction (not retryable) or stayed unavailable past the retries."""
 
 
-def enqueue(store: RecordStore, partition_key: str, resources: Iterable[dict]) -> int:
-    """Put the partition's resources in the outbox; returns how many differ from what the server
-    last acknowledged (those are pending)."""
+def owner(resource: dict) -> tuple[str, str]:
+    """(provider, user id) whose data a resource holds, from its content-key identifier
+    (ohx_dagster/ids.py: personal keys start with provider|user); ("", "") for shared ones."""
+    value = resource.get("identifier", [{}])[0].get("value", "")
+    parts = value.split("|")
+    return (parts[1], parts[2]) if len(parts) >= 3 else ("", "")
+
+
+def _outbox_row(partition_key: str, file: str, resource: dict, stamp: int) -> dict[str, Any]:
+    body = orjson.dumps(resource)
+    provider, user_id = owner(resource)
+    return {
+        "resource_type": resource["resourceType"],
+        "resource_id": resource["id"],
+        "partition_key": partition_key,
+        "file": file,
+        "provider": provider,
+        "user_id": user_id,
+        "body": body.decode(),
+        "body_hash": hashlib.sha256(body).hexdigest(),
+        "withdrawn": resource.get("status") == "entered-in-error",
+        "enqueued_at_us": stamp,
+    }
+
+
+def _upsert_outbox(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     t = fhir_outbox
-    rows = []
-    for resource in resources:
-        body = orjson.dumps(resource)
-        rows.append(
-            {
-                "resource_type": resource["resourceType"],
-                "resource_id": resource["id"],
-                "partition_key": partition_key,
-                "body": body.decode(),
-                "body_hash": hashlib.sha256(body).hexdigest(),
-                "enqueued_at_us": now_us(),
-            }
-        )
-    ensure_outbox(store)
-    if not rows:
-        return 0
-    statement = store._insert(t)  # the store's dialect-specific INSERT (SQLite / PostgreSQL)
-    upsert = statement.on_conflict_do_update(
-        index_elements=["resource_type", "resource_id"],
-        set_={
-            "partition_key": statement.excluded.partition_key,
-            "body": statement.excluded.body,
-            "body_hash": statement.excluded.body_hash,
-            "enqueued_at_us": statement.excluded.enqueued_at_us,
-        },
+    statement = db.insert_for(conn)(t)
+    updated = ("partition_key", "file", "provider", "user_id", "body", "body_hash", "withdrawn",
+               "enqueued_at_us")  # fmt: skip
+    conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["resource_type", "resource_id"],
+            set_={name: statement.excluded[name] for name in updated},
+        ),
+        list(rows),
     )
-    with store.write() as conn:
-        for start in range(0, len(rows), 1000):
-            conn.execute(upsert, rows[start : start + 1000])
-    return len(pending(store, partition_key))
+
+
+def enqueue_partition(store: RecordStore, output: FhirOutput, partition_key: str) -> int:
+    """Put every file of the partition's current output that is not in the outbox yet into it
+    (idempotent: run on every delivery attempt); returns how many files were enqueued."""
+    f = fhir_files
+    directory = partition_key.replace("|", "/", 1)
+    with store.read() as conn:
+        waiting = conn.execute(
+            sa.select(f.c.bucket, f.c.resource_type, f.c.name).where(
+                f.c.partition_key == partition_key, f.c.enqueued.is_(False)
+            )
+        ).all()
+    for row in waiting:
+        resources = list(output.read_resources(f"{directory}/{row.name}"))
+        stamp = now_us()
+        with store.write() as conn:
+            for start in range(0, len(resources), ENQUEUE_BATCH):
+                batch = resources[start : start + ENQUEUE_BATCH]
+                _upsert_outbox(conn, [_outbox_row(partition_key, row.name, r, stamp) for r in batch])
+            # The file's row may have been replaced by a newer version meanwhile: then that
+            # version's own row stays waiting for the next attempt.
+            conn.execute(
+                f.update()
+                .where(f.c.partition_key == partition_key, f.c.name == row.name)
+                .values(enqueued=True)
+            )
+    return len(waiting)
 
 
 def _pending_query(partition_key: str | None) -> sa.Select:
     t = fhir_outbox
-    query = sa.select(t.c.resource_type, t.c.resource_id, t.c.body, t.c.body_hash).where(
-        sa.or_(t.c.delivered_hash.is_(None), t.c.delivered_hash != t.c.body_hash)
-    )
+    query = sa.select(
+        t.c.resource_type, t.c.resource_id, t.c.body, t.c.body_hash, t.c.withdrawn
+    ).where(sa.or_(t.c.delivered_hash.is_(None), t.c.delivered_hash != t.c.body_hash))
     if partition_key is not None:
         query = query.where(t.c.partition_key == partition_key)
     return query.order_by(t.c.resource_type, t.c.resource_id)
@@ -115,21 +130,30 @@ def pending(store: RecordStore, partition_key: str | None = None) -> list[tuple[
     return [(r.resource_type, r.resource_id, r.body_hash) for r in rows]
 
 
-def outbox_counts(store: RecordStore, partition_key: str) -> dict[str, int]:
-    """The partition's outbox rows: total, delivered (the server acknowledged the current body),
-    pending (not yet), failed (pending, and the last attempt to send it failed)."""
-    t = fhir_outbox
-    ensure_outbox(store)
+def partition_counts(store: RecordStore, partition_key: str) -> dict[str, int]:
+    """The partition's resources as its current files hold them, against the outbox: total (in
+    the files), delivered (the server acknowledged exactly the published body), pending (not
+    yet, or not yet enqueued), failed (pending, and the last attempt to send it failed)."""
+    f, t = fhir_files, fhir_outbox
     current = sa.and_(t.c.delivered_hash.is_not(None), t.c.delivered_hash == t.c.body_hash)
-    query = sa.select(
-        sa.func.count(),
-        sa.func.coalesce(sa.func.sum(sa.case((current, 1), else_=0)), 0),
-        sa.func.coalesce(
-            sa.func.sum(sa.case((sa.and_(~current, t.c.last_error.is_not(None)), 1), else_=0)), 0
-        ),
-    ).where(t.c.partition_key == partition_key)
-    with store.read() as conn:
-        total, delivered, failed = conn.execute(query).one()
+    with store.read(snapshot=True) as conn:
+        total = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(f.c.count), 0)).where(
+                f.c.partition_key == partition_key
+            )
+        ).scalar_one()
+        names = sa.select(f.c.name).where(f.c.partition_key == partition_key)
+        delivered, failed = conn.execute(
+            sa.select(
+                sa.func.coalesce(sa.func.sum(sa.case((current, 1), else_=0)), 0),
+                sa.func.coalesce(
+                    sa.func.sum(
+                        sa.case((sa.and_(~current, t.c.last_error.is_not(None)), 1), else_=0)
+                    ),
+                    0,
+                ),
+            ).where(t.c.partition_key == partition_key, t.c.file.in_(names))
+        ).one()
     return {
         "total": int(total),
         "delivered": int(delivered),
@@ -142,7 +166,11 @@ def delivered_sample(store: RecordStore, partition_key: str, size: int) -> list[
     """Up to `size` of the partition's delivered resources, spread evenly over types and ids
     (the same ones every time for the same outbox)."""
     t = fhir_outbox
-    delivered = sa.and_(t.c.partition_key == partition_key, t.c.delivered_hash == t.c.body_hash)
+    delivered = sa.and_(
+        t.c.partition_key == partition_key,
+        t.c.delivered_hash == t.c.body_hash,
+        t.c.withdrawn.is_(False),
+    )
     with store.read() as conn:
         keys = conn.execute(
             sa.select(t.c.resource_type, t.c.resource_id)
@@ -152,16 +180,14 @@ def delivered_sample(store: RecordStore, partition_key: str, size: int) -> list[
         if not keys or size < 1:
             return []
         step = max(1, len(keys) // size)
-        chosen = keys[::step][:size]
-        bodies = []
-        for resource_type, resource_id in chosen:
-            bodies.append(
-                conn.execute(
-                    sa.select(t.c.body).where(
-                        t.c.resource_type == resource_type, t.c.resource_id == resource_id
-                    )
-                ).scalar_one()
-            )
+        bodies = [
+            conn.execute(
+                sa.select(t.c.body).where(
+                    t.c.resource_type == resource_type, t.c.resource_id == resource_id
+                )
+            ).scalar_one()
+            for resource_type, resource_id in keys[::step][:size]
+        ]
     return [orjson.loads(body) for body in bodies]
 
 
@@ -332,18 +358,22 @@ def conditional_url(resource: dict) -> str:
     return f"{resource['resourceType']}?identifier={quote(token, safe='')}"
 
 
+def _entry(base_url: str, resource: dict) -> dict[str, Any]:
+    """A conditional update; a resource withdrawn as entered-in-error is deleted on the server."""
+    if resource.get("status") == "entered-in-error":
+        return {"request": {"method": "DELETE", "url": conditional_url(resource)}}
+    return {
+        "fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}",
+        "resource": resource,
+        "request": {"method": "PUT", "url": conditional_url(resource)},
+    }
+
+
 def transaction(base_url: str, resources: Sequence[dict]) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "transaction",
-        "entry": [
-            {
-                "fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}",
-                "resource": r,
-                "request": {"method": "PUT", "url": conditional_url(r)},
-            }
-            for r in resources
-        ],
+        "entry": [_entry(base_url, r) for r in resources],
     }
 
 
@@ -384,7 +414,6 @@ class FhirClient:
     def deliver(self, store: RecordStore, partition_key: str | None = None) -> DeliveryReport:
         """Send every pending resource (of a partition, or all) in bounded transactions."""
         report = DeliveryReport()
-        ensure_outbox(store)
         with store.read() as conn:
             rows = conn.execute(_pending_query(partition_key)).all()
         with httpx.Client(timeout=self.timeout_s) as client:

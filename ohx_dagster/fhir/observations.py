@@ -22,7 +22,7 @@ from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfi
 
 __all__ = ["aggregate_observation", "aggregate_observations", "patient_reference", "quantity"]
 
-# The series Observations an aggregate row summarises (see fhir.publish).
+# The series Observations an aggregate row summarises (see fhir.partition).
 DerivedFrom = Callable[[Mapping[str, Any]], list[dict[str, str]]]
 
 
@@ -48,12 +48,15 @@ def _statistic_components(row: Mapping[str, Any], unit: str) -> list[dict[str, A
 
 
 def aggregate_observation(
-    row: Mapping[str, Any], config: HealthSyncConfig, derived_from: list[dict[str, str]] = ()
+    row: Mapping[str, Any],
+    config: HealthSyncConfig,
+    derived_from: list[dict[str, str]] = (),
+    status: str = "final",
 ) -> dict[str, Any]:
     kind = HealthDataType(row["data_type"])
     codes = TYPE_CODES[kind]
     level = AggregationLevel(row["level"])
-    resource = observation_base(kind, aggregate_key(row), config)
+    resource = observation_base(kind, aggregate_key(row), config, status)
     if kind is HealthDataType.STEPS and level is AggregationLevel.DAILY:
         resource["code"] = DAILY_STEPS.concept()
     resource["effectivePeriod"] = {
@@ -83,10 +86,13 @@ def aggregate_observations(
     aggregates: pd.DataFrame,
     configs: Mapping[str, HealthSyncConfig],
     derived_from: DerivedFrom | None = None,
+    statuses: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Observations for the aggregate rows whose user asked for that aggregation level."""
+    """Observations for the aggregate rows whose user asked for that aggregation level;
+    `statuses`: per user, final or preliminary (default final)."""
     for row in aggregates.to_dict("records"):
         config = configs.get(row["user_id"])
         if config is not None and config.aggregation.value == row["level"]:
             sources = derived_from(row) if derived_from is not None else []
-            yield aggregate_observation(row, config, sources)
+            status = (statuses or {}).get(row["user_id"], "final")
+            yield aggregate_observation(row, config, sources, status)

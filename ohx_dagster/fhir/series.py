@@ -11,18 +11,14 @@ day of 1 Hz heart rate for a hundred people takes seconds (bench/fhir_ndjson.py)
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Mapping
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 import orjson
-import pandas as pd
 
 from ohx_dagster.fhir.codes import TYPE_CODES
 from ohx_dagster.fhir.common import (
     device_reference,
-    epoch_us,
     number,
     observation_base,
     quantity,
@@ -31,13 +27,7 @@ from ohx_dagster.fhir.common import (
 from ohx_dagster.fhir.timefmt import format_us, parse_us
 from ohx_dagster.ids import content_key
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
-
-HOUR_US: Final = 3_600_000_000
-SERIES_TYPES: Final = (
-    HealthDataType.HEART_RATE,
-    HealthDataType.STEPS,
-    HealthDataType.RR_INTERVALS,
-)
+from ohx_dagster.record_tables import Chunk
 
 
 def series_key(provider: str, user_id: str, data_type: str, hour_us: int, device_id: str) -> str:
@@ -82,11 +72,12 @@ def series_observation(
     values: np.ndarray,
     offset_min: int,
     duration_s: float = float("nan"),
+    status: str = "final",
 ) -> dict[str, Any]:
     """One hour of one type from one device as an Observation with valueSampledData."""
     codes = TYPE_CODES[kind]
     key = series_key(provider, config.user_id, kind.value, hour_us, device_id)
-    resource = observation_base(kind, key, config)
+    resource = observation_base(kind, key, config, status)
     end = int(ts_us[-1]) + (0 if np.isnan(duration_s) else round(duration_s * 1_000_000))
     resource["effectivePeriod"] = {
         "start": format_us(int(ts_us[0]), offset_min),
@@ -104,41 +95,23 @@ def series_observation(
     return resource
 
 
-def series_observations(
-    records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig]
-) -> Iterator[dict[str, Any]]:
-    """Series Observations for the heart rate, steps and RR records of a batch (all users: the
-    aggregates derive from them and ECG / RR recordings are published with their heart rate)."""
-    frame = records[records["data_type"].isin([t.value for t in SERIES_TYPES])]
-    if frame.empty:
-        return
-    ts_all = epoch_us(frame["ts"])
-    values_all = frame["value"].to_numpy(dtype="float64")
-    offsets_all = frame["utc_offset_min"].fillna(0).to_numpy(dtype="int64")
-    durations_all = frame["duration_s"].to_numpy(dtype="float64")
-    groups = frame.groupby(["provider", "user_id", "data_type", "device_id"], sort=True).indices
-    for (provider, user_id, data_type, device_id), positions in groups.items():
-        ts = ts_all[positions]
-        if (np.diff(ts) < 0).any():
-            order = np.argsort(ts, kind="stable")
-            positions, ts = positions[order], ts[order]
-        config = configs.get(user_id) or HealthSyncConfig(user_id=user_id, provider=provider)
-        kind = HealthDataType(data_type)
-        hours = ts // HOUR_US
-        bounds = [0, *(np.flatnonzero(np.diff(hours)) + 1).tolist(), len(ts)]
-        for start, stop in itertools.pairwise(bounds):
-            at = positions[start:stop]
-            yield series_observation(
-                kind,
-                config,
-                provider=provider,
-                device_id=device_id,
-                hour_us=int(hours[start]) * HOUR_US,
-                ts_us=ts[start:stop],
-                values=values_all[at],
-                offset_min=int(offsets_all[at[0]]),
-                duration_s=float(durations_all[at[-1]]),
-            )
+def chunk_observation(
+    provider: str, chunk: Chunk, config: HealthSyncConfig, status: str = "final"
+) -> dict[str, Any]:
+    """A stored chunk (one hour of one type from one device) is exactly one series Observation."""
+    samples = chunk.samples
+    return series_observation(
+        HealthDataType(chunk.data_type),
+        config,
+        provider=provider,
+        device_id=chunk.device_id,
+        hour_us=chunk.hour_us,
+        ts_us=samples.ts_us,
+        values=samples.value,
+        offset_min=int(samples.utc_offset_min[0]),
+        duration_s=float(samples.duration_s[-1]),
+        status=status,
+    )
 
 
 def read_series(resource: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:

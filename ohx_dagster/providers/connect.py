@@ -57,7 +57,9 @@ from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import API_DEFAULTS, ApiSettings
 from ohx_dagster.providers.http import ApiClient, excerpt
 from ohx_dagster.providers.tokens import OAuthTokens, cipher_from_env, connect_user
-from ohx_dagster.store import RecordStore, metadata, to_us
+from ohx_dagster.schema import oauth_states
+from ohx_dagster.store import RecordStore
+from ohx_dagster.times import to_us
 
 REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
 STATE_TTL: Final = timedelta(minutes=10)
@@ -71,16 +73,6 @@ log = logging.getLogger("ohx_dagster.providers.connect")
 # it raises is logged and swallowed.
 AfterConnect = Callable[["ConnectSettings", HealthSyncConfig], object]
 
-oauth_states = sa.Table(
-    "oauth_states",
-    metadata,
-    # SHA-256 of the state: the table alone does not let anyone finish someone else's flow.
-    sa.Column("state_hash", sa.String(64), primary_key=True),
-    sa.Column("provider", sa.String(64), nullable=False),
-    sa.Column("config", sa.Text, nullable=False),  # the HealthSyncConfig to create, sans user id
-    sa.Column("code_verifier", sa.String(128)),  # PKCE (RFC 7636), where the provider has it
-    sa.Column("created_at_us", sa.BigInteger, nullable=False),
-)
 
 
 class ConnectRefused(OhxError):
@@ -225,8 +217,6 @@ class ConnectFlow:
         if self.settings:
             # Tokens cannot be stored without the key: fail now, not after the person consented.
             cipher_from_env(None if token_key is None else {"OHX_TOKEN_KEY": token_key})
-        with store.write() as conn:
-            oauth_states.create(conn, checkfirst=True)
 
     def provider(self, name: str) -> ConnectSettings:
         settings = self.settings.get(name)

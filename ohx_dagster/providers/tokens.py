@@ -1,6 +1,6 @@
 """Per-user OAuth2 tokens of the provider APIs, encrypted at rest, refreshed when they expire.
 
-- One row per (provider, user) in `oauth_tokens` (on the store's `metadata`): the access and
+- One row per (provider, user) in `oauth_tokens` (ohx_dagster/schema.py): the access and
   refresh tokens as one Fernet ciphertext (key from OHX_TOKEN_KEY; several keys separated by
   commas rotate: the first encrypts, all decrypt), the scope and expiry in clear (not secrets;
   an operator can see who must reconnect without the key).
@@ -33,22 +33,14 @@ from ohx_dagster.errors import ConfigError, ProviderError
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.http import ApiClient, decode_json
-from ohx_dagster.store import RecordStore, from_us, metadata, now_us, to_us
+from ohx_dagster.schema import oauth_tokens
+from ohx_dagster.store import RecordStore
+from ohx_dagster.times import from_us, now_us, to_us
 
 TOKEN_KEY_ENV: Final = "OHX_TOKEN_KEY"
 # An access token this close to its expiry is refreshed before use (clock skew, request time).
 EXPIRY_MARGIN: Final = timedelta(seconds=60)
 
-oauth_tokens = sa.Table(
-    "oauth_tokens",
-    metadata,
-    sa.Column("provider", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(128), primary_key=True),
-    sa.Column("ciphertext", sa.Text, nullable=False),
-    sa.Column("scope", sa.String(2048), nullable=False, default=""),
-    sa.Column("expires_at_us", sa.BigInteger),
-    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +113,6 @@ class TokenStore:
     def __init__(self, store: RecordStore, *, key: str | None = None) -> None:
         self.store = store
         self._key = key
-        # The store creates the tables known when it was opened; this one may be newer.
-        with store.write() as conn:
-            oauth_tokens.create(conn, checkfirst=True)
 
     @cached_property
     def cipher(self) -> MultiFernet:

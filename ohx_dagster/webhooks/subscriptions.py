@@ -46,7 +46,9 @@ from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiConnection, ApiSettings
 from ohx_dagster.providers.http import ApiClient, Unauthorized, decode_json, excerpt
 from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore, from_us, metadata, now_us, to_us
+from ohx_dagster.schema import webhook_subscriptions
+from ohx_dagster.store import RecordStore
+from ohx_dagster.times import from_us, now_us, to_us
 from ohx_dagster.webhooks import config
 
 BASE_URL_ENV: Final = "OHX_WEBHOOK_BASE_URL"
@@ -68,18 +70,6 @@ CREATED, RENEWED, ACTIVE, FAILED, SKIPPED = "created", "renewed", "active", "fai
 
 log = logging.getLogger("ohx_dagster.webhooks.subscriptions")
 
-webhook_subscriptions = sa.Table(
-    "webhook_subscriptions",
-    metadata,
-    sa.Column("provider", sa.String(64), primary_key=True),
-    sa.Column("user_id", sa.String(128), primary_key=True),  # "" for app-wide subscriptions
-    sa.Column("target", sa.String(128), primary_key=True),  # "appli=1", "update:sleep"
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("subscription_id", sa.String(256)),
-    sa.Column("expires_at_us", sa.BigInteger),
-    sa.Column("detail", sa.Text, nullable=False, default=""),
-    sa.Column("updated_at_us", sa.BigInteger, nullable=False),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +143,6 @@ def record(store: RecordStore, results: Sequence[SubscriptionResult]) -> None:
         for r in results
     ]
     with store.write() as conn:
-        webhook_subscriptions.create(conn, checkfirst=True)
         store.upsert(conn, webhook_subscriptions, rows)
 
 

@@ -1,0 +1,68 @@
+"""What each source can deliver and how late its data may arrive: read by the sync, the
+schedules and `ohx status`, so none of them asks a source for a type it never has.
+
+| source | types | re-sync horizon (default) | why that horizon |
+|---|---|---|---|
+| simulated | all | 1 h | the simulator's data is there when its hour has passed |
+| oura | heart rate, steps, SpO2 | 48 h | the ring uploads when the app opens, often the next morning |
+| withings | heart rate, blood pressure, weight, temperature, SpO2 | 48 h | scales and cuffs sync over Wi-Fi or the app; notifications name new data too |
+| google_health | heart rate, steps, weight, SpO2 | 72 h | watches sync through the phone, sometimes days later |
+| fitabase, polar, apple_health | what the export holds | 0 | a file does not change after it was written |
+
+OHX_RESYNC_HORIZON overrides per source: `oura=72h,google_health=4d` (units m, h, d).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Final
+
+from ohx_dagster.errors import ConfigError
+from ohx_dagster.models import HealthDataType as T
+
+SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {
+    "simulated": frozenset(T),
+    "oura": frozenset({T.HEART_RATE, T.STEPS, T.SPO2}),
+    "withings": frozenset({T.HEART_RATE, T.BLOOD_PRESSURE, T.WEIGHT, T.TEMPERATURE, T.SPO2}),
+    "google_health": frozenset({T.HEART_RATE, T.STEPS, T.WEIGHT, T.SPO2}),
+    "fitabase": frozenset({T.HEART_RATE, T.STEPS, T.WEIGHT}),
+    "polar": frozenset({T.HEART_RATE, T.RR_INTERVALS, T.ECG}),
+    "apple_health": frozenset(
+        {T.HEART_RATE, T.STEPS, T.WEIGHT, T.TEMPERATURE, T.SPO2, T.BLOOD_PRESSURE, T.ECG}
+    ),
+}
+
+RESYNC_HORIZON: Final[dict[str, timedelta]] = {
+    "simulated": timedelta(hours=1),
+    "oura": timedelta(hours=48),
+    "withings": timedelta(hours=48),
+    "google_health": timedelta(hours=72),
+    "fitabase": timedelta(0),
+    "polar": timedelta(0),
+    "apple_health": timedelta(0),
+}
+
+_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_horizons(text: str) -> dict[str, timedelta]:
+    """`oura=72h,google_health=4d` -> per source horizon; errors name the part and the form."""
+    found: dict[str, timedelta] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, _, amount = part.strip().partition("=")
+        name, amount = name.strip(), amount.strip()
+        unit = _UNITS.get(amount[-1:])
+        if name not in RESYNC_HORIZON or unit is None or not amount[:-1].isdigit():
+            raise ConfigError(
+                f"OHX_RESYNC_HORIZON: {part.strip()!r}: expected source=N followed by m, h or d "
+                f"(sources: {', '.join(RESYNC_HORIZON)})"
+            )
+        found[name] = timedelta(**{unit: int(amount[:-1])})
+    return found
+
+
+def horizons(overrides: Mapping[str, timedelta]) -> dict[str, timedelta]:
+    return {**RESYNC_HORIZON, **overrides}

@@ -1,0 +1,366 @@
+"""Publishing one day partition: statistics and FHIR for the people whose data changed, one bucket
+of people at a time, each bucket read from the store once.
+
+People are split into FILE_BUCKETS buckets by a stable hash; a bucket's resources are one NDJSON
+file per resource type. A run publishes only the buckets of people whose day changed since it was
+last published (store.day_versions), so a webhook for one person costs that person's bucket, not
+the partition, and memory stays flat however many people the partition holds.
+
+Per bucket, in this order:
+1. read the bucket's people's chunks and measurements around the day, and their day versions, in
+   one snapshot;
+2. compute hourly and daily statistics, and the FHIR resources; a resource the bucket published
+   before and no longer produces (its data was deleted at the provider) is published again as
+   entered-in-error;
+3. validate a sample (a bucket that fails is not published: the previous version stays);
+4. write the files (named by their content), then, in one transaction under the partition's lock:
+   the aggregates, the file rows, the published versions, and the manifest naming exactly the
+   files of this version. A render older than what is already published is dropped there.
+
+Status: a person's series and aggregates of the day stay `preliminary` until their local day and
+the provider's re-sync horizon are over (late uploads may still change them), then `final`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Final
+
+import pandas as pd
+import sqlalchemy as sa
+
+from ohx_dagster import aggregate, db, record_tables
+from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
+from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
+from ohx_dagster.models import AggregationLevel, HealthSyncConfig
+from ohx_dagster.store import RecordStore
+from ohx_dagster.schema import aggregates, day_versions, fhir_files
+from ohx_dagster.shards import Shard
+from ohx_dagster.strategies import local_day
+from ohx_dagster.times import from_us, iso_us, now_us, to_us, utc_day
+
+FILE_BUCKETS: Final = 64
+WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
+ENTERED_IN_ERROR: Final = "entered-in-error"
+
+Validate = Callable[[list[dict[str, Any]]], list[str]]
+
+
+def bucket_of(provider: str, user_id: str) -> int:
+    digest = hashlib.blake2b(f"fhir\x00{provider}\x00{user_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % FILE_BUCKETS
+
+
+def partition_key(day: date, key: str) -> str:
+    return f"{day.isoformat()}|{key}"
+
+
+def partition_dir(day: date, key: str) -> str:
+    return f"{day.isoformat()}/{key}"
+
+
+def final_at(day: date, config: HealthSyncConfig, horizon: timedelta) -> datetime:
+    """When a person's day partition can no longer change: their local day and the UTC day are
+    over, and the provider's re-sync horizon has passed."""
+    end = max(to_us(utc_day(day).end), local_day(day, config)[1])
+    return from_us(end) + horizon
+
+
+@dataclass
+class PublishReport:
+    day: date
+    key: str
+    buckets: list[int] = field(default_factory=list)
+    stale_buckets: list[int] = field(default_factory=list)
+    invalid_buckets: dict[int, list[str]] = field(default_factory=dict)
+    users: list[str] = field(default_factory=list)
+    resources_by_type: Counter = field(default_factory=Counter)
+    withdrawn: int = 0
+    hourly_rows: int = 0
+    daily_rows: int = 0
+    duplicate_ids: list[str] = field(default_factory=list)
+    count_mismatches: list[str] = field(default_factory=list)
+    preliminary_users: list[str] = field(default_factory=list)
+    hourly_frames: list[pd.DataFrame] = field(default_factory=list)
+    daily_frames: list[pd.DataFrame] = field(default_factory=list)
+    manifest: dict[str, Any] | None = None
+
+    @property
+    def resources(self) -> int:
+        return sum(self.resources_by_type.values())
+
+
+def _published(
+    conn: sa.Connection, provider: str, day: date, user_ids: Iterable[str]
+) -> dict[str, tuple[int, bool]]:
+    t = day_versions
+    query = sa.select(t.c.user_id, t.c.published_version, t.c.published_final).where(
+        t.c.provider == provider, t.c.day == day.isoformat(), t.c.user_id.in_(sorted(user_ids))
+    )
+    return {r.user_id: (int(r.published_version), bool(r.published_final)) for r in conn.execute(query)}
+
+
+def people_to_publish(
+    store: RecordStore,
+    provider: str,
+    day: date,
+    configs: Mapping[str, HealthSyncConfig],
+    *,
+    now: datetime,
+    horizon: timedelta,
+    force: bool,
+) -> set[str]:
+    """Of these people, those whose day partition must be published: changed since last time,
+    or now final while published preliminary (everyone in `configs`, when `force`)."""
+    if force:
+        return set(configs)
+    with store.read() as conn:
+        versions = store.day_versions(conn, provider, day, configs)
+        published = _published(conn, provider, day, configs)
+    due = set()
+    for user_id, version in versions.items():
+        done_version, done_final = published.get(user_id, (0, False))
+        is_final = now >= final_at(day, configs[user_id], horizon)
+        if version > done_version or (is_final and not done_final):
+            due.add(user_id)
+    return due
+
+
+def _read_bucket(
+    store: RecordStore, provider: str, day: date, configs: Mapping[str, HealthSyncConfig]
+) -> tuple[BucketData, dict[str, int]]:
+    window = read_window(day)
+    start, end = to_us(window.start), to_us(window.end)
+    with store.read(snapshot=True) as conn:
+        versions = store.day_versions(conn, provider, day, configs)
+        found = record_tables.read_chunks(conn, provider, start, end, user_ids=configs)
+        sparse = record_tables.read_measurements(conn, provider, start, end, user_ids=configs)
+    return BucketData(provider, day, configs, found, sparse), versions
+
+
+def _withdrawn(
+    previous: Iterable[dict[str, Any]], current_ids: set[tuple[str, str]]
+) -> list[dict[str, Any]]:
+    """Resources published before that the data no longer yields, as entered-in-error."""
+    gone = []
+    for resource in previous:
+        key = (resource["resourceType"], resource["id"])
+        if resource["resourceType"] in WITHDRAWABLE and key not in current_ids:
+            gone.append({**resource, "status": ENTERED_IN_ERROR})
+    return gone
+
+
+def _previous_files(conn: sa.Connection, key: str, bucket: int) -> list[str]:
+    t = fhir_files
+    query = sa.select(t.c.name).where(t.c.partition_key == key, t.c.bucket == bucket)
+    return list(conn.execute(query).scalars())
+
+
+def _write_aggregates(
+    conn: sa.Connection,
+    provider: str,
+    day: date,
+    configs: Mapping[str, HealthSyncConfig],
+    hourly: pd.DataFrame,
+    daily: pd.DataFrame,
+) -> None:
+    """The bucket's people's buckets of the day become exactly these rows."""
+    t = aggregates
+    people = sorted(configs)
+    window = utc_day(day)
+    conn.execute(
+        t.delete().where(
+            t.c.provider == provider,
+            t.c.level == AggregationLevel.HOURLY.value,
+            t.c.user_id.in_(people),
+            t.c.bucket_start_us >= to_us(window.start),
+            t.c.bucket_start_us < to_us(window.end),
+        )
+    )
+    for user_id, config in configs.items():
+        conn.execute(
+            t.delete().where(
+                t.c.provider == provider,
+                t.c.level == AggregationLevel.DAILY.value,
+                t.c.user_id == user_id,
+                t.c.bucket_start_us == local_day(day, config)[0],
+            )
+        )
+    columns = aggregate.AGGREGATE_COLUMNS
+    for frame in (hourly, daily):
+        if not frame.empty:
+            db.upsert(conn, t, db.plain_rows(frame[columns]))
+
+
+def _commit_bucket(
+    store: RecordStore,
+    output: FhirOutput,
+    *,
+    provider: str,
+    key: str,
+    day: date,
+    bucket: int,
+    files: list[OutputFile],
+    versions: Mapping[str, int],
+    final: Mapping[str, bool],
+    configs: Mapping[str, HealthSyncConfig],
+    hourly: pd.DataFrame,
+    daily: pd.DataFrame,
+) -> dict[str, Any] | None:
+    """Make the bucket's new files part of the partition; None if a newer render already is."""
+    partition = partition_key(day, key)
+    t, v = fhir_files, day_versions
+    with store.write() as conn:
+        db.lock(conn, "fhir", partition)
+        published = _published(conn, provider, day, versions)
+        if any(published.get(u, (0, False))[0] > version for u, version in versions.items()):
+            return None
+        _write_aggregates(conn, provider, day, configs, hourly, daily)
+        conn.execute(t.delete().where(t.c.partition_key == partition, t.c.bucket == bucket))
+        stamp = now_us()
+        if files:
+            conn.execute(
+                t.insert(),
+                [
+                    {"partition_key": partition, "bucket": bucket, "resource_type": f.resource_type,
+                     "name": f.name, "count": f.count, "published_us": stamp, "enqueued": False}
+                    for f in files
+                ],
+            )  # fmt: skip
+        statement = db.insert_for(conn)(v)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["provider", "user_id", "day"],
+                set_={
+                    "published_version": statement.excluded.published_version,
+                    "published_final": statement.excluded.published_final,
+                    "published_us": statement.excluded.published_us,
+                },
+            ),
+            [
+                {"provider": provider, "user_id": u, "day": day.isoformat(), "version": n,
+                 "published_version": n, "published_final": final.get(u, False),
+                 "published_us": stamp}
+                for u, n in versions.items()
+            ],
+        )  # fmt: skip
+        current = [
+            OutputFile(r.resource_type, r.bucket, r.name, r.count)
+            for r in conn.execute(sa.select(t).where(t.c.partition_key == partition))
+        ]
+        return output.write_manifest(
+            partition_dir(day, key),
+            current,
+            export_time=iso_us(stamp) or "",
+            request=f"urn:ohx:partition:{partition}",
+        )
+
+
+def publish_partition(
+    store: RecordStore,
+    output: FhirOutput,
+    *,
+    provider: str,
+    key: str,
+    shard: Shard,
+    day: date,
+    scope: Iterable[str] | None,
+    now: datetime,
+    horizon: timedelta,
+    force: bool = False,
+    validate: Validate | None = None,
+) -> PublishReport:
+    """Publish the partition's buckets whose people changed (of `scope` when given)."""
+    report = PublishReport(day, key)
+    people = {
+        p.config.user_id: p.config for p in store.people(provider) if shard.holds(p.config.user_id)
+    }
+    wanted = {u: c for u, c in people.items() if scope is None or u in set(scope)}
+    due = people_to_publish(
+        store, provider, day, wanted, now=now, horizon=horizon, force=force
+    )
+    by_bucket: dict[int, dict[str, HealthSyncConfig]] = defaultdict(dict)
+    for user_id, config in people.items():
+        by_bucket[bucket_of(provider, user_id)][user_id] = config
+    directory = partition_dir(day, key)
+    for bucket in sorted({bucket_of(provider, u) for u in due}):
+        configs = by_bucket[bucket]
+        data, versions = _read_bucket(store, provider, day, configs)
+        records = data.records()
+        zones = {u: c.zone for u, c in configs.items()}
+        window = utc_day(day)
+        in_day = records[(records["ts"] >= window.start) & (records["ts"] < window.end)]
+        hourly = aggregate.hourly(in_day, zones)
+        report.count_mismatches += aggregate.count_mismatches(in_day, hourly)
+        daily = aggregate.daily(records, zones, day)
+        final = {u: now >= final_at(day, c, horizon) for u, c in configs.items()}
+        statuses = {u: "final" if is_final else "preliminary" for u, is_final in final.items()}
+        resources = bucket_resources(data, hourly, daily, statuses)
+        with store.read() as conn:
+            previous_names = _previous_files(conn, partition_key(day, key), bucket)
+        ids = {(r["resourceType"], r["id"]) for r in resources}
+        previous = (
+            r
+            for name in previous_names
+            if output.exists(f"{directory}/{name}")
+            for r in output.read_resources(f"{directory}/{name}")
+        )
+        withdrawn = _withdrawn(previous, ids)
+        resources += withdrawn
+        problems = validate(resources) if validate is not None else []
+        if problems:
+            report.invalid_buckets[bucket] = problems
+            continue
+        by_type: dict[str, list[dict]] = defaultdict(list)
+        for resource in resources:
+            by_type[resource["resourceType"]].append(resource)
+        files = []
+        for resource_type, items in sorted(by_type.items()):
+            body = ndjson(items)
+            name = file_name(resource_type, bucket, body)
+            output.write_once(f"{directory}/{name}", body)
+            files.append(OutputFile(resource_type, bucket, name, len(items)))
+        manifest = _commit_bucket(
+            store,
+            output,
+            provider=provider,
+            key=key,
+            day=day,
+            bucket=bucket,
+            files=files,
+            versions=versions,
+            final=final,
+            configs=configs,
+            hourly=hourly,
+            daily=daily,
+        )
+        if manifest is None:
+            report.stale_buckets.append(bucket)
+            continue
+        report.manifest = manifest
+        report.buckets.append(bucket)
+        report.users += sorted(configs)
+        report.preliminary_users += sorted(u for u, f in final.items() if not f)
+        report.withdrawn += len(withdrawn)
+        report.resources_by_type.update({t: len(items) for t, items in by_type.items()})
+        report.hourly_rows += len(hourly)
+        report.daily_rows += len(daily)
+        report.hourly_frames.append(hourly)
+        report.daily_frames.append(daily)
+        seen = Counter(r["id"] for r in resources)
+        report.duplicate_ids += [i for i, n in seen.items() if n > 1]
+    if report.buckets:
+        with store.read() as conn:
+            keep = list(
+                conn.execute(
+                    sa.select(fhir_files.c.name).where(
+                        fhir_files.c.partition_key == partition_key(day, key)
+                    )
+                ).scalars()
+            )
+        output.collect_garbage(directory, keep)
+    return report

@@ -1,0 +1,375 @@
+"""Writing and reading one person's records: dense series as hourly chunks, the rest one row each.
+
+Both writes run inside the caller's transaction (under the person's lock, see ohx_dagster.db) and
+return the instants whose stored data actually changed, so the caller can tell which day
+partitions must be published again: re-delivering what is stored changes nothing.
+
+A `replace` window says "the provider has just answered for this whole window": stored records of
+that type inside it that the provider did not send again are gone at the provider, and go here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ohx_dagster import chunks, db
+from ohx_dagster.chunks import HOUR_US, Samples
+from ohx_dagster.coverage import Interval
+from ohx_dagster.models import SERIES_TYPES, HealthDataType
+from ohx_dagster.records import empty_batch, normalize
+from ohx_dagster.schema import measurements, series_chunks
+from ohx_dagster.times import now_us
+
+DENSE: Final = frozenset(t.value for t in SERIES_TYPES)
+_EMPTY: Final = Samples.of(np.array([], dtype=np.int64), np.array([], dtype=np.float64))
+# Measurement columns compared to decide whether a re-delivered row changes anything.
+_COMPARED: Final = (
+    "utc_offset_min",
+    "value",
+    "diastolic",
+    "duration_s",
+    "method",
+    "context",
+    "sampling_rate_hz",
+    "waveform",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One stored hour of one person's series from one device."""
+
+    user_id: str
+    data_type: str
+    device_id: str
+    hour_us: int
+    samples: Samples
+
+
+def _ts_us(frame: pd.DataFrame) -> np.ndarray:
+    return frame["ts"].dt.as_unit("us").astype("int64").to_numpy()
+
+
+def _clip(windows: Sequence[Interval], start: int, end: int) -> list[Interval]:
+    return [(max(s, start), min(e, end)) for s, e in windows if s < end and e > start]
+
+
+def write_series(
+    conn: Connection,
+    provider: str,
+    user_id: str,
+    batch: pd.DataFrame,
+    replace: Mapping[str, Sequence[Interval]],
+) -> list[tuple[int, int]]:
+    """Merge a person's dense records into their chunks; returns the [start, end) spans changed."""
+    new: dict[tuple[str, str, int], Samples] = {}
+    if not batch.empty:
+        ts = _ts_us(batch)
+        hours = chunks.hour_of(ts)
+        offsets = batch["utc_offset_min"].fillna(0).to_numpy(dtype="int64")
+        groups = pd.DataFrame(
+            {"t": batch["data_type"].to_numpy(), "d": batch["device_id"].to_numpy(), "h": hours}
+        ).groupby(["t", "d", "h"], sort=True).indices
+        for (data_type, device_id, hour), rows in groups.items():
+            new[(data_type, device_id, int(hour))] = Samples.of(
+                ts[rows],
+                batch["value"].to_numpy()[rows],
+                utc_offset_min=offsets[rows],
+                duration_s=batch["duration_s"].to_numpy()[rows],
+                method=batch["method"].to_numpy()[rows],
+                context=batch["context"].to_numpy()[rows],
+            ).sorted_unique()
+    touched: dict[str, set[int]] = {}
+    for data_type, _, hour in new:
+        touched.setdefault(data_type, set()).add(hour)
+    for data_type, windows in replace.items():
+        if data_type not in DENSE:
+            continue
+        for start, end in windows:
+            first, last = chunks.hour_of(np.array([start, end - 1]))
+            touched.setdefault(data_type, set()).update(range(int(first), int(last) + 1, HOUR_US))
+    t = series_chunks
+    changed: list[tuple[int, int]] = []
+    upserts: list[dict[str, Any]] = []
+    deletes: list[tuple[str, str, int]] = []
+    stamp = now_us()
+    for data_type, hours in touched.items():
+        stored = {
+            (row.device_id, row.hour_us): row.payload
+            for row in conn.execute(
+                sa.select(t.c.device_id, t.c.hour_us, t.c.payload).where(
+                    t.c.provider == provider,
+                    t.c.user_id == user_id,
+                    t.c.data_type == data_type,
+                    t.c.hour_us >= min(hours),
+                    t.c.hour_us <= max(hours),
+                )
+            )
+            if row.hour_us in hours
+        }
+        keys = {(d, h) for (kind, d, h) in new if kind == data_type} | set(stored)
+        windows = replace.get(data_type, ())
+        for device_id, hour in sorted(keys):
+            old_payload = stored.get((device_id, hour))
+            fresh = new.get((data_type, device_id, hour), _EMPTY)
+            dropped = _clip(windows, hour, hour + HOUR_US)
+            if not len(fresh) and not dropped:
+                continue
+            old = None if old_payload is None else chunks.decode(old_payload, hour)
+            merged = chunks.merge(old, fresh, dropped)
+            if not len(merged):
+                if old_payload is not None:
+                    deletes.append((data_type, device_id, hour))
+                    changed.append((hour, hour + HOUR_US))
+                continue
+            payload = chunks.encode(merged, hour)
+            if old_payload is not None and bytes(old_payload) == payload:
+                continue
+            upserts.append(
+                {
+                    "provider": provider,
+                    "user_id": user_id,
+                    "data_type": data_type,
+                    "hour_us": hour,
+                    "device_id": device_id,
+                    "samples": len(merged),
+                    "payload": payload,
+                    "updated_at_us": stamp,
+                }
+            )
+            changed.append((hour, hour + HOUR_US))
+    for data_type, device_id, hour in deletes:
+        conn.execute(
+            t.delete().where(
+                t.c.provider == provider,
+                t.c.user_id == user_id,
+                t.c.data_type == data_type,
+                t.c.hour_us == hour,
+                t.c.device_id == device_id,
+            )
+        )
+    db.upsert(conn, t, upserts)
+    return changed
+
+
+def _measurement_rows(provider: str, user_id: str, batch: pd.DataFrame) -> dict[tuple, dict]:
+    ts = _ts_us(batch)
+    rows: dict[tuple, dict] = {}
+    stamp = now_us()
+    for i, row in enumerate(batch.itertuples(index=False)):
+        samples = row.samples
+        waveform = None if samples is None else chunks.encode_waveform(np.asarray(samples))
+
+        def number(value: object) -> float | None:
+            return None if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
+
+        key = (row.data_type, int(ts[i]), row.device_id)
+        rows[key] = {
+            "provider": provider,
+            "user_id": user_id,
+            "data_type": row.data_type,
+            "ts_us": int(ts[i]),
+            "device_id": row.device_id,
+            "utc_offset_min": None if pd.isna(row.utc_offset_min) else int(row.utc_offset_min),
+            "value": number(row.value),
+            "diastolic": number(row.diastolic),
+            "duration_s": number(row.duration_s),
+            "method": row.method,
+            "context": row.context,
+            "sampling_rate_hz": number(row.sampling_rate_hz),
+            "waveform": waveform,
+            "updated_at_us": stamp,
+        }
+    return rows
+
+
+def _same(stored: Any, row: Mapping[str, Any]) -> bool:
+    for name in _COMPARED:
+        a, b = getattr(stored, name), row[name]
+        if isinstance(a, memoryview | bytes | bytearray) or isinstance(b, bytes):
+            if (None if a is None else bytes(a)) != b:
+                return False
+        elif a != b and not (a is None and b is None):
+            return False
+    return True
+
+
+def write_measurements(
+    conn: Connection,
+    provider: str,
+    user_id: str,
+    batch: pd.DataFrame,
+    replace: Mapping[str, Sequence[Interval]],
+) -> list[tuple[int, int]]:
+    """Upsert a person's sparse records and ECG recordings; returns the [start, end) spans changed."""
+    new = _measurement_rows(provider, user_id, batch) if not batch.empty else {}
+    t = measurements
+    changed: list[tuple[int, int]] = []
+    upserts: list[dict[str, Any]] = []
+    kinds = {k[0] for k in new} | {k for k in replace if k not in DENSE}
+    for data_type in sorted(kinds):
+        windows = [] if data_type in DENSE else list(replace.get(data_type, ()))
+        instants = [ts for (kind, ts, _) in new if kind == data_type]
+        bounds = [*instants, *(s for s, _ in windows), *(e - 1 for _, e in windows)]
+        if not bounds:
+            continue
+        stored = {
+            (row.data_type, row.ts_us, row.device_id): row
+            for row in conn.execute(
+                sa.select(t).where(
+                    t.c.provider == provider,
+                    t.c.user_id == user_id,
+                    t.c.data_type == data_type,
+                    t.c.ts_us >= min(bounds),
+                    t.c.ts_us <= max(bounds),
+                )
+            )
+        }
+        for key, row in stored.items():
+            if key not in new and any(s <= key[1] < e for s, e in windows):
+                conn.execute(
+                    t.delete().where(
+                        t.c.provider == provider,
+                        t.c.user_id == user_id,
+                        t.c.data_type == key[0],
+                        t.c.ts_us == key[1],
+                        t.c.device_id == key[2],
+                    )
+                )
+                changed.append((key[1], key[1] + 1))
+        for key, row in new.items():
+            if key[0] != data_type:
+                continue
+            if key in stored and _same(stored[key], row):
+                continue
+            upserts.append(row)
+            changed.append((key[1], key[1] + 1))
+    db.upsert(conn, t, upserts)
+    return changed
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _scope(query: sa.Select, table: sa.Table, user_ids: Iterable[str] | None, types) -> sa.Select:
+    if user_ids is not None:
+        query = query.where(table.c.user_id.in_(sorted(user_ids)))
+    if types is not None:
+        query = query.where(table.c.data_type.in_(sorted(str(t) for t in types)))
+    return query
+
+
+def read_chunks(
+    conn: Connection,
+    provider: str,
+    start_us: int,
+    end_us: int,
+    *,
+    user_ids: Iterable[str] | None = None,
+    data_types: Iterable[str] | None = None,
+) -> list[Chunk]:
+    """The stored chunks with samples in [start, end), samples outside it cut off."""
+    t = series_chunks
+    query = sa.select(t.c.user_id, t.c.data_type, t.c.device_id, t.c.hour_us, t.c.payload).where(
+        t.c.provider == provider,
+        t.c.hour_us > start_us - HOUR_US,
+        t.c.hour_us < end_us,
+    )
+    query = _scope(query, t, user_ids, data_types).order_by(
+        t.c.user_id, t.c.data_type, t.c.device_id, t.c.hour_us
+    )
+    found = []
+    for row in conn.execute(query):
+        samples = chunks.decode(row.payload, row.hour_us)
+        if row.hour_us < start_us or row.hour_us + HOUR_US > end_us:
+            inside = (samples.ts_us >= start_us) & (samples.ts_us < end_us)
+            if not inside.any():
+                continue
+            samples = samples.take(np.flatnonzero(inside))
+        found.append(Chunk(row.user_id, row.data_type, row.device_id, row.hour_us, samples))
+    return found
+
+
+def read_measurements(
+    conn: Connection,
+    provider: str,
+    start_us: int,
+    end_us: int,
+    *,
+    user_ids: Iterable[str] | None = None,
+    data_types: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Sparse records and ECG recordings in [start, end), as a record batch."""
+    t = measurements
+    query = sa.select(t).where(t.c.provider == provider, t.c.ts_us >= start_us, t.c.ts_us < end_us)
+    query = _scope(query, t, user_ids, data_types).order_by(
+        t.c.user_id, t.c.data_type, t.c.ts_us, t.c.device_id
+    )
+    rows = conn.execute(query).all()
+    if not rows:
+        return empty_batch()
+    frame = pd.DataFrame(
+        {
+            "provider": provider,
+            "user_id": [r.user_id for r in rows],
+            "data_type": [r.data_type for r in rows],
+            "ts": pd.to_datetime([r.ts_us for r in rows], unit="us", utc=True),
+            "device_id": [r.device_id for r in rows],
+            "utc_offset_min": [r.utc_offset_min for r in rows],
+            "value": [np.nan if r.value is None else r.value for r in rows],
+            "diastolic": [np.nan if r.diastolic is None else r.diastolic for r in rows],
+            "unit": [HealthDataType(r.data_type).canonical_unit for r in rows],
+            "samples": [
+                None if r.waveform is None else chunks.decode_waveform(r.waveform).tolist()
+                for r in rows
+            ],
+            "sampling_rate_hz": [
+                np.nan if r.sampling_rate_hz is None else r.sampling_rate_hz for r in rows
+            ],
+            "duration_s": [np.nan if r.duration_s is None else r.duration_s for r in rows],
+            "method": [r.method for r in rows],
+            "context": [r.context for r in rows],
+        }
+    )
+    return normalize(frame)
+
+
+def chunks_to_batch(provider: str, found: Sequence[Chunk]) -> pd.DataFrame:
+    """Chunks as a record batch (one row per sample), built from whole arrays."""
+    if not found:
+        return empty_batch()
+    sizes = [len(c.samples) for c in found]
+
+    def repeat(values: list[str]) -> np.ndarray:
+        return np.repeat(np.array(values, dtype=object), sizes)
+
+    def cat(name: str) -> np.ndarray:
+        return np.concatenate([getattr(c.samples, name) for c in found])
+
+    kinds = [c.data_type for c in found]
+    frame = pd.DataFrame(
+        {
+            "provider": provider,
+            "user_id": repeat([c.user_id for c in found]),
+            "data_type": repeat(kinds),
+            "ts": pd.to_datetime(cat("ts_us"), unit="us", utc=True),
+            "device_id": repeat([c.device_id for c in found]),
+            "utc_offset_min": cat("utc_offset_min").astype("int32"),
+            "value": cat("value"),
+            "diastolic": np.nan,
+            "unit": repeat([HealthDataType(k).canonical_unit for k in kinds]),
+            "samples": None,
+            "sampling_rate_hz": np.nan,
+            "duration_s": cat("duration_s"),
+            "method": cat("method"),
+            "context": cat("context"),
+        }
+    )
+    return normalize(frame)

@@ -1,0 +1,24 @@
+"""Where the FHIR bulk output goes: a local path, or s3://bucket/prefix in production (credentials
+from the standard AWS variables, an S3-compatible endpoint from OHX_S3_ENDPOINT_URL)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import dagster as dg
+
+from ohx_dagster.fhir.output import FhirOutput
+
+
+@cache
+def _output(root: str) -> FhirOutput:
+    return FhirOutput(root)
+
+
+class FhirOutputResource(dg.ConfigurableResource):
+    """`root`: OHX_FHIR_DIR (not a secret: object-store credentials never pass through here)."""
+
+    root: str
+
+    def get(self) -> FhirOutput:
+        return _output(self.root)
