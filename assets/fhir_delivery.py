@@ -15,24 +15,31 @@ by identifier, holds exactly what was sent, once).
 """
 
 import dagster as dg
+from sqlalchemy.exc import SQLAlchemyError
 
-from assets.partitions import day_and_source
+from assets.partitions import BACKFILL_POLICY, days_and_shard
 from ohx_dagster.fhir.delivery import (
     DeliveryError,
+    DeliveryReport,
     delivered_sample,
     enqueue_partition,
     partition_counts,
 )
 from ohx_dagster.publish import partition_key
+from ohx_dagster.shards import Sharding
+from ohx_dagster.store import RecordStore
 from resources import FhirOutputResource, RecordStoreResource
 from resources.fhir_server import FhirServerResource
 
 SKIPPED = "skipped: no FHIR server configured"
 
 
-def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsDefinition:
+def build_fhir_delivery_asset(
+    partitions: dg.PartitionsDefinition, sharding: Sharding
+) -> dg.AssetsDefinition:
     @dg.asset(
         partitions_def=partitions,
+        backfill_policy=BACKFILL_POLICY,
         deps=[dg.AssetKey("fhir_observations")],
         group_name="fhir",
         kinds={"fhir"},
@@ -73,17 +80,22 @@ def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
                     for name in ("outbox_drained", "server_confirms")
                 ],
             )
-        day, source = day_and_source(context)
+        days, shard = days_and_shard(context, sharding)
         record_store = store.get_store()
-        partition = partition_key(day, source)
-        enqueued = enqueue_partition(record_store, output.get(), partition)
-        before = partition_counts(record_store, partition)
+        partitions = [partition_key(day, shard.key) for day in days]
         client = fhir_server.client()
         server = fhir_server.display_url
+        report = DeliveryReport()
         try:
-            report = client.deliver(record_store, partition)
-        except DeliveryError as exc:
-            counts = partition_counts(record_store, partition)
+            # Every attempt enqueues what is not queued yet: an attempt that failed before its
+            # partition was queued (the database locked, the output store unreachable) leaves
+            # nothing for the next one to miss.
+            enqueued = sum(enqueue_partition(record_store, output.get(), p) for p in partitions)
+            before = _counts(record_store, partitions)
+            for partition in partitions:
+                report.add(client.deliver(record_store, partition))
+        except (DeliveryError, SQLAlchemyError, OSError) as exc:
+            counts = _counts(record_store, partitions)
             attempt = context.retry_number
             context.log.warning(
                 f"FHIR delivery to {server} failed (step attempt {attempt + 1}): {exc}; "
@@ -99,8 +111,12 @@ def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
                 metadata={"server": server, **counts},
                 allow_retries=False,
             ) from exc
-        counts = partition_counts(record_store, partition)
-        sample = delivered_sample(record_store, partition, fhir_server.confirm_sample)
+        counts = _counts(record_store, partitions)
+        sample = [
+            resource
+            for partition in partitions
+            for resource in delivered_sample(record_store, partition, fhir_server.confirm_sample)
+        ]
         mismatches = client.read_back(sample)
         return dg.MaterializeResult(
             metadata={
@@ -137,3 +153,11 @@ def build_fhir_delivery_asset(partitions: dg.PartitionsDefinition) -> dg.AssetsD
         )
 
     return fhir_delivery
+
+
+def _counts(store: RecordStore, partitions: list[str]) -> dict[str, int]:
+    totals = {"total": 0, "delivered": 0, "pending": 0, "failed": 0}
+    for partition in partitions:
+        for name, value in partition_counts(store, partition).items():
+            totals[name] += value
+    return totals

@@ -16,7 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from assets.metadata import hourly_plot, span, type_table
-from assets.partitions import day_and_shard
+from assets.partitions import BACKFILL_POLICY, days_and_shard
 from ohx_dagster import aggregate
 from ohx_dagster.coverage import gaps
 from ohx_dagster.fhir.validate import validate_resources
@@ -51,27 +51,30 @@ def _events(store: RecordStore, request: SyncRequest) -> dict[str, list[Event]]:
 
 
 def _uncovered(
-    store: RecordStore, report: SyncReport, strategy: SyncStrategy, day: date, now: datetime
+    store: RecordStore, report: SyncReport, strategy: SyncStrategy, now: datetime
 ) -> list[str]:
-    """People this run synced whose goal for the day is still not covered: the invariant."""
-    problems = []
+    """People this run synced whose goal is still not covered on one of its days: the invariant
+    the sync keeps, checked against the store after the run."""
+    problems: list[str] = []
     if strategy is SyncStrategy.REFRESH or not report.users_synced:
         return problems
     coverage = store.coverage(report.source, report.users_synced)
-    refused = report.refused
     for person in store.people(report.source):
         config = person.config
         if config.user_id not in report.users_synced:
             continue
-        target = goal(strategy, day, config, history_start(config, person.connected_at_us, now), now)
-        if target is None:
-            continue
-        for kind in sorted(config.enabled_types & report.supported_types):
-            if kind.value in refused.get(config.user_id, {}):
+        start = history_start(config, person.connected_at_us, now)
+        refused = report.refused.get(config.user_id, {})
+        for day in report.days:
+            target = goal(strategy, day, config, start, now)
+            if target is None:
                 continue
-            missing = gaps(target, coverage.get((config.user_id, kind.value), []))
-            if missing:
-                problems.append(f"{config.user_id} {kind.value}: {len(missing)} gap(s)")
+            for kind in sorted(config.enabled_types & report.supported_types):
+                if kind.value in refused:
+                    continue
+                missing = gaps(target, coverage.get((config.user_id, kind.value), []))
+                if missing:
+                    problems.append(f"{config.user_id} {kind.value} {day}: {len(missing)} gap(s)")
     return problems
 
 
@@ -80,6 +83,7 @@ def build_health_assets(
 ) -> list[dg.AssetsDefinition]:
     @dg.asset(
         partitions_def=partitions,
+        backfill_policy=BACKFILL_POLICY,
         group_name="sync",
         kinds={"python", "sql"},
         owners=["team:data-engineering"],
@@ -113,7 +117,7 @@ def build_health_assets(
         the coverage they prove. Run tags (ohx_dagster/run_request.py) choose the windows
         (`ohx/strategy`: partition, the default, = the whole day; incremental; push; initial;
         close; refresh) and the people (`ohx/users`, `ohx/frequencies`, `ohx/close-at`)."""
-        day, shard = day_and_shard(context, sharding)
+        days, shard = days_and_shard(context, sharding)
         record_store = store.get_store()
         request = SyncRequest.from_tags(context.run.tags)
         source = sources.get(shard.provider, record_store)
@@ -122,7 +126,7 @@ def build_health_assets(
             report = sync_partition(
                 source,
                 record_store,
-                day,
+                days,
                 strategy=request.strategy,
                 user_ids=request.user_ids,
                 select=request.selects,
@@ -137,9 +141,9 @@ def build_health_assets(
                 wait = failed.report.retry_after_s or RETRY_WAIT_S
                 raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from failed
             raise
-        uncovered = _uncovered(record_store, report, request.strategy, day, now)
+        uncovered = _uncovered(record_store, report, request.strategy, now)
         context.log.info(
-            f"{shard.key} {day}: {report.records} records fetched for "
+            f"{shard.key} {_span_text(days)}: {report.records} records fetched for "
             f"{len(report.users_synced)} people, {len(report.days_changed)} day partitions changed"
         )
         return dg.MaterializeResult(
@@ -178,6 +182,7 @@ def build_health_assets(
 
     @dg.multi_asset(
         partitions_def=partitions,
+        backfill_policy=BACKFILL_POLICY,
         specs=[
             dg.AssetSpec(
                 "hourly_aggregates",
@@ -252,31 +257,43 @@ def build_health_assets(
         output: FhirOutputResource,
     ):
         """Statistics and FHIR for the people whose day changed, one bucket read at a time."""
-        day, shard = day_and_shard(context, sharding)
+        days, shard = days_and_shard(context, sharding)
         record_store = store.get_store()
         request = SyncRequest.from_tags(context.run.tags)
-        report = publish_partition(
-            record_store,
-            output.get(),
-            provider=shard.provider,
-            key=shard.key,
-            shard=shard,
-            day=day,
-            scope=request.user_ids,
-            now=datetime.now(UTC),
-            horizon=sources.horizon(shard.provider),
-            force=request.strategy is SyncStrategy.PARTITION,
-            validate=lambda resources: [
-                str(p) for p in validate_resources(resources, limit=VALIDATION_SAMPLE)
-            ],
-        )
-        hourly = _frames(report.hourly_frames)
-        daily = _frames(report.daily_frames)
-        mismatched = report.count_mismatches
-        problems = [f"bucket {b}: {p}" for b, ps in report.invalid_buckets.items() for p in ps]
+        reports = [
+            publish_partition(
+                record_store,
+                output.get(),
+                provider=shard.provider,
+                key=shard.key,
+                shard=shard,
+                day=day,
+                scope=request.user_ids,
+                now=datetime.now(UTC),
+                horizon=sources.horizon(shard.provider),
+                force=request.strategy is SyncStrategy.PARTITION,
+                validate=lambda resources: [
+                    str(p) for p in validate_resources(resources, limit=VALIDATION_SAMPLE)
+                ],
+            )
+            for day in days
+        ]
+        hourly = _frames([f for r in reports for f in r.hourly_frames])
+        daily = _frames([f for r in reports for f in r.daily_frames])
+        mismatched = [m for r in reports for m in r.count_mismatches]
+        problems = [
+            f"{r.day} bucket {b}: {p}" for r in reports for b, ps in r.invalid_buckets.items() for p in ps
+        ]
+        duplicates = [i for r in reports for i in r.duplicate_ids]
+        by_type: dict[str, int] = {}
+        for r in reports:
+            for kind, count in r.resources_by_type.items():
+                by_type[kind] = by_type.get(kind, 0) + count
+        buckets = sum(len(r.buckets) for r in reports)
+        people = sum(len(r.users) for r in reports)
         context.log.info(
-            f"{shard.key} {day}: published {len(report.buckets)} bucket(s) of "
-            f"{len(report.users)} people, {report.resources} resources"
+            f"{shard.key} {_span_text(days)}: published {buckets} bucket(s) of {people} "
+            f"people, {sum(by_type.values())} resources"
         )
         yield dg.MaterializeResult(
             asset_key="hourly_aggregates",
@@ -299,7 +316,7 @@ def build_health_assets(
         yield dg.MaterializeResult(
             asset_key="daily_aggregates",
             metadata={
-                "local_day": day.isoformat(),
+                "local_days": _span_text(days),
                 "rows": len(daily),
                 "people": int(daily["user_id"].nunique()) if not daily.empty else 0,
                 "by_type": type_table(daily),
@@ -309,13 +326,15 @@ def build_health_assets(
         yield dg.MaterializeResult(
             asset_key="fhir_observations",
             metadata={
-                "directory": dg.MetadataValue.url(output.get().url(partition_dir(day, shard.key))),
-                "buckets_published": len(report.buckets),
-                "people_published": len(report.users),
-                "preliminary_people": len(report.preliminary_users),
-                "resources": report.resources,
-                "resources_by_type": dg.MetadataValue.json(dict(report.resources_by_type)),
-                "withdrawn_entered_in_error": report.withdrawn,
+                "directory": dg.MetadataValue.url(
+                    output.get().url(partition_dir(days[-1], shard.key))
+                ),
+                "buckets_published": buckets,
+                "people_published": people,
+                "preliminary_people": sum(len(r.preliminary_users) for r in reports),
+                "resources": sum(by_type.values()),
+                "resources_by_type": dg.MetadataValue.json(by_type),
+                "withdrawn_entered_in_error": sum(r.withdrawn for r in reports),
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -330,13 +349,17 @@ def build_health_assets(
                 dg.AssetCheckResult(
                     asset_key="fhir_observations",
                     check_name="unique_ids",
-                    passed=not report.duplicate_ids,
-                    metadata={"duplicates": dg.MetadataValue.json(report.duplicate_ids[:20])},
+                    passed=not duplicates,
+                    metadata={"duplicates": dg.MetadataValue.json(duplicates[:20])},
                 ),
             ],
         )
 
     return [raw_health_records, publish]
+
+
+def _span_text(days: Sequence[date]) -> str:
+    return days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
 
 def _frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:

@@ -51,3 +51,31 @@ def day_and_shard(
     when the source is not sharded)."""
     day, key = day_and_source(context)
     return day, Shard(key) if sharding is None else sharding.shard(key)
+
+
+def days_and_shard(
+    context: dg.AssetExecutionContext, sharding: Sharding
+) -> tuple[list[date], Shard]:
+    """The run's days (one, or the range a backfill run covers: BACKFILL_POLICY) and the shard
+    behind its source key; a range always lies within one source key."""
+    if not context.has_partition_key_range:
+        day, shard = day_and_shard(context, sharding)
+        return [day], shard
+    keys = [k.keys_by_dimension for k in _multi_keys(context, context.partition_keys)]
+    sources = {k[SOURCE] for k in keys}
+    assert len(sources) == 1, f"a run covers one source key, not {sorted(sources)}"
+    days = sorted(date.fromisoformat(k[DAY]) for k in keys)
+    return days, sharding.shard(sources.pop())
+
+
+def _multi_keys(context: dg.AssetExecutionContext, keys: list[str]) -> list[dg.MultiPartitionKey]:
+    partitions = context.assets_def.partitions_def
+    return [
+        k if isinstance(k, dg.MultiPartitionKey) else partitions.get_partition_key_from_str(k)  # type: ignore[union-attr]
+        for k in keys
+    ]
+
+
+# A backfill (a new person's history, or one launched by hand) runs up to a week of one source
+# key per run: a run costs seconds before any work, a day of one person's data much less.
+BACKFILL_POLICY = dg.BackfillPolicy.multi_run(max_partitions_per_run=7)

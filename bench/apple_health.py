@@ -4,7 +4,8 @@ Inputs: the real export.xml (3.8 MB) and larger exports made from it by repeatin
 each copy under its own sourceName (so every copy's samples are distinct records, as a longer
 history would be). Each measurement runs in a fresh process and reports the growth of its peak
 resident memory (ru_maxrss) over the process after imports: the streaming parse of this product
-(`read_export`, then the record batch), next to ElementTree.parse of the whole document.
+(`AppleHealthSource.summary`, then the record batch), next to ElementTree.parse of the whole
+document, and the time the user's zone inference takes over the records (`source.zone`).
 
 Run: .venv/bin/python bench/apple_health.py   (prints the figures; about a minute)
 """
@@ -32,12 +33,16 @@ if mode == "stream":
     summary = source.summary
     parsed = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     n = len(source.records)
+    elapsed = time.perf_counter() - start
+    zone_start = time.perf_counter()
+    _ = source.zone
+    zone_s = time.perf_counter() - zone_start
 else:
     n = len(ET.parse(path).getroot())
     parsed = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-elapsed = time.perf_counter() - start
+    elapsed, zone_s = time.perf_counter() - start, 0.0
 done = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((parsed - base) / 1024, (done - base) / 1024, n, elapsed)
+print((parsed - base) / 1024, (done - base) / 1024, n, elapsed, zone_s)
 """
 
 
@@ -57,7 +62,7 @@ def scaled(copies: int, folder: Path) -> Path:
     return path
 
 
-def measure(path: Path, mode: str) -> tuple[float, float, int, float]:
+def measure(path: Path, mode: str) -> tuple[float, float, int, float, float]:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), mode],
         check=True,
@@ -65,23 +70,23 @@ def measure(path: Path, mode: str) -> tuple[float, float, int, float]:
         text=True,
         cwd=Path(__file__).resolve().parents[1],
     ).stdout.split()
-    return float(out[0]), float(out[1]), int(out[2]), float(out[3])
+    return float(out[0]), float(out[1]), int(out[2]), float(out[3]), float(out[4])
 
 
 def main() -> None:
     print(
         f"{'export':>12} {'MB':>7} | {'stream: parse MB':>16} {'+batch MB':>9} {'records':>8} "
-        f"{'s':>6} {'MB/s':>6} | {'ET.parse MB':>11}"
+        f"{'s':>6} {'MB/s':>6} {'zone s':>6} | {'ET.parse MB':>11}"
     )
     with tempfile.TemporaryDirectory() as folder:
         for copies in COPIES:
             path = scaled(copies, Path(folder))
             size = path.stat().st_size / 1e6
-            parse_mb, total_mb, records, seconds = measure(path, "stream")
+            parse_mb, total_mb, records, seconds, zone_s = measure(path, "stream")
             whole = f"{measure(path, 'tree')[0]:11.1f}" if copies <= 10 else f"{'-':>11}"
             print(
                 f"{'x' + str(copies):>12} {size:7.1f} | {parse_mb:16.1f} {total_mb:9.1f} "
-                f"{records:8d} {seconds:6.2f} {size / seconds:6.1f} | {whole}"
+                f"{records:8d} {seconds:6.2f} {size / seconds:6.1f} {zone_s:6.2f} | {whole}"
             )
 
 

@@ -17,6 +17,7 @@ from resources import FhirOutputResource, SourcesResource
 from resources.store import store_resource
 from resources.fhir_server import fhir_server_from_env
 from sensors.new_users import build_new_user_sensor
+from sensors.republish import build_republish_sensor
 from sensors.retention import apply_retention_job, retention_schedule
 from sensors.schedules import build_schedules
 from sensors.subscriptions import oura_subscriptions_job, oura_subscriptions_schedule
@@ -30,7 +31,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     live = Sharding({source: sharding[source] for source in settings.live_sources})
     partitions = health_partitions(settings.partitions_start, settings.source_keys)
     health_assets = build_health_assets(partitions, sharding)
-    sync_assets = [*health_assets, build_fhir_delivery_asset(partitions)]
+    sync_assets = [*health_assets, build_fhir_delivery_asset(partitions, sharding)]
     sync_job = dg.define_asset_job(
         "sync_partition",
         selection=dg.AssetSelection.assets(*sync_assets),
@@ -49,6 +50,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         sensors=[
             build_webhook_sensor(sync_job, live, settings.partitions_start),
+            build_republish_sensor(sync_job, sharding, settings.partitions_start),
             build_new_user_sensor(sync_assets, partitions, live, settings.partitions_start),
         ],
         resources={

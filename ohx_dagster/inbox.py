@@ -18,6 +18,7 @@ reads only the pending ones.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,37 +30,31 @@ from sqlalchemy.engine import Connection
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.models import HealthDataType, require_aware
-from ohx_dagster.store import RecordStore, from_us, metadata, now_us, to_us
+from ohx_dagster.schema import INBOX_STATUSES, webhook_inbox
+from ohx_dagster.store import RecordStore
+from ohx_dagster.times import from_us, now_us, to_us
 
 PENDING: Final = "pending"
 DISPATCHED: Final = "dispatched"
 IGNORED: Final = "ignored"
-STATUSES: Final = (PENDING, DISPATCHED, IGNORED)
+STATUSES: Final = INBOX_STATUSES
 
 # Ids per UPDATE ... WHERE id IN (...): far below SQLite's and PostgreSQL's parameter limits.
 _ID_CHUNK: Final = 5_000
 # Any constant shared by every inbox writer: the PostgreSQL advisory lock that orders commits.
 _PG_INBOX_LOCK: Final = 0x0E1B0C5
 
-webhook_inbox = sa.Table(
-    "webhook_inbox",
-    metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
-    sa.Column("provider", sa.String(64), nullable=False),
-    sa.Column("event_key", sa.String(512), nullable=False),
-    sa.Column("user_id", sa.String(128), nullable=False),
-    sa.Column("data_type", sa.String(32)),
-    sa.Column("occurred_at_us", sa.BigInteger),
-    sa.Column("received_at_us", sa.BigInteger, nullable=False),
-    sa.Column("payload", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, default=PENDING),
-    sa.Column("reason", sa.Text),
-    sa.Column("run_key", sa.String(256)),
-    sa.UniqueConstraint("provider", "event_key", name="uq_inbox_provider_event"),
-    sa.CheckConstraint(f"status IN {STATUSES!r}", name="ck_inbox_status"),
-    sqlite_autoincrement=True,
-)
-sa.Index("ix_inbox_status_id", webhook_inbox.c.status, webhook_inbox.c.id)
+
+# What one inbox row can hold, checked by NewEvent before any database sees the event: a value
+# the database refused would fail the whole transaction, and the receiver commits concurrent
+# requests in one (ohx_dagster/webhooks/app.py). Lengths are the columns' own.
+MAX_CHARS: Final = {
+    name: webhook_inbox.c[name].type.length for name in ("provider", "user_id", "event_key")
+}
+MAX_PAYLOAD_BYTES: Final = 256 * 1024  # the payload as stored (compact JSON, UTF-8)
+MAX_REASON_CHARS: Final = 1_000
+# C0 controls and DEL: PostgreSQL refuses NUL in text, and no provider id contains any of them.
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +63,11 @@ class NewEvent:
 
     `ignored_reason` set: the event is kept for the record (status 'ignored') but never reaches
     the sensor, e.g. a revoked-access notice or a category that carries no health data we sync.
+
+    Construction checks everything the inbox row needs (ValidationError naming the field), so an
+    event that exists can be committed: provider <= 64, user_id <= 128 and event_key <= 512
+    characters without control characters, data_type null or a known HealthDataType, an aware
+    occurred_at, a JSON-serializable payload of at most MAX_PAYLOAD_BYTES.
     """
 
     provider: str
@@ -79,21 +79,42 @@ class NewEvent:
     ignored_reason: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("provider", "event_key", "user_id"):
-            text = getattr(self, name)
-            if not isinstance(text, str) or not text:
-                raise ValidationError(name, text, "a non-empty string")
-        if len(self.event_key) > 512:
-            raise ValidationError("event_key", self.event_key[:40] + "...", "<= 512 characters")
+        for name, limit in MAX_CHARS.items():
+            _check_text(name, getattr(self, name), limit)
         if self.data_type is not None:
             try:
                 object.__setattr__(self, "data_type", HealthDataType(self.data_type).value)
             except ValueError:
                 known = [t.value for t in HealthDataType]
                 expected = f"null or one of {known}"
-                raise ValidationError("data_type", self.data_type, expected) from None
+                raise ValidationError("data_type", _excerpt(self.data_type), expected) from None
         if self.occurred_at is not None:
             require_aware("occurred_at", self.occurred_at)
+        if not isinstance(self.payload, Mapping):
+            raise ValidationError("payload", type(self.payload).__name__, "a JSON object")
+        try:
+            size = len(orjson.dumps(dict(self.payload)))
+        except orjson.JSONEncodeError as exc:
+            raise ValidationError("payload", str(exc), "JSON-serializable values") from None
+        if size > MAX_PAYLOAD_BYTES:
+            raise ValidationError("payload", f"{size} bytes", f"<= {MAX_PAYLOAD_BYTES} bytes")
+        if self.ignored_reason is not None:
+            _check_text("ignored_reason", self.ignored_reason, MAX_REASON_CHARS, controls=False)
+
+
+def _check_text(name: str, text: object, limit: int, *, controls: bool = True) -> None:
+    expected = f"a non-empty string of at most {limit} characters"
+    if not isinstance(text, str) or not text or len(text) > limit:
+        raise ValidationError(name, _excerpt(text), expected)
+    if "\x00" in text or (controls and _CONTROL.search(text)):
+        raise ValidationError(name, _excerpt(text), f"{expected}, without control characters")
+
+
+def _excerpt(value: object) -> object:
+    """The value for an error message: a long string cut to its first 40 characters."""
+    if isinstance(value, str) and len(value) > 40:
+        return f"{value[:40]}... ({len(value)} characters)"
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +136,6 @@ class Inbox:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        # The store creates every table on `metadata` when it starts; a store built before this
-        # module was imported gets the inbox here (in a write transaction: one creator at a time).
-        if not sa.inspect(store.engine).has_table(webhook_inbox.name):
-            with store.write() as conn:
-                webhook_inbox.create(conn, checkfirst=True)
         self._postgres = store.engine.dialect.name == "postgresql"
 
     def add(self, events: Sequence[NewEvent]) -> int:
@@ -194,6 +210,12 @@ class Inbox:
             )
             for row in rows
         ]
+
+    def dispatched_to(self, run_key: str) -> list[InboxEvent]:
+        """The events the webhook sensor dispatched to the run with this key, in id order."""
+        t = webhook_inbox
+        query = sa.select(*_EVENT_COLUMNS).where(t.c.run_key == run_key).order_by(t.c.id)
+        return self._events(query)
 
     def mark_dispatched(self, ids: Sequence[int], run_key: str) -> None:
         t = webhook_inbox

@@ -4,8 +4,10 @@
 - An empty database, or one at an older revision, is upgraded when the caller allows it (the
   embedded SQLite default does; a server database is upgraded by the deployment running
   `ohx db upgrade` before the code location starts, see docs/deployment.md).
-- A database made by release 0.1 (its tables, no alembic_version) is stamped as revision 0001 and
+- A database made by release 0.1 (its tables, no version table) is stamped as revision 0001 and
   upgraded from there, keeping its data.
+- The revision lives in `ohx_schema_version`, so the store can share a database with Dagster's
+  own storage (which keeps its revision in `alembic_version`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from ohx_dagster import db
 from ohx_dagster.errors import ConfigError
+from ohx_dagster.schema import VERSION_TABLE
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The PostgreSQL advisory lock that makes concurrent upgrades of one database take turns.
@@ -41,12 +44,13 @@ def head() -> str:
 
 def current(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+        return context.get_current_revision()
 
 
 def _made_by_release_0_1(conn: sa.Connection) -> bool:
     tables = set(sa.inspect(conn).get_table_names())
-    return "alembic_version" not in tables and "health_records" in tables
+    return VERSION_TABLE not in tables and "health_records" in tables
 
 
 def upgrade(engine: Engine, revision: str = "head") -> str:

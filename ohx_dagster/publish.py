@@ -232,22 +232,24 @@ def _commit_bucket(
                 ],
             )  # fmt: skip
         statement = db.insert_for(conn)(v)
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["provider", "user_id", "day"],
-                set_={
-                    "published_version": statement.excluded.published_version,
-                    "published_final": statement.excluded.published_final,
-                    "published_us": statement.excluded.published_us,
-                },
-            ),
-            [
-                {"provider": provider, "user_id": u, "day": day.isoformat(), "version": n,
-                 "published_version": n, "published_final": final.get(u, False),
-                 "published_us": stamp}
-                for u, n in versions.items()
-            ],
-        )  # fmt: skip
+        rows = [
+            {"provider": provider, "user_id": u, "day": day.isoformat(), "version": n,
+             "published_version": n, "published_final": final.get(u, False),
+             "published_us": stamp}
+            for u, n in versions.items()
+        ]  # fmt: skip
+        if rows:
+            conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["provider", "user_id", "day"],
+                    set_={
+                        "published_version": statement.excluded.published_version,
+                        "published_final": statement.excluded.published_final,
+                        "published_us": statement.excluded.published_us,
+                    },
+                ),
+                rows,
+            )
         current = [
             OutputFile(r.resource_type, r.bucket, r.name, r.count)
             for r in conn.execute(sa.select(t).where(t.c.partition_key == partition))

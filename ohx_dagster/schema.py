@@ -14,6 +14,9 @@ from typing import Final
 
 import sqlalchemy as sa
 
+# Alembic's bookkeeping table, not its default `alembic_version`: Dagster's own PostgreSQL
+# storage keeps its revision there, and the two may share a database.
+VERSION_TABLE: Final = "ohx_schema_version"
 PROVIDER_CHARS: Final = 64
 USER_CHARS: Final = 128
 DEVICE_CHARS: Final = 128

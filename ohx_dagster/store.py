@@ -148,6 +148,7 @@ class RecordStore:
                 "connected": True,
                 "connected_at_us": stamp,
                 "state": ACTIVE,
+                "state_at_us": stamp,
             }
             for c in configs
         ]
@@ -204,14 +205,19 @@ class RecordStore:
         found = self.person(provider, user_id)
         return None if found is None else found.config
 
-    def users_connected_since(self, after_us: int) -> list[tuple[int, HealthSyncConfig]]:
-        """People connected after a point in time, oldest first: what the new-user sensor reads."""
+    def users_activated_since(self, after_us: int) -> list[tuple[int, HealthSyncConfig]]:
+        """People connected, or reconnected after needing reauthorization, after a point in time,
+        oldest first: what the new-user sensor backfills (a reconnection's gap included)."""
         query = (
             sa.select(users)
-            .where(users.c.connected_at_us > after_us, users.c.connected.is_(True))
-            .order_by(users.c.connected_at_us, users.c.provider, users.c.user_id)
+            .where(
+                users.c.state_at_us > after_us,
+                users.c.connected.is_(True),
+                users.c.state == ACTIVE,
+            )
+            .order_by(users.c.state_at_us, users.c.provider, users.c.user_id)
         )
-        return [(p.connected_at_us, p.config) for p in self._people(query)]
+        return [(p.state_at_us or 0, p.config) for p in self._people(query)]
 
     def set_state(self, provider: str, user_id: str, state: str, reason: str | None) -> None:
         values: dict[str, Any] = {"state": state, "state_reason": reason, "state_at_us": now_us()}

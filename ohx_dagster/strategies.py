@@ -124,3 +124,22 @@ def plan_windows(
         if windows:
             plan[data_type] = windows
     return plan
+
+
+def plan_days(
+    strategy: SyncStrategy | str,
+    *,
+    days: Sequence[date],
+    announced: Mapping[HealthDataType, Sequence[Interval]] | None = None,
+    **plan: object,
+) -> dict[HealthDataType, list[Interval]]:
+    """`plan_windows` over several day partitions, joined: a backfill run covering a week asks
+    the provider once per type, not once per day."""
+    joined: dict[HealthDataType, list[Interval]] = {}
+    for position, day in enumerate(days):
+        found = plan_windows(
+            strategy, day=day, announced=announced if position == 0 else None, **plan  # type: ignore[arg-type]
+        )
+        for data_type, windows in found.items():
+            joined.setdefault(data_type, []).extend(windows)
+    return {t: cov.normalize(w) for t, w in joined.items()}

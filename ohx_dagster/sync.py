@@ -29,7 +29,7 @@ from ohx_dagster.providers.base import Event, FetchResult, HealthSource
 from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
 from ohx_dagster.shards import Shard
 from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore, history_start
-from ohx_dagster.strategies import SyncStrategy, parse, plan_windows
+from ohx_dagster.strategies import SyncStrategy, parse, plan_days
 from ohx_dagster.times import to_us
 
 # Heart rate fetched around a linked recording (ECG, RR session) so the two are stored together.
@@ -40,7 +40,7 @@ LINK_MARGIN: Final = timedelta(minutes=1)
 class SyncReport:
     source: str
     strategy: str
-    day: date
+    days: tuple[date, ...]
     records_by_type: dict[str, int] = field(default_factory=dict)
     users_synced: list[str] = field(default_factory=list)
     users_skipped: dict[str, str] = field(default_factory=dict)
@@ -115,7 +115,7 @@ def _selected(
     user_ids: frozenset[str] | None,
     select: Callable[[HealthSyncConfig, date], bool] | None,
     shard: Shard | None,
-    day: date,
+    days: Sequence[date],
     report: SyncReport,
 ) -> list[tuple[HealthSyncConfig, int]]:
     """(config, connected_at_us) of the people this run syncs; the others named are reported."""
@@ -128,7 +128,7 @@ def _selected(
             continue
         if user_ids is not None and config.user_id not in user_ids:
             continue
-        if select is not None and not select(config, day):
+        if select is not None and not any(select(config, day) for day in days):
             continue
         if not person.connected:
             report.users_skipped[config.user_id] = "disconnected"
@@ -150,7 +150,7 @@ def _selected(
 def sync_partition(
     source: HealthSource,
     store: RecordStore,
-    day: date,
+    days: date | Sequence[date],
     *,
     strategy: SyncStrategy | str = SyncStrategy.PARTITION,
     user_ids: Iterable[str] | None = None,
@@ -159,16 +159,18 @@ def sync_partition(
     shard: Shard | None = None,
     now: datetime,
 ) -> SyncReport:
-    """Sync the source's people (of `user_ids`, accepted by `select`, of the `shard`) for one
-    day partition under a strategy; `events`: each person's notifications (push)."""
+    """Sync the source's people (of `user_ids`, accepted by `select`, of the `shard`) for day
+    partitions (one, or a range of a backfill run: one fetch per person for all of them) under a
+    strategy; `events`: each person's notifications (push)."""
     kind = parse(strategy)
-    report = SyncReport(source.name, kind.value, day, supported_types=source.supported_types)
+    days = (days,) if isinstance(days, date) else tuple(days)
+    report = SyncReport(source.name, kind.value, days, supported_types=source.supported_types)
     if kind is SyncStrategy.REFRESH:
         return report
     store.add_users(source.discover_users())
     wanted = None if user_ids is None else frozenset(user_ids)
     people = _selected(
-        store, source, user_ids=wanted, select=select, shard=shard, day=day, report=report
+        store, source, user_ids=wanted, select=select, shard=shard, days=days, report=report
     )
     coverage = store.coverage(source.name, [c.user_id for c, _ in people])
     for position, (config, connected_at_us) in enumerate(people):
@@ -183,9 +185,9 @@ def sync_partition(
                 report.failures[config.user_id] = f"{type(exc).__name__}: {exc}"
                 report.transient &= isinstance(exc, ProviderError | OSError)
                 continue
-        windows = plan_windows(
+        windows = plan_days(
             kind,
-            day=day,
+            days=days,
             config=config,
             types=types,
             history_start=history_start(config, connected_at_us, now),

@@ -1,10 +1,12 @@
-"""new_user_sensor: a newly connected user's history arrives by itself, as a Dagster backfill.
+"""new_user_sensor: a newly connected person's history arrives by itself, as a Dagster backfill.
 
-For every source key (the users' shard of a sharded source) with users connected since the
-cursor, one backfill over the day partitions of their lookback window (30 days by default), with
-the initial strategy for just those users, at the lowest priority (realtime runs go first) and
-visible in the UI's Backfills page. A backfill launched by hand from the UI or CLI with the same
-tags behaves the same way.
+For every source key (the people's shard of a sharded source) with people connected since the
+cursor, or reconnected after their provider refused the old grant, one backfill over the day
+partitions of their lookback window (30 days by default), with the initial strategy for just those
+people (it fetches only what coverage says is missing, so a reconnection fetches its gap), at the
+lowest priority (realtime runs go first) and visible in the UI's Backfills page. The backfill runs
+a week of partitions per run (assets.partitions.BACKFILL_POLICY). A backfill launched by hand from
+the UI or CLI with the same tags behaves the same way.
 """
 
 from collections import defaultdict
@@ -46,7 +48,7 @@ def backfill_request(
     keys = [partition_key(day, source) for day in lookback_days(configs, today, first_day)]
     subset = partitions.empty_subset().with_partition_keys(keys)
     graph_subset = AssetGraphSubset(
-        partitions_subsets_by_asset_key={asset.key: subset for asset in assets},
+        partitions_subsets_by_asset_key={key: subset for asset in assets for key in asset.keys},
         non_partitioned_asset_keys=set(),
     )
     request = SyncRequest(SyncStrategy.INITIAL, user_ids=frozenset(c.user_id for c in configs))
@@ -66,15 +68,16 @@ def build_new_user_sensor(
     @dg.sensor(
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Launches a backfill of each newly connected user's lookback window "
-        "(initial strategy, low priority), one backfill per source and batch of users.",
+        description="Launches a backfill of each newly connected (or reconnected) person's "
+        "lookback window (initial strategy: what coverage lacks, low priority), one backfill per "
+        "source key and batch of people.",
         asset_selection=dg.AssetSelection.assets(*assets),
     )
     def new_user_sensor(
         context: dg.SensorEvaluationContext, store: RecordStoreResource
     ) -> dg.SensorResult:
         cursor = int(context.cursor or 0)
-        connected = store.get_store().users_connected_since(cursor)
+        connected = store.get_store().users_activated_since(cursor)
         if not connected:
             return dg.SensorResult(skip_reason="no newly connected users")
         by_source: dict[str, list[HealthSyncConfig]] = defaultdict(list)

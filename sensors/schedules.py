@@ -1,29 +1,37 @@
 """Schedules per sync frequency.
 
 Both request every source key: each shard of a sharded source (`oura-0` .. `oura-7`) is its own
-partition, run for its own users.
+partition, run for its own people.
 
-- hourly_incremental_sync: every hour, today's partition of every source, for users who sync
-  hourly or in realtime (the sensor covers realtime; this is its safety net). When a source's
-  least advanced user last synced on an earlier day (after UTC midnight, or after an outage), the
-  days since then are synced too, at most CATCH_UP_DAYS back; older gaps are for a backfill.
-- daily_close: every hour, for the users whose local midnight has just passed, the whole local day
-  that ended (daily-frequency users are synced only then; everyone's daily aggregates are final).
+- hourly_incremental_sync: every hour, today's partition of every source for people who sync
+  hourly or in realtime (the sensor covers realtime; this is its safety net), which also re-reads
+  the provider's trailing re-sync horizon for late uploads. Days before today are synced too when
+  coverage says they have gaps (after an outage, a person's reconnection, a failed run): the most
+  recent CATCH_UP_DAYS of them a tick, never a day that already has a run queued or running.
+- daily_close: every hour, for the people whose local midnight has just passed, the whole local
+  day that ended (daily-frequency people are synced only then).
 """
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
 from assets.partitions import partition_key
+from ohx_dagster.coverage import gaps
 from ohx_dagster.models import SyncFrequency
+from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
+from ohx_dagster.store import ACTIVE, RecordStore, history_start
 from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.times import from_us, to_us
 from resources import RecordStoreResource
 
 CATCH_UP_DAYS = 7
+# A person connected this recently has their history fetched by the new-user backfill.
+NEW_PERSON = timedelta(hours=6)
+SYNCED_BY_SCHEDULE = frozenset({SyncFrequency.HOURLY, SyncFrequency.REALTIME})
 
 # UTC offsets in use on Earth, every quarter hour from UTC-12 to UTC+14.
 _OFFSETS = [timedelta(minutes=15 * step) for step in range(-48, 57)]
@@ -39,47 +47,79 @@ def days_closing_at(moment: datetime) -> list[date]:
     return sorted(closing)
 
 
+def in_flight_partitions(instance: dg.DagsterInstance, job_name: str) -> set[str]:
+    """Partition keys of the job's runs that are queued or running."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=job_name,
+            statuses=[
+                dg.DagsterRunStatus.QUEUED,
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ],
+        )
+    )
+    return {r.dagster_run.tags.get("dagster/partition", "") for r in records}
+
+
+def days_with_gaps(
+    store: RecordStore, provider: str, now: datetime, first_day: date
+) -> list[date]:
+    """UTC days before today on which an active person syncing hourly or in realtime has a gap in
+    a type the provider delivers, most recent first."""
+    people = [
+        p
+        for p in store.people(provider)
+        if p.connected
+        and p.state == ACTIVE
+        and p.config.sync_frequency in SYNCED_BY_SCHEDULE
+        and now - from_us(p.connected_at_us) > NEW_PERSON
+    ]
+    coverage = store.coverage(provider, [p.config.user_id for p in people])
+    supported = SUPPORTED_TYPES.get(provider, frozenset())
+    today = now.date()
+    start_of_today = to_us(datetime.combine(today, datetime.min.time(), tzinfo=UTC))
+    days: set[date] = set()
+    for person in people:
+        config = person.config
+        refused = store.refused_types(config)
+        start = max(
+            history_start(config, person.connected_at_us, now),
+            datetime.combine(first_day, datetime.min.time(), tzinfo=UTC),
+        )
+        target = (to_us(start), start_of_today)
+        for kind in config.enabled_types & supported:
+            if kind.value in refused:
+                continue
+            for gap_start, gap_end in gaps(target, coverage.get((config.user_id, kind.value), [])):
+                day = from_us(gap_start).date()
+                while day <= from_us(gap_end - 1).date():
+                    days.add(day)
+                    day += timedelta(days=1)
+    return sorted(days, reverse=True)
+
+
 def _requests(
-    request: SyncRequest, days: Sequence[date], sources: Sequence[str], moment: datetime
+    request: SyncRequest, days: Iterable[date], keys: Sequence[str], moment: datetime
 ) -> Iterator[dg.RunRequest]:
-    """One run per day x source; the run key names the tick, so a tick never runs twice."""
+    """One run per day x source key; the run key names the tick, so a tick never runs twice."""
     for day in days:
-        for source in sources:
+        for key in keys:
             yield dg.RunRequest(
-                run_key=f"{request.strategy.value}|{day}|{source}|{moment.isoformat()}",
-                partition_key=partition_key(day, source),
+                run_key=f"{request.strategy.value}|{day}|{key}|{moment.isoformat()}",
+                partition_key=partition_key(day, key),
                 tags=request.tags(),
             )
 
 
-def catch_up_days(moment: datetime, oldest_sync: datetime | None, first_day: date) -> list[date]:
-    """Today, and the days since the least advanced user's last sync (bounded)."""
-    today = moment.astimezone(UTC).date()
-    start = today if oldest_sync is None else oldest_sync.astimezone(UTC).date()
-    start = max(start, today - timedelta(days=CATCH_UP_DAYS), first_day)
-    return [start + timedelta(days=i) for i in range((today - start).days + 1)]
-
-
-def incremental_requests(
-    moment: datetime, oldest_sync: Mapping[str, datetime | None], first_day: date
-) -> Iterator[dg.RunRequest]:
-    moment = moment.astimezone(UTC)
-    request = SyncRequest(
-        SyncStrategy.INCREMENTAL,
-        frequencies=frozenset({SyncFrequency.HOURLY, SyncFrequency.REALTIME}),
-    )
-    for source, oldest in oldest_sync.items():
-        days = catch_up_days(moment, oldest, first_day)
-        yield from _requests(request, days, [source], moment)
-
-
 def close_requests(
-    moment: datetime, sources: Sequence[str], first_day: date
+    moment: datetime, keys: Sequence[str], first_day: date
 ) -> Iterator[dg.RunRequest]:
     moment = moment.astimezone(UTC)
     request = SyncRequest(SyncStrategy.CLOSE, close_at=moment)
     days = [d for d in days_closing_at(moment) if d >= first_day]
-    yield from _requests(request, days, sources, moment)
+    yield from _requests(request, days, keys, moment)
 
 
 def build_schedules(
@@ -93,24 +133,30 @@ def build_schedules(
         cron_schedule="5 * * * *",
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every hour: incremental sync (from each user's last sync minus 5 minutes) "
-        "of today's partition of every source for hourly and realtime users, then its "
-        "aggregates and FHIR.",
+        description="Every hour: incremental sync of today's partition of every source for "
+        "hourly and realtime people (their gaps, and the provider's re-sync horizon for late "
+        "uploads), plus the most recent days whose coverage has gaps; then statistics, FHIR "
+        "and delivery of what changed.",
     )
     def hourly_incremental_sync(context: dg.ScheduleEvaluationContext, store: RecordStoreResource):
+        moment = context.scheduled_execution_time.astimezone(UTC)
         record_store = store.get_store()
-        # Sync state is per provider: every shard of a provider catches up from its oldest.
-        by_provider = {provider: record_store.oldest_sync(provider) for provider in sharding}
-        oldest = {key: by_provider[sharding.shard(key).provider] for key in keys}
-        yield from incremental_requests(context.scheduled_execution_time, oldest, first_day)
+        busy = in_flight_partitions(context.instance, job.name)
+        request = SyncRequest(SyncStrategy.INCREMENTAL, frequencies=SYNCED_BY_SCHEDULE)
+        for provider in sharding:
+            behind = days_with_gaps(record_store, provider, moment, first_day)[:CATCH_UP_DAYS]
+            for key in sharding.keys_of(provider):
+                days = [moment.date(), *behind]
+                todo = [d for d in days if str(partition_key(d, key)) not in busy]
+                yield from _requests(request, todo, [key], moment)
 
     @dg.schedule(
         job=job,
         cron_schedule="20 * * * *",
         execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Every hour: for users whose local midnight just passed, sync the local day "
-        "that ended in full and publish its final daily aggregates.",
+        description="Every hour: for people whose local midnight just passed, sync the local day "
+        "that ended (daily-frequency people are synced only then).",
     )
     def daily_close(context: dg.ScheduleEvaluationContext):
         yield from close_requests(context.scheduled_execution_time, keys, first_day)

@@ -2,24 +2,26 @@
 
 Each tick reads at most BATCH_LIMIT events after its cursor (so a tick stays far below Dagster's
 60 s limit even with 100k events waiting), decides per event which partition it belongs to or
-why it is ignored, and asks for one run per partition, for just the users the events name. An
-event's partition is its day x the shard key of its user (`oura-3`; `oura` when not sharded).
+why it is ignored, and asks for one run per partition, for just the people the events name: all
+of a partition's events of a tick are coalesced into that one run. An event's partition is its
+day x the shard key of its person (`oura-3`; `oura` when not sharded). The run reads its events
+back from the inbox by its run key (tag `ohx/inbox`) and fetches what they announce, wherever it
+falls (a Withings range over two days, an Oura night that began yesterday).
 run_key = partition + last event id: a tick that is evaluated twice launches nothing twice.
 """
 
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date
 
 import dagster as dg
 
 from assets.partitions import partition_key
 from ohx_dagster.inbox import Inbox, InboxEvent
-from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
-from ohx_dagster.store import RecordStore
+from ohx_dagster.store import ACTIVE, PersonRow, RecordStore
 from ohx_dagster.strategies import SyncStrategy
 from resources import RecordStoreResource
 
@@ -46,18 +48,25 @@ def plan_dispatch(
         sources = Sharding.unsharded(sources)
     dispatch = Dispatch()
     groups: dict[tuple[date, str], list[InboxEvent]] = defaultdict(list)
-    connected: dict[str, dict[str, HealthSyncConfig]] = {}
+    connected: dict[str, dict[str, PersonRow]] = {}
     for event in events:
         source = event.provider
         if source not in sources:
             dispatch.ignored[event.id] = f"no source {source!r} is configured (OHX_SOURCES)"
             continue
         if source not in connected:
-            connected[source] = {c.user_id: c for c in store.users(source)}
-        config = connected[source].get(event.user_id)
-        if config is None:
+            connected[source] = {p.config.user_id: p for p in store.people(source) if p.connected}
+        person = connected[source].get(event.user_id)
+        if person is None:
             dispatch.ignored[event.id] = f"user {event.user_id!r} is not connected to {source}"
             continue
+        if person.state != ACTIVE:
+            dispatch.ignored[event.id] = (
+                f"user {event.user_id!r} {person.state.replace('_', ' ')}: connect the account "
+                "again (the gap is fetched then)"
+            )
+            continue
+        config = person.config
         if event.data_type is not None and event.data_type not in config.enabled_types:
             dispatch.ignored[event.id] = f"{event.data_type} is not enabled for {event.user_id!r}"
             continue
@@ -72,13 +81,12 @@ def plan_dispatch(
 
 
 def run_request_for(day: date, source: str, events: Sequence[InboxEvent]) -> dg.RunRequest:
-    since: datetime = min(e.occurred_at or e.received_at for e in events)
+    run_key = f"webhook|{day.isoformat()}|{source}|{max(e.id for e in events)}"
     request = SyncRequest(
-        SyncStrategy.PUSH, user_ids=frozenset(e.user_id for e in events), since=since
+        SyncStrategy.PUSH, user_ids=frozenset(e.user_id for e in events), inbox=run_key
     )
-    last_id = max(e.id for e in events)
     return dg.RunRequest(
-        run_key=f"webhook|{day.isoformat()}|{source}|{last_id}",
+        run_key=run_key,
         partition_key=partition_key(day, source),
         tags={**request.tags(), "ohx/inbox-events": str(len(events))},
     )

@@ -92,8 +92,9 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def store(store_url: str) -> Iterator[RecordStore]:
-    """A RecordStore on SQLite and on PostgreSQL (tests using it run once per backend)."""
-    record_store = RecordStore(store_url)
+    """A RecordStore on SQLite and on PostgreSQL (tests using it run once per backend), its
+    schema migrated as `ohx db upgrade` does."""
+    record_store = RecordStore(store_url, migrate_schema=True)
     yield record_store
     record_store.dispose()
 

@@ -16,9 +16,9 @@ from ohx_dagster.fhir.delivery import (
     DeliveryError,
     FhirClient,
     enqueue,
-    fhir_outbox,
     pending,
 )
+from ohx_dagster.schema import fhir_outbox
 from ohx_dagster.store import RecordStore
 
 

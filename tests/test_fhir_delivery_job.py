@@ -18,8 +18,8 @@ import pytest
 from fhir_test_server import FhirServer, running_fhir_server
 
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.fhir.delivery import outbox_counts
-from ohx_dagster.fhir.ndjson import read_ndjson
+from ohx_dagster.fhir.delivery import partition_counts as outbox_counts
+from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.settings import Settings
 from ohx_dagster.store import RecordStore
 
@@ -80,11 +80,13 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
 
 
 def _ndjson_identifiers(settings: Settings) -> list[str]:
-    directory = settings.fhir_dir / DAY / "simulated"
+    """The identifiers of every resource the partition's manifest names."""
+    output = FhirOutput(settings.fhir_dir)
+    manifest = output.manifest(f"{DAY}/simulated")
     return [
         r["identifier"][0]["value"]
-        for path in sorted(directory.glob("*.ndjson"))
-        for r in read_ndjson(path)
+        for entry in manifest["output"]
+        for r in output.read_resources(f"{DAY}/simulated/{entry['url'].rsplit('/', 1)[-1]}")
     ]
 
 
@@ -188,3 +190,35 @@ def test_without_a_server_delivery_is_skipped(
     metadata = _delivery(result)
     assert metadata["skipped"] is True and str(metadata["status"]).startswith("skipped")
     assert _checks(result) == {"outbox_drained": True, "server_confirms": True}
+
+
+def test_an_attempt_that_failed_before_queueing_is_made_good_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: FhirServer
+) -> None:
+    """The first attempt dies before the partition is queued (the database is locked); the
+    step's retry queues it and delivers every resource: the checks compare the server with the
+    partition's files, so an empty queue could never pass them."""
+    import assets.fhir_delivery as delivery_asset
+    from sqlalchemy.exc import OperationalError
+
+    _configure(monkeypatch, server)
+    settings = _settings(tmp_path)
+    defs = build_definitions(settings)
+    instance = dg.DagsterInstance.ephemeral()
+    real = delivery_asset.enqueue_partition
+    calls = []
+
+    def locked_once(*args, **kwargs):
+        calls.append(args[-1])
+        if len(calls) == 1:
+            raise OperationalError("INSERT INTO fhir_outbox", {}, Exception("database is locked"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(delivery_asset, "enqueue_partition", locked_once)
+    result = _run(defs, instance)
+    assert result.success
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert [e.step_key for e in retried] == ["fhir_delivery"]
+    identifiers = _ndjson_identifiers(settings)
+    assert _checks(result) == {"outbox_drained": True, "server_confirms": True}
+    assert _held_once(server) == dict.fromkeys(identifiers, 1)

@@ -4,7 +4,10 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 
-from ohx_dagster import aggregate
+from zoneinfo import ZoneInfo
+
+from ohx_dagster import aggregate, db
+from ohx_dagster.schema import aggregates
 from ohx_dagster.models import DateRange, HealthSyncConfig
 from ohx_dagster.records import make_batch
 from ohx_dagster.retention import apply_retention
@@ -33,8 +36,10 @@ def fill(store: RecordStore, now: datetime = NOW) -> None:
     )
     for user in ("short", "long"):
         batch = hourly_heart_rate(user, 40, now)
-        store.upsert_records(batch)
-        store.upsert_aggregates(aggregate.hourly(batch, {}))
+        store.commit("simulated", user, ZoneInfo("UTC"), batch)
+        hourly = aggregate.hourly(batch, {})
+        with store.write() as conn:
+            db.upsert(conn, aggregates, db.plain_rows(hourly[aggregate.AGGREGATE_COLUMNS]))
 
 
 def test_retention_keeps_each_users_period(store: RecordStore) -> None:

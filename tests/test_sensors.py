@@ -89,9 +89,11 @@ def test_webhook_tick_groups_events_by_partition_and_ignores_with_reasons(
     assert today_request.tags["dagster/priority"] == str(PRIORITY[SyncStrategy.PUSH])
     assert int(today_request.tags["dagster/priority"]) > PRIORITY[SyncStrategy.INCREMENTAL]
     assert today_request.run_key == f"webhook|{now.date()}|simulated|2"
-    assert (
-        SyncRequest.from_tags(by_partition[f"{yesterday.date()}|simulated"].tags).since <= yesterday
-    )
+    # Each run reads its own notifications back from the inbox by its run key.
+    yesterdays = by_partition[f"{yesterday.date()}|simulated"]
+    assert SyncRequest.from_tags(yesterdays.tags).inbox == yesterdays.run_key
+    assert [e.event_key for e in inbox.dispatched_to(yesterdays.run_key)] == ["e3"]
+    assert [e.event_key for e in inbox.dispatched_to(today_request.run_key)] == ["e1", "e2"]
     assert result.cursor == "6"
     assert inbox.counts() == {"pending": 0, "dispatched": 3, "ignored": 3}
 

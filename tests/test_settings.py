@@ -39,7 +39,7 @@ def test_defaults_and_derived_paths(tmp_path) -> None:
     settings = Settings.from_env({"OHX_HOME": str(tmp_path)})
     assert settings.sources == ("simulated",)
     assert settings.database_url == f"sqlite:///{tmp_path / 'ohx.db'}"
-    assert settings.fhir_dir == tmp_path / "fhir"
+    assert settings.fhir_dir == str(tmp_path / "fhir")
     with_fitabase = Settings.from_env({"OHX_HOME": str(tmp_path), "OHX_FITABASE_DIR": "/data"})
     assert with_fitabase.sources == ("simulated", "fitabase")
     assert with_fitabase.live_sources == ("simulated",)

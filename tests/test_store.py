@@ -1,26 +1,30 @@
-"""The record store on SQLite and PostgreSQL: idempotent upserts, forward-only sync state, users,
-aggregates, and several processes writing one store (a SQLite file) at once."""
+"""The record store on SQLite and PostgreSQL: chunks merged idempotently, coverage and changed days
+committed with the records, people and their states, aggregates, and several processes writing one
+person's hours at once without losing a sample."""
 
 from __future__ import annotations
 
 import multiprocessing
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from ohx_dagster.errors import ConfigError
-from ohx_dagster.models import AggregationLevel, DateRange, HealthSyncConfig
-from ohx_dagster.records import make_batch
-from ohx_dagster.store import AGGREGATE_COLUMNS, RecordStore, from_us, to_us
+from ohx_dagster.models import DateRange, HealthSyncConfig
+from ohx_dagster.records import concat, make_batch
+from ohx_dagster.store import ACTIVE, DISCONNECTED, NEEDS_REAUTHORIZATION, RecordStore
+from ohx_dagster.times import to_us
 
 T0 = datetime(2016, 4, 1, tzinfo=UTC)
 DAY = DateRange(T0, T0 + timedelta(days=1))
+CHICAGO = ZoneInfo("America/Chicago")
 
 
-def heart_rate_batch(user: str, start_s: int, count: int, step_s: int = 5) -> pd.DataFrame:
+def heart_rate_batch(user: str, start_s: int, count: int, step_s: int = 5, device="fitbit"):
     """Heart rate every `step_s` seconds; the value depends only on the timestamp."""
     seconds = start_s + step_s * np.arange(count)
     return make_batch(
@@ -30,200 +34,168 @@ def heart_rate_batch(user: str, start_s: int, count: int, step_s: int = 5) -> pd
         timestamps=pd.DatetimeIndex(T0 + pd.to_timedelta(seconds, unit="s")),
         values=60.0 + (seconds % 97),
         unit="/min",
-        device_id="fitbit",
+        device_id=device,
         utc_offset_min=-300,
     )
 
 
+def commit(store: RecordStore, batch: pd.DataFrame, user: str = "u1", **kw):
+    return store.commit("fitabase", user, CHICAGO, batch, **kw)
+
+
 def identities(frame: pd.DataFrame) -> set[tuple]:
-    return set(
-        frame[["provider", "user_id", "data_type", "ts", "device_id"]].itertuples(
-            index=False, name=None
-        )
-    )
+    columns = ["provider", "user_id", "data_type", "ts", "device_id"]
+    return set(frame[columns].itertuples(index=False, name=None))
 
 
-def test_same_batch_twice_gives_the_same_rows(store: RecordStore) -> None:
+def test_the_same_batch_twice_changes_nothing_the_second_time(store: RecordStore) -> None:
     batch = heart_rate_batch("u1", 0, 500)
-    assert store.upsert_records(batch) == 500
-    first = store.read_records("fitabase", DAY)
-    assert store.upsert_records(batch) == 500
-    second = store.read_records("fitabase", DAY)
+    first = commit(store, batch)
+    assert first.changed_anything and date(2016, 4, 1) in first.days
+    stored = store.read_records("fitabase", DAY)
+    second = commit(store, batch)
+    assert not second.changed_anything and second.days == set()
     assert store.count_records() == 500
-    pd.testing.assert_frame_equal(first, second)
+    pd.testing.assert_frame_equal(stored, store.read_records("fitabase", DAY))
     expected = batch.sort_values("ts", ignore_index=True)
-    pd.testing.assert_frame_equal(second, expected, check_dtype=True)
+    pd.testing.assert_frame_equal(stored, expected, check_dtype=False)
 
 
 def test_overlapping_batches_store_the_union_and_replace_values(store: RecordStore) -> None:
-    store.upsert_records(heart_rate_batch("u1", 0, 100))
-    overlapping = heart_rate_batch("u1", 250, 100)  # seconds 250..745 overlap 250..495
-    overlapping["value"] = 150.0
-    store.upsert_records(overlapping)
+    commit(store, heart_rate_batch("u1", 0, 100))
+    corrected = heart_rate_batch("u1", 250, 100)
+    corrected["value"] = 150.0
+    report = commit(store, corrected)
     stored = store.read_records("fitabase", DAY)
-    assert len(stored) == 150  # 100 + 100 - 50 shared identities
-    assert len(identities(stored)) == 150
-    late = stored[stored["ts"] >= T0 + timedelta(seconds=250)]
-    assert (late["value"] == 150.0).all() and len(late) == 100
+    assert len(stored) == 150  # 0..495 s and 250..745 s every 5 s
+    assert (stored.loc[stored["ts"] >= T0 + timedelta(seconds=250), "value"] == 150.0).all()
+    assert report.changed_anything
 
 
 def test_identity_includes_device_and_user(store: RecordStore) -> None:
-    batch = heart_rate_batch("u1", 0, 10)
-    other_device = batch.assign(device_id="polar")
-    other_user = batch.assign(user_id="u2")
-    store.upsert_records(pd.concat([batch, other_device, other_user], ignore_index=True))
-    assert store.count_records("fitabase") == 30
-    assert len(store.read_records("fitabase", DAY, user_ids=["u2"])) == 10
-    assert store.count_records("simulated") == 0
+    commit(store, heart_rate_batch("u1", 0, 10))
+    commit(store, heart_rate_batch("u1", 0, 10, device="phone"))
+    commit(store, heart_rate_batch("u2", 0, 10), user="u2")
+    stored = store.read_records("fitabase", DAY)
+    assert len(identities(stored)) == 30
+    assert store.read_records("fitabase", DAY, user_ids=["u2"])["user_id"].unique().tolist() == ["u2"]
 
 
-def test_read_records_window_is_half_open(store: RecordStore) -> None:
-    store.upsert_records(heart_rate_batch("u1", 0, 24 * 12 + 1, step_s=300))  # to next midnight
-    window = DateRange(T0 + timedelta(hours=1), T0 + timedelta(hours=2))
-    stored = store.read_records("fitabase", window)
-    assert len(stored) == 12
-    assert stored["ts"].min() == pd.Timestamp(window.start)
-    assert stored["ts"].max() == pd.Timestamp(window.end) - pd.Timedelta(minutes=5)
-    assert len(store.read_records("fitabase", DAY)) == 24 * 12
-    assert store.read_records("fitabase", DAY, data_types=["steps"]).empty
+def test_a_replace_window_deletes_what_the_provider_no_longer_holds(store: RecordStore) -> None:
+    commit(store, heart_rate_batch("u1", 0, 720))  # an hour at 5 s
+    window = (to_us(T0 + timedelta(minutes=10)), to_us(T0 + timedelta(minutes=20)))
+    kept = heart_rate_batch("u1", 600, 60)  # the provider now sends 10:00-15:00 only
+    report = commit(store, kept, replace={"heart_rate": [window]})
+    stored = store.read_records("fitabase", DAY)
+    assert len(stored) == 720 - 60  # 15:00-20:00 is gone, the rest untouched
+    assert report.changed_anything and report.days == {date(2016, 4, 1), date(2016, 3, 31)}
 
 
-def test_ecg_samples_and_blood_pressure_round_trip(store: RecordStore) -> None:
-    waveform = np.sin(np.arange(7500) / 40.0) * 1000 + 0.125
+def test_read_window_is_half_open(store: RecordStore) -> None:
+    commit(store, heart_rate_batch("u1", 3590, 3))  # 00:59:50, 00:59:55, 01:00:00
+    hour = DateRange(T0, T0 + timedelta(hours=1))
+    assert len(store.read_records("fitabase", hour)) == 2
+
+
+def test_ecg_samples_blood_pressure_and_provenance_round_trip(store: RecordStore) -> None:
     ecg = make_batch(
-        provider="simulated",
-        user_id="sim-001",
-        data_type="ecg",
-        timestamps=[T0 + timedelta(hours=9, minutes=15)],
-        values=None,
-        unit="mV",
-        samples=[waveform / 1000.0],
-        sampling_rate_hz=250.0,
-        duration_s=30.0,
-        device_id="watch",
-    )
+        provider="fitabase", user_id="u1", data_type="ecg", timestamps=[T0], values=None,
+        unit="mV", samples=[[0.1, -0.25, 1.123456]], sampling_rate_hz=130.0, duration_s=0.023,
+    )  # fmt: skip
     bp = make_batch(
-        provider="simulated",
-        user_id="sim-001",
-        data_type="blood_pressure",
-        timestamps=[T0 + timedelta(hours=7, minutes=30)],
-        values=[121.0],
-        diastolic=[79.0],
-        unit="mm[Hg]",
-        device_id="cuff",
-    )
-    store.upsert_records(pd.concat([ecg, bp], ignore_index=True))
-    stored = store.read_records("simulated", DAY)
-    got_ecg = stored[stored["data_type"] == "ecg"].iloc[0]
-    np.testing.assert_allclose(got_ecg["samples"], waveform, rtol=1e-12)
-    assert got_ecg["sampling_rate_hz"] == 250.0
-    assert got_ecg["duration_s"] == 30.0
-    assert np.isnan(got_ecg["value"])
-    got_bp = stored[stored["data_type"] == "blood_pressure"].iloc[0]
-    assert (got_bp["value"], got_bp["diastolic"]) == (121.0, 79.0)
-    assert got_bp["samples"] is None
+        provider="fitabase", user_id="u1", data_type="blood_pressure",
+        timestamps=[T0 + timedelta(minutes=1)], values=[121.0], diastolic=[79.0], unit="mmHg",
+        method="manual",
+    )  # fmt: skip
+    commit(store, concat([ecg, bp]))
+    stored = store.read_records("fitabase", DAY).set_index("data_type")
+    assert stored.loc["ecg", "samples"] == [100.0, -250.0, 1123.456]
+    assert stored.loc["ecg", "sampling_rate_hz"] == 130.0
+    assert stored.loc["blood_pressure", ["value", "diastolic"]].tolist() == [121.0, 79.0]
+    assert stored.loc["blood_pressure", "method"] == "manual"
 
 
 def test_microsecond_timestamps_are_exact(store: RecordStore) -> None:
-    moment = datetime(2016, 4, 1, 12, 0, 0, 123457, tzinfo=UTC)
-    assert from_us(to_us(moment)) == moment
+    stamps = [T0 + timedelta(microseconds=1), T0 + timedelta(seconds=1, microseconds=999_999)]
     batch = make_batch(
-        provider="p",
-        user_id="u",
-        data_type="heart_rate",
-        timestamps=[moment],
-        values=[70],
-        unit="bpm",
-    )
-    store.upsert_records(batch)
-    assert store.read_records("p", DAY)["ts"].iloc[0] == pd.Timestamp(moment)
+        provider="fitabase", user_id="u1", data_type="rr_intervals", timestamps=stamps,
+        values=[812.0, 799.0], unit="ms",
+    )  # fmt: skip
+    commit(store, batch)
+    assert store.read_records("fitabase", DAY)["ts"].tolist() == stamps
 
 
-def test_sync_state_only_moves_forward(store: RecordStore) -> None:
-    assert store.last_synced("fitbit", "u1", "heart_rate") is None
-    noon = T0 + timedelta(hours=12)
-    store.advance_sync_state("fitbit", "u1", ["heart_rate", "steps"], noon)
-    store.advance_sync_state("fitbit", "u1", ["heart_rate"], noon - timedelta(hours=3))
-    assert store.last_synced("fitbit", "u1", "heart_rate") == noon
-    store.advance_sync_state("fitbit", "u1", ["heart_rate"], noon + timedelta(minutes=1))
-    assert store.last_synced("fitbit", "u1", "heart_rate") == noon + timedelta(minutes=1)
-    assert store.last_synced("fitbit", "u1", "steps") == noon
-    assert store.last_synced("fitbit", "u2", "heart_rate") is None
-    assert store.last_synced("withings", "u1", "heart_rate") is None
+def test_coverage_is_committed_with_the_records_and_joins_touching_windows(store) -> None:
+    a = (to_us(T0), to_us(T0 + timedelta(hours=2)))
+    b = (to_us(T0 + timedelta(hours=2)), to_us(T0 + timedelta(hours=3)))
+    commit(store, heart_rate_batch("u1", 0, 10), covered={"heart_rate": [a]})
+    commit(store, heart_rate_batch("u1", 0, 10), covered={"heart_rate": [b], "steps": [a]})
+    assert store.coverage("fitabase") == {
+        ("u1", "heart_rate"): [(a[0], b[1])],
+        ("u1", "steps"): [a],
+    }
+    assert store.last_synced("fitabase", "u1", "heart_rate") == T0 + timedelta(hours=3)
 
 
-def test_add_users_registers_only_new_users(store: RecordStore) -> None:
-    chicago = HealthSyncConfig(user_id="u1", provider="fitabase", timezone="America/Chicago")
-    assert store.add_users([chicago]) == 1
-    edited = HealthSyncConfig(user_id="u1", provider="fitabase", timezone="Europe/Amsterdam")
-    store.upsert_user(edited)
-    # A source re-announcing its users must not undo an edited config.
-    assert store.add_users([chicago, HealthSyncConfig(user_id="u2", provider="fitabase")]) == 1
-    assert store.user("fitabase", "u1") == edited
+def test_people_states_refusals_and_reconnection(store: RecordStore) -> None:
+    config = HealthSyncConfig(user_id="u1", provider="oura", timezone="Europe/Paris")
+    store.upsert_user(config)
+    connected_at = store.person("oura", "u1").connected_at_us
+    store.record_errors("oura", "u1", {"spo2": "HTTP 403: scope spo2Daily not granted"},
+                        refused=True, config=config)  # fmt: skip
+    assert store.refused_types(config) == {"spo2": "HTTP 403: scope spo2Daily not granted"}
+    edited = HealthSyncConfig(user_id="u1", provider="oura", timezone="Europe/Paris", lookback_days=7)
+    assert store.refused_types(edited) == {}  # other settings: tried again
+    store.set_state("oura", "u1", NEEDS_REAUTHORIZATION, "invalid_grant")
+    assert store.active_users("oura") == []
+    assert store.person("oura", "u1").state == NEEDS_REAUTHORIZATION
+    store.upsert_user(config)  # the connect flow: active again, refusals forgotten
+    person = store.person("oura", "u1")
+    assert person.state == ACTIVE and person.connected_at_us == connected_at
+    assert store.refused_types(config) == {}
+    store.set_state("oura", "u1", DISCONNECTED, "appli 46: unlinked")
+    assert store.users("oura") == [] and store.user("oura", "u1") == config
+
+
+def test_add_users_registers_only_new_people(store: RecordStore) -> None:
+    first = HealthSyncConfig(user_id="u1", provider="fitabase", timezone="America/Chicago")
+    assert store.add_users([first]) == 1
+    assert store.add_users([first, HealthSyncConfig(user_id="u2", provider="fitabase")]) == 1
     assert [c.user_id for c in store.users("fitabase")] == ["u1", "u2"]
-    assert store.users("fitbit") == []
-    assert store.user("fitabase", "nobody") is None
+    assert store.user("fitabase", "u1").timezone == "America/Chicago"
 
 
-def test_upsert_user_replaces_config_and_keeps_connection_time(store: RecordStore) -> None:
-    first = HealthSyncConfig(user_id="u1", provider="fitbit", aggregation=AggregationLevel.DAILY)
-    store.upsert_user(first)
-    ((connected_at, config),) = store.users_connected_since(0)
-    assert config == first
-    store.upsert_user(HealthSyncConfig(user_id="u1", provider="fitbit"), connected=False)
-    assert store.users("fitbit") == []
-    assert store.users("fitbit", connected_only=False)[0].aggregation is AggregationLevel.HOURLY
-    store.upsert_user(first)
-    ((again, _),) = store.users_connected_since(0)
-    assert again == connected_at
-    assert store.users_connected_since(connected_at) == []
+def test_day_versions_move_on_change_and_publishing_catches_up(store: RecordStore) -> None:
+    commit(store, heart_rate_batch("u1", 0, 10))
+    assert store.unpublished_days("fitabase") == {
+        date(2016, 3, 31): {"u1"},  # 00:00 UTC is 19:00 the day before in Chicago
+        date(2016, 4, 1): {"u1"},
+    }
+    with store.read() as conn:
+        versions = store.day_versions(conn, "fitabase", date(2016, 4, 1), None)
+    store.mark_published("fitabase", date(2016, 4, 1), versions, {"u1": True})
+    store.mark_published("fitabase", date(2016, 3, 31), {"u1": 1}, {})
+    assert store.unpublished_days("fitabase") == {}
+    commit(store, heart_rate_batch("u1", 0, 10))  # nothing new
+    assert store.unpublished_days("fitabase") == {}
 
 
-def aggregate_rows(mean: float) -> pd.DataFrame:
-    start = to_us(T0)
-    rows = [
-        {
-            "provider": "fitabase",
-            "user_id": user,
-            "data_type": "heart_rate",
-            "level": "hourly",
-            "bucket_start_us": start + hour * 3_600_000_000,
-            "bucket_end_us": start + (hour + 1) * 3_600_000_000,
-            "utc_offset_min": -300,
-            "count": 10,
-            "min": mean - 5,
-            "max": mean + 5,
-            "mean": mean,
-            "sum": mean * 10,
-            "diastolic_min": np.nan,
-            "diastolic_max": np.nan,
-            "diastolic_mean": np.nan,
-            "unit": "/min",
-        }
-        for user in ("u1", "u2")
-        for hour in range(3)
-    ]
-    return pd.DataFrame(rows, columns=AGGREGATE_COLUMNS)
-
-
-def test_aggregates_upsert_replaces_statistics(store: RecordStore) -> None:
-    assert store.upsert_aggregates(aggregate_rows(70.0)) == 6
-    assert store.upsert_aggregates(aggregate_rows(80.0)) == 6
-    stored = store.read_aggregates("fitabase", "hourly", DAY)
-    assert len(stored) == 6
-    assert (stored["mean"] == 80.0).all()
-    assert stored["diastolic_mean"].isna().all()
-    assert store.read_aggregates("fitabase", "daily", DAY).empty
-    first_hour = DateRange(T0, T0 + timedelta(hours=1))
-    assert sorted(store.read_aggregates("fitabase", "hourly", first_hour)["user_id"]) == [
-        "u1",
-        "u2",
-    ]
+def test_retention_trims_the_hour_that_straddles_the_cutoff(store: RecordStore) -> None:
+    commit(store, heart_rate_batch("u1", 0, 1440))  # two hours at 5 s
+    removed, _ = store.delete_before("fitabase", "u1", T0 + timedelta(minutes=90))
+    assert removed == 1080
+    stored = store.read_records("fitabase", DAY)
+    assert stored["ts"].min() == T0 + timedelta(minutes=90)
 
 
 def test_unsupported_database_urls_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="OHX_DATABASE_URL"):
         RecordStore("mysql://localhost/ohx")
+
+
+def test_a_server_database_is_not_migrated_behind_the_operators_back(pg_database_url) -> None:
+    with pytest.raises(ConfigError, match="run `ohx db upgrade`"):
+        RecordStore(pg_database_url, migrate_schema=False)
 
 
 def test_sqlite_store_is_in_wal_mode(tmp_path: Path) -> None:
@@ -233,24 +205,23 @@ def test_sqlite_store_is_in_wal_mode(tmp_path: Path) -> None:
     store.dispose()
 
 
-# -- concurrent writers on one SQLite file ---------------------------------------------------
+# -- concurrent writers of one person's hours ----------------------------------------------------
 
 WRITERS = 4
 ROUNDS = 6
 
 
 def _writer(url: str, worker: int, start: object, errors: object) -> None:
-    """One process: open the store (creating tables if needed) and upsert overlapping batches."""
+    """One process: open the store (migrating it if it is first) and commit overlapping batches
+    of the same person and hours as the others."""
     try:
         start.wait(timeout=60)  # type: ignore[attr-defined]
-        store = RecordStore(url)
+        store = RecordStore(url, migrate_schema=True)
         for round_ in range(ROUNDS):
             # Each worker covers seconds [worker*1000, worker*1000 + 3000): neighbours overlap.
             batch = heart_rate_batch("u1", worker * 1000 + round_ * 100, 600)
-            store.upsert_records(batch)
-            store.advance_sync_state(
-                "fitabase", "u1", ["heart_rate"], T0 + timedelta(minutes=worker * 10 + round_)
-            )
+            span = (to_us(T0), to_us(T0 + timedelta(minutes=worker * 10 + round_)))
+            store.commit("fitabase", "u1", CHICAGO, batch, covered={"heart_rate": [span]})
             store.add_users([HealthSyncConfig(user_id=f"u{worker % 2}", provider="fitabase")])
         store.dispose()
     except BaseException as exc:
@@ -258,13 +229,11 @@ def _writer(url: str, worker: int, start: object, errors: object) -> None:
         raise
 
 
-def test_concurrent_processes_write_one_store(store_url: str) -> None:
-    """No "database is locked" on SQLite, no duplicate-table or deadlock errors on PostgreSQL."""
-    url = store_url  # a fresh file or database: the workers also race to create the tables
+def test_concurrent_processes_merge_the_same_hours_without_losing_a_sample(store_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     start, errors = context.Event(), context.Queue()
     workers = [
-        context.Process(target=_writer, args=(url, worker, start, errors))
+        context.Process(target=_writer, args=(store_url, worker, start, errors))
         for worker in range(WRITERS)
     ]
     for process in workers:
@@ -278,7 +247,7 @@ def test_concurrent_processes_write_one_store(store_url: str) -> None:
     assert messages == []
     assert [p.exitcode for p in workers] == [0] * WRITERS
 
-    store = RecordStore(url)
+    store = RecordStore(store_url, migrate_schema=True)
     expected = pd.concat(
         [
             heart_rate_batch("u1", worker * 1000 + round_ * 100, 600)
@@ -290,7 +259,6 @@ def test_concurrent_processes_write_one_store(store_url: str) -> None:
     stored = store.read_records("fitabase", DAY)
     assert len(stored) == len(expected) == len(identities(stored))
     assert identities(stored) == identities(expected)
-    assert (stored["value"].to_numpy() == expected.sort_values("ts")["value"].to_numpy()).all()
     last = max(worker * 10 + ROUNDS - 1 for worker in range(WRITERS))
     assert store.last_synced("fitabase", "u1", "heart_rate") == T0 + timedelta(minutes=last)
     assert [c.user_id for c in store.users("fitabase")] == ["u0", "u1"]

@@ -1,157 +1,176 @@
-"""sync_partition: records commit before sync state moves; one user's failure loses nobody else's
-data; a re-run after the fault is fixed repeats nothing twice."""
+"""sync_partition against the invariant: no sample the provider holds is lost or counted twice,
+whatever fails, whatever order runs happen in.
+
+The source here is the simulated provider (deterministic: its history is a pure function of
+person, type and hour) behind the same `Windowed` adapter the product uses, with faults injected
+per person and type the way providers fail: an outage, a refused type (403), a spent grant, a rate
+limit."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
 
-import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from ohx_dagster.errors import ProviderError
+from ohx_dagster.errors import NeedsReauthorization, ProviderError, RateLimited, ValidationError
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.providers.base import FetchResult, Windowed
+from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.quality import recordings_without_heart_rate
-from ohx_dagster.store import RecordStore
+from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
 from ohx_dagster.sync import SyncFailed, sync_partition
+from ohx_dagster.times import utc_day
 
-NOW = datetime(2025, 1, 10, tzinfo=UTC)
-# Two hours keep the tests fast and still hold sim-001's ECG (09:15 Amsterdam = 08:15 UTC).
-WINDOW = DateRange(datetime(2025, 1, 5, 8, tzinfo=UTC), datetime(2025, 1, 5, 10, tzinfo=UTC))
-FAILING = "sim-002"
+# Relative to the wall clock: people connect "now", and their history reaches 30 days back.
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+DAY = NOW.date() - timedelta(days=5)
+HR, SPO2 = HealthDataType.HEART_RATE, HealthDataType.SPO2
 
 
-class FaultySource:
-    """The simulated provider with an injected outage for some users (or some of their types)."""
+class ScriptedSource(Windowed):
+    """The simulated provider, with failures scripted per person (and type)."""
 
-    def __init__(
-        self, error: Exception, users: set[str], kinds: set[HealthDataType] | None = None
-    ) -> None:
-        self.inner = SimulatedSource(3, clock=lambda: NOW)
-        self.name = self.inner.name
-        self.error, self.users, self.kinds = error, users, kinds
+    def __init__(self, people: int = 3, horizon=timedelta(0), **faults) -> None:
+        super().__init__(SimulatedSource(people, clock=lambda: NOW), SUPPORTED_TYPES["simulated"], horizon)
+        self.faults: dict[str, Exception] = faults.get("raise", {})
+        self.refuse: dict[str, set[str]] = faults.get("refuse", {})
         self.calls: list[tuple[str, tuple[str, ...]]] = []
 
-    def discover_users(self) -> list[HealthSyncConfig]:
-        return self.inner.discover_users()
-
-    def fetch(
-        self,
-        user: HealthSyncConfig,
-        data_types: Iterable[HealthDataType],
-        window: DateRange,
-        *,
-        batch_size: int,
-    ) -> pd.DataFrame:
-        kinds = [HealthDataType(k) for k in data_types]
-        self.calls.append((user.user_id, tuple(sorted(k.value for k in kinds))))
-        if user.user_id in self.users and (self.kinds is None or self.kinds & set(kinds)):
-            raise self.error
-        return self.inner.fetch(user, kinds, window, batch_size=batch_size)
+    def fetch_windows(self, user: HealthSyncConfig, windows: Mapping) -> FetchResult:
+        self.calls.append((user.user_id, tuple(sorted(k.value for k in windows))))
+        if user.user_id in self.faults:
+            raise self.faults[user.user_id]
+        refused = self.refuse.get(user.user_id, set())
+        result = super().fetch_windows(user, {k: w for k, w in windows.items() if k.value not in refused})
+        result.refused |= {kind: f"HTTP 403: {kind} not permitted" for kind in refused if HealthDataType(kind) in windows}
+        return result
 
 
-def clean_source() -> SimulatedSource:
-    return SimulatedSource(3, clock=lambda: NOW)
+def held(store: RecordStore, people: Sequence[str], days: Sequence[date]) -> int:
+    """What the provider holds for these people and days (the simulator is deterministic)."""
+    source = SimulatedSource(3, clock=lambda: NOW)
+    total = 0
+    for config in source.discover_users():
+        if config.user_id in people:
+            for day in days:
+                total += len(source.fetch(config, SUPPORTED_TYPES["simulated"], utc_day(day), batch_size=0))
+    return total
 
 
-def test_sync_commits_records_then_advances_state(store: RecordStore) -> None:
-    report = sync_partition(clean_source(), store, WINDOW, now=NOW)
-    assert sorted(report.users_synced) == ["sim-001", "sim-002", "sim-003"]
-    assert report.records == store.count_records("simulated") > 10_000
-    assert report.first >= WINDOW.start and report.last < WINDOW.end  # type: ignore[operator]
-    for user in report.users_synced:
-        for kind in HealthDataType:
-            assert store.last_synced("simulated", user, kind) == WINDOW.end
-    stored = store.read_records("simulated", WINDOW)
-    assert stored.groupby("data_type").size().to_dict() == report.records_by_type
-    assert recordings_without_heart_rate(stored) == []
-    again = sync_partition(clean_source(), store, WINDOW, now=NOW)
-    assert again.records == report.records
-    pd.testing.assert_frame_equal(store.read_records("simulated", WINDOW), stored)
+def stored(store: RecordStore, days: Sequence[date]) -> int:
+    window = DateRange(utc_day(min(days)).start, utc_day(max(days)).end)
+    return len(store.read_records("simulated", window))
+
+
+def test_a_run_commits_its_day_and_a_rerun_fetches_nothing(store: RecordStore) -> None:
+    source = ScriptedSource()
+    report = sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    people = ["sim-001", "sim-002", "sim-003"]
+    assert sorted(report.users_synced) == people
+    assert stored(store, [DAY]) == held(store, people, [DAY]) == report.records
+    assert DAY in report.days_changed
+    source.calls.clear()
+    again = sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    assert source.calls == [] and again.records == 0 and sorted(again.users_synced) == people
 
 
 @pytest.mark.parametrize(
     "error",
-    [ProviderError("503 from the provider"), ConnectionError("connection reset by peer")],
+    [ProviderError("simulated: HTTP 503"), ConnectionResetError("reset by peer")],
     ids=["provider-error", "network-error"],
 )
-def test_one_users_failure_loses_nobody_elses_data(
-    store: RecordStore, tmp_path: Path, error: Exception
-) -> None:
-    faulty = FaultySource(error, {FAILING})
-    with pytest.raises(SyncFailed, match=FAILING) as caught:
-        sync_partition(faulty, store, WINDOW, now=NOW)
-    report = caught.value.report
-    assert sorted(report.users_synced) == ["sim-001", "sim-003"]
-    assert list(report.failures) == [FAILING]
-    assert type(error).__name__ in report.failures[FAILING]
-    assert "1 of 3 users" in str(caught.value)
-    stored = store.read_records("simulated", WINDOW)
-    assert set(stored["user_id"]) == {"sim-001", "sim-003"}
-    for kind in HealthDataType:
-        assert store.last_synced("simulated", FAILING, kind) is None
-        assert store.last_synced("simulated", "sim-003", kind) == WINDOW.end
-
-    # The outage ends; the retried run completes and nothing is stored twice.
-    fixed = sync_partition(clean_source(), store, WINDOW, now=NOW)
-    assert sorted(fixed.users_synced) == ["sim-001", "sim-002", "sim-003"]
-    after = store.read_records("simulated", WINDOW)
-    reference = RecordStore(f"sqlite:///{tmp_path / 'reference.db'}")
-    sync_partition(clean_source(), reference, WINDOW, now=NOW)
-    pd.testing.assert_frame_equal(after, reference.read_records("simulated", WINDOW))
-    pd.testing.assert_frame_equal(after[after["user_id"] != FAILING].reset_index(drop=True), stored)
-    assert store.last_synced("simulated", FAILING, HealthDataType.ECG) == WINDOW.end
-    reference.dispose()
+def test_one_persons_failure_loses_nobody_elses_data(store: RecordStore, error) -> None:
+    source = ScriptedSource(**{"raise": {"sim-002": error}})
+    with pytest.raises(SyncFailed) as failed:
+        sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    report = failed.value.report
+    assert report.transient and sorted(report.users_synced) == ["sim-001", "sim-003"]
+    assert "sim-002" in report.failures
+    assert stored(store, [DAY]) == held(store, ["sim-001", "sim-003"], [DAY])
+    # The outage ends: the retry fetches sim-002's day, and nothing of the others again.
+    fixed = ScriptedSource()
+    sync_partition(fixed, store, DAY, strategy="incremental", now=NOW)
+    assert [user for user, _ in fixed.calls] == ["sim-002"]
+    assert stored(store, [DAY]) == held(store, ["sim-001", "sim-002", "sim-003"], [DAY])
 
 
-def test_a_failure_on_one_type_commits_nothing_of_that_user(store: RecordStore) -> None:
-    faulty = FaultySource(ProviderError("ECG endpoint down"), {"sim-001"}, {HealthDataType.ECG})
-    with pytest.raises(SyncFailed, match="sim-001"):
-        sync_partition(faulty, store, WINDOW, now=NOW)
-    assert "sim-001" not in set(store.read_records("simulated", WINDOW)["user_id"])
-    assert store.last_synced("simulated", "sim-001", HealthDataType.HEART_RATE) is None
+def test_bad_data_is_not_retried(store: RecordStore) -> None:
+    source = ScriptedSource(**{"raise": {"sim-001": ValidationError("value", -5, "bpm >= 20")}})
+    with pytest.raises(SyncFailed) as failed:
+        sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    assert not failed.value.report.transient
 
 
-def test_only_the_named_users_are_synced(store: RecordStore) -> None:
-    report = sync_partition(clean_source(), store, WINDOW, user_ids=["sim-003", "nobody"], now=NOW)
-    assert report.users_synced == ["sim-003"]
-    assert "nobody" in report.users_skipped
-    assert set(store.read_records("simulated", WINDOW)["user_id"]) == {"sim-003"}
-    assert store.last_synced("simulated", "sim-001", HealthDataType.HEART_RATE) is None
+def test_a_refused_type_is_recorded_and_the_others_keep_syncing(store: RecordStore) -> None:
+    source = ScriptedSource(refuse={"sim-001": {"spo2"}})
+    report = sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    assert report.refused == {"sim-001": {"spo2": "HTTP 403: spo2 not permitted"}}
+    assert "sim-001" in report.users_synced
+    config = store.user("simulated", "sim-001")
+    assert store.refused_types(config) == {"spo2": "HTTP 403: spo2 not permitted"}
+    # The next run does not ask for it again (no hourly retry of a permanent refusal) ...
+    source.calls.clear()
+    sync_partition(source, store, DAY + timedelta(days=1), strategy="incremental", now=NOW)
+    asked = dict(source.calls)
+    assert "spo2" not in asked["sim-001"] and "spo2" in asked["sim-002"]
+    # ... until the person reconnects.
+    store.upsert_user(config)
+    source = ScriptedSource()
+    sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    assert dict(source.calls)["sim-001"] == ("spo2",)
+
+
+def test_a_spent_grant_parks_the_person_until_they_reconnect(store: RecordStore) -> None:
+    spent = NeedsReauthorization("simulated user 'sim-003': invalid_grant")
+    report = sync_partition(ScriptedSource(**{"raise": {"sim-003": spent}}), store, DAY,
+                            strategy="incremental", now=NOW)  # fmt: skip
+    assert "needs reauthorization" in report.users_skipped["sim-003"]
+    assert store.person("simulated", "sim-003").state == NEEDS_REAUTHORIZATION
+    source = ScriptedSource()
+    sync_partition(source, store, DAY + timedelta(days=1), strategy="incremental", now=NOW)
+    assert "sim-003" not in dict(source.calls)  # not called while parked
+    store.upsert_user(store.user("simulated", "sim-003"))
+    sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    assert stored(store, [DAY]) == held(store, ["sim-001", "sim-002", "sim-003"], [DAY])
+
+
+def test_a_rate_limit_defers_everyone_after_it_and_loses_nothing(store: RecordStore) -> None:
+    limited = ScriptedSource(**{"raise": {"sim-002": RateLimited("simulated", 42.0)}})
+    with pytest.raises(SyncFailed) as failed:
+        sync_partition(limited, store, DAY, strategy="incremental", now=NOW)
+    report = failed.value.report
+    assert report.deferred == ["sim-002", "sim-003"] and report.retry_after_s == 42.0
+    assert [user for user, _ in limited.calls] == ["sim-001", "sim-002"]  # sim-003 never called
+    retry = ScriptedSource()
+    sync_partition(retry, store, DAY, strategy="incremental", now=NOW)
+    assert sorted(user for user, _ in retry.calls) == ["sim-002", "sim-003"]
+    assert stored(store, [DAY]) == held(store, ["sim-001", "sim-002", "sim-003"], [DAY])
 
 
 def test_ecg_brings_its_heart_rate_even_when_heart_rate_is_not_enabled(store: RecordStore):
-    source = clean_source()
-    store.add_users(source.discover_users())
-    ecg_only = HealthSyncConfig(
-        user_id="sim-001",
-        provider="simulated",
-        enabled_types=frozenset({HealthDataType.ECG}),
-        timezone="Europe/Amsterdam",
-    )
-    store.upsert_user(ecg_only)
-    sync_partition(source, store, WINDOW, user_ids=["sim-001"], now=NOW)
-    stored = store.read_records("simulated", WINDOW)
-    ecg = stored[stored["data_type"] == "ecg"]
-    assert len(ecg) == 1
-    heart_rate = stored[stored["data_type"] == "heart_rate"]
-    start = ecg["ts"].iloc[0]
-    assert heart_rate["ts"].min() <= start and heart_rate["ts"].max() >= start
-    assert heart_rate["ts"].max() - heart_rate["ts"].min() < pd.Timedelta(minutes=3)
-    assert recordings_without_heart_rate(stored) == []
-    assert set(stored["data_type"]) == {"ecg", "heart_rate"}
+    source = ScriptedSource(1)
+    store.add_users(
+        [HealthSyncConfig(user_id="sim-001", provider="simulated", enabled_types=frozenset({"ecg"}),
+                          timezone="Europe/Amsterdam")]
+    )  # fmt: skip
+    report = sync_partition(source, store, DAY, strategy="incremental", now=NOW)
+    assert report.records_by_type["ecg"] == 1 and report.records_by_type["heart_rate"] > 0
+    assert report.unlinked == []
 
 
-def test_incremental_rerun_fetches_only_the_overlap(store: RecordStore) -> None:
-    sync_partition(clean_source(), store, WINDOW, now=NOW)
-    counting = FaultySource(ProviderError("never raised"), set())
-    later = datetime(2025, 1, 5, 10, 30, tzinfo=UTC)
-    day = DateRange(datetime(2025, 1, 5, tzinfo=UTC), datetime(2025, 1, 6, tzinfo=UTC))
-    counting.inner = SimulatedSource(3, clock=lambda: later)
-    report = sync_partition(counting, store, day, strategy="incremental", now=later)
-    # From 09:55 (10:00 minus the 5-minute overlap) to 10:30 for every user.
-    assert report.first == datetime(2025, 1, 5, 9, 55, tzinfo=UTC)
-    for user in ("sim-001", "sim-002", "sim-003"):
-        assert store.last_synced("simulated", user, HealthDataType.HEART_RATE) == later
+@given(st.permutations(range(4)), st.booleans())
+@settings(max_examples=8, deadline=None)
+def test_days_synced_in_any_order_store_exactly_what_the_provider_holds(tmp_path_factory, order, twice):
+    """Catch-up after an outage: days run newest first, oldest first, or shuffled, some twice."""
+    store = RecordStore(f"sqlite:///{tmp_path_factory.mktemp('order') / 'ohx.db'}")
+    days = [DAY - timedelta(days=d) for d in range(4)]
+    source = ScriptedSource(1)
+    for position in order:
+        sync_partition(source, store, days[position], strategy="incremental", now=NOW)
+        if twice:
+            sync_partition(source, store, days[position], strategy="incremental", now=NOW)
+    assert stored(store, days) == held(store, ["sim-001"], days)
+    store.dispose()

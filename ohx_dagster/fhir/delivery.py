@@ -85,6 +85,19 @@ def _upsert_outbox(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     )
 
 
+def enqueue(
+    store: RecordStore, partition_key: str, resources: Iterable[dict], *, file: str = ""
+) -> int:
+    """Put resources of a partition in the outbox (idempotent); returns how many the server has
+    not acknowledged with exactly this body (those are pending)."""
+    stamp = now_us()
+    rows = [_outbox_row(partition_key, file, r, stamp) for r in resources]
+    with store.write() as conn:
+        for start in range(0, len(rows), ENQUEUE_BATCH):
+            _upsert_outbox(conn, rows[start : start + ENQUEUE_BATCH])
+    return len(pending(store, partition_key))
+
+
 def enqueue_partition(store: RecordStore, output: FhirOutput, partition_key: str) -> int:
     """Put every file of the partition's current output that is not in the outbox yet into it
     (idempotent: run on every delivery attempt); returns how many files were enqueued."""
@@ -393,6 +406,14 @@ class DeliveryReport:
     retries: int = 0
     remaining: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: DeliveryReport) -> None:
+        self.sent += other.sent
+        self.batches += other.batches
+        self.retries += other.retries
+        self.remaining += other.remaining
+        for status, count in other.statuses.items():
+            self.statuses[status] = self.statuses.get(status, 0) + count
 
 
 @dataclass

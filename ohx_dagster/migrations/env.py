@@ -3,12 +3,13 @@ file), against the one schema module, ohx_dagster.schema."""
 
 from alembic import context
 
-from ohx_dagster.schema import metadata
+from ohx_dagster.schema import VERSION_TABLE, metadata
 
 connection = context.config.attributes["connection"]
 context.configure(
     connection=connection,
     target_metadata=metadata,
+    version_table=VERSION_TABLE,
     render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying
     compare_type=True,
 )

@@ -1,12 +1,12 @@
-"""File import of an Apple Health "Export All Health Data" export: export.xml, or the export.zip
-the Health app shares (its apple_health_export/export.xml is read inside the archive).
+"""The streaming parse of export.xml: HealthKit samples as compact per-type columns.
 
 Exports reach gigabytes, so the XML is streamed with ElementTree's pull parser (the engine of
 `iterparse`), fed line by line so every error names its line, and each top-level element is
-cleared once read: the parse holds one element at a time, and the records kept are compact
+cleared once read: the parse holds one element at a time, and the samples kept are compact
 arrays (about 50 bytes per mapped sample), never the document.
 
-Mapped, one user per export; timestamps keep the device offset ("2017-01-07 10:05:13 +0200"):
+Mapped, one user per export; timestamps keep the offset the export wrote ("2017-01-07 10:05:13
++0200"; zone.py explains why that offset is not always the one the sample was taken under):
 
 | HealthKit | data type |
 |---|---|
@@ -17,6 +17,11 @@ Mapped, one user per export; timestamps keep the device offset ("2017-01-07 10:0
 | HKQuantityTypeIdentifierBodyTemperature (degC, degF) | temperature |
 | HKQuantityTypeIdentifierOxygenSaturation (%, stored as a fraction 0..1) | spo2 |
 | HKCorrelationTypeIdentifierBloodPressure (Systolic + Diastolic children) | blood_pressure |
+
+A sample with `<MetadataEntry key="HKWasUserEntered" value="1"/>` was typed in by a person (in
+the real export: the Health app's own "Add Data" entries, sourceName "Health"); its record gets
+method "manual", every other one "device". `HKTimeZone` metadata (the IANA zone a device or app
+recorded a sample in) is counted per zone for zone.py.
 
 Not mapped: HKQuantityTypeIdentifierHeartRateVariabilitySDNN is a per-minute statistic of beat
 intervals, not RR intervals (its beat list still yields heart rate). Every other type (distance,
@@ -34,30 +39,19 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-import zipfile
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cached_property, lru_cache
-from pathlib import Path
+from functools import lru_cache
 from typing import IO, Final
 
 import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ProviderError, ValidationError
-from ohx_dagster.models import (
-    HARD_LIMITS,
-    AggregationLevel,
-    DateRange,
-    HealthDataType,
-    HealthSyncConfig,
-    SyncFrequency,
-)
-from ohx_dagster.records import concat, dedupe, make_batch, select
+from ohx_dagster.models import HARD_LIMITS, HealthDataType
+from ohx_dagster.records import make_batch
 from ohx_dagster.units import accepted_units, to_canonical
 
 NAME: Final = "apple_health"
@@ -72,7 +66,10 @@ BLOOD_PRESSURE: Final = "HKCorrelationTypeIdentifierBloodPressure"
 SYSTOLIC: Final = "HKQuantityTypeIdentifierBloodPressureSystolic"
 DIASTOLIC: Final = "HKQuantityTypeIdentifierBloodPressureDiastolic"
 BEAT: Final = "InstantaneousBeatsPerMinute"
+USER_ENTERED: Final = "HKWasUserEntered"
+TIME_ZONE: Final = "HKTimeZone"
 DEVICE_ID_MAX: Final = 128  # the store's device_id column
+EXPECTED_EXPORT: Final = "the export.xml or export.zip of the Health app's 'Export All Health Data'"
 
 _DATE = re.compile(r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)")
 # Beat times are local wall-clock times in the phone's locale: "6:14:48.94 PM", "08:33:44,67",
@@ -82,6 +79,7 @@ _HARDWARE = re.compile(r"hardware:([^,>]+(?:,\d+)?)")
 _DEVICE_NAME = re.compile(r"name:([^,>]+)")
 _EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
 _DAY_US: Final = 86_400_000_000
+_MINUTE_US: Final = 60_000_000
 TIME_FORMAT: Final = "'YYYY-MM-DD hh:mm:ss +hhmm' (local time with its UTC offset)"
 
 
@@ -94,11 +92,33 @@ class ExportSummary:
     other: Counter[str] = field(default_factory=Counter)  # Workout, ActivitySummary, Me, ...
     skipped: Counter[str] = field(default_factory=Counter)  # Record types not mapped
     mapped: Counter[str] = field(default_factory=Counter)  # samples read per data type
+    manual: Counter[str] = field(default_factory=Counter)  # of those, typed in (per data type)
     beats: int = 0  # InstantaneousBeatsPerMinute read as heart rate
     # Top-level systolic/diastolic records repeat their correlation's children (HealthKit's DTD);
     # halves with no blood-pressure correlation are counted here, not stored.
     unpaired_blood_pressure: int = 0
+    time_zones: Counter[str] = field(default_factory=Counter)  # HKTimeZone values
+    locale: str = ""  # <HealthData locale="en_US">
+    export_date: str = ""  # <ExportDate value="2017-11-07 10:05:13 +0200">
+    ecg_files: int = 0  # electrocardiograms/*.csv read
     lines: int = 0
+
+
+def parse_moment(text: str | None) -> tuple[int, int] | None:
+    """Local wall-clock microseconds since the epoch and the UTC offset in minutes, or None
+    when the text is not a HealthKit export date."""
+    match = _DATE.fullmatch(text or "")
+    if match is None:
+        return None
+    try:
+        day = _epoch_day(match[0][:10])
+    except ValueError:
+        return None
+    h, m, s = int(match[4]), int(match[5]), int(match[6])
+    offset = (int(match[8]) * 60 + int(match[9])) * (-1 if match[7] == "-" else 1)
+    if h > 23 or m > 59 or s > 60 or abs(offset) > 18 * 60:
+        return None
+    return day * _DAY_US + ((h * 60 + m) * 60 + s) * 1_000_000, offset
 
 
 class _Columns:
@@ -112,6 +132,7 @@ class _Columns:
         self.duration_s = array("d")
         self.device = array("q")
         self.line = array("q")
+        self.manual = array("b")
 
     def add(
         self,
@@ -123,6 +144,7 @@ class _Columns:
         *,
         diastolic: float = np.nan,
         duration_s: float = np.nan,
+        manual: bool = False,
     ) -> None:
         self.local_us.append(local_us)
         self.offset_min.append(offset_min)
@@ -131,21 +153,7 @@ class _Columns:
         self.duration_s.append(duration_s)
         self.device.append(device)
         self.line.append(line)
-
-
-@contextmanager
-def open_export(path: Path) -> Iterator[IO[bytes]]:
-    """export.xml, or the export.xml inside Apple's export.zip (not export_cda.xml)."""
-    if not zipfile.is_zipfile(path):
-        with path.open("rb") as stream:
-            yield stream
-        return
-    with zipfile.ZipFile(path) as archive:
-        names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "export.xml"]
-        if len(names) != 1:
-            raise ValidationError("archive", str(path), "a zip holding one export.xml")
-        with archive.open(names[0]) as stream:
-            yield stream
+        self.manual.append(manual)
 
 
 @lru_cache(maxsize=4096)
@@ -163,11 +171,20 @@ def _epoch_day(text: str) -> int:
     return date(int(text[0:4]), int(text[5:7]), int(text[8:10])).toordinal() - _EPOCH_DAY
 
 
-class _Reader:
+def _metadata(element: ET.Element) -> dict[str, str]:
+    """The element's own MetadataEntry children (not those of nested records)."""
+    return {
+        child.get("key", ""): child.get("value", "")
+        for child in element
+        if child.tag == "MetadataEntry"
+    }
+
+
+class ExportReader:
     """Turns the stream of elements into per-type columns and the summary."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, name: str) -> None:
+        self.name = name  # the file as messages name it: path, or "export.zip!member"
         self.summary = ExportSummary()
         self.columns: dict[tuple[HealthDataType, str], _Columns] = {}
         self.devices: dict[str, int] = {}
@@ -176,24 +193,14 @@ class _Reader:
         self.bp_children: Counter[tuple[str, str, str, str]] = Counter()
 
     def where(self, line: int, kind: str) -> str:
-        return f"{self.path}, line {line}, {kind}"
+        return f"{self.name}, line {line}, {kind}"
 
     def moment(self, text: str | None, name: str, line: int, kind: str) -> tuple[int, int]:
         """Local wall-clock microseconds since the epoch and the UTC offset in minutes."""
-        match = _DATE.fullmatch(text or "")
-        if match is None:
+        found = parse_moment(text)
+        if found is None:
             raise ValidationError(name, text, TIME_FORMAT, where=self.where(line, kind))
-        try:
-            day = _epoch_day(match[0][:10])
-        except ValueError:
-            raise ValidationError(
-                name, text, "a calendar date", where=self.where(line, kind)
-            ) from None
-        h, m, s = int(match[4]), int(match[5]), int(match[6])
-        offset = (int(match[8]) * 60 + int(match[9])) * (-1 if match[7] == "-" else 1)
-        if h > 23 or m > 59 or s > 60 or abs(offset) > 18 * 60:
-            raise ValidationError(name, text, TIME_FORMAT, where=self.where(line, kind))
-        return day * _DAY_US + ((h * 60 + m) * 60 + s) * 1_000_000, offset
+        return found
 
     def number(self, text: str | None, name: str, line: int, kind: str) -> float:
         try:
@@ -218,14 +225,33 @@ class _Reader:
         name = device_id(element.get("sourceName", ""), element.get("device", ""))
         return self.devices.setdefault(name, len(self.devices))
 
-    def add(self, data_type: HealthDataType, unit: str, *args: float, **kwargs: float) -> None:
+    def add(
+        self, data_type: HealthDataType, unit: str, *args: float, **kwargs: float | bool
+    ) -> None:
         columns = self.columns.get((data_type, unit))
         if columns is None:
             columns = self.columns[(data_type, unit)] = _Columns()
         columns.add(*args, **kwargs)  # type: ignore[arg-type]
         self.summary.mapped[data_type.value] += 1
+        if kwargs.get("manual"):
+            self.summary.manual[data_type.value] += 1
 
-    def record(self, element: ET.Element, line: int) -> None:
+    def element(self, element: ET.Element, line: int) -> None:
+        """One child of <HealthData>, complete."""
+        metadata = _metadata(element) if len(element) else {}
+        zone = metadata.get(TIME_ZONE)
+        if zone:
+            self.summary.time_zones[zone] += 1
+        if element.tag == "Record":
+            self.record(element, line, metadata)
+        elif element.tag == "Correlation":
+            self.correlation(element, line, metadata)
+        else:
+            if element.tag == "ExportDate":
+                self.summary.export_date = element.get("value", "")
+            self.summary.other[element.tag] += 1
+
+    def record(self, element: ET.Element, line: int, metadata: dict[str, str]) -> None:
         kind = element.get("type", "")
         self.summary.records[kind] += 1
         if len(element):
@@ -248,7 +274,7 @@ class _Reader:
         duration = np.nan
         if data_type is HealthDataType.STEPS:
             end, end_offset = self.moment(element.get("endDate"), "endDate", line, kind)
-            duration = ((end - end_offset * 60_000_000) - (start - offset * 60_000_000)) / 1e6
+            duration = ((end - end_offset * _MINUTE_US) - (start - offset * _MINUTE_US)) / 1e6
             if duration < 0:
                 raise ValidationError(
                     "endDate",
@@ -257,7 +283,15 @@ class _Reader:
                     where=self.where(line, kind),
                 )
         self.add(
-            data_type, unit, start, offset, value, self.device(element), line, duration_s=duration
+            data_type,
+            unit,
+            start,
+            offset,
+            value,
+            self.device(element),
+            line,
+            duration_s=duration,
+            manual=metadata.get(USER_ENTERED) == "1",
         )
 
     def beats(self, element: ET.Element, line: int, kind: str) -> None:
@@ -291,12 +325,13 @@ class _Reader:
             self.add(HealthDataType.HEART_RATE, "count/min", moment, offset, bpm, device, line)
             self.summary.beats += 1
 
-    def correlation(self, element: ET.Element, line: int) -> None:
+    def correlation(self, element: ET.Element, line: int, metadata: dict[str, str]) -> None:
         kind = element.get("type", "")
         self.summary.correlations[kind] += 1
         if kind != BLOOD_PRESSURE:
             return
         halves: dict[str, float] = {}
+        manual = metadata.get(USER_ENTERED) == "1"
         data_type = HealthDataType.BLOOD_PRESSURE
         for child in element.iter("Record"):
             child_kind = child.get("type", "")
@@ -307,6 +342,7 @@ class _Reader:
             value = self.number(child.get("value"), "value", line, child_kind)
             halves[child_kind] = float(to_canonical(data_type.value, value, unit))
             self.bp_children[_bp_key(child)] += 1
+            manual = manual or _metadata(child).get(USER_ENTERED) == "1"
         if len(halves) != 2:
             raise ValidationError(
                 "Correlation",
@@ -324,61 +360,90 @@ class _Reader:
             self.device(element),
             line,
             diastolic=halves[DIASTOLIC],
+            manual=manual,
         )
 
     def finish(self) -> None:
         self.summary.unpaired_blood_pressure = sum((self.bp_halves - self.bp_children).values())
+        if not self.summary.records:
+            other = ", ".join(f"{tag} {n}" for tag, n in sorted(self.summary.other.items()))
+            raise ValidationError(
+                "Record",
+                0,
+                "HealthKit samples (<Record> elements): this export holds none"
+                + (f" (only {other})" if other else ""),
+                where=self.name,
+            )
+
+    def observations(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every mapped sample's UTC instant (microseconds) and the offset its date carried."""
+        if not self.columns:
+            return np.empty(0, dtype="int64"), np.empty(0, dtype="int64")
+        offsets = np.concatenate(
+            [np.frombuffer(c.offset_min, dtype="int16") for c in self.columns.values()]
+        ).astype("int64")
+        local = np.concatenate(
+            [np.frombuffer(c.local_us, dtype="int64") for c in self.columns.values()]
+        )
+        return local - offsets * _MINUTE_US, offsets
 
 
 def _bp_key(element: ET.Element) -> tuple[str, str, str, str]:
     return tuple(element.get(k, "") for k in ("type", "sourceName", "startDate", "value"))  # type: ignore[return-value]
 
 
-def read_export(path: Path) -> _Reader:
-    """Stream the export once; the reader holds the samples per type and the summary."""
-    reader = _Reader(path)
+def parse_export(stream: IO[bytes], name: str) -> ExportReader:
+    """Stream one export.xml; the reader holds the samples per type and the summary.
+
+    A file that is not a HealthKit export fails at its first element, before the rest of a
+    possibly huge file is read; one with no <Record> fails at its end."""
+    reader = ExportReader(name)
     parser = ET.XMLPullParser(events=("start", "end"))
     root: ET.Element | None = None
     starts: list[int] = []  # line of each open element's start tag
     line = 0
     try:
-        with open_export(path) as stream:
-            for text in stream:
-                line += 1
-                parser.feed(text)
-                for event, element in parser.read_events():
-                    if event == "start":
-                        starts.append(line)
-                        if root is None:
-                            root = element
-                        continue
-                    start_line = starts.pop()
-                    if len(starts) != 1:  # only HealthData's children are read (and cleared)
-                        continue
-                    if element.tag == "Record":
-                        reader.record(element, start_line)
-                    elif element.tag == "Correlation":
-                        reader.correlation(element, start_line)
-                    else:
-                        reader.summary.other[element.tag] += 1
-                    root.clear()  # type: ignore[union-attr]
-            parser.close()
+        for text in stream:
+            line += 1
+            parser.feed(text)
+            for event, element in parser.read_events():
+                if event == "start":
+                    starts.append(line)
+                    if root is None:
+                        root = element
+                        if root.tag != "HealthData":
+                            raise ValidationError(
+                                "root element",
+                                f"<{root.tag}>",
+                                f"<HealthData>, the root of {EXPECTED_EXPORT}",
+                                where=f"{name}, line {line}",
+                            )
+                        reader.summary.locale = root.get("locale", "")
+                    continue
+                start_line = starts.pop()
+                if len(starts) != 1:  # only HealthData's children are read (and cleared)
+                    continue
+                reader.element(element, start_line)
+                root.clear()  # type: ignore[union-attr]
+        parser.close()
     except ET.ParseError as exc:
         row, column = exc.position
+        if root is None:
+            raise ProviderError(
+                f"{name}: not an Apple Health export.xml (XML error at line {row}, column "
+                f"{column}: {exc}); expected {EXPECTED_EXPORT}"
+            ) from exc
         raise ProviderError(
-            f"{path}: not a complete Apple Health export (XML error at line {row}, "
+            f"{name}: not a complete Apple Health export (XML error at line {row}, "
             f"column {column}: {exc}); export it again from the Health app"
         ) from exc
-    except (OSError, zipfile.BadZipFile) as exc:
-        raise ProviderError(f"{path}: cannot read the export ({exc})") from exc
-    if root is None or root.tag != "HealthData":
-        raise ValidationError("root", getattr(root, "tag", None), "<HealthData>", where=str(path))
     reader.summary.lines = line
     reader.finish()
     return reader
 
 
-def _batch(reader: _Reader, user_id: str, key: tuple[HealthDataType, str]) -> pd.DataFrame:
+def batch(reader: ExportReader, user_id: str, key: tuple[HealthDataType, str]) -> pd.DataFrame:
+    """One (data type, unit)'s columns as a validated record batch in canonical units."""
     data_type, unit = key
     columns = reader.columns[key]
     values = to_canonical(data_type.value, np.frombuffer(columns.value), unit)
@@ -400,8 +465,11 @@ def _batch(reader: _Reader, user_id: str, key: tuple[HealthDataType, str]) -> pd
                 where=reader.where(columns.line[row], f"{data_type.value} in {unit!r}"),
             )
     offsets = np.frombuffer(columns.offset_min, dtype="int16").astype("int64")
-    utc_us = np.frombuffer(columns.local_us, dtype="int64") - offsets * 60_000_000
+    utc_us = np.frombuffer(columns.local_us, dtype="int64") - offsets * _MINUTE_US
     names = np.array(list(reader.devices), dtype=object)
+    # Indexing an object array shares its two str objects (np.full or astype(object) would
+    # make one str per row: 13 MB per 250k samples).
+    method = np.array(["device", "manual"], dtype=object)[np.frombuffer(columns.manual, "int8")]
     return make_batch(
         provider=NAME,
         user_id=user_id,
@@ -413,65 +481,5 @@ def _batch(reader: _Reader, user_id: str, key: tuple[HealthDataType, str]) -> pd
         utc_offset_min=offsets,
         diastolic=diastolic if data_type is HealthDataType.BLOOD_PRESSURE else None,
         duration_s=np.frombuffer(columns.duration_s),
+        method=method,  # type: ignore[arg-type]
     )
-
-
-def zone_for_offsets(offsets: pd.Series) -> str:
-    """A fixed zone for the export's most common offset (Etc/GMT-2 is UTC+2), for daily buckets;
-    UTC when the offset is not whole hours. An export carries offsets, not the IANA zone."""
-    if offsets.empty:
-        return "UTC"
-    minutes = int(offsets.mode().iloc[0])
-    if minutes % 60 or not -12 <= minutes // 60 <= 14:
-        return "UTC"
-    hours = minutes // 60
-    return "UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"
-
-
-class AppleHealthSource:
-    """One export = one user: OHX_APPLE_HEALTH_USER, else the export's parent folder name."""
-
-    name = NAME
-
-    def __init__(self, path: Path | str, *, user_id: str | None = None) -> None:
-        self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise ValidationError(
-                "OHX_APPLE_HEALTH_EXPORT", str(self.path), "an export.xml or export.zip file"
-            )
-        self.user_id = user_id or self.path.resolve().parent.name
-
-    @cached_property
-    def _reader(self) -> _Reader:
-        return read_export(self.path)
-
-    @property
-    def summary(self) -> ExportSummary:
-        return self._reader.summary
-
-    @cached_property
-    def records(self) -> pd.DataFrame:
-        reader = self._reader
-        batch = concat(_batch(reader, self.user_id, key) for key in sorted(reader.columns))
-        return dedupe(batch).sort_values(["data_type", "ts", "device_id"], ignore_index=True)
-
-    def discover_users(self) -> list[HealthSyncConfig]:
-        return [
-            HealthSyncConfig(
-                user_id=self.user_id,
-                provider=NAME,
-                aggregation=AggregationLevel.HOURLY,
-                sync_frequency=SyncFrequency.DAILY,
-                timezone=zone_for_offsets(self.records["utc_offset_min"]),
-            )
-        ]
-
-    def fetch(
-        self,
-        user: HealthSyncConfig,
-        data_types: Iterable[HealthDataType],
-        window: DateRange,
-        *,
-        batch_size: int = 1000,
-    ) -> pd.DataFrame:
-        return select(self.records, user.user_id, data_types, window)

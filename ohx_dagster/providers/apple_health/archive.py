@@ -1,0 +1,95 @@
+"""Where an export's files are: export.xml alone, the unzipped apple_health_export folder, or the
+export.zip the Health app shares.
+
+The archive, as the Health app writes it (SOURCE.md names where each fact comes from):
+
+    apple_health_export/export.xml                     the samples (read by export.py)
+    apple_health_export/export_cda.xml                 a clinical document (not read)
+    apple_health_export/electrocardiograms/ecg_<date>.csv   one per ECG app recording (ecg.py)
+    apple_health_export/workout-routes/route_<date>.gpx     (not read)
+
+An export.xml given alone is read with the electrocardiograms folder beside it, when there is
+one (the archive unzipped).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import IO, Final
+
+from ohx_dagster.errors import ProviderError, ValidationError
+
+EXPORT_XML: Final = "export.xml"
+ECG_FOLDER: Final = "electrocardiograms"
+
+
+class ExportFiles:
+    """An open export: its export.xml and its ECG files, each under the name messages use."""
+
+    def __init__(self, path: Path, archive: zipfile.ZipFile | None) -> None:
+        self.path = path
+        self.archive = archive
+        self.xml_name, self._xml_member = self._find_xml()
+
+    def _find_xml(self) -> tuple[str, str | None]:
+        if self.archive is None:
+            return str(self.path), None
+        names = [n for n in self.archive.namelist() if PurePosixPath(n).name == EXPORT_XML]
+        if len(names) != 1:
+            held = self.archive.namelist()
+            shown = ", ".join(held[:5]) + (f", ... ({len(held)} entries)" if len(held) > 5 else "")
+            raise ValidationError(
+                "archive",
+                str(self.path),
+                f"a zip holding one apple_health_export/{EXPORT_XML}, as the Health app's "
+                "'Export All Health Data' shares it",
+                where=f"it holds {len(names)} export.xml: {shown or 'nothing'}",
+            )
+        return f"{self.path}!{names[0]}", names[0]
+
+    @contextmanager
+    def xml(self) -> Iterator[IO[bytes]]:
+        if self.archive is None or self._xml_member is None:
+            with self.path.open("rb") as stream:
+                yield stream
+        else:
+            with self.archive.open(self._xml_member) as stream:
+                yield stream
+
+    def ecg_names(self) -> list[str]:
+        """The ECG CSVs, sorted: electrocardiograms/*.csv beside export.xml."""
+        if self.archive is None:
+            folder = self.path.parent / ECG_FOLDER
+            if not folder.is_dir():
+                return []
+            return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() == ".csv")
+        return sorted(
+            f"{self.path}!{n}"
+            for n in self.archive.namelist()
+            if PurePosixPath(n).parent.name == ECG_FOLDER and n.lower().endswith(".csv")
+        )
+
+    def read(self, name: str) -> bytes:
+        if self.archive is None:
+            return Path(name).read_bytes()
+        return self.archive.read(name.removeprefix(f"{self.path}!"))
+
+
+@contextmanager
+def open_export(path: Path) -> Iterator[ExportFiles]:
+    """The export at `path` (export.xml or export.zip), open for reading."""
+    try:
+        if not zipfile.is_zipfile(path):
+            if path.suffix.lower() == ".zip":
+                raise ValidationError(
+                    "archive", str(path), "a zip archive, as 'Export All Health Data' shares it"
+                )
+            yield ExportFiles(path, None)
+            return
+        with zipfile.ZipFile(path) as archive:
+            yield ExportFiles(path, archive)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ProviderError(f"{path}: cannot read the export ({exc})") from exc
