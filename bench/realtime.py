@@ -36,11 +36,12 @@ from ohx_dagster.providers.simulated import SimulatedSource  # noqa: E402
 from ohx_dagster.settings import Settings  # noqa: E402
 from ohx_dagster.store import RecordStore  # noqa: E402
 from ohx_dagster.webhooks.app import create_app  # noqa: E402
-from ohx_dagster.webhooks.config import SIMULATED_DEV_SECRET, WebhookSecrets  # noqa: E402
+from ohx_dagster.webhooks.config import WebhookSecrets  # noqa: E402
 from ohx_dagster.webhooks.serve import serve_in_thread  # noqa: E402
 from ohx_dagster.webhooks.simulator import send_event  # noqa: E402
 from resources import RecordStoreResource  # noqa: E402
 
+SECRET = "bench-simulated-secret"  # the development route is mounted only with a secret
 _INSTANCE: dg.DagsterInstance | None = None
 
 
@@ -112,11 +113,11 @@ def bench_webhook_to_records(home: Path, rounds: int) -> None:
     instance = dg.DagsterInstance.ephemeral()
     cursor = None
     in_process, subprocess_runs, work = [], [], []
-    with serve_in_thread(create_app(store, WebhookSecrets())) as url:
+    with serve_in_thread(create_app(store, WebhookSecrets(simulated_secret=SECRET))) as url:
         for round_no in range(rounds):
             user = users[round_no % len(users)]
             posted = time.perf_counter()
-            answer = send_event(url, SIMULATED_DEV_SECRET, user.user_id, "heart_rate",
+            answer = send_event(url, SECRET, user.user_id, "heart_rate",
                                 datetime.now(UTC))  # fmt: skip
             assert answer.status_code == 200, answer.text
             result = tick(defs, database_url, cursor)

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks.config import WebhookSecrets
+from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.webhooks.simulator import endpoint, signed_request
 
 SECRET = "bench-simulated-secret"
@@ -38,16 +38,20 @@ TYPES = ("heart_rate", "steps", "rr_intervals", "spo2")
 
 
 def serve(database_url: str, group_commit: bool) -> None:
-    """Child process: the receiver on an ephemeral port; prints `PORT <n>` once it listens."""
+    """Child process: the receiver on an ephemeral port; prints `PORT <n>` once it listens.
+
+    The production limits, except the per-address ones: every load client here is 127.0.0.1,
+    which the rate limit would otherwise answer with 429 after its burst."""
     import uvicorn
 
     from ohx_dagster.webhooks.app import create_app
+    from ohx_dagster.webhooks.serve import server_config
 
     store = RecordStore(database_url)
-    app = create_app(store, WebhookSecrets(simulated_secret=SECRET), group_commit=group_commit)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
-    )
+    limits = ReceiverLimits(rate_per_minute=0, max_connections_per_address=0)
+    secrets = WebhookSecrets(simulated_secret=SECRET)
+    app = create_app(store, secrets, limits=limits, group_commit=group_commit)
+    server = uvicorn.Server(server_config(app, limits))
 
     async def run() -> None:
         task = asyncio.create_task(server.serve())

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from ohx_dagster.errors import ValidationError
-from ohx_dagster.inbox import Inbox, NewEvent, pending_after
+from ohx_dagster.inbox import MAX_CHARS, MAX_PAYLOAD_BYTES, Inbox, NewEvent, pending_after
 from ohx_dagster.store import RecordStore
 
 WHEN = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
@@ -70,7 +70,7 @@ def test_dispatched_and_ignored_events_leave_the_pending_stream(store: RecordSto
 
 def test_events_with_an_ignored_reason_are_kept_but_never_pending(store: RecordStore):
     inbox = Inbox(store)
-    revoked = event("revoked", data_type=None, ignored_reason="fitbit userRevokedAccess")
+    revoked = event("revoked", data_type=None, ignored_reason="withings appli 50: bed in")
     assert inbox.add([revoked, event("hr")]) == 2
     assert [e.event_key for e in inbox.after(0, 10)] == ["hr"]
     assert inbox.counts() == {"pending": 1, "dispatched": 0, "ignored": 1}
@@ -127,10 +127,22 @@ def test_concurrent_writers_never_let_a_cursor_skip_an_event(store: RecordStore)
     ("kwargs", "field"),
     [
         ({"data_type": "pulse"}, "data_type"),
+        ({"data_type": "x" * 33}, "data_type"),
         ({"occurred_at": datetime(2026, 3, 1)}, "occurred_at"),
         ({"event_key": ""}, "event_key"),
         ({"user_id": ""}, "user_id"),
+        ({"user_id": None}, "user_id"),
+        ({"provider": "p" * 65}, "provider"),
+        ({"user_id": "u" * 129}, "user_id"),
+        ({"user_id": "u" * 200}, "user_id"),
         ({"event_key": "k" * 513}, "event_key"),
+        ({"user_id": "u\x00"}, "user_id"),  # PostgreSQL refuses NUL in text
+        ({"event_key": "k\n1"}, "event_key"),
+        ({"payload": {"x": {1, 2}}}, "payload"),  # not JSON
+        ({"payload": {"x": "y" * MAX_PAYLOAD_BYTES}}, "payload"),
+        ({"payload": ["not", "an", "object"]}, "payload"),
+        ({"ignored_reason": "why\x00"}, "ignored_reason"),
+        ({"ignored_reason": "w" * 1_001}, "ignored_reason"),
     ],
 )
 def test_new_event_rejects_what_the_inbox_cannot_hold(kwargs, field):
@@ -144,6 +156,30 @@ def test_new_event_rejects_what_the_inbox_cannot_hold(kwargs, field):
     with pytest.raises(ValidationError) as error:
         NewEvent(**{**values, **kwargs})
     assert error.value.field == field
+    assert len(str(error.value)) < 400  # a long value is cut in the message
+
+
+def test_values_at_the_limits_commit_on_both_backends(store: RecordStore):
+    """The limits NewEvent checks are the columns' own: the longest accepted values commit on
+    PostgreSQL (which enforces VARCHAR lengths) as on SQLite, and one more character is refused
+    before any database sees it."""
+    inbox = Inbox(store)
+    longest = NewEvent(
+        "p" * MAX_CHARS["provider"],
+        "k" * MAX_CHARS["event_key"],
+        "u" * MAX_CHARS["user_id"],
+        "heart_rate",
+        WHEN,
+        {"note": "é" * 1_000, "nested": [{"a": None}]},
+        ignored_reason="r" * 1_000,
+    )
+    assert MAX_CHARS == {"provider": 64, "user_id": 128, "event_key": 512}
+    assert inbox.add([longest]) == 1
+    with store.read() as conn:
+        user, key = conn.execute(sa.text("SELECT user_id, event_key FROM webhook_inbox")).one()
+    assert (len(user), len(key)) == (128, 512)
+    with pytest.raises(ValidationError, match="user_id"):
+        NewEvent("simulated", "k", "u" * 129, "heart_rate", WHEN)
 
 
 def test_inbox_created_for_a_store_built_before(tmp_path):

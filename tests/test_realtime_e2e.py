@@ -9,18 +9,20 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.fhir.ndjson import read_ndjson
-from ohx_dagster.fhir.publish import utc_day
+from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.models import DateRange
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.settings import Settings
 from ohx_dagster.store import RecordStore
+from ohx_dagster.times import utc_day
 from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import SIMULATED_DEV_SECRET, WebhookSecrets
+from ohx_dagster.webhooks.config import WebhookSecrets
 from ohx_dagster.webhooks.serve import serve_in_thread
 from ohx_dagster.webhooks.simulator import send_event
 from resources import RecordStoreResource
+
+SECRET = "e2e-simulated-secret"  # the development route is mounted only with a secret
 
 
 def test_signed_webhook_becomes_records_and_fhir_without_a_human(tmp_path) -> None:
@@ -40,8 +42,8 @@ def test_signed_webhook_becomes_records_and_fhir_without_a_human(tmp_path) -> No
     store.add_users(users)
     named, other = users[0], users[1]
 
-    with serve_in_thread(create_app(store, WebhookSecrets())) as url:
-        answer = send_event(url, SIMULATED_DEV_SECRET, named.user_id, "heart_rate", moment)
+    with serve_in_thread(create_app(store, WebhookSecrets(simulated_secret=SECRET))) as url:
+        answer = send_event(url, SECRET, named.user_id, "heart_rate", moment)
         forged = send_event(url, "not-the-secret", other.user_id, "heart_rate", now)
     assert answer.status_code == 200, answer.text
     assert forged.status_code == 401
@@ -72,9 +74,14 @@ def test_signed_webhook_becomes_records_and_fhir_without_a_human(tmp_path) -> No
     assert store.last_synced("simulated", named.user_id, "heart_rate") >= now
     assert store.last_synced("simulated", other.user_id, "heart_rate") is None
 
-    observations = list(
-        read_ndjson(settings.fhir_dir / now.date().isoformat() / "simulated" / "Observation.ndjson")
-    )
+    output = FhirOutput(settings.fhir_dir)
+    directory = f"{now.date().isoformat()}/simulated"
+    observations = [
+        r
+        for entry in output.manifest(directory)["output"]
+        if entry["type"] == "Observation"
+        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
+    ]
     patient = f"Patient/{named.fhir_patient_id}"
     hour = moment.replace(minute=0, second=0, microsecond=0)
     heart_rate_now = [

@@ -6,77 +6,7 @@ import orjson
 import pytest
 
 from ohx_dagster.errors import ValidationError
-from ohx_dagster.webhooks.notifications import (
-    parse_fitbit,
-    parse_oura,
-    parse_simulated,
-    parse_withings,
-)
-
-FITBIT_ITEM = {
-    "collectionType": "activities",
-    "date": "2026-03-01",
-    "ownerId": "228S74",
-    "ownerType": "user",
-    "subscriptionId": "1234",
-}
-T0 = 1_772_355_600.0  # 2026-03-01T09:00:00Z, a minute boundary
-
-
-def fitbit(*items: dict) -> bytes:
-    return orjson.dumps(list(items))
-
-
-def test_fitbit_collections_map_to_types_and_keep_the_payload():
-    events = parse_fitbit(
-        fitbit(
-            FITBIT_ITEM,
-            {**FITBIT_ITEM, "collectionType": "body"},
-            {**FITBIT_ITEM, "collectionType": "sleep"},
-            {"collectionType": "userRevokedAccess", "ownerId": "228S74", "ownerType": "user"},
-        ),
-        received_at=T0,
-    )
-    assert [(e.data_type, e.ignored_reason is None) for e in events] == [
-        ("steps", True),
-        ("weight", True),
-        (None, True),  # sleep: the sensor syncs every enabled type
-        (None, False),  # revoked access is recorded, never dispatched
-    ]
-    assert "revoked" in events[3].ignored_reason
-    assert events[0].user_id == "228S74" and events[0].payload == FITBIT_ITEM
-    # A local date, as its noon UTC (inside that local day for every offset within ±12 h).
-    assert events[0].occurred_at == datetime(2026, 3, 1, 12, tzinfo=UTC)
-    assert events[3].occurred_at is None
-
-
-def test_fitbit_retry_within_the_minute_dedups_and_a_later_sync_does_not():
-    first = parse_fitbit(fitbit(FITBIT_ITEM), received_at=T0 + 1)[0].event_key
-    retry = parse_fitbit(fitbit(FITBIT_ITEM), received_at=T0 + 59)[0].event_key
-    later = parse_fitbit(fitbit(FITBIT_ITEM), received_at=T0 + 61)[0].event_key
-    other_day = parse_fitbit(fitbit({**FITBIT_ITEM, "date": "2026-03-02"}), received_at=T0)
-    assert first == retry
-    assert later != first
-    assert other_day[0].event_key != first
-
-
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        (b"{not json", "body"),
-        (b"{}", "body"),  # an object, not the documented array
-        (b"[]", "body"),
-        (fitbit({**FITBIT_ITEM, "collectionType": "heartbeat"}), "collectionType"),
-        (fitbit({k: v for k, v in FITBIT_ITEM.items() if k != "ownerId"}), "ownerId"),
-        (fitbit({**FITBIT_ITEM, "date": "01/03/2026"}), "date"),
-        (b'["activities"]', "item"),
-    ],
-)
-def test_fitbit_malformed(body, field):
-    with pytest.raises(ValidationError) as error:
-        parse_fitbit(body, received_at=T0)
-    assert error.value.field == field
-
+from ohx_dagster.webhooks.notifications import parse_oura, parse_simulated, parse_withings
 
 OURA = {
     "event_type": "create",
@@ -109,11 +39,37 @@ def test_oura_types_times_and_keys():
 
 
 @pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"data_type": "meal"}, "data_type 'meal'"),
+        ({"data_type": "daily_cycle_phases"}, "data_type 'daily_cycle_phases'"),
+        ({"data_type": "brainwaves", "event_type": "upsert"}, "data_type 'brainwaves'"),
+        ({"event_type": "upsert"}, "event_type 'upsert'"),
+        ({"data_type": "new_" + "z" * 200}, "data_type 'new_zzz"),
+    ],
+)
+def test_oura_unknown_data_and_event_types_are_kept_as_ignored_with_the_reason(change, words):
+    """Oura adds collections (meal, daily_cycle_phases, ...): refusing them would make Oura
+    retry and risk the subscription, so they are stored, ignored, never dispatched."""
+    body = orjson.dumps({**OURA, **change})
+    [event] = parse_oura(body, delivery_timestamp="1")
+    assert event.ignored_reason is not None and words in event.ignored_reason
+    assert len(event.ignored_reason) < 200  # a provider's long string is cut, and escaped
+    assert event.data_type is None  # never reaches a sync
+    assert (event.user_id, event.payload) == ("oura-u1", {**OURA, **change})
+    # A retry of the same notification is the same event; another object is another.
+    [retry] = parse_oura(body, delivery_timestamp="2")
+    [other] = parse_oura(orjson.dumps({**OURA, **change, "object_id": "x"}), delivery_timestamp="1")
+    assert retry.event_key == event.event_key != other.event_key
+
+
+@pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"data_type": "brainwaves"}, "data_type"),
-        ({"event_type": "upsert"}, "event_type"),
         ({"user_id": None}, "user_id"),
+        ({"user_id": "u" * 129}, "user_id"),
+        ({"data_type": None}, "data_type"),
+        ({"event_type": ""}, "event_type"),
         ({"object_id": ""}, "object_id"),
         ({"event_time": "2026-03-01T08:59:30"}, "event_time"),  # no offset
     ],
@@ -122,6 +78,13 @@ def test_oura_malformed(change, field):
     with pytest.raises(ValidationError) as error:
         parse_oura(orjson.dumps({**OURA, **change}), delivery_timestamp="1")
     assert error.value.field == field
+
+
+@pytest.mark.parametrize("body", [b"{not json", b"[]", b'"heartrate"'])
+def test_oura_body_that_is_not_a_json_object(body):
+    with pytest.raises(ValidationError) as error:
+        parse_oura(body, delivery_timestamp="1")
+    assert error.value.field == "body"
 
 
 WITHINGS = {"userid": "12345", "appli": "4", "startdate": "1772355000", "enddate": "1772355600"}
@@ -156,6 +119,7 @@ def test_withings_retry_dedups_and_a_new_measurement_does_not():
         ({k: v for k, v in WITHINGS.items() if k != "userid"}, "userid"),
         ({"userid": "1", "appli": "1"}, "startdate"),
         ({**WITHINGS, "enddate": "soon"}, "enddate"),
+        ({**WITHINGS, "userid": "1" * 200}, "user_id"),  # longer than the inbox holds
         ({"userid": "1", "appli": "1", "date": "March"}, "date"),
     ],
 )

@@ -1,56 +1,85 @@
 """The webhook receiver: an ASGI app with one route per provider under /webhooks/<provider>.
 
-Per request: refuse oversized bodies (413) before reading them whole, authenticate the raw body
-(401: bad or stale signature, wrong token, unknown Withings user), parse it (400 naming what is
-wrong), commit the events to the inbox, and only then acknowledge (2xx). A duplicate (a provider's
-retry, a replay inside the window) commits nothing new and is acknowledged the same way. Nothing
-is stored for a 4xx. No provider is called here: the webhook sensor fetches the data later.
+Per request: refuse a client over its rate (429 with Retry-After, per address, /healthz exempt),
+refuse oversized bodies (413) before reading them whole and bodies that do not arrive in time
+(408; both close the connection), authenticate the raw body (401: bad or stale signature, wrong
+token, unknown Withings user), parse it (400 naming what is wrong, including values longer than
+the inbox holds), commit the events to the inbox, and only then acknowledge (2xx). A duplicate (a
+provider's retry, a replay inside the window) commits nothing new and is acknowledged the same
+way. Nothing is stored for a 4xx. No provider is called here: the webhook sensor fetches the data
+later. Limits: ohx_dagster/webhooks/config.py (ReceiverLimits); the connection-level ones are the
+server's (ohx_dagster/webhooks/serve.py).
 
 The inbox write blocks, so it runs in a worker thread and the event loop keeps answering. With
 `group_commit` (the default) the requests that arrive while one inbox transaction is being
 committed are committed together in the next one, each acknowledged after its own commit: one
 SQLite transaction per batch instead of per request, and a single writer, so no lock contention.
+One request must never fail its neighbours: if a shared transaction fails for a reason other than
+the database being unreachable, each of its requests is committed again on its own, so only the
+one the database refuses fails. When the database is down (OperationalError, InterfaceError) every
+request gets 503 at once and the provider retries later.
 
 Handshakes:
-- fitbit: GET ?verify=<code> -> 204 for the subscriber verification code, 404 for any other.
 - oura: GET ?verification_token=<t>&challenge=<c> -> 200 {"challenge": c} for our token, else 401.
 - withings: HEAD -> 200 (Withings checks the callback URL answers before it registers it).
-- simulated: GET ?challenge=<c> signed like a POST (X-OHX-Timestamp, X-OHX-Signature over
-  timestamp + "." + c) -> 200 {"challenge": c}; unsigned, forged or stale -> 401.
+- simulated (development only, mounted only when its secret is configured): GET ?challenge=<c>
+  signed like a POST (X-OHX-Timestamp, X-OHX-Signature over timestamp + "." + c) ->
+  200 {"challenge": c}; unsigned, forged or stale -> 401.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
 from typing import Final
 from urllib.parse import parse_qsl
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.inbox import Inbox, NewEvent
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks import notifications, signatures
-from ohx_dagster.webhooks.config import WebhookSecrets
+from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.webhooks.connect import ConnectConfig, connect_routes
 from ohx_dagster.webhooks.signatures import REPLAY_WINDOW_S, SignatureRejected
 
 MAX_BODY_BYTES: Final = 256 * 1024
 MAX_GROUP_REQUESTS: Final = 1_000
+# Client addresses the rate limiter remembers; beyond it the least recently seen is forgotten.
+MAX_TRACKED_ADDRESSES: Final = 100_000
+RATE_EXEMPT_PATHS: Final = frozenset({"/healthz"})
 
 log = logging.getLogger("ohx_dagster.webhooks")
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class BodyTimeout(Exception):
+    pass
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database itself failed (down, unreachable, locked), not one request's data: retrying
+    each request on its own would only fail again, slowly."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
 
 
 class GroupCommitter:
@@ -61,7 +90,8 @@ class GroupCommitter:
         self.max_requests = max_requests
         self._waiting: list[tuple[Sequence[NewEvent], asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self.transactions = 0
+        self.transactions = 0  # committed transactions, shared or single
+        self.fallbacks = 0  # shared transactions that failed and were redone one request each
 
     async def add(self, events: Sequence[NewEvent]) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -75,25 +105,141 @@ class GroupCommitter:
             while self._waiting:
                 batch = self._waiting[: self.max_requests]
                 del self._waiting[: self.max_requests]
+                groups = [events for events, _ in batch]
+                outcomes: list[int | Exception]
                 try:
-                    counts = await run_in_threadpool(self.inbox.add_groups, [e for e, _ in batch])
-                except Exception as exc:  # every waiting request fails with it (-> 503)
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                self.transactions += 1
-                for (_, future), count in zip(batch, counts, strict=True):
-                    if not future.done():  # a client that went away cancelled its future
-                        future.set_result(count)
+                    outcomes = list(await run_in_threadpool(self.inbox.add_groups, groups))
+                    self.transactions += 1
+                except Exception as exc:
+                    if len(batch) == 1 or database_unavailable(exc):
+                        outcomes = [exc] * len(batch)  # every waiting request fails (-> 503)
+                    else:
+                        log.warning(
+                            "a transaction of %d requests failed (%s): committing each alone",
+                            len(batch),
+                            type(exc).__name__,
+                        )
+                        self.fallbacks += 1
+                        outcomes = await run_in_threadpool(self._each_alone, groups)
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():  # a client that went away cancelled its future
+                        continue
+                    if isinstance(outcome, Exception):
+                        future.set_exception(outcome)
+                    else:
+                        future.set_result(outcome)
         finally:
             self._flusher = None
+
+    def _each_alone(self, groups: list[Sequence[NewEvent]]) -> list[int | Exception]:
+        """One transaction per request: the new-event count, or the error of that request."""
+        outcomes: list[int | Exception] = []
+        for index, events in enumerate(groups):
+            try:
+                outcomes.append(self.inbox.add(events))
+            except Exception as exc:
+                if database_unavailable(exc):  # the rest would fail the same way
+                    outcomes += [exc] * (len(groups) - index)
+                    break
+                outcomes.append(exc)
+            else:
+                self.transactions += 1
+        return outcomes
+
+
+class TokenBuckets:
+    """A token bucket per client address: `burst` tokens, refilled at `per_minute` a minute; a
+    request takes one. At most `max_addresses` buckets are kept (least recently used dropped).
+    An address that starts being refused is logged once (a warning), not once per request."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_addresses: int = MAX_TRACKED_ADDRESSES,
+    ) -> None:
+        self.per_second = per_minute / 60.0
+        self.burst = float(burst)
+        self.clock = clock
+        self.max_addresses = max_addresses
+        # address -> (tokens, when they were counted, refusing since then)
+        self._buckets: OrderedDict[str, tuple[float, float, bool]] = OrderedDict()
+
+    def take(self, address: str) -> float:
+        """0 if the request may go ahead (a token taken), else the seconds until one is free."""
+        now = self.clock()
+        tokens, then, refusing = self._buckets.pop(address, (self.burst, now, False))
+        tokens = min(self.burst, tokens + (now - then) * self.per_second)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.per_second
+            if not refusing:
+                log.warning(
+                    "%s is over %g requests/min (burst %g): answering 429 until it slows down",
+                    address,
+                    self.per_second * 60,
+                    self.burst,
+                )
+        self._buckets[address] = (tokens, now, wait > 0)
+        if len(self._buckets) > self.max_addresses:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def client_address(scope: Scope) -> str:
+    """The rate limiter's key: the client's IP (from the socket, or X-Forwarded-For when uvicorn
+    trusts the proxy that sent it), IPv6 by its /64."""
+    client = scope.get("client")
+    return address_key(client[0] if client else "")
+
+
+def address_key(host: str) -> str:
+    """One client's key for per-address limits: its IPv4 address, or its IPv6 /64 (one site's
+    allocation: rotating addresses inside it does not make a client many)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64] or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class RateLimit:
+    """ASGI middleware: 429 with Retry-After for a client address over its token bucket."""
+
+    def __init__(self, app: ASGIApp, buckets: TokenBuckets) -> None:
+        self.app = app
+        self.buckets = buckets
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in RATE_EXEMPT_PATHS:
+            address = client_address(scope)
+            wait = self.buckets.take(address)
+            if wait > 0:
+                retry_after = max(1, math.ceil(wait))
+                log.debug("429 %s %s from %s", scope["method"], scope["path"], address)
+                response = JSONResponse(
+                    {"error": f"too many requests from {address}, retry in {retry_after} s"},
+                    status_code=429,
+                    headers={"Retry-After": str(retry_after)},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_app(
     store: RecordStore,
     secrets: WebhookSecrets,
     *,
+    limits: ReceiverLimits | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     replay_window_s: float = REPLAY_WINDOW_S,
     clock: Callable[[], float] = time.time,
@@ -101,7 +247,10 @@ def create_app(
     connect: ConnectConfig | None = None,
 ) -> Starlette:
     """The receiver for the providers `secrets` configures (others are not mounted); with
-    `connect`, also the account-connection routes (ohx_dagster.webhooks.connect)."""
+    `connect`, also the account-connection routes (ohx_dagster.webhooks.connect). Of `limits`
+    the app applies the body timeout and the rate limit; serve it with
+    ohx_dagster.webhooks.serve.server_config(app, limits) for the others."""
+    limits = limits or ReceiverLimits()
     inbox = Inbox(store)
     committer = GroupCommitter(inbox) if group_commit else None
 
@@ -117,35 +266,18 @@ def create_app(
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             raise BodyTooLarge(int(declared))
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise BodyTooLarge(size)
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(limits.body_timeout_s), aclosing(request.stream()) as body:
+                async for chunk in body:
+                    size += len(chunk)
+                    if size > max_body_bytes:
+                        raise BodyTooLarge(size)
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise BodyTimeout(size) from None
         return b"".join(chunks)
 
     routes = [Route("/healthz", _healthz(secrets), methods=["GET"])]
-
-    if secrets.fitbit is not None:
-        fitbit = secrets.fitbit
-
-        async def fitbit_verify(request: Request) -> Response:
-            given = request.query_params.get("verify")
-            ok = signatures.same_secret(fitbit.verification_code, given)
-            return Response(status_code=204 if ok else 404)
-
-        async def fitbit_notify(request: Request) -> Response:
-            body = await body_of(request)
-            signature = request.headers.get("x-fitbit-signature")
-            signatures.verify_fitbit(fitbit.client_secret, body, signature)
-            events = notifications.parse_fitbit(body, received_at=clock())
-            await commit(events)
-            return Response(status_code=204)  # Fitbit expects 204 No Content
-
-        routes += [
-            Route("/webhooks/fitbit", fitbit_verify, methods=["GET"]),
-            Route("/webhooks/fitbit", fitbit_notify, methods=["POST"]),
-        ]
 
     if secrets.oura is not None:
         oura = secrets.oura
@@ -237,17 +369,27 @@ def create_app(
     if connect is not None:
         routes += connect_routes(store, connect)
 
+    buckets = None
+    middleware = []
+    if limits.rate_per_minute > 0:
+        buckets = TokenBuckets(limits.rate_per_minute, limits.rate_burst)
+        middleware.append(Middleware(RateLimit, buckets=buckets))
     app = Starlette(
         routes=routes,
+        middleware=middleware,
         exception_handlers={
             BodyTooLarge: _too_large(max_body_bytes),
+            BodyTimeout: _too_slow(limits.body_timeout_s),
+            ClientDisconnect: _client_gone,
             SignatureRejected: _unauthorized,
             ValidationError: _malformed,
+            DataError: _refused_value,
             SQLAlchemyError: _inbox_down,
         },
     )
     app.state.inbox = inbox
     app.state.committer = committer
+    app.state.rate_buckets = buckets
     return app
 
 
@@ -272,6 +414,27 @@ def _too_large(limit: int) -> Callable[[Request, Exception], Awaitable[Response]
     return handler
 
 
+def _too_slow(timeout_s: float) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(request: Request, exc: Exception) -> Response:
+        log.info(
+            "408 %s %s: body not received in %g s", request.method, request.url.path, timeout_s
+        )
+        return JSONResponse(
+            {"error": f"request body not received within {timeout_s:g} s"},
+            status_code=408,
+            headers={"Connection": "close"},
+        )
+
+    return handler
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client closed the connection before its body arrived: nobody reads an answer, and a
+    # traceback per such request would let any client fill the log.
+    log.debug("%s %s: client went away before its body arrived", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 async def _unauthorized(request: Request, exc: Exception) -> Response:
     log.warning("401 %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"error": str(exc)}, status_code=401)
@@ -281,6 +444,15 @@ async def _malformed(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
     log.info("400 %s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"error": str(exc), "field": exc.field}, status_code=400)
+
+
+async def _refused_value(request: Request, exc: Exception) -> Response:
+    # The database refused a value of this request alone (a group commit that failed was redone
+    # one request at a time): the same request would fail again, so no retry is invited.
+    log.warning(
+        "400 %s %s: the inbox refused a value", request.method, request.url.path, exc_info=exc
+    )
+    return JSONResponse({"error": "the event has a value the inbox cannot store"}, status_code=400)
 
 
 async def _inbox_down(request: Request, exc: Exception) -> Response:

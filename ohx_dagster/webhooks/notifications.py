@@ -7,8 +7,10 @@ Event keys: the inbox keeps one row per (provider, event_key). A key must be equ
 provider's retry of the same delivery (so a retry adds nothing) and different for a genuinely new
 notification (so nothing is lost). Each provider's choice, and why, is beside its parser.
 
-Malformed bodies raise ValidationError naming the field, the value and what was expected; the
-receiver answers 400 with that message and stores nothing.
+Malformed bodies (not the provider's format, a required field missing) raise ValidationError
+naming the field, the value and what was expected; the receiver answers 400 with that message and
+stores nothing. A well-formed notification about something this product does not sync is stored
+with an `ignored_reason` and acknowledged: the inbox keeps it, no run is launched for it.
 """
 
 from __future__ import annotations
@@ -25,28 +27,9 @@ from ohx_dagster.models import HealthDataType
 
 HR: Final = HealthDataType.HEART_RATE.value
 
-# -- Fitbit-style subscriptions ----------------------------------------------------------------
-# Body: a JSON array of {"collectionType", "date", "ownerId", "ownerType", "subscriptionId"}.
-FITBIT_COLLECTIONS: Final[dict[str, str | None]] = {
-    "activities": HealthDataType.STEPS.value,
-    "body": HealthDataType.WEIGHT.value,
-    "sleep": None,  # a sleep log carries heart rate and more: the sensor syncs all enabled types
-}
-FITBIT_IGNORED: Final[dict[str, str]] = {
-    "foods": "fitbit foods: nutrition is not a health data type this product syncs",
-    "userRevokedAccess": "fitbit userRevokedAccess: the user revoked access; disconnect the user",
-    "deleteUser": "fitbit deleteUser: the user deleted their account; disconnect the user",
-}
-# Fitbit's notification has no id and no time: a retry and a later notification about the same
-# user, collection and date are byte-identical. The key therefore adds the minute it arrived in:
-# a retry of a delivery we committed (only needed when our 2xx got lost) arrives within it and
-# dedups; a later sync by the user is a new event. The cost of the compromise: a retry landing in
-# the next minute adds one harmless event (records are idempotent upserts), and a second sync in
-# the same minute is folded into the first (the hourly safety-net run picks up anything missed).
-FITBIT_DEDUP_BUCKET_S: Final = 60
-
 # -- Oura --------------------------------------------------------------------------------------
 # Body: {"event_type": create|update|delete, "data_type", "object_id", "user_id", "event_time"}.
+# Data types outside both lists, and other event types, are stored as ignored (see parse_oura).
 OURA_TYPES: Final[dict[str, str | None]] = {
     "heartrate": HR,
     "daily_activity": HealthDataType.STEPS.value,
@@ -125,64 +108,20 @@ def _iso_instant(name: str, value: Any, where: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def parse_fitbit(body: bytes, *, received_at: float) -> list[NewEvent]:
-    where = "fitbit notification"
-    items = _json(body, where)
-    if not isinstance(items, list) or not items:
-        raise ValidationError("body", type(items).__name__, "a non-empty JSON array", where=where)
-    bucket = int(received_at // FITBIT_DEDUP_BUCKET_S)
-    events = []
-    for index, item in enumerate(items):
-        at = f"{where} [{index}]"
-        if not isinstance(item, dict):
-            raise ValidationError("item", item, "a JSON object", where=at)
-        collection = _require(item, "collectionType", at)
-        owner = _require(item, "ownerId", at)
-        ignored = FITBIT_IGNORED.get(collection)
-        if collection not in FITBIT_COLLECTIONS and ignored is None:
-            known = sorted([*FITBIT_COLLECTIONS, *FITBIT_IGNORED])
-            raise ValidationError("collectionType", collection, f"one of {known}", where=at)
-        day_text = item.get("date")
-        occurred = None
-        if day_text is not None or ignored is None:
-            try:
-                day = date.fromisoformat(str(day_text))
-            except ValueError:
-                raise ValidationError("date", day_text, "a date YYYY-MM-DD", where=at) from None
-            # A local calendar date, represented by its noon UTC: inside that local day for
-            # every UTC offset from -12 h to +12 h. The date itself stays in the payload.
-            occurred = datetime.combine(day, time(12), tzinfo=UTC)
-        subscription = str(item.get("subscriptionId", ""))
-        events.append(
-            NewEvent(
-                provider="fitbit",
-                event_key=f"{owner}|{collection}|{day_text}|{subscription}|{bucket}",
-                user_id=owner,
-                data_type=FITBIT_COLLECTIONS.get(collection),
-                occurred_at=occurred,
-                payload=item,
-                ignored_reason=ignored,
-            )
-        )
-    return events
-
-
 def parse_oura(body: bytes, *, delivery_timestamp: str) -> list[NewEvent]:
     """Key: user, data type, object, operation and event time. A retry repeats all five; an
     update of the same object is a new operation or a new time. Without an event time (not every
-    payload has one) the signed delivery timestamp stands in: a retry then may add one event."""
+    payload has one) the signed delivery timestamp stands in: a retry then may add one event.
+
+    A data type or event type this product does not know (Oura adds collections: `meal`,
+    `daily_cycle_phases`, ...) is acknowledged and kept as ignored with the reason, never refused:
+    an error answer makes Oura retry and can cost the subscription."""
     where = "oura notification"
     item = _json(body, where)
     if not isinstance(item, dict):
         raise ValidationError("body", type(item).__name__, "a JSON object", where=where)
     operation = _require(item, "event_type", where)
-    if operation not in OURA_EVENT_TYPES:
-        expected = f"one of {sorted(OURA_EVENT_TYPES)}"
-        raise ValidationError("event_type", operation, expected, where=where)
     kind = _require(item, "data_type", where)
-    if kind not in OURA_TYPES and kind not in OURA_IGNORED:
-        known = sorted([*OURA_TYPES, *OURA_IGNORED])
-        raise ValidationError("data_type", kind, f"one of {known}", where=where)
     object_id = _require(item, "object_id", where)
     user_id = _require(item, "user_id", where)
     when_text = item.get("event_time", item.get("timestamp"))
@@ -190,18 +129,28 @@ def parse_oura(body: bytes, *, delivery_timestamp: str) -> list[NewEvent]:
     ignored = None
     if kind in OURA_IGNORED:
         ignored = f"oura {kind}: not a health data type this product syncs"
+    elif kind not in OURA_TYPES:
+        ignored = f"oura data_type {_quoted(kind)}: not a data type this product knows"
+    elif operation not in OURA_EVENT_TYPES:
+        expected = f"one of {sorted(OURA_EVENT_TYPES)}"
+        ignored = f"oura event_type {_quoted(operation)}: not one this product knows ({expected})"
     stamp = when_text if when_text is not None else f"delivery:{delivery_timestamp}"
     return [
         NewEvent(
             provider="oura",
             event_key=f"{user_id}|{kind}|{object_id}|{operation}|{stamp}",
             user_id=user_id,
-            data_type=OURA_TYPES.get(kind),
+            data_type=None if ignored else OURA_TYPES[kind],
             occurred_at=occurred,
             payload=item,
             ignored_reason=ignored,
         )
     ]
+
+
+def _quoted(text: str, limit: int = 64) -> str:
+    """A provider's string inside an ignored reason: quoted, escaped, at most `limit` chars."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def parse_withings(form: Mapping[str, str]) -> list[NewEvent]:

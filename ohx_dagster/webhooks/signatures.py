@@ -2,7 +2,6 @@
 
 | provider | header(s) | value |
 |---|---|---|
-| Fitbit-style | X-Fitbit-Signature | base64(HMAC-SHA1(key=client_secret + "&", body)) |
 | Oura | x-oura-signature, x-oura-timestamp | HEX(HMAC-SHA256(client_secret, timestamp + body)) |
 | Withings | (none documented) | shared-secret `token` in the callback URL, known user ids only |
 | simulated | X-OHX-Timestamp, X-OHX-Signature | "v1=" + hex(HMAC-SHA256(secret, ts + "." + body)) |
@@ -10,12 +9,10 @@
 Where the provider sends a timestamp it is inside the signed bytes, and a request whose timestamp
 is further than the replay window from our clock (stale, or from the future) is refused: a
 captured request cannot be replayed later, and within the window a replay dedups in the inbox.
-Fitbit signs no timestamp, so its replay protection is the inbox dedup alone.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 from typing import Final
@@ -26,11 +23,6 @@ SIMULATED_VERSION: Final = "v1"
 
 class SignatureRejected(Exception):
     """The request is not provably from the provider (or too old); answered with 401."""
-
-
-def fitbit_signature(client_secret: str, body: bytes) -> str:
-    key = (client_secret + "&").encode()
-    return base64.b64encode(hmac.new(key, body, hashlib.sha1).digest()).decode()
 
 
 def oura_signature(client_secret: str, timestamp: str, body: bytes) -> str:
@@ -48,13 +40,6 @@ def same_secret(expected: str, given: str | None) -> bool:
     if given is None:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
-
-
-def verify_fitbit(client_secret: str, body: bytes, signature: str | None) -> None:
-    if not signature:
-        raise SignatureRejected("X-Fitbit-Signature header missing")
-    if not same_secret(fitbit_signature(client_secret, body), signature.strip()):
-        raise SignatureRejected("X-Fitbit-Signature does not match the body")
 
 
 def verify_oura(

@@ -4,9 +4,10 @@
 
 Every `--every` seconds, for each simulated user (OHX_SIMULATED_USERS / OHX_SIMULATED_SEED, the
 same profiles as ohx_dagster/providers/simulated.py), it posts "new heart rate", "new steps" and
-one more type in rotation to <url>/webhooks/simulated, signed with OHX_SIMULATED_WEBHOOK_SECRET
-(the development default when unset). The receiver may start after it: failed posts are logged
-and the next round goes on. `send_event` is the same request, for tests and benchmarks.
+one more type in rotation to <url>/webhooks/simulated, signed with `--secret` or else
+OHX_SIMULATED_WEBHOOK_SECRET, the receiver's (there is no default: scripts/dev generates one per
+start and gives it to both). The receiver may start after it: failed posts are logged and the
+next round goes on. `send_event` is the same request, for tests and benchmarks.
 
 Wire format (what /webhooks/simulated checks):
     POST /webhooks/simulated
@@ -34,7 +35,7 @@ import orjson
 from ohx_dagster.models import HealthDataType
 from ohx_dagster.providers.simulated import profiles
 from ohx_dagster.settings import Settings
-from ohx_dagster.webhooks.config import SIMULATED_DEV_SECRET, SIMULATED_SECRET
+from ohx_dagster.webhooks.config import SIMULATED_SECRET
 from ohx_dagster.webhooks.signatures import simulated_signature
 
 ROUTE: Final = "/webhooks/simulated"
@@ -150,11 +151,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default="http://127.0.0.1:8787", help="receiver base URL")
     parser.add_argument("--every", type=float, default=60.0, help="seconds between rounds")
     parser.add_argument("--rounds", type=int, default=0, help="stop after N rounds (0 = never)")
+    parser.add_argument(
+        "--secret",
+        help=f"the receiver's simulated-webhook secret (default: ${SIMULATED_SECRET}; "
+        "prefer the variable: arguments are visible to other users of the machine)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per round is enough
+    secret = args.secret or os.environ.get(SIMULATED_SECRET, "").strip()
+    if not secret:
+        print(
+            f"simulator: no secret: set {SIMULATED_SECRET} (the receiver's) or pass --secret",
+            file=sys.stderr,
+        )
+        return 2
     settings = Settings.from_env()
-    secret = os.environ.get(SIMULATED_SECRET) or SIMULATED_DEV_SECRET
     user_ids = [p.user_id for p in profiles(settings.simulated_users, settings.simulated_seed)]
     if not user_ids:
         log.warning("no simulated users (OHX_SIMULATED_USERS=0): nothing to send")

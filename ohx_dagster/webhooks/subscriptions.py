@@ -71,7 +71,6 @@ CREATED, RENEWED, ACTIVE, FAILED, SKIPPED = "created", "renewed", "active", "fai
 log = logging.getLogger("ohx_dagster.webhooks.subscriptions")
 
 
-
 @dataclass(frozen=True, slots=True)
 class SubscriptionResult:
     """What one subscription attempt left behind."""
