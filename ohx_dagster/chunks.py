@@ -180,7 +180,7 @@ def _unpack_values(blob: memoryview, n: int) -> tuple[np.ndarray, int]:
 
 def _pack_column(values: np.ndarray, dtype: str) -> bytes:
     """One value when constant, else the array; dtype is a numpy dtype string."""
-    if values.size and (values == values[0]).all() or (
+    if (values.size and (values == values[0]).all()) or (
         dtype == "<f8" and values.size and np.isnan(values).all()
     ):
         return b"C" + np.asarray(values[:1], dtype=dtype).tobytes()

@@ -14,8 +14,8 @@ from assets.partitions import health_partitions
 from ohx_dagster.settings import Settings
 from ohx_dagster.shards import Sharding
 from resources import FhirOutputResource, SourcesResource
-from resources.store import store_resource
 from resources.fhir_server import fhir_server_from_env
+from resources.store import store_resource
 from sensors.new_users import build_new_user_sensor
 from sensors.republish import build_republish_sensor
 from sensors.retention import apply_retention_job, retention_schedule

@@ -37,9 +37,9 @@ from ohx_dagster import aggregate, db, record_tables
 from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
 from ohx_dagster.models import AggregationLevel, HealthSyncConfig
-from ohx_dagster.store import RecordStore
 from ohx_dagster.schema import aggregates, day_versions, fhir_files
 from ohx_dagster.shards import Shard
+from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import local_day
 from ohx_dagster.times import from_us, iso_us, now_us, to_us, utc_day
 

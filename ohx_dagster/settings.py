@@ -30,19 +30,11 @@ from pathlib import Path
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
-from ohx_dagster.providers.api import API_DEFAULTS, ApiSettings
-from ohx_dagster.providers.registry import horizons, parse_horizons
+from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.registry import API_PROVIDERS, horizons, parse_horizons
 from ohx_dagster.shards import Sharding
 
-KNOWN_SOURCES = (
-    "simulated",
-    "fitabase",
-    "polar",
-    "apple_health",
-    "oura",
-    "withings",
-    "google_health",
-)
+KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health", *API_PROVIDERS)
 # Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
 FILE_SOURCES = frozenset({"fitabase", "polar", "apple_health"})
 
@@ -113,10 +105,10 @@ class Settings:
                 "OHX_SOURCES names apple_health but OHX_APPLE_HEALTH_EXPORT is not set"
             )
         for source in sources:
-            if source in API_DEFAULTS:
+            if source in API_PROVIDERS:
                 # A provider API named without its OAuth app fails here, when the code location
                 # loads, not at its first run.
-                ApiSettings.from_env(source, env)
+                ApiSettings.from_env(API_PROVIDERS[source], env)
         start_text = env.get("OHX_PARTITIONS_START", "2025-01-01")
         try:
             start = date.fromisoformat(start_text)

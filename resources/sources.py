@@ -12,22 +12,12 @@ from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
-from ohx_dagster.providers.google_health import GoogleHealthSource
-from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.polar import PolarH10Source
-from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
+from ohx_dagster.providers.registry import API_PROVIDERS, RESYNC_HORIZON, SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.providers.withings import WithingsSource
 from ohx_dagster.settings import KNOWN_SOURCES
 from ohx_dagster.store import RecordStore
 
-# Provider APIs: their users' OAuth tokens live in the record store, their OAuth app in the
-# environment (ohx_dagster/providers/api.py lists the variables).
-API_SOURCES = {
-    "oura": OuraSource,
-    "withings": WithingsSource,
-    "google_health": GoogleHealthSource,
-}
 
 
 @cache
@@ -53,9 +43,11 @@ def _apple_health(path: str, user_id: str | None) -> AppleHealthSource:
 
 
 @cache
-def _api_source(name: str, store: RecordStore) -> object:
-    # One HTTP connection pool per process, provider and store.
-    return API_SOURCES[name](store, ApiSettings.from_env(name))
+def _api_source(name: str, store: RecordStore, horizon: timedelta) -> object:
+    # One HTTP connection pool per process, provider and store. Their people's OAuth tokens live
+    # in the record store, their OAuth app in the environment (ohx_dagster/providers/api.py).
+    app = API_PROVIDERS[name]
+    return app.source(store, ApiSettings.from_env(app), horizon=horizon)
 
 
 class SourcesResource(dg.ConfigurableResource):
@@ -84,10 +76,10 @@ class SourcesResource(dg.ConfigurableResource):
         return Windowed(reader, SUPPORTED_TYPES[name], self.horizon(name))
 
     def _reader(self, name: str, store: RecordStore | None) -> object:
-        if name in API_SOURCES:
+        if name in API_PROVIDERS:
             if store is None:
                 raise ConfigError(f"source {name!r} is a provider API: it needs the record store")
-            return _api_source(name, store)
+            return _api_source(name, store, self.horizon(name))
         if name == "simulated":
             return _simulated(self.simulated_users, self.simulated_seed)
         if name == "fitabase":

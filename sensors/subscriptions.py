@@ -5,7 +5,8 @@ import os
 
 import dagster as dg
 
-from ohx_dagster.webhooks.subscriptions import renew_oura
+from ohx_dagster.providers.oura.subscriptions import renew
+from ohx_dagster.providers.registry import API_PROVIDERS
 from resources import RecordStoreResource
 
 
@@ -13,7 +14,7 @@ from resources import RecordStoreResource
 def renew_oura_subscriptions(
     context: dg.OpExecutionContext, store: RecordStoreResource
 ) -> dg.Output[int]:
-    results = renew_oura(store.get_store(), os.environ)
+    results = renew(store.get_store(), os.environ, API_PROVIDERS["oura"])
     failed = [r for r in results if not r.ok]
     for result in results:
         context.log.info(f"oura {result.target}: {result.status} {result.detail or ''}")

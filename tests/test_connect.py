@@ -227,7 +227,7 @@ def test_connecting_stores_encrypted_tokens_and_registers_the_user(
         assert params["redirect_uri"] == f"{PUBLIC}/oauth/{provider}/callback"
         assert len(params["state"]) >= 40
         scope = {
-            "oura": "personal daily heartrate spo2",
+            "oura": "personal daily heartrate workout session spo2Daily",
             "withings": "user.metrics",
             "google_health": "https://www.googleapis.com/auth/googlehealth.activity_and_fitness"
             ".readonly https://www.googleapis.com/auth/googlehealth"
@@ -268,7 +268,7 @@ def test_connecting_stores_encrypted_tokens_and_registers_the_user(
         assert (config.fhir_patient_id, config.timezone) == ("pat-42", "Europe/Paris")
         assert config.sync_frequency is SyncFrequency.DAILY
         # What the new-user sensor reads to backfill the person's history:
-        assert [c.user_id for _, c in store.users_connected_since(0)] == [user_id]
+        assert [c.user_id for _, c in store.users_activated_since(0)] == [user_id]
 
         # Single use: the same redirect again is refused and changes nothing.
         replay = http.get(callback, headers=JSON)

@@ -4,6 +4,8 @@ rotated refresh tokens saved, and connect_user registering the user for the back
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from provider_api_server import Call, FakeApi, answer, fake_api
 
-from ohx_dagster.errors import ConfigError, ProviderError, RateLimited
+from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.http import ApiClient, HttpStatusError, paginate, parse_retry_after
 from ohx_dagster.providers.tokens import (
@@ -22,8 +24,8 @@ from ohx_dagster.providers.tokens import (
     TokenStore,
     UserTokens,
     connect_user,
-    oauth_tokens,
 )
+from ohx_dagster.schema import oauth_tokens
 from ohx_dagster.store import RecordStore
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
@@ -63,7 +65,7 @@ def test_connect_user_stores_tokens_encrypted_and_registers_the_user(
     assert TokenStore(store).load("oura", "u1") == tokens()
     assert store.users("oura") == [config]
     # The new-user sensor reads exactly this: the user arrives with a connection time.
-    assert [c for _, c in store.users_connected_since(0)] == [config]
+    assert [c for _, c in store.users_activated_since(0)] == [config]
 
 
 def test_connect_user_rejects_a_config_for_someone_else(sqlite_store, token_key) -> None:
@@ -196,7 +198,7 @@ def test_a_token_another_run_refreshed_is_not_refreshed_again(
     assert len(api.calls_to("/oauth/token")) == 1
 
 
-def test_a_failed_grant_names_the_provider_and_hides_the_secrets(
+def test_a_refused_refresh_token_means_reconnect_and_hides_the_secrets(
     sqlite_store: RecordStore, token_key: str, api: FakeApi
 ) -> None:
     token_store = TokenStore(sqlite_store)
@@ -206,11 +208,102 @@ def test_a_failed_grant_names_the_provider_and_hides_the_secrets(
         lambda call: answer(400, {"error": "invalid_grant", "echo": call.form["refresh_token"]}),
     )
     user = UserTokens(token_store, oauth(api), "u1", client(api), clock=lambda: NOW)
-    with pytest.raises(HttpStatusError, match="invalid_grant") as error:
+    with pytest.raises(NeedsReauthorization, match="invalid_grant") as error:
         user.access_token()
-    assert "oura" in str(error.value) and "HTTP 400" in str(error.value)
+    assert "oura" in str(error.value)
     assert REFRESH not in str(error.value) and "client-SECRET" not in str(error.value)
     assert token_store.load("oura", "u1").refresh_token == REFRESH  # nothing half-written
+    # The lease is released: the next run may try (and is told the same).
+    with pytest.raises(NeedsReauthorization):
+        user.access_token()
+
+
+def test_a_token_endpoint_outage_is_a_provider_error(sqlite_store, token_key, api) -> None:
+    token_store = TokenStore(sqlite_store)
+    token_store.save("oura", "u1", tokens(expires_in_s=0))
+    api.on("/oauth/token", lambda call: answer(502, "bad gateway"))
+    user = UserTokens(token_store, oauth(api), "u1", client(api), clock=lambda: NOW)
+    with pytest.raises(HttpStatusError, match="HTTP 502") as error:
+        user.access_token()
+    assert not isinstance(error.value, NeedsReauthorization)
+
+
+def test_a_rotated_token_whose_answer_was_lost_leaves_a_visible_reconnect_state(
+    sqlite_store, token_key, api
+) -> None:
+    """The provider rotates the refresh token but the answer never arrives (the connection
+    drops): the old refresh token is spent. The next refresh is refused with invalid_grant,
+    which the sync turns into "needs reauthorization" rather than retrying forever."""
+    token_store = TokenStore(sqlite_store)
+    token_store.save("oura", "u1", tokens(expires_in_s=0))
+    spent: set[str] = set()
+
+    def grant(call: Call):
+        token = call.form["refresh_token"]
+        if token in spent:
+            return answer(400, {"error": "invalid_grant"})
+        spent.add(token)
+        raise ConnectionResetError("the answer is lost after the provider rotated the token")
+
+    api.on("/oauth/token", grant)
+    user = UserTokens(token_store, oauth(api), "u1", client(api, attempts=1), clock=lambda: NOW)
+    with pytest.raises(ProviderError):
+        user.access_token()
+    with pytest.raises(NeedsReauthorization):
+        user.access_token()
+
+
+def test_a_slow_token_endpoint_holds_no_database_lock(sqlite_store, token_key, api) -> None:
+    """The refresh talks to the provider with no transaction open: other writers (the
+    webhook receiver) go on while the token endpoint takes its time."""
+    token_store = TokenStore(sqlite_store)
+    token_store.save("oura", "u1", tokens(expires_in_s=0))
+    in_call = threading.Event()
+
+    def slow(call: Call):
+        in_call.set()
+        time.sleep(1.5)
+        return answer(200, {"access_token": "new-access", "refresh_token": "new-refresh",
+                            "expires_in": 3600})  # fmt: skip
+
+    api.on("/oauth/token", slow)
+    user = UserTokens(token_store, oauth(api), "u1", client(api), clock=lambda: NOW)
+    worker = threading.Thread(target=user.access_token)
+    worker.start()
+    assert in_call.wait(10)
+    started = time.monotonic()
+    sqlite_store.add_users([HealthSyncConfig(user_id="someone", provider="oura")])
+    assert time.monotonic() - started < 0.5
+    worker.join()
+    assert token_store.load("oura", "u1").refresh_token == "new-refresh"
+
+
+def test_two_runs_refreshing_at_once_spend_the_refresh_token_once(
+    sqlite_store, token_key, api
+) -> None:
+    token_store = TokenStore(sqlite_store)
+    token_store.save("oura", "u1", tokens(expires_in_s=0))
+    grants: list[str] = []
+
+    def grant(call: Call):
+        grants.append(call.form["refresh_token"])
+        time.sleep(0.5)
+        return answer(200, {"access_token": "new-access", "refresh_token": "new-refresh",
+                            "expires_in": 3600})  # fmt: skip
+
+    api.on("/oauth/token", grant)
+    results: list[str] = []
+
+    def run() -> None:
+        user = UserTokens(token_store, oauth(api), "u1", client(api), clock=lambda: NOW)
+        results.append(user.access_token())
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert grants == [REFRESH] and results == ["new-access"] * 3
 
 
 def test_withings_style_wrapped_grant(sqlite_store, token_key, api: FakeApi) -> None:

@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet
 from provider_api_server import FakeApi, answer
 
 from ohx_dagster.errors import ProviderError, RateLimited
-from ohx_dagster.fhir.publish import utc_day
+from ohx_dagster.times import utc_day
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.base import HealthSource

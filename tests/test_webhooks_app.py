@@ -29,11 +29,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from ohx_dagster.inbox import Inbox, NewEvent
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks import cli, create_app, simulator
+from ohx_dagster.webhooks import cli, simulator
+from ohx_dagster.webhooks.app import create_app
 from ohx_dagster.webhooks.app import GroupCommitter, TokenBuckets, client_address
 from ohx_dagster.webhooks.config import OuraSecrets, ReceiverLimits, WebhookSecrets
 from ohx_dagster.webhooks.serve import serve_in_thread
-from ohx_dagster.webhooks.signatures import oura_signature, simulated_signature
+from ohx_dagster.providers.oura.webhook import signature as oura_signature
+from ohx_dagster.webhooks.signatures import simulated_signature
 
 SECRETS = WebhookSecrets(
     oura=OuraSecrets("oura-client-secret", "oura-verification-token"),
@@ -111,7 +113,7 @@ SIM_EVENT = {
 }
 OURA = {
     "event_type": "create",
-    "data_type": "heartrate",
+    "data_type": "workout",
     "object_id": "8f9a",
     "user_id": "oura-u1",
     "event_time": "2026-03-01T08:59:30+00:00",
@@ -189,7 +191,7 @@ def test_oura_unknown_data_types_are_acknowledged_and_stored_as_ignored(receiver
     changes = [
         {"data_type": "meal"},
         {"data_type": "daily_cycle_phases"},
-        {"data_type": "heartrate", "event_type": "upsert"},
+        {"data_type": "workout", "event_type": "upsert"},
     ]
     for change in changes:
         answer = receiver.post("/webhooks/oura", *signed_oura({**OURA, **change}))
@@ -202,7 +204,7 @@ def test_oura_unknown_data_types_are_acknowledged_and_stored_as_ignored(receiver
             sa.text("SELECT data_type, status, reason FROM webhook_inbox ORDER BY id")
         ).all()
     assert [(kind, status) for kind, status, _ in rows] == [(None, "ignored")] * 3
-    assert "'meal'" in rows[0].reason and "'daily_cycle_phases'" in rows[1].reason
+    assert "oura meal" in rows[0].reason and "'daily_cycle_phases'" in rows[1].reason
     assert "'upsert'" in rows[2].reason
 
 

@@ -6,11 +6,13 @@ import orjson
 import pytest
 
 from ohx_dagster.errors import ValidationError
-from ohx_dagster.webhooks.notifications import parse_oura, parse_simulated, parse_withings
+from ohx_dagster.providers.oura.webhook import parse_notification as parse_oura
+from ohx_dagster.webhooks.notifications import parse_simulated, parse_withings
 
+# Oura's own example body (OpenAPI, "Receiving and Processing Events"), for a workout document.
 OURA = {
     "event_type": "create",
-    "data_type": "heartrate",
+    "data_type": "workout",
     "object_id": "8f9a",
     "user_id": "oura-u1",
     "event_time": "2026-03-01T08:59:30+00:00",
@@ -41,10 +43,10 @@ def test_oura_types_times_and_keys():
 @pytest.mark.parametrize(
     ("change", "words"),
     [
-        ({"data_type": "meal"}, "data_type 'meal'"),
+        ({"data_type": "meal"}, "oura meal"),
         ({"data_type": "daily_cycle_phases"}, "data_type 'daily_cycle_phases'"),
         ({"data_type": "brainwaves", "event_type": "upsert"}, "data_type 'brainwaves'"),
-        ({"event_type": "upsert"}, "event_type 'upsert'"),
+        ({"event_type": "upsert", "data_type": "sleep"}, "event_type 'upsert'"),
         ({"data_type": "new_" + "z" * 200}, "data_type 'new_zzz"),
     ],
 )

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks import create_app
+from ohx_dagster.webhooks.app import create_app
 from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.webhooks.serve import serve_in_thread
 from ohx_dagster.webhooks.simulator import signed_request

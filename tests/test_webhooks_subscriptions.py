@@ -30,15 +30,17 @@ from ohx_dagster.webhooks.app import create_app
 from ohx_dagster.webhooks.config import OuraSecrets, WebhookSecrets
 from ohx_dagster.webhooks.connect import ConnectConfig
 from ohx_dagster.webhooks.serve import serve_in_thread
-from ohx_dagster.webhooks.subscriptions import (
-    OURA_SUBSCRIPTIONS,
-    SubscriptionSettings,
-    ensure_oura_subscriptions,
-    main,
-    recorded,
-)
+from ohx_dagster.providers.oura.subscriptions import SUBSCRIPTIONS as OURA_SUBSCRIPTIONS
+from ohx_dagster.providers.oura.subscriptions import ensure as ensure_oura_subscriptions
+from ohx_dagster.providers.oura.subscriptions import DATA_TYPES as OURA_DATA_TYPES
+from ohx_dagster.providers.oura.subscriptions import EVENT_TYPES as OURA_EVENT_TYPES
+from ohx_dagster.providers.oura.subscriptions import main
+from ohx_dagster.providers.registry import API_PROVIDERS
+from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
 
 VERIFY = "oura-verification-token"
+# Every (event type, data type) this app subscribes at Oura.
+ALL = len(OURA_DATA_TYPES) * len(OURA_EVENT_TYPES)
 WITHINGS_TOKEN = "withings-callback-token"
 NOW = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
 
@@ -152,7 +154,7 @@ def oura_settings(oura: FakeOura, secret: str = SECRET["oura"]) -> ApiSettings:
         "OHX_OURA_CLIENT_SECRET": secret,
         "OHX_OURA_API_URL": oura.api.base_url,
     }
-    return ApiSettings.from_env("oura", env)
+    return ApiSettings.from_env(API_PROVIDERS["oura"], env)
 
 
 # -- Oura: per app, idempotent -------------------------------------------------------------------
@@ -171,28 +173,24 @@ def test_ensure_oura_subscriptions_creates_renews_and_then_changes_nothing(
     )
 
     by_target = {r.target: r for r in results}
-    assert {t: r.status for t, r in by_target.items()} == {
-        "create:daily_activity": "created",
-        "update:daily_activity": "created",
-        "create:daily_spo2": "created",
-        "update:daily_spo2": "created",
-        "create:sleep": "active",
-        "update:sleep": "renewed",
-    }
+    expected = {f"{e}:{d}": "created" for d in OURA_DATA_TYPES for e in OURA_EVENT_TYPES}
+    expected |= {"create:sleep": "active", "update:sleep": "renewed"}
+    assert {t: r.status for t, r in by_target.items()} == expected
     assert by_target["update:sleep"].subscription_id == soon
     assert by_target["update:sleep"].expires_at == NOW + timedelta(days=90)
     assert by_target["create:sleep"].subscription_id == later
+    created = ALL - 2
     posts = [c for c in oura.api.calls_to(OURA_SUBSCRIPTIONS) if c.method == "POST"]
-    assert len(posts) == 4
+    assert len(posts) == created
     assert {orjson.loads(c.body)["verification_token"] for c in posts} == {VERIFY}
-    assert len(oura.subscriptions) == 3 + 4
+    assert len(oura.subscriptions) == 3 + created
 
     # Run again: every subscription is there and far from expiry; nothing is created or renewed.
     again = ensure_oura_subscriptions(
         oura_settings(oura), callback, VERIFY, now=lambda: NOW, backoff_s=0.01
     )
     assert {r.status for r in again} == {"active"}
-    assert len([c for c in oura.api.calls if c.method in ("POST", "PUT")]) == 4 + 1
+    assert len([c for c in oura.api.calls if c.method in ("POST", "PUT")]) == created + 1
 
 
 def test_a_failed_oura_creation_is_a_result_and_the_rest_proceeds(
@@ -204,9 +202,9 @@ def test_a_failed_oura_creation_is_a_result_and_the_rest_proceeds(
         oura_settings(oura), callback, VERIFY, now=lambda: NOW, backoff_s=0.01
     )
     failed = [r for r in results if not r.ok]
-    assert [r.target for r in failed] == ["create:daily_spo2", "update:daily_spo2"]
+    assert [r.target for r in failed] == [f"{e}:daily_spo2" for e in OURA_EVENT_TYPES]
     assert "HTTP 422" in failed[0].detail and "daily_spo2" in failed[0].detail
-    assert sum(r.status == "created" for r in results) == 4
+    assert sum(r.status == "created" for r in results) == ALL - len(OURA_EVENT_TYPES)
 
 
 def test_a_callback_that_fails_oura_verification_is_not_subscribed(oura: FakeOura) -> None:
@@ -241,18 +239,18 @@ def test_the_cli_ensures_and_records_the_subscriptions(
     }
     assert main(["--provider", "oura"], env) == 0
     out = capsys.readouterr().out
-    assert out.count(": created") == 6
+    assert out.count(": created") == ALL
     assert SECRET["oura"] not in out and VERIFY not in out
     store = RecordStore(database)
     try:
         rows = recorded(store, "oura")
     finally:
         store.dispose()
-    assert len(rows) == 6 and {r.status for r in rows} == {"created"}
+    assert len(rows) == ALL and {r.status for r in rows} == {"created"}
     assert all(r.user_id == "" and r.expires_at is not None for r in rows)
 
     assert main(["--provider", "oura"], env) == 0
-    assert capsys.readouterr().out.count(": active") == 6
+    assert capsys.readouterr().out.count(": active") == ALL
 
     missing = {k: v for k, v in env.items() if k != "OHX_OURA_VERIFICATION_TOKEN"}
     assert main(["--provider", "oura"], missing) == 2
@@ -357,14 +355,14 @@ def test_connecting_oura_ensures_the_apps_subscriptions_once(setup: Setup) -> No
     _, first = setup.receiver.connect("oura")
     assert first.status_code == 200
     rows = recorded(setup.receiver.store, "oura")
-    assert len(rows) == 6 and {r.status for r in rows} == {"created"}
-    assert len(setup.oura.subscriptions) == 6
+    assert len(rows) == ALL and {r.status for r in rows} == {"created"}
+    assert len(setup.oura.subscriptions) == ALL
     callback = f"{setup.receiver.url}/webhooks/oura"
     assert {s["callback_url"] for s in setup.oura.subscriptions.values()} == {callback}
     # Another person connects: the app's subscriptions exist, nothing new is created.
     _, second = setup.receiver.connect("oura")
     assert second.status_code == 200
-    assert len(setup.oura.subscriptions) == 6
+    assert len(setup.oura.subscriptions) == ALL
     assert {r.status for r in recorded(setup.receiver.store, "oura")} == {"active"}
 
 
@@ -398,7 +396,7 @@ def test_an_unmounted_withings_route_is_skipped_and_recorded(
 def test_the_module_runs_as_a_cli(tmp_path) -> None:
     env = {"PATH": os.environ.get("PATH", ""), "OHX_HOME": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "ohx_dagster.webhooks.subscriptions", "--provider", "oura"],
+        [sys.executable, "-m", "ohx_dagster.providers.oura.subscriptions", "--provider", "oura"],
         env=env,
         capture_output=True,
         text=True,
@@ -414,7 +412,7 @@ def test_even_a_crashing_subscription_step_leaves_the_connection_standing(
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("subscription step crashed")
 
-    monkeypatch.setattr("ohx_dagster.webhooks.subscriptions.subscribe_after_connect", crash)
+    monkeypatch.setattr("ohx_dagster.webhooks.connect.subscribe_after_connect", crash)
     with connect_receiver(sqlite_store, providers, withings_token=WITHINGS_TOKEN) as setup:
         _, done = setup.receiver.connect("withings")
     assert done.status_code == 200
@@ -439,7 +437,7 @@ def test_the_daily_dagster_job_renews_oura_and_fails_visibly(
         monkeypatch.setenv(name, value)
     resources = {"store": RecordStoreResource(database_url=database)}
     assert oura_subscriptions_job.execute_in_process(resources=resources).success
-    assert len(oura.subscriptions) == 6
+    assert len(oura.subscriptions) == ALL
     oura.subscriptions.clear()
     oura.reject.add("sleep")
     failed = oura_subscriptions_job.execute_in_process(resources=resources, raise_on_error=False)

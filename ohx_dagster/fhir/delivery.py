@@ -29,10 +29,10 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
-from ohx_dagster.errors import OhxError
-from ohx_dagster.providers.http import parse_retry_after
 from ohx_dagster import db
+from ohx_dagster.errors import OhxError
 from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.providers.http import parse_retry_after
 from ohx_dagster.schema import fhir_files, fhir_outbox
 from ohx_dagster.store import RecordStore
 from ohx_dagster.times import now_us

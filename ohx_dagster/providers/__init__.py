@@ -1,1 +1,2 @@
-"""Sources of health records: provider APIs, data exports and the simulator, one module each."""
+"""Sources of health records: provider APIs (a folder each: client, parsing, webhook route,
+subscriptions, the sources of their shapes), data exports and the simulator."""

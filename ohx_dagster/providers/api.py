@@ -20,46 +20,25 @@ from the store like every other source's.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Final
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.providers.http import ApiClient
+from ohx_dagster.coverage import Interval
+from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
+from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.providers.app import ProviderApp
+from ohx_dagster.providers.base import Event, FetchResult, Windows, windows_from_moments
+from ohx_dagster.providers.budget import RequestBudget
+from ohx_dagster.providers.http import ApiClient, Refused, TokenSource
 from ohx_dagster.providers.tokens import OAuthClient, TokenStore, UserTokens
-from ohx_dagster.records import empty_batch, make_batch
+from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
 from ohx_dagster.store import RecordStore
-
-
-@dataclass(frozen=True, slots=True)
-class _Defaults:
-    prefix: str
-    api_url: str
-    token_url: str
-    extra_params: Mapping[str, str] = field(default_factory=dict)
-    wrapped: bool = False
-
-
-API_DEFAULTS: Final[dict[str, _Defaults]] = {
-    "oura": _Defaults(
-        "OHX_OURA", "https://api.ouraring.com", "https://api.ouraring.com/oauth/token"
-    ),
-    "withings": _Defaults(
-        "OHX_WITHINGS",
-        "https://wbsapi.withings.net",
-        "https://wbsapi.withings.net/v2/oauth2",
-        {"action": "requesttoken"},
-        wrapped=True,
-    ),
-    "google_health": _Defaults(
-        "OHX_GOOGLE_HEALTH", "https://health.googleapis.com", "https://oauth2.googleapis.com/token"
-    ),
-}
+from ohx_dagster.times import from_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,23 +48,25 @@ class ApiSettings:
     oauth: OAuthClient
 
     @classmethod
-    def from_env(cls, provider: str, env: Mapping[str, str] | None = None) -> ApiSettings:
+    def from_env(cls, app: ProviderApp, env: Mapping[str, str] | None = None) -> ApiSettings:
         env = os.environ if env is None else env
-        defaults = API_DEFAULTS[provider]
-        p = defaults.prefix
+        p = app.env_prefix
         missing = [n for n in (f"{p}_CLIENT_ID", f"{p}_CLIENT_SECRET") if not env.get(n)]
         if missing:
-            raise ConfigError(f"source {provider!r} needs {' and '.join(missing)} (its OAuth app)")
+            raise ConfigError(
+                f"source {app.name!r} needs {' and '.join(missing)} (its OAuth app): set them, "
+                f"or take {app.name!r} out of OHX_SOURCES"
+            )
         return cls(
-            provider=provider,
-            base_url=env.get(f"{p}_API_URL") or defaults.api_url,
+            provider=app.name,
+            base_url=env.get(f"{p}_API_URL") or app.api_url,
             oauth=OAuthClient(
-                provider=provider,
-                token_url=env.get(f"{p}_TOKEN_URL") or defaults.token_url,
+                provider=app.name,
+                token_url=env.get(f"{p}_TOKEN_URL") or app.token_url,
                 client_id=env[f"{p}_CLIENT_ID"],
                 client_secret=env[f"{p}_CLIENT_SECRET"],
-                extra_params=dict(defaults.extra_params),
-                wrapped=defaults.wrapped,
+                extra_params=dict(app.token_params),
+                wrapped=app.token_wrapped,
             ),
         )
 
@@ -97,14 +78,22 @@ class ApiConnection:
         self,
         store: RecordStore,
         settings: ApiSettings,
+        app: ProviderApp,
         *,
         backoff_s: float = 1.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
+        self.app = app
+        self.store = store
         self.api = ApiClient(settings.provider, settings.base_url, backoff_s=backoff_s)
         self.tokens = TokenStore(store)
         self.clock = clock
+
+    def budget(self, user: HealthSyncConfig) -> RequestBudget:
+        """The request allowance a call for this person draws from (the application's, or the
+        person's own where the provider counts per person)."""
+        return RequestBudget(self.store, self.app.name, self.app.request_limit, user.user_id)
 
     def auth(self, user: HealthSyncConfig) -> UserTokens:
         return UserTokens(
@@ -116,19 +105,75 @@ class ApiConnection:
 
 
 class ApiSource:
-    """What the provider API sources share: a connection, and no users of their own (people
-    arrive by connecting their account, see ohx_dagster/providers/connect.py)."""
+    """What the provider API sources share: a connection, no people of their own (people arrive
+    by connecting their account, see ohx_dagster/providers/connect.py), and per-type outcomes.
 
-    name: str
+    `fetch_windows` reads type by type (`read`, one window at a time): a type the provider
+    refuses (403) is recorded as refused, a type that fails otherwise as failed, and the other
+    types go on. A rate limit or a refused grant stops the person's fetch (RateLimited,
+    NeedsReauthorization): every further call would meet them too. A provider whose API serves
+    several types in one call (Withings) overrides `fetch_windows`."""
+
+    app: ProviderApp
 
     def __init__(
-        self, store: RecordStore, settings: ApiSettings | None = None, **connection: Any
+        self,
+        store: RecordStore,
+        settings: ApiSettings | None = None,
+        *,
+        horizon: timedelta | None = None,
+        **connection: Any,
     ) -> None:
-        settings = settings or ApiSettings.from_env(self.name)
-        self.connection = ApiConnection(store, settings, **connection)
+        settings = settings or ApiSettings.from_env(self.app)
+        self.connection = ApiConnection(store, settings, self.app, **connection)
+        self._horizon = horizon
+
+    @property
+    def name(self) -> str:
+        return self.app.name
+
+    @property
+    def supported_types(self) -> frozenset[HealthDataType]:
+        return self.app.supported_types
+
+    @property
+    def resync_horizon(self) -> timedelta:
+        return self.app.resync_horizon if self._horizon is None else self._horizon
 
     def discover_users(self) -> list[HealthSyncConfig]:
         return []
+
+    def read(
+        self, user: HealthSyncConfig, kind: HealthDataType, window: DateRange, auth: TokenSource
+    ) -> pd.DataFrame:
+        """The person's records of one type in one window (canonical batch)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no {kind.value}")
+
+    def fetch_windows(self, user: HealthSyncConfig, windows: Windows) -> FetchResult:
+        auth = self.connection.auth(user)
+        result = FetchResult()
+        batches = []
+        for kind, intervals in sorted(windows.items()):
+            try:
+                for start, end in intervals:
+                    window = DateRange(from_us(start), from_us(end))
+                    batches.append(self.read(user, kind, window, auth))
+            except Refused as refused:
+                result.refused[kind.value] = str(refused)
+                continue
+            except (RateLimited, NeedsReauthorization):
+                raise
+            except (ProviderError, OSError) as failed:
+                result.failed[kind.value] = f"{type(failed).__name__}: {failed}"
+                continue
+            result.covered[kind.value] = list(intervals)
+        result.batch = dedupe(concat(batches))
+        return result
+
+    def event_windows(
+        self, user: HealthSyncConfig, events: Sequence[Event], now: datetime
+    ) -> dict[HealthDataType, list[Interval]]:
+        return windows_from_moments(self.supported_types & user.enabled_types, events, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +186,8 @@ class Sample:
     duration_s: float | None = None
     device_id: str = ""
     diastolic: float | None = None
+    method: str = "device"  # ohx_dagster.records.METHODS
+    context: str = ""  # what the person was doing, as the provider names it
 
 
 def offset_min(moment: datetime) -> int:
@@ -168,4 +215,6 @@ def samples_batch(
         diastolic=None
         if kind is not HealthDataType.BLOOD_PRESSURE
         else [np.nan if s.diastolic is None else s.diastolic for s in samples],
+        method=[s.method for s in samples],
+        context=[s.context for s in samples],
     )

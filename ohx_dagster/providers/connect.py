@@ -12,25 +12,19 @@ redirect to our callback.
    encrypted and registers the config, and the new-user sensor backfills the person's history.
    A refused state, a denial (`error=access_denied`) or a failed exchange stores nothing.
 
-Per provider (authorization endpoint; scopes asked; PKCE; where the provider's user id comes from):
-- oura: https://cloud.ouraring.com/oauth/authorize; `personal daily heartrate spo2`
-  (space-separated); no PKCE; GET /v2/usercollection/personal_info `id`.
-- withings: https://account.withings.com/oauth2_user/authorize2; `user.metrics` (comma-separated);
-  no PKCE; the token answer's `body.userid` (the id Withings notifications carry).
-- google_health: https://accounts.google.com/o/oauth2/v2/auth; googlehealth
-  `.activity_and_fitness.readonly` (steps) and `.health_metrics_and_measurements.readonly`
-  (heart rate, weight, oxygen saturation); PKCE S256; GET /v4/users/me/identity `healthUserId`.
+Per provider, its folder's ProviderApp (ohx_dagster/providers/<name>/__init__.py) says the
+authorization endpoint, the scopes asked, whether PKCE is used, and how the person's provider id
+is found after the code exchange (`find_user_id`).
 
 Token endpoints and client credentials are the API sources' (ohx_dagster.providers.api). The token
-answer is RFC 6749 5.1 JSON (errors: HTTP 400 {"error", "error_description"}), except Withings:
-HTTP 200 {"status": 0, "body": {"userid", "access_token", "refresh_token", "expires_in", "scope"}},
-an error being a non-zero status with an `error` text. Google sends a refresh token only with
-access_type=offline, and again on a reconnect only with prompt=consent: both are asked for.
+answer is RFC 6749 5.1 JSON (errors: HTTP 400 {"error", "error_description"}), or wrapped as
+{"status": 0, "body": {...}} where the ProviderApp says so (Withings), an error being a non-zero
+status with an `error` text.
 
 Variables:
 - OHX_OAUTH_REDIRECT_BASE: public base URL of the receiver; the callback, to register at each
   provider, is <base>/oauth/<provider>/callback.
-- OHX_<P>_AUTHORIZE_URL (P = OURA, WITHINGS, GOOGLE_HEALTH): another authorization endpoint.
+- OHX_<P>_AUTHORIZE_URL (P = OURA, WITHINGS, GOOGLE_HEALTH, POLAR): another authorization endpoint.
 """
 
 from __future__ import annotations
@@ -42,7 +36,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -54,8 +48,10 @@ import sqlalchemy as sa
 from ohx_dagster.errors import ConfigError, OhxError, ProviderError, ValidationError
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import API_DEFAULTS, ApiSettings
+from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
 from ohx_dagster.providers.http import ApiClient, excerpt
+from ohx_dagster.providers.registry import API_PROVIDERS
 from ohx_dagster.providers.tokens import OAuthTokens, cipher_from_env, connect_user
 from ohx_dagster.schema import oauth_states
 from ohx_dagster.store import RecordStore
@@ -81,48 +77,13 @@ class ConnectRefused(OhxError):
 
 
 @dataclass(frozen=True, slots=True)
-class AuthorizeSpec:
-    """What differs between the providers' authorization requests."""
-
-    authorize_url: str
-    scopes: tuple[str, ...]
-    scope_separator: str = " "
-    pkce: bool = False
-    extra_params: Mapping[str, str] = field(default_factory=dict)
-
-
-GOOGLE_SCOPE: Final = "https://www.googleapis.com/auth/googlehealth"
-AUTHORIZE: Final[dict[str, AuthorizeSpec]] = {
-    # heartrate -> heartrate, daily -> daily_activity steps, spo2 -> daily_spo2, personal -> the
-    # personal_info id that identifies the user.
-    "oura": AuthorizeSpec(
-        "https://cloud.ouraring.com/oauth/authorize", ("personal", "daily", "heartrate", "spo2")
-    ),
-    # user.metrics -> measure getmeas (weight, blood pressure, pulse, SpO2, temperature).
-    "withings": AuthorizeSpec(
-        "https://account.withings.com/oauth2_user/authorize2", ("user.metrics",), ","
-    ),
-    # steps: activity_and_fitness; heart rate, weight, oxygen saturation: health metrics.
-    "google_health": AuthorizeSpec(
-        "https://accounts.google.com/o/oauth2/v2/auth",
-        (
-            f"{GOOGLE_SCOPE}.activity_and_fitness.readonly",
-            f"{GOOGLE_SCOPE}.health_metrics_and_measurements.readonly",
-        ),
-        pkce=True,
-        extra_params={"access_type": "offline", "prompt": "consent"},
-    ),
-}
-PROVIDERS: Final = tuple(AUTHORIZE)
-
-
-@dataclass(frozen=True, slots=True)
 class ConnectSettings:
     """One provider's OAuth app as the connect flow needs it."""
 
     api: ApiSettings
     authorize: AuthorizeSpec
     redirect_uri: str
+    app: ProviderApp
 
     @property
     def provider(self) -> str:
@@ -131,22 +92,24 @@ class ConnectSettings:
     @classmethod
     def from_env(cls, provider: str, env: Mapping[str, str] | None = None) -> ConnectSettings:
         env = os.environ if env is None else env
-        if provider not in AUTHORIZE:
-            raise ConfigError(f"provider {provider!r}: expected one of {list(PROVIDERS)}")
+        if provider not in API_PROVIDERS:
+            raise ConfigError(f"provider {provider!r}: expected one of {list(API_PROVIDERS)}")
         base = env.get(REDIRECT_BASE_ENV, "").strip().rstrip("/")
         if not base.startswith(("https://", "http://")):
             raise ConfigError(
                 f"{REDIRECT_BASE_ENV}={base!r}: expected the receiver's public base URL "
                 "(https://...), under which /oauth/<provider>/callback is registered"
             )
-        spec = AUTHORIZE[provider]
-        url = env.get(f"{API_DEFAULTS[provider].prefix}_AUTHORIZE_URL") or spec.authorize_url
+        app = API_PROVIDERS[provider]
+        spec = app.authorize
+        url = env.get(f"{app.env_prefix}_AUTHORIZE_URL") or spec.authorize_url
         return cls(
-            api=ApiSettings.from_env(provider, env),
+            api=ApiSettings.from_env(app, env),
             authorize=AuthorizeSpec(
                 url, spec.scopes, spec.scope_separator, spec.pkce, spec.extra_params
             ),
             redirect_uri=f"{base}/oauth/{provider}/callback",
+            app=app,
         )
 
     @classmethod
@@ -154,8 +117,8 @@ class ConnectSettings:
         """The providers whose OAuth client id and secret are set (the others cannot connect)."""
         env = os.environ if env is None else env
         found = {}
-        for provider in PROVIDERS:
-            prefix = API_DEFAULTS[provider].prefix
+        for provider, app in API_PROVIDERS.items():
+            prefix = app.env_prefix
             if env.get(f"{prefix}_CLIENT_ID") and env.get(f"{prefix}_CLIENT_SECRET"):
                 found[provider] = cls.from_env(provider, env)
         return found
@@ -367,38 +330,13 @@ class ConnectFlow:
     def _provider_user_id(
         self, settings: ConnectSettings, tokens: OAuthTokens, body: dict[str, Any]
     ) -> str:
-        provider = settings.provider
-        if provider == "withings":
-            userid = body.get("userid")
-            if isinstance(userid, bool) or not isinstance(userid, str | int) or userid == "":
-                raise payload.bad_field(f"{provider} token exchange", "userid", userid, "an id")
-            return str(userid)
-        endpoint, key = {
-            "oura": ("/v2/usercollection/personal_info", "id"),
-            "google_health": ("/v4/users/me/identity", "healthUserId"),
-        }[provider]
-        api = ApiClient(provider, settings.api.base_url, timeout_s=self.timeout_s, attempts=2)
+        api = ApiClient(
+            settings.provider, settings.api.base_url, timeout_s=self.timeout_s, attempts=2
+        )
         try:
-            answer = api.json("GET", endpoint, auth=_Bearer(tokens.access_token))
+            return settings.app.find_user_id(api, body, tokens.access_token)
         finally:
             api.close()
-        user_id = payload.get(answer, key, f"{provider} {endpoint}", "the user's id")
-        if not isinstance(user_id, str) or not user_id:
-            raise payload.bad_field(f"{provider} {endpoint}", key, user_id, "a non-empty string")
-        return user_id
-
-
-@dataclass(frozen=True, slots=True)
-class _Bearer:
-    """A TokenSource for the brand-new access token (no refresh: it was issued a moment ago)."""
-
-    token: str = field(repr=False)
-
-    def access_token(self) -> str:
-        return self.token
-
-    def refresh(self, rejected: str) -> str:
-        raise ProviderError("the access token just issued was rejected (401)")
 
 
 def _error_of(body: Any, response: httpx.Response, hidden: tuple[str, ...]) -> str:

@@ -6,7 +6,10 @@
   and jitter; when the attempts are used up they become a ProviderError.
 - 429, and 503 with a Retry-After, become RateLimited(provider, retry_after_s) at once: the sync
   turns that into a Dagster retry after Retry-After (seconds or an HTTP-date), instead of sleeping
-  inside a run that holds one of the provider's concurrency slots.
+  inside a run that holds one of the provider's concurrency slots. The application's shared
+  request budget (ohx_dagster.providers.budget) is told, so every other run stops calling too.
+- 403 becomes Refused: the provider will not serve this to us (a scope the person did not grant,
+  an expired membership); the source records it per data type and the sync skips that type.
 - Every error names the provider, the endpoint, the status and a short excerpt of the body; the
   access token never appears in a message (it is cut out of the excerpt too).
 - `paginate` follows a provider's page token until the provider stops sending one.
@@ -25,6 +28,7 @@ from typing import Any, Final, Protocol, TypeVar
 import httpx
 import orjson
 
+from ohx_dagster import errors
 from ohx_dagster.errors import ProviderError, RateLimited
 
 EXCERPT_CHARS: Final = 200
@@ -42,6 +46,19 @@ class TokenSource(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A TokenSource for an access token issued a moment ago (the connect flow's): no refresh."""
+
+    token: str = field(repr=False)
+
+    def access_token(self) -> str:
+        return self.token
+
+    def refresh(self, rejected: str) -> str:
+        raise ProviderError("the access token just issued was rejected (401)")
+
+
 class HttpStatusError(ProviderError):
     """The provider answered with an error status (after retries, where they apply)."""
 
@@ -55,6 +72,22 @@ class HttpStatusError(ProviderError):
 
 class Unauthorized(HttpStatusError):
     """401: the access token is expired or revoked."""
+
+
+class Refused(HttpStatusError, errors.Refused):
+    """403: the provider refuses this request to us (scope not granted, membership expired)."""
+
+
+class Budget(Protocol):
+    """The application's shared request allowance (ohx_dagster.providers.budget)."""
+
+    def take(self) -> None:
+        """Count one request, or raise RateLimited when none is left."""
+        ...
+
+    def block(self, retry_after_s: float | None) -> None:
+        """The provider answered 429: no run calls it before Retry-After."""
+        ...
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -124,6 +157,7 @@ class ApiClient:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
         secrets: tuple[str, ...] = (),
+        budget: Budget | None = None,
     ) -> httpx.Response:
         """One request with retries on 5xx and connection errors; a 2xx response or an error.
         `json_body` is sent as JSON, `headers` beside the bearer token (app credentials: pass
@@ -135,6 +169,8 @@ class ApiClient:
         secrets = (*secrets, token) if token else secrets
         for attempt in range(self.attempts):
             last = attempt == self.attempts - 1
+            if budget is not None:
+                budget.take()
             try:
                 response = self.client.request(
                     method, endpoint, params=params, data=data, json=json_body, headers=sent
@@ -152,10 +188,14 @@ class ApiClient:
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if status == 429 or (status == 503 and retry_after is not None):
+                if budget is not None:
+                    budget.block(retry_after)
                 raise RateLimited(self.provider, retry_after)
             body = excerpt(response.content, secrets=secrets)
             if status == 401:
                 raise Unauthorized(self.provider, endpoint, status, body)
+            if status == 403:
+                raise Refused(self.provider, endpoint, status, body)
             if status >= 500 and not last:
                 self._pause(attempt)
                 continue
@@ -171,6 +211,7 @@ class ApiClient:
         params: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
         check: Callable[[Any], None] | None = None,
+        budget: Budget | None = None,
     ) -> Any:
         """The decoded JSON body. `check` inspects it (providers that answer errors with HTTP
         200 raise from it; Unauthorized there counts as a 401). With `auth`, a 401 refreshes
@@ -178,7 +219,9 @@ class ApiClient:
         token = auth.access_token() if auth is not None else None
         for attempt in range(2):
             try:
-                response = self.send(method, endpoint, token=token, params=params, data=data)
+                response = self.send(
+                    method, endpoint, token=token, params=params, data=data, budget=budget
+                )
                 body = decode_json(
                     self.provider, endpoint, response.content, secrets=(token or "",)
                 )

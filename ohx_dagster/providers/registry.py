@@ -1,5 +1,6 @@
-"""What each source can deliver and how late its data may arrive: read by the sync, the
-schedules and `ohx status`, so none of them asks a source for a type it never has.
+"""Every source the product knows: the provider APIs (each folder's ProviderApp), and what each
+source can deliver and how late its data may arrive: read by the sync, the schedules and
+`ohx status`, so none of them asks a source for a type it never has.
 
 | source | types | re-sync horizon (default) | why that horizon |
 |---|---|---|---|
@@ -20,12 +21,18 @@ from typing import Final
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthDataType as T
+from ohx_dagster.providers import google_health, oura, withings
+from ohx_dagster.providers.app import ProviderApp
+
+# Provider APIs: each folder's ProviderApp. A new provider is a new folder and a line here.
+API_PROVIDERS: Final[dict[str, ProviderApp]] = {
+    app.name: app
+    for app in (oura.APP, withings.APP, google_health.APP)
+}
 
 SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {
     "simulated": frozenset(T),
-    "oura": frozenset({T.HEART_RATE, T.STEPS, T.SPO2}),
-    "withings": frozenset({T.HEART_RATE, T.BLOOD_PRESSURE, T.WEIGHT, T.TEMPERATURE, T.SPO2}),
-    "google_health": frozenset({T.HEART_RATE, T.STEPS, T.WEIGHT, T.SPO2}),
+    **{name: app.supported_types for name, app in API_PROVIDERS.items()},
     "fitabase": frozenset({T.HEART_RATE, T.STEPS, T.WEIGHT}),
     "polar": frozenset({T.HEART_RATE, T.RR_INTERVALS, T.ECG}),
     "apple_health": frozenset(
@@ -35,9 +42,7 @@ SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {
 
 RESYNC_HORIZON: Final[dict[str, timedelta]] = {
     "simulated": timedelta(hours=1),
-    "oura": timedelta(hours=48),
-    "withings": timedelta(hours=48),
-    "google_health": timedelta(hours=72),
+    **{name: app.resync_horizon for name, app in API_PROVIDERS.items()},
     "fitabase": timedelta(0),
     "polar": timedelta(0),
     "apple_health": timedelta(0),

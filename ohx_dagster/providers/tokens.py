@@ -7,11 +7,15 @@
 - A missing or malformed key is a ConfigError when a token is read or written, not before: a
   deployment without API sources needs no key.
 - Refresh (refresh-token grant at the provider's token URL) happens when the access token is
-  expired, or once after a 401. It runs inside one write transaction holding the row (BEGIN
-  IMMEDIATE on SQLite, SELECT .. FOR UPDATE on PostgreSQL): providers that rotate refresh tokens
-  (Oura, Withings) accept each one once, so two runs refreshing the same user at once must not
-  both spend it. The second run finds the token already replaced and uses the new one. The
-  rotated refresh token is written in that same transaction, or not at all.
+  expired, or once after a 401. Providers that rotate refresh tokens (Oura, Withings) accept
+  each one once, so two runs refreshing the same person at once must not both spend it: a run
+  first takes a short lease on the row (one small transaction), talks to the token endpoint with
+  NO transaction open (a slow token endpoint never holds the database's write lock), then stores
+  the answer at once, before anything uses the new access token. A run that finds the lease
+  taken waits for the other's answer and uses it.
+- A refresh token the provider refuses (OAuth `invalid_grant`: spent, e.g. because the answer
+  that rotated it was lost in transit, or revoked) raises NeedsReauthorization: the sync puts
+  the person in "needs reauthorization", schedules skip them, and the connect flow clears it.
 - `connect_user` is the one way a user arrives: tokens first, then the sync config, so the
   new-user sensor (which backfills the user's history) never sees a user without tokens.
 """
@@ -19,6 +23,8 @@
 from __future__ import annotations
 
 import os
+import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -29,10 +35,11 @@ import orjson
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from ohx_dagster.errors import ConfigError, ProviderError
+from ohx_dagster import db
+from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.http import ApiClient, decode_json
+from ohx_dagster.providers.http import ApiClient, HttpStatusError, decode_json
 from ohx_dagster.schema import oauth_tokens
 from ohx_dagster.store import RecordStore
 from ohx_dagster.times import from_us, now_us, to_us
@@ -40,6 +47,11 @@ from ohx_dagster.times import from_us, now_us, to_us
 TOKEN_KEY_ENV: Final = "OHX_TOKEN_KEY"
 # An access token this close to its expiry is refreshed before use (clock skew, request time).
 EXPIRY_MARGIN: Final = timedelta(seconds=60)
+# A refresh lease outlives the token endpoint's slowest answer (the HTTP client's 30 s timeout,
+# retried): then another run may try.
+LEASE_S: Final = 120.0
+LEASE_WAIT_S: Final = 150.0
+LEASE_POLL_S: Final = 0.2
 
 
 
@@ -159,27 +171,80 @@ class TokenStore:
         *,
         rejected: str | None,
         now: datetime,
+        wait_s: float = LEASE_WAIT_S,
     ) -> OAuthTokens:
-        """Fresh tokens for the user: refreshed at the provider unless another run already did
+        """Fresh tokens for the person: refreshed at the provider unless another run already did
         (the stored access token is no longer `rejected`, or no longer expiring)."""
         where = f"{client.provider} user {user_id!r}"
-        t = oauth_tokens
-        query = (
-            sa.select(t)
-            .where(t.c.provider == client.provider, t.c.user_id == user_id)
-            .with_for_update()
-        )
+        owner = uuid.uuid4().hex
+        deadline = time.monotonic() + wait_s
+        while True:
+            current, leased = self._lease(client.provider, user_id, owner, rejected, now, where)
+            if leased:
+                break
+            if current is not None:
+                return current
+            if time.monotonic() > deadline:
+                raise ProviderError(f"{where}: another run's token refresh did not finish")
+            time.sleep(LEASE_POLL_S)
+        assert current is not None
+        try:
+            fresh = _refresh_grant(client, current.refresh_token, api, now=now)
+        except BaseException:
+            self._release(client.provider, user_id, owner)
+            raise
+        # Stored before anything uses it: the provider has already spent the old refresh token.
         with self.store.write() as conn:
-            row = conn.execute(query).one_or_none()
+            self.store.upsert(conn, oauth_tokens, [self._row(client.provider, user_id, fresh)])
+        return fresh
+
+    def _lease(
+        self,
+        provider: str,
+        user_id: str,
+        owner: str,
+        rejected: str | None,
+        now: datetime,
+        where: str,
+    ) -> tuple[OAuthTokens | None, bool]:
+        """(tokens, True) when this run may refresh; (tokens, False) when they are fresh already
+        (another run refreshed them); (None, False) while another run holds the lease."""
+        t = oauth_tokens
+        with self.store.write() as conn:
+            db.lock(conn, "oauth", provider, user_id)
+            row = conn.execute(
+                sa.select(t).where(t.c.provider == provider, t.c.user_id == user_id)
+            ).one_or_none()
             if row is None:
                 raise ProviderError(f"{where}: no tokens stored; connect the user first")
             current = self._decode(row, where)
             replaced = rejected is not None and current.access_token != rejected
             if replaced or (rejected is None and not current.expires_soon(now)):
-                return current
-            fresh = _refresh_grant(client, current.refresh_token, api, now=now)
-            self.store.upsert(conn, oauth_tokens, [self._row(client.provider, user_id, fresh)])
-        return fresh
+                return current, False
+            if row.refresh_lease_until_us and row.refresh_lease_until_us > now_us():
+                return None, False
+            conn.execute(
+                t.update()
+                .where(t.c.provider == provider, t.c.user_id == user_id)
+                .values(
+                    refresh_lease_until_us=now_us() + int(LEASE_S * 1e6),
+                    refresh_lease_owner=owner,
+                )
+            )
+            return current, True
+
+    def _release(self, provider: str, user_id: str, owner: str) -> None:
+        t = oauth_tokens
+        with self.store.write() as conn:
+            conn.execute(
+                t.update()
+                .where(
+                    t.c.provider == provider,
+                    t.c.user_id == user_id,
+                    t.c.refresh_lease_owner == owner,
+                )
+                .values(refresh_lease_until_us=None, refresh_lease_owner=None)
+            )
 
 
 def _refresh_grant(
@@ -193,14 +258,24 @@ def _refresh_grant(
         "client_secret": client.client_secret,
     }
     where = f"{client.provider} {client.token_url}"
-    response = api.send(
-        "POST", client.token_url, data=form, secrets=(refresh_token, client.client_secret)
-    )
+    try:
+        response = api.send(
+            "POST", client.token_url, data=form, secrets=(refresh_token, client.client_secret)
+        )
+    except HttpStatusError as failed:
+        # RFC 6749 5.2: 400 invalid_grant = the refresh token is invalid, expired or revoked.
+        if failed.status in (400, 401) and "invalid_grant" in failed.excerpt:
+            raise NeedsReauthorization(f"{where}: refresh token refused: {failed.excerpt}") from None
+        raise
     body = decode_json(client.provider, client.token_url, response.content, secrets=())
     if client.wrapped:
         status = payload.get(body, "status", where, "a status code")
         if status != 0:
             error = str(body.get("error", ""))[:120]
+            if "refresh_token" in error or "invalid_grant" in error:
+                # Withings answers a spent or revoked refresh token with HTTP 200 and a status
+                # (503 "Invalid Params: invalid refresh_token" in the wild).
+                raise NeedsReauthorization(f"{where}: refresh token refused: {error}")
             raise ProviderError(f"{where}: refresh failed with status {status} {error}".rstrip())
         body = payload.get(body, "body", where, "an object")
     if not isinstance(body, dict):

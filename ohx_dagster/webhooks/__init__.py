@@ -1,6 +1,2 @@
-"""The webhook receiver (its own ASGI process, `ohx-webhooks`): verification, signatures, inbox."""
-
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import WebhookSecrets
-
-__all__ = ["WebhookSecrets", "create_app"]
+"""The webhook receiver (its own ASGI process, `ohx-webhooks`): verification, signatures, inbox.
+The receiver is ohx_dagster.webhooks.app.create_app; each provider's routes live in its folder."""

@@ -51,10 +51,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.inbox import Inbox, NewEvent
+from ohx_dagster.providers.oura import webhook as oura
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks import notifications, signatures
 from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.webhooks.connect import ConnectConfig, connect_routes
+from ohx_dagster.webhooks.receiver import Receiver
 from ohx_dagster.webhooks.signatures import REPLAY_WINDOW_S, SignatureRejected
 
 MAX_BODY_BYTES: Final = 256 * 1024
@@ -278,36 +280,9 @@ def create_app(
         return b"".join(chunks)
 
     routes = [Route("/healthz", _healthz(secrets), methods=["GET"])]
+    receiver = Receiver(store, body_of, commit, clock, replay_window_s)
 
-    if secrets.oura is not None:
-        oura = secrets.oura
-
-        async def oura_verify(request: Request) -> Response:
-            token = request.query_params.get("verification_token")
-            challenge = request.query_params.get("challenge")
-            if not signatures.same_secret(oura.verification_token, token):
-                raise SignatureRejected("verification_token does not match")
-            if not challenge:
-                raise ValidationError("challenge", challenge, "a non-empty query parameter")
-            return JSONResponse({"challenge": challenge})
-
-        async def oura_notify(request: Request) -> Response:
-            body = await body_of(request)
-            timestamp = request.headers.get("x-oura-timestamp")
-            signatures.verify_oura(
-                oura.client_secret,
-                body,
-                request.headers.get("x-oura-signature"),
-                timestamp,
-                now=clock(),
-                window_s=replay_window_s,
-            )
-            return await commit(notifications.parse_oura(body, delivery_timestamp=timestamp))
-
-        routes += [
-            Route("/webhooks/oura", oura_verify, methods=["GET"]),
-            Route("/webhooks/oura", oura_notify, methods=["POST"]),
-        ]
+    routes += oura.routes(receiver, secrets.oura)
 
     if secrets.withings_token is not None:
         token = secrets.withings_token

@@ -19,7 +19,7 @@ Variables:
   OAuth app; a provider without them cannot be connected (404).
 - OHX_TOKEN_KEY: the Fernet key that encrypts the tokens, required once a provider is connectable.
 - OHX_WEBHOOK_BASE_URL (default OHX_OAUTH_REDIRECT_BASE): after a connection, the provider's
-  webhooks are subscribed to this receiver (ohx_dagster.webhooks.subscriptions); a failure there
+  webhooks are subscribed to this receiver (ohx_dagster.providers.subscription); a failure there
   is logged and recorded and the person is connected all the same.
 """
 
@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -40,11 +40,9 @@ from starlette.routing import Route
 from ohx_dagster.errors import ConfigError, ProviderError, ValidationError
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.connect import ConnectFlow, ConnectRefused, ConnectSettings
+from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_after_connect
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks.signatures import same_secret
-
-if TYPE_CHECKING:  # imported where used: `python -m ohx_dagster.webhooks.subscriptions` runs it
-    from ohx_dagster.webhooks.subscriptions import SubscriptionSettings
 
 CONNECT_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
 MIN_TOKEN_CHARS: Final = 16
@@ -73,8 +71,6 @@ class ConnectConfig:
                 f"{CONNECT_TOKEN_ENV} is {len(token)} characters long: expected a secret of at "
                 f"least {MIN_TOKEN_CHARS} (unset it to leave /connect unmounted)"
             )
-        from ohx_dagster.webhooks.subscriptions import SubscriptionSettings
-
         return cls(token, ConnectSettings.configured(env), SubscriptionSettings.from_env(env))
 
 
@@ -103,10 +99,9 @@ def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
     subscriptions = config.subscriptions
     after_connect = None
     if subscriptions is not None:
-        from ohx_dagster.webhooks.subscriptions import subscribe_after_connect
 
         def after_connect(settings: ConnectSettings, user: HealthSyncConfig) -> object:
-            return subscribe_after_connect(store, subscriptions, settings.api, user)
+            return subscribe_after_connect(store, subscriptions, settings.app, settings.api, user)
 
     flow = ConnectFlow(store, config.providers, after_connect=after_connect)
 

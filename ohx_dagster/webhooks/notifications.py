@@ -27,35 +27,6 @@ from ohx_dagster.models import HealthDataType
 
 HR: Final = HealthDataType.HEART_RATE.value
 
-# -- Oura --------------------------------------------------------------------------------------
-# Body: {"event_type": create|update|delete, "data_type", "object_id", "user_id", "event_time"}.
-# Data types outside both lists, and other event types, are stored as ignored (see parse_oura).
-OURA_TYPES: Final[dict[str, str | None]] = {
-    "heartrate": HR,
-    "daily_activity": HealthDataType.STEPS.value,
-    "daily_spo2": HealthDataType.SPO2.value,
-    "workout": HR,
-    "session": HR,
-    "sleep": None,  # sleep periods carry heart rate and HRV: sync all enabled types
-}
-OURA_IGNORED: Final = frozenset(
-    {
-        "tag",
-        "enhanced_tag",
-        "daily_sleep",
-        "daily_readiness",
-        "sleep_time",
-        "rest_mode_period",
-        "ring_configuration",
-        "daily_stress",
-        "daily_resilience",
-        "daily_cardiovascular_age",
-        "vO2_max",
-        "vo2_max",
-    }
-)
-OURA_EVENT_TYPES: Final = frozenset({"create", "update", "delete"})
-
 # -- Withings ----------------------------------------------------------------------------------
 # Body (form-encoded): userid, appli, startdate, enddate (Unix seconds) or date. One notification
 # can concern several of our types (appli 4: blood pressure monitors also measure heart rate and
@@ -106,46 +77,6 @@ def _iso_instant(name: str, value: Any, where: str) -> datetime:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise ValidationError(name, value, "a date-time with a UTC offset or Z", where=where)
     return moment.astimezone(UTC)
-
-
-def parse_oura(body: bytes, *, delivery_timestamp: str) -> list[NewEvent]:
-    """Key: user, data type, object, operation and event time. A retry repeats all five; an
-    update of the same object is a new operation or a new time. Without an event time (not every
-    payload has one) the signed delivery timestamp stands in: a retry then may add one event.
-
-    A data type or event type this product does not know (Oura adds collections: `meal`,
-    `daily_cycle_phases`, ...) is acknowledged and kept as ignored with the reason, never refused:
-    an error answer makes Oura retry and can cost the subscription."""
-    where = "oura notification"
-    item = _json(body, where)
-    if not isinstance(item, dict):
-        raise ValidationError("body", type(item).__name__, "a JSON object", where=where)
-    operation = _require(item, "event_type", where)
-    kind = _require(item, "data_type", where)
-    object_id = _require(item, "object_id", where)
-    user_id = _require(item, "user_id", where)
-    when_text = item.get("event_time", item.get("timestamp"))
-    occurred = None if when_text is None else _iso_instant("event_time", when_text, where)
-    ignored = None
-    if kind in OURA_IGNORED:
-        ignored = f"oura {kind}: not a health data type this product syncs"
-    elif kind not in OURA_TYPES:
-        ignored = f"oura data_type {_quoted(kind)}: not a data type this product knows"
-    elif operation not in OURA_EVENT_TYPES:
-        expected = f"one of {sorted(OURA_EVENT_TYPES)}"
-        ignored = f"oura event_type {_quoted(operation)}: not one this product knows ({expected})"
-    stamp = when_text if when_text is not None else f"delivery:{delivery_timestamp}"
-    return [
-        NewEvent(
-            provider="oura",
-            event_key=f"{user_id}|{kind}|{object_id}|{operation}|{stamp}",
-            user_id=user_id,
-            data_type=None if ignored else OURA_TYPES[kind],
-            occurred_at=occurred,
-            payload=item,
-            ignored_reason=ignored,
-        )
-    ]
 
 
 def _quoted(text: str, limit: int = 64) -> str:

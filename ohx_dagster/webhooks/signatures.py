@@ -1,8 +1,8 @@
-"""Each provider's request authentication, computed on the raw body, compared in constant time.
+"""Request authentication the providers share, computed on the raw body, compared in constant
+time; a provider's own recipe lives in its folder (Oura: providers/oura/webhook.py).
 
 | provider | header(s) | value |
 |---|---|---|
-| Oura | x-oura-signature, x-oura-timestamp | HEX(HMAC-SHA256(client_secret, timestamp + body)) |
 | Withings | (none documented) | shared-secret `token` in the callback URL, known user ids only |
 | simulated | X-OHX-Timestamp, X-OHX-Signature | "v1=" + hex(HMAC-SHA256(secret, ts + "." + body)) |
 
@@ -25,11 +25,6 @@ class SignatureRejected(Exception):
     """The request is not provably from the provider (or too old); answered with 401."""
 
 
-def oura_signature(client_secret: str, timestamp: str, body: bytes) -> str:
-    mac = hmac.new(client_secret.encode(), timestamp.encode() + body, hashlib.sha256)
-    return mac.hexdigest().upper()
-
-
 def simulated_signature(secret: str, timestamp: str, body: bytes) -> str:
     mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return f"{SIMULATED_VERSION}={mac.hexdigest()}"
@@ -40,24 +35,6 @@ def same_secret(expected: str, given: str | None) -> bool:
     if given is None:
         return False
     return hmac.compare_digest(expected.encode(), given.encode())
-
-
-def verify_oura(
-    client_secret: str,
-    body: bytes,
-    signature: str | None,
-    timestamp: str | None,
-    *,
-    now: float,
-    window_s: float = REPLAY_WINDOW_S,
-) -> float:
-    """Check x-oura-signature and the timestamp's freshness; returns the timestamp (s)."""
-    if not signature or not timestamp:
-        raise SignatureRejected("x-oura-signature and x-oura-timestamp headers are required")
-    expected = oura_signature(client_secret, timestamp, body)
-    if not same_secret(expected, signature.strip().upper()):
-        raise SignatureRejected("x-oura-signature does not match timestamp + body")
-    return check_fresh("x-oura-timestamp", timestamp, now=now, window_s=window_s)
 
 
 def verify_simulated(

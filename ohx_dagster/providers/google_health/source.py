@@ -17,7 +17,6 @@ as JSON strings (protobuf JSON), and an empty result may omit `dataPoints` altog
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -27,7 +26,6 @@ from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSource, Sample, samples_batch
 from ohx_dagster.providers.http import TokenSource, paginate
-from ohx_dagster.records import concat
 
 NAME: Final = "google_health"
 MAX_PAGE_SIZE: Final = 10_000
@@ -68,28 +66,16 @@ def time_filter(kind: GoogleType, window: DateRange) -> str:
 
 
 class GoogleHealthSource(ApiSource):
-    name = NAME
-
-    def fetch(
-        self,
-        user: HealthSyncConfig,
-        data_types: Iterable[HealthDataType],
-        window: DateRange,
-        *,
-        batch_size: int = 1000,
-    ) -> pd.DataFrame:
-        wanted = sorted({HealthDataType(t) for t in data_types} & set(TYPES))
-        auth = self.connection.auth(user)
-        return concat(self._read(user, kind, window, auth, batch_size) for kind in wanted)
-
-    def _read(
+    def read(
         self,
         user: HealthSyncConfig,
         kind: HealthDataType,
         window: DateRange,
         auth: TokenSource,
-        batch_size: int,
+        batch_size: int = MAX_PAGE_SIZE,
     ) -> pd.DataFrame:
+        if kind not in TYPES:
+            return super().read(user, kind, window, auth)
         spec = TYPES[kind]
         where = self.connection.where(spec.endpoint)
         params = {
@@ -99,7 +85,9 @@ class GoogleHealthSource(ApiSource):
 
         def page(token: str | None) -> tuple[list[Any], str | None]:
             query = params if token is None else {**params, "pageToken": token}
-            body = self.connection.api.json("GET", spec.endpoint, auth=auth, params=query)
+            body = self.connection.api.json(
+                "GET", spec.endpoint, auth=auth, params=query, budget=self.connection.budget(user)
+            )
             if not isinstance(body, dict):
                 raise payload.bad_field(where, "(body)", body, "a JSON object")
             points = body.get("dataPoints", [])  # protobuf JSON omits an empty list

@@ -23,7 +23,6 @@ at its instant; the device is the group's `deviceid` (or `hash_deviceid`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -34,8 +33,10 @@ from ohx_dagster.errors import ProviderError, RateLimited
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSource, Sample, offset_min, samples_batch
+from ohx_dagster.providers.base import FetchResult, Windows
 from ohx_dagster.providers.http import TokenSource, Unauthorized, excerpt, paginate
 from ohx_dagster.records import concat
+from ohx_dagster.times import from_us
 
 NAME: Final = "withings"
 MEASURE: Final = "/measure"
@@ -62,8 +63,6 @@ def measure_value(measure: Any, where: str) -> float:
 
 
 class WithingsSource(ApiSource):
-    name = NAME
-
     def _check(self, body: Any) -> None:
         where = f"{NAME} {MEASURE} getmeas"
         status = payload.get(body, "status", where, "a status code")
@@ -76,7 +75,7 @@ class WithingsSource(ApiSource):
             raise RateLimited(NAME, None)
         raise ProviderError(f"{where}: status {status} {message}".rstrip())
 
-    def _groups(self, window: DateRange, auth: TokenSource) -> list[tuple[Any, Any]]:
+    def _groups(self, window: DateRange, auth: TokenSource, budget) -> list[tuple[Any, Any]]:
         """(body, group) of every page."""
         where = f"{NAME} {MEASURE} getmeas"
         form = {
@@ -90,7 +89,7 @@ class WithingsSource(ApiSource):
         def page(offset: str | None) -> tuple[list[tuple[Any, Any]], str | None]:
             data = form if offset is None else {**form, "offset": offset}
             answer = self.connection.api.json(
-                "POST", MEASURE, auth=auth, data=data, check=self._check
+                "POST", MEASURE, auth=auth, data=data, check=self._check, budget=budget
             )
             body = payload.get(answer, "body", where, "an object")
             groups = payload.items(body, "measuregrps", where)
@@ -102,19 +101,36 @@ class WithingsSource(ApiSource):
 
         return list(paginate(NAME, MEASURE, page))
 
-    def fetch(
-        self,
-        user: HealthSyncConfig,
-        data_types: Iterable[HealthDataType],
-        window: DateRange,
-        *,
-        batch_size: int = 1000,
-    ) -> pd.DataFrame:
-        wanted = {HealthDataType(t) for t in data_types} & READS
+    def fetch_windows(self, user: HealthSyncConfig, windows: Windows) -> FetchResult:
+        """One getmeas (paged) for every type and window of the run: Withings serves all measure
+        types in one call, so asking per type would repeat the same request."""
+        wanted = {HealthDataType(t) for t in windows} & READS
+        result = FetchResult()
         if not wanted:
-            return concat([])
+            return result
+        start = min(s for kind in wanted for s, _ in windows[kind])
+        end = max(e for kind in wanted for _, e in windows[kind])
+        span = DateRange(from_us(start), from_us(end))
+        batch = self._measures(user, wanted, span)
+        inside = []
+        for kind in sorted(wanted):
+            rows = batch[batch["data_type"] == kind.value]
+            stamps = rows["ts"].dt.as_unit("us").astype("int64")
+            keep = pd.Series(False, index=rows.index)
+            for s, e in windows[kind]:
+                keep |= (stamps >= s) & (stamps < e)
+            inside.append(rows[keep])
+            result.covered[kind.value] = list(windows[kind])
+        result.batch = concat(inside)
+        return result
+
+    def _measures(
+        self, user: HealthSyncConfig, wanted: set[HealthDataType], window: DateRange
+    ) -> pd.DataFrame:
         samples: dict[HealthDataType, list[Sample]] = {kind: [] for kind in wanted}
-        for index, (body, group) in enumerate(self._groups(window, self.connection.auth(user))):
+        auth = self.connection.auth(user)
+        budget = self.connection.budget(user)
+        for index, (body, group) in enumerate(self._groups(window, auth, budget)):
             where = f"{NAME} {MEASURE} measuregrps[{index}]"
             moment = datetime.fromtimestamp(payload.number(group, "date", where), tz=UTC)
             if not window.contains(moment):

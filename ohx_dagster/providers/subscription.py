@@ -1,0 +1,186 @@
+"""Webhook subscriptions at the providers (what makes them call our receiver at all), the shared
+part: where providers call us back, the outcome of each attempt, and its record in the store
+(table webhook_subscriptions). Each provider's folder subscribes in its own way (`subscriptions.py`
+there: Oura per application, Withings per person) and names that function as its ProviderApp's
+`after_connect`.
+
+After a person connects (ohx_dagster.providers.connect), `subscribe_after_connect` runs their
+provider's. A failure is logged and recorded, never raised: the connection stands, and the hourly
+schedule syncs the person anyway.
+
+Variables: OHX_WEBHOOK_BASE_URL, the receiver's public base URL for provider callbacks (default:
+OHX_OAUTH_REDIRECT_BASE, the same receiver); the receiver secrets the callbacks carry
+(ohx_dagster/webhooks/config.py: a provider whose route is not mounted is not subscribed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Final
+from urllib.parse import quote
+
+import sqlalchemy as sa
+
+from ohx_dagster.errors import ConfigError
+from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.providers.http import excerpt
+from ohx_dagster.schema import webhook_subscriptions
+from ohx_dagster.store import RecordStore
+from ohx_dagster.times import from_us, now_us, to_us
+from ohx_dagster.webhooks import config
+
+if TYPE_CHECKING:
+    from ohx_dagster.providers.api import ApiSettings
+    from ohx_dagster.providers.app import ProviderApp
+
+BASE_URL_ENV: Final = "OHX_WEBHOOK_BASE_URL"
+REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
+RENEW_WITHIN: Final = timedelta(days=7)
+TIMEOUT_S: Final = 15.0
+
+CREATED, RENEWED, ACTIVE, FAILED, SKIPPED = "created", "renewed", "active", "failed", "skipped"
+
+log = logging.getLogger("ohx_dagster.providers.subscription")
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionResult:
+    """What one subscription attempt left behind."""
+
+    provider: str
+    user_id: str
+    target: str
+    status: str
+    subscription_id: str | None = None
+    expires_at: datetime | None = None
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (CREATED, RENEWED, ACTIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSettings:
+    """Where providers call us back, and the receiver secrets their callbacks carry."""
+
+    callback_base: str
+    oura_verification_token: str | None = field(default=None, repr=False)
+    withings_callback_token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SubscriptionSettings | None:
+        """None when no public base URL is set (nothing can be subscribed)."""
+        env = os.environ if env is None else env
+        base = (env.get(BASE_URL_ENV) or env.get(REDIRECT_BASE_ENV) or "").strip().rstrip("/")
+        if not base:
+            return None
+        if not base.startswith(("https://", "http://")):
+            raise ConfigError(f"{BASE_URL_ENV}={base!r}: expected the receiver's public base URL")
+        # The receiver mounts /webhooks/oura with the client secret and the verification token,
+        # /webhooks/withings with the callback token (ohx_dagster/webhooks/config.py).
+        oura = env.get(config.OURA_TOKEN, "").strip() if env.get(config.OURA_SECRET) else ""
+        withings = env.get(config.WITHINGS_TOKEN, "").strip()
+        return cls(base, oura or None, withings or None)
+
+    @property
+    def oura_callback(self) -> str:
+        return f"{self.callback_base}/webhooks/oura"
+
+    @property
+    def withings_callback(self) -> str:
+        token = quote(self.withings_callback_token or "", safe="")
+        return f"{self.callback_base}/webhooks/withings?token={token}"
+
+
+# -- the record -----------------------------------------------------------------------------------
+
+
+def record(store: RecordStore, results: Sequence[SubscriptionResult]) -> None:
+    """Upsert the latest outcome per (provider, user, target)."""
+    if not results:
+        return
+    rows = [
+        {
+            "provider": r.provider,
+            "user_id": r.user_id,
+            "target": r.target,
+            "status": r.status,
+            "subscription_id": r.subscription_id,
+            "expires_at_us": None if r.expires_at is None else to_us(r.expires_at),
+            "detail": r.detail,
+            "updated_at_us": now_us(),
+        }
+        for r in results
+    ]
+    with store.write() as conn:
+        store.upsert(conn, webhook_subscriptions, rows)
+
+
+def recorded(store: RecordStore, provider: str | None = None) -> list[SubscriptionResult]:
+    t = webhook_subscriptions
+    if not sa.inspect(store.engine).has_table(t.name):
+        return []
+    query = sa.select(t).order_by(t.c.provider, t.c.user_id, t.c.target)
+    if provider is not None:
+        query = query.where(t.c.provider == provider)
+    with store.read() as conn:
+        rows = conn.execute(query).all()
+    return [
+        SubscriptionResult(
+            r.provider,
+            r.user_id,
+            r.target,
+            r.status,
+            r.subscription_id,
+            None if r.expires_at_us is None else from_us(r.expires_at_us),
+            r.detail,
+        )
+        for r in rows
+    ]
+
+
+def subscribe_after_connect(
+    store: RecordStore,
+    settings: SubscriptionSettings,
+    app: ProviderApp,
+    api: ApiSettings,
+    user: HealthSyncConfig,
+    *,
+    backoff_s: float = 1.0,
+) -> list[SubscriptionResult]:
+    """What `user`'s provider needs subscribed now that they connected (its ProviderApp's
+    `after_connect`). Never raises: failures are logged and recorded (the hourly schedule syncs
+    the person without webhooks)."""
+    provider = user.provider
+    if app.after_connect is None:
+        return []
+    try:
+        results = app.after_connect(store, settings, api, user, backoff_s=backoff_s)
+    except Exception as exc:  # the connection must stand whatever happens here
+        hidden = tuple(
+            s for s in (settings.withings_callback_token, settings.oura_verification_token) if s
+        )
+        detail = excerpt(f"{type(exc).__name__}: {exc}", secrets=hidden)
+        user_id = "" if provider == "oura" else user.user_id
+        results = [SubscriptionResult(provider, user_id, "*", FAILED, detail=detail)]
+    for result in results:
+        if result.status == FAILED:
+            log.error(
+                "%s webhook subscription %s for user %r failed: %s",
+                provider,
+                result.target,
+                user.user_id,
+                result.detail,
+            )
+        elif result.status == SKIPPED:
+            log.info("%s webhook subscription skipped: %s", provider, result.detail)
+    try:
+        record(store, results)
+    except Exception:
+        log.exception("could not record the %s webhook subscriptions", provider)
+    return results
