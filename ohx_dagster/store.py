@@ -241,9 +241,11 @@ class RecordStore:
         *,
         covered: Mapping[str, Sequence[Interval]] | None = None,
         replace: Mapping[str, Sequence[Interval]] | None = None,
+        cursors: Mapping[str, str] | None = None,
     ) -> CommitReport:
         """One person's fetch in one transaction: records merged, `covered` added to coverage,
-        the changed day partitions marked for publishing, the types' last success noted."""
+        the changed day partitions marked for publishing, the types' last success noted, and the
+        provider's `cursors` moved (only ever with the records they led to)."""
         covered = covered or {}
         replace = replace or {}
         dense = batch[batch["data_type"].isin(DENSE)] if not batch.empty else batch
@@ -261,6 +263,8 @@ class RecordStore:
             self._bump_days(conn, provider, user_id, report.days)
             if covered:
                 self._succeeded(conn, provider, user_id, covered)
+            for name, value in (cursors or {}).items():
+                self.set_cursor(conn, provider, user_id, name, value)
         return report
 
     def read_chunks(

@@ -225,6 +225,7 @@ def sync_partition(
             result.batch,
             covered=result.covered,
             replace=result.covered,
+            cursors=result.cursors,
         )
         report.days_changed |= commit.days
         if result.refused:

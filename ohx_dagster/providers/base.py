@@ -34,6 +34,8 @@ class FetchResult:
     covered: dict[str, list[Interval]] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    # Provider cursors to store with the records (Withings `lastupdate`): name -> value.
+    cursors: dict[str, str] = field(default_factory=dict)
 
     def add(self, other: FetchResult) -> None:
         self.batch = dedupe(concat([self.batch, other.batch]))
@@ -41,6 +43,7 @@ class FetchResult:
             self.covered.setdefault(kind, []).extend(intervals)
         self.refused |= other.refused
         self.failed |= other.failed
+        self.cursors |= other.cursors
 
 
 @dataclass(frozen=True, slots=True)
