@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -104,3 +105,10 @@ def fake_api() -> Iterator[FakeApi]:
     with serve_in_thread(app) as base_url:
         api.base_url = base_url
         yield api
+
+
+def documented(provider: str, name: str) -> Any:
+    """A fixture body in a provider's documented shape (ohx_dagster/providers/<provider>/fixtures,
+    its source in SOURCE.md beside it): a fresh copy to fill with a test's values."""
+    path = Path(__file__).resolve().parents[1] / "ohx_dagster" / "providers" / provider
+    return orjson.loads((path / "fixtures" / f"{name}.json").read_bytes())

@@ -1,72 +1,122 @@
-"""The oura source against a local server answering Oura API v2's documented shapes
-(usercollection heartrate / daily_activity / daily_spo2: {"data": [...], "next_token": ...})."""
+"""The Oura source, receiver and runs against a local server answering only Oura's documented
+shapes (ohx_dagster/providers/oura/fixtures, SOURCE.md): heart rate with its context, daily steps
+and SpO2, a refused type, a rate limit, and notifications whose documents say what to read: a
+night's heart rate after a `sleep` event, a day's steps, and deletions."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
-import pandas as pd
+import orjson
 import pytest
-from cryptography.fernet import Fernet
-from provider_api_server import FakeApi, answer
+from provider_api_server import Call, FakeApi, answer, documented
 
-from ohx_dagster.errors import ProviderError, RateLimited
-from ohx_dagster.times import utc_day
+from ohx_dagster.errors import RateLimited
+from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings
-from ohx_dagster.providers.base import HealthSource
-from ohx_dagster.providers.oura import DAILY_ACTIVITY, DAILY_SPO2, HEARTRATE, OuraSource
+from ohx_dagster.providers.base import Event, HealthSource
+from ohx_dagster.providers.oura import APP, OuraSource
+from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, HEARTRATE
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
+from ohx_dagster.publish import partition_dir, publish_partition
+from ohx_dagster.shards import Shard
 from ohx_dagster.store import RecordStore
 from ohx_dagster.sync import SyncFailed, sync_partition
+from ohx_dagster.times import to_us, utc_day
 
-DAY = date(2026, 3, 2)
-WINDOW = utc_day(DAY)
-NOW = datetime(2026, 3, 3, 1, 0, tzinfo=UTC)
-TYPES = frozenset({HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.SPO2})
+HR, STEPS, SPO2 = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.SPO2
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+DAY = NOW.date() - timedelta(days=2)
 USER = HealthSyncConfig(
-    user_id="oura-u1", provider="oura", timezone="Europe/Berlin", enabled_types=TYPES
+    user_id="oura-u1",
+    provider="oura",
+    timezone="Europe/Berlin",
+    enabled_types=frozenset({HR, STEPS, SPO2}),
 )
 
 
-def hr(bpm: int, at: str, source: str = "awake") -> dict:
-    moment = datetime.fromisoformat(at)
-    return {
-        "bpm": bpm,
-        "source": source,
-        "timestamp": at,
-        "timestamp_unix": int(moment.timestamp() * 1000),
-    }
+def stamp(moment: datetime) -> str:
+    return moment.isoformat()
 
 
-def activity(day: str, steps: int, timestamp: str) -> dict:
-    return {
-        "id": f"act-{day}",
-        "class_5_min": "0011122233334444",
-        "score": 82,
-        "active_calories": 420,
-        "average_met_minutes": 1.6,
-        "equivalent_walking_distance": 7300,
-        "high_activity_time": 600,
-        "medium_activity_time": 2400,
-        "low_activity_time": 12000,
-        "non_wear_time": 0,
-        "resting_time": 28000,
-        "sedentary_time": 30000,
-        "steps": steps,
-        "total_calories": 2500,
-        "met": {"interval": 60.0, "items": [0.9, 1.1], "timestamp": timestamp},
-        "day": day,
-        "timestamp": timestamp,
-    }
+def heart_rows(start: datetime, count: int, source: str, bpm: int = 58) -> list[dict]:
+    """`count` PublicHeartRateRow at 5-minute steps (Oura's heart-rate increment)."""
+    template = documented("oura", "heartrate")["data"][0]
+    rows = []
+    for i in range(count):
+        moment = start + timedelta(minutes=5 * i)
+        rows.append(
+            {**template, "timestamp": stamp(moment), "timestamp_unix": int(moment.timestamp() * 1000),
+             "bpm": bpm + i % 3, "source": source}
+        )  # fmt: skip
+    return rows
+
+
+class FakeOura:
+    """Oura's API answering documented shapes from what a test says the provider holds."""
+
+    def __init__(self, api: FakeApi) -> None:
+        self.api = api
+        self.heart: list[dict] = []
+        self.activity: list[dict] = []
+        self.spo2: list[dict] = []
+        self.documents: dict[str, dict] = {}
+        self.refuse: set[str] = set()
+        api.on(HEARTRATE, self._heart)
+        api.on(DAILY_ACTIVITY, lambda call: self._daily(call, "daily_activity", self.activity))
+        api.on(DAILY_SPO2, lambda call: self._daily(call, "daily_spo2", self.spo2))
+
+    def _refused(self, name: str):
+        if name in self.refuse:
+            error = {**documented("oura", "error"), "status": 403, "title": "Forbidden",
+                     "detail": "Missing required scopes"}  # fmt: skip
+            return answer(403, error)
+        return None
+
+    def _heart(self, call: Call):
+        refused = self._refused("heartrate")
+        if refused:
+            return refused
+        start = datetime.fromisoformat(call.query["start_datetime"])
+        end = datetime.fromisoformat(call.query["end_datetime"])
+        rows = [r for r in self.heart if start <= datetime.fromisoformat(r["timestamp"]) < end]
+        # Two pages, as a long window gets.
+        half = len(rows) // 2
+        if call.query.get("next_token") == "page-2":
+            return answer(200, {"data": rows[half:], "next_token": None})
+        return answer(200, {"data": rows[:half], "next_token": "page-2" if half else None})
+
+    def _daily(self, call: Call, name: str, documents: list[dict]):
+        refused = self._refused(name)
+        if refused:
+            return refused
+        first = date.fromisoformat(call.query["start_date"])
+        last = date.fromisoformat(call.query["end_date"])
+        chosen = [d for d in documents if first <= date.fromisoformat(d["day"]) <= last]
+        return answer(200, {"data": chosen, "next_token": None})
+
+    def document(self, kind: str, body: dict) -> None:
+        path = f"/v2/usercollection/{kind}/{body['id']}"
+        self.documents[path] = body
+        self.api.on(
+            path,
+            lambda call, p=path: (
+                answer(200, self.documents[p]) if p in self.documents else answer(404, None)
+            ),
+        )
 
 
 @pytest.fixture
-def store(tmp_path, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("OHX_TOKEN_KEY", Fernet.generate_key().decode())
+def oura(api: FakeApi) -> FakeOura:
+    return FakeOura(api)
+
+
+@pytest.fixture
+def store(tmp_path, token_key):
     record_store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
-    expires = NOW + timedelta(days=1)
-    connect_user(record_store, "oura", USER.user_id, OAuthTokens("at-1", "rt-1", expires), USER)
+    tokens = OAuthTokens("at-1", "rt-1", NOW + timedelta(days=1))
+    connect_user(record_store, "oura", USER.user_id, tokens, USER)
     yield record_store
     record_store.dispose()
 
@@ -78,196 +128,175 @@ def source_for(api: FakeApi, store: RecordStore) -> OuraSource:
     return OuraSource(store, settings, backoff_s=0.0, clock=lambda: NOW)
 
 
-def serve_documented_day(api: FakeApi) -> None:
-    api.on(
-        HEARTRATE,
-        lambda call: (
-            answer(
-                200, {"data": [hr(120, "2026-03-02T08:10:00+00:00", "workout")], "next_token": None}
-            )
-            if call.query.get("next_token") == "page-2"
-            else answer(
-                200,
-                {
-                    "data": [
-                        hr(62, "2026-03-02T08:00:00+00:00"),
-                        hr(64, "2026-03-02T08:05:00+00:00"),
-                    ],
-                    "next_token": "page-2",
-                },
-            )
-        ),
-    )
-    api.queue(
-        DAILY_ACTIVITY,
-        answer(
-            200,
-            {
-                "data": [
-                    activity("2026-03-01", 5000, "2026-03-01T04:00:00+01:00"),
-                    activity("2026-03-02", 9120, "2026-03-02T04:00:00+01:00"),
-                ],
-                "next_token": None,
-            },
-        ),
-    )
-    api.queue(
-        DAILY_SPO2,
-        answer(
-            200,
-            {
-                "data": [
-                    {
-                        "id": "s1",
-                        "day": "2026-03-02",
-                        "breathing_disturbance_index": None,
-                        "spo2_percentage": None,
-                    },
-                    {
-                        "id": "s2",
-                        "day": "2026-03-03",
-                        "breathing_disturbance_index": 3,
-                        "spo2_percentage": {"average": 96.5},
-                    },
-                ],
-                "next_token": None,
-            },
-        ),
-    )
+def day_start(day: date) -> datetime:
+    return utc_day(day).start
 
 
-def test_follows_the_protocol_and_enumerates_no_users(api, store) -> None:
+def activity_of(day: date, steps: int) -> dict:
+    local_4am = datetime.combine(day, datetime.min.time(), tzinfo=USER.zone) + timedelta(hours=4)
+    return {**documented("oura", "daily_activity"), "id": f"act-{day}", "day": day.isoformat(),
+            "steps": steps, "timestamp": stamp(local_4am)}  # fmt: skip
+
+
+def spo2_of(day: date, average: float | None) -> dict:
+    body = {**documented("oura", "daily_spo2"), "id": f"spo2-{day}", "day": day.isoformat()}
+    body["spo2_percentage"] = None if average is None else {"average": average}
+    return body
+
+
+def test_a_source_by_the_protocol_that_enumerates_nobody(api, store) -> None:
     source = source_for(api, store)
     assert isinstance(source, HealthSource)
-    assert source.discover_users() == []
+    assert source.discover_users() == [] and source.supported_types == APP.supported_types
 
 
-def test_documented_day_becomes_exact_records(api: FakeApi, store: RecordStore) -> None:
-    serve_documented_day(api)
-    batch = source_for(api, store).fetch(USER, TYPES, WINDOW)
-
+def test_documented_pages_become_exact_records_with_their_context(api, oura, store) -> None:
+    start = day_start(DAY) + timedelta(hours=8)
+    oura.heart = heart_rows(start, 6, "awake") + heart_rows(
+        start + timedelta(hours=2), 4, "workout", 120
+    )
+    oura.activity = [activity_of(DAY - timedelta(days=1), 5000), activity_of(DAY, 9120)]
+    oura.spo2 = [spo2_of(DAY, None), spo2_of(DAY + timedelta(days=1), 96.5)]
+    window = (to_us(day_start(DAY)), to_us(day_start(DAY) + timedelta(days=1)))
+    result = source_for(api, store).fetch_windows(
+        USER, {HR: [window], STEPS: [window], SPO2: [window]}
+    )
+    batch = result.batch
     heart = batch[batch["data_type"] == "heart_rate"]
-    assert heart["ts"].tolist() == [
-        pd.Timestamp("2026-03-02T08:00:00Z"),
-        pd.Timestamp("2026-03-02T08:05:00Z"),
-        pd.Timestamp("2026-03-02T08:10:00Z"),
-    ]
-    assert heart["value"].tolist() == [62.0, 64.0, 120.0]
-    assert set(heart["unit"]) == {"/min"} and set(heart["device_id"]) == {"oura-ring"}
-    assert heart["utc_offset_min"].isna().all()  # UTC stamps: no local offset given
-
-    steps = batch[batch["data_type"] == "steps"]  # 2026-03-01 starts outside the window
-    assert steps[["ts", "value", "unit", "utc_offset_min", "duration_s"]].values.tolist() == [
-        [pd.Timestamp("2026-03-02T03:00:00Z"), 9120.0, "1", 60, 86400.0]
-    ]
-    # A null aggregate is no reading; 2026-03-03 starts at 23:00 UTC in Berlin, inside the window.
+    assert len(heart) == 10 and set(heart["context"]) == {"awake", "workout"}
+    assert heart.loc[heart["context"] == "workout", "value"].min() == 120.0
+    steps = batch[batch["data_type"] == "steps"]
+    assert steps["value"].tolist() == [9120.0] and steps["duration_s"].tolist() == [86400.0]
+    # The night of DAY was null (documented as nullable): nothing. The day after is stamped at
+    # its local midnight in Berlin, which is still DAY in UTC: inside the window.
     spo2 = batch[batch["data_type"] == "spo2"]
-    assert spo2[["ts", "value", "unit", "utc_offset_min"]].values.tolist() == [
-        [pd.Timestamp("2026-03-02T23:00:00Z"), 96.5, "%", 60]
+    midnight = datetime.combine(DAY + timedelta(days=1), datetime.min.time(), tzinfo=USER.zone)
+    assert spo2["value"].tolist() == [96.5] and spo2["ts"].tolist() == [midnight]
+    assert set(result.covered) == {"heart_rate", "steps", "spo2"}
+    assert [c.query.get("next_token") for c in api.calls_to(HEARTRATE)] == [None, "page-2"]
+
+
+def test_a_refused_type_is_recorded_and_the_others_sync(api, oura, store) -> None:
+    oura.refuse.add("daily_spo2")
+    oura.heart = heart_rows(day_start(DAY) + timedelta(hours=8), 3, "awake")
+    report = sync_partition(source_for(api, store), store, DAY, strategy="incremental", now=NOW)
+    assert "Missing required scopes" in report.refused["oura-u1"]["spo2"]
+    assert report.records_by_type["heart_rate"] == 3
+    assert store.refused_types(USER) == {"spo2": report.refused["oura-u1"]["spo2"]}
+    assert "spo2" not in store.coverage("oura").keys() and (
+        "oura-u1",
+        "heart_rate",
+    ) in store.coverage("oura")
+
+
+def test_a_rate_limit_defers_the_person_with_the_providers_wait(api, store) -> None:
+    api.on(HEARTRATE, lambda call: answer(429, None, Retry_After="30"))
+    with pytest.raises(SyncFailed) as failed:
+        sync_partition(source_for(api, store), store, DAY, strategy="incremental", now=NOW)
+    assert failed.value.report.deferred == ["oura-u1"]
+    assert failed.value.report.retry_after_s == 30.0
+    assert store.coverage("oura") == {}
+    # The whole application now waits: the next call is not even sent.
+    calls = len(api.calls)
+    with pytest.raises(RateLimited):
+        source_for(api, store).fetch_windows(USER, {HR: [(to_us(NOW) - 1, to_us(NOW))]})
+    assert len(api.calls) == calls
+
+
+def test_a_sleep_notification_reads_the_whole_night(api, oura, store) -> None:
+    """Oura sends `sleep` and `daily_activity` notifications about 30 s after the ring syncs:
+    the run reads the night's 96 heart-rate samples, the day's steps and the SpO2, whatever a
+    15-minute window would have missed."""
+    night = datetime.combine(NOW.date(), datetime.min.time(), tzinfo=UTC) - timedelta(hours=2)
+    oura.heart = heart_rows(night, 96, "sleep")
+    morning = NOW.date()
+    oura.activity = [activity_of(morning, 1200)]
+    oura.spo2 = [spo2_of(morning, 97.0)]
+    sleep = {**documented("oura", "sleep"), "id": "night-1", "day": morning.isoformat(),
+             "bedtime_start": stamp(night), "bedtime_end": stamp(night + timedelta(hours=8))}  # fmt: skip
+    oura.document("sleep", sleep)
+    oura.document("daily_activity", activity_of(morning, 1200) | {"id": "act-today"})
+    received = NOW
+    events = [
+        Event(None, received, received, {**documented("oura", "notification"), "data_type": "sleep",
+              "object_id": "night-1", "user_id": USER.user_id}),
+        Event("steps", received, received, {**documented("oura", "notification"),
+              "data_type": "daily_activity", "object_id": "act-today", "user_id": USER.user_id}),
+    ]  # fmt: skip
+    store.commit("oura", USER.user_id, USER.zone, store.read_records("oura", utc_day(DAY)),
+                 covered={t.value: [(to_us(NOW - timedelta(days=40)), to_us(NOW))] for t in (HR, STEPS, SPO2)})  # fmt: skip
+    report = sync_partition(
+        source_for(api, store), store, NOW.date(), strategy="push",
+        events={USER.user_id: events}, now=NOW,
+    )  # fmt: skip
+    assert report.records_by_type["heart_rate"] == 96
+    assert report.records_by_type["steps"] == 1 and report.records_by_type["spo2"] == 1
+    stored = store.read_records("oura", utc_day(night.date()))
+    assert (stored["context"] == "sleep").sum() == len(stored[stored["data_type"] == "heart_rate"])
+    assert (night - timedelta(days=0)).date() in report.days_changed
+
+
+def test_a_deletion_is_read_again_and_the_deleted_data_goes(api, oura, store) -> None:
+    workout_start = day_start(DAY) + timedelta(hours=17)
+    oura.heart = heart_rows(workout_start, 9, "workout", 130)
+    sync_partition(source_for(api, store), store, DAY, strategy="partition", now=NOW)
+    assert len(store.read_records("oura", utc_day(DAY))) == 9
+    oura.heart = oura.heart[:3]  # the person deleted the workout's last samples
+    event = Event("heart_rate", NOW, NOW, {**documented("oura", "notification"), "event_type": "delete",
+                  "data_type": "workout", "object_id": "gone", "user_id": USER.user_id})  # fmt: skip
+    report = sync_partition(
+        source_for(api, store), store, NOW.date(), strategy="push",
+        events={USER.user_id: [event]}, now=NOW,
+    )  # fmt: skip
+    assert len(store.read_records("oura", utc_day(DAY))) == 3
+    assert DAY in report.days_changed
+
+
+def test_a_workout_notification_reads_its_heart_rate_and_fhir_keeps_it(
+    api, oura, store, tmp_path
+) -> None:
+    start = day_start(DAY) + timedelta(hours=18)
+    oura.heart = heart_rows(start, 9, "workout", 130)
+    workout = {**documented("oura", "workout"), "id": "w-1", "day": DAY.isoformat(),
+               "start_datetime": stamp(start), "end_datetime": stamp(start + timedelta(minutes=45))}  # fmt: skip
+    oura.document("workout", workout)
+    event = Event("heart_rate", NOW, NOW, {**documented("oura", "notification"), "data_type": "workout",
+                  "object_id": "w-1", "user_id": USER.user_id})  # fmt: skip
+    windows = source_for(api, store).event_windows(USER, [event], NOW)
+    assert windows == {HR: [(to_us(start), to_us(start + timedelta(minutes=45)) + 1)]}
+    sync_partition(source_for(api, store), store, DAY, strategy="push",
+                   events={USER.user_id: [event]}, now=NOW)  # fmt: skip
+    output = FhirOutput(str(tmp_path / "fhir"))
+    publish_partition(store, output, provider="oura", key="oura", shard=Shard("oura"), day=DAY,
+                      scope=None, now=NOW, horizon=APP.resync_horizon)  # fmt: skip
+    directory = partition_dir(DAY, "oura")
+    resources = [
+        r
+        for entry in output.manifest(directory)["output"]
+        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
     ]
-
-    first, second = api.calls_to(HEARTRATE)
-    assert first.query == {
-        "start_datetime": "2026-03-02T00:00:00+00:00",
-        "end_datetime": "2026-03-03T00:00:00+00:00",
-    }
-    assert second.query["next_token"] == "page-2"
-    assert {c.bearer for c in api.calls} == {"at-1"}
-    assert api.calls_to(DAILY_ACTIVITY)[0].query == {
-        "start_date": "2026-03-01",
-        "end_date": "2026-03-04",
-    }
+    series = [r for r in resources if "valueSampledData" in r]
+    values = [float(v) for r in series for v in r["valueSampledData"]["data"].split()]
+    assert sorted(values) == sorted(float(r["bpm"]) for r in oura.heart)
 
 
-def test_missing_field_is_a_provider_error_naming_it(api: FakeApi, store: RecordStore) -> None:
-    api.queue(
-        HEARTRATE,
-        answer(
-            200,
-            {
-                "data": [hr(60, "2026-03-02T08:00:00+00:00"), {"source": "rest", "timestamp": "x"}],
-                "next_token": None,
-            },
-        ),
-    )
-    with pytest.raises(ProviderError, match=r"oura .*heartrate data\[1\]: field 'timestamp'"):
-        source_for(api, store).fetch(USER, [HealthDataType.HEART_RATE], WINDOW)
-    api.queue(DAILY_ACTIVITY, answer(200, {"next_token": None}))
-    with pytest.raises(ProviderError, match="field 'data' is missing"):
-        source_for(api, store).fetch(USER, [HealthDataType.STEPS], WINDOW)
-
-
-def test_rate_limit_and_refresh_on_401(api: FakeApi, store: RecordStore) -> None:
-    api.queue(HEARTRATE, answer(429, {"detail": "Too many requests"}, Retry_After="42"))
-    with pytest.raises(RateLimited) as error:
-        source_for(api, store).fetch(USER, [HealthDataType.HEART_RATE], WINDOW)
-    assert error.value.retry_after_s == 42.0
-
+def test_the_connect_flow_finds_the_person_by_personal_info(api, store) -> None:
     api.on(
-        HEARTRATE,
-        lambda call: (
-            answer(200, {"data": [], "next_token": None})
-            if call.bearer == "at-2"
-            else answer(401, {"detail": "Unauthorized"})
-        ),
+        "/v2/usercollection/personal_info",
+        lambda call: answer(200, documented("oura", "personal_info")),
     )
-    api.queue(
-        "/oauth/token",
-        answer(
-            200,
-            {
-                "access_token": "at-2",
-                "refresh_token": "rt-2",
-                "expires_in": 86400,
-                "token_type": "bearer",
-            },
-        ),
+    from ohx_dagster.providers.http import ApiClient
+
+    client = ApiClient("oura", api.base_url, backoff_s=0.0)
+    assert APP.find_user_id(client, {}, "fresh-token") == "oura-u1"
+    assert api.calls[-1].bearer == "fresh-token"
+
+
+def test_the_documented_notification_parses(api) -> None:
+    from ohx_dagster.providers.oura.webhook import parse_notification
+
+    [event] = parse_notification(
+        orjson.dumps(documented("oura", "notification")), delivery_timestamp="1"
     )
-    assert source_for(api, store).fetch(USER, [HealthDataType.HEART_RATE], WINDOW).empty
-    assert api.calls_to("/oauth/token")[0].form["refresh_token"] == "rt-1"
-
-
-def test_sync_partition_end_to_end(api: FakeApi, store: RecordStore) -> None:
-    serve_documented_day(api)
-    source = source_for(api, store)
-    report = sync_partition(source, store, WINDOW, now=NOW)
-    assert report.users_synced == [USER.user_id]
-    assert report.records_by_type == {"heart_rate": 3, "steps": 1, "spo2": 1}
-    stored = store.read_records("oura", WINDOW)
-    assert len(stored) == 5 and set(stored["user_id"]) == {USER.user_id}
-    assert store.last_synced("oura", USER.user_id, "heart_rate") == WINDOW.end
-    again = sync_partition(source, store, WINDOW, now=NOW)  # idempotent
-    assert again.records == 5 and store.count_records("oura") == 5
-
-
-def test_an_outage_fails_the_user_as_transient(api: FakeApi, store: RecordStore) -> None:
-    api.queue(HEARTRATE, answer(503, "upstream unavailable"))
-    api.queue(DAILY_ACTIVITY, answer(200, {"data": [], "next_token": None}))
-    api.queue(DAILY_SPO2, answer(200, {"data": [], "next_token": None}))
-    with pytest.raises(SyncFailed, match="HTTP 503") as error:
-        sync_partition(source_for(api, store), store, WINDOW, now=NOW)
-    assert error.value.report.transient
-    assert len(api.calls_to(HEARTRATE)) == 4  # retried with backoff first
-    assert store.last_synced("oura", USER.user_id, "heart_rate") is None
-
-
-def test_registered_as_a_live_source(store: RecordStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ohx_dagster.errors import ConfigError
-    from ohx_dagster.settings import Settings
-    from resources.sources import SourcesResource
-
-    app = {"OHX_OURA_CLIENT_ID": "cid", "OHX_OURA_CLIENT_SECRET": "cs"}
-    settings = Settings.from_env({"OHX_SOURCES": "simulated,oura", **app})
-    assert settings.live_sources == ("simulated", "oura")  # webhooks and new-user backfills
-    monkeypatch.delenv("OHX_OURA_CLIENT_ID", raising=False)
-    monkeypatch.setenv("OHX_OURA_CLIENT_SECRET", "cs")
-    with pytest.raises(ConfigError, match="needs OHX_OURA_CLIENT_ID"):
-        SourcesResource().get("oura", store)
-    monkeypatch.setenv("OHX_OURA_CLIENT_ID", "cid")
-    monkeypatch.setenv("OHX_OURA_API_URL", "http://127.0.0.1:9")
-    source = SourcesResource().get("oura", store)
-    assert isinstance(source, OuraSource)
-    assert source.connection.api.base_url == "http://127.0.0.1:9"
-    assert source.connection.settings.oauth.token_url == "https://api.ouraring.com/oauth/token"
-    with pytest.raises(ConfigError, match="needs the record store"):
-        SourcesResource().get("oura")
+    assert (event.user_id, event.data_type, event.ignored_reason) == ("user123", None, None)
+    assert event.occurred_at == datetime(2023, 1, 1, 8, 0, tzinfo=UTC)
