@@ -15,7 +15,7 @@ import pytest
 
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.errors import ConfigError
-from ohx_dagster.fhir.ndjson import read_ndjson
+from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.inbox import Inbox, NewEvent
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.run_request import SyncRequest
@@ -142,8 +142,16 @@ def _materialize(settings: Settings, tmp_path: Path) -> None:
             assert failed == []
 
 
-def _resources(directory: Path) -> list[dict]:
-    return [r for f in sorted(directory.glob("*.ndjson")) for r in read_ndjson(f)]
+def _resources(settings: Settings, key: str) -> list[dict]:
+    """Every resource the partition's manifest names (none when it was never published)."""
+    output = FhirOutput(settings.fhir_dir)
+    directory = f"{DAY}/{key}"
+    manifest = output.manifest(directory) or {"output": []}
+    return [
+        r
+        for entry in manifest["output"]
+        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
+    ]
 
 
 def test_shard_partitions_add_up_to_the_unsharded_partition(tmp_path):
@@ -159,9 +167,9 @@ def test_shard_partitions_add_up_to_the_unsharded_partition(tmp_path):
     # Records and aggregates stay keyed by provider: the store is not sharded.
     assert sharded_store.count_records() == sharded_store.count_records("simulated")
 
-    expected = _resources(whole.fhir_dir / DAY / "simulated")
-    by_shard = {key: _resources(sharded.fhir_dir / DAY / key) for key in sharded.source_keys}
-    assert not (sharded.fhir_dir / DAY / "simulated").exists()
+    expected = _resources(whole, "simulated")
+    by_shard = {key: _resources(sharded, key) for key in sharded.source_keys}
+    assert not (Path(sharded.fhir_dir) / DAY / "simulated").exists()
     ids = {(r["resourceType"], r["id"]) for found in by_shard.values() for r in found}
     assert ids == {(r["resourceType"], r["id"]) for r in expected}
     # Only the Devices a provider shares may appear twice; every Observation is in one shard.
@@ -245,9 +253,10 @@ def test_schedules_request_every_shard_key(sharded_defs):
     defs, _, database_url = sharded_defs
     today = datetime.now(UTC).date()
     moment = datetime(today.year, today.month, today.day, 12, 5, tzinfo=UTC)
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         scheduled_execution_time=moment,
         resources={"store": RecordStoreResource(database_url=database_url)},
-    )
-    requests = list(defs.get_schedule_def("hourly_incremental_sync")(context))
+        instance=dg.DagsterInstance.local_temp(),
+    ) as context:
+        requests = list(defs.get_schedule_def("hourly_incremental_sync")(context))
     assert {r.partition_key for r in requests} == {f"{today}|simulated-{i}" for i in range(3)}
