@@ -34,8 +34,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ohx_dagster import aggregate, db, record_tables
+from ohx_dagster.fhir.common import is_clinical_patient, referenced
 from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
+from ohx_dagster.fhir.validation import validate_output
 from ohx_dagster.models import AggregationLevel, HealthSyncConfig
 from ohx_dagster.schema import aggregates, day_versions, fhir_files
 from ohx_dagster.shards import Shard
@@ -48,6 +50,20 @@ WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
 ENTERED_IN_ERROR: Final = "entered-in-error"
 
 Validate = Callable[[list[dict[str, Any]]], list[str]]
+
+
+def check_output(
+    resources: list[dict[str, Any]],
+    configs: Mapping[str, HealthSyncConfig],
+    validate: Validate | None,
+) -> list[str]:
+    """Problems of a bucket's resources: every reference resolves inside them (or to a clinical
+    system's Patient), ids and identifiers are unique, and a sample validates against R5."""
+    external = [f"Patient/{c.fhir_patient_id}" for c in configs.values() if is_clinical_patient(c)]
+    problems = [str(p) for p in validate_output(resources, external=external)]
+    if validate is not None:
+        problems += validate(resources)
+    return problems
 
 
 def bucket_of(provider: str, user_id: str) -> int:
@@ -152,6 +168,40 @@ def _withdrawn(
         if resource["resourceType"] in WITHDRAWABLE and key not in current_ids:
             gone.append({**resource, "status": ENTERED_IN_ERROR})
     return gone
+
+
+def _keep_referenced(
+    resources: list[dict[str, Any]], previous: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The resources, plus the previous ones they reference and no longer include: the Patient
+    and Devices of a person whose every Observation of the day was withdrawn, so references in
+    the output still resolve inside it."""
+    present = {f"{r['resourceType']}/{r['id']}" for r in resources}
+    earlier = {f"{r['resourceType']}/{r['id']}": r for r in previous}
+    kept = list(resources)
+    wanted = referenced(kept) - present
+    while wanted:
+        found = [earlier[key] for key in sorted(wanted) if key in earlier]
+        kept += found
+        present |= {f"{r['resourceType']}/{r['id']}" for r in found}
+        wanted = referenced(found) - present
+    return kept
+
+
+def _keep_provenance(
+    resources: list[dict[str, Any]], previous: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The previous Provenance when the clinical resources are exactly those published before: a
+    run that changes no data (a forced re-publish) then changes no file and sends nothing."""
+
+    def clinical(items: list[dict[str, Any]]) -> list[bytes]:
+        return sorted(ndjson([r]) for r in items if r["resourceType"] != "Provenance")
+
+    if not previous or clinical(resources) != clinical(previous):
+        return resources
+    return [r for r in resources if r["resourceType"] != "Provenance"] + [
+        r for r in previous if r["resourceType"] == "Provenance"
+    ]
 
 
 def _previous_files(conn: sa.Connection, key: str, bucket: int) -> list[str]:
@@ -275,8 +325,11 @@ def publish_partition(
     horizon: timedelta,
     force: bool = False,
     validate: Validate | None = None,
+    run_id: str = "",
+    publish_ambiguous: bool = False,
 ) -> PublishReport:
-    """Publish the partition's buckets whose people changed (of `scope` when given)."""
+    """Publish the partition's buckets whose people changed (of `scope` when given). Readings a
+    shared device cannot attribute are left out unless `publish_ambiguous`."""
     report = PublishReport(day, key)
     people = {
         p.config.user_id: p.config for p in store.people(provider) if shard.holds(p.config.user_id)
@@ -292,6 +345,8 @@ def publish_partition(
     for bucket in sorted({bucket_of(provider, u) for u in due}):
         configs = by_bucket[bucket]
         data, versions = _read_bucket(store, provider, day, configs)
+        if not publish_ambiguous:
+            data = data.without_ambiguous()
         records = data.records()
         zones = {u: c.zone for u, c in configs.items()}
         window = utc_day(day)
@@ -301,19 +356,22 @@ def publish_partition(
         daily = aggregate.daily(records, zones, day)
         final = {u: now >= final_at(day, c, horizon) for u, c in configs.items()}
         statuses = {u: "final" if is_final else "preliminary" for u, is_final in final.items()}
-        resources = bucket_resources(data, hourly, daily, statuses)
+        resources = bucket_resources(
+            data, hourly, daily, statuses, run_id=run_id, recorded_us=to_us(now)
+        )
         with store.read() as conn:
             previous_names = _previous_files(conn, partition_key(day, key), bucket)
         ids = {(r["resourceType"], r["id"]) for r in resources}
-        previous = (
+        previous = [
             r
             for name in previous_names
             if output.exists(f"{directory}/{name}")
             for r in output.read_resources(f"{directory}/{name}")
-        )
+        ]
         withdrawn = _withdrawn(previous, ids)
-        resources += withdrawn
-        problems = validate(resources) if validate is not None else []
+        resources = _keep_referenced(resources + withdrawn, previous)
+        resources = _keep_provenance(resources, previous)
+        problems = check_output(resources, configs, validate)
         if problems:
             report.invalid_buckets[bucket] = problems
             continue

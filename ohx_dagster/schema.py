@@ -297,6 +297,13 @@ fhir_outbox = sa.Table(
     sa.Column("delivered_hash", sa.String(64)),
     # entered-in-error: the server is asked to delete it (conditional DELETE by identifier).
     sa.Column("withdrawn", sa.Boolean, nullable=False, default=False),
+    # How the server finds it: the conditional URL by identifier (Type?identifier=system|value),
+    # or Type/id for a resource without identifier (Provenance). References to it from resources
+    # delivered in other transactions use this URL, which the server resolves.
+    sa.Column("match_url", sa.Text, nullable=False, default=""),
+    # Delivery order: what others reference goes first (Patient, Device, ... Provenance; deletes
+    # last), so a conditional reference always finds its target on the server.
+    sa.Column("rank", sa.SmallInteger, nullable=False, default=0),
     sa.Column("enqueued_at_us", sa.BigInteger, nullable=False),
     sa.Column("delivered_at_us", sa.BigInteger),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),

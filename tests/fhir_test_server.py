@@ -1,12 +1,20 @@
 """A real HTTP FHIR server on 127.0.0.1 for delivery tests, shared by the test modules.
 
-It implements what the product relies on: transaction Bundles (all entries or none) of conditional
-updates (PUT Type?identifier=system|value; the server assigns its own ids on create, so a failed
-identifier match would show as a duplicate), versions (meta.versionId grows on every applied
-update), search by identifier (GET Type?identifier=...), and two token endpoints: client
-credentials with a secret, and SMART Backend Services, which verifies the signed JWT client
-assertion with the client's registered public key. It fails on demand (`faults`) and can be
-stopped and started again on the same port (connections refused in between).
+It implements what the product relies on, as the FHIR R5 specification describes transaction
+processing (http.html#trules): transaction Bundles (all entries or none) of conditional updates
+(PUT Type?identifier=system|value; the server assigns its own ids on create, so a failed
+identifier match would show as a duplicate), updates by id (PUT Type/id), conditional deletes
+(DELETE Type?identifier=...) and deletes by id (DELETE Type/id), and references resolved inside
+the transaction: an entry's fullUrl (urn:uuid) becomes the server's id of that entry, a
+conditional reference (Type?identifier=...) is resolved by a search that must find exactly one
+resource (412 otherwise), and every literal reference must point at a resource the server holds
+(referential integrity, as HAPI FHIR enforces it by default; 400 otherwise); a delete of a
+resource others still reference is refused (409).
+Versions: meta.versionId grows on every applied update. Reads: search by identifier
+(GET Type?identifier=...) and by id (GET Type/id). Two token endpoints: client credentials with a
+secret, and SMART Backend Services, which verifies the signed JWT client assertion with the
+client's registered public key. It fails on demand (`faults`) and can be stopped and started
+again on the same port (connections refused in between).
 """
 
 from __future__ import annotations
@@ -40,6 +48,25 @@ def split_token(text: str) -> tuple[str, str]:
     return parts[0], current
 
 
+class Refused(Exception):
+    """A transaction the server refuses as a whole: HTTP status and what was wrong."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _references(node: object) -> Iterator[dict]:
+    if isinstance(node, dict):
+        if isinstance(node.get("reference"), str):
+            yield node
+        for value in node.values():
+            yield from _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _references(item)
+
+
 class FhirServer:
     """An in-memory FHIR server: resources keyed by type and server-assigned id."""
 
@@ -49,6 +76,7 @@ class FhirServer:
         # "400", "drop-after-apply" (apply, then close the connection without an answer).
         self.faults: list[str | None] = []
         self.transactions = 0
+        self.assigned_ids = 0
         self.requests = 0
         self.creates = 0
         self.token = token
@@ -58,6 +86,8 @@ class FhirServer:
         self.rejected_assertions: list[str] = []
         self.seen_jti: set[str] = set()
         self.smart_clients: dict[str, tuple[object, str]] = {}  # client id -> (public key, kid)
+        self.refusals: list[str] = []
+        self.received: list[dict] = []  # every transaction Bundle, as sent
         self.lock = threading.Lock()
         self._port = 0
         self.httpd: ThreadingHTTPServer | None = None
@@ -107,33 +137,63 @@ class FhirServer:
         ]
 
     def apply(self, bundle: dict) -> dict:
-        """All entries or none (transaction semantics), each a conditional update."""
-        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+        """All entries or none (transaction semantics); raises Refused for a failed entry."""
+        if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
+            raise Refused(400, "not a transaction Bundle")
         with self.lock:
-            staged = dict(self.resources)
-            statuses, creates = [], 0
-            for entry in bundle["entry"]:
-                request = entry["request"]
-                assert request["method"] == "PUT"
-                url = urlsplit(request["url"])
+            before = self.resources
+            staged = dict(before)
+            statuses: list[str] = []
+            assigned: dict[str, str] = {}  # fullUrl -> Type/id on this server
+            written: list[tuple[str, str]] = []
+            deleted: list[tuple[str, str]] = []
+            creates = 0
+            for entry in bundle.get("entry", []):
+                request = entry.get("request", {})
+                method, url = request.get("method"), urlsplit(request.get("url", ""))
                 resource_type = url.path
-                system, value = split_token(unquote(parse_qs(url.query)["identifier"][0]))
-                matches = self.find(resource_type, system, value, among=staged)
-                if len(matches) > 1:
-                    raise AssertionError("412: multiple matches")
-                resource = dict(entry["resource"])
-                if matches:
-                    key = matches[0]
+                if method == "DELETE":
+                    if url.query:
+                        keys = self._matches(resource_type, url.query, staged)
+                    else:  # by id (a Provenance has no identifier); absent = already gone
+                        by_id = tuple(url.path.split("/", 1))
+                        keys = [by_id] if by_id in staged else []
+                    for key in keys:
+                        del staged[key]
+                        deleted.append(key)
+                    statuses.append("204 No Content")
+                    continue
+                if method != "PUT" or "resource" not in entry:
+                    raise Refused(400, f"unsupported entry {method} {request.get('url')}")
+                if url.query:
+                    matches = self._matches(resource_type, url.query, staged)
+                    if len(matches) > 1:
+                        raise Refused(412, f"{request['url']}: {len(matches)} matches")
+                    key = matches[0] if matches else (resource_type, f"srv-{self._next_id()}")
+                else:
+                    resource_type, _, resource_id = url.path.partition("/")
+                    key = (resource_type, resource_id)
+                sent_type = entry["resource"].get("resourceType")
+                if sent_type != resource_type:
+                    raise Refused(400, f"{request['url']}: the entry holds a {sent_type}")
+                if key in staged:
                     version = int(staged[key]["meta"]["versionId"]) + 1
                     statuses.append("200 OK")
                 else:
-                    key = (resource_type, f"srv-{len(staged) + 1}")
                     version = 1
                     creates += 1
                     statuses.append("201 Created")
+                resource = orjson.loads(orjson.dumps(entry["resource"]))
                 resource["id"] = key[1]
                 resource["meta"] = {"versionId": str(version), "lastUpdated": _now()}
                 staged[key] = resource
+                written.append(key)
+                if "fullUrl" in entry:
+                    assigned[entry["fullUrl"]] = f"{key[0]}/{key[1]}"
+            for key in written:
+                for ref in _references(staged[key]):
+                    ref["reference"] = self._resolve(ref["reference"], assigned, before, staged)
+            self._check_deletes(deleted, staged)
             self.resources = staged
             self.transactions += 1
             self.creates += creates
@@ -143,10 +203,46 @@ class FhirServer:
             "entry": [{"response": {"status": s}} for s in statuses],
         }
 
+    def _next_id(self) -> int:
+        self.assigned_ids += 1
+        return self.assigned_ids
+
+    def _matches(self, resource_type: str, query: str, among: dict) -> list[tuple[str, str]]:
+        values = parse_qs(query).get("identifier")
+        if not values:
+            raise Refused(400, f"{resource_type}?{query}: only identifier searches are supported")
+        system, value = split_token(unquote(values[0]))
+        return self.find(resource_type, system, value, among=among)
+
+    def _resolve(self, reference: str, assigned: dict, before: dict, staged: dict) -> str:
+        """The server's Type/id for a reference of an entry (see the module docstring)."""
+        if reference.startswith("urn:uuid:"):
+            if reference not in assigned:
+                raise Refused(400, f"{reference}: no entry of the transaction has this fullUrl")
+            return assigned[reference]
+        resource_type, _, rest = reference.partition("?")
+        if rest:
+            matches = self._matches(resource_type, rest, before)
+            if len(matches) != 1:
+                raise Refused(412, f"conditional reference {reference}: {len(matches)} matches")
+            return f"{matches[0][0]}/{matches[0][1]}"
+        target = tuple(reference.split("/", 1))
+        if target not in staged:
+            raise Refused(400, f"{reference}: no such resource (referential integrity)")
+        return reference
+
+    @staticmethod
+    def _check_deletes(deleted: list[tuple[str, str]], staged: dict) -> None:
+        gone = {f"{t}/{i}" for t, i in deleted}
+        if gone:
+            for key, resource in staged.items():
+                for ref in _references(resource):
+                    if ref["reference"] in gone:
+                        raise Refused(409, f"{ref['reference']} is referenced by {key[0]}/{key[1]}")
+
     def search(self, resource_type: str, query: str) -> dict:
-        system, value = split_token(unquote(parse_qs(query)["identifier"][0]))
         with self.lock:
-            found = [self.resources[k] for k in self.find(resource_type, system, value)]
+            found = [self.resources[k] for k in self._matches(resource_type, query, self.resources)]
         return {
             "resourceType": "Bundle",
             "type": "searchset",
@@ -154,11 +250,22 @@ class FhirServer:
             "entry": [{"resource": r, "search": {"mode": "match"}} for r in found],
         }
 
+    def read(self, resource_type: str, resource_id: str) -> dict | None:
+        with self.lock:
+            return self.resources.get((resource_type, resource_id))
+
+    def resolve(self, reference: dict) -> dict | None:
+        """The resource a stored Reference points at (None if it does not resolve)."""
+        resource_type, _, resource_id = reference.get("reference", "").partition("/")
+        return self.read(resource_type, resource_id)
+
     def versions(self) -> dict[str, int]:
-        """identifier value -> versionId of what the server holds."""
+        """identifier value (Type/id without one) -> versionId of what the server holds."""
         return {
-            r["identifier"][0]["value"]: int(r["meta"]["versionId"])
-            for r in self.resources.values()
+            r["identifier"][0]["value"] if r.get("identifier") else f"{t}/{r['id']}": int(
+                r["meta"]["versionId"]
+            )
+            for (t, _), r in self.resources.items()
         }
 
     # -- token endpoints ------------------------------------------------------------------
@@ -266,7 +373,13 @@ class FhirServer:
                 fault = self._fault()
                 if fault == "answered":
                     return
-                response = server.apply(orjson.loads(body))
+                bundle = orjson.loads(body)
+                server.received.append(bundle)
+                try:
+                    response = server.apply(bundle)
+                except Refused as exc:
+                    server.refusals.append(str(exc))
+                    return self._reply(exc.status, _outcome(str(exc)))
                 if fault == "drop-after-apply":
                     self.close_connection = True
                     self.connection.close()  # applied, but the client never hears of it
@@ -280,10 +393,26 @@ class FhirServer:
                 if self._fault() == "answered":
                     return
                 url = urlsplit(self.path)
-                resource_type = url.path.removeprefix("/fhir/")
-                self._reply(200, server.search(resource_type, url.query))
+                path = url.path.removeprefix("/fhir/")
+                if not url.query:
+                    resource_type, _, resource_id = path.partition("/")
+                    found = server.read(resource_type, resource_id)
+                    if found is None:
+                        return self._reply(404, _outcome(f"{path} not found"))
+                    return self._reply(200, found)
+                try:
+                    self._reply(200, server.search(path, url.query))
+                except Refused as exc:
+                    self._reply(exc.status, _outcome(str(exc)))
 
         return Handler
+
+
+def _outcome(message: str) -> dict:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": message}],
+    }
 
 
 def _now() -> str:

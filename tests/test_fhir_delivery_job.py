@@ -79,12 +79,19 @@ def _checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     }
 
 
+def _key(resource: dict) -> str:
+    """How the server finds a resource: its identifier, or its id without one (Provenance)."""
+    if resource.get("identifier"):
+        return resource["identifier"][0]["value"]
+    return f"{resource['resourceType']}/{resource['id']}"
+
+
 def _ndjson_identifiers(settings: Settings) -> list[str]:
     """The identifiers of every resource the partition's manifest names."""
     output = FhirOutput(settings.fhir_dir)
     manifest = output.manifest(f"{DAY}/simulated")
     return [
-        r["identifier"][0]["value"]
+        _key(r)
         for entry in manifest["output"]
         for r in output.read_resources(f"{DAY}/simulated/{entry['url'].rsplit('/', 1)[-1]}")
     ]
@@ -94,7 +101,7 @@ def _held_once(server: FhirServer) -> dict[str, int]:
     """identifier -> how many resources on the server hold it."""
     held: dict[str, int] = {}
     for resource in server.resources.values():
-        value = resource["identifier"][0]["value"]
+        value = _key(resource)
         held[value] = held.get(value, 0) + 1
     return held
 

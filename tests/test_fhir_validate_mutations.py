@@ -89,9 +89,10 @@ def product_resources(
         config,
         lambda user, start, end: [{"reference": f"Observation/{heart['id']}"}],
     )
-    devices = {
-        f"device-{d}": common.device("simulated", d) for d in ("watch-1", "cuff-1", "scale-1")
-    }
+    devices = {}
+    for name in ("watch-1", "cuff-1", "scale-1"):
+        device, association = common.device("simulated", config, name)
+        devices |= {f"device-{name}": device, f"association-{name}": association}
     named = {"series": heart, "rr": rr, "aggregate": aggregate, "bp": bp, "weight": weight}
     return {**named, "waveform": waveform, "report": report, **devices}
 

@@ -564,15 +564,17 @@ def test_every_resource_validates(published) -> None:
     assert resources and validate_resources(resources) == []
 
 
-def test_ecg_report_links_the_waveform_and_the_heart_rate(published, csv: pd.DataFrame) -> None:
+def test_ecg_report_links_the_waveform_its_heart_rate_and_rr(published, csv: pd.DataFrame) -> None:
     _, resources, stamp = published
     by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
     (report,) = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
     assert report["category"][0]["coding"][0]["code"] == "EC"
     results = [by_ref[ref["reference"]] for ref in report["result"]]
-    waveform, heart_rate = results[0], results[1:]
+    waveform, linked = results[0], results[1:]
     assert waveform["code"]["coding"][0]["code"] == "131328"
-    assert heart_rate and all(o["code"]["coding"][0]["code"] == "8867-4" for o in heart_rate)
+    # The heart rate and the RR intervals recorded with the ECG, and nothing else.
+    codes = [o["code"]["coding"][0]["code"] for o in linked]
+    assert set(codes) == {"8867-4", "8637-1"}
     start, rate, samples = read_waveform(waveform)
     assert start == stamp(csv["time_ns"].to_numpy())[0]
     np.testing.assert_allclose(samples, csv["ecg"].to_numpy() * 1000.0, rtol=0, atol=1e-9)

@@ -100,4 +100,8 @@ def test_ui_serves_assets_partitions_checks_schedules_and_sensors(webserver: str
         "daily_close": "20 * * * *",
         "daily_retention": "45 3 * * *",
     }
-    assert {s["name"] for s in repository["sensors"]} == {"webhook_sensor", "new_user_sensor"}
+    assert {s["name"] for s in repository["sensors"]} == {
+        "webhook_sensor",
+        "new_user_sensor",
+        "republish_sensor",
+    }

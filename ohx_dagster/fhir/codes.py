@@ -18,6 +18,15 @@ V2_0074: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
 # ISO/IEEE 11073-10101 nomenclature (MDC), as HL7 names it in the R5 example Observation-ekg.
 MDC: Final = "urn:oid:2.16.840.1.113883.6.24"
 IDENTIFIER_SYSTEM: Final = "urn:ohx:fhir"
+# A person's provider account: urn:ohx:user:<provider> | <the provider's user id>.
+PERSON_SYSTEM: Final = "urn:ohx:user"
+# The software that assembles the output (Provenance agent), and the Dagster run that did it.
+SOFTWARE_SYSTEM: Final = "urn:ohx:software"
+RUN_SYSTEM: Final = "urn:ohx:dagster-run"
+SOURCE_SYSTEM: Final = "urn:ohx:source"
+DEVICE_ASSOCIATION_STATUS: Final = "http://hl7.org/fhir/deviceassociation-status"
+PARTICIPANT_TYPE: Final = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DATA_OPERATION: Final = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 
 
 @dataclass(frozen=True, slots=True)

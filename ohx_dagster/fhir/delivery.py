@@ -2,9 +2,20 @@
 
 The outbox (table fhir_outbox, in the record store) holds the latest body of every published
 resource and the hash of the body the server last acknowledged. A partition's resources are
-enqueued, then sent in bounded transaction Bundles of conditional updates
-(PUT Observation?identifier=urn:ohx:fhir|...), and marked delivered only after the server answered
-the whole transaction with success. So:
+enqueued, then sent in bounded transaction Bundles and marked delivered only after the server
+answered the whole transaction with success:
+- each entry is a conditional update on the resource's deterministic identifier
+  (PUT Observation?identifier=urn:ohx:fhir|...); a Provenance, which has no identifier, is
+  updated by id (PUT Provenance/<id>); a withdrawn (entered-in-error) resource is a conditional
+  DELETE;
+- references resolve on the server: one to a resource in the same transaction points at that
+  entry's fullUrl (urn:uuid), one to our resource sent earlier is a conditional reference by its
+  identifier (Patient?identifier=urn:ohx:user:oura|...), which the server resolves to its own
+  id; a clinical system's Patient keeps its literal id. Resources go out in dependency order
+  (Patient, Device, DeviceAssociation, Observation, derived Observation, DiagnosticReport,
+  Provenance; then deletes, in the reverse order), so a conditional reference always finds its
+  target and no delete leaves a reference dangling.
+So:
 - a server outage loses nothing: undelivered rows stay pending and the next run sends them;
 - a retry duplicates nothing: a conditional update on the deterministic identifier replaces, never
   adds, even when the server applied a transaction whose response was lost;
@@ -20,7 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+import uuid
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -31,6 +43,8 @@ import sqlalchemy as sa
 
 from ohx_dagster import db
 from ohx_dagster.errors import OhxError
+from ohx_dagster.fhir.codes import PERSON_SYSTEM
+from ohx_dagster.fhir.common import referenced, references_in
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.providers.http import parse_retry_after
 from ohx_dagster.schema import fhir_files, fhir_outbox
@@ -47,17 +61,46 @@ class DeliveryError(OhxError):
 
 
 def owner(resource: dict) -> tuple[str, str]:
-    """(provider, user id) whose data a resource holds, from its content-key identifier
-    (ohx_dagster/ids.py: personal keys start with provider|user); ("", "") for shared ones."""
-    value = resource.get("identifier", [{}])[0].get("value", "")
+    """(provider, user id) whose data a resource holds: from its content-key identifier (keys
+    of a person's resources begin with provider|user), from the person identifier of a Patient
+    or a Provenance's patient; ("", "") for none."""
+    identifiers = resource.get("identifier") or [resource.get("patient", {}).get("identifier", {})]
+    first = identifiers[0] if identifiers else {}
+    system, value = str(first.get("system", "")), str(first.get("value", ""))
+    if system.startswith(f"{PERSON_SYSTEM}:"):
+        return system.removeprefix(f"{PERSON_SYSTEM}:"), value
     parts = value.split("|")
     return (parts[1], parts[2]) if len(parts) >= 3 else ("", "")
+
+
+# Delivery order by resource type: a resource goes after everything it references.
+TYPE_RANK: Final[dict[str, int]] = {
+    "Patient": 0,
+    "Device": 1,
+    "DeviceAssociation": 2,
+    "Observation": 3,  # 4 when derived from or grouping other Observations
+    "DiagnosticReport": 5,
+    "Provenance": 6,
+}
+# Deletes go after every update, in the reverse order: a resource is deleted only once nothing
+# on the server references it any more (servers refuse the other way round).
+DELETE_RANK: Final = 20
+
+
+def rank(resource: dict, *, deleted: bool = False) -> int:
+    base = TYPE_RANK.get(resource["resourceType"], 3)
+    if resource.get("derivedFrom") or resource.get("hasMember"):
+        base += 1
+    deleted = deleted or resource.get("status") == "entered-in-error"
+    return DELETE_RANK - base if deleted else base
 
 
 def _outbox_row(partition_key: str, file: str, resource: dict, stamp: int) -> dict[str, Any]:
     body = orjson.dumps(resource)
     provider, user_id = owner(resource)
     return {
+        "match_url": match_url(resource),
+        "rank": rank(resource),
         "resource_type": resource["resourceType"],
         "resource_id": resource["id"],
         "partition_key": partition_key,
@@ -75,7 +118,7 @@ def _upsert_outbox(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
     t = fhir_outbox
     statement = db.insert_for(conn)(t)
     updated = ("partition_key", "file", "provider", "user_id", "body", "body_hash", "withdrawn",
-               "enqueued_at_us")  # fmt: skip
+               "match_url", "rank", "enqueued_at_us")  # fmt: skip
     conn.execute(
         statement.on_conflict_do_update(
             index_elements=["resource_type", "resource_id"],
@@ -115,7 +158,8 @@ def enqueue_partition(store: RecordStore, output: FhirOutput, partition_key: str
         with store.write() as conn:
             for start in range(0, len(resources), ENQUEUE_BATCH):
                 batch = resources[start : start + ENQUEUE_BATCH]
-                _upsert_outbox(conn, [_outbox_row(partition_key, row.name, r, stamp) for r in batch])
+                rows = [_outbox_row(partition_key, row.name, r, stamp) for r in batch]
+                _upsert_outbox(conn, rows)
             # The file's row may have been replaced by a newer version meanwhile: then that
             # version's own row stays waiting for the next attempt.
             conn.execute(
@@ -123,7 +167,34 @@ def enqueue_partition(store: RecordStore, output: FhirOutput, partition_key: str
                 .where(f.c.partition_key == partition_key, f.c.name == row.name)
                 .values(enqueued=True)
             )
+    _withdraw_vanished_provenance(store, partition_key)
     return len(waiting)
+
+
+def _withdraw_vanished_provenance(store: RecordStore, partition_key: str) -> None:
+    """A person's Provenance of the day that the current files no longer hold (every resource it
+    named was withdrawn) is deleted on the server before the resources it names."""
+    f, t = fhir_files, fhir_outbox
+    with store.write() as conn:
+        current = sa.select(f.c.name).where(f.c.partition_key == partition_key)
+        vanished = conn.execute(
+            sa.select(t.c.resource_id, t.c.body_hash).where(
+                t.c.partition_key == partition_key,
+                t.c.resource_type == "Provenance",
+                t.c.withdrawn.is_(False),
+                t.c.file.not_in(current),
+            )
+        ).all()
+        for resource_id, body_hash in vanished:
+            conn.execute(
+                t.update()
+                .where(t.c.resource_type == "Provenance", t.c.resource_id == resource_id)
+                .values(
+                    withdrawn=True,
+                    rank=DELETE_RANK - TYPE_RANK["Provenance"],
+                    body_hash=hashlib.sha256(f"withdrawn:{body_hash}".encode()).hexdigest(),
+                )
+            )
 
 
 def _pending_query(partition_key: str | None) -> sa.Select:
@@ -133,7 +204,7 @@ def _pending_query(partition_key: str | None) -> sa.Select:
     ).where(sa.or_(t.c.delivered_hash.is_(None), t.c.delivered_hash != t.c.body_hash))
     if partition_key is not None:
         query = query.where(t.c.partition_key == partition_key)
-    return query.order_by(t.c.resource_type, t.c.resource_id)
+    return query.order_by(t.c.rank, t.c.resource_type, t.c.resource_id)
 
 
 def pending(store: RecordStore, partition_key: str | None = None) -> list[tuple[str, str, str]]:
@@ -371,22 +442,63 @@ def conditional_url(resource: dict) -> str:
     return f"{resource['resourceType']}?identifier={quote(token, safe='')}"
 
 
-def _entry(base_url: str, resource: dict) -> dict[str, Any]:
-    """A conditional update; a resource withdrawn as entered-in-error is deleted on the server."""
-    if resource.get("status") == "entered-in-error":
-        return {"request": {"method": "DELETE", "url": conditional_url(resource)}}
+def match_url(resource: dict) -> str:
+    """How the server finds the resource: by identifier, or by id when it has none."""
+    if resource.get("identifier"):
+        return conditional_url(resource)
+    return f"{resource['resourceType']}/{resource['id']}"
+
+
+def full_url(resource_type: str, resource_id: str) -> str:
+    """The entry's fullUrl inside a transaction: a uuid derived from the resource's id, so the
+    same resource has the same fullUrl in every attempt."""
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{resource_type}/{resource_id}')}"
+
+
+def resolve_references(resources: Sequence[dict], elsewhere: dict[str, str]) -> list[dict]:
+    """Copies of the resources whose references the server can resolve: to an entry of the same
+    transaction by its fullUrl, to a resource delivered before by `elsewhere` (Type/id -> its
+    match URL); others (a clinical system's Patient) stay as they are."""
+    in_batch = {f"{r['resourceType']}/{r['id']}": full_url(r["resourceType"], r["id"])
+                for r in resources}  # fmt: skip
+    resolved = []
+    for resource in resources:
+        copy = orjson.loads(orjson.dumps(resource))
+        for ref in references_in(copy):
+            target = ref["reference"]
+            ref["reference"] = in_batch.get(target) or elsewhere.get(target) or target
+        resolved.append(copy)
+    return resolved
+
+
+def _entry(resource: dict, delete: bool) -> dict[str, Any]:
+    """A conditional update (by id without identifier), or a (conditional) delete."""
+    url = match_url(resource)
+    if delete:
+        return {"request": {"method": "DELETE", "url": url}}
     return {
-        "fullUrl": f"{base_url}/{resource['resourceType']}/{resource['id']}",
+        "fullUrl": full_url(resource["resourceType"], resource["id"]),
         "resource": resource,
-        "request": {"method": "PUT", "url": conditional_url(resource)},
+        "request": {"method": "PUT", "url": url},
     }
 
 
-def transaction(base_url: str, resources: Sequence[dict]) -> dict[str, Any]:
+def transaction(
+    resources: Sequence[dict],
+    elsewhere: dict[str, str] | None = None,
+    deleted: Collection[tuple[str, str]] = (),
+) -> dict:
+    """The transaction Bundle for resources in delivery order (see the module docstring): the
+    withdrawn ones (entered-in-error, or (type, id) in `deleted`) are deleted."""
+
+    def delete(resource: dict) -> bool:
+        key = (resource["resourceType"], resource["id"])
+        return resource.get("status") == "entered-in-error" or key in deleted
+
     return {
         "resourceType": "Bundle",
         "type": "transaction",
-        "entry": [_entry(base_url, r) for r in resources],
+        "entry": [_entry(r, delete(r)) for r in resolve_references(resources, elsewhere or {})],
     }
 
 
@@ -395,8 +507,33 @@ def _retry_after(value: str | None, default: float) -> float:
     return default if seconds is None else seconds
 
 
+def _match_urls(store: RecordStore, resources: Sequence[dict]) -> dict[str, str]:
+    """Type/id -> match URL of the outbox resources these reference (external ones absent)."""
+    targets = referenced(resources)
+    ids = sorted({target.partition("/")[2] for target in targets})
+    t = fhir_outbox
+    urls: dict[str, str] = {}
+    with store.read() as conn:
+        for start in range(0, len(ids), ENQUEUE_BATCH):
+            rows = conn.execute(
+                sa.select(t.c.resource_type, t.c.resource_id, t.c.match_url).where(
+                    t.c.resource_id.in_(ids[start : start + ENQUEUE_BATCH]), t.c.match_url != ""
+                )
+            ).all()
+            for row in rows:
+                key = f"{row.resource_type}/{row.resource_id}"
+                if key in targets:
+                    urls[key] = row.match_url
+    return urls
+
+
 def _content(resource: dict) -> dict:
-    return {k: v for k, v in resource.items() if k not in ("meta", "id")}
+    """What a server keeps as sent: all but id, meta and literal references (the server holds
+    its own ids where we sent conditional references)."""
+    copy = orjson.loads(orjson.dumps(resource))
+    for ref in references_in(copy):
+        del ref["reference"]
+    return {k: v for k, v in copy.items() if k not in ("meta", "id")}
 
 
 @dataclass
@@ -440,8 +577,10 @@ class FhirClient:
         with httpx.Client(timeout=self.timeout_s) as client:
             for start in range(0, len(rows), self.batch_size):
                 batch = rows[start : start + self.batch_size]
+                resources = [orjson.loads(r.body) for r in batch]
+                deleted = {(r.resource_type, r.resource_id) for r in batch if r.withdrawn}
                 try:
-                    self._send(client, [orjson.loads(r.body) for r in batch], report)
+                    self._send(client, resources, _match_urls(store, resources), deleted, report)
                 except DeliveryError as exc:
                     self._record_failure(store, batch, str(exc))
                     report.remaining = len(rows) - start
@@ -457,7 +596,7 @@ class FhirClient:
         problems = []
         with httpx.Client(timeout=self.timeout_s) as client:
             for sent in resources:
-                url = f"{self.base_url}/{conditional_url(sent)}"
+                url = f"{self.base_url}/{match_url(sent)}"
                 label = f"{sent['resourceType']}/{sent['id']}"
                 try:
                     response = client.get(
@@ -469,24 +608,34 @@ class FhirClient:
                 if response.status_code != 200:
                     problems.append(f"{label}: search answered HTTP {response.status_code}")
                     continue
-                matches = [
-                    e["resource"]
-                    for e in response.json().get("entry", [])
-                    if e.get("search", {}).get("mode", "match") == "match" and "resource" in e
-                ]
+                found = response.json()
+                matches = (
+                    [
+                        e["resource"]
+                        for e in found.get("entry", [])
+                        if e.get("search", {}).get("mode", "match") == "match" and "resource" in e
+                    ]
+                    if found.get("resourceType") == "Bundle"
+                    else [found]  # read by id
+                )
                 if len(matches) != 1:
                     problems.append(f"{label}: {len(matches)} resources hold its identifier")
-                elif _content(matches[0]) != _content(sent):
+                elif (held := _content(matches[0])) != (expected := _content(sent)):
                     differing = sorted(
-                        k
-                        for k in _content(matches[0]).keys() | _content(sent).keys()
-                        if matches[0].get(k) != sent.get(k)
+                        k for k in held.keys() | expected.keys() if held.get(k) != expected.get(k)
                     )
                     problems.append(f"{label}: the server holds other content in {differing}")
         return problems
 
-    def _send(self, client: httpx.Client, resources: list[dict], report: DeliveryReport) -> None:
-        body = orjson.dumps(transaction(self.base_url, resources))
+    def _send(
+        self,
+        client: httpx.Client,
+        resources: list[dict],
+        elsewhere: dict[str, str],
+        deleted: Collection[tuple[str, str]],
+        report: DeliveryReport,
+    ) -> None:
+        body = orjson.dumps(transaction(resources, elsewhere, deleted))
         attempt = 0
         while True:
             error: str
@@ -570,3 +719,96 @@ class FhirClient:
                     )
                     .values(attempts=t.c.attempts + 1, last_error=error[:1000])
                 )
+
+    # -- erasure: deleting resources on the server ---------------------------------------------
+
+    def delete(
+        self,
+        match_urls: Sequence[str],
+        *,
+        confirmed: Callable[[Sequence[str]], None] | None = None,
+    ) -> DeliveryReport:
+        """Delete resources on the server by their match URLs (`match_url`: a conditional DELETE
+        Type?identifier=system|value, or DELETE Type/id for a resource without identifier), in
+        bounded transaction Bundles, in the order given (put what references others first: the
+        server may refuse to delete a resource that is still referenced). `confirmed` is called
+        with each batch the server acknowledged. Deleting is idempotent: an entry may answer any
+        2xx, or 404 for a resource the server does not hold (some servers answer a conditional
+        delete without match so). Retries as `deliver` does; DeliveryError when refused."""
+        report = DeliveryReport()
+        with httpx.Client(timeout=self.timeout_s) as client:
+            for start in range(0, len(match_urls), self.batch_size):
+                batch = list(match_urls[start : start + self.batch_size])
+                bundle = {
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [{"request": {"method": "DELETE", "url": url}} for url in batch],
+                }
+                try:
+                    self._transact(client, orjson.dumps(bundle), len(batch), report)
+                except DeliveryError:
+                    report.remaining = len(match_urls) - start
+                    raise
+                if confirmed is not None:
+                    confirmed(batch)
+                report.sent += len(batch)
+                report.batches += 1
+        return report
+
+    def _transact(
+        self, client: httpx.Client, body: bytes, count: int, report: DeliveryReport
+    ) -> None:
+        """POST one transaction of deletions, with `_send`'s retries (429/503 after
+        Retry-After, other 5xx and dropped connections with backoff, one 401 re-auth)."""
+        attempt = 0
+        while True:
+            error: str
+            wait = min(self.max_wait_s, self.backoff_s * 2**attempt)
+            try:
+                response = client.post(
+                    self.base_url,
+                    content=body,
+                    headers={
+                        "Content-Type": FHIR_JSON,
+                        "Accept": FHIR_JSON,
+                        **self.auth.header(client),
+                    },
+                )
+            except httpx.TransportError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code == 200:
+                    self._check_deletions(response, count, report)
+                    return
+                error = f"HTTP {response.status_code}: {response.text[:300]}"
+                if response.status_code == 401 and attempt == 0:
+                    self.auth.invalidate()
+                elif response.status_code not in RETRY_STATUSES:
+                    raise DeliveryError(f"{self.base_url} refused the transaction: {error}")
+                if response.status_code in (429, 503):
+                    wait = min(
+                        self.max_wait_s, _retry_after(response.headers.get("Retry-After"), wait)
+                    )
+            if attempt >= self.max_retries:
+                raise DeliveryError(
+                    f"{self.base_url} unavailable after {attempt + 1} attempts: {error}"
+                )
+            attempt += 1
+            report.retries += 1
+            self.sleep(wait)
+
+    def _check_deletions(
+        self, response: httpx.Response, count: int, report: DeliveryReport
+    ) -> None:
+        bundle = response.json()
+        entries = bundle.get("entry", [])
+        if bundle.get("type") != "transaction-response" or len(entries) != count:
+            raise DeliveryError(
+                f"{self.base_url}: expected a transaction-response with {count} entries, got "
+                f"{bundle.get('type')!r} with {len(entries)}"
+            )
+        for entry in entries:
+            status = str(entry.get("response", {}).get("status", "")).split(" ")[0]
+            if not (status.startswith("2") or status == "404"):
+                raise DeliveryError(f"{self.base_url}: a delete answered {status!r}")
+            report.statuses[status] = report.statuses.get(status, 0) + 1

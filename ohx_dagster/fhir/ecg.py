@@ -2,8 +2,9 @@
 
 The waveform is an Observation with valueSampledData: origin 0 uV, `factor` the device's
 resolution (so `data` holds whole numbers in device steps), `interval` the sampling interval in ms.
-The report (LOINC 11524-6, HL7 v2-0074 section EC) lists it in `result` together with the heart-rate
-series Observations of the hours the recording touches (the seed's linking rule). Nothing is an
+The report (LOINC 11524-6, HL7 v2-0074 section EC) lists it in `result` together with the
+heart-rate and RR-interval series Observations of the hours the recording touches (the linking
+rule: what was recorded with the ECG travels with it). Nothing is an
 attachment: the seed's `media.link` is not valid R5.
 """
 
@@ -30,8 +31,8 @@ from ohx_dagster.fhir.timefmt import format_us, parse_us
 from ohx_dagster.ids import content_key
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 
-# (user_id, start_us, end_us) -> references to the heart-rate Observations covering that window.
-HeartRateLinks = Callable[[str, int, int], list[dict[str, str]]]
+# (user_id, start_us, end_us) -> references to the heart-rate and RR series around that window.
+LinkedSeries = Callable[[str, int, int], list[dict[str, str]]]
 
 
 def ecg_key(provider: str, user_id: str, ts_us: int, device_id: str) -> str:
@@ -49,7 +50,7 @@ def device_steps(samples: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def ecg_resources(
-    row: Mapping[str, Any], config: HealthSyncConfig, heart_rate: HeartRateLinks
+    row: Mapping[str, Any], config: HealthSyncConfig, linked: LinkedSeries
 ) -> list[dict[str, Any]]:
     """[waveform Observation, DiagnosticReport] of one ECG record."""
     provider, device_id = row["provider"], row["device_id"]
@@ -76,7 +77,7 @@ def ecg_resources(
         "dimensions": 1,
         "data": sampled_text(data),
     }
-    device = device_reference(provider, device_id)
+    device = device_reference(provider, config.user_id, device_id)
     if device:
         waveform["device"] = device
 
@@ -88,13 +89,13 @@ def ecg_resources(
     report["effectivePeriod"] = period
     report["result"] = [
         reference("Observation", f"{key}|waveform"),
-        *heart_rate(config.user_id, ts_us, end_us),
+        *linked(config.user_id, ts_us, end_us),
     ]
     return [waveform, report]
 
 
 def ecg_reports(
-    records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig], heart_rate: HeartRateLinks
+    records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig], linked: LinkedSeries
 ) -> Iterator[dict[str, Any]]:
     frame = records[records["data_type"] == HealthDataType.ECG.value]
     frame = frame.assign(ts_us=epoch_us(frame["ts"]))
@@ -102,7 +103,7 @@ def ecg_reports(
         config = configs.get(row["user_id"]) or HealthSyncConfig(
             user_id=row["user_id"], provider=row["provider"]
         )
-        yield from ecg_resources(row, config, heart_rate)
+        yield from ecg_resources(row, config, linked)
 
 
 def read_waveform(observation: dict[str, Any]) -> tuple[int, float, np.ndarray]:

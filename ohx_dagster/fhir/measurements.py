@@ -1,5 +1,6 @@
 """Individual measurements of the sparse types (blood pressure, weight, temperature, SpO2): one
-Observation each, for users whose aggregation preference is "individual".
+Observation each, at its exact time, for everyone (aggregates summarise them per preference, and
+derive from them, so the devices and times of what was averaged stay visible).
 
 Blood pressure is the 85354-9 panel with systolic (8480-6) and diastolic (8462-4) components and no
 value of its own (the R5 bp profile forbids one); SpO2 carries 59408-5 and the 2708-6 coding the
@@ -14,10 +15,16 @@ from typing import Any, Final
 import pandas as pd
 
 from ohx_dagster.fhir.codes import DIASTOLIC, SYSTOLIC, TYPE_CODES
-from ohx_dagster.fhir.common import device_reference, epoch_us, observation_base, quantity
+from ohx_dagster.fhir.common import (
+    device_reference,
+    epoch_us,
+    method_concept,
+    observation_base,
+    quantity,
+)
 from ohx_dagster.fhir.timefmt import format_us
 from ohx_dagster.ids import content_key
-from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfig
+from ohx_dagster.models import HealthDataType, HealthSyncConfig
 
 SPARSE_TYPES: Final = (
     HealthDataType.BLOOD_PRESSURE,
@@ -52,23 +59,24 @@ def measurement_observation(row: Mapping[str, Any], config: HealthSyncConfig) ->
         ]
     else:
         resource["valueQuantity"] = quantity(row["value"], codes.unit, codes.unit_display)
-    device = device_reference(row["provider"], row["device_id"])
+    device = device_reference(row["provider"], config.user_id, row["device_id"])
     if device:
         resource["device"] = device
+    method = method_concept([row.get("method") or "device"])
+    if method:
+        resource["method"] = method
     return resource
 
 
-def individual_rows(records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig]) -> pd.DataFrame:
-    """The sparse-type records of users who asked for individual measurements."""
-    wanted = {u for u, c in configs.items() if c.aggregation is AggregationLevel.INDIVIDUAL}
-    frame = records[
-        records["data_type"].isin([t.value for t in SPARSE_TYPES]) & records["user_id"].isin(wanted)
-    ]
+def measurement_rows(records: pd.DataFrame) -> pd.DataFrame:
+    """The sparse-type records, with their instants as epoch microseconds."""
+    frame = records[records["data_type"].isin([t.value for t in SPARSE_TYPES])]
     return frame.assign(ts_us=epoch_us(frame["ts"]))
 
 
 def measurement_observations(
     records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig]
 ) -> Iterator[dict[str, Any]]:
-    for row in individual_rows(records, configs).to_dict("records"):
-        yield measurement_observation(row, configs[row["user_id"]])
+    for row in measurement_rows(records).to_dict("records"):
+        if row["user_id"] in configs:
+            yield measurement_observation(row, configs[row["user_id"]])

@@ -15,7 +15,13 @@ from typing import Any
 import pandas as pd
 
 from ohx_dagster.fhir.codes import DAILY_STEPS, DIASTOLIC, STATISTIC, SYSTOLIC, TYPE_CODES
-from ohx_dagster.fhir.common import observation_base, patient_reference, quantity
+from ohx_dagster.fhir.common import (
+    device_reference,
+    method_concept,
+    observation_base,
+    patient_reference,
+    quantity,
+)
 from ohx_dagster.fhir.timefmt import format_us
 from ohx_dagster.ids import content_key
 from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfig
@@ -26,9 +32,16 @@ __all__ = ["aggregate_observation", "aggregate_observations", "patient_reference
 DerivedFrom = Callable[[Mapping[str, Any]], list[dict[str, str]]]
 
 
-def aggregate_key(row: Mapping[str, Any]) -> str:
+def aggregate_key(row: Mapping[str, Any], config: HealthSyncConfig) -> str:
+    """The bucket, and the zone it was cut in: the same file read in another zone (a re-import
+    of a wall-clock export) gives other resources, never the same ids with other content."""
     return content_key(
-        row["provider"], row["user_id"], row["data_type"], row["level"], row["bucket_start_us"]
+        row["provider"],
+        row["user_id"],
+        row["data_type"],
+        row["level"],
+        row["bucket_start_us"],
+        config.timezone,
     )
 
 
@@ -43,8 +56,22 @@ def _statistic_components(row: Mapping[str, Any], unit: str) -> list[dict[str, A
         components.append(
             {"code": STATISTIC[column].concept(), "valueQuantity": quantity(value, unit)}
         )
-    components.append({"code": STATISTIC["count"].concept(), "valueInteger": int(row["count"])})
+    components.append(_count(row))
     return components
+
+
+def _count(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {"code": STATISTIC["count"].concept(), "valueInteger": int(row["count"])}
+
+
+def _provenance(resource: dict[str, Any], row: Mapping[str, Any], config: HealthSyncConfig) -> None:
+    """The device the values came from (when one), and how they were obtained."""
+    devices = [d for d in str(row.get("devices") or "").split(",") if d]
+    if len(devices) == 1:
+        resource["device"] = device_reference(row["provider"], config.user_id, devices[0])
+    method = method_concept(str(row.get("methods") or "").split(","))
+    if method:
+        resource["method"] = method
 
 
 def aggregate_observation(
@@ -53,31 +80,41 @@ def aggregate_observation(
     derived_from: list[dict[str, str]] = (),
     status: str = "final",
 ) -> dict[str, Any]:
+    """An hourly or daily statistic. Every aggregate says which statistic its value is and of how
+    many readings (components coded with observation-statistics; the blood-pressure panel beside
+    its systolic and diastolic components), which device and method the readings came from, and
+    `derivedFrom` the readings' own Observations."""
     kind = HealthDataType(row["data_type"])
     codes = TYPE_CODES[kind]
     level = AggregationLevel(row["level"])
-    resource = observation_base(kind, aggregate_key(row), config, status)
+    resource = observation_base(kind, aggregate_key(row, config), config, status)
     if kind is HealthDataType.STEPS and level is AggregationLevel.DAILY:
         resource["code"] = DAILY_STEPS.concept()
     resource["effectivePeriod"] = {
         "start": format_us(row["bucket_start_us"], row["utc_offset_min"]),
         "end": format_us(row["bucket_end_us"], row["utc_offset_min"]),
     }
+    _provenance(resource, row, config)
+    if derived_from:
+        resource["derivedFrom"] = list(derived_from)
     if kind is HealthDataType.BLOOD_PRESSURE:
-        if derived_from:
-            resource["derivedFrom"] = list(derived_from)
+        # The bp profile fixes systolic and diastolic as the panel's components; the statistic
+        # they hold (the average) and the number of readings are components of their own.
         resource["component"] = [
             {"code": SYSTOLIC.concept(), "valueQuantity": quantity(row["mean"], codes.unit)},
             {
                 "code": DIASTOLIC.concept(),
                 "valueQuantity": quantity(row["diastolic_mean"], codes.unit),
             },
+            {
+                "code": STATISTIC["mean"].concept(),
+                "valueString": "systolic and diastolic are averages",
+            },
+            _count(row),
         ]
         return resource
     headline = row["sum"] if kind is HealthDataType.STEPS else row["mean"]
     resource["valueQuantity"] = quantity(headline, codes.unit)
-    if derived_from:
-        resource["derivedFrom"] = list(derived_from)
     resource["component"] = _statistic_components(row, codes.unit)
     return resource
 

@@ -1,13 +1,25 @@
 """Which FHIR resources one day partition publishes for a bucket of people, from data read once.
 
-- heart rate, steps and RR series: one Observation (valueSampledData) per stored chunk of the UTC
-  day (a chunk is one person, type, device and hour), for every person: aggregates derive from them,
-  and ECG and RR recordings are published with the heart rate measured around them;
-- individual measurements of the sparse types, for people whose preference is "individual";
-- hourly aggregates of the UTC day and daily aggregates of the local day, per preference, each
-  with derivedFrom the series Observations it summarises;
-- ECG: waveform Observation + DiagnosticReport linking it to its heart rate;
-- one Device per provider device that any of them references.
+Per person, for the partition's UTC day:
+- their Patient (unless the clinical system named them: then its Patient is referenced);
+- heart rate, steps and RR series: one Observation (valueSampledData) per stored chunk (one
+  type, device and hour);
+- every sparse measurement (blood pressure, weight, temperature, SpO2) as its own Observation at
+  its exact time;
+- hourly aggregates of the UTC day and daily aggregates of their local day, per their preference,
+  each `derivedFrom` the series and measurements of this partition it summarises;
+- resting heart rate of their local day (LOINC 40443-4), from the heart rate the provider says
+  was taken at rest or asleep, when it says so (Oura's `source`);
+- ECG: waveform Observation + DiagnosticReport linking the heart rate and RR recorded with it;
+- a Device for each device of theirs a resource names, with the DeviceAssociation to them;
+- a Provenance naming every resource above, the source, the Dagster run and this software.
+
+References stay inside the partition's output (a daily aggregate whose local day reaches into the
+next UTC day derives from this day's readings only), so every partition's output resolves on its
+own and a delivery never refers to a resource not delivered yet.
+
+Readings a shared device cannot attribute (method "ambiguous": a Withings weigh-in that "may
+belong to another user") are kept in the store but published only when the operator says so.
 """
 
 from __future__ import annotations
@@ -18,12 +30,19 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 
-from ohx_dagster.fhir.common import device
+from ohx_dagster.fhir.common import device, is_clinical_patient, patient, reference
 from ohx_dagster.fhir.ecg import ecg_reports
-from ohx_dagster.fhir.measurements import individual_rows, measurement_observations
+from ohx_dagster.fhir.measurements import (
+    measurement_key,
+    measurement_observations,
+    measurement_rows,
+)
 from ohx_dagster.fhir.observations import aggregate_observations
+from ohx_dagster.fhir.provenance import provenance
+from ohx_dagster.fhir.resting import resting_heart_rate
 from ohx_dagster.fhir.series import chunk_observation, series_reference
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.record_tables import Chunk, chunks_to_batch
@@ -32,6 +51,7 @@ from ohx_dagster.sync import LINK_MARGIN
 from ohx_dagster.times import HOUR_US, to_us, utc_day
 
 LINK_MARGIN_US: Final = int(LINK_MARGIN.total_seconds() * 1_000_000)
+AMBIGUOUS: Final = "ambiguous"
 
 
 def read_window(day: date) -> DateRange:
@@ -51,6 +71,22 @@ class BucketData:
     chunks: Sequence[Chunk]
     sparse: pd.DataFrame  # measurements and ECG recordings
 
+    def without_ambiguous(self) -> BucketData:
+        """The data minus readings that may belong to someone else (unless published by choice)."""
+        chunks = []
+        for chunk in self.chunks:
+            keep = chunk.samples.method != AMBIGUOUS
+            if keep.all():
+                chunks.append(chunk)
+            elif keep.any():
+                samples = chunk.samples.take(np.flatnonzero(keep))
+                chunks.append(Chunk(chunk.user_id, chunk.data_type, chunk.device_id,
+                                    chunk.hour_us, samples))  # fmt: skip
+        sparse = self.sparse
+        if not sparse.empty:
+            sparse = sparse[sparse["method"] != AMBIGUOUS].reset_index(drop=True)
+        return BucketData(self.provider, self.day, self.configs, chunks, sparse)
+
     def records(self) -> pd.DataFrame:
         """Every sample as one batch (for the statistics, which are vectorized over it)."""
         return concat([chunks_to_batch(self.provider, self.chunks), self.sparse])
@@ -65,26 +101,34 @@ class BucketData:
         return chunks, self.sparse[inside].reset_index(drop=True)
 
 
-class SeriesIndex:
-    """Which series Observations exist: (user, type) -> sorted [(hour_us, device_id)], so daily
-    aggregates (a local day reaches into neighbouring UTC days) and ECG links point only at series
-    that are published somewhere."""
+class PartitionIndex:
+    """Which readings the partition publishes: (person, type) -> sorted [(start, end, reference)],
+    so aggregates and ECG reports point only at resources of the same output."""
 
-    def __init__(self, provider: str, chunks: Sequence[Chunk]) -> None:
-        self.provider = provider
-        self.hours: dict[tuple[str, str], list[tuple[int, str]]] = defaultdict(list)
+    def __init__(self, provider: str, chunks: Sequence[Chunk], measurements: pd.DataFrame) -> None:
+        self.entries: dict[tuple[str, str], list[tuple[int, int, dict[str, str]]]] = defaultdict(
+            list
+        )
         for chunk in chunks:
-            self.hours[(chunk.user_id, chunk.data_type)].append((chunk.hour_us, chunk.device_id))
-        for entries in self.hours.values():
-            entries.sort()
+            ref = series_reference(provider, chunk.user_id, chunk.data_type, chunk.hour_us,
+                                   chunk.device_id)  # fmt: skip
+            self.entries[(chunk.user_id, chunk.data_type)].append(
+                (chunk.hour_us, chunk.hour_us + HOUR_US, ref)
+            )
+        for row in measurements.to_dict("records"):
+            key = measurement_key(provider, row["user_id"], row["data_type"], row["ts_us"],
+                                  row["device_id"])  # fmt: skip
+            self.entries[(row["user_id"], row["data_type"])].append(
+                (int(row["ts_us"]), int(row["ts_us"]) + 1, reference("Observation", key))
+            )
+        for entries in self.entries.values():
+            entries.sort(key=lambda e: (e[0], e[2]["reference"]))
 
-    def references(
-        self, user_id: str, data_type: str, start_us: int, end_us: int
-    ) -> list[dict[str, str]]:
+    def references(self, user_id: str, data_type: str, start: int, end: int) -> list[dict]:
         return [
-            series_reference(self.provider, user_id, data_type, hour_us, device_id)
-            for hour_us, device_id in self.hours.get((user_id, data_type), ())
-            if hour_us < end_us and hour_us + HOUR_US > start_us
+            ref
+            for first, last, ref in self.entries.get((user_id, data_type), ())
+            if first < end and last > start
         ]
 
     def derived_from(self, row: Any) -> list[dict[str, str]]:
@@ -92,22 +136,17 @@ class SeriesIndex:
             row["user_id"], row["data_type"], int(row["bucket_start_us"]), int(row["bucket_end_us"])
         )
 
-    def heart_rate(self, user_id: str, start_us: int, end_us: int) -> list[dict[str, str]]:
-        return self.references(
-            user_id,
-            HealthDataType.HEART_RATE.value,
-            start_us - LINK_MARGIN_US,
-            end_us + LINK_MARGIN_US,
-        )
+    def linked(self, user_id: str, start: int, end: int) -> list[dict[str, str]]:
+        """The heart rate and RR series recorded around an ECG."""
+        window = (start - LINK_MARGIN_US, end + LINK_MARGIN_US)
+        return [
+            *self.references(user_id, HealthDataType.HEART_RATE.value, *window),
+            *self.references(user_id, HealthDataType.RR_INTERVALS.value, *window),
+        ]
 
 
-def _devices(provider: str, chunks: Sequence[Chunk], *frames: pd.DataFrame) -> list[dict]:
-    """A Device for every device a published resource references."""
-    ids = {c.device_id for c in chunks}
-    for frame in frames:
-        if not frame.empty:
-            ids |= set(frame["device_id"])
-    return [device(provider, device_id) for device_id in sorted(ids) if device_id]
+def _referenced_devices(resources: Sequence[dict[str, Any]]) -> set[str]:
+    return {r["device"]["reference"] for r in resources if "device" in r}
 
 
 def bucket_resources(
@@ -115,23 +154,78 @@ def bucket_resources(
     hourly: pd.DataFrame,
     daily: pd.DataFrame,
     statuses: Mapping[str, str],
+    *,
+    run_id: str = "",
+    recorded_us: int,
 ) -> list[dict[str, Any]]:
     """Every resource the partition publishes for the bucket's people (module docstring);
     `statuses`: per person, final or preliminary for the partition's series and aggregates."""
     chunks, sparse = data.in_day()
-    index = SeriesIndex(data.provider, data.chunks)
     configs = data.configs
+    measurements = measurement_rows(sparse) if not sparse.empty else sparse
+    index = PartitionIndex(data.provider, chunks, measurements)
     ecg = sparse[sparse["data_type"] == HealthDataType.ECG.value] if not sparse.empty else sparse
-    individual = individual_rows(sparse, configs) if not sparse.empty else sparse
+    resting = resting_heart_rate(data, statuses, index.derived_from)
+    by_person: dict[str, list[dict[str, Any]]] = defaultdict(list)
+
+    def add(resources: Sequence[dict[str, Any]] | Any) -> None:
+        for resource in resources:
+            by_person[_owner(resource, configs)].append(resource)
+
+    add(
+        chunk_observation(data.provider, c, configs[c.user_id], statuses.get(c.user_id, "final"))
+        for c in chunks
+        if c.user_id in configs
+    )
+    add(measurement_observations(sparse, configs) if not sparse.empty else ())
+    add(ecg_reports(ecg, configs, index.linked) if not ecg.empty else ())
+    add(aggregate_observations(hourly, configs, index.derived_from, statuses))
+    add(aggregate_observations(daily, configs, index.derived_from, statuses))
+    add(resting)
+    published: list[dict[str, Any]] = []
+    for user_id, resources in sorted(by_person.items()):
+        config = configs[user_id]
+        devices = _referenced_devices(resources)
+        people = [] if is_clinical_patient(config) else [patient(config)]
+        owned = [
+            *people,
+            *(
+                r
+                for device_id in sorted({d for d in _device_ids(data, user_id)})
+                for r in device(data.provider, config, device_id)
+                if r["resourceType"] == "DeviceAssociation" or f"Device/{r['id']}" in devices
+            ),
+            *resources,
+        ]
+        owned = _without_unreferenced_associations(owned)
+        owned.append(provenance(data.provider, config, data.day, owned, run_id=run_id,
+                                recorded_us=recorded_us))  # fmt: skip
+        published += owned
+    return published
+
+
+def _device_ids(data: BucketData, user_id: str) -> set[str]:
+    ids = {c.device_id for c in data.chunks if c.user_id == user_id and c.device_id}
+    if not data.sparse.empty:
+        rows = data.sparse[data.sparse["user_id"] == user_id]
+        ids |= {d for d in rows["device_id"] if d}
+    return ids
+
+
+def _without_unreferenced_associations(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A DeviceAssociation only for a Device this output holds."""
+    devices = {f"Device/{r['id']}" for r in resources if r["resourceType"] == "Device"}
     return [
-        *(
-            chunk_observation(data.provider, c, configs[c.user_id], statuses.get(c.user_id, "final"))
-            for c in chunks
-            if c.user_id in configs
-        ),
-        *(measurement_observations(sparse, configs) if not sparse.empty else ()),
-        *(ecg_reports(ecg, configs, index.heart_rate) if not ecg.empty else ()),
-        *aggregate_observations(hourly, configs, index.derived_from, statuses),
-        *aggregate_observations(daily, configs, index.derived_from, statuses),
-        *_devices(data.provider, chunks, ecg, individual),
+        r
+        for r in resources
+        if r["resourceType"] != "DeviceAssociation" or r["device"]["reference"] in devices
     ]
+
+
+def _owner(resource: dict[str, Any], configs: Mapping[str, HealthSyncConfig]) -> str:
+    """The person a resource is about (its identifier's key begins with provider|user)."""
+    value = resource["identifier"][0]["value"]
+    user_id = value.split("|")[2]
+    assert user_id in configs, f"{resource['resourceType']}/{resource['id']} of {user_id!r}"
+    return user_id
+

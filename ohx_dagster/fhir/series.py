@@ -89,7 +89,7 @@ def series_observation(
         "dimensions": 1,
         "data": sampled_text(values),
     }
-    device = device_reference(provider, device_id)
+    device = device_reference(provider, config.user_id, device_id)
     if device:
         resource["device"] = device
     return resource

@@ -153,6 +153,8 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("withdrawn", sa.Boolean, nullable=False, server_default=sa.false())
         )
+        batch.add_column(sa.Column("match_url", sa.Text, nullable=False, server_default=""))
+        batch.add_column(sa.Column("rank", sa.SmallInteger, nullable=False, server_default="0"))
         batch.create_index("ix_fhir_outbox_provider_user_id", ["provider", "user_id"])
     op.create_index("ix_webhook_inbox_run_key", "webhook_inbox", ["run_key"])
     _move_records()
