@@ -228,7 +228,7 @@ def test_connecting_stores_encrypted_tokens_and_registers_the_user(
         assert len(params["state"]) >= 40
         scope = {
             "oura": "personal daily heartrate workout session spo2Daily",
-            "withings": "user.metrics",
+            "withings": "user.metrics,user.activity",
             "google_health": "https://www.googleapis.com/auth/googlehealth.activity_and_fitness"
             ".readonly https://www.googleapis.com/auth/googlehealth"
             ".health_metrics_and_measurements.readonly",

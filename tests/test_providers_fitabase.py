@@ -11,7 +11,7 @@ import pytest
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.providers.base import HealthSource
+from ohx_dagster.providers.base import WindowReader
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
@@ -30,7 +30,7 @@ def utc_source(fitabase_dir: Path) -> FitabaseSource:
 
 
 def test_is_a_health_source(utc_source: FitabaseSource) -> None:
-    assert isinstance(utc_source, HealthSource)
+    assert isinstance(utc_source, WindowReader)
     assert utc_source.name == "fitabase"
 
 

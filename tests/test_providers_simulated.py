@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from ohx_dagster.models import DateRange, HealthDataType
-from ohx_dagster.providers.base import HealthSource
+from ohx_dagster.providers.base import WindowReader
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
 from ohx_dagster.records import records_from_batch
@@ -37,7 +37,7 @@ def test_users_are_deterministic_and_varied() -> None:
     assert users == source(5).discover_users()
     assert len({u.timezone for u in users}) == 5
     assert {u.aggregation.value for u in users} == {"individual", "hourly", "daily"}
-    assert isinstance(source(), HealthSource)
+    assert isinstance(source(), WindowReader)
 
 
 def test_all_eight_types_every_day_for_every_user(day_of_data: pd.DataFrame) -> None:

@@ -14,7 +14,10 @@ from ohx_dagster.webhooks.config import (
 
 def test_secrets_from_env():
     nothing = WebhookSecrets.from_env({})
-    assert nothing.mounted == {"oura": False, "withings": False, "simulated": False}
+    assert set(nothing.mounted) == {
+        "oura", "withings", "google_health", "polar_accesslink", "simulated"
+    }  # fmt: skip
+    assert not any(nothing.mounted.values())
     assert nothing.simulated_secret is None  # development route: only when configured
     full = WebhookSecrets.from_env(
         {
@@ -22,9 +25,12 @@ def test_secrets_from_env():
             "OHX_OURA_VERIFICATION_TOKEN": "oura-token",
             "OHX_WITHINGS_CALLBACK_TOKEN": "withings-token",
             "OHX_SIMULATED_WEBHOOK_SECRET": "simulated-secret",
+            "OHX_GOOGLE_HEALTH_WEBHOOK_AUTHORIZATION": "Bearer google-webhook-secret-value",
+            "OHX_GOOGLE_HEALTH_WEBHOOK_KEYSET": "https://www.gstatic.com/googlehealthapi/keys",
+            "OHX_POLAR_ACCESSLINK_CLIENT_SECRET": "polar-secret",
         }
     )
-    assert all(full.mounted.values())
+    assert all(full.mounted.values()), full.mounted
     assert full.oura == OuraSecrets("oura-secret", "oura-token")
     assert full.simulated_secret == "simulated-secret"
     # The legacy Fitbit Web API is gone: its variables mount nothing.

@@ -7,7 +7,7 @@ import pytest
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.providers.oura.webhook import parse_notification as parse_oura
-from ohx_dagster.webhooks.notifications import parse_simulated, parse_withings
+from ohx_dagster.webhooks.notifications import parse_simulated
 
 # Oura's own example body (OpenAPI, "Receiving and Processing Events"), for a workout document.
 OURA = {
@@ -87,48 +87,6 @@ def test_oura_body_that_is_not_a_json_object(body):
     with pytest.raises(ValidationError) as error:
         parse_oura(body, delivery_timestamp="1")
     assert error.value.field == "body"
-
-
-WITHINGS = {"userid": "12345", "appli": "4", "startdate": "1772355000", "enddate": "1772355600"}
-
-
-def test_withings_appli_maps_to_one_event_per_type():
-    events = parse_withings(WITHINGS)
-    assert [e.data_type for e in events] == ["blood_pressure", "heart_rate", "spo2"]
-    assert len({e.event_key for e in events}) == 3
-    assert events[0].occurred_at == datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-    assert [e.data_type for e in parse_withings({**WITHINGS, "appli": "1"})] == ["weight"]
-    assert [e.data_type for e in parse_withings({**WITHINGS, "appli": "54"})] == ["ecg"]
-    assert [e.data_type for e in parse_withings({**WITHINGS, "appli": "16"})] == ["steps"]
-    [bed] = parse_withings({**WITHINGS, "appli": "50"})
-    assert bed.ignored_reason and "bed in" in bed.ignored_reason
-
-
-def test_withings_retry_dedups_and_a_new_measurement_does_not():
-    first = [e.event_key for e in parse_withings(WITHINGS)]
-    assert first == [e.event_key for e in parse_withings(dict(WITHINGS))]
-    newer = {**WITHINGS, "startdate": "1772359000", "enddate": "1772359200"}
-    assert set(first).isdisjoint(e.event_key for e in parse_withings(newer))
-    [dated] = parse_withings({"userid": "12345", "appli": "44", "date": "2026-03-01"})
-    assert dated.data_type is None and dated.occurred_at == datetime(2026, 3, 1, 12, tzinfo=UTC)
-
-
-@pytest.mark.parametrize(
-    ("form", "field"),
-    [
-        ({**WITHINGS, "appli": "x"}, "appli"),
-        ({**WITHINGS, "appli": "999"}, "appli"),
-        ({k: v for k, v in WITHINGS.items() if k != "userid"}, "userid"),
-        ({"userid": "1", "appli": "1"}, "startdate"),
-        ({**WITHINGS, "enddate": "soon"}, "enddate"),
-        ({**WITHINGS, "userid": "1" * 200}, "user_id"),  # longer than the inbox holds
-        ({"userid": "1", "appli": "1", "date": "March"}, "date"),
-    ],
-)
-def test_withings_malformed(form, field):
-    with pytest.raises(ValidationError) as error:
-        parse_withings(form)
-    assert error.value.field == field
 
 
 def test_simulated_event_key_is_the_event_id():

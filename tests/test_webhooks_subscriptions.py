@@ -323,19 +323,20 @@ def test_connecting_withings_subscribes_each_appli_with_the_users_token(setup: S
     _, done = setup.receiver.connect("withings")
     assert done.status_code == 200, done.text
     subscribed = setup.withings.subscribed
-    assert [s["appli"] for s in subscribed] == ["1", "2", "4"]
+    assert [s["appli"] for s in subscribed] == ["1", "2", "4", "16", "44", "54"]
     callback = f"{setup.receiver.url}/webhooks/withings?token={WITHINGS_TOKEN}"
     assert {s["callbackurl"] for s in subscribed} == {callback}
     rows = recorded(setup.receiver.store, "withings")
-    assert [(r.user_id, r.target, r.status) for r in rows] == [
-        (USER_IDS["withings"], f"appli={a}", "created") for a in (1, 2, 4)
-    ]
+    assert sorted((r.user_id, r.target, r.status) for r in rows) == sorted(
+        (USER_IDS["withings"], f"appli={a}", "created") for a in (1, 2, 4, 16, 44, 54)
+    )
     # The notifications the subscriptions bring are accepted for the connected user.
     form = b"userid=363&appli=1&startdate=1772355000&enddate=1772355600"
     delivered = setup.receiver.http.post(
         callback, content=form, headers={"content-type": "application/x-www-form-urlencoded"}
     )
-    assert delivered.status_code == 200 and delivered.json()["accepted"] == 1
+    # appli 1 announces weight and body temperature (meastype 71 is listed under it).
+    assert delivered.status_code == 200 and delivered.json()["accepted"] == 2
 
 
 def test_a_failed_withings_subscription_is_recorded_and_the_person_still_connected(
@@ -345,7 +346,7 @@ def test_a_failed_withings_subscription_is_recorded_and_the_person_still_connect
     _, done = setup.receiver.connect("withings")
     assert done.status_code == 200 and done.json()["user_id"] == USER_IDS["withings"]
     rows = recorded(setup.receiver.store, "withings")
-    assert [r.status for r in rows] == ["failed"] * 3
+    assert [r.status for r in rows] == ["failed"] * 6
     assert "status 2554" in rows[0].detail and WITHINGS_TOKEN not in rows[0].detail
     assert "webhook subscription appli=1" in caplog.text
     assert setup.receiver.store.user("withings", USER_IDS["withings"]) is not None

@@ -10,6 +10,8 @@
 | OHX_WITHINGS_API_URL, OHX_WITHINGS_TOKEN_URL | https://wbsapi.withings.net, .../v2/oauth2 | |
 | OHX_GOOGLE_HEALTH_CLIENT_ID, ..._CLIENT_SECRET | (required for "google_health") | Google app |
 | OHX_GOOGLE_HEALTH_API_URL, ..._TOKEN_URL | https://health.googleapis.com, oauth2 token | |
+| OHX_POLAR_ACCESSLINK_CLIENT_ID, ..._CLIENT_SECRET | (required for "polar_accesslink") | Polar app |
+| OHX_POLAR_ACCESSLINK_API_URL, ..._TOKEN_URL | https://www.polaraccesslink.com, polarremote.com | |
 
 The secrets are read where the source is built (SourcesResource.get), never stored in run config.
 API sources enumerate no users themselves: `discover_users()` is [] (the HealthSource protocol's
@@ -67,6 +69,7 @@ class ApiSettings:
                 client_secret=env[f"{p}_CLIENT_SECRET"],
                 extra_params=dict(app.token_params),
                 wrapped=app.token_wrapped,
+                token_auth=app.token_auth,
             ),
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from ohx_dagster.models import HealthDataType
 from ohx_dagster.providers.budget import RequestLimit
@@ -51,3 +51,9 @@ class ProviderApp:
     token_params: Mapping[str, str] = field(default_factory=dict)
     token_wrapped: bool = False
     after_connect: AfterConnect | None = None
+    # How the token endpoint authenticates the client (RFC 6749 2.3.1): "form" sends client_id
+    # and client_secret in the form body, "basic" an HTTP Basic Authorization header (Polar).
+    token_auth: Literal["form", "basic"] = "form"
+    # False: the provider issues long-lived access tokens without refresh tokens (Polar); an
+    # access token it rejects (401) means the person must connect again.
+    refresh_tokens: bool = True

@@ -80,6 +80,7 @@ class HealthSource(Protocol):
         ...
 
 
+@runtime_checkable
 class WindowReader(Protocol):
     """A source that answers one window at a time (exports, the simulator)."""
 

@@ -24,7 +24,12 @@ status with an `error` text.
 Variables:
 - OHX_OAUTH_REDIRECT_BASE: public base URL of the receiver; the callback, to register at each
   provider, is <base>/oauth/<provider>/callback.
-- OHX_<P>_AUTHORIZE_URL (P = OURA, WITHINGS, GOOGLE_HEALTH, POLAR): another authorization endpoint.
+- OHX_<P>_AUTHORIZE_URL (P = OURA, WITHINGS, GOOGLE_HEALTH, POLAR_ACCESSLINK): another
+  authorization endpoint.
+
+The client authenticates at the token endpoint with client_id/client_secret in the form, or with
+HTTP Basic where its ProviderApp says `token_auth="basic"` (Polar); a provider that issues no
+refresh token (`refresh_tokens=False`, Polar) is connected with its access token alone.
 """
 
 from __future__ import annotations
@@ -52,7 +57,12 @@ from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
 from ohx_dagster.providers.http import ApiClient, excerpt
 from ohx_dagster.providers.registry import API_PROVIDERS
-from ohx_dagster.providers.tokens import OAuthTokens, cipher_from_env, connect_user
+from ohx_dagster.providers.tokens import (
+    OAuthTokens,
+    basic_credentials,
+    cipher_from_env,
+    connect_user,
+)
 from ohx_dagster.schema import oauth_states
 from ohx_dagster.store import RecordStore
 from ohx_dagster.times import to_us
@@ -291,18 +301,19 @@ class ConnectFlow:
             "grant_type": "authorization_code",
             "code": code,
             "redirect_uri": settings.redirect_uri,
-            "client_id": client.client_id,
-            "client_secret": client.client_secret,
         }
+        headers = {"Accept": "application/json"}
+        if settings.app.token_auth == "basic":
+            headers["Authorization"] = basic_credentials(client.client_id, client.client_secret)
+        else:
+            form |= {"client_id": client.client_id, "client_secret": client.client_secret}
         if verifier is not None:
             form["code_verifier"] = verifier
         where = f"{client.provider} token exchange ({client.token_url})"
-        hidden = (code, client.client_secret, verifier or "")
+        hidden = (code, client.client_secret, verifier or "", headers.get("Authorization", ""))
         try:
             with httpx.Client(timeout=self.timeout_s) as http:
-                response = http.post(
-                    client.token_url, data=form, headers={"Accept": "application/json"}
-                )
+                response = http.post(client.token_url, data=form, headers=headers)
         except httpx.HTTPError as exc:
             raise ProviderError(f"{where}: {type(exc).__name__}: {exc}") from None
         try:
@@ -323,7 +334,11 @@ class ConnectFlow:
             if not isinstance(body, dict):
                 raise payload.bad_field(where, "body", body, "a JSON object")
         tokens = OAuthTokens.from_token_response(
-            body, now=self.clock(), previous_refresh="", where=where
+            body,
+            now=self.clock(),
+            previous_refresh="",
+            where=where,
+            require_refresh=settings.app.refresh_tokens,
         )
         return tokens, body
 

@@ -6,8 +6,9 @@ source can deliver and how late its data may arrive: read by the sync, the sched
 |---|---|---|---|
 | simulated | all | 1 h | the simulator's data is there when its hour has passed |
 | oura | heart rate, steps, SpO2 | 48 h | the ring uploads when the app opens, often the next morning |
-| withings | heart rate, blood pressure, weight, temperature, SpO2 | 48 h | scales and cuffs sync over Wi-Fi or the app; notifications name new data too |
+| withings | heart rate, steps, blood pressure, weight, temperature, SpO2, ECG | 48 h | scales and cuffs sync over Wi-Fi or the app; notifications name new data too |
 | google_health | heart rate, steps, weight, SpO2 | 72 h | watches sync through the phone, sometimes days later |
+| polar_accesslink | exercise heart rate, RR intervals | 72 h | watches upload when they sync |
 | fitabase, polar, apple_health | what the export holds | 0 | a file does not change after it was written |
 
 OHX_RESYNC_HORIZON overrides per source: `oura=72h,google_health=4d` (units m, h, d).
@@ -21,13 +22,14 @@ from typing import Final
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthDataType as T
-from ohx_dagster.providers import google_health, oura, withings
+from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.providers import google_health, oura, polar, withings
 from ohx_dagster.providers.app import ProviderApp
 
 # Provider APIs: each folder's ProviderApp. A new provider is a new folder and a line here.
 API_PROVIDERS: Final[dict[str, ProviderApp]] = {
     app.name: app
-    for app in (oura.APP, withings.APP, google_health.APP)
+    for app in (oura.APP, withings.APP, google_health.APP, polar.ACCESSLINK)
 }
 
 SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {
@@ -71,3 +73,26 @@ def parse_horizons(text: str) -> dict[str, timedelta]:
 
 def horizons(overrides: Mapping[str, timedelta]) -> dict[str, timedelta]:
     return {**RESYNC_HORIZON, **overrides}
+
+
+# What a source is, in words for the people who read a Provenance.
+_DESCRIPTIONS: Final[dict[str, str]] = {
+    "simulated": "the embedded simulated provider (development data)",
+    "oura": "Oura API v2",
+    "withings": "Withings public API",
+    "google_health": "Google Health API v4",
+    "polar_accesslink": "Polar AccessLink API v3",
+    "polar": "Polar H10 recording (Polar Sensor Logger or ECGLogger files)",
+    "apple_health": "Apple Health export",
+    "fitabase": "Fitbit data export (Fitabase layout)",
+}
+# Exports whose times are wall-clock times without an offset: the zone they were read in is part
+# of what they say.
+_WALL_CLOCK: Final = frozenset({"fitabase", "polar"})
+
+
+def describe(provider: str, config: HealthSyncConfig) -> str:
+    text = _DESCRIPTIONS.get(provider, provider)
+    if provider in _WALL_CLOCK:
+        text += f", wall-clock times read as {config.timezone}"
+    return text

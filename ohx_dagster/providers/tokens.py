@@ -16,12 +16,18 @@
 - A refresh token the provider refuses (OAuth `invalid_grant`: spent, e.g. because the answer
   that rotated it was lost in transit, or revoked) raises NeedsReauthorization: the sync puts
   the person in "needs reauthorization", schedules skip them, and the connect flow clears it.
+- A provider without refresh tokens (Polar: long-lived access tokens) stores refresh token "";
+  its access token is used even past the expiry it was given with, and once the provider
+  rejects it (401) the person needs reauthorization the same way.
+- The token endpoint authenticates the client with client_id/client_secret in the form, or
+  with HTTP Basic where the provider wants that (OAuthClient.token_auth, Polar).
 - `connect_user` is the one way a user arrives: tokens first, then the sync config, so the
   new-user sensor (which backfills the user's history) never sees a user without tokens.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 import uuid
@@ -60,7 +66,7 @@ class OAuthTokens:
     """One user's grant. The tokens never appear in repr() (logs, tracebacks)."""
 
     access_token: str = field(repr=False)
-    refresh_token: str = field(repr=False)
+    refresh_token: str = field(repr=False)  # "": the provider issues none (Polar)
     expires_at: datetime | None = None
     scope: str = ""
 
@@ -69,13 +75,24 @@ class OAuthTokens:
 
     @classmethod
     def from_token_response(
-        cls, body: Any, *, now: datetime, previous_refresh: str, where: str
+        cls,
+        body: Any,
+        *,
+        now: datetime,
+        previous_refresh: str,
+        where: str,
+        require_refresh: bool = True,
     ) -> OAuthTokens:
         """RFC 6749 5.1: access_token, optional refresh_token (kept when not rotated),
-        expires_in seconds, scope."""
+        expires_in seconds, scope. `require_refresh=False`: a provider that issues no refresh
+        tokens (Polar); the grant is kept with refresh_token ""."""
         access = payload.get(body, "access_token", where, "a string")
         refresh = body.get("refresh_token") or previous_refresh
-        if not isinstance(access, str) or not isinstance(refresh, str) or not refresh:
+        if (
+            not isinstance(access, str)
+            or not isinstance(refresh, str)
+            or (require_refresh and not refresh)
+        ):
             raise payload.bad_field(where, "access_token/refresh_token", "...", "strings")
         expires_in = body.get("expires_in")
         expires_at = None
@@ -98,6 +115,15 @@ class OAuthClient:
     extra_params: Mapping[str, str] = field(default_factory=dict)
     # Withings wraps every answer as {"status": 0, "body": {...}}.
     wrapped: bool = False
+    # "form": client_id and client_secret in the form body; "basic": an HTTP Basic header.
+    token_auth: str = "form"
+
+
+def basic_credentials(client_id: str, client_secret: str) -> str:
+    """The Authorization header of HTTP Basic client authentication (Polar's token endpoint and
+    client-level API: base64 of "client_id:client_secret")."""
+    pair = f"{client_id}:{client_secret}".encode()
+    return f"Basic {base64.b64encode(pair).decode()}"
 
 
 def cipher_from_env(env: Mapping[str, str] | None = None) -> MultiFernet:
@@ -250,17 +276,29 @@ class TokenStore:
 def _refresh_grant(
     client: OAuthClient, refresh_token: str, api: ApiClient, *, now: datetime
 ) -> OAuthTokens:
+    where = f"{client.provider} {client.token_url}"
+    if not refresh_token:
+        raise NeedsReauthorization(
+            f"{where}: the access token expired or was rejected and {client.provider} issued no "
+            "refresh token: the person must connect the account again"
+        )
     form = {
         **client.extra_params,
         "grant_type": "refresh_token",
         "refresh_token": refresh_token,
-        "client_id": client.client_id,
-        "client_secret": client.client_secret,
     }
-    where = f"{client.provider} {client.token_url}"
+    headers = {}
+    if client.token_auth == "basic":
+        headers["Authorization"] = basic_credentials(client.client_id, client.client_secret)
+    else:
+        form |= {"client_id": client.client_id, "client_secret": client.client_secret}
     try:
         response = api.send(
-            "POST", client.token_url, data=form, secrets=(refresh_token, client.client_secret)
+            "POST",
+            client.token_url,
+            data=form,
+            headers=headers,
+            secrets=(refresh_token, client.client_secret, headers.get("Authorization", "")),
         )
     except HttpStatusError as failed:
         # RFC 6749 5.2: 400 invalid_grant = the refresh token is invalid, expired or revoked.
@@ -309,7 +347,9 @@ class UserTokens:
             raise ProviderError(
                 f"{self.client.provider} user {self.user_id!r}: no tokens stored; connect the user"
             )
-        if current.expires_soon(self.clock()):
+        # A grant without a refresh token is used as it is past its expiry (Polar documents both
+        # "expires in about a year" and "will not expire unless revoked"): a 401 decides.
+        if current.expires_soon(self.clock()) and current.refresh_token:
             current = self.tokens.refresh(
                 self.client, self.user_id, self.api, rejected=None, now=self.clock()
             )

@@ -38,7 +38,6 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Final
-from urllib.parse import parse_qsl
 
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from starlette.applications import Starlette
@@ -51,7 +50,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.inbox import Inbox, NewEvent
+from ohx_dagster.providers.google_health import webhook as google_health
 from ohx_dagster.providers.oura import webhook as oura
+from ohx_dagster.providers.polar import accesslink_webhook as polar_accesslink
+from ohx_dagster.providers.withings import webhook as withings
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks import notifications, signatures
 from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
@@ -283,33 +285,9 @@ def create_app(
     receiver = Receiver(store, body_of, commit, clock, replay_window_s)
 
     routes += oura.routes(receiver, secrets.oura)
-
-    if secrets.withings_token is not None:
-        token = secrets.withings_token
-
-        async def withings_check(request: Request) -> Response:
-            return Response(status_code=200)
-
-        async def withings_notify(request: Request) -> Response:
-            if not signatures.same_secret(token, request.query_params.get("token")):
-                raise SignatureRejected("callback token missing or wrong")
-            body = await body_of(request)
-            try:
-                form = dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True))
-            except (UnicodeDecodeError, ValueError):
-                raise ValidationError(
-                    "body", body[:60], "application/x-www-form-urlencoded fields"
-                ) from None
-            events = notifications.parse_withings(form)
-            user_id = events[0].user_id
-            if await run_in_threadpool(store.user, "withings", user_id) is None:
-                raise SignatureRejected(f"withings userid {user_id!r} is not a connected user")
-            return await commit(events)
-
-        routes += [
-            Route("/webhooks/withings", withings_check, methods=["HEAD"]),
-            Route("/webhooks/withings", withings_notify, methods=["POST"]),
-        ]
+    routes += google_health.routes(receiver, secrets.google_health)
+    routes += withings.routes(receiver, secrets.withings_token)
+    routes += polar_accesslink.routes(receiver, secrets.polar_accesslink)
 
     if secrets.simulated_secret is not None:
         secret = secrets.simulated_secret

@@ -10,6 +10,19 @@ receiver logs it at startup).
 | OHX_OURA_VERIFICATION_TOKEN | oura | verification_token given when subscribing |
 | OHX_WITHINGS_CALLBACK_TOKEN | withings | shared secret in the callback URL (?token=) |
 | OHX_SIMULATED_WEBHOOK_SECRET | simulated | development only: HMAC key of the simulator's events |
+| OHX_GOOGLE_HEALTH_WEBHOOK_AUTHORIZATION | google_health | Authorization value Google sends |
+| OHX_GOOGLE_HEALTH_WEBHOOK_KEYSET | google_health | Google's Tink keyset: https URL or file |
+| OHX_POLAR_ACCESSLINK_CLIENT_SECRET | polar_accesslink | the AccessLink OAuth app: mounts it |
+| OHX_POLAR_ACCESSLINK_SIGNATURE_SECRET_KEY | polar_accesslink | the webhook's signing key |
+
+Google Health: the authorization value is the subscriber's endpointAuthorization.secret, scheme
+included (`Bearer <secret>`); the keyset verifies the notifications' signatures and defaults to
+GOOGLE_HEALTH_KEYSET_URL (gstatic). Setting the keyset without the authorization is an error.
+
+Polar AccessLink: the route is mounted with the OAuth app (its client secret), because Polar
+PINGs it while the app's one webhook is being created, before it hands out the signature key;
+until the key is set the route answers PINGs only (providers/polar/accesslink_subscriptions.py
+creates the webhook and shows the key once). The key without the client secret is an error.
 
 Routes are /webhooks/<route>. Half a configuration (a verification token without its secret) or
 a value too short to be a secret is an error at startup that names the variable; the one
@@ -62,6 +75,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 from ohx_dagster.errors import ConfigError
 
@@ -71,6 +85,13 @@ OURA_SECRET: Final = "OHX_OURA_CLIENT_SECRET"
 OURA_TOKEN: Final = "OHX_OURA_VERIFICATION_TOKEN"
 WITHINGS_TOKEN: Final = "OHX_WITHINGS_CALLBACK_TOKEN"
 SIMULATED_SECRET: Final = "OHX_SIMULATED_WEBHOOK_SECRET"
+GOOGLE_HEALTH_AUTHORIZATION: Final = "OHX_GOOGLE_HEALTH_WEBHOOK_AUTHORIZATION"
+GOOGLE_HEALTH_KEYSET: Final = "OHX_GOOGLE_HEALTH_WEBHOOK_KEYSET"
+GOOGLE_HEALTH_KEYSET_URL: Final = (
+    "https://www.gstatic.com/googlehealthapi/webhooks/webhooks_public_keyset.json"
+)
+POLAR_ACCESSLINK_SECRET: Final = "OHX_POLAR_ACCESSLINK_CLIENT_SECRET"
+POLAR_ACCESSLINK_KEY: Final = "OHX_POLAR_ACCESSLINK_SIGNATURE_SECRET_KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +101,27 @@ class OuraSecrets:
 
 
 @dataclass(frozen=True, slots=True)
+class GoogleHealthSecrets:
+    authorization: str  # the exact Authorization header value Google sends
+    keyset_location: str = GOOGLE_HEALTH_KEYSET_URL
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PolarAccessLinkSecrets:
+    """None: the webhook is not created yet (only PINGs are answered)."""
+
+    signature_secret_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookSecrets:
     """Per provider its secrets, or None when that provider is not configured (not mounted)."""
 
     oura: OuraSecrets | None = None
     withings_token: str | None = None
     simulated_secret: str | None = None
+    google_health: GoogleHealthSecrets | None = None
+    polar_accesslink: PolarAccessLinkSecrets | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookSecrets:
@@ -95,6 +131,8 @@ class WebhookSecrets:
             oura=None if oura is None else OuraSecrets(*oura),
             withings_token=_secret(env, WITHINGS_TOKEN),
             simulated_secret=_secret(env, SIMULATED_SECRET),
+            google_health=_google_health(env),
+            polar_accesslink=_polar_accesslink(env),
         )
 
     @property
@@ -103,6 +141,8 @@ class WebhookSecrets:
         return {
             "oura": self.oura is not None,
             "withings": self.withings_token is not None,
+            "google_health": self.google_health is not None,
+            "polar_accesslink": self.polar_accesslink is not None,
             "simulated": self.simulated_secret is not None,
         }
 
@@ -279,3 +319,40 @@ def _oura(env: Mapping[str, str]) -> tuple[str, str] | None:
     if token is not None and secret is None:
         raise ConfigError(f"{OURA_TOKEN} is set but {OURA_SECRET} is not: set both or neither")
     return None if token is None or secret is None else (secret, token)
+
+
+def _google_health(env: Mapping[str, str]) -> GoogleHealthSecrets | None:
+    """Mounted with the authorization secret; the keyset is an https URL (http only on this
+    machine, for tests) or a file that exists."""
+    authorization = _secret(env, GOOGLE_HEALTH_AUTHORIZATION)
+    location = env.get(GOOGLE_HEALTH_KEYSET, "").strip()
+    if authorization is None:
+        if location:
+            raise ConfigError(
+                f"{GOOGLE_HEALTH_KEYSET} is set but {GOOGLE_HEALTH_AUTHORIZATION} is not: set "
+                "the authorization secret too, or neither"
+            )
+        return None
+    if not location:
+        return GoogleHealthSecrets(authorization)
+    url = urlsplit(location)
+    local = url.scheme == "http" and url.hostname in ("127.0.0.1", "localhost", "::1")
+    if (url.scheme == "https" and url.hostname) or local:
+        return GoogleHealthSecrets(authorization, location)
+    if "://" in location or not os.path.isfile(location):
+        raise ConfigError(
+            f"{GOOGLE_HEALTH_KEYSET}={location!r}: expected an https:// URL or the path of an "
+            "existing file (Google's Tink JSON keyset)"
+        )
+    return GoogleHealthSecrets(authorization, location)
+
+
+def _polar_accesslink(env: Mapping[str, str]) -> PolarAccessLinkSecrets | None:
+    """Mounted with the OAuth app's client secret; the signature key once the webhook exists."""
+    secret, key = _secret(env, POLAR_ACCESSLINK_SECRET), _secret(env, POLAR_ACCESSLINK_KEY)
+    if key is not None and secret is None:
+        raise ConfigError(
+            f"{POLAR_ACCESSLINK_KEY} is set but {POLAR_ACCESSLINK_SECRET} is not: the webhook "
+            "belongs to the AccessLink OAuth app, set its client id and secret too"
+        )
+    return None if secret is None else PolarAccessLinkSecrets(key)

@@ -1,5 +1,7 @@
 """Google Health API v4 (the Fitbit Web API's successor): heart rate, steps, weight and oxygen
-saturation of a person's Fitbit and Pixel devices and Health Connect apps. Sources: SOURCE.md."""
+saturation of a person's Fitbit and Pixel devices and Health Connect apps, one reading per moment
+from the reconciled view, realtime through Google's signed webhooks (webhook.py; the subscriber is
+the project's, AUTOMATIC: nothing to subscribe per person). Sources: SOURCE.md."""
 
 from __future__ import annotations
 

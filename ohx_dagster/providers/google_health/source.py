@@ -1,62 +1,100 @@
-"""Google Health API v4 (the successor of the Fitbit Web API), per connected user:
-GET /v4/users/me/dataTypes/{dataType}/dataPoints?filter=...&pageSize=...&pageToken=...
+"""Google Health API v4 (the successor of the Fitbit Web API), per connected person. Every shape
+and rule: SOURCE.md beside this module.
 
 | our type | dataType | DataPoint field | value | time |
 |---|---|---|---|---|
-| heart_rate | heart-rate | heartRate | beatsPerMinute (bpm) | sampleTime |
-| steps | steps | steps | count, over the interval (duration kept) | interval.startTime |
+| heart_rate | heart-rate | heartRate | beatsPerMinute (bpm); context: motionContext | sampleTime |
+| steps | steps | steps | count over the interval (its duration kept) | interval.startTime |
 | weight | weight | weight | weightGrams (g -> kg) | sampleTime |
 | spo2 | oxygen-saturation | oxygenSaturation | percentage (%) | sampleTime |
 
-Sample times are {physicalTime (RFC 3339), utcOffset (a protobuf Duration such as "3600s")},
-intervals {startTime, startUtcOffset, endTime, endUtcOffset}; the local offset is kept. The
-filter (AIP-160) selects the window on physical time (`{type}.sample_time.physical_time`, or
-`{type}.interval.start_time` for intervals); pages follow `nextPageToken`. int64 fields arrive
-as JSON strings (protobuf JSON), and an empty result may omit `dataPoints` altogether.
+One reading per person and moment: the values come from the reconciled stream,
+GET .../dataPoints:reconcile?dataSourceFamily=users/me/dataSourceFamilies/all-sources ("Reconcile
+data points from multiple data sources into a single data stream"), so the steps a phone and a
+watch both counted are counted once. A ReconciledDataPoint carries no `dataSource`: the source
+also reads the raw points (GET .../dataPoints, one per data source) of the same window and gives a
+reconciled reading the provenance of the raw point it equals (same time, same value) when exactly
+one source's points match: the device's displayName (else its manufacturer and form factor, else
+the uploading application) becomes the record's device_id, and recordingMethod MANUAL its method
+"manual". A reading no raw point or several sources match keeps device_id "".
+
+Proto3 JSON omits fields holding their default: a sample without `sampleTime.utcOffset` (or an
+interval without `startUtcOffset`) was taken at UTC+0, a steps point without `count` counted 0
+steps. A heart rate, weight or SpO2 point without its value is skipped (zero is no reading). int64
+values arrive as JSON strings. A value that is present but malformed is a ProviderError naming the
+endpoint, the point, the field and the value: that type fails for the run, the others go on.
+
+Notifications (`event_windows`) name a data type and its changed intervals: those windows are read
+again, UPSERT and DELETE alike (the answer for a window is authoritative, so what Google no longer
+holds goes).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import pandas as pd
 
+from ohx_dagster.coverage import Interval
+from ohx_dagster.errors import ValidationError
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSource, Sample, samples_batch
+from ohx_dagster.providers.base import Event
 from ohx_dagster.providers.http import TokenSource, paginate
+from ohx_dagster.times import to_us
 
 NAME: Final = "google_health"
 MAX_PAGE_SIZE: Final = 10_000
+ALL_SOURCES: Final = "users/me/dataSourceFamilies/all-sources"
+# A civil (local) time is within 14 hours of UTC: a notification interval known only in civil
+# time is read this much wider on each side.
+CIVIL_REACH: Final = timedelta(hours=14)
 
 
 @dataclass(frozen=True, slots=True)
 class GoogleType:
-    data_type: str  # in the URL
-    field: str  # the DataPoint's union field
-    filter_name: str  # in filter expressions
-    value: str  # the value's field in the record
+    data_type: str  # in the URL and in notifications (kebab-case)
+    field: str  # the DataPoint's union member
+    filter_name: str  # in filter expressions (snake_case)
+    value: str  # the value's field in the member
     unit: str
     interval: bool = False
+    # Whether an omitted value (proto3's default 0) is a reading: 0 steps are, 0 bpm is not.
+    zero_is_reading: bool = False
 
     @property
     def endpoint(self) -> str:
         return f"/v4/users/me/dataTypes/{self.data_type}/dataPoints"
 
+    @property
+    def reconcile(self) -> str:
+        return f"{self.endpoint}:reconcile"
+
 
 TYPES: Final[dict[HealthDataType, GoogleType]] = {
     HealthDataType.HEART_RATE: GoogleType("heart-rate", "heartRate", "heart_rate",
                                           "beatsPerMinute", "bpm"),
-    HealthDataType.STEPS: GoogleType("steps", "steps", "steps", "count", "steps", interval=True),
+    HealthDataType.STEPS: GoogleType("steps", "steps", "steps", "count", "steps", interval=True,
+                                     zero_is_reading=True),
     HealthDataType.WEIGHT: GoogleType("weight", "weight", "weight", "weightGrams", "g"),
     HealthDataType.SPO2: GoogleType("oxygen-saturation", "oxygenSaturation", "oxygen_saturation",
                                     "percentage", "%"),
 }  # fmt: skip
+# Notification dataType -> our type.
+BY_DATA_TYPE: Final[dict[str, HealthDataType]] = {g.data_type: k for k, g in TYPES.items()}
+
+# (start µs, end µs or None, value): how a reconciled reading finds its raw point.
+Key = tuple[int, int | None, float]
+# (device_id, method) of a raw point.
+Provenance = tuple[str, str]
 
 
-def rfc3339(moment: Any) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def time_filter(kind: GoogleType, window: DateRange) -> str:
@@ -65,32 +103,164 @@ def time_filter(kind: GoogleType, window: DateRange) -> str:
     return f'{field} >= "{rfc3339(window.start)}" AND {field} < "{rfc3339(window.end)}"'
 
 
+def _offset_s(member: Any, path: str, where: str) -> float:
+    """A protobuf Duration offset; omitted means 0 (proto3 JSON leaves a zero Duration out)."""
+    node = member
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None:
+        return 0.0
+    return payload.duration_s(member, path, where)
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    at: datetime
+    end: datetime | None
+    offset_s: float
+    value: float
+    context: str
+
+    @property
+    def key(self) -> Key:
+        return to_us(self.at), None if self.end is None else to_us(self.end), self.value
+
+
+def read_point(point: Any, spec: GoogleType, where: str) -> Reading | None:
+    """One DataPoint or ReconciledDataPoint; None for a value proto3 left out that is no reading."""
+    if not isinstance(point, dict):
+        raise payload.bad_field(where, "(point)", point, "a DataPoint object")
+    member = payload.get(point, spec.field, where, f"a {spec.field} object")
+    if not isinstance(member, dict):
+        raise payload.bad_field(where, spec.field, member, f"a {spec.field} object")
+    at = f"{where}.{spec.field}"
+    if spec.value in member:
+        value = payload.number(member, spec.value, at)
+    elif spec.zero_is_reading:
+        value = 0.0
+    else:
+        return None
+    if spec.interval:
+        start = payload.instant(member, "interval.startTime", at)
+        end = payload.instant(member, "interval.endTime", at)
+        if end < start:
+            raise payload.bad_field(at, "interval.endTime", member["interval"]["endTime"],
+                                    "an instant not before interval.startTime")  # fmt: skip
+        offset = _offset_s(member, "interval.startUtcOffset", at)
+        return Reading(start, end, offset, value, "")
+    start = payload.instant(member, "sampleTime.physicalTime", at)
+    offset = _offset_s(member, "sampleTime.utcOffset", at)
+    metadata = member.get("metadata") if spec.field == "heartRate" else None
+    motion = metadata.get("motionContext") if isinstance(metadata, dict) else None
+    context = motion.lower() if isinstance(motion, str) and "UNSPECIFIED" not in motion else ""
+    return Reading(start, None, offset, value, context)
+
+
+def provenance(point: Mapping[str, Any]) -> Provenance:
+    """(device_id, method) from a raw point's DataSource: the device's name, else its make and
+    form factor, else the application that uploaded it; MANUAL recordings are "manual"."""
+    source = point.get("dataSource")
+    if not isinstance(source, dict):
+        return "", "device"
+    method = "manual" if source.get("recordingMethod") == "MANUAL" else "device"
+    device = source.get("device") if isinstance(source.get("device"), dict) else {}
+    name = device.get("displayName")
+    if isinstance(name, str) and name.strip():
+        return name.strip(), method
+    form = device.get("formFactor")
+    if isinstance(form, str) and form and "UNSPECIFIED" not in form:
+        make = device.get("manufacturer")
+        parts = [make.strip()] if isinstance(make, str) and make.strip() else []
+        return " ".join([*parts, form.lower().replace("_", " ")]), method
+    application = source.get("application") if isinstance(source.get("application"), dict) else {}
+    for field in ("packageName", "webClientId", "googleWebClientId"):
+        value = application.get(field)
+        if isinstance(value, str) and value.strip():
+            return value.strip(), method
+    return "", method
+
+
+def attribute(found: set[Provenance]) -> Provenance:
+    """A reconciled reading's provenance from the raw points it equals: theirs when one source
+    matches; several or none: no device, "manual" only when every match was typed in."""
+    if len(found) == 1:
+        return next(iter(found))
+    manual = bool(found) and all(method == "manual" for _, method in found)
+    return "", "manual" if manual else "device"
+
+
+def interval_window(interval: Any, where: str) -> tuple[Interval, datetime | None]:
+    """A notification interval as a window to read again, and its physical start (None when the
+    interval is given in civil time only). Raises ValidationError naming the field."""
+    if not isinstance(interval, dict):
+        raise ValidationError("intervals[]", interval, "an interval object", where=where)
+    physical = interval.get("physicalTimeInterval")
+    if physical is not None:
+        start = _notified_instant(physical, "startTime", f"{where}.physicalTimeInterval")
+        end = _notified_instant(physical, "endTime", f"{where}.physicalTimeInterval")
+        if end < start:
+            raise ValidationError("physicalTimeInterval.endTime", physical.get("endTime"),
+                                  "an instant not before startTime", where=where)  # fmt: skip
+        # The end is included: a sample type's interval may start and end at its one sample.
+        return (to_us(start), to_us(end) + 1), start
+    civil = interval.get("civilIso8601TimeInterval")
+    if civil is not None:
+        start = _civil(civil, "startTime", f"{where}.civilIso8601TimeInterval")
+        end = _civil(civil, "endTime", f"{where}.civilIso8601TimeInterval")
+        if end < start:
+            raise ValidationError("civilIso8601TimeInterval.endTime", civil.get("endTime"),
+                                  "a time not before startTime", where=where)  # fmt: skip
+        return (to_us(start - CIVIL_REACH), to_us(end + CIVIL_REACH) + 1), None
+    raise ValidationError(
+        "physicalTimeInterval",
+        None,
+        "physicalTimeInterval {startTime, endTime} or civilIso8601TimeInterval",
+        where=where,
+    )
+
+
+def _notified_instant(node: Any, name: str, where: str) -> datetime:
+    value = node.get(name) if isinstance(node, dict) else None
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.utcoffset() is None:
+        raise ValidationError(name, value, "an RFC 3339 date-time with Z or an offset", where=where)
+    return moment.astimezone(UTC)
+
+
+def _civil(node: Any, name: str, where: str) -> datetime:
+    value = node.get(name) if isinstance(node, dict) else None
+    try:
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is not None:
+        raise ValidationError(name, value, "a civil date-time YYYY-MM-DDTHH:mm:ss", where=where)
+    return moment.replace(tzinfo=UTC)
+
+
+def notification_windows(data: Mapping[str, Any], where: str) -> list[Interval]:
+    intervals = data.get("intervals") or []
+    if not isinstance(intervals, list):
+        raise ValidationError("intervals", intervals, "an array of intervals", where=where)
+    return [interval_window(i, f"{where}.intervals[{n}]")[0] for n, i in enumerate(intervals)]
+
+
 class GoogleHealthSource(ApiSource):
-    def read(
-        self,
-        user: HealthSyncConfig,
-        kind: HealthDataType,
-        window: DateRange,
-        auth: TokenSource,
-        batch_size: int = MAX_PAGE_SIZE,
-    ) -> pd.DataFrame:
-        if kind not in TYPES:
-            return super().read(user, kind, window, auth)
-        spec = TYPES[kind]
-        where = self.connection.where(spec.endpoint)
-        params = {
-            "filter": time_filter(spec, window),
-            "pageSize": str(max(1, min(batch_size, MAX_PAGE_SIZE))),
-        }
+    def _points(
+        self, user: HealthSyncConfig, endpoint: str, params: dict[str, str], auth: TokenSource
+    ) -> list[Any]:
+        where = self.connection.where(endpoint)
+        budget = self.connection.budget(user)
 
         def page(token: str | None) -> tuple[list[Any], str | None]:
             query = params if token is None else {**params, "pageToken": token}
-            body = self.connection.api.json(
-                "GET", spec.endpoint, auth=auth, params=query, budget=self.connection.budget(user)
-            )
+            body = self.connection.api.json("GET", endpoint, auth=auth, params=query, budget=budget)
             if not isinstance(body, dict):
                 raise payload.bad_field(where, "(body)", body, "a JSON object")
-            points = body.get("dataPoints", [])  # protobuf JSON omits an empty list
+            points = body.get("dataPoints", [])  # proto3 JSON omits an empty list
             if not isinstance(points, list):
                 raise payload.bad_field(where, "dataPoints", points, "a JSON array")
             following = body.get("nextPageToken")
@@ -98,20 +268,62 @@ class GoogleHealthSource(ApiSource):
                 raise payload.bad_field(where, "nextPageToken", following, "a string")
             return points, following
 
+        return list(paginate(NAME, endpoint, page))
+
+    def read(
+        self, user: HealthSyncConfig, kind: HealthDataType, window: DateRange, auth: TokenSource
+    ) -> pd.DataFrame:
+        if kind not in TYPES:
+            return super().read(user, kind, window, auth)
+        spec = TYPES[kind]
+        params = {"filter": time_filter(spec, window), "pageSize": str(MAX_PAGE_SIZE)}
+        reconciled = self._points(
+            user, spec.reconcile, {**params, "dataSourceFamily": ALL_SOURCES}, auth
+        )
+        raw = self._points(user, spec.endpoint, params, auth)
+        sources: dict[Key, set[Provenance]] = {}
+        where = self.connection.where(spec.endpoint)
+        for index, point in enumerate(raw):
+            reading = read_point(point, spec, f"{where} dataPoints[{index}]")
+            if reading is not None:
+                sources.setdefault(reading.key, set()).add(provenance(point))
         samples = []
-        for index, point in enumerate(paginate(NAME, spec.endpoint, page)):
-            at = f"{where} dataPoints[{index}]"
-            record = payload.get(point, spec.field, at, f"a {spec.field} object")
-            value = payload.number(record, spec.value, f"{at}.{spec.field}")
-            if spec.interval:
-                start = payload.instant(record, "interval.startTime", f"{at}.{spec.field}")
-                end = payload.instant(record, "interval.endTime", f"{at}.{spec.field}")
-                offset_s = payload.duration_s(record, "interval.startUtcOffset", f"{at}.steps")
-                duration = (end - start).total_seconds()
-            else:
-                start = payload.instant(record, "sampleTime.physicalTime", f"{at}.{spec.field}")
-                offset_s = payload.duration_s(record, "sampleTime.utcOffset", f"{at}.{spec.field}")
-                duration = None
-            if window.contains(start):
-                samples.append(Sample(start, value, int(offset_s // 60), duration))
+        where = self.connection.where(spec.reconcile)
+        for index, point in enumerate(reconciled):
+            reading = read_point(point, spec, f"{where} dataPoints[{index}]")
+            if reading is None or not window.contains(reading.at):
+                continue
+            device_id, method = attribute(sources.get(reading.key, set()))
+            duration = None if reading.end is None else (reading.end - reading.at).total_seconds()
+            samples.append(
+                Sample(
+                    reading.at,
+                    reading.value,
+                    int(reading.offset_s // 60),
+                    duration,
+                    device_id=device_id,
+                    method=method,
+                    context=reading.context,
+                )
+            )
         return samples_batch(NAME, user.user_id, kind, spec.unit, samples)
+
+    # -- notifications ---------------------------------------------------------------------------
+
+    def event_windows(
+        self, user: HealthSyncConfig, events: Sequence[Event], now: datetime
+    ) -> dict[HealthDataType, list[Interval]]:
+        """Each notification's intervals for its type; one without intervals (none documented,
+        but possible) reads the re-sync horizon back from its arrival."""
+        wanted = self.supported_types & user.enabled_types
+        found: dict[HealthDataType, list[Interval]] = {}
+        for event in events:
+            kind = BY_DATA_TYPE.get(str(event.payload.get("dataType", "")))
+            if kind is None or kind not in wanted:
+                continue
+            windows = notification_windows(event.payload, f"{NAME} notification")
+            if not windows:
+                since = event.received_at - self.resync_horizon
+                windows = [(to_us(since), to_us(now))]
+            found.setdefault(kind, []).extend(windows)
+        return found

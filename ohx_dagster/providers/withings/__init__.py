@@ -1,5 +1,6 @@
 """Withings: scales, blood-pressure cuffs, thermometers and watches through the Withings public
-API (measure getmeas), realtime through Withings notifications. Sources: SOURCE.md."""
+API (measure getmeas, Heart v2 ECG recordings, intraday activity), realtime through Withings
+notifications (webhook.py). Sources of every shape and rule: SOURCE.md."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ from ohx_dagster.providers import payload
 from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
 from ohx_dagster.providers.budget import RequestLimit
 from ohx_dagster.providers.withings import subscriptions
-from ohx_dagster.providers.withings.source import NAME, WithingsSource
+from ohx_dagster.providers.withings.source import (
+    HEART,
+    MEASURE,
+    MEASURE_V2,
+    NAME,
+    WithingsSource,
+    measure_value,
+)
 
 
 def find_user_id(api: Any, token_answer: Any, access_token: str) -> str:
@@ -27,11 +35,17 @@ APP = ProviderApp(
     env_prefix="OHX_WITHINGS",
     api_url="https://wbsapi.withings.net",
     token_url="https://wbsapi.withings.net/v2/oauth2",
-    # user.metrics -> measure getmeas (weight, blood pressure, pulse, SpO2, temperature).
+    # user.metrics -> measure getmeas (weight, blood pressure, pulse, SpO2, temperature) and
+    # Heart v2 list/get (ECG); user.activity -> measure v2 getintradayactivity (steps, heart
+    # rate). Comma-separated, as Withings' authorize URL takes them.
     authorize=AuthorizeSpec(
-        "https://account.withings.com/oauth2_user/authorize2", ("user.metrics",), ","
+        "https://account.withings.com/oauth2_user/authorize2",
+        ("user.metrics", "user.activity"),
+        ",",
     ),
-    supported_types=frozenset({T.HEART_RATE, T.BLOOD_PRESSURE, T.WEIGHT, T.TEMPERATURE, T.SPO2}),
+    supported_types=frozenset(
+        {T.HEART_RATE, T.STEPS, T.ECG, T.BLOOD_PRESSURE, T.WEIGHT, T.TEMPERATURE, T.SPO2}
+    ),
     # Scales and cuffs sync over Wi-Fi or the app; notifications name new data as well.
     resync_horizon=timedelta(hours=48),
     request_limit=RequestLimit(120, 60.0),
@@ -43,4 +57,4 @@ APP = ProviderApp(
 )
 WithingsSource.app = APP
 
-__all__ = ["APP", "NAME", "WithingsSource"]
+__all__ = ["APP", "HEART", "MEASURE", "MEASURE_V2", "NAME", "WithingsSource", "measure_value"]

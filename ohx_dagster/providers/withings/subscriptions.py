@@ -1,6 +1,7 @@
 """Withings subscribes per person: `POST /notify` with `action=subscribe`, `callbackurl`, `appli`
 and `comment`, authorized by that person's access token; the answer is {"status": 0, "body": {}}
-(any other status is a failure; 401 refreshes the token once). One subscription per appli whose
+(its status checked like every Withings answer, codes.status_check: 401 refreshes the token once,
+any other non-zero status is a failure of that appli). One subscription per appli whose
 data the withings source reads. Withings checks the callback with a HEAD first (the receiver
 answers it) and the callback carries the receiver's shared-secret `token`. Sources: SOURCE.md.
 """
@@ -8,15 +9,14 @@ answers it) and the callback carries the receiver's shared-secret `token`. Sourc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Final
 from urllib.parse import quote
 
-from ohx_dagster.errors import OhxError, ProviderError
+from ohx_dagster.errors import OhxError
 from ohx_dagster.models import HealthSyncConfig
-from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiConnection, ApiSettings
 from ohx_dagster.providers.app import ProviderApp
-from ohx_dagster.providers.http import Unauthorized, excerpt
+from ohx_dagster.providers.http import excerpt
 from ohx_dagster.providers.subscription import (
     CREATED,
     FAILED,
@@ -24,13 +24,14 @@ from ohx_dagster.providers.subscription import (
     SubscriptionResult,
     SubscriptionSettings,
 )
+from ohx_dagster.providers.withings.codes import APPLI, status_check
 from ohx_dagster.store import RecordStore
 
 NOTIFY: Final = "/notify"
-# Applis whose data the withings source reads (getmeas, scope user.metrics).
-APPLIS: Final = (1, 2, 4)
+# Applis subscribed at connection: every category whose data the source reads (codes.APPLI):
+# measures (1, 2, 4), activity (16), sleep (44) and ECG (54).
+APPLIS: Final = tuple(sorted(APPLI))
 COMMENT: Final = "ohx-dagster"
-INVALID_TOKEN: Final = 401
 
 
 def after_connect(
@@ -57,17 +58,6 @@ def after_connect(
         backoff_s=backoff_s,
         hidden=(token, quote(token, safe="")),
     )
-
-
-def _check(body: Any) -> None:
-    where = f"withings {NOTIFY} subscribe"
-    status = payload.get(body, "status", where, "a status code")
-    if status == 0:
-        return
-    message = excerpt(str(body.get("error", "")))
-    if status == INVALID_TOKEN:
-        raise Unauthorized("withings", NOTIFY, 401, f"status 401 {message}".rstrip())
-    raise ProviderError(f"{where}: status {status} {message}".rstrip())
 
 
 def subscribe_user(
@@ -97,7 +87,8 @@ def subscribe_user(
                 "comment": COMMENT,
             }
             try:
-                connection.api.json("POST", NOTIFY, auth=auth, data=form, check=_check)
+                check = status_check(NOTIFY, "subscribe")
+                connection.api.json("POST", NOTIFY, auth=auth, data=form, check=check)
             except OhxError as exc:
                 detail = excerpt(str(exc), secrets=hidden)
                 failed = SubscriptionResult("withings", user.user_id, target, FAILED, detail=detail)
@@ -107,5 +98,3 @@ def subscribe_user(
     finally:
         connection.api.close()
     return results
-
-
