@@ -16,6 +16,7 @@ from ohx_dagster.shards import Sharding
 from resources import FhirOutputResource, SourcesResource
 from resources.fhir_server import fhir_server_from_env
 from resources.store import store_resource
+from sensors.erasure import erase_person_job
 from sensors.new_users import build_new_user_sensor
 from sensors.republish import build_republish_sensor
 from sensors.retention import apply_retention_job, retention_schedule
@@ -42,7 +43,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     uses_oura = "oura" in settings.sources
     return dg.Definitions(
         assets=sync_assets,
-        jobs=[sync_job, apply_retention_job, *([oura_subscriptions_job] if uses_oura else [])],
+        jobs=[
+            sync_job,
+            apply_retention_job,
+            erase_person_job,
+            *([oura_subscriptions_job] if uses_oura else []),
+        ],
         schedules=[
             *build_schedules(sync_job, sharding, settings.partitions_start),
             retention_schedule,
@@ -59,6 +65,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             "sources": SourcesResource(
                 simulated_users=settings.simulated_users,
                 simulated_seed=settings.simulated_seed,
+                simulated_hr_hz=settings.simulated_hr_hz,
                 fitabase_dir=settings.fitabase_dir,
                 fitabase_tz=settings.fitabase_tz,
                 polar_csv=settings.polar_csv,

@@ -1,0 +1,84 @@
+"""`ohx`: the operator's command line (console script `ohx = "ohx_dagster.cli:main"`).
+
+| command | module |
+|---|---|
+| ohx status [--provider P] [--json] | status.py |
+| ohx users list / show / disconnect / delete | users.py |
+| ohx connect <provider> --patient ID | connect.py |
+| ohx import apple-health / fitabase | imports.py |
+| ohx doctor | doctor.py |
+| ohx db upgrade / current | db.py |
+| ohx fhir fetch-packages | fhir.py |
+| ohx dev | dev.py |
+
+An error a person can fix (a setting, an argument, a file, an unreachable database) is one line
+on stderr naming what to change, exit code 1; `ohx --debug ...` shows the traceback instead.
+`--help` only prints: no command module opens a database or imports pandas or Dagster before
+its command runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from ohx_dagster.cli import common, connect, db, dev, doctor, fhir, imports, status, users
+from ohx_dagster.errors import OhxError
+
+
+def _user_error(exc: BaseException) -> str | None:
+    """The one line for an error a person can cause and fix, None for anything else (a bug)."""
+    import sqlalchemy.exc
+
+    if isinstance(exc, OhxError):
+        return common.one_line(exc)
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return common.database_error(exc)
+    if isinstance(exc, sqlalchemy.exc.ArgumentError):
+        return f"OHX_DATABASE_URL: {common.one_line(exc)}"
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or common.one_line(exc)}"
+    return None
+
+
+class OhxGroup(click.Group):
+    """The top-level group: turns the errors a person can fix into one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:
+            raise click.exceptions.Exit(1) from None  # `ohx status | head`
+        except Exception as exc:
+            message = _user_error(exc)
+            if message is None or ctx.params.get("debug"):
+                raise
+            click.echo(f"ohx: error: {message}", err=True)
+            raise click.exceptions.Exit(1) from None
+
+
+@click.group(cls=OhxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show the traceback of an error, not one line.")
+def cli(debug: bool) -> None:
+    """Open Health Exchange sync: status, people, connections, imports and checks."""
+
+
+for command in (
+    status.status,
+    users.users,
+    connect.connect,
+    imports.import_,
+    doctor.doctor,
+    db.db,
+    fhir.fhir,
+    dev.dev,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="ohx")

@@ -1,0 +1,182 @@
+"""What every `ohx` command shares: where the store is, how it is opened, the one line a person
+sees for an error they can fix, and how times are shown (ISO 8601 and words, never the epoch
+microseconds the tables hold).
+
+Only click is imported at module level: `ohx --help` loads no database driver, pandas or Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ohx_dagster.errors import OhxError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ohx_dagster.store import RecordStore
+
+# The database the command opened, for the error line of a connection failure.
+_opened: dict[str, str] = {}
+
+
+class NoDatabase(OhxError):
+    """A command that reads the store found no SQLite file where the settings point."""
+
+
+def ohx_home(env: Mapping[str, str] | None = None) -> Path:
+    """OHX_HOME, as ohx_dagster.settings reads it."""
+    env = os.environ if env is None else env
+    return Path(env.get("OHX_HOME") or Path.home() / ".ohx").expanduser()
+
+
+def database_url(env: Mapping[str, str] | None = None) -> str:
+    """OHX_DATABASE_URL, or the embedded SQLite default under OHX_HOME (Settings' rule).
+
+    Read alone, without Settings.from_env: `ohx db upgrade` runs in deployments (a migration job)
+    whose environment holds the database URL and nothing else."""
+    env = os.environ if env is None else env
+    return env.get("OHX_DATABASE_URL") or f"sqlite:///{ohx_home(env) / 'ohx.db'}"
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a sqlite:/// URL (None for other databases and in-memory SQLite)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///")
+    return None if not path or path == ":memory:" else Path(path)
+
+
+def redacted(url: str) -> str:
+    from ohx_dagster.db import redacted as hide
+
+    return hide(url)
+
+
+def missing_database(url: str) -> NoDatabase:
+    return NoDatabase(
+        f"no record store at {sqlite_file(url)} (OHX_DATABASE_URL, default $OHX_HOME/ohx.db, "
+        f"OHX_HOME={ohx_home()}): point the variables at the store, or create it with "
+        "`ohx db upgrade`"
+    )
+
+
+def remember_database(url: str) -> None:
+    _opened["url"] = url
+
+
+def open_store(ctx: click.Context, *, create: bool = False) -> RecordStore:
+    """The record store of the settings, disposed when the command ends. A SQLite file that is
+    not there is an error unless `create` (commands that only read do not make databases)."""
+    from ohx_dagster.store import RecordStore
+
+    url = database_url()
+    remember_database(url)
+    path = sqlite_file(url)
+    if path is not None and not create and not path.is_file():
+        raise missing_database(url)
+    store = RecordStore(url)
+    ctx.call_on_close(store.dispose)
+    return store
+
+
+def one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def database_error(exc: BaseException) -> str:
+    """A database that cannot be reached, as one line naming the setting."""
+    reason = one_line(getattr(exc, "orig", None) or exc)
+    reason = reason.split(" (Background on this error at:")[0]
+    url = _opened.get("url")
+    where = f"database {redacted(url)}" if url else "the database"
+    return (
+        f"{where} (OHX_DATABASE_URL): {reason}: check that the server is running and reachable "
+        "and that the URL's host, database, user and password are right"
+    )
+
+
+# -- times, for people -----------------------------------------------------------------------------
+
+
+def as_datetime(moment: datetime | int | None) -> datetime | None:
+    if moment is None or isinstance(moment, datetime):
+        return moment
+    from ohx_dagster.times import from_us
+
+    return from_us(moment)
+
+
+def iso(moment: datetime | int | None) -> str | None:
+    """ISO 8601 UTC to the second ("2026-11-24T10:00:00Z"); an int is store microseconds."""
+    found = as_datetime(moment)
+    if found is None:
+        return None
+    return found.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def iso_duration(delta: timedelta) -> str:
+    """ISO 8601 duration to the second: P2DT3H4M5S, PT0S."""
+    seconds = max(0, int(delta.total_seconds()))
+    days, seconds = divmod(seconds, 86_400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    clock = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
+    text = "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "")
+    return text if text != "P" else "PT0S"
+
+
+def words(delta: timedelta) -> str:
+    """A duration as a person reads it: "42 s", "17 min", "5 h 3 min", "3 d 4 h"."""
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+# -- output ----------------------------------------------------------------------------------------
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A rich console on click's stream; wide when the output is not a terminal (a file, a pipe,
+    a test), so that tables are not wrapped into columns of a few characters."""
+    from rich.console import Console
+
+    stream = click.get_text_stream("stderr" if stderr else "stdout")
+    width = None if stream.isatty() else int(os.environ.get("COLUMNS") or 160)
+    return Console(file=stream, width=width, highlight=False, soft_wrap=True)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def check_provider(provider: str | None) -> str | None:
+    """A --provider value: one of the sources this product knows."""
+    if provider is None:
+        return None
+    from ohx_dagster.settings import KNOWN_SOURCES
+
+    if provider not in KNOWN_SOURCES:
+        raise click.BadParameter(
+            f"{provider!r}: expected one of {', '.join(KNOWN_SOURCES)}", param_hint="--provider"
+        )
+    return provider

@@ -1,0 +1,165 @@
+"""`ohx connect <provider> --patient ID`: the link that starts connecting a person's account.
+
+The link is the receiver's connect flow (ohx_dagster/webhooks/connect.py):
+OHX_OAUTH_REDIRECT_BASE + /connect/<provider>?patient=..&timezone=..&frequency=..&aggregation=..
+&lookback_days=.. The receiver wants the staff token OHX_CONNECT_TOKEN: `--with-token` puts it
+in the link (a browser can open it; the link is then a secret), otherwise the curl printed beside
+it sends it as an Authorization header from your shell's variable, and prints the provider's
+consent page to open in the person's browser. Nothing is stored until the person consents.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from urllib.parse import urlencode
+
+import click
+
+from ohx_dagster.errors import ConfigError
+
+REDIRECT_BASE = "OHX_OAUTH_REDIRECT_BASE"
+CONNECT_TOKEN = "OHX_CONNECT_TOKEN"
+
+
+def connect_link(
+    provider: str,
+    *,
+    patient: str,
+    timezone: str = "UTC",
+    frequency: str = "hourly",
+    aggregation: str = "hourly",
+    lookback_days: int = 30,
+    token: str | None = None,
+    base: str,
+) -> str:
+    params = {
+        "patient": patient,
+        "timezone": timezone,
+        "frequency": frequency,
+        "aggregation": aggregation,
+        "lookback_days": str(lookback_days),
+    }
+    if token is not None:
+        params["token"] = token
+    return f"{base.rstrip('/')}/connect/{provider}?{urlencode(params)}"
+
+
+def _base() -> str:
+    base = os.environ.get(REDIRECT_BASE, "").strip().rstrip("/")
+    if not base:
+        raise ConfigError(
+            f"{REDIRECT_BASE} is not set: set it to the receiver's public base URL "
+            "(https://...), the one its /connect and /oauth/<provider>/callback routes are under"
+        )
+    if not base.startswith(("https://", "http://")):
+        raise ConfigError(f"{REDIRECT_BASE}={base!r}: expected the receiver's URL, https://...")
+    return base
+
+
+def _token() -> str:
+    from ohx_dagster.webhooks.connect import MIN_TOKEN_CHARS
+
+    token = os.environ.get(CONNECT_TOKEN, "").strip()
+    if not token:
+        raise ConfigError(
+            f"{CONNECT_TOKEN} is not set: --with-token puts the receiver's staff token in the "
+            f"link; set {CONNECT_TOKEN} to the receiver's, or leave out --with-token"
+        )
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(
+            f"{CONNECT_TOKEN} is {len(token)} characters long: the receiver refuses tokens "
+            f"shorter than {MIN_TOKEN_CHARS}; set the receiver's token"
+        )
+    return token
+
+
+@click.command("connect")
+@click.argument("provider")
+@click.option("--patient", required=True, help="The person's FHIR Patient id.")
+@click.option("--timezone", default="UTC", show_default=True, help="The person's IANA zone.")
+@click.option(
+    "--frequency",
+    type=click.Choice(["realtime", "hourly", "daily"]),
+    default="hourly",
+    show_default=True,
+    help="How often their data is synced.",
+)
+@click.option(
+    "--aggregation",
+    type=click.Choice(["individual", "hourly", "daily"]),
+    default="hourly",
+    show_default=True,
+    help="What their FHIR output aggregates.",
+)
+@click.option(
+    "--lookback-days",
+    type=click.IntRange(1, 3650),
+    default=30,
+    show_default=True,
+    help="History fetched once connected.",
+)
+@click.option(
+    "--with-token",
+    is_flag=True,
+    help=f"Put {CONNECT_TOKEN} in the link (then the link itself is a secret).",
+)
+def connect(
+    provider: str,
+    patient: str,
+    timezone: str,
+    frequency: str,
+    aggregation: str,
+    lookback_days: int,
+    with_token: bool,
+) -> None:
+    """Print the receiver's link that connects PROVIDER (oura, withings, google_health) for a
+    patient: the person signs in at the provider, and their history is synced by itself."""
+    from ohx_dagster.providers.connect import STATE_TTL, sync_config
+    from ohx_dagster.providers.registry import API_PROVIDERS
+
+    if provider not in API_PROVIDERS:
+        raise click.BadParameter(
+            f"{provider!r}: expected one of {', '.join(API_PROVIDERS)}", param_hint="PROVIDER"
+        )
+    # The receiver's own validation, here first: a bad value is named now, not in a browser.
+    sync_config(
+        provider,
+        fhir_patient_id=patient,
+        timezone=timezone,
+        sync_frequency=frequency,
+        aggregation=aggregation,
+        lookback_days=lookback_days,
+    )
+    base = _base()
+    token = _token() if with_token else None
+    link = connect_link(
+        provider,
+        patient=patient,
+        timezone=timezone,
+        frequency=frequency,
+        aggregation=aggregation,
+        lookback_days=lookback_days,
+        token=token,
+        base=base,
+    )
+    minutes = int(STATE_TTL.total_seconds() // 60)
+    if with_token:
+        click.echo(f"Open this link in the browser where the person signs in to {provider}:")
+        click.echo(link)
+        click.echo(
+            f"It carries the staff token ({CONNECT_TOKEN}): hand it to no one else. Each opening "
+            f"starts a new authorization, valid {minutes} minutes."
+        )
+        return
+    click.echo(f"Connect link ({CONNECT_TOKEN} goes in an Authorization header, not the link):")
+    click.echo(link)
+    click.echo("Start it with (prints the provider's consent page):")
+    click.echo(
+        f'curl -sS -o /dev/null -w "%{{redirect_url}}\\n" '
+        f'-H "Authorization: Bearer ${CONNECT_TOKEN}" {shlex.quote(link)}'
+    )
+    click.echo(
+        f"then open that page in the person's browser within {minutes} minutes "
+        "(or run again with --with-token for a link a browser opens directly)."
+    )

@@ -1,0 +1,396 @@
+"""`ohx import`: a data export into the record store, through the same sync as Dagster's runs.
+
+The file is read by its source class (AppleHealthSource, FitabaseSource), and `sync_partition`
+with strategy `partition` stores it for every UTC day it spans, a week of days per call (one fetch
+and one commit per person and week), so a re-import of the same file changes nothing. Only the
+data types the file holds are synced: an export that holds heart rate only leaves the steps
+another export stored alone. Within those types the file is the truth for its days (records of
+those days it no longer holds are deleted), as for every partition run.
+
+Publishing is Dagster's: the store marks every day whose data changed, and the running code
+location's republish_sensor publishes them (when the source is in its OHX_SOURCES and the day
+within its partitions).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ohx_dagster.cli import common
+from ohx_dagster.errors import OhxError, ValidationError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ohx_dagster.providers.base import HealthSource
+    from ohx_dagster.store import RecordStore
+
+DAYS_PER_SYNC = 7
+ABOUT_EXPORT = {"ExportDate", "Me"}  # export.xml's own metadata elements, not data
+HRV = "HKQuantityTypeIdentifierHeartRateVariabilitySDNN"
+FITABASE_REASONS = {
+    "dailyActivity_merged.csv": "daily totals: its TotalSteps repeats hourlySteps_merged.csv and "
+    "would count the steps twice",
+}
+
+
+@dataclass
+class Skipped:
+    what: str
+    count: int
+    why: str
+
+
+@dataclass
+class ImportOutcome:
+    source: str
+    days: list[date]
+    imported: Counter[str] = field(default_factory=Counter)
+    implausible: Counter[str] = field(default_factory=Counter)
+    people: set[str] = field(default_factory=set)
+    people_skipped: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    days_changed: set[date] = field(default_factory=set)
+
+
+def spanned_days(records: pd.DataFrame) -> list[date]:
+    """Every UTC day from the first record's to the last's."""
+    first, last = records["ts"].min().date(), records["ts"].max().date()
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def held_types(name: str, records: pd.DataFrame) -> frozenset[Any]:
+    from ohx_dagster.models import HealthDataType
+    from ohx_dagster.providers.registry import SUPPORTED_TYPES
+
+    held = {HealthDataType(t) for t in records["data_type"].unique()}
+    return frozenset(held & SUPPORTED_TYPES[name])
+
+
+def sync_file(
+    store: RecordStore,
+    source: HealthSource,
+    people: Iterable[str],
+    days: list[date],
+    *,
+    progress: Callable[[date, date], None] | None = None,
+) -> ImportOutcome:
+    """The file's people over its days, DAYS_PER_SYNC days per sync_partition call."""
+    from ohx_dagster.sync import SyncFailed, sync_partition
+
+    outcome = ImportOutcome(source.name, days)
+    wanted = frozenset(people)
+    for start in range(0, len(days), DAYS_PER_SYNC):
+        chunk = days[start : start + DAYS_PER_SYNC]
+        try:
+            report = sync_partition(
+                source, store, chunk, strategy="partition", user_ids=wanted, now=common.now()
+            )
+        except SyncFailed as failed:
+            report = failed.report
+        outcome.imported.update(report.records_by_type)
+        outcome.implausible.update(report.implausible)
+        outcome.people.update(report.users_synced)
+        outcome.people_skipped.update(report.users_skipped)
+        outcome.failures.update(report.failures)
+        outcome.days_changed |= report.days_changed
+        if progress is not None:
+            progress(chunk[0], chunk[-1])
+    outcome.people -= set(outcome.failures) | set(outcome.people_skipped)
+    return outcome
+
+
+def run_with_progress(
+    store: RecordStore, source: HealthSource, people: Iterable[str], days: list[date]
+) -> ImportOutcome:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("days"),
+    )
+    with Progress(*columns, console=common.console(stderr=True)) as bar:
+        task = bar.add_task(f"syncing {days[0]}", total=len(days))
+
+        def advance(first: date, last: date) -> None:
+            bar.update(task, advance=(last - first).days + 1, description=f"synced to {last}")
+
+        return sync_file(store, source, people, days, progress=advance)
+
+
+def publishing_note(source: str, changed: set[date]) -> str:
+    """What Dagster will do with the changed days, read from this environment's settings."""
+    from ohx_dagster.settings import Settings
+
+    if not changed:
+        return "Nothing changed in the store: nothing to publish."
+    first, last = min(changed), max(changed)
+    span = f"{len(changed)} changed days ({first} .. {last})"
+    try:
+        settings = Settings.from_env()
+    except OhxError as exc:
+        return (
+            f"The running Dagster's republish_sensor publishes the {span} when {source!r} is in "
+            f"its OHX_SOURCES (this environment's settings do not load: {exc})."
+        )
+    if source not in settings.sources:
+        return (
+            f"Not published yet: {source!r} is not in OHX_SOURCES ({','.join(settings.sources)}). "
+            f"Add it where Dagster runs, and its republish_sensor publishes the {span}."
+        )
+    today = common.now().date()
+    inside = [d for d in changed if settings.partitions_start <= d <= today]
+    early = len(changed) - len(inside)
+    notes = []
+    if inside:
+        notes.append(
+            f"The running Dagster publishes {len(inside)} changed days: its republish_sensor "
+            "picks them up within a minute (a refresh run per day and source key, in Runs)."
+        )
+    if early:
+        notes.append(
+            f"{early} changed days lie before OHX_PARTITIONS_START={settings.partitions_start} "
+            f"and are not published: set OHX_PARTITIONS_START={first} where Dagster runs, and "
+            "its republish_sensor publishes them."
+        )
+    return " ".join(notes)
+
+
+def retention_note(store: RecordStore, outcome: ImportOutcome) -> str | None:
+    """Imported days older than a person's retention period: Dagster's daily_retention
+    schedule deletes them (their FHIR output too) at its next run."""
+    expired: dict[int, int] = {}
+    today = common.now().date()
+    for user_id in outcome.people:
+        person = store.person(outcome.source, user_id)
+        if person is None:
+            continue
+        keep = person.config.retention_days
+        cutoff = today - timedelta(days=keep)
+        old = sum(1 for day in outcome.days if day < cutoff)
+        if old:
+            expired[keep] = max(expired.get(keep, 0), old)
+    if not expired:
+        return None
+    parts = [
+        f"{old} of the {len(outcome.days)} days are older than {keep} days"
+        for keep, old in sorted(expired.items())
+    ]
+    return (
+        f"Retention: {'; '.join(parts)} (the people's retention_days): Dagster's daily_retention "
+        "schedule deletes those records at its next run, 03:45 UTC."
+    )
+
+
+def render_summary(
+    title: str,
+    outcome: ImportOutcome,
+    skipped: list[Skipped],
+    notes: Iterable[str] = (),
+    *,
+    store: RecordStore,
+) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    out = common.console()
+    out.print(Text(title, style="bold"))
+    for note in notes:
+        out.print(Text(note))
+    days = outcome.days
+    out.print(
+        Text(
+            f"Days (UTC): {days[0]} .. {days[-1]}, {len(days)} days; "
+            f"{len(outcome.days_changed)} days changed in the store."
+        )
+    )
+    imported = Table(title=Text("imported"), title_justify="left")
+    for header, justify in (
+        ("type", "left"),
+        ("records", "right"),
+        ("implausible (kept)", "right"),
+    ):
+        imported.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for data_type, count in sorted(outcome.imported.items()):
+        flagged = outcome.implausible.get(data_type, 0)
+        imported.add_row(
+            Text(data_type), Text(f"{count:,}"), Text(f"{flagged:,}" if flagged else "")
+        )
+    imported.add_row(
+        Text("total", style="bold"), Text(f"{sum(outcome.imported.values()):,}"), Text("")
+    )
+    out.print(imported)
+    if skipped:
+        table = Table(title=Text("skipped"), title_justify="left")
+        for header, justify in (("what", "left"), ("count", "right"), ("why", "left")):
+            table.add_column(header, justify=justify)  # type: ignore[arg-type]
+        for item in sorted(skipped, key=lambda s: (-s.count, s.what)):
+            table.add_row(Text(item.what), Text(f"{item.count:,}"), Text(item.why))
+        out.print(table)
+    else:
+        out.print(Text("skipped: nothing"))
+    for user_id, why in sorted(outcome.people_skipped.items()):
+        out.print(Text(f"person {user_id} not imported: {why}", style="yellow"))
+    for user_id, why in sorted(outcome.failures.items()):
+        out.print(Text(f"person {user_id} failed: {why}", style="red"))
+    out.print(Text(publishing_note(outcome.source, outcome.days_changed)))
+    retention = retention_note(store, outcome)
+    if retention:
+        out.print(Text(retention, style="yellow"))
+
+
+def _failed(outcome: ImportOutcome) -> None:
+    if outcome.failures:
+        raise click.exceptions.Exit(1)
+
+
+# -- Apple Health ----------------------------------------------------------------------------------
+
+
+def apple_skipped(summary: Any) -> list[Skipped]:
+    """What an export.xml held that is not synced, with counts and why."""
+    found = [
+        Skipped(
+            kind,
+            count,
+            "a per-minute statistic, not RR intervals (its beat list is read as heart rate)"
+            if kind == HRV
+            else "not a data type this product syncs",
+        )
+        for kind, count in summary.skipped.items()
+    ]
+    found += [
+        Skipped(kind, count, "a correlation other than blood pressure")
+        for kind, count in summary.correlations.items()
+        if kind != "HKCorrelationTypeIdentifierBloodPressure"
+    ]
+    found += [
+        Skipped(tag, count, f"<{tag}> elements are not samples this product syncs")
+        for tag, count in summary.other.items()
+        if tag not in ABOUT_EXPORT
+    ]
+    if summary.unpaired_blood_pressure:
+        found.append(
+            Skipped(
+                "blood pressure halves",
+                summary.unpaired_blood_pressure,
+                "a systolic or diastolic value without its pair (no blood-pressure correlation)",
+            )
+        )
+    return found
+
+
+@click.group("import")
+def import_() -> None:
+    """Import a data export into the record store (Dagster then publishes the changed days)."""
+
+
+@import_.command("apple-health")
+@click.argument("export", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--user", "user_id", help="The person's id (default: the name of the folder holding the file)."
+)
+@click.option("--timezone", help="The person's IANA zone (default: inferred from the export).")
+@click.pass_context
+def apple_health(
+    ctx: click.Context, export: Path, user_id: str | None, timezone: str | None
+) -> None:
+    """Import an Apple Health export (export.zip as the Health app shares it, or export.xml)
+    for one person: heart rate, steps, weight, temperature, SpO2, blood pressure and ECGs, over
+    every day it spans. Importing again replaces the stored records of those days and types
+    with the file's (an unchanged file changes nothing); Dagster then publishes the changed
+    days."""
+    from ohx_dagster.providers.apple_health import AppleHealthSource
+    from ohx_dagster.providers.base import Windowed
+    from ohx_dagster.providers.registry import RESYNC_HORIZON
+    from ohx_dagster.schema import USER_CHARS
+
+    if user_id is not None and not 0 < len(user_id) <= USER_CHARS:
+        raise click.BadParameter(f"expected 1..{USER_CHARS} characters", param_hint="--user")
+    reader = AppleHealthSource(export, user_id=user_id, timezone=timezone)
+    with common.console(stderr=True).status(f"reading {export}"):
+        records = reader.records
+        zone = reader.zone
+    store = common.open_store(ctx, create=True)
+    source = Windowed(reader, held_types(reader.name, records), RESYNC_HORIZON[reader.name])
+    notes = [f"Zone: {zone.reason}"]
+    stored = store.person(reader.name, reader.user_id)
+    if stored is not None and stored.config.timezone != zone.zone:
+        notes.append(
+            f"{reader.user_id} is already in the store with zone {stored.config.timezone}, "
+            f"which their days keep (the export says {zone.zone})."
+        )
+    outcome = run_with_progress(store, source, [reader.user_id], spanned_days(records))
+    title = f"Imported {export} as {reader.name} person {reader.user_id}"
+    render_summary(title, outcome, apple_skipped(reader.summary), notes, store=store)
+    _failed(outcome)
+
+
+# -- Fitabase --------------------------------------------------------------------------------------
+
+
+def _rows(path: Path) -> int:
+    with path.open("rb") as handle:
+        return max(0, sum(1 for line in handle if line.strip()) - 1)
+
+
+def fitabase_skipped(directory: Path, read: Mapping[str, Any]) -> list[Skipped]:
+    """The folder's other CSV files (rows each) and why they are not read."""
+    return [
+        Skipped(
+            path.name,
+            _rows(path),
+            FITABASE_REASONS.get(path.name, "not a data type this product syncs"),
+        )
+        for path in sorted(directory.glob("*.csv"))
+        if path.name not in read
+    ]
+
+
+@import_.command("fitabase")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--timezone",
+    required=True,
+    help="IANA zone of the export's wall-clock times (e.g. America/Chicago).",
+)
+@click.pass_context
+def fitabase(ctx: click.Context, directory: Path, timezone: str) -> None:
+    """Import a Fitbit export in the Fitabase CSV layout (one folder, many people): heart rate,
+    hourly steps and weight, over every day it spans. Importing again replaces the stored
+    records of those days and types with the folder's; Dagster then publishes the changed
+    days."""
+    from ohx_dagster.providers.base import Windowed
+    from ohx_dagster.providers.fitabase import EXPORT_FILES, FitabaseSource
+    from ohx_dagster.providers.registry import RESYNC_HORIZON
+
+    expected = {spec.name: spec for spec in EXPORT_FILES}
+    if not any((directory / name).is_file() for name in expected):
+        raise ValidationError(
+            "directory",
+            str(directory),
+            f"a Fitabase export folder holding {', '.join(expected)} (one or more)",
+        )
+    reader = FitabaseSource([directory], timezone)
+    with common.console(stderr=True).status(f"reading {directory}"):
+        records = reader.records
+    if records.empty:
+        raise ValidationError(
+            "directory", str(directory), f"records in {', '.join(expected)}", where="all empty"
+        )
+    store = common.open_store(ctx, create=True)
+    source = Windowed(reader, held_types(reader.name, records), RESYNC_HORIZON[reader.name])
+    people = [c.user_id for c in reader.discover_users()]
+    outcome = run_with_progress(store, source, people, spanned_days(records))
+    title = f"Imported {directory} as {reader.name}: {len(outcome.people)} people, zone {timezone}"
+    render_summary(title, outcome, fitabase_skipped(directory, expected), store=store)
+    _failed(outcome)

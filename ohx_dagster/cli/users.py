@@ -1,0 +1,374 @@
+"""`ohx users`: the people the store syncs, one person in full, disconnecting and erasing one.
+
+- `list`: provider, person, FHIR patient, state (and why), zone, frequency, aggregation, connected.
+- `show <provider> <user_id>`: config, state, coverage per type as ISO intervals, refusals, the
+  last failure per type, stored OAuth tokens (scope and expiry only), webhook subscriptions.
+- `disconnect <provider> <user_id>`: no run calls the provider for them any more; their data is
+  kept (retention still applies) and connecting again makes them active.
+- `delete <provider> <user_id> --yes`: erases the person (ohx_dagster.erasure.erase_person).
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ohx_dagster.cli import common
+from ohx_dagster.errors import OhxError
+
+if TYPE_CHECKING:
+    from ohx_dagster.store import PersonRow, RecordStore
+
+
+class UnknownPerson(OhxError):
+    pass
+
+
+def _person(store: RecordStore, provider: str, user_id: str) -> PersonRow:
+    found = store.person(provider, user_id)
+    if found is None:
+        raise UnknownPerson(
+            f"no person {user_id!r} of provider {provider!r} in the store: "
+            "`ohx users list` shows who is there"
+        )
+    return found
+
+
+def person_json(person: PersonRow) -> dict[str, Any]:
+    from ohx_dagster.cli.status import person_state
+
+    config = person.config
+    state, reason = person_state(person)
+    return {
+        "provider": config.provider,
+        "user_id": config.user_id,
+        "patient": config.fhir_patient_id,
+        "state": state,
+        "state_reason": reason,
+        "state_since": common.iso(person.state_at_us),
+        "connected_at": common.iso(person.connected_at_us),
+        "timezone": config.timezone,
+        "sync_frequency": config.sync_frequency.value,
+        "aggregation": config.aggregation.value,
+    }
+
+
+@click.group("users")
+def users() -> None:
+    """List, inspect, disconnect and erase the people the store syncs."""
+
+
+@users.command("list")
+@click.option("--provider", help="Only this provider's people.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (ISO 8601 times).")
+@click.pass_context
+def list_people(ctx: click.Context, provider: str | None, as_json: bool) -> None:
+    """Everyone in the store (connected or not), by provider and id."""
+    from rich.table import Table
+    from rich.text import Text
+
+    common.check_provider(provider)
+    people = [person_json(p) for p in common.open_store(ctx).people(provider)]
+    if as_json:
+        common.echo_json({"people": people})
+        return
+    out = common.console()
+    if not people:
+        out.print(Text("No people in the store yet."))
+        return
+    table = Table()
+    for header in (
+        "provider",
+        "person",
+        "patient",
+        "state",
+        "since",
+        "zone",
+        "frequency",
+        "aggregation",
+        "connected",
+    ):
+        table.add_column(header)
+    for p in people:
+        state = p["state"] + (f": {p['state_reason']}" if p["state_reason"] else "")
+        table.add_row(
+            *(
+                Text(str(v or ""))
+                for v in (
+                    p["provider"],
+                    p["user_id"],
+                    p["patient"],
+                    state,
+                    p["state_since"],
+                    p["timezone"],
+                    p["sync_frequency"],
+                    p["aggregation"],
+                    p["connected_at"],
+                )
+            )
+        )
+    out.print(table)
+
+
+def person_detail(store: RecordStore, person: PersonRow) -> dict[str, Any]:
+    from ohx_dagster.cli import queries
+    from ohx_dagster.store import config_hash
+
+    config = person.config
+    provider, user_id = config.provider, config.user_id
+    coverage = store.coverage(provider, [user_id])
+    current = config_hash(config)
+    statuses = [r for r in store.type_statuses(provider) if r.user_id == user_id]
+    token = queries.token_row(store, provider, user_id)
+    return {
+        **person_json(person),
+        "config": config.to_json(),
+        "coverage": {
+            data_type: [[common.iso(s), common.iso(e)] for s, e in intervals]
+            for (_, data_type), intervals in sorted(coverage.items())
+        },
+        "refusals": [
+            {
+                "data_type": r.data_type,
+                "reason": r.refused_reason,
+                "since": common.iso(r.refused_us),
+                # A refusal under other settings is tried again: the person changed them.
+                "applies": r.refused_config in (None, current),
+            }
+            for r in statuses
+            if r.refused_reason is not None
+        ],
+        "last_errors": [
+            {"data_type": r.data_type, "error": r.last_error, "at": common.iso(r.last_error_us)}
+            for r in statuses
+            if r.last_error is not None
+        ],
+        "last_success": {
+            r.data_type: common.iso(r.last_success_us)
+            for r in statuses
+            if r.last_success_us is not None
+        },
+        "oauth_tokens": None
+        if token is None
+        else {
+            "scope": token.scope,
+            "access_token_expires": common.iso(token.expires_at_us),
+            "updated": common.iso(token.updated_at_us),
+        },
+        "subscriptions": [
+            {
+                "target": s.target,
+                "scope": "app-wide" if s.user_id == "" else "person",
+                "status": s.status,
+                "subscription_id": s.subscription_id,
+                "expires": common.iso(s.expires_at_us),
+                "detail": s.detail,
+                "updated": common.iso(s.updated_at_us),
+            }
+            for s in queries.subscriptions(store, provider, user_id)
+        ],
+    }
+
+
+def _render_detail(detail: dict[str, Any]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    out = common.console()
+    state = detail["state"] + (f": {detail['state_reason']}" if detail["state_reason"] else "")
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    config = detail["config"]
+    for label, value in (
+        ("person", f"{detail['provider']} / {detail['user_id']}"),
+        ("patient", detail["patient"]),
+        ("state", f"{state} (since {detail['state_since']})"),
+        ("connected", detail["connected_at"]),
+        ("zone", config["timezone"]),
+        ("sync", f"{config['sync_frequency']}, aggregation {config['aggregation']}"),
+        ("types", ", ".join(config["enabled_types"])),
+        (
+            "history",
+            f"lookback {config['lookback_days']} d, retention {config['retention_days']} d",
+        ),
+        ("linked", "heart rate around " + (", ".join(config["link_heart_rate_to"]) or "nothing")),
+    ):
+        head.add_row(Text(label), Text(str(value)))
+    token = detail["oauth_tokens"]
+    head.add_row(
+        Text("oauth"),
+        Text(
+            "no tokens stored"
+            if token is None
+            else f"tokens stored (encrypted), access token expires {token['access_token_expires']}"
+            f", scope {token['scope'] or '-'}"
+        ),
+    )
+    out.print(head)
+    coverage = Table(title=Text("coverage (UTC)"), title_justify="left")
+    for header in ("type", "covered intervals", "last success"):
+        coverage.add_column(header)
+    for data_type, intervals in detail["coverage"].items():
+        text = "\n".join(f"{s} .. {e}" for s, e in intervals)
+        coverage.add_row(
+            Text(data_type), Text(text), Text(detail["last_success"].get(data_type) or "")
+        )
+    out.print(coverage if detail["coverage"] else Text("coverage: nothing synced yet"))
+    for title, items, columns in (
+        ("refusals", detail["refusals"], ("data_type", "reason", "since", "applies")),
+        ("last errors", detail["last_errors"], ("data_type", "error", "at")),
+        (
+            "webhook subscriptions",
+            detail["subscriptions"],
+            ("target", "scope", "status", "expires", "detail", "updated"),
+        ),
+    ):
+        if not items:
+            out.print(Text(f"{title}: none"))
+            continue
+        table = Table(title=Text(title), title_justify="left")
+        for column in columns:
+            table.add_column(column.replace("_", " "))
+        for item in items:
+            table.add_row(*(Text(str(item[c]) if item[c] is not None else "") for c in columns))
+        out.print(table)
+
+
+@users.command("show")
+@click.argument("provider")
+@click.argument("user_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (ISO 8601 times).")
+@click.pass_context
+def show(ctx: click.Context, provider: str, user_id: str, as_json: bool) -> None:
+    """One person: config, state, coverage per type, refusals, errors, tokens, subscriptions."""
+    store = common.open_store(ctx)
+    detail = person_detail(store, _person(store, provider, user_id))
+    if as_json:
+        common.echo_json(detail)
+    else:
+        _render_detail(detail)
+
+
+@users.command("disconnect")
+@click.argument("provider")
+@click.argument("user_id")
+@click.option(
+    "--reason",
+    default="disconnected by staff (ohx users disconnect)",
+    show_default=True,
+    help="Why, kept with the person's state.",
+)
+@click.pass_context
+def disconnect(ctx: click.Context, provider: str, user_id: str, reason: str) -> None:
+    """Stop syncing a person. Their data is kept; connecting their account again resumes."""
+    from ohx_dagster.store import DISCONNECTED
+
+    store = common.open_store(ctx)
+    person = _person(store, provider, user_id)
+    if not person.connected or person.state == DISCONNECTED:
+        click.echo(
+            f"{provider} {user_id} was already disconnected (since "
+            f"{common.iso(person.state_at_us)}): nothing changed"
+        )
+        return
+    store.set_state(provider, user_id, DISCONNECTED, reason)
+    click.echo(
+        f"{provider} {user_id} disconnected ({reason}): no run calls {provider} for them any "
+        "more; their records, coverage and FHIR output are kept (erase them with "
+        f"`ohx users delete {provider} {user_id} --yes`)"
+    )
+
+
+def _erasure() -> Any:
+    """ohx_dagster.erasure, imported once a deletion is confirmed."""
+    try:
+        erasure = importlib.import_module("ohx_dagster.erasure")
+    except ImportError as exc:
+        if exc.name not in (None, "ohx_dagster.erasure"):
+            raise  # a dependency of the erasure module is missing: show it
+        raise OhxError(
+            "erasure is not available in this installation (ohx_dagster.erasure is missing): "
+            "install a release that has it; nothing was deleted"
+        ) from None
+    if not hasattr(erasure, "erase_person"):
+        raise OhxError("ohx_dagster.erasure has no erase_person: nothing was deleted")
+    return erasure
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return "unknown user"
+
+
+def _fhir_client() -> Any | None:
+    """The FHIR server client the delivery and erasure jobs use (None: no server configured)."""
+    # The one place that builds it from OHX_FHIR_* is the Dagster resource; resolved here
+    # outside any run (its secrets are EnvVars).
+    from resources.fhir_server import fhir_server_from_env
+
+    server = fhir_server_from_env().process_config_and_initialize()
+    return server.client() if server.configured else None
+
+
+@users.command("delete")
+@click.argument("provider")
+@click.argument("user_id")
+@click.option("--yes", is_flag=True, help="Confirm: erase the person and all their data.")
+@click.pass_context
+def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
+    """Erase a person everywhere: the store, the published FHIR files and the FHIR server's
+    copies (ohx_dagster.erasure.erase_person). Running it again finishes what a server outage
+    left."""
+    if not yes:
+        raise click.UsageError(
+            f"erasing {provider} {user_id} cannot be undone: add --yes to confirm "
+            f"(or `ohx users disconnect {provider} {user_id}` to stop syncing and keep the data)"
+        )
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.settings import Settings
+
+    store = common.open_store(ctx)
+    erasure = _erasure()
+    if store.person(provider, user_id) is None and not erasure.remaining_rows(
+        store, provider, user_id
+    ):
+        raise UnknownPerson(
+            f"nothing of {user_id!r} of provider {provider!r} is in the store (never there, or "
+            "erased already): `ohx users list` shows who is there"
+        )
+    settings = Settings.from_env()
+    client = _fhir_client()
+    report = erasure.erase_person(
+        store,
+        FhirOutput(settings.fhir_dir),
+        client,
+        provider,
+        user_id,
+        requested_by=f"ohx users delete ({_login()})",
+    )
+    counts = ", ".join(f"{name} {n}" for name, n in sorted(report.counts.items()) if n)
+    click.echo(f"{provider} {user_id} erased: {counts or 'nothing was left'}")
+    click.echo(f"recorded in erasures as subject {report.subject}")
+    click.echo(
+        "Dagster's run history is not touched here: the erase_person_job erases the runs that "
+        f"name them (`python -m ohx_dagster.erasure subject --provider {provider} --user "
+        f"{user_id} --requested-by <you>` prints its run config)."
+    )
+    if not report.complete and client is None:
+        click.echo(
+            f"{report.server_pending} of their outbox entries are kept, emptied, for a FHIR "
+            "server: none is configured (OHX_FHIR_SERVER_URL); if one was, set it and run this "
+            "command again"
+        )
+    elif not report.complete:
+        raise OhxError(
+            f"the FHIR server may still hold {report.server_pending} of their resources "
+            f"({report.server_error or 'no FHIR server client'}): run this command again once "
+            "OHX_FHIR_SERVER_URL answers"
+        )
