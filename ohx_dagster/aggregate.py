@@ -8,6 +8,15 @@ Steps are counted once per person: when two devices (a phone and a watch) both c
 hour's steps, the hour's steps come from the device that counted the most, as HealthKit and
 Health Connect resolve overlapping sources. Every device's records stay in the store and in the
 FHIR series; only the statistics choose.
+
+A spot reading logged by two apps (a weigh-in the scale's app and a second app both record) is
+counted once: two readings of one person and type (weight, blood pressure, body temperature,
+SpO2) from different devices or apps, at most DUPLICATE_WINDOW apart, whose values (and
+diastolic values) differ by at most the type's DUPLICATE_TOLERANCE, are one reading. The one
+counted is the device's over a hand entry over an ambiguous one (METHOD_PREFERENCE), then the
+smallest device id. Readings of one device are never merged: a cuff that measures three times a
+minute apart took three readings. Both stay in the store and are published as their own
+Observations with their devices; only the statistics count one.
 """
 
 from __future__ import annotations
@@ -34,9 +43,72 @@ def empty_aggregates() -> pd.DataFrame:
     return pd.DataFrame(columns=AGGREGATE_COLUMNS)
 
 
+DUPLICATE_WINDOW: Final = timedelta(seconds=60)
+# Within these differences two apps' readings are the same reading (units as stored: kg, mmHg,
+# Cel, %): about the resolution of a home scale, cuff, thermometer and pulse oximeter.
+DUPLICATE_TOLERANCE: Final[dict[str, float]] = {
+    HealthDataType.WEIGHT.value: 0.1,
+    HealthDataType.BLOOD_PRESSURE.value: 1.0,
+    HealthDataType.TEMPERATURE.value: 0.1,
+    HealthDataType.SPO2.value: 1.0,
+}
+METHOD_PREFERENCE: Final[dict[str, int]] = {"device": 0, "manual": 1, "ambiguous": 2}
+
+
+def _same_reading(a: pd.Series, b: pd.Series, tolerance: float) -> bool:
+    if a["device_id"] == b["device_id"] or abs(a["value"] - b["value"]) > tolerance:
+        return False
+    diastolic_a, diastolic_b = a.get("diastolic"), b.get("diastolic")
+    if pd.isna(diastolic_a) and pd.isna(diastolic_b):
+        return True
+    return bool(abs(diastolic_a - diastolic_b) <= tolerance)
+
+
+def _preference(row: pd.Series) -> tuple[int, str]:
+    return METHOD_PREFERENCE.get(str(row.get("method") or "device"), 3), str(row["device_id"])
+
+
+def without_duplicate_readings(frame: pd.DataFrame) -> pd.DataFrame:
+    """The spot readings with each reading two apps logged counted once (see the module
+    docstring for the rule)."""
+    sparse = frame["data_type"].isin(list(DUPLICATE_TOLERANCE))
+    if sparse.sum() < 2:
+        return frame
+    if not frame.index.is_unique:
+        frame = frame.reset_index(drop=True)
+        sparse = sparse.reset_index(drop=True)
+    dropped: list[int] = []
+    window = pd.Timedelta(DUPLICATE_WINDOW)
+    for (_, data_type), group in frame[sparse].groupby(["user_id", "data_type"], sort=False):
+        if len(group) < 2:
+            continue
+        tolerance = DUPLICATE_TOLERANCE[str(data_type)]
+        kept: list[int] = []  # indices counted so far, in time order
+        for index, row in group.sort_values("ts", kind="stable").iterrows():
+            twin = next(
+                (
+                    k
+                    for k in reversed(kept)
+                    if row["ts"] - group.at[k, "ts"] <= window
+                    and _same_reading(group.loc[k], row, tolerance)
+                ),
+                None,
+            )
+            if twin is None:
+                kept.append(index)
+            elif _preference(row) < _preference(group.loc[twin]):
+                kept[kept.index(twin)] = index
+                dropped.append(twin)
+            else:
+                dropped.append(index)
+    return frame.drop(index=dropped) if dropped else frame
+
+
 def aggregated_records(records: pd.DataFrame) -> pd.DataFrame:
-    """The records the statistics are computed from: no ECG, and steps from one device an hour."""
+    """The records the statistics are computed from: no ECG, steps from one device an hour, and
+    a spot reading two apps logged counted once."""
     frame = records[records["data_type"].isin([t.value for t in AGGREGATED_TYPES])]
+    frame = without_duplicate_readings(frame)
     steps = frame["data_type"] == HealthDataType.STEPS.value
     if not steps.any():
         return frame

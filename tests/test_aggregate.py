@@ -12,6 +12,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ohx_dagster import aggregate
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
@@ -280,3 +282,72 @@ def test_apple_health_steps_from_phone_and_garmin_count_once_per_hour(shared_dat
     daily = aggregate.daily(records[records["data_type"] == "steps"], zones, day)
     assert float(daily["sum"].iloc[0]) == expected[day]
     assert expected[day] < frame[frame["local_day"] == day]["value"].sum()
+
+
+# -- a spot reading two apps logged counts once ---------------------------------------------------
+
+NOON = datetime(2025, 6, 3, 12, tzinfo=UTC)
+
+
+def _weights(device: str, moments: list[datetime], values: list[float], method="device"):
+    return make_batch(provider="withings", user_id="u1", data_type="weight", timestamps=moments,
+                      values=values, unit="kg", device_id=device, method=method)  # fmt: skip
+
+
+def _daily_weight(batch: pd.DataFrame) -> pd.Series:
+    stats = aggregate.daily(batch, {"u1": ZoneInfo("UTC")}, NOON.date())
+    return stats[stats["data_type"] == "weight"].iloc[0]
+
+
+def test_a_weigh_in_two_apps_logged_counts_once_and_the_device_wins() -> None:
+    scale = _weights("body-scale", [NOON], [72.4])
+    app = _weights("phone-app", [NOON + timedelta(seconds=40)], [72.45], method="manual")
+    day = _daily_weight(concat([app, scale]))
+    assert (day["count"], day["mean"], day["devices"]) == (1, 72.4, "body-scale")
+
+
+def test_readings_of_one_device_or_far_apart_or_different_are_all_counted() -> None:
+    repeated = _weights("cuff", [NOON, NOON + timedelta(seconds=30)], [72.4, 72.4])
+    later = _weights("app", [NOON + timedelta(seconds=200)], [72.4])
+    different = _weights("other", [NOON + timedelta(seconds=10)], [73.0])
+    assert _daily_weight(concat([repeated, later, different]))["count"] == 4
+
+
+def test_blood_pressure_twins_need_both_values_close() -> None:
+    def bp(device: str, seconds: int, systolic: float, diastolic: float) -> pd.DataFrame:
+        return make_batch(provider="apple_health", user_id="u1", data_type="blood_pressure",
+                          timestamps=[NOON + timedelta(seconds=seconds)], values=[systolic],
+                          diastolic=[diastolic], unit="mm[Hg]", device_id=device)  # fmt: skip
+
+    same = concat([bp("cuff", 0, 120, 80), bp("app", 20, 120, 80.5)])
+    assert len(aggregate.aggregated_records(same)) == 1
+    other = concat([bp("cuff", 0, 120, 80), bp("app", 20, 120, 85)])
+    assert len(aggregate.aggregated_records(other)) == 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    gaps=st.lists(st.integers(180, 6 * 3600), min_size=1, max_size=12),
+    values=st.lists(st.floats(40, 150, allow_nan=False), min_size=12, max_size=12),
+    shifts=st.lists(st.integers(-60, 60), min_size=12, max_size=12),
+    jitter=st.lists(st.floats(-0.09, 0.09), min_size=12, max_size=12),
+)
+def test_a_second_app_copying_every_reading_changes_no_statistic(gaps, values, shifts, jitter):
+    """Invariant: readings of one scale, each copied by a second app within 60 s and 0.1 kg, give
+    the statistics of the scale alone (nothing counted twice, nothing of the scale lost)."""
+    moments = [NOON - timedelta(hours=10) + timedelta(seconds=sum(gaps[: i + 1]))
+               for i in range(len(gaps))]  # fmt: skip
+    scale = _weights("scale", moments, [round(v, 2) for v in values[: len(gaps)]])
+    copies = _weights(
+        "app",
+        [m + timedelta(seconds=s) for m, s in zip(moments, shifts, strict=False)],
+        [round(v, 2) + j for v, j in zip(values, jitter, strict=False)][: len(gaps)],
+        method="manual",
+    )
+    zones = {"u1": ZoneInfo("UTC")}
+    alone = aggregate.hourly(scale, zones)
+    both = aggregate.hourly(concat([copies, scale]), zones)
+    columns = ["bucket_start_us", "count", "min", "max", "mean", "devices"]
+    pd.testing.assert_frame_equal(
+        both[columns].reset_index(drop=True), alone[columns].reset_index(drop=True)
+    )
