@@ -39,7 +39,7 @@ from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
 from ohx_dagster.fhir.validation import validate_output
 from ohx_dagster.models import AggregationLevel, HealthSyncConfig
-from ohx_dagster.schema import aggregates, day_versions, fhir_files
+from ohx_dagster.schema import aggregates, day_versions, fhir_files, users
 from ohx_dagster.shards import Shard
 from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import local_day
@@ -210,6 +210,13 @@ def _previous_files(conn: sa.Connection, key: str, bucket: int) -> list[str]:
     return list(conn.execute(query).scalars())
 
 
+def _erased(conn: sa.Connection, provider: str, configs: Mapping[str, HealthSyncConfig]) -> bool:
+    query = sa.select(users.c.user_id).where(
+        users.c.provider == provider, users.c.user_id.in_(sorted(configs))
+    )
+    return len(set(conn.execute(query).scalars())) < len(configs)
+
+
 def _write_aggregates(
     conn: sa.Connection,
     provider: str,
@@ -268,6 +275,8 @@ def _commit_bucket(
         db.lock(conn, "fhir", partition)
         published = _published(conn, provider, day, versions)
         if any(published.get(u, (0, False))[0] > version for u, version in versions.items()):
+            return None
+        if _erased(conn, provider, configs):  # erased since this bucket was read: render again
             return None
         _write_aggregates(conn, provider, day, configs, hourly, daily)
         conn.execute(t.delete().where(t.c.partition_key == partition, t.c.bucket == bucket))

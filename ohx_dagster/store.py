@@ -55,6 +55,7 @@ class CommitReport:
 
     changed: list[Interval] = field(default_factory=list)  # instants whose stored data changed
     days: set[date] = field(default_factory=set)  # day partitions to publish again
+    unknown_person: bool = False  # not in users (erased meanwhile): nothing was written
 
     @property
     def changed_anything(self) -> bool:
@@ -253,6 +254,10 @@ class RecordStore:
         report = CommitReport()
         with self.write() as conn:
             db.lock(conn, "person", provider, user_id)
+            if not self._known(conn, provider, user_id):
+                # Erased (or never connected) while this fetch ran: nothing of theirs is written.
+                report.unknown_person = True
+                return report
             report.changed += record_tables.write_series(conn, provider, user_id, dense, replace)
             report.changed += record_tables.write_measurements(
                 conn, provider, user_id, sparse, replace
@@ -266,6 +271,13 @@ class RecordStore:
             for name, value in (cursors or {}).items():
                 self.set_cursor(conn, provider, user_id, name, value)
         return report
+
+    @staticmethod
+    def _known(conn: Connection, provider: str, user_id: str) -> bool:
+        query = sa.select(users.c.user_id).where(
+            users.c.provider == provider, users.c.user_id == user_id
+        )
+        return conn.execute(query).first() is not None
 
     def read_chunks(
         self,

@@ -40,6 +40,7 @@ def heart_rate_batch(user: str, start_s: int, count: int, step_s: int = 5, devic
 
 
 def commit(store: RecordStore, batch: pd.DataFrame, user: str = "u1", **kw):
+    store.add_users([HealthSyncConfig(user_id=user, provider="fitabase")])
     return store.commit("fitabase", user, CHICAGO, batch, **kw)
 
 
@@ -70,6 +71,14 @@ def test_overlapping_batches_store_the_union_and_replace_values(store: RecordSto
     assert len(stored) == 150  # 0..495 s and 250..745 s every 5 s
     assert (stored.loc[stored["ts"] >= T0 + timedelta(seconds=250), "value"] == 150.0).all()
     assert report.changed_anything
+
+
+def test_a_person_erased_while_their_fetch_ran_gets_nothing_written(store: RecordStore) -> None:
+    """The erasure race: a fetch that began before the person was erased commits after it."""
+    batch = heart_rate_batch("gone", 0, 10)
+    report = store.commit("fitabase", "gone", CHICAGO, batch, covered={"heart_rate": [(0, 1)]})
+    assert report.unknown_person and not report.changed_anything
+    assert store.count_records("fitabase") == 0 and store.coverage("fitabase", ["gone"]) == {}
 
 
 def test_identity_includes_device_and_user(store: RecordStore) -> None:
@@ -217,6 +226,7 @@ def _writer(url: str, worker: int, start: object, errors: object) -> None:
     try:
         start.wait(timeout=60)  # type: ignore[attr-defined]
         store = RecordStore(url, migrate_schema=True)
+        store.add_users([HealthSyncConfig(user_id="u1", provider="fitabase")])
         for round_ in range(ROUNDS):
             # Each worker covers seconds [worker*1000, worker*1000 + 3000): neighbours overlap.
             batch = heart_rate_batch("u1", worker * 1000 + round_ * 100, 600)
