@@ -7,7 +7,7 @@ import copy
 
 import pytest
 
-from ohx_dagster.fhir.validate import (
+from ohx_dagster.fhir.validation import (
     Problem,
     iter_examples,
     model_problems,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster.fhir.validate import (
+from ohx_dagster.fhir.validation import (
     Problem,
     sampled_data_problems,
     validate_output,

@@ -21,7 +21,7 @@ from ohx_dagster.errors import ConfigError, ValidationError
 from ohx_dagster.fhir.ecg import read_waveform
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
-from ohx_dagster.fhir.validate import validate_resources
+from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.models import HealthDataType
 from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.polar import PolarFileError, PolarFileSource, PolarH10Source

@@ -31,7 +31,7 @@ import ohx_dagster.providers.polar as polar
 from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
-from ohx_dagster.fhir.validate import validate_resources
+from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings

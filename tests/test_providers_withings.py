@@ -18,7 +18,7 @@ from provider_api_server import Call, FakeApi, answer, documented
 
 from ohx_dagster.errors import ProviderError, RateLimited
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.fhir.validate import validate_resources
+from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings

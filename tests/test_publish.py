@@ -18,7 +18,7 @@ from ohx_dagster.fhir.ecg import read_waveform
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.timefmt import parse_us
-from ohx_dagster.fhir.validate import validate_resources
+from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.models import AggregationLevel
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES

@@ -527,6 +527,15 @@ def _match_urls(store: RecordStore, resources: Sequence[dict]) -> dict[str, str]
     return urls
 
 
+def _succeeded(status: str) -> bool:
+    return status.startswith("2")
+
+
+def _gone(status: str) -> bool:
+    """A delete succeeded, or the server did not hold the resource (404): either way it is gone."""
+    return status.startswith("2") or status == "404"
+
+
 def _content(resource: dict) -> dict:
     """What a server keeps as sent: all but id, meta and literal references (the server holds
     its own ids where we sent conditional references)."""
@@ -636,6 +645,19 @@ class FhirClient:
         report: DeliveryReport,
     ) -> None:
         body = orjson.dumps(transaction(resources, elsewhere, deleted))
+        self._post(client, body, len(resources), report, _succeeded)
+
+    def _post(
+        self,
+        client: httpx.Client,
+        body: bytes,
+        count: int,
+        report: DeliveryReport,
+        accepted: Callable[[str], bool],
+    ) -> None:
+        """POST one transaction: 429/503 retried after Retry-After, other 5xx and dropped
+        connections with exponential backoff, one 401 answered by fetching a new token; the
+        response must hold `count` entries whose status `accepted` takes."""
         attempt = 0
         while True:
             error: str
@@ -654,7 +676,7 @@ class FhirClient:
                 error = f"{type(exc).__name__}: {exc}"
             else:
                 if response.status_code == 200:
-                    self._check_response(response, len(resources), report)
+                    self._check_response(response, count, report, accepted)
                     return
                 error = f"HTTP {response.status_code}: {response.text[:300]}"
                 if response.status_code == 401 and attempt == 0:
@@ -674,7 +696,13 @@ class FhirClient:
             report.retries += 1
             self.sleep(wait)
 
-    def _check_response(self, response: httpx.Response, count: int, report: DeliveryReport) -> None:
+    def _check_response(
+        self,
+        response: httpx.Response,
+        count: int,
+        report: DeliveryReport,
+        accepted: Callable[[str], bool],
+    ) -> None:
         bundle = response.json()
         entries = bundle.get("entry", [])
         if bundle.get("type") != "transaction-response" or len(entries) != count:
@@ -684,7 +712,7 @@ class FhirClient:
             )
         for entry in entries:
             status = str(entry.get("response", {}).get("status", "")).split(" ")[0]
-            if not status.startswith("2"):
+            if not accepted(status):
                 raise DeliveryError(f"{self.base_url}: an entry answered {status!r}")
             report.statuses[status] = report.statuses.get(status, 0) + 1
 
@@ -745,7 +773,7 @@ class FhirClient:
                     "entry": [{"request": {"method": "DELETE", "url": url}} for url in batch],
                 }
                 try:
-                    self._transact(client, orjson.dumps(bundle), len(batch), report)
+                    self._post(client, orjson.dumps(bundle), len(batch), report, _gone)
                 except DeliveryError:
                     report.remaining = len(match_urls) - start
                     raise
@@ -754,61 +782,3 @@ class FhirClient:
                 report.sent += len(batch)
                 report.batches += 1
         return report
-
-    def _transact(
-        self, client: httpx.Client, body: bytes, count: int, report: DeliveryReport
-    ) -> None:
-        """POST one transaction of deletions, with `_send`'s retries (429/503 after
-        Retry-After, other 5xx and dropped connections with backoff, one 401 re-auth)."""
-        attempt = 0
-        while True:
-            error: str
-            wait = min(self.max_wait_s, self.backoff_s * 2**attempt)
-            try:
-                response = client.post(
-                    self.base_url,
-                    content=body,
-                    headers={
-                        "Content-Type": FHIR_JSON,
-                        "Accept": FHIR_JSON,
-                        **self.auth.header(client),
-                    },
-                )
-            except httpx.TransportError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    self._check_deletions(response, count, report)
-                    return
-                error = f"HTTP {response.status_code}: {response.text[:300]}"
-                if response.status_code == 401 and attempt == 0:
-                    self.auth.invalidate()
-                elif response.status_code not in RETRY_STATUSES:
-                    raise DeliveryError(f"{self.base_url} refused the transaction: {error}")
-                if response.status_code in (429, 503):
-                    wait = min(
-                        self.max_wait_s, _retry_after(response.headers.get("Retry-After"), wait)
-                    )
-            if attempt >= self.max_retries:
-                raise DeliveryError(
-                    f"{self.base_url} unavailable after {attempt + 1} attempts: {error}"
-                )
-            attempt += 1
-            report.retries += 1
-            self.sleep(wait)
-
-    def _check_deletions(
-        self, response: httpx.Response, count: int, report: DeliveryReport
-    ) -> None:
-        bundle = response.json()
-        entries = bundle.get("entry", [])
-        if bundle.get("type") != "transaction-response" or len(entries) != count:
-            raise DeliveryError(
-                f"{self.base_url}: expected a transaction-response with {count} entries, got "
-                f"{bundle.get('type')!r} with {len(entries)}"
-            )
-        for entry in entries:
-            status = str(entry.get("response", {}).get("status", "")).split(" ")[0]
-            if not (status.startswith("2") or status == "404"):
-                raise DeliveryError(f"{self.base_url}: a delete answered {status!r}")
-            report.statuses[status] = report.statuses.get(status, 0) + 1
