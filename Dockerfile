@@ -17,11 +17,12 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # 1. Third-party packages exactly as pinned; this layer changes only with the lock files. The
-#    product's test tools (pyproject's [test] extra and what only they pull in) stay out, and
-#    wheels only: the slim base has no compiler, and nothing is built from source.
+#    product's test tools (pyproject's [test] extra: pytest, hypothesis, pgserver, ruff, moto's S3
+#    server, and what only they pull in) stay out, and wheels only: the slim base has no
+#    compiler, and nothing is built from source.
 COPY requirements.lock ./
 COPY deploy/requirements-deploy.lock ./deploy/
-RUN grep -vE '^(pytest|pytest-timeout|pgserver|ruff|iniconfig|pluggy|fasteners)==' \
+RUN grep -vE '^(pytest|pytest-timeout|pgserver|ruff|iniconfig|pluggy|fasteners|hypothesis|sortedcontainers|moto|Flask|flask-cors|Werkzeug|blinker|itsdangerous|responses|xmltodict|py-partiql-parser)==' \
         requirements.lock > /tmp/runtime.lock \
  && pip install --only-binary=:all: -r /tmp/runtime.lock -r deploy/requirements-deploy.lock
 

@@ -113,8 +113,8 @@ def test_several_directories_and_the_crlf_export(shared_data: Path) -> None:
 
 
 def test_a_directory_given_twice_yields_each_record_once(fitabase_dir: Path) -> None:
-    once = FitabaseSource([fitabase_dir]).records
-    twice = FitabaseSource([fitabase_dir, fitabase_dir]).records
+    once = FitabaseSource([fitabase_dir], "UTC").records
+    twice = FitabaseSource([fitabase_dir, fitabase_dir], "UTC").records
     pd.testing.assert_frame_equal(once, twice)
 
 
@@ -155,17 +155,17 @@ def test_broken_exports_name_the_file_row_and_column(
 ) -> None:
     directory = write(tmp_path / "export", text)
     with pytest.raises(ValidationError) as caught:
-        _ = FitabaseSource([directory]).records
+        _ = FitabaseSource([directory], "UTC").records
     assert caught.value.field == field
     assert where in caught.value.where
 
 
 def test_bad_configuration_is_rejected(tmp_path: Path, fitabase_dir: Path) -> None:
     with pytest.raises(ValidationError) as caught:
-        FitabaseSource([tmp_path / "missing"])
+        FitabaseSource([tmp_path / "missing"], "UTC")
     assert caught.value.field == "OHX_FITABASE_DIR"
     with pytest.raises(ValidationError) as caught:
-        FitabaseSource([])
+        FitabaseSource([], "UTC")
     assert caught.value.field == "OHX_FITABASE_DIR"
     with pytest.raises(ValidationError) as caught:
         FitabaseSource([fitabase_dir], "Central Time")

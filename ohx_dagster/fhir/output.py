@@ -8,12 +8,15 @@ manifest (written last, in one put) names exactly the files of one consistent ve
 partition. Files no manifest names any more are removed afterwards (`collect_garbage`).
 
 Writes are atomic on both kinds of storage: local files are written under a temporary name,
-flushed to disk (fsync), then renamed; an object store's put is atomic by itself.
+flushed to disk (fsync), then renamed; an object store's put is atomic by itself (an object is
+either all there or not there). Reads never trust a cached listing: the files may have been
+written by another process (ohx_dagster/locations.py turns s3fs's listings cache off).
 
 | variable | meaning |
 |---|---|
 | OHX_FHIR_DIR | output root: a path, or s3://bucket/prefix |
 | OHX_S3_ENDPOINT_URL | an S3-compatible endpoint (MinIO, moto); unset = AWS |
+| AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION | read by botocore itself |
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final
 
 import fsspec
@@ -31,6 +35,9 @@ import orjson
 from fsspec.implementations.local import LocalFileSystem
 
 from ohx_dagster.errors import ConfigError
+from ohx_dagster.locations import storage_options
+
+__all__ = ["MANIFEST", "FhirOutput", "OutputFile", "file_name", "ndjson", "storage_options"]
 
 MANIFEST: Final = "manifest.json"
 # A temporary file older than this belongs to a writer that died.
@@ -53,13 +60,6 @@ def file_name(resource_type: str, bucket: int, body: bytes) -> str:
 def ndjson(resources: Iterable[dict]) -> bytes:
     """Resources sorted by id, one orjson line each: the same resources give the same bytes."""
     return b"".join(orjson.dumps(r) + b"\n" for r in sorted(resources, key=lambda r: r["id"]))
-
-
-def storage_options(root: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
-    env = os.environ if env is None else env
-    if root.startswith("s3://") and env.get("OHX_S3_ENDPOINT_URL"):
-        return {"client_kwargs": {"endpoint_url": env["OHX_S3_ENDPOINT_URL"]}}
-    return {}
 
 
 class FhirOutput:
@@ -149,7 +149,11 @@ class FhirOutput:
             "request": request,
             "requiresAccessToken": False,
             "output": [
-                {"type": f.resource_type, "url": self.url(f"{directory}/{f.name}"), "count": f.count}
+                {
+                    "type": f.resource_type,
+                    "url": self.url(f"{directory}/{f.name}"),
+                    "count": f.count,
+                }
                 for f in ordered
                 if f.count
             ],
@@ -175,9 +179,17 @@ class FhirOutput:
                 continue
             if name.startswith(".tmp-"):
                 info = self.fs.info(self._path(f"{directory}/{name}"))
-                age = time.time() - float(info.get("mtime") or info.get("created") or 0)
-                if age < STALE_TEMPORARY_S:
+                if age_s(info) < STALE_TEMPORARY_S:
                     continue  # another writer's file, still being written
             self.delete(f"{directory}/{name}")
             removed += 1
         return removed
+
+
+def age_s(info: Mapping[str, Any]) -> float:
+    """Seconds since a file of `fs.info` was last written: local files carry `mtime` (or
+    `created`), objects `LastModified`."""
+    stamp = info.get("mtime") or info.get("created") or info.get("LastModified") or 0
+    if isinstance(stamp, datetime):
+        stamp = stamp.timestamp()
+    return time.time() - float(stamp)

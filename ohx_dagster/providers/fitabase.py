@@ -1,27 +1,32 @@
 """Fitbit data exports in the Fitabase CSV layout (Fitbit's own export since the Web API shut down).
 
 The files carry the participant's local wall-clock time (`M/D/YYYY h:mm:ss AM/PM`) with no zone, so
-the zone is configuration (`OHX_FITABASE_TZ`) and every record keeps the offset it implies. Several
+the zone is configuration (`OHX_FITABASE_TZ`, required: never guessed) and every record keeps the
+offset it implies. The zone is part of the device id ("fitbit@America/Chicago"): the same file read
+in another zone is another series, so its resources get other ids and never overwrite the first
+reading's on a FHIR server; the Provenance of every published day names the zone too. Several
 export directories may be given; a record found in two of them is one record (same identity).
 
 Read: heartrate_seconds_merged.csv (heart rate, /min), hourlySteps_merged.csv (steps per hour),
 weightLogInfo_merged.csv (weight, kg). dailyActivity_merged.csv is not read: its TotalSteps repeats
 the hourly steps and would count them twice.
+
+A directory is a local path or an object-store prefix (s3://bucket/exports/fitabase, see
+ohx_dagster/locations.py), so a run in its own container reads the export without a shared disk.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Final
 
 import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ProviderError, ValidationError
+from ohx_dagster.locations import Location, kind, location, split_locations
 from ohx_dagster.models import (
     AggregationLevel,
     DateRange,
@@ -32,8 +37,14 @@ from ohx_dagster.models import (
 from ohx_dagster.records import concat, dedupe, empty_batch, make_batch, select
 
 NAME: Final = "fitabase"
+SETTING: Final = "OHX_FITABASE_DIR"
 TIME_FORMAT: Final = "%m/%d/%Y %I:%M:%S %p"
 DEVICE: Final = "fitbit"
+
+
+def device_id(zone: str) -> str:
+    """The export's device, as read in this zone."""
+    return f"{DEVICE}@{zone}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +68,13 @@ EXPORT_FILES: Final = (
 )
 
 
-def parse_dirs(value: str) -> list[Path]:
-    """OHX_FITABASE_DIR: one directory, or several separated by the OS path separator."""
-    return [Path(part).expanduser() for part in value.split(os.pathsep) if part.strip()]
+def parse_dirs(value: str) -> list[Location]:
+    """OHX_FITABASE_DIR: one directory, or several separated by the OS path separator; each a
+    path or a URL (s3://bucket/prefix)."""
+    return [location(part, SETTING) for part in split_locations(value)]
 
 
-def _localize(file: Path, column: pd.Series, zone: str) -> pd.DatetimeIndex:
+def _localize(file: Location, column: pd.Series, zone: str) -> pd.DatetimeIndex:
     parsed = pd.to_datetime(column, format=TIME_FORMAT, errors="coerce")
     bad = parsed.isna()
     if bad.any():
@@ -78,10 +90,11 @@ def _localize(file: Path, column: pd.Series, zone: str) -> pd.DatetimeIndex:
     )
 
 
-def read_export_file(path: Path, spec: ExportFile, zone: str) -> pd.DataFrame:
+def read_export_file(path: Location, spec: ExportFile, zone: str) -> pd.DataFrame:
     """One export CSV as a validated record batch; errors name the file, row and column."""
     try:
-        table = pd.read_csv(path, dtype={"Id": "string"}, skip_blank_lines=True)
+        with path.open("rb") as stream:
+            table = pd.read_csv(stream, dtype={"Id": "string"}, skip_blank_lines=True)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ProviderError(f"{path}: not a readable CSV export ({exc})") from exc
     missing = {"Id", spec.time_column, spec.value_column} - set(table.columns)
@@ -115,7 +128,7 @@ def read_export_file(path: Path, spec: ExportFile, zone: str) -> pd.DataFrame:
                 timestamps=stamps[rows],
                 values=values.to_numpy()[rows],
                 unit=spec.unit,
-                device_id=DEVICE,
+                device_id=device_id(zone),
                 utc_offset_min=offsets[rows],
                 duration_s=spec.duration_s,
             )
@@ -128,24 +141,33 @@ class FitabaseSource:
 
     name = NAME
 
-    def __init__(self, directories: Sequence[Path], timezone: str = "UTC") -> None:
+    def __init__(self, directories: Sequence[Location | str], timezone: str) -> None:
         if not directories:
-            raise ValidationError("OHX_FITABASE_DIR", "", "one or more export directories")
-        for directory in directories:
-            if not directory.is_dir():
-                raise ValidationError("OHX_FITABASE_DIR", str(directory), "an existing directory")
+            raise ValidationError(SETTING, "", "one or more export directories")
+        self.directories = [location(d, SETTING) for d in directories]
+        # The export files each directory holds, found once, when the source is made.
+        self.files: list[tuple[Location, ExportFile]] = []
+        for directory in self.directories:
+            if kind(directory, SETTING) != "folder":
+                raise ValidationError(
+                    SETTING, str(directory), "an existing directory (or s3:// prefix)"
+                )
+            held = [(directory / s.name, s) for s in EXPORT_FILES]
+            held = [(path, spec) for path, spec in held if kind(path, SETTING) == "file"]
+            if not held:
+                names = [s.name for s in EXPORT_FILES]
+                raise ValidationError(
+                    SETTING,
+                    str(directory),
+                    f"a Fitabase export holding {', '.join(names[:-1])} or {names[-1]}",
+                )
+            self.files += held
         HealthSyncConfig(user_id="tz-check", provider=NAME, timezone=timezone)  # validates the zone
-        self.directories = list(directories)
         self.timezone = timezone
 
     @cached_property
     def records(self) -> pd.DataFrame:
-        parts = [
-            read_export_file(directory / spec.name, spec, self.timezone)
-            for directory in self.directories
-            for spec in EXPORT_FILES
-            if (directory / spec.name).is_file()
-        ]
+        parts = [read_export_file(path, spec, self.timezone) for path, spec in self.files]
         batch = dedupe(concat(parts))
         return batch.sort_values(["user_id", "data_type", "ts"], ignore_index=True)
 

@@ -9,7 +9,8 @@ The archive, as the Health app writes it (SOURCE.md names where each fact comes 
     apple_health_export/workout-routes/route_<date>.gpx     (not read)
 
 An export.xml given alone is read with the electrocardiograms folder beside it, when there is
-one (the archive unzipped).
+one (the archive unzipped). Either may be a local path or on object storage (s3://...,
+ohx_dagster/locations.py): the zip is read by ranges, never copied to a disk.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import IO, Final
 
 from ohx_dagster.errors import ProviderError, ValidationError
+from ohx_dagster.locations import Location
 
 EXPORT_XML: Final = "export.xml"
 ECG_FOLDER: Final = "electrocardiograms"
@@ -29,10 +31,11 @@ ECG_FOLDER: Final = "electrocardiograms"
 class ExportFiles:
     """An open export: its export.xml and its ECG files, each under the name messages use."""
 
-    def __init__(self, path: Path, archive: zipfile.ZipFile | None) -> None:
+    def __init__(self, path: Location, archive: zipfile.ZipFile | None) -> None:
         self.path = path
         self.archive = archive
         self.xml_name, self._xml_member = self._find_xml()
+        self._ecg_files: dict[str, Location] = {}  # beside a plain export.xml: name -> file
 
     def _find_xml(self) -> tuple[str, str | None]:
         if self.archive is None:
@@ -65,7 +68,10 @@ class ExportFiles:
             folder = self.path.parent / ECG_FOLDER
             if not folder.is_dir():
                 return []
-            return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() == ".csv")
+            self._ecg_files = {
+                str(p): p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file()
+            }
+            return sorted(self._ecg_files)
         return sorted(
             f"{self.path}!{n}"
             for n in self.archive.namelist()
@@ -74,22 +80,28 @@ class ExportFiles:
 
     def read(self, name: str) -> bytes:
         if self.archive is None:
-            return Path(name).read_bytes()
+            return self._ecg_files[name].read_bytes()
         return self.archive.read(name.removeprefix(f"{self.path}!"))
 
 
 @contextmanager
-def open_export(path: Path) -> Iterator[ExportFiles]:
+def open_export(path: Location) -> Iterator[ExportFiles]:
     """The export at `path` (export.xml or export.zip), open for reading."""
     try:
-        if not zipfile.is_zipfile(path):
-            if path.suffix.lower() == ".zip":
-                raise ValidationError(
-                    "archive", str(path), "a zip archive, as 'Export All Health Data' shares it"
-                )
-            yield ExportFiles(path, None)
-            return
-        with zipfile.ZipFile(path) as archive:
-            yield ExportFiles(path, archive)
+        with path.open("rb") as stream:
+            if not zipfile.is_zipfile(stream):
+                if path.suffix.lower() == ".zip":
+                    raise ValidationError(
+                        "archive", str(path), "a zip archive, as 'Export All Health Data' shares it"
+                    )
+                zipped = None
+            else:
+                stream.seek(0)
+                zipped = zipfile.ZipFile(stream)
+            if zipped is None:
+                yield ExportFiles(path, None)
+                return
+            with zipped as archive:
+                yield ExportFiles(path, archive)
     except (OSError, zipfile.BadZipFile) as exc:
         raise ProviderError(f"{path}: cannot read the export ({exc})") from exc

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.locations import Location, kind, location
 from ohx_dagster.models import (
     AggregationLevel,
     DateRange,
@@ -32,6 +33,8 @@ from ohx_dagster.providers.apple_health.export import (
 from ohx_dagster.providers.apple_health.zone import ZoneChoice, ZoneEvidence, infer_zone, is_zone
 from ohx_dagster.records import concat, dedupe, select
 
+SETTING = "OHX_APPLE_HEALTH_EXPORT"
+
 
 class AppleHealthSource:
     """One export = one user: OHX_APPLE_HEALTH_USER, else the export's parent folder name.
@@ -42,17 +45,17 @@ class AppleHealthSource:
     name = NAME
 
     def __init__(
-        self, path: Path | str, *, user_id: str | None = None, timezone: str | None = None
+        self, path: Location | str, *, user_id: str | None = None, timezone: str | None = None
     ) -> None:
-        self.path = Path(path).expanduser()
-        if not self.path.is_file():
-            raise ValidationError(
-                "OHX_APPLE_HEALTH_EXPORT", str(self.path), "an export.xml or export.zip file"
-            )
+        # A local path or an object-store URL (s3://bucket/exports/ada/export.zip).
+        self.path = location(path, SETTING)
+        if kind(self.path, SETTING) != "file":
+            raise ValidationError(SETTING, str(self.path), "an export.xml or export.zip file")
         if timezone is not None and not is_zone(timezone):
             raise ValidationError("timezone", timezone, "an IANA time zone name")
         self.timezone = timezone
-        self.user_id = user_id or self.path.resolve().parent.name
+        folder = self.path.resolve().parent if isinstance(self.path, Path) else self.path.parent
+        self.user_id = user_id or folder.name
 
     @cached_property
     def _parsed(self) -> tuple[ExportReader, list[EcgRecording]]:

@@ -138,7 +138,10 @@ def first_line(path: Path) -> str | None:
     """The header line alone (layouts are told apart and checked before a file is read); None
     for an empty file."""
     with path.open("rb") as stream:
-        raw = stream.readline(65536)
+        # read + split, not readline(size): an object-store file (fsspec) has no sized readline.
+        raw = stream.read(65536)
+    end = raw.find(b"\n")
+    raw = raw if end < 0 else raw[: end + 1]
     return _decode(path, raw).rstrip("\r\n") if raw else None
 
 

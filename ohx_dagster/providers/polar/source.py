@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ConfigError, ValidationError
+from ohx_dagster.locations import Location, location
+from ohx_dagster.locations import kind as location_kind
 from ohx_dagster.models import (
     HARD_LIMITS,
     AggregationLevel,
@@ -141,19 +143,21 @@ class PolarFileSource:
     name = NAME
 
     def __init__(
-        self, path: Path | str, *, timezone: str | None = None, user_id: str | None = None
+        self, path: Location | str, *, timezone: str | None = None, user_id: str | None = None
     ) -> None:
-        self.path = Path(path).expanduser()
+        # A local path or an object-store URL (s3://bucket/exports/polar/...).
+        self.path = location(path, "OHX_POLAR_CSV")
         if timezone is not None:
             HealthSyncConfig(user_id="tz-check", provider=NAME, timezone=timezone)  # validates
         self.timezone = timezone
         self.user_id = user_id or None
         self.logged: list[SensorLoggerFile] = []
-        self.converted: list[Path] = []
+        self.converted: list[Location] = []
         self.skipped: dict[str, str] = {}
-        if self.path.is_file():
+        found = location_kind(self.path, "OHX_POLAR_CSV")
+        if found == "file":
             self._add_file(self.path)
-        elif self.path.is_dir():
+        elif found == "folder":
             self._add_folder(self.path)
         else:
             raise ValidationError(
@@ -202,7 +206,7 @@ class PolarFileSource:
         self.converted.append(path)
 
     def _add_folder(self, folder: Path) -> None:
-        for path in sorted(folder.iterdir()):
+        for path in sorted(folder.iterdir(), key=str):
             logged = SensorLoggerFile.parse(path)
             if not path.is_file():
                 self.skipped[path.name] = "a folder: not searched"

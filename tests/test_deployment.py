@@ -1,0 +1,244 @@
+"""The product deployed as Dagster's distributed deployment runs it, on this machine.
+
+Each role is a separate process with its own working directory (and its own DAGSTER_HOME and
+OHX_HOME); they share nothing but PostgreSQL and the object store, as the Docker and Kubernetes
+deployments in deploy/ do:
+
+    PostgreSQL (pgserver)     two databases, two roles with enforced passwords
+    S3 (moto's server mode)   the bucket for the FHIR output
+    ohx db upgrade            the schema migration step, before the code location starts
+    dagster api grpc          the code location "ohx" (runs are started by it, one process each)
+    dagster-daemon run        sensors, the run queue, backfills
+    dagster-webserver         the UI's GraphQL API (workspace: the gRPC server)
+    ohx-webhooks              the webhook receiver, with the development route configured
+    dagster job backfill      an operator launching a backfill from another machine
+
+Dagster's instance is deploy/dagster.postgres.yaml (PostgreSQL run, event log and schedule
+storage; the queued run coordinator; the default run launcher, which starts runs through the
+code server). Two simulated people are connected (`python -m ohx_dagster.seed`); every
+schedule and sensor but the webhook sensor is stopped first, so only what the test sends runs.
+Then a signed webhook goes to the receiver and its run puts today's FHIR objects into the
+bucket, and a two-day backfill puts the two days before; each partition's manifest names exactly
+the objects of its folder. The secrets the services were given appear in no GraphQL answer and
+no row of the Dagster database.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+from cryptography.fernet import Fernet
+from deployment_harness import (
+    FINISHED,
+    IN_FLIGHT,
+    WORKSPACE,
+    GraphQL,
+    Services,
+    base_env,
+    dagster_home,
+    database,
+    find_secrets,
+    free_port,
+    grpc_serving,
+    http_ok,
+    password_is_enforced,
+    scan_database,
+    tool,
+)
+from s3_test_server import ACCESS_KEY, REGION, S3Server, running_s3_server
+
+from ohx_dagster.providers.simulated import SimulatedSource
+from ohx_dagster.webhooks.simulator import send_event
+
+TOOLS = ("dagster", "dagster-webserver", "dagster-daemon", "ohx", "ohx-webhooks")
+pytestmark = pytest.mark.skipif(
+    not all(tool(n) for n in TOOLS),
+    reason=f"the console scripts {', '.join(TOOLS)} of this virtualenv are needed "
+    "(pip install -e '.[test]')",
+)
+
+USERS = 2
+
+
+@pytest.fixture
+def s3() -> Iterator[S3Server]:
+    with running_s3_server() as server:
+        yield server
+
+
+def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services(
+    pg_server: object, s3: S3Server, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    today = now.date()
+    days = [today - timedelta(days=2), today - timedelta(days=1)]  # the backfill's
+    suffix = uuid.uuid4().hex[:8]
+    secrets = {
+        "OHX_DATABASE_PASSWORD": uuid.uuid4().hex,
+        "DAGSTER_DATABASE_PASSWORD": uuid.uuid4().hex,
+        "OHX_SIMULATED_WEBHOOK_SECRET": uuid.uuid4().hex,
+        "OHX_TOKEN_KEY": Fernet.generate_key().decode(),
+        "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex,
+    }
+    ohx_url = database(
+        pg_server, f"ohx_{suffix}", secrets["OHX_DATABASE_PASSWORD"], f"ohx_{suffix}"
+    )
+    dagster_url = database(
+        pg_server,
+        f"dagster_{suffix}",
+        secrets["DAGSTER_DATABASE_PASSWORD"],
+        f"dagster_{suffix}",
+        driver="psycopg2",
+    )
+    assert password_is_enforced(ohx_url) and password_is_enforced(dagster_url)
+    bucket = f"ohx-fhir-{suffix}"
+    s3.create_bucket(bucket)
+    product = {
+        "OHX_DATABASE_URL": ohx_url,
+        "DAGSTER_PG_URL": dagster_url,
+        "OHX_SOURCES": "simulated",
+        "OHX_SIMULATED_USERS": str(USERS),
+        "OHX_PARTITIONS_START": days[0].isoformat(),
+        "OHX_FHIR_DIR": f"s3://{bucket}/output",
+        "OHX_S3_ENDPOINT_URL": s3.endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_DEFAULT_REGION": REGION,
+        **{k: v for k, v in secrets.items() if not k.endswith("_DATABASE_PASSWORD")},
+    }
+    services = Services(tmp_path)
+    homes = {
+        name: dagster_home(tmp_path / "homes" / name)
+        for name in ("codeserver", "webserver", "daemon", "backfill")
+    }
+
+    def env(role: str) -> dict[str, str]:
+        extra = {"DAGSTER_HOME": str(homes[role])} if role in homes else {}
+        return base_env(**product, **extra, OHX_HOME=str(tmp_path / "ohx-home" / role))
+
+    grpc_port, web_port, receiver_port = free_port(), free_port(), free_port()
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(WORKSPACE.format(port=grpc_port))
+    url = f"http://127.0.0.1:{web_port}"
+    receiver = f"http://127.0.0.1:{receiver_port}"
+    graphql = GraphQL(url)
+    try:
+        # 1. The schema, before the code location starts.
+        services.run("migrate", [str(tool("ohx")), "db", "upgrade"], env("migrate"))
+        # 2. The code location, then what reads it; the receiver beside them.
+        services.start(
+            "codeserver",
+            [str(tool("dagster")), "api", "grpc", "-h", "127.0.0.1", "-p", str(grpc_port),
+             "-m", "ohx_dagster.definitions"],
+            env("codeserver"),
+        )  # fmt: skip
+        services.start(
+            "receiver",
+            [str(tool("ohx-webhooks")), "--host", "127.0.0.1", "--port", str(receiver_port)],
+            env("receiver"),
+        )
+        services.wait("the code server", lambda: grpc_serving(grpc_port), timeout=120)
+        services.start(
+            "webserver",
+            [str(tool("dagster-webserver")), "-h", "127.0.0.1", "-p", str(web_port),
+             "-w", str(workspace)],
+            env("webserver"),
+        )  # fmt: skip
+        services.wait("the webserver", lambda: http_ok(f"{url}/server_info"), timeout=120)
+        services.wait("the code location in the webserver", graphql.location_loaded, timeout=60)
+        # Before the daemon ticks anything: only the webhook sensor runs.
+        stopped = graphql.stop_instigators(keep={"webhook_sensor"})
+        assert "new_user_sensor" in stopped and "hourly_incremental_sync" in stopped
+        services.start(
+            "daemon", [str(tool("dagster-daemon")), "run", "-w", str(workspace)], env("daemon")
+        )
+        services.wait("the receiver", lambda: http_ok(f"{receiver}/healthz"), timeout=60)
+
+        # 3. People connect (the simulated source's), then a webhook names one of them.
+        services.run("seed", [sys.executable, "-m", "ohx_dagster.seed"], env("seed"))
+        person, other = SimulatedSource(USERS).discover_users()
+        moment = max(now - timedelta(minutes=2), now.replace(hour=0, minute=0, second=0))
+        answer = send_event(
+            receiver, secrets["OHX_SIMULATED_WEBHOOK_SECRET"], person.user_id, "heart_rate", moment
+        )
+        assert answer.status_code == 200, answer.text
+
+        # 4. An operator's backfill of the two days before, from its own machine.
+        partitions = ",".join(f"{day.isoformat()}|simulated" for day in days)
+        launched = services.run(
+            "backfill",
+            [str(tool("dagster")), "job", "backfill", "-w", str(workspace), "-l", "ohx",
+             "-j", "sync_partition", "--partitions", partitions, "--noprompt"],
+            env("backfill"),
+        )  # fmt: skip
+        found = re.search(r"Launched backfill job `([^`]+)`", launched.stdout)
+        assert found, launched.stdout
+        backfill_id = found.group(1)
+
+        def all_done(tags: dict[str, str], count: int):
+            def probe():
+                runs = graphql.runs(tags)
+                if len(runs) == count and all(r["status"] in FINISHED for r in runs):
+                    return runs
+                return None
+
+            return probe
+
+        webhook_runs = services.wait(
+            "the webhook sensor's run",
+            all_done({"dagster/sensor_name": "webhook_sensor"}, 1),
+            timeout=240,
+        )
+        backfill_runs = services.wait(
+            "the backfill's runs", all_done({"dagster/backfill": backfill_id}, 2), timeout=240
+        )
+        assert [r["status"] for r in webhook_runs + backfill_runs] == ["SUCCESS"] * 3, (
+            services.logs()
+        )
+        assert graphql.runs(statuses=IN_FLIGHT) == []
+        tags = {t["key"]: t["value"] for t in webhook_runs[0]["tags"]}
+        assert tags["dagster/partition"] == f"{today.isoformat()}|simulated"
+        assert person.user_id in tags["ohx/users"] and other.user_id not in tags["ohx/users"]
+
+        leaked_graphql = find_secrets("\n".join(graphql.answers), secrets)
+        stored, _ = scan_database(dagster_url, secrets)
+        # No run wrote into another service's directory: nothing is shared but PG and S3.
+        written = {
+            name: sorted(str(p.relative_to(home)) for p in home.rglob("*") if p.is_file())
+            for name, home in homes.items()
+        }
+    finally:
+        services.stop()
+
+    # 5. The bucket: each partition's folder holds its NDJSON objects and a manifest naming
+    # exactly them, with their counts.
+    objects = s3.objects(bucket, "output/")
+    folders = sorted({key.rsplit("/", 1)[0] for key in objects})
+    expected = [f"output/{day.isoformat()}/simulated" for day in [*days, today]]
+    assert folders == expected, folders
+    subjects: dict[str, set[str]] = {}
+    for folder in folders:
+        files = {k.rsplit("/", 1)[1]: body for k, body in objects.items() if k.startswith(folder)}
+        manifest = orjson.loads(files.pop("manifest.json"))
+        named = {entry["url"]: entry["count"] for entry in manifest["output"]}
+        assert named == {
+            f"s3://{bucket}/{folder}/{n}": len(b.splitlines()) for n, b in files.items()
+        }
+        assert files and all(name.endswith(".ndjson") for name in files)
+        resources = [orjson.loads(line) for body in files.values() for line in body.splitlines()]
+        subjects[folder] = {
+            r["subject"]["reference"] for r in resources if r["resourceType"] == "Observation"
+        }
+    # The webhook's run published its person only; the backfill published both.
+    everyone = {f"Patient/{p.fhir_patient_id}" for p in (person, other)}
+    assert subjects[expected[2]] == {f"Patient/{person.fhir_patient_id}"}
+    assert subjects[expected[0]] == subjects[expected[1]] == everyone
+
+    assert leaked_graphql == [] and stored == {}, (leaked_graphql, stored)
+    assert all(files == ["dagster.yaml"] for files in written.values()), written
