@@ -8,7 +8,6 @@ statistics and FHIR computed from that read, and the step reports each asset wit
 Every asset returns the numbers a data engineer checks first, and checks that stop bad output.
 """
 
-
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
@@ -18,17 +17,16 @@ import pandas as pd
 from assets.metadata import hourly_plot, span, type_table
 from assets.partitions import BACKFILL_POLICY, days_and_shard
 from ohx_dagster import aggregate
-from ohx_dagster.coverage import gaps
-from ohx_dagster.fhir.validate import validate_resources
+from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.providers.base import Event
 from ohx_dagster.publish import partition_dir, publish_partition
 from ohx_dagster.quality import aggregate_inconsistencies
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
-from ohx_dagster.store import RecordStore, history_start
-from ohx_dagster.strategies import SyncStrategy, goal
-from ohx_dagster.sync import SyncFailed, SyncReport, sync_partition
+from ohx_dagster.store import RecordStore
+from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.sync import SyncFailed, run_checks, sync_partition
 from resources import FhirOutputResource, RecordStoreResource, SourcesResource
 
 MAX_RETRIES = 3
@@ -38,7 +36,7 @@ RETRY_WAIT_S = 30.0
 VALIDATION_SAMPLE = 12
 
 
-def _events(store: RecordStore, request: SyncRequest) -> dict[str, list[Event]]:
+def events_of(store: RecordStore, request: SyncRequest) -> dict[str, list[Event]]:
     """The notifications a push run answers, per person (read from the inbox by run key)."""
     if request.inbox is None:
         return {}
@@ -48,34 +46,6 @@ def _events(store: RecordStore, request: SyncRequest) -> dict[str, list[Event]]:
             Event(event.data_type, event.occurred_at, event.received_at, event.payload)
         )
     return found
-
-
-def _uncovered(
-    store: RecordStore, report: SyncReport, strategy: SyncStrategy, now: datetime
-) -> list[str]:
-    """People this run synced whose goal is still not covered on one of its days: the invariant
-    the sync keeps, checked against the store after the run."""
-    problems: list[str] = []
-    if strategy is SyncStrategy.REFRESH or not report.users_synced:
-        return problems
-    coverage = store.coverage(report.source, report.users_synced)
-    for person in store.people(report.source):
-        config = person.config
-        if config.user_id not in report.users_synced:
-            continue
-        start = history_start(config, person.connected_at_us, now)
-        refused = report.refused.get(config.user_id, {})
-        for day in report.days:
-            target = goal(strategy, day, config, start, now)
-            if target is None:
-                continue
-            for kind in sorted(config.enabled_types & report.supported_types):
-                if kind.value in refused:
-                    continue
-                missing = gaps(target, coverage.get((config.user_id, kind.value), []))
-                if missing:
-                    problems.append(f"{config.user_id} {kind.value} {day}: {len(missing)} gap(s)")
-    return problems
 
 
 def build_health_assets(
@@ -96,6 +66,14 @@ def build_health_assets(
                 "the source delivers and the provider did not refuse (no gap left behind).",
             ),
             dg.AssetCheckSpec(
+                "nothing_skipped",
+                asset="raw_health_records",
+                description="Every person the run was asked to sync was reached and served every "
+                "enabled type: a type the provider refuses (403, with its reason) and a person "
+                "whose grant it no longer accepts (needs reauthorization) are named here until "
+                "the person reconnects or their settings change (a warning: no retry helps).",
+            ),
+            dg.AssetCheckSpec(
                 "plausible_ranges",
                 asset="raw_health_records",
                 description="Every fetched value lies in its type's physiologically plausible "
@@ -104,7 +82,9 @@ def build_health_assets(
             dg.AssetCheckSpec(
                 "linked_heart_rate_present",
                 asset="raw_health_records",
-                description="Every ECG recording and RR session has heart rate within a minute.",
+                description="Every ECG recording and RR session has heart rate within a minute "
+                "(not blocking: a recording without it is still right, its report only lacks "
+                "the heart-rate link).",
             ),
         ],
     )
@@ -130,7 +110,7 @@ def build_health_assets(
                 strategy=request.strategy,
                 user_ids=request.user_ids,
                 select=request.selects,
-                events=_events(record_store, request),
+                events=events_of(record_store, request),
                 shard=None if shard.whole else shard,
                 now=now,
             )
@@ -141,7 +121,8 @@ def build_health_assets(
                 wait = failed.report.retry_after_s or RETRY_WAIT_S
                 raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from failed
             raise
-        uncovered = _uncovered(record_store, report, request.strategy, now)
+        checks = run_checks(record_store, report, now)
+        uncovered, skipped = checks["day_covered"], checks["nothing_skipped"]
         context.log.info(
             f"{shard.key} {_span_text(days)}: {report.records} records fetched for "
             f"{len(report.users_synced)} people, {len(report.days_changed)} day partitions changed"
@@ -154,7 +135,9 @@ def build_health_assets(
                 "people_skipped": dg.MetadataValue.json(report.users_skipped),
                 "types_refused": dg.MetadataValue.json(report.refused),
                 "records_by_type": dg.MetadataValue.json(report.records_by_type),
-                "days_changed": dg.MetadataValue.json(sorted(d.isoformat() for d in report.days_changed)),
+                "days_changed": dg.MetadataValue.json(
+                    sorted(d.isoformat() for d in report.days_changed)
+                ),
                 **span(report.first, report.last),
             },
             check_results=[
@@ -162,6 +145,12 @@ def build_health_assets(
                     check_name="day_covered",
                     passed=not uncovered,
                     metadata={"uncovered": dg.MetadataValue.json(uncovered[:20])},
+                ),
+                dg.AssetCheckResult(
+                    check_name="nothing_skipped",
+                    passed=not skipped,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"skipped": dg.MetadataValue.json(skipped[:20])},
                 ),
                 dg.AssetCheckResult(
                     check_name="plausible_ranges",
@@ -210,7 +199,7 @@ def build_health_assets(
                 kinds={"fhir", "json"},
                 owners=["team:clinical-integration"],
                 description="FHIR R5 bulk output of the partition: NDJSON per resource type and "
-                "bucket of people under OHX_FHIR_DIR/<day>/<source key>/ with a Bulk Data "
+                "bucket of people under `OHX_FHIR_DIR/<day>/<source key>/` with a Bulk Data "
                 "manifest.json naming exactly the files of one version; series, measurements, "
                 "aggregates per each person's preference, ECG reports and Devices.",
             ),
@@ -272,6 +261,8 @@ def build_health_assets(
                 now=datetime.now(UTC),
                 horizon=sources.horizon(shard.provider),
                 force=request.strategy is SyncStrategy.PARTITION,
+                run_id=context.run_id,
+                publish_ambiguous=output.publish_ambiguous,
                 validate=lambda resources: [
                     str(p) for p in validate_resources(resources, limit=VALIDATION_SAMPLE)
                 ],
@@ -282,7 +273,10 @@ def build_health_assets(
         daily = _frames([f for r in reports for f in r.daily_frames])
         mismatched = [m for r in reports for m in r.count_mismatches]
         problems = [
-            f"{r.day} bucket {b}: {p}" for r in reports for b, ps in r.invalid_buckets.items() for p in ps
+            f"{r.day} bucket {b}: {p}"
+            for r in reports
+            for b, ps in r.invalid_buckets.items()
+            for p in ps
         ]
         duplicates = [i for r in reports for i in r.duplicate_ids]
         by_type: dict[str, int] = {}
@@ -375,5 +369,3 @@ def _consistency(asset: str, stats: pd.DataFrame) -> dg.AssetCheckResult:
         passed=not inconsistent,
         metadata={"rows": dg.MetadataValue.json(inconsistent[:20]), "count": len(inconsistent)},
     )
-
-

@@ -1,5 +1,5 @@
-"""Coverage: the time windows of a person's data that a sync has fetched and stored, per provider and
-data type, as sorted disjoint half-open intervals [start, end) of epoch microseconds.
+"""Coverage: the time windows of a person's data that a sync has fetched and stored, per provider
+and data type, as sorted disjoint half-open intervals [start, end) of epoch microseconds.
 
 A run records what it fetched in the same transaction as the records it stored, so coverage never
 claims data that is not in the store. What is left to fetch is always `gaps(goal, coverage)`,

@@ -191,9 +191,7 @@ class RecordStore:
 
     def users(self, provider: str, *, connected_only: bool = True) -> list[HealthSyncConfig]:
         """The provider's people; `connected_only`: those connected (whatever their state)."""
-        return [
-            p.config for p in self.people(provider) if p.connected or not connected_only
-        ]
+        return [p.config for p in self.people(provider) if p.connected or not connected_only]
 
     def active_users(self, provider: str) -> list[HealthSyncConfig]:
         """The people a sync may call the provider for: connected and not awaiting reconnection."""
@@ -243,10 +241,16 @@ class RecordStore:
         covered: Mapping[str, Sequence[Interval]] | None = None,
         replace: Mapping[str, Sequence[Interval]] | None = None,
         cursors: Mapping[str, str] | None = None,
+        asked_at_us: int | None = None,
     ) -> CommitReport:
         """One person's fetch in one transaction: records merged, `covered` added to coverage,
         the changed day partitions marked for publishing, the types' last success noted, and the
-        provider's `cursors` moved (only ever with the records they led to)."""
+        provider's `cursors` moved (only ever with the records they led to).
+
+        `replace`: windows the provider answered in full, whose stored records it did not send
+        again are gone (deleted at the provider). `asked_at_us`: when this answer was asked for;
+        records another run stored after that came from a later answer, and this one does not
+        take them away (two runs of one day overlapping while the provider receives data)."""
         covered = covered or {}
         replace = replace or {}
         dense = batch[batch["data_type"].isin(DENSE)] if not batch.empty else batch
@@ -258,6 +262,8 @@ class RecordStore:
                 # Erased (or never connected) while this fetch ran: nothing of theirs is written.
                 report.unknown_person = True
                 return report
+            if asked_at_us is not None and replace:
+                replace = self._answered_last(conn, provider, user_id, replace, asked_at_us)
             report.changed += record_tables.write_series(conn, provider, user_id, dense, replace)
             report.changed += record_tables.write_measurements(
                 conn, provider, user_id, sparse, replace
@@ -271,6 +277,48 @@ class RecordStore:
             for name, value in (cursors or {}).items():
                 self.set_cursor(conn, provider, user_id, name, value)
         return report
+
+    @staticmethod
+    def _answered_last(
+        conn: Connection,
+        provider: str,
+        user_id: str,
+        replace: Mapping[str, Sequence[Interval]],
+        asked_at_us: int,
+    ) -> dict[str, list[Interval]]:
+        """The `replace` windows without the stored hours (series) and instants (measurements)
+        that another run wrote after `asked_at_us`: a later answer of the provider stands."""
+        kept: dict[str, list[Interval]] = {}
+        for data_type, intervals in replace.items():
+            windows = cov.normalize(intervals)
+            if not windows:
+                continue
+            low, high = windows[0][0], windows[-1][1]
+            if data_type in DENSE:
+                s = series_chunks
+                query = sa.select(s.c.hour_us).where(
+                    s.c.provider == provider,
+                    s.c.user_id == user_id,
+                    s.c.data_type == data_type,
+                    s.c.hour_us > low - record_tables.HOUR_US,
+                    s.c.hour_us < high,
+                    s.c.updated_at_us >= asked_at_us,
+                )
+                newer = [(h, h + record_tables.HOUR_US) for h in conn.execute(query).scalars()]
+            else:
+                m = measurements
+                query = sa.select(m.c.ts_us).where(
+                    m.c.provider == provider,
+                    m.c.user_id == user_id,
+                    m.c.data_type == data_type,
+                    m.c.ts_us >= low,
+                    m.c.ts_us < high,
+                    m.c.updated_at_us >= asked_at_us,
+                )
+                newer = [(t, t + 1) for t in conn.execute(query).scalars()]
+            holes = cov.normalize(newer)
+            kept[data_type] = [g for w in windows for g in cov.gaps(w, holes)] if holes else windows
+        return kept
 
     @staticmethod
     def _known(conn: Connection, provider: str, user_id: str) -> bool:
@@ -358,7 +406,9 @@ class RecordStore:
             record_tables.write_series(conn, provider, user_id, pd.DataFrame(), trim)
             trimmed = before_trim - self._count_in(conn, provider, user_id, before)
             sparse = conn.execute(
-                m.delete().where(m.c.provider == provider, m.c.user_id == user_id, m.c.ts_us < before)
+                m.delete().where(
+                    m.c.provider == provider, m.c.user_id == user_id, m.c.ts_us < before
+                )
             ).rowcount
             buckets = conn.execute(
                 a.delete().where(
@@ -407,6 +457,39 @@ class RecordStore:
                 for s, e in merged
             ],
         )  # fmt: skip
+
+    def uncover(
+        self, provider: str, user_id: str, windows: Mapping[str, Sequence[Interval]]
+    ) -> None:
+        """The provider says these windows changed (a notification): they are no longer covered
+        until a run has read them again. A push run that cannot read them leaves a gap that the
+        schedules' catch-up finds, instead of a change nobody fetches."""
+        c = coverage
+        with self.write() as conn:
+            db.lock(conn, "person", provider, user_id)
+            for data_type, intervals in windows.items():
+                holes = cov.normalize(intervals)
+                if not holes:
+                    continue
+                key = (
+                    (c.c.provider == provider)
+                    & (c.c.user_id == user_id)
+                    & (c.c.data_type == data_type)
+                )
+                stored = [(r.start_us, r.end_us) for r in conn.execute(sa.select(c).where(key))]
+                kept = [g for s in cov.normalize(stored) for g in cov.gaps(s, holes)]
+                if kept == stored:
+                    continue
+                conn.execute(c.delete().where(key))
+                if kept:
+                    conn.execute(
+                        c.insert(),
+                        [
+                            {"provider": provider, "user_id": user_id, "data_type": data_type,
+                             "start_us": a, "end_us": b}
+                            for a, b in kept
+                        ],
+                    )  # fmt: skip
 
     def _cut_coverage(self, conn: Connection, provider: str, user_id: str, before: int) -> None:
         c = coverage

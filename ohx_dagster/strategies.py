@@ -6,12 +6,16 @@ clock mark, so runs of any days in any order, or at the same time, never skip da
 
 | strategy | goal | fetched |
 |---|---|---|
-| partition | the UTC day, up to now | the whole goal, covered or not (what a person asks for by hand) |
+| partition | the UTC day, up to now | the whole goal, covered or not (asked for by hand) |
 | initial | the day from the person's history start | the goal's gaps |
-| incremental | the day from the history start | gaps; for today's partition also the trailing re-sync horizon, for uploads that arrive late |
-| push | as incremental | gaps, plus every window the notifications name (documents, ranges), wherever they fall |
-| close | the person's local calendar day (the partition's date) | gaps, and the horizon inside it |
-| refresh | none | nothing: publish what changed (late data written by another run, a status turning final) |
+| incremental | the day from the history start | gaps; today's run also the trailing horizon |
+| push | as incremental | as incremental, plus every window the notifications name |
+| close | the person's local calendar day | gaps, and the trailing horizon before now |
+| refresh | none | nothing: publish what changed (late data, a status turning final) |
+
+The trailing re-sync horizon (per provider, providers/registry.py) is re-read by today's
+incremental and push runs and by a daily person's close run (their only run of the day), across
+midnight: uploads that reach the provider late land without a run for each day they belong to.
 
 A person's history starts `lookback_days` before they connected and never before their retention
 period (ohx_dagster.store.history_start). Windows may reach beyond the partition day (the horizon,
@@ -69,7 +73,11 @@ def local_day(day: date, config: HealthSyncConfig) -> Interval:
 
 
 def goal(
-    strategy: SyncStrategy, day: date, config: HealthSyncConfig, history_start: datetime, now: datetime
+    strategy: SyncStrategy,
+    day: date,
+    config: HealthSyncConfig,
+    history_start: datetime,
+    now: datetime,
 ) -> Interval | None:
     """The window the run must leave covered for the person, or None."""
     if strategy is SyncStrategy.REFRESH:
@@ -110,12 +118,13 @@ def plan_windows(
                 windows.append(target)
             else:
                 windows += cov.gaps(target, covered.get(data_type.value, ()))
-            recent = (max(now_us - int(horizon.total_seconds() * 1e6), target[0]), target[1])
-            if kind is SyncStrategy.CLOSE:
-                windows.append(recent)
-            elif kind in (SyncStrategy.INCREMENTAL, SyncStrategy.PUSH) and today and horizon:
-                # Today's run owns the trailing horizon, across midnight: late uploads of the
-                # days before land without a run for each of them.
+            owns_horizon = kind is SyncStrategy.CLOSE or (
+                kind in (SyncStrategy.INCREMENTAL, SyncStrategy.PUSH) and today
+            )
+            if owns_horizon and horizon:
+                # Today's run (and a daily person's close, their only run of the day) owns the
+                # trailing horizon, across midnight: late uploads of the days before land without
+                # a run for each of them.
                 start = max(now_us - int(horizon.total_seconds() * 1e6), to_us(history_start))
                 windows.append((start, now_us))
         if kind is SyncStrategy.PUSH and announced:
@@ -138,7 +147,10 @@ def plan_days(
     joined: dict[HealthDataType, list[Interval]] = {}
     for position, day in enumerate(days):
         found = plan_windows(
-            strategy, day=day, announced=announced if position == 0 else None, **plan  # type: ignore[arg-type]
+            strategy,
+            day=day,
+            announced=announced if position == 0 else None,
+            **plan,  # type: ignore[arg-type]
         )
         for data_type, windows in found.items():
             joined.setdefault(data_type, []).extend(windows)

@@ -22,15 +22,15 @@ from typing import Final
 
 import pandas as pd
 
-from ohx_dagster.coverage import Interval
+from ohx_dagster.coverage import Interval, gaps
 from ohx_dagster.errors import NeedsReauthorization, OhxError, ProviderError, RateLimited
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import Event, FetchResult, HealthSource
 from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
 from ohx_dagster.shards import Shard
 from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore, history_start
-from ohx_dagster.strategies import SyncStrategy, parse, plan_days
-from ohx_dagster.times import to_us
+from ohx_dagster.strategies import SyncStrategy, goal, parse, plan_days
+from ohx_dagster.times import now_us, to_us
 
 # Heart rate fetched around a linked recording (ECG, RR session) so the two are stored together.
 LINK_MARGIN: Final = timedelta(minutes=1)
@@ -177,29 +177,39 @@ def sync_partition(
         refused = store.refused_types(config)
         types = sorted((config.enabled_types & source.supported_types) - set(refused))
         covered = {t.value: coverage.get((config.user_id, t.value), []) for t in types}
-        announced = None
-        if events and events.get(config.user_id):
-            try:
-                announced = source.event_windows(config, events[config.user_id], now)
-            except (ProviderError, ValueError, OSError) as exc:
-                report.failures[config.user_id] = f"{type(exc).__name__}: {exc}"
-                report.transient &= isinstance(exc, ProviderError | OSError)
-                continue
-        windows = plan_days(
-            kind,
-            days=days,
-            config=config,
-            types=types,
-            history_start=history_start(config, connected_at_us, now),
-            now=now,
-            covered=covered,
-            horizon=source.resync_horizon,
-            announced=announced,
-        )
-        if not windows:
-            report.users_synced.append(config.user_id)
-            continue
+        windows: dict[HealthDataType, list[Interval]] = {}
+        # Stored data that changes after this instant was written by a run that asked the
+        # provider later than this one: this run's answer must not take it away (store.commit).
+        asked_at_us = now_us()
         try:
+            announced = None
+            if events and events.get(config.user_id):
+                # Reading what the notifications name may call the provider (Oura documents):
+                # it fails, defers and parks the person the same way the fetch does.
+                announced = source.event_windows(config, events[config.user_id], now)
+                if kind is SyncStrategy.PUSH and announced:
+                    # Until read again, what changed is not covered: if this run cannot read
+                    # it, the schedules' catch-up will.
+                    store.uncover(
+                        source.name,
+                        config.user_id,
+                        {t.value: [(s, min(e, to_us(now))) for s, e in w]
+                         for t, w in announced.items() if t in types},
+                    )  # fmt: skip
+            windows = plan_days(
+                kind,
+                days=days,
+                config=config,
+                types=types,
+                history_start=history_start(config, connected_at_us, now),
+                now=now,
+                covered=covered,
+                horizon=source.resync_horizon,
+                announced=announced,
+            )
+            if not windows:
+                report.users_synced.append(config.user_id)
+                continue
             result = fetch_person(source, config, windows)
         except RateLimited as exc:
             # Every further call would be refused too: defer the rest of the people.
@@ -214,7 +224,8 @@ def sync_partition(
             # OSError: a provider's network failure (reset, timeout) is one person's failure.
             message = f"{type(exc).__name__}: {exc}"
             report.failures[config.user_id] = message
-            store.record_errors(source.name, config.user_id, {t.value: message for t in windows})
+            asked = windows or dict.fromkeys(types)
+            store.record_errors(source.name, config.user_id, {t.value: message for t in asked})
             # Bad data or config stays bad on retry; a provider or network error may pass.
             report.transient &= isinstance(exc, ProviderError | OSError)
             continue
@@ -226,6 +237,7 @@ def sync_partition(
             covered=result.covered,
             replace=result.covered,
             cursors=result.cursors,
+            asked_at_us=asked_at_us,
         )
         report.days_changed |= commit.days
         if result.refused:
@@ -241,8 +253,8 @@ def sync_partition(
         else:
             report.users_synced.append(config.user_id)
         _count(report, result.batch)
-        for kind, count in implausible_values(result.batch).items():
-            report.implausible[kind] = report.implausible.get(kind, 0) + count
+        for data_type, count in implausible_values(result.batch).items():
+            report.implausible[data_type] = report.implausible.get(data_type, 0) + count
         report.unlinked += recordings_without_heart_rate(result.batch)
     if report.incomplete:
         raise SyncFailed(report)
@@ -257,3 +269,59 @@ def _count(report: SyncReport, batch: pd.DataFrame) -> None:
     first, last = batch["ts"].min().to_pydatetime(), batch["ts"].max().to_pydatetime()
     report.first = first if report.first is None else min(report.first, first)
     report.last = last if report.last is None else max(report.last, last)
+
+
+# -- the run's checks (raw_health_records' asset checks; the fault suite reads the same) ----------
+
+
+def uncovered(store: RecordStore, report: SyncReport, now: datetime) -> list[str]:
+    """People the run synced whose goal is still not covered on one of its days, for a type the
+    source delivers and the provider did not refuse: the invariant the sync keeps, checked
+    against the store after the run."""
+    strategy = parse(report.strategy)
+    problems: list[str] = []
+    if strategy is SyncStrategy.REFRESH or not report.users_synced:
+        return problems
+    synced = set(report.users_synced)
+    coverage = store.coverage(report.source, sorted(synced))
+    for person in store.people(report.source):
+        config = person.config
+        if config.user_id not in synced:
+            continue
+        start = history_start(config, person.connected_at_us, now)
+        refused = set(report.refused.get(config.user_id, {})) | set(store.refused_types(config))
+        for day in report.days:
+            target = goal(strategy, day, config, start, now)
+            if target is None:
+                continue
+            for kind in sorted(config.enabled_types & report.supported_types):
+                if kind.value in refused:
+                    continue
+                missing = gaps(target, coverage.get((config.user_id, kind.value), []))
+                if missing:
+                    problems.append(f"{config.user_id} {kind.value} {day}: {len(missing)} gap(s)")
+    return problems
+
+
+def skipped(store: RecordStore, report: SyncReport) -> list[str]:
+    """What the run could not fetch and no retry will: the types the provider refuses to the
+    people it synced (403), and the people whose grant it no longer accepts (they must connect
+    again). Shown until the person reconnects or their settings change."""
+    problems = [
+        f"{user}: {reason}"
+        for user, reason in sorted(report.users_skipped.items())
+        if NEEDS_REAUTHORIZATION.replace("_", " ") in reason
+    ]
+    people = {p.config.user_id: p.config for p in store.people(report.source)}
+    for user in sorted(set(report.users_synced) | set(report.refused)):
+        refused = dict(report.refused.get(user, {}))
+        if user in people:
+            enabled = {k.value for k in people[user].enabled_types & report.supported_types}
+            refused |= {k: r for k, r in store.refused_types(people[user]).items() if k in enabled}
+        problems += [f"{user} {kind}: refused: {why}" for kind, why in sorted(refused.items())]
+    return problems
+
+
+def run_checks(store: RecordStore, report: SyncReport, now: datetime) -> dict[str, list[str]]:
+    """The raw asset's checks of a finished run: check name -> problems (none: passed)."""
+    return {"day_covered": uncovered(store, report, now), "nothing_skipped": skipped(store, report)}

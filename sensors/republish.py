@@ -86,7 +86,9 @@ def build_republish_sensor(
                         )
                     )
         if skipped:
-            context.log.info(f"{skipped} changed days lie outside the partitions and stay as they are")
+            context.log.info(
+                f"{skipped} changed days lie outside the partitions and stay as they are"
+            )
         if not requests:
             return dg.SensorResult(skip_reason="nothing changed outside its own run")
         return dg.SensorResult(run_requests=requests)

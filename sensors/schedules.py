@@ -6,20 +6,21 @@ partition, run for its own people.
 - hourly_incremental_sync: every hour, today's partition of every source for people who sync
   hourly or in realtime (the sensor covers realtime; this is its safety net), which also re-reads
   the provider's trailing re-sync horizon for late uploads. Days before today are synced too when
-  coverage says they have gaps (after an outage, a person's reconnection, a failed run): the most
-  recent CATCH_UP_DAYS of them a tick, never a day that already has a run queued or running.
+  coverage says they have gaps (after an outage, a person's reconnection, a failed run, a daily
+  person's failed close): the most recent CATCH_UP_DAYS of them a tick, for everyone with a gap
+  in them, never a day that already has a run queued or running.
 - daily_close: every hour, for the people whose local midnight has just passed, the whole local
   day that ended (daily-frequency people are synced only then).
 """
 
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
 
 from assets.partitions import partition_key
 from ohx_dagster.coverage import gaps
-from ohx_dagster.models import SyncFrequency
+from ohx_dagster.models import HealthSyncConfig, SyncFrequency
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
@@ -63,23 +64,28 @@ def in_flight_partitions(instance: dg.DagsterInstance, job_name: str) -> set[str
     return {r.dagster_run.tags.get("dagster/partition", "") for r in records}
 
 
-def days_with_gaps(
-    store: RecordStore, provider: str, now: datetime, first_day: date
-) -> list[date]:
-    """UTC days before today on which an active person syncing hourly or in realtime has a gap in
-    a type the provider delivers, most recent first."""
+def synced_until(config: HealthSyncConfig, now: datetime) -> int:
+    """Up to where a person's data should be covered by now, as far as catching up goes: the
+    start of today (UTC) for hourly and realtime people; for daily people the start of their
+    current local day (every local day before it has closed)."""
+    start_of_today = to_us(datetime.combine(now.date(), time(), tzinfo=UTC))
+    if config.sync_frequency in SYNCED_BY_SCHEDULE:
+        return start_of_today
+    local_midnight = datetime.combine(now.astimezone(config.zone).date(), time(), config.zone)
+    return min(start_of_today, to_us(local_midnight))
+
+
+def days_with_gaps(store: RecordStore, provider: str, now: datetime, first_day: date) -> list[date]:
+    """UTC days before today on which an active person has a gap in a type the provider delivers
+    (daily people: in a local day that has closed, e.g. after their close run failed), most
+    recent first."""
     people = [
         p
         for p in store.people(provider)
-        if p.connected
-        and p.state == ACTIVE
-        and p.config.sync_frequency in SYNCED_BY_SCHEDULE
-        and now - from_us(p.connected_at_us) > NEW_PERSON
+        if p.connected and p.state == ACTIVE and now - from_us(p.connected_at_us) > NEW_PERSON
     ]
     coverage = store.coverage(provider, [p.config.user_id for p in people])
     supported = SUPPORTED_TYPES.get(provider, frozenset())
-    today = now.date()
-    start_of_today = to_us(datetime.combine(today, datetime.min.time(), tzinfo=UTC))
     days: set[date] = set()
     for person in people:
         config = person.config
@@ -88,7 +94,7 @@ def days_with_gaps(
             history_start(config, person.connected_at_us, now),
             datetime.combine(first_day, datetime.min.time(), tzinfo=UTC),
         )
-        target = (to_us(start), start_of_today)
+        target = (to_us(start), synced_until(config, now))
         for kind in config.enabled_types & supported:
             if kind.value in refused:
                 continue
@@ -143,12 +149,16 @@ def build_schedules(
         record_store = store.get_store()
         busy = in_flight_partitions(context.instance, job.name)
         request = SyncRequest(SyncStrategy.INCREMENTAL, frequencies=SYNCED_BY_SCHEDULE)
+        # Days behind are synced for everyone with a gap in them (daily people included): an
+        # incremental run fetches gaps only, so the others cost nothing.
+        catch_up = SyncRequest(SyncStrategy.INCREMENTAL)
         for provider in sharding:
             behind = days_with_gaps(record_store, provider, moment, first_day)[:CATCH_UP_DAYS]
             for key in sharding.keys_of(provider):
-                days = [moment.date(), *behind]
-                todo = [d for d in days if str(partition_key(d, key)) not in busy]
-                yield from _requests(request, todo, [key], moment)
+                if str(partition_key(moment.date(), key)) not in busy:
+                    yield from _requests(request, [moment.date()], [key], moment)
+                todo = [d for d in behind if str(partition_key(d, key)) not in busy]
+                yield from _requests(catch_up, todo, [key], moment)
 
     @dg.schedule(
         job=job,

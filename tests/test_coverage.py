@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +24,7 @@ def instants(spans) -> set[int]:
 def test_normalize_keeps_exactly_the_instants(spans) -> None:
     merged = normalize(spans)
     assert instants(merged) == instants(spans)
-    assert all(a[1] < b[0] for a, b in zip(merged, merged[1:], strict=False))
+    assert all(a[1] < b[0] for a, b in pairwise(merged))
 
 
 @given(st.integers(0, 1000), st.integers(0, 1000), intervals)

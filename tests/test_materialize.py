@@ -40,10 +40,7 @@ def run_partition(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.Exec
 def fhir_files(home: Path) -> dict[str, str]:
     """The partition's NDJSON files and their hashes (the manifest aside: it names its time)."""
     directory = home / "fhir" / DAY / "simulated"
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in directory.glob("*.ndjson")
-    }
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.glob("*.ndjson")}
 
 
 def published(settings: Settings) -> list[dict]:
@@ -176,7 +173,14 @@ def test_materialize_on_postgres_instance_and_store(
     with engine.connect() as conn:
         tables = set(sa.inspect(conn).get_table_names())
     engine.dispose()
-    assert {"runs", "event_logs", "series_chunks", "aggregates", "ohx_schema_version", "alembic_version"} <= tables
+    assert {
+        "runs",
+        "event_logs",
+        "series_chunks",
+        "aggregates",
+        "ohx_schema_version",
+        "alembic_version",
+    } <= tables
     assert store.count_records("simulated") > 10_000
     check_hourly_heart_rate(settings, store)
     store.dispose()

@@ -5,23 +5,22 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
-
-from ohx_dagster.definitions import build_definitions
 from dagster._core.storage.dagster_run import DagsterRun
 
+from ohx_dagster.definitions import build_definitions
 from ohx_dagster.models import HealthDataType, HealthSyncConfig, SyncFrequency
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.records import empty_batch
-from ohx_dagster.schema import coverage, users
 from ohx_dagster.run_request import SyncRequest
+from ohx_dagster.schema import coverage, users
 from ohx_dagster.settings import Settings
 from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import SyncStrategy
 from ohx_dagster.sync import sync_partition
-from resources import RecordStoreResource
 from ohx_dagster.times import to_us
+from resources import RecordStoreResource
 from sensors.schedules import CATCH_UP_DAYS, days_closing_at
 
 
@@ -31,6 +30,7 @@ def defs(tmp_path) -> dg.Definitions:
         "OHX_HOME": str(tmp_path),
         "OHX_PARTITIONS_START": "2026-01-01",
         "OHX_FITABASE_DIR": "/nonexistent-is-fine-at-load",
+        "OHX_FITABASE_TZ": "UTC",
     }
     return build_definitions(Settings.from_env(env))
 
@@ -182,7 +182,9 @@ def test_close_run_syncs_the_whole_local_day_of_a_daily_user(tmp_path) -> None:
     store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
     new_york = ZoneInfo("America/New_York")
     # 00:20 in New York, yesterday's local day just ended.
-    moment = datetime.combine(MOMENT.date(), datetime.min.time(), tzinfo=new_york) + timedelta(minutes=20)
+    moment = datetime.combine(MOMENT.date(), datetime.min.time(), tzinfo=new_york) + timedelta(
+        minutes=20
+    )
     day = (moment - timedelta(hours=1)).astimezone(new_york).date()
     simulator = SimulatedSource(2, clock=lambda: moment)
     source = Windowed(simulator, SUPPORTED_TYPES["simulated"])

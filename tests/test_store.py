@@ -87,7 +87,9 @@ def test_identity_includes_device_and_user(store: RecordStore) -> None:
     commit(store, heart_rate_batch("u2", 0, 10), user="u2")
     stored = store.read_records("fitabase", DAY)
     assert len(identities(stored)) == 30
-    assert store.read_records("fitabase", DAY, user_ids=["u2"])["user_id"].unique().tolist() == ["u2"]
+    assert store.read_records("fitabase", DAY, user_ids=["u2"])["user_id"].unique().tolist() == [
+        "u2"
+    ]
 
 
 def test_a_replace_window_deletes_what_the_provider_no_longer_holds(store: RecordStore) -> None:
@@ -153,7 +155,9 @@ def test_people_states_refusals_and_reconnection(store: RecordStore) -> None:
     store.record_errors("oura", "u1", {"spo2": "HTTP 403: scope spo2Daily not granted"},
                         refused=True, config=config)  # fmt: skip
     assert store.refused_types(config) == {"spo2": "HTTP 403: scope spo2Daily not granted"}
-    edited = HealthSyncConfig(user_id="u1", provider="oura", timezone="Europe/Paris", lookback_days=7)
+    edited = HealthSyncConfig(
+        user_id="u1", provider="oura", timezone="Europe/Paris", lookback_days=7
+    )
     assert store.refused_types(edited) == {}  # other settings: tried again
     store.set_state("oura", "u1", NEEDS_REAUTHORIZATION, "invalid_grant")
     assert store.active_users("oura") == []
@@ -273,3 +277,27 @@ def test_concurrent_processes_merge_the_same_hours_without_losing_a_sample(store
     assert store.last_synced("fitabase", "u1", "heart_rate") == T0 + timedelta(minutes=last)
     assert [c.user_id for c in store.users("fitabase")] == ["u0", "u1"]
     store.dispose()
+
+
+def test_one_batch_of_several_types_and_devices_lands_in_their_own_chunks(store) -> None:
+    """A fetch mixes types, devices and hours in any order: each (type, device, hour) becomes its
+    own chunk holding exactly its samples."""
+    watch = heart_rate_batch("u1", 0, 3 * 720)  # three hours every 5 s
+    phone = heart_rate_batch("u1", 2, 3 * 720, device="phone")
+    steps = make_batch(provider="fitabase", user_id="u1", data_type="steps",
+                       timestamps=pd.DatetimeIndex(T0 + pd.to_timedelta(np.arange(180), "min")),
+                       values=np.arange(180) % 50, unit="{steps}", device_id="phone",
+                       duration_s=60.0)  # fmt: skip
+    batch = concat([watch, steps, phone]).sample(frac=1.0, random_state=3)
+    commit(store, batch.reset_index(drop=True))
+    found = store.read_chunks("fitabase", DAY)
+    assert sorted((c.data_type, c.device_id) for c in found) == sorted(
+        [("heart_rate", "fitbit")] * 3 + [("heart_rate", "phone")] * 3 + [("steps", "phone")] * 3
+    )
+    for chunk in found:
+        assert chunk.hour_us <= chunk.samples.ts_us.min()
+        assert chunk.samples.ts_us.max() < chunk.hour_us + 3_600_000_000
+    stored = store.read_records("fitabase", DAY)
+    assert identities(stored) == identities(batch)
+    merged = stored.merge(batch, on=["data_type", "ts", "device_id"], suffixes=("", "_sent"))
+    assert len(merged) == len(batch) and (merged["value"] == merged["value_sent"]).all()

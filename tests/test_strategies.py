@@ -61,7 +61,10 @@ def test_todays_incremental_rereads_the_horizon_across_midnight() -> None:
     assert windows == [(to_us(NOW - timedelta(hours=48)), to_us(NOW))]
     assert windows[0][0] < start  # yesterday's late uploads are read by today's run
     # An earlier day's run does not re-read the horizon: that is today's run's job.
-    assert plan("incremental", TODAY - timedelta(days=1), covered=covered, horizon=timedelta(hours=48)) == []
+    assert (
+        plan("incremental", TODAY - timedelta(days=1), covered=covered, horizon=timedelta(hours=48))
+        == []
+    )
 
 
 def test_push_reads_what_the_notification_announced_wherever_it_falls() -> None:
@@ -72,12 +75,14 @@ def test_push_reads_what_the_notification_announced_wherever_it_falls() -> None:
     start, _ = day_span(TODAY)
     hole = (start, start + 600_000_000)
     rest = [(hole[1], to_us(NOW))]
-    assert plan("push", TODAY, covered=[(to_us(HISTORY), start), *rest], announced={HR: [night]}) == normalize([night, hole])
+    assert plan(
+        "push", TODAY, covered=[(to_us(HISTORY), start), *rest], announced={HR: [night]}
+    ) == normalize([night, hole])
 
 
 def test_initial_starts_at_the_persons_history() -> None:
     edge = HISTORY.date()
-    start, end = day_span(edge)
+    _, end = day_span(edge)
     assert plan("initial", edge) == [(to_us(HISTORY), end)]
     assert plan("initial", edge - timedelta(days=1)) == []
 
@@ -113,7 +118,9 @@ def test_a_backfill_run_asks_once_for_a_week() -> None:
 
 
 runs = st.lists(
-    st.tuples(st.sampled_from(["incremental", "initial", "push", "partition", "close"]), st.integers(0, 6)),
+    st.tuples(
+        st.sampled_from(["incremental", "initial", "push", "partition", "close"]), st.integers(0, 6)
+    ),
     min_size=1,
     max_size=12,
 )

@@ -34,7 +34,9 @@ class ScriptedSource(Windowed):
     """The simulated provider, with failures scripted per person (and type)."""
 
     def __init__(self, people: int = 3, horizon=timedelta(0), **faults) -> None:
-        super().__init__(SimulatedSource(people, clock=lambda: NOW), SUPPORTED_TYPES["simulated"], horizon)
+        super().__init__(
+            SimulatedSource(people, clock=lambda: NOW), SUPPORTED_TYPES["simulated"], horizon
+        )
         self.faults: dict[str, Exception] = faults.get("raise", {})
         self.refuse: dict[str, set[str]] = faults.get("refuse", {})
         self.calls: list[tuple[str, tuple[str, ...]]] = []
@@ -44,8 +46,14 @@ class ScriptedSource(Windowed):
         if user.user_id in self.faults:
             raise self.faults[user.user_id]
         refused = self.refuse.get(user.user_id, set())
-        result = super().fetch_windows(user, {k: w for k, w in windows.items() if k.value not in refused})
-        result.refused |= {kind: f"HTTP 403: {kind} not permitted" for kind in refused if HealthDataType(kind) in windows}
+        result = super().fetch_windows(
+            user, {k: w for k, w in windows.items() if k.value not in refused}
+        )
+        result.refused |= {
+            kind: f"HTTP 403: {kind} not permitted"
+            for kind in refused
+            if HealthDataType(kind) in windows
+        }
         return result
 
 
@@ -56,7 +64,9 @@ def held(store: RecordStore, people: Sequence[str], days: Sequence[date]) -> int
     for config in source.discover_users():
         if config.user_id in people:
             for day in days:
-                total += len(source.fetch(config, SUPPORTED_TYPES["simulated"], utc_day(day), batch_size=0))
+                total += len(
+                    source.fetch(config, SUPPORTED_TYPES["simulated"], utc_day(day), batch_size=0)
+                )
     return total
 
 
@@ -163,7 +173,9 @@ def test_ecg_brings_its_heart_rate_even_when_heart_rate_is_not_enabled(store: Re
 
 @given(st.permutations(range(4)), st.booleans())
 @settings(max_examples=8, deadline=None)
-def test_days_synced_in_any_order_store_exactly_what_the_provider_holds(tmp_path_factory, order, twice):
+def test_days_synced_in_any_order_store_exactly_what_the_provider_holds(
+    tmp_path_factory, order, twice
+):
     """Catch-up after an outage: days run newest first, oldest first, or shuffled, some twice."""
     store = RecordStore(f"sqlite:///{tmp_path_factory.mktemp('order') / 'ohx.db'}")
     days = [DAY - timedelta(days=d) for d in range(4)]

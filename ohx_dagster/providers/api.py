@@ -10,7 +10,8 @@
 | OHX_WITHINGS_API_URL, OHX_WITHINGS_TOKEN_URL | https://wbsapi.withings.net, .../v2/oauth2 | |
 | OHX_GOOGLE_HEALTH_CLIENT_ID, ..._CLIENT_SECRET | (required for "google_health") | Google app |
 | OHX_GOOGLE_HEALTH_API_URL, ..._TOKEN_URL | https://health.googleapis.com, oauth2 token | |
-| OHX_POLAR_ACCESSLINK_CLIENT_ID, ..._CLIENT_SECRET | (required for "polar_accesslink") | Polar app |
+| OHX_POLAR_ACCESSLINK_CLIENT_ID | (required for "polar_accesslink") | Polar app |
+| OHX_POLAR_ACCESSLINK_CLIENT_SECRET | (required for "polar_accesslink") | Polar app |
 | OHX_POLAR_ACCESSLINK_API_URL, ..._TOKEN_URL | https://www.polaraccesslink.com, polarremote.com | |
 
 The secrets are read where the source is built (SourcesResource.get), never stored in run config.
@@ -96,7 +97,9 @@ class ApiConnection:
     def budget(self, user: HealthSyncConfig) -> RequestBudget:
         """The request allowance a call for this person draws from (the application's, or the
         person's own where the provider counts per person)."""
-        return RequestBudget(self.store, self.app.name, self.app.request_limit, user.user_id)
+        return RequestBudget(
+            self.store, self.app.name, self.app.request_limit, user.user_id, clock=self.clock
+        )
 
     def auth(self, user: HealthSyncConfig) -> UserTokens:
         return UserTokens(

@@ -72,7 +72,14 @@ class RequestBudget:
                 db.upsert(
                     conn,
                     t,
-                    [{"key": self.key, "window_start_us": now, "used": 1, "blocked_until_us": None}],
+                    [
+                        {
+                            "key": self.key,
+                            "window_start_us": now,
+                            "used": 1,
+                            "blocked_until_us": None,
+                        }
+                    ],
                 )
                 return
             if row.used >= self.limit.requests:
@@ -90,7 +97,14 @@ class RequestBudget:
                 db.upsert(
                     conn,
                     t,
-                    [{"key": self.key, "window_start_us": now, "used": 0, "blocked_until_us": until}],
+                    [
+                        {
+                            "key": self.key,
+                            "window_start_us": now,
+                            "used": 0,
+                            "blocked_until_us": until,
+                        }
+                    ],
                 )
             else:
                 later = max(until, row.blocked_until_us or 0)

@@ -184,7 +184,10 @@ class OuraSource(ApiSource):
                 return None
             start = payload.instant(document, "bedtime_start", where)
             end = payload.instant(document, "bedtime_end", where)
-            return {HR: (to_us(start), to_us(end) + 1), SPO2: _local_day(_day(document, where), user)}
+            return {
+                HR: (to_us(start), to_us(end) + 1),
+                SPO2: _local_day(_day(document, where), user),
+            }
         if document_type in ("workout", "session"):
             start = payload.instant(document, "start_datetime", where)
             end = payload.instant(document, "end_datetime", where)
