@@ -21,9 +21,9 @@ Observations with their devices; only the statistics count one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -33,7 +33,11 @@ from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType
 from ohx_dagster.schema import aggregates
 from ohx_dagster.times import to_us
 
+if TYPE_CHECKING:
+    from ohx_dagster.record_tables import Chunk
+
 HOUR_US: Final = 3_600_000_000
+HOURLY_KEYS: Final = ["provider", "user_id", "data_type", "bucket_start_us"]
 AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
 # ECG waveforms are published as recordings, not as statistics.
 AGGREGATED_TYPES: Final = frozenset(HealthDataType) - {HealthDataType.ECG}
@@ -156,7 +160,11 @@ def hourly(records: pd.DataFrame, zones: Mapping[str, ZoneInfo]) -> pd.DataFrame
     if frame.empty:
         return empty_aggregates()
     frame = frame.assign(bucket_start_us=frame["ts"].dt.floor("h").astype("int64"))
-    stats = _statistics(frame, ["provider", "user_id", "data_type", "bucket_start_us"])
+    return _hourly_rows(_statistics(frame, HOURLY_KEYS), zones)
+
+
+def _hourly_rows(stats: pd.DataFrame, zones: Mapping[str, ZoneInfo]) -> pd.DataFrame:
+    """Statistics per UTC hour as aggregate rows: level, end, each person's local offset."""
     stats["level"] = AggregationLevel.HOURLY.value
     stats["bucket_end_us"] = stats["bucket_start_us"] + HOUR_US
     stats["utc_offset_min"] = 0
@@ -186,10 +194,23 @@ def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd
     if frame.empty:
         return empty_aggregates()
     # Each user's local day as UTC bounds, then one grouping for all users (not one per user).
-    users = pd.Index(frame["user_id"].unique())
+    bounds = _day_bounds(frame["user_id"].unique(), zones, day)
+    stamps = frame["ts"].dt.as_unit("us").astype("int64")
+    inside = (stamps >= frame["user_id"].map(bounds["bucket_start_us"])) & (
+        stamps < frame["user_id"].map(bounds["bucket_end_us"])
+    )
+    if not inside.any():
+        return empty_aggregates()
+    stats = _statistics(frame[inside], ["provider", "user_id", "data_type"])
+    return _daily_rows(stats, bounds)
+
+
+def _day_bounds(user_ids: Iterable[str], zones: Mapping[str, ZoneInfo], day: date) -> pd.DataFrame:
+    """Per person: their local day `day` as UTC microseconds [start, end), and its offset."""
+    users = pd.Index(list(user_ids))
     user_zones = [zones.get(str(user_id), ZoneInfo("UTC")) for user_id in users]
     windows = [local_day_window(day, zone) for zone in user_zones]
-    bounds = pd.DataFrame(
+    return pd.DataFrame(
         {
             # Timestamp.value is nanoseconds whatever the unit: use the store's exact conversion.
             "bucket_start_us": [to_us(w.start) for w in windows],
@@ -201,13 +222,9 @@ def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd
         },
         index=users,
     )
-    stamps = frame["ts"].dt.as_unit("us").astype("int64")
-    inside = (stamps >= frame["user_id"].map(bounds["bucket_start_us"])) & (
-        stamps < frame["user_id"].map(bounds["bucket_end_us"])
-    )
-    if not inside.any():
-        return empty_aggregates()
-    stats = _statistics(frame[inside], ["provider", "user_id", "data_type"])
+
+
+def _daily_rows(stats: pd.DataFrame, bounds: pd.DataFrame) -> pd.DataFrame:
     stats["level"] = AggregationLevel.DAILY.value
     stats = stats.join(bounds, on="user_id")
     return stats[AGGREGATE_COLUMNS].reset_index(drop=True)
@@ -225,3 +242,228 @@ def count_mismatches(records: pd.DataFrame, hourly_stats: pd.DataFrame) -> list[
     )
     difference = expected.sub(got, fill_value=0)
     return [f"{u} {t}: {int(v):+d}" for (u, t), v in difference[difference != 0].items()]
+
+
+# -- from stored chunks ---------------------------------------------------------------------------
+#
+# Publishing computes a bucket of people's statistics from one read of the store: dense series as
+# chunks (one per person, type, device and UTC hour), the rest as a small record batch. Each chunk
+# is reduced to one partial (count, min, max, sum, devices, methods) with numpy and the partials are
+# combined, so the statistics cost a step per chunk, not a row per sample. The rows are those
+# `hourly`, `daily` and `count_mismatches` give for the same records (tests/test_aggregate.py
+# compares them); only the order in which a bucket's values are added differs, which is exact for
+# whole numbers (heart rate, steps, RR in ms) and within rounding otherwise.
+
+_AGGREGATED_VALUES: Final = frozenset(t.value for t in AGGREGATED_TYPES)
+DAILY_KEYS: Final = ["provider", "user_id", "data_type"]
+# (group key without provider, device id, values, methods) of a chunk or the part of it counted.
+Part = tuple[tuple, str, np.ndarray, np.ndarray]
+
+
+def _labels(values: np.ndarray) -> set[str]:
+    """The distinct non-empty labels of a chunk's samples (one comparison pass when constant)."""
+    if values.size and (values == values[0]).all():
+        return {str(values[0])} if values[0] else set()
+    return {str(v) for v in values if v}
+
+
+def counted_chunks(chunks: Sequence[Chunk]) -> list[Chunk]:
+    """The chunks the statistics count: no ECG, and per person and UTC hour the steps of the
+    device that counted the most (equal totals: the first device id), as `aggregated_records`."""
+    totals: dict[tuple[str, int], list[tuple[float, str]]] = {}
+    for chunk in chunks:
+        if chunk.data_type == HealthDataType.STEPS.value:
+            total = float(chunk.samples.value.sum())
+            totals.setdefault((chunk.user_id, chunk.hour_us), []).append((-total, chunk.device_id))
+    best = {(user, hour, min(found)[1]) for (user, hour), found in totals.items()}
+    return [
+        c
+        for c in chunks
+        if c.data_type in _AGGREGATED_VALUES
+        and len(c.samples)
+        and (
+            c.data_type != HealthDataType.STEPS.value or (c.user_id, c.hour_us, c.device_id) in best
+        )
+    ]
+
+
+def _combine(provider: str, parts: Iterable[Part], keys: list[str]) -> pd.DataFrame:
+    """`_statistics` of the samples of these parts, grouped by their keys."""
+    found: dict[tuple, list] = {}
+    for key, device_id, values, methods in parts:
+        if not values.size:
+            continue
+        low, high, total = float(values.min()), float(values.max()), float(values.sum())
+        entry = found.get(key)
+        if entry is None:
+            found[key] = [values.size, low, high, total, {device_id} - {""}, _labels(methods)]
+            continue
+        entry[0] += values.size
+        entry[1], entry[2] = min(entry[1], low), max(entry[2], high)
+        entry[3] += total
+        entry[4] |= {device_id} - {""}
+        entry[5] |= _labels(methods)
+    if not found:
+        return pd.DataFrame()
+    ordered = sorted(found)
+    rows = [found[key] for key in ordered]
+    count = np.array([r[0] for r in rows], dtype="int64")
+    total = np.array([r[3] for r in rows], dtype="float64")
+    columns: dict[str, object] = {"provider": [provider] * len(ordered)}
+    for position, name in enumerate(keys[1:]):
+        columns[name] = [key[position] for key in ordered]
+    frame = pd.DataFrame(
+        {
+            **columns,
+            "count": count,
+            "min": np.array([r[1] for r in rows], dtype="float64"),
+            "max": np.array([r[2] for r in rows], dtype="float64"),
+            "mean": total / count,
+            "sum": total,
+            "diastolic_min": np.nan,
+            "diastolic_max": np.nan,
+            "diastolic_mean": np.nan,
+            "unit": [HealthDataType(key[1]).canonical_unit for key in ordered],
+            "devices": [",".join(sorted(r[4])) for r in rows],
+            "methods": [",".join(sorted(r[5])) for r in rows],
+        }
+    )
+    return frame
+
+
+def _kahan(values: Iterable[float]) -> tuple[float, int]:
+    """(sum, count) of the non-NaN values with the compensated summation pandas' groupby sum and
+    mean use, in the same order: the same bits as `_statistics`."""
+    total = compensation = 0.0
+    count = 0
+    for value in values:
+        if value != value:
+            continue
+        count += 1
+        y = value - compensation
+        t = total + y
+        compensation = t - total - y
+        if compensation != compensation:
+            compensation = 0.0
+        total = t
+    return total, count
+
+
+def _sparse_statistics(records: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """`_statistics` of already counted sparse records (a few a person and day, where a pandas
+    grouping costs more than the arithmetic), row for row the same; empty frame: none."""
+    if records.empty:
+        return pd.DataFrame()
+    if "bucket_start_us" in keys:
+        records = records.assign(bucket_start_us=records["ts"].dt.floor("h").astype("int64"))
+    groups: dict[tuple, list[int]] = {}
+    for row, key in enumerate(zip(*(records[k].tolist() for k in keys), strict=True)):
+        groups.setdefault(key, []).append(row)
+    value = records["value"].to_numpy(dtype="float64").tolist()
+    diastolic = records["diastolic"].to_numpy(dtype="float64").tolist()
+    unit, device, method = (records[c].tolist() for c in ("unit", "device_id", "method"))
+    nan = float("nan")
+    rows = []
+    for key in sorted(groups):
+        at = groups[key]
+        values = [value[i] for i in at if value[i] == value[i]]
+        lows = [diastolic[i] for i in at if diastolic[i] == diastolic[i]]
+        total, count = _kahan(value[i] for i in at)
+        low_total, low_count = _kahan(lows)
+        units = [unit[i] for i in at if isinstance(unit[i], str)]
+        rows.append(
+            (*key, len(at), min(values, default=nan), max(values, default=nan),
+             total / count if count else nan, total,
+             min(lows, default=nan), max(lows, default=nan),
+             low_total / low_count if low_count else nan,
+             units[0] if units else None,
+             ",".join(sorted({str(device[i]) for i in at if device[i]})),
+             ",".join(sorted({str(method[i]) for i in at if method[i]})))
+        )  # fmt: skip
+    names = [*keys, "count", "min", "max", "mean", "sum", "diastolic_min", "diastolic_max",
+             "diastolic_mean", "unit", "devices", "methods"]  # fmt: skip
+    return pd.DataFrame({name: [r[i] for r in rows] for i, name in enumerate(names)}).astype(
+        {"count": "int64", **dict.fromkeys(names[len(keys) + 1 : len(keys) + 8], "float64")}
+    )
+
+
+def _joined_statistics(dense: pd.DataFrame, sparse: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Dense and sparse statistics in key order (a type is one or the other, never both)."""
+    parts = [f for f in (dense, sparse) if not f.empty]
+    if len(parts) < 2:
+        return parts[0].reset_index(drop=True) if parts else pd.DataFrame()
+    return pd.concat(parts, ignore_index=True).sort_values(keys, kind="stable", ignore_index=True)
+
+
+def bucket_statistics(
+    provider: str,
+    chunks: Sequence[Chunk],
+    sparse: pd.DataFrame,
+    zones: Mapping[str, ZoneInfo],
+    day: date,
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(hourly, daily, count mismatches) of one read of a bucket of people around day partition
+    `day`: `hourly` of the UTC day's records, `count_mismatches` of them, and `daily` of every
+    record read, computed from the chunks without a row per sample."""
+    start = to_us(datetime.combine(day, time(), tzinfo=ZoneInfo("UTC")))
+    end = start + 24 * HOUR_US
+    counted = counted_chunks(chunks)
+    in_day = [c for c in counted if start <= c.hour_us < end]
+    sparse_all = aggregated_records(sparse) if not sparse.empty else sparse
+    sparse_day = sparse
+    if not sparse.empty:
+        stamps = sparse["ts"].dt.as_unit("us").astype("int64")
+        sparse_day = aggregated_records(sparse[(stamps >= start) & (stamps < end)])
+    # Hourly: a chunk is one device's hour, so it is one part of its bucket.
+    dense = _combine(
+        provider,
+        (((c.user_id, c.data_type, c.hour_us), c.device_id, c.samples.value, c.samples.method)
+         for c in in_day),
+        HOURLY_KEYS,
+    )  # fmt: skip
+    stats = _joined_statistics(dense, _sparse_statistics(sparse_day, HOURLY_KEYS), HOURLY_KEYS)
+    hourly_stats = empty_aggregates() if stats.empty else _hourly_rows(stats, zones)
+    # The check: the samples counted per person and type against the hourly counts.
+    expected: dict[tuple[str, str], int] = {}
+    for chunk in in_day:
+        key = (chunk.user_id, chunk.data_type)
+        expected[key] = expected.get(key, 0) + len(chunk.samples)
+    if not sparse_day.empty:
+        for key, size in sparse_day.groupby(["user_id", "data_type"]).size().items():
+            expected[key] = expected.get(key, 0) + int(size)
+    got: dict[tuple[str, str], int] = {}
+    if not hourly_stats.empty:
+        for key, size in hourly_stats.groupby(["user_id", "data_type"])["count"].sum().items():
+            got[key] = int(size)
+    mismatches = [
+        f"{u} {t}: {expected.get((u, t), 0) - got.get((u, t), 0):+d}"
+        for u, t in sorted(set(expected) | set(got))
+        if expected.get((u, t), 0) != got.get((u, t), 0)
+    ]
+    # Daily: each person's local day; an hour its ends cut counts its samples inside.
+    people = {c.user_id for c in counted} | set(sparse_all["user_id"] if not sparse.empty else ())
+    if not people:
+        return hourly_stats, empty_aggregates(), mismatches
+    bounds = _day_bounds(sorted(people), zones, day)
+    window = dict(zip(bounds.index, zip(bounds["bucket_start_us"], bounds["bucket_end_us"],
+                                        strict=True), strict=True))  # fmt: skip
+
+    def inside(chunk: Chunk) -> Part:
+        first, last = window[chunk.user_id]
+        samples, key = chunk.samples, (chunk.user_id, chunk.data_type)
+        if first <= chunk.hour_us and chunk.hour_us + HOUR_US <= last:
+            return key, chunk.device_id, samples.value, samples.method
+        keep = (samples.ts_us >= first) & (samples.ts_us < last)
+        return key, chunk.device_id, samples.value[keep], samples.method[keep]
+
+    dense = _combine(provider, (inside(c) for c in counted), DAILY_KEYS)
+    kept = sparse_all
+    if not sparse_all.empty:
+        stamps = sparse_all["ts"].dt.as_unit("us").astype("int64")
+        kept = sparse_all[
+            (stamps >= sparse_all["user_id"].map(bounds["bucket_start_us"]))
+            & (stamps < sparse_all["user_id"].map(bounds["bucket_end_us"]))
+        ]
+    stats = _joined_statistics(dense, _sparse_statistics(kept, DAILY_KEYS), DAILY_KEYS)
+    daily_stats = empty_aggregates() if stats.empty else _daily_rows(stats, bounds)
+    return hourly_stats, daily_stats, mismatches

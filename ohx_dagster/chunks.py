@@ -5,8 +5,8 @@ A chunk holds that hour's samples column by column, each column in the most comp
 | column | encoding |
 |---|---|
 | ts | microseconds after the hour: (start, step) when evenly spaced, else first differences |
-| value | first differences of integers (value x 10^k for the smallest k <= 6 that is exact), else raw float64 |
-| utc_offset_min, duration_s, method, context | one value when constant over the chunk, else an array |
+| value | first differences of integers (value x 10^k, smallest exact k <= 6), else raw float64 |
+| utc_offset_min, duration_s, method, context | one value if constant in the chunk, else an array |
 
 The columns are concatenated and deflated (zlib). 1 Hz heart rate takes about 1 byte a sample, where
 a row per sample took 145 (SQLite) to 230 (PostgreSQL) bytes (docs/storage.md). Encoding is
@@ -39,7 +39,7 @@ _MAX_DIGITS: Final = 6
 
 @dataclass(frozen=True, slots=True)
 class Samples:
-    """The samples of one chunk (or a batch about to become one), sorted by time, one per instant."""
+    """The samples of one chunk (or a batch about to become one), time-sorted, one per instant."""
 
     ts_us: np.ndarray  # int64, epoch microseconds, strictly increasing
     value: np.ndarray  # float64
@@ -198,6 +198,9 @@ def _unpack_column(blob: memoryview, n: int, dtype: str) -> tuple[np.ndarray, in
 
 def _pack_labels(labels: np.ndarray) -> bytes:
     """Strings as a small dictionary plus uint8 codes (constant: the one string)."""
+    if labels.size and (labels == labels[0]).all():  # the usual case, without a sort
+        text = str(labels[0]).encode()
+        return struct.pack("<I", len(text)) + text + b"C" + b"\x00"
     names = sorted(set(labels.tolist()))
     if len(names) > 255:
         raise ValidationError("labels", len(names), "at most 255 distinct values in one chunk")

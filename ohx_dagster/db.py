@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -141,8 +142,21 @@ def plain_rows(frame: Any) -> list[dict[str, Any]]:
     names = list(frame.columns)
     columns = []
     for name in names:
-        values = frame[name].astype("object").where(frame[name].notna(), None).tolist()
-        columns.append([v.item() if hasattr(v, "item") else v for v in values])
+        series = frame[name]
+        numeric = isinstance(series.dtype, np.dtype) and series.dtype.kind in "biuf"
+        values = series.to_numpy() if numeric else series.to_numpy(dtype=object)
+        if numeric and values.dtype.kind != "f":  # numpy numbers: tolist() gives Python values
+            columns.append(values.tolist())
+        elif numeric:
+            columns.append([None if v != v else v for v in values.tolist()])
+        else:
+            missing = series.isna().to_numpy()
+            columns.append(
+                [
+                    None if gone else (v.item() if hasattr(v, "item") else v)
+                    for v, gone in zip(values.tolist(), missing.tolist(), strict=True)
+                ]
+            )
     return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
@@ -173,15 +187,14 @@ def _copy_upsert(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any
     )
     columns = ", ".join(f'"{n}"' for n in names)
     cursor.copy_expert(
-        f'COPY "{staging}" ({columns}) FROM STDIN WITH (FORMAT csv, NULL \'\\N\')', buffer
+        f"COPY \"{staging}\" ({columns}) FROM STDIN WITH (FORMAT csv, NULL '\\N')", buffer
     )
     keys = [c.name for c in table.primary_key.columns]
     updates = ", ".join(f'"{n}" = EXCLUDED."{n}"' for n in names if n not in keys)
     conflict = ", ".join(f'"{k}"' for k in keys)
     cursor.execute(
         f'INSERT INTO "{table.name}" ({columns}) SELECT {columns} FROM "{staging}" '
-        f"ON CONFLICT ({conflict}) DO "
-        + (f"UPDATE SET {updates}" if updates else "NOTHING")
+        f"ON CONFLICT ({conflict}) DO " + (f"UPDATE SET {updates}" if updates else "NOTHING")
     )
     cursor.execute(f'DELETE FROM "{staging}"')
     cursor.close()

@@ -89,7 +89,6 @@ import os
 import re
 import secrets
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,7 +105,7 @@ from ohx_dagster.errors import ConfigError, OhxError, ValidationError
 from ohx_dagster.fhir.delivery import DeliveryError, FhirClient, match_url, owner
 from ohx_dagster.fhir.output import (
     MANIFEST,
-    STALE_TEMPORARY_S,
+    UNCOMMITTED_GRACE_S,
     FhirOutput,
     OutputFile,
     file_name,
@@ -399,7 +398,7 @@ def _strip_partition(
                 continue
             new_body = ndjson(kept)
             name = file_name(row.resource_type, bucket, new_body)
-            output.write_once(f"{directory}/{name}", new_body)
+            output.write_fresh(f"{directory}/{name}", new_body)
             changes.append((row, OutputFile(row.resource_type, bucket, name, len(kept))))
         if not changes:
             return StripReport()
@@ -480,18 +479,13 @@ def _remove_orphans(store: RecordStore, output: FhirOutput, partition: str, pers
         if name in named or name == MANIFEST or not _bucket_file(name, bucket):
             continue
         relative = f"{directory}/{name}"
-        if name.startswith(".tmp-") and _age_s(output, relative) < STALE_TEMPORARY_S:
+        if name.startswith(".tmp-") and output.age_s(relative) < UNCOMMITTED_GRACE_S:
             continue  # a writer's file, still being written
         body = output.read(relative)
         if person.mentioned_in(body) and any(person.holds(r) for r in _parse(body)):
             output.delete(relative)
             removed += 1
     return removed
-
-
-def _age_s(output: FhirOutput, relative: str) -> float:
-    info = output.fs.info(f"{output.root.rstrip('/')}/{relative}")
-    return time.time() - float(info.get("mtime") or info.get("created") or 0)
 
 
 def _partitions_of_bucket(

@@ -117,7 +117,9 @@ def _published(
     query = sa.select(t.c.user_id, t.c.published_version, t.c.published_final).where(
         t.c.provider == provider, t.c.day == day.isoformat(), t.c.user_id.in_(sorted(user_ids))
     )
-    return {r.user_id: (int(r.published_version), bool(r.published_final)) for r in conn.execute(query)}
+    return {
+        r.user_id: (int(r.published_version), bool(r.published_final)) for r in conn.execute(query)
+    }
 
 
 def people_to_publish(
@@ -267,17 +269,28 @@ def _commit_bucket(
     configs: Mapping[str, HealthSyncConfig],
     hourly: pd.DataFrame,
     daily: pd.DataFrame,
+    bodies: Mapping[str, bytes] | None = None,
 ) -> dict[str, Any] | None:
-    """Make the bucket's new files part of the partition; None if a newer render already is."""
+    """Make the bucket's new files part of the partition; None if a newer render already is.
+
+    Newer: any person of the bucket published at a version above the one this render read
+    (none read = 0: a person whose first data arrived after this render's snapshot must not be
+    published away by it). The files were written before the lock; another run's garbage
+    collection may have removed one since (it was nobody's yet), so under the lock each is
+    written again if it is not there."""
     partition = partition_key(day, key)
+    directory = partition_dir(day, key)
     t, v = fhir_files, day_versions
     with store.write() as conn:
         db.lock(conn, "fhir", partition)
-        published = _published(conn, provider, day, versions)
-        if any(published.get(u, (0, False))[0] > version for u, version in versions.items()):
+        published = _published(conn, provider, day, configs)
+        if any(published.get(u, (0, False))[0] > versions.get(u, 0) for u in configs):
             return None
         if _erased(conn, provider, configs):  # erased since this bucket was read: render again
             return None
+        for f in files:
+            if bodies and f.name in bodies and not output.exists(f"{directory}/{f.name}"):
+                output.write(f"{directory}/{f.name}", bodies[f.name])
         _write_aggregates(conn, provider, day, configs, hourly, daily)
         conn.execute(t.delete().where(t.c.partition_key == partition, t.c.bucket == bucket))
         stamp = now_us()
@@ -344,9 +357,7 @@ def publish_partition(
         p.config.user_id: p.config for p in store.people(provider) if shard.holds(p.config.user_id)
     }
     wanted = {u: c for u, c in people.items() if scope is None or u in set(scope)}
-    due = people_to_publish(
-        store, provider, day, wanted, now=now, horizon=horizon, force=force
-    )
+    due = people_to_publish(store, provider, day, wanted, now=now, horizon=horizon, force=force)
     by_bucket: dict[int, dict[str, HealthSyncConfig]] = defaultdict(dict)
     for user_id, config in people.items():
         by_bucket[bucket_of(provider, user_id)][user_id] = config
@@ -356,13 +367,12 @@ def publish_partition(
         data, versions = _read_bucket(store, provider, day, configs)
         if not publish_ambiguous:
             data = data.without_ambiguous()
-        records = data.records()
         zones = {u: c.zone for u, c in configs.items()}
-        window = utc_day(day)
-        in_day = records[(records["ts"] >= window.start) & (records["ts"] < window.end)]
-        hourly = aggregate.hourly(in_day, zones)
-        report.count_mismatches += aggregate.count_mismatches(in_day, hourly)
-        daily = aggregate.daily(records, zones, day)
+        # From the chunks as read: no row per sample (aggregate.hourly/daily of the records).
+        hourly, daily, mismatches = aggregate.bucket_statistics(
+            provider, data.chunks, data.sparse, zones, day
+        )
+        report.count_mismatches += mismatches
         final = {u: now >= final_at(day, c, horizon) for u, c in configs.items()}
         statuses = {u: "final" if is_final else "preliminary" for u, is_final in final.items()}
         resources = bucket_resources(
@@ -388,11 +398,13 @@ def publish_partition(
         for resource in resources:
             by_type[resource["resourceType"]].append(resource)
         files = []
+        bodies: dict[str, bytes] = {}
         for resource_type, items in sorted(by_type.items()):
             body = ndjson(items)
             name = file_name(resource_type, bucket, body)
-            output.write_once(f"{directory}/{name}", body)
+            output.write_fresh(f"{directory}/{name}", body)
             files.append(OutputFile(resource_type, bucket, name, len(items)))
+            bodies[name] = body
         manifest = _commit_bucket(
             store,
             output,
@@ -401,6 +413,7 @@ def publish_partition(
             day=day,
             bucket=bucket,
             files=files,
+            bodies=bodies,
             versions=versions,
             final=final,
             configs=configs,
@@ -423,13 +436,15 @@ def publish_partition(
         seen = Counter(r["id"] for r in resources)
         report.duplicate_ids += [i for i, n in seen.items() if n > 1]
     if report.buckets:
-        with store.read() as conn:
+        # Under the partition's lock: a run between writing its files and committing them
+        # (above) finds any of them removed here and writes it again.
+        partition = partition_key(day, key)
+        with store.write() as conn:
+            db.lock(conn, "fhir", partition)
             keep = list(
                 conn.execute(
-                    sa.select(fhir_files.c.name).where(
-                        fhir_files.c.partition_key == partition_key(day, key)
-                    )
+                    sa.select(fhir_files.c.name).where(fhir_files.c.partition_key == partition)
                 ).scalars()
             )
-        output.collect_garbage(directory, keep)
+            output.collect_garbage(directory, keep)
     return report

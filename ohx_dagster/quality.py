@@ -15,16 +15,22 @@ LINK_TOLERANCE: Final = pd.Timedelta(seconds=60)
 def implausible_values(records: pd.DataFrame) -> dict[str, int]:
     """Per type, how many values lie outside the plausible range (ECG: per waveform sample)."""
     found: dict[str, int] = {}
+    if records.empty:
+        return found
+    # Whole columns once, then a mask per type (a frame copied per type was most of the time).
+    kinds = records["data_type"].to_numpy()
+    value = records["value"].to_numpy(dtype="float64")
+    diastolic = records["diastolic"].to_numpy(dtype="float64")
     for kind, (low, high) in PLAUSIBLE_RANGES.items():
-        rows = records[records["data_type"] == kind.value]
-        if rows.empty:
+        rows = kinds == kind.value
+        if not rows.any():
             continue
         if kind is HealthDataType.ECG:
-            values = np.concatenate([np.asarray(s, dtype="float64") for s in rows["samples"]])
+            waveforms = records["samples"].to_numpy()[rows]
+            values = np.concatenate([np.asarray(s, dtype="float64") for s in waveforms])
         else:
-            values = np.concatenate(
-                [rows["value"].to_numpy(), rows["diastolic"].dropna().to_numpy()]
-            )
+            low_values = diastolic[rows]
+            values = np.concatenate([value[rows], low_values[~np.isnan(low_values)]])
         outside = int(((values < low) | (values > high)).sum())
         if outside:
             found[kind.value] = outside
@@ -33,10 +39,15 @@ def implausible_values(records: pd.DataFrame) -> dict[str, int]:
 
 def recordings_without_heart_rate(records: pd.DataFrame) -> list[str]:
     """ECG recordings and RR sessions with no heart rate of the same user within a minute."""
-    missing = []
-    heart_rate = records[records["data_type"] == HealthDataType.HEART_RATE.value]
+    missing: list[str] = []
+    if records.empty:
+        return missing
+    kinds = records["data_type"].to_numpy()
     linked_types = [HealthDataType.ECG.value, HealthDataType.RR_INTERVALS.value]
-    linked = records[records["data_type"].isin(linked_types)]
+    linked = records[np.isin(kinds, linked_types)]
+    if linked.empty:
+        return missing
+    heart_rate = records.loc[kinds == HealthDataType.HEART_RATE.value, ["user_id", "ts"]]
     tolerance = LINK_TOLERANCE.value // 1000  # microseconds, like the int64 timestamps below
     for user_id, rows in linked.groupby("user_id"):
         user_hr = heart_rate.loc[heart_rate["user_id"] == user_id, "ts"]

@@ -61,6 +61,33 @@ def _clip(windows: Sequence[Interval], start: int, end: int) -> list[Interval]:
     return [(max(s, start), min(e, end)) for s, e in windows if s < end and e > start]
 
 
+def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of labels and the labels (one label: no hashing of every row)."""
+    if values.size and (values == values[0]).all():
+        return np.zeros(values.size, dtype=np.int64), values[:1]
+    codes, uniques = pd.factorize(values)
+    return codes.astype(np.int64), np.asarray(uniques, dtype=object)
+
+
+def _chunk_rows(batch: pd.DataFrame, ts: np.ndarray) -> dict[tuple[str, str, int], np.ndarray]:
+    """The batch's row numbers per (type, device, UTC hour): the chunks it writes to."""
+    kinds, kind_names = _codes(batch["data_type"].to_numpy())
+    devices, device_names = _codes(batch["device_id"].to_numpy())
+    hours = chunks.hour_of(ts)
+    index = (hours - hours.min()) // HOUR_US
+    key = (kinds * len(device_names) + devices) * (int(index.max()) + 1) + index
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], ordered.size]
+    found = {}
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        row = int(order[start])
+        name = (str(kind_names[kinds[row]]), str(device_names[devices[row]]), int(hours[row]))
+        found[name] = order[start:end]
+    return found
+
+
 def write_series(
     conn: Connection,
     provider: str,
@@ -72,19 +99,17 @@ def write_series(
     new: dict[tuple[str, str, int], Samples] = {}
     if not batch.empty:
         ts = _ts_us(batch)
-        hours = chunks.hour_of(ts)
         offsets = batch["utc_offset_min"].fillna(0).to_numpy(dtype="int64")
-        groups = pd.DataFrame(
-            {"t": batch["data_type"].to_numpy(), "d": batch["device_id"].to_numpy(), "h": hours}
-        ).groupby(["t", "d", "h"], sort=True).indices
-        for (data_type, device_id, hour), rows in groups.items():
-            new[(data_type, device_id, int(hour))] = Samples.of(
+        value, duration = batch["value"].to_numpy(), batch["duration_s"].to_numpy()
+        method, context = batch["method"].to_numpy(), batch["context"].to_numpy()
+        for (data_type, device_id, hour), rows in _chunk_rows(batch, ts).items():
+            new[(data_type, device_id, hour)] = Samples.of(
                 ts[rows],
-                batch["value"].to_numpy()[rows],
+                value[rows],
                 utc_offset_min=offsets[rows],
-                duration_s=batch["duration_s"].to_numpy()[rows],
-                method=batch["method"].to_numpy()[rows],
-                context=batch["context"].to_numpy()[rows],
+                duration_s=duration[rows],
+                method=method[rows],
+                context=context[rows],
             ).sorted_unique()
     touched: dict[str, set[int]] = {}
     for data_type, _, hour in new:
@@ -208,7 +233,10 @@ def write_measurements(
     batch: pd.DataFrame,
     replace: Mapping[str, Sequence[Interval]],
 ) -> list[tuple[int, int]]:
-    """Upsert a person's sparse records and ECG recordings; returns the [start, end) spans changed."""
+    """Upsert a person's sparse records and ECG recordings.
+
+    Returns the [start, end) spans changed.
+    """
     new = _measurement_rows(provider, user_id, batch) if not batch.empty else {}
     t = measurements
     changed: list[tuple[int, int]] = []
@@ -232,7 +260,7 @@ def write_measurements(
                 )
             )
         }
-        for key, row in stored.items():
+        for key in stored:
             if key not in new and any(s <= key[1] < e for s, e in windows):
                 conn.execute(
                     t.delete().where(

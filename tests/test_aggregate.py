@@ -22,6 +22,7 @@ from ohx_dagster.records import concat, make_batch
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 CHICAGO = "America/Chicago"
 HOUR_US = 3_600_000_000
+HOUR = timedelta(hours=1)
 
 
 def read_csv(path: Path, time_column: str) -> pd.DataFrame:
@@ -351,3 +352,74 @@ def test_a_second_app_copying_every_reading_changes_no_statistic(gaps, values, s
     pd.testing.assert_frame_equal(
         both[columns].reset_index(drop=True), alone[columns].reset_index(drop=True)
     )
+
+
+def _steps_at(user: str, device: str, start: datetime, values: list[float]) -> pd.DataFrame:
+    moments = [start + timedelta(minutes=i) for i in range(len(values))]
+    return make_batch(provider="simulated", user_id=user, data_type="steps", timestamps=moments,
+                      values=values, unit="{steps}", device_id=device, duration_s=60.0)  # fmt: skip
+
+
+@pytest.mark.parametrize("day", [date(2025, 3, 9), date(2025, 3, 30)])  # New York's, Europe's DST
+def test_statistics_from_chunks_equal_the_statistics_of_the_records(
+    sqlite_store, day: date
+) -> None:
+    """What publishing computes from the stored chunks (bucket_statistics) is exactly what
+    hourly, daily and count_mismatches give for the same records: five zones (Kolkata +5:30 cuts
+    hours in two), steps from two devices with a tie, a weigh-in two apps logged, hand entries."""
+    from ohx_dagster import record_tables
+    from ohx_dagster.fhir.partition import read_window
+    from ohx_dagster.models import DateRange, HealthDataType
+    from ohx_dagster.providers.simulated import SimulatedSource
+    from ohx_dagster.times import to_us, utc_day
+
+    window = read_window(day)
+    source = SimulatedSource(6, clock=lambda: window.end)
+    configs = {c.user_id: c for c in source.discover_users()}
+    noon = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+    one = noon + timedelta(hours=1)
+    watch = source.fetch(
+        configs["sim-002"], [HealthDataType.STEPS], DateRange(one, noon + 2 * HOUR)
+    )
+    assert not watch.empty
+    extra = concat(
+        [
+            _steps_at("sim-001", "phone", noon, [10, 20, 30]),  # the watch counts more
+            _steps_at("sim-002", "a-phone", one, [watch["value"].sum()]),  # a tie: a-phone first
+            _steps_at("sim-003", "phone", noon + 2 * HOUR, [5000]),  # the phone counts more
+            make_batch(provider="simulated", user_id="sim-004", data_type="weight",
+                       timestamps=[noon + timedelta(hours=-5, minutes=2, seconds=30)],
+                       values=[70.0], unit="kg", device_id="phone-app", method="manual"),
+            make_batch(provider="simulated", user_id="sim-006", data_type="temperature",
+                       timestamps=[noon + timedelta(minutes=7 * i) for i in range(40)],
+                       values=36.0 + np.random.default_rng(1).random(40).round(3), unit="Cel",
+                       device_id="thermometer"),  # sums that rounding could change
+            make_batch(provider="simulated", user_id="sim-005", data_type="heart_rate",
+                       timestamps=[noon + timedelta(seconds=1, microseconds=500_000)],
+                       values=[77.5], unit="/min", device_id="", method="manual"),
+        ]
+    )  # fmt: skip
+    sqlite_store.add_users(configs.values())
+    for user_id, config in configs.items():
+        batch = source.fetch(config, list(HealthDataType), window)
+        batch = concat([batch, extra[extra["user_id"] == user_id]])
+        sqlite_store.commit("simulated", user_id, config.zone, batch)
+    start, end = to_us(window.start), to_us(window.end)
+    with sqlite_store.read() as conn:
+        chunks = record_tables.read_chunks(conn, "simulated", start, end)
+        sparse = record_tables.read_measurements(conn, "simulated", start, end)
+    zones = {u: c.zone for u, c in configs.items()}
+    records = concat([record_tables.chunks_to_batch("simulated", chunks), sparse])
+    utc = utc_day(day)
+    in_day = records[(records["ts"] >= utc.start) & (records["ts"] < utc.end)]
+    hourly = aggregate.hourly(in_day, zones)
+    daily = aggregate.daily(records, zones, day)
+    got_hourly, got_daily, mismatches = aggregate.bucket_statistics(
+        "simulated", chunks, sparse, zones, day
+    )
+    pd.testing.assert_frame_equal(got_hourly, hourly.reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(got_daily, daily.reset_index(drop=True), check_exact=True)
+    assert mismatches == aggregate.count_mismatches(in_day, hourly) == []
+    assert len(records) > 100_000, len(records)
+    assert set(daily["user_id"]) == set(configs)
+    assert {"manual", "device"} <= set(",".join(hourly["methods"]).split(","))

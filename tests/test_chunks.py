@@ -32,7 +32,11 @@ def samples(ts: list[int], vals: list[float], **columns) -> Samples:
     return Samples.of(np.array(ts) + HOUR, vals, **columns).sorted_unique()
 
 
-@given(offsets_us.flatmap(lambda ts: st.tuples(st.just(ts), st.lists(values, min_size=len(ts), max_size=len(ts)))))
+@given(
+    offsets_us.flatmap(
+        lambda ts: st.tuples(st.just(ts), st.lists(values, min_size=len(ts), max_size=len(ts)))
+    )
+)
 @settings(max_examples=200, deadline=None)
 def test_every_chunk_decodes_to_exactly_what_was_encoded(case) -> None:
     ts, vals = case
@@ -49,7 +53,9 @@ def test_every_chunk_decodes_to_exactly_what_was_encoded(case) -> None:
 @settings(max_examples=200, deadline=None)
 def test_a_merge_keeps_every_instant_once_and_the_newest_value(stored, arriving) -> None:
     old = samples([t for t, _ in stored], [v for _, v in stored])
-    new = Samples.of(np.array([t for t, _ in arriving], dtype=np.int64) + HOUR, [v for _, v in arriving])
+    new = Samples.of(
+        np.array([t for t, _ in arriving], dtype=np.int64) + HOUR, [v for _, v in arriving]
+    )
     merged = merge(old, new)
     expected = {int(t): float(v) for t, v in zip(old.ts_us, old.value, strict=True)}
     expected.update({t + HOUR: float(v) for t, v in arriving})  # the last delivery wins

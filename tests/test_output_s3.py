@@ -158,10 +158,14 @@ def test_a_writer_that_dies_before_its_manifest_leaves_the_last_version_whole(
     s3.client().put_object(Bucket=bucket, Key=f"fhir/{DIRECTORY}/Observation.07.stray.ndjson",
                            Body=b"{}\n")  # fmt: skip
 
-    # The next run publishes the change: a manifest naming exactly the new version, and the
-    # files of neither manifest (replaced bucket files, the stray object) are collected.
+    # The next run publishes the change: a manifest naming exactly the new version. The files of
+    # neither manifest (replaced bucket files, the stray object) are young: another publisher's
+    # uncommitted files look just so, and they stay until they are older than the grace period.
     report = publish(store, output)
     assert report.buckets
+    assert "Observation.07.stray.ndjson" in partition_objects(s3, bucket)
+    manifest = orjson.loads(partition_objects(s3, bucket)[MANIFEST])
+    assert output.collect_garbage(DIRECTORY, named_files(manifest), grace_s=0) > 0
     after = partition_objects(s3, bucket)
     manifest = orjson.loads(after.pop(MANIFEST))
     assert named_files(manifest) == set(after)

@@ -124,3 +124,36 @@ def test_nothing_after_the_simulators_clock() -> None:
     assert batch["ts"].max() >= pd.Timestamp(now) - pd.Timedelta(seconds=5)
     later = DateRange(now + timedelta(hours=1), now + timedelta(hours=2))
     assert source(now=now).fetch(user, list(HealthDataType), later, batch_size=1).empty
+
+
+def test_one_heart_rate_sample_rate_for_everyone_when_set() -> None:
+    """OHX_SIMULATED_HR_HZ (scripts/bench uses 1): every person's heart rate at that rate, the
+    other types and the values' rhythm as without it."""
+    per_profile = source(5).fetch(source(5).discover_users()[0], [HealthDataType.HEART_RATE], DAY)
+    for hz, per_day in ((1, 86_400), (0.5, 43_200), (4, 345_600)):
+        sim = SimulatedSource(5, clock=lambda: NOW, hr_hz=hz)
+        for user in sim.discover_users():
+            rows = sim.fetch(user, list(HealthDataType), DAY)
+            heart = rows[rows["data_type"] == "heart_rate"]
+            assert len(heart) == per_day
+            steps = np.diff(heart["ts"].dt.as_unit("us").astype("int64").to_numpy())
+            assert set(steps.tolist()) == {round(1_000_000 / hz)}
+            assert implausible_values(rows) == {}
+    assert len(per_profile) < 86_400  # unset: the profile's own 1-5 s
+
+
+def test_the_rate_setting_reaches_the_source_and_rejects_what_it_cannot_do() -> None:
+    from ohx_dagster.definitions import build_definitions
+    from ohx_dagster.errors import ConfigError
+    from ohx_dagster.settings import Settings
+
+    assert Settings.from_env({}).simulated_hr_hz is None
+    settings = Settings.from_env({"OHX_SIMULATED_HR_HZ": "1", "OHX_HOME": "/tmp/ohx-hz"})
+    resources = build_definitions(settings).resources
+    assert resources["sources"].simulated_hr_hz == 1.0
+    source_ = resources["sources"].get("simulated")
+    assert source_.reader.hr_period_us == 1_000_000
+    for text in ("fast", "0", "-1", "3", "2000"):
+        with pytest.raises(ConfigError) as failed:
+            Settings.from_env({"OHX_SIMULATED_HR_HZ": text})
+        assert "OHX_SIMULATED_HR_HZ" in str(failed.value) and "\n" not in str(failed.value)

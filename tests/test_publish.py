@@ -5,6 +5,7 @@ entered-in-error; preliminary until the day and the re-sync horizon are over."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -32,7 +33,9 @@ from ohx_dagster.times import to_us, utc_day
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 DAY = NOW.date() - timedelta(days=10)
 HORIZON = timedelta(hours=1)
-SOURCE = Windowed(SimulatedSource(3, seed=7, clock=lambda: NOW), SUPPORTED_TYPES["simulated"], HORIZON)
+SOURCE = Windowed(
+    SimulatedSource(3, seed=7, clock=lambda: NOW), SUPPORTED_TYPES["simulated"], HORIZON
+)
 
 
 def publish(store: RecordStore, output: FhirOutput, *, now=NOW, day=DAY, **kw):
@@ -48,7 +51,9 @@ def published(output: FhirOutput, day=DAY) -> list[dict]:
     return [
         resource
         for entry in manifest["output"]
-        for resource in output.read_resources(f"{partition_dir(day, 'simulated')}/{entry['url'].rsplit('/', 1)[-1]}")
+        for resource in output.read_resources(
+            f"{partition_dir(day, 'simulated')}/{entry['url'].rsplit('/', 1)[-1]}"
+        )
     ]
 
 
@@ -91,7 +96,9 @@ def test_the_manifest_names_exactly_the_files_of_one_version(simulated) -> None:
     assert sum(entry["count"] for entry in manifest["output"]) == len(resources)
     assert all(entry["url"].startswith("file://") for entry in manifest["output"])
     # transactionTime is when the export was made, not a clinical time.
-    assert abs(datetime.fromisoformat(manifest["transactionTime"]) - datetime.now(UTC)) < timedelta(minutes=10)
+    assert abs(datetime.fromisoformat(manifest["transactionTime"]) - datetime.now(UTC)) < timedelta(
+        minutes=10
+    )
 
 
 def test_ids_are_unique_and_references_resolve_inside_the_partition(simulated) -> None:
@@ -136,7 +143,9 @@ def test_round_trip_series_and_measurements_equal_the_store(simulated) -> None:
         if "valueSampledData" in resource and code in type_of:
             ts, values = read_series(resource)
             stored = records[(records.user_id == user) & (records.data_type == type_of[code])]
-            np.testing.assert_array_equal(stored.set_index("ts_us").loc[ts, "value"].to_numpy(), values)
+            np.testing.assert_array_equal(
+                stored.set_index("ts_us").loc[ts, "value"].to_numpy(), values
+            )
             seen[type_of[code]] += len(values)
         elif "effectiveDateTime" in resource:
             at = parse_us(resource["effectiveDateTime"])
@@ -154,7 +163,9 @@ def test_round_trip_series_and_measurements_equal_the_store(simulated) -> None:
     for kind in ("blood_pressure", "weight", "temperature", "spo2"):
         assert seen[kind] == (records.data_type == kind).sum() > 0, kind
     ecg = records[records.data_type == "ecg"].set_index("ts_us")
-    waveforms = [r for r in resources if r.get("code", {}).get("coding", [{}])[0].get("code") == "131328"]
+    waveforms = [
+        r for r in resources if r.get("code", {}).get("coding", [{}])[0].get("code") == "131328"
+    ]
     assert len(waveforms) == len(ecg)
     for waveform in waveforms:
         start, rate, samples = read_waveform(waveform)
@@ -170,13 +181,15 @@ def test_round_trip_aggregates_equal_the_store(simulated) -> None:
     by_start = {
         parse_us(r["effectivePeriod"]["start"]): r
         for r in resources
-        if "component" in r and r["subject"]["reference"] == f"Patient/{person.fhir_patient_id}"
+        if "component" in r
+        and r["subject"]["reference"] == f"Patient/{person.fhir_patient_id}"
         and r["code"]["coding"][0]["code"] == "8867-4"
     }
     assert len(rows) == 24
     for row in rows.itertuples():
         resource = by_start[row.bucket_start_us]
-        stats = {c["code"]["coding"][0]["code"]: c.get("valueQuantity", {}).get("value", c.get("valueInteger"))
+        stats = {c["code"]["coding"][0]["code"]:
+                 c.get("valueQuantity", {}).get("value", c.get("valueInteger"))
                  for c in resource["component"]}  # fmt: skip
         assert resource["valueQuantity"]["value"] == pytest.approx(row.mean)
         assert stats["minimum"] == row.min and stats["maximum"] == row.max
@@ -187,7 +200,9 @@ def test_timestamps_carry_the_persons_offset(simulated) -> None:
     store, _, _, resources = simulated
     zones = {f"Patient/{c.fhir_patient_id}": c.zone for c in store.users("simulated")}
     for resource in resources:
-        start = resource.get("effectiveDateTime") or resource.get("effectivePeriod", {}).get("start")
+        start = resource.get("effectiveDateTime") or resource.get("effectivePeriod", {}).get(
+            "start"
+        )
         if start is None:
             continue
         moment = pd.Timestamp(start)
@@ -195,7 +210,7 @@ def test_timestamps_carry_the_persons_offset(simulated) -> None:
         assert moment.utcoffset() == expected.utcoffset(), (start, resource["id"])
 
 
-# -- versions, buckets, withdrawals, status ---------------------------------------------------------
+# -- versions, buckets, withdrawals, status --------------------------------------------------------
 
 
 @pytest.fixture
@@ -225,7 +240,9 @@ def test_a_change_renders_only_its_persons_bucket(fresh) -> None:
     before = set(output.names(directory))
     config = store.user("simulated", "sim-002")
     hour = to_us(utc_day(DAY).start) + 5 * 3_600_000_000
-    sync_partition(SOURCE, store, DAY, strategy="partition", user_ids=["sim-002"], now=NOW)  # no change
+    sync_partition(
+        SOURCE, store, DAY, strategy="partition", user_ids=["sim-002"], now=NOW
+    )  # no change
     assert publish(store, output).buckets == []
     # A provider deletes an hour of sim-002's heart rate: the next read of the window says so.
     store.commit("simulated", "sim-002", config.zone, SOURCE.fetch_windows(config, {}).batch,
@@ -245,7 +262,9 @@ def test_a_day_is_preliminary_until_its_local_day_and_the_horizon_are_over(tmp_p
     output = FhirOutput(str(tmp_path / "fhir"))
     day = NOW.date() - timedelta(days=1)
     sync_partition(SOURCE, store, day, strategy="partition", now=NOW)
-    early = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC) + timedelta(hours=1)
+    early = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC) + timedelta(
+        hours=1
+    )
     report = publish(store, output, day=day, now=early)
     new_york = next(c for c in store.users("simulated") if c.timezone == "America/New_York")
     assert new_york.user_id in report.preliminary_users  # their day is still going on
@@ -260,7 +279,9 @@ def test_a_day_is_preliminary_until_its_local_day_and_the_horizon_are_over(tmp_p
     store.dispose()
 
 
-def test_two_publishers_of_one_partition_at_once_leave_one_consistent_version(fresh, tmp_path) -> None:
+def test_two_publishers_of_one_partition_at_once_leave_one_consistent_version(
+    fresh, tmp_path
+) -> None:
     store, output = fresh
     alone = FhirOutput(str(tmp_path / "alone"))
     publish(store, alone, force=True)
@@ -285,13 +306,43 @@ def test_two_publishers_of_one_partition_at_once_leave_one_consistent_version(fr
 def test_files_of_a_writer_that_died_are_collected(fresh) -> None:
     store, output = fresh
     directory = partition_dir(DAY, "simulated")
-    output.write(f"{directory}/Observation.07.deadbeef.ndjson", b"{}\n")  # written, never committed
+    dead = Path(output.root) / directory / "Observation.07.deadbeef.ndjson"
+    dead.parent.mkdir(parents=True)
+    dead.write_bytes(b"{}\n")  # written, never committed
     stale = Path(output.root) / directory / ".tmp-abc-Observation.07.x.ndjson"
     stale.write_bytes(b"torn")
     old = datetime.now(UTC).timestamp() - 7200
-    import os
-
-    os.utime(stale, (old, old))
+    for path in (dead, stale):
+        os.utime(path, (old, old))
     publish(store, output)
     names = output.names(directory)
-    assert "Observation.07.deadbeef.ndjson" not in names and stale.name not in names
+    assert dead.name not in names and stale.name not in names
+
+
+def test_another_publishers_uncommitted_file_survives_the_collection(fresh) -> None:
+    """Race: publisher B wrote its new file and has not committed it when publisher A collects
+    garbage. Deleting it would leave B's manifest naming a missing file: a young file no manifest
+    names is left for a later collection."""
+    store, output = fresh
+    directory = partition_dir(DAY, "simulated")
+    publish(store, output)
+    uncommitted = "Observation.07.0123456789abcdef0123.ndjson"
+    output.write_fresh(f"{directory}/{uncommitted}", b"{}\n")
+    assert output.collect_garbage(directory, keep=[]) == 0
+    assert uncommitted in output.names(directory)
+    manifest = output.manifest(directory)
+    assert all(
+        output.exists(f"{directory}/{e['url'].rsplit('/', 1)[-1]}") for e in manifest["output"]
+    )
+
+
+def test_a_file_that_vanishes_between_listing_and_collection_is_skipped(
+    fresh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Race: another writer renames its temporary file into place after the listing."""
+    store, output = fresh
+    directory = partition_dir(DAY, "simulated")
+    publish(store, output)
+    listed = output.names(directory)
+    monkeypatch.setattr(output, "names", lambda d: [*listed, ".tmp-gone-Observation.07.x.ndjson"])
+    assert output.collect_garbage(directory, keep=[], grace_s=0) == 0

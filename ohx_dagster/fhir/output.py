@@ -5,7 +5,11 @@ Layout: <root>/<day>/<source key>/<ResourceType>.<bucket>.<content hash>.ndjson,
 beside them in the shape of a FHIR Bulk Data export manifest. A file's name is the hash of its
 bytes, so a file is never rewritten in place: a new version of a bucket is new files, and the
 manifest (written last, in one put) names exactly the files of one consistent version of the
-partition. Files no manifest names any more are removed afterwards (`collect_garbage`).
+partition. Files no manifest names any more are removed afterwards (`collect_garbage`), once they
+are older than UNCOMMITTED_GRACE_S: a younger one may be another publisher's, written and not yet
+committed (deleting it would leave that publisher's manifest naming a missing file). For the same
+reason a publisher writes its file even when the name exists (`write_fresh`): an old file of the
+same content may be collected any moment.
 
 Writes are atomic on both kinds of storage: local files are written under a temporary name,
 flushed to disk (fsync), then renamed; an object store's put is atomic by itself (an object is
@@ -40,8 +44,9 @@ from ohx_dagster.locations import storage_options
 __all__ = ["MANIFEST", "FhirOutput", "OutputFile", "file_name", "ndjson", "storage_options"]
 
 MANIFEST: Final = "manifest.json"
-# A temporary file older than this belongs to a writer that died.
-STALE_TEMPORARY_S: Final = 3600.0
+# A file no manifest names that is older than this belongs to a writer that died or to a version
+# that was replaced; younger, it may be a publisher's that is about to commit it.
+UNCOMMITTED_GRACE_S: Final = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,10 +106,14 @@ class FhirOutput:
         finally:
             os.close(descriptor)
 
-    def write_once(self, relative: str, body: bytes) -> None:
-        """Write a content-named file unless it is there already (its bytes are its name)."""
-        if not self.exists(relative):
-            self.write(relative, body)
+    def write_fresh(self, relative: str, body: bytes) -> None:
+        """Write a content-named file, again if it is there (the same bytes, a new write time:
+        `collect_garbage` of another publisher leaves it alone until this one commits it)."""
+        self.write(relative, body)
+
+    def age_s(self, relative: str) -> float:
+        """Seconds since the file was last written."""
+        return age_s(self.fs.info(self._path(relative)))
 
     def exists(self, relative: str) -> bool:
         return bool(self.fs.exists(self._path(relative)))
@@ -167,7 +176,9 @@ class FhirOutput:
             return None
         return orjson.loads(self.read(f"{directory}/{MANIFEST}"))
 
-    def collect_garbage(self, directory: str, keep: Iterable[str]) -> int:
+    def collect_garbage(
+        self, directory: str, keep: Iterable[str], *, grace_s: float = UNCOMMITTED_GRACE_S
+    ) -> int:
         """Remove files of the directory that neither `keep` nor its manifest names, and
         temporary files of writers that died; returns how many were removed."""
         kept = set(keep) | {MANIFEST}
@@ -177,11 +188,12 @@ class FhirOutput:
         for name in self.names(directory):
             if name in kept:
                 continue
-            if name.startswith(".tmp-"):
-                info = self.fs.info(self._path(f"{directory}/{name}"))
-                if age_s(info) < STALE_TEMPORARY_S:
-                    continue  # another writer's file, still being written
-            self.delete(f"{directory}/{name}")
+            try:
+                if self.age_s(f"{directory}/{name}") < grace_s:
+                    continue  # another publisher's file, written and not committed yet
+                self.delete(f"{directory}/{name}")
+            except FileNotFoundError:
+                continue  # renamed into place or removed by another writer since the listing
             removed += 1
         return removed
 

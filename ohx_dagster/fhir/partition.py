@@ -45,8 +45,7 @@ from ohx_dagster.fhir.provenance import provenance
 from ohx_dagster.fhir.resting import resting_heart_rate
 from ohx_dagster.fhir.series import chunk_observation, series_reference
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.record_tables import Chunk, chunks_to_batch
-from ohx_dagster.records import concat
+from ohx_dagster.record_tables import Chunk
 from ohx_dagster.sync import LINK_MARGIN
 from ohx_dagster.times import HOUR_US, to_us, utc_day
 
@@ -86,10 +85,6 @@ class BucketData:
         if not sparse.empty:
             sparse = sparse[sparse["method"] != AMBIGUOUS].reset_index(drop=True)
         return BucketData(self.provider, self.day, self.configs, chunks, sparse)
-
-    def records(self) -> pd.DataFrame:
-        """Every sample as one batch (for the statistics, which are vectorized over it)."""
-        return concat([chunks_to_batch(self.provider, self.chunks), self.sparse])
 
     def in_day(self) -> tuple[list[Chunk], pd.DataFrame]:
         window = utc_day(self.day)
@@ -228,4 +223,3 @@ def _owner(resource: dict[str, Any], configs: Mapping[str, HealthSyncConfig]) ->
     user_id = value.split("|")[2]
     assert user_id in configs, f"{resource['resourceType']}/{resource['id']} of {user_id!r}"
     return user_id
-

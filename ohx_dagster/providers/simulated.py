@@ -4,10 +4,10 @@ Each (user, type, UTC hour) is generated from its own seed, so any window, fetch
 overlapping any other, yields exactly the same records: the simulator behaves like a provider API
 with a fixed history. Nothing is returned after `now` (the simulator's clock).
 
-Per user: heart rate every 1-5 s with a day/night rhythm and activity bouts, steps per minute during
-waking hours, a nightly 5-minute RR-interval session consistent with the heart rate, one 30 s ECG a
-day at 250-500 Hz with its heart rate, blood pressure twice a day, weight and temperature each
-morning, SpO2 hourly at night.
+Per user: heart rate every 1-5 s (everyone at `hr_hz`, OHX_SIMULATED_HR_HZ, when set) with a
+day/night rhythm and activity bouts, steps per minute during waking hours, a nightly 5-minute
+RR-interval session consistent with the heart rate, one 30 s ECG a day at 250-500 Hz with its heart
+rate, blood pressure twice a day, weight and temperature each morning, SpO2 hourly at night.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,7 @@ from ohx_dagster.records import concat, empty_batch, make_batch
 
 NAME: Final = "simulated"
 HOUR: Final = timedelta(hours=1)
+HOUR_US: Final = 3_600_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,53 @@ def _ecg_waveform(rate_hz: int, seconds: float, bpm: float, rng: np.random.Gener
     return (wave + rng.normal(0.0, 15.0, t.size)).round(1)
 
 
+# The local hours in which each type has data (the branches of `_hour` say the same).
+_MEASURED_AT: Final[dict[HealthDataType, Callable[[int], bool]]] = {
+    HealthDataType.HEART_RATE: lambda hour: True,
+    HealthDataType.STEPS: lambda hour: 7 <= hour < 23,
+    HealthDataType.RR_INTERVALS: lambda hour: hour == 3,
+    HealthDataType.ECG: lambda hour: hour == 9,
+    HealthDataType.BLOOD_PRESSURE: lambda hour: hour in (7, 20),
+    HealthDataType.WEIGHT: lambda hour: hour == 7,
+    HealthDataType.TEMPERATURE: lambda hour: hour == 7,
+    HealthDataType.SPO2: lambda hour: hour < 6 or hour >= 23,
+}
+
+
+def _one_batch(parts: list[dict[str, Any]]) -> pd.DataFrame:
+    """One type's hours as one batch: the rows the hours' own batches would give, in order, built
+    and validated once (a batch per hour was most of a fetch's time)."""
+    if not parts:
+        return empty_batch()
+    first = parts[0]
+    stamps = [pd.DatetimeIndex(part["timestamps"]) for part in parts]
+    sizes = [len(index) for index in stamps]
+    values = (
+        None
+        if first["values"] is None
+        else np.concatenate([np.asarray(part["values"], dtype="float64") for part in parts])
+    )
+    extra: dict[str, Any] = {}
+    if "diastolic" in first:
+        extra["diastolic"] = np.concatenate([np.asarray(p["diastolic"], "float64") for p in parts])
+    if "samples" in first:
+        extra["samples"] = [wave for part in parts for wave in part["samples"]]
+    for name in ("duration_s", "sampling_rate_hz"):
+        if name in first:
+            extra[name] = first[name]
+    return make_batch(
+        provider=first["provider"],
+        user_id=first["user_id"],
+        data_type=first["data_type"],
+        timestamps=stamps[0].append(stamps[1:]) if len(stamps) > 1 else stamps[0],
+        values=values,
+        unit=first["unit"],
+        device_id=first["device_id"],
+        utc_offset_min=np.repeat([part["utc_offset_min"] for part in parts], sizes),
+        **extra,
+    )
+
+
 class SimulatedSource:
     """Deterministic simulated provider (the embedded default)."""
 
@@ -127,9 +175,12 @@ class SimulatedSource:
         *,
         seed: int = 7,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        hr_hz: float | None = None,
     ) -> None:
         self.seed = seed
         self.clock = clock
+        # Heart-rate sample period of everyone (None: each profile's own 1-5 s).
+        self.hr_period_us = None if hr_hz is None else round(1_000_000 / hr_hz)
         self.profiles = {p.user_id: p for p in profiles(user_count, seed)}
 
     def discover_users(self) -> list[HealthSyncConfig]:
@@ -158,11 +209,10 @@ class SimulatedSource:
             return empty_batch()
         first_hour = window.start.replace(minute=0, second=0, microsecond=0)
         hours = pd.date_range(first_hour, end, freq="h", inclusive="left").to_pydatetime()
-        batches = [
-            self._hour(profile, HealthDataType(kind), hour)
-            for kind in sorted(data_types)
-            for hour in hours
-        ]
+        batches = []
+        for kind in sorted(data_types):
+            parts = [self._hour(profile, HealthDataType(kind), hour) for hour in hours]
+            batches.append(_one_batch([part for part in parts if part is not None]))
         batch = concat(batches)
         if batch.empty:
             return batch
@@ -171,10 +221,13 @@ class SimulatedSource:
 
     def _hour(
         self, profile: SimulatedProfile, kind: HealthDataType, hour: datetime
-    ) -> pd.DataFrame:
+    ) -> dict[str, Any] | None:
+        """make_batch's arguments for one hour of one type (None: nothing that hour)."""
+        local_hour = pd.Timestamp(hour).tz_convert(profile.timezone).hour
+        if not _MEASURED_AT[kind](local_hour):
+            return None
         hour_us = int(pd.Timestamp(hour).value // 1000)
         rng = _rng(self.seed, profile.user_id, kind.value, hour_us)
-        local_hour = pd.Timestamp(hour).tz_convert(profile.timezone).hour
         common = {
             "provider": NAME,
             "user_id": profile.user_id,
@@ -184,23 +237,22 @@ class SimulatedSource:
         watch = f"sim-watch-{profile.user_id}"
 
         if kind is HealthDataType.HEART_RATE:
+            period_us = self.hr_period_us or profile.hr_interval_s * 1_000_000
             stamps = pd.date_range(
-                hour, periods=3600 // profile.hr_interval_s, freq=f"{profile.hr_interval_s}s"
+                hour, periods=HOUR_US // period_us, freq=pd.Timedelta(microseconds=period_us)
             )
             values = _heart_rate_at(profile, _local_hours(profile, stamps), rng)
-            return make_batch(
-                **common, timestamps=stamps, values=values, unit="/min", device_id=watch
-            )
+            return dict(**common, timestamps=stamps, values=values, unit="/min", device_id=watch)
 
         if kind is HealthDataType.STEPS:
             if not 7 <= local_hour < 23:
-                return empty_batch()
+                return None
             stamps = pd.date_range(hour, periods=60, freq="min")
             walking = rng.random(60) < 0.3
             values = np.where(
                 walking, rng.poisson(95, 60), rng.poisson(3, 60) * (rng.random(60) < 0.2)
             )
-            return make_batch(
+            return dict(
                 **common,
                 timestamps=stamps,
                 values=values,
@@ -211,7 +263,7 @@ class SimulatedSource:
 
         if kind is HealthDataType.RR_INTERVALS:
             if local_hour != 3:
-                return empty_batch()
+                return None
             # A nightly 5-minute HRV session: RR = 60000 / HR with respiratory sinus arrhythmia.
             bpm = profile.resting_hr - 4.0
             count = int(300 * bpm / 60)
@@ -223,17 +275,17 @@ class SimulatedSource:
                 + pd.Timedelta(minutes=10)
                 + pd.to_timedelta(np.cumsum(rr), unit="ms")
             )
-            return make_batch(**common, timestamps=stamps, values=rr, unit="ms", device_id=watch)
+            return dict(**common, timestamps=stamps, values=rr, unit="ms", device_id=watch)
 
         if kind is HealthDataType.ECG:
             if local_hour != 9:
-                return empty_batch()
+                return None
             start = pd.Timestamp(hour) + pd.Timedelta(minutes=15)
             bpm = float(
                 _heart_rate_at(profile, _local_hours(profile, pd.DatetimeIndex([start])), rng)[0]
             )
             wave = _ecg_waveform(profile.ecg_rate_hz, 30.0, bpm, rng)
-            return make_batch(
+            return dict(
                 **common,
                 timestamps=[start],
                 values=None,
@@ -246,10 +298,10 @@ class SimulatedSource:
 
         if kind is HealthDataType.BLOOD_PRESSURE:
             if local_hour not in (7, 20):
-                return empty_batch()
+                return None
             systolic = round(float(rng.normal(122, 8)))
             diastolic = round(float(min(rng.normal(79, 6), systolic - 25)))
-            return make_batch(
+            return dict(
                 **common,
                 timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=30)],
                 values=[systolic],
@@ -260,9 +312,9 @@ class SimulatedSource:
 
         if kind is HealthDataType.WEIGHT:
             if local_hour != 7:
-                return empty_batch()
+                return None
             value = round(profile.weight_kg + float(rng.normal(0, 0.3)), 1)
-            return make_batch(
+            return dict(
                 **common,
                 timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=2)],
                 values=[value],
@@ -272,9 +324,9 @@ class SimulatedSource:
 
         if kind is HealthDataType.TEMPERATURE:
             if local_hour != 7:
-                return empty_batch()
+                return None
             value = round(float(rng.normal(36.6, 0.2)), 2)
-            return make_batch(
+            return dict(
                 **common,
                 timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=5)],
                 values=[value],
@@ -284,9 +336,9 @@ class SimulatedSource:
 
         if kind is HealthDataType.SPO2:
             if not (local_hour < 6 or local_hour >= 23):
-                return empty_batch()
+                return None
             value = float(np.clip(round(float(rng.normal(96.5, 1.0))), 88, 100))
-            return make_batch(
+            return dict(
                 **common,
                 timestamps=[pd.Timestamp(hour) + pd.Timedelta(minutes=30)],
                 values=[value],

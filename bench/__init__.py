@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed against baselines measured in the same run (scripts/bench)."""

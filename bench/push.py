@@ -1,0 +1,121 @@
+"""A push run for one person: its cost in a partition holding many people against one holding one.
+
+The partition: today's day partition of the simulator at 1 Hz, synced and published for every
+person up to 23:00 (the simulator's clock). Then, `rounds` times, five minutes pass and one
+person's webhook arrives; the run the webhook sensor would start answers it on the real code path:
+`sync_partition` with strategy "push", the person as `user_ids` and the notification as `events`
+(today's push re-reads the provider's re-sync horizon and what the notification names), then
+`publish_partition` with the person as `scope`, validated as the asset validates. Its CPU seconds
+(median of the rounds) in a partition of `many` people are compared with the same in a partition
+of one.
+
+    .venv/bin/python -m bench.push [--many 50] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import DAY, day_start, median, timed
+from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.fhir.validation import validate_resources
+from ohx_dagster.providers.base import Event, Windowed
+from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
+from ohx_dagster.providers.simulated import SimulatedSource
+from ohx_dagster.publish import publish_partition
+from ohx_dagster.shards import Shard
+from ohx_dagster.store import RecordStore
+from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.sync import sync_partition
+
+PERSON = "sim-001"
+HORIZON = RESYNC_HORIZON["simulated"]
+# assets/health.py validates each published bucket on a sample of this size.
+VALIDATION_SAMPLE = 12
+
+
+def _validate(resources: list[dict[str, Any]]) -> list[str]:
+    return [str(p) for p in validate_resources(resources, limit=VALIDATION_SAMPLE)]
+
+
+def partition(home: Path, people: int, rounds: int) -> dict[str, Any]:
+    """Set up a partition of `people` and time `rounds` push runs for PERSON in it."""
+    folder = Path(tempfile.mkdtemp(dir=home))
+    store = RecordStore(f"sqlite:///{folder / 'ohx.db'}")
+    output = FhirOutput(str(folder / "fhir"))
+    clock = [day_start(DAY) + timedelta(hours=23)]
+    simulator = SimulatedSource(people, hr_hz=1, clock=lambda: clock[0])
+    source = Windowed(simulator, SUPPORTED_TYPES["simulated"], HORIZON)
+    shard = Shard("simulated")
+
+    def publish(now: datetime, scope: set[str] | None) -> Any:
+        return publish_partition(
+            store,
+            output,
+            provider="simulated",
+            key="simulated",
+            shard=shard,
+            day=DAY,
+            scope=scope,
+            now=now,
+            horizon=HORIZON,
+            force=scope is None,
+            validate=_validate,
+        )
+
+    with timed() as setup:
+        sync_partition(source, store, DAY, now=clock[0])
+        publish(clock[0], None)
+    runs, resources = [], 0
+    for _ in range(rounds):
+        clock[0] += timedelta(minutes=5)
+        event = Event("heart_rate", clock[0] - timedelta(minutes=1), clock[0], {})
+        with timed() as run:
+            sync_partition(
+                source,
+                store,
+                DAY,
+                strategy=SyncStrategy.PUSH,
+                user_ids={PERSON},
+                events={PERSON: [event]},
+                now=clock[0],
+            )
+            report = publish(clock[0], {PERSON})
+        assert report.users and PERSON in report.users, "the push published nothing"
+        runs.append(run.cpu_s)
+        resources = report.resources
+    store.dispose()
+    return {
+        "people": people,
+        "setup_cpu_s": setup.cpu_s,
+        "push_cpu_s": median(runs),
+        "rounds_cpu_s": runs,
+        "people_republished": len(report.users),
+        "resources_rewritten": resources,
+    }
+
+
+def run(many: int = 50, rounds: int = 5) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="ohx-bench-push-") as tmp:
+        home = Path(tmp)
+        partition(home, 1, 1)  # warm-up: imports, the validator's packages
+        one = partition(home, 1, rounds)
+        crowd = partition(home, many, rounds)
+    return {"one": one, "many": crowd, "ratio": crowd["push_cpu_s"] / one["push_cpu_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--many", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    print(json.dumps(run(args.many, args.rounds), indent=2))
+
+
+if __name__ == "__main__":
+    main()
