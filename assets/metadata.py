@@ -13,7 +13,10 @@ import pandas as pd
 
 from ohx_dagster.times import HOUR_US
 
-_BARS = " ▁▂▃▄▅▆▇█"
+# One character an hour: "·" no records, then eighths of the busiest hour (a non-zero hour is
+# never drawn as nothing).
+_BARS = "▁▂▃▄▅▆▇█"
+_NONE = "·"
 
 
 def span(first: datetime | None, last: datetime | None) -> dict[str, dg.MetadataValue]:
@@ -27,9 +30,9 @@ def span(first: datetime | None, last: datetime | None) -> dict[str, dg.Metadata
 
 def sparkline(counts: list[int]) -> str:
     top = max(counts, default=0)
-    if top == 0:
-        return _BARS[0] * len(counts)
-    return "".join(_BARS[round(c / top * (len(_BARS) - 1))] for c in counts)
+    return "".join(
+        _NONE if c <= 0 else _BARS[max(0, -(-c * len(_BARS) // top) - 1)] for c in counts
+    )
 
 
 def hourly_plot(hourly: pd.DataFrame) -> dg.MetadataValue:
@@ -40,9 +43,7 @@ def hourly_plot(hourly: pd.DataFrame) -> dg.MetadataValue:
     lines = ["| type | 00 .. 23 h UTC | records |", "|---|---|---|"]
     for data_type, rows in frame.groupby("data_type"):
         per_hour = rows.groupby("hour")["count"].sum().reindex(range(24), fill_value=0)
-        lines.append(
-            f"| {data_type} | `{sparkline(per_hour.tolist())}` | {int(per_hour.sum())} |"
-        )
+        lines.append(f"| {data_type} | `{sparkline(per_hour.tolist())}` | {int(per_hour.sum())} |")
     return dg.MetadataValue.md("\n".join(lines))
 
 

@@ -33,8 +33,44 @@ def partition_key(day: date, source: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({DAY: day.isoformat(), SOURCE: source})
 
 
+def outside_partitions(partitions: dg.MultiPartitionsDefinition, key: str) -> str | None:
+    """None when `key` is one of the partitions; else one line naming the valid days (and
+    OHX_PARTITIONS_START), the valid sources (OHX_SOURCES) and what to change."""
+    if partitions.has_partition_key(key):
+        return None
+    days = partitions.get_partitions_def_for_dimension(DAY)
+    sources = partitions.get_partitions_def_for_dimension(SOURCE).get_partition_keys()
+    first = days.get_first_partition_key()
+    last = days.get_last_partition_key()
+    day, _, source = key.partition("|")
+    if source and source not in sources:
+        fix = f"use one of its sources, or add {source.split('-')[0]!r} to OHX_SOURCES"
+    elif first and day < first:
+        fix = f"set OHX_PARTITIONS_START={day} (or earlier) where Dagster runs, or pick a later day"
+    else:
+        fix = "pick a day in that range, as YYYY-MM-DD|source"
+    return (
+        f"partition {key!r} is not one of this code location's partitions: days {first} "
+        f"(OHX_PARTITIONS_START) to {last} (today, UTC) x sources {', '.join(sources)} "
+        f"(OHX_SOURCES): {fix}"
+    )
+
+
+def _check_partitions(context: dg.AssetExecutionContext, keys: Sequence[str]) -> None:
+    """A run for a key outside the partitions (launched from the CLI by tag, or before
+    OHX_PARTITIONS_START was changed) stops before it fetches or writes anything."""
+    partitions = context.assets_def.partitions_def
+    if not isinstance(partitions, dg.MultiPartitionsDefinition):
+        return
+    for key in keys:
+        problem = outside_partitions(partitions, str(key))
+        if problem is not None:
+            raise dg.Failure(description=problem, allow_retries=False)
+
+
 def day_and_source(context: dg.AssetExecutionContext) -> tuple[date, str]:
     key = context.partition_key
+    _check_partitions(context, [key])
     if not isinstance(key, dg.MultiPartitionKey):
         # A run tagged only with dagster/partition (CLI `job execute --tags`) gives the key as a
         # string; the definition parses it the way it formats it.
@@ -61,6 +97,7 @@ def days_and_shard(
     if not context.has_partition_key_range:
         day, shard = day_and_shard(context, sharding)
         return [day], shard
+    _check_partitions(context, context.partition_keys)
     keys = [k.keys_by_dimension for k in _multi_keys(context, context.partition_keys)]
     sources = {k[SOURCE] for k in keys}
     assert len(sources) == 1, f"a run covers one source key, not {sorted(sources)}"

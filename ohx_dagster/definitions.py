@@ -6,11 +6,15 @@ executor's start-up (about 5 s a run) would dwarf the work of an hourly or webho
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import dagster as dg
 
 from assets.fhir_delivery import build_fhir_delivery_asset
 from assets.health import build_health_assets
 from assets.partitions import health_partitions
+from assets.sync_status import build_sync_status_assets
+from ohx_dagster.errors import ConfigError
 from ohx_dagster.settings import Settings
 from ohx_dagster.shards import Sharding
 from resources import FhirOutputResource, SourcesResource
@@ -22,6 +26,7 @@ from sensors.republish import build_republish_sensor
 from sensors.retention import apply_retention_job, retention_schedule
 from sensors.schedules import build_schedules
 from sensors.subscriptions import oura_subscriptions_job, oura_subscriptions_schedule
+from sensors.sync_status import build_sync_status_schedule
 from sensors.webhooks import build_webhook_sensor
 
 
@@ -39,12 +44,20 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         partitions_def=partitions,
         description="Fetch, aggregate and publish one day x source partition.",
     )
+    # Per-person sync status in the UI, one asset per source, recomputed every 15 minutes.
+    status_assets = build_sync_status_assets(
+        settings.sources,
+        settings.live_sources,
+        {name: timedelta(seconds=s) for name, s in settings.max_lag_overrides},
+    )
+    status_job, status_schedule = build_sync_status_schedule(status_assets)
     # Oura's webhook subscriptions belong to the app and expire: renewed daily when Oura is used.
     uses_oura = "oura" in settings.sources
     return dg.Definitions(
-        assets=sync_assets,
+        assets=[*sync_assets, *status_assets],
         jobs=[
             sync_job,
+            status_job,
             apply_retention_job,
             erase_person_job,
             *([oura_subscriptions_job] if uses_oura else []),
@@ -52,6 +65,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules=[
             *build_schedules(sync_job, sharding, settings.partitions_start),
             retention_schedule,
+            status_schedule,
             *([oura_subscriptions_schedule] if uses_oura else []),
         ],
         sensors=[
@@ -61,7 +75,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         resources={
             "store": store_resource(settings),
-            "output": FhirOutputResource(root=settings.fhir_dir),
+            "output": FhirOutputResource(
+                root=settings.fhir_dir, publish_ambiguous=settings.publish_ambiguous
+            ),
             "sources": SourcesResource(
                 simulated_users=settings.simulated_users,
                 simulated_seed=settings.simulated_seed,
@@ -69,6 +85,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 fitabase_dir=settings.fitabase_dir,
                 fitabase_tz=settings.fitabase_tz,
                 polar_csv=settings.polar_csv,
+                polar_tz=settings.polar_tz,
                 apple_health_export=settings.apple_health_export,
                 apple_health_user=settings.apple_health_user,
                 resync_horizons_s=dict(settings.horizon_overrides),
@@ -79,4 +96,13 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(Settings.from_env())
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        # Dagster prints the stack of a code location that fails to load: keep it to the line
+        # that says which setting is wrong and how to fix it.
+        raise ConfigError(f"{exc} (`ohx doctor` checks every setting)") from None
+
+
+defs = build_definitions(_settings())

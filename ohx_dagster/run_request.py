@@ -3,11 +3,13 @@ CLI runs all speak the same language (tags survive into backfill runs; run confi
 
 | tag | value | meaning |
 |---|---|---|
-| ohx/strategy | partition (default), incremental, push, initial, close, refresh | which windows to fetch (ohx_dagster/strategies.py) |
+| ohx/strategy | a strategy (list below), default partition | which windows to fetch |
 | ohx/users | comma-separated user ids | only these people |
 | ohx/frequencies | comma-separated sync frequencies | only people with these frequencies |
 | ohx/close-at | ISO instant | only people whose local day (the partition's date) just ended |
 | ohx/inbox | the webhook sensor's run key | push: the notifications this run answers |
+
+Strategies (ohx_dagster/strategies.py): partition, incremental, push, initial, close, refresh.
 
 Any other `ohx/` tag is an error that lists these: a typo must not widen a run to everyone.
 """

@@ -7,13 +7,17 @@
 | OHX_PARTITIONS_START | 2025-01-01 | first day partition (UTC) |
 | OHX_SOURCES | simulated (+ fitabase if OHX_FITABASE_DIR) | `name` or `name:N` (N shards) |
 | OHX_FITABASE_DIR | (unset) | Fitabase export directory; several separated by ':' |
-| OHX_FITABASE_TZ | UTC | IANA zone of the exports' wall-clock times |
+| OHX_FITABASE_TZ | (required with fitabase) | IANA zone of the exports' wall-clock times |
 | OHX_SIMULATED_USERS | 3 | number of simulated users |
 | OHX_SIMULATED_SEED | 7 | seed of the simulated provider |
+| OHX_SIMULATED_HR_HZ | (unset: 1 to 0.2, per user) | heart-rate samples/s of every simulated user |
 | OHX_FHIR_DIR | $OHX_HOME/fhir | FHIR bulk output root: a path or s3://bucket/prefix |
 | OHX_S3_ENDPOINT_URL | (unset: AWS) | S3-compatible endpoint for an s3:// output (MinIO, moto) |
-| OHX_RESYNC_HORIZON | per source (providers/registry.py) | how far back today's sync re-reads, `oura=72h` |
+| OHX_RESYNC_HORIZON | per source (providers/registry.py) | how far back syncs re-read, `oura=72h` |
+| OHX_MAX_SYNC_LAG | 2 x sync interval + horizon | lag sync_status's freshness allows, `oura=6h` |
 | OHX_POLAR_CSV | (unset) | Polar H10 recording (ECGLogger CSV) for source "polar" |
+| OHX_POLAR_TZ | (required for Sensor Logger files) | IANA zone of the phone's wall-clock times |
+| OHX_PUBLISH_AMBIGUOUS | false | publish readings a shared device cannot attribute (Withings) |
 | OHX_APPLE_HEALTH_EXPORT | (unset) | Apple Health export.xml or export.zip, source "apple_health" |
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
 | OHX_TOKEN_KEY | (unset) | Fernet key(s) encrypting provider OAuth tokens at rest |
@@ -33,6 +37,7 @@ from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.registry import API_PROVIDERS, horizons, parse_horizons
 from ohx_dagster.shards import Sharding
+from ohx_dagster.sync_status import parse_lags
 
 KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health", *API_PROVIDERS)
 # Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
@@ -51,12 +56,21 @@ class Settings:
     simulated_seed: int
     fhir_dir: str
     polar_csv: str | None = None
+    polar_tz: str | None = None
+    # Readings a shared device cannot attribute to one person (Withings attrib 1, 4) go into the
+    # store always, into the published FHIR only when the operator says so.
+    publish_ambiguous: bool = False
     apple_health_export: str | None = None
     apple_health_user: str | None = None
     # (source, shard count) of the sources OHX_SOURCES splits into hash shards of users.
     shard_counts: tuple[tuple[str, int], ...] = ()
     # (source, seconds) overriding the re-sync horizons of providers/registry.py.
     horizon_overrides: tuple[tuple[str, float], ...] = ()
+    # Heart-rate samples per second of every simulated person (None: each profile's own rate).
+    simulated_hr_hz: float | None = None
+    # (source, seconds): OHX_MAX_SYNC_LAG, the lag the sync_status freshness checks allow
+    # (ohx_dagster/sync_status.py; default per person: 2 x their sync interval + the horizon).
+    max_lag_overrides: tuple[tuple[str, float], ...] = ()
 
     @property
     def resync_horizons(self) -> dict[str, timedelta]:
@@ -114,8 +128,17 @@ class Settings:
             start = date.fromisoformat(start_text)
         except ValueError:
             raise ConfigError(f"OHX_PARTITIONS_START={start_text!r}: expected YYYY-MM-DD") from None
-        fitabase_tz = env.get("OHX_FITABASE_TZ", "UTC")
-        HealthSyncConfig(user_id="-", provider="-", timezone=fitabase_tz)  # validates the zone
+        # Wall-clock exports: the zone is never guessed (a wrong one shifts every sample).
+        fitabase_tz = env.get("OHX_FITABASE_TZ") or ""
+        if "fitabase" in sources and not fitabase_tz:
+            raise ConfigError(
+                "OHX_SOURCES names fitabase but OHX_FITABASE_TZ is not set: the export's times "
+                "are wall-clock times without a zone; set the participants' IANA zone, e.g. "
+                "OHX_FITABASE_TZ=America/Chicago"
+            )
+        for name in ("OHX_FITABASE_TZ", "OHX_POLAR_TZ"):
+            if env.get(name):
+                _zone(env, name)
         return cls(
             home=home,
             database_url=env.get("OHX_DATABASE_URL") or f"sqlite:///{home / 'ohx.db'}",
@@ -125,8 +148,11 @@ class Settings:
             fitabase_tz=fitabase_tz,
             simulated_users=_positive_int(env, "OHX_SIMULATED_USERS", 3),
             simulated_seed=_positive_int(env, "OHX_SIMULATED_SEED", 7),
+            simulated_hr_hz=_rate(env, "OHX_SIMULATED_HR_HZ"),
             fhir_dir=_output_root(env.get("OHX_FHIR_DIR") or str(home / "fhir")),
             polar_csv=polar_csv,
+            polar_tz=env.get("OHX_POLAR_TZ") or None,
+            publish_ambiguous=_flag(env, "OHX_PUBLISH_AMBIGUOUS"),
             apple_health_export=apple_health_export,
             apple_health_user=env.get("OHX_APPLE_HEALTH_USER") or None,
             shard_counts=tuple((s, n) for s, n in sharding.items() if n > 1),
@@ -134,7 +160,29 @@ class Settings:
                 (name, delta.total_seconds())
                 for name, delta in parse_horizons(env.get("OHX_RESYNC_HORIZON", "")).items()
             ),
+            max_lag_overrides=tuple(
+                (name, delta.total_seconds())
+                for name, delta in parse_lags(
+                    env.get("OHX_MAX_SYNC_LAG", ""), dict.fromkeys(KNOWN_SOURCES)
+                ).items()
+            ),
         )
+
+
+def _zone(env: Mapping[str, str], name: str) -> str:
+    text = env[name]
+    try:
+        HealthSyncConfig(user_id="-", provider="-", timezone=text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected an IANA zone, e.g. Europe/Paris") from None
+    return text
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = (env.get(name) or "false").strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name}={text!r}: expected true or false")
+    return text in ("true", "1", "yes")
 
 
 def _output_root(text: str) -> str:
@@ -142,6 +190,24 @@ def _output_root(text: str) -> str:
     if "://" in text:
         return text.rstrip("/")
     return str(Path(text).expanduser().absolute())
+
+
+def _rate(env: Mapping[str, str], name: str) -> float | None:
+    """A sample rate in Hz (unset or empty: None); at most 1000 and dividing a second into whole
+    microseconds."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a sample rate in Hz, e.g. 1 or 0.2") from None
+    if not 0 < value <= 1000 or abs(1_000_000 / value - round(1_000_000 / value)) > 1e-6:
+        raise ConfigError(
+            f"{name}={text!r}: expected a rate in Hz above 0 and at most 1000 whose period is a "
+            "whole number of microseconds (1, 0.5, 0.2, 4, ...)"
+        )
+    return value
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

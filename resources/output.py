@@ -19,6 +19,8 @@ class FhirOutputResource(dg.ConfigurableResource):
     """`root`: OHX_FHIR_DIR (not a secret: object-store credentials never pass through here)."""
 
     root: str
+    # OHX_PUBLISH_AMBIGUOUS: publish readings a shared device cannot attribute to one person.
+    publish_ambiguous: bool = False
 
     def get(self) -> FhirOutput:
         return _output(self.root)

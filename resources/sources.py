@@ -6,6 +6,7 @@ from datetime import timedelta
 from functools import cache
 
 import dagster as dg
+import pydantic
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.providers.api import ApiSettings
@@ -19,10 +20,9 @@ from ohx_dagster.settings import KNOWN_SOURCES
 from ohx_dagster.store import RecordStore
 
 
-
 @cache
-def _simulated(users: int, seed: int) -> SimulatedSource:
-    return SimulatedSource(users, seed=seed)
+def _simulated(users: int, seed: int, hr_hz: float | None) -> SimulatedSource:
+    return SimulatedSource(users, seed=seed, hr_hz=hr_hz)
 
 
 @cache
@@ -32,8 +32,8 @@ def _fitabase(directories: str, timezone: str) -> FitabaseSource:
 
 
 @cache
-def _polar(path: str) -> PolarH10Source:
-    return PolarH10Source(path)
+def _polar(path: str, timezone: str | None) -> PolarH10Source:
+    return PolarH10Source(path, timezone=timezone)
 
 
 @cache
@@ -55,13 +55,16 @@ class SourcesResource(dg.ConfigurableResource):
 
     simulated_users: int = 3
     simulated_seed: int = 7
+    # OHX_SIMULATED_HR_HZ: heart-rate samples per second of every simulated user (None: per user).
+    simulated_hr_hz: float | None = None
     fitabase_dir: str | None = None
-    fitabase_tz: str = "UTC"
+    fitabase_tz: str = ""
     polar_csv: str | None = None
+    polar_tz: str | None = None
     apple_health_export: str | None = None
     apple_health_user: str | None = None
     # Seconds, per source: OHX_RESYNC_HORIZON's overrides of providers/registry.py.
-    resync_horizons_s: dict[str, float] = {}
+    resync_horizons_s: dict[str, float] = pydantic.Field(default_factory=dict)
 
     def horizon(self, name: str) -> timedelta:
         if name in self.resync_horizons_s:
@@ -81,15 +84,17 @@ class SourcesResource(dg.ConfigurableResource):
                 raise ConfigError(f"source {name!r} is a provider API: it needs the record store")
             return _api_source(name, store, self.horizon(name))
         if name == "simulated":
-            return _simulated(self.simulated_users, self.simulated_seed)
+            return _simulated(self.simulated_users, self.simulated_seed, self.simulated_hr_hz)
         if name == "fitabase":
             if not self.fitabase_dir:
                 raise ConfigError("source 'fitabase' needs OHX_FITABASE_DIR (an export directory)")
+            if not self.fitabase_tz:
+                raise ConfigError("source 'fitabase' needs OHX_FITABASE_TZ (the exports' zone)")
             return _fitabase(self.fitabase_dir, self.fitabase_tz)
         if name == "polar":
             if not self.polar_csv:
                 raise ConfigError("source 'polar' needs OHX_POLAR_CSV (a Polar H10 CSV file)")
-            return _polar(self.polar_csv)
+            return _polar(self.polar_csv, self.polar_tz)
         if name == "apple_health":
             if not self.apple_health_export:
                 raise ConfigError(

@@ -524,6 +524,7 @@ def test_import_fitabase(
     # Dagster's settings here name the source: the summary says what the sensor will publish.
     monkeypatch.setenv("OHX_SOURCES", "simulated,fitabase")
     monkeypatch.setenv("OHX_FITABASE_DIR", str(fitabase_subset))
+    monkeypatch.setenv("OHX_FITABASE_TZ", "UTC")
     result = ohx("import", "fitabase", str(fitabase_subset), "--timezone", "America/Chicago")
     assert result.exit_code == 0, (result.output, result.exception)
     out = result.stdout

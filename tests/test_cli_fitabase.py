@@ -73,6 +73,7 @@ def cli_env(tmp_path: Path, fitabase_dir: Path) -> dict[str, str]:
         {
             # As the issue writes it: relative to the repository (CI clones it beside shared/).
             "OHX_FITABASE_DIR": os.path.relpath(fitabase_dir, REPO),
+            "OHX_FITABASE_TZ": "UTC",
             "OHX_PARTITIONS_START": "2016-03-01",
             "OHX_HOME": str(tmp_path / "ohx_home"),
             "DAGSTER_HOME": str(dagster_home),

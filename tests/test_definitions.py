@@ -22,6 +22,7 @@ def defs(tmp_path: Path, fitabase_dir: Path) -> dg.Definitions:
         {
             "OHX_HOME": str(tmp_path / "home"),
             "OHX_FITABASE_DIR": str(fitabase_dir),
+            "OHX_FITABASE_TZ": "UTC",
             "OHX_PARTITIONS_START": "2016-03-01",
         }
     )

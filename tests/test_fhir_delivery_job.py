@@ -205,8 +205,9 @@ def test_an_attempt_that_failed_before_queueing_is_made_good_by_the_next(
     """The first attempt dies before the partition is queued (the database is locked); the
     step's retry queues it and delivers every resource: the checks compare the server with the
     partition's files, so an empty queue could never pass them."""
-    import assets.fhir_delivery as delivery_asset
     from sqlalchemy.exc import OperationalError
+
+    import assets.fhir_delivery as delivery_asset
 
     _configure(monkeypatch, server)
     settings = _settings(tmp_path)

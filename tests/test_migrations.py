@@ -72,7 +72,8 @@ def _release_0_1(url: str) -> None:
         )  # fmt: skip
         conn.execute(
             sa.table("sync_state", *(sa.column(n) for n in ("provider", "user_id", "data_type",
-                                                            "last_synced_us", "updated_at_us"))).insert(),
+                                                            "last_synced_us", "updated_at_us")))
+            .insert(),
             [{"provider": "simulated", "user_id": "sim-001", "data_type": "heart_rate",
               "last_synced_us": to_us(T0), "updated_at_us": 0}],
         )  # fmt: skip

@@ -170,3 +170,13 @@ def test_bad_configuration_is_rejected(tmp_path: Path, fitabase_dir: Path) -> No
     with pytest.raises(ValidationError) as caught:
         FitabaseSource([fitabase_dir], "Central Time")
     assert caught.value.field == "timezone"
+
+
+def test_an_export_whose_files_hold_only_headers_is_an_error_not_zero_people(
+    tmp_path: Path,
+) -> None:
+    directory = write(tmp_path / "export", "Id,ActivityHour,StepTotal\n")
+    with pytest.raises(ValidationError, match="data rows in its export files") as caught:
+        _ = FitabaseSource([directory], "UTC").records
+    assert caught.value.field == "OHX_FITABASE_DIR"
+    assert "hourlySteps_merged.csv hold none" in caught.value.where

@@ -47,8 +47,8 @@ def heart_rows(start: datetime, count: int, source: str, bpm: int = 58) -> list[
     for i in range(count):
         moment = start + timedelta(minutes=5 * i)
         rows.append(
-            {**template, "timestamp": stamp(moment), "timestamp_unix": int(moment.timestamp() * 1000),
-             "bpm": bpm + i % 3, "source": source}
+            {**template, "timestamp": stamp(moment),
+             "timestamp_unix": int(moment.timestamp() * 1000), "bpm": bpm + i % 3, "source": source}
         )  # fmt: skip
     return rows
 
@@ -183,7 +183,7 @@ def test_a_refused_type_is_recorded_and_the_others_sync(api, oura, store) -> Non
     assert "Missing required scopes" in report.refused["oura-u1"]["spo2"]
     assert report.records_by_type["heart_rate"] == 3
     assert store.refused_types(USER) == {"spo2": report.refused["oura-u1"]["spo2"]}
-    assert "spo2" not in store.coverage("oura").keys() and (
+    assert "spo2" not in store.coverage("oura") and (
         "oura-u1",
         "heart_rate",
     ) in store.coverage("oura")
@@ -213,7 +213,8 @@ def test_a_sleep_notification_reads_the_whole_night(api, oura, store) -> None:
     oura.activity = [activity_of(morning, 1200)]
     oura.spo2 = [spo2_of(morning, 97.0)]
     sleep = {**documented("oura", "sleep"), "id": "night-1", "day": morning.isoformat(),
-             "bedtime_start": stamp(night), "bedtime_end": stamp(night + timedelta(hours=8))}  # fmt: skip
+             "bedtime_start": stamp(night),
+             "bedtime_end": stamp(night + timedelta(hours=8))}  # fmt: skip
     oura.document("sleep", sleep)
     oura.document("daily_activity", activity_of(morning, 1200) | {"id": "act-today"})
     received = NOW
@@ -224,7 +225,8 @@ def test_a_sleep_notification_reads_the_whole_night(api, oura, store) -> None:
               "data_type": "daily_activity", "object_id": "act-today", "user_id": USER.user_id}),
     ]  # fmt: skip
     store.commit("oura", USER.user_id, USER.zone, store.read_records("oura", utc_day(DAY)),
-                 covered={t.value: [(to_us(NOW - timedelta(days=40)), to_us(NOW))] for t in (HR, STEPS, SPO2)})  # fmt: skip
+                 covered={t.value: [(to_us(NOW - timedelta(days=40)), to_us(NOW))]
+                          for t in (HR, STEPS, SPO2)})  # fmt: skip
     report = sync_partition(
         source_for(api, store), store, NOW.date(), strategy="push",
         events={USER.user_id: events}, now=NOW,
@@ -242,8 +244,9 @@ def test_a_deletion_is_read_again_and_the_deleted_data_goes(api, oura, store) ->
     sync_partition(source_for(api, store), store, DAY, strategy="partition", now=NOW)
     assert len(store.read_records("oura", utc_day(DAY))) == 9
     oura.heart = oura.heart[:3]  # the person deleted the workout's last samples
-    event = Event("heart_rate", NOW, NOW, {**documented("oura", "notification"), "event_type": "delete",
-                  "data_type": "workout", "object_id": "gone", "user_id": USER.user_id})  # fmt: skip
+    event = Event("heart_rate", NOW, NOW, {**documented("oura", "notification"),
+                  "event_type": "delete", "data_type": "workout", "object_id": "gone",
+                  "user_id": USER.user_id})  # fmt: skip
     report = sync_partition(
         source_for(api, store), store, NOW.date(), strategy="push",
         events={USER.user_id: [event]}, now=NOW,
@@ -258,10 +261,11 @@ def test_a_workout_notification_reads_its_heart_rate_and_fhir_keeps_it(
     start = day_start(DAY) + timedelta(hours=18)
     oura.heart = heart_rows(start, 9, "workout", 130)
     workout = {**documented("oura", "workout"), "id": "w-1", "day": DAY.isoformat(),
-               "start_datetime": stamp(start), "end_datetime": stamp(start + timedelta(minutes=45))}  # fmt: skip
+               "start_datetime": stamp(start),
+               "end_datetime": stamp(start + timedelta(minutes=45))}  # fmt: skip
     oura.document("workout", workout)
-    event = Event("heart_rate", NOW, NOW, {**documented("oura", "notification"), "data_type": "workout",
-                  "object_id": "w-1", "user_id": USER.user_id})  # fmt: skip
+    event = Event("heart_rate", NOW, NOW, {**documented("oura", "notification"),
+                  "data_type": "workout", "object_id": "w-1", "user_id": USER.user_id})  # fmt: skip
     windows = source_for(api, store).event_windows(USER, [event], NOW)
     assert windows == {HR: [(to_us(start), to_us(start + timedelta(minutes=45)) + 1)]}
     sync_partition(source_for(api, store), store, DAY, strategy="push",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ohx_dagster.errors import ConfigError, ValidationError
+from ohx_dagster.errors import ConfigError
 from ohx_dagster.settings import Settings
 
 
@@ -12,6 +12,9 @@ from ohx_dagster.settings import Settings
         ({"OHX_SOURCES": "simulated,fitbit"}, "unknown source 'fitbit'"),
         ({"OHX_SOURCES": " , "}, "OHX_SOURCES is empty"),
         ({"OHX_SOURCES": "fitabase"}, "OHX_FITABASE_DIR is not set"),
+        ({"OHX_FITABASE_DIR": "/data"}, "OHX_FITABASE_TZ is not set"),
+        ({"OHX_POLAR_TZ": "Mars/Olympus"}, "OHX_POLAR_TZ"),
+        ({"OHX_PUBLISH_AMBIGUOUS": "maybe"}, "OHX_PUBLISH_AMBIGUOUS"),
         ({"OHX_SOURCES": "polar"}, "OHX_POLAR_CSV is not set"),
         ({"OHX_SOURCES": "apple_health"}, "OHX_APPLE_HEALTH_EXPORT is not set"),
         ({"OHX_SOURCES": "oura"}, "OHX_OURA_CLIENT_ID and OHX_OURA_CLIENT_SECRET"),
@@ -31,7 +34,7 @@ def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None
 
 
 def test_a_bad_time_zone_names_the_zone() -> None:
-    with pytest.raises(ValidationError, match="Mars/Olympus"):
+    with pytest.raises(ConfigError, match="OHX_FITABASE_TZ='Mars/Olympus': expected an IANA zone"):
         Settings.from_env({"OHX_FITABASE_TZ": "Mars/Olympus"})
 
 
@@ -40,6 +43,8 @@ def test_defaults_and_derived_paths(tmp_path) -> None:
     assert settings.sources == ("simulated",)
     assert settings.database_url == f"sqlite:///{tmp_path / 'ohx.db'}"
     assert settings.fhir_dir == str(tmp_path / "fhir")
-    with_fitabase = Settings.from_env({"OHX_HOME": str(tmp_path), "OHX_FITABASE_DIR": "/data"})
+    with_fitabase = Settings.from_env(
+        {"OHX_HOME": str(tmp_path), "OHX_FITABASE_DIR": "/data", "OHX_FITABASE_TZ": "UTC"}
+    )
     assert with_fitabase.sources == ("simulated", "fitabase")
     assert with_fitabase.live_sources == ("simulated",)

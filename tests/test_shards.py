@@ -83,6 +83,7 @@ def test_settings_give_every_shard_key(tmp_path):
             "OHX_HOME": str(tmp_path),
             "OHX_SOURCES": "simulated:4,fitabase:2",
             "OHX_FITABASE_DIR": str(tmp_path),
+            "OHX_FITABASE_TZ": "UTC",
         }
     )
     assert settings.sources == ("simulated", "fitabase")

@@ -28,13 +28,12 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ohx_dagster.inbox import Inbox, NewEvent
 from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.providers.oura.webhook import signature as oura_signature
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks import cli, simulator
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.app import GroupCommitter, TokenBuckets, client_address
+from ohx_dagster.webhooks.app import GroupCommitter, TokenBuckets, client_address, create_app
 from ohx_dagster.webhooks.config import OuraSecrets, ReceiverLimits, WebhookSecrets
 from ohx_dagster.webhooks.serve import serve_in_thread
-from ohx_dagster.providers.oura.webhook import signature as oura_signature
 from ohx_dagster.webhooks.signatures import simulated_signature
 
 SECRETS = WebhookSecrets(

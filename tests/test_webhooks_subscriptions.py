@@ -25,18 +25,18 @@ from test_connect import ADMIN, JSON, SECRET, USER_IDS, FakeProviders, Receiver
 from ohx_dagster.errors import ProviderError
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.connect import ConnectSettings
+from ohx_dagster.providers.oura.subscriptions import DATA_TYPES as OURA_DATA_TYPES
+from ohx_dagster.providers.oura.subscriptions import EVENT_TYPES as OURA_EVENT_TYPES
+from ohx_dagster.providers.oura.subscriptions import SUBSCRIPTIONS as OURA_SUBSCRIPTIONS
+from ohx_dagster.providers.oura.subscriptions import ensure as ensure_oura_subscriptions
+from ohx_dagster.providers.oura.subscriptions import main
+from ohx_dagster.providers.registry import API_PROVIDERS
+from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
 from ohx_dagster.store import RecordStore
 from ohx_dagster.webhooks.app import create_app
 from ohx_dagster.webhooks.config import OuraSecrets, WebhookSecrets
 from ohx_dagster.webhooks.connect import ConnectConfig
 from ohx_dagster.webhooks.serve import serve_in_thread
-from ohx_dagster.providers.oura.subscriptions import SUBSCRIPTIONS as OURA_SUBSCRIPTIONS
-from ohx_dagster.providers.oura.subscriptions import ensure as ensure_oura_subscriptions
-from ohx_dagster.providers.oura.subscriptions import DATA_TYPES as OURA_DATA_TYPES
-from ohx_dagster.providers.oura.subscriptions import EVENT_TYPES as OURA_EVENT_TYPES
-from ohx_dagster.providers.oura.subscriptions import main
-from ohx_dagster.providers.registry import API_PROVIDERS
-from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
 
 VERIFY = "oura-verification-token"
 # Every (event type, data type) this app subscribes at Oura.

@@ -99,6 +99,7 @@ def test_ui_serves_assets_partitions_checks_schedules_and_sensors(webserver: str
         "hourly_incremental_sync": "5 * * * *",
         "daily_close": "20 * * * *",
         "daily_retention": "45 3 * * *",
+        "sync_status_schedule": "*/15 * * * *",
     }
     assert {s["name"] for s in repository["sensors"]} == {
         "webhook_sensor",

@@ -1,4 +1,5 @@
-"""`ohx status`: per person, provider and data type, how far the sync has got and what stops it.
+"""`ohx status`: per person, provider and data type, how far the sync has got and what stops it
+(computed by ohx_dagster/sync_status.py, as the UI's sync_status assets are).
 
 - covered until: the end of the person's latest covered window of the type (coverage);
 - lag: now minus that;
@@ -12,9 +13,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import click
 
@@ -22,108 +22,29 @@ from ohx_dagster.cli import common
 
 if TYPE_CHECKING:
     from ohx_dagster.store import PersonRow, RecordStore
+    from ohx_dagster.sync_status import TypeStatus
 
 ERROR_CHARS = 80
 
 
-@dataclass(frozen=True, slots=True)
-class TypeStatus:
-    provider: str
-    user_id: str
-    patient: str
-    data_type: str
-    state: str
-    state_reason: str | None
-    covered_until: datetime | None
-    last_success: datetime | None
-    last_error: str | None
-    last_error_at: datetime | None
-    records_24h: int
-
-    def lag(self, now: datetime) -> timedelta | None:
-        return None if self.covered_until is None else max(timedelta(0), now - self.covered_until)
-
-    def state_text(self) -> str:
-        return f"{self.state}: {self.state_reason}" if self.state == "refused" else self.state
-
-    def to_json(self, now: datetime) -> dict[str, Any]:
-        data = asdict(self)
-        lag = self.lag(now)
-        for name in ("covered_until", "last_success", "last_error_at"):
-            data[name] = common.iso(data[name])
-        data["lag"] = None if lag is None else common.iso_duration(lag)
-        return data
-
-
+# The status is computed in ohx_dagster/sync_status.py, which the sync_status assets of the UI
+# read too; imported when a command runs (`ohx --help` loads no database driver or pandas).
 def person_state(person: PersonRow) -> tuple[str, str | None]:
-    """The person's connection state in words, and its reason."""
-    from ohx_dagster.store import DISCONNECTED, NEEDS_REAUTHORIZATION
+    from ohx_dagster import sync_status
 
-    if not person.connected or person.state == DISCONNECTED:
-        return "disconnected", person.state_reason
-    if person.state == NEEDS_REAUTHORIZATION:
-        return "needs reauthorization", person.state_reason
-    return "active", None
+    return sync_status.person_state(person)
 
 
 def window_start(now: datetime) -> datetime:
-    """Where "the last 24 h" begins: the start of the UTC hour 23 hours before the current one
-    (series are stored per hour, so counts are per whole hour)."""
-    return now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=23)
+    from ohx_dagster import sync_status
+
+    return sync_status.window_start(now)
 
 
 def collect(store: RecordStore, provider: str | None, now: datetime) -> list[TypeStatus]:
-    from ohx_dagster.cli import queries
-    from ohx_dagster.models import HealthDataType
-    from ohx_dagster.providers.registry import SUPPORTED_TYPES
-    from ohx_dagster.store import config_hash
-    from ohx_dagster.times import HOUR_US, to_us
+    from ohx_dagster import sync_status
 
-    order = {t.value: n for n, t in enumerate(HealthDataType)}
-    start_us = to_us(window_start(now))
-    end_us = start_us + 24 * HOUR_US
-    found: list[TypeStatus] = []
-    for name in [provider] if provider else queries.providers(store):
-        people = store.people(name)
-        if not people:
-            continue
-        covered = queries.covered_until(store, name)
-        counts = queries.records_between(store, name, start_us, end_us)
-        statuses = {(r.user_id, r.data_type): r for r in store.type_statuses(name)}
-        supported = {t.value for t in SUPPORTED_TYPES.get(name, frozenset(HealthDataType))}
-        for person in people:
-            config = person.config
-            user = config.user_id
-            enabled = {t.value for t in config.enabled_types}
-            known = {t for u, t in (*covered, *counts, *statuses) if u == user}
-            state, reason = person_state(person)
-            current = config_hash(config)
-            for data_type in sorted(enabled | known, key=lambda t: (order.get(t, 99), t)):
-                status = statuses.get((user, data_type))
-                kind, why = state, reason
-                refused = status is not None and status.refused_reason is not None
-                if data_type not in supported:
-                    kind, why = "not supported", None
-                elif state == "active" and refused and status.refused_config in (None, current):
-                    kind, why = "refused", status.refused_reason
-                elif state == "active" and data_type not in enabled:
-                    kind, why = "not enabled", None
-                found.append(
-                    TypeStatus(
-                        provider=name,
-                        user_id=user,
-                        patient=config.fhir_patient_id,
-                        data_type=data_type,
-                        state=kind,
-                        state_reason=why,
-                        covered_until=common.as_datetime(covered.get((user, data_type))),
-                        last_success=common.as_datetime(status and status.last_success_us),
-                        last_error=status.last_error if status else None,
-                        last_error_at=common.as_datetime(status and status.last_error_us),
-                        records_24h=counts.get((user, data_type), 0),
-                    )
-                )
-    return found
+    return sync_status.collect(store, provider, now)
 
 
 def _short(text: str, limit: int = ERROR_CHARS) -> str:

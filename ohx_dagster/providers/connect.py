@@ -80,7 +80,6 @@ log = logging.getLogger("ohx_dagster.providers.connect")
 AfterConnect = Callable[["ConnectSettings", HealthSyncConfig], object]
 
 
-
 class ConnectRefused(OhxError):
     """The callback cannot complete: unknown, used or expired state, the person declined, or the
     provider sent neither code nor error. Nothing is stored."""

@@ -169,6 +169,13 @@ class FitabaseSource:
     def records(self) -> pd.DataFrame:
         parts = [read_export_file(path, spec, self.timezone) for path, spec in self.files]
         batch = dedupe(concat(parts))
+        if batch.empty:  # headers and nothing else: an export cut short, never "0 people"
+            raise ValidationError(
+                SETTING,
+                ":".join(str(d) for d in self.directories),
+                "data rows in its export files",
+                where=", ".join(str(path) for path, _ in self.files) + " hold none",
+            )
         return batch.sort_values(["user_id", "data_type", "ts"], ignore_index=True)
 
     def discover_users(self) -> list[HealthSyncConfig]:

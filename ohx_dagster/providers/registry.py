@@ -2,14 +2,18 @@
 source can deliver and how late its data may arrive: read by the sync, the schedules and
 `ohx status`, so none of them asks a source for a type it never has.
 
-| source | types | re-sync horizon (default) | why that horizon |
-|---|---|---|---|
-| simulated | all | 1 h | the simulator's data is there when its hour has passed |
-| oura | heart rate, steps, SpO2 | 48 h | the ring uploads when the app opens, often the next morning |
-| withings | heart rate, steps, blood pressure, weight, temperature, SpO2, ECG | 48 h | scales and cuffs sync over Wi-Fi or the app; notifications name new data too |
-| google_health | heart rate, steps, weight, SpO2 | 72 h | watches sync through the phone, sometimes days later |
-| polar_accesslink | exercise heart rate, RR intervals | 72 h | watches upload when they sync |
-| fitabase, polar, apple_health | what the export holds | 0 | a file does not change after it was written |
+Each source, as `source (types): default re-sync horizon, and why that horizon`:
+
+- simulated (all types): 1 h, the simulator's data is there when its hour has passed.
+- oura (heart rate, steps, SpO2): 48 h, the ring uploads when the app opens, often the next
+  morning.
+- withings (heart rate, steps, blood pressure, weight, temperature, SpO2, ECG): 48 h, scales and
+  cuffs sync over Wi-Fi or the app; notifications name new data too.
+- google_health (heart rate, steps, weight, SpO2): 72 h, watches sync through the phone,
+  sometimes days later.
+- polar_accesslink (exercise heart rate, RR intervals): 72 h, watches upload when they sync.
+- fitabase, polar, apple_health (what the export holds): 0, a file does not change after it was
+  written.
 
 OHX_RESYNC_HORIZON overrides per source: `oura=72h,google_health=4d` (units m, h, d).
 """
@@ -28,8 +32,7 @@ from ohx_dagster.providers.app import ProviderApp
 
 # Provider APIs: each folder's ProviderApp. A new provider is a new folder and a line here.
 API_PROVIDERS: Final[dict[str, ProviderApp]] = {
-    app.name: app
-    for app in (oura.APP, withings.APP, google_health.APP, polar.ACCESSLINK)
+    app.name: app for app in (oura.APP, withings.APP, google_health.APP, polar.ACCESSLINK)
 }
 
 SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {

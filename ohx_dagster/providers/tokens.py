@@ -60,7 +60,6 @@ LEASE_WAIT_S: Final = 150.0
 LEASE_POLL_S: Final = 0.2
 
 
-
 @dataclass(frozen=True, slots=True)
 class OAuthTokens:
     """One user's grant. The tokens never appear in repr() (logs, tracebacks)."""
@@ -303,7 +302,9 @@ def _refresh_grant(
     except HttpStatusError as failed:
         # RFC 6749 5.2: 400 invalid_grant = the refresh token is invalid, expired or revoked.
         if failed.status in (400, 401) and "invalid_grant" in failed.excerpt:
-            raise NeedsReauthorization(f"{where}: refresh token refused: {failed.excerpt}") from None
+            raise NeedsReauthorization(
+                f"{where}: refresh token refused: {failed.excerpt}"
+            ) from None
         raise
     body = decode_json(client.provider, client.token_url, response.content, secrets=())
     if client.wrapped:

@@ -73,9 +73,7 @@ def upgrade() -> None:
         sa.Column("diastolic_mean", sa.Float),
         sa.Column("unit", sa.String(16), nullable=False),
     )
-    op.create_index(
-        "ix_aggregates_window", "aggregates", ["provider", "level", "bucket_start_us"]
-    )
+    op.create_index("ix_aggregates_window", "aggregates", ["provider", "level", "bucket_start_us"])
     op.create_table(
         "webhook_inbox",
         sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),

@@ -131,9 +131,7 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     with op.batch_alter_table("users") as batch:
-        batch.add_column(
-            sa.Column("state", sa.String(32), nullable=False, server_default="active")
-        )
+        batch.add_column(sa.Column("state", sa.String(32), nullable=False, server_default="active"))
         batch.add_column(sa.Column("state_reason", sa.Text))
         batch.add_column(sa.Column("state_at_us", sa.BigInteger))
         batch.create_check_constraint(

@@ -1,10 +1,11 @@
 """Oura's webhook subscriptions belong to the application, not to a person:
-`/v2/webhook/subscription` with the app's credentials in `x-client-id` / `x-client-secret`. GET lists {id, callback_url,
-event_type, data_type, expiration_time}; POST {callback_url, verification_token, event_type,
-data_type} creates one (Oura first sends the verification GET the receiver answers); PUT
-`.../renew/{id}` renews one. `ensure` is idempotent: it lists, creates what is missing and renews
-what expires soon, and changes nothing else. Subscriptions expire: the daily Dagster schedule
-(sensors/subscriptions.py) and, by hand, this module renew them:
+`/v2/webhook/subscription` with the app's credentials in `x-client-id` / `x-client-secret`.
+GET lists {id, callback_url, event_type, data_type, expiration_time}; POST {callback_url,
+verification_token, event_type, data_type} creates one (Oura first sends the verification GET
+the receiver answers); PUT `.../renew/{id}` renews one. `ensure` is idempotent: it lists,
+creates what is missing and renews what expires soon, and changes nothing else. Subscriptions
+expire: the daily Dagster schedule (sensors/subscriptions.py) and, by hand, this module renew
+them:
 
     python -m ohx_dagster.providers.oura.subscriptions --provider oura [--renew-within-days 7]
 
@@ -157,8 +158,6 @@ def ensure(
         client.close()
 
 
-
-
 def renew(
     store: RecordStore,
     env: Mapping[str, str],
@@ -184,8 +183,6 @@ def renew(
         results = [SubscriptionResult("oura", "", "*", FAILED, detail=str(exc))]
     record(store, results)
     return results
-
-
 
 
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
