@@ -180,3 +180,64 @@ def test_an_export_whose_files_hold_only_headers_is_an_error_not_zero_people(
         _ = FitabaseSource([directory], "UTC").records
     assert caught.value.field == "OHX_FITABASE_DIR"
     assert "hourlySteps_merged.csv hold none" in caught.value.where
+
+
+def _published(tmp_path: Path, export: Path, zone: str) -> list[dict]:
+    """The export read in `zone`, synced and published: every resource of its partition."""
+    from datetime import timedelta
+
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.providers.base import Windowed
+    from ohx_dagster.providers.registry import SUPPORTED_TYPES
+    from ohx_dagster.publish import partition_dir, publish_partition
+    from ohx_dagster.shards import Shard
+    from ohx_dagster.store import RecordStore
+    from ohx_dagster.sync import sync_partition
+
+    day = datetime(2016, 4, 12, tzinfo=UTC).date()
+    now = datetime(2016, 5, 1, tzinfo=UTC)
+    home = tmp_path / zone.replace("/", "-")
+    store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
+    source = Windowed(FitabaseSource([export], zone), SUPPORTED_TYPES["fitabase"], timedelta(0))
+    sync_partition(source, store, [day], strategy="partition", now=now)
+    output = FhirOutput(str(home / "fhir"))
+    publish_partition(
+        store, output, provider="fitabase", key="fitabase", shard=Shard("fitabase"), day=day,
+        scope=None, now=now, horizon=timedelta(0), run_id="run",
+    )  # fmt: skip
+    store.dispose()
+    directory = partition_dir(day, "fitabase")
+    return [
+        r
+        for entry in output.manifest(directory)["output"]
+        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
+    ]
+
+
+def test_the_same_file_read_in_two_zones_never_shares_an_id_with_other_content(
+    tmp_path: Path,
+) -> None:
+    """Issue 13: a re-import with another zone must not overwrite the first reading's resources
+    on a FHIR server with other content under the same ids. The zone is in the device id (so in
+    every series and measurement key), in the aggregates' keys and in the Provenance."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "heartrate_seconds_merged.csv").write_text(
+        "Id,Time,Value\n" + "".join(f"7,4/12/2016 {h}:00:05 PM,{60 + h}\n" for h in range(1, 6))
+    )
+    (export / "weightLogInfo_merged.csv").write_text(
+        "Id,Date,WeightKg,WeightPounds,Fat,BMI,IsManualReport,LogId\n"
+        '7,"4/12/2016 7:30:00 AM",70.5,155.4,,22.6,True,1460446200000\n'
+    )
+    utc, chicago = (
+        _published(tmp_path, export, "UTC"),
+        _published(tmp_path, export, "America/Chicago"),
+    )
+    by_id = {r["id"]: r for r in utc}
+    shared = [r for r in chicago if r["id"] in by_id and r != by_id[r["id"]]]
+    assert shared == [], [r["resourceType"] for r in shared]
+    assert {r["resourceType"] for r in chicago if r["id"] in by_id} <= {"Patient"}
+    (provenance,) = [r for r in chicago if r["resourceType"] == "Provenance"]
+    assert "read as America/Chicago" in provenance["entity"][0]["what"]["display"]
+    devices = {r["displayName"] for r in chicago if r["resourceType"] == "Device"}
+    assert devices == {"fitbit@America/Chicago"}
