@@ -260,22 +260,28 @@ def test_a_slow_token_endpoint_holds_no_database_lock(sqlite_store, token_key, a
     webhook receiver) go on while the token endpoint takes its time."""
     token_store = TokenStore(sqlite_store)
     token_store.save("oura", "u1", tokens(expires_in_s=0))
-    in_call = threading.Event()
+    in_call, written, refreshed = threading.Event(), threading.Event(), threading.Event()
 
     def slow(call: Call):
         in_call.set()
-        time.sleep(1.5)
+        written.wait(10)  # the token endpoint answers only once the other writer is through
         return answer(200, {"access_token": "new-access", "refresh_token": "new-refresh",
                             "expires_in": 3600})  # fmt: skip
 
     api.on("/oauth/token", slow)
     user = UserTokens(token_store, oauth(api), "u1", client(api), clock=lambda: NOW)
-    worker = threading.Thread(target=user.access_token)
+
+    def refresh() -> None:
+        user.access_token()
+        refreshed.set()
+
+    worker = threading.Thread(target=refresh)
     worker.start()
     assert in_call.wait(10)
-    started = time.monotonic()
     sqlite_store.add_users([HealthSyncConfig(user_id="someone", provider="oura")])
-    assert time.monotonic() - started < 0.5
+    # Written while the refresh was still waiting on the provider: no lock held across the call.
+    assert not refreshed.is_set()
+    written.set()
     worker.join()
     assert token_store.load("oura", "u1").refresh_token == "new-refresh"
 
