@@ -31,13 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Final
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings
-from ohx_dagster.providers.registry import API_PROVIDERS, horizons, parse_horizons
+from ohx_dagster.providers.registry import API_PROVIDERS, horizons
 from ohx_dagster.shards import Sharding
-from ohx_dagster.sync_status import parse_lags
 
 KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health", *API_PROVIDERS)
 # Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
@@ -156,16 +156,8 @@ class Settings:
             apple_health_export=apple_health_export,
             apple_health_user=env.get("OHX_APPLE_HEALTH_USER") or None,
             shard_counts=tuple((s, n) for s, n in sharding.items() if n > 1),
-            horizon_overrides=tuple(
-                (name, delta.total_seconds())
-                for name, delta in parse_horizons(env.get("OHX_RESYNC_HORIZON", "")).items()
-            ),
-            max_lag_overrides=tuple(
-                (name, delta.total_seconds())
-                for name, delta in parse_lags(
-                    env.get("OHX_MAX_SYNC_LAG", ""), dict.fromkeys(KNOWN_SOURCES)
-                ).items()
-            ),
+            horizon_overrides=_per_source_seconds(env, "OHX_RESYNC_HORIZON", minimum=0),
+            max_lag_overrides=_per_source_seconds(env, "OHX_MAX_SYNC_LAG", minimum=1),
         )
 
 
@@ -208,6 +200,36 @@ def _rate(env: Mapping[str, str], name: str) -> float | None:
             "whole number of microseconds (1, 0.5, 0.2, 4, ...)"
         )
     return value
+
+
+_DURATION_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_per_source(name: str, text: str, *, minimum: int = 0) -> dict[str, timedelta]:
+    """`oura=6h, withings=2d` -> a duration per source; errors name the setting, the part and
+    the form."""
+    found: dict[str, timedelta] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        source, _, amount = (t.strip() for t in part.partition("="))
+        unit = _DURATION_UNITS.get(amount[-1:])
+        number = amount[:-1]
+        if source not in KNOWN_SOURCES or unit is None or not number.isdigit():
+            number = ""
+        if not number or int(number) < minimum:
+            least = f", N >= {minimum}" if minimum else ""
+            raise ConfigError(
+                f"{name}: {part!r}: expected source=N followed by m, h or d{least} "
+                f"(sources: {', '.join(KNOWN_SOURCES)})"
+            )
+        found[source] = timedelta(**{unit: int(number)})
+    return found
+
+
+def _per_source_seconds(
+    env: Mapping[str, str], name: str, *, minimum: int
+) -> tuple[tuple[str, float], ...]:
+    found = parse_per_source(name, env.get(name, ""), minimum=minimum)
+    return tuple((source, delta.total_seconds()) for source, delta in found.items())
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:

@@ -22,16 +22,14 @@ measurements bound the 24-hour counts to the last day's rows, whatever the histo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 import sqlalchemy as sa
 
-from ohx_dagster.errors import ConfigError
 from ohx_dagster.schema import coverage, measurements, series_chunks, users
-from ohx_dagster.times import from_us
+from ohx_dagster.times import from_us, iso, iso_duration, words
 
 if TYPE_CHECKING:
     from ohx_dagster.store import PersonRow, RecordStore
@@ -48,7 +46,6 @@ SYNC_INTERVAL: Final = {
     "daily": timedelta(days=1),
 }
 LAG_SETTING: Final = "OHX_MAX_SYNC_LAG"
-_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
 
 
 # -- queries ---------------------------------------------------------------------------------------
@@ -110,42 +107,6 @@ def records_between(
                 key = (row.user_id, row.data_type)
                 found[key] = found.get(key, 0) + int(row.n)
     return found
-
-
-# -- times, for people -----------------------------------------------------------------------------
-
-
-def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 UTC to the second ("2026-11-24T10:00:00Z")."""
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def iso_duration(delta: timedelta) -> str:
-    """ISO 8601 duration to the second: P2DT3H4M5S, PT0S."""
-    seconds = max(0, int(delta.total_seconds()))
-    days, seconds = divmod(seconds, 86_400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    clock = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
-    text = "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "")
-    return text if text != "P" else "PT0S"
-
-
-def words(delta: timedelta) -> str:
-    """A duration as a person reads it: "42 s", "17 min", "5 h 3 min", "3 d 4 h"."""
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def _moment(micros: int | None) -> datetime | None:
@@ -268,24 +229,6 @@ def collect(store: RecordStore, provider: str | None, now: datetime) -> list[Typ
 
 
 # -- how far behind is too far ---------------------------------------------------------------------
-
-
-def parse_lags(text: str, sources: Mapping[str, object]) -> dict[str, timedelta]:
-    """OHX_MAX_SYNC_LAG, `oura=6h,withings=2d` -> per source; errors name the part and the form."""
-    found: dict[str, timedelta] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        name, _, amount = part.strip().partition("=")
-        name, amount = name.strip(), amount.strip()
-        unit = _UNITS.get(amount[-1:])
-        if name not in sources or unit is None or not amount[:-1].isdigit() or not int(amount[:-1]):
-            raise ConfigError(
-                f"{LAG_SETTING}: {part.strip()!r}: expected source=N followed by m, h or d, N > 0 "
-                f"(sources: {', '.join(sources)})"
-            )
-        found[name] = timedelta(**{unit: int(amount[:-1])})
-    return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,9 +30,8 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from ohx_dagster import migrate
+from ohx_dagster import migrate, times
 from ohx_dagster.cli import cli, common, dev, queries
-from ohx_dagster.cli.common import iso_duration, words
 from ohx_dagster.models import DateRange, HealthSyncConfig
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.connect import ConnectSettings
@@ -184,12 +183,12 @@ def test_a_bad_database_url_is_one_line_naming_the_variable(home: Path) -> None:
 
 
 def test_durations_for_people_and_machines() -> None:
-    assert [words(timedelta(seconds=s)) for s in (0, 59, 60, 3599, 5400, 7200, 200_000)] == [
+    assert [times.words(timedelta(seconds=s)) for s in (0, 59, 60, 3599, 5400, 7200, 200_000)] == [
         "0 s", "59 s", "1 min", "59 min", "1 h 30 min", "2 h", "2 d 7 h",
     ]  # fmt: skip
-    assert iso_duration(timedelta(0)) == "PT0S"
-    assert iso_duration(timedelta(days=3, minutes=5, seconds=1)) == "P3DT5M1S"
-    assert iso_duration(timedelta(hours=1, minutes=30)) == "PT1H30M"
+    assert times.iso_duration(timedelta(0)) == "PT0S"
+    assert times.iso_duration(timedelta(days=3, minutes=5, seconds=1)) == "P3DT5M1S"
+    assert times.iso_duration(timedelta(hours=1, minutes=30)) == "PT1H30M"
 
 
 # -- ohx status ------------------------------------------------------------------------------------
@@ -201,8 +200,8 @@ def test_status_json_per_person_and_type(store: RecordStore, later: datetime) ->
     no_epoch_microseconds(result.stdout)
     data = json.loads(result.stdout)
     start = later.replace(minute=0) - timedelta(hours=23)
-    assert data["as_of"] == common.iso(later)
-    assert data["records_since"] == common.iso(start)
+    assert data["as_of"] == times.iso(later)
+    assert data["records_since"] == times.iso(start)
     rows = {(r["provider"], r["user_id"], r["data_type"]): r for r in data["statuses"]}
     # Records of the 24 h window, counted independently from the samples themselves.
     held = store.read_records("simulated", DateRange(start, start + timedelta(hours=24)))
@@ -210,7 +209,7 @@ def test_status_json_per_person_and_type(store: RecordStore, later: datetime) ->
     for user in PEOPLE:
         for kind in SUPPORTED_TYPES["simulated"]:
             row = rows["simulated", user, kind.value]
-            assert row["covered_until"] == common.iso(NOW)
+            assert row["covered_until"] == times.iso(NOW)
             assert row["lag"] == "PT1H30M"
             assert row["records_24h"] == expected.get((user, kind.value), 0)
     assert sum(r["records_24h"] for r in data["statuses"]) == len(held) > 0
@@ -243,7 +242,7 @@ def test_status_table_in_words(store: RecordStore, later: datetime) -> None:
         "needs reauthorization",
         "not supported",
         "1 h 30 min",
-        common.iso(NOW),
+        times.iso(NOW),
         "ProviderError: read timed out",
         "never",
     ):
@@ -315,22 +314,22 @@ def test_users_show_one_person_in_iso(store: RecordStore) -> None:
     assert detail["config"]["timezone"] == "America/New_York"
     stored = store.coverage("simulated", ["sim-002"])
     assert detail["coverage"]["heart_rate"] == [
-        [common.iso(s), common.iso(e)] for s, e in stored["sim-002", "heart_rate"]
+        [times.iso(s), times.iso(e)] for s, e in stored["sim-002", "heart_rate"]
     ]
-    assert detail["coverage"]["heart_rate"][-1][1] == common.iso(NOW)
+    assert detail["coverage"]["heart_rate"][-1][1] == times.iso(NOW)
     assert detail["refusals"] == [
         {"data_type": "spo2", "reason": "HTTP 403: spo2 not permitted",
          "since": detail["refusals"][0]["since"], "applies": True}
     ]  # fmt: skip
     assert detail["oauth_tokens"] == {
         "scope": "heartrate",
-        "access_token_expires": common.iso(NOW + timedelta(hours=1)),
-        "updated": common.iso(NOW),
+        "access_token_expires": times.iso(NOW + timedelta(hours=1)),
+        "updated": times.iso(NOW),
     }
     targets = {(s["target"], s["scope"], s["expires"]) for s in detail["subscriptions"]}
     assert targets == {
         ("appli=4", "person", None),
-        ("update:sleep", "app-wide", common.iso(NOW + timedelta(days=1))),
+        ("update:sleep", "app-wide", times.iso(NOW + timedelta(days=1))),
     }
     table = ohx("users", "show", "simulated", "sim-002")
     assert table.exit_code == 0, table.output
@@ -751,7 +750,7 @@ def test_installed_ohx(store: RecordStore, home: Path, tmp_path: Path) -> None:
     no_epoch_microseconds(status.stdout)
     rows = json.loads(status.stdout)["statuses"]
     assert {r["user_id"] for r in rows} == {*PEOPLE, "1503960366"}
-    assert all(r["covered_until"] in (None, common.iso(NOW)) for r in rows), (
+    assert all(r["covered_until"] in (None, times.iso(NOW)) for r in rows), (
         "ISO times to the second"
     )
     bad = run_ohx("status", env={**env, "OHX_DATABASE_URL": "postgresql://ohx@127.0.0.1:1/ohx"})

@@ -26,14 +26,13 @@ from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.run_request import KNOWN_TAGS
 from ohx_dagster.schema import users
-from ohx_dagster.settings import Settings
+from ohx_dagster.settings import Settings, parse_per_source
 from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
 from ohx_dagster.sync import sync_partition
 from ohx_dagster.sync_status import (
     LagLimit,
     TypeStatus,
     is_behind,
-    parse_lags,
     table_rows,
     words,
 )
@@ -106,14 +105,13 @@ def test_the_default_lag_is_twice_the_sync_interval_plus_the_horizon() -> None:
 
 
 def test_lag_settings_name_the_variable_and_the_form() -> None:
-    sources = dict.fromkeys(["simulated", "oura"])
-    assert parse_lags("oura=6h, simulated=90m", sources) == {
+    assert parse_per_source("OHX_MAX_SYNC_LAG", "oura=6h, simulated=90m", minimum=1) == {
         "oura": timedelta(hours=6),
         "simulated": timedelta(minutes=90),
     }
     for wrong in ("oura=6", "fitbit=2h", "oura=0h", "oura"):
         with pytest.raises(ValueError, match=r"^OHX_MAX_SYNC_LAG: .*expected source=N"):
-            parse_lags(wrong, sources)
+            parse_per_source("OHX_MAX_SYNC_LAG", wrong, minimum=1)
     settings = Settings.from_env({"OHX_HOME": "/nowhere", "OHX_MAX_SYNC_LAG": "simulated=2d"})
     assert settings.max_lag_overrides == (("simulated", 172800.0),)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -101,51 +101,6 @@ def database_error(exc: BaseException) -> str:
         f"{where} (OHX_DATABASE_URL): {reason}: check that the server is running and reachable "
         "and that the URL's host, database, user and password are right"
     )
-
-
-# -- times, for people -----------------------------------------------------------------------------
-
-
-def as_datetime(moment: datetime | int | None) -> datetime | None:
-    if moment is None or isinstance(moment, datetime):
-        return moment
-    from ohx_dagster.times import from_us
-
-    return from_us(moment)
-
-
-def iso(moment: datetime | int | None) -> str | None:
-    """ISO 8601 UTC to the second ("2026-11-24T10:00:00Z"); an int is store microseconds."""
-    found = as_datetime(moment)
-    if found is None:
-        return None
-    return found.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def iso_duration(delta: timedelta) -> str:
-    """ISO 8601 duration to the second: P2DT3H4M5S, PT0S."""
-    seconds = max(0, int(delta.total_seconds()))
-    days, seconds = divmod(seconds, 86_400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    clock = "".join(f"{n}{u}" for n, u in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n)
-    text = "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "")
-    return text if text != "P" else "PT0S"
-
-
-def words(delta: timedelta) -> str:
-    """A duration as a person reads it: "42 s", "17 min", "5 h 3 min", "3 d 4 h"."""
-    seconds = max(0, int(delta.total_seconds()))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def now() -> datetime:

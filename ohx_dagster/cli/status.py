@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ohx_dagster import times
 from ohx_dagster.cli import common
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def render(rows: list[TypeStatus], now: datetime) -> None:
         return
     table = Table(
         title=Text(
-            f"Sync status at {common.iso(now)}; records since {common.iso(window_start(now))}"
+            f"Sync status at {times.iso(now)}; records since {times.iso(window_start(now))}"
         ),
         title_justify="left",
     )
@@ -85,16 +86,14 @@ def render(rows: list[TypeStatus], now: datetime) -> None:
             row.user_id,
         )
         lag = row.lag(now)
-        error = (
-            f"{common.iso(row.last_error_at)} {_short(row.last_error)}" if row.last_error else ""
-        )
+        error = f"{times.iso(row.last_error_at)} {_short(row.last_error)}" if row.last_error else ""
         table.add_row(
             Text(row.provider if first else ""),
             Text(row.user_id if first else ""),
             Text(row.data_type),
             Text(_short(row.state_text(), 60), style=styles.get(row.state, "yellow")),
-            Text(common.iso(row.covered_until) or "never"),
-            Text("" if lag is None else common.words(lag)),
+            Text(times.iso(row.covered_until) or "never"),
+            Text("" if lag is None else times.words(lag)),
             Text(f"{row.records_24h:,}"),
             Text(error, style="red"),
             end_section=following is not None
@@ -117,8 +116,8 @@ def status(ctx: click.Context, provider: str | None, as_json: bool) -> None:
     if as_json:
         common.echo_json(
             {
-                "as_of": common.iso(now),
-                "records_since": common.iso(window_start(now)),
+                "as_of": times.iso(now),
+                "records_since": times.iso(window_start(now)),
                 "statuses": [row.to_json(now) for row in rows],
             }
         )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ohx_dagster import times
 from ohx_dagster.cli import common
 from ohx_dagster.errors import OhxError
 
@@ -48,8 +49,8 @@ def person_json(person: PersonRow) -> dict[str, Any]:
         "patient": config.fhir_patient_id,
         "state": state,
         "state_reason": reason,
-        "state_since": common.iso(person.state_at_us),
-        "connected_at": common.iso(person.connected_at_us),
+        "state_since": times.iso(person.state_at_us),
+        "connected_at": times.iso(person.connected_at_us),
         "timezone": config.timezone,
         "sync_frequency": config.sync_frequency.value,
         "aggregation": config.aggregation.value,
@@ -127,14 +128,14 @@ def person_detail(store: RecordStore, person: PersonRow) -> dict[str, Any]:
         **person_json(person),
         "config": config.to_json(),
         "coverage": {
-            data_type: [[common.iso(s), common.iso(e)] for s, e in intervals]
+            data_type: [[times.iso(s), times.iso(e)] for s, e in intervals]
             for (_, data_type), intervals in sorted(coverage.items())
         },
         "refusals": [
             {
                 "data_type": r.data_type,
                 "reason": r.refused_reason,
-                "since": common.iso(r.refused_us),
+                "since": times.iso(r.refused_us),
                 # A refusal under other settings is tried again: the person changed them.
                 "applies": r.refused_config in (None, current),
             }
@@ -142,12 +143,12 @@ def person_detail(store: RecordStore, person: PersonRow) -> dict[str, Any]:
             if r.refused_reason is not None
         ],
         "last_errors": [
-            {"data_type": r.data_type, "error": r.last_error, "at": common.iso(r.last_error_us)}
+            {"data_type": r.data_type, "error": r.last_error, "at": times.iso(r.last_error_us)}
             for r in statuses
             if r.last_error is not None
         ],
         "last_success": {
-            r.data_type: common.iso(r.last_success_us)
+            r.data_type: times.iso(r.last_success_us)
             for r in statuses
             if r.last_success_us is not None
         },
@@ -155,8 +156,8 @@ def person_detail(store: RecordStore, person: PersonRow) -> dict[str, Any]:
         if token is None
         else {
             "scope": token.scope,
-            "access_token_expires": common.iso(token.expires_at_us),
-            "updated": common.iso(token.updated_at_us),
+            "access_token_expires": times.iso(token.expires_at_us),
+            "updated": times.iso(token.updated_at_us),
         },
         "subscriptions": [
             {
@@ -164,9 +165,9 @@ def person_detail(store: RecordStore, person: PersonRow) -> dict[str, Any]:
                 "scope": "app-wide" if s.user_id == "" else "person",
                 "status": s.status,
                 "subscription_id": s.subscription_id,
-                "expires": common.iso(s.expires_at_us),
+                "expires": times.iso(s.expires_at_us),
                 "detail": s.detail,
-                "updated": common.iso(s.updated_at_us),
+                "updated": times.iso(s.updated_at_us),
             }
             for s in queries.subscriptions(store, provider, user_id)
         ],
@@ -272,7 +273,7 @@ def disconnect(ctx: click.Context, provider: str, user_id: str, reason: str) -> 
     if not person.connected or person.state == DISCONNECTED:
         click.echo(
             f"{provider} {user_id} was already disconnected (since "
-            f"{common.iso(person.state_at_us)}): nothing changed"
+            f"{times.iso(person.state_at_us)}): nothing changed"
         )
         return
     store.set_state(provider, user_id, DISCONNECTED, reason)

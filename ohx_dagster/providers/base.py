@@ -22,7 +22,7 @@ import pandas as pd
 
 from ohx_dagster.coverage import Interval
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.records import concat, dedupe, empty_batch
+from ohx_dagster.records import concat, dedupe, empty_batch, select
 from ohx_dagster.times import from_us, to_us
 
 Windows = Mapping[HealthDataType, Sequence[Interval]]
@@ -96,6 +96,24 @@ class WindowReader(Protocol):
         *,
         batch_size: int,
     ) -> pd.DataFrame: ...
+
+
+class ReadOnce:
+    """A `WindowReader` for exports, read whole when opened: a window is a selection of
+    `records`. A record is stamped with its first sample (an ECG too), so any window holding that
+    start yields the same record (idempotent upserts)."""
+
+    records: pd.DataFrame
+
+    def fetch(
+        self,
+        user: HealthSyncConfig,
+        data_types: Iterable[HealthDataType],
+        window: DateRange,
+        *,
+        batch_size: int = 1000,
+    ) -> pd.DataFrame:
+        return select(self.records, user.user_id, data_types, window)
 
 
 # A notification that names only a moment means "new data up to here": read this far back.

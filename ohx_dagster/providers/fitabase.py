@@ -17,7 +17,7 @@ ohx_dagster/locations.py), so a run in its own container reads the export withou
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
@@ -29,12 +29,12 @@ from ohx_dagster.errors import ProviderError, ValidationError
 from ohx_dagster.locations import Location, kind, location, split_locations
 from ohx_dagster.models import (
     AggregationLevel,
-    DateRange,
     HealthDataType,
     HealthSyncConfig,
     SyncFrequency,
 )
-from ohx_dagster.records import concat, dedupe, empty_batch, make_batch, select
+from ohx_dagster.providers.base import ReadOnce
+from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
 
 NAME: Final = "fitabase"
 SETTING: Final = "OHX_FITABASE_DIR"
@@ -136,7 +136,7 @@ def read_export_file(path: Location, spec: ExportFile, zone: str) -> pd.DataFram
     return concat(parts)
 
 
-class FitabaseSource:
+class FitabaseSource(ReadOnce):
     """Reads one or more Fitabase export directories once and serves windows from memory."""
 
     name = NAME
@@ -189,13 +189,3 @@ class FitabaseSource:
             )
             for user_id in sorted(self.records["user_id"].unique())
         ]
-
-    def fetch(
-        self,
-        user: HealthSyncConfig,
-        data_types: Iterable[HealthDataType],
-        window: DateRange,
-        *,
-        batch_size: int = 1000,
-    ) -> pd.DataFrame:
-        return select(self.records, user.user_id, data_types, window)

@@ -24,7 +24,6 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
-from ohx_dagster.errors import ConfigError
 from ohx_dagster.models import HealthDataType as T
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers import google_health, oura, polar, withings
@@ -52,26 +51,6 @@ RESYNC_HORIZON: Final[dict[str, timedelta]] = {
     "polar": timedelta(0),
     "apple_health": timedelta(0),
 }
-
-_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_horizons(text: str) -> dict[str, timedelta]:
-    """`oura=72h,google_health=4d` -> per source horizon; errors name the part and the form."""
-    found: dict[str, timedelta] = {}
-    for part in text.split(","):
-        if not part.strip():
-            continue
-        name, _, amount = part.strip().partition("=")
-        name, amount = name.strip(), amount.strip()
-        unit = _UNITS.get(amount[-1:])
-        if name not in RESYNC_HORIZON or unit is None or not amount[:-1].isdigit():
-            raise ConfigError(
-                f"OHX_RESYNC_HORIZON: {part.strip()!r}: expected source=N followed by m, h or d "
-                f"(sources: {', '.join(RESYNC_HORIZON)})"
-            )
-        found[name] = timedelta(**{unit: int(amount[:-1])})
-    return found
 
 
 def horizons(overrides: Mapping[str, timedelta]) -> dict[str, timedelta]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from ohx_dagster.errors import ValidationError
 from ohx_dagster.locations import Location, kind, location
 from ohx_dagster.models import (
     AggregationLevel,
-    DateRange,
-    HealthDataType,
     HealthSyncConfig,
     SyncFrequency,
 )
@@ -31,12 +28,13 @@ from ohx_dagster.providers.apple_health.export import (
     parse_moment,
 )
 from ohx_dagster.providers.apple_health.zone import ZoneChoice, ZoneEvidence, infer_zone, is_zone
-from ohx_dagster.records import concat, dedupe, select
+from ohx_dagster.providers.base import ReadOnce
+from ohx_dagster.records import concat, dedupe
 
 SETTING = "OHX_APPLE_HEALTH_EXPORT"
 
 
-class AppleHealthSource:
+class AppleHealthSource(ReadOnce):
     """One export = one user: OHX_APPLE_HEALTH_USER, else the export's parent folder name.
 
     `timezone` overrides the inferred zone (an IANA name); `zone` says which zone the user gets
@@ -122,13 +120,3 @@ class AppleHealthSource:
                 timezone=self.zone.zone,
             )
         ]
-
-    def fetch(
-        self,
-        user: HealthSyncConfig,
-        data_types: Iterable[HealthDataType],
-        window: DateRange,
-        *,
-        batch_size: int = 1000,
-    ) -> pd.DataFrame:
-        return select(self.records, user.user_id, data_types, window)

@@ -36,7 +36,6 @@ user and device, and the ECG and RR are stored and published with their heart ra
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -51,10 +50,10 @@ from ohx_dagster.locations import kind as location_kind
 from ohx_dagster.models import (
     HARD_LIMITS,
     AggregationLevel,
-    DateRange,
     HealthDataType,
     HealthSyncConfig,
 )
+from ohx_dagster.providers.base import ReadOnce
 from ohx_dagster.providers.polar.files import (
     CONVERTED_HEADER,
     HEADERS,
@@ -75,7 +74,7 @@ from ohx_dagster.providers.polar.files import (
     read_hr,
     read_rr,
 )
-from ohx_dagster.records import concat, dedupe, make_batch, select
+from ohx_dagster.records import concat, dedupe, make_batch
 from ohx_dagster.units import to_canonical
 
 NAME: Final = "polar"
@@ -137,7 +136,7 @@ def _notification_times(stream: Stream) -> pd.DatetimeIndex:
     return stream.times - pd.to_timedelta(later.to_numpy(), unit="ms")
 
 
-class PolarFileSource:
+class PolarFileSource(ReadOnce):
     """Polar recordings from a file or a folder; one user per sensor unless `user_id` is given."""
 
     name = NAME
@@ -388,15 +387,3 @@ class PolarFileSource:
             )
             for user in sorted(users)
         ]
-
-    def fetch(
-        self,
-        user: HealthSyncConfig,
-        data_types: Iterable[HealthDataType],
-        window: DateRange,
-        *,
-        batch_size: int = 1000,
-    ) -> pd.DataFrame:
-        # An ECG record is stamped with its first sample: any window holding that start yields
-        # the same record (idempotent upserts).
-        return select(self.records, user.user_id, data_types, window)
