@@ -9,13 +9,12 @@ plain way each database has (SQLite: `executemany` of an upsert in one transacti
 from __future__ import annotations
 
 import io
+import itertools
 import os
-import shutil
 import sqlite3
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from faults.backends import create_database, postgres_server
 from ohx_dagster.models import DateRange, HealthDataType
 from ohx_dagster.providers.simulated import SimulatedSource
 
@@ -127,40 +127,18 @@ def sqlite_bytes(path: Path, tables: Sequence[str]) -> int:
 # -- PostgreSQL -----------------------------------------------------------------------------------
 
 
-@contextmanager
-def postgres() -> Iterator[str]:
-    """A real PostgreSQL server for the benchmark (pgserver, as tests/conftest.py starts one);
-    yields its admin URL with the pinned driver."""
-    import pgserver
-
-    data = Path(tempfile.mkdtemp(prefix="ohx-bench-pg-"))
-    server = pgserver.get_server(data, cleanup_mode="stop")
-    try:
-        url = sa.make_url(server.get_uri()).set(drivername="postgresql+psycopg2")
-        yield url.render_as_string(hide_password=False)
-    finally:
-        server.cleanup()
-        shutil.rmtree(data, ignore_errors=True)
+def postgres() -> AbstractContextManager[str]:
+    """A real PostgreSQL server for the benchmark, as the fault suite starts one; yields its
+    admin URL with the pinned driver."""
+    return postgres_server(prefix="ohx-bench-pg-")
 
 
-_DATABASES = iter(range(1, 1_000_000))
+_DATABASES = itertools.count(1)
 
 
 def fresh_database(admin_url: str) -> str:
     """A new empty database on the server, as a plain postgresql:// URL."""
-    import psycopg2
-
-    name = f"ohx_bench_{os.getpid()}_{next(_DATABASES)}"
-    admin = sa.make_url(admin_url)
-    connection = psycopg2.connect(
-        dbname=admin.database, user=admin.username, host=admin.query["host"]
-    )
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-        cursor.execute(f"CREATE DATABASE {name}")
-    connection.close()
-    return admin.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    return create_database(admin_url, f"ohx_bench_{os.getpid()}_{next(_DATABASES)}")
 
 
 def pg_connect(url: str) -> Any:

@@ -44,41 +44,46 @@ class Postgres(Backend):
     name = "postgresql"
 
     def __init__(self, admin_url: str) -> None:
-        self.admin = sa.make_url(admin_url)
-
-    def _create(self, name: str, template: str | None = None) -> str:
-        connection = psycopg2.connect(
-            dbname=self.admin.database,
-            user=self.admin.username,
-            host=self.admin.query.get("host") or self.admin.host,
-            port=self.admin.port,
-            password=self.admin.password,
-        )
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-            cursor.execute(
-                f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else "")
-            )
-        connection.close()
-        return self.admin.set(drivername="postgresql", database=name).render_as_string(
-            hide_password=False
-        )
+        self.admin_url = admin_url
 
     def url(self, root: Path, label: str) -> str:
-        return self._create(f"faults_{label.replace('-', '_').lower()}_{next(_NUMBERS)}")
+        return create_database(self.admin_url, _database_name(label))
 
     def copy(self, url: str, root: Path, label: str) -> str:
         template = sa.make_url(url).database
-        return self._create(f"faults_{label.replace('-', '_').lower()}_{next(_NUMBERS)}", template)
+        return create_database(self.admin_url, _database_name(label), template)
+
+
+def _database_name(label: str) -> str:
+    return f"faults_{label.replace('-', '_').lower()}_{next(_NUMBERS)}"
+
+
+def create_database(admin_url: str, name: str, template: str | None = None) -> str:
+    """A new database `name` on the server (a copy of `template` if given), as a plain
+    postgresql:// URL; one already there by that name is dropped first."""
+    admin = sa.make_url(admin_url)
+    connection = psycopg2.connect(
+        dbname=admin.database,
+        user=admin.username,
+        host=admin.query.get("host") or admin.host,
+        port=admin.port,
+        password=admin.password,
+    )
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
+        cursor.execute(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else ""))
+    connection.close()
+    return admin.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
 
 
 @contextmanager
-def postgres_server() -> Iterator[str]:
-    """A real PostgreSQL server for the suite (pgserver); yields its admin URL (psycopg2)."""
+def postgres_server(prefix: str = "ohx-faults-pg-") -> Iterator[str]:
+    """A real PostgreSQL server (pgserver) for a suite or a benchmark; yields its admin URL with
+    the pinned driver (psycopg2)."""
     import pgserver
 
-    data = Path(tempfile.mkdtemp(prefix="ohx-faults-pg-"))
+    data = Path(tempfile.mkdtemp(prefix=prefix))
     server = pgserver.get_server(data, cleanup_mode="stop")
     try:
         url = sa.make_url(server.get_uri()).set(drivername="postgresql+psycopg2")
@@ -89,7 +94,7 @@ def postgres_server() -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(sa.text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname LIKE 'faults_%' AND pid <> pg_backend_pid()"
+                "WHERE datname <> current_database() AND pid <> pg_backend_pid()"
             ))  # fmt: skip
         engine.dispose()
         server.cleanup()

@@ -12,12 +12,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from provider_api_server import FakeApi, fake_api
 
+from faults.backends import create_database
 from ohx_dagster.store import RecordStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,17 +69,7 @@ _DATABASE_NUMBERS = itertools.count(1)
 @pytest.fixture
 def pg_database_url(pg_url: str) -> str:
     """A fresh, empty database on the session's server, as a plain postgresql:// URL."""
-    name = f"ohx_test_{next(_DATABASE_NUMBERS)}"
-    admin = sa.make_url(pg_url)
-    connection = psycopg2.connect(
-        dbname=admin.database, user=admin.username, host=admin.query["host"]
-    )
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {name}")
-        cursor.execute(f"CREATE DATABASE {name}")
-    connection.close()
-    return admin.set(drivername="postgresql", database=name).render_as_string(hide_password=False)
+    return create_database(pg_url, f"ohx_test_{next(_DATABASE_NUMBERS)}")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
