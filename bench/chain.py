@@ -86,6 +86,7 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
     import dagster as dg
 
     import assets.health
+    from ohx_dagster.fhir.validation.profile import forget_invariant_outcomes
     from ohx_dagster.providers.simulated import SimulatedSource
     from ohx_dagster.store import RecordStore
 
@@ -102,6 +103,9 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
         fixed = _run(_definitions(root / "empty", 0, hz), instance)
         home = keep or root / "full"
         defs = _definitions(home, users, hz)
+        # Each production run is a process of its own: the validator starts with no invariant
+        # outcomes remembered from the runs before.
+        forget_invariant_outcomes()
         # Where the run's CPU goes, beside the total: the FHIR validation of each published
         # bucket's sample (the asset's call) and the simulated provider answering the fetches.
         with (

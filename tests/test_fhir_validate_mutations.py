@@ -1069,3 +1069,16 @@ def test_messages_name_the_element_and_the_expectation(product: dict[str, dict[s
             if problem.layer in ("terminology", "sampled-data", "product", "output"):
                 assert problem.path and re.match(r"^[A-Za-z]", problem.path), problem
                 assert "expected" in problem.message, problem
+
+
+def test_remembered_invariant_outcomes_follow_the_element(
+    product: dict[str, dict[str, Any]],
+) -> None:
+    """The validator remembers invariant outcomes per element (profile.py): a broken element
+    met after its valid twin still fails, and the valid one still passes after it."""
+    valid = product["series"]
+    broken = copy.deepcopy(valid)
+    broken["effectivePeriod"]["end"] = "2026-03-31T23:00:00Z"
+    for resource, fails in ((valid, False), (broken, True), (valid, False), (broken, True)):
+        found = [p for p in validate_resource(resource) if "invariant per-1" in p.message]
+        assert bool(found) is fails, found

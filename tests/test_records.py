@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.models import HealthDataRecord, HealthDataType
 from ohx_dagster.records import (
     COLUMNS,
+    IDENTITY,
     batch_from_records,
     concat,
     dedupe,
@@ -182,3 +185,25 @@ def test_dedupe_keeps_the_last_of_each_identity() -> None:
     }
     assert len(dedupe(concat([first, first.assign(device_id="other")]))) == 8
     assert concat([]).empty
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["oura", "withings"]),
+            st.sampled_from(["u1", "u2"]),
+            st.sampled_from(["heart_rate", "steps"]),
+            st.integers(0, 5),  # seconds: few, so identities repeat
+            st.sampled_from(["", "ring"]),
+        ),
+        max_size=40,
+    )
+)
+def test_dedupe_is_drop_duplicates_keeping_the_last(rows) -> None:
+    """The timestamp-first dedupe answers exactly as pandas' drop_duplicates(keep="last")."""
+    frame = pd.DataFrame(rows, columns=["provider", "user_id", "data_type", "s", "device_id"])
+    frame["ts"] = pd.to_datetime(frame.pop("s"), unit="s", utc=True).astype("datetime64[us, UTC]")
+    frame["value"] = np.arange(len(frame), dtype="float64")  # which occurrence survived
+    expected = frame.drop_duplicates(subset=IDENTITY, keep="last").reset_index(drop=True)
+    pd.testing.assert_frame_equal(dedupe(frame), expected)

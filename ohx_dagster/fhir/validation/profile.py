@@ -11,6 +11,8 @@ import re
 from collections.abc import Iterable
 from typing import Any, Final
 
+import orjson
+
 from ohx_dagster.fhir.codes import VITAL_SIGN_PROFILES
 from ohx_dagster.fhir.validation.fhirpath import compiled
 from ohx_dagster.fhir.validation.problems import Problem, identity
@@ -113,6 +115,56 @@ def _choice_type(element: Element, key: str) -> str | None:
     return element.types[0] if len(element.types) == 1 else None
 
 
+_HOLDS: Final = None
+_FAILED: Final = "failed"
+# Outcomes of invariants that see only their element: the same element (same JSON, same typed
+# path) gives the same answer in every resource, and a partition's resources repeat most of
+# theirs (codes, subject, category, meta). Small elements only (a large one rarely repeats), and
+# bounded: cleared when full (at most about 20 MB).
+_OUTCOMES: dict[tuple[str, str, bytes], str | None] = {}
+_OUTCOMES_MAX: Final = 20_000
+_ELEMENT_MAX_BYTES: Final = 1_024
+_SEES_RESOURCE: Final = ("%resource", "%rootResource", "resolve(")
+
+
+def forget_invariant_outcomes() -> None:
+    """Empty the memory of invariant outcomes (as a new process starts: benchmarks)."""
+    _OUTCOMES.clear()
+
+
+def _remembered_as(value: Any) -> bytes | None:
+    """The element's JSON when its outcomes may be remembered."""
+    try:
+        blob = orjson.dumps(value)
+    except TypeError:  # not plain JSON (a Decimal): evaluated, not remembered
+        return None
+    return blob if len(blob) <= _ELEMENT_MAX_BYTES else None
+
+
+def _invariant_outcome(
+    expression: str, typed_path: str, value: Any, blob: bytes | None, variables: dict[str, Any]
+) -> str | None:
+    """_HOLDS, _FAILED or "could not be evaluated: why" (an engine limit is reported, never
+    taken as a pass)."""
+    key = None
+    if blob is not None and not any(marker in expression for marker in _SEES_RESOURCE):
+        key = (expression, typed_path, blob)
+        if key in _OUTCOMES:
+            return _OUTCOMES[key]
+    from fhirpathpy.engine.nodes import ResourceNode
+
+    try:
+        result = compiled(expression)(ResourceNode.create_node(value, typed_path), variables)
+        outcome = _FAILED if result and not all(r is True for r in result) else _HOLDS
+    except Exception as exc:
+        outcome = f"could not be evaluated: {exc}"
+    if key is not None:
+        if len(_OUTCOMES) >= _OUTCOMES_MAX:
+            _OUTCOMES.clear()
+        _OUTCOMES[key] = outcome
+    return outcome
+
+
 class _Walk:
     def __init__(self, resource: dict[str, Any], layer: str) -> None:
         self.resource = resource
@@ -127,17 +179,16 @@ class _Walk:
             self.problems.append(f"{where}: {count} found, at most {element.max} allowed")
 
     def invariants(self, invariants: Iterable[tuple[str, str, str]], value: Any, path: str) -> None:
-        from fhirpathpy.engine.nodes import ResourceNode
-
+        invariants = list(invariants)
+        if not invariants:
+            return
+        typed_path, blob = _INDEX.sub("", path), _remembered_as(value)
         for key, human, expression in invariants:
-            try:
-                node = ResourceNode.create_node(value, _INDEX.sub("", path))
-                result = compiled(expression)(node, self.variables)
-            except Exception as exc:  # an engine limit is reported, never taken as a pass
-                self.problems.append(f"{path}: invariant {key} could not be evaluated: {exc}")
-                continue
-            if result and not all(r is True for r in result):
+            outcome = _invariant_outcome(expression, typed_path, value, blob, self.variables)
+            if outcome == _FAILED:
                 self.problems.append(f"{path}: invariant {key} failed: {human} ({expression})")
+            elif outcome is not _HOLDS:
+                self.problems.append(f"{path}: invariant {key} {outcome}")
 
     def binding(self, element: Element, key: str, value: Any, path: str) -> None:
         if element.binding is not None:
