@@ -410,17 +410,25 @@ def kill_mid_run(backend: Backend, root: Path, delays: tuple[float, ...] = (0.3,
     days = [start.date() - timedelta(days=2), start.date() - timedelta(days=1)]
     killed = 0
     for n, delay in enumerate(delays):
-        world = simulated_world(backend, root / "kill", f"kill{n}", start=start, first_day=days[0],
-                                people=3)  # fmt: skip
-        world.store.dispose()
-        worker = _worker(world, days, INCREMENTAL, f"kill{n}")
-        assert worker.stdout is not None
-        worker.stdout.readline()  # "ready"
-        walltime.sleep(delay)
-        if worker.poll() is None:
-            worker.kill()  # SIGKILL
-            killed += 1
-        worker.wait()
+        attempt = 0
+        while True:  # a run that finished before its kill is tried again, killed sooner
+            label = f"kill{n}-{attempt}"
+            world = simulated_world(backend, root / "kill", label, start=start, first_day=days[0],
+                                    people=3)  # fmt: skip
+            world.store.dispose()
+            worker = _worker(world, days, INCREMENTAL, label)
+            assert worker.stdout is not None
+            worker.stdout.readline()  # "ready"
+            walltime.sleep(delay)
+            landed = worker.poll() is None
+            if landed:
+                worker.kill()  # SIGKILL
+                killed += 1
+            worker.wait()
+            if landed or delay < 0.05:
+                break
+            world.close()
+            delay, attempt = delay / 2, attempt + 1
         world.settle(1)
         row.take(world, utc_midnight(days[0]), utc_midnight(days[-1] + timedelta(days=1)))
         world.close()
