@@ -199,7 +199,12 @@ def _keep_provenance(
     def clinical(items: list[dict[str, Any]]) -> list[bytes]:
         return sorted(ndjson([r]) for r in items if r["resourceType"] != "Provenance")
 
+    def provenance_ids(items: list[dict[str, Any]]) -> set[str]:
+        return {r["id"] for r in items if r["resourceType"] == "Provenance"}
+
     if not previous or clinical(resources) != clinical(previous):
+        return resources
+    if provenance_ids(previous) != provenance_ids(resources):  # a person's Provenance is missing
         return resources
     return [r for r in resources if r["resourceType"] != "Provenance"] + [
         r for r in previous if r["resourceType"] == "Provenance"
@@ -381,12 +386,13 @@ def publish_partition(
         with store.read() as conn:
             previous_names = _previous_files(conn, partition_key(day, key), bucket)
         ids = {(r["resourceType"], r["id"]) for r in resources}
-        previous = [
-            r
-            for name in previous_names
-            if output.exists(f"{directory}/{name}")
-            for r in output.read_resources(f"{directory}/{name}")
-        ]
+        # The committed version whole, or not at all: with a file of it gone (an output moved or
+        # restored, objects expired), a part of it would pass for all of it.
+        previous = (
+            [r for name in previous_names for r in output.read_resources(f"{directory}/{name}")]
+            if all(output.exists(f"{directory}/{name}") for name in previous_names)
+            else []
+        )
         withdrawn = _withdrawn(previous, ids)
         resources = _keep_referenced(resources + withdrawn, previous)
         resources = _keep_provenance(resources, previous)

@@ -253,8 +253,10 @@ class RecordStore:
         take them away (two runs of one day overlapping while the provider receives data)."""
         covered = covered or {}
         replace = replace or {}
-        dense = batch[batch["data_type"].isin(DENSE)] if not batch.empty else batch
-        sparse = batch[~batch["data_type"].isin(DENSE)] if not batch.empty else batch
+        dense = sparse = batch
+        if not batch.empty:
+            is_dense = batch["data_type"].isin(DENSE).to_numpy()
+            dense, sparse = batch[is_dense], batch[~is_dense]
         report = CommitReport()
         with self.write() as conn:
             db.lock(conn, "person", provider, user_id)

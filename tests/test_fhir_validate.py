@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ohx_dagster.fhir.validation import (
     Problem,
@@ -188,3 +190,43 @@ def test_validate_resources_reports_each_broken_resource(examples: dict[str, dic
     broken["component"][0]["valueSampledData"]["offsets"] = "0 10"
     problems = validate_resources([examples["Observation-heart-rate.json"], broken])
     assert problems and {p.resource_id for p in problems} == {"ekg"}
+
+
+# -- Reference invariants answered without the engine (profile.PLAINLY_HOLDS) ---------------------
+
+_REFERENCE_PARTS = {
+    "reference": st.sampled_from(["Patient/p1", "Observation/o-1", "#c1", "#", "", "urn:uuid:1"]),
+    "display": st.sampled_from(["ring", ""]),
+    "identifier": st.just({"system": "urn:ohx:patient", "value": "u1"}),
+    "type": st.just("Patient"),
+    "extension": st.just([{"url": "http://example.org/x", "valueString": "x"}]),
+    "_reference": st.just({"extension": [{"url": "http://example.org/y", "valueCode": "z"}]}),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from(sorted(_REFERENCE_PARTS)), st.none(), max_size=4).flatmap(
+        lambda keys: st.fixed_dictionaries({k: _REFERENCE_PARTS[k] for k in keys})
+    ),
+    st.booleans(),
+)
+def test_what_is_answered_without_the_engine_is_what_the_engine_answers(value, contained) -> None:
+    """Whenever a shortcut says a Reference invariant holds, FHIRPath (fhirpathpy, the R5
+    expression from the packages) says so too; and both shortcuts are R5's own expressions."""
+    from fhirpathpy.engine.nodes import ResourceNode
+
+    from ohx_dagster.fhir.validation.fhirpath import compiled
+    from ohx_dagster.fhir.validation.profile import PLAINLY_HOLDS
+    from ohx_dagster.fhir.validation.structure import structure
+
+    expressions = {expression for _, _, expression in structure("Reference").invariants}
+    assert set(PLAINLY_HOLDS) <= expressions and len(PLAINLY_HOLDS) == 2
+    root = {"resourceType": "Provenance", "target": [value]}
+    if contained:
+        root["contained"] = [{"resourceType": "Device", "id": "c1"}]
+    variables = {"resource": root, "rootResource": root}
+    for expression, plainly in PLAINLY_HOLDS.items():
+        if plainly(value):
+            result = compiled(expression)(ResourceNode.create_node(value, "Reference"), variables)
+            assert all(r is True for r in result), (expression, value, result)

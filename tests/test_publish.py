@@ -303,6 +303,23 @@ def test_two_publishers_of_one_partition_at_once_leave_one_consistent_version(
     assert sorted((r["resourceType"], r["id"]) for r in published(output)) == expected
 
 
+def test_a_committed_version_with_a_file_gone_is_not_taken_for_the_whole(fresh) -> None:
+    """The committed Provenance file is lost (an output moved or restored, an object expired):
+    the next publication must not take the remaining files for the previous version and keep
+    its (missing) Provenance; every person's Provenance is published again. Two publishers at
+    once met this when one read the files another was still writing."""
+    store, output = fresh
+    publish(store, output, force=True)
+    before = sorted((r["resourceType"], r["id"]) for r in published(output))
+    directory = partition_dir(DAY, "simulated")
+    lost = [n for n in output.names(directory) if n.startswith("Provenance.")]
+    assert lost
+    for name in lost:
+        output.delete(f"{directory}/{name}")
+    publish(store, output, force=True)
+    assert sorted((r["resourceType"], r["id"]) for r in published(output)) == before
+
+
 def test_files_of_a_writer_that_died_are_collected(fresh) -> None:
     store, output = fresh
     directory = partition_dir(DAY, "simulated")

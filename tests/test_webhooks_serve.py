@@ -94,7 +94,7 @@ def test_half_sent_requests_are_cut_off_within_the_body_timeout(sqlite_store):
     """2,000 clients send headers and part of a body, then nothing: each gets 408 and its
     connection closed once the body timeout passes, /healthz answers meanwhile, and the server's
     connections and this process's file descriptors come back to where they were."""
-    count, timeout_s = 2_000, 3.0
+    count, timeout_s = 2_000, 4.0
     limits = ReceiverLimits(
         body_timeout_s=timeout_s,
         max_connections=count + 100,
@@ -130,10 +130,10 @@ def test_half_sent_requests_are_cut_off_within_the_body_timeout(sqlite_store):
         # Bounds relative to the timeout, not wall-clock targets: every connection is half-open
         # before the first is cut off, and /healthz answers while they are all held.
         assert health.status_code == 200 and health_s < timeout_s / 2, health_s
-        assert opened < timeout_s / 2 and held > count // 2, (opened, held)
+        assert opened < timeout_s * 0.75 and held > count // 2, (opened, held)
         assert len(closed) == count
         assert all(a.startswith(b"HTTP/1.1 408 ") for a in answers), {a[:40] for a in answers}
-        assert b"request body not received within 3 s" in answers[0]
+        assert b"request body not received within 4 s" in answers[0]
         # Cut off once the timeout passed: not before, and not much after.
         assert timeout_s - 0.1 < seconds[0] and seconds[-1] < timeout_s + 3.0, seconds[::400]
         assert wait_until(lambda: server_side_connections(port) == baseline, 5)

@@ -8,7 +8,7 @@ references.py, which sees the whole output."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import orjson
@@ -127,6 +127,40 @@ _ELEMENT_MAX_BYTES: Final = 1_024
 _SEES_RESOURCE: Final = ("%resource", "%rootResource", "resolve(")
 
 
+def _local_reference_free(value: Any) -> bool:
+    """ref-1 holds: no reference, or one that is not local ('#...'); anything else (extensions
+    on the reference, a local one) goes to the engine."""
+    if not isinstance(value, dict) or "_reference" in value:
+        return False
+    reference = value.get("reference")
+    return reference is None or (isinstance(reference, str) and not reference.startswith("#"))
+
+
+def _names_something(value: Any) -> bool:
+    """ref-2 holds: a reference, identifier or display is there as a plain value."""
+    if not isinstance(value, dict):
+        return False
+    return (
+        isinstance(value.get("reference"), str)
+        or isinstance(value.get("display"), str)
+        or isinstance(value.get("identifier"), dict)
+    )
+
+
+# Reference's invariants, met by every Reference the product writes: answered here when they
+# plainly hold (most of a partition's evaluations: a Provenance has a target per resource, and
+# ref-1 reads %rootResource, so it cannot be remembered). Anything less plain goes to the
+# engine; a property test holds these to it (tests/test_fhir_validate.py).
+PLAINLY_HOLDS: Final[dict[str, Callable[[Any], bool]]] = {
+    "reference.exists()  implies (reference.startsWith('#').not() or (reference.substring(1)"
+    ".trace('url') in %rootResource.contained.id.trace('ids')) or (reference='#' and "
+    "%rootResource!=%resource))": _local_reference_free,
+    "reference.exists() or identifier.exists() or display.exists() or extension.exists()": (
+        _names_something
+    ),
+}
+
+
 def forget_invariant_outcomes() -> None:
     """Empty the memory of invariant outcomes (as a new process starts: benchmarks)."""
     _OUTCOMES.clear()
@@ -146,6 +180,9 @@ def _invariant_outcome(
 ) -> str | None:
     """_HOLDS, _FAILED or "could not be evaluated: why" (an engine limit is reported, never
     taken as a pass)."""
+    plainly = PLAINLY_HOLDS.get(expression)
+    if plainly is not None and plainly(value):
+        return _HOLDS
     key = None
     if blob is not None and not any(marker in expression for marker in _SEES_RESOURCE):
         key = (expression, typed_path, blob)
