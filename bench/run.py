@@ -40,6 +40,17 @@ SIZES = (1, 5, 10, 25, 50)
 GIB = 1024**3
 
 
+CHAIN_REPEATS = 3
+
+
+def _listed(figures: list[float] | None) -> str:
+    return ", ".join(f"{f:.2f}" for f in figures or []) or "1"
+
+
+def _net_cpu_s(result: dict[str, Any]) -> float:
+    return result["run"]["cpu_s"] - result["fixed"]["cpu_s"]
+
+
 def sweep(sizes: tuple[int, ...]) -> dict[str, Any]:
     """One worker process per partition size; the 10-person store is kept for the baseline."""
     points = []
@@ -49,8 +60,16 @@ def sweep(sizes: tuple[int, ...]) -> dict[str, Any]:
         if users == 10:
             keep.mkdir(parents=True, exist_ok=True)
             args += ["--keep", str(keep)]
-        result, children_kib = chain.in_child(args)
-        result["children_maxrss_kib"] = children_kib
+        # The figure the target is judged on is the median of CHAIN_REPEATS workers: one CPU
+        # figure moves by a fifth with what else this shared machine runs.
+        repeats = []
+        for _ in range(CHAIN_REPEATS if users == 10 else 1):
+            result, children_kib = chain.in_child(args)
+            result["children_maxrss_kib"] = children_kib
+            repeats.append(result)
+        repeats.sort(key=_net_cpu_s)
+        result = repeats[len(repeats) // 2]
+        result["net_cpu_s_repeats"] = [round(_net_cpu_s(r), 3) for r in repeats]
         points.append(result)
         print(
             f"  chain {users:>2} people: {result['samples']:,} samples, run "
@@ -180,12 +199,13 @@ def report(results: dict[str, Any]) -> str:
                 (
                     f"whole chain, 10 people x 1 Hz x 1 day ({ten['samples']:,} samples), "
                     "CPU net of a run with no one",
-                    f"{net:.2f} CPU-s (run {ten['run']['cpu_s']:.2f}, empty run "
-                    f"{ten['fixed']['cpu_s']:.2f}; wall {ten['run']['wall_s']:.1f} s; of the net: "
-                    f"FHIR validation {ten['validation_cpu_s']:.2f}, simulated provider "
+                    f"{net:.2f} CPU-s, median of {_listed(ten.get('net_cpu_s_repeats'))} (run "
+                    f"{ten['run']['cpu_s']:.2f}, empty run {ten['fixed']['cpu_s']:.2f}; wall "
+                    f"{ten['run']['wall_s']:.1f} s; of the net: FHIR validation "
+                    f"{ten['validation_cpu_s']:.2f}, simulated provider "
                     f"{ten['provider_cpu_s']:.2f})",
-                    f"{base['cpu_s']:.2f} CPU-s (the {base['rows']:,} samples upserted into plain "
-                    "SQLite)",
+                    f"{base['cpu_s']:.2f} CPU-s, median of {_listed(base.get('cpu_s_repeats'))} "
+                    f"(the {base['rows']:,} samples upserted into plain SQLite)",
                     f"{net / base['cpu_s']:.2f}x "
                     f"(gross {ten['run']['cpu_s'] / base['cpu_s']:.2f}x)",
                     "<= 1.0x",
@@ -310,7 +330,8 @@ HOW = [
     "for three people in another store warms the process first (imports and the validator's "
     "tables load once per process); the empty run is the same job for a partition with no one. "
     "'of it' is the CPU spent inside the asset's FHIR validation call and inside the simulated "
-    "provider's fetch during the run.",
+    "provider's fetch during the run. The 10-person figure is the median of 3 worker processes "
+    "(each one's net beside it), its baseline the median of 3 loads.",
     "- Peak RSS: `RUSAGE_CHILDREN` of this process after the sweep's worker processes (the "
     "largest is the 50-person worker); the sweep's table gives each worker's own peak.",
     "- Push: one person's webhook answered on the code path of the webhook run "
