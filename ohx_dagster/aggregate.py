@@ -31,12 +31,11 @@ import pandas as pd
 
 from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType
 from ohx_dagster.schema import aggregates
-from ohx_dagster.times import to_us
+from ohx_dagster.times import HOUR_US, to_us
 
 if TYPE_CHECKING:
     from ohx_dagster.record_tables import Chunk
 
-HOUR_US: Final = 3_600_000_000
 HOURLY_KEYS: Final = ["provider", "user_id", "data_type", "bucket_start_us"]
 AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
 # ECG waveforms are published as recordings, not as statistics.

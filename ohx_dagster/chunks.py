@@ -30,9 +30,9 @@ from typing import Final
 import numpy as np
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.times import HOUR_US
 
 VERSION: Final = 1
-HOUR_US: Final = 3_600_000_000
 _HEADER = struct.Struct("<BI")  # version, sample count
 _MAX_DIGITS: Final = 6
 

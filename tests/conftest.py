@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from provider_api_server import FakeApi, fake_api
+from s3_test_server import S3Server, running_s3_server
 
 from faults.backends import create_database
 from ohx_dagster.store import RecordStore
@@ -113,3 +115,20 @@ def api() -> Iterator[FakeApi]:
     """A provider API test server on 127.0.0.1 (tests/provider_api_server.py)."""
     with fake_api() as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 as a real HTTP server process, one per test module."""
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new bucket; the product reaches the server through OHX_S3_ENDPOINT_URL and AWS_*."""
+    for name, value in s3.env().items():
+        monkeypatch.setenv(name, value)
+    name = f"ohx-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(name)
+    return name

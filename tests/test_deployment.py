@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -52,7 +51,7 @@ from deployment_harness import (
     scan_database,
     tool,
 )
-from s3_test_server import ACCESS_KEY, REGION, S3Server, running_s3_server
+from s3_test_server import ACCESS_KEY, REGION, S3Server
 
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.webhooks.simulator import send_event
@@ -65,12 +64,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 USERS = 2
-
-
-@pytest.fixture
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
 
 
 def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services(

@@ -6,14 +6,12 @@ disk; a missing, empty or unreachable location is one line naming its setting.""
 from __future__ import annotations
 
 import io
-import uuid
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from s3_test_server import S3Server, running_s3_server
+from s3_test_server import S3Server
 from test_providers_apple_health import ECG_MEMBER, write_apple_ecg
 
 from ohx_dagster.errors import ConfigError, OhxError, ValidationError
@@ -22,21 +20,6 @@ from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.polar import PolarH10Source
 from resources import SourcesResource
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    name = f"exports-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(name)
-    return name
 
 
 def upload(s3: S3Server, bucket: str, key: str, body: bytes) -> str:

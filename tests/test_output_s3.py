@@ -10,7 +10,6 @@ the bucket, not from a disk.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 from fhir_test_server import FhirServer, running_fhir_server
-from s3_test_server import S3Server, running_s3_server
+from s3_test_server import S3Server
 
 from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, pending
 from ohx_dagster.fhir.output import MANIFEST, FhirOutput
@@ -38,22 +37,6 @@ SOURCE = Windowed(
     SimulatedSource(3, seed=7, clock=lambda: NOW), SUPPORTED_TYPES["simulated"], HORIZON
 )
 DIRECTORY = partition_dir(DAY, "simulated")
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
-
-
-@pytest.fixture
-def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new bucket; the product reaches the server through OHX_S3_ENDPOINT_URL and AWS_*."""
-    for name, value in s3.env().items():
-        monkeypatch.setenv(name, value)
-    name = f"ohx-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(name)
-    return name
 
 
 @pytest.fixture

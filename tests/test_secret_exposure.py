@@ -23,7 +23,6 @@ from __future__ import annotations
 import secrets as random_secrets
 import sys
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -47,7 +46,7 @@ from deployment_harness import (
     tool,
 )
 from fhir_test_server import FhirServer
-from s3_test_server import ACCESS_KEY, REGION, S3Server, running_s3_server
+from s3_test_server import ACCESS_KEY, REGION, S3Server
 
 pytestmark = pytest.mark.skipif(
     not all(tool(n) for n in ("dagster", "dagster-webserver", "dagster-daemon", "ohx")),
@@ -163,12 +162,6 @@ class OAuthFhirServer(FhirServer):
 
 def secret() -> str:
     return f"sx{random_secrets.token_hex(16)}"
-
-
-@pytest.fixture
-def s3() -> Iterator[S3Server]:
-    with running_s3_server() as server:
-        yield server
 
 
 def test_no_secret_reaches_graphql_or_the_run_storage(

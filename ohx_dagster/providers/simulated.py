@@ -29,11 +29,10 @@ from ohx_dagster.models import (
     SyncFrequency,
 )
 from ohx_dagster.records import concat, empty_batch, make_batch
-from ohx_dagster.times import to_us
+from ohx_dagster.times import HOUR_US, to_us
 
 NAME: Final = "simulated"
 HOUR: Final = timedelta(hours=1)
-HOUR_US: Final = 3_600_000_000
 
 
 @dataclass(frozen=True, slots=True)
