@@ -161,6 +161,11 @@ PLAINLY_HOLDS: Final[dict[str, Callable[[Any], bool]]] = {
 }
 
 
+def _rememberable(expression: str) -> bool:
+    """Whether the invariant's outcome depends on its element only."""
+    return expression not in PLAINLY_HOLDS and not any(m in expression for m in _SEES_RESOURCE)
+
+
 def forget_invariant_outcomes() -> None:
     """Empty the memory of invariant outcomes (as a new process starts: benchmarks)."""
     _OUTCOMES.clear()
@@ -184,7 +189,7 @@ def _invariant_outcome(
     if plainly is not None and plainly(value):
         return _HOLDS
     key = None
-    if blob is not None and not any(marker in expression for marker in _SEES_RESOURCE):
+    if blob is not None and _rememberable(expression):
         key = (expression, typed_path, blob)
         if key in _OUTCOMES:
             return _OUTCOMES[key]
@@ -219,7 +224,9 @@ class _Walk:
         invariants = list(invariants)
         if not invariants:
             return
-        typed_path, blob = _INDEX.sub("", path), _remembered_as(value)
+        rememberable = any(_rememberable(expression) for _, _, expression in invariants)
+        typed_path = _INDEX.sub("", path)
+        blob = _remembered_as(value) if rememberable else None  # one serialization per element
         for key, human, expression in invariants:
             outcome = _invariant_outcome(expression, typed_path, value, blob, self.variables)
             if outcome == _FAILED:
