@@ -6,6 +6,7 @@ executor's start-up (about 5 s a run) would dwarf the work of an hourly or webho
 
 from __future__ import annotations
 
+import gc
 from datetime import timedelta
 
 import dagster as dg
@@ -106,3 +107,7 @@ def _settings() -> Settings:
 
 
 defs = build_definitions(_settings())
+# What the code location has loaded (Dagster, pandas, the definitions: about 250,000 objects) lives
+# as long as the process. Moved out of the cyclic collector's sight, a full collection during a
+# run walks the run's own objects only (it walked all of these: 0.1-0.2 CPU-s of a 10-person run).
+gc.freeze()

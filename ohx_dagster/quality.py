@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.models import PLAUSIBLE_RANGES, HealthDataType
+from ohx_dagster.records import rows_by
 
 LINK_TOLERANCE: Final = pd.Timedelta(seconds=60)
 
@@ -17,13 +18,14 @@ def implausible_values(records: pd.DataFrame) -> dict[str, int]:
     found: dict[str, int] = {}
     if records.empty:
         return found
-    # Whole columns once, then a mask per type (a frame copied per type was most of the time).
-    kinds = records["data_type"].to_numpy()
+    # Whole columns once, then the rows of each type (a frame copied per type was most of the
+    # time, and comparing the type column with each type's name the rest).
+    rows_of = rows_by(records["data_type"].to_numpy())
     value = records["value"].to_numpy(dtype="float64")
     diastolic = records["diastolic"].to_numpy(dtype="float64")
     for kind, (low, high) in PLAUSIBLE_RANGES.items():
-        rows = kinds == kind.value
-        if not rows.any():
+        rows = rows_of.get(kind.value)
+        if rows is None:
             continue
         if kind is HealthDataType.ECG:
             waveforms = records["samples"].to_numpy()[rows]
@@ -44,12 +46,17 @@ def recordings_without_heart_rate(records: pd.DataFrame) -> list[str]:
         return missing
     # Plain arrays and one comparison per type: a day of 1 Hz heart rate is most of the rows.
     kinds = records["data_type"].to_numpy(dtype=object)
-    linked = (kinds == HealthDataType.ECG.value) | (kinds == HealthDataType.RR_INTERVALS.value)
+    rows_of = rows_by(kinds)
+    nothing = np.zeros(0, dtype=np.int64)
+    linked = np.zeros(len(kinds), dtype=bool)
+    for kind in (HealthDataType.ECG, HealthDataType.RR_INTERVALS):
+        linked[rows_of.get(kind.value, nothing)] = True
     if not linked.any():
         return missing
     people = records["user_id"].to_numpy(dtype=object)
     stamps = records["ts"].array.asi8
-    heart_rate = kinds == HealthDataType.HEART_RATE.value
+    heart_rate = np.zeros(len(kinds), dtype=bool)
+    heart_rate[rows_of.get(HealthDataType.HEART_RATE.value, nothing)] = True
     tolerance = LINK_TOLERANCE.value // 1000  # microseconds, like the timestamps
     for user_id in sorted(pd.unique(people[linked])):
         mine = people == user_id

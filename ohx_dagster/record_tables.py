@@ -23,7 +23,7 @@ from ohx_dagster import chunks, db
 from ohx_dagster.chunks import HOUR_US, Samples
 from ohx_dagster.coverage import Interval
 from ohx_dagster.models import SERIES_TYPES, HealthDataType
-from ohx_dagster.records import empty_batch, normalize
+from ohx_dagster.records import empty_batch, label_codes, normalize
 from ohx_dagster.schema import measurements, series_chunks
 from ohx_dagster.times import now_us
 
@@ -61,18 +61,10 @@ def _clip(windows: Sequence[Interval], start: int, end: int) -> list[Interval]:
     return [(max(s, start), min(e, end)) for s, e in windows if s < end and e > start]
 
 
-def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes of labels and the labels (one label: no hashing of every row)."""
-    if values.size and (values == values[0]).all():
-        return np.zeros(values.size, dtype=np.int64), values[:1]
-    codes, uniques = pd.factorize(values)
-    return codes.astype(np.int64), np.asarray(uniques, dtype=object)
-
-
 def _chunk_rows(batch: pd.DataFrame, ts: np.ndarray) -> dict[tuple[str, str, int], np.ndarray]:
     """The batch's row numbers per (type, device, UTC hour): the chunks it writes to."""
-    kinds, kind_names = _codes(batch["data_type"].to_numpy())
-    devices, device_names = _codes(batch["device_id"].to_numpy())
+    kinds, kind_names = label_codes(batch["data_type"].to_numpy())
+    devices, device_names = label_codes(batch["device_id"].to_numpy())
     hours = chunks.hour_of(ts)
     index = (hours - hours.min()) // HOUR_US
     key = (kinds * len(device_names) + devices) * (int(index.max()) + 1) + index

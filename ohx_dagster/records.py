@@ -270,6 +270,28 @@ def dedupe(batch: pd.DataFrame) -> pd.DataFrame:
     return batch[keep].reset_index(drop=True)
 
 
+def label_codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes of a text column and its distinct labels (`labels[codes]` is the column).
+
+    A batch is built type by type and person by person, so its text columns come in long runs:
+    the runs are found with one comparison of neighbours and only their labels are hashed."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64), np.asarray(values[:0], dtype=object)
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    if starts.size > values.size // 16:  # no long runs: hash every row
+        codes, labels = pd.factorize(values)
+        return codes.astype(np.int64), np.asarray(labels, dtype=object)
+    run_codes, labels = pd.factorize(values[starts])
+    lengths = np.diff(np.r_[starts, values.size])
+    return np.repeat(run_codes.astype(np.int64), lengths), np.asarray(labels, dtype=object)
+
+
+def rows_by(values: np.ndarray) -> dict[Any, np.ndarray]:
+    """The row numbers of each distinct label of a text column, in row order."""
+    codes, labels = label_codes(values)
+    return {label: np.flatnonzero(codes == code) for code, label in enumerate(labels)}
+
+
 def select(
     batch: pd.DataFrame, user_id: str, data_types: Iterable[HealthDataType | str], window: DateRange
 ) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import orjson
 import pandas as pd
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ from ohx_dagster.aggregate import AGGREGATE_COLUMNS
 from ohx_dagster.coverage import Interval
 from ohx_dagster.models import DateRange, HealthSyncConfig
 from ohx_dagster.record_tables import DENSE, Chunk
-from ohx_dagster.records import concat
+from ohx_dagster.records import concat, label_codes
 from ohx_dagster.schema import (
     aggregates,
     coverage,
@@ -255,7 +256,8 @@ class RecordStore:
         replace = replace or {}
         dense = sparse = batch
         if not batch.empty:
-            is_dense = batch["data_type"].isin(DENSE).to_numpy()
+            codes, labels = label_codes(batch["data_type"].to_numpy())
+            is_dense = np.isin(codes, [n for n, label in enumerate(labels) if label in DENSE])
             dense, sparse = batch[is_dense], batch[~is_dense]
         report = CommitReport()
         with self.write() as conn:

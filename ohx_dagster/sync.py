@@ -27,6 +27,7 @@ from ohx_dagster.errors import NeedsReauthorization, OhxError, ProviderError, Ra
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import Event, FetchResult, HealthSource
 from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
+from ohx_dagster.records import rows_by
 from ohx_dagster.shards import Shard
 from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore, history_start
 from ohx_dagster.strategies import SyncStrategy, goal, parse, plan_days
@@ -264,8 +265,8 @@ def sync_partition(
 def _count(report: SyncReport, batch: pd.DataFrame) -> None:
     if batch.empty:
         return
-    for data_type, count in batch["data_type"].value_counts().items():
-        report.records_by_type[data_type] = report.records_by_type.get(data_type, 0) + int(count)
+    for data_type, rows in rows_by(batch["data_type"].to_numpy()).items():
+        report.records_by_type[data_type] = report.records_by_type.get(data_type, 0) + len(rows)
     first, last = batch["ts"].min().to_pydatetime(), batch["ts"].max().to_pydatetime()
     report.first = first if report.first is None else min(report.first, first)
     report.last = last if report.last is None else max(report.last, last)

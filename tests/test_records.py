@@ -19,8 +19,10 @@ from ohx_dagster.records import (
     concat,
     dedupe,
     empty_batch,
+    label_codes,
     make_batch,
     records_from_batch,
+    rows_by,
 )
 
 T0 = datetime(2016, 4, 1, 7, 0, tzinfo=UTC)
@@ -207,3 +209,28 @@ def test_dedupe_is_drop_duplicates_keeping_the_last(rows) -> None:
     frame["value"] = np.arange(len(frame), dtype="float64")  # which occurrence survived
     expected = frame.drop_duplicates(subset=IDENTITY, keep="last").reset_index(drop=True)
     pd.testing.assert_frame_equal(dedupe(frame), expected)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["heart_rate", "steps", "ecg", "", "sim-watch-1"]), st.integers(1, 40)
+        ),
+        max_size=12,
+    ),
+    st.booleans(),
+)
+def test_label_codes_and_rows_by_read_a_column_as_hashing_every_row_does(runs, shuffle) -> None:
+    """Runs of labels (a batch built type by type) or any order: the codes give back the column,
+    and each label's rows are exactly the rows that hold it, in row order."""
+    column = np.array([label for label, length in runs for _ in range(length)], dtype=object)
+    if shuffle:
+        column = np.random.default_rng(len(column)).permutation(column)
+    codes, labels = label_codes(column)
+    assert list(labels[codes]) == list(column)
+    assert len(set(labels)) == len(labels)
+    found = rows_by(column)
+    assert set(found) == set(column)
+    for label, rows in found.items():
+        assert rows.tolist() == [i for i, v in enumerate(column) if v == label]
