@@ -58,53 +58,63 @@ DUPLICATE_TOLERANCE: Final[dict[str, float]] = {
 METHOD_PREFERENCE: Final[dict[str, int]] = {"device": 0, "manual": 1, "ambiguous": 2}
 
 
-def _same_reading(a: pd.Series, b: pd.Series, tolerance: float) -> bool:
-    if a["device_id"] == b["device_id"] or abs(a["value"] - b["value"]) > tolerance:
-        return False
-    diastolic_a, diastolic_b = a.get("diastolic"), b.get("diastolic")
-    if pd.isna(diastolic_a) and pd.isna(diastolic_b):
-        return True
-    return bool(abs(diastolic_a - diastolic_b) <= tolerance)
-
-
-def _preference(row: pd.Series) -> tuple[int, str]:
-    return METHOD_PREFERENCE.get(str(row.get("method") or "device"), 3), str(row["device_id"])
-
-
 def without_duplicate_readings(frame: pd.DataFrame) -> pd.DataFrame:
     """The spot readings with each reading two apps logged counted once (see the module
-    docstring for the rule)."""
-    sparse = frame["data_type"].isin(list(DUPLICATE_TOLERANCE))
-    if sparse.sum() < 2:
+    docstring for the rule). Plain arrays: a person's day has a few spot readings, where pandas'
+    per-row access cost more than the rule."""
+    kinds = frame["data_type"].to_numpy(dtype=object)
+    candidates = np.flatnonzero(np.isin(kinds, list(DUPLICATE_TOLERANCE)))
+    if candidates.size < 2:
         return frame
-    if not frame.index.is_unique:
-        frame = frame.reset_index(drop=True)
-        sparse = sparse.reset_index(drop=True)
+    users = frame["user_id"].to_numpy(dtype=object)
+    devices = frame["device_id"].to_numpy(dtype=object)
+    stamps = frame["ts"].array.as_unit("us").asi8
+    value = frame["value"].to_numpy(dtype="float64")
+    missing = np.full(len(frame), np.nan)
+    diastolic = frame["diastolic"].to_numpy(dtype="float64") if "diastolic" in frame else missing
+    methods = frame["method"].to_numpy(dtype=object) if "method" in frame else [None] * len(frame)
+    window = DUPLICATE_WINDOW // timedelta(microseconds=1)
+
+    def same(a: int, b: int, tolerance: float) -> bool:
+        if devices[a] == devices[b] or abs(value[a] - value[b]) > tolerance:
+            return False
+        if np.isnan(diastolic[a]) and np.isnan(diastolic[b]):
+            return True
+        return bool(abs(diastolic[a] - diastolic[b]) <= tolerance)
+
+    def preference(row: int) -> tuple[int, str]:
+        return METHOD_PREFERENCE.get(str(methods[row] or "device"), 3), str(devices[row])
+
+    groups: dict[tuple[str, str], list[int]] = {}
+    for row in candidates.tolist():
+        groups.setdefault((users[row], kinds[row]), []).append(row)
     dropped: list[int] = []
-    window = pd.Timedelta(DUPLICATE_WINDOW)
-    for (_, data_type), group in frame[sparse].groupby(["user_id", "data_type"], sort=False):
-        if len(group) < 2:
+    for (_, data_type), rows in groups.items():
+        if len(rows) < 2 or len({devices[r] for r in rows}) < 2:  # one device: its own readings
             continue
         tolerance = DUPLICATE_TOLERANCE[str(data_type)]
-        kept: list[int] = []  # indices counted so far, in time order
-        for index, row in group.sort_values("ts", kind="stable").iterrows():
+        kept: list[int] = []  # rows counted so far, in time order
+        for row in sorted(rows, key=lambda r: stamps[r]):
             twin = next(
                 (
                     k
                     for k in reversed(kept)
-                    if row["ts"] - group.at[k, "ts"] <= window
-                    and _same_reading(group.loc[k], row, tolerance)
+                    if stamps[row] - stamps[k] <= window and same(k, row, tolerance)
                 ),
                 None,
             )
             if twin is None:
-                kept.append(index)
-            elif _preference(row) < _preference(group.loc[twin]):
-                kept[kept.index(twin)] = index
+                kept.append(row)
+            elif preference(row) < preference(twin):
+                kept[kept.index(twin)] = row
                 dropped.append(twin)
             else:
-                dropped.append(index)
-    return frame.drop(index=dropped) if dropped else frame
+                dropped.append(row)
+    if not dropped:
+        return frame
+    keep = np.ones(len(frame), dtype=bool)
+    keep[dropped] = False
+    return frame[keep]
 
 
 def aggregated_records(records: pd.DataFrame) -> pd.DataFrame:

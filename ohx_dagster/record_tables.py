@@ -146,9 +146,9 @@ def write_series(
                     deletes.append((data_type, device_id, hour))
                     changed.append((hour, hour + HOUR_US))
                 continue
-            payload = chunks.encode(merged, hour)
-            if old_payload is not None and bytes(old_payload) == payload:
+            if old is not None and merged.equals(old):  # re-delivered: nothing changes
                 continue
+            payload = chunks.encode(merged, hour)
             upserts.append(
                 {
                     "provider": provider,

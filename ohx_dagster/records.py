@@ -158,7 +158,9 @@ def make_batch(
     else:
         low = np.nan
     methods = np.broadcast_to(np.asarray(method, dtype="object"), n)
-    unknown = set(pd.unique(methods)) - set(METHODS) if n else set()
+    # One method for the batch (the usual case) is checked once, not hashed per row.
+    given = {method} if isinstance(method, str) else set(pd.unique(methods))
+    unknown = given - set(METHODS) if n else set()
     if unknown:
         raise ValidationError("method", sorted(unknown)[0], f"one of {list(METHODS)}", where=where)
     columns |= {

@@ -354,6 +354,65 @@ def test_a_second_app_copying_every_reading_changes_no_statistic(gaps, values, s
     )
 
 
+def _counted_once_by_pandas(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rule of the module docstring read row by row with pandas (as it was first written)."""
+    window = pd.Timedelta(aggregate.DUPLICATE_WINDOW)
+
+    def same(a: pd.Series, b: pd.Series, tolerance: float) -> bool:
+        if a["device_id"] == b["device_id"] or abs(a["value"] - b["value"]) > tolerance:
+            return False
+        if pd.isna(a["diastolic"]) and pd.isna(b["diastolic"]):
+            return True
+        return bool(abs(a["diastolic"] - b["diastolic"]) <= tolerance)
+
+    def preference(row: pd.Series) -> tuple[int, str]:
+        return aggregate.METHOD_PREFERENCE.get(row["method"], 3), row["device_id"]
+
+    dropped: list[int] = []
+    for (_, kind), group in frame.groupby(["user_id", "data_type"], sort=False):
+        kept: list[int] = []
+        for index, row in group.sort_values("ts", kind="stable").iterrows():
+            tolerance = aggregate.DUPLICATE_TOLERANCE[kind]
+            twins = [k for k in reversed(kept) if row["ts"] - group.at[k, "ts"] <= window
+                     and same(group.loc[k], row, tolerance)]  # fmt: skip
+            twin = twins[0] if twins else None
+            if twin is None:
+                kept.append(index)
+            elif preference(row) < preference(group.loc[twin]):
+                kept[kept.index(twin)] = index
+                dropped.append(twin)
+            else:
+                dropped.append(index)
+    return frame.drop(index=dropped)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["u1", "u2"]),
+            st.sampled_from(["weight", "blood_pressure", "spo2"]),
+            st.sampled_from(["scale", "app", "cuff"]),
+            st.sampled_from(["device", "manual", "ambiguous"]),
+            st.integers(0, 150),  # seconds: often inside one window
+            st.sampled_from([90.0, 90.05, 90.5, 91.0, 95.0]),
+            st.sampled_from([60.0, 60.5, 62.0]),
+        ),
+        max_size=14,
+    )
+)
+def test_spot_readings_counted_once_read_as_the_rule_says(rows) -> None:
+    """without_duplicate_readings on plain arrays keeps exactly the rows the rule read row by row
+    with pandas keeps, whatever the mix of people, devices, methods, times and values."""
+    frame = pd.DataFrame(
+        rows, columns=["user_id", "data_type", "device_id", "method", "s", "value", "diastolic"]
+    )
+    frame["ts"] = pd.to_datetime(NOON) + pd.to_timedelta(frame.pop("s"), unit="s")
+    frame.loc[frame["data_type"] != "blood_pressure", "diastolic"] = np.nan
+    expected = _counted_once_by_pandas(frame)
+    pd.testing.assert_frame_equal(aggregate.without_duplicate_readings(frame), expected)
+
+
 def _steps_at(user: str, device: str, start: datetime, values: list[float]) -> pd.DataFrame:
     moments = [start + timedelta(minutes=i) for i in range(len(values))]
     return make_batch(provider="simulated", user_id=user, data_type="steps", timestamps=moments,
