@@ -87,6 +87,7 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
 
     import assets.health
     from ohx_dagster.fhir.validation.profile import forget_invariant_outcomes
+    from ohx_dagster.fhir.validation.schema import forget_valid_values
     from ohx_dagster.providers.simulated import SimulatedSource
     from ohx_dagster.store import RecordStore
 
@@ -104,8 +105,9 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
         home = keep or root / "full"
         defs = _definitions(home, users, hz)
         # Each production run is a process of its own: the validator starts with no invariant
-        # outcomes remembered from the runs before.
+        # outcomes or valid values remembered from the runs before.
         forget_invariant_outcomes()
+        forget_valid_values()
         # Where the run's CPU goes, beside the total: the FHIR validation of each published
         # bucket's sample (the asset's call) and the simulated provider answering the fetches.
         with (

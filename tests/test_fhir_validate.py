@@ -20,6 +20,7 @@ from ohx_dagster.fhir.validation import (
     validate_resource,
     validate_resources,
 )
+from ohx_dagster.fhir.validation.schema import forget_valid_values
 
 HEARTRATE = "http://hl7.org/fhir/StructureDefinition/heartrate"
 OFFICIAL = [
@@ -113,6 +114,27 @@ def test_sampled_data_with_r4_period_fails(examples: dict[str, dict]) -> None:
     assert "('period' was unexpected)" in text
     assert "valueSampledData.period: Extra inputs are not permitted" in text
     assert "intervalUnit" in text  # R5 requires the unit of the interval
+
+
+def test_values_remembered_valid_never_hide_an_error(examples: dict[str, dict]) -> None:
+    """The schema layer remembers values that passed a definition; a value that differs in one
+    element, or only in its JSON type (True == 1 in Python), is evaluated again."""
+    forget_valid_values()
+    resource = copy.deepcopy(examples["Observation-heart-rate.json"])
+    assert schema_problems(resource) == []
+    coding = copy.deepcopy(resource)
+    coding["code"]["coding"][0]["userSelected"] = "yes"
+    assert "code.coding.0.userSelected: 'yes' is not of type 'boolean'" in _messages(
+        schema_problems(coding)
+    )
+    counted = copy.deepcopy(resource)
+    counted["valueQuantity"]["value"] = 1
+    assert schema_problems(counted) == []
+    counted["valueQuantity"]["value"] = True
+    assert "valueQuantity.value: True is not of type 'number'" in _messages(
+        schema_problems(counted)
+    )
+    assert schema_problems(resource) == []
 
 
 def test_sampled_data_with_interval_and_offsets_fails_sdd_1(examples: dict[str, dict]) -> None:

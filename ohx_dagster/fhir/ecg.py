@@ -30,6 +30,7 @@ from ohx_dagster.fhir.series import sampled_text
 from ohx_dagster.fhir.timefmt import format_us, parse_us
 from ohx_dagster.ids import content_key
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.records import row_dicts
 
 # (user_id, start_us, end_us) -> references to the heart-rate and RR series around that window.
 LinkedSeries = Callable[[str, int, int], list[dict[str, str]]]
@@ -99,7 +100,7 @@ def ecg_reports(
 ) -> Iterator[dict[str, Any]]:
     frame = records[records["data_type"] == HealthDataType.ECG.value]
     frame = frame.assign(ts_us=epoch_us(frame["ts"]))
-    for row in frame.to_dict("records"):
+    for row in row_dicts(frame):
         config = configs.get(row["user_id"]) or HealthSyncConfig(
             user_id=row["user_id"], provider=row["provider"]
         )

@@ -25,6 +25,7 @@ from ohx_dagster.fhir.common import (
 from ohx_dagster.fhir.timefmt import format_us
 from ohx_dagster.ids import content_key
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.records import row_dicts
 
 SPARSE_TYPES: Final = (
     HealthDataType.BLOOD_PRESSURE,
@@ -77,6 +78,6 @@ def measurement_rows(records: pd.DataFrame) -> pd.DataFrame:
 def measurement_observations(
     records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig]
 ) -> Iterator[dict[str, Any]]:
-    for row in measurement_rows(records).to_dict("records"):
+    for row in row_dicts(measurement_rows(records)):
         if row["user_id"] in configs:
             yield measurement_observation(row, configs[row["user_id"]])

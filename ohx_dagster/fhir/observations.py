@@ -25,6 +25,7 @@ from ohx_dagster.fhir.common import (
 from ohx_dagster.fhir.timefmt import format_us
 from ohx_dagster.ids import content_key
 from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfig
+from ohx_dagster.records import row_dicts
 
 __all__ = ["aggregate_observation", "aggregate_observations", "patient_reference", "quantity"]
 
@@ -127,7 +128,7 @@ def aggregate_observations(
 ) -> Iterator[dict[str, Any]]:
     """Observations for the aggregate rows whose user asked for that aggregation level;
     `statuses`: per user, final or preliminary (default final)."""
-    for row in aggregates.to_dict("records"):
+    for row in row_dicts(aggregates):
         config = configs.get(row["user_id"])
         if config is not None and config.aggregation.value == row["level"]:
             sources = derived_from(row) if derived_from is not None else []

@@ -46,6 +46,7 @@ from ohx_dagster.fhir.resting import resting_heart_rate
 from ohx_dagster.fhir.series import chunk_observation, series_reference
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.record_tables import Chunk
+from ohx_dagster.records import row_dicts
 from ohx_dagster.sync import LINK_MARGIN
 from ohx_dagster.times import HOUR_US, to_us, utc_day
 
@@ -110,7 +111,7 @@ class PartitionIndex:
             self.entries[(chunk.user_id, chunk.data_type)].append(
                 (chunk.hour_us, chunk.hour_us + HOUR_US, ref)
             )
-        for row in measurements.to_dict("records"):
+        for row in row_dicts(measurements):
             key = measurement_key(provider, row["user_id"], row["data_type"], row["ts_us"],
                                   row["device_id"])  # fmt: skip
             self.entries[(row["user_id"], row["data_type"])].append(

@@ -3,11 +3,52 @@ unknown elements such as an R4 SampledData.period, enums, primitive regexes)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
-from typing import Any
+from typing import Any, Final
+
+import orjson
 
 from ohx_dagster.fhir.validation.packages import package_path, read_json
 from ohx_dagster.fhir.validation.problems import Problem, identity
+
+# Values found valid against a definition, kept for the process (as the invariant outcomes are):
+# a partition's resources repeat most of their elements (codes, subject, meta, performer), and a
+# `$ref`'s verdict depends on the definition and the value only. Only passes are kept, so an
+# error is always reported from a fresh evaluation, with its path.
+_VALID: set[tuple[str, type, Any]] = set()
+_VALID_MAX: Final = 50_000
+_VALUE_MAX_BYTES: Final = 2_048
+
+
+def forget_valid_values() -> None:
+    """Empty the memory of valid values (as a new process starts: benchmarks)."""
+    _VALID.clear()
+
+
+def _remembered_key(ref: str, instance: Any) -> tuple[str, type, Any] | None:
+    if isinstance(instance, dict | list):
+        try:
+            blob = orjson.dumps(instance)
+        except TypeError:  # not plain JSON (a Decimal): evaluated, not remembered
+            return None
+        return (ref, type(instance), blob) if len(blob) <= _VALUE_MAX_BYTES else None
+    if isinstance(instance, str) and len(instance) > _VALUE_MAX_BYTES:
+        return None
+    # The type is part of the key: True == 1 == 1.0, and each is valid against other definitions.
+    return ref, type(instance), instance
+
+
+def _remembering_ref(validator: Any, ref: str, instance: Any, schema: Any) -> Iterator[Any]:
+    key = _remembered_key(ref, instance)
+    if key is not None and key in _VALID:
+        return
+    errors = list(validator._validate_reference(ref=ref, instance=instance))
+    if not errors and key is not None:
+        if len(_VALID) >= _VALID_MAX:
+            _VALID.clear()
+        _VALID.add(key)
+    yield from errors
 
 
 @cache
@@ -17,11 +58,11 @@ def _schema_definitions() -> dict[str, Any]:
 
 @cache
 def _schema_validator(resource_type: str) -> Any:
-    from jsonschema import Draft6Validator
+    from jsonschema import Draft6Validator, validators
 
     definitions = _schema_definitions()
     schema = {"$ref": f"#/definitions/{resource_type}", "definitions": definitions}
-    return Draft6Validator(schema)
+    return validators.extend(Draft6Validator, {"$ref": _remembering_ref})(schema)
 
 
 def schema_problems(resource: dict) -> list[Problem]:
