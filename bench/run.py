@@ -40,7 +40,7 @@ SIZES = (1, 5, 10, 25, 50)
 GIB = 1024**3
 
 
-CHAIN_REPEATS = 3
+CHAIN_REPEATS = 5
 
 
 def _listed(figures: list[float] | None) -> str:
@@ -81,7 +81,7 @@ def sweep(sizes: tuple[int, ...]) -> dict[str, Any]:
         )
     baseline = None
     if 10 in sizes:
-        baseline, _ = chain.in_child(["--baseline", str(keep / "0")])
+        baseline, _ = chain.in_child(["--baseline", str(keep / "0"), "--loads", str(CHAIN_REPEATS)])
         for path in sorted(keep.rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         keep.rmdir()
@@ -332,8 +332,9 @@ HOW = [
     "for three people in another store warms the process first (imports and the validator's "
     "tables load once per process); the empty run is the same job for a partition with no one. "
     "'of it' is the CPU spent inside the asset's FHIR validation call and inside the simulated "
-    "provider's fetch during the run. The 10-person figure is the median of 3 worker processes "
-    "(each one's net beside it), its baseline the median of 3 loads.",
+    "provider's fetch during the run. The 10-person figure is the median of "
+    f"{CHAIN_REPEATS} worker processes, each from an empty store (each one's net beside it), its "
+    f"baseline the median of {CHAIN_REPEATS} loads.",
     "- Peak RSS: `RUSAGE_CHILDREN` of this process after the sweep's worker processes (the "
     "largest is the 50-person worker); the sweep's table gives each worker's own peak.",
     "- Push: one person's webhook answered on the code path of the webhook run "
