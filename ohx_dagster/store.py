@@ -272,8 +272,7 @@ class RecordStore:
             report.changed += record_tables.write_measurements(
                 conn, provider, user_id, sparse, replace
             )
-            for data_type, intervals in covered.items():
-                self._add_coverage(conn, provider, user_id, data_type, intervals)
+            self._add_coverage(conn, provider, user_id, covered)
             report.days = days_touched(report.changed, zone)
             self._bump_days(conn, provider, user_id, report.days)
             if covered:
@@ -443,21 +442,34 @@ class RecordStore:
         conn: Connection,
         provider: str,
         user_id: str,
-        data_type: str,
-        intervals: Sequence[Interval],
+        covered: Mapping[str, Sequence[Interval]],
     ) -> None:
-        c = coverage
-        key = (c.c.provider == provider) & (c.c.user_id == user_id) & (c.c.data_type == data_type)
-        stored = [(r.start_us, r.end_us) for r in conn.execute(sa.select(c).where(key))]
-        merged = cov.normalize([*stored, *intervals])
-        if merged == stored:
+        """The person's coverage of each type with these intervals added: read in one query,
+        written back only for the types it changed."""
+        if not covered:
             return
-        conn.execute(c.delete().where(key))
+        c = coverage
+        person = (c.c.provider == provider) & (c.c.user_id == user_id)
+        stored: dict[str, list[Interval]] = defaultdict(list)
+        query = sa.select(c.c.data_type, c.c.start_us, c.c.end_us).where(
+            person, c.c.data_type.in_(sorted(covered))
+        )
+        for row in conn.execute(query.order_by(c.c.data_type, c.c.start_us)):
+            stored[row.data_type].append((row.start_us, row.end_us))
+        changed = {}
+        for data_type, intervals in covered.items():
+            merged = cov.normalize([*stored.get(data_type, []), *intervals])
+            if merged != stored.get(data_type, []):
+                changed[data_type] = merged
+        if not changed:
+            return
+        conn.execute(c.delete().where(person, c.c.data_type.in_(sorted(changed))))
         conn.execute(
             c.insert(),
             [
                 {"provider": provider, "user_id": user_id, "data_type": data_type,
                  "start_us": s, "end_us": e}
+                for data_type, merged in sorted(changed.items())
                 for s, e in merged
             ],
         )  # fmt: skip

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Final
 
+import numpy as np
 import pandas as pd
 
 from ohx_dagster.coverage import Interval, gaps
@@ -87,9 +88,11 @@ class SyncFailed(OhxError):
 
 def _linked_heart_rate(batch: pd.DataFrame, config: HealthSyncConfig) -> Interval | None:
     """The window around the person's ECG recordings and RR sessions that needs heart rate."""
-    linked = batch[batch["data_type"].isin([t.value for t in config.link_heart_rate_to])]
-    if linked.empty:
+    rows_of = rows_by(batch["data_type"].to_numpy())
+    rows = [rows_of[t.value] for t in config.link_heart_rate_to if t.value in rows_of]
+    if not rows:
         return None
+    linked = batch.iloc[np.sort(np.concatenate(rows))]
     ends = linked["ts"] + pd.to_timedelta(linked["duration_s"].fillna(0.0), unit="s")
     start = linked["ts"].min().to_pydatetime() - LINK_MARGIN
     return to_us(start), to_us(ends.max().to_pydatetime() + LINK_MARGIN)
