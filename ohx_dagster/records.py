@@ -112,7 +112,7 @@ def make_batch(
     # Every column first, then the frame once (a column set at a time was most of the cost).
     columns: dict[str, Any] = {
         "provider": provider,
-        "user_id": user_id,
+        "user_id": user_id if isinstance(user_id, str) else np.array(user_id, dtype=object),
         "data_type": kind.value,
         "ts": ts,
         "device_id": device_id,
@@ -163,21 +163,25 @@ def make_batch(
     unknown = given - set(METHODS) if n else set()
     if unknown:
         raise ValidationError("method", sorted(unknown)[0], f"one of {list(METHODS)}", where=where)
+    # Every column is a scalar or an array of this batch's own (the caller's arrays are copied):
+    # the frame then takes them as they are (copy=False), and each text column is built once.
     columns |= {
-        "value": value,
-        "diastolic": low,
+        "value": np.array(value, dtype="float64"),
+        "diastolic": low if np.isscalar(low) else np.array(low, dtype="float64"),
         "unit": kind.canonical_unit,
         "samples": waveforms,
-        "sampling_rate_hz": rate,
-        "duration_s": np.broadcast_to(
-            np.asarray(np.nan if duration_s is None else duration_s, dtype="float64"), n
+        "sampling_rate_hz": np.array(rate, dtype="float64") if np.ndim(rate) else rate,
+        "duration_s": np.array(
+            np.broadcast_to(np.asarray(np.nan if duration_s is None else duration_s, "float64"), n)
         ),
-        "method": pd.Series(methods, dtype="object"),
+        "method": pd.Series(np.array(methods, dtype=object), dtype="object", copy=False),
         "context": pd.Series(
-            np.broadcast_to(np.asarray(context, dtype="object"), n), dtype="object"
+            np.array(np.broadcast_to(np.asarray(context, dtype=object), n)),
+            dtype="object",
+            copy=False,
         ),
     }
-    return pd.DataFrame(columns, index=pd.RangeIndex(n))
+    return pd.DataFrame(columns, index=pd.RangeIndex(n), copy=False)
 
 
 def batch_from_records(records: Iterable[HealthDataRecord]) -> pd.DataFrame:
