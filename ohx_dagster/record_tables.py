@@ -61,10 +61,12 @@ def _clip(windows: Sequence[Interval], start: int, end: int) -> list[Interval]:
     return [(max(s, start), min(e, end)) for s, e in windows if s < end and e > start]
 
 
-def _chunk_rows(batch: pd.DataFrame, ts: np.ndarray) -> dict[tuple[str, str, int], np.ndarray]:
-    """The batch's row numbers per (type, device, UTC hour): the chunks it writes to."""
-    kinds, kind_names = label_codes(batch["data_type"].to_numpy())
-    devices, device_names = label_codes(batch["device_id"].to_numpy())
+def _chunk_rows(
+    kinds_text: np.ndarray, devices_text: np.ndarray, ts: np.ndarray
+) -> dict[tuple[str, str, int], np.ndarray]:
+    """The row numbers per (type, device, UTC hour) of these columns: the chunks they write to."""
+    kinds, kind_names = label_codes(kinds_text)
+    devices, device_names = label_codes(devices_text)
     hours = chunks.hour_of(ts)
     index = (hours - hours.min()) // HOUR_US
     key = (kinds * len(device_names) + devices) * (int(index.max()) + 1) + index
@@ -86,22 +88,31 @@ def write_series(
     user_id: str,
     batch: pd.DataFrame,
     replace: Mapping[str, Sequence[Interval]],
+    rows: np.ndarray | None = None,
 ) -> list[tuple[int, int]]:
-    """Merge a person's dense records into their chunks; returns the [start, end) spans changed."""
+    """Merge a person's dense records into their chunks; returns the [start, end) spans changed.
+    `rows`: the batch's rows that are dense records (None: all of them), read column by column
+    (a copy of the frame's dense part cost more than the columns the chunks need)."""
     new: dict[tuple[str, str, int], Samples] = {}
-    if not batch.empty:
-        ts = _ts_us(batch)
-        offsets = batch["utc_offset_min"].fillna(0).to_numpy(dtype="int64")
-        value, duration = batch["value"].to_numpy(), batch["duration_s"].to_numpy()
-        method, context = batch["method"].to_numpy(), batch["context"].to_numpy()
-        for (data_type, device_id, hour), rows in _chunk_rows(batch, ts).items():
+    taken = np.arange(len(batch)) if rows is None else rows
+    if taken.size:
+
+        def column(name: str, dtype: str | None = None) -> np.ndarray:
+            return batch[name].to_numpy(dtype=dtype)[taken]
+
+        ts = _ts_us(batch)[taken]
+        offsets = batch["utc_offset_min"].fillna(0).to_numpy(dtype="int64")[taken]
+        value, duration = column("value"), column("duration_s")
+        method, context = column("method"), column("context")
+        found = _chunk_rows(column("data_type"), column("device_id"), ts)
+        for (data_type, device_id, hour), at in found.items():
             new[(data_type, device_id, hour)] = Samples.of(
-                ts[rows],
-                value[rows],
-                utc_offset_min=offsets[rows],
-                duration_s=duration[rows],
-                method=method[rows],
-                context=context[rows],
+                ts[at],
+                value[at],
+                utc_offset_min=offsets[at],
+                duration_s=duration[at],
+                method=method[at],
+                context=context[at],
             ).sorted_unique()
     touched: dict[str, set[int]] = {}
     for data_type, _, hour in new:
