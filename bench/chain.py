@@ -86,8 +86,7 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
     import dagster as dg
 
     import assets.health
-    from ohx_dagster.fhir.validation.profile import forget_invariant_outcomes
-    from ohx_dagster.fhir.validation.schema import forget_valid_values
+    from ohx_dagster.fhir.validation import forget_remembered
     from ohx_dagster.providers.simulated import SimulatedSource
     from ohx_dagster.store import RecordStore
 
@@ -108,8 +107,7 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
         defs = _definitions(home, users, hz)
         # Each production run is a process of its own: the validator starts with no invariant
         # outcomes or valid values remembered from the runs before.
-        forget_invariant_outcomes()
-        forget_valid_values()
+        forget_remembered()
         # Where the run's CPU goes, beside the total: the FHIR validation of each published
         # bucket's sample (the asset's call) and the simulated provider answering the fetches.
         with (

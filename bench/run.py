@@ -173,30 +173,22 @@ def report(results: dict[str, Any]) -> str:
                     _met(figures["ratio"] <= 2.0),
                 )
             )
-        for name in ("sqlite", "postgresql"):
-            figures = ingest_result.get(name)
+        stored = [
+            (f"{name}, simulated 1 Hz heart rate", ingest_result.get(name))
+            for name in ("sqlite", "postgresql")
+        ] + [("SQLite, 1 Hz heart rate with beat-to-beat noise", ingest_result.get("noisy"))]
+        for what, figures in stored:
             if not figures:
                 continue
+            per_sample, per_row = figures["store_bytes_per_sample"], figures["raw_bytes_per_row"]
             rows.append(
                 (
-                    f"bytes per dense sample ({name}, simulated 1 Hz heart rate)",
-                    f"{figures['store_bytes_per_sample']:.2f} B",
-                    f"{figures['raw_bytes_per_row']:.0f} B per row (plain table)",
-                    f"{figures['store_bytes_per_sample'] / figures['raw_bytes_per_row']:.4f}x",
+                    f"bytes per dense sample ({what})",
+                    f"{per_sample:.2f} B",
+                    f"{per_row:.0f} B per row (plain table)",
+                    f"{per_sample / per_row:.4f}x",
                     "<= 20 B",
-                    _met(figures["store_bytes_per_sample"] <= 20),
-                )
-            )
-        noisy = ingest_result.get("noisy")
-        if noisy:
-            rows.append(
-                (
-                    "bytes per dense sample (SQLite, 1 Hz heart rate with beat-to-beat noise)",
-                    f"{noisy['store_bytes_per_sample']:.2f} B",
-                    f"{noisy['raw_bytes_per_row']:.0f} B per row (plain table)",
-                    f"{noisy['store_bytes_per_sample'] / noisy['raw_bytes_per_row']:.4f}x",
-                    "<= 20 B",
-                    _met(noisy["store_bytes_per_sample"] <= 20),
+                    _met(per_sample <= 20),
                 )
             )
     sweep_result = results.get("sweep")

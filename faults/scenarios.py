@@ -235,6 +235,29 @@ def oura_event(user: str, event: str, kind: str, object_id: str, at: datetime) -
             "object_id": object_id, "event_time": at.isoformat(), "user_id": user}  # fmt: skip
 
 
+def notify_oura(world: World, person: str, event: str, object_id: str) -> int:
+    """Oura's notification of a person's sleep document, posted now to the real receiver."""
+    with receiver(world.store) as base_url:
+        return post_oura(base_url, oura_event(person, event, "sleep", object_id, world.clock.now))
+
+
+def hold_day_after_night(model: OuraModel, person: str, day: date, summary_days: int) -> None:
+    """A person's ring data of `day` from 08:00 UTC on (the night comes later), and the daily
+    summaries (steps, SpO2) of `summary_days` days from it."""
+    model.heart_rate(person, utc(day, 8), utc_midnight(day + timedelta(days=1)))
+    for n in range(summary_days):
+        model.day_summary(person, day + timedelta(days=n))
+
+
+def upload_night(world: World, model: OuraModel, person: str, day: date, sleep_id: str) -> list:
+    """The ring uploads the night of `day` (00:00-08:00 UTC) now: its heart rate, held as late
+    data, and its sleep document; the night's sample keys."""
+    night = model.heart_rate(person, utc(day, 0), utc(day, 8), visible_at=world.clock.now)
+    model.sleep(person, sleep_id, utc(day, 0), utc(day, 8))
+    world.late |= set(night)
+    return night
+
+
 # -- simulated provider ---------------------------------------------------------------------------
 
 
@@ -717,9 +740,7 @@ def deletion(backend: Backend, root: Path) -> Row:
         gone = model.delete(lambda k: k[1] == HR and to_us(night[0]) <= k[2] < to_us(night[1]))
         model.forget("night-1")
         world.clock.advance(timedelta(minutes=10))
-        with receiver(world.store) as base_url:
-            status = post_oura(base_url, oura_event(person, "delete", "sleep", "night-1",
-                                                    world.clock.now))  # fmt: skip
+        status = notify_oura(world, person, "delete", "night-1")
         row.expect(status == 200, f"receiver answered {status}")
         pushed = world.dispatch()
         row.expect(len(pushed) == 1 and not pushed[0].red, "the push run failed")
@@ -741,19 +762,12 @@ def webhook_final_day(backend: Backend, root: Path) -> Row:
     person = "oura-final"
     with oura_world(backend, root, "final", start=start, first_day=old,
                     people={person: oura_person(person)}) as (world, model):  # fmt: skip
-        model.heart_rate(person, utc(old, 8), utc_midnight(old + timedelta(days=1)))
-        for n in range(5):
-            model.day_summary(person, old + timedelta(days=n))
+        hold_day_after_night(model, person, old, summary_days=5)
         world.tick()
         published = world.store.preliminary_days("oura", old)
         row.expect(old not in published, f"{old} should be published final")
-        night = model.heart_rate(person, utc(old, 0), utc(old, 8),
-                                 visible_at=world.clock.now)  # fmt: skip
-        model.sleep(person, "night-old", utc(old, 0), utc(old, 8))
-        world.late |= set(night)
-        with receiver(world.store) as base_url:
-            status = post_oura(base_url, oura_event(person, "create", "sleep", "night-old",
-                                                    world.clock.now))  # fmt: skip
+        night = upload_night(world, model, person, old, "night-old")
+        status = notify_oura(world, person, "create", "night-old")
         row.expect(status == 200, f"receiver answered {status}")
         pushed = world.dispatch()
         row.expect(len(pushed) == 1 and not pushed[0].red, "the push run failed")
@@ -773,17 +787,11 @@ def webhook_outage(backend: Backend, root: Path) -> Row:
     person = "oura-push-outage"
     with oura_world(backend, root, "push-outage", start=start, first_day=old,
                     people={person: oura_person(person)}) as (world, model):  # fmt: skip
-        model.heart_rate(person, utc(old, 8), utc_midnight(old + timedelta(days=1)))
-        for n in range(5):
-            model.day_summary(person, old + timedelta(days=n))
+        hold_day_after_night(model, person, old, summary_days=5)
         world.tick()
-        night = model.heart_rate(person, utc(old, 0), utc(old, 8), visible_at=world.clock.now)
-        model.sleep(person, "night-outage", utc(old, 0), utc(old, 8))
-        world.late |= set(night)
+        upload_night(world, model, person, old, "night-outage")
         model.fail("heartrate", *[answer(503, b"unavailable")] * 16)  # 4 attempts x 4 tries
-        with receiver(world.store) as base_url:
-            post_oura(base_url, oura_event(person, "create", "sleep", "night-outage",
-                                           world.clock.now))  # fmt: skip
+        notify_oura(world, person, "create", "night-outage")
         pushed = world.dispatch()
         row.expect(len(pushed) == 1 and pushed[0].red, "the push run that failed was green")
         model.script.clear()
@@ -865,7 +873,7 @@ def stale_answer(backend: Backend, root: Path) -> Row:
     person = "oura-race"
     with oura_world(backend, root, "race", start=start, first_day=old,
                     people={person: oura_person(person)}) as (world, model):  # fmt: skip
-        model.heart_rate(person, utc(old, 8), utc_midnight(old + timedelta(days=1)))
+        hold_day_after_night(model, person, old, summary_days=0)
         fetched, release = threading.Event(), threading.Event()
         plain = world.factory
         world.factory = lambda: Paused(plain(), fetched, release)
@@ -873,12 +881,8 @@ def stale_answer(backend: Backend, root: Path) -> Row:
         catch_up.start()
         fetched.wait(60)
         world.factory = plain
-        night = model.heart_rate(person, utc(old, 0), utc(old, 8), visible_at=world.clock.now)
-        model.sleep(person, "night-race", utc(old, 0), utc(old, 8))
-        world.late |= set(night)
-        with receiver(world.store) as base_url:
-            post_oura(base_url, oura_event(person, "create", "sleep", "night-race",
-                                           world.clock.now))  # fmt: skip
+        night = upload_night(world, model, person, old, "night-race")
+        notify_oura(world, person, "create", "night-race")
         world.dispatch()
         release.set()
         catch_up.join()

@@ -31,6 +31,7 @@ from typing import Final
 import numpy as np
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.records import own_column
 from ohx_dagster.times import HOUR_US
 
 VERSION: Final = 1
@@ -65,17 +66,13 @@ class Samples:
     ) -> Samples:
         ts = np.asarray(ts_us, dtype="int64")
         n = ts.size
-
-        def column(values: object, dtype: str) -> np.ndarray:
-            return np.array(np.broadcast_to(np.asarray(values, dtype=dtype), n))
-
         return cls(
             ts,
-            column(value, "float64"),
-            column(utc_offset_min, "int16"),
-            column(duration_s, "float64"),
-            column(method, "object"),
-            column(context, "object"),
+            own_column(value, n, "float64"),
+            own_column(utc_offset_min, n, "int16"),
+            own_column(duration_s, n, "float64"),
+            own_column(method, n, "object"),
+            own_column(context, n, "object"),
         )
 
     def take(self, index: np.ndarray) -> Samples:

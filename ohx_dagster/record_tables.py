@@ -97,8 +97,8 @@ def write_series(
     taken = np.arange(len(batch)) if rows is None else rows
     if taken.size:
 
-        def column(name: str, dtype: str | None = None) -> np.ndarray:
-            return batch[name].to_numpy(dtype=dtype)[taken]
+        def column(name: str) -> np.ndarray:
+            return batch[name].to_numpy()[taken]
 
         ts = _ts_us(batch)[taken]
         offsets = batch["utc_offset_min"].fillna(0).to_numpy(dtype="int64")[taken]

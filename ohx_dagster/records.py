@@ -75,6 +75,12 @@ def _check_range(kind: HealthDataType, field: str, values: np.ndarray, where: st
         )
 
 
+def own_column(values: object, n: int, dtype: str | type) -> np.ndarray:
+    """`n` values as a writable array of their own: one value repeated, or a copy of the
+    caller's sequence (never a view of it)."""
+    return np.array(np.broadcast_to(np.asarray(values, dtype=dtype), n))
+
+
 def to_utc_index(timestamps: Sequence[datetime] | pd.Series | pd.DatetimeIndex) -> pd.DatetimeIndex:
     """Timestamps as a UTC DatetimeIndex; naive input is rejected, not assumed to be UTC."""
     index = pd.DatetimeIndex(timestamps)
@@ -157,7 +163,7 @@ def make_batch(
             )
     else:
         low = np.nan
-    methods = np.broadcast_to(np.asarray(method, dtype="object"), n)
+    methods = own_column(method, n, object)
     # One method for the batch (the usual case) is checked once, not hashed per row.
     given = {method} if isinstance(method, str) else set(pd.unique(methods))
     unknown = given - set(METHODS) if n else set()
@@ -166,20 +172,14 @@ def make_batch(
     # Every column is a scalar or an array of this batch's own (the caller's arrays are copied):
     # the frame then takes them as they are (copy=False), and each text column is built once.
     columns |= {
-        "value": np.array(value, dtype="float64"),
-        "diastolic": low if np.isscalar(low) else np.array(low, dtype="float64"),
+        "value": own_column(value, n, "float64"),
+        "diastolic": own_column(low, n, "float64"),
         "unit": kind.canonical_unit,
         "samples": waveforms,
-        "sampling_rate_hz": np.array(rate, dtype="float64") if np.ndim(rate) else rate,
-        "duration_s": np.array(
-            np.broadcast_to(np.asarray(np.nan if duration_s is None else duration_s, "float64"), n)
-        ),
-        "method": pd.Series(np.array(methods, dtype=object), dtype="object", copy=False),
-        "context": pd.Series(
-            np.array(np.broadcast_to(np.asarray(context, dtype=object), n)),
-            dtype="object",
-            copy=False,
-        ),
+        "sampling_rate_hz": own_column(rate, n, "float64"),
+        "duration_s": own_column(np.nan if duration_s is None else duration_s, n, "float64"),
+        "method": pd.Series(methods, dtype="object", copy=False),
+        "context": pd.Series(own_column(context, n, object), dtype="object", copy=False),
     }
     return pd.DataFrame(columns, index=pd.RangeIndex(n), copy=False)
 

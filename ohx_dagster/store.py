@@ -254,11 +254,11 @@ class RecordStore:
         take them away (two runs of one day overlapping while the provider receives data)."""
         covered = covered or {}
         replace = replace or {}
-        dense, sparse = np.zeros(0, dtype=np.int64), batch
+        dense_rows, sparse = np.zeros(0, dtype=np.int64), batch
         if not batch.empty:
             codes, labels = label_codes(batch["data_type"].to_numpy())
             is_dense = np.isin(codes, [n for n, label in enumerate(labels) if label in DENSE])
-            dense, sparse = np.flatnonzero(is_dense), batch[~is_dense]
+            dense_rows, sparse = np.flatnonzero(is_dense), batch[~is_dense]
         report = CommitReport()
         with self.write() as conn:
             db.lock(conn, "person", provider, user_id)
@@ -269,7 +269,7 @@ class RecordStore:
             if asked_at_us is not None and replace:
                 replace = self._answered_last(conn, provider, user_id, replace, asked_at_us)
             report.changed += record_tables.write_series(
-                conn, provider, user_id, batch, replace, rows=dense
+                conn, provider, user_id, batch, replace, rows=dense_rows
             )
             report.changed += record_tables.write_measurements(
                 conn, provider, user_id, sparse, replace

@@ -37,10 +37,14 @@ from ohx_dagster.fhir.validation.packages import (
 )
 from ohx_dagster.fhir.validation.problems import Problem
 from ohx_dagster.fhir.validation.product import product_problems
-from ohx_dagster.fhir.validation.profile import implied_profiles, profile_problems
+from ohx_dagster.fhir.validation.profile import (
+    forget_invariant_outcomes,
+    implied_profiles,
+    profile_problems,
+)
 from ohx_dagster.fhir.validation.references import validate_output
 from ohx_dagster.fhir.validation.sampled import sampled_data_problems
-from ohx_dagster.fhir.validation.schema import schema_problems
+from ohx_dagster.fhir.validation.schema import forget_valid_values, schema_problems
 from ohx_dagster.fhir.validation.structure import structure
 from ohx_dagster.fhir.validation.terminology import coding_problems
 
@@ -50,6 +54,7 @@ __all__ = [
     "TERMINOLOGY_PACKAGE",
     "Problem",
     "coding_problems",
+    "forget_remembered",
     "implied_profiles",
     "iter_examples",
     "model_problems",
@@ -77,6 +82,13 @@ def validate_resource(resource: dict) -> list[Problem]:
         *sampled_data_problems(resource),
         *product_problems(resource),
     ]
+
+
+def forget_remembered() -> None:
+    """Empty what the validator remembers between resources (invariant outcomes, values that
+    passed the schema), as a new process starts: benchmarks."""
+    forget_invariant_outcomes()
+    forget_valid_values()
 
 
 def sample(resources: Iterable[dict], size: int, *, seed: int = 0) -> list[dict]:
