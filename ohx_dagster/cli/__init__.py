@@ -11,6 +11,9 @@
 | ohx fhir fetch-packages | fhir.py |
 | ohx dev | dev.py |
 
+`ohx --version` prints the installed package's version; shell completion is click's
+(`eval "$(_OHX_COMPLETE=bash_source ohx)"`, zsh_source, fish_source).
+
 An error a person can fix (a setting, an argument, a file, an unreachable database) is one line
 on stderr naming what to change, exit code 1; `ohx --debug ...` shows the traceback instead.
 `--help` only prints: no command module opens a database or imports pandas or Dagster before
@@ -63,8 +66,17 @@ class OhxGroup(click.Group):
 
 @click.group(cls=OhxGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show the traceback of an error, not one line.")
+# The installed distribution's version (pyproject.toml), read when the option is given.
+@click.version_option(package_name="ohx-dagster", prog_name="ohx", message="%(prog)s %(version)s")
 def cli(debug: bool) -> None:
-    """Open Health Exchange sync: status, people, connections, imports and checks."""
+    """Open Health Exchange sync: status, people, connections, imports and checks.
+
+    \b
+    Shell completion (click's): add to ~/.bashrc, ~/.zshrc or fish's config
+      eval "$(_OHX_COMPLETE=bash_source ohx)"      # bash
+      eval "$(_OHX_COMPLETE=zsh_source ohx)"       # zsh
+      _OHX_COMPLETE=fish_source ohx | source       # fish
+    """
 
 
 for command in (
