@@ -14,6 +14,9 @@
 `ohx --version` prints the installed package's version; shell completion is click's
 (`eval "$(_OHX_COMPLETE=bash_source ohx)"`, zsh_source, fish_source).
 
+The commands that read the settings (status, users, connect, import, dev) validate them first
+(doctor.validate_environment: the settings, OHX_TOKEN_KEY, the exports' data); `--help` does not.
+
 An error a person can fix (a setting, an argument, a file, an unreachable database) is one line
 on stderr naming what to change, exit code 1; `ohx --debug ...` shows the traceback instead.
 `--help` only prints: no command module opens a database or imports pandas or Dagster before
@@ -22,7 +25,7 @@ its command runs.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -46,12 +49,44 @@ def _user_error(exc: BaseException) -> str | None:
     return None
 
 
+# Commands that read the product's settings: the settings are validated before they run (doctor
+# reports them as a check; `db` runs in migration jobs whose environment names the database only;
+# `fhir fetch-packages` reads none).
+VALIDATED: Final = frozenset({"status", "users", "connect", "import", "dev"})
+HELP: Final = frozenset({"-h", "--help"})
+
+
+class UsageLine(click.UsageError):
+    """A wrong argument or option, as one line naming it and where the help is."""
+
+    def show(self, file: Any = None) -> None:
+        where = f" (see `{self.ctx.command_path} --help`)" if self.ctx is not None else ""
+        click.echo(f"ohx: error: {common.one_line(self.format_message())}{where}", err=True)
+
+
 class OhxGroup(click.Group):
-    """The top-level group: turns the errors a person can fix into one line."""
+    """The top-level group: validates the configuration of the commands that read it, and turns
+    the errors a person can fix into one line."""
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        name, command, rest = super().resolve_command(ctx, args)
+        # `--help` only prints, whatever the settings say; completion never validates.
+        ctx.meta["ohx.validate"] = (
+            name in VALIDATED and not ctx.resilient_parsing and not HELP.intersection(rest)
+        )
+        return name, command, rest
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except UsageLine:
+            raise
+        except click.UsageError as exc:
+            if exc.ctx is None or exc.ctx.command is self:
+                raise
+            raise UsageLine(exc.format_message(), exc.ctx) from None
         except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except BrokenPipeError:
@@ -77,6 +112,9 @@ def cli(debug: bool) -> None:
       eval "$(_OHX_COMPLETE=zsh_source ohx)"       # zsh
       _OHX_COMPLETE=fish_source ohx | source       # fish
     """
+    ctx = click.get_current_context()
+    if ctx.meta.get("ohx.validate"):
+        doctor.validate_environment()
 
 
 for command in (

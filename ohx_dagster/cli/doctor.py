@@ -205,21 +205,163 @@ def check_providers() -> Iterator[Check]:
         yield Check(f"{name} OAuth", OK, detail)
 
 
+def stored_tokens() -> list[tuple[str, str, str]] | None:
+    """(provider, user id, ciphertext) of every stored grant; None when the store cannot be read
+    (no file, no schema yet, unreachable: the database check says which)."""
+    import sqlalchemy as sa
+
+    from ohx_dagster import db
+    from ohx_dagster.schema import oauth_tokens as t
+
+    url = common.database_url()
+    path = common.sqlite_file(url)
+    if path is not None and not path.is_file():
+        return None
+    try:
+        engine = db.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                if not sa.inspect(conn).has_table(t.name):
+                    return None
+                query = sa.select(t.c.provider, t.c.user_id, t.c.ciphertext)
+                return [(r.provider, r.user_id, r.ciphertext) for r in conn.execute(query)]
+        finally:
+            engine.dispose()
+    except (ConfigError, sa.exc.SQLAlchemyError):
+        return None
+
+
 def check_token_key() -> Check:
+    """OHX_TOKEN_KEY is a set of Fernet keys, and every grant in the store decrypts with it (a
+    replaced key without the old one after it makes every person's next sync fail)."""
+    from cryptography.fernet import InvalidToken
+
     from ohx_dagster.providers.tokens import TOKEN_KEY_ENV, cipher_from_env
 
     text = os.environ.get(TOKEN_KEY_ENV, "").strip()
-    needed = bool(configured_providers())
-    if not text and not needed:
+    tokens = stored_tokens() or []
+    held = f"{len(tokens)} stored token(s)"
+    if not text and not configured_providers() and not tokens:
         return Check(
             "token key", SKIP, f"{TOKEN_KEY_ENV} unset; not needed: no provider API configured"
         )
     try:
-        cipher_from_env()
+        cipher = cipher_from_env()
     except ConfigError as exc:
-        return Check("token key", FAIL, str(exc), f"set {TOKEN_KEY_ENV} to a Fernet key")
+        detail = f"{exc}; the store holds {held}" if tokens else str(exc)
+        return Check("token key", FAIL, detail, f"set {TOKEN_KEY_ENV} to a Fernet key")
     keys = len([k for k in text.split(",") if k.strip()])
-    return Check("token key", OK, f"{TOKEN_KEY_ENV}: {keys} Fernet key(s)")
+    unreadable = []
+    for provider, user_id, ciphertext in tokens:
+        try:
+            cipher.decrypt(ciphertext.encode())
+        except InvalidToken:
+            unreadable.append(f"{provider}/{user_id}")
+    if unreadable:
+        shown = ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+        return Check(
+            "token key",
+            FAIL,
+            f"{len(unreadable)} of {held} do not decrypt with {TOKEN_KEY_ENV} ({keys} Fernet "
+            f"key(s)): {shown}",
+            f"put the key they were saved with in {TOKEN_KEY_ENV} (after the new one, "
+            "comma-separated, while keys rotate), or have those people connect again",
+        )
+    return Check(
+        "token key", OK, f"{TOKEN_KEY_ENV}: {keys} Fernet key(s); {held}, all decrypt with it"
+    )
+
+
+# -- export sources: the files they name hold data -------------------------------------------------
+
+EXPORT_SETTINGS: Final = (
+    ("OHX_FITABASE_DIR", "fitabase"),
+    ("OHX_APPLE_HEALTH_EXPORT", "apple_health"),
+    ("OHX_POLAR_CSV", "polar"),
+)
+
+
+def _first_data_line(path: object) -> bool:
+    """Whether a CSV file holds a non-blank line after its header (reads two lines, not all)."""
+    with path.open("rb") as stream:  # type: ignore[attr-defined]
+        stream.readline()
+        return any(line.strip() for line in stream)
+
+
+def export_problem(setting: str, value: str) -> str | None:
+    """What is wrong with the export a setting names, as one line naming it (None: it holds
+    data). Fitabase: every folder exists and holds an export file with data rows; Apple Health:
+    a file that is not empty; Polar: a file or a folder with files that are not empty."""
+    from ohx_dagster.locations import kind, location, split_locations
+
+    try:
+        if setting == "OHX_FITABASE_DIR":
+            from ohx_dagster.providers.fitabase import FitabaseSource
+
+            for part in split_locations(value) or [value]:
+                source = FitabaseSource([part], "UTC")  # the folder, and export files in it
+                if not any(_first_data_line(path) for path, _ in source.files):
+                    names = ", ".join(path.name for path, _ in source.files)
+                    return (
+                        f"{setting}={part!r}: its export files ({names}) hold a header and no "
+                        "data rows: point it at a complete Fitabase export"
+                    )
+            return None
+        where = location(value, setting)
+        found = kind(where, setting)
+        if found is None:
+            return f"{setting}={value!r}: does not exist"
+        if setting == "OHX_APPLE_HEALTH_EXPORT" and found != "file":
+            return f"{setting}={value!r}: expected an export.xml or export.zip file, not a folder"
+        files = [where] if found == "file" else [p for p in where.iterdir() if p.is_file()]
+        if not any(p.stat().st_size > 0 for p in files):
+            what = "is empty" if found == "file" else "holds no recording with data"
+            return f"{setting}={value!r}: {what}"
+    except OhxError as exc:
+        return common.one_line(exc)
+    except OSError as exc:
+        return f"{setting}={value!r}: {exc.strerror or common.one_line(exc)}"
+    return None
+
+
+def configured_exports(env: os._Environ[str] | dict[str, str] | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    return [name for name, _ in EXPORT_SETTINGS if (env.get(name) or "").strip()]
+
+
+def check_exports() -> Iterator[Check]:
+    names = configured_exports()
+    if not names:
+        yield Check(
+            "export data",
+            SKIP,
+            "no export configured (" + ", ".join(n for n, _ in EXPORT_SETTINGS) + ")",
+        )
+        return
+    for name in names:
+        source = dict(EXPORT_SETTINGS)[name]
+        value = os.environ[name].strip()
+        problem = export_problem(name, value)
+        if problem:
+            yield Check(f"{source} export", FAIL, problem, f"point {name} at an export with data")
+        else:
+            yield Check(f"{source} export", OK, f"{name}={value} holds data")
+
+
+def validate_environment() -> None:
+    """What every command that reads the settings checks first: the settings parse
+    (Settings.from_env), OHX_TOKEN_KEY when set is a set of Fernet keys, and every export the
+    settings name holds data. Raises ConfigError: one line naming the setting."""
+    from ohx_dagster.providers.tokens import TOKEN_KEY_ENV, cipher_from_env
+    from ohx_dagster.settings import Settings
+
+    Settings.from_env()
+    if os.environ.get(TOKEN_KEY_ENV, "").strip():
+        cipher_from_env()
+    for name in configured_exports():
+        problem = export_problem(name, os.environ[name].strip())
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_webhooks() -> Iterator[Check]:
@@ -331,6 +473,7 @@ def checks() -> Iterator[Check]:
     ]
     for check in simple:
         yield check()
+    yield from check_exports()
     yield from check_providers()
     yield check_token_key()
     yield from check_webhooks()
@@ -340,8 +483,9 @@ def checks() -> Iterator[Check]:
 
 @click.command("doctor")
 def doctor() -> None:
-    """Check the configuration, database, Dagster instance, FHIR packages, provider OAuth, token
-    key, webhook secrets, FHIR server and output root; exit 1 when any check fails."""
+    """Check the configuration, database, Dagster instance, FHIR packages, export data, provider
+    OAuth, token key (and that the stored tokens decrypt with it), webhook secrets, FHIR server
+    and output root; exit 1 when any check fails."""
     failed = 0
     for check in checks():
         click.echo(check.line())
