@@ -32,7 +32,7 @@ from click.testing import CliRunner, Result
 
 from ohx_dagster import migrate, times
 from ohx_dagster.cli import cli, common, dev, queries
-from ohx_dagster.models import DateRange, HealthSyncConfig
+from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
@@ -233,7 +233,8 @@ def test_status_json_per_person_and_type(store: RecordStore, later: datetime) ->
 
 
 def test_status_table_in_words(store: RecordStore, later: datetime) -> None:
-    result = ohx("status")
+    """--all: the rows per person and type, in words."""
+    result = ohx("status", "--all")
     assert result.exit_code == 0, result.output
     text = result.stdout
     no_epoch_microseconds(text)
@@ -247,6 +248,101 @@ def test_status_table_in_words(store: RecordStore, later: datetime) -> None:
         "never",
     ):
         assert phrase in text, phrase
+
+
+def summary_rows(lines: list[str]) -> dict[tuple[str, str], str]:
+    return {tuple(line.split()[:2]): line for line in lines if line.startswith(("sim", "fit"))}
+
+
+def test_status_summarises_per_provider_and_type_worst_first(
+    store: RecordStore, later: datetime
+) -> None:
+    result = ohx("status")
+    assert result.exit_code == 0, result.output
+    no_epoch_microseconds(result.stdout)
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"Sync status at {times.iso(LATER)}; records since " + times.iso(
+        LATER.replace(minute=0) - timedelta(hours=23)
+    )
+    assert " ".join(lines[1].split()) == "provider type people max lag records last error"
+    rows = summary_rows(lines)
+    simulated = {t.value for t in SUPPORTED_TYPES["simulated"]}
+    fitabase = {t.value for t in SUPPORTED_TYPES["fitabase"]}
+    # One line per provider and supported type; the unsupported ones are one line at the end.
+    assert set(rows) == {("simulated", t) for t in simulated} | {("fitabase", t) for t in fitabase}
+    assert len(lines) == 2 + len(rows) + 2, lines  # title, header, rows, unsupported, hint
+    unsupported = [t.value for t in HealthDataType if t.value not in fitabase]
+    assert lines[-2] == f"not supported by fitabase: {', '.join(unsupported)}"
+    assert "--person" in lines[-1] and "--all" in lines[-1] and "--json" in lines[-1]
+    # The three people's states per type, counted, worst first.
+    spo2 = rows["simulated", "spo2"]
+    assert "1 needs reauthorization, 1 refused (HTTP 403: spo2 not permitted), 1 active" in spo2
+    ecg = rows["simulated", "ecg"]
+    assert "1 needs reauthorization, 1 failing, 1 active" in ecg
+    assert "ProviderError: read timed out" in ecg and "1 h 30 min" in ecg
+    assert "1 needs reauthorization, 2 active" in rows["simulated", "heart_rate"]
+    # Every simulated type has someone to reauthorize (worse than the fitabase person's active).
+    assert list(rows)[-len(fitabase) :] == [key for key in rows if key[0] == "fitabase"]
+    assert rows["fitabase", "steps"].split()[2:] == ["1", "active", "0"]  # no lag: nothing yet
+    # The counts and records add up to the rows per person (--json).
+    data = json.loads(ohx("status", "--json").stdout)
+    per_type = {(s["provider"], s["data_type"]): s for s in data["summary"]}
+    assert [k for k, s in per_type.items() if s["worst"] != "not supported"] == list(rows)
+    for (provider, kind), summary in per_type.items():
+        members = [
+            r for r in data["statuses"] if (r["provider"], r["data_type"]) == (provider, kind)
+        ]
+        assert sum(summary["people"].values()) == len(members)
+        assert summary["records_24h"] == sum(r["records_24h"] for r in members)
+        if (provider, kind) in rows:
+            assert f"{summary['records_24h']:,}" in rows[provider, kind]
+    assert per_type["simulated", "heart_rate"]["max_lag"] == "PT1H30M"
+    assert per_type["simulated", "ecg"]["people"] == {
+        "needs reauthorization": 1, "failing": 1, "active": 1,
+    }  # fmt: skip
+
+
+def test_status_summary_behind_comes_first(
+    store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two days without a sync: the active people are "behind" (OHX_MAX_SYNC_LAG), and their
+    types come first; the export's people keep no lag."""
+    monkeypatch.setattr(common, "now", lambda: LATER + timedelta(days=2))
+    rows = summary_rows(ohx("status", OHX_MAX_SYNC_LAG="simulated=6h").stdout.splitlines())
+    assert next(iter(rows))[0] == "simulated"
+    assert "2 behind, 1 needs reauthorization" in rows["simulated", "heart_rate"], rows
+    assert "1 behind, 1 needs reauthorization, 1 refused" in rows["simulated", "spo2"], rows
+    assert "1 active" in rows["fitabase", "heart_rate"]
+
+
+def test_status_fits_a_terminal_whatever_the_people(
+    store: RecordStore, later: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """500 more people: the summary has as many lines as before, each within the terminal's
+    80 columns; --all has a line per person and type."""
+    monkeypatch.setenv("COLUMNS", "80")
+    before = ohx("status").stdout.splitlines()
+    store.add_users([HealthSyncConfig(user_id=f"p{n:03}", provider="fitabase") for n in range(500)])
+    after = ohx("status").stdout.splitlines()
+    assert len(after) == len(before) < 24, after
+    assert all(len(line) <= 80 for line in after), after
+    assert "501 active" in summary_rows(after)["fitabase", "heart_rate"]
+    every = ohx("status", "--all", "--provider", "fitabase").stdout.splitlines()
+    assert len(every) > 501 * len(SUPPORTED_TYPES["fitabase"])
+
+
+def test_status_of_one_person(store: RecordStore, later: datetime) -> None:
+    result = ohx("status", "--person", "sim-002")
+    assert result.exit_code == 0, result.output
+    assert "refused: HTTP 403: spo2 not permitted" in result.stdout
+    assert "sim-002" in result.stdout and "sim-001" not in result.stdout
+    data = json.loads(ohx("status", "--person", "sim-002", "--json").stdout)
+    assert {r["user_id"] for r in data["statuses"]} == {"sim-002"}
+    assert len(data["statuses"]) == len(SUPPORTED_TYPES["simulated"])
+    unknown = ohx("status", "--person", "nobody")
+    assert unknown.exit_code == 2 and unknown.stdout == ""
+    assert unknown.stderr.count("\n") == 1 and "--person" in unknown.stderr
+    assert "'nobody'" in unknown.stderr and "ohx users list" in unknown.stderr
 
 
 def test_status_of_one_provider(store: RecordStore, later: datetime) -> None:

@@ -2,7 +2,7 @@
 
 | command | module |
 |---|---|
-| ohx status [--provider P] [--json] | status.py |
+| ohx status [--provider P] [--person ID] [--all] [--json] | status.py |
 | ohx users list / show / disconnect / delete | users.py |
 | ohx connect <provider> --patient ID | connect.py |
 | ohx import apple-health / fitabase | imports.py |
