@@ -89,6 +89,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 polar_tz=settings.polar_tz,
                 apple_health_export=settings.apple_health_export,
                 apple_health_user=settings.apple_health_user,
+                earliest_sample=settings.earliest_sample.isoformat(),
                 resync_horizons_s=dict(settings.horizon_overrides),
             ),
             "fhir_server": fhir_server_from_env(),

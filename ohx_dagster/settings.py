@@ -20,6 +20,7 @@
 | OHX_PUBLISH_AMBIGUOUS | false | publish readings a shared device cannot attribute (Withings) |
 | OHX_APPLE_HEALTH_EXPORT | (unset) | Apple Health export.xml or export.zip, source "apple_health" |
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
+| OHX_EARLIEST_SAMPLE_DATE | 2000-01-01 | exports: samples before it or after tomorrow refused |
 | OHX_TOKEN_KEY | (unset) | Fernet key(s) encrypting provider OAuth tokens at rest |
 | OHX_{OURA,WITHINGS,GOOGLE_HEALTH}_* | (unset) | provider API sources: see providers/api.py |
 """
@@ -71,6 +72,11 @@ class Settings:
     # (source, seconds): OHX_MAX_SYNC_LAG, the lag the sync_status freshness checks allow
     # (ohx_dagster/sync_status.py; default per person: 2 x their sync interval + the horizon).
     max_lag_overrides: tuple[tuple[str, float], ...] = ()
+    # OHX_EARLIEST_SAMPLE_DATE: the file sources (exports) refuse samples dated before this UTC
+    # day or after tomorrow, and count them. No wearable or home device stored data before
+    # 2000, and a sample from 1900 or 9999 is a broken clock or a forged file: kept, it would
+    # make an import span (and sync) every day between it and the real data.
+    earliest_sample: date = date(2000, 1, 1)
 
     @property
     def resync_horizons(self) -> dict[str, timedelta]:
@@ -158,7 +164,25 @@ class Settings:
             shard_counts=tuple((s, n) for s, n in sharding.items() if n > 1),
             horizon_overrides=_per_source_seconds(env, "OHX_RESYNC_HORIZON", minimum=0),
             max_lag_overrides=_per_source_seconds(env, "OHX_MAX_SYNC_LAG", minimum=1),
+            earliest_sample=earliest_sample_date(env),
         )
+
+
+def earliest_sample_date(env: Mapping[str, str] | None = None) -> date:
+    """OHX_EARLIEST_SAMPLE_DATE (default 2000-01-01), read alone: `ohx import` needs it where
+    the rest of Dagster's settings may not be set."""
+    env = os.environ if env is None else env
+    text = (env.get("OHX_EARLIEST_SAMPLE_DATE") or "2000-01-01").strip()
+    try:
+        found = date.fromisoformat(text)
+    except ValueError:
+        found = None
+    if found is None or found.year < 1970:
+        raise ConfigError(
+            f"OHX_EARLIEST_SAMPLE_DATE={text!r}: expected a day YYYY-MM-DD from 1970 on, the "
+            "first day a file's samples may be dated (default 2000-01-01)"
+        )
+    return found
 
 
 def _zone(env: Mapping[str, str], name: str) -> str:

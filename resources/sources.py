@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 
 import dagster as dg
@@ -12,6 +12,7 @@ from ohx_dagster.errors import ConfigError
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.base import HealthSource, Windowed
+from ohx_dagster.providers.bounds import EARLIEST_SAMPLE, PlausibleDates
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.polar import PolarH10Source
 from ohx_dagster.providers.registry import API_PROVIDERS, RESYNC_HORIZON, SUPPORTED_TYPES
@@ -25,21 +26,26 @@ def _simulated(users: int, seed: int, hr_hz: float | None) -> SimulatedSource:
     return SimulatedSource(users, seed=seed, hr_hz=hr_hz)
 
 
+def _dates(earliest: str) -> PlausibleDates:
+    """From OHX_EARLIEST_SAMPLE_DATE to tomorrow of the clock when the export is read."""
+    return PlausibleDates.at(datetime.now(UTC), date.fromisoformat(earliest))
+
+
 @cache
-def _fitabase(directories: str, timezone: str) -> FitabaseSource:
+def _fitabase(directories: str, timezone: str, earliest: str) -> FitabaseSource:
     # Cached per process: an export is parsed once, not once per asset.
-    return FitabaseSource(parse_dirs(directories), timezone)
+    return FitabaseSource(parse_dirs(directories), timezone, dates=_dates(earliest))
 
 
 @cache
-def _polar(path: str, timezone: str | None) -> PolarH10Source:
-    return PolarH10Source(path, timezone=timezone)
+def _polar(path: str, timezone: str | None, earliest: str) -> PolarH10Source:
+    return PolarH10Source(path, timezone=timezone, dates=_dates(earliest))
 
 
 @cache
-def _apple_health(path: str, user_id: str | None) -> AppleHealthSource:
+def _apple_health(path: str, user_id: str | None, earliest: str) -> AppleHealthSource:
     # Cached per process: a multi-gigabyte export is streamed once, not once per asset.
-    return AppleHealthSource(path, user_id=user_id)
+    return AppleHealthSource(path, user_id=user_id, dates=_dates(earliest))
 
 
 @cache
@@ -63,6 +69,9 @@ class SourcesResource(dg.ConfigurableResource):
     polar_tz: str | None = None
     apple_health_export: str | None = None
     apple_health_user: str | None = None
+    # OHX_EARLIEST_SAMPLE_DATE (ISO day): exports' samples dated before it or after tomorrow are
+    # refused (ohx_dagster/providers/bounds.py).
+    earliest_sample: str = EARLIEST_SAMPLE.isoformat()
     # Seconds, per source: OHX_RESYNC_HORIZON's overrides of providers/registry.py.
     resync_horizons_s: dict[str, float] = pydantic.Field(default_factory=dict)
 
@@ -90,15 +99,17 @@ class SourcesResource(dg.ConfigurableResource):
                 raise ConfigError("source 'fitabase' needs OHX_FITABASE_DIR (an export directory)")
             if not self.fitabase_tz:
                 raise ConfigError("source 'fitabase' needs OHX_FITABASE_TZ (the exports' zone)")
-            return _fitabase(self.fitabase_dir, self.fitabase_tz)
+            return _fitabase(self.fitabase_dir, self.fitabase_tz, self.earliest_sample)
         if name == "polar":
             if not self.polar_csv:
                 raise ConfigError("source 'polar' needs OHX_POLAR_CSV (a Polar H10 CSV file)")
-            return _polar(self.polar_csv, self.polar_tz)
+            return _polar(self.polar_csv, self.polar_tz, self.earliest_sample)
         if name == "apple_health":
             if not self.apple_health_export:
                 raise ConfigError(
                     "source 'apple_health' needs OHX_APPLE_HEALTH_EXPORT (export.xml or export.zip)"
                 )
-            return _apple_health(self.apple_health_export, self.apple_health_user)
+            return _apple_health(
+                self.apple_health_export, self.apple_health_user, self.earliest_sample
+            )
         raise ConfigError(f"unknown source {name!r}: expected one of {', '.join(KNOWN_SOURCES)}")

@@ -1,11 +1,19 @@
 """`ohx import`: a data export into the record store, through the same sync as Dagster's runs.
 
-The file is read by its source class (AppleHealthSource, FitabaseSource), and `sync_partition`
-with strategy `partition` stores it for every UTC day it spans, a week of days per call (one fetch
-and one commit per person and week), so a re-import of the same file changes nothing. Only the
+The file is read by its source class (AppleHealthSource, FitabaseSource) whole, and checked,
+before anything is stored: a file with an error stores nothing. Samples dated outside the
+plausible dates (OHX_EARLIEST_SAMPLE_DATE to tomorrow, providers/bounds.py) are refused, counted
+and shown in one line. Then `sync_partition` with strategy `partition` stores it for every UTC
+day it spans, in calls holding at most a week of days with records (one fetch and one commit per
+person and call; the empty days between are joined to a call, so a sparse file spanning years
+costs a few calls, not one per week), so a re-import of the same file changes nothing. Only the
 data types the file holds are synced: an export that holds heart rate only leaves the steps
 another export stored alone. Within those types the file is the truth for its days (records of
 those days it no longer holds are deleted), as for every partition run.
+
+Each call commits on its own: an import that stops half way (a database gone, a person's
+failure) says which days are stored and which are not, and importing the same file again
+completes it (what is stored already is unchanged).
 
 Publishing is Dagster's: the store marks every day whose data changed, and the running code
 location's republish_sensor publishes them (when the source is in its OHX_SOURCES and the day
@@ -30,6 +38,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from ohx_dagster.providers.base import HealthSource
+    from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
     from ohx_dagster.store import RecordStore
 
 DAYS_PER_SYNC = 7
@@ -52,18 +61,47 @@ class Skipped:
 class ImportOutcome:
     source: str
     days: list[date]
+    syncs: int = 0  # sync_partition calls
     imported: Counter[str] = field(default_factory=Counter)
     implausible: Counter[str] = field(default_factory=Counter)
     people: set[str] = field(default_factory=set)
     people_skipped: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    # Per person who failed, the (first, last) days of each call that did not store their data.
+    failed_days: dict[str, list[tuple[date, date]]] = field(default_factory=dict)
     days_changed: set[date] = field(default_factory=set)
+
+
+class ImportStopped(OhxError):
+    """An import that could not finish: what is stored, what is not, and how to complete it."""
 
 
 def spanned_days(records: pd.DataFrame) -> list[date]:
     """Every UTC day from the first record's to the last's."""
     first, last = records["ts"].min().date(), records["ts"].max().date()
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def held_days(records: pd.DataFrame) -> set[date]:
+    """The UTC days holding at least one record."""
+    return set(records["ts"].dt.floor("D").unique().date)
+
+
+def sync_calls(days: list[date], held: set[date]) -> list[list[date]]:
+    """The days in consecutive runs of at most DAYS_PER_SYNC days holding records each; the
+    empty days between join the run before them (one call stores, or clears, them all)."""
+    calls: list[list[date]] = []
+    count = 0
+    for day in days:
+        if day in held:
+            if not calls or count == DAYS_PER_SYNC:
+                calls.append([])
+                count = 0
+            count += 1
+        elif not calls:
+            calls.append([])
+        calls[-1].append(day)
+    return calls
 
 
 def held_types(name: str, records: pd.DataFrame) -> frozenset[Any]:
@@ -80,26 +118,32 @@ def sync_file(
     people: Iterable[str],
     days: list[date],
     *,
+    held: set[date] | None = None,
     progress: Callable[[date, date], None] | None = None,
 ) -> ImportOutcome:
-    """The file's people over its days, DAYS_PER_SYNC days per sync_partition call."""
+    """The file's people over its days (`held`: those holding records; default all), at most
+    DAYS_PER_SYNC days with records per sync_partition call."""
     from ohx_dagster.sync import SyncFailed, sync_partition
 
     outcome = ImportOutcome(source.name, days)
     wanted = frozenset(people)
-    for start in range(0, len(days), DAYS_PER_SYNC):
-        chunk = days[start : start + DAYS_PER_SYNC]
+    for chunk in sync_calls(days, set(days) if held is None else held):
         try:
             report = sync_partition(
                 source, store, chunk, strategy="partition", user_ids=wanted, now=common.now()
             )
         except SyncFailed as failed:
             report = failed.report
+        except Exception as exc:
+            raise ImportStopped(_stopped(outcome, chunk, exc)) from exc
+        outcome.syncs += 1
         outcome.imported.update(report.records_by_type)
         outcome.implausible.update(report.implausible)
         outcome.people.update(report.users_synced)
         outcome.people_skipped.update(report.users_skipped)
         outcome.failures.update(report.failures)
+        for user_id in report.failures:
+            outcome.failed_days.setdefault(user_id, []).append((chunk[0], chunk[-1]))
         outcome.days_changed |= report.days_changed
         if progress is not None:
             progress(chunk[0], chunk[-1])
@@ -107,8 +151,28 @@ def sync_file(
     return outcome
 
 
+def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> str:
+    from ohx_dagster.cli import _user_error
+
+    why = _user_error(exc) or f"{type(exc).__name__}: {common.one_line(exc)}"
+    stored = (
+        f"days {outcome.days[0]} .. {chunk[0] - timedelta(days=1)} are stored"
+        if chunk[0] > outcome.days[0]
+        else "nothing is stored"
+    )
+    return (
+        f"the import stopped at {chunk[0]} ({why}): {stored}, {chunk[0]} .. "
+        f"{outcome.days[-1]} are not; import the same file again to complete it (what is "
+        "stored already stays unchanged)"
+    )
+
+
 def run_with_progress(
-    store: RecordStore, source: HealthSource, people: Iterable[str], days: list[date]
+    store: RecordStore,
+    source: HealthSource,
+    people: Iterable[str],
+    days: list[date],
+    held: set[date] | None = None,
 ) -> ImportOutcome:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -124,7 +188,7 @@ def run_with_progress(
         def advance(first: date, last: date) -> None:
             bar.update(task, advance=(last - first).days + 1, description=f"synced to {last}")
 
-        return sync_file(store, source, people, days, progress=advance)
+        return sync_file(store, source, people, days, held=held, progress=advance)
 
 
 def publishing_note(source: str, changed: set[date]) -> str:
@@ -198,6 +262,7 @@ def render_summary(
     notes: Iterable[str] = (),
     *,
     store: RecordStore,
+    refused: RefusedDates | None = None,
 ) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -206,6 +271,8 @@ def render_summary(
     out.print(Text(title, style="bold"))
     for note in notes:
         out.print(Text(note))
+    if refused is not None and refused.total:
+        out.print(Text(refused.line(), style="yellow"))
     days = outcome.days
     out.print(
         Text(
@@ -241,11 +308,27 @@ def render_summary(
     for user_id, why in sorted(outcome.people_skipped.items()):
         out.print(Text(f"person {user_id} not imported: {why}", style="yellow"))
     for user_id, why in sorted(outcome.failures.items()):
-        out.print(Text(f"person {user_id} failed: {why}", style="red"))
+        spans = outcome.failed_days.get(user_id, [])
+        days = ", ".join(f"{first} .. {last}" for first, last in spans)
+        out.print(
+            Text(
+                f"person {user_id} failed: {why}; not stored for them: {days or 'nothing'} (the "
+                "other days are); import the same file again to complete it",
+                style="red",
+            )
+        )
     out.print(Text(publishing_note(outcome.source, outcome.days_changed)))
     retention = retention_note(store, outcome)
     if retention:
         out.print(Text(retention, style="yellow"))
+
+
+def plausible_dates() -> PlausibleDates:
+    """OHX_EARLIEST_SAMPLE_DATE to tomorrow of this run's clock."""
+    from ohx_dagster.providers.bounds import PlausibleDates
+    from ohx_dagster.settings import earliest_sample_date
+
+    return PlausibleDates.at(common.now(), earliest_sample_date())
 
 
 def _failed(outcome: ImportOutcome) -> None:
@@ -316,7 +399,7 @@ def apple_health(
 
     if user_id is not None and not 0 < len(user_id) <= USER_CHARS:
         raise click.BadParameter(f"expected 1..{USER_CHARS} characters", param_hint="--user")
-    reader = AppleHealthSource(export, user_id=user_id, timezone=timezone)
+    reader = AppleHealthSource(export, user_id=user_id, timezone=timezone, dates=plausible_dates())
     with common.console(stderr=True).status(f"reading {export}"):
         records = reader.records
         zone = reader.zone
@@ -329,9 +412,12 @@ def apple_health(
             f"{reader.user_id} is already in the store with zone {stored.config.timezone}, "
             f"which their days keep (the export says {zone.zone})."
         )
-    outcome = run_with_progress(store, source, [reader.user_id], spanned_days(records))
+    days = spanned_days(records)
+    outcome = run_with_progress(store, source, [reader.user_id], days, held_days(records))
     title = f"Imported {export} as {reader.name} person {reader.user_id}"
-    render_summary(title, outcome, apple_skipped(reader.summary), notes, store=store)
+    render_summary(
+        title, outcome, apple_skipped(reader.summary), notes, store=store, refused=reader.refused
+    )
     _failed(outcome)
 
 
@@ -344,16 +430,18 @@ def _rows(path: Path) -> int:
 
 
 def fitabase_skipped(directory: Path, read: Mapping[str, Any]) -> list[Skipped]:
-    """The folder's other CSV files (rows each) and why they are not read."""
-    return [
-        Skipped(
-            path.name,
-            _rows(path),
-            FITABASE_REASONS.get(path.name, "not a data type this product syncs"),
-        )
-        for path in sorted(directory.glob("*.csv"))
-        if path.name not in read
-    ]
+    """The folder's other CSV files (rows each) and why they are not read; a symbolic link
+    leading out of the folder is not opened, not even to count its rows."""
+    found = []
+    for path in sorted(directory.glob("*.csv")):
+        if path.name in read:
+            continue
+        if not path.resolve().is_relative_to(directory.resolve()):
+            found.append(Skipped(path.name, 0, "a symbolic link leading out of the folder"))
+            continue
+        why = FITABASE_REASONS.get(path.name, "not a data type this product syncs")
+        found.append(Skipped(path.name, _rows(path), why))
+    return found
 
 
 @import_.command("fitabase")
@@ -380,7 +468,7 @@ def fitabase(ctx: click.Context, directory: Path, timezone: str) -> None:
             str(directory),
             f"a Fitabase export folder holding {', '.join(expected)} (one or more)",
         )
-    reader = FitabaseSource([directory], timezone)
+    reader = FitabaseSource([directory], timezone, dates=plausible_dates())
     with common.console(stderr=True).status(f"reading {directory}"):
         records = reader.records
     if records.empty:
@@ -390,7 +478,8 @@ def fitabase(ctx: click.Context, directory: Path, timezone: str) -> None:
     store = common.open_store(ctx, create=True)
     source = Windowed(reader, held_types(reader.name, records), RESYNC_HORIZON[reader.name])
     people = [c.user_id for c in reader.discover_users()]
-    outcome = run_with_progress(store, source, people, spanned_days(records))
+    outcome = run_with_progress(store, source, people, spanned_days(records), held_days(records))
     title = f"Imported {directory} as {reader.name}: {len(outcome.people)} people, zone {timezone}"
-    render_summary(title, outcome, fitabase_skipped(directory, expected), store=store)
+    skipped = fitabase_skipped(directory, expected)
+    render_summary(title, outcome, skipped, store=store, refused=reader.refused)
     _failed(outcome)

@@ -13,12 +13,15 @@ the hourly steps and would count them twice.
 
 A directory is a local path or an object-store prefix (s3://bucket/exports/fitabase, see
 ohx_dagster/locations.py), so a run in its own container reads the export without a shared disk.
+An export file that is a symbolic link leading out of its directory is refused, and rows dated
+outside the plausible dates (providers/bounds.py) are refused and counted in `refused`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Final
 
@@ -34,6 +37,7 @@ from ohx_dagster.models import (
     SyncFrequency,
 )
 from ohx_dagster.providers.base import ReadOnce
+from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates, inside
 from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
 
 NAME: Final = "fitabase"
@@ -74,7 +78,13 @@ def parse_dirs(value: str) -> list[Location]:
     return [location(part, SETTING) for part in split_locations(value)]
 
 
-def _localize(file: Location, column: pd.Series, zone: str) -> pd.DatetimeIndex:
+def _localize(
+    file: Location, column: pd.Series, zone: str, dates: PlausibleDates
+) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """The wall-clock times as instants in `zone`, and which lie outside the plausible dates.
+
+    Times more than a day outside are refused before they are localized: 12/31/9999 11 PM in
+    America/Chicago is an instant of the year 10000, which no zone library can name."""
     parsed = pd.to_datetime(column, format=TIME_FORMAT, errors="coerce")
     bad = parsed.isna()
     if bad.any():
@@ -82,16 +92,27 @@ def _localize(file: Location, column: pd.Series, zone: str) -> pd.DatetimeIndex:
         raise ValidationError(
             "time", column.iloc[row], "M/D/YYYY h:mm:ss AM/PM", where=f"{file}, data row {row + 1}"
         )
+    index = pd.DatetimeIndex(parsed)
+    margin = pd.Timedelta(days=1)
+    far = np.asarray(
+        (index < pd.Timestamp(dates.earliest) - margin)
+        | (index >= pd.Timestamp(dates.latest) + 2 * margin)
+    )
+    if far.any():
+        index = index.where(~far)  # NaT: localized as NaT
     # The hour repeated when clocks go back is read as the first (daylight) one; the hour that
     # does not exist when clocks go forward is moved forward. Both are how Fitbit devices log.
-    index = pd.DatetimeIndex(parsed)
-    return index.tz_localize(
+    stamps = index.tz_localize(
         zone, ambiguous=np.ones(len(index), dtype=bool), nonexistent="shift_forward"
     )
+    return stamps, far | dates.outside(stamps)
 
 
-def read_export_file(path: Location, spec: ExportFile, zone: str) -> pd.DataFrame:
-    """One export CSV as a validated record batch; errors name the file, row and column."""
+def read_export_file(
+    path: Location, spec: ExportFile, zone: str, refused: RefusedDates
+) -> pd.DataFrame:
+    """One export CSV as a validated record batch; errors name the file, row and column. Rows
+    dated outside the plausible dates are left out and counted in `refused`."""
     try:
         with path.open("rb") as stream:
             table = pd.read_csv(stream, dtype={"Id": "string"}, skip_blank_lines=True)
@@ -114,7 +135,15 @@ def read_export_file(path: Location, spec: ExportFile, zone: str) -> pd.DataFram
             "a number",
             where=f"{path}, data row {row + 1}",
         )
-    stamps = _localize(path, table[spec.time_column], zone)
+    stamps, outside = _localize(path, table[spec.time_column], zone, refused.dates)
+    if outside.any():
+        row = int(np.flatnonzero(outside)[0])
+        example = f"{table[spec.time_column].iloc[row]} ({path}, data row {row + 1})"
+        refused.add(spec.data_type.value, int(outside.sum()), example)
+        keep = ~outside
+        table, values, stamps = table[keep], values[keep], stamps[keep]
+        if table.empty:
+            return empty_batch()
     offsets = (stamps.tz_convert(zone).map(lambda t: t.utcoffset().total_seconds() // 60)).astype(
         "int64"
     )
@@ -141,7 +170,15 @@ class FitabaseSource(ReadOnce):
 
     name = NAME
 
-    def __init__(self, directories: Sequence[Location | str], timezone: str) -> None:
+    def __init__(
+        self,
+        directories: Sequence[Location | str],
+        timezone: str,
+        *,
+        dates: PlausibleDates | None = None,
+    ) -> None:
+        # Rows dated outside these (default: 2000-01-01 to tomorrow of the clock now) are refused.
+        self.refused = RefusedDates(dates or PlausibleDates.at(datetime.now(UTC)))
         if not directories:
             raise ValidationError(SETTING, "", "one or more export directories")
         self.directories = [location(d, SETTING) for d in directories]
@@ -153,7 +190,11 @@ class FitabaseSource(ReadOnce):
                     SETTING, str(directory), "an existing directory (or s3:// prefix)"
                 )
             held = [(directory / s.name, s) for s in EXPORT_FILES]
-            held = [(path, spec) for path, spec in held if kind(path, SETTING) == "file"]
+            held = [
+                (inside(directory, path, SETTING), spec)
+                for path, spec in held
+                if kind(path, SETTING) == "file"
+            ]
             if not held:
                 names = [s.name for s in EXPORT_FILES]
                 raise ValidationError(
@@ -167,8 +208,17 @@ class FitabaseSource(ReadOnce):
 
     @cached_property
     def records(self) -> pd.DataFrame:
-        parts = [read_export_file(path, spec, self.timezone) for path, spec in self.files]
+        parts = [
+            read_export_file(path, spec, self.timezone, self.refused) for path, spec in self.files
+        ]
         batch = dedupe(concat(parts))
+        if batch.empty and self.refused.total:
+            raise ValidationError(
+                SETTING,
+                ":".join(str(d) for d in self.directories),
+                "data rows dated inside the plausible dates",
+                where=self.refused.line(),
+            )
         if batch.empty:  # headers and nothing else: an export cut short, never "0 people"
             raise ValidationError(
                 SETTING,

@@ -11,6 +11,10 @@ The archive, as the Health app writes it (SOURCE.md names where each fact comes 
 An export.xml given alone is read with the electrocardiograms folder beside it, when there is
 one (the archive unzipped). Either may be a local path or on object storage (s3://...,
 ohx_dagster/locations.py): the zip is read by ranges, never copied to a disk.
+
+A member that would inflate beyond the limits of bounds.py (a zip bomb) is refused before it is
+read, and an ECG file beside export.xml that is a symbolic link leading out of the export's
+folder is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import IO, Final
 
 from ohx_dagster.errors import ProviderError, ValidationError
 from ohx_dagster.locations import Location
+from ohx_dagster.providers.bounds import check_archive_member, inside
 
 EXPORT_XML: Final = "export.xml"
 ECG_FOLDER: Final = "electrocardiograms"
@@ -51,6 +56,7 @@ class ExportFiles:
                 "'Export All Health Data' shares it",
                 where=f"it holds {len(names)} export.xml: {shown or 'nothing'}",
             )
+        check_archive_member(str(self.path), self.archive.getinfo(names[0]))
         return f"{self.path}!{names[0]}", names[0]
 
     @contextmanager
@@ -68,8 +74,11 @@ class ExportFiles:
             folder = self.path.parent / ECG_FOLDER
             if not folder.is_dir():
                 return []
+            export = self.path.parent
             self._ecg_files = {
-                str(p): p for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file()
+                str(p): inside(export, p, "electrocardiogram")
+                for p in folder.iterdir()
+                if p.suffix.lower() == ".csv" and p.is_file()
             }
             return sorted(self._ecg_files)
         return sorted(
@@ -81,7 +90,9 @@ class ExportFiles:
     def read(self, name: str) -> bytes:
         if self.archive is None:
             return self._ecg_files[name].read_bytes()
-        return self.archive.read(name.removeprefix(f"{self.path}!"))
+        member = self.archive.getinfo(name.removeprefix(f"{self.path}!"))
+        check_archive_member(str(self.path), member)
+        return self.archive.read(member)
 
 
 @contextmanager

@@ -1,9 +1,16 @@
 """The streaming parse of export.xml: HealthKit samples as compact per-type columns.
 
 Exports reach gigabytes, so the XML is streamed with ElementTree's pull parser (the engine of
-`iterparse`), fed line by line so every error names its line, and each top-level element is
+`iterparse`), fed in pieces of at most PIECE bytes cut at line ends so every error names its line
+(a file without line breaks is read in pieces all the same), and each top-level element is
 cleared once read: the parse holds one element at a time, and the samples kept are compact
-arrays (about 50 bytes per mapped sample), never the document.
+arrays (about 50 bytes per mapped sample), never the document. What the parser would have to
+hold whole is bounded: MAX_PENDING bytes without an element starting or ending (one huge tag,
+text or comment) and MAX_DESCENDANTS elements inside one top-level element are refused with
+one line, so memory grows with the samples mapped, never with the shape of a hostile file.
+
+A sample dated outside the plausible dates (bounds.py) is refused and counted, not kept: it
+reaches neither the records nor the zone's evidence.
 
 Mapped, one user per export; timestamps keep the offset the export wrote ("2017-01-07 10:05:13
 +0200"; zone.py explains why that offset is not always the one the sample was taken under):
@@ -41,6 +48,7 @@ import re
 import xml.etree.ElementTree as ET
 from array import array
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -51,6 +59,7 @@ import pandas as pd
 
 from ohx_dagster.errors import ProviderError, ValidationError
 from ohx_dagster.models import HARD_LIMITS, HealthDataType
+from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
 from ohx_dagster.records import make_batch
 from ohx_dagster.units import accepted_units, to_canonical
 
@@ -81,6 +90,10 @@ _EPOCH_DAY: Final = date(1970, 1, 1).toordinal()
 _DAY_US: Final = 86_400_000_000
 _MINUTE_US: Final = 60_000_000
 TIME_FORMAT: Final = "'YYYY-MM-DD hh:mm:ss +hhmm' (local time with its UTC offset)"
+PIECE: Final = 1 << 20  # bytes read at a time; a line longer than this is fed in pieces
+# A real export's largest element is a Workout or a beat list: kilobytes, a few hundred children.
+MAX_PENDING: Final = 16 << 20
+MAX_DESCENDANTS: Final = 100_000
 
 
 @dataclass
@@ -183,8 +196,9 @@ def _metadata(element: ET.Element) -> dict[str, str]:
 class ExportReader:
     """Turns the stream of elements into per-type columns and the summary."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, dates: PlausibleDates) -> None:
         self.name = name  # the file as messages name it: path, or "export.zip!member"
+        self.refused = RefusedDates(dates)
         self.summary = ExportSummary()
         self.columns: dict[tuple[HealthDataType, str], _Columns] = {}
         self.devices: dict[str, int] = {}
@@ -228,6 +242,12 @@ class ExportReader:
     def add(
         self, data_type: HealthDataType, unit: str, *args: float, **kwargs: float | bool
     ) -> None:
+        local_us, offset_min = int(args[0]), int(args[1])
+        if not self.refused.dates.holds_us(local_us - offset_min * _MINUTE_US):
+            day = date.fromordinal(_EPOCH_DAY + local_us // _DAY_US)
+            line = int(args[4])
+            self.refused.add(data_type.value, 1, f"{day} ({self.where(line, data_type.value)})")
+            return
         columns = self.columns.get((data_type, unit))
         if columns is None:
             columns = self.columns[(data_type, unit)] = _Columns()
@@ -392,23 +412,53 @@ def _bp_key(element: ET.Element) -> tuple[str, str, str, str]:
     return tuple(element.get(k, "") for k in ("type", "sourceName", "startDate", "value"))  # type: ignore[return-value]
 
 
-def parse_export(stream: IO[bytes], name: str) -> ExportReader:
-    """Stream one export.xml; the reader holds the samples per type and the summary.
+def pieces(stream: IO[bytes], size: int = PIECE) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes): the stream's lines, a line longer than `size` in several pieces.
+
+    Read by `size`, never by line: a file without line breaks is one "line" of any length."""
+    line = 1
+    while chunk := stream.read(size):
+        parts = chunk.split(b"\n")
+        for part in parts[:-1]:
+            yield line, part + b"\n"
+            line += 1
+        if parts[-1]:
+            yield line, parts[-1]
+
+
+def parse_export(
+    stream: IO[bytes], name: str, dates: PlausibleDates, *, piece: int = PIECE
+) -> ExportReader:
+    """Stream one export.xml; the reader holds the samples per type and the summary, and counts
+    the samples refused for their date.
 
     A file that is not a HealthKit export fails at its first element, before the rest of a
     possibly huge file is read; one with no <Record> fails at its end."""
-    reader = ExportReader(name)
+    reader = ExportReader(name, dates)
     parser = ET.XMLPullParser(events=("start", "end"))
     root: ET.Element | None = None
     starts: list[int] = []  # line of each open element's start tag
     line = 0
+    pending = 0  # bytes fed since an element last started or ended
+    descendants = 0  # elements inside the top-level element being read
     try:
-        for text in stream:
-            line += 1
+        for line, text in pieces(stream, piece):
             parser.feed(text)
+            pending += len(text)
             for event, element in parser.read_events():
+                pending = 0
                 if event == "start":
                     starts.append(line)
+                    if len(starts) > 2:
+                        descendants += 1
+                        if descendants > MAX_DESCENDANTS:
+                            raise ValidationError(
+                                "element",
+                                f"<{element.tag}>",
+                                f"at most {MAX_DESCENDANTS:,} elements inside one child of "
+                                "<HealthData> (a real export's largest holds hundreds)",
+                                where=f"{name}, from line {starts[1]}",
+                            )
                     if root is None:
                         root = element
                         if root.tag != "HealthData":
@@ -425,6 +475,15 @@ def parse_export(stream: IO[bytes], name: str) -> ExportReader:
                     continue
                 reader.element(element, start_line)
                 root.clear()  # type: ignore[union-attr]
+                descendants = 0
+            if pending > MAX_PENDING:
+                raise ValidationError(
+                    "element",
+                    f"{pending:,} bytes without a tag ending",
+                    f"tags, text and comments of at most {MAX_PENDING >> 20} MiB each, as in "
+                    f"{EXPECTED_EXPORT}",
+                    where=f"{name}, line {line}",
+                )
         parser.close()
     except ET.ParseError as exc:
         row, column = exc.position

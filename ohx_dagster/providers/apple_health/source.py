@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ohx_dagster.providers.apple_health.export import (
 )
 from ohx_dagster.providers.apple_health.zone import ZoneChoice, ZoneEvidence, infer_zone, is_zone
 from ohx_dagster.providers.base import ReadOnce
+from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
 from ohx_dagster.records import concat, dedupe
 
 SETTING = "OHX_APPLE_HEALTH_EXPORT"
@@ -38,13 +40,20 @@ class AppleHealthSource(ReadOnce):
     """One export = one user: OHX_APPLE_HEALTH_USER, else the export's parent folder name.
 
     `timezone` overrides the inferred zone (an IANA name); `zone` says which zone the user gets
-    and why, for the importer to print."""
+    and why, for the importer to print. Samples dated outside `dates` (default: 2000-01-01 to
+    tomorrow of the clock when the source is made) are refused and counted in `refused`."""
 
     name = NAME
 
     def __init__(
-        self, path: Location | str, *, user_id: str | None = None, timezone: str | None = None
+        self,
+        path: Location | str,
+        *,
+        user_id: str | None = None,
+        timezone: str | None = None,
+        dates: PlausibleDates | None = None,
     ) -> None:
+        self.dates = dates or PlausibleDates.at(datetime.now(UTC))
         # A local path or an object-store URL (s3://bucket/exports/ada/export.zip).
         self.path = location(path, SETTING)
         if kind(self.path, SETTING) != "file":
@@ -59,10 +68,21 @@ class AppleHealthSource(ReadOnce):
     def _parsed(self) -> tuple[ExportReader, list[EcgRecording]]:
         with open_export(self.path) as files:
             with files.xml() as stream:
-                reader = parse_export(stream, files.xml_name)
-            recordings = [read_ecg(files.read(name), name) for name in files.ecg_names()]
+                reader = parse_export(stream, files.xml_name, self.dates)
+            recordings = []
+            for name in files.ecg_names():
+                recording = read_ecg(files.read(name), name)
+                if self.dates.outside(pd.DatetimeIndex([recording.ts])).any():
+                    reader.refused.add("ecg", 1, f"{recording.ts.isoformat()} ({name})")
+                else:
+                    recordings.append(recording)
         reader.summary.ecg_files = len(recordings)
         return reader, recordings
+
+    @property
+    def refused(self) -> RefusedDates:
+        """The samples refused for their date (the export is read when first asked)."""
+        return self._parsed[0].refused
 
     @property
     def summary(self) -> ExportSummary:
@@ -79,6 +99,13 @@ class AppleHealthSource(ReadOnce):
         # A generator, so the per-type batches are freed once concatenated (peak memory).
         batches = (batch(reader, self.user_id, key) for key in sorted(reader.columns))
         records = dedupe(concat(itertools.chain(batches, [ecg_batch(recordings, self.user_id)])))
+        if records.empty and reader.refused.total:
+            raise ValidationError(
+                "records",
+                0,
+                "samples dated inside the plausible dates",
+                where=reader.refused.line(),
+            )
         if records.empty:
             held = ", ".join(f"{t} {n}" for t, n in reader.summary.records.most_common(5))
             raise ValidationError(

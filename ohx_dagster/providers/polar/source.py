@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Final
@@ -54,6 +55,7 @@ from ohx_dagster.models import (
     HealthSyncConfig,
 )
 from ohx_dagster.providers.base import ReadOnce
+from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates, inside
 from ohx_dagster.providers.polar.files import (
     CONVERTED_HEADER,
     HEADERS,
@@ -137,13 +139,22 @@ def _notification_times(stream: Stream) -> pd.DatetimeIndex:
 
 
 class PolarFileSource(ReadOnce):
-    """Polar recordings from a file or a folder; one user per sensor unless `user_id` is given."""
+    """Polar recordings from a file or a folder; one user per sensor unless `user_id` is given.
+    Samples dated outside `dates` (default: 2000-01-01 to tomorrow of the clock now) are refused
+    and counted in `refused`; a file in the folder that is a symbolic link leading out of it is
+    refused."""
 
     name = NAME
 
     def __init__(
-        self, path: Location | str, *, timezone: str | None = None, user_id: str | None = None
+        self,
+        path: Location | str,
+        *,
+        timezone: str | None = None,
+        user_id: str | None = None,
+        dates: PlausibleDates | None = None,
     ) -> None:
+        self.refused = RefusedDates(dates or PlausibleDates.at(datetime.now(UTC)))
         # A local path or an object-store URL (s3://bucket/exports/polar/...).
         self.path = location(path, "OHX_POLAR_CSV")
         if timezone is not None:
@@ -206,6 +217,7 @@ class PolarFileSource(ReadOnce):
 
     def _add_folder(self, folder: Path) -> None:
         for path in sorted(folder.iterdir(), key=str):
+            path = inside(folder, path, "OHX_POLAR_CSV")
             logged = SensorLoggerFile.parse(path)
             if not path.is_file():
                 self.skipped[path.name] = "a folder: not searched"
@@ -248,7 +260,8 @@ class PolarFileSource(ReadOnce):
             parts += self._read_converted(path, summary)
         for logged in self.logged:
             parts += self._read_logged(logged, summary)
-        batch = dedupe(concat(parts)).sort_values(["user_id", "data_type", "ts"], ignore_index=True)
+        batch = self.refused.keep(dedupe(concat(parts)), str(self.path))
+        batch = batch.sort_values(["user_id", "data_type", "ts"], ignore_index=True)
         summary.records.update(batch["data_type"].value_counts().to_dict())
         return batch, summary
 
