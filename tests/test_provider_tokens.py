@@ -138,6 +138,50 @@ def test_expired_token_is_refreshed_and_the_rotated_refresh_token_saved(
     assert len(api.calls_to("/oauth/token")) == 1
 
 
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [
+        (3600, timedelta(hours=1)),
+        ("7200", timedelta(hours=2)),  # a JSON string holding a number
+        (-3600, None),
+        (0, None),
+        ("-5", None),
+        ("soon", None),
+        (True, None),
+        (1e300, None),  # overflowed timedelta: a 500 at the connect callback
+        ("NaN", None),
+        (None, None),
+    ],
+)
+def test_a_lifetime_that_is_not_one_is_unknown(expires_in: object, lifetime: object) -> None:
+    body = {"access_token": ACCESS, "refresh_token": REFRESH, "token_type": "bearer"}
+    if expires_in is not None:
+        body["expires_in"] = expires_in
+    got = OAuthTokens.from_token_response(body, now=NOW, previous_refresh="", where="test")
+    assert got.expires_at == (None if lifetime is None else NOW + lifetime)
+
+
+def test_a_negative_expires_in_is_used_until_a_401_and_never_refreshed_on_every_use(
+    sqlite_store: RecordStore, token_key: str, api: FakeApi
+) -> None:
+    """The token endpoint answers expires_in -3600: the refreshed token is kept with an unknown
+    lifetime, used without asking for another grant, and refreshed once when it meets a 401."""
+    token_store = TokenStore(sqlite_store)
+    token_store.save("oura", "u1", tokens(expires_in_s=0))
+
+    def grant(call: Call) -> tuple:
+        n = len(api.calls_to("/oauth/token"))
+        body = {"access_token": f"access-{n}", "refresh_token": f"refresh-{n}"}
+        return answer(200, body | {"expires_in": -3600, "token_type": "bearer"})
+
+    api.on("/oauth/token", grant)
+    user = UserTokens(token_store, oauth(api), "u1", client(api), clock=lambda: NOW)
+    assert user.access_token() == "access-1"
+    assert token_store.load("oura", "u1").expires_at is None
+    assert user.access_token() == "access-1" and user.access_token() == "access-1"
+    assert len(api.calls_to("/oauth/token")) == 1
+
+
 def test_a_grant_without_refresh_token_keeps_the_old_one(
     sqlite_store: RecordStore, token_key: str, api: FakeApi
 ) -> None:

@@ -60,6 +60,27 @@ LEASE_WAIT_S: Final = 150.0
 LEASE_POLL_S: Final = 0.2
 
 
+# The longest access-token lifetime believed (Withings and Google issue hours, Polar a year).
+MAX_TOKEN_LIFETIME: Final = timedelta(days=3650)
+
+
+def token_expiry(expires_in: Any, now: datetime) -> datetime | None:
+    """When the access token expires, from RFC 6749 5.1's `expires_in` (seconds, a positive
+    number; JSON strings holding one accepted). A lifetime that is missing, not a number,
+    negative, zero, NaN or beyond MAX_TOKEN_LIFETIME is unknown (None), as for a provider that
+    sends none: the token is used until a 401, which refreshes it once. Treating a negative one
+    as "already expired" would refresh on every use; a huge one overflowed (a 500)."""
+    if expires_in is None or isinstance(expires_in, bool):
+        return None
+    try:
+        seconds = float(expires_in)
+    except (TypeError, ValueError):
+        return None
+    if not 0 < seconds <= MAX_TOKEN_LIFETIME.total_seconds():  # False for NaN too
+        return None
+    return now + timedelta(seconds=seconds)
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthTokens:
     """One user's grant. The tokens never appear in repr() (logs, tracebacks)."""
@@ -93,10 +114,7 @@ class OAuthTokens:
             or (require_refresh and not refresh)
         ):
             raise payload.bad_field(where, "access_token/refresh_token", "...", "strings")
-        expires_in = body.get("expires_in")
-        expires_at = None
-        if expires_in is not None:
-            expires_at = now + timedelta(seconds=payload.number(body, "expires_in", where))
+        expires_at = token_expiry(body.get("expires_in"), now)
         scope = body.get("scope") or ""
         scope = scope if isinstance(scope, str) else " ".join(scope)
         return cls(access, refresh, expires_at, scope)
