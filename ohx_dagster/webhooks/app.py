@@ -19,6 +19,13 @@ the database being unreachable, each of its requests is committed again on its o
 one the database refuses fails. When the database is down (OperationalError, InterfaceError) every
 request gets 503 at once and the provider retries later.
 
+Refused requests are logged without letting a flood fill the log (RefusalLog): the first refusal
+of each kind (status, method, route) in an interval gets its full line, the others are counted
+and told in one summary line per interval. A request whose headers or query are ambiguous or
+oversized is refused with 400 before any route reads it (RequestShape): a header given twice
+(two signatures, two Content-Lengths: which one did the signature cover?), a query parameter
+given twice, a header value over MAX_HEADER_CHARS or a query value over MAX_QUERY_CHARS.
+
 Handshakes:
 - oura: GET ?verification_token=<t>&challenge=<c> -> 200 {"challenge": c} for our token, else 401.
 - withings: HEAD -> 200 (Withings checks the callback URL answers before it registers it).
@@ -34,10 +41,11 @@ import ipaddress
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import Final
+from urllib.parse import parse_qsl
 
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from starlette.applications import Starlette
@@ -66,6 +74,26 @@ MAX_GROUP_REQUESTS: Final = 1_000
 # Client addresses the rate limiter remembers; beyond it the least recently seen is forgotten.
 MAX_TRACKED_ADDRESSES: Final = 100_000
 RATE_EXEMPT_PATHS: Final = frozenset({"/healthz"})
+# A signature, a timestamp, a bearer token or a Google JWT is far shorter; a 10,000-character
+# header value or id is no provider's.
+MAX_HEADER_CHARS: Final = 4096
+MAX_QUERY_CHARS: Final = 1024
+# Headers HTTP lets a client or proxy send more than once (lists); any other given twice is 400.
+REPEATABLE_HEADERS: Final = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "cookie",
+        "forwarded",
+        "pragma",
+        "te",
+        "via",
+        "x-forwarded-for",
+    }
+)
+REFUSAL_LOG_INTERVAL_S: Final = 60.0
 
 log = logging.getLogger("ohx_dagster.webhooks")
 
@@ -239,6 +267,112 @@ class RateLimit:
         await self.app(scope, receive, send)
 
 
+class RefusalLog:
+    """Log lines for refused requests, at most one full line per kind (status, method, path) and
+    one summary line per `interval_s`: a flood of forged or malformed requests costs the log a
+    few lines a minute, not one per request. The summary of an interval is written when the
+    next refusal arrives after it (or at `flush`)."""
+
+    def __init__(
+        self,
+        interval_s: float = REFUSAL_LOG_INTERVAL_S,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self.started = clock()
+        self.logged: set[tuple[int, str, str]] = set()  # kinds given a full line this interval
+        self.unlogged: Counter[tuple[int, str, str]] = Counter()
+
+    def refused(
+        self,
+        level: int,
+        status: int,
+        request: Request,
+        reason: object,
+        *,
+        exc_info: BaseException | None = None,
+    ) -> None:
+        now = self.clock()
+        if now - self.started >= self.interval_s:
+            self.flush(now)
+        kind = (status, request.method, request.url.path)
+        if kind in self.logged:
+            self.unlogged[kind] += 1
+            return
+        self.logged.add(kind)
+        log.log(level, "%d %s %s: %s", status, kind[1], kind[2], reason, exc_info=exc_info)
+
+    def flush(self, now: float | None = None) -> None:
+        """The summary line of the interval ending now (none when nothing went unlogged)."""
+        now = self.clock() if now is None else now
+        if self.unlogged:
+            total = sum(self.unlogged.values())
+            kinds = "; ".join(
+                f"{status} {method} {path}: {count:,}"
+                for (status, method, path), count in self.unlogged.most_common()
+            )
+            log.warning(
+                "refused %s more requests in the last %.0f s, not logged one by one (%s)",
+                f"{total:,}",
+                now - self.started,
+                kinds,
+            )
+        self.started = now
+        self.logged.clear()
+        self.unlogged.clear()
+
+
+def _refusals(request: Request) -> RefusalLog:
+    return request.app.state.refusals
+
+
+class RequestShape:
+    """ASGI middleware: 400 for a header or query parameter given twice or over its length,
+    before a route reads the request."""
+
+    def __init__(self, app: ASGIApp, refusals: RefusalLog) -> None:
+        self.app = app
+        self.refusals = refusals
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = _shape_problem(scope) if scope["type"] == "http" else None
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        self.refusals.refused(logging.INFO, 400, request, problem)
+        response = JSONResponse({"error": problem}, status_code=400)
+        await response(scope, receive, send)
+
+
+def _shape_problem(scope: Scope) -> str | None:
+    """What is ambiguous or oversized in the request's headers and query, or None."""
+    seen: set[bytes] = set()
+    for raw_name, raw_value in scope["headers"]:
+        name = raw_name.lower()
+        if len(raw_value) > MAX_HEADER_CHARS:
+            return (
+                f"header {name.decode('latin-1')!r} holds {len(raw_value):,} characters: "
+                f"expected at most {MAX_HEADER_CHARS:,}"
+            )
+        if name in seen and name.decode("latin-1") not in REPEATABLE_HEADERS:
+            return f"header {name.decode('latin-1')!r} given more than once: expected once"
+        seen.add(name)
+    names: set[str] = set()
+    for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), True):
+        if len(value) > MAX_QUERY_CHARS or len(name) > MAX_QUERY_CHARS:
+            return (
+                f"query parameter {name[:64]!r} holds {len(value):,} characters: expected at "
+                f"most {MAX_QUERY_CHARS:,}"
+            )
+        if name in names:
+            return f"query parameter {name[:64]!r} given more than once: expected once"
+        names.add(name)
+    return None
+
+
 def create_app(
     store: RecordStore,
     secrets: WebhookSecrets,
@@ -249,6 +383,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     group_commit: bool = True,
     connect: ConnectConfig | None = None,
+    refusals: RefusalLog | None = None,
 ) -> Starlette:
     """The receiver for the providers `secrets` configures (others are not mounted); with
     `connect`, also the account-connection routes (ohx_dagster.webhooks.connect). Of `limits`
@@ -327,6 +462,8 @@ def create_app(
     if limits.rate_per_minute > 0:
         buckets = TokenBuckets(limits.rate_per_minute, limits.rate_burst)
         middleware.append(Middleware(RateLimit, buckets=buckets))
+    refusals = refusals or RefusalLog()
+    middleware.append(Middleware(RequestShape, refusals=refusals))
     app = Starlette(
         routes=routes,
         middleware=middleware,
@@ -343,6 +480,7 @@ def create_app(
     app.state.inbox = inbox
     app.state.committer = committer
     app.state.rate_buckets = buckets
+    app.state.refusals = refusals
     return app
 
 
@@ -369,8 +507,8 @@ def _too_large(limit: int) -> Callable[[Request, Exception], Awaitable[Response]
 
 def _too_slow(timeout_s: float) -> Callable[[Request, Exception], Awaitable[Response]]:
     async def handler(request: Request, exc: Exception) -> Response:
-        log.info(
-            "408 %s %s: body not received in %g s", request.method, request.url.path, timeout_s
+        _refusals(request).refused(
+            logging.INFO, 408, request, f"body not received in {timeout_s:g} s"
         )
         return JSONResponse(
             {"error": f"request body not received within {timeout_s:g} s"},
@@ -384,26 +522,28 @@ def _too_slow(timeout_s: float) -> Callable[[Request, Exception], Awaitable[Resp
 async def _client_gone(request: Request, exc: Exception) -> Response:
     # The client closed the connection before its body arrived: nobody reads an answer, and a
     # traceback per such request would let any client fill the log.
-    log.debug("%s %s: client went away before its body arrived", request.method, request.url.path)
+    _refusals(request).refused(
+        logging.DEBUG, 400, request, "client went away before its body arrived"
+    )
     return Response(status_code=400)
 
 
 async def _unauthorized(request: Request, exc: Exception) -> Response:
-    log.warning("401 %s %s: %s", request.method, request.url.path, exc)
+    _refusals(request).refused(logging.WARNING, 401, request, exc)
     return JSONResponse({"error": str(exc)}, status_code=401)
 
 
 async def _malformed(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
-    log.info("400 %s %s: %s", request.method, request.url.path, exc)
+    _refusals(request).refused(logging.INFO, 400, request, exc)
     return JSONResponse({"error": str(exc), "field": exc.field}, status_code=400)
 
 
 async def _refused_value(request: Request, exc: Exception) -> Response:
     # The database refused a value of this request alone (a group commit that failed was redone
     # one request at a time): the same request would fail again, so no retry is invited.
-    log.warning(
-        "400 %s %s: the inbox refused a value", request.method, request.url.path, exc_info=exc
+    _refusals(request).refused(
+        logging.WARNING, 400, request, "the inbox refused a value", exc_info=exc
     )
     return JSONResponse({"error": "the event has a value the inbox cannot store"}, status_code=400)
 
