@@ -19,7 +19,11 @@
    Without a client, or while the server refuses or is down, those rows stay, with no value in
    them, and the report says `complete=False`: run the erasure again.
 4. One row in `erasures`: the subject as HMAC-SHA256(salt, "provider|user_id"), who asked, when,
-   and counts per table; nothing that names the person to anyone without the salt.
+   and counts per table; nothing that names the person to anyone without the salt. The row is
+   written in step 1's transaction (its counts at the end): it is the tombstone that keeps the
+   subject out of every way in until staff re-admit them (ohx_dagster/identity.py), so a sync of
+   a file source or of the simulated source that runs after step 1 does not bring them back.
+   The audit log gets an `erase` row with the counts (ohx_dagster/audit.py).
 
 Running it again is harmless: every step deletes what is still there, and a second `erasures`
 row records the second request.
@@ -72,12 +76,12 @@ Dagster's own records of the person (runs tagged with them, event logs naming th
 `sensors.erasure.erase_from_dagster`, next to the job that runs all of it: this package stays
 free of Dagster.
 
-The salt: OHX_ERASURE_SALT (16+ characters, a secret like OHX_TOKEN_KEY) when set; else one
-random salt per installation, created on first use in $OHX_HOME/erasure-salt (mode 0600).
-Never in the database: a salt beside the hashes would let anyone who can read the table test
-a guessed id. Deployments whose processes do not share OHX_HOME must set the variable, so that
-the requester's hash (`python -m ohx_dagster.erasure subject --provider P --user U`) and the job's
-agree.
+The salt and the subject live in ohx_dagster/identity.py: OHX_ERASURE_SALT (16+ characters, a
+secret like OHX_TOKEN_KEY) when set; else one random salt per installation, created on first use
+in $OHX_HOME/erasure-salt (mode 0600). Never in the database: a salt beside the hashes would let
+anyone who can read the table test a guessed id. Deployments whose processes do not share
+OHX_HOME must set the variable, so that the requester's hash (`python -m ohx_dagster.erasure
+subject --provider P --user U`), the job's and the tombstone checks agree.
 """
 
 from __future__ import annotations
@@ -85,14 +89,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
-import os
 import re
-import secrets
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
@@ -100,8 +101,8 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ohx_dagster import db
-from ohx_dagster.errors import ConfigError, OhxError, ValidationError
+from ohx_dagster import audit, db
+from ohx_dagster.errors import OhxError, ValidationError
 from ohx_dagster.fhir.delivery import DeliveryError, FhirClient, match_url, owner
 from ohx_dagster.fhir.output import (
     MANIFEST,
@@ -110,6 +111,14 @@ from ohx_dagster.fhir.output import (
     OutputFile,
     file_name,
     ndjson,
+)
+from ohx_dagster.identity import (  # noqa: F401 (SALT_ENV..: this module's public names too)
+    MIN_SALT_CHARS,
+    SALT_ENV,
+    SALT_FILE,
+    check_subject,
+    erasure_salt,
+    subject_hash,
 )
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.publish import bucket_of
@@ -126,9 +135,6 @@ from ohx_dagster.schema import (
 from ohx_dagster.store import RecordStore
 from ohx_dagster.times import iso_us, now_us
 
-SALT_ENV: Final = "OHX_ERASURE_SALT"
-SALT_FILE: Final = "erasure-salt"
-MIN_SALT_CHARS: Final = 16
 # What an outbox row keeps once the person is erased: no body, acknowledged (never sent again).
 STUB_BODY: Final = "{}"
 STUB_HASH: Final = hashlib.sha256(STUB_BODY.encode()).hexdigest()
@@ -137,7 +143,8 @@ REWRITE_ATTEMPTS: Final = 5
 # Tables that hold nothing of a person, and tables erased by a rule of their own.
 NOT_PERSONAL: Final = {
     "fhir_files": "file names and counts of a partition's output, no person",
-    "erasures": "salted hashes and counts only",
+    "erasures": "salted hashes and counts only (the tombstones that keep the erased out)",
+    "audit_log": "staff actions: salted hashes, staff names, outcomes (they record the erasure)",
 }
 OWN_RULE: Final = {
     "fhir_outbox": "server deletion first (step 3)",
@@ -150,55 +157,6 @@ _IN_CLAUSE: Final = 500
 
 class ErasureError(OhxError):
     """An erasure could not finish a step (named in the message, never the person)."""
-
-
-# -- the subject: a salted hash ------------------------------------------------------------------
-
-
-def erasure_salt(env: Mapping[str, str] | None = None) -> bytes:
-    """OHX_ERASURE_SALT, or this installation's random salt in $OHX_HOME/erasure-salt (created
-    on first use, readable by its owner only)."""
-    env = os.environ if env is None else env
-    configured = env.get(SALT_ENV, "")
-    if configured:
-        if len(configured) < MIN_SALT_CHARS:
-            raise ConfigError(
-                f"{SALT_ENV}: {len(configured)} characters; expected at least {MIN_SALT_CHARS}"
-            )
-        return configured.encode()
-    home = Path(env.get("OHX_HOME") or Path.home() / ".ohx").expanduser()
-    path = home / SALT_FILE
-    if not path.exists():
-        home.mkdir(parents=True, exist_ok=True)
-        try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        else:
-            with os.fdopen(descriptor, "w") as handle:
-                handle.write(secrets.token_hex(32))
-                handle.flush()
-                os.fsync(handle.fileno())
-    salt = path.read_text().strip()
-    if len(salt) < MIN_SALT_CHARS:
-        raise ConfigError(f"{path}: the erasure salt is unreadable or too short; delete it")
-    return salt.encode()
-
-
-def subject_hash(provider: str, user_id: str, *, salt: bytes) -> str:
-    """HMAC-SHA256(salt, "provider|user_id") in hex: what `erasures` and the job's run config
-    hold instead of the person."""
-    return hmac.new(salt, f"{provider}|{user_id}".encode(), hashlib.sha256).hexdigest()
-
-
-def check_subject(subject: str) -> str:
-    """The subject, if it is a hash; the error does not repeat the value (it may be an id)."""
-    if not isinstance(subject, str) or not re.fullmatch(r"[0-9a-f]{64}", subject):
-        shown = f"<{len(subject) if isinstance(subject, str) else type(subject).__name__}"
-        raise ValidationError(
-            "subject", f"{shown} characters, not shown>", "64 lowercase hex (HMAC-SHA256)"
-        )
-    return subject
 
 
 def person_tables() -> list[sa.Table]:
@@ -243,17 +201,54 @@ def previous_erasures(store: RecordStore, subject: str) -> list[int]:
         return list(conn.execute(query.order_by(t.c.erased_at_us)).scalars())
 
 
-def record_erasure(
-    store: RecordStore, subject: str, requested_by: str, counts: Mapping[str, int]
-) -> None:
-    with store.write() as conn:
+def _counts_json(counts: Mapping[str, int]) -> str:
+    return orjson.dumps({str(k): int(v) for k, v in sorted(counts.items())}).decode()
+
+
+def _tombstone(conn: Connection, subject: str, requested_by: str, counts: str = "{}") -> int:
+    """The erasures row of a request. erase_person writes it with the person's rows going: from
+    then on every way in keeps the subject out (ohx_dagster/identity.py); the counts follow."""
+    return int(
         conn.execute(
-            erasures.insert().values(
+            erasures.insert()
+            .values(
                 subject_hash=check_subject(subject),
                 requested_by=requested_by[:128],
                 erased_at_us=now_us(),
-                counts=orjson.dumps({str(k): int(v) for k, v in sorted(counts.items())}).decode(),
+                counts=counts,
             )
+            .returning(erasures.c.id)
+        ).scalar_one()
+    )
+
+
+def record_erasure(
+    store: RecordStore,
+    subject: str,
+    requested_by: str,
+    counts: Mapping[str, int],
+    *,
+    erasure_id: int | None = None,
+    outcome: str = "ok",
+) -> None:
+    """The erasures row of a request with its counts (`erasure_id`: the tombstone erase_person
+    wrote, completed; else a new row), and its audit row, in one transaction."""
+    with store.write() as conn:
+        if erasure_id is None:
+            _tombstone(conn, subject, requested_by, _counts_json(counts))
+        else:
+            conn.execute(
+                erasures.update()
+                .where(erasures.c.id == erasure_id)
+                .values(counts=_counts_json(counts))
+            )
+        audit.record(
+            conn,
+            actor=requested_by,
+            action="erase",
+            subject=subject,
+            outcome=outcome,
+            detail=", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "nothing left",
         )
 
 
@@ -590,12 +585,16 @@ def empty_outbox_rows(conn: Connection, where: sa.ColumnElement[bool]) -> tuple[
     return deleted, int(emptied or 0)
 
 
-def _erase_rows(store: RecordStore, person: Person) -> dict[str, int]:
-    """Step 1 (module docstring): one transaction under the person's lock."""
+def _erase_rows(
+    store: RecordStore, person: Person, subject: str, requested_by: str
+) -> tuple[dict[str, int], int]:
+    """Step 1 (module docstring): one transaction under the person's lock, which writes the
+    tombstone (the erasures row, counts to follow); the counts and the row's id."""
     p, u = person.provider, person.user_id
     counts: dict[str, int] = {}
     with store.write() as conn:
         db.lock(conn, "person", p, u)
+        erasure_id = _tombstone(conn, subject, requested_by)
         patients = _patient_ids(conn, person)
         for table in person_tables():
             deleted = conn.execute(
@@ -620,7 +619,7 @@ def _erase_rows(store: RecordStore, person: Person) -> dict[str, int]:
         o = fhir_outbox
         deleted, _ = empty_outbox_rows(conn, (o.c.provider == p) & (o.c.user_id == u))
         counts["fhir_outbox"] = deleted
-    return counts
+    return counts, erasure_id
 
 
 # -- the FHIR server -----------------------------------------------------------------------------
@@ -686,6 +685,7 @@ class ErasureReport:
     counts: dict[str, int] = field(default_factory=dict)  # rows per table, fhir_* figures
     server_pending: int = 0  # resources the server may still hold (outbox rows kept)
     server_error: str = ""
+    erasure_id: int | None = None  # the erasures row (the tombstone) of this request
 
     @property
     def complete(self) -> bool:
@@ -707,8 +707,9 @@ def erase_person(
     salt: bytes | None = None,
     record: bool = True,
 ) -> ErasureReport:
-    """Remove everything of the person (module docstring); `record`: add the `erasures` row
-    (the erasure job adds it itself, with Dagster's counts)."""
+    """Remove everything of the person (module docstring). Its erasures row (the tombstone) is
+    written with step 1; `record`: complete it with the counts and write the audit row (the
+    erasure job does that itself, with Dagster's counts: `record_erasure(erasure_id=...)`)."""
     for name, value in (("provider", provider), ("user_id", user_id)):
         if not isinstance(value, str) or not value:
             raise ValidationError(name, value, "a non-empty string")
@@ -717,7 +718,8 @@ def erase_person(
     person = Person(provider, user_id)
     salt = erasure_salt() if salt is None else salt
     report = ErasureReport(subject_hash(provider, user_id, salt=salt))
-    report.counts.update(_erase_rows(store, person))
+    counts, report.erasure_id = _erase_rows(store, person, report.subject, requested_by)
+    report.counts.update(counts)
     stripped = strip_partitions(store, output, person)
     server = _delete_on_server(store, fhir_client, person)
     report.counts["fhir_outbox"] += server.deleted
@@ -730,7 +732,15 @@ def erase_person(
     report.server_pending = server.pending
     report.server_error = server.error
     if record:
-        record_erasure(store, report.subject, requested_by, report.counts)
+        outcome = "ok" if report.complete else "partial"  # the FHIR server's copies are left
+        record_erasure(
+            store,
+            report.subject,
+            requested_by,
+            report.counts,
+            erasure_id=report.erasure_id,
+            outcome=outcome,
+        )
     return report
 
 

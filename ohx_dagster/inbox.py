@@ -12,13 +12,15 @@ reads only the pending ones.
 - UNIQUE(provider, event_key) is the dedup: a provider's retry of a delivery carries the same
   event key (see ohx_dagster/webhooks/notifications.py for how each provider's key is chosen) and
   inserts nothing (ON CONFLICT DO NOTHING).
+- Events of an erased person (a standing tombstone, ohx_dagster/identity.py) are not stored:
+  they count as duplicates, so the receiver acknowledges them and the provider stops retrying.
 - `after` seeks the (status, id) index: reading the next batch costs the same with 100 or
   100,000 pending rows, and dispatched rows are never scanned.
 """
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,6 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.identity import erasure_salt, subject_hash, tombstones
+from ohx_dagster.ids import check_id, check_user_id, excerpt
 from ohx_dagster.models import HealthDataType, require_aware
 from ohx_dagster.schema import INBOX_STATUSES, webhook_inbox
 from ohx_dagster.store import RecordStore
@@ -44,6 +48,8 @@ _ID_CHUNK: Final = 5_000
 # Any constant shared by every inbox writer: the PostgreSQL advisory lock that orders commits.
 _PG_INBOX_LOCK: Final = 0x0E1B0C5
 
+log = logging.getLogger("ohx_dagster.inbox")
+
 
 # What one inbox row can hold, checked by NewEvent before any database sees the event: a value
 # the database refused would fail the whole transaction, and the receiver commits concurrent
@@ -53,8 +59,6 @@ MAX_CHARS: Final = {
 }
 MAX_PAYLOAD_BYTES: Final = 256 * 1024  # the payload as stored (compact JSON, UTF-8)
 MAX_REASON_CHARS: Final = 1_000
-# C0 controls and DEL: PostgreSQL refuses NUL in text, and no provider id contains any of them.
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +83,16 @@ class NewEvent:
     ignored_reason: str | None = None
 
     def __post_init__(self) -> None:
-        for name, limit in MAX_CHARS.items():
-            _check_text(name, getattr(self, name), limit)
+        check_id("provider", self.provider, MAX_CHARS["provider"])
+        check_user_id(self.user_id)  # the rule every entry point applies (ohx_dagster/ids.py)
+        check_id("event_key", self.event_key, MAX_CHARS["event_key"])
         if self.data_type is not None:
             try:
                 object.__setattr__(self, "data_type", HealthDataType(self.data_type).value)
             except ValueError:
                 known = [t.value for t in HealthDataType]
                 expected = f"null or one of {known}"
-                raise ValidationError("data_type", _excerpt(self.data_type), expected) from None
+                raise ValidationError("data_type", excerpt(self.data_type), expected) from None
         if self.occurred_at is not None:
             require_aware("occurred_at", self.occurred_at)
         if not isinstance(self.payload, Mapping):
@@ -99,22 +104,7 @@ class NewEvent:
         if size > MAX_PAYLOAD_BYTES:
             raise ValidationError("payload", f"{size} bytes", f"<= {MAX_PAYLOAD_BYTES} bytes")
         if self.ignored_reason is not None:
-            _check_text("ignored_reason", self.ignored_reason, MAX_REASON_CHARS, controls=False)
-
-
-def _check_text(name: str, text: object, limit: int, *, controls: bool = True) -> None:
-    expected = f"a non-empty string of at most {limit} characters"
-    if not isinstance(text, str) or not text or len(text) > limit:
-        raise ValidationError(name, _excerpt(text), expected)
-    if "\x00" in text or (controls and _CONTROL.search(text)):
-        raise ValidationError(name, _excerpt(text), f"{expected}, without control characters")
-
-
-def _excerpt(value: object) -> object:
-    """The value for an error message: a long string cut to its first 40 characters."""
-    if isinstance(value, str) and len(value) > 40:
-        return f"{value[:40]}... ({len(value)} characters)"
-    return value
+            check_id("ignored_reason", self.ignored_reason, MAX_REASON_CHARS, controls=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +157,8 @@ class Inbox:
         )
         with self.store.write() as conn:
             self._serialize_writers(conn)
-            inserted = conn.execute(statement, rows).all()
+            rows = _without_erased(conn, rows)
+            inserted = conn.execute(statement, rows).all() if rows else []
         for provider, event_key in inserted:
             counts[owner[(provider, event_key)]] += 1
         return counts
@@ -277,6 +268,20 @@ def pending_after(cursor: int, limit: int) -> sa.Select[Any]:
         .order_by(t.c.id)
         .limit(limit)
     )
+
+
+def _without_erased(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of people whose erasure does not stand: an erased person's events are not
+    stored (the provider is answered as for a duplicate), counted in one log line, never named
+    (their tombstones: ohx_dagster/identity.py)."""
+    dead = tombstones(conn)
+    if not dead:
+        return rows
+    salt = erasure_salt()
+    kept = [r for r in rows if subject_hash(r["provider"], r["user_id"], salt=salt) not in dead]
+    if len(kept) < len(rows):
+        log.info("inbox: %d events of erased people not stored", len(rows) - len(kept))
+    return kept
 
 
 def _row(event: NewEvent, received_us: int) -> dict[str, Any]:

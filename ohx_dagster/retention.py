@@ -14,6 +14,9 @@ Per person, with cutoff = now - retention_days:
   are the index of which partitions hold the person, so they go last: a run that stops half-way
   resumes where it stopped.
 
+The audit log (ohx_dagster/audit.py) is not a person's data: its rows go by one period of their
+own, OHX_AUDIT_RETENTION (ohx_dagster/settings.py), whoever they are about.
+
 Only whole buckets go: an aggregate is deleted once its bucket ends before the cutoff, so a kept
 aggregate never summarises records that are already gone. A partition's files are cleaned once
 all of its content is older than the cutoff, so the files keep a day's data up to a day and a half
@@ -28,7 +31,7 @@ from datetime import date, datetime, timedelta
 
 import sqlalchemy as sa
 
-from ohx_dagster import db
+from ohx_dagster import audit, db
 from ohx_dagster.erasure import Person, empty_outbox_rows, strip_partitions
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.models import HealthSyncConfig, require_aware
@@ -50,6 +53,7 @@ class RetentionReport:
     fhir_partitions_rewritten: int = 0
     fhir_resources_removed: int = 0
     fhir_files_removed: int = 0
+    audit_rows_deleted: int = 0  # audit log rows older than OHX_AUDIT_RETENTION
     # Records deleted per "provider/user" (for callers; the Dagster op shows counts only).
     by_user: dict[str, int] = field(default_factory=dict)
 
@@ -114,12 +118,19 @@ def _expire_output(
 
 
 def apply_retention(
-    store: RecordStore, now: datetime, output: FhirOutput | None = None
+    store: RecordStore,
+    now: datetime,
+    output: FhirOutput | None = None,
+    *,
+    audit_retention: timedelta | None = None,
 ) -> RetentionReport:
     """Apply every person's retention period (module docstring); `output`: the FHIR bulk output
-    to clean as well (None: the store only)."""
+    to clean as well (None: the store only); `audit_retention`: delete audit log rows older than
+    that (OHX_AUDIT_RETENTION; None: keep them)."""
     now = require_aware("now", now)
     report = RetentionReport()
+    if audit_retention is not None:
+        report.audit_rows_deleted = audit.expire(store, to_us(now - audit_retention))
     for config in store.all_users():
         cutoff = now - timedelta(days=config.retention_days)
         records, buckets = store.delete_before(config.provider, config.user_id, cutoff)

@@ -324,5 +324,27 @@ erasures = sa.Table(
     sa.Column("requested_by", sa.String(128), nullable=False, default=""),
     sa.Column("erased_at_us", sa.BigInteger, nullable=False),
     sa.Column("counts", sa.Text, nullable=False),
+    # Empty: the row is a tombstone that keeps the subject out of every way in (sync discovery,
+    # connect, webhooks); set by `ohx users readmit` (ohx_dagster/identity.py).
+    sa.Column("readmitted_at_us", sa.BigInteger),
     sqlite_autoincrement=True,
 )
+sa.Index(None, erasures.c.subject_hash)
+
+# -- audit ----------------------------------------------------------------------------------------
+
+# Every staff action and data access, appended, never changed (ohx_dagster/audit.py); the person
+# only as their salted subject hash. Kept for OHX_AUDIT_RETENTION.
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("at_us", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("subject", sa.String(64), nullable=False, default=""),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+    sqlite_autoincrement=True,
+)
+sa.Index(None, audit_log.c.at_us)

@@ -22,7 +22,13 @@
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
 | OHX_EARLIEST_SAMPLE_DATE | 2000-01-01 | exports: samples before it or after tomorrow refused |
 | OHX_TOKEN_KEY | (unset) | Fernet key(s) encrypting provider OAuth tokens at rest |
+| OHX_AUDIT_RETENTION | 2190d | how long audit log rows are kept (`Nd`, days), see below |
 | OHX_{OURA,WITHINGS,GOOGLE_HEALTH}_* | (unset) | provider API sources: see providers/api.py |
+
+OHX_AUDIT_RETENTION: the daily retention job deletes audit log rows (ohx_dagster/audit.py) older
+than this. The default, 2190 days (six years), is the HIPAA retention of security documentation
+(45 CFR 164.316(b)(2)(i)), which hospitals apply to access logs too; an institution with a longer
+rule sets it (the rows hold salted hashes only, so keeping them longer keeps no personal data).
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ class Settings:
     # (source, seconds): OHX_MAX_SYNC_LAG, the lag the sync_status freshness checks allow
     # (ohx_dagster/sync_status.py; default per person: 2 x their sync interval + the horizon).
     max_lag_overrides: tuple[tuple[str, float], ...] = ()
+    # OHX_AUDIT_RETENTION (module docstring).
+    audit_retention: timedelta = timedelta(days=2190)
     # OHX_EARLIEST_SAMPLE_DATE: the file sources (exports) refuse samples dated before this UTC
     # day or after tomorrow, and count them. No wearable or home device stored data before
     # 2000, and a sample from 1900 or 9999 is a broken clock or a forged file: kept, it would
@@ -165,6 +173,7 @@ class Settings:
             horizon_overrides=_per_source_seconds(env, "OHX_RESYNC_HORIZON", minimum=0),
             max_lag_overrides=_per_source_seconds(env, "OHX_MAX_SYNC_LAG", minimum=1),
             earliest_sample=earliest_sample_date(env),
+            audit_retention=audit_retention(env),
         )
 
 
@@ -183,6 +192,24 @@ def earliest_sample_date(env: Mapping[str, str] | None = None) -> date:
             "first day a file's samples may be dated (default 2000-01-01)"
         )
     return found
+
+
+AUDIT_RETENTION_ENV: Final = "OHX_AUDIT_RETENTION"
+AUDIT_RETENTION_DEFAULT: Final = "2190d"
+
+
+def audit_retention(env: Mapping[str, str] | None = None) -> timedelta:
+    """OHX_AUDIT_RETENTION as a span: `N` days written `Nd` (N >= 1), default 2190d (module
+    docstring). Read alone by the retention job, which needs nothing else."""
+    env = os.environ if env is None else env
+    text = (env.get(AUDIT_RETENTION_ENV) or AUDIT_RETENTION_DEFAULT).strip()
+    number = text[:-1] if text.endswith("d") else ""
+    if not number.isdigit() or int(number) < 1:
+        raise ConfigError(
+            f"{AUDIT_RETENTION_ENV}={text!r}: expected a number of days >= 1 followed by d, "
+            f"e.g. {AUDIT_RETENTION_DEFAULT} (six years, the default)"
+        )
+    return timedelta(days=int(number))
 
 
 def _zone(env: Mapping[str, str], name: str) -> str:

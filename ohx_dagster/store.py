@@ -110,9 +110,16 @@ class RecordStore:
 
     # -- people --------------------------------------------------------------------------------
 
-    def upsert_user(self, config: HealthSyncConfig, *, connected: bool = True) -> None:
+    def upsert_user(
+        self, config: HealthSyncConfig, *, connected: bool = True, conn: Connection | None = None
+    ) -> None:
         """Register or (re)connect a person: reconnecting makes them active again and forgets the
-        types the provider refused (the person may have granted them this time)."""
+        types the provider refused (the person may have granted them this time). `conn`: in the
+        caller's transaction (connect_user: under the person's lock, after its checks)."""
+        if conn is None:
+            with self.write() as own:
+                self.upsert_user(config, connected=connected, conn=own)
+            return
         row = {
             "provider": config.provider,
             "user_id": config.user_id,
@@ -124,20 +131,19 @@ class RecordStore:
             "state_at_us": now_us(),
         }
         statement = self._insert(users)
-        with self.write() as conn:
-            # Reconnecting or editing a config keeps the original connection time.
-            conn.execute(
-                statement.on_conflict_do_update(
-                    index_elements=["provider", "user_id"],
-                    set_={
-                        name: statement.excluded[name]
-                        for name in ("config", "connected", "state", "state_reason", "state_at_us")
-                    },
-                ),
-                [row],
-            )
-            if connected:
-                self._clear_refusals(conn, config.provider, config.user_id)
+        # Reconnecting or editing a config keeps the original connection time.
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["provider", "user_id"],
+                set_={
+                    name: statement.excluded[name]
+                    for name in ("config", "connected", "state", "state_reason", "state_at_us")
+                },
+            ),
+            [row],
+        )
+        if connected:
+            self._clear_refusals(conn, config.provider, config.user_id)
 
     def add_users(self, configs: Iterable[HealthSyncConfig]) -> int:
         """Register people not yet known; known people keep their (possibly edited) config."""

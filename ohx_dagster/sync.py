@@ -25,6 +25,7 @@ import pandas as pd
 
 from ohx_dagster.coverage import Interval, gaps
 from ohx_dagster.errors import NeedsReauthorization, OhxError, ProviderError, RateLimited
+from ohx_dagster.identity import admitted
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import Event, FetchResult, HealthSource
 from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
@@ -58,6 +59,8 @@ class SyncReport:
     # Quality of what was fetched (the raw asset's checks): implausible values per type, and
     # ECG recordings / RR sessions without heart rate around them.
     implausible: dict[str, int] = field(default_factory=dict)
+    # People the source offered whose erasure stands (counted only: their ids are not kept).
+    erased_left_out: int = 0
     unlinked: list[str] = field(default_factory=list)
     supported_types: frozenset[HealthDataType] = frozenset()
 
@@ -171,7 +174,9 @@ def sync_partition(
     report = SyncReport(source.name, kind.value, days, supported_types=source.supported_types)
     if kind is SyncStrategy.REFRESH:
         return report
-    store.add_users(source.discover_users())
+    # Erased people stay out (their tombstones, ohx_dagster/identity.py), counted, not named.
+    discovered, report.erased_left_out = admitted(store, source.discover_users())
+    store.add_users(discovered)
     wanted = None if user_ids is None else frozenset(user_ids)
     people = _selected(
         store, source, user_ids=wanted, select=select, shard=shard, days=days, report=report

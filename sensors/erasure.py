@@ -332,12 +332,16 @@ def erase_person_op(
     )
     dagster.add(later)
     counts = {**report.counts, **dagster.counts(), "fhir_server_pending": report.server_pending}
-    record_erasure(record_store, subject, config.requested_by, counts)
+    incomplete = not report.complete or dagster.runs_active
+    record_erasure(
+        record_store, subject, config.requested_by, counts,
+        erasure_id=report.erasure_id, outcome="partial" if incomplete else "ok",
+    )  # fmt: skip
     context.log.info(
         f"subject {subject[:12]}... erased: {report.total} rows and resources, "
         f"{dagster.runs_deleted} runs"
     )
-    if not report.complete or dagster.runs_active:
+    if incomplete:
         problem = report.server_error or (
             "no FHIR server is configured" if client is None else "runs still active"
         )

@@ -1,5 +1,6 @@
 """Daily retention: remove what is older than each person's retention period, everywhere it lives
-(records, aggregates, coverage, inbox payloads, outbox rows, FHIR files: ohx_dagster/retention.py).
+(records, aggregates, coverage, inbox payloads, outbox rows, FHIR files: ohx_dagster/retention.py),
+and audit log rows older than OHX_AUDIT_RETENTION.
 The metadata counts only: Dagster keeps it forever and it must never name a person."""
 
 from datetime import UTC, datetime
@@ -7,18 +8,21 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from ohx_dagster.retention import apply_retention
+from ohx_dagster.settings import audit_retention
 from resources import FhirOutputResource, RecordStoreResource
 
 
 @dg.op(
     description="Remove each person's data older than their retention_days: records, aggregates, "
     "coverage, webhook payloads, outbox rows, and their resources in the FHIR files of "
-    "the day partitions past it."
+    "the day partitions past it; and audit log rows older than OHX_AUDIT_RETENTION."
 )
 def delete_expired_records(
     context: dg.OpExecutionContext, store: RecordStoreResource, output: FhirOutputResource
 ) -> dg.Output[dict[str, int]]:
-    report = apply_retention(store.get_store(), datetime.now(UTC), output.get())
+    report = apply_retention(
+        store.get_store(), datetime.now(UTC), output.get(), audit_retention=audit_retention()
+    )
     counts = {
         "users": report.users,
         "people_trimmed": len(report.by_user),
@@ -31,6 +35,7 @@ def delete_expired_records(
         "fhir_partitions_rewritten": report.fhir_partitions_rewritten,
         "fhir_resources_removed": report.fhir_resources_removed,
         "fhir_files_removed": report.fhir_files_removed,
+        "audit_rows_deleted": report.audit_rows_deleted,
     }
     context.log.info(
         f"retention: {report.records_deleted} records, {report.aggregates_deleted} aggregates, "

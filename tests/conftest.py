@@ -27,6 +27,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def erasure_salt(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A known salt for every test (subjects in the audit log, tombstones), so that no test
+    writes the installation's salt file under the home directory (ohx_dagster/identity.py)."""
+    salt = "test-salt-0123456789abcdef"
+    monkeypatch.setenv("OHX_ERASURE_SALT", salt)
+    return salt
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data sets (Fitabase, Apple Health, Polar H10); a missing folder is a failure."""

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 
 from ohx_dagster.errors import ConfigError
+from ohx_dagster.identity import erasure_salt, patient_subject, subject_hash
 from ohx_dagster.models import SyncFrequency
 from ohx_dagster.providers.connect import (
     STATE_TTL,
@@ -250,7 +251,9 @@ def test_connecting_stores_encrypted_tokens_and_registers_the_user(
 
         assert done.status_code == 200, done.text
         user_id = USER_IDS[provider]
-        assert done.json()["user_id"] == user_id and done.json()["patient"] == "pat-42"
+        # The answer names the account by its salted subject, never by the ids.
+        assert done.json()["subject"] == subject_hash(provider, user_id, salt=erasure_salt())
+        assert user_id not in done.text and "pat-42" not in done.text
         exchange = providers.api.calls_to(TOKEN_PATHS[provider])[-1].form
         assert exchange["redirect_uri"] == f"{PUBLIC}/oauth/{provider}/callback"
         assert ("code_verifier" in exchange) == (provider == "google_health")
@@ -283,7 +286,8 @@ def test_the_connected_page_is_html_by_default(receiver: Receiver) -> None:
     page = receiver.http.get(receiver.consent(started.headers["location"]))
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert "<h1>Connected</h1>" in page.text and "pat-1" in page.text
+    assert "<h1>Connected</h1>" in page.text and "pat-1" not in page.text
+    assert patient_subject("pat-1", salt=erasure_salt())[:12] in page.text
 
 
 # -- refused states and people ---------------------------------------------------------------
@@ -458,3 +462,48 @@ def test_configuration_errors_name_the_variable(
     monkeypatch.delenv("OHX_TOKEN_KEY", raising=False)
     with pytest.raises(ConfigError, match="OHX_TOKEN_KEY"):
         create_app(sqlite_store, WebhookSecrets(), connect=config)
+
+
+# -- one account, one patient; the provider's id ------------------------------------------------
+
+
+def test_an_account_connected_for_one_patient_is_refused_for_another(
+    store: RecordStore, providers: FakeProviders, token_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="ohx_dagster")
+    with serve(store, providers, providers.env()) as url, httpx.Client(timeout=10) as http:
+        receiver = Receiver(url, store, providers, http)
+        _, first = receiver.connect("oura", patient="pat-A")
+        assert first.status_code == 200, first.text
+        before = stored(store)
+        # The same person signs in while a link for another patient is open.
+        _, refused = receiver.connect("oura", patient="pat-B")
+        assert refused.status_code == 409, refused.text
+        detail = refused.json()["detail"]
+        salt = erasure_salt()
+        assert subject_hash("oura", USER_IDS["oura"], salt=salt)[:12] in detail
+        assert patient_subject("pat-A", salt=salt)[:12] in detail
+        assert patient_subject("pat-B", salt=salt)[:12] in detail
+        assert "ohx users relink" in detail
+        for clear in (USER_IDS["oura"], "pat-A", "pat-B"):
+            assert clear not in refused.text
+        assert stored(store) == before  # tokens and users row as they were
+        assert store.user("oura", USER_IDS["oura"]).fhir_patient_id == "pat-A"
+        # The same patient again is a reconnection.
+        _, again = receiver.connect("oura", patient="pat-A")
+        assert again.status_code == 200
+    assert "409 /oauth/oura/callback" in caplog.text
+    for clear in (USER_IDS["oura"], "pat-A", "pat-B"):
+        assert clear not in caplog.text  # the log names subjects only
+
+
+@pytest.mark.parametrize("user_id", ["x" * 10_000, "a\nb", "nul\x00", ""])
+def test_a_provider_user_id_the_receiver_would_refuse_is_refused_here_too(
+    receiver: Receiver, user_id: str
+) -> None:
+    receiver.providers.api.queue(
+        "/v2/usercollection/personal_info", answer(200, {"id": user_id, "age": 41})
+    )
+    _, done = receiver.connect("oura")
+    assert done.status_code == 502, done.text
+    assert stored(receiver.store) == ([], [])

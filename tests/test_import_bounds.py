@@ -301,6 +301,25 @@ def test_polar_samples_outside_are_refused(shared_data: Path) -> None:
     assert early.refused.total == len(today.records) > 0 and today.refused.total == 0
 
 
+def test_a_polar_sensor_logger_time_of_9999_is_refused_not_a_traceback(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """The real recording written as Sensor Logger files (tests/test_providers_polar.py), one HR
+    row's phone time made 9999-12-31 23:00 in America/Chicago: an instant of the year 10000."""
+    from test_providers_polar import H10, ZONE, write_sensor_logger
+
+    files = write_sensor_logger(pd.read_csv(shared_data / "polar-h10" / "polar_h10.csv"), tmp_path)
+    rows = files["HR"].read_text().splitlines()
+    assert rows[5].startswith("2024-05-05T")
+    rows[5] = "9999-12-31T23:00:00.000" + rows[5][23:]
+    files["HR"].write_text("\n".join(rows) + "\n")
+    source = PolarFileSource(tmp_path, timezone=ZONE, dates=WINDOW)
+    hr = source.records[source.records["data_type"] == "heart_rate"]
+    assert len(hr) == len(rows) - 2  # the header and the refused row
+    assert source.refused.by_type == {"heart_rate": 1}
+    assert f"{H10}_HR.txt line 6" in source.refused.line()
+
+
 # -- memory: zip bombs and files without line breaks -----------------------------------------------
 
 

@@ -3,7 +3,8 @@
 | command | module |
 |---|---|
 | ohx status [--provider P] [--person ID] [--all] [--json] | status.py |
-| ohx users list / show / disconnect / delete | users.py |
+| ohx users list / show / disconnect / delete / relink / readmit | users.py |
+| ohx audit [--since] [--action] [--json] | audit.py |
 | ohx connect <provider> --patient ID | connect.py |
 | ohx import apple-health / fitabase | imports.py |
 | ohx doctor | doctor.py |
@@ -29,7 +30,7 @@ from typing import Any, Final
 
 import click
 
-from ohx_dagster.cli import common, connect, db, dev, doctor, fhir, imports, status, users
+from ohx_dagster.cli import audit, common, connect, db, dev, doctor, fhir, imports, status, users
 from ohx_dagster.errors import OhxError
 
 
@@ -120,6 +121,7 @@ def cli(debug: bool) -> None:
 for command in (
     status.status,
     users.users,
+    audit.audit,
     connect.connect,
     imports.import_,
     doctor.doctor,

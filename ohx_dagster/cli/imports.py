@@ -148,6 +148,10 @@ def sync_file(
         if progress is not None:
             progress(chunk[0], chunk[-1])
     outcome.people -= set(outcome.failures) | set(outcome.people_skipped)
+    from ohx_dagster.audit import record_import  # who imported whom, for `ohx audit`
+
+    records, span = sum(outcome.imported.values()), len(days)
+    record_import(store, source.name, outcome.people, outcome.failures, records=records, days=span)
     return outcome
 
 

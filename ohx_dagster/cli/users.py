@@ -5,7 +5,12 @@
   last failure per type, stored OAuth tokens (scope and expiry only), webhook subscriptions.
 - `disconnect <provider> <user_id>`: no run calls the provider for them any more; their data is
   kept (retention still applies) and connecting again makes them active.
-- `delete <provider> <user_id> --yes`: erases the person (ohx_dagster.erasure.erase_person).
+- `delete <provider> <user_id> --yes`: erases the person (ohx_dagster.erasure.erase_person);
+  their tombstone keeps them out of every later sync, connection and webhook.
+- `relink <provider> <user_id> --patient ID --reason .. --actor ..`: moves an account to another
+  patient and republishes its history under them (ohx_dagster.identity.relink), audited.
+- `readmit <provider> <user_id> --reason .. --actor ..`: lifts an erased person's tombstone,
+  audited.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import click
 from ohx_dagster import times
 from ohx_dagster.cli import common
 from ohx_dagster.errors import OhxError
+from ohx_dagster.ids import check_user_id
 
 if TYPE_CHECKING:
     from ohx_dagster.store import PersonRow, RecordStore
@@ -332,8 +338,9 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
             f"(or `ohx users disconnect {provider} {user_id}` to stop syncing and keep the data)"
         )
     from ohx_dagster.fhir.output import FhirOutput
-    from ohx_dagster.settings import Settings
+    from ohx_dagster.settings import FILE_SOURCES, Settings
 
+    check_user_id(user_id, "USER_ID")
     store = common.open_store(ctx)
     erasure = _erasure()
     if store.person(provider, user_id) is None and not erasure.remaining_rows(
@@ -355,7 +362,17 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
     )
     counts = ", ".join(f"{name} {n}" for name, n in sorted(report.counts.items()) if n)
     click.echo(f"{provider} {user_id} erased: {counts or 'nothing was left'}")
-    click.echo(f"recorded in erasures as subject {report.subject}")
+    click.echo(
+        f"recorded in erasures and the audit log as subject {report.subject}: no later sync, "
+        f"connection or webhook stores them again until `ohx users readmit {provider} "
+        f"{user_id}`"
+    )
+    if provider in FILE_SOURCES:
+        click.echo(
+            f"{provider} reads export files: their data is still in the export itself. Purge "
+            "it there (delete their files or rows from the export folder), or it comes back "
+            "the day they are re-admitted."
+        )
     click.echo(
         "Dagster's run history is not touched here: the erase_person_job erases the runs that "
         f"name them (`python -m ohx_dagster.erasure subject --provider {provider} --user "
@@ -373,3 +390,94 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
             f"({report.server_error or 'no FHIR server client'}): run this command again once "
             "OHX_FHIR_SERVER_URL answers"
         )
+
+
+def _known_provider(provider: str) -> str:
+    from ohx_dagster.settings import KNOWN_SOURCES
+
+    if provider not in KNOWN_SOURCES:
+        raise click.BadParameter(
+            f"{provider!r}: expected one of {', '.join(KNOWN_SOURCES)}", param_hint="PROVIDER"
+        )
+    return provider
+
+
+def _said(text: str, what: str) -> str:
+    """A --reason or --actor: something, on one line."""
+    text = " ".join(text.split())
+    if not text:
+        raise click.BadParameter("must not be empty", param_hint=what)
+    return text
+
+
+@users.command("relink")
+@click.argument("provider")
+@click.argument("user_id")
+@click.option("--patient", required=True, help="The FHIR Patient id the account belongs to.")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--actor", required=True, help="Who decided (kept in the audit log).")
+@click.pass_context
+def relink(
+    ctx: click.Context, provider: str, user_id: str, patient: str, reason: str, actor: str
+) -> None:
+    """Move an account to another patient: the connect flow refuses that, staff decide it here.
+    Every stored day of the person is published again under the new patient by Dagster's
+    republish_sensor; who, when and why go to the audit log."""
+    from ohx_dagster import identity
+    from ohx_dagster.ids import check_patient_id
+
+    _known_provider(provider)
+    check_user_id(user_id, "USER_ID")
+    check_patient_id(patient, "--patient")
+    reason, actor = _said(reason, "--reason"), _said(actor, "--actor")
+    store = common.open_store(ctx)
+    salt = identity.erasure_salt()
+    with store.write() as conn:
+        moved = identity.relink(
+            conn, provider, user_id, patient, actor=actor, reason=reason, salt=salt
+        )
+    if moved is None:
+        _person(store, provider, user_id)  # raises UnknownPerson
+        return
+    if moved.old_patient == moved.new_patient:
+        click.echo(f"{provider} {user_id} is already linked to patient {patient}: nothing changed")
+        return
+    click.echo(
+        f"{provider} {user_id} moved to patient {patient} (from patient subject "
+        f"{identity.short(moved.old_patient)}); recorded in the audit log as subject "
+        f"{identity.short(moved.subject)} by {actor}"
+    )
+    click.echo(
+        f"{moved.days} stored days marked changed: the running Dagster's republish_sensor "
+        "publishes them again under the new patient"
+    )
+
+
+@users.command("readmit")
+@click.argument("provider")
+@click.argument("user_id")
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--actor", required=True, help="Who decided (kept in the audit log).")
+@click.pass_context
+def readmit(ctx: click.Context, provider: str, user_id: str, reason: str, actor: str) -> None:
+    """Let an erased person in again: their erasure's tombstone is lifted, so the next sync of
+    their source, connection or webhook stores their data again."""
+    from ohx_dagster import identity
+
+    _known_provider(provider)
+    check_user_id(user_id, "USER_ID")
+    reason, actor = _said(reason, "--reason"), _said(actor, "--actor")
+    store = common.open_store(ctx)
+    with store.write() as conn:
+        lifted = identity.readmit(
+            conn, provider, user_id, actor=actor, reason=reason, salt=identity.erasure_salt()
+        )
+    if not lifted:
+        raise OhxError(
+            f"{provider} {user_id} has no erasure standing (never erased, or re-admitted "
+            "already): nothing to re-admit"
+        )
+    click.echo(
+        f"{provider} {user_id} re-admitted ({lifted} erasure(s) lifted, recorded in the audit "
+        f"log by {actor}): the next sync, connection or webhook brings them back"
+    )

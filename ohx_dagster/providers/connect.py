@@ -38,7 +38,6 @@ import base64
 import hashlib
 import logging
 import os
-import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,6 +50,8 @@ import orjson
 import sqlalchemy as sa
 
 from ohx_dagster.errors import ConfigError, OhxError, ProviderError, ValidationError
+from ohx_dagster.identity import erasure_salt, short, subject_hash
+from ohx_dagster.ids import check_patient_id, check_user_id
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSettings
@@ -70,8 +71,6 @@ from ohx_dagster.times import to_us
 REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
 STATE_TTL: Final = timedelta(minutes=10)
 EXCHANGE_TIMEOUT_S: Final = 30.0
-# FHIR R5 `id`: 1-64 of [A-Za-z0-9-.].
-FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 log = logging.getLogger("ohx_dagster.providers.connect")
 # Called with the provider's settings and the registered user once a connection is stored (the
@@ -154,8 +153,7 @@ def sync_config(
     user_id: str = "(pending)",
 ) -> HealthSyncConfig:
     """The config to register; raises ValidationError naming a bad field."""
-    if not FHIR_ID.fullmatch(fhir_patient_id or ""):
-        raise ValidationError("patient", fhir_patient_id, "a FHIR id: 1-64 of A-Z a-z 0-9 - .")
+    check_patient_id(fhir_patient_id)
     return HealthSyncConfig(
         user_id=user_id,
         provider=provider,
@@ -282,13 +280,23 @@ class ConnectFlow:
             raise ConnectRefused(f"{provider}: the callback has neither code nor error")
         tokens, body = self._exchange(settings, code, verifier)
         user_id = self._provider_user_id(settings, tokens, body)
+        try:
+            check_user_id(user_id)  # the rule of every way in (ohx_dagster/ids.py)
+        except ValidationError as exc:
+            raise ProviderError(
+                f"{provider}: the provider's user id is not usable ({exc.expected})"
+            ) from None
         config = HealthSyncConfig.from_json({**template, "user_id": user_id})
         config = connect_user(self.store, provider, user_id, tokens, config, key=self.token_key)
         if self.after_connect is not None:
             try:
                 self.after_connect(settings, config)
             except Exception:
-                log.exception("%s user %r: after-connect step failed", provider, user_id)
+                log.exception(
+                    "%s account %s: after-connect step failed",
+                    provider,
+                    short(subject_hash(provider, user_id, salt=erasure_salt())),
+                )
         return config
 
     def _exchange(

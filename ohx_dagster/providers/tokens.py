@@ -40,9 +40,11 @@ from typing import Any, Final
 import orjson
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy.engine import Connection
 
-from ohx_dagster import db
+from ohx_dagster import audit, db, identity
 from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError
+from ohx_dagster.ids import check_provider_name, check_user_id
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.http import ApiClient, HttpStatusError, decode_json
@@ -195,9 +197,16 @@ class TokenStore:
         expires = None if row.expires_at_us is None else from_us(row.expires_at_us)
         return OAuthTokens(secret["access"], secret["refresh"], expires, row.scope)
 
-    def save(self, provider: str, user_id: str, tokens: OAuthTokens) -> None:
-        with self.store.write() as conn:
-            self.store.upsert(conn, oauth_tokens, [self._row(provider, user_id, tokens)])
+    def save(
+        self, provider: str, user_id: str, tokens: OAuthTokens, *, conn: Connection | None = None
+    ) -> None:
+        """Store the person's tokens (`conn`: in the caller's transaction)."""
+        row = self._row(provider, user_id, tokens)
+        if conn is not None:
+            self.store.upsert(conn, oauth_tokens, [row])
+            return
+        with self.store.write() as own:
+            self.store.upsert(own, oauth_tokens, [row])
 
     def load(self, provider: str, user_id: str) -> OAuthTokens | None:
         t = oauth_tokens
@@ -389,15 +398,50 @@ def connect_user(
     config: HealthSyncConfig | None = None,
     *,
     key: str | None = None,
+    actor: str = "connect flow",
+    salt: bytes | None = None,
 ) -> HealthSyncConfig:
-    """Store a newly authorized user's tokens, then register their sync config (the new-user
-    sensor then backfills their lookback window). Reconnecting replaces the tokens."""
+    """Store a newly authorized user's tokens and register their sync config, in one
+    transaction under the person's lock (the new-user sensor, which backfills the user's
+    lookback window, never sees a user without tokens). Reconnecting replaces the tokens.
+
+    Refused, with nothing stored (ohx_dagster/identity.py): an id the receiver would refuse
+    (ValidationError), an erased person who was not re-admitted (Erased), an account connected
+    for another patient (LinkConflict: moving it is `ohx users relink`). Every outcome is
+    written to the audit log, the person as their salted subject."""
     config = config or HealthSyncConfig(user_id=user_id, provider=provider)
     if (config.provider, config.user_id) != (provider, user_id):
         raise ConfigError(
             f"connect_user({provider!r}, {user_id!r}): the config is for "
             f"({config.provider!r}, {config.user_id!r})"
         )
-    TokenStore(store, key=key).save(provider, user_id, tokens)
-    store.upsert_user(config)
+    check_provider_name(provider)
+    check_user_id(user_id)
+    salt = identity.erasure_salt() if salt is None else salt
+    subject = identity.subject_hash(provider, user_id, salt=salt)
+    patient = identity.short(identity.patient_subject(config.fhir_patient_id, salt=salt))
+    token_store = TokenStore(store, key=key)
+    try:
+        with store.write() as conn:
+            db.lock(conn, "person", provider, user_id)
+            identity.check_admission(conn, config, salt=salt)
+            token_store.save(provider, user_id, tokens, conn=conn)
+            store.upsert_user(config, conn=conn)
+            audit.record(
+                conn,
+                actor=actor,
+                action="connect",
+                subject=subject,
+                detail=f"provider {provider}; patient {patient}",
+            )
+    except (identity.Erased, identity.LinkConflict) as refused:
+        audit.record(
+            store,
+            actor=actor,
+            action="connect",
+            subject=subject,
+            outcome="refused",
+            detail=f"provider {provider}; {refused}",
+        )
+        raise
     return config

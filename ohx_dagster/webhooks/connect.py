@@ -5,8 +5,12 @@
   or `?token=<t>` -> 302 to the provider's consent page. 401 without the right token (compared in
   constant time), 404 for a provider whose OAuth client is not configured, 400 naming a bad field.
 - GET /oauth/<provider>/callback?code=..&state=.. (the provider's redirect) -> 200 "connected"
-  page; 400 for an unknown, used or expired state or a denial (`error=access_denied`); 502 when
-  the provider's token endpoint fails. Only a 200 stores anything.
+  page; 400 for an unknown, used or expired state or a denial (`error=access_denied`); 409 for
+  an account already connected for another patient (staff move it with `ohx users relink`) or
+  one whose erasure stands (`ohx users readmit`); 502 when the provider's token endpoint fails
+  or its user id is not one the receiver accepts. Only a 200 stores anything. Answers and log
+  lines name the account and the patient by their salted subjects (ohx_dagster/identity.py),
+  never by id.
 
 Pages are small HTML, or JSON when the request accepts application/json. None is cached, and no
 page sends a Referer onward (the start URL may carry the token).
@@ -38,6 +42,14 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from ohx_dagster.errors import ConfigError, ProviderError, ValidationError
+from ohx_dagster.identity import (
+    Erased,
+    LinkConflict,
+    erasure_salt,
+    patient_subject,
+    short,
+    subject_hash,
+)
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.connect import ConnectFlow, ConnectRefused, ConnectSettings
 from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_after_connect
@@ -150,22 +162,28 @@ def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
         except ConnectRefused as exc:
             log.info("400 /oauth/%s/callback: %s", provider, exc)
             return _page(request, 400, "Not connected", str(exc))
+        except (LinkConflict, Erased) as exc:
+            # The message names the account and the patients by their salted subjects only.
+            log.warning("409 /oauth/%s/callback: %s", provider, exc)
+            return _page(request, 409, "Not connected", str(exc))
         except ProviderError as exc:
             log.error("502 /oauth/%s/callback: %s", provider, exc)
             return _page(request, 502, "Not connected", f"the provider failed: {exc}")
         except ConfigError as exc:
             log.error("500 /oauth/%s/callback: %s", provider, exc)
             return _page(request, 500, "Not connected", "server configuration error")
-        log.info("connected %s user %s (patient %s)", provider, user.user_id, user.fhir_patient_id)
+        salt = erasure_salt()
+        subject = subject_hash(provider, user.user_id, salt=salt)
+        patient = short(patient_subject(user.fhir_patient_id, salt=salt))
+        log.info("connected %s account %s (patient %s)", provider, short(subject), patient)
         return _page(
             request,
             200,
             "Connected",
-            f"{provider} account connected for patient {user.fhir_patient_id}; "
-            "its history is being synchronized",
+            f"{provider} account {short(subject)} connected for the patient this link was made "
+            f"for ({patient}); its history is being synchronized",
             provider=provider,
-            user_id=user.user_id,
-            patient=user.fhir_patient_id,
+            subject=subject,
         )
 
     return [

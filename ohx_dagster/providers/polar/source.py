@@ -320,6 +320,7 @@ class PolarFileSource(ReadOnce):
         if stream_name == "ECG":
             stream = read_ecg(logged.path)
             summary.rows["ECG"] += len(stream.lines)
+            stream = self._near_dates(stream, "ecg")
             local = localize(stream, self.timezone)
             return self._ecg(stream, "uV", "ecg [uV]", common, summary, local.times)
         if stream_name == "HR":
@@ -329,11 +330,12 @@ class PolarFileSource(ReadOnce):
             summary.not_stored.update(heart_rate.extra)
             contact = stream.values != 0
             summary.no_contact += int((~contact).sum())
-            stream = localize(stream.where(contact), self.timezone)
+            stream = localize(self._near_dates(stream.where(contact), "heart_rate"), self.timezone)
             kind, unit, column, times = HealthDataType.HEART_RATE, "bpm", "HR [bpm]", None
         else:
-            stream = localize(read_rr(logged.path), self.timezone)
+            stream = read_rr(logged.path)
             summary.rows["RR"] += len(stream.lines)
+            stream = localize(self._near_dates(stream, "rr_intervals"), self.timezone)
             kind, unit, column = HealthDataType.RR_INTERVALS, "ms", "RR-interval [ms]"
             times = _notification_times(stream)
         values = _check_range(stream, kind, unit, column)
@@ -346,6 +348,22 @@ class PolarFileSource(ReadOnce):
                 unit=kind.canonical_unit,
             )
         ]
+
+    def _near_dates(self, stream: Stream, kind: str) -> Stream:
+        """The rows whose phone time lies within a day of the plausible dates; the others are
+        refused before they are localized (9999-12-31 23:00 in a zone west of UTC is an instant
+        of the year 10000, which no zone library can name). The exact cut is made in UTC."""
+        dates, margin = self.refused.dates, pd.Timedelta(days=1)
+        far = np.asarray(
+            (stream.times < pd.Timestamp(dates.earliest) - margin)
+            | (stream.times >= pd.Timestamp(dates.latest) + 2 * margin)
+        )
+        if not far.any():
+            return stream
+        row = int(np.flatnonzero(far)[0])
+        example = f"{stream.times[row]} ({stream.path.name} line {stream.lines[row]})"
+        self.refused.add(kind, int(far.sum()), example)
+        return stream.where(~far)
 
     def _ecg(
         self,

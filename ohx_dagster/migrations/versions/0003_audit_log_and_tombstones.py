@@ -1,0 +1,44 @@
+"""The audit log (every staff action and data access, the person as a salted hash) and erasure
+tombstones: `erasures.readmitted_at_us` (empty: the subject stays out until re-admitted) and an
+index on the subject hash, which every way in looks up.
+
+Data: existing erasures become tombstones (readmitted_at_us empty), as they were meant.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-06
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "audit_log",
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column("at_us", sa.BigInteger, nullable=False),
+        sa.Column("actor", sa.String(128), nullable=False),
+        sa.Column("action", sa.String(32), nullable=False),
+        sa.Column("subject", sa.String(64), nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_audit_log_at_us", "audit_log", ["at_us"])
+    with op.batch_alter_table("erasures") as batch:
+        batch.add_column(sa.Column("readmitted_at_us", sa.BigInteger))
+    op.create_index("ix_erasures_subject_hash", "erasures", ["subject_hash"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_erasures_subject_hash", table_name="erasures")
+    with op.batch_alter_table("erasures") as batch:
+        batch.drop_column("readmitted_at_us")
+    op.drop_index("ix_audit_log_at_us", table_name="audit_log")
+    op.drop_table("audit_log")
