@@ -238,7 +238,8 @@ def run_long(command: str, cwd: Path, env: dict[str, str], log: Path) -> None:
             process.wait()
     assert code in (0, 130, -signal.SIGINT), f"`{command}` ended with {code}:\n{tail(log)}"
     text = log.read_text(errors="replace")
-    assert "simulated users:" in text and "Dagster UI: http://127.0.0.1:" in text, tail(log)
+    assert "simulated users:" in text and "UI at http://127.0.0.1:" in text, tail(log)
+    assert text.rstrip().endswith("stopped") and "Traceback" not in text, tail(log)
 
 
 def run_block(block: list[str], cwd: Path, env: dict[str, str], log: Path) -> str:

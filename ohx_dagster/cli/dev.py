@@ -6,8 +6,20 @@
 2. OHX_HOME (default ./.ohx) and DAGSTER_HOME (default $OHX_HOME/dagster, given deploy/dagster.yaml
    on first start); the simulated users are seeded into the store.
 3. The webhook receiver on 127.0.0.1:$OHX_WEBHOOK_PORT (awaited until /healthz answers), the
-   simulator posting a signed webhook every minute, and `dagster dev` (UI + daemon) on
-   127.0.0.1:$OHX_UI_PORT. Ctrl-C stops them all.
+   simulator posting a signed webhook every minute, and `dagster dev` (webserver, daemon, code
+   server) on 127.0.0.1:$OHX_UI_PORT; "UI at http://..." once the webserver answers.
+
+What it says: a line per step from the first second, then one line per run start and end (read
+from the Dagster instance) and the warnings and errors of the services and runs, one line each.
+Everything the services print goes to $OHX_HOME/logs/<service>.log (`dagster dev` logs at its
+`--log-level info` there, runs' event logs included); `--verbose` shows those lines on the console
+too.
+
+Stopping: SIGINT (Ctrl-C) or SIGTERM. Each service runs in a process group of its own, so a
+Ctrl-C in the terminal reaches `ohx dev` only (no service prints its own KeyboardInterrupt
+traceback); `ohx dev` then sends SIGTERM to each service (`dagster dev` shuts its webserver, daemon
+and code server down itself), waits for them, ends what is left of each group (SIGTERM, then
+SIGKILL), and prints one line: "stopped".
 
 The simulated webhook secret is a fresh random one per start, handed to the receiver and the
 simulator through their environment only.
@@ -15,8 +27,10 @@ simulator through their environment only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -25,8 +39,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import click
 
@@ -37,10 +53,14 @@ PORTS: Final = (
     ("OHX_UI_PORT", 3000, "the Dagster UI"),
     ("OHX_WEBHOOK_PORT", 8787, "the webhook receiver"),
 )
-RECEIVER_START_S: Final = 30.0
-STOP_WAIT_S: Final = 10.0
+RECEIVER_START_S: Final = 60.0
+# `dagster dev` imports the code location before the webserver answers: minutes on a busy machine.
+UI_START_S: Final = 900.0
+STOP_WAIT_S: Final = 30.0
+GROUP_WAIT_S: Final = 10.0
+TICK_S: Final = 0.5
+LINE_CHARS: Final = 240
 CHECKOUT: Final = Path(__file__).resolve().parents[2]
-
 # deploy/dagster.yaml and workspace.yaml of the checkout, for an installed wheel that has neither
 # (tests/test_cli.py keeps these copies equal to the files).
 DAGSTER_YAML: Final = """\
@@ -130,67 +150,303 @@ def _dagster() -> str:
     return found
 
 
-def _await_receiver(process: subprocess.Popen, port: int) -> None:
+def say(line: str) -> None:
+    click.echo(line)
+
+
+# -- stopping ----------------------------------------------------------------------------------
+
+
+class Stopper:
+    """SIGINT and SIGTERM set a flag the loops read: no KeyboardInterrupt unwinds half-way
+    through a start or a stop."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._received)
+
+    def _received(self, number: int, frame: object) -> None:
+        self.signal = number
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_group(group: int, seconds: float) -> bool:
+    """Whether every process of the group is gone within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while _group_alive(group):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _signal_group(group: int, number: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, number)
+
+
+# -- the services and their logs ------------------------------------------------------------------
+
+ANSI: Final = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# A service's warning or error line: Dagster's "... - WARNING - ...", uvicorn's "WARNING:  ...",
+# the simulator's "WARNING name: ...".
+PROBLEM: Final = re.compile(r"(^| - )(WARNING|ERROR|CRITICAL)(:| - | )")
+# Dagster's notes on its own API's stability (a parameter in beta, in preview), logged as
+# warnings whenever a process loads the code location: for Dagster's developers, not for the
+# person running the product. They stay in the log file.
+DAGSTER_NOTES: Final = re.compile(r"\b(Beta|Preview|Supersession)Warning: ")
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    offset: int = 0
+    partial: str = ""
+
+    def new_lines(self) -> list[str]:
+        """The lines its log file gained since the last call."""
+        try:
+            with self.log.open("rb") as stream:
+                stream.seek(self.offset)
+                data = stream.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        text = self.partial + data.decode(errors="replace")
+        *lines, self.partial = text.split("\n")
+        return [ANSI.sub("", line).rstrip() for line in lines]
+
+
+@dataclass
+class Services:
+    env: Mapping[str, str]
+    logs: Path
+    verbose: bool
+    started: list[Service] = field(default_factory=list)
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        log = self.logs / f"{name}.log"
+        with log.open("ab") as out:
+            out.write(f"\n== {datetime.now(UTC).isoformat()} {' '.join(command)}\n".encode())
+            out.flush()
+            process = subprocess.Popen(
+                command,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: Ctrl-C reaches `ohx dev` only
+            )
+        service = Service(name, process, log)
+        service.offset = log.stat().st_size
+        self.started.append(service)
+        return process
+
+    def echo(self) -> None:
+        """Warnings and errors of every service's log, one line each (every line: --verbose)."""
+        for service in self.started:
+            for line in service.new_lines():
+                problem = PROBLEM.search(line) and not DAGSTER_NOTES.search(line)
+                if line and (self.verbose or problem):
+                    text = line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 1] + "…"
+                    say(f"{service.name}: {text}")
+
+    def exited(self) -> Service | None:
+        return next((s for s in self.started if s.process.poll() is not None), None)
+
+    def stop(self) -> None:
+        """SIGTERM to each service (`dagster dev` stops its webserver, daemon and code server),
+        a wait for them, then whatever is left in their process groups: SIGTERM, then SIGKILL."""
+        for service in reversed(self.started):
+            if service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_WAIT_S
+        for service in reversed(self.started):
+            try:
+                service.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                service.process.wait()
+        for service in self.started:
+            group = service.process.pid
+            if _group_alive(group):
+                _signal_group(group, signal.SIGTERM)
+                if not _wait_group(group, GROUP_WAIT_S):
+                    _signal_group(group, signal.SIGKILL)
+                    _wait_group(group, GROUP_WAIT_S)
+        self.echo()
+
+
+def _answers(url: str) -> bool:
     import httpx
 
-    deadline = time.monotonic() + RECEIVER_START_S
-    while time.monotonic() < deadline:
-        code = process.poll()
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Stopped(Exception):
+    """A signal asked `ohx dev` to stop while it was starting."""
+
+
+def _await(
+    what: str,
+    url: str,
+    service: subprocess.Popen[bytes],
+    services: Services,
+    stopper: Stopper,
+    seconds: float,
+    setting: str,
+) -> None:
+    """Until `url` answers 200: the service's warnings shown as they come, a stop honoured."""
+    deadline = time.monotonic() + seconds
+    while not _answers(url):
+        services.echo()
+        if stopper.requested:
+            raise Stopped
+        code = service.poll()
         if code is not None:
             raise OhxError(
-                f"the webhook receiver exited with code {code} before it served 127.0.0.1:{port} "
-                "(its message is above): fix what it names and start again"
+                f"{what} exited with code {code} before it served {HOST} ({setting}): "
+                f"see {services.logs}"
             )
-        try:
-            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise OhxError(
-        f"the webhook receiver did not answer on {HOST}:{port} (OHX_WEBHOOK_PORT) within "
-        f"{RECEIVER_START_S:.0f} s"
-    )
+        if time.monotonic() >= deadline:
+            raise OhxError(
+                f"{what} did not answer on {url} ({setting}) within {seconds:.0f} s: "
+                f"see {services.logs}"
+            )
+        time.sleep(TICK_S)
 
 
-class _Terminated(Exception):
-    """SIGTERM reached this process (and, unlike Ctrl-C, not its children)."""
+# -- runs ----------------------------------------------------------------------------------------
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated
+def _seconds(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return ""
+    from ohx_dagster.times import words
+
+    return f" in {words(timedelta(seconds=round(max(0.0, end - start))))}"
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_WAIT_S
-    for process in processes:
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+class RunWatcher:
+    """One line per run start and end, read from the Dagster instance `dagster dev` runs on."""
+
+    def __init__(self, dagster_home: Path, since: datetime) -> None:
+        import warnings
+
+        from dagster import DagsterInstance
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.instance = DagsterInstance.from_config(str(dagster_home))
+        self.since = since
+        self.started: set[str] = set()
+        self.ended: set[str] = set()
+
+    def close(self) -> None:
+        self.instance.dispose()
+
+    def poll(self) -> None:
+        from dagster import DagsterRunStatus, RunsFilter
+
+        ended = {
+            DagsterRunStatus.SUCCESS: "succeeded",
+            DagsterRunStatus.FAILURE: "failed",
+            DagsterRunStatus.CANCELED: "canceled",
+        }
+        records = self.instance.get_run_records(
+            filters=RunsFilter(updated_after=self.since - timedelta(seconds=2)),
+            order_by="update_timestamp",
+            ascending=True,
+        )
+        for record in records:
+            run = record.dagster_run
+            self.since = max(self.since, record.update_timestamp)
+            if run.run_id in self.ended:
+                continue
+            running = run.status in (DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING)
+            if (running or run.status in ended) and run.run_id not in self.started:
+                self.started.add(run.run_id)
+                say(f"run {run.run_id[:8]} started: {self._describe(run)}")
+            if run.status in ended:
+                self.ended.add(run.run_id)
+                took = _seconds(record.start_time, record.end_time)
+                line = f"run {run.run_id[:8]} {ended[run.status]}{took}"
+                if run.status == DagsterRunStatus.FAILURE:
+                    line += f": {self._error(run.run_id)}"
+                say(line)
+
+    @staticmethod
+    def _describe(run: Any) -> str:
+        tags = run.tags
+        part = tags.get("dagster/partition")
+        if part is None and "dagster/asset_partition_range_start" in tags:
+            part = (
+                f"{tags['dagster/asset_partition_range_start']}.."
+                f"{tags['dagster/asset_partition_range_end']}"
+            )
+        how = ", ".join(
+            v
+            for v in (
+                tags.get("ohx/strategy"),
+                "backfill" if tags.get("dagster/backfill") else None,
+                tags.get("dagster/sensor_name") or tags.get("dagster/schedule_name"),
+            )
+            if v
+        )
+        job = "assets" if run.job_name == "__ASSET_JOB" else run.job_name  # a backfill's
+        return " ".join(t for t in (job, part, f"({how})" if how else "") if t)
+
+    def _error(self, run_id: str) -> str:
+        from dagster import DagsterEventType
+
+        for kind in (DagsterEventType.STEP_FAILURE, DagsterEventType.RUN_FAILURE):
+            for entry in self.instance.all_logs(run_id, of_type=kind):
+                event = entry.dagster_event
+                data = getattr(event, "event_specific_data", None)
+                error = getattr(data, "error", None)
+                text = getattr(error, "message", None) or (event.message if event else None)
+                if text:
+                    text = " ".join(text.split())
+                    return text if len(text) <= LINE_CHARS else text[: LINE_CHARS - 1] + "…"
+        return "see the run in the UI"
 
 
-def _wait_for_dagster(process: subprocess.Popen, *, forward: bool) -> int:
-    """`dagster dev` until it ends; on an interrupt, its own shutdown (webserver, daemon) first.
-    Ctrl-C reaches the whole process group, `dagster dev` included; a SIGTERM sent to this
-    process alone is passed on (`dagster dev` treats SIGTERM as Ctrl-C). A second Ctrl-C kills."""
-    if forward and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=STOP_WAIT_S * 6)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt, _Terminated):
-        process.kill()
-        return process.wait()
+# -- the command ---------------------------------------------------------------------------------
 
 
 @click.command("dev")
-def dev() -> None:
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Also show every line the services and runs log (they always go to $OHX_HOME/logs).",
+)
+def dev(verbose: bool) -> None:
     """Run the product locally: seed the simulated users, then the webhook receiver, the
-    simulator and `dagster dev` (UI + daemon). Ctrl-C stops everything.
+    simulator and `dagster dev` (UI + daemon). Ctrl-C (or SIGTERM) stops everything.
+
+    \b
+    The console shows each step, one line per run start and end, and warnings and errors;
+    everything the services log is in $OHX_HOME/logs (--verbose: on the console too).
 
     \b
     OHX_UI_PORT       Dagster UI port (default 3000)
@@ -199,6 +455,7 @@ def dev() -> None:
     DAGSTER_HOME      Dagster instance (default $OHX_HOME/dagster)
     """
     ports = check_ports()  # first: a taken port stops everything before anything starts
+    stopper = Stopper()
 
     from ohx_dagster.seed import seed
     from ohx_dagster.settings import Settings
@@ -210,55 +467,93 @@ def dev() -> None:
         **os.environ,
         "OHX_HOME": str(home),
         "DAGSTER_HOME": str(dagster_home),
+        "PYTHONUNBUFFERED": "1",  # log lines reach the files (and the console) as they happen
         SIMULATED_SECRET: secrets.token_urlsafe(32),
     }
     settings = Settings.from_env(env)
     dagster = _dagster()
     workspace = _instance_files(dagster_home)
-    click.echo(seed(settings))
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    say(f"ohx dev: data in {home}, logs in {logs}")
+    say(seed(settings))
     ui, webhooks = ports["OHX_UI_PORT"], ports["OHX_WEBHOOK_PORT"]
     python = sys.executable
-    # Handlers, not "ignore": children start with the default dispositions (an `ohx dev` started
-    # with SIGINT ignored, as background jobs of scripts are, still stops its children on it).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    started: list[subprocess.Popen] = []
-    code = 0
+    services = Services(env, logs, verbose)
+    watcher: RunWatcher | None = None
+    failed: str | None = None
+    since = datetime.now(UTC)
     try:
-        receiver = subprocess.Popen(
+        receiver = services.start(
+            "webhooks",
             [python, "-m", "ohx_dagster.webhooks.cli", "--host", HOST, "--port", str(webhooks)],
-            env=env,
         )
-        started.append(receiver)
-        _await_receiver(receiver, webhooks)
-        started.append(
-            subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "ohx_dagster.webhooks.simulator",
-                    "--url",
-                    f"http://{HOST}:{webhooks}",
-                    "--every",
-                    "60",
-                ],
-                env=env,
-            )
+        _await(
+            "the webhook receiver",
+            f"http://{HOST}:{webhooks}/healthz",
+            receiver,
+            services,
+            stopper,
+            RECEIVER_START_S,
+            "OHX_WEBHOOK_PORT",
         )
-        click.echo(f"Dagster UI: http://{HOST}:{ui}  webhook receiver: http://{HOST}:{webhooks}")
-        ui_process = subprocess.Popen(
-            [dagster, "dev", "-w", str(workspace), "-h", HOST, "-p", str(ui)], env=env
+        say(f"webhook receiver at http://{HOST}:{webhooks}")
+        services.start(
+            "simulator",
+            [
+                python,
+                "-m",
+                "ohx_dagster.webhooks.simulator",
+                "--url",
+                f"http://{HOST}:{webhooks}",
+                "--every",
+                "60",
+            ],
         )
-        started.append(ui_process)
-        try:
-            code = ui_process.wait()
-        except KeyboardInterrupt:
-            code = _wait_for_dagster(ui_process, forward=False)
-        except _Terminated:
-            code = _wait_for_dagster(ui_process, forward=True)
-    except (KeyboardInterrupt, _Terminated):
-        code = 0  # stopped while starting up
+        say("starting Dagster: webserver, daemon, code server ...")
+        ui_process = services.start(
+            "dagster",
+            [
+                dagster,
+                "dev",
+                "-w",
+                str(workspace),
+                "-h",
+                HOST,
+                "-p",
+                str(ui),
+                "--log-level",
+                "info",
+            ],
+        )
+        _await(
+            "the Dagster webserver",
+            f"http://{HOST}:{ui}/server_info",
+            ui_process,
+            services,
+            stopper,
+            UI_START_S,
+            "OHX_UI_PORT",
+        )
+        say(f"UI at http://{HOST}:{ui}")
+        watcher = RunWatcher(dagster_home, since)
+        while not stopper.requested:
+            watcher.poll()
+            services.echo()
+            gone = services.exited()
+            if gone is not None:
+                failed = f"{gone.name} exited with code {gone.process.returncode}: see {gone.log}"
+                break
+            time.sleep(TICK_S)
+    except Stopped:
+        pass
+    except OhxError as exc:
+        failed = " ".join(str(exc).split())
     finally:
-        _stop(started)
-    if code not in (0, -signal.SIGINT, -signal.SIGTERM):
-        raise click.exceptions.Exit(code)
+        services.stop()
+        if watcher is not None:
+            watcher.poll()  # runs that ended while the services stopped
+            watcher.close()
+        say("stopped")
+    if failed:
+        raise OhxError(failed)
