@@ -429,8 +429,9 @@ IDS = st.one_of(
 )
 @given(text=IDS)
 def test_every_entry_point_accepts_exactly_the_ids_the_rule_accepts(
-    sqlite_store: RecordStore, token_key: str, text: str
+    sqlite_store: RecordStore, token_key: str, tmp_path: Path, text: str
 ) -> None:
+    export_dir = tmp_path
     user_ok = accepted(check_user_id, text)
     assert accepted(NewEvent, "oura", "evt", text, None, None) == user_ok  # webhooks
     config = HealthSyncConfig(user_id=text or "-", provider="oura")
@@ -443,6 +444,11 @@ def test_every_entry_point_accepts_exactly_the_ids_the_rule_accepts(
     for command in (["readmit", "--actor", "s", "--reason", "r"], ["delete", "--yes"]):
         result = CliRunner().invoke(cli, ["users", *command, "--", "oura", text])
         assert ("USER_ID=" in result.stderr) == (not user_ok), result.stderr
+    if not user_ok:  # `ohx import apple-health --user` refuses it before reading the file
+        dummy = export_dir / "export.xml"
+        dummy.touch()
+        refused = CliRunner().invoke(cli, ["import", "apple-health", str(dummy), f"--user={text}"])
+        assert refused.exit_code == 2 and "--user" in refused.stderr, refused.stderr
     patient_ok = accepted(check_patient_id, text)
     assert accepted(sync_config, "oura", fhir_patient_id=text) == patient_ok  # /connect
     relinked = CliRunner().invoke(

@@ -396,13 +396,16 @@ def apple_health(
     every day it spans. Importing again replaces the stored records of those days and types
     with the file's (an unchanged file changes nothing); Dagster then publishes the changed
     days."""
+    from ohx_dagster.ids import check_user_id  # the id rule of every entry point
     from ohx_dagster.providers.apple_health import AppleHealthSource
     from ohx_dagster.providers.base import Windowed
     from ohx_dagster.providers.registry import RESYNC_HORIZON
-    from ohx_dagster.schema import USER_CHARS
 
-    if user_id is not None and not 0 < len(user_id) <= USER_CHARS:
-        raise click.BadParameter(f"expected 1..{USER_CHARS} characters", param_hint="--user")
+    if user_id is not None:
+        try:
+            check_user_id(user_id, "--user")
+        except ValidationError as exc:
+            raise click.BadParameter(f"expected {exc.expected}", param_hint="--user") from None
     reader = AppleHealthSource(export, user_id=user_id, timezone=timezone, dates=plausible_dates())
     with common.console(stderr=True).status(f"reading {export}"):
         records = reader.records
