@@ -430,6 +430,26 @@ def test_an_element_with_too_many_descendants_is_refused(export_text: str) -> No
         parse_export(io.BytesIO(body), "export.xml", WINDOW)
 
 
+@pytest.mark.parametrize("at", [0.25, 0.5, 0.9])
+def test_a_damaged_zip_is_one_line(
+    home: Path, tmp_path: Path, shared_data: Path, at: float
+) -> None:
+    """The real export zipped, 200 bytes of its deflate stream overwritten: whether zlib (at 0.9
+    of the file, "invalid block type": was a traceback) or the XML parser notices first, the
+    import ends in one line and stores nothing."""
+    archive = tmp_path / "ada" / "export.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
+        zipped.write(shared_data / "apple-health" / "export.xml", "apple_health_export/export.xml")
+    data = bytearray(archive.read_bytes())
+    start = int(len(data) * at)
+    data[start : start + 200] = b"\xff" * 200
+    archive.write_bytes(bytes(data))
+    line = one_error_line(ohx("import", "apple-health", str(archive)))
+    assert str(archive) in line
+    assert not (home / "ohx.db").exists()
+
+
 # -- symbolic links --------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ folder is refused.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
@@ -114,5 +115,6 @@ def open_export(path: Location) -> Iterator[ExportFiles]:
                 return
             with zipped as archive:
                 yield ExportFiles(path, archive)
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        # zlib.error, EOFError: a member whose compressed data is damaged or cut short.
         raise ProviderError(f"{path}: cannot read the export ({exc})") from exc
