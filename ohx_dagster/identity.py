@@ -22,10 +22,10 @@ and why, all in one transaction.
 
 Tombstones. An `erasures` row whose `readmitted_at_us` is empty keeps its subject out: every way
 a person comes in consults it -- a sync's discovery of a source's people (file exports and the
-simulated source re-discover people on every run: `admitted`), `connect_user`, and the webhook
-inbox (events of an erased subject are acknowledged to the provider and not stored). Those
-skipped are counted and logged without their id. `readmit` (`ohx users readmit`) lifts the
-tombstone of one subject, audited; the next run or connection brings the person back.
+simulated source re-discover people on every run: `admit_discovered`), `connect_user`, and the
+webhook inbox (events of an erased subject are acknowledged to the provider and not stored).
+Those left out are counted and logged without their id. `readmit` (`ohx users readmit`) lifts
+the tombstone of one subject, audited; the next run or connection brings the person back.
 """
 
 from __future__ import annotations
@@ -149,27 +149,47 @@ def is_erased(conn: Connection, provider: str, user_id: str, *, salt: bytes | No
     return subject_hash(provider, user_id, salt=salt) in dead
 
 
-def admitted(
+def admit_discovered(
     store: RecordStore, configs: Iterable[HealthSyncConfig], *, salt: bytes | None = None
-) -> tuple[list[HealthSyncConfig], int]:
-    """The people that may come in (those whose subject has no tombstone), and how many were
-    left out; the caller says the count, never who."""
+) -> int:
+    """Register the people a source offers (store.add_users) but those whose erasure stands;
+    how many were left out (the caller says the count, never who). People not yet in `users`
+    are checked and added under their locks in one transaction, the lock erasure's first step
+    holds while it deletes them and writes their tombstone: an erasure running meanwhile either
+    comes first (its tombstone is seen) or after (it deletes what was added)."""
     configs = list(configs)
     if not configs:
-        return configs, 0
-    with store.read() as conn:
-        dead = tombstones(conn)
-    if not dead:
-        return configs, 0
-    salt = erasure_salt() if salt is None else salt
-    kept = [c for c in configs if subject_hash(c.provider, c.user_id, salt=salt) not in dead]
-    if len(kept) < len(configs):
+        return 0
+    with store.write() as conn:
+        known = {
+            (r.provider, r.user_id)
+            for r in conn.execute(
+                sa.select(users.c.provider, users.c.user_id).where(
+                    users.c.provider.in_(sorted({c.provider for c in configs}))
+                )
+            )
+        }
+        new = sorted(
+            (c for c in configs if (c.provider, c.user_id) not in known),
+            key=lambda c: (c.provider, c.user_id),
+        )
+        for config in new:
+            db.lock(conn, "person", config.provider, config.user_id)
+        dead = tombstones(conn) if new else set()
+        if dead:
+            salt = erasure_salt() if salt is None else salt
+            kept = [c for c in new if subject_hash(c.provider, c.user_id, salt=salt) not in dead]
+        else:
+            kept = new
+        store.add_users(kept, conn=conn)
+    left_out = len(new) - len(kept)
+    if left_out:
         log.info(
             "%s: %d erased people left out (their erasure stands until `ohx users readmit`)",
             configs[0].provider,
-            len(configs) - len(kept),
+            left_out,
         )
-    return kept, len(configs) - len(kept)
+    return left_out
 
 
 def readmit(

@@ -145,8 +145,11 @@ class RecordStore:
         if connected:
             self._clear_refusals(conn, config.provider, config.user_id)
 
-    def add_users(self, configs: Iterable[HealthSyncConfig]) -> int:
-        """Register people not yet known; known people keep their (possibly edited) config."""
+    def add_users(
+        self, configs: Iterable[HealthSyncConfig], *, conn: Connection | None = None
+    ) -> int:
+        """Register people not yet known; known people keep their (possibly edited) config.
+        `conn`: in the caller's transaction (identity.admit_discovered: after its checks)."""
         stamp = now_us()
         rows = [
             {
@@ -165,8 +168,10 @@ class RecordStore:
         statement = self._insert(users).on_conflict_do_nothing(
             index_elements=["provider", "user_id"]
         )
-        with self.write() as conn:
+        if conn is not None:
             return conn.execute(statement, rows).rowcount or 0
+        with self.write() as own:
+            return own.execute(statement, rows).rowcount or 0
 
     def _people(self, query: sa.Select) -> list[PersonRow]:
         with self.read() as conn:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from ohx_dagster.coverage import Interval, gaps
 from ohx_dagster.errors import NeedsReauthorization, OhxError, ProviderError, RateLimited
-from ohx_dagster.identity import admitted
+from ohx_dagster.identity import admit_discovered
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import Event, FetchResult, HealthSource
 from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
@@ -175,8 +175,7 @@ def sync_partition(
     if kind is SyncStrategy.REFRESH:
         return report
     # Erased people stay out (their tombstones, ohx_dagster/identity.py), counted, not named.
-    discovered, report.erased_left_out = admitted(store, source.discover_users())
-    store.add_users(discovered)
+    report.erased_left_out = admit_discovered(store, source.discover_users())
     wanted = None if user_ids is None else frozenset(user_ids)
     people = _selected(
         store, source, user_ids=wanted, select=select, shard=shard, days=days, report=report
