@@ -333,8 +333,9 @@ sa.Index(None, erasures.c.subject_hash)
 
 # -- audit ----------------------------------------------------------------------------------------
 
-# Every staff action and data access, appended, never changed (ohx_dagster/audit.py); the person
-# only as their salted subject hash. Kept for OHX_AUDIT_RETENTION.
+# Every staff action and data access, appended, never changed (ohx_dagster/audit.py; migration 0003
+# adds a trigger refusing UPDATE); the person only as their salted subject hash. Kept for
+# OHX_AUDIT_RETENTION.
 audit_log = sa.Table(
     "audit_log",
     metadata,

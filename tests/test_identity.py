@@ -390,11 +390,21 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
     assert "--action" in one_error_line(ohx("audit", "--action", "read"))
 
 
-def test_audit_rows_are_kept_for_the_retention_setting(store: RecordStore) -> None:
-    audit.record(store, actor="a", action="export", detail="old")
+def test_audit_rows_are_kept_for_the_retention_setting_and_never_changed(
+    store: RecordStore,
+) -> None:
     with store.write() as conn:
-        conn.execute(audit_log.update().values(at_us=now_us() - int(400 * 86400e6)))
+        conn.execute(
+            audit_log.insert().values(
+                at_us=now_us() - int(400 * 86400e6), actor="a", action="export", subject="",
+                outcome="ok", detail="old",
+            )
+        )  # fmt: skip
     audit.record(store, actor="a", action="export", detail="new")
+    # Append-only in the database itself.
+    with pytest.raises(sa.exc.DBAPIError, match="append-only"), store.write() as conn:
+        conn.execute(audit_log.update().values(detail="rewritten"))
+    assert sorted(r.detail for r in audit.read(store)) == ["new", "old"]
     report = apply_retention(store, datetime.now(UTC), audit_retention=timedelta(days=365))
     assert report.audit_rows_deleted == 1
     assert [r.detail for r in audit.read(store)] == ["new"]
