@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from fhir_test_server import FhirServer, running_fhir_server
 
+from ohx_dagster import audit
 from ohx_dagster import erasure as erasure_module
 from ohx_dagster.erasure import (
     NOT_PERSONAL,
@@ -598,6 +599,9 @@ def test_the_job_takes_a_subject_hash_and_leaves_no_id_in_dagster(sqlite_world: 
     assert again.success and again.output_for_node("erase_person") == {"found": 0}
     assert len(previous_erasures(store, subject)) == 2
     assert runs_naming(world.instance, PROVIDER, ERASED) == ([], [])
+    # Both requests are in the audit log, under the subject, by who asked.
+    erased = [(r.subject, r.actor, r.outcome) for r in audit.read(store, action="erase")]
+    assert erased == [(subject, "dpo@clinic", "ok")] * 2
 
 
 def traces_of_id_only(world: World) -> Traces:
