@@ -320,6 +320,27 @@ def test_a_polar_sensor_logger_time_of_9999_is_refused_not_a_traceback(
     assert f"{H10}_HR.txt line 6" in source.refused.line()
 
 
+def test_a_ten_thousand_character_person_id_is_one_line_and_stores_nothing(
+    home: Path, tmp_path: Path, fitabase_dir: Path, export_text: str
+) -> None:
+    """The ids of a file obey the rule of every entry point (ohx_dagster/ids.py): a real
+    Fitabase row whose Id is 10,000 digits was stored as a person; an export folder whose name
+    (the default person) holds a line break."""
+    folder = tmp_path / "fitabase"
+    folder.mkdir()
+    header, row = (fitabase_dir / HR_FILE.name).read_text().splitlines()[:2]
+    (folder / HR_FILE.name).write_text(f"{header}\n{'9' * 10_000}{row[row.index(',') :]}\n")
+    line = one_error_line(ohx("import", "fitabase", str(folder), "--timezone", "UTC"))
+    assert "Id='9999" in line and "(10000 characters)" in line and "data row 1" in line
+    assert not (home / "ohx.db").exists()
+    odd = tmp_path / "ada\nbob"
+    odd.mkdir()
+    (odd / "export.xml").write_text(export_text, encoding="utf-8")
+    line = one_error_line(ohx("import", "apple-health", str(odd / "export.xml")))
+    assert "user_id=" in line and "--user" in line
+    assert not (home / "ohx.db").exists()
+
+
 # -- memory: zip bombs and files without line breaks -----------------------------------------------
 
 

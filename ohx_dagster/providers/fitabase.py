@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ProviderError, ValidationError
+from ohx_dagster.ids import check_user_id
 from ohx_dagster.locations import Location, kind, location, split_locations
 from ohx_dagster.models import (
     AggregationLevel,
@@ -149,6 +150,11 @@ def read_export_file(
     )
     parts = []
     for user_id, rows in table.groupby("Id", sort=True).indices.items():
+        try:
+            check_user_id(str(user_id), "Id")  # the rule every entry point applies
+        except ValidationError as exc:
+            where = f"{path}, data row {int(rows[0]) + 1}"
+            raise ValidationError(exc.field, exc.value, exc.expected, where=where) from None
         parts.append(
             make_batch(
                 provider=NAME,

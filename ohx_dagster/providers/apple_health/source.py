@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.ids import check_user_id
 from ohx_dagster.locations import Location, kind, location
 from ohx_dagster.models import (
     AggregationLevel,
@@ -62,7 +63,11 @@ class AppleHealthSource(ReadOnce):
             raise ValidationError("timezone", timezone, "an IANA time zone name")
         self.timezone = timezone
         folder = self.path.resolve().parent if isinstance(self.path, Path) else self.path.parent
-        self.user_id = user_id or folder.name
+        try:  # the rule every entry point applies (ohx_dagster/ids.py)
+            self.user_id = check_user_id(user_id or folder.name)
+        except ValidationError as exc:
+            where = f"the person of {self.path}: name another with OHX_APPLE_HEALTH_USER or --user"
+            raise ValidationError(exc.field, exc.value, exc.expected, where=where) from None
 
     @cached_property
     def _parsed(self) -> tuple[ExportReader, list[EcgRecording]]:

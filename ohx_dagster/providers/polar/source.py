@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ConfigError, ValidationError
+from ohx_dagster.ids import check_user_id
 from ohx_dagster.locations import Location, location
 from ohx_dagster.locations import kind as location_kind
 from ohx_dagster.models import (
@@ -245,7 +246,12 @@ class PolarFileSource(ReadOnce):
             )
 
     def _user(self, logged: SensorLoggerFile | None, path: Path) -> str:
-        return self.user_id or (logged.device_id if logged is not None else path.stem)
+        user = self.user_id or (logged.device_id if logged is not None else path.stem)
+        try:  # the rule every entry point applies (ohx_dagster/ids.py)
+            return check_user_id(user)
+        except ValidationError as exc:
+            where = f"the person of {path.name}: name another with user_id"
+            raise ValidationError(exc.field, exc.value, exc.expected, where=where) from None
 
     @cached_property
     def _imported(self) -> tuple[pd.DataFrame, ImportSummary]:
