@@ -151,15 +151,16 @@ def is_erased(conn: Connection, provider: str, user_id: str, *, salt: bytes | No
 
 def admit_discovered(
     store: RecordStore, configs: Iterable[HealthSyncConfig], *, salt: bytes | None = None
-) -> int:
+) -> frozenset[str]:
     """Register the people a source offers (store.add_users) but those whose erasure stands;
-    how many were left out (the caller says the count, never who). People not yet in `users`
+    the user ids left out (for the caller to leave out of its run: it says how many, never
+    who). People not yet in `users`
     are checked and added under their locks in one transaction, the lock erasure's first step
     holds while it deletes them and writes their tombstone: an erasure running meanwhile either
     comes first (its tombstone is seen) or after (it deletes what was added)."""
     configs = list(configs)
     if not configs:
-        return 0
+        return frozenset()
     with store.write() as conn:
         known = {
             (r.provider, r.user_id)
@@ -182,14 +183,24 @@ def admit_discovered(
         else:
             kept = new
         store.add_users(kept, conn=conn)
-    left_out = len(new) - len(kept)
+    left_out = frozenset(c.user_id for c in new) - {c.user_id for c in kept}
     if left_out:
         log.info(
             "%s: %d erased people left out (their erasure stands until `ohx users readmit`)",
             configs[0].provider,
-            left_out,
+            len(left_out),
         )
     return left_out
+
+
+def erased_among(store: RecordStore, provider: str, user_ids: Iterable[str]) -> int:
+    """How many of these people of the provider are erased (a count: for messages)."""
+    with store.read() as conn:
+        dead = tombstones(conn)
+    if not dead:
+        return 0
+    salt = erasure_salt()
+    return sum(1 for u in set(user_ids) if subject_hash(provider, u, salt=salt) in dead)
 
 
 def readmit(

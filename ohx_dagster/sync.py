@@ -175,8 +175,9 @@ def sync_partition(
     if kind is SyncStrategy.REFRESH:
         return report
     # Erased people stay out (their tombstones, ohx_dagster/identity.py), counted, not named.
-    report.erased_left_out = admit_discovered(store, source.discover_users())
-    wanted = None if user_ids is None else frozenset(user_ids)
+    erased = admit_discovered(store, source.discover_users())
+    report.erased_left_out = len(erased)
+    wanted = None if user_ids is None else frozenset(user_ids) - erased
     people = _selected(
         store, source, user_ids=wanted, select=select, shard=shard, days=days, report=report
     )

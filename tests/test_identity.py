@@ -353,6 +353,8 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
     assert "the export itself" in erased.stdout and "ohx users readmit" in erased.stdout
     again = ohx("import", "fitabase", str(export), "--timezone", "UTC")
     assert again.exit_code == 0, (again.output, again.exception)
+    assert "1 people of the file were erased" in again.stderr  # counted,
+    assert ERASED not in again.output  # never named
     assert held(store, "fitabase", ERASED) == {"users": 0, "series_chunks": 0, "measurements": 0}
     readmitted = ohx(
         "users", "readmit", "fitabase", ERASED, "--actor", "dpo", "--reason", "consent renewed"

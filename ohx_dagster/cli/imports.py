@@ -149,9 +149,16 @@ def sync_file(
             progress(chunk[0], chunk[-1])
     outcome.people -= set(outcome.failures) | set(outcome.people_skipped)
     from ohx_dagster.audit import record_import  # who imported whom, for `ohx audit`
+    from ohx_dagster.identity import erased_among
 
     records, span = sum(outcome.imported.values()), len(days)
     record_import(store, source.name, outcome.people, outcome.failures, records=records, days=span)
+    if erased := erased_among(store, source.name, wanted):  # counted, never named
+        click.echo(
+            f"{erased} people of the file were erased and stay out until `ohx users readmit`: "
+            "purge them from the export itself",
+            err=True,
+        )
     return outcome
 
 
