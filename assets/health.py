@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 import dagster as dg
 import pandas as pd
 
-from assets.metadata import hourly_plot, span, type_table
+from assets.metadata import hourly_charts, hourly_plot, span, type_table
 from assets.partitions import BACKFILL_POLICY, days_and_shard
 from ohx_dagster import aggregate
 from ohx_dagster.fhir.validation import validate_resources
@@ -126,6 +126,11 @@ def build_health_assets(
         context.log.info(
             f"{shard.key} {_span_text(days)}: {report.records} records fetched for "
             f"{len(report.users_synced)} people, {len(report.days_changed)} day partitions changed"
+            + (
+                f"; {report.erased_left_out} erased people left out"
+                if report.erased_left_out
+                else ""
+            )
         )
         return dg.MaterializeResult(
             metadata={
@@ -133,6 +138,8 @@ def build_health_assets(
                 "records_fetched": report.records,
                 "people": len(report.users_synced),
                 "people_skipped": dg.MetadataValue.json(report.users_skipped),
+                # Offered by the source but erased (tombstones): a count, never who.
+                "erased_people_left_out": report.erased_left_out,
                 "types_refused": dg.MetadataValue.json(report.refused),
                 "records_by_type": dg.MetadataValue.json(report.records_by_type),
                 "days_changed": dg.MetadataValue.json(
@@ -296,6 +303,7 @@ def build_health_assets(
                 "people": int(hourly["user_id"].nunique()) if not hourly.empty else 0,
                 "records_aggregated": int(hourly["count"].sum()) if not hourly.empty else 0,
                 "records_per_hour": hourly_plot(hourly),
+                **hourly_charts(hourly),
             },
             check_results=[
                 dg.AssetCheckResult(

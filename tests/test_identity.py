@@ -145,6 +145,56 @@ def test_an_erased_export_person_stays_out_until_readmitted(
     assert ERASED not in text
 
 
+def test_dagster_runs_of_an_export_leave_an_erased_person_out_and_say_how_many(
+    export: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dagster as dg
+
+    from ohx_dagster.definitions import build_definitions
+    from ohx_dagster.settings import Settings
+
+    for name in ("OHX_DATABASE_URL", "OHX_FHIR_DIR", "OHX_SOURCES"):
+        monkeypatch.delenv(name, raising=False)
+    env = {
+        "OHX_HOME": str(tmp_path / "home"),
+        "OHX_SOURCES": "fitabase",
+        "OHX_FITABASE_DIR": str(export),
+        "OHX_FITABASE_TZ": "UTC",
+        "OHX_PARTITIONS_START": "2016-03-01",
+    }
+    settings = Settings.from_env(env)
+    job = build_definitions(settings).get_job_def("sync_partition")
+    (tmp_path / "dagster").mkdir()
+    store = RecordStore(settings.database_url)
+
+    def run() -> dict:
+        result = job.execute_in_process(instance=instance, partition_key=f"{DAY}|fitabase")
+        assert result.success
+        (raw,) = [
+            e.materialization
+            for e in result.get_asset_materialization_events()
+            if e.materialization.asset_key.path[-1] == "raw_health_records"
+        ]
+        return {k: v.value for k, v in raw.metadata.items()}
+
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        assert run()["erased_people_left_out"] == 0
+        assert held(store, "fitabase", ERASED)["series_chunks"] > 0
+        output = FhirOutput(settings.fhir_dir)
+        erase_person(store, output, None, "fitabase", ERASED, requested_by="dpo")
+        for _ in range(2):
+            metadata = run()
+            assert metadata["erased_people_left_out"] == 1
+            assert ERASED not in json.dumps(metadata, default=str)
+            assert held(store, "fitabase", ERASED) == {
+                "users": 0,
+                "series_chunks": 0,
+                "measurements": 0,
+            }
+        assert remaining_rows(store, "fitabase", ERASED) == {}
+    store.dispose()
+
+
 def test_an_erased_simulated_person_stays_out_of_two_more_runs(
     store: RecordStore, tmp_path: Path
 ) -> None:
