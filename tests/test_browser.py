@@ -1,11 +1,11 @@
 """The product in a real browser: `scripts/dev` on the embedded default (a temp OHX_HOME, free
 ports), driven by Playwright through Debian's Chromium, as a person would use it.
 
-Dismiss the first-visit dialog, open the asset graph (Lineage), a partition with its per-hour plot,
-the Automation page and a backfill (the new people's history), launch a materialization of the
-sync status from its asset page and wait for the run to succeed, then read the per-person sync
-status table. Screenshots go to $OHX_TEST_ARTIFACTS (default test-artifacts/browser/,
-gitignored), one per step, for a person to look at.
+Dismiss the first-visit dialog, open the asset graph (Lineage), the Automation page and a backfill
+(the new people's history), launch a materialization of the sync status from its asset page and
+wait for the run to succeed, read the per-person sync status table, then open a partition with its
+per-hour plot (the bar chart image decoded and drawn). Screenshots go to $OHX_TEST_ARTIFACTS
+(default test-artifacts/browser/, gitignored), one per step, for a person to look at.
 
 The browser is Debian's `chromium` (never a browser build downloaded by Playwright): when it is
 missing the test installs it (`apt-get update && apt-get install -y chromium`, as root), and is
@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from assets.metadata import BAR_PX, PLOT_HEIGHT_PX
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = ("chromium", "chromium-browser")
@@ -242,6 +244,15 @@ def test_a_person_uses_the_ui(dev: str, chromium: str, artifacts: Path) -> None:
             plot = page.locator("tr", has_text="records_per_hour").first
             expect(plot).to_contain_text("heart_rate")
             assert re.search(r"[·▁▂▃▄▅▆▇█]{24}", plot.inner_text()), plot.inner_text()
+            # Its bar chart, inline in the metadata table: a PNG the browser decoded and drew.
+            row = page.locator("tr", has_text="records_per_hour/heart_rate").first
+            chart = row.locator("img[alt='heart_rate records per UTC hour, 00 to 23 h']")
+            expect(chart).to_be_visible()
+            assert (chart.get_attribute("src") or "").startswith("data:image/png;base64,")
+            drawn = chart.evaluate("img => [img.complete, img.naturalWidth, img.naturalHeight]")
+            assert drawn == [True, 24 * BAR_PX, PLOT_HEIGHT_PX], drawn
+            box = chart.bounding_box()
+            assert box is not None and box["width"] >= 24 * BAR_PX / 2, box
             shot(page, "partition")
         except Exception:
             shot(page, "failure")
