@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.inbox import Inbox
+from ohx_dagster.localdays import Calendar
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import HealthSource
 from ohx_dagster.publish import PublishReport, partition_dir, publish_partition
@@ -46,7 +47,7 @@ from ohx_dagster.shards import Shard
 from ohx_dagster.store import RecordStore, history_start
 from ohx_dagster.strategies import SyncStrategy, goal
 from ohx_dagster.sync import SyncFailed, SyncReport, run_checks, sync_partition
-from ohx_dagster.times import from_us, to_us, utc_day
+from ohx_dagster.times import from_us, to_us
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_RETRIES = 3  # assets/health.py
@@ -431,17 +432,24 @@ class World:
         return found, problems
 
     def measure(self, start: datetime, end: datetime) -> Measure:
-        """Provider vs store over [start, end), and published vs store per UTC day inside."""
+        """Provider vs store over [start, end), and published vs store per day partition inside:
+        a partition publishes each person's local day of its date."""
         held = self.truth.held(to_us(start), to_us(end), at=self.clock.now)
         stored, repeated = self.stored(start, end)
         lost = sum(1 for key, value in held.items() if stored.get(key, _MISSING) != value)
         extra = sum(1 for key in stored if key not in held)
         problems: list[str] = []
         published_total = 0
+        # Every local day of a date lies within 14 h before and 36 h after its UTC midnight.
+        around, _ = self.stored(start - timedelta(hours=14), end + timedelta(hours=36))
+        calendars = {u: Calendar.of(c) for u, c in self.configs().items()}
+        by_day: dict[date, set[Key]] = {}
+        for key in around:
+            calendar = calendars.get(key[0], Calendar("UTC"))
+            by_day.setdefault(calendar.day_of(key[2]), set()).add(key)
         day = start.date()
         while datetime.combine(day, time(), tzinfo=UTC) < end:
-            window = utc_day(day)
-            in_day, _ = self.stored(window.start, window.end)
+            in_day = by_day.get(day, set())
             published, missing_files = self.published(day)
             low, high = to_us(start), to_us(end)
             published_total += sum(n for k, n in published.items() if low <= k[2] < high)

@@ -1,11 +1,13 @@
 """Hourly and daily statistics per user and type, computed vectorized with pandas.
 
-Buckets never mix users (the seed's aggregator did). Hourly buckets are UTC hours; daily buckets are
-the user's local calendar days (23 or 25 hours long across a DST change), so "Tuesday's steps" is
-the Tuesday the person lived.
+Buckets never mix users (the seed's aggregator did). Buckets are the person's own clock
+(ohx_dagster/localdays.py): a daily bucket is their local calendar day (23 or 25 hours long across
+a DST change, shorter or longer on the day their zone changed), an hourly bucket one hour of their
+wall clock (in Asia/Kolkata these begin at half past a UTC hour), so "Tuesday's steps" is the
+Tuesday the person lived, and every sample is in exactly one hour and one day of its person.
 
 Steps are counted once per person: when two devices (a phone and a watch) both count the same
-hour's steps, the hour's steps come from the device that counted the most, as HealthKit and
+local hour's steps, the hour's steps come from the device that counted the most, as HealthKit and
 Health Connect resolve overlapping sources. Every device's records stay in the store and in the
 FHIR series; only the statistics choose.
 
@@ -22,6 +24,7 @@ Observations with their devices; only the statistics count one.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Final
 from zoneinfo import ZoneInfo
@@ -29,14 +32,48 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType
+from ohx_dagster.localdays import Calendar
+from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.schema import aggregates
-from ohx_dagster.times import HOUR_US, to_us
+from ohx_dagster.times import HOUR_US, from_us
 
 if TYPE_CHECKING:
     from ohx_dagster.record_tables import Chunk
 
-HOURLY_KEYS: Final = ["provider", "user_id", "data_type", "bucket_start_us"]
+HOURLY_KEYS: Final = ["provider", "user_id", "data_type", "bucket_start_us", "bucket_end_us"]
+# A person's clock: their zone history (a config), or one zone for every day (tests, imports).
+Clock = HealthSyncConfig | ZoneInfo | Calendar
+UTC_CLOCK: Final = Calendar("UTC")
+
+
+def _calendar(zones: Mapping[str, Clock], user_id: object) -> Calendar:
+    found = zones.get(str(user_id))
+    return UTC_CLOCK if found is None else Calendar.of(found)
+
+
+def local_hours(ts_us: np.ndarray, calendar: Calendar) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of the local hour of each instant, as UTC microseconds."""
+    if not ts_us.size:
+        empty = np.zeros(0, dtype="int64")
+        return empty, empty
+    days = calendar.days_spanned(int(ts_us.min()), int(ts_us.max()) + 1)
+    bounds = np.unique(np.concatenate([calendar.hour_bounds(d) for d in days]))
+    at = np.searchsorted(bounds, ts_us, side="right") - 1
+    return bounds[at], bounds[at + 1]
+
+
+def _hour_columns(frame: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFrame:
+    """The frame with each row's local hour as bucket_start_us, bucket_end_us."""
+    starts = np.zeros(len(frame), dtype="int64")
+    ends = np.zeros(len(frame), dtype="int64")
+    stamps = frame["ts"].dt.as_unit("us").astype("int64").to_numpy()
+    users = frame["user_id"].to_numpy(dtype=object)
+    for user_id in pd.unique(users):
+        rows = np.flatnonzero(users == user_id)
+        starts[rows], ends[rows] = local_hours(stamps[rows], _calendar(zones, user_id))
+    return frame.assign(bucket_start_us=starts, bucket_end_us=ends)
+
+
 AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
 # ECG waveforms are published as recordings, not as statistics.
 AGGREGATED_TYPES: Final = frozenset(HealthDataType) - {HealthDataType.ECG}
@@ -117,15 +154,18 @@ def without_duplicate_readings(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[keep]
 
 
-def aggregated_records(records: pd.DataFrame) -> pd.DataFrame:
-    """The records the statistics are computed from: no ECG, steps from one device an hour, and
-    a spot reading two apps logged counted once."""
+def aggregated_records(
+    records: pd.DataFrame, zones: Mapping[str, Clock] | None = None
+) -> pd.DataFrame:
+    """The records the statistics are computed from: no ECG, steps from one device a local hour,
+    and a spot reading two apps logged counted once."""
     frame = records[records["data_type"].isin([t.value for t in AGGREGATED_TYPES])]
     frame = without_duplicate_readings(frame)
     steps = frame["data_type"] == HealthDataType.STEPS.value
     if not steps.any():
         return frame
-    counted = frame[steps].assign(hour=frame.loc[steps, "ts"].dt.floor("h"))
+    counted = _hour_columns(frame[steps], zones or {})
+    counted = counted.drop(columns="bucket_end_us").rename(columns={"bucket_start_us": "hour"})
     totals = counted.groupby(["user_id", "hour", "device_id"], sort=True)["value"].sum()
     # Largest total wins; equal totals go to the first device id in sort order (deterministic).
     best = totals.reset_index().sort_values(
@@ -158,37 +198,31 @@ def _statistics(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return stats.reset_index()
 
 
-def _offset_minutes(zone: ZoneInfo, starts_us: np.ndarray) -> np.ndarray:
-    moments = pd.to_datetime(starts_us, unit="us", utc=True).tz_convert(zone)
-    return np.array([int(m.utcoffset().total_seconds() // 60) for m in moments], dtype="int64")
-
-
-def hourly(records: pd.DataFrame, zones: Mapping[str, ZoneInfo]) -> pd.DataFrame:
-    """Statistics per (provider, user, type, UTC hour); offsets are the user's local offset."""
-    frame = aggregated_records(records)
+def hourly(records: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFrame:
+    """Statistics per (provider, user, type, local hour of the user)."""
+    frame = aggregated_records(records, zones)
     if frame.empty:
         return empty_aggregates()
-    frame = frame.assign(bucket_start_us=frame["ts"].dt.floor("h").astype("int64"))
-    return _hourly_rows(_statistics(frame, HOURLY_KEYS), zones)
+    return _hourly_rows(_statistics(_hour_columns(frame, zones), HOURLY_KEYS), zones)
 
 
-def _hourly_rows(stats: pd.DataFrame, zones: Mapping[str, ZoneInfo]) -> pd.DataFrame:
-    """Statistics per UTC hour as aggregate rows: level, end, each person's local offset."""
+def _hourly_rows(stats: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFrame:
+    """Statistics per local hour as aggregate rows: level, and the offset each starts at."""
     stats["level"] = AggregationLevel.HOURLY.value
-    stats["bucket_end_us"] = stats["bucket_start_us"] + HOUR_US
-    stats["utc_offset_min"] = 0
-    for user_id, rows in stats.groupby("user_id").groups.items():
-        zone = zones.get(str(user_id), ZoneInfo("UTC"))
-        starts = stats.loc[rows, "bucket_start_us"].to_numpy()
-        stats.loc[rows, "utc_offset_min"] = _offset_minutes(zone, starts)
+    offsets = np.zeros(len(stats), dtype="int64")
+    starts = stats["bucket_start_us"].to_numpy(dtype="int64")
+    users = stats["user_id"].to_numpy(dtype=object)
+    for row, (user_id, start) in enumerate(zip(users.tolist(), starts.tolist(), strict=True)):
+        calendar = _calendar(zones, user_id)
+        offsets[row] = calendar.offset_min(start, calendar.day_of(start))
+    stats["utc_offset_min"] = offsets
     return stats[AGGREGATE_COLUMNS]
 
 
-def local_day_window(day: date, zone: ZoneInfo) -> DateRange:
-    """The UTC instants of one local calendar day in a zone."""
-    start = datetime.combine(day, time(), tzinfo=zone)
-    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=zone)
-    return DateRange(start, end)
+def local_day_window(day: date, zone: Clock) -> DateRange:
+    """The UTC instants of one local calendar day of a person (or in a zone)."""
+    start, end = Calendar.of(zone).day_window(day)
+    return DateRange(from_us(start), from_us(end))
 
 
 def records_window_for_local_day(day: date) -> DateRange:
@@ -197,9 +231,9 @@ def records_window_for_local_day(day: date) -> DateRange:
     return DateRange(start, start + timedelta(hours=24 + 14 + 12))
 
 
-def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd.DataFrame:
-    """Statistics per (provider, user, type) over local calendar day `day` in each user's zone."""
-    frame = aggregated_records(records)
+def daily(records: pd.DataFrame, zones: Mapping[str, Clock], day: date) -> pd.DataFrame:
+    """Statistics per (provider, user, type) over local calendar day `day` of each user."""
+    frame = aggregated_records(records, zones)
     if frame.empty:
         return empty_aggregates()
     # Each user's local day as UTC bounds, then one grouping for all users (not one per user).
@@ -214,19 +248,18 @@ def daily(records: pd.DataFrame, zones: Mapping[str, ZoneInfo], day: date) -> pd
     return _daily_rows(stats, bounds)
 
 
-def _day_bounds(user_ids: Iterable[str], zones: Mapping[str, ZoneInfo], day: date) -> pd.DataFrame:
+def _day_bounds(user_ids: Iterable[str], zones: Mapping[str, Clock], day: date) -> pd.DataFrame:
     """Per person: their local day `day` as UTC microseconds [start, end), and its offset."""
     users = pd.Index(list(user_ids))
-    user_zones = [zones.get(str(user_id), ZoneInfo("UTC")) for user_id in users]
-    windows = [local_day_window(day, zone) for zone in user_zones]
+    calendars = [_calendar(zones, user_id) for user_id in users]
+    windows = [calendar.day_window(day) for calendar in calendars]
     return pd.DataFrame(
         {
-            # Timestamp.value is nanoseconds whatever the unit: use the store's exact conversion.
-            "bucket_start_us": [to_us(w.start) for w in windows],
-            "bucket_end_us": [to_us(w.end) for w in windows],
+            "bucket_start_us": [start for start, _ in windows],
+            "bucket_end_us": [end for _, end in windows],
             "utc_offset_min": [
-                int(w.start.astimezone(zone).utcoffset().total_seconds() // 60)
-                for w, zone in zip(windows, user_zones, strict=True)
+                calendar.offset_min(start, day)
+                for (start, _), calendar in zip(windows, calendars, strict=True)
             ],
         },
         index=users,
@@ -239,10 +272,12 @@ def _daily_rows(stats: pd.DataFrame, bounds: pd.DataFrame) -> pd.DataFrame:
     return stats[AGGREGATE_COLUMNS].reset_index(drop=True)
 
 
-def count_mismatches(records: pd.DataFrame, hourly_stats: pd.DataFrame) -> list[str]:
+def count_mismatches(
+    records: pd.DataFrame, hourly_stats: pd.DataFrame, zones: Mapping[str, Clock] | None = None
+) -> list[str]:
     """Per person and type, hourly counts that do not add up to the records the statistics
-    count (ECG aside, steps from one device an hour): a bucket lost or counted twice."""
-    counted = aggregated_records(records)
+    count (ECG aside, steps from one device a local hour): a bucket lost or counted twice."""
+    counted = aggregated_records(records, zones)
     expected = counted.groupby(["user_id", "data_type"]).size()
     got = (
         hourly_stats.groupby(["user_id", "data_type"])["count"].sum()
@@ -257,16 +292,31 @@ def count_mismatches(records: pd.DataFrame, hourly_stats: pd.DataFrame) -> list[
 #
 # Publishing computes a bucket of people's statistics from one read of the store: dense series as
 # chunks (one per person, type, device and UTC hour), the rest as a small record batch. Each chunk
-# is reduced to one partial (count, min, max, sum, devices, methods) with numpy and the partials are
-# combined, so the statistics cost a step per chunk, not a row per sample. The rows are those
-# `hourly`, `daily` and `count_mismatches` give for the same records (tests/test_aggregate.py
-# compares them); only the order in which a bucket's values are added differs, which is exact for
-# whole numbers (heart rate, steps, RR in ms) and within rounding otherwise.
+# is cut into the person's local hours of the day (one piece, unless the person's hours do not
+# begin on the UTC hour or the day begins inside the chunk), each piece reduced to one partial
+# (count, min, max, sum, devices, methods) with numpy and the partials combined, so the statistics
+# cost a step per piece, not a row per sample. The rows are those `hourly`, `daily` and
+# `count_mismatches` give for the same records (tests/test_aggregate.py compares them); only the
+# order in which a bucket's values are added differs, which is exact for whole numbers (heart
+# rate, steps, RR in ms) and within rounding otherwise.
 
 _AGGREGATED_VALUES: Final = frozenset(t.value for t in AGGREGATED_TYPES)
 DAILY_KEYS: Final = ["provider", "user_id", "data_type"]
 # (group key without provider, device id, values, methods) of a chunk or the part of it counted.
 Part = tuple[tuple, str, np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """The samples of one stored chunk inside one local hour of its person."""
+
+    user_id: str
+    data_type: str
+    device_id: str
+    start_us: int  # the local hour
+    end_us: int
+    values: np.ndarray
+    methods: np.ndarray
 
 
 def _labels(values: np.ndarray) -> set[str]:
@@ -276,23 +326,54 @@ def _labels(values: np.ndarray) -> set[str]:
     return {str(v) for v in values if v}
 
 
-def counted_chunks(chunks: Sequence[Chunk]) -> list[Chunk]:
-    """The chunks the statistics count: no ECG, and per person and UTC hour the steps of the
-    device that counted the most (equal totals: the first device id), as `aggregated_records`."""
-    totals: dict[tuple[str, int], list[tuple[float, str]]] = {}
+def local_pieces(chunks: Sequence[Chunk], zones: Mapping[str, Clock], day: date) -> list[Piece]:
+    """The aggregated chunks' samples of each person's local day `day`, cut into their local
+    hours (no ECG)."""
+    pieces: list[Piece] = []
+    hours: dict[str, tuple[int, int, np.ndarray]] = {}
     for chunk in chunks:
-        if chunk.data_type == HealthDataType.STEPS.value:
-            total = float(chunk.samples.value.sum())
-            totals.setdefault((chunk.user_id, chunk.hour_us), []).append((-total, chunk.device_id))
-    best = {(user, hour, min(found)[1]) for (user, hour), found in totals.items()}
+        if chunk.data_type not in _AGGREGATED_VALUES or not len(chunk.samples):
+            continue
+        if chunk.user_id not in hours:
+            calendar = _calendar(zones, chunk.user_id)
+            hours[chunk.user_id] = (*calendar.day_window(day), calendar.hour_bounds(day))
+        first, last, bounds = hours[chunk.user_id]
+        hour, samples = chunk.hour_us, chunk.samples
+        if hour >= last or hour + HOUR_US <= first:
+            continue
+        at = int(np.searchsorted(bounds, hour))
+        if at + 1 < bounds.size and bounds[at] == hour and bounds[at + 1] == hour + HOUR_US:
+            pieces.append(Piece(chunk.user_id, chunk.data_type, chunk.device_id, hour,
+                                hour + HOUR_US, samples.value, samples.method))  # fmt: skip
+            continue
+        inside = np.flatnonzero((samples.ts_us >= first) & (samples.ts_us < last))
+        if not inside.size:
+            continue
+        slots = np.searchsorted(bounds, samples.ts_us[inside], side="right") - 1
+        for slot in np.unique(slots).tolist():
+            rows = inside[slots == slot]
+            pieces.append(Piece(chunk.user_id, chunk.data_type, chunk.device_id,
+                                int(bounds[slot]), int(bounds[slot + 1]), samples.value[rows],
+                                samples.method[rows]))  # fmt: skip
+    return pieces
+
+
+def counted_pieces(pieces: Sequence[Piece]) -> list[Piece]:
+    """The pieces the statistics count: per person and local hour the steps of the device that
+    counted the most (equal totals: the first device id), as `aggregated_records`."""
+    totals: dict[tuple[str, int, str], float] = {}
+    for piece in pieces:
+        if piece.data_type == HealthDataType.STEPS.value:
+            key = (piece.user_id, piece.start_us, piece.device_id)
+            totals[key] = totals.get(key, 0.0) + float(piece.values.sum())
+    found: dict[tuple[str, int], list[tuple[float, str]]] = {}
+    for (user_id, start, device_id), total in totals.items():
+        found.setdefault((user_id, start), []).append((-total, device_id))
+    best = {(user, start, min(devices)[1]) for (user, start), devices in found.items()}
     return [
-        c
-        for c in chunks
-        if c.data_type in _AGGREGATED_VALUES
-        and len(c.samples)
-        and (
-            c.data_type != HealthDataType.STEPS.value or (c.user_id, c.hour_us, c.device_id) in best
-        )
+        p
+        for p in pieces
+        if p.data_type != HealthDataType.STEPS.value or (p.user_id, p.start_us, p.device_id) in best
     ]
 
 
@@ -337,6 +418,8 @@ def _combine(provider: str, parts: Iterable[Part], keys: list[str]) -> pd.DataFr
             "methods": [",".join(sorted(r[5])) for r in rows],
         }
     )
+    for name in keys[3:]:  # the bucket bounds
+        frame[name] = frame[name].astype("int64")
     return frame
 
 
@@ -363,8 +446,6 @@ def _sparse_statistics(records: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     grouping costs more than the arithmetic), row for row the same; empty frame: none."""
     if records.empty:
         return pd.DataFrame()
-    if "bucket_start_us" in keys:
-        records = records.assign(bucket_start_us=records["ts"].dt.floor("h").astype("int64"))
     groups: dict[tuple, list[int]] = {}
     for row, key in enumerate(zip(*(records[k].tolist() for k in keys), strict=True)):
         groups.setdefault(key, []).append(row)
@@ -404,39 +485,48 @@ def _joined_statistics(dense: pd.DataFrame, sparse: pd.DataFrame, keys: list[str
     return pd.concat(parts, ignore_index=True).sort_values(keys, kind="stable", ignore_index=True)
 
 
+def in_local_day(records: pd.DataFrame, zones: Mapping[str, Clock], day: date) -> pd.DataFrame:
+    """The records inside their person's local day `day`."""
+    if records.empty:
+        return records
+    bounds = _day_bounds(records["user_id"].unique(), zones, day)
+    stamps = records["ts"].dt.as_unit("us").astype("int64")
+    inside = (stamps >= records["user_id"].map(bounds["bucket_start_us"])) & (
+        stamps < records["user_id"].map(bounds["bucket_end_us"])
+    )
+    return records[inside]
+
+
 def bucket_statistics(
     provider: str,
     chunks: Sequence[Chunk],
     sparse: pd.DataFrame,
-    zones: Mapping[str, ZoneInfo],
+    zones: Mapping[str, Clock],
     day: date,
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(hourly, daily, count mismatches) of one read of a bucket of people around day partition
-    `day`: `hourly` of the UTC day's records, `count_mismatches` of them, and `daily` of every
-    record read, computed from the chunks without a row per sample."""
-    start = to_us(datetime.combine(day, time(), tzinfo=ZoneInfo("UTC")))
-    end = start + 24 * HOUR_US
-    counted = counted_chunks(chunks)
-    in_day = [c for c in counted if start <= c.hour_us < end]
-    sparse_all = aggregated_records(sparse) if not sparse.empty else sparse
+    `day`: each person's local hours and local day `day` (`hourly`, `daily` and
+    `count_mismatches` of the records inside it), computed from the chunks without a row per
+    sample."""
+    pieces = counted_pieces(local_pieces(chunks, zones, day))
     sparse_day = sparse
     if not sparse.empty:
-        stamps = sparse["ts"].dt.as_unit("us").astype("int64")
-        sparse_day = aggregated_records(sparse[(stamps >= start) & (stamps < end)])
-    # Hourly: a chunk is one device's hour, so it is one part of its bucket.
+        sparse_day = aggregated_records(in_local_day(sparse, zones, day), zones)
+        if not sparse_day.empty:
+            sparse_day = _hour_columns(sparse_day, zones)
     dense = _combine(
         provider,
-        (((c.user_id, c.data_type, c.hour_us), c.device_id, c.samples.value, c.samples.method)
-         for c in in_day),
+        (((p.user_id, p.data_type, p.start_us, p.end_us), p.device_id, p.values, p.methods)
+         for p in pieces),
         HOURLY_KEYS,
     )  # fmt: skip
     stats = _joined_statistics(dense, _sparse_statistics(sparse_day, HOURLY_KEYS), HOURLY_KEYS)
     hourly_stats = empty_aggregates() if stats.empty else _hourly_rows(stats, zones)
     # The check: the samples counted per person and type against the hourly counts.
     expected: dict[tuple[str, str], int] = {}
-    for chunk in in_day:
-        key = (chunk.user_id, chunk.data_type)
-        expected[key] = expected.get(key, 0) + len(chunk.samples)
+    for piece in pieces:
+        key = (piece.user_id, piece.data_type)
+        expected[key] = expected.get(key, 0) + int(piece.values.size)
     if not sparse_day.empty:
         for key, size in sparse_day.groupby(["user_id", "data_type"]).size().items():
             expected[key] = expected.get(key, 0) + int(size)
@@ -449,30 +539,19 @@ def bucket_statistics(
         for u, t in sorted(set(expected) | set(got))
         if expected.get((u, t), 0) != got.get((u, t), 0)
     ]
-    # Daily: each person's local day; an hour its ends cut counts its samples inside.
-    people = {c.user_id for c in counted} | set(sparse_all["user_id"] if not sparse.empty else ())
+    # Daily: the same pieces and readings, by person and type.
+    people = {p.user_id for p in pieces} | set(
+        sparse_day["user_id"] if not sparse_day.empty else ()
+    )
     if not people:
         return hourly_stats, empty_aggregates(), mismatches
     bounds = _day_bounds(sorted(people), zones, day)
-    window = dict(zip(bounds.index, zip(bounds["bucket_start_us"], bounds["bucket_end_us"],
-                                        strict=True), strict=True))  # fmt: skip
-
-    def inside(chunk: Chunk) -> Part:
-        first, last = window[chunk.user_id]
-        samples, key = chunk.samples, (chunk.user_id, chunk.data_type)
-        if first <= chunk.hour_us and chunk.hour_us + HOUR_US <= last:
-            return key, chunk.device_id, samples.value, samples.method
-        keep = (samples.ts_us >= first) & (samples.ts_us < last)
-        return key, chunk.device_id, samples.value[keep], samples.method[keep]
-
-    dense = _combine(provider, (inside(c) for c in counted), DAILY_KEYS)
-    kept = sparse_all
-    if not sparse_all.empty:
-        stamps = sparse_all["ts"].dt.as_unit("us").astype("int64")
-        kept = sparse_all[
-            (stamps >= sparse_all["user_id"].map(bounds["bucket_start_us"]))
-            & (stamps < sparse_all["user_id"].map(bounds["bucket_end_us"]))
-        ]
-    stats = _joined_statistics(dense, _sparse_statistics(kept, DAILY_KEYS), DAILY_KEYS)
+    dense = _combine(
+        provider,
+        (((p.user_id, p.data_type), p.device_id, p.values, p.methods) for p in pieces),
+        DAILY_KEYS,
+    )
+    daily_sparse = sparse_day.drop(columns=["bucket_start_us", "bucket_end_us"], errors="ignore")
+    stats = _joined_statistics(dense, _sparse_statistics(daily_sparse, DAILY_KEYS), DAILY_KEYS)
     daily_stats = empty_aggregates() if stats.empty else _daily_rows(stats, bounds)
     return hourly_stats, daily_stats, mismatches

@@ -7,8 +7,8 @@ timestamps are timezone-aware, units are canonical UCUM, values are finite and p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -253,6 +253,9 @@ class HealthSyncConfig:
     timezone: str = "UTC"
     fhir_patient_id: str = ""
     lookback_days: int = 30
+    # Zone history: (first day, zone) in order, the last one `timezone`; empty: `timezone`
+    # always. Each local day is cut in the zone it was lived in (ohx_dagster/localdays.py).
+    zone_changes: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("user_id", "provider"):
@@ -278,6 +281,7 @@ class HealthSyncConfig:
             ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValidationError("timezone", self.timezone, "an IANA time zone name") from None
+        object.__setattr__(self, "zone_changes", _zone_changes(self.zone_changes, self.timezone))
         for name in ("retention_days", "lookback_days"):
             number = getattr(self, name)
             if isinstance(number, bool) or not isinstance(number, int) or number < 1:
@@ -287,7 +291,23 @@ class HealthSyncConfig:
 
     @property
     def zone(self) -> ZoneInfo:
+        """The zone in force now (a past day's zone: `zone_on`)."""
         return ZoneInfo(self.timezone)
+
+    def zone_on(self, day: date) -> ZoneInfo:
+        """The zone local day `day` was lived in."""
+        return ZoneInfo(zone_name_on(self.timezone, self.zone_changes, day))
+
+    def with_zone(self, timezone: str, since: date) -> HealthSyncConfig:
+        """This config with `timezone` in force from local day `since` on (days before keep
+        theirs; a change from the first day known replaces the history)."""
+        history = list(self.zone_changes) or [(date.min.isoformat(), self.timezone)]
+        kept = [(d, z) for d, z in history if d < since.isoformat()]
+        if not kept or kept[-1][1] != timezone:
+            kept.append((since.isoformat(), timezone))
+        if len(kept) == 1:
+            kept = []  # one zone for every day: no history to keep
+        return replace(self, timezone=timezone, zone_changes=tuple(kept))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -301,6 +321,8 @@ class HealthSyncConfig:
             "timezone": self.timezone,
             "fhir_patient_id": self.fhir_patient_id,
             "lookback_days": self.lookback_days,
+            # Only when there is a history: the stored config of everyone else stays as it was.
+            **({"zone_changes": [list(c) for c in self.zone_changes]} if self.zone_changes else {}),
         }
 
     @classmethod
@@ -310,6 +332,33 @@ class HealthSyncConfig:
         if unknown:
             raise ValidationError("config", sorted(unknown), f"only keys {sorted(known)}")
         return cls(**data)  # type: ignore[arg-type]
+
+
+def zone_name_on(timezone: str, changes: tuple[tuple[str, str], ...], day: date) -> str:
+    """The zone of local day `day` in a zone history (see HealthSyncConfig.zone_changes)."""
+    if not changes:
+        return timezone
+    name = changes[0][1]  # days before the first change were lived in the first zone known
+    text = day.isoformat()
+    for since, zone in changes:
+        if since > text:
+            break
+        name = zone
+    return name
+
+
+def _zone_changes(changes: object, timezone: str) -> tuple[tuple[str, str], ...]:
+    expected = "(first day, IANA zone) pairs in date order, the last one the current timezone"
+    try:
+        found = tuple((date.fromisoformat(str(d)).isoformat(), str(z)) for d, z in changes)  # type: ignore[attr-defined]
+        for _, zone in found:
+            ZoneInfo(zone)
+    except (TypeError, ValueError, ZoneInfoNotFoundError):
+        raise ValidationError("zone_changes", changes, expected) from None
+    days = [d for d, _ in found]
+    if days != sorted(set(days)) or (found and found[-1][1] != timezone):
+        raise ValidationError("zone_changes", changes, expected)
+    return found
 
 
 def default_patient_id(config: HealthSyncConfig) -> str:

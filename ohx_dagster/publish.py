@@ -17,15 +17,22 @@ Per bucket, in this order:
    the aggregates, the file rows, the published versions, and the manifest naming exactly the
    files of this version. A render older than what is already published is dropped there.
 
-Status: a person's series and aggregates of the day stay `preliminary` until their local day and
-the provider's re-sync horizon are over (late uploads may still change them), then `final`.
+Each partition publishes every person's local day of its date (ohx_dagster/localdays.py), so a
+sample is published in exactly one partition, and a daily aggregate counts the whole day however
+many UTC days hold it.
+
+Status: a person's resources of the day stay `preliminary` until the coverage ledger holds their
+whole local day for every type they sync and the provider's re-sync horizon has passed since the
+day ended (late uploads may still change them), then `final`. A sample that arrives after that
+re-publishes the day: the same ids, and resources that changed say `amended` (FHIR: changed
+after being final).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
@@ -34,16 +41,17 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ohx_dagster import aggregate, db, record_tables
+from ohx_dagster import coverage as cov
 from ohx_dagster.fhir.common import is_clinical_patient, referenced
 from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
 from ohx_dagster.fhir.validation import validate_output
+from ohx_dagster.localdays import Calendar
 from ohx_dagster.models import AggregationLevel, HealthSyncConfig
 from ohx_dagster.schema import aggregates, day_versions, fhir_files, users
 from ohx_dagster.shards import Shard
 from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import local_day
-from ohx_dagster.times import from_us, iso_us, now_us, to_us, utc_day
+from ohx_dagster.times import HOUR_US, from_us, iso_us, now_us, to_us, utc_day
 
 FILE_BUCKETS: Final = 64
 WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
@@ -80,10 +88,50 @@ def partition_dir(day: date, key: str) -> str:
 
 
 def final_at(day: date, config: HealthSyncConfig, horizon: timedelta) -> datetime:
-    """When a person's day partition can no longer change: their local day and the UTC day are
-    over, and the provider's re-sync horizon has passed."""
-    end = max(to_us(utc_day(day).end), local_day(day, config)[1])
-    return from_us(end) + horizon
+    """When a person's local day can no longer change by time alone: it is over and the
+    provider's re-sync horizon has passed."""
+    return from_us(Calendar.of(config).day_window(day)[1]) + horizon
+
+
+def is_final(
+    day: date,
+    config: HealthSyncConfig,
+    *,
+    now: datetime,
+    horizon: timedelta,
+    covered: Mapping[str, Sequence[cov.Interval]],
+    refused: Iterable[str] = (),
+) -> bool:
+    """Whether a person's local day is final: `final_at` has passed, and the coverage ledger
+    holds the whole day for every type it keeps for them (enabled, not refused). A person whose
+    data came without a ledger (nothing asked of a provider) is final by time alone."""
+    if now < final_at(day, config, horizon):
+        return False
+    window = Calendar.of(config).day_window(day)
+    enabled = {t.value for t in config.enabled_types} - set(refused)
+    return all(not cov.gaps(window, spans) for kind, spans in covered.items() if kind in enabled)
+
+
+def finality(
+    store: RecordStore,
+    provider: str,
+    day: date,
+    configs: Mapping[str, HealthSyncConfig],
+    *,
+    now: datetime,
+    horizon: timedelta,
+) -> dict[str, bool]:
+    """`is_final` of each person's day, from one read of the ledger."""
+    due = {u: c for u, c in configs.items() if now >= final_at(day, c, horizon)}
+    found = dict.fromkeys(configs, False)
+    if not due:
+        return found
+    ledger = store.coverage(provider, due)
+    for user_id, config in due.items():
+        covered = {t: spans for (u, t), spans in ledger.items() if u == user_id}
+        found[user_id] = is_final(day, config, now=now, horizon=horizon, covered=covered,
+                                  refused=store.refused_types(config))  # fmt: skip
+    return found
 
 
 @dataclass
@@ -140,10 +188,11 @@ def people_to_publish(
         versions = store.day_versions(conn, provider, day, configs)
         published = _published(conn, provider, day, configs)
     due = set()
+    waiting = {u: configs[u] for u, (_, done_final) in published.items() if not done_final}
+    final = finality(store, provider, day, waiting, now=now, horizon=horizon)
     for user_id, version in versions.items():
         done_version, done_final = published.get(user_id, (0, False))
-        is_final = now >= final_at(day, configs[user_id], horizon)
-        if version > done_version or (is_final and not done_final):
+        if version > done_version or (final.get(user_id, False) and not done_final):
             due.add(user_id)
     return due
 
@@ -170,6 +219,33 @@ def _withdrawn(
         if resource["resourceType"] in WITHDRAWABLE and key not in current_ids:
             gone.append({**resource, "status": ENTERED_IN_ERROR})
     return gone
+
+
+AFTER_FINAL: Final = frozenset({"final", "amended", "corrected"})
+
+
+def _amended(
+    resources: list[dict[str, Any]], previous: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Resources published final before whose content changed since (a sample that arrived
+    after the day was final) say `amended`, as FHIR has it; once amended, a resource stays so
+    while its content is the same."""
+    earlier = {
+        (r["resourceType"], r["id"]): r
+        for r in previous
+        if r["resourceType"] in WITHDRAWABLE and r.get("status") in AFTER_FINAL
+    }
+    if not earlier:
+        return resources
+    marked = []
+    for resource in resources:
+        before = earlier.get((resource["resourceType"], resource["id"]))
+        if before is not None and resource.get("status") == "final":
+            same = {**before, "status": "final"} == resource
+            if not same or before["status"] != "final":
+                resource = {**resource, "status": "amended" if not same else before["status"]}
+        marked.append(resource)
+    return marked
 
 
 def _keep_referenced(
@@ -232,26 +308,29 @@ def _write_aggregates(
     hourly: pd.DataFrame,
     daily: pd.DataFrame,
 ) -> None:
-    """The bucket's people's buckets of the day become exactly these rows."""
+    """The bucket's people's buckets of their local day become exactly these rows: their hours
+    inside it, and their daily row of this date in whatever zone it was cut before (a zone
+    changed since: the old rows go)."""
     t = aggregates
-    people = sorted(configs)
-    window = utc_day(day)
-    conn.execute(
-        t.delete().where(
-            t.c.provider == provider,
-            t.c.level == AggregationLevel.HOURLY.value,
-            t.c.user_id.in_(people),
-            t.c.bucket_start_us >= to_us(window.start),
-            t.c.bucket_start_us < to_us(window.end),
-        )
-    )
+    midnight = to_us(utc_day(day).start)
+    any_zone = (midnight - 14 * HOUR_US, midnight + 12 * HOUR_US)  # UTC+14 .. UTC-12
     for user_id, config in configs.items():
+        start, end = Calendar.of(config).day_window(day)
+        person = (t.c.provider == provider) & (t.c.user_id == user_id)
         conn.execute(
             t.delete().where(
-                t.c.provider == provider,
+                person,
+                t.c.level == AggregationLevel.HOURLY.value,
+                t.c.bucket_start_us >= start,
+                t.c.bucket_start_us < end,
+            )
+        )
+        conn.execute(
+            t.delete().where(
+                person,
                 t.c.level == AggregationLevel.DAILY.value,
-                t.c.user_id == user_id,
-                t.c.bucket_start_us == local_day(day, config)[0],
+                t.c.bucket_start_us >= any_zone[0],
+                t.c.bucket_start_us <= any_zone[1],
             )
         )
     columns = aggregate.AGGREGATE_COLUMNS
@@ -372,13 +451,12 @@ def publish_partition(
         data, versions = _read_bucket(store, provider, day, configs)
         if not publish_ambiguous:
             data = data.without_ambiguous()
-        zones = {u: c.zone for u, c in configs.items()}
         # From the chunks as read: no row per sample (aggregate.hourly/daily of the records).
         hourly, daily, mismatches = aggregate.bucket_statistics(
-            provider, data.chunks, data.sparse, zones, day
+            provider, data.chunks, data.sparse, dict(configs), day
         )
         report.count_mismatches += mismatches
-        final = {u: now >= final_at(day, c, horizon) for u, c in configs.items()}
+        final = finality(store, provider, day, configs, now=now, horizon=horizon)
         statuses = {u: "final" if is_final else "preliminary" for u, is_final in final.items()}
         resources = bucket_resources(
             data, hourly, daily, statuses, run_id=run_id, recorded_us=to_us(now)
@@ -394,6 +472,7 @@ def publish_partition(
             else []
         )
         withdrawn = _withdrawn(previous, ids)
+        resources = _amended(resources, previous)
         resources = _keep_referenced(resources + withdrawn, previous)
         resources = _keep_provenance(resources, previous)
         problems = check_output(resources, configs, validate)

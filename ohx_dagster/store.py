@@ -27,6 +27,7 @@ from ohx_dagster import coverage as cov
 from ohx_dagster import db, migrate, record_tables
 from ohx_dagster.aggregate import AGGREGATE_COLUMNS
 from ohx_dagster.coverage import Interval
+from ohx_dagster.localdays import Calendar
 from ohx_dagster.models import DateRange, HealthSyncConfig
 from ohx_dagster.record_tables import DENSE, Chunk
 from ohx_dagster.records import concat, label_codes
@@ -63,14 +64,15 @@ class CommitReport:
         return bool(self.changed)
 
 
-def days_touched(spans: Iterable[Interval], zone: ZoneInfo) -> set[date]:
-    """Day partitions whose output depends on these instants: the UTC day (series, hourly
-    aggregates) and the person's local day (daily aggregates) of each end of each span."""
+def days_touched(
+    spans: Iterable[Interval], clock: HealthSyncConfig | ZoneInfo | Calendar
+) -> set[date]:
+    """Day partitions whose output depends on these instants: every local day of the person
+    that holds one (a partition publishes each person's local day, ohx_dagster/localdays.py)."""
+    calendar = Calendar.of(clock)
     days: set[date] = set()
     for start, end in spans:
-        for moment in (from_us(start), from_us(max(start, end - 1))):
-            days.add(moment.date())
-            days.add(moment.astimezone(zone).date())
+        days.update(calendar.days_spanned(start, max(end, start + 1)))
     return days
 
 
@@ -247,7 +249,7 @@ class RecordStore:
         self,
         provider: str,
         user_id: str,
-        zone: ZoneInfo,
+        zone: HealthSyncConfig | ZoneInfo | Calendar,
         batch: pd.DataFrame,
         *,
         covered: Mapping[str, Sequence[Interval]] | None = None,

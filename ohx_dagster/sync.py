@@ -241,7 +241,7 @@ def sync_partition(
         commit = store.commit(
             source.name,
             config.user_id,
-            config.zone,
+            config,
             result.batch,
             covered=result.covered,
             replace=result.covered,

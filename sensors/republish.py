@@ -5,7 +5,8 @@ notification names two days, an Oura night began before midnight, a provider del
 The store marks every day partition whose data changed (store.day_versions); this sensor asks, per
 such day and source key, for a `refresh` run for the people whose day changed (no fetch:
 statistics, FHIR and delivery only). It also asks for one when a person's day, published as
-preliminary, has become final (their local day and the re-sync horizon are over).
+preliminary, has become final (their local day is covered, and it and the re-sync horizon are
+over).
 
 Partitions with a run queued or running are left for a later tick. The run key names the tick's
 hour, so a refresh that failed is asked for again an hour later, never lost.
@@ -17,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 
 from assets.partitions import partition_key
-from ohx_dagster.publish import final_at
+from ohx_dagster.publish import finality
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
 from ohx_dagster.store import RecordStore
@@ -38,10 +39,9 @@ def days_to_republish(
         due[day] |= people
     configs = {c.user_id: c for c in store.users(provider, connected_only=False)}
     for day, people in store.preliminary_days(provider, (now - FINAL_LOOKBACK).date()).items():
-        for user_id in people:
-            config = configs.get(user_id)
-            if config is not None and now >= final_at(day, config, horizon):
-                due[day].add(user_id)
+        known = {u: configs[u] for u in people if u in configs}
+        final = finality(store, provider, day, known, now=now, horizon=horizon)
+        due[day] |= {u for u, is_final in final.items() if is_final}
     return dict(due)
 
 

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from ohx_dagster import aggregate
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.records import concat, make_batch
+from ohx_dagster.times import HOUR_US, to_us
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 CHICAGO = "America/Chicago"
-HOUR_US = 3_600_000_000
 HOUR = timedelta(hours=1)
 
 
@@ -162,9 +162,17 @@ def test_two_users_in_one_hour_stay_apart() -> None:
     )
     zones = {"a": ZoneInfo("UTC"), "b": ZoneInfo("Asia/Kolkata")}
     stats = aggregate.hourly(batch, zones).set_index("user_id")
-    assert stats.loc["a", "mean"] == 60.0 and stats.loc["b", "mean"] == 120.0
-    assert stats.loc["a", "count"] == stats.loc["b", "count"] == 60
-    assert stats.loc["b", "utc_offset_min"] == 330
+    assert stats.loc["a", "mean"] == 60.0 and stats.loc["a", "count"] == 60
+    # Kolkata's hours begin at half past a UTC hour: 10:00-11:00Z is the end of 15:00-16:00
+    # local and the start of 16:00-17:00.
+    kolkata = stats.loc[["b"]]
+    assert list(kolkata["count"]) == [30, 30] and set(kolkata["mean"]) == {120.0}
+    assert list(kolkata["bucket_start_us"]) == [
+        to_us(hour - pd.Timedelta(minutes=30)),
+        to_us(hour + pd.Timedelta(minutes=30)),
+    ]
+    assert set(kolkata["bucket_end_us"] - kolkata["bucket_start_us"]) == {HOUR_US}
+    assert set(kolkata["utc_offset_min"]) == {330}
     daily = aggregate.daily(batch, zones, date(2016, 4, 12)).set_index("user_id")
     assert daily.loc["a", "max"] == 60.0 and daily.loc["b", "min"] == 120.0
 
@@ -424,13 +432,13 @@ def test_statistics_from_chunks_equal_the_statistics_of_the_records(
     sqlite_store, day: date
 ) -> None:
     """What publishing computes from the stored chunks (bucket_statistics) is exactly what
-    hourly, daily and count_mismatches give for the same records: five zones (Kolkata +5:30 cuts
-    hours in two), steps from two devices with a tie, a weigh-in two apps logged, hand entries."""
+    hourly, daily and count_mismatches give for the same records of each person's local day:
+    five zones (Kolkata's +5:30 hours cut UTC chunks in two), steps from two devices with a tie, a weigh-in two apps logged, hand entries."""
     from ohx_dagster import record_tables
     from ohx_dagster.fhir.partition import read_window
     from ohx_dagster.models import DateRange, HealthDataType
     from ohx_dagster.providers.simulated import SimulatedSource
-    from ohx_dagster.times import to_us, utc_day
+    from ohx_dagster.times import to_us
 
     window = read_window(day)
     source = SimulatedSource(6, clock=lambda: window.end)
@@ -469,8 +477,7 @@ def test_statistics_from_chunks_equal_the_statistics_of_the_records(
         sparse = record_tables.read_measurements(conn, "simulated", start, end)
     zones = {u: c.zone for u, c in configs.items()}
     records = concat([record_tables.chunks_to_batch("simulated", chunks), sparse])
-    utc = utc_day(day)
-    in_day = records[(records["ts"] >= utc.start) & (records["ts"] < utc.end)]
+    in_day = aggregate.in_local_day(records, zones, day)
     hourly = aggregate.hourly(in_day, zones)
     daily = aggregate.daily(records, zones, day)
     got_hourly, got_daily, mismatches = aggregate.bucket_statistics(
@@ -478,7 +485,10 @@ def test_statistics_from_chunks_equal_the_statistics_of_the_records(
     )
     pd.testing.assert_frame_equal(got_hourly, hourly.reset_index(drop=True), check_exact=True)
     pd.testing.assert_frame_equal(got_daily, daily.reset_index(drop=True), check_exact=True)
-    assert mismatches == aggregate.count_mismatches(in_day, hourly) == []
+    assert mismatches == aggregate.count_mismatches(in_day, hourly, zones) == []
+    # The hours tile each person's day: their counts are the day's.
+    per_person = hourly.groupby(["user_id", "data_type"])["count"].sum()
+    assert per_person.to_dict() == daily.set_index(["user_id", "data_type"])["count"].to_dict()
     assert len(records) > 100_000, len(records)
     assert set(daily["user_id"]) == set(configs)
     assert {"manual", "device"} <= set(",".join(hourly["methods"]).split(","))

@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ohx_dagster.aggregate import in_local_day, local_day_window
 from ohx_dagster.fhir.ecg import read_waveform
 from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.fhir.partition import read_window
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.timefmt import parse_us
 from ohx_dagster.fhir.validation import validate_resources
@@ -127,9 +129,10 @@ def test_aggregates_derive_from_published_series(simulated) -> None:
 
 def test_round_trip_series_and_measurements_equal_the_store(simulated) -> None:
     store, _, _, resources = simulated
-    records = store.read_records("simulated", utc_day(DAY))
-    records = records.assign(ts_us=records["ts"].dt.as_unit("us").astype("int64"))
     configs = {c.user_id: c for c in store.users("simulated")}
+    # The partition publishes each person's local day of its date.
+    records = in_local_day(store.read_records("simulated", read_window(DAY)), configs, DAY)
+    records = records.assign(ts_us=records["ts"].dt.as_unit("us").astype("int64"))
     patients = {f"Patient/{c.fhir_patient_id}": c.user_id for c in configs.values()}
     type_of = {"8867-4": "heart_rate", "55423-8": "steps", "8637-1": "rr_intervals",
                "85354-9": "blood_pressure", "29463-7": "weight", "8310-5": "temperature",
@@ -175,8 +178,9 @@ def test_round_trip_series_and_measurements_equal_the_store(simulated) -> None:
 
 def test_round_trip_aggregates_equal_the_store(simulated) -> None:
     store, _, _, resources = simulated
-    hourly = store.read_aggregates("simulated", "hourly", utc_day(DAY))
     person = next(c for c in store.users("simulated") if c.aggregation.value == "hourly")
+    # Their local day's hours (Europe/Amsterdam: 23:00Z to 23:00Z).
+    hourly = store.read_aggregates("simulated", "hourly", local_day_window(DAY, person))
     rows = hourly[(hourly.user_id == person.user_id) & (hourly.data_type == "heart_rate")]
     by_start = {
         parse_us(r["effectivePeriod"]["start"]): r
@@ -274,8 +278,19 @@ def test_a_day_is_preliminary_until_its_local_day_and_the_horizon_are_over(tmp_p
     # Series and aggregates; single measurements and ECG recordings are complete: final.
     assert statuses == {"preliminary"}
     later = early + timedelta(days=1)
-    final = publish(store, output, day=day, now=later)  # nothing changed but the status
+    # Their local day ends at 05:00Z of the next UTC day, which nothing has asked the provider
+    # for: however late, not final.
+    waiting = publish(store, output, day=day, now=later)
+    assert waiting.buckets == []  # nothing changed, nothing became final
+    assert (
+        new_york.user_id in publish(store, output, day=day, now=later, force=True).preliminary_users
+    )
+    sync_partition(SOURCE, store, day + timedelta(days=1), strategy="partition", now=NOW)
+    final = publish(store, output, day=day, now=later)
     assert new_york.user_id in final.users and final.preliminary_users == []
+    statuses = {r["status"] for r in published(output, day) if r["resourceType"] == "Observation"
+                and r["subject"]["reference"] == f"Patient/{new_york.fhir_patient_id}"}  # fmt: skip
+    assert statuses == {"final"}
     store.dispose()
 
 

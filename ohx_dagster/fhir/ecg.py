@@ -51,9 +51,10 @@ def device_steps(samples: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def ecg_resources(
-    row: Mapping[str, Any], config: HealthSyncConfig, linked: LinkedSeries
+    row: Mapping[str, Any], config: HealthSyncConfig, linked: LinkedSeries, status: str = "final"
 ) -> list[dict[str, Any]]:
-    """[waveform Observation, DiagnosticReport] of one ECG record."""
+    """[waveform Observation, DiagnosticReport] of one ECG record. The report is no more final
+    than the series it links to (`status`: theirs, the person's day's)."""
     provider, device_id = row["provider"], row["device_id"]
     ts_us = int(row["ts_us"])
     offset = 0 if pd.isna(row["utc_offset_min"]) else int(row["utc_offset_min"])
@@ -83,7 +84,7 @@ def ecg_resources(
         waveform["device"] = device
 
     report = header("DiagnosticReport", key)
-    report["status"] = "final"
+    report["status"] = status
     report["category"] = [ECG_SECTION.concept()]
     report["code"] = TYPE_CODES[HealthDataType.ECG].code.concept()
     report["subject"] = patient_reference(config)
@@ -96,7 +97,10 @@ def ecg_resources(
 
 
 def ecg_reports(
-    records: pd.DataFrame, configs: Mapping[str, HealthSyncConfig], linked: LinkedSeries
+    records: pd.DataFrame,
+    configs: Mapping[str, HealthSyncConfig],
+    linked: LinkedSeries,
+    statuses: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     frame = records[records["data_type"] == HealthDataType.ECG.value]
     frame = frame.assign(ts_us=epoch_us(frame["ts"]))
@@ -104,7 +108,7 @@ def ecg_reports(
         config = configs.get(row["user_id"]) or HealthSyncConfig(
             user_id=row["user_id"], provider=row["provider"]
         )
-        yield from ecg_resources(row, config, linked)
+        yield from ecg_resources(row, config, linked, (statuses or {}).get(row["user_id"], "final"))
 
 
 def read_waveform(observation: dict[str, Any]) -> tuple[int, float, np.ndarray]:

@@ -24,6 +24,7 @@ from ohx_dagster.fhir.common import (
 )
 from ohx_dagster.fhir.timefmt import format_us
 from ohx_dagster.ids import content_key
+from ohx_dagster.localdays import Calendar
 from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfig
 from ohx_dagster.records import row_dicts
 
@@ -36,13 +37,15 @@ DerivedFrom = Callable[[Mapping[str, Any]], list[dict[str, str]]]
 def aggregate_key(row: Mapping[str, Any], config: HealthSyncConfig) -> str:
     """The bucket, and the zone it was cut in: the same file read in another zone (a re-import
     of a wall-clock export) gives other resources, never the same ids with other content."""
+    calendar = Calendar.of(config)
+    start = int(row["bucket_start_us"])
     return content_key(
         row["provider"],
         row["user_id"],
         row["data_type"],
         row["level"],
-        row["bucket_start_us"],
-        config.timezone,
+        start,
+        str(calendar.zone_on(calendar.day_of(start)).key),
     )
 
 
@@ -91,9 +94,12 @@ def aggregate_observation(
     resource = observation_base(kind, aggregate_key(row, config), config, status)
     if kind is HealthDataType.STEPS and level is AggregationLevel.DAILY:
         resource["code"] = DAILY_STEPS.concept()
+    # Each end written with the offset in force then (a DST day ends at another offset).
+    calendar = Calendar.of(config)
+    end_us = int(row["bucket_end_us"])
     resource["effectivePeriod"] = {
         "start": format_us(row["bucket_start_us"], row["utc_offset_min"]),
-        "end": format_us(row["bucket_end_us"], row["utc_offset_min"]),
+        "end": format_us(end_us, calendar.offset_min(end_us, calendar.day_of(end_us - 1))),
     }
     _provenance(resource, row, config)
     if derived_from:

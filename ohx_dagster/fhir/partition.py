@@ -1,22 +1,24 @@
 """Which FHIR resources one day partition publishes for a bucket of people, from data read once.
 
-Per person, for the partition's UTC day:
+Per person, for their local day of the partition's date (ohx_dagster/localdays.py: the day they
+lived, 23 to 25 hours, in the zone they lived it in):
 - their Patient (unless the clinical system named them: then its Patient is referenced);
 - heart rate, steps and RR series: one Observation (valueSampledData) per stored chunk (one
-  type, device and hour);
+  type, device and UTC hour; a chunk their local midnight cuts is published as its two parts,
+  each in its own day);
 - every sparse measurement (blood pressure, weight, temperature, SpO2) as its own Observation at
   its exact time;
-- hourly aggregates of the UTC day and daily aggregates of their local day, per their preference,
-  each `derivedFrom` the series and measurements of this partition it summarises;
+- hourly aggregates of their local hours and the daily aggregate of their local day, per their
+  preference, each `derivedFrom` every series and measurement it summarises;
 - resting heart rate of their local day (LOINC 40443-4), from the heart rate the provider says
   was taken at rest or asleep, when it says so (Oura's `source`);
 - ECG: waveform Observation + DiagnosticReport linking the heart rate and RR recorded with it;
 - a Device for each device of theirs a resource names, with the DeviceAssociation to them;
 - a Provenance naming every resource above, the source, the Dagster run and this software.
 
-References stay inside the partition's output (a daily aggregate whose local day reaches into the
-next UTC day derives from this day's readings only), so every partition's output resolves on its
-own and a delivery never refers to a resource not delivered yet.
+Every sample is published in exactly one partition, its person's local day, so references stay
+inside the partition's output: every partition's output resolves on its own and a delivery never
+refers to a resource not delivered yet.
 
 Readings a shared device cannot attribute (method "ambiguous": a Withings weigh-in that "may
 belong to another user") are kept in the store but published only when the operator says so.
@@ -44,19 +46,20 @@ from ohx_dagster.fhir.observations import aggregate_observations
 from ohx_dagster.fhir.provenance import provenance
 from ohx_dagster.fhir.resting import resting_heart_rate
 from ohx_dagster.fhir.series import chunk_observation, series_reference
+from ohx_dagster.localdays import Calendar
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.record_tables import Chunk
 from ohx_dagster.records import row_dicts
 from ohx_dagster.sync import LINK_MARGIN
-from ohx_dagster.times import HOUR_US, to_us, utc_day
+from ohx_dagster.times import HOUR_US, utc_day
 
 LINK_MARGIN_US: Final = int(LINK_MARGIN.total_seconds() * 1_000_000)
 AMBIGUOUS: Final = "ambiguous"
 
 
 def read_window(day: date) -> DateRange:
-    """What one partition's publishing reads: its UTC day, and the hours that a local calendar day
-    of the same date reaches in any zone (UTC-12 .. UTC+14), plus the link margin."""
+    """What one partition's publishing reads: the hours a local calendar day of its date reaches
+    in any zone (UTC-12 .. UTC+14, a change between them included)."""
     window = utc_day(day)
     return DateRange(window.start - timedelta(hours=14), window.end + timedelta(hours=12))
 
@@ -87,14 +90,43 @@ class BucketData:
             sparse = sparse[sparse["method"] != AMBIGUOUS].reset_index(drop=True)
         return BucketData(self.provider, self.day, self.configs, chunks, sparse)
 
+    def windows(self) -> dict[str, tuple[int, int]]:
+        """Each person's local day of the partition's date, as UTC microseconds."""
+        return {u: Calendar.of(c).day_window(self.day) for u, c in self.configs.items()}
+
     def in_day(self) -> tuple[list[Chunk], pd.DataFrame]:
-        window = utc_day(self.day)
-        start, end = to_us(window.start), to_us(window.end)
-        chunks = [c for c in self.chunks if start <= c.hour_us < end]
+        """What the partition publishes: each person's readings of their local day (the part of
+        a chunk their local midnight cuts that falls inside it)."""
+        windows = self.windows()
+        chunks = []
+        for chunk in self.chunks:
+            if chunk.user_id not in windows:
+                continue
+            first, last = windows[chunk.user_id]
+            if first <= chunk.hour_us and chunk.hour_us + HOUR_US <= last:
+                chunks.append(chunk)
+            elif chunk.hour_us < last and chunk.hour_us + HOUR_US > first:
+                part = day_part(chunk, first, last)
+                if part is not None:
+                    chunks.append(part)
         if self.sparse.empty:
             return chunks, self.sparse
-        inside = (self.sparse["ts"] >= window.start) & (self.sparse["ts"] < window.end)
+        stamps = self.sparse["ts"].dt.as_unit("us").astype("int64")
+        users = self.sparse["user_id"]
+        inside = (stamps >= users.map(lambda u: windows.get(u, (0, 0))[0])) & (
+            stamps < users.map(lambda u: windows.get(u, (0, 0))[1])
+        )
         return chunks, self.sparse[inside].reset_index(drop=True)
+
+
+def day_part(chunk: Chunk, first: int, last: int) -> Chunk | None:
+    """The samples of a chunk inside [first, last), as a chunk that starts at the later of its
+    hour and `first` (so the two parts a midnight cuts have ids of their own)."""
+    keep = np.flatnonzero((chunk.samples.ts_us >= first) & (chunk.samples.ts_us < last))
+    if not keep.size:
+        return None
+    return Chunk(chunk.user_id, chunk.data_type, chunk.device_id, max(chunk.hour_us, first),
+                 chunk.samples.take(keep))  # fmt: skip
 
 
 class PartitionIndex:
@@ -108,9 +140,9 @@ class PartitionIndex:
         for chunk in chunks:
             ref = series_reference(provider, chunk.user_id, chunk.data_type, chunk.hour_us,
                                    chunk.device_id)  # fmt: skip
-            self.entries[(chunk.user_id, chunk.data_type)].append(
-                (chunk.hour_us, chunk.hour_us + HOUR_US, ref)
-            )
+            # A chunk's hour; a part a midnight cut begins inside it and ends with it.
+            end = (chunk.hour_us // HOUR_US + 1) * HOUR_US
+            self.entries[(chunk.user_id, chunk.data_type)].append((chunk.hour_us, end, ref))
         for row in row_dicts(measurements):
             key = measurement_key(provider, row["user_id"], row["data_type"], row["ts_us"],
                                   row["device_id"])  # fmt: skip
@@ -174,7 +206,7 @@ def bucket_resources(
         if c.user_id in configs
     )
     add(measurement_observations(sparse, configs) if not sparse.empty else ())
-    add(ecg_reports(ecg, configs, index.linked) if not ecg.empty else ())
+    add(ecg_reports(ecg, configs, index.linked, statuses) if not ecg.empty else ())
     add(aggregate_observations(hourly, configs, index.derived_from, statuses))
     add(aggregate_observations(daily, configs, index.derived_from, statuses))
     add(resting)

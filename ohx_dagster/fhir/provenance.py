@@ -44,7 +44,7 @@ def provenance(
     # R5 Provenance has no identifier: its id is its content key's, and delivery updates it by id.
     # The zone is part of the key as it is of the aggregates': the same export read in another
     # zone is another set of resources with another Provenance, never the first one's overwritten.
-    key = f"{provider}|{config.user_id}|provenance|{day.isoformat()}|{config.timezone}"
+    key = f"{provider}|{config.user_id}|provenance|{day.isoformat()}|{config.zone_on(day).key}"
     resource: dict[str, Any] = {"resourceType": "Provenance", "id": stable_id("Provenance", key)}
     resource["target"] = [
         {"reference": f"{r['resourceType']}/{r['id']}"} for r in resources if "id" in r

@@ -16,8 +16,7 @@ from ohx_dagster.fhir.codes import LOINC, STATISTIC, Code, category
 from ohx_dagster.fhir.common import header, patient_reference, quantity
 from ohx_dagster.fhir.timefmt import format_us
 from ohx_dagster.ids import content_key
-from ohx_dagster.strategies import local_day
-from ohx_dagster.times import from_us
+from ohx_dagster.localdays import Calendar
 
 if TYPE_CHECKING:
     from ohx_dagster.fhir.partition import BucketData
@@ -34,7 +33,8 @@ def resting_heart_rate(
     """One Observation per person of the bucket whose local day has resting readings."""
     resources = []
     for user_id, config in data.configs.items():
-        start, end = local_day(data.day, config)
+        calendar = Calendar.of(config)
+        start, end = calendar.day_window(data.day)
         parts = []
         for chunk in data.chunks:
             if chunk.user_id == user_id and chunk.data_type == "heart_rate":
@@ -44,8 +44,9 @@ def resting_heart_rate(
         values = np.concatenate(parts) if parts else np.array([])
         if not values.size:
             continue
-        key = content_key(data.provider, user_id, "heart_rate", "resting", start, config.timezone)
-        offset = int(from_us(start).astimezone(config.zone).utcoffset().total_seconds() // 60)
+        zone = str(calendar.zone_on(data.day).key)
+        key = content_key(data.provider, user_id, "heart_rate", "resting", start, zone)
+        offset = calendar.offset_min(start, data.day)
         resource = header("Observation", key)
         resource["status"] = statuses.get(user_id, "final")
         resource["category"] = [category("vital-signs")]
@@ -53,7 +54,7 @@ def resting_heart_rate(
         resource["subject"] = patient_reference(config)
         resource["effectivePeriod"] = {
             "start": format_us(start, offset),
-            "end": format_us(end, offset),
+            "end": format_us(end, calendar.offset_min(end, data.day)),
         }
         mean = float(values.mean())
         resource["valueQuantity"] = quantity(mean, "/min", "beats/minute")

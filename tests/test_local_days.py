@@ -1,0 +1,162 @@
+"""Every person's local day, in every kind of zone: the invariants, attacked with hypothesis.
+
+- The days of a person tile time: each instant is in exactly one local day, whatever their zone
+  history (a move east, west, or a corrected setting).
+- A day is the local calendar day: 00:00 to 24:00 on the wall clock of the zone it was lived in,
+  23, 24 or 25 hours (23.5 or 24.5 on Lord Howe Island), its hours the wall clock's hours.
+- Every sample lies in exactly one daily aggregate of its person, each daily aggregate counts
+  exactly the samples of that local day, and its hours add up to it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ohx_dagster import aggregate
+from ohx_dagster.localdays import Calendar
+from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.records import concat, make_batch
+from ohx_dagster.times import HOUR_US, from_us, to_us
+
+ZONES = [
+    "America/New_York",
+    "Europe/Berlin",
+    "Asia/Kolkata",  # +05:30
+    "Asia/Kathmandu",  # +05:45
+    "Australia/Lord_Howe",  # +10:30, a 30-minute DST
+    "Pacific/Chatham",  # +12:45 / +13:45
+    "UTC",
+]
+# The 2026 daylight-saving change days of the zones above.
+DST_DAYS = [
+    date(2026, 3, 8), date(2026, 11, 1),  # New York
+    date(2026, 3, 29), date(2026, 10, 25),  # Berlin
+    date(2026, 4, 5), date(2026, 10, 4),  # Lord Howe
+    date(2026, 9, 27),  # Chatham (and 2026-04-05)
+]  # fmt: skip
+
+days = st.one_of(
+    st.sampled_from(DST_DAYS).flatmap(
+        lambda d: st.sampled_from([d - timedelta(1), d, d + timedelta(1)])
+    ),
+    st.dates(min_value=date(2025, 1, 1), max_value=date(2027, 12, 31)),
+)
+
+
+@st.composite
+def calendars(draw: st.DrawFn) -> Calendar:
+    """A zone, or a history of up to three zones (moves and corrections)."""
+    zones = draw(st.lists(st.sampled_from(ZONES), min_size=1, max_size=3))
+    if len(zones) == 1:
+        return Calendar(zones[0])
+    firsts = sorted(
+        draw(st.lists(days, min_size=len(zones) - 1, max_size=len(zones) - 1, unique=True))
+    )
+    changes = [
+        ("0001-01-01", zones[0]),
+        *((d.isoformat(), z) for d, z in zip(firsts, zones[1:], strict=True)),
+    ]
+    kept = [c for n, c in enumerate(changes) if n == 0 or c[1] != changes[n - 1][1]]
+    return Calendar(kept[-1][1], tuple(kept) if len(kept) > 1 else ())
+
+
+def wall_clock_day(calendar: Calendar, day: date) -> tuple[datetime, datetime]:
+    zone = calendar.zone_on(day)
+    return (
+        datetime.combine(day, datetime.min.time(), tzinfo=zone),
+        datetime.combine(day + timedelta(1), datetime.min.time(), tzinfo=zone),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(calendars(), days)
+def test_days_tile_time_and_are_the_wall_clock_day(calendar: Calendar, day: date) -> None:
+    start, end = calendar.day_window(day)
+    assert calendar.day_window(day + timedelta(1))[0] == end
+    assert calendar.day_window(day - timedelta(1))[1] == start
+    assert calendar.day_of(start) == day and calendar.day_of(end - 1) == day
+    bounds = calendar.hour_bounds(day)
+    assert bounds[0] == start and bounds[-1] == end and (np.diff(bounds) > 0).all()
+    assert (np.diff(bounds) <= HOUR_US).all()
+    # Each hour is one hour of the wall clock: its instants read the same date, hour and offset.
+    zone = calendar.zone_on(day)
+    for first, last in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        a, b = from_us(first).astimezone(zone), from_us(last - 1).astimezone(zone)
+        assert (a.date(), a.hour, a.utcoffset()) == (b.date(), b.hour, b.utcoffset())
+    if calendar.zone_on(day - timedelta(1)) == zone:
+        # No move that day: exactly the calendar day on the wall clock.
+        local_start, local_end = wall_clock_day(calendar, day)
+        assert (start, end) == (to_us(local_start), to_us(local_end))
+        assert (end - start) / HOUR_US in {23.0, 23.5, 24.0, 24.5, 25.0}
+        midnight = from_us(start).astimezone(zone)
+        assert midnight.date() == day and (midnight.hour, midnight.minute) == (0, 0)
+
+
+def samples(calendar_: Calendar, first: date, stamps_s: list[int]) -> pd.DataFrame:
+    origin = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    moments = sorted({origin + timedelta(seconds=s) for s in stamps_s})
+    return concat(
+        [
+            make_batch(provider="simulated", user_id="p", data_type="heart_rate",
+                       timestamps=moments, values=np.full(len(moments), 70.0), unit="/min",
+                       device_id="watch"),
+            make_batch(provider="simulated", user_id="p", data_type="steps",
+                       timestamps=moments, values=np.full(len(moments), 3.0), unit="1",
+                       device_id="watch", duration_s=1.0),
+        ]
+    )  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calendars(), days, st.lists(st.integers(0, 3 * 86_400 - 1), min_size=1, max_size=300))
+def test_each_sample_in_exactly_one_daily_aggregate(
+    calendar: Calendar, first: date, stamps_s: list[int]
+) -> None:
+    batch = samples(calendar, first, stamps_s)
+    zones = {"p": calendar}
+    stamps = batch["ts"].dt.as_unit("us").astype("int64").to_numpy()
+    lived = calendar.days_of(stamps)
+    counted: dict[str, int] = {}
+    for ordinal in np.unique(lived).tolist():
+        day = date.fromordinal(ordinal)
+        daily = aggregate.daily(batch, zones, day).set_index("data_type")
+        start, end = calendar.day_window(day)
+        for data_type, row in daily.iterrows():
+            expected = int(
+                ((lived == ordinal) & (batch["data_type"] == data_type).to_numpy()).sum()
+            )
+            assert row["count"] == expected
+            assert (row["bucket_start_us"], row["bucket_end_us"]) == (start, end)
+            counted[str(data_type)] = counted.get(str(data_type), 0) + int(row["count"])
+        # The day's hours add up to the day.
+        hours = aggregate.hourly(aggregate.in_local_day(batch, zones, day), zones)
+        assert hours.groupby("data_type")["count"].sum().to_dict() == daily["count"].to_dict()
+        assert ((hours["bucket_start_us"] >= start) & (hours["bucket_end_us"] <= end)).all()
+    # No sample lost, none counted twice.
+    assert counted == batch.groupby("data_type").size().to_dict()
+
+
+def test_a_config_keeps_the_zone_of_each_day_it_lived() -> None:
+    config = HealthSyncConfig("p", "simulated", timezone="America/New_York")
+    moved = config.with_zone("Europe/Berlin", date(2026, 6, 10))
+    assert moved.timezone == "Europe/Berlin"
+    assert moved.zone_on(date(2026, 6, 9)) == ZoneInfo("America/New_York")
+    assert moved.zone_on(date(2026, 6, 10)) == ZoneInfo("Europe/Berlin")
+    assert HealthSyncConfig.from_json(moved.to_json()) == moved
+    assert "zone_changes" not in config.to_json()  # everyone else's stored config unchanged
+    # The travel day begins where the day before ended: 18 hours, none lost, none twice.
+    calendar = Calendar.of(moved)
+    start, end = calendar.day_window(date(2026, 6, 10))
+    assert (start, end) == (
+        to_us(datetime(2026, 6, 10, 4, tzinfo=UTC)),
+        to_us(datetime(2026, 6, 10, 22, tzinfo=UTC)),
+    )
+    # A correction from the first day known replaces the history.
+    corrected = moved.with_zone("Asia/Kolkata", date.min)
+    assert corrected.zone_changes == () and corrected.timezone == "Asia/Kolkata"
