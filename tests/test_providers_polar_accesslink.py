@@ -32,6 +32,7 @@ from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.validation import validate_resources
+from ohx_dagster.identity import erasure_salt, subject_hash
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings
@@ -309,7 +310,9 @@ def test_connecting_uses_basic_auth_keeps_the_token_and_registers_the_person(
     with serve_connect(store, polar_api) as url, httpx.Client(timeout=10) as http:
         done = connect(http, url)
         assert done.status_code == 200, done.text
-        assert done.json()["user_id"] == USER_ID == "10579"
+        # The answer names the account by its salted subject only (ohx_dagster/identity.py).
+        assert done.json()["subject"] == subject_hash(NAME, USER_ID, salt=erasure_salt())
+        assert USER_ID == "10579" and USER_ID not in done.text
 
         (exchange,) = polar_api.api.calls_to("/v2/oauth2/token")
         assert exchange.headers["authorization"] == BASIC

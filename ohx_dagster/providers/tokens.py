@@ -21,8 +21,10 @@
   rejects it (401) the person needs reauthorization the same way.
 - The token endpoint authenticates the client with client_id/client_secret in the form, or
   with HTTP Basic where the provider wants that (OAuthClient.token_auth, Polar).
-- `connect_user` is the one way a user arrives: tokens first, then the sync config, so the
-  new-user sensor (which backfills the user's history) never sees a user without tokens.
+- `connect_user` is the one way a user arrives: tokens and sync config in one transaction, so
+  the new-user sensor (which backfills the user's history) never sees a user without tokens;
+  an erased person, or an account connected for another patient, is refused there
+  (ohx_dagster/identity.py).
 """
 
 from __future__ import annotations
