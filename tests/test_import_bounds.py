@@ -29,10 +29,10 @@ from hypothesis import strategies as st
 
 from ohx_dagster.cli import cli, common, imports
 from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import DateRange
+from ohx_dagster.models import DateRange, HealthDataType
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.apple_health.export import parse_export
-from ohx_dagster.providers.base import Windowed
+from ohx_dagster.providers.base import ReadOnce, Windowed
 from ohx_dagster.providers.bounds import MAX_RATIO, PlausibleDates, RefusedDates
 from ohx_dagster.providers.fitabase import EXPORT_FILES, FitabaseSource, read_export_file
 from ohx_dagster.providers.polar import PolarFileSource
@@ -74,6 +74,11 @@ def one_error_line(result: Result) -> str:
     assert len(lines) == 1 and lines[0].startswith("ohx: error: "), result.stderr
     assert "Traceback" not in result.output
     return lines[0]
+
+
+@pytest.fixture(scope="module")
+def export_xml_path(shared_data: Path) -> Path:
+    return shared_data / "apple-health" / "export.xml"
 
 
 @pytest.fixture(scope="module")
@@ -440,6 +445,32 @@ def test_the_real_export_reads_the_same_in_pieces_and_on_one_line(export_text: s
     for key, columns in whole.columns.items():
         assert pieces.columns[key].line == columns.line
     assert sum(whole.summary.mapped.values()) >= REAL_RECORDS
+
+
+def test_a_window_is_built_alone_and_equals_selecting_it_from_every_record(
+    export_xml_path: Path,
+) -> None:
+    """A sync reads an export a window at a time: AppleHealthSource.fetch builds the window's
+    records from the compact columns, and they are exactly ReadOnce's selection from `records`
+    (the whole export as records, which an import no longer builds)."""
+    source = AppleHealthSource(export_xml_path, dates=WINDOW)
+    user = source.discover_users()[0]
+    every = list(HealthDataType)
+    day, total = datetime(2017, 1, 16, tzinfo=UTC), 0
+    while day < datetime(2017, 11, 13, tzinfo=UTC):
+        window = DateRange(day, day + timedelta(days=7))
+        for types in (every, [HealthDataType.STEPS], [HealthDataType.HEART_RATE]):
+            built = source.fetch(user, types, window)
+            selected = ReadOnce.fetch(source, user, types, window)
+            if built.empty or selected.empty:  # (an empty batch's dtypes are empty_batch's)
+                assert built.empty and selected.empty
+                continue
+            pd.testing.assert_frame_equal(built, selected)
+        total += len(source.fetch(user, every, window))
+        day += timedelta(days=7)
+    assert total == len(source.records) == REAL_RECORDS
+    assert source.held_days()[0] == date(2017, 1, 22) and len(source.held_days()) < 289
+    assert source.held_types() == {HealthDataType(t) for t in source.records["data_type"]}
 
 
 def test_an_element_with_too_many_descendants_is_refused(export_text: str) -> None:

@@ -406,7 +406,7 @@ def apple_health(
     from ohx_dagster.ids import check_user_id  # the id rule of every entry point
     from ohx_dagster.providers.apple_health import AppleHealthSource
     from ohx_dagster.providers.base import Windowed
-    from ohx_dagster.providers.registry import RESYNC_HORIZON
+    from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
 
     if user_id is not None:
         try:
@@ -415,10 +415,12 @@ def apple_health(
             raise click.BadParameter(f"expected {exc.expected}", param_hint="--user") from None
     reader = AppleHealthSource(export, user_id=user_id, timezone=timezone, dates=plausible_dates())
     with common.console(stderr=True).status(f"reading {export}"):
-        records = reader.records
+        held = reader.held_days()  # the export read and checked: nothing stored before this
         zone = reader.zone
     store = common.open_store(ctx, create=True)
-    source = Windowed(reader, held_types(reader.name, records), RESYNC_HORIZON[reader.name])
+    types = reader.held_types() & SUPPORTED_TYPES[reader.name]
+    # A sync reads a window's records built for that window alone (AppleHealthSource.fetch).
+    source = Windowed(reader, types, RESYNC_HORIZON[reader.name])
     notes = [f"Zone: {zone.reason}"]
     stored = store.person(reader.name, reader.user_id)
     if stored is not None and stored.config.timezone != zone.zone:
@@ -426,8 +428,8 @@ def apple_health(
             f"{reader.user_id} is already in the store with zone {stored.config.timezone}, "
             f"which their days keep (the export says {zone.zone})."
         )
-    days = spanned_days(records)
-    outcome = run_with_progress(store, source, [reader.user_id], days, held_days(records))
+    days = [held[0] + timedelta(days=n) for n in range((held[-1] - held[0]).days + 1)]
+    outcome = run_with_progress(store, source, [reader.user_id], days, set(held))
     title = f"Imported {export} as {reader.name} person {reader.user_id}"
     render_summary(
         title, outcome, apple_skipped(reader.summary), notes, store=store, refused=reader.refused

@@ -501,8 +501,19 @@ def parse_export(
     return reader
 
 
-def batch(reader: ExportReader, user_id: str, key: tuple[HealthDataType, str]) -> pd.DataFrame:
-    """One (data type, unit)'s columns as a validated record batch in canonical units."""
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One (data type, unit)'s samples validated, in canonical units, with their UTC instants:
+    what a window's records are built from (8 or 16 bytes a sample beside the columns)."""
+
+    utc_us: np.ndarray
+    values: np.ndarray
+    diastolic: np.ndarray | None  # blood pressure only
+
+
+def check(reader: ExportReader, key: tuple[HealthDataType, str]) -> Checked:
+    """One (data type, unit)'s columns validated in canonical units: a value no device gives is
+    an error naming its line, before any record of the export is stored."""
     data_type, unit = key
     columns = reader.columns[key]
     values = to_canonical(data_type.value, np.frombuffer(columns.value), unit)
@@ -525,20 +536,40 @@ def batch(reader: ExportReader, user_id: str, key: tuple[HealthDataType, str]) -
             )
     offsets = np.frombuffer(columns.offset_min, dtype="int16").astype("int64")
     utc_us = np.frombuffer(columns.local_us, dtype="int64") - offsets * _MINUTE_US
+    blood_pressure = data_type is HealthDataType.BLOOD_PRESSURE
+    return Checked(utc_us, values, diastolic if blood_pressure else None)
+
+
+def batch(
+    reader: ExportReader,
+    user_id: str,
+    key: tuple[HealthDataType, str],
+    checked: Checked | None = None,
+    rows: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """One (data type, unit)'s columns (`rows` of them, default all) as a validated record
+    batch in canonical units."""
+    data_type, _ = key
+    columns = reader.columns[key]
+    checked = checked or check(reader, key)
+    take = slice(None) if rows is None else rows
+    offsets = np.frombuffer(columns.offset_min, dtype="int16")[take].astype("int64")
+    utc_us = checked.utc_us[take]
     names = np.array(list(reader.devices), dtype=object)
     # Indexing an object array shares its two str objects (np.full or astype(object) would
     # make one str per row: 13 MB per 250k samples).
-    method = np.array(["device", "manual"], dtype=object)[np.frombuffer(columns.manual, "int8")]
+    manual = np.frombuffer(columns.manual, "int8")[take]
+    method = np.array(["device", "manual"], dtype=object)[manual]
     return make_batch(
         provider=NAME,
         user_id=user_id,
         data_type=data_type,
         timestamps=pd.DatetimeIndex(utc_us.astype("datetime64[us]")).tz_localize("UTC"),
-        values=values,
+        values=checked.values[take],
         unit=data_type.canonical_unit,
-        device_id=names[np.frombuffer(columns.device, dtype="int64")],  # type: ignore[arg-type]
+        device_id=names[np.frombuffer(columns.device, dtype="int64")[take]],  # type: ignore[arg-type]
         utc_offset_min=offsets,
-        diastolic=diastolic if data_type is HealthDataType.BLOOD_PRESSURE else None,
-        duration_s=np.frombuffer(columns.duration_s),
+        diastolic=None if checked.diastolic is None else checked.diastolic[take],
+        duration_s=np.frombuffer(columns.duration_s)[take],
         method=method,  # type: ignore[arg-type]
     )

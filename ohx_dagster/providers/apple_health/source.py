@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from datetime import UTC, datetime
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from ohx_dagster.ids import check_user_id
 from ohx_dagster.locations import Location, kind, location
 from ohx_dagster.models import (
     AggregationLevel,
+    DateRange,
+    HealthDataType,
     HealthSyncConfig,
     SyncFrequency,
 )
@@ -23,18 +26,22 @@ from ohx_dagster.providers.apple_health.ecg import EcgRecording, ecg_batch, read
 from ohx_dagster.providers.apple_health.export import (
     NAME,
     QUANTITY_TYPES,
+    Checked,
     ExportReader,
     ExportSummary,
     batch,
+    check,
     parse_export,
     parse_moment,
 )
 from ohx_dagster.providers.apple_health.zone import ZoneChoice, ZoneEvidence, infer_zone, is_zone
 from ohx_dagster.providers.base import ReadOnce
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
-from ohx_dagster.records import concat, dedupe
+from ohx_dagster.records import concat, dedupe, empty_batch
+from ohx_dagster.times import DAY_US, to_us
 
 SETTING = "OHX_APPLE_HEALTH_EXPORT"
+_EPOCH = date(1970, 1, 1)
 
 
 class AppleHealthSource(ReadOnce):
@@ -99,34 +106,91 @@ class AppleHealthSource(ReadOnce):
         return self._parsed[1]
 
     @cached_property
-    def records(self) -> pd.DataFrame:
-        reader, recordings = self._parsed
-        # A generator, so the per-type batches are freed once concatenated (peak memory).
-        batches = (batch(reader, self.user_id, key) for key in sorted(reader.columns))
-        records = dedupe(concat(itertools.chain(batches, [ecg_batch(recordings, self.user_id)])))
-        if records.empty and reader.refused.total:
-            raise ValidationError(
+    def _checked(self) -> dict[tuple[HealthDataType, str], Checked]:
+        """Every (type, unit)'s samples validated (a bad value fails here, before anything is
+        stored), in canonical units with their UTC instants, in the order records are built."""
+        reader, _ = self._parsed
+        return {key: check(reader, key) for key in sorted(reader.columns)}
+
+    def _nothing(self) -> ValidationError:
+        reader = self._parsed[0]
+        if reader.refused.total:
+            return ValidationError(
                 "records",
                 0,
                 "samples dated inside the plausible dates",
                 where=reader.refused.line(),
             )
+        held = ", ".join(f"{t} {n}" for t, n in reader.summary.records.most_common(5))
+        return ValidationError(
+            "records",
+            0,
+            f"samples of a type this source reads ({', '.join(sorted(QUANTITY_TYPES))}, "
+            "blood pressure, beat lists) or electrocardiograms/*.csv",
+            where=f"{reader.name} holds {sum(reader.summary.records.values())} Records: {held}",
+        )
+
+    def held_days(self) -> list[date]:
+        """The UTC days holding a record, sorted, read from the compact columns (no records
+        are built); an export holding none is an error."""
+        utc_us = [c.utc_us for c in self._checked.values()]
+        utc_us.append(np.array([r.ts.value // 1000 for r in self.ecg_recordings], dtype="int64"))
+        days = np.unique(np.concatenate(utc_us) // DAY_US)
+        if not days.size:
+            raise self._nothing()
+        return [_EPOCH + timedelta(days=int(n)) for n in days]
+
+    def held_types(self) -> frozenset[HealthDataType]:
+        """The data types the export holds records of."""
+        types = {data_type for data_type, _ in self._checked}
+        return frozenset(types | ({HealthDataType.ECG} if self.ecg_recordings else set()))
+
+    @cached_property
+    def records(self) -> pd.DataFrame:
+        """Every record of the export (a sync reads windows of it through `fetch`, which
+        builds the window's records alone: the export's samples stay compact columns)."""
+        reader, recordings = self._parsed
+        # A generator, so the per-type batches are freed once concatenated (peak memory).
+        batches = (
+            batch(reader, self.user_id, key, checked) for key, checked in self._checked.items()
+        )
+        records = dedupe(concat(itertools.chain(batches, [ecg_batch(recordings, self.user_id)])))
         if records.empty:
-            held = ", ".join(f"{t} {n}" for t, n in reader.summary.records.most_common(5))
-            raise ValidationError(
-                "records",
-                0,
-                f"samples of a type this source reads ({', '.join(sorted(QUANTITY_TYPES))}, "
-                "blood pressure, beat lists) or electrocardiograms/*.csv",
-                where=f"{reader.name} holds {sum(reader.summary.records.values())} Records: {held}",
-            )
+            raise self._nothing()
         return records.sort_values(["data_type", "ts", "device_id"], ignore_index=True)
+
+    def fetch(
+        self,
+        user: HealthSyncConfig,
+        data_types: Iterable[HealthDataType],
+        window: DateRange,
+        *,
+        batch_size: int = 1000,
+    ) -> pd.DataFrame:
+        """The window's records, built from the columns for that window alone: the same rows
+        as selecting them from `records` (ReadOnce.fetch), in the same order."""
+        if user.user_id != self.user_id:
+            return empty_batch()
+        reader, recordings = self._parsed
+        wanted = {HealthDataType(t) for t in data_types}
+        start, end = to_us(window.start), to_us(window.end)
+        parts = []
+        for key, checked in self._checked.items():
+            if key[0] in wanted:
+                rows = np.flatnonzero((checked.utc_us >= start) & (checked.utc_us < end))
+                if rows.size:
+                    parts.append(batch(reader, self.user_id, key, checked, rows))
+        if HealthDataType.ECG in wanted:
+            inside = [r for r in recordings if window.start <= r.ts < window.end]
+            parts.append(ecg_batch(inside, self.user_id))
+        found = dedupe(concat(parts))
+        return found.sort_values(["data_type", "ts", "device_id"], ignore_index=True)
 
     @cached_property
     def zone(self) -> ZoneChoice:
         if self.timezone is not None:
             return ZoneChoice(self.timezone, False, f"{self.timezone}: given by configuration")
-        _ = self.records  # an export without records fails here, before any zone is guessed
+        self.held_days()  # an export without records fails here, before any zone is guessed
         reader, recordings = self._parsed
         xml_utc_us, xml_offset_min = reader.observations()
         stamp = parse_moment(reader.summary.export_date)
