@@ -16,8 +16,9 @@ for another patient (`LinkConflict`, naming both by subject only); nothing is st
 account to another patient is a staff decision: `relink` (`ohx users relink`) rewrites the
 patient in the config, marks every stored day of the person changed (day_versions: version + 1)
 so that the republish sensor publishes their whole history again under the new patient (the
-observations keep their ids, their subject moves; the Patient the product derived, if any, is
-no longer produced and is withdrawn by the publisher), and writes an audit row with who, when
+observations keep their ids, so a FHIR server updates them in place with the new subject; the
+Patient resource the product derived for them, if any, is no longer published; publishing is
+not changed for this: it renders what the config says), and writes an audit row with who, when
 and why, all in one transaction.
 
 Tombstones. An `erasures` row whose `readmitted_at_us` is empty keeps its subject out: every way

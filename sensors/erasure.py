@@ -16,6 +16,10 @@ request id would hold the clear id until the job ran, forever if it never ran, a
 migration; the hash needs neither, at the price of the requester computing it with the
 installation's salt.)
 
+The erasures row the job completes is written by erase_person's first step: from then on it is
+the tombstone that keeps the subject out of syncs, connections and webhooks until `ohx users
+readmit` (ohx_dagster/identity.py); the job's counts and an `erase` audit row follow at the end.
+
 Order: wait (bounded by `wait_for_runs_s`) until the runs naming the person have finished, and
 delete them; erase the store, the files and the server's copies (erasure.erase_person); delete
 again what a run started meanwhile left; record the erasure with every count. Runs still active,

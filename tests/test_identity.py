@@ -378,6 +378,7 @@ def test_relink_moves_the_account_audited_and_republishes_its_history(
         r for r in after if "sim-001" in json.dumps(r.get("identifier", [])) and "subject" in r
     ]
     assert theirs and all(r["subject"]["reference"] == "Patient/pat-new" for r in theirs)
+    assert not any(old in json.dumps(r) for r in after)  # the derived Patient: gone, unnamed
     # Again: nothing to move.
     again = ohx(
         "users", "relink", "simulated", "sim-001", "--patient", "pat-new",
