@@ -527,3 +527,21 @@ def _cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.setenv("OHX_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("OHX_DATABASE_URL", raising=False)
     yield
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        (["audit"], "--since"),
+        (["users", "relink"], "--patient"),
+        (["users", "readmit"], "--actor"),
+        (["users", "delete"], "--yes"),
+    ],
+)
+def test_help_of_the_staff_commands_prints_and_touches_nothing(
+    command: list[str], option: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert option in result.output
+    assert not (tmp_path / "home").exists()  # no store, no salt file

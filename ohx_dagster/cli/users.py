@@ -65,7 +65,7 @@ def person_json(person: PersonRow) -> dict[str, Any]:
 
 @click.group("users")
 def users() -> None:
-    """List, inspect, disconnect and erase the people the store syncs."""
+    """List, inspect, disconnect, erase, re-admit and re-link the people the store syncs."""
 
 
 @users.command("list")
