@@ -135,16 +135,17 @@ def parse_moment(text: str | None) -> tuple[int, int] | None:
 
 
 class _Columns:
-    """One (data type, unit)'s samples as compact arrays while the file streams."""
+    """One (data type, unit)'s samples as compact arrays while the file streams: 27 bytes a
+    heart rate (diastolic only for blood pressure, a duration only for steps)."""
 
-    def __init__(self) -> None:
+    def __init__(self, data_type: HealthDataType) -> None:
         self.local_us = array("q")
         self.offset_min = array("h")
         self.value = array("d")
-        self.diastolic = array("d")
-        self.duration_s = array("d")
-        self.device = array("q")
-        self.line = array("q")
+        self.diastolic = array("d") if data_type is HealthDataType.BLOOD_PRESSURE else None
+        self.duration_s = array("d") if data_type is HealthDataType.STEPS else None
+        self.device = array("i")
+        self.line = array("i")
         self.manual = array("b")
 
     def add(
@@ -162,8 +163,10 @@ class _Columns:
         self.local_us.append(local_us)
         self.offset_min.append(offset_min)
         self.value.append(value)
-        self.diastolic.append(diastolic)
-        self.duration_s.append(duration_s)
+        if self.diastolic is not None:
+            self.diastolic.append(diastolic)
+        if self.duration_s is not None:
+            self.duration_s.append(duration_s)
         self.device.append(device)
         self.line.append(line)
         self.manual.append(manual)
@@ -250,7 +253,7 @@ class ExportReader:
             return
         columns = self.columns.get((data_type, unit))
         if columns is None:
-            columns = self.columns[(data_type, unit)] = _Columns()
+            columns = self.columns[(data_type, unit)] = _Columns(data_type)
         columns.add(*args, **kwargs)  # type: ignore[arg-type]
         self.summary.mapped[data_type.value] += 1
         if kwargs.get("manual"):
@@ -517,10 +520,10 @@ def check(reader: ExportReader, key: tuple[HealthDataType, str]) -> Checked:
     data_type, unit = key
     columns = reader.columns[key]
     values = to_canonical(data_type.value, np.frombuffer(columns.value), unit)
-    diastolic = np.frombuffer(columns.diastolic)
+    diastolic = None if columns.diastolic is None else np.frombuffer(columns.diastolic)
     low, high = HARD_LIMITS[data_type]
     for name, array_ in (("value", values), ("diastolic", diastolic)):
-        if name == "diastolic" and data_type is not HealthDataType.BLOOD_PRESSURE:
+        if array_ is None:
             continue
         bad = ~np.isfinite(array_) | (array_ < low) | (array_ > high)
         if name == "diastolic":
@@ -536,8 +539,7 @@ def check(reader: ExportReader, key: tuple[HealthDataType, str]) -> Checked:
             )
     offsets = np.frombuffer(columns.offset_min, dtype="int16").astype("int64")
     utc_us = np.frombuffer(columns.local_us, dtype="int64") - offsets * _MINUTE_US
-    blood_pressure = data_type is HealthDataType.BLOOD_PRESSURE
-    return Checked(utc_us, values, diastolic if blood_pressure else None)
+    return Checked(utc_us, values, diastolic)
 
 
 def batch(
@@ -567,9 +569,9 @@ def batch(
         timestamps=pd.DatetimeIndex(utc_us.astype("datetime64[us]")).tz_localize("UTC"),
         values=checked.values[take],
         unit=data_type.canonical_unit,
-        device_id=names[np.frombuffer(columns.device, dtype="int64")[take]],  # type: ignore[arg-type]
+        device_id=names[np.frombuffer(columns.device, dtype="int32")[take]],  # type: ignore[arg-type]
         utc_offset_min=offsets,
         diastolic=None if checked.diastolic is None else checked.diastolic[take],
-        duration_s=np.frombuffer(columns.duration_s)[take],
+        duration_s=None if columns.duration_s is None else np.frombuffer(columns.duration_s)[take],
         method=method,  # type: ignore[arg-type]
     )
