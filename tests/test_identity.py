@@ -406,6 +406,8 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
     assert again.exit_code == 0, (again.output, again.exception)
     assert "1 people of the file were erased" in again.stderr  # counted,
     assert ERASED not in again.output  # never named
+    paused = ohx("users", "disconnect", "fitabase", KEPT, "--reason", "study paused")
+    assert paused.exit_code == 0, (paused.output, paused.exception)
     assert held(store, "fitabase", ERASED) == {"users": 0, "series_chunks": 0, "measurements": 0}
     readmitted = ohx(
         "users", "readmit", "fitabase", ERASED, "--actor", "dpo", "--reason", "consent renewed"
@@ -427,6 +429,7 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
         ("import", erased_subject, "ok"),
         ("erase", erased_subject, "ok"),
         ("import", kept_subject, "ok"),  # the second import: they stayed out
+        ("disconnect", kept_subject, "ok"),
         ("readmit", erased_subject, "ok"),
         ("readmit", erased_subject, "refused"),
     ]
@@ -437,7 +440,7 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
     assert table.exit_code == 0 and "readmit" in table.stdout and "consent renewed" in table.stdout
     only = json.loads(ohx("audit", "--action", "erase", "--json").stdout)["entries"]
     assert [e["action"] for e in only] == ["erase"]
-    assert len(json.loads(ohx("audit", "--since", "1h", "--json").stdout)["entries"]) == 7
+    assert len(json.loads(ohx("audit", "--since", "1h", "--json").stdout)["entries"]) == 8
     assert json.loads(ohx("audit", "--since", "2999-01-01", "--json").stdout)["entries"] == []
     assert "--since" in one_error_line(ohx("audit", "--since", "yesterday-ish"))
     assert "--action" in one_error_line(ohx("audit", "--action", "read"))

@@ -283,6 +283,16 @@ def disconnect(ctx: click.Context, provider: str, user_id: str, reason: str) -> 
         )
         return
     store.set_state(provider, user_id, DISCONNECTED, reason)
+    from ohx_dagster import audit
+    from ohx_dagster.identity import erasure_salt, subject_hash
+
+    audit.record(
+        store,
+        actor=audit.login("ohx users disconnect"),
+        action="disconnect",
+        subject=subject_hash(provider, user_id, salt=erasure_salt()),
+        detail=f"provider {provider}; reason: {reason}",
+    )
     click.echo(
         f"{provider} {user_id} disconnected ({reason}): no run calls {provider} for them any "
         "more; their records, coverage and FHIR output are kept (erase them with "
