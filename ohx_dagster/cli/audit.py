@@ -3,7 +3,7 @@ as their salted subject, the outcome and the detail.
 
 - `--since`: an ISO date or time (UTC unless it says), or a span back from now (`24h`, `7d`,
   `30m`).
-- `--action`: connect, relink, import, erase, readmit, export.
+- `--action`: connect, disconnect, relink, import, erase, readmit, export (audit.ACTIONS).
 - `--json`: machine-readable, ISO 8601 times.
 """
 
