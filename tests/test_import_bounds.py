@@ -325,6 +325,15 @@ def test_a_polar_sensor_logger_time_of_9999_is_refused_not_a_traceback(
     assert f"{H10}_HR.txt line 6" in source.refused.line()
 
 
+def test_an_empty_fitabase_file_is_one_line(home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "fitabase"
+    folder.mkdir()
+    (folder / HR_FILE.name).write_bytes(b"")  # was pandas' EmptyDataError, a traceback
+    line = one_error_line(ohx("import", "fitabase", str(folder), "--timezone", "UTC"))
+    assert f"{folder / HR_FILE.name}: not a readable CSV export" in line
+    assert not (home / "ohx.db").exists()
+
+
 def test_a_ten_thousand_character_person_id_is_one_line_and_stores_nothing(
     home: Path, tmp_path: Path, fitabase_dir: Path, export_text: str
 ) -> None:

@@ -117,7 +117,7 @@ def read_export_file(
     try:
         with path.open("rb") as stream:
             table = pd.read_csv(stream, dtype={"Id": "string"}, skip_blank_lines=True)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ProviderError(f"{path}: not a readable CSV export ({exc})") from exc
     missing = {"Id", spec.time_column, spec.value_column} - set(table.columns)
     if missing:
