@@ -13,11 +13,14 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 import zipfile
+from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -353,6 +356,53 @@ def test_a_ten_thousand_character_person_id_is_one_line_and_stores_nothing(
     line = one_error_line(ohx("import", "apple-health", str(odd / "export.xml")))
     assert "user_id=" in line and "--user" in line
     assert not (home / "ohx.db").exists()
+
+
+def test_an_interrupted_import_says_what_is_stored_and_importing_again_completes_it(
+    home: Path, tmp_path: Path, export_xml_path: Path
+) -> None:
+    """Ctrl-C (SIGINT) to a real `ohx import` once its first week is committed (of about 40):
+    one line saying which days are stored and that importing again completes it; the second
+    import does."""
+    store_file = home / "ohx.db"
+    child = subprocess.Popen(
+        [str(OHX), "import", "apple-health", str(export_xml_path)],
+        env=_env(home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def committed() -> bool:
+        if not store_file.exists():
+            return False
+        try:
+            with closing(sqlite3.connect(store_file, timeout=0.05)) as db:
+                return db.execute("SELECT count(*) FROM coverage").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # not created yet, or locked by a commit
+            return False
+
+    deadline = time.monotonic() + 120
+    while not committed() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("ohx: error: ")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "the import stopped at 2017-" in lines[0] and "(interrupted)" in lines[0]
+    assert "import the same file again to complete it" in lines[0]
+    partial = len(stored(home, "apple_health")) if store_file.exists() else 0
+    assert 0 < partial < REAL_RECORDS
+    again = subprocess.run(
+        [str(OHX), "import", "apple-health", str(export_xml_path)],
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr
+    assert len(stored(home, "apple_health")) == REAL_RECORDS
 
 
 # -- memory: zip bombs and files without line breaks -----------------------------------------------

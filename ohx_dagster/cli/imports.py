@@ -134,7 +134,7 @@ def sync_file(
             )
         except SyncFailed as failed:
             report = failed.report
-        except Exception as exc:
+        except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what is stored
             raise ImportStopped(_stopped(outcome, chunk, exc)) from exc
         outcome.syncs += 1
         outcome.imported.update(report.records_by_type)
@@ -165,7 +165,10 @@ def sync_file(
 def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> str:
     from ohx_dagster.cli import _user_error
 
-    why = _user_error(exc) or f"{type(exc).__name__}: {common.one_line(exc)}"
+    if isinstance(exc, KeyboardInterrupt):
+        why = "interrupted"
+    else:
+        why = _user_error(exc) or f"{type(exc).__name__}: {common.one_line(exc)}"
     stored = (
         f"days {outcome.days[0]} .. {chunk[0] - timedelta(days=1)} are stored"
         if chunk[0] > outcome.days[0]
@@ -173,8 +176,8 @@ def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> s
     )
     return (
         f"the import stopped at {chunk[0]} ({why}): {stored}, {chunk[0]} .. "
-        f"{outcome.days[-1]} are not; import the same file again to complete it (what is "
-        "stored already stays unchanged)"
+        f"{outcome.days[-1]} are not (or not for everyone); import the same file again to "
+        "complete it (what is stored already stays unchanged)"
     )
 
 
