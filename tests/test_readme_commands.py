@@ -24,6 +24,7 @@ activates it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -290,6 +291,11 @@ def test_every_readme_command_runs_from_a_fresh_copy(clone: Path, env: dict[str,
     assert (home / "ohx.db").is_file() and (home / "dagster" / "dagster.yaml").is_file()
     assert (home / "fhir" / "2025-06-01" / "simulated" / "manifest.json").is_file()
     assert (home / "fhir" / "2016-04-12" / "fitabase" / "manifest.json").is_file()
+    # The README's import examples, published (a refresh run of one imported day each).
+    for day, source in (("2016-04-02", "fitabase"), ("2017-11-06", "apple_health")):
+        manifest = json.loads((home / "fhir" / day / source / "manifest.json").read_text())
+        kinds = {entry["type"] for entry in manifest["output"]}
+        assert {"Observation", "Patient", "Provenance"} <= kinds, (day, source, kinds)
     assert (home / "dagster-pg" / "dagster.yaml").read_bytes() == (
         REPO / "deploy" / "dagster.postgres.yaml"
     ).read_bytes()
