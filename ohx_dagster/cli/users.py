@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import getpass
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -316,13 +315,6 @@ def _erasure() -> Any:
     return erasure
 
 
-def _login() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no user name in the environment or the password database
-        return "unknown user"
-
-
 def _fhir_client() -> Any | None:
     """The FHIR server client the delivery and erasure jobs use (None: no server configured)."""
     # The one place that builds it from OHX_FHIR_* is the Dagster resource; resolved here
@@ -347,6 +339,7 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
             f"erasing {provider} {user_id} cannot be undone: add --yes to confirm "
             f"(or `ohx users disconnect {provider} {user_id}` to stop syncing and keep the data)"
         )
+    from ohx_dagster.audit import login
     from ohx_dagster.fhir.output import FhirOutput
     from ohx_dagster.settings import FILE_SOURCES, Settings
 
@@ -368,7 +361,7 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
         client,
         provider,
         user_id,
-        requested_by=f"ohx users delete ({_login()})",
+        requested_by=login("ohx users delete"),
     )
     counts = ", ".join(f"{name} {n}" for name, n in sorted(report.counts.items()) if n)
     click.echo(f"{provider} {user_id} erased: {counts or 'nothing was left'}")
