@@ -91,6 +91,9 @@ REPEATABLE_HEADERS: Final = frozenset(
         "te",
         "via",
         "x-forwarded-for",
+        "x-forwarded-host",  # a chain of proxies may each add its own
+        "x-forwarded-port",
+        "x-forwarded-proto",
     }
 )
 REFUSAL_LOG_INTERVAL_S: Final = 60.0
