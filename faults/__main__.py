@@ -6,7 +6,9 @@
 
 Columns: scenario | backend | held (samples the provider holds in the scenario's window) | stored
 | lost | duplicated | published (samples the partitions' NDJSON names; "=" when it equals the
-store) | runs (red of all) | green-with-loss (green runs whose goal lacked a held sample) | s.
+store) | daily (samples the days' stored daily aggregates count; "=" when each person's local day
+counts exactly its stored samples) | runs (red of all) | green-with-loss (green runs whose goal
+lacked a held sample) | s.
 Exit status 1 when any row loses, duplicates, publishes other than the store, or breaks an
 expectation of its own (listed under the table).
 """
@@ -22,17 +24,18 @@ from pathlib import Path
 from faults.backends import Backend, Postgres, SQLite, postgres_server
 from faults.scenarios import SCENARIOS, Row, run_scenario
 
-HEADER = ("scenario", "backend", "held", "stored", "lost", "dup", "published", "runs (red)",
-          "green+loss", "s")  # fmt: skip
+HEADER = ("scenario", "backend", "held", "stored", "lost", "dup", "published", "daily",
+          "runs (red)", "green+loss", "s")  # fmt: skip
 
 
 def table(rows: list[Row]) -> str:
     lines = [HEADER]
     for r in rows:
         published = f"{r.published} {'=' if r.published_ok else '!='}"
+        daily = f"{r.aggregated} {'=' if r.aggregated_ok else '!='}"
         lines.append((r.scenario, r.backend, str(r.held), str(r.stored), str(r.lost),
-                      str(r.duplicated), published, f"{r.runs} ({r.red})", str(r.green_loss),
-                      f"{r.seconds:.0f}"))  # fmt: skip
+                      str(r.duplicated), published, daily, f"{r.runs} ({r.red})",
+                      str(r.green_loss), f"{r.seconds:.0f}"))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
     out = []
     for n, line in enumerate(lines):
@@ -79,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     for r in bad:
         for problem in r.problems[:10]:
             print(f"! {r.scenario} [{r.backend}]: {problem}")
-    print(f"\n{len(rows) - len(bad)} of {len(rows)} rows: 0 lost, 0 duplicated, published = stored")
+    print(
+        f"\n{len(rows) - len(bad)} of {len(rows)} rows: 0 lost, 0 duplicated, "
+        "published = stored, daily = stored"
+    )
     return 1 if bad else 0
 
 

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import pandas as pd
 import sqlalchemy as sa
 
+from ohx_dagster import aggregate
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.inbox import Inbox
@@ -130,6 +131,8 @@ class Measure:
     published: int
     published_ok: bool
     published_problems: list[str] = field(default_factory=list)
+    aggregated: int = 0  # samples the days' stored daily aggregates count
+    aggregated_ok: bool = True
 
 
 class World:
@@ -409,6 +412,18 @@ class World:
     def stored(self, start: datetime, end: datetime) -> tuple[dict[Key, Any], int]:
         return batch_keys(self.store.read_records(self.provider, DateRange(start, end)))
 
+    def resources(self, day: date) -> list[dict[str, Any]]:
+        """Every resource the partition's manifest names."""
+        directory = partition_dir(day, self.provider)
+        manifest = self.output.manifest(directory) or {"output": []}
+        return [
+            resource
+            for entry in manifest["output"]
+            for resource in self.output.read_resources(
+                f"{directory}/{entry['url'].rsplit('/', 1)[-1]}"
+            )
+        ]
+
     def published(self, day: date) -> tuple[Counter, list[str]]:
         """The samples the partition's manifest names (a Counter of keys), and problems."""
         directory = partition_dir(day, self.provider)
@@ -465,6 +480,7 @@ class World:
                     f"{len(only_published)} published not stored"
                 )
             day += timedelta(days=1)
+        aggregated, mismatched = self.daily_aggregates(start, end, calendars)
         return Measure(
             held=len(held),
             stored=len(stored),
@@ -472,8 +488,41 @@ class World:
             duplicated=repeated + extra,
             published=published_total,
             published_ok=not problems,
-            published_problems=problems,
+            published_problems=problems + mismatched,
+            aggregated=aggregated,
+            aggregated_ok=not mismatched,
         )
+
+    def daily_aggregates(
+        self, start: datetime, end: datetime, calendars: dict[str, Calendar]
+    ) -> tuple[int, list[str]]:
+        """The samples the stored daily aggregates of the days in [start, end) count, and where
+        they differ from the statistics of the stored samples of each person's local day (a row
+        of a zone the person no longer has, a day not re-derived, a sample counted twice)."""
+        records = self.store.read_records(
+            self.provider, DateRange(start - timedelta(hours=14), end + timedelta(hours=36))
+        )
+        total, problems = 0, []
+        day = start.date()
+        while datetime.combine(day, time(), tzinfo=UTC) < end:
+            midnight = datetime.combine(day, time(), tzinfo=UTC)
+            # This date's daily rows in any zone, UTC+14 .. UTC-12 (the end included).
+            any_zone = DateRange(midnight - timedelta(hours=14), midnight + timedelta(hours=12.01))
+            rows = self.store.read_aggregates(self.provider, "daily", any_zone)
+            got = Counter()
+            for row in rows.itertuples():
+                if (row.user_id, row.data_type) in got:
+                    problems.append(f"{day}: two daily {row.data_type} rows of one person")
+                got[(row.user_id, row.data_type)] += int(row.count)
+            expected = aggregate.daily(records, calendars, day)
+            want = Counter({(r.user_id, r.data_type): int(r.count) for r in expected.itertuples()})
+            total += sum(got.values())
+            if got != want:
+                problems.append(
+                    f"{day}: daily aggregates count {dict(got)}, the store {dict(want)}"
+                )
+            day += timedelta(days=1)
+        return total, problems
 
 
 _MISSING = object()

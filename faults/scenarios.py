@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time as walltime
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Row:
     duplicated: int = 0
     published: int = 0
     published_ok: bool = True
+    aggregated: int = 0
+    aggregated_ok: bool = True
     runs: int = 0
     red: int = 0
     green_loss: int = 0
@@ -88,6 +91,8 @@ class Row:
         self.duplicated += measure.duplicated
         self.published += measure.published
         self.published_ok &= measure.published_ok
+        self.aggregated += measure.aggregated
+        self.aggregated_ok &= measure.aggregated_ok
         self.problems += measure.published_problems
         self.count_runs(world.runs)
         return self
@@ -801,6 +806,86 @@ def webhook_outage(backend: Backend, root: Path) -> Row:
     return row
 
 
+def webhook_early(backend: Backend, root: Path, days_early: int) -> Row:
+    """Oura notifies a night before it has the night's heart rate (the ring syncs it days
+    later): the push run gets an empty answer, which covers nothing; the window waits for the
+    provider, is asked again with backoff, and the night arrives `days_early` days later."""
+    row = Row(f"webhook {days_early} d before the provider has the night", backend.name)
+    start = anchor()
+    day = start.date() - timedelta(days=1)
+    person = f"oura-early-{days_early}"
+    with oura_world(backend, root, f"early-{days_early}", start=start, first_day=day,
+                    people={person: oura_person(person)}) as (world, model):  # fmt: skip
+        hold_day_after_night(model, person, day, summary_days=2)
+        world.tick()
+        arrives = world.clock.now + timedelta(days=days_early)
+        # The night ends before the day's data begins (08:00): only the night is late.
+        wake = utc(day, 7) + timedelta(minutes=55)
+        night = model.heart_rate(person, utc(day, 0), wake, visible_at=arrives)
+        model.sleep(person, "night-early", utc(day, 0), wake)
+        world.late |= set(night)
+        status = notify_oura(world, person, "create", "night-early")
+        row.expect(status == 200, f"receiver answered {status}")
+        pushed = world.dispatch()
+        row.expect(len(pushed) == 1 and not pushed[0].red, "the push run failed")
+        waiting = pushed[0].report.waiting_for_provider if pushed and pushed[0].report else 0
+        row.expect(waiting == 1, f"{waiting} windows waiting for the provider after the push")
+        world.settle(days_early * 12 + 6, step=timedelta(hours=2))
+        row.take(world, utc_midnight(day), utc_midnight(day + timedelta(days=1)))
+        row.notes.append(f"{len(night)} night samples arrived {days_early} d after the webhook")
+    return row
+
+
+def zone_change(backend: Backend, root: Path) -> Row:
+    """A person moves from New York to Berlin (their setting changes, from a day on): the days
+    from then are cut again in the new zone, the day of the move is shorter, the old zone's
+    daily rows go, and every sample is in one day's aggregate and one partition."""
+    row = Row("zone change (New York to Berlin, mid-history)", backend.name)
+    start = anchor()
+    first = start.date() - timedelta(days=3)
+    world = simulated_world(backend, root, "zone", start=start, first_day=first,
+                            only={"sim-002"})  # fmt: skip
+    config = world.configs()["sim-002"]
+    row.expect(config.timezone == "America/New_York", f"sim-002 lives in {config.timezone}")
+    for day in (first, first + timedelta(days=1), first + timedelta(days=2)):
+        world.sync(SyncStrategy.PARTITION, [day])
+    world.settle(1)
+    moved = first + timedelta(days=1)
+    days = world.store.set_zone("simulated", "sim-002", "Europe/Berlin", moved)
+    row.expect(moved in days, f"the day of the move was not re-derived: {days}")
+    world.settle(2)
+    row.take(world, utc_midnight(first), utc_midnight(first + timedelta(days=3)))
+    row.notes.append(f"re-derived {len(days)} days after the move")
+    world.close()
+    return row
+
+
+def late_after_final(backend: Backend, root: Path) -> Row:
+    """A night uploaded and notified after its day was published final: the day is published
+    again with the same ids, what changed says `amended`, and its daily aggregate counts it."""
+    row = Row("late sample after final (amended)", backend.name)
+    start = anchor()
+    old = start.date() - timedelta(days=4)
+    person = "oura-amended"
+    with oura_world(backend, root, "amended", start=start, first_day=old,
+                    people={person: oura_person(person)}) as (world, model):  # fmt: skip
+        hold_day_after_night(model, person, old, summary_days=5)
+        world.tick()
+        row.expect(old not in world.store.preliminary_days("oura", old), f"{old} not final")
+        upload_night(world, model, person, old, "night-amended")
+        notify_oura(world, person, "create", "night-amended")
+        world.dispatch()
+        world.settle(1)
+        statuses = Counter(
+            r["status"] for r in world.resources(old) if r["resourceType"] == "Observation"
+        )
+        row.expect(statuses["amended"] > 0, f"nothing amended: {dict(statuses)}")
+        row.expect(statuses["preliminary"] == 0, f"a final day went back: {dict(statuses)}")
+        row.take(world, utc_midnight(old), utc_midnight(old + timedelta(days=1)))
+        row.notes.append(f"statuses after the late night: {dict(statuses)}")
+    return row
+
+
 def close_outage(backend: Backend, root: Path) -> Row:
     """The provider is down for the whole of a daily-sync person's close run (and its retries):
     the run is red, and the hours after it catch the closed day up once the provider is back."""
@@ -1065,6 +1150,11 @@ SCENARIOS: dict[str, Callable[[Backend, Path], Row]] = {
     "close-outage": close_outage,
     "implausible": implausible_value,
     "stale-answer": stale_answer,
+    "early-1": lambda backend, root: webhook_early(backend, root, 1),
+    "early-2": lambda backend, root: webhook_early(backend, root, 2),
+    "early-3": lambda backend, root: webhook_early(backend, root, 3),
+    "zone": zone_change,
+    "amended": late_after_final,
     "dagster": dagster_acceptance,
 }
 

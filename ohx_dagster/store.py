@@ -41,7 +41,7 @@ from ohx_dagster.schema import (
     type_status,
     users,
 )
-from ohx_dagster.times import from_us, now_us, to_us
+from ohx_dagster.times import HOUR_US, from_us, now_us, to_us
 
 ACTIVE, NEEDS_REAUTHORIZATION, DISCONNECTED = "active", "needs_reauthorization", "disconnected"
 
@@ -231,6 +231,61 @@ class RecordStore:
             .order_by(users.c.state_at_us, users.c.provider, users.c.user_id)
         )
         return [(p.state_at_us or 0, p.config) for p in self._people(query)]
+
+    def set_zone(self, provider: str, user_id: str, timezone: str, since: date) -> list[date]:
+        """The person lives in `timezone` from local day `since` on (a move, or a corrected
+        setting: `date.min` re-cuts every day). Every stored day whose bounds change is marked
+        for publishing, so its aggregates and FHIR are derived again and rows of the old cut go;
+        the days marked, in order."""
+        with self.write() as conn:
+            db.lock(conn, "person", provider, user_id)
+            row = conn.execute(
+                sa.select(users.c.config).where(
+                    users.c.provider == provider, users.c.user_id == user_id
+                )
+            ).one_or_none()
+            if row is None:
+                raise KeyError(f"{provider}/{user_id} is not a connected person")
+            before = HealthSyncConfig.from_json(orjson.loads(row.config))
+            after = before.with_zone(timezone, since)
+            conn.execute(
+                users.update()
+                .where(users.c.provider == provider, users.c.user_id == user_id)
+                .values(config=orjson.dumps(after.to_json()).decode())
+            )
+            first, last = self._stored_span(conn, provider, user_id)
+            if first is None or last is None:
+                return []
+            old, new = Calendar.of(before), Calendar.of(after)
+            days = set()
+            for calendar in (old, new):
+                for day in calendar.days_spanned(first, last + 1):
+                    if old.day_window(day) != new.day_window(day):
+                        days.add(day)
+            self._bump_days(conn, provider, user_id, days)
+        return sorted(days)
+
+    @staticmethod
+    def _stored_span(
+        conn: Connection, provider: str, user_id: str
+    ) -> tuple[int | None, int | None]:
+        """The first and last instant of the person's stored data."""
+        c, m = series_chunks, measurements
+        spans = [
+            conn.execute(
+                sa.select(sa.func.min(c.c.hour_us), sa.func.max(c.c.hour_us) + HOUR_US).where(
+                    c.c.provider == provider, c.c.user_id == user_id
+                )
+            ).one(),
+            conn.execute(
+                sa.select(sa.func.min(m.c.ts_us), sa.func.max(m.c.ts_us)).where(
+                    m.c.provider == provider, m.c.user_id == user_id
+                )
+            ).one(),
+        ]
+        firsts = [int(a) for a, _ in spans if a is not None]
+        lasts = [int(b) for _, b in spans if b is not None]
+        return (min(firsts) if firsts else None), (max(lasts) if lasts else None)
 
     def set_state(self, provider: str, user_id: str, state: str, reason: str | None) -> None:
         values: dict[str, Any] = {"state": state, "state_reason": reason, "state_at_us": now_us()}
@@ -755,6 +810,24 @@ class RecordStore:
         return dict(found)
 
     # -- provider cursors ----------------------------------------------------------------------
+
+    def holds(
+        self, provider: str, user_id: str, data_type: str, start_us: int, end_us: int
+    ) -> bool:
+        """Whether the store holds any of the person's data of a type in [start, end)."""
+        window = DateRange(from_us(start_us), from_us(end_us))
+        return not self.read_records(
+            provider, window, user_ids=[user_id], data_types=[data_type]
+        ).empty
+
+    def cursors(self, provider: str, name: str, user_ids: Iterable[str]) -> dict[str, str]:
+        """One cursor of each of these people (those who have it), in one read."""
+        t = provider_cursors
+        query = sa.select(t.c.user_id, t.c.value).where(
+            t.c.provider == provider, t.c.name == name, t.c.user_id.in_(sorted(set(user_ids)))
+        )
+        with self.read() as conn:
+            return {row.user_id: row.value for row in conn.execute(query)}
 
     def cursor(self, provider: str, user_id: str, name: str) -> str | None:
         t = provider_cursors

@@ -26,13 +26,14 @@ it belongs to (store.CommitReport.days).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
 from ohx_dagster import coverage as cov
 from ohx_dagster.coverage import Interval
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.localdays import Calendar
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.times import to_us, utc_day
 
@@ -67,9 +68,8 @@ def parse(strategy: SyncStrategy | str) -> SyncStrategy:
 
 
 def local_day(day: date, config: HealthSyncConfig) -> Interval:
-    start = datetime.combine(day, time(), tzinfo=config.zone)
-    end = datetime.combine(day + timedelta(days=1), time(), tzinfo=config.zone)
-    return to_us(start), to_us(end)
+    """The person's local day `day` as UTC microseconds (their zone history included)."""
+    return Calendar.of(config).day_window(day)
 
 
 def goal(
@@ -85,8 +85,11 @@ def goal(
     if strategy is SyncStrategy.CLOSE:
         start, end = local_day(day, config)
     else:
+        # The UTC day, and the person's local day of that date, which the partition publishes
+        # (ohx_dagster/localdays.py): a partition's run leaves its own publication complete.
         window = utc_day(day)
-        start, end = to_us(window.start), to_us(window.end)
+        local_start, local_end = local_day(day, config)
+        start, end = min(to_us(window.start), local_start), max(to_us(window.end), local_end)
     if strategy is not SyncStrategy.PARTITION:
         start = max(start, to_us(history_start))
     end = min(end, to_us(now))

@@ -23,7 +23,8 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.coverage import Interval, gaps
+from ohx_dagster import waiting
+from ohx_dagster.coverage import Interval, gaps, normalize
 from ohx_dagster.errors import NeedsReauthorization, OhxError, ProviderError, RateLimited
 from ohx_dagster.identity import admit_discovered
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
@@ -63,6 +64,8 @@ class SyncReport:
     erased_left_out: int = 0
     unlinked: list[str] = field(default_factory=list)
     supported_types: frozenset[HealthDataType] = frozenset()
+    # Notified windows the provider answered empty, asked again later (ohx_dagster/waiting.py).
+    waiting_for_provider: int = 0
 
     @property
     def records(self) -> int:
@@ -182,10 +185,19 @@ def sync_partition(
         store, source, user_ids=wanted, select=select, shard=shard, days=days, report=report
     )
     coverage = store.coverage(source.name, [c.user_id for c, _ in people])
+    waits = store.cursors(source.name, waiting.WAITING, [c.user_id for c, _ in people])
     for position, (config, connected_at_us) in enumerate(people):
         refused = store.refused_types(config)
         types = sorted((config.enabled_types & source.supported_types) - set(refused))
-        covered = {t.value: coverage.get((config.user_id, t.value), []) for t in types}
+        pending = waiting.load(waits.get(config.user_id))
+        # A window still waiting for the provider is asked again only when its backoff is over.
+        later = waiting.not_due(pending, to_us(now))
+        covered = {
+            t.value: normalize(
+                [*coverage.get((config.user_id, t.value), []), *later.get(t.value, [])]
+            )
+            for t in types
+        }
         windows: dict[HealthDataType, list[Interval]] = {}
         # Stored data that changes after this instant was written by a run that asked the
         # provider later than this one: this run's answer must not take it away (store.commit).
@@ -238,14 +250,27 @@ def sync_partition(
             # Bad data or config stays bad on retry; a provider or network error may pass.
             report.transient &= isinstance(exc, ProviderError | OSError)
             continue
+        # A notified window the provider answered empty is not covered (ohx_dagster/waiting.py).
+        still, answered = waiting.settle(
+            pending,
+            announced if kind is SyncStrategy.PUSH else None,
+            result.batch,
+            result.covered,
+            stored=lambda t, s, e, c=config: store.holds(source.name, c.user_id, t, s, e),
+            now_us=to_us(now),
+        )
+        cursors = dict(result.cursors)
+        if still or pending:
+            cursors[waiting.WAITING] = waiting.dump(still)
+        report.waiting_for_provider += sum(1 for w in still if not w.expired)
         commit = store.commit(
             source.name,
             config.user_id,
             config,
             result.batch,
-            covered=result.covered,
-            replace=result.covered,
-            cursors=result.cursors,
+            covered=answered,
+            replace=answered,
+            cursors=cursors,
             asked_at_us=asked_at_us,
         )
         report.days_changed |= commit.days
@@ -293,6 +318,14 @@ def uncovered(store: RecordStore, report: SyncReport, now: datetime) -> list[str
         return problems
     synced = set(report.users_synced)
     coverage = store.coverage(report.source, sorted(synced))
+    # A window waiting for the provider (a notification it answered empty) is no gap of the
+    # run's: it is asked again, and sync_status says when it is late (ohx_dagster/waiting.py).
+    waits = store.cursors(report.source, waiting.WAITING, synced)
+    for user_id, text in waits.items():
+        for item in waiting.load(text):
+            if not item.expired:
+                key = (user_id, item.data_type)
+                coverage[key] = normalize([*coverage.get(key, []), (item.start_us, item.end_us)])
     for person in store.people(report.source):
         config = person.config
         if config.user_id not in synced:

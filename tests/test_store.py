@@ -52,7 +52,8 @@ def identities(frame: pd.DataFrame) -> set[tuple]:
 def test_the_same_batch_twice_changes_nothing_the_second_time(store: RecordStore) -> None:
     batch = heart_rate_batch("u1", 0, 500)
     first = commit(store, batch)
-    assert first.changed_anything and date(2016, 4, 1) in first.days
+    # 00:00 UTC is 19:00 the day before in Chicago: the local day the samples were lived in.
+    assert first.changed_anything and first.days == {date(2016, 3, 31)}
     stored = store.read_records("fitabase", DAY)
     second = commit(store, batch)
     assert not second.changed_anything and second.days == set()
@@ -99,7 +100,7 @@ def test_a_replace_window_deletes_what_the_provider_no_longer_holds(store: Recor
     report = commit(store, kept, replace={"heart_rate": [window]})
     stored = store.read_records("fitabase", DAY)
     assert len(stored) == 720 - 60  # 15:00-20:00 is gone, the rest untouched
-    assert report.changed_anything and report.days == {date(2016, 4, 1), date(2016, 3, 31)}
+    assert report.changed_anything and report.days == {date(2016, 3, 31)}  # 19:00 in Chicago
 
 
 def test_read_window_is_half_open(store: RecordStore) -> None:
@@ -180,14 +181,11 @@ def test_add_users_registers_only_new_people(store: RecordStore) -> None:
 
 def test_day_versions_move_on_change_and_publishing_catches_up(store: RecordStore) -> None:
     commit(store, heart_rate_batch("u1", 0, 10))
-    assert store.unpublished_days("fitabase") == {
-        date(2016, 3, 31): {"u1"},  # 00:00 UTC is 19:00 the day before in Chicago
-        date(2016, 4, 1): {"u1"},
-    }
+    # 00:00 UTC is 19:00 the day before in Chicago: the partition of that local day publishes them.
+    assert store.unpublished_days("fitabase") == {date(2016, 3, 31): {"u1"}}
     with store.read() as conn:
-        versions = store.day_versions(conn, "fitabase", date(2016, 4, 1), None)
-    store.mark_published("fitabase", date(2016, 4, 1), versions, {"u1": True})
-    store.mark_published("fitabase", date(2016, 3, 31), {"u1": 1}, {})
+        versions = store.day_versions(conn, "fitabase", date(2016, 3, 31), None)
+    store.mark_published("fitabase", date(2016, 3, 31), versions, {"u1": True})
     assert store.unpublished_days("fitabase") == {}
     commit(store, heart_rate_batch("u1", 0, 10))  # nothing new
     assert store.unpublished_days("fitabase") == {}

@@ -23,8 +23,11 @@ HISTORY = NOW - timedelta(days=30)
 
 
 def day_span(day: date) -> tuple[int, int]:
+    """What a run of day partition `day` must leave covered: the UTC day, and the person's local
+    day of that date (New York: until 05:00Z the next day), which the partition publishes."""
     window = utc_day(day)
-    return to_us(window.start), to_us(window.end)
+    local_start, local_end = local_day(day, CONFIG)
+    return min(to_us(window.start), local_start), max(to_us(window.end), local_end)
 
 
 def plan(strategy: str, day: date, covered=(), horizon=timedelta(0), announced=None, now=NOW):
