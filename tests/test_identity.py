@@ -347,6 +347,11 @@ def test_relink_moves_the_account_audited_and_republishes_its_history(
             "--reason", "wrong patient", "--actor", "nurse.a")
     )  # fmt: skip
     assert "sim-404" in unknown and "ohx users list" in unknown
+    no_such = one_error_line(
+        ohx("users", "relink", "fitbit", "sim-001", "--patient", "pat-new",
+            "--reason", "wrong patient", "--actor", "nurse.a")
+    )  # fmt: skip
+    assert "PROVIDER" in no_such and "'fitbit'" in no_such
 
     moved = ohx(
         "users", "relink", "simulated", "sim-001", "--patient", "pat-new",

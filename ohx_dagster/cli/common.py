@@ -124,14 +124,14 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
-def check_provider(provider: str | None) -> str | None:
-    """A --provider value: one of the sources this product knows."""
+def check_provider(provider: str | None, param_hint: str = "--provider") -> str | None:
+    """A --provider value (or the PROVIDER argument): one of the sources this product knows."""
     if provider is None:
         return None
     from ohx_dagster.settings import KNOWN_SOURCES
 
     if provider not in KNOWN_SOURCES:
         raise click.BadParameter(
-            f"{provider!r}: expected one of {', '.join(KNOWN_SOURCES)}", param_hint="--provider"
+            f"{provider!r}: expected one of {', '.join(KNOWN_SOURCES)}", param_hint=param_hint
         )
     return provider

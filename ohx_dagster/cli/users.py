@@ -395,16 +395,6 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
         )
 
 
-def _known_provider(provider: str) -> str:
-    from ohx_dagster.settings import KNOWN_SOURCES
-
-    if provider not in KNOWN_SOURCES:
-        raise click.BadParameter(
-            f"{provider!r}: expected one of {', '.join(KNOWN_SOURCES)}", param_hint="PROVIDER"
-        )
-    return provider
-
-
 def _said(text: str, what: str) -> str:
     """A --reason or --actor: something, on one line."""
     text = " ".join(text.split())
@@ -429,7 +419,7 @@ def relink(
     from ohx_dagster import identity
     from ohx_dagster.ids import check_patient_id
 
-    _known_provider(provider)
+    common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")
     check_patient_id(patient, "--patient")
     reason, actor = _said(reason, "--reason"), _said(actor, "--actor")
@@ -467,7 +457,7 @@ def readmit(ctx: click.Context, provider: str, user_id: str, reason: str, actor:
     their source, connection or webhook stores their data again."""
     from ohx_dagster import identity
 
-    _known_provider(provider)
+    common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")
     reason, actor = _said(reason, "--reason"), _said(actor, "--actor")
     store = common.open_store(ctx)
