@@ -477,3 +477,35 @@ def test_bearer_header_is_sent(api: FakeApi) -> None:
     assert client(api).json("GET", "/data", params={"a": "1"}) == {"auth": None}
     assert client(api).send("GET", "/data", token="t0").json() == {"auth": "Bearer t0"}
     assert isinstance(client(api).client, httpx.Client)
+
+
+# -- the connect callback with a lifetime that is not one -------------------------------------
+
+
+@pytest.mark.parametrize("expires_in", [-3600, "soon", 1e300])
+def test_the_connect_callback_connects_an_account_whose_lifetime_is_not_one(
+    sqlite_store: RecordStore, token_key: str, expires_in: object
+) -> None:
+    """Through the real receiver and the fake authorization server of tests/test_connect.py:
+    Withings' grant (its documented {"status": 0, "body": ...} wrapper, the user id inside) with
+    a negative, non-numeric or absurd expires_in was a 500; now the account is connected and
+    its token's lifetime is unknown."""
+    from test_connect import USER_IDS, FakeProviders, Receiver, serve
+
+    with fake_api() as api:
+        providers = FakeProviders(api)
+        grant = {
+            "userid": int(USER_IDS["withings"]),
+            "access_token": "withings-access-SECRET",
+            "refresh_token": "withings-refresh-SECRET",
+            "scope": "user.metrics,user.activity",
+            "expires_in": expires_in,
+            "token_type": "Bearer",
+        }
+        providers.fail["withings"] = answer(200, {"status": 0, "body": grant})
+        with serve(sqlite_store, providers, providers.env()) as url, httpx.Client(timeout=10) as h:
+            _, done = Receiver(url, sqlite_store, providers, h).connect("withings")
+    assert done.status_code == 200, done.text
+    saved = TokenStore(sqlite_store).load("withings", USER_IDS["withings"])
+    assert saved is not None and saved.expires_at is None
+    assert saved.access_token == "withings-access-SECRET"
