@@ -155,10 +155,10 @@ def admit_discovered(
 ) -> frozenset[str]:
     """Register the people a source offers (store.add_users) but those whose erasure stands;
     the user ids left out (for the caller to leave out of its run: it says how many, never
-    who). People not yet in `users`
-    are checked and added under their locks in one transaction, the lock erasure's first step
-    holds while it deletes them and writes their tombstone: an erasure running meanwhile either
-    comes first (its tombstone is seen) or after (it deletes what was added)."""
+    who). People not yet in `users` are checked and added under their locks in one
+    transaction, the lock erasure's first step holds while it deletes them and writes their
+    tombstone: an erasure running meanwhile either comes first (its tombstone is seen) or after
+    (it deletes what was added)."""
     configs = list(configs)
     if not configs:
         return frozenset()
