@@ -101,6 +101,14 @@ def build_sync_status_asset(
                 description="No connected person needs to connect their account again "
                 "(warning: only the person can fix it).",
             ),
+            dg.AssetCheckSpec(
+                "notified_data_arrived",
+                asset=key,
+                description="Every window a provider notification named has its data: none has "
+                "answered empty for longer than the provider's re-sync horizon (such a window is "
+                "asked again with backoff, shown as 'waiting for the provider', and given up on "
+                "after 14 days).",
+            ),
         ]
 
     @dg.asset(
@@ -121,6 +129,7 @@ def build_sync_status_asset(
         behind = [r for r in rows if limit is not None and is_behind(r, now, limit)]
         reauthorize = sorted({r.user_id for r in rows if r.state == "needs reauthorization"})
         failed = [r for r in rows if r.state == ACTIVE and failing(r)]
+        late = [r for r in rows if limit is not None and r.waiting_late(now, limit.horizon)]
         active = [r for r in rows if r.state == ACTIVE]
         waits = [w for w in (r.waiting(now) for r in active) if w is not None]
         oldest = min((r.covered_until for r in active if r.covered_until), default=None)
@@ -174,6 +183,17 @@ def build_sync_status_asset(
                     metadata={
                         "needs_reauthorization": len(reauthorize),
                         "people": dg.MetadataValue.json(reauthorize[:SHOWN]),
+                    },
+                ),
+                dg.AssetCheckResult(
+                    check_name="notified_data_arrived",
+                    passed=not late,
+                    metadata={
+                        "types_late": len(late),
+                        "windows_waiting": sum(r.waiting_windows for r in rows),
+                        "windows_given_up": sum(r.given_up for r in rows),
+                        "horizon": words(limit.horizon),
+                        "late": dg.MetadataValue.json(_listed(late, now, limit)),
                     },
                 ),
             ]

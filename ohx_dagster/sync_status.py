@@ -131,6 +131,17 @@ class TypeStatus:
     records_24h: int
     sync_frequency: str = "hourly"
     connected_at: datetime | None = None
+    # Notified windows the provider answered empty (ohx_dagster/waiting.py): still asked for,
+    # since when the oldest has waited, and how many were given up on.
+    waiting_windows: int = 0
+    waiting_since: datetime | None = None
+    given_up: int = 0
+
+    def waiting_late(self, now: datetime, horizon: timedelta) -> bool:
+        """A notified window still empty after the provider's re-sync horizon, or given up on."""
+        return self.given_up > 0 or (
+            self.waiting_since is not None and now - self.waiting_since >= horizon
+        )
 
     def lag(self, now: datetime) -> timedelta | None:
         return None if self.covered_until is None else max(timedelta(0), now - self.covered_until)
@@ -143,12 +154,20 @@ class TypeStatus:
         return max(timedelta(0), now - max(known)) if known else None
 
     def state_text(self) -> str:
-        return f"{self.state}: {self.state_reason}" if self.state == REFUSED else self.state
+        if self.state == REFUSED:
+            return f"{self.state}: {self.state_reason}"
+        if self.state == ACTIVE and (self.waiting_windows or self.given_up):
+            since = iso(self.waiting_since) if self.waiting_since else None
+            parts = [f"{self.waiting_windows} notified since {since}"] if since else []
+            parts += [f"{self.given_up} given up"] if self.given_up else []
+            return f"waiting for the provider ({', '.join(parts)})"
+        return self.state
 
     def to_json(self, now: datetime) -> dict[str, Any]:
         data = asdict(self)
         lag = self.lag(now)
-        for name in ("covered_until", "last_success", "last_error_at", "connected_at"):
+        for name in ("covered_until", "last_success", "last_error_at", "connected_at",
+                     "waiting_since"):  # fmt: skip
             data[name] = iso(data[name])
         data["lag"] = None if lag is None else iso_duration(lag)
         return data
@@ -190,6 +209,7 @@ def collect(store: RecordStore, provider: str | None, now: datetime) -> list[Typ
         covered = covered_until(store, name)
         counts = records_between(store, name, start_us, end_us)
         statuses = {(r.user_id, r.data_type): r for r in store.type_statuses(name)}
+        waits = waiting_by_type(store, name, [p.config.user_id for p in people])
         supported = {t.value for t in SUPPORTED_TYPES.get(name, frozenset(HealthDataType))}
         for person in people:
             config = person.config
@@ -223,8 +243,32 @@ def collect(store: RecordStore, provider: str | None, now: datetime) -> list[Typ
                         records_24h=counts.get((user, data_type), 0),
                         sync_frequency=config.sync_frequency.value,
                         connected_at=_moment(person.connected_at_us),
+                        **waits.get((user, data_type), {}),
                     )
                 )
+    return found
+
+
+def waiting_by_type(
+    store: RecordStore, provider: str, user_ids: list[str]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (person, type): the TypeStatus fields of their windows waiting for the provider."""
+    from ohx_dagster import waiting
+
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for user_id, text in store.cursors(provider, waiting.WAITING, user_ids).items():
+        for item in waiting.load(text):
+            entry = found.setdefault(
+                (user_id, item.data_type),
+                {"waiting_windows": 0, "waiting_since": None, "given_up": 0},
+            )
+            if item.expired:
+                entry["given_up"] += 1
+                continue
+            entry["waiting_windows"] += 1
+            since = from_us(item.since_us)
+            if entry["waiting_since"] is None or since < entry["waiting_since"]:
+                entry["waiting_since"] = since
     return found
 
 

@@ -276,8 +276,9 @@ def test_every_source_has_a_status_asset_and_a_schedule(tmp_path: Path, fitabase
         "freshness",
         "connections_authorized",
         "last_sync_succeeded",
+        "notified_data_arrived",
     }
-    # An export has no lag to keep: no freshness check.
+    # An export has no lag to keep and no notifications: neither check.
     assert names["sync_status/fitabase"] == {"last_sync_succeeded"}
     schedule = defs.get_schedule_def("sync_status_schedule")
     assert schedule.cron_schedule == "*/15 * * * *"

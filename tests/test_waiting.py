@@ -108,3 +108,21 @@ def test_no_empty_notified_window_is_ever_covered_before_its_data_or_give_up(win
     open_windows = [(w.start_us, w.end_us) for w in still]
     for piece in gaps(asked[HR.value][0], open_windows):
         assert gaps(piece, covered[HR.value]) == []
+
+
+def test_status_says_waiting_then_late_after_the_horizon(sqlite_store) -> None:
+    """`ohx status` and the sync_status asset read the same rows: the type says it waits for the
+    provider, and is late once the re-sync horizon has passed."""
+    from ohx_dagster.models import HealthSyncConfig
+    from ohx_dagster.sync_status import collect
+
+    config = HealthSyncConfig("p", "oura", timezone="Europe/Berlin")
+    sqlite_store.add_users([config])
+    still, _ = settle([], announced={HR: [NIGHT]})
+    with sqlite_store.write() as conn:
+        sqlite_store.set_cursor(conn, "oura", "p", waiting.WAITING, waiting.dump(still))
+    now = T0 + timedelta(hours=10)
+    (row,) = [r for r in collect(sqlite_store, "oura", now) if r.data_type == HR.value]
+    assert row.waiting_windows == 1 and row.state_text().startswith("waiting for the provider")
+    assert not row.waiting_late(now, timedelta(hours=48))
+    assert row.waiting_late(now + timedelta(hours=48), timedelta(hours=48))
