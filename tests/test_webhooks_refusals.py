@@ -7,6 +7,7 @@ same as tests/test_webhooks_app.py), signed as Oura signs them."""
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -167,3 +168,27 @@ def test_ten_thousand_characters_are_refused_in_a_header_a_query_and_a_body(
         params={"verification_token": "oura-verification-token", "challenge": "c-42"},
     )
     assert ok.status_code == 200 and ok.json() == {"challenge": "c-42"}
+
+
+def test_a_flood_that_stops_is_still_summarized(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No refusal follows the flood: the receiver's ticking task writes the summary once the
+    interval (0.2 s here, on the real clock) is over."""
+    caplog.set_level(logging.DEBUG, logger="ohx_dagster.webhooks")
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
+    app = create_app(store, SECRETS, limits=LIMITS, refusals=RefusalLog(0.2))
+    with serve_in_thread(app, limits=LIMITS) as url, httpx.Client(timeout=10) as http:
+        for _ in range(40):
+            assert http.post(f"{url}{ROUTE}", content=b"{}").status_code == 401
+        deadline = time.monotonic() + 30
+        while len(lines(caplog)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    store.dispose()
+    logged = lines(caplog)
+    assert logged[0].startswith("401 POST /webhooks/oura: "), logged
+    summaries = [line for line in logged if line.startswith("refused ")]
+    assert summaries and sum(int(re.search(r"refused (\d+)", s)[1]) for s in summaries) >= 1
+    # Every refusal is told: in full lines, or counted in a summary.
+    full = [line for line in logged if line.startswith("401 ")]
+    assert len(full) + sum(int(re.search(r"refused (\d+)", s)[1]) for s in summaries) == 40

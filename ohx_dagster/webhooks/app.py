@@ -21,7 +21,8 @@ request gets 503 at once and the provider retries later.
 
 Refused requests are logged without letting a flood fill the log (RefusalLog): the first refusal
 of each kind (status, method, route) in an interval gets its full line, the others are counted
-and told in one summary line per interval. A request whose headers or query are ambiguous or
+and told in one summary line per interval (written by the next refusal, by a task that ticks
+every interval, or when the receiver stops). A request whose headers or query are ambiguous or
 oversized is refused with 400 before any route reads it (RequestShape): a header given twice
 (two signatures, two Content-Lengths: which one did the signature cover?), a query parameter
 given twice, a header value over MAX_HEADER_CHARS or a query value over MAX_QUERY_CHARS.
@@ -42,8 +43,8 @@ import logging
 import math
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -307,6 +308,18 @@ class RefusalLog:
         self.logged.add(kind)
         log.log(level, "%d %s %s: %s", status, kind[1], kind[2], reason, exc_info=exc_info)
 
+    def tick(self) -> None:
+        """Write the summary of an interval that has ended (the receiver calls this every
+        interval, so a flood that stopped is still told)."""
+        now = self.clock()
+        if now - self.started >= self.interval_s:
+            self.flush(now)
+
+    async def ticking(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.tick()
+
     def flush(self, now: float | None = None) -> None:
         """The summary line of the interval ending now (none when nothing went unlogged)."""
         now = self.clock() if now is None else now
@@ -467,9 +480,20 @@ def create_app(
         middleware.append(Middleware(RateLimit, buckets=buckets))
     refusals = refusals or RefusalLog()
     middleware.append(Middleware(RequestShape, refusals=refusals))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ticker = asyncio.create_task(refusals.ticking())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            refusals.flush()  # what was refused since the last summary
+
     app = Starlette(
         routes=routes,
         middleware=middleware,
+        lifespan=lifespan,
         exception_handlers={
             BodyTooLarge: _too_large(max_body_bytes),
             BodyTimeout: _too_slow(limits.body_timeout_s),
