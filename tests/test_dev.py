@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -309,3 +310,64 @@ def test_bootstrap_says_what_it_installs(tmp_path: Path) -> None:
     assert lines[-1] == "bootstrap: .venv ready"
     again = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and again.stderr == "", again.stderr
+
+
+def test_runs_are_one_line_at_start_and_one_at_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run lines of `ohx dev`, read from a real SQLite instance two runs went through."""
+    import dagster as dg
+
+    from ohx_dagster.cli import dev
+
+    @dg.op
+    def works() -> int:
+        return 1
+
+    @dg.op
+    def breaks() -> None:
+        raise ValueError("the provider answered 418\nwith a second line")
+
+    @dg.job
+    def fine() -> None:
+        works()
+
+    @dg.job
+    def broken() -> None:
+        breaks()
+
+    home = tmp_path / "dagster"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    since = datetime.now(UTC) - timedelta(seconds=5)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        ok = fine.execute_in_process(instance=instance, tags={"ohx/strategy": "push"})
+        bad = broken.execute_in_process(instance=instance, raise_on_error=False)
+    watcher = dev.RunWatcher(home, since)
+    try:
+        watcher.watch()
+        watcher.watch()  # nothing new: nothing said twice
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0] == f"run {ok.run_id[:8]} started: fine (push)"
+        assert re.fullmatch(rf"run {ok.run_id[:8]} succeeded in \d+ s", lines[1]), lines
+        assert lines[2] == f"run {bad.run_id[:8]} started: broken"
+        assert re.fullmatch(
+            rf"run {bad.run_id[:8]} failed in \d+ s: .*the provider answered 418 with a second "
+            "line.*",
+            lines[3],
+        ), lines
+        assert len(lines) == 4
+        # An instance that cannot be read: tried at every tick, said once after ten in a row.
+        watcher.instance.dispose()
+
+        def unreadable(**_: object) -> None:
+            raise RuntimeError("database is locked")
+
+        watcher.instance.get_run_records = unreadable  # type: ignore[method-assign]
+        for _ in range(25):
+            watcher.watch()
+        assert capsys.readouterr().out.splitlines() == [
+            "ohx dev: cannot read the runs from the Dagster instance: database is locked"
+        ]
+    finally:
+        watcher.close()

@@ -60,6 +60,7 @@ STOP_WAIT_S: Final = 30.0
 GROUP_WAIT_S: Final = 10.0
 TICK_S: Final = 0.5
 LINE_CHARS: Final = 240
+UNREADABLE_POLLS: Final = 10
 CHECKOUT: Final = Path(__file__).resolve().parents[2]
 # deploy/dagster.yaml and workspace.yaml of the checkout, for an installed wheel that has neither
 # (tests/test_cli.py keeps these copies equal to the files).
@@ -360,6 +361,20 @@ class RunWatcher:
         self.since = since
         self.started: set[str] = set()
         self.ended: set[str] = set()
+        self.failures = 0  # polls in a row that could not read the instance
+
+    def watch(self) -> None:
+        """poll, where a read that fails (the instance's SQLite busy with the daemon's writes) is
+        tried again at the next tick; the tenth failure in a row is said once, in one line."""
+        try:
+            self.poll()
+        except Exception as exc:  # whatever the instance's storage raises
+            self.failures += 1
+            if self.failures == UNREADABLE_POLLS:
+                reason = " ".join(str(exc).split())[:LINE_CHARS]
+                say(f"ohx dev: cannot read the runs from the Dagster instance: {reason}")
+        else:
+            self.failures = 0
 
     def close(self) -> None:
         self.instance.dispose()
@@ -423,6 +438,10 @@ class RunWatcher:
                 event = entry.dagster_event
                 data = getattr(event, "event_specific_data", None)
                 error = getattr(data, "error", None)
+                # Dagster wraps what the step raised ("Error occurred while executing op"): the
+                # innermost cause is what went wrong.
+                while getattr(error, "cause", None) is not None:
+                    error = error.cause  # type: ignore[union-attr]
                 text = getattr(error, "message", None) or (event.message if event else None)
                 if text:
                     text = " ".join(text.split())
@@ -538,7 +557,7 @@ def dev(verbose: bool) -> None:
         say(f"UI at http://{HOST}:{ui}")
         watcher = RunWatcher(dagster_home, since)
         while not stopper.requested:
-            watcher.poll()
+            watcher.watch()
             services.echo()
             gone = services.exited()
             if gone is not None:
@@ -552,7 +571,7 @@ def dev(verbose: bool) -> None:
     finally:
         services.stop()
         if watcher is not None:
-            watcher.poll()  # runs that ended while the services stopped
+            watcher.watch()  # runs that ended while the services stopped
             watcher.close()
         say("stopped")
     if failed:
