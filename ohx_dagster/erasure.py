@@ -101,7 +101,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ohx_dagster import audit, db
+from ohx_dagster import audit, db, inbox
 from ohx_dagster.errors import OhxError, ValidationError
 from ohx_dagster.fhir.delivery import DeliveryError, FhirClient, match_url, owner
 from ohx_dagster.fhir.output import (
@@ -594,6 +594,7 @@ def _erase_rows(
     counts: dict[str, int] = {}
     with store.write() as conn:
         db.lock(conn, "person", p, u)
+        inbox.serialize_writers(conn)  # no webhook event of theirs slips past the tombstone
         erasure_id = _tombstone(conn, subject, requested_by)
         patients = _patient_ids(conn, person)
         for table in person_tables():

@@ -126,7 +126,6 @@ class Inbox:
 
     def __init__(self, store: RecordStore) -> None:
         self.store = store
-        self._postgres = store.engine.dialect.name == "postgresql"
 
     def add(self, events: Sequence[NewEvent]) -> int:
         """Commit the events in one transaction, skipping duplicates; returns how many are new."""
@@ -156,7 +155,7 @@ class Inbox:
             .returning(webhook_inbox.c.provider, webhook_inbox.c.event_key)
         )
         with self.store.write() as conn:
-            self._serialize_writers(conn)
+            serialize_writers(conn)
             rows = _without_erased(conn, rows)
             inserted = conn.execute(statement, rows).all() if rows else []
         for provider, event_key in inserted:
@@ -240,10 +239,6 @@ class Inbox:
             found = dict(conn.execute(query).all())
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
-    def _serialize_writers(self, conn: Connection) -> None:
-        if self._postgres:
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INBOX_LOCK})
-
 
 _EVENT_COLUMNS: Final = (
     webhook_inbox.c.id,
@@ -268,6 +263,14 @@ def pending_after(cursor: int, limit: int) -> sa.Select[Any]:
         .order_by(t.c.id)
         .limit(limit)
     )
+
+
+def serialize_writers(conn: Connection) -> None:
+    """Hold the inbox writers' lock until the transaction ends (PostgreSQL; SQLite's write lock
+    does it): inbox commits go in id order, and an erasure's first step, which takes it too,
+    is never interleaved with an inbox write that read the tombstones before it."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_INBOX_LOCK})
 
 
 def _without_erased(conn: Connection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
