@@ -23,6 +23,8 @@
    written in step 1's transaction (its counts at the end): it is the tombstone that keeps the
    subject out of every way in until staff re-admit them (ohx_dagster/identity.py), so a sync of
    a file source or of the simulated source that runs after step 1 does not bring them back.
+   Step 1 also holds the inbox writers' lock, so no webhook event checked before it is stored
+   after it.
    The audit log gets an `erase` row with the counts (ohx_dagster/audit.py).
 
 Running it again is harmless: every step deletes what is still there, and a second `erasures`
