@@ -397,7 +397,13 @@ def test_materialize_a_day_partition(
     assert failed == []
 
     store = RecordStore(settings.database_url)
-    window = DateRange(datetime(2017, 10, 24, tzinfo=UTC), datetime(2017, 10, 25, tzinfo=UTC))
+    # The partition publishes the person's local day 2017-10-24 (Asia/Jerusalem, +0300 then):
+    # its hours are 2017-10-23T21:00Z .. 2017-10-24T21:00Z.
+    zone = ZoneInfo("Asia/Jerusalem")
+    window = DateRange(
+        datetime(2017, 10, 24, tzinfo=zone).astimezone(UTC),
+        datetime(2017, 10, 25, tzinfo=zone).astimezone(UTC),
+    )
     hourly = store.read_aggregates("apple_health", "hourly", window)
     hourly = hourly[hourly["data_type"] == "heart_rate"].set_index("bucket_start_us")
 
