@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 from test_connect import ADMIN, JSON, SECRET, USER_IDS, FakeProviders, Receiver
 
 from ohx_dagster.errors import ProviderError
+from ohx_dagster.identity import erasure_salt, subject_hash
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.oura.subscriptions import DATA_TYPES as OURA_DATA_TYPES
@@ -344,11 +346,15 @@ def test_a_failed_withings_subscription_is_recorded_and_the_person_still_connect
 ) -> None:
     setup.withings.status = 2554
     _, done = setup.receiver.connect("withings")
-    assert done.status_code == 200 and done.json()["user_id"] == USER_IDS["withings"]
+    subject = subject_hash("withings", USER_IDS["withings"], salt=erasure_salt())
+    assert done.status_code == 200 and done.json()["subject"] == subject
     rows = recorded(setup.receiver.store, "withings")
     assert [r.status for r in rows] == ["failed"] * 6
     assert "status 2554" in rows[0].detail and WITHINGS_TOKEN not in rows[0].detail
     assert "webhook subscription appli=1" in caplog.text
+    # The log names the account by its salted subject, never by its id.
+    assert f"account {subject[:12]} failed" in caplog.text
+    assert not re.search(rf"(?<!\d){USER_IDS['withings']}(?!\d)", caplog.text)
     assert setup.receiver.store.user("withings", USER_IDS["withings"]) is not None
 
 

@@ -26,6 +26,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from ohx_dagster.errors import ConfigError
+from ohx_dagster.identity import erasure_salt, short, subject_hash
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.http import excerpt
 from ohx_dagster.schema import webhook_subscriptions
@@ -170,11 +171,11 @@ def subscribe_after_connect(
         results = [SubscriptionResult(provider, user_id, "*", FAILED, detail=detail)]
     for result in results:
         if result.status == FAILED:
-            log.error(
-                "%s webhook subscription %s for user %r failed: %s",
+            log.error(  # the person by their salted subject (ohx_dagster/identity.py)
+                "%s webhook subscription %s for account %s failed: %s",
                 provider,
                 result.target,
-                user.user_id,
+                short(subject_hash(provider, user.user_id, salt=erasure_salt())),
                 result.detail,
             )
         elif result.status == SKIPPED:
