@@ -137,8 +137,9 @@ def sync_file(
         except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what is stored
             raise ImportStopped(_stopped(outcome, chunk, exc)) from exc
         outcome.syncs += 1
-        outcome.imported.update(report.records_by_type)
-        outcome.implausible.update(report.implausible)
+        imported, implausible = _file_records(source, report, chunk)
+        outcome.imported.update(imported)
+        outcome.implausible.update(implausible)
         outcome.people.update(report.users_synced)
         outcome.people_skipped.update(report.users_skipped)
         outcome.failures.update(report.failures)
@@ -160,6 +161,32 @@ def sync_file(
             err=True,
         )
     return outcome
+
+
+def _file_records(
+    source: HealthSource, report: Any, chunk: list[date]
+) -> tuple[Mapping[str, int], Mapping[str, int]]:
+    """What the call stored of the file, by type: the file's records on the call's UTC days of
+    the people it synced, and of those the implausible values. (A call's windows reach into its
+    neighbours' days where a person's local day does, so the sync's own counts would count the
+    records there twice.) A source that is not a file read by windows: the sync's counts."""
+    from ohx_dagster.models import DateRange
+    from ohx_dagster.quality import implausible_values
+    from ohx_dagster.records import concat
+    from ohx_dagster.times import utc_day
+
+    reader = getattr(source, "reader", None)
+    if reader is None or not hasattr(reader, "fetch"):
+        return report.records_by_type, report.implausible
+    window = DateRange(utc_day(chunk[0]).start, utc_day(chunk[-1]).end)
+    synced = set(report.users_synced) - set(report.failures)
+    people = [c for c in source.discover_users() if c.user_id in synced]
+    found = concat(
+        reader.fetch(person, source.supported_types, window, batch_size=10_000) for person in people
+    )
+    if found.empty:
+        return {}, {}
+    return found["data_type"].value_counts().to_dict(), implausible_values(found)
 
 
 def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> str:
