@@ -456,7 +456,8 @@ class World:
         problems: list[str] = []
         published_total = 0
         # Every local day of a date lies within 14 h before and 36 h after its UTC midnight.
-        around, _ = self.stored(start - timedelta(hours=14), end + timedelta(hours=36))
+        first = datetime.combine(start.date(), time(), tzinfo=UTC)
+        around, _ = self.stored(first - timedelta(hours=14), end + timedelta(hours=36))
         calendars = {u: Calendar.of(c) for u, c in self.configs().items()}
         by_day: dict[date, set[Key]] = {}
         for key in around:
@@ -499,8 +500,9 @@ class World:
         """The samples the stored daily aggregates of the days in [start, end) count, and where
         they differ from the statistics of the stored samples of each person's local day (a row
         of a zone the person no longer has, a day not re-derived, a sample counted twice)."""
+        first = datetime.combine(start.date(), time(), tzinfo=UTC)
         records = self.store.read_records(
-            self.provider, DateRange(start - timedelta(hours=14), end + timedelta(hours=36))
+            self.provider, DateRange(first - timedelta(hours=14), end + timedelta(hours=36))
         )
         total, problems = 0, []
         day = start.date()

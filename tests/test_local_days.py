@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ohx_dagster import aggregate
+from ohx_dagster.fhir.timefmt import parse_us
 from ohx_dagster.localdays import Calendar
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.models import AggregationLevel, HealthSyncConfig
 from ohx_dagster.records import concat, make_batch
 from ohx_dagster.times import HOUR_US, from_us, to_us
 
@@ -160,3 +161,121 @@ def test_a_config_keeps_the_zone_of_each_day_it_lived() -> None:
     # A correction from the first day known replaces the history.
     corrected = moved.with_zone("Asia/Kolkata", date.min)
     assert corrected.zone_changes == () and corrected.timezone == "Asia/Kolkata"
+
+
+# -- through the store and the published NDJSON ---------------------------------------------------
+
+NOW = datetime(2026, 12, 6, 13, tzinfo=UTC)  # fixed: the simulator's data is a function of time
+
+
+def published_observations(output, day: date) -> list[dict]:
+    from ohx_dagster.publish import partition_dir
+
+    directory = partition_dir(day, "simulated")
+    manifest = output.manifest(directory) or {"output": []}
+    return [
+        r
+        for entry in manifest["output"]
+        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
+        if r["resourceType"] == "Observation"
+    ]
+
+
+def publish_changed(store, output, now: datetime) -> None:
+    """What the chain and the republish sensor do: publish every day whose data changed."""
+    from ohx_dagster.publish import publish_partition
+    from ohx_dagster.shards import Shard
+
+    for day in sorted(store.unpublished_days("simulated")):
+        publish_partition(store, output, provider="simulated", key="simulated",
+                          shard=Shard("simulated"), day=day, scope=None, now=now,
+                          horizon=timedelta(hours=1))  # fmt: skip
+
+
+def test_new_york_two_utc_days_synced_one_final_daily_aggregate_of_the_whole_local_day(
+    tmp_path,
+) -> None:
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.providers.base import Windowed
+    from ohx_dagster.providers.registry import SUPPORTED_TYPES
+    from ohx_dagster.providers.simulated import SimulatedSource
+    from ohx_dagster.store import RecordStore
+    from ohx_dagster.sync import sync_partition
+
+    day = date(2026, 11, 20)
+    source = Windowed(SimulatedSource(2, seed=7, clock=lambda: NOW), SUPPORTED_TYPES["simulated"],
+                      timedelta(hours=1))  # fmt: skip
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
+    output = FhirOutput(str(tmp_path / "fhir"))
+    for utc_date in (day, day + timedelta(days=1)):
+        sync_partition(source, store, utc_date, strategy="partition", now=NOW)
+        publish_changed(store, output, NOW)
+    person = store.user("simulated", "sim-002")
+    assert person is not None and person.timezone == "America/New_York"
+    stored = store.read_records("simulated", aggregate.local_day_window(day, person),
+                                user_ids=["sim-002"], data_types=["heart_rate"])  # fmt: skip
+    assert len(stored) == 86_400  # 1 Hz, the whole local day
+    daily = [
+        r for r in published_observations(output, day)
+        if r["subject"]["identifier"]["value"] == "sim-002"
+        and r.get("method", {}).get("coding", [{}])[0].get("code") == "average"
+        and r["code"]["coding"][0]["code"] == "8867-4"
+        and r["effectivePeriod"]["start"].endswith("T00:00:00-05:00")
+        and r["effectivePeriod"]["end"] == "2026-11-21T00:00:00-05:00"
+    ]  # fmt: skip
+    assert len(daily) == 1
+    (aggregate_,) = daily
+    count = next(c["valueInteger"] for c in aggregate_["component"] if "valueInteger" in c)
+    assert count == len(stored) and aggregate_["status"] == "final"
+    assert aggregate_["effectivePeriod"]["start"] == "2026-11-20T00:00:00-05:00"
+    # It derives from every hour of the local day: 24 series, all in the same partition.
+    ids = {f"Observation/{r['id']}" for r in published_observations(output, day)}
+    assert len(aggregate_["derivedFrom"]) == 24
+    assert {d["reference"] for d in aggregate_["derivedFrom"]} <= ids
+    # No other partition publishes a daily heart rate of that local day, nor any of its samples.
+    for other in (day - timedelta(days=1), day + timedelta(days=1)):
+        for r in published_observations(output, other):
+            if "effectivePeriod" in r and r["subject"]["identifier"]["value"] == "sim-002":
+                assert not r["effectivePeriod"]["start"].startswith("2026-11-20T"), r["id"]
+    store.dispose()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+          HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(calendars(), days, st.lists(st.integers(0, 3 * 86_400 - 1), min_size=1, max_size=200))
+def test_every_stored_sample_in_exactly_one_published_daily_aggregate(
+    tmp_path_factory, calendar: Calendar, first: date, stamps_s: list[int]
+) -> None:
+    """Through the real store and publishing: the published daily aggregates of a person count
+    every stored sample once, each in the partition of its local day."""
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.store import RecordStore
+
+    home = tmp_path_factory.mktemp("days")
+    store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
+    output = FhirOutput(str(home / "fhir"))
+    config = HealthSyncConfig("p", "simulated", timezone=calendar.timezone,
+                              zone_changes=calendar.changes,
+                              aggregation=AggregationLevel.DAILY)  # fmt: skip
+    store.add_users([config])
+    batch = samples(calendar, first, stamps_s)
+    store.commit("simulated", "p", config, batch)
+    publish_changed(store, output, NOW)
+    stamps = batch[batch["data_type"] == "heart_rate"]["ts"].dt.as_unit("us").astype("int64")
+    lived = calendar.days_of(stamps.to_numpy())
+    counted = 0
+    for ordinal in np.unique(lived).tolist():
+        day = date.fromordinal(ordinal)
+        start, end = calendar.day_window(day)
+        found = [
+            r for r in published_observations(output, day)
+            if r["code"]["coding"][0]["code"] == "8867-4" and "component" in r
+        ]  # fmt: skip
+        assert len(found) == 1, day
+        count = next(c["valueInteger"] for c in found[0]["component"] if "valueInteger" in c)
+        assert count == int((lived == ordinal).sum())
+        period = found[0]["effectivePeriod"]
+        assert (parse_us(period["start"]), parse_us(period["end"])) == (start, end)
+        counted += count
+    assert counted == len(stamps)
+    store.dispose()

@@ -127,6 +127,29 @@ STATISTIC: Final[dict[str, Code]] = {
     "sum": Code(STATISTICS, "sum", "Sum"),
 }
 
+# The decimals a statistic of a type is published with: one more than the readings carry, so a
+# mean says something a reading cannot, and a float's tail (84.9000015258789 kg) never shows.
+DECIMALS: Final[dict[HealthDataType, int]] = {
+    HealthDataType.HEART_RATE: 1,
+    HealthDataType.STEPS: 1,
+    HealthDataType.RR_INTERVALS: 1,
+    HealthDataType.BLOOD_PRESSURE: 1,
+    HealthDataType.WEIGHT: 2,
+    HealthDataType.TEMPERATURE: 2,
+    HealthDataType.SPO2: 1,
+}
+
+# The extremes of a blood-pressure aggregate: no LOINC code names a minimum or maximum systolic
+# or diastolic pressure over a period, so they carry this project's own, clearly named codes
+# (the panel's systolic and diastolic components stay the LOINC ones, holding the averages).
+BP_STATISTICS: Final = "urn:ohx:fhir:blood-pressure-statistic"
+BP_EXTREMES: Final[dict[str, Code]] = {
+    "min": Code(BP_STATISTICS, "systolic-minimum", "Lowest systolic blood pressure"),
+    "max": Code(BP_STATISTICS, "systolic-maximum", "Highest systolic blood pressure"),
+    "diastolic_min": Code(BP_STATISTICS, "diastolic-minimum", "Lowest diastolic blood pressure"),
+    "diastolic_max": Code(BP_STATISTICS, "diastolic-maximum", "Highest diastolic blood pressure"),
+}
+
 CATEGORY_DISPLAY: Final[dict[str, str]] = {
     "vital-signs": "Vital Signs",
     "activity": "Activity",

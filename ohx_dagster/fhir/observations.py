@@ -14,7 +14,15 @@ from typing import Any
 
 import pandas as pd
 
-from ohx_dagster.fhir.codes import DAILY_STEPS, DIASTOLIC, STATISTIC, SYSTOLIC, TYPE_CODES
+from ohx_dagster.fhir.codes import (
+    BP_EXTREMES,
+    DAILY_STEPS,
+    DECIMALS,
+    DIASTOLIC,
+    STATISTIC,
+    SYSTOLIC,
+    TYPE_CODES,
+)
 from ohx_dagster.fhir.common import (
     device_reference,
     method_concept,
@@ -49,17 +57,25 @@ def aggregate_key(row: Mapping[str, Any], config: HealthSyncConfig) -> str:
     )
 
 
-def _statistic_components(row: Mapping[str, Any], unit: str) -> list[dict[str, Any]]:
+def _value(row: Mapping[str, Any], column: str, kind: HealthDataType) -> float | None:
+    """A statistic rounded to the decimals its type is published with (None: there is none)."""
+    value = row[column]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return round(float(value), DECIMALS[kind])
+
+
+def _statistic_components(row: Mapping[str, Any], kind: HealthDataType) -> list[dict[str, Any]]:
+    unit = TYPE_CODES[kind].unit
     components = []
     # A sum is a statistic of counts (steps); the sum of heart rates means nothing.
     columns = ("mean", "min", "max", "sum") if unit == "1" else ("mean", "min", "max")
     for column in columns:
-        value = row[column]
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            continue
-        components.append(
-            {"code": STATISTIC[column].concept(), "valueQuantity": quantity(value, unit)}
-        )
+        value = _value(row, column, kind)
+        if value is not None:
+            components.append(
+                {"code": STATISTIC[column].concept(), "valueQuantity": quantity(value, unit)}
+            )
     components.append(_count(row))
     return components
 
@@ -68,14 +84,22 @@ def _count(row: Mapping[str, Any]) -> dict[str, Any]:
     return {"code": STATISTIC["count"].concept(), "valueInteger": int(row["count"])}
 
 
-def _provenance(resource: dict[str, Any], row: Mapping[str, Any], config: HealthSyncConfig) -> None:
-    """The device the values came from (when one), and how they were obtained."""
+def _provenance(
+    resource: dict[str, Any], row: Mapping[str, Any], config: HealthSyncConfig, headline: str
+) -> None:
+    """The device the values came from (when one), and how they were obtained: a statistic (the
+    `headline` one, coded: what tells an aggregate from a reading), of readings entered by hand
+    or attributed by guess when any were."""
     devices = [d for d in str(row.get("devices") or "").split(",") if d]
     if len(devices) == 1:
         resource["device"] = device_reference(row["provider"], config.user_id, devices[0])
     method = method_concept(str(row.get("methods") or "").split(","))
-    if method:
-        resource["method"] = method
+    statistic = STATISTIC[headline]
+    text = f"{statistic.display.lower()} of {int(row['count'])} readings"
+    resource["method"] = {
+        "coding": [statistic.coding()],
+        "text": f"{text}; {method['text']}" if method else text,
+    }
 
 
 def aggregate_observation(
@@ -101,28 +125,37 @@ def aggregate_observation(
         "start": format_us(row["bucket_start_us"], row["utc_offset_min"]),
         "end": format_us(end_us, calendar.offset_min(end_us, calendar.day_of(end_us - 1))),
     }
-    _provenance(resource, row, config)
+    headline = "sum" if kind is HealthDataType.STEPS else "mean"
+    _provenance(resource, row, config, headline)
     if derived_from:
         resource["derivedFrom"] = list(derived_from)
     if kind is HealthDataType.BLOOD_PRESSURE:
         # The bp profile fixes systolic and diastolic as the panel's components; the statistic
-        # they hold (the average) and the number of readings are components of their own.
+        # they hold (the average), the extremes and the number of readings are components of
+        # their own.
         resource["component"] = [
-            {"code": SYSTOLIC.concept(), "valueQuantity": quantity(row["mean"], codes.unit)},
+            {
+                "code": SYSTOLIC.concept(),
+                "valueQuantity": quantity(_value(row, "mean", kind), codes.unit),
+            },
             {
                 "code": DIASTOLIC.concept(),
-                "valueQuantity": quantity(row["diastolic_mean"], codes.unit),
+                "valueQuantity": quantity(_value(row, "diastolic_mean", kind), codes.unit),
             },
             {
                 "code": STATISTIC["mean"].concept(),
                 "valueString": "systolic and diastolic are averages",
             },
+            *(
+                {"code": code.concept(), "valueQuantity": quantity(value, codes.unit)}
+                for column, code in BP_EXTREMES.items()
+                if (value := _value(row, column, kind)) is not None
+            ),
             _count(row),
         ]
         return resource
-    headline = row["sum"] if kind is HealthDataType.STEPS else row["mean"]
-    resource["valueQuantity"] = quantity(headline, codes.unit)
-    resource["component"] = _statistic_components(row, codes.unit)
+    resource["valueQuantity"] = quantity(_value(row, headline, kind), codes.unit)
+    resource["component"] = _statistic_components(row, kind)
     return resource
 
 

@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from ohx_dagster.fhir.codes import LOINC, STATISTIC, Code, category
+from ohx_dagster.fhir.codes import DECIMALS, LOINC, STATISTIC, Code, category
 from ohx_dagster.fhir.common import header, patient_reference, quantity
 from ohx_dagster.fhir.timefmt import format_us
 from ohx_dagster.ids import content_key
 from ohx_dagster.localdays import Calendar
+from ohx_dagster.models import HealthDataType
 
 if TYPE_CHECKING:
     from ohx_dagster.fhir.partition import BucketData
@@ -56,7 +57,11 @@ def resting_heart_rate(
             "start": format_us(start, offset),
             "end": format_us(end, calendar.offset_min(end, data.day)),
         }
-        mean = float(values.mean())
+        mean = round(float(values.mean()), DECIMALS[HealthDataType.HEART_RATE])
+        resource["method"] = {
+            "coding": [STATISTIC["mean"].coding()],
+            "text": f"average of {int(values.size)} resting readings",
+        }
         resource["valueQuantity"] = quantity(mean, "/min", "beats/minute")
         sources = derived_from(
             {"user_id": user_id, "data_type": "heart_rate", "bucket_start_us": start,
