@@ -129,25 +129,26 @@ def sync_file(
     wanted = frozenset(people)
     for chunk in sync_calls(days, set(days) if held is None else held):
         try:
-            report = sync_partition(
-                source, store, chunk, strategy="partition", user_ids=wanted, now=common.now()
-            )
-        except SyncFailed as failed:
-            report = failed.report
+            try:
+                report = sync_partition(
+                    source, store, chunk, strategy="partition", user_ids=wanted, now=common.now()
+                )
+            except SyncFailed as failed:
+                report = failed.report
+            outcome.syncs += 1
+            imported, implausible = _file_records(source, report, chunk)
+            outcome.imported.update(imported)
+            outcome.implausible.update(implausible)
+            outcome.people.update(report.users_synced)
+            outcome.people_skipped.update(report.users_skipped)
+            outcome.failures.update(report.failures)
+            for user_id in report.failures:
+                outcome.failed_days.setdefault(user_id, []).append((chunk[0], chunk[-1]))
+            outcome.days_changed |= report.days_changed
+            if progress is not None:
+                progress(chunk[0], chunk[-1])
         except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what is stored
             raise ImportStopped(_stopped(outcome, chunk, exc)) from exc
-        outcome.syncs += 1
-        imported, implausible = _file_records(source, report, chunk)
-        outcome.imported.update(imported)
-        outcome.implausible.update(implausible)
-        outcome.people.update(report.users_synced)
-        outcome.people_skipped.update(report.users_skipped)
-        outcome.failures.update(report.failures)
-        for user_id in report.failures:
-            outcome.failed_days.setdefault(user_id, []).append((chunk[0], chunk[-1]))
-        outcome.days_changed |= report.days_changed
-        if progress is not None:
-            progress(chunk[0], chunk[-1])
     outcome.people -= set(outcome.failures) | set(outcome.people_skipped)
     from ohx_dagster.audit import record_import  # who imported whom, for `ohx audit`
     from ohx_dagster.identity import erased_among
@@ -202,9 +203,9 @@ def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> s
         else "nothing is stored"
     )
     return (
-        f"the import stopped at {chunk[0]} ({why}): {stored}, {chunk[0]} .. "
-        f"{outcome.days[-1]} are not (or not for everyone); import the same file again to "
-        "complete it (what is stored already stays unchanged)"
+        f"the import stopped at {chunk[0]} ({why}): {stored}; {chunk[0]} .. "
+        f"{outcome.days[-1]} may not be: import the same file again to complete it (what is "
+        "stored already stays unchanged)"
     )
 
 
