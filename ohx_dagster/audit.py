@@ -15,8 +15,8 @@ the transaction of the action they record where there is one (relink, readmit), 
 never happens without its row.
 
 Who writes: the connect flow (`connect_user`: connect, refused connect), `ohx users disconnect`,
-`ohx users relink`, `ohx users readmit`, `ohx users delete` and the erase_person_job (erase),
-`ohx import` (import). `ohx audit` reads it.
+`ohx users relink`, `ohx users readmit`, `ohx users set-zone`, `ohx users delete` and the
+erase_person_job (erase), `ohx import` (import). `ohx audit` reads it.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ from ohx_dagster.times import now_us
 if TYPE_CHECKING:
     from ohx_dagster.store import RecordStore
 
-ACTIONS: Final = ("connect", "disconnect", "relink", "import", "erase", "readmit", "export")
+ACTIONS: Final = (
+    "connect", "disconnect", "relink", "import", "erase", "readmit", "export", "set-zone",
+)  # fmt: skip
 OUTCOMES: Final = ("ok", "partial", "refused", "failed")
 ACTOR_CHARS: Final = audit_log.c.actor.type.length
 DETAIL_CHARS: Final = 2_000

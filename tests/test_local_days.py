@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 from ohx_dagster import aggregate
 from ohx_dagster.fhir.timefmt import parse_us
 from ohx_dagster.localdays import Calendar
-from ohx_dagster.models import AggregationLevel, HealthSyncConfig
+from ohx_dagster.models import AggregationLevel, DateRange, HealthSyncConfig
 from ohx_dagster.records import concat, make_batch
 from ohx_dagster.times import HOUR_US, from_us, to_us
 
@@ -279,3 +280,71 @@ def test_every_stored_sample_in_exactly_one_published_daily_aggregate(
         counted += count
     assert counted == len(stamps)
     store.dispose()
+
+
+def test_ohx_users_set_zone_recuts_the_days_and_the_old_rows_go(
+    store, store_url: str, tmp_path, monkeypatch
+) -> None:
+    """A person moves from New York to Berlin: `ohx users set-zone --from` marks the days whose
+    bounds change, publishing them again cuts them in the new zone (the day of the move is
+    shorter), no daily row of the old cut is left, and the change is in the audit log."""
+    from click.testing import CliRunner
+
+    from ohx_dagster import audit
+    from ohx_dagster.cli import cli
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.providers.base import Windowed
+    from ohx_dagster.providers.registry import SUPPORTED_TYPES
+    from ohx_dagster.providers.simulated import SimulatedSource
+    from ohx_dagster.sync import sync_partition
+
+    monkeypatch.setenv("OHX_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OHX_DATABASE_URL", store_url)
+    monkeypatch.setenv("OHX_FHIR_DIR", str(tmp_path / "fhir"))
+    monkeypatch.delenv("OHX_FHIR_SERVER_URL", raising=False)
+    first = date(2026, 11, 18)
+    source = Windowed(SimulatedSource(2, seed=7, clock=lambda: NOW), SUPPORTED_TYPES["simulated"],
+                      timedelta(hours=1))  # fmt: skip
+    output = FhirOutput(str(tmp_path / "fhir"))
+    sync_partition(source, store, [first + timedelta(days=n) for n in range(3)],
+                   strategy="partition", user_ids=["sim-002"], now=NOW)  # fmt: skip
+    publish_changed(store, output, NOW)
+
+    result = CliRunner().invoke(cli, ["users", "set-zone", "simulated", "sim-002",
+                                      "Europe/Berlin", "--from", "2026-11-19", "--reason",
+                                      "moved", "--actor", "nurse-7"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "lives in Europe/Berlin from 2026-11-19" in result.output
+    config = store.user("simulated", "sim-002")
+    assert config.zone_on(date(2026, 11, 18)) == ZoneInfo("America/New_York")
+    assert config.zone_on(date(2026, 11, 19)) == ZoneInfo("Europe/Berlin")
+    assert date(2026, 11, 19) in store.unpublished_days("simulated")
+    publish_changed(store, output, NOW)
+
+    calendar = Calendar.of(config)
+    records = store.read_records(
+        "simulated",
+        DateRange(from_us(calendar.day_window(first)[0]),
+                            from_us(calendar.day_window(first + timedelta(days=2))[1])),
+        user_ids=["sim-002"],
+    )  # fmt: skip
+    rows = store.read_aggregates(
+        "simulated", "daily",
+        DateRange(datetime(2026, 11, 17, tzinfo=UTC), datetime(2026, 11, 22, tzinfo=UTC)),
+        user_ids=["sim-002"],
+    )  # fmt: skip
+    hr = rows[rows["data_type"] == "heart_rate"].sort_values("bucket_start_us")
+    spans = [(int(r.bucket_start_us), int(r.bucket_end_us)) for r in hr.itertuples()]
+    # The days tile time: one daily row a day, none overlapping another (no old cut left).
+    assert all(end <= start for (_, end), (start, _) in pairwise(spans))
+    # The three days synced whole: each its bounds in its zone, 24 h, 18 h (the move), 24 h.
+    middle = [calendar.day_window(first + timedelta(days=n)) for n in range(3)]
+    assert [s for s in spans if s in middle] == middle
+    assert [(e - s) // HOUR_US for s, e in middle] == [24, 18, 24]
+    stamps = records[records["data_type"] == "heart_rate"]["ts"].dt.as_unit("us").astype("int64")
+    counts = dict(zip(spans, hr["count"], strict=True))
+    assert [counts[s] for s in middle] == [
+        int(((stamps >= a) & (stamps < b)).sum()) for a, b in middle
+    ]
+    [row] = [r for r in audit.read(store) if r.action == "set-zone"]
+    assert row.actor == "nurse-7" and "sim-002" not in row.detail

@@ -446,6 +446,71 @@ def relink(
     )
 
 
+@users.command("set-zone")
+@click.argument("provider")
+@click.argument("user_id")
+@click.argument("timezone")
+@click.option(
+    "--from",
+    "since",
+    default="",
+    help="The first local day lived in TIMEZONE (YYYY-MM-DD; a move). Omit it for a corrected "
+    "setting: every day is cut again in TIMEZONE.",
+)
+@click.option("--reason", required=True, help="Why (kept in the audit log).")
+@click.option("--actor", required=True, help="Who decided (kept in the audit log).")
+@click.pass_context
+def set_zone(
+    ctx: click.Context,
+    provider: str,
+    user_id: str,
+    timezone: str,
+    since: str,
+    reason: str,
+    actor: str,
+) -> None:
+    """Change the zone a person lives in. Days before --from keep their zone; from it on, days are
+    cut in TIMEZONE (the day of the move begins where the day before ended). Every stored day
+    whose bounds change is published again by Dagster's republish_sensor, and the old zone's
+    aggregates go."""
+    from datetime import date
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from ohx_dagster import audit, identity
+
+    common.check_provider(provider, "PROVIDER")
+    check_user_id(user_id, "USER_ID")
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise click.BadParameter(
+            f"{timezone!r} is not an IANA time zone name (e.g. Europe/Berlin)",
+            param_hint="TIMEZONE",
+        ) from None
+    try:
+        first = date.fromisoformat(since) if since else date.min
+    except ValueError:
+        raise click.BadParameter(
+            f"{since!r} is not a date YYYY-MM-DD", param_hint="--from"
+        ) from None
+    reason, actor = _said(reason, "--reason"), _said(actor, "--actor")
+    store = common.open_store(ctx)
+    before = _person(store, provider, user_id).config
+    days = store.set_zone(provider, user_id, timezone, first)
+    subject = identity.subject_hash(provider, user_id, salt=identity.erasure_salt())
+    audit.record(
+        store, actor=actor, action="set-zone", subject=subject,
+        detail=f"provider {provider}; {before.timezone} -> {timezone} from "
+        f"{since or 'the first day'}; {len(days)} days re-derived; reason: {reason}",
+    )  # fmt: skip
+    when = f"from {first.isoformat()}" if since else "for every day"
+    click.echo(f"{provider} {user_id} lives in {timezone} {when} (was {before.timezone})")
+    click.echo(
+        f"{len(days)} stored days marked changed: the running Dagster's republish_sensor "
+        "publishes them again, cut in the new zone"
+    )
+
+
 @users.command("readmit")
 @click.argument("provider")
 @click.argument("user_id")
