@@ -760,8 +760,8 @@ def deletion(backend: Backend, root: Path) -> Row:
 def webhook_final_day(backend: Backend, root: Path) -> Row:
     """A sleep notification for a night four days back, published final long ago (the ring was
     not synced for days): the push run reads the night the document names; the day is
-    republished."""
-    row = Row("webhook for a day already final", backend.name)
+    republished with the same ids, what changed says `amended`, its daily aggregate counts it."""
+    row = Row("late night after final (webhook; amended)", backend.name)
     start = anchor()
     old = start.date() - timedelta(days=4)
     person = "oura-final"
@@ -777,8 +777,14 @@ def webhook_final_day(backend: Backend, root: Path) -> Row:
         pushed = world.dispatch()
         row.expect(len(pushed) == 1 and not pushed[0].red, "the push run failed")
         world.settle(1)
+        statuses = Counter(
+            r["status"] for r in world.resources(old) if r["resourceType"] == "Observation"
+        )
+        row.expect(statuses["amended"] > 0, f"nothing amended: {dict(statuses)}")
+        row.expect(statuses["preliminary"] == 0, f"a final day went back: {dict(statuses)}")
         row.take(world, utc_midnight(old), utc_midnight(old + timedelta(days=1)))
-        row.notes.append(f"{len(night)} night samples of {old} arrived by notification")
+        row.notes.append(f"{len(night)} night samples of {old} arrived by notification; "
+                         f"statuses {dict(statuses)}")  # fmt: skip
     return row
 
 
@@ -857,32 +863,6 @@ def zone_change(backend: Backend, root: Path) -> Row:
     row.take(world, utc_midnight(first), utc_midnight(first + timedelta(days=3)))
     row.notes.append(f"re-derived {len(days)} days after the move")
     world.close()
-    return row
-
-
-def late_after_final(backend: Backend, root: Path) -> Row:
-    """A night uploaded and notified after its day was published final: the day is published
-    again with the same ids, what changed says `amended`, and its daily aggregate counts it."""
-    row = Row("late sample after final (amended)", backend.name)
-    start = anchor()
-    old = start.date() - timedelta(days=4)
-    person = "oura-amended"
-    with oura_world(backend, root, "amended", start=start, first_day=old,
-                    people={person: oura_person(person)}) as (world, model):  # fmt: skip
-        hold_day_after_night(model, person, old, summary_days=5)
-        world.tick()
-        row.expect(old not in world.store.preliminary_days("oura", old), f"{old} not final")
-        upload_night(world, model, person, old, "night-amended")
-        notify_oura(world, person, "create", "night-amended")
-        world.dispatch()
-        world.settle(1)
-        statuses = Counter(
-            r["status"] for r in world.resources(old) if r["resourceType"] == "Observation"
-        )
-        row.expect(statuses["amended"] > 0, f"nothing amended: {dict(statuses)}")
-        row.expect(statuses["preliminary"] == 0, f"a final day went back: {dict(statuses)}")
-        row.take(world, utc_midnight(old), utc_midnight(old + timedelta(days=1)))
-        row.notes.append(f"statuses after the late night: {dict(statuses)}")
     return row
 
 
@@ -1154,7 +1134,6 @@ SCENARIOS: dict[str, Callable[[Backend, Path], Row]] = {
     "early-2": lambda backend, root: webhook_early(backend, root, 2),
     "early-3": lambda backend, root: webhook_early(backend, root, 3),
     "zone": zone_change,
-    "amended": late_after_final,
     "dagster": dagster_acceptance,
 }
 
