@@ -30,16 +30,19 @@ from ohx_dagster.strategies import SyncStrategy
 SLOW = {"crash", "kill", "dagster"}
 # What depends on the database (locks, transactions, concurrent writers): on PostgreSQL too.
 ON_POSTGRES = ["order", "threads", "processes", "late-daily", "delete", "stale-answer",
-               "close-outage"]  # fmt: skip
+               "close-outage", "early-2", "zone"]  # fmt: skip
 
 
 def check(row: Row) -> None:
     figures = (
         f"{row.scenario} [{row.backend}]: held {row.held}, stored {row.stored}, lost {row.lost}, "
         f"duplicated {row.duplicated}, published {row.published} "
-        f"({'=' if row.published_ok else '!='} store), green runs with loss {row.green_loss}"
+        f"({'=' if row.published_ok else '!='} store), daily aggregates {row.aggregated} "
+        f"({'=' if row.aggregated_ok else '!='} store), green runs with loss {row.green_loss}"
     )
-    assert row.ok, f"{figures}; problems: {row.problems[:5]}; notes: {row.notes[:5]}"
+    assert row.ok and row.aggregated_ok, (
+        f"{figures}; problems: {row.problems[:5]}; notes: {row.notes[:5]}"
+    )
     assert row.held > 0 and row.stored == row.held, figures
 
 
