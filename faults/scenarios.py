@@ -78,6 +78,7 @@ class Row:
             self.lost == 0
             and self.duplicated == 0
             and self.published_ok
+            and self.aggregated_ok
             and self.green_loss == 0
             and not self.problems
         )
