@@ -43,7 +43,9 @@ def outside_partitions(partitions: dg.MultiPartitionsDefinition, key: str) -> st
     first = days.get_first_partition_key()
     last = days.get_last_partition_key()
     day, _, source = key.partition("|")
-    if source and source not in sources:
+    if not _is_date(day):
+        fix = f"{day!r} is not a day: expected YYYY-MM-DD|source, such as {last}|{sources[0]}"
+    elif source and source not in sources:
         fix = f"use one of its sources, or add {source.split('-')[0]!r} to OHX_SOURCES"
     elif first and day < first:
         fix = f"set OHX_PARTITIONS_START={day} (or earlier) where Dagster runs, or pick a later day"
@@ -54,6 +56,14 @@ def outside_partitions(partitions: dg.MultiPartitionsDefinition, key: str) -> st
         f"(OHX_PARTITIONS_START) to {last} (today, UTC) x sources {', '.join(sources)} "
         f"(OHX_SOURCES): {fix}"
     )
+
+
+def _is_date(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return len(text) == 10
 
 
 def _check_partitions(context: dg.AssetExecutionContext, keys: Sequence[str]) -> None:

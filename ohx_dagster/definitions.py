@@ -15,6 +15,7 @@ from assets.fhir_delivery import build_fhir_delivery_asset
 from assets.health import build_health_assets
 from assets.partitions import health_partitions
 from assets.sync_status import build_sync_status_assets
+from ohx_dagster import cli_errors
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.settings import Settings
 from ohx_dagster.shards import Sharding
@@ -107,7 +108,11 @@ def _settings() -> Settings:
         raise ConfigError(f"{exc} (`ohx doctor` checks every setting)") from None
 
 
-defs = build_definitions(_settings())
+_loaded = _settings()
+defs = build_definitions(_loaded)
+# `dagster asset materialize --partition` and `dagster job execute -c` run in this process: a bad
+# partition key or run config is one line saying what is expected, not a traceback.
+cli_errors.install(health_partitions(_loaded.partitions_start, _loaded.source_keys))
 # What the code location has loaded (Dagster, pandas, the definitions: about 250,000 objects) lives
 # as long as the process. Moved out of the cyclic collector's sight, a full collection during a
 # run walks the run's own objects only (it walked all of these: 0.1-0.2 CPU-s of a 10-person run).
