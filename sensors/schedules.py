@@ -19,7 +19,8 @@ from datetime import UTC, date, datetime, time, timedelta
 import dagster as dg
 
 from assets.partitions import partition_key
-from ohx_dagster.coverage import gaps
+from ohx_dagster import waiting
+from ohx_dagster.coverage import gaps, normalize
 from ohx_dagster.models import HealthSyncConfig, SyncFrequency
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.run_request import SyncRequest
@@ -85,6 +86,11 @@ def days_with_gaps(store: RecordStore, provider: str, now: datetime, first_day: 
         if p.connected and p.state == ACTIVE and now - from_us(p.connected_at_us) > NEW_PERSON
     ]
     coverage = store.coverage(provider, [p.config.user_id for p in people])
+    # A window waiting for the provider whose backoff is not over is no reason for a run yet.
+    waits = store.cursors(provider, waiting.WAITING, [p.config.user_id for p in people])
+    for user_id, text in waits.items():
+        for kind, spans in waiting.not_due(waiting.load(text), to_us(now)).items():
+            coverage[(user_id, kind)] = normalize([*coverage.get((user_id, kind), []), *spans])
     supported = SUPPORTED_TYPES.get(provider, frozenset())
     days: set[date] = set()
     for person in people:

@@ -126,3 +126,31 @@ def test_status_says_waiting_then_late_after_the_horizon(sqlite_store) -> None:
     assert row.waiting_windows == 1 and row.state_text().startswith("waiting for the provider")
     assert not row.waiting_late(now, timedelta(hours=48))
     assert row.waiting_late(now + timedelta(hours=48), timedelta(hours=48))
+
+
+def test_the_hourly_catch_up_waits_for_the_backoff_too(sqlite_store) -> None:
+    """A day whose only gap is a window waiting for the provider gets a catch-up run only when
+    the window's backoff is over (a run per hour for nothing costs seconds of CPU each)."""
+    from ohx_dagster.models import HealthSyncConfig
+    from ohx_dagster.schema import users
+    from sensors.schedules import days_with_gaps
+
+    config = HealthSyncConfig("p", "oura", timezone="UTC", enabled_types=frozenset({HR}))
+    sqlite_store.add_users([config])
+    with sqlite_store.write() as conn:  # connected long before the scenario, not at test time
+        conn.execute(users.update().values(connected_at_us=to_us(T0 - timedelta(days=10))))
+    day = T0.date()
+    history = (to_us(T0 - timedelta(days=40)), to_us(T0 + timedelta(days=2)))
+    covered = [piece for piece in gaps(history, [NIGHT])]
+    sqlite_store.commit("oura", "p", config, EMPTY.iloc[:0], covered={HR.value: covered})
+    still, _ = settle([], announced={HR: [NIGHT]})
+    with sqlite_store.write() as conn:
+        sqlite_store.set_cursor(conn, "oura", "p", waiting.WAITING, waiting.dump(still))
+    first = day - timedelta(days=3)
+    later = T0 + timedelta(days=2)  # connected long enough ago for the catch-up
+    assert day in days_with_gaps(sqlite_store, "oura", later, first)  # due long ago
+    with sqlite_store.write() as conn:
+        fresh = [waiting.Waiting(HR.value, *NIGHT, since_us=to_us(later), asked_us=to_us(later))]
+        sqlite_store.set_cursor(conn, "oura", "p", waiting.WAITING, waiting.dump(fresh))
+    assert day not in days_with_gaps(sqlite_store, "oura", later, first)
+    assert day in days_with_gaps(sqlite_store, "oura", later + timedelta(hours=1), first)
