@@ -147,6 +147,7 @@ NOT_PERSONAL: Final = {
     "fhir_files": "file names and counts of a partition's output, no person",
     "erasures": "salted hashes and counts only (the tombstones that keep the erased out)",
     "audit_log": "staff actions: salted hashes, staff names, outcomes (they record the erasure)",
+    "staff_tokens": "staff names and hashes of their tokens (ohx_dagster/staff.py), no patient",
 }
 OWN_RULE: Final = {
     "fhir_outbox": "server deletion first (step 3)",

@@ -87,6 +87,8 @@ oauth_states = sa.Table(
     sa.Column("config", sa.Text, nullable=False),  # the HealthSyncConfig to create, sans user id
     sa.Column("code_verifier", sa.String(128)),  # PKCE (RFC 7636), where the provider has it
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    # Who started the flow (the staff member's name, ohx_dagster/staff.py): the connect row's actor.
+    sa.Column("actor", sa.String(128)),
 )
 
 # -- health data ----------------------------------------------------------------------------------
@@ -349,3 +351,17 @@ audit_log = sa.Table(
     sqlite_autoincrement=True,
 )
 sa.Index(None, audit_log.c.at_us)
+
+# -- staff ----------------------------------------------------------------------------------------
+
+# One bearer token per staff member (ohx_dagster/staff.py, `ohx staff add`): the token's public id
+# and the SHA-256 of its secret part, never the token itself.
+staff_tokens = sa.Table(
+    "staff_tokens",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(16), nullable=False, unique=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+)

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from ohx_dagster import migrate, times
+from ohx_dagster import migrate, staff, times
 from ohx_dagster.cli import cli, common, dev, queries
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import Windowed
@@ -54,7 +54,6 @@ LATER = NOW + timedelta(minutes=90)
 PEOPLE = ["sim-001", "sim-002", "sim-003"]
 EPOCH_MICROSECONDS = re.compile(r"(?<![\d.])\d{13,}(?![\d.])")  # 2026 is 1.8e15 us
 PUBLIC = "https://ohx.example.org"
-STAFF_TOKEN = "staff-token-0123456789"
 
 
 # -- fixtures --------------------------------------------------------------------------------------
@@ -489,9 +488,9 @@ def test_connect_prints_the_receivers_link(
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    line = one_error_line(ohx("connect", "oura", "--patient", "pat-1", "--with-token"))
-    assert "OHX_CONNECT_TOKEN" in line
-    monkeypatch.setenv("OHX_CONNECT_TOKEN", STAFF_TOKEN)
+    assert "--with-token" not in ohx("connect", "--help").output  # no token in a link any more
+    token = staff.add(store, "nurse.a", actor="test")
+    monkeypatch.setenv("OHX_STAFF_TOKEN", token)
     args = [
         *("connect", "oura", "--patient", "pat-1", "--timezone", "Europe/Amsterdam"),
         *("--frequency", "realtime", "--aggregation", "daily", "--lookback-days", "90"),
@@ -499,30 +498,24 @@ def test_connect_prints_the_receivers_link(
     plain = ohx(*args)
     assert plain.exit_code == 0, plain.output
     link = next(w for w in plain.stdout.split() if w.startswith(f"{PUBLIC}/connect/"))
-    assert STAFF_TOKEN not in plain.stdout
-    assert '-H "Authorization: Bearer $OHX_CONNECT_TOKEN"' in plain.stdout
+    assert token not in plain.stdout
+    assert '-H "Authorization: Bearer $OHX_STAFF_TOKEN"' in plain.stdout
     assert parse_qs(urlsplit(link).query) == {
         "patient": ["pat-1"], "timezone": ["Europe/Amsterdam"], "frequency": ["realtime"],
         "aggregation": ["daily"], "lookback_days": ["90"],
     }  # fmt: skip
-    tokened = ohx(*args, "--with-token")
-    assert tokened.exit_code == 0, tokened.output
-    with_token = next(w for w in tokened.stdout.split() if w.startswith(f"{PUBLIC}/connect/"))
-    assert parse_qs(urlsplit(with_token).query)["token"] == [STAFF_TOKEN]
-    # Both links start the flow on a real receiver configured like production.
-    config = ConnectConfig(STAFF_TOKEN, ConnectSettings.configured(env))
+    # The link starts the flow on a real receiver configured like production, with the staff
+    # member's token in the header the printed curl sends.
+    config = ConnectConfig(ConnectSettings.configured(env))
     with (
         serve_in_thread(create_app(store, WebhookSecrets(), connect=config)) as url,
         httpx.Client(timeout=10) as http,
     ):
-        for started in (
-            http.get(with_token.replace(PUBLIC, url)),
-            http.get(link.replace(PUBLIC, url), headers={"Authorization": f"Bearer {STAFF_TOKEN}"}),
-        ):
-            assert started.status_code == 302, started.text
-            location = started.headers["location"]
-            assert location.startswith(env["OHX_OURA_AUTHORIZE_URL"])
-            assert parse_qs(urlsplit(location).query)["client_id"] == ["oura-client"]
+        started = http.get(link.replace(PUBLIC, url), headers={"Authorization": f"Bearer {token}"})
+        assert started.status_code == 302, started.text
+        location = started.headers["location"]
+        assert location.startswith(env["OHX_OURA_AUTHORIZE_URL"])
+        assert parse_qs(urlsplit(location).query)["client_id"] == ["oura-client"]
         assert http.get(link.replace(PUBLIC, url)).status_code == 401
 
 

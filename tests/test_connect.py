@@ -10,6 +10,7 @@ import hashlib
 import itertools
 from base64 import urlsafe_b64encode
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -19,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 
+from ohx_dagster import audit, staff
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.identity import erasure_salt, patient_subject, subject_hash
 from ohx_dagster.models import SyncFrequency
@@ -36,7 +38,8 @@ from ohx_dagster.webhooks.connect import ConnectConfig
 from ohx_dagster.webhooks.serve import serve_in_thread
 
 PUBLIC = "https://ohx.example.org"
-ADMIN = "staff-token-0123456789"
+STAFF = "nurse.a"
+TOKENS: dict[str, str] = {}  # receiver URL -> the staff token serve() issued for it
 SECRET = {p: f"{p}-client-SECRET" for p in ("oura", "withings", "google_health")}
 JSON = {"Accept": "application/json"}
 USER_IDS = {"oura": "oura-user-8f9a", "withings": "363", "google_health": "g-health-111"}
@@ -164,8 +167,12 @@ class Receiver:
     http: httpx.Client
 
     def start(self, provider: str, **params: str) -> httpx.Response:
-        query = {"patient": "pat-1", "token": ADMIN, **params}
-        return self.http.get(f"{self.url}/connect/{provider}", params=query)
+        query = {"patient": "pat-1", **params}
+        return self.http.get(f"{self.url}/connect/{provider}", params=query, headers=self.auth)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {TOKENS[self.url]}"}
 
     def consent(self, location: str) -> str:
         """The browser at the provider: the local callback URL the provider redirects to."""
@@ -180,9 +187,15 @@ class Receiver:
         return callback, self.http.get(callback, headers=JSON)
 
 
-def serve(store: RecordStore, providers: FakeProviders, env: dict[str, str]):
-    config = ConnectConfig(ADMIN, ConnectSettings.configured(env))
-    return serve_in_thread(create_app(store, WebhookSecrets(), connect=config))
+@contextmanager
+def serve(store: RecordStore, providers: FakeProviders, env: dict[str, str]) -> Iterator[str]:
+    """The receiver with the connect routes, and a staff member's token for it (TOKENS)."""
+    staff.remove(store, STAFF, actor="test")
+    token = staff.add(store, STAFF, actor="test")
+    config = ConnectConfig(ConnectSettings.configured(env))
+    with serve_in_thread(create_app(store, WebhookSecrets(), connect=config)) as url:
+        TOKENS[url] = token
+        yield url
 
 
 @pytest.fixture
@@ -254,6 +267,13 @@ def test_connecting_stores_encrypted_tokens_and_registers_the_user(
         # The answer names the account by its salted subject, never by the ids.
         assert done.json()["subject"] == subject_hash(provider, user_id, salt=erasure_salt())
         assert user_id not in done.text and "pat-42" not in done.text
+        # The audit log says which staff member connected whom (the account by its subject).
+        (row,) = audit.read(store, action="connect")
+        assert (row.actor, row.subject, row.outcome) == (
+            f"staff {STAFF}",
+            done.json()["subject"],
+            "ok",
+        )
         exchange = providers.api.calls_to(TOKEN_PATHS[provider])[-1].form
         assert exchange["redirect_uri"] == f"{PUBLIC}/oauth/{provider}/callback"
         assert ("code_verifier" in exchange) == (provider == "google_health")
@@ -340,26 +360,60 @@ def test_a_person_who_declines_gets_a_clear_page_and_nothing_is_stored(
 
 
 @pytest.mark.parametrize(
-    "params",
+    "header",
     [
-        {"token": "wrong-token-0123456789"},
-        {"token": ""},
-        {"token": ADMIN[:-1]},
+        {},
+        {"Authorization": "Bearer wrong-token-0123456789"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic bnVyc2UuYTpub3BlLW5vcGU="},  # nurse.a:nope-nope
     ],
 )
-def test_the_start_needs_the_staff_token(receiver: Receiver, params: dict[str, str]) -> None:
-    refused = receiver.start("oura", **params)
+def test_the_start_needs_a_staff_token(receiver: Receiver, header: dict[str, str]) -> None:
+    url = f"{receiver.url}/connect/oura"
+    refused = receiver.http.get(url, params={"patient": "p1"}, headers=header)
     assert refused.status_code == 401
+    # One character off the real token: refused too.
+    token = TOKENS[receiver.url]
+    bent = {"Authorization": f"Bearer {token[:-1]}{'A' if token[-1] != 'A' else 'B'}"}
+    assert receiver.http.get(url, params={"patient": "p1"}, headers=bent).status_code == 401
     with receiver.store.read() as conn:
         assert conn.execute(sa.select(oauth_states)).all() == []
 
 
-def test_the_staff_token_may_come_as_a_bearer_header(receiver: Receiver) -> None:
+def test_a_token_in_the_url_is_refused_and_not_logged(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="ohx_dagster")
+    caplog.set_level("DEBUG", logger="uvicorn")
+    token = TOKENS[receiver.url]
     url = f"{receiver.url}/connect/oura"
-    header = {"Authorization": f"Bearer {ADMIN}"}
-    assert receiver.http.get(url, params={"patient": "p1"}, headers=header).status_code == 302
-    wrong = {"Authorization": "Bearer nope-nope-nope-nope"}
-    assert receiver.http.get(url, params={"patient": "p1"}, headers=wrong).status_code == 401
+    for name in ("token", "access_token"):
+        refused = receiver.http.get(url, params={"patient": "p1", name: token}, headers=JSON)
+        assert refused.status_code == 400
+        assert "Authorization: Bearer" in refused.json()["detail"]
+        # Refused even with a good header beside it: the URL has already leaked the token.
+        both = receiver.http.get(
+            url, params={"patient": "p1", name: token}, headers={**JSON, **receiver.auth}
+        )
+        assert both.status_code == 400
+    server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    assert any("credential in the URL" in r.getMessage() for r in server_side)
+    assert not any(token in r.getMessage() for r in server_side)
+    with receiver.store.read() as conn:
+        assert conn.execute(sa.select(oauth_states)).all() == []
+
+
+def test_the_staff_token_may_come_as_basic_auth_with_its_name(receiver: Receiver) -> None:
+    url = f"{receiver.url}/connect/oura"
+    token = TOKENS[receiver.url]
+    assert receiver.http.get(url, params={"patient": "p1"}, auth=(STAFF, token)).status_code == 302
+    assert (
+        receiver.http.get(url, params={"patient": "p1"}, auth=("other", token)).status_code == 401
+    )
+    staff.remove(receiver.store, STAFF, actor="test")
+    assert (
+        receiver.http.get(url, params={"patient": "p1"}, headers=receiver.auth).status_code == 401
+    )
 
 
 @pytest.mark.parametrize(
@@ -376,8 +430,8 @@ def test_a_bad_start_parameter_is_named(
 ) -> None:
     refused = receiver.http.get(
         f"{receiver.url}/connect/oura",
-        params={"patient": "p1", "token": ADMIN, **params},
-        headers=JSON,
+        params={"patient": "p1", **params},
+        headers={**JSON, **receiver.auth},
     )
     assert refused.status_code == 400
     assert refused.json()["field"] == field_name
@@ -388,10 +442,12 @@ def test_a_provider_without_an_oauth_client_cannot_be_connected(
 ) -> None:
     env = {k: v for k, v in providers.env().items() if not k.startswith("OHX_GOOGLE_HEALTH")}
     with serve(sqlite_store, providers, env) as url, httpx.Client() as http:
-        query = {"patient": "p1", "token": ADMIN}
-        assert http.get(f"{url}/connect/google_health", params=query).status_code == 404
-        assert http.get(f"{url}/connect/fitbit", params=query).status_code == 404
-        assert http.get(f"{url}/connect/oura", params=query).status_code == 302
+        query, auth = {"patient": "p1"}, {"Authorization": f"Bearer {TOKENS[url]}"}
+        assert (
+            http.get(f"{url}/connect/google_health", params=query, headers=auth).status_code == 404
+        )
+        assert http.get(f"{url}/connect/fitbit", params=query, headers=auth).status_code == 404
+        assert http.get(f"{url}/connect/oura", params=query, headers=auth).status_code == 302
 
 
 # -- the provider fails ----------------------------------------------------------------------
@@ -451,13 +507,12 @@ def test_configuration_errors_name_the_variable(
     sqlite_store: RecordStore, providers: FakeProviders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = providers.env()
-    assert ConnectConfig.from_env({**env}) is None  # no staff token: not mounted
-    with pytest.raises(ConfigError, match="OHX_CONNECT_TOKEN"):
-        ConnectConfig.from_env({**env, "OHX_CONNECT_TOKEN": "short"})
     without_base = {k: v for k, v in env.items() if k != "OHX_OAUTH_REDIRECT_BASE"}
-    with pytest.raises(ConfigError, match="OHX_OAUTH_REDIRECT_BASE"):
-        ConnectConfig.from_env({**without_base, "OHX_CONNECT_TOKEN": ADMIN})
-    config = ConnectConfig.from_env({**env, "OHX_CONNECT_TOKEN": ADMIN})
+    assert ConnectConfig.from_env(without_base) is None  # no public URL: not mounted
+    # The retired shared token is refused, naming what replaces it.
+    with pytest.raises(ConfigError, match=r"OHX_CONNECT_TOKEN is retired.*ohx staff add"):
+        ConnectConfig.from_env({**env, "OHX_CONNECT_TOKEN": "staff-token-0123456789"})
+    config = ConnectConfig.from_env(env)
     assert config is not None and sorted(config.providers) == ["google_health", "oura", "withings"]
     monkeypatch.delenv("OHX_TOKEN_KEY", raising=False)
     with pytest.raises(ConfigError, match="OHX_TOKEN_KEY"):

@@ -28,6 +28,7 @@ import pytest
 from provider_api_server import Answer, Call, FakeApi, answer
 
 import ohx_dagster.providers.polar as polar
+from ohx_dagster import staff
 from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
@@ -59,7 +60,6 @@ from ohx_dagster.webhooks.serve import serve_in_thread
 FIXTURES = Path(polar.__file__).parent / "fixtures" / "accesslink"
 HR, RR = HealthDataType.HEART_RATE, HealthDataType.RR_INTERVALS
 PUBLIC = "https://ohx.example.org"
-ADMIN = "staff-token-0123456789"
 CLIENT_ID, CLIENT_SECRET = "polar-client", "polar-client-SECRET"
 BASIC = "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
 JSON = {"Accept": "application/json"}
@@ -285,15 +285,24 @@ def test_the_token_answers_x_user_id_is_the_person() -> None:
 # -- connecting: Basic client authentication, x_user_id, registration --------------------------
 
 
+ISSUED: list[str] = []  # the staff token serve_connect issued last
+
+
 def serve_connect(store: RecordStore, polar_api: FakePolar):
     env = polar_api.env()
-    config = ConnectConfig(ADMIN, ConnectSettings.configured(env), SubscriptionSettings(PUBLIC))
+    staff.remove(store, "nurse.a", actor="test")
+    ISSUED[:] = [staff.add(store, "nurse.a", actor="test")]
+    config = ConnectConfig(ConnectSettings.configured(env), SubscriptionSettings(PUBLIC))
     secrets = WebhookSecrets(polar_accesslink=PolarAccessLinkSecrets(KEY))
     return serve_in_thread(create_app(store, secrets, connect=config))
 
 
 def connect(http: httpx.Client, url: str) -> httpx.Response:
-    started = http.get(f"{url}/connect/{NAME}", params={"patient": "pat-7", "token": ADMIN})
+    started = http.get(
+        f"{url}/connect/{NAME}",
+        params={"patient": "pat-7"},
+        headers={"Authorization": f"Bearer {ISSUED[0]}"},
+    )
     assert started.status_code == 302, started.text
     params = query_of(started.headers["location"])
     assert params["scope"] == "accesslink.read_all" and params["client_id"] == CLIENT_ID

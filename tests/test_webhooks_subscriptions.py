@@ -21,8 +21,9 @@ import httpx
 import orjson
 import pytest
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
-from test_connect import ADMIN, JSON, SECRET, USER_IDS, FakeProviders, Receiver
+from test_connect import JSON, SECRET, STAFF, TOKENS, USER_IDS, FakeProviders, Receiver
 
+from ohx_dagster import staff
 from ohx_dagster.errors import ProviderError
 from ohx_dagster.identity import erasure_salt, subject_hash
 from ohx_dagster.providers.api import ApiSettings
@@ -304,8 +305,9 @@ def connect_receiver(
         oura=OuraSecrets("oura-client-secret", VERIFY), withings_token=withings_token
     )
     subscriptions = SubscriptionSettings(url, VERIFY, withings_token)
-    config = ConnectConfig(ADMIN, ConnectSettings.configured(providers.env()), subscriptions)
+    config = ConnectConfig(ConnectSettings.configured(providers.env()), subscriptions)
     app = create_app(store, secrets, connect=config)
+    TOKENS[url] = staff.add(store, STAFF, actor="test")
     with serve_in_thread(app, port=port) as served, httpx.Client(timeout=30) as http:
         assert served == url
         yield Setup(

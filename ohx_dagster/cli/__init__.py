@@ -30,7 +30,19 @@ from typing import Any, Final
 
 import click
 
-from ohx_dagster.cli import audit, common, connect, db, dev, doctor, fhir, imports, status, users
+from ohx_dagster.cli import (
+    audit,
+    common,
+    connect,
+    db,
+    dev,
+    doctor,
+    fhir,
+    imports,
+    staff,
+    status,
+    users,
+)
 from ohx_dagster.errors import OhxError
 
 
@@ -122,6 +134,7 @@ for command in (
     status.status,
     users.users,
     audit.audit,
+    staff.staff,
     connect.connect,
     imports.import_,
     doctor.doctor,

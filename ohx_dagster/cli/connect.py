@@ -2,10 +2,11 @@
 
 The link is the receiver's connect flow (ohx_dagster/webhooks/connect.py):
 OHX_OAUTH_REDIRECT_BASE + /connect/<provider>?patient=..&timezone=..&frequency=..&aggregation=..
-&lookback_days=.. The receiver wants the staff token OHX_CONNECT_TOKEN: `--with-token` puts it
-in the link (a browser can open it; the link is then a secret), otherwise the curl printed beside
-it sends it as an Authorization header from your shell's variable, and prints the provider's
-consent page to open in the person's browser. Nothing is stored until the person consents.
+&lookback_days=.. The receiver wants a staff member's token (`ohx staff add`) in an Authorization
+header, never in the link: the curl printed beside it sends it from the shell's OHX_STAFF_TOKEN
+and prints the provider's consent page to open in the person's browser. Through the deployment's
+proxy a browser can open the link itself: the proxy's login asks for the staff name and token.
+Nothing is stored until the person consents.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import click
 from ohx_dagster.errors import ConfigError
 
 REDIRECT_BASE = "OHX_OAUTH_REDIRECT_BASE"
-CONNECT_TOKEN = "OHX_CONNECT_TOKEN"
+STAFF_TOKEN = "OHX_STAFF_TOKEN"
 
 
 def connect_link(
@@ -30,7 +31,6 @@ def connect_link(
     frequency: str = "hourly",
     aggregation: str = "hourly",
     lookback_days: int = 30,
-    token: str | None = None,
     base: str,
 ) -> str:
     params = {
@@ -40,8 +40,6 @@ def connect_link(
         "aggregation": aggregation,
         "lookback_days": str(lookback_days),
     }
-    if token is not None:
-        params["token"] = token
     return f"{base.rstrip('/')}/connect/{provider}?{urlencode(params)}"
 
 
@@ -55,23 +53,6 @@ def _base() -> str:
     if not base.startswith(("https://", "http://")):
         raise ConfigError(f"{REDIRECT_BASE}={base!r}: expected the receiver's URL, https://...")
     return base
-
-
-def _token() -> str:
-    from ohx_dagster.webhooks.connect import MIN_TOKEN_CHARS
-
-    token = os.environ.get(CONNECT_TOKEN, "").strip()
-    if not token:
-        raise ConfigError(
-            f"{CONNECT_TOKEN} is not set: --with-token puts the receiver's staff token in the "
-            f"link; set {CONNECT_TOKEN} to the receiver's, or leave out --with-token"
-        )
-    if len(token) < MIN_TOKEN_CHARS:
-        raise ConfigError(
-            f"{CONNECT_TOKEN} is {len(token)} characters long: the receiver refuses tokens "
-            f"shorter than {MIN_TOKEN_CHARS}; set the receiver's token"
-        )
-    return token
 
 
 @click.command("connect")
@@ -99,11 +80,6 @@ def _token() -> str:
     show_default=True,
     help="History fetched once connected.",
 )
-@click.option(
-    "--with-token",
-    is_flag=True,
-    help=f"Put {CONNECT_TOKEN} in the link (then the link itself is a secret).",
-)
 def connect(
     provider: str,
     patient: str,
@@ -111,7 +87,6 @@ def connect(
     frequency: str,
     aggregation: str,
     lookback_days: int,
-    with_token: bool,
 ) -> None:
     """Print the receiver's link that connects PROVIDER (oura, withings, google_health) for a
     patient: the person signs in at the provider, and their history is synced by itself."""
@@ -132,7 +107,6 @@ def connect(
         lookback_days=lookback_days,
     )
     base = _base()
-    token = _token() if with_token else None
     link = connect_link(
         provider,
         patient=patient,
@@ -140,26 +114,18 @@ def connect(
         frequency=frequency,
         aggregation=aggregation,
         lookback_days=lookback_days,
-        token=token,
         base=base,
     )
     minutes = int(STATE_TTL.total_seconds() // 60)
-    if with_token:
-        click.echo(f"Open this link in the browser where the person signs in to {provider}:")
-        click.echo(link)
-        click.echo(
-            f"It carries the staff token ({CONNECT_TOKEN}): hand it to no one else. Each opening "
-            f"starts a new authorization, valid {minutes} minutes."
-        )
-        return
-    click.echo(f"Connect link ({CONNECT_TOKEN} goes in an Authorization header, not the link):")
+    click.echo("Connect link (a staff token goes in an Authorization header, never the link):")
     click.echo(link)
     click.echo("Start it with (prints the provider's consent page):")
     click.echo(
         f'curl -sS -o /dev/null -w "%{{redirect_url}}\\n" '
-        f'-H "Authorization: Bearer ${CONNECT_TOKEN}" {shlex.quote(link)}'
+        f'-H "Authorization: Bearer ${STAFF_TOKEN}" {shlex.quote(link)}'
     )
     click.echo(
-        f"then open that page in the person's browser within {minutes} minutes "
-        "(or run again with --with-token for a link a browser opens directly)."
+        f"then open that page in the person's browser within {minutes} minutes ({STAFF_TOKEN}: "
+        "your token from `ohx staff add`; behind the deployment's proxy a browser opens the link "
+        "itself after the staff login)."
     )

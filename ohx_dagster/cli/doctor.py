@@ -186,7 +186,7 @@ def check_providers() -> Iterator[Check]:
             "provider OAuth", SKIP, "no provider API configured (OHX_SOURCES, OHX_*_CLIENT_ID)"
         )
         return
-    connect = bool(os.environ.get("OHX_CONNECT_TOKEN", "").strip())
+    connect = bool(os.environ.get("OHX_OAUTH_REDIRECT_BASE", "").strip())
     for name in providers:
         app = API_PROVIDERS[name]
         try:
@@ -388,7 +388,9 @@ def check_webhooks() -> Iterator[Check]:
         yield Check("connect routes", FAIL, str(exc), "set the variable the message names")
         return
     if connect is None:
-        yield Check("connect routes", SKIP, "OHX_CONNECT_TOKEN unset: /connect is not mounted")
+        yield Check(
+            "connect routes", SKIP, "OHX_OAUTH_REDIRECT_BASE unset: /connect is not mounted"
+        )
     else:
         names = ", ".join(sorted(connect.providers)) or "no provider (none has its OAuth app)"
         yield Check("connect routes", OK, f"/connect mounted for {names}")

@@ -199,9 +199,9 @@ class ConnectFlow:
 
     # -- start -----------------------------------------------------------------------------------
 
-    def start(self, provider: str, **config: Any) -> str:
+    def start(self, provider: str, *, actor: str = "connect flow", **config: Any) -> str:
         """The provider's authorization URL for a new pending authorization (see sync_config for
-        the keyword arguments)."""
+        the keyword arguments); `actor` (the staff member) is the connection's audit actor."""
         settings = self.provider(provider)
         template = sync_config(provider, **config).to_json()
         del template["user_id"]
@@ -219,6 +219,7 @@ class ConnectFlow:
                     config=orjson.dumps(template).decode(),
                     code_verifier=verifier,
                     created_at_us=to_us(now),
+                    actor=actor,
                 )
             )
         spec = settings.authorize
@@ -237,7 +238,9 @@ class ConnectFlow:
 
     # -- complete --------------------------------------------------------------------------------
 
-    def _take_state(self, provider: str, state: str) -> tuple[dict[str, Any], str | None]:
+    def _take_state(
+        self, provider: str, state: str
+    ) -> tuple[dict[str, Any], str | None, str | None]:
         """The pending authorization, removed (single use); refused if unknown or expired."""
         t = oauth_states
         key = _hash(state)
@@ -257,7 +260,7 @@ class ConnectFlow:
                 f"{provider}: the authorization expired (older than {minutes} minutes); "
                 "start the connection again"
             )
-        return orjson.loads(row.config), row.code_verifier
+        return orjson.loads(row.config), row.code_verifier, row.actor
 
     def complete(
         self,
@@ -272,7 +275,7 @@ class ConnectFlow:
         settings = self.provider(provider)
         if not state:
             raise ConnectRefused(f"{provider}: the callback has no state")
-        template, verifier = self._take_state(provider, state)
+        template, verifier, actor = self._take_state(provider, state)
         if error:
             detail = f": {error_description[:200]}" if error_description else ""
             raise ConnectRefused(f"{provider}: authorization not granted ({error[:60]}){detail}")
@@ -287,7 +290,15 @@ class ConnectFlow:
                 f"{provider}: the provider's user id is not usable ({exc.expected})"
             ) from None
         config = HealthSyncConfig.from_json({**template, "user_id": user_id})
-        config = connect_user(self.store, provider, user_id, tokens, config, key=self.token_key)
+        config = connect_user(
+            self.store,
+            provider,
+            user_id,
+            tokens,
+            config,
+            key=self.token_key,
+            actor=actor or "connect flow",
+        )
         if self.after_connect is not None:
             try:
                 self.after_connect(settings, config)

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         else "the socket",
     )
     if connect is None:
-        log.info("not mounted /connect: OHX_CONNECT_TOKEN is not set")
+        log.info("not mounted /connect: OHX_OAUTH_REDIRECT_BASE is not set")
     else:
         log.info("mounted /connect for %s", sorted(connect.providers) or "no provider")
     store = RecordStore(settings.database_url)

@@ -1,9 +1,15 @@
 """The receiver's account-connection routes (the flow itself: ohx_dagster.providers.connect).
 
 - GET /connect/<provider>?patient=<FHIR patient id>[&timezone=Europe/Paris][&frequency=hourly]
-  [&aggregation=hourly][&lookback_days=30], with the staff token as `Authorization: Bearer <t>`
-  or `?token=<t>` -> 302 to the provider's consent page. 401 without the right token (compared in
-  constant time), 404 for a provider whose OAuth client is not configured, 400 naming a bad field.
+  [&aggregation=hourly][&lookback_days=30], with a staff member's token (`ohx staff add`,
+  ohx_dagster/staff.py) as `Authorization: Bearer <token>` (or HTTP Basic: name and token) -> 302
+  to the provider's consent page. 400 for a `token` (or `access_token`) in the URL, refused before
+  anything else and never logged (a URL ends up in proxies' and browsers' histories); 401 without
+  a valid staff token; 404 for a provider whose OAuth client is not configured; 400 naming a bad
+  field. The staff member's name is the actor of the connection's audit row (ohx_dagster/audit.py).
+- GET /auth/staff: 204 with `X-OHX-Staff: <name>` for a valid staff Authorization header, else 401
+  with `WWW-Authenticate: Basic` (the login prompt). The deployment's nginx asks it with
+  `auth_request` before the Dagster UI and /connect (deploy/nginx/ohx.conf); nothing else needs it.
 - GET /oauth/<provider>/callback?code=..&state=.. (the provider's redirect) -> 200 "connected"
   page; 400 for an unknown, used or expired state or a denial (`error=access_denied`); 409 for
   an account already connected for another patient (staff move it with `ohx users relink`) or
@@ -13,12 +19,11 @@
   never by id.
 
 Pages are small HTML, or JSON when the request accepts application/json. None is cached, and no
-page sends a Referer onward (the start URL may carry the token).
+page sends a Referer onward.
 
 Variables:
-- OHX_CONNECT_TOKEN: the staff token for /connect/<provider> (16+ characters); unset: the routes
-  are not mounted.
-- OHX_OAUTH_REDIRECT_BASE: public base URL of this receiver (ohx_dagster.providers.connect).
+- OHX_OAUTH_REDIRECT_BASE: public base URL of this receiver (ohx_dagster.providers.connect); set,
+  the routes are mounted (unset: /connect, /oauth and /auth/staff are not).
 - OHX_<P>_CLIENT_ID and OHX_<P>_CLIENT_SECRET (P = OURA, WITHINGS, GOOGLE_HEALTH): the provider's
   OAuth app; a provider without them cannot be connected (404).
 - OHX_TOKEN_KEY: the Fernet key that encrypts the tokens, required once a provider is connectable.
@@ -33,7 +38,7 @@ import html
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from starlette.concurrency import run_in_threadpool
@@ -53,11 +58,12 @@ from ohx_dagster.identity import (
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.connect import ConnectFlow, ConnectRefused, ConnectSettings
 from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_after_connect
+from ohx_dagster.staff import from_authorization
 from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks.signatures import same_secret
 
-CONNECT_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
-MIN_TOKEN_CHARS: Final = 16
+RETIRED_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
+REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
+URL_CREDENTIALS: Final = ("token", "access_token")
 NO_STORE: Final = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 
 log = logging.getLogger("ohx_dagster.webhooks.connect")
@@ -65,9 +71,8 @@ log = logging.getLogger("ohx_dagster.webhooks.connect")
 
 @dataclass(frozen=True, slots=True)
 class ConnectConfig:
-    """The staff token and the connectable providers' OAuth apps."""
+    """The connectable providers' OAuth apps (staff are checked against the store's table)."""
 
-    admin_token: str = field(repr=False)
     providers: Mapping[str, ConnectSettings]
     # Where providers call back; None: no webhook subscriptions after connecting.
     subscriptions: SubscriptionSettings | None = None
@@ -75,22 +80,14 @@ class ConnectConfig:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectConfig | None:
         env = os.environ if env is None else env
-        token = env.get(CONNECT_TOKEN_ENV, "").strip()
-        if not token:
-            return None
-        if len(token) < MIN_TOKEN_CHARS:
+        if env.get(RETIRED_TOKEN_ENV, "").strip():
             raise ConfigError(
-                f"{CONNECT_TOKEN_ENV} is {len(token)} characters long: expected a secret of at "
-                f"least {MIN_TOKEN_CHARS} (unset it to leave /connect unmounted)"
+                f"{RETIRED_TOKEN_ENV} is retired: give each staff member their own token with "
+                f"`ohx staff add NAME`, then unset {RETIRED_TOKEN_ENV}"
             )
-        return cls(token, ConnectSettings.configured(env), SubscriptionSettings.from_env(env))
-
-
-def _given_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return request.query_params.get("token")
+        if not env.get(REDIRECT_BASE_ENV, "").strip():
+            return None
+        return cls(ConnectSettings.configured(env), SubscriptionSettings.from_env(env))
 
 
 def _page(request: Request, status: int, title: str, detail: str, **extra: str) -> Response:
@@ -117,9 +114,31 @@ def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
 
     flow = ConnectFlow(store, config.providers, after_connect=after_connect)
 
+    async def staff_of(request: Request) -> str | None:
+        header = request.headers.get("authorization")
+        return await run_in_threadpool(from_authorization, store, header) if header else None
+
+    async def auth_staff(request: Request) -> Response:
+        name = await staff_of(request)
+        if name is None:
+            challenge = {"WWW-Authenticate": 'Basic realm="ohx staff", charset="UTF-8"'}
+            return Response(status_code=401, headers={**NO_STORE, **challenge})
+        return Response(status_code=204, headers={**NO_STORE, "X-OHX-Staff": name})
+
     async def start(request: Request) -> Response:
         provider = request.path_params["provider"]
-        if not same_secret(config.admin_token, _given_token(request)):
+        if any(name in request.query_params for name in URL_CREDENTIALS):
+            # The URL (and so the token) is not logged: only that one was there.
+            log.warning("400 /connect/%s: a credential in the URL, refused", provider)
+            return _page(
+                request,
+                400,
+                "Bad request",
+                "a token in the URL is refused: send it as 'Authorization: Bearer <token>', and "
+                "ask for a new one (`ohx staff remove` and `ohx staff add`): this one was exposed",
+            )
+        staff = await staff_of(request)
+        if staff is None:
             log.warning("401 /connect/%s: missing or wrong staff token", provider)
             return _page(request, 401, "Not authorized", "missing or wrong staff token")
         if provider not in flow.settings:
@@ -135,6 +154,7 @@ def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
             url = await run_in_threadpool(
                 flow.start,
                 provider,
+                actor=f"staff {staff}",
                 fhir_patient_id=q.get("patient", ""),
                 timezone=q.get("timezone", "UTC"),
                 sync_frequency=q.get("frequency", "hourly"),
@@ -188,5 +208,6 @@ def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
 
     return [
         Route("/connect/{provider}", start, methods=["GET"]),
+        Route("/auth/staff", auth_staff, methods=["GET"]),
         Route("/oauth/{provider}/callback", callback, methods=["GET"]),
     ]

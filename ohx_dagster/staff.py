@@ -1,0 +1,139 @@
+"""Staff credentials: one bearer token per staff member, for the receiver's /connect and for the
+deployment's authenticating proxy (nginx `auth_request` to the receiver's /auth/staff,
+docs/deployment.md).
+
+A token is `ohxs_<id>_<secret>`: `id` 12 hex characters (public, the row's key), `secret` 43
+URL-safe characters (256 random bits). `staff_tokens` keeps the id and the SHA-256 of the secret,
+never the token, so a copy of the database authenticates no one; `ohx staff add` prints the token
+once. A check looks the row up by id and compares the hashes in constant time. A random 256-bit
+secret needs no slow password hash: there is nothing to guess from its SHA-256.
+
+Given as `Authorization: Bearer <token>` (scripts, curl) or HTTP Basic with the staff name as
+user and the token as password (a browser's login prompt, through the proxy). Never in a URL.
+
+Adding and removing staff are audited (ohx_dagster/audit.py: staff-add, staff-remove, the name
+in the detail; staff are not patients, so no subject).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import sqlalchemy as sa
+
+from ohx_dagster import audit
+from ohx_dagster.errors import ValidationError
+from ohx_dagster.schema import staff_tokens
+from ohx_dagster.times import now_us
+
+if TYPE_CHECKING:
+    from ohx_dagster.store import RecordStore
+
+PREFIX: Final = "ohxs_"
+NAME: Final = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
+TOKEN: Final = re.compile(r"ohxs_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+
+
+@dataclass(frozen=True, slots=True)
+class StaffMember:
+    name: str
+    token_id: str
+    created_at_us: int
+    created_by: str
+
+
+def check_name(text: str) -> str:
+    """A staff name: lower-case letters, digits and . _ @ -, up to 64 characters."""
+    if not NAME.fullmatch(text):
+        raise ValidationError(
+            "name", text[:80], "1-64 lower-case letters, digits or . _ @ - (e.g. j.doe)"
+        )
+    return text
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def add(store: RecordStore, name: str, *, actor: str) -> str:
+    """A new staff member's token (the only time it is in clear); refused if the name has one."""
+    check_name(name)
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    t = staff_tokens
+    with store.write() as conn:
+        if conn.execute(sa.select(t.c.name).where(t.c.name == name)).first() is not None:
+            raise ValidationError(
+                "name", name, "a name without a token (remove it first to issue a new one)"
+            )
+        conn.execute(
+            t.insert().values(
+                name=name,
+                token_id=token_id,
+                secret_sha256=_sha256(secret),
+                created_at_us=now_us(),
+                created_by=actor,
+            )
+        )
+        audit.record(
+            conn, actor=actor, action="staff-add", detail=f"staff {name} (token {token_id})"
+        )
+    return f"{PREFIX}{token_id}_{secret}"
+
+
+def members(store: RecordStore) -> list[StaffMember]:
+    t = staff_tokens
+    query = sa.select(t.c.name, t.c.token_id, t.c.created_at_us, t.c.created_by).order_by(t.c.name)
+    with store.read() as conn:
+        return [StaffMember(**row._mapping) for row in conn.execute(query)]
+
+
+def remove(store: RecordStore, name: str, *, actor: str) -> bool:
+    """Revoke a staff member's token at once; False if there was none."""
+    t = staff_tokens
+    with store.write() as conn:
+        gone = conn.execute(t.delete().where(t.c.name == name)).rowcount
+        if gone:
+            audit.record(conn, actor=actor, action="staff-remove", detail=f"staff {name}")
+    return bool(gone)
+
+
+def verify(store: RecordStore, token: str | None, *, name: str | None = None) -> str | None:
+    """The staff member the token belongs to (and, with `name`, only if it is theirs), else None."""
+    found = TOKEN.fullmatch(token or "")
+    if found is None:
+        return None
+    token_id, secret = found.groups()
+    t = staff_tokens
+    with store.read() as conn:
+        row = conn.execute(
+            sa.select(t.c.name, t.c.secret_sha256).where(t.c.token_id == token_id)
+        ).first()
+    if row is None or not hmac.compare_digest(row.secret_sha256, _sha256(secret)):
+        return None
+    if name is not None and not hmac.compare_digest(name.encode(), row.name.encode()):
+        return None
+    return str(row.name)
+
+
+def from_authorization(store: RecordStore, header: str | None) -> str | None:
+    """The staff member an Authorization header authenticates: `Bearer <token>`, or `Basic` with
+    the staff name and the token as the password; None for anything else."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme == "bearer":
+        return verify(store, value)
+    if scheme == "basic":
+        try:
+            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return verify(store, password, name=user) if sep else None
+    return None
