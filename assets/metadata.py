@@ -14,12 +14,18 @@ from __future__ import annotations
 import base64
 import struct
 import zlib
+from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import pandas as pd
 
-from ohx_dagster.times import HOUR_US
+from ohx_dagster.sync_status import TypeStatus, records_per_hour, window_start
+from ohx_dagster.times import HOUR_US, to_us
+
+if TYPE_CHECKING:
+    from ohx_dagster.store import RecordStore
 
 # One character an hour: "·" no records, then eighths of the busiest hour (a non-zero hour is
 # never drawn as nothing).
@@ -131,6 +137,40 @@ def hourly_charts(hourly: pd.DataFrame) -> dict[str, dg.MetadataValue]:
         )
         for data_type, counts in _per_hour(hourly).items()
     }
+
+
+PEOPLE_CHART_KEY = "records_24h_per_person"
+PEOPLE_BARS = 60  # the busiest people drawn; a 600-pixel chart, still under the inline limit
+
+
+def people_chart(counts: list[int]) -> dict[str, dg.MetadataValue]:
+    """Records of the last 24 hours per person as one bar chart (metadata
+    `records_24h_per_person`): a bar a person, busiest first, so no bar stands for anyone in
+    particular (no id, no subject, no order by id); a person with none is a gap at the end."""
+    if not counts:
+        return {}
+    ranked = sorted(counts, reverse=True)
+    shown = ranked[:PEOPLE_BARS]
+    alt = f"records of the last 24 hours per person, busiest first ({len(counts)} people"
+    alt += f", the {len(shown)} busiest drawn)" if len(shown) < len(counts) else ")"
+    return {PEOPLE_CHART_KEY: dg.MetadataValue.md(image(bar_chart(shown), alt))}
+
+
+def status_charts(
+    store: RecordStore, source: str, rows: Sequence[TypeStatus], now: datetime
+) -> dict[str, dg.MetadataValue]:
+    """The sync_status asset's plots of the last 24 hours (ohx_dagster/sync_status.window_start):
+    records per UTC hour by type, every person together (`records_per_hour/<type>`, drawn as
+    the partition view draws them), and records per person (`records_24h_per_person`)."""
+    start_us = to_us(window_start(now))
+    hourly = pd.DataFrame(
+        records_per_hour(store, source, start_us, start_us + 24 * HOUR_US),
+        columns=["bucket_start_us", "data_type", "count"],
+    )
+    per_person: dict[str, int] = {}
+    for row in rows:
+        per_person[row.user_id] = per_person.get(row.user_id, 0) + row.records_24h
+    return {**hourly_charts(hourly), **people_chart(list(per_person.values()))}
 
 
 def type_table(stats: pd.DataFrame) -> dg.MetadataValue:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from assets.metadata import status_charts
 from ohx_dagster.sync_status import (
     ACTIVE,
     LagLimit,
@@ -152,6 +153,8 @@ def build_sync_status_asset(
             "status": dg.MetadataValue.table(
                 [dg.TableRecord(row) for row in table], schema=STATUS_SCHEMA
             ),
+            # Plots of counts, no person named (assets/metadata.py draws the partitions' too).
+            **status_charts(store.get_store(), source, rows, now),
         }
         results = [
             dg.AssetCheckResult(

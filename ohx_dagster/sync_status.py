@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Final
 import sqlalchemy as sa
 
 from ohx_dagster.schema import coverage, measurements, series_chunks, users
-from ohx_dagster.times import from_us, iso, iso_duration, words
+from ohx_dagster.times import HOUR_US, from_us, iso, iso_duration, words
 
 if TYPE_CHECKING:
     from ohx_dagster.store import PersonRow, RecordStore
@@ -107,6 +107,31 @@ def records_between(
                 key = (row.user_id, row.data_type)
                 found[key] = found.get(key, 0) + int(row.n)
     return found
+
+
+def records_per_hour(
+    store: RecordStore, provider: str, start_us: int, end_us: int
+) -> list[tuple[int, str, int]]:
+    """(hour start, type, records) of [start_us, end_us), every person together: series samples
+    by their chunk's hour, measurements by the hour of their time (counts only: the plots of the
+    sync_status assets)."""
+    s, m = series_chunks, measurements
+    hour = (m.c.ts_us // HOUR_US) * HOUR_US
+    queries = (
+        sa.select(s.c.hour_us.label("hour"), s.c.data_type, sa.func.sum(s.c.samples).label("n"))
+        .where(s.c.provider == provider, s.c.hour_us >= start_us, s.c.hour_us < end_us)
+        .group_by(s.c.hour_us, s.c.data_type),
+        sa.select(hour.label("hour"), m.c.data_type, sa.func.count(m.c.updated_at_us).label("n"))
+        .where(m.c.provider == provider, m.c.ts_us >= start_us, m.c.ts_us < end_us)
+        .group_by(hour, m.c.data_type),
+    )
+    found: dict[tuple[int, str], int] = {}
+    with store.read(snapshot=True) as conn:
+        for query in queries:
+            for row in conn.execute(query):
+                key = (int(row.hour), row.data_type)
+                found[key] = found.get(key, 0) + int(row.n)
+    return [(h, t, n) for (h, t), n in sorted(found.items())]
 
 
 def _moment(micros: int | None) -> datetime | None:

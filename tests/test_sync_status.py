@@ -7,6 +7,7 @@ in process on a Dagster instance, `ohx status --json` through click's runner on 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,9 @@ from ohx_dagster.sync_status import (
     LagLimit,
     TypeStatus,
     is_behind,
+    records_per_hour,
     table_rows,
+    window_start,
     words,
 )
 from ohx_dagster.times import to_us
@@ -254,6 +257,68 @@ def test_the_per_hour_plot_has_one_mark_per_utc_hour() -> None:
     assert plot[13] == "█" and plot[1] == "▁" and plot[0] == "▁" and plot[23] == "▄"
     assert {plot[h] for h in range(24) if h not in hours} == {"·"}
     assert line.endswith("| 131 |")
+
+
+# -- the status asset's plots ----------------------------------------------------------------------
+
+
+def test_the_status_asset_plots_records_per_hour_and_per_person_without_naming_anyone(
+    synced: RecordStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Drawn as the partition view's plots are (assets/metadata.py), decoded by the independent
+    reader of tests/test_metadata_plot.py; counts only: no id, no subject in them."""
+    from test_metadata_plot import DATA_URI, bar_heights, read_png
+
+    from assets.metadata import PEOPLE_CHART_KEY, PLOT_HEIGHT_PX, people_chart
+
+    result = run_status(tmp_path, synced, monkeypatch)
+    (event,) = result.get_asset_materialization_events()
+    metadata = event.materialization.metadata
+    table = metadata["status"].records
+    per_person: dict[str, int] = {}
+    for row in table:
+        per_person[row.data["person"]] = per_person.get(row.data["person"], 0) + int(
+            row.data["records_24h"]
+        )
+    assert len(per_person) == 3 and sorted(per_person.values())[-1] > 0
+
+    def chart(key: str) -> tuple[str, list[list[tuple[int, ...]]]]:
+        value = metadata[key].value
+        assert len(value) < 1000, (key, len(value))  # shown inline in the UI's table
+        ((alt, data),) = DATA_URI.findall(value)
+        for person in [*per_person, "sim-001", "sim-002", "sim-003"]:
+            assert person not in value
+        return alt, read_png(base64.b64decode(data))
+
+    alt, rows = chart(PEOPLE_CHART_KEY)
+    assert alt == "records of the last 24 hours per person, busiest first (3 people)"
+    heights = bar_heights(rows, 3)
+    ranked = sorted(per_person.values(), reverse=True)
+    plot = PLOT_HEIGHT_PX - 3
+    assert heights[0] == plot
+    for count, height in zip(ranked, heights, strict=True):
+        assert abs(height - count * plot / ranked[0]) <= 1
+    # The hourly charts hold every record the table counts, hour by hour as the store has them.
+    types = {row.data["type"] for row in table if int(row.data["records_24h"])}
+    keys = {k for k in metadata if k.startswith("records_per_hour/")}
+    assert keys == {f"records_per_hour/{t}" for t in types}
+    as_of = datetime.fromisoformat(metadata["as_of"].value.replace("Z", "+00:00"))
+    start = to_us(window_start(as_of))
+    stored = records_per_hour(synced, "simulated", start, start + 24 * 3_600_000_000)
+    assert sum(n for _, _, n in stored) == metadata["records_24h"].value
+    heart = [0] * 24
+    for hour_us, data_type, n in stored:
+        if data_type == "heart_rate":
+            heart[hour_us // 3_600_000_000 % 24] += n
+    alt, rows = chart("records_per_hour/heart_rate")
+    assert alt == "heart_rate records per UTC hour, 00 to 23 h"
+    drawn = bar_heights(rows, 24)
+    assert [bool(h) for h in drawn] == [bool(n) for n in heart]
+    assert drawn.index(plot) == heart.index(max(heart))
+    # More people than bars: the busiest drawn, and the alt text says so.
+    many = people_chart(list(range(100)))[PEOPLE_CHART_KEY].value
+    assert len(many) < 1000
+    assert "(100 people, the 60 busiest drawn)" in many
 
 
 # -- what the UI shows about the definitions -------------------------------------------------------
