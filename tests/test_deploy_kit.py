@@ -4,7 +4,10 @@
                           parses, interpolates and validates deploy/docker-compose.yml as
                           `docker compose up` would
     hadolint              the Dockerfile linter
-    kubernetes-validate   deploy/helm/receiver.yaml against the Kubernetes API's OpenAPI schemas
+    kubernetes-validate   deploy/helm/receiver.yaml and proxy.yaml (the proxy, its Service, the
+                          NetworkPolicies) against the Kubernetes API's OpenAPI schemas
+    nginx -t              deploy/nginx/ohx.conf filled in as the nginx image does, with a
+                          self-signed certificate (skipped, with the reason, without nginx)
 
 Helm itself is not here (no binary on PyPI or Debian, and the Dagster chart that values.yaml
 configures is not on this machine); docs/deployment.md says how values.yaml was checked.
@@ -20,6 +23,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nginx_harness
 import pytest
 from deployment_harness import base_env, tool
 
@@ -44,6 +48,7 @@ pytestmark = pytest.mark.skipif(
 # Services that run the product's image, and the ones of the kit that must not see its secrets.
 PRODUCT = {"codeserver", "daemon", "dagster-migrate", "migrate", "receiver", "webserver"}
 PLATFORM = {"postgres", "minio", "minio-init"}
+PROXY = {"proxy"}
 
 
 def run(*command: str | Path | None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -82,7 +87,19 @@ def test_compose_renders_the_kit_with_each_secret_only_where_it_is_used(tmp_path
                cwd=folder)  # fmt: skip
     assert done.returncode == 0, done.stderr
     services = json.loads(done.stdout)["services"]
-    assert set(services) == PRODUCT | PLATFORM
+    assert set(services) == PRODUCT | PLATFORM | PROXY
+    # Only the proxy is published: the UI and the receiver are reached through its staff login.
+    assert {name for name, service in services.items() if service.get("ports")} == PROXY
+    assert [p["target"] for p in services["proxy"]["ports"]] == [8443]
+    mounts = {v["target"]: v["source"] for v in services["proxy"]["volumes"]}
+    assert mounts["/etc/nginx/templates/ohx.conf.template"] == str(folder / "nginx" / "ohx.conf")
+    assert mounts["/etc/nginx/tls"] == str(folder / "tls")
+    proxy_env = services["proxy"]["environment"]
+    assert set(nginx_harness.PLACEHOLDER.findall(nginx_harness.CONF.read_text())) == set(proxy_env)
+    assert (proxy_env["OHX_WEBSERVER_UPSTREAM"], proxy_env["OHX_RECEIVER_UPSTREAM"]) == (
+        "webserver:3000",
+        "receiver:8787",
+    )
     image = env_file(folder / ".env")["OHX_IMAGE"]
     assert {name: services[name]["image"] for name in PRODUCT} == dict.fromkeys(PRODUCT, image)
     environment = {name: service.get("environment") or {} for name, service in services.items()}
@@ -90,14 +107,14 @@ def test_compose_renders_the_kit_with_each_secret_only_where_it_is_used(tmp_path
     # with provider tokens, not the UI, not the one-shot migrations, not the platform.
     for name in ("codeserver", "daemon", "receiver"):
         assert "OHX_TOKEN_KEY" in environment[name], name
-    for name in PLATFORM | {"webserver", "migrate", "dagster-migrate"}:
+    for name in PLATFORM | PROXY | {"webserver", "migrate", "dagster-migrate"}:
         assert "OHX_TOKEN_KEY" not in environment[name], name
     # The UI reads Dagster's database, never the record store.
     assert "OHX_DATABASE_URL" not in environment["webserver"]
     assert "DAGSTER_PG_URL" in environment["webserver"]
     # The platform's root credentials stay with the platform.
     secrets = env_file(folder / ".env")
-    for name in PRODUCT:
+    for name in PRODUCT | PROXY:
         values = set(environment[name].values())
         assert (
             secrets["POSTGRES_PASSWORD"] not in values
@@ -121,6 +138,53 @@ def test_the_dockerfile_passes_hadolint(tmp_path: Path) -> None:
     ) + "RUN apt-get install curl\n")  # fmt: skip
     refused = run(tool("hadolint"), broken)
     assert refused.returncode != 0 and "DL3008" in refused.stdout, refused.stdout
+
+
+def test_the_proxy_manifests_pass_the_api_schemas(tmp_path: Path) -> None:
+    manifests = DEPLOY / "helm" / "proxy.yaml"
+    done = run(tool("kubernetes-validate"), "--strict", manifests)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kinds = re.findall(r"passed for resource (\S+)", done.stdout + done.stderr)
+    assert sorted(kinds) == [
+        "deployment/ohx-proxy",
+        "networkpolicy/ohx-proxy-ingress",
+        "networkpolicy/ohx-receiver-from-proxy",
+        "networkpolicy/ohx-webserver-from-proxy",
+        "service/ohx-proxy",
+    ]
+    text = manifests.read_text()
+    # The proxy's upstreams are the chart's webserver Service and receiver.yaml's Service.
+    assert "value: ohx-dagster-webserver:3000" in text and "value: ohx-receiver:8787" in text
+    assert "name: ohx-receiver\n" in (DEPLOY / "helm" / "receiver.yaml").read_text()
+    broken = tmp_path / "proxy.yaml"
+    broken.write_text(text.replace("policyTypes:", "policyType:", 1))
+    refused = run(tool("kubernetes-validate"), "--strict", broken)
+    assert refused.returncode != 0, refused.stdout
+
+
+@pytest.mark.skipif(
+    nginx_harness.why_no_nginx() is not None, reason=str(nginx_harness.why_no_nginx())
+)
+def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
+    cert, key = nginx_harness.certificate(tmp_path / "tls")
+    env = {
+        "OHX_TLS_CERT": str(cert),
+        "OHX_TLS_KEY": str(key),
+        "OHX_PROXY_PORT": "8443",
+        "OHX_WEBSERVER_UPSTREAM": "localhost:3000",
+        "OHX_RECEIVER_UPSTREAM": "127.0.0.1:8787",
+    }
+    done = nginx_harness.check(nginx_harness.prefix(tmp_path / "nginx", env))
+    assert done.returncode == 0, done.stderr
+    assert "test is successful" in done.stderr
+    # Its own tool refuses a broken copy: a certificate path that is not there.
+    missing = {**env, "OHX_TLS_CERT": str(tmp_path / "none.crt")}
+    refused = nginx_harness.check(nginx_harness.prefix(tmp_path / "missing", missing))
+    assert refused.returncode != 0 and "none.crt" in refused.stderr, refused.stderr
+    # Every placeholder must be given (the image would leave it, and nginx fail on it).
+    without = {k: v for k, v in env.items() if k != "OHX_TLS_KEY"}
+    with pytest.raises(KeyError, match="OHX_TLS_KEY"):
+        nginx_harness.render(nginx_harness.CONF.read_text(), without)
 
 
 def test_the_kubernetes_manifests_pass_the_api_schemas(tmp_path: Path) -> None:
