@@ -536,7 +536,7 @@ def test_connect_names_a_bad_argument(home: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> None:
     export = shared_data / "apple-health" / "export.xml"
-    result = ohx("import", "apple-health", str(export))
+    result = ohx("import", "apple-health", str(export), "--verbose")
     assert result.exit_code == 0, (result.output, result.exception)
     out = result.stdout
     for phrase in (
@@ -548,6 +548,7 @@ def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> N
         "daily_retention",
     ):
         assert phrase in out, phrase
+    # --verbose: the records and the skipped elements as tables, kind by kind.
     for pattern in (
         r"heart_rate\s+│\s+2,177\s",
         r"steps\s+│\s+3,980\s",
@@ -562,10 +563,13 @@ def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> N
     everything = DateRange(datetime(2017, 1, 1, tzinfo=UTC), datetime(2018, 1, 1, tzinfo=UTC))
     assert len(store.read_records("apple_health", everything)) == 6197
     assert store.unpublished_days("apple_health")  # marked for Dagster's republish sensor
-    # The same file again changes nothing.
+    # The same file again changes nothing; without --verbose, the summary in a few lines.
     again = ohx("import", "apple-health", str(export))
     assert again.exit_code == 0, again.output
     assert "0 days changed" in again.stdout and "Nothing changed" in again.stdout
+    assert "Records: 6,197 (heart_rate 2,177, steps 3,980, weight 40)." in again.stdout
+    assert "this product does not sync: --verbose lists them and why." in again.stdout
+    assert "│" not in again.stdout and len(again.stdout.splitlines()) <= 8
     # The zip the Health app shares, for another person in another zone.
     archive = tmp_path / "export.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
@@ -613,7 +617,7 @@ def test_import_fitabase(
     monkeypatch.setenv("OHX_SOURCES", "simulated,fitabase")
     monkeypatch.setenv("OHX_FITABASE_DIR", str(fitabase_subset))
     monkeypatch.setenv("OHX_FITABASE_TZ", "UTC")
-    result = ohx("import", "fitabase", str(fitabase_subset), "--timezone", "America/Chicago")
+    result = ohx("import", "fitabase", str(fitabase_subset), "--timezone", "America/Chicago", "-v")
     assert result.exit_code == 0, (result.output, result.exception)
     out = result.stdout
     read = {

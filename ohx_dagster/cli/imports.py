@@ -216,6 +216,8 @@ def run_with_progress(
     days: list[date],
     held: set[date] | None = None,
 ) -> ImportOutcome:
+    """The sync with a progress bar on one line that rewrites itself, and is gone when the import
+    ends, when the output is a terminal; nothing when it is not (a pipe, a file, a log)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = (
@@ -224,7 +226,9 @@ def run_with_progress(
         MofNCompleteColumn(),
         TextColumn("days"),
     )
-    with Progress(*columns, console=common.console(stderr=True)) as bar:
+    console = common.console(stderr=True)
+    shown = console.is_terminal and click.get_text_stream("stdout").isatty()
+    with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
         task = bar.add_task(f"syncing {days[0]}", total=len(days))
 
         def advance(first: date, last: date) -> None:
@@ -305,8 +309,11 @@ def render_summary(
     *,
     store: RecordStore,
     refused: RefusedDates | None = None,
+    verbose: bool = False,
 ) -> None:
-    from rich.table import Table
+    """A few lines: what was imported, over which days, what was skipped (counted), what Dagster
+    will publish and what retention deletes; a line for each refusal or failure. `verbose`:
+    the records and the skipped elements as tables, kind by kind."""
     from rich.text import Text
 
     out = common.console()
@@ -322,6 +329,57 @@ def render_summary(
             f"{len(outcome.days_changed)} days changed in the store."
         )
     )
+    if verbose:
+        _tables(out, outcome, skipped)
+    else:
+        out.print(Text(records_line(outcome)))
+        out.print(Text(skipped_line(skipped)))
+    for user_id, why in sorted(outcome.people_skipped.items()):
+        out.print(Text(f"person {user_id} not imported: {why}", style="yellow"))
+    for user_id, why in sorted(outcome.failures.items()):
+        spans = outcome.failed_days.get(user_id, [])
+        days = ", ".join(f"{first} .. {last}" for first, last in spans)
+        out.print(
+            Text(
+                f"person {user_id} failed: {why}; not stored for them: {days or 'nothing'} (the "
+                "other days are); import the same file again to complete it",
+                style="red",
+            )
+        )
+    out.print(Text(publishing_note(outcome.source, outcome.days_changed)))
+    retention = retention_note(store, outcome)
+    if retention:
+        out.print(Text(retention, style="yellow"))
+
+
+def records_line(outcome: ImportOutcome) -> str:
+    """'Records: 6,197 (heart_rate 2,177, steps 3,980, weight 40)', implausible ones counted."""
+    kinds = []
+    for data_type, count in sorted(outcome.imported.items()):
+        flagged = outcome.implausible.get(data_type, 0)
+        kinds.append(
+            f"{data_type} {count:,}"
+            + (f" of which {flagged:,} implausible (kept)" if flagged else "")
+        )
+    total = sum(outcome.imported.values())
+    return f"Records: {total:,}" + (f" ({', '.join(kinds)})" if kinds else "") + "."
+
+
+def skipped_line(skipped: list[Skipped]) -> str:
+    """What the file held that is not synced, counted in one line (--verbose lists it)."""
+    if not skipped:
+        return "Skipped: nothing."
+    count = sum(item.count for item in skipped)
+    return (
+        f"Skipped: {len(skipped)} kinds ({count:,} in all) this product does not sync: "
+        "--verbose lists them and why."
+    )
+
+
+def _tables(out: Any, outcome: ImportOutcome, skipped: list[Skipped]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
     imported = Table(title=Text("imported"), title_justify="left")
     for header, justify in (
         ("type", "left"),
@@ -347,22 +405,11 @@ def render_summary(
         out.print(table)
     else:
         out.print(Text("skipped: nothing"))
-    for user_id, why in sorted(outcome.people_skipped.items()):
-        out.print(Text(f"person {user_id} not imported: {why}", style="yellow"))
-    for user_id, why in sorted(outcome.failures.items()):
-        spans = outcome.failed_days.get(user_id, [])
-        days = ", ".join(f"{first} .. {last}" for first, last in spans)
-        out.print(
-            Text(
-                f"person {user_id} failed: {why}; not stored for them: {days or 'nothing'} (the "
-                "other days are); import the same file again to complete it",
-                style="red",
-            )
-        )
-    out.print(Text(publishing_note(outcome.source, outcome.days_changed)))
-    retention = retention_note(store, outcome)
-    if retention:
-        out.print(Text(retention, style="yellow"))
+
+
+VERBOSE = click.option(
+    "--verbose", "-v", is_flag=True, help="List the records and the skipped elements by kind."
+)
 
 
 def plausible_dates() -> PlausibleDates:
@@ -425,9 +472,10 @@ def import_() -> None:
     "--user", "user_id", help="The person's id (default: the name of the folder holding the file)."
 )
 @click.option("--timezone", help="The person's IANA zone (default: inferred from the export).")
+@VERBOSE
 @click.pass_context
 def apple_health(
-    ctx: click.Context, export: Path, user_id: str | None, timezone: str | None
+    ctx: click.Context, export: Path, user_id: str | None, timezone: str | None, verbose: bool
 ) -> None:
     """Import an Apple Health export (export.zip as the Health app shares it, or export.xml)
     for one person: heart rate, steps, weight, temperature, SpO2, blood pressure and ECGs, over
@@ -463,7 +511,13 @@ def apple_health(
     outcome = run_with_progress(store, source, [reader.user_id], days, set(held))
     title = f"Imported {export} as {reader.name} person {reader.user_id}"
     render_summary(
-        title, outcome, apple_skipped(reader.summary), notes, store=store, refused=reader.refused
+        title,
+        outcome,
+        apple_skipped(reader.summary),
+        notes,
+        store=store,
+        refused=reader.refused,
+        verbose=verbose,
     )
     _failed(outcome)
 
@@ -498,8 +552,9 @@ def fitabase_skipped(directory: Path, read: Mapping[str, Any]) -> list[Skipped]:
     required=True,
     help="IANA zone of the export's wall-clock times (e.g. America/Chicago).",
 )
+@VERBOSE
 @click.pass_context
-def fitabase(ctx: click.Context, directory: Path, timezone: str) -> None:
+def fitabase(ctx: click.Context, directory: Path, timezone: str, verbose: bool) -> None:
     """Import a Fitbit export in the Fitabase CSV layout (one folder, many people): heart rate,
     hourly steps and weight, over every day it spans. Importing again replaces the stored
     records of those days and types with the folder's; Dagster then publishes the changed
@@ -528,5 +583,5 @@ def fitabase(ctx: click.Context, directory: Path, timezone: str) -> None:
     outcome = run_with_progress(store, source, people, spanned_days(records), held_days(records))
     title = f"Imported {directory} as {reader.name}: {len(outcome.people)} people, zone {timezone}"
     skipped = fitabase_skipped(directory, expected)
-    render_summary(title, outcome, skipped, store=store, refused=reader.refused)
+    render_summary(title, outcome, skipped, store=store, refused=reader.refused, verbose=verbose)
     _failed(outcome)
