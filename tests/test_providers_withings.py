@@ -364,13 +364,16 @@ def test_a_run_asks_each_endpoint_once_and_stores_the_documented_values(
     assert report.records_by_type == {"weight": 3, "blood_pressure": 1, "heart_rate": 62, "spo2": 1,
                                       "temperature": 1, "ecg": 1, "steps": 61}  # fmt: skip
     day_start, day_end = at(DAY, 0), at(DAY, 0) + timedelta(days=1)
+    # The partition's goal: the UTC day and the person's local day (Europe/Paris, UTC+2 in July,
+    # from 22:00Z the day before), which the partition publishes.
+    local_start = day_start - timedelta(hours=2)
     getmeas = api.calls_to(MEASURE)
     assert [c.form.get("offset") for c in getmeas] == [None, "3", "6"]  # one call, three pages
     assert getmeas[0].form == {
         "action": "getmeas",
         "meastypes": "1,9,10,11,54,71",
         "category": "1",
-        "startdate": str(seconds(day_start)),
+        "startdate": str(seconds(local_start)),
         "enddate": str(seconds(day_end)),
     }
     assert getmeas[0].bearer == "at-1"
@@ -378,9 +381,12 @@ def test_a_run_asks_each_endpoint_once_and_stores_the_documented_values(
     assert [c.form["action"] for c in heart] == ["list", "get"] and heart[1].form[
         "signalid"
     ] == "48"
-    (intraday,) = api.calls_to(MEASURE_V2)
-    assert intraday.form["data_fields"] == "steps,duration,heart_rate"
-    assert int(intraday.form["enddate"]) - int(intraday.form["startdate"]) == 86_400
+    # 26 h in Withings' 24 h pieces.
+    intraday = api.calls_to(MEASURE_V2)
+    assert {c.form["data_fields"] for c in intraday} == {"steps,duration,heart_rate"}
+    spans = [(int(c.form["startdate"]), int(c.form["enddate"])) for c in intraday]
+    assert all(end - start <= 86_400 for start, end in spans)
+    assert spans[0][0] == seconds(local_start) and spans[-1][1] == seconds(day_end)
     assert person.cursor(NAME, USER_ID, "lastupdate") == str(full_day.server_time)
 
     weight = stored(person, WEIGHT, day_start, day_end)
@@ -421,12 +427,14 @@ def test_what_the_run_stores_lands_in_fhir(
     )  # fmt: skip
     by_ref = {f"{r['resourceType']}/{r['id']}": r for r in resources}
     (report,) = [r for r in resources if r["resourceType"] == "DiagnosticReport"]
-    assert report["code"]["coding"][0]["code"] == "11524-6" and report["status"] == "final"
+    # No more final than the heart rate it links to: the day is inside Withings' 48 h horizon.
+    assert report["code"]["coding"][0]["code"] == "11524-6" and report["status"] == "preliminary"
     waveform = by_ref[report["result"][0]["reference"]]["valueSampledData"]
     assert waveform["interval"] == 2 and waveform["intervalUnit"] == "ms"
     assert waveform["data"].split()[:3] == ["-200", "-163", "-126"]
     linked = [by_ref[ref["reference"]] for ref in report["result"][1:]]
     assert linked and all(r["code"]["coding"][0]["code"] == "8867-4" for r in linked)
+    assert {r["status"] for r in linked} == {"preliminary"}
     assert validate_resources(resources) == []
 
 
