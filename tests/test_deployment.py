@@ -11,26 +11,34 @@ deployments in deploy/ do:
     dagster-daemon run        sensors, the run queue, backfills
     dagster-webserver         the UI's GraphQL API (workspace: the gRPC server)
     ohx-webhooks              the webhook receiver, with the development route configured
+    nginx                     deploy/nginx/ohx.conf: TLS (a self-signed certificate), the staff
+                              login (auth_request to the receiver's /auth/staff) before the UI
+                              and /connect; webhooks pass through it unauthenticated
     dagster job backfill      an operator launching a backfill from another machine
 
 Dagster's instance is deploy/dagster.postgres.yaml (PostgreSQL run, event log and schedule
 storage; the queued run coordinator; the default run launcher, which starts runs through the
 code server). Two simulated people are connected (`python -m ohx_dagster.seed`); every
 schedule and sensor but the webhook sensor is stopped first, so only what the test sends runs.
-Then a signed webhook goes to the receiver and its run puts today's FHIR objects into the
-bucket, and a two-day backfill puts the two days before; each partition's manifest names exactly
-the objects of its folder. The secrets the services were given appear in no GraphQL answer and
-no row of the Dagster database.
+A staff member is issued a token (`ohx staff add`): through the proxy, the UI answers 401 without
+it and 200 with it, /connect refuses without it (and a token in its URL) and starts a connection
+with it. Then a signed webhook goes through the proxy, without staff credentials, to the receiver
+and its run puts today's FHIR objects into the bucket, and a two-day backfill puts the two days
+before; each partition's manifest names exactly the objects of its folder. The secrets the
+services were given appear in no GraphQL answer and no row of the Dagster database.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import nginx_harness
 import orjson
 import pytest
 from cryptography.fernet import Fernet
@@ -57,11 +65,16 @@ from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.webhooks.simulator import send_event
 
 TOOLS = ("dagster", "dagster-webserver", "dagster-daemon", "ohx", "ohx-webhooks")
-pytestmark = pytest.mark.skipif(
-    not all(tool(n) for n in TOOLS),
-    reason=f"the console scripts {', '.join(TOOLS)} of this virtualenv are needed "
-    "(pip install -e '.[test]')",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not all(tool(n) for n in TOOLS),
+        reason=f"the console scripts {', '.join(TOOLS)} of this virtualenv are needed "
+        "(pip install -e '.[test]')",
+    ),
+    pytest.mark.skipif(
+        nginx_harness.why_no_nginx() is not None, reason=str(nginx_harness.why_no_nginx())
+    ),
+]
 
 USERS = 2
 
@@ -116,6 +129,17 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         return base_env(**product, **extra, OHX_HOME=str(tmp_path / "ohx-home" / role))
 
     grpc_port, web_port, receiver_port = free_port(), free_port(), free_port()
+    proxy_port = free_port()
+    proxy = f"https://127.0.0.1:{proxy_port}"
+    cert, key = nginx_harness.certificate(tmp_path / "tls")
+    tls = httpx.Client(verify=ssl.create_default_context(cafile=str(cert)), timeout=30)
+    # The receiver's connect flow: its public URL is the proxy's; one provider's OAuth app, so
+    # /connect has something to start (no call to the provider happens before consent).
+    receiver_env = {
+        "OHX_OAUTH_REDIRECT_BASE": proxy,
+        "OHX_OURA_CLIENT_ID": "oura-client",
+        "OHX_OURA_CLIENT_SECRET": uuid.uuid4().hex,
+    }
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(WORKSPACE.format(port=grpc_port))
     url = f"http://127.0.0.1:{web_port}"
@@ -134,7 +158,7 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         services.start(
             "receiver",
             [str(tool("ohx-webhooks")), "--host", "127.0.0.1", "--port", str(receiver_port)],
-            env("receiver"),
+            {**env("receiver"), **receiver_env},
         )
         services.wait("the code server", lambda: grpc_serving(grpc_port), timeout=120)
         services.start(
@@ -153,14 +177,80 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         )
         services.wait("the receiver", lambda: http_ok(f"{receiver}/healthz"), timeout=60)
 
+        # 3a. The authenticating proxy in front of the webserver and the receiver.
+        main = nginx_harness.prefix(
+            tmp_path / "nginx",
+            {
+                "OHX_TLS_CERT": str(cert),
+                "OHX_TLS_KEY": str(key),
+                "OHX_PROXY_PORT": f"127.0.0.1:{proxy_port}",
+                "OHX_WEBSERVER_UPSTREAM": f"127.0.0.1:{web_port}",
+                "OHX_RECEIVER_UPSTREAM": f"127.0.0.1:{receiver_port}",
+            },
+        )
+        checked = nginx_harness.check(main)
+        assert checked.returncode == 0, checked.stderr
+        services.start("proxy", nginx_harness.argv(main), base_env())
+
+        def proxy_answers() -> bool:
+            try:
+                return tls.get(f"{proxy}/server_info").status_code == 401
+            except httpx.TransportError:
+                return False
+
+        services.wait("the proxy", proxy_answers, timeout=60)
+        token = services.run("staff", [str(tool("ohx")), "staff", "add", "j.doe"], env("staff"))
+        token = token.stdout.strip()
+        bearer = {"Authorization": f"Bearer {token}"}
+        # The UI and its GraphQL API: 401 with a login prompt, 200 for the staff member.
+        for path in ("/", "/server_info", "/runs"):
+            refused = tls.get(f"{proxy}{path}")
+            assert refused.status_code == 401, (path, refused.status_code)
+            assert refused.headers["www-authenticate"].startswith("Basic realm=")
+            assert tls.get(f"{proxy}{path}", auth=("j.doe", token)).status_code == 200, path
+        assert tls.get(f"{proxy}/", auth=("j.doe", token[:-1] + "x")).status_code == 401
+        assert tls.get(f"{proxy}/", auth=("a.smith", token)).status_code == 401
+        answer = tls.post(
+            f"{proxy}/graphql",
+            json={"query": "{ version }"},
+            headers={**bearer, "Content-Type": "application/json"},
+        )
+        assert answer.status_code == 200 and answer.json()["data"]["version"], answer.text
+        assert tls.post(f"{proxy}/graphql", json={"query": "{ version }"}).status_code == 401
+        # /connect: refused without the token, and with it in the URL; started with it.
+        start = f"{proxy}/connect/oura"
+        assert tls.get(start, params={"patient": "pat-1"}).status_code == 401
+        in_url = tls.get(start, params={"patient": "pat-1", "token": token}, headers=bearer)
+        assert in_url.status_code == 400, in_url.text
+        started = tls.get(start, params={"patient": "pat-1"}, headers=bearer)
+        assert started.status_code == 302, started.text
+        consent = httpx.URL(started.headers["location"])
+        assert consent.params["client_id"] == "oura-client"
+        assert consent.params["redirect_uri"] == f"{proxy}/oauth/oura/callback"
+        # Nothing else of the receiver is reachable from outside.
+        assert tls.get(f"{proxy}/auth/staff", headers=bearer).status_code == 404
+        # The open paths need no staff login: a callback with a state nobody issued is the
+        # receiver's own 400, not the proxy's 401.
+        assert tls.get(f"{proxy}/oauth/oura/callback", params={"state": "x"}).status_code == 400
+
         # 3. People connect (the simulated source's), then a webhook names one of them.
         services.run("seed", [sys.executable, "-m", "ohx_dagster.seed"], env("seed"))
         person, other = SimulatedSource(USERS).discover_users()
         moment = max(now - timedelta(minutes=2), now.replace(hour=0, minute=0, second=0))
+        # Through the proxy, without staff credentials: webhooks are signed, not logged in.
         answer = send_event(
-            receiver, secrets["OHX_SIMULATED_WEBHOOK_SECRET"], person.user_id, "heart_rate", moment
+            proxy,
+            secrets["OHX_SIMULATED_WEBHOOK_SECRET"],
+            person.user_id,
+            "heart_rate",
+            moment,
+            client=tls,
         )
         assert answer.status_code == 200, answer.text
+        unsigned = tls.post(f"{proxy}/webhooks/simulated", content=b"{}")
+        assert unsigned.status_code in (400, 401) and "Basic" not in unsigned.headers.get(
+            "www-authenticate", ""
+        )
 
         # 4. An operator's backfill of the two days before, from its own machine.
         partitions = ",".join(f"{day.isoformat()}|simulated" for day in days)
@@ -207,6 +297,7 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
             for name, home in homes.items()
         }
     finally:
+        tls.close()
         services.stop()
 
     # 5. The bucket: each partition's folder holds its NDJSON objects and a manifest naming
