@@ -179,7 +179,6 @@ def test_no_secret_reaches_graphql_or_the_run_storage(
         "OHX_GOOGLE_HEALTH_CLIENT_SECRET": secret(),
         "OHX_POLAR_ACCESSLINK_CLIENT_SECRET": secret(),
         "OHX_SIMULATED_WEBHOOK_SECRET": secret(),
-        "OHX_CONNECT_TOKEN": secret(),
         "OHX_FHIR_CLIENT_SECRET": secret(),
         "OHX_FHIR_BEARER_TOKEN": secret(),
         "AWS_SECRET_ACCESS_KEY": secret(),
