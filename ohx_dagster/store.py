@@ -12,8 +12,8 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -122,6 +122,17 @@ class RecordStore:
             with self.write() as own:
                 self.upsert_user(config, connected=connected, conn=own)
             return
+        before = self._stored_config(conn, config.provider, config.user_id)
+        if before is not None:
+            # Their zone history stays; a new zone applies from today on (days already lived
+            # keep theirs: `ohx users set-zone` re-cuts the past), and the days it moves are
+            # marked for publishing.
+            kept = replace(config, timezone=before.timezone, zone_changes=before.zone_changes)
+            today = datetime.now(UTC).astimezone(config.zone).date()
+            config = (
+                kept if kept.timezone == config.timezone else kept.with_zone(config.timezone, today)
+            )
+            self._rezone(conn, before, config)
         row = {
             "provider": config.provider,
             "user_id": config.user_id,
@@ -239,30 +250,44 @@ class RecordStore:
         the days marked, in order."""
         with self.write() as conn:
             db.lock(conn, "person", provider, user_id)
-            row = conn.execute(
-                sa.select(users.c.config).where(
-                    users.c.provider == provider, users.c.user_id == user_id
-                )
-            ).one_or_none()
-            if row is None:
+            before = self._stored_config(conn, provider, user_id)
+            if before is None:
                 raise KeyError(f"{provider}/{user_id} is not a connected person")
-            before = HealthSyncConfig.from_json(orjson.loads(row.config))
             after = before.with_zone(timezone, since)
             conn.execute(
                 users.update()
                 .where(users.c.provider == provider, users.c.user_id == user_id)
                 .values(config=orjson.dumps(after.to_json()).decode())
             )
-            first, last = self._stored_span(conn, provider, user_id)
-            if first is None or last is None:
-                return []
-            old, new = Calendar.of(before), Calendar.of(after)
-            days = set()
-            for calendar in (old, new):
-                for day in calendar.days_spanned(first, last + 1):
-                    if old.day_window(day) != new.day_window(day):
-                        days.add(day)
-            self._bump_days(conn, provider, user_id, days)
+            return self._rezone(conn, before, after)
+
+    def _stored_config(
+        self, conn: Connection, provider: str, user_id: str
+    ) -> HealthSyncConfig | None:
+        row = conn.execute(
+            sa.select(users.c.config).where(
+                users.c.provider == provider, users.c.user_id == user_id
+            )
+        ).one_or_none()
+        return None if row is None else HealthSyncConfig.from_json(orjson.loads(row.config))
+
+    def _rezone(
+        self, conn: Connection, before: HealthSyncConfig, after: HealthSyncConfig
+    ) -> list[date]:
+        """Mark for publishing every stored day of the person whose bounds differ between the
+        two configs' zone histories; the days, in order."""
+        old, new = Calendar.of(before), Calendar.of(after)
+        if old == new:
+            return []
+        first, last = self._stored_span(conn, after.provider, after.user_id)
+        if first is None or last is None:
+            return []
+        days = set()
+        for calendar in (old, new):
+            for day in calendar.days_spanned(first, last + 1):
+                if old.day_window(day) != new.day_window(day):
+                    days.add(day)
+        self._bump_days(conn, after.provider, after.user_id, days)
         return sorted(days)
 
     @staticmethod
@@ -286,6 +311,13 @@ class RecordStore:
         firsts = [int(a) for a, _ in spans if a is not None]
         lasts = [int(b) for _, b in spans if b is not None]
         return (min(firsts) if firsts else None), (max(lasts) if lasts else None)
+
+    def stored_until(self, provider: str, user_id: str) -> datetime | None:
+        """The end of the person's newest stored data (the end of its series hour, or the time
+        of its newest measurement); None when nothing is stored."""
+        with self.read() as conn:
+            _, last = self._stored_span(conn, provider, user_id)
+        return None if last is None else from_us(last)
 
     def set_state(self, provider: str, user_id: str, state: str, reason: str | None) -> None:
         values: dict[str, Any] = {"state": state, "state_reason": reason, "state_at_us": now_us()}

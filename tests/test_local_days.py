@@ -348,3 +348,33 @@ def test_ohx_users_set_zone_recuts_the_days_and_the_old_rows_go(
     ]
     [row] = [r for r in audit.read(store) if r.action == "set-zone"]
     assert row.actor == "nurse-7" and "sim-002" not in row.detail
+
+
+def test_reconnecting_in_another_zone_keeps_the_days_already_lived(store) -> None:
+    """The connect flow registers the person again with the zone they give now: their past days
+    keep their zone, the new one applies from today on, and their stored days it moves are
+    marked for publishing."""
+    from ohx_dagster.records import make_batch as batch_of
+
+    config = HealthSyncConfig("p", "oura", timezone="America/New_York")
+    store.upsert_user(config)
+    today = datetime.now(UTC).date()
+    moments = [datetime.combine(today, datetime.min.time(), tzinfo=UTC) - timedelta(hours=h)
+               for h in range(1, 60)]  # fmt: skip
+    store.commit("oura", "p", config, batch_of(provider="oura", user_id="p",
+                 data_type="heart_rate", timestamps=moments, values=[60.0] * len(moments),
+                 unit="/min"))  # fmt: skip
+    with store.read() as conn:
+        published = {d: store.day_versions(conn, "oura", d, None) for d in
+                     (today - timedelta(days=n) for n in range(4))}  # fmt: skip
+    store.upsert_user(HealthSyncConfig("p", "oura", timezone="Asia/Tokyo"))
+    moved = store.user("oura", "p")
+    assert moved.timezone == "Asia/Tokyo"
+    assert moved.zone_on(today - timedelta(days=2)) == ZoneInfo("America/New_York")
+    assert moved.zone_on(today + timedelta(days=2)) == ZoneInfo("Asia/Tokyo")
+    with store.read() as conn:
+        after = {d: store.day_versions(conn, "oura", d, None) for d in published}
+    # The days already lived are cut as before: none of them moved.
+    assert {d: v for d, v in after.items() if d < today - timedelta(days=1)} == {
+        d: v for d, v in published.items() if d < today - timedelta(days=1)
+    }
