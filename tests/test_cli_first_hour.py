@@ -60,7 +60,7 @@ def test_completion_scripts_for_each_shell(shell: str) -> None:
 def test_bash_completes_commands_and_options() -> None:
     commands = run_ohx(COMP_WORDS="ohx st", COMP_CWORD="1", _OHX_COMPLETE="bash_complete")
     assert commands.returncode == 0, commands.stderr
-    assert commands.stdout.splitlines() == ["plain,status"]
+    assert commands.stdout.splitlines() == ["plain,staff", "plain,status"]
     options = run_ohx(COMP_WORDS="ohx status --pro", COMP_CWORD="2", _OHX_COMPLETE="bash_complete")
     assert options.stdout.splitlines() == ["plain,--provider"]
 
