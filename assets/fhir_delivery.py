@@ -12,12 +12,18 @@ Checks: `outbox_drained` (every resource of the partition's current files acknow
 server with exactly the published body: compared with the partition, never with whatever happens
 to be queued) and `server_confirms` (a sample of the delivered resources, searched on the server
 by identifier, holds exactly what was sent, once).
+
+A server's error or a mismatch can quote an identifier, which names its person: what the step
+logs and reports names the provider's people by their salted subject instead (assets/pseudonyms.py).
 """
+
+from typing import TypeVar
 
 import dagster as dg
 from sqlalchemy.exc import SQLAlchemyError
 
 from assets.partitions import BACKFILL_POLICY, days_and_shard
+from assets.pseudonyms import Hider
 from ohx_dagster.fhir.delivery import (
     DeliveryError,
     DeliveryReport,
@@ -25,6 +31,7 @@ from ohx_dagster.fhir.delivery import (
     enqueue_partition,
     partition_counts,
 )
+from ohx_dagster.identity import erasure_salt
 from ohx_dagster.publish import partition_key
 from ohx_dagster.shards import Sharding
 from ohx_dagster.store import RecordStore
@@ -32,6 +39,7 @@ from resources import FhirOutputResource, RecordStoreResource
 from resources.fhir_server import FhirServerResource
 
 SKIPPED = "skipped: no FHIR server configured"
+T = TypeVar("T")
 
 
 def build_fhir_delivery_asset(
@@ -97,20 +105,21 @@ def build_fhir_delivery_asset(
         except (DeliveryError, SQLAlchemyError, OSError) as exc:
             counts = _counts(record_store, partitions)
             attempt = context.retry_number
+            error = _hidden(record_store, shard.provider, str(exc))
             context.log.warning(
-                f"FHIR delivery to {server} failed (step attempt {attempt + 1}): {exc}; "
+                f"FHIR delivery to {server} failed (step attempt {attempt + 1}): {error}; "
                 f"{counts['pending']} of {counts['total']} resources stay pending in the outbox"
             )
             if attempt < fhir_server.step_retries:
                 raise dg.RetryRequested(
                     max_retries=fhir_server.step_retries,
                     seconds_to_wait=fhir_server.step_retry_wait_s * 2**attempt,
-                ) from exc
+                ) from None
             raise dg.Failure(
-                description=f"FHIR server {server} unavailable: {exc}",
+                description=f"FHIR server {server} unavailable: {error}",
                 metadata={"server": server, **counts},
                 allow_retries=False,
-            ) from exc
+            ) from None
         counts = _counts(record_store, partitions)
         sample = [
             resource
@@ -118,6 +127,8 @@ def build_fhir_delivery_asset(
             for resource in delivered_sample(record_store, partition, fhir_server.confirm_sample)
         ]
         mismatches = client.read_back(sample)
+        if mismatches:
+            mismatches = _hidden(record_store, shard.provider, mismatches)
         return dg.MaterializeResult(
             metadata={
                 "status": "delivered",
@@ -153,6 +164,12 @@ def build_fhir_delivery_asset(
         )
 
     return fhir_delivery
+
+
+def _hidden(store: RecordStore, provider: str, value: T) -> T:
+    """The value with the provider's people named by subject (an error quoting identifiers)."""
+    people = [p.config.user_id for p in store.people(provider)]
+    return Hider(provider, erasure_salt())(value, people)
 
 
 def _counts(store: RecordStore, partitions: list[str]) -> dict[str, int]:

@@ -6,6 +6,9 @@ raw_health_records -> hourly_aggregates -> daily_aggregates -> fhir_observations
 (`publish_partition`): each bucket of people whose day changed is read from the store once, its
 statistics and FHIR computed from that read, and the step reports each asset with its own checks.
 Every asset returns the numbers a data engineer checks first, and checks that stop bad output.
+People are named by their salted subject in the run's tags, metadata, check results, log lines
+and failures, never by id (assets/pseudonyms.py): Dagster's storage holds nothing erasure must
+chase for runs made since issue 19.
 """
 
 from collections.abc import Sequence
@@ -16,8 +19,10 @@ import pandas as pd
 
 from assets.metadata import hourly_charts, hourly_plot, span, type_table
 from assets.partitions import BACKFILL_POLICY, days_and_shard
+from assets.pseudonyms import Hider, run_request
 from ohx_dagster import aggregate
 from ohx_dagster.fhir.validation import validate_resources
+from ohx_dagster.identity import short
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.providers.base import Event
 from ohx_dagster.publish import partition_dir, publish_partition
@@ -26,7 +31,7 @@ from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
 from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import SyncStrategy
-from ohx_dagster.sync import SyncFailed, run_checks, sync_partition
+from ohx_dagster.sync import SyncFailed, SyncReport, run_checks, sync_partition
 from resources import FhirOutputResource, RecordStoreResource, SourcesResource
 
 MAX_RETRIES = 3
@@ -46,6 +51,18 @@ def events_of(store: RecordStore, request: SyncRequest) -> dict[str, list[Event]
             Event(event.data_type, event.occurred_at, event.received_at, event.payload)
         )
     return found
+
+
+def people_of(report: SyncReport, request: SyncRequest) -> set[str]:
+    """Everyone a sync run's report can name (their ids are hidden from what it tells Dagster)."""
+    return (
+        set(report.users_synced)
+        | set(report.users_skipped)
+        | set(report.failures)
+        | set(report.refused)
+        | set(report.deferred)
+        | set(request.user_ids or ())
+    )
 
 
 def build_health_assets(
@@ -96,10 +113,11 @@ def build_health_assets(
         """Records fetched from the partition's source and committed to the record store with
         the coverage they prove. Run tags (ohx_dagster/run_request.py) choose the windows
         (`ohx/strategy`: partition, the default, = the whole day; incremental; push; initial;
-        close; refresh) and the people (`ohx/users`, `ohx/frequencies`, `ohx/close-at`)."""
+        close; refresh) and the people (`ohx/subjects`, or `ohx/users` typed by an operator;
+        `ohx/frequencies`, `ohx/close-at`)."""
         days, shard = days_and_shard(context, sharding)
         record_store = store.get_store()
-        request = SyncRequest.from_tags(context.run.tags)
+        request, hide = run_request(context, context.run.tags, record_store, shard.provider)
         source = sources.get(shard.provider, record_store)
         now = datetime.now(UTC)
         try:
@@ -116,13 +134,24 @@ def build_health_assets(
             )
         except SyncFailed as failed:
             # The other people's records are committed; only a provider error or a rate limit
-            # is worth a retry, after the provider's Retry-After when it gave one.
+            # is worth a retry, after the provider's Retry-After when it gave one. The message
+            # names people by subject; the error that named them by id is not chained.
+            message = hide(str(failed), people_of(failed.report, request))
             if failed.report.transient:
                 wait = failed.report.retry_after_s or RETRY_WAIT_S
-                raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from failed
-            raise
-        checks = run_checks(record_store, report, now)
+                context.log.warning(message)
+                raise dg.RetryRequested(max_retries=MAX_RETRIES, seconds_to_wait=wait) from None
+            raise dg.Failure(description=message) from None
+        people = people_of(report, request)
+        checks = hide(run_checks(record_store, report, now), people)
         uncovered, skipped = checks["day_covered"], checks["nothing_skipped"]
+        users_skipped = hide(report.users_skipped, people)
+        # Subjects of the run's tags that name nobody of the provider: asked for, not synced
+        # (erased, not connected, or hashed with another salt: OHX_ERASURE_SALT must be the
+        # same in every process).
+        nobody = "names no person of the source (erased, or another OHX_ERASURE_SALT?)"
+        users_skipped |= {short(s): nobody for s in sorted(request.unmatched)}
+        skipped = skipped + [f"subject {short(s)}: {nobody}" for s in sorted(request.unmatched)]
         context.log.info(
             f"{shard.key} {_span_text(days)}: {report.records} records fetched for "
             f"{len(report.users_synced)} people, {len(report.days_changed)} day partitions changed"
@@ -137,10 +166,10 @@ def build_health_assets(
                 "strategy": request.strategy.value,
                 "records_fetched": report.records,
                 "people": len(report.users_synced),
-                "people_skipped": dg.MetadataValue.json(report.users_skipped),
+                "people_skipped": dg.MetadataValue.json(users_skipped),
                 # Offered by the source but erased (tombstones): a count, never who.
                 "erased_people_left_out": report.erased_left_out,
-                "types_refused": dg.MetadataValue.json(report.refused),
+                "types_refused": dg.MetadataValue.json(hide(report.refused, people)),
                 "records_by_type": dg.MetadataValue.json(report.records_by_type),
                 "days_changed": dg.MetadataValue.json(
                     sorted(d.isoformat() for d in report.days_changed)
@@ -169,7 +198,7 @@ def build_health_assets(
                     check_name="linked_heart_rate_present",
                     passed=not report.unlinked,
                     metadata={
-                        "missing": dg.MetadataValue.json(report.unlinked[:20]),
+                        "missing": dg.MetadataValue.json(hide(report.unlinked[:20], people)),
                         "count": len(report.unlinked),
                     },
                 ),
@@ -255,7 +284,7 @@ def build_health_assets(
         """Statistics and FHIR for the people whose day changed, one bucket read at a time."""
         days, shard = days_and_shard(context, sharding)
         record_store = store.get_store()
-        request = SyncRequest.from_tags(context.run.tags)
+        request, hide = run_request(context, context.run.tags, record_store, shard.provider)
         reports = [
             publish_partition(
                 record_store,
@@ -278,14 +307,19 @@ def build_health_assets(
         ]
         hourly = _frames([f for r in reports for f in r.hourly_frames])
         daily = _frames([f for r in reports for f in r.daily_frames])
-        mismatched = [m for r in reports for m in r.count_mismatches]
-        problems = [
-            f"{r.day} bucket {b}: {p}"
-            for r in reports
-            for b, ps in r.invalid_buckets.items()
-            for p in ps
-        ]
-        duplicates = [i for r in reports for i in r.duplicate_ids]
+        # Everyone the step's reports can name: hidden behind their subjects.
+        everyone = {u for r in reports for u in (*r.users, *r.preliminary_users)}
+        everyone |= set(request.user_ids or ())
+        for frame in (hourly, daily):
+            if not frame.empty:
+                everyone |= set(frame["user_id"].unique())
+        mismatched = hide([m for r in reports for m in r.count_mismatches], everyone)
+        problems = hide(
+            [f"{r.day} bucket {b}: {p}" for r in reports for b, ps in r.invalid_buckets.items()
+             for p in ps],
+            everyone,
+        )  # fmt: skip
+        duplicates = hide([i for r in reports for i in r.duplicate_ids], everyone)
         by_type: dict[str, int] = {}
         for r in reports:
             for kind, count in r.resources_by_type.items():
@@ -312,7 +346,7 @@ def build_health_assets(
                     passed=not mismatched,
                     metadata={"mismatched": dg.MetadataValue.json(mismatched[:20])},
                 ),
-                _consistency("hourly_aggregates", hourly),
+                _consistency("hourly_aggregates", hourly, hide, everyone),
             ],
         )
         yield dg.MaterializeResult(
@@ -323,7 +357,7 @@ def build_health_assets(
                 "people": int(daily["user_id"].nunique()) if not daily.empty else 0,
                 "by_type": type_table(daily),
             },
-            check_results=[_consistency("daily_aggregates", daily)],
+            check_results=[_consistency("daily_aggregates", daily, hide, everyone)],
         )
         yield dg.MaterializeResult(
             asset_key="fhir_observations",
@@ -369,8 +403,10 @@ def _frames(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else aggregate.empty_aggregates()
 
 
-def _consistency(asset: str, stats: pd.DataFrame) -> dg.AssetCheckResult:
-    inconsistent = aggregate_inconsistencies(stats)
+def _consistency(
+    asset: str, stats: pd.DataFrame, hide: Hider, people: set[str]
+) -> dg.AssetCheckResult:
+    inconsistent = hide(aggregate_inconsistencies(stats), people)
     return dg.AssetCheckResult(
         asset_key=asset,
         check_name="statistics_consistent",

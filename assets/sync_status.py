@@ -11,17 +11,21 @@ connected person falls behind.
 - last_sync_succeeded (every source; a warning): a type's last attempt failed (an error newer
   than its last success).
 
-Unlike the partitions' metadata (assets/metadata.py: counts and spans only), this table names
-people: that is what it is for. Erasing a person (sensors/erasure.py) deletes every run whose
-events name them, these status runs included, so the table does not outlive the person.
+Unlike the partitions' metadata (assets/metadata.py: counts and spans only), this table lists
+people: that is what it is for. It names them, and the checks' lists too, by their salted subject
+(its first 12 hex digits, ohx_dagster/identity.py), never by id: Dagster keeps what erasure would
+have to chase otherwise. `ohx status` prints the same table with ids, from the store; `python -m
+ohx_dagster.erasure subject --provider P --user U` gives a person's subject.
 """
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import dagster as dg
 
 from assets.metadata import status_charts
+from ohx_dagster.identity import erasure_salt, redact
 from ohx_dagster.sync_status import (
     ACTIVE,
     LagLimit,
@@ -35,12 +39,16 @@ from ohx_dagster.sync_status import (
 )
 from resources import RecordStoreResource, SourcesResource
 
+T = TypeVar("T")
+
 KEY_PREFIX = "sync_status"
 SHOWN = 20  # people or types listed in a check's metadata
 
 STATUS_SCHEMA = dg.TableSchema(
     columns=[
-        dg.TableColumn("person", "string", description="the person's id at the source"),
+        dg.TableColumn(
+            "person", "string", description="the person's salted subject (first 12 hex digits)"
+        ),
         dg.TableColumn("type", "string", description="data type"),
         dg.TableColumn(
             "state",
@@ -134,7 +142,15 @@ def build_sync_status_asset(
         active = [r for r in rows if r.state == ACTIVE]
         waits = [w for w in (r.waiting(now) for r in active) if w is not None]
         oldest = min((r.covered_until for r in active if r.covered_until), default=None)
-        table = table_rows(rows, now, limit)
+        # People by subject in everything the asset tells Dagster (module docstring).
+        people = {r.user_id for r in rows}
+        salt = erasure_salt()
+
+        def hide(value: T) -> T:
+            return redact(value, source, people, salt=salt)
+
+        table = hide(table_rows(rows, now, limit))
+        reauthorize = sorted(hide(reauthorize))
         metadata: dict[str, dg.RawMetadataValue] = {
             "as_of": iso(now),
             "people": len({r.user_id for r in rows}),
@@ -163,7 +179,7 @@ def build_sync_status_asset(
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
                     "types_failing": len(failed),
-                    "failing": dg.MetadataValue.json(_listed(failed, now, None)),
+                    "failing": dg.MetadataValue.json(hide(_listed(failed, now, None))),
                 },
             )
         ]
@@ -176,7 +192,7 @@ def build_sync_status_asset(
                         "people_behind": len({r.user_id for r in behind}),
                         "types_behind": len(behind),
                         "allowed_lag": limit.rule(),
-                        "behind": dg.MetadataValue.json(_listed(behind, now, limit)),
+                        "behind": dg.MetadataValue.json(hide(_listed(behind, now, limit))),
                     },
                 ),
                 dg.AssetCheckResult(
@@ -196,7 +212,7 @@ def build_sync_status_asset(
                         "windows_waiting": sum(r.waiting_windows for r in rows),
                         "windows_given_up": sum(r.given_up for r in rows),
                         "horizon": words(limit.horizon),
-                        "late": dg.MetadataValue.json(_listed(late, now, limit)),
+                        "late": dg.MetadataValue.json(hide(_listed(late, now, limit))),
                     },
                 ),
             ]

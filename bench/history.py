@@ -78,7 +78,10 @@ def run(users: int = 10, days: int = 30, hz: float = 1.0) -> dict[str, Any]:
             "OHX_PARTITIONS_START": history[0].isoformat(),
             "OHX_SIMULATED_USERS": str(users),
             "OHX_SIMULATED_HR_HZ": str(hz),
+            # Runs name people by salted subject: this process and the subprocess hash alike.
+            "OHX_ERASURE_SALT": os.environ.get("OHX_ERASURE_SALT") or "bench-history-0123456789",
         }
+        os.environ["OHX_ERASURE_SALT"] = env["OHX_ERASURE_SALT"]
         defs = build_definitions(Settings.from_env(env))
         job = defs.resolve_job_def("sync_partition")
         store = RecordStore(env["OHX_DATABASE_URL"])
@@ -87,7 +90,9 @@ def run(users: int = 10, days: int = 30, hz: float = 1.0) -> dict[str, Any]:
             for c in SimulatedSource(users).discover_users()
         ]
         store.add_users(people)
-        request = SyncRequest(SyncStrategy.INITIAL, user_ids=frozenset(c.user_id for c in people))
+        request = SyncRequest.for_people(
+            SyncStrategy.INITIAL, "simulated", [c.user_id for c in people]
+        )
 
         def execute(first: Any, last: Any) -> dict[str, float]:
             tags = {

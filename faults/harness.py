@@ -397,7 +397,8 @@ class World:
         for (day, key), group in sorted(dispatch.groups.items()):
             launched = run_request_for(day, key, group)
             inbox.mark_dispatched([e.id for e in group], launched.run_key or "")
-            request = SyncRequest.from_tags(launched.tags)
+            # The run resolves the people its tags name by subject through the store.
+            request = SyncRequest.from_tags(launched.tags).resolve(self.store, self.provider)
             runs.append(
                 self.sync(SyncStrategy.PUSH, [day], request=request,
                           events=events_of(self.store, request), label=f"push {day}")

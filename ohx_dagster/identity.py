@@ -40,7 +40,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -63,6 +63,7 @@ MIN_SALT_CHARS: Final = 16
 SHOWN: Final = 12
 
 log = logging.getLogger("ohx_dagster.identity")
+T = TypeVar("T")
 
 
 class LinkConflict(OhxError):
@@ -327,3 +328,73 @@ def relink(
         f"republish; reason: {reason}",
     )
     return Relink(subject, old, new, days)
+
+
+# -- Dagster names people by subject -------------------------------------------------------------
+# Run tags (`ohx/subjects`), asset and check metadata, log lines and failures of the product's
+# runs name people by their salted subject, never by id (issue 19): erasure then has nothing of
+# them to chase in Dagster's storage. A run resolves subjects back to people through the store,
+# the one place ids live (`match_subjects`); what it reports is passed through `redact`.
+
+# What an operator may type for a person in `ohx/subjects`: the whole subject, or its first
+# SHOWN hex digits at least (what metadata and log lines show).
+SUBJECT_TEXT: Final = re.compile(rf"[0-9a-f]{{{SHOWN},64}}")
+
+
+def match_subjects(
+    provider: str, user_ids: Iterable[str], subjects: Iterable[str], *, salt: bytes
+) -> tuple[dict[str, str], frozenset[str]]:
+    """The people of `user_ids` (one provider's) that the subjects name, as {subject: user_id}
+    (a subject as given: whole, or a prefix of SHOWN+ hex digits), and the subjects that name
+    nobody. A prefix shared by two people is refused (the error names the prefix only)."""
+    wanted = set(subjects)
+    found: dict[str, str] = {}
+    if not wanted:
+        return found, frozenset()
+    prefixes = {len(s) for s in wanted}
+    for user_id in user_ids:
+        digest = subject_hash(provider, user_id, salt=salt)
+        for length in prefixes:
+            given = digest[:length]
+            if given not in wanted:
+                continue
+            if given in found and found[given] != user_id:
+                raise ConfigError(
+                    f"subject {given} names more than one {provider} person: give more of its "
+                    "64 hex digits"
+                )
+            found[given] = user_id
+    return found, frozenset(wanted - set(found))
+
+
+def _id_pattern(user_ids: Iterable[str]) -> re.Pattern[str] | None:
+    """The ids as whole tokens (not inside a longer id), raw or JSON-escaped, longest first."""
+    forms = {f for u in user_ids if u for f in (u, orjson.dumps(u).decode()[1:-1])}
+    if not forms:
+        return None
+    alternatives = "|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))
+    return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+
+
+def redact(value: T, provider: str, user_ids: Iterable[str], *, salt: bytes) -> T:
+    """`value` (a string, or dicts, lists and tuples of them: metadata, a log line, an error)
+    with every id of `user_ids` replaced by the person's shown subject, keys included."""
+    ids = {u for u in user_ids if u}
+    pattern = _id_pattern(ids)
+    if pattern is None:
+        return value
+    shown: dict[str, str] = {}
+    for user_id in ids:
+        subject = short(subject_hash(provider, user_id, salt=salt))
+        shown[user_id] = shown[orjson.dumps(user_id).decode()[1:-1]] = subject
+
+    def walk(item: object) -> object:
+        if isinstance(item, str):
+            return pattern.sub(lambda m: shown[m.group(0)], item)
+        if isinstance(item, Mapping):
+            return {walk(k): walk(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return type(item)(walk(v) for v in item)
+        return item
+
+    return walk(value)  # type: ignore[return-value]

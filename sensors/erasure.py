@@ -26,6 +26,13 @@ again what a run started meanwhile left; record the erasure with every count. Ru
 or resources the server may still hold, fail the run: launch it again with the same config (the
 store keeps the outbox rows it needs to find the person until the server has confirmed).
 
+Since issue 19 the product never names a person by id in Dagster: runs and backfills carry
+`ohx/subjects`, and metadata, check results, log lines and failures name people by subject
+(ohx_dagster/run_request.py, assets/pseudonyms.py). What erase_from_dagster finds is what was
+written before that, and ids an operator typed: `ohx/users` in a backfill (a run replaces it by
+`ohx/subjects` when it starts), or in a run's tags on a non-SQL run storage. The subject a run
+still holds names no one to anyone without the salt, and is what the tombstone holds anyway.
+
 What Dagster keeps after erase_from_dagster, and why:
 - of runs whose tags (ohx/users) or event logs (messages, metadata, check results, errors) name
   the person: nothing. They are deleted with their events and captured stdout/stderr; their
@@ -34,9 +41,10 @@ What Dagster keeps after erase_from_dagster, and why:
 - backfills whose tags name them stay, with the person taken out of ohx/users (a placeholder that
   selects nobody when no one is left: an empty tag would widen the backfill to everyone);
 - other runs, asset partition status and metadata: counts and spans only (assets/metadata.py);
-- sensor and schedule ticks: cursors are numbers and run keys name partitions, but a tick's
-  captured log can quote a reason naming a person (the webhook sensor's "ignored" reasons);
-  ticks go by the instance's tick retention (dagster.yaml `retention:`), not by erasure;
+- sensor and schedule ticks: cursors are numbers, run keys name partitions, and the webhook
+  sensor's log counts its ignored events per reason without naming anyone (since issue 19; an
+  older tick's log can quote an id); ticks go by the instance's tick retention (dagster.yaml
+  `retention:`), not by erasure;
 - the instance's database keeps deleted rows' bytes until vacuumed (see ohx_dagster/erasure.py).
 """
 

@@ -26,7 +26,7 @@ from ohx_dagster.shards import Sharding
 from ohx_dagster.strategies import SyncStrategy
 from resources import RecordStoreResource
 
-# Users per backfill: bounds the ohx/users tag and lets each provider's history arrive in turns.
+# Users per backfill: bounds the ohx/subjects tag and lets each provider's history arrive in turns.
 USERS_PER_BACKFILL = 200
 
 
@@ -51,7 +51,10 @@ def backfill_request(
         partitions_subsets_by_asset_key={key: subset for asset in assets for key in asset.keys},
         non_partitioned_asset_keys=set(),
     )
-    request = SyncRequest(SyncStrategy.INITIAL, user_ids=frozenset(c.user_id for c in configs))
+    # The backfill and its runs name the people by subject (ohx/subjects), never by id.
+    request = SyncRequest.for_people(
+        SyncStrategy.INITIAL, configs[0].provider, [c.user_id for c in configs]
+    )
     return dg.RunRequest.for_asset_graph_subset(
         graph_subset, tags={**request.tags(), "ohx/backfill": f"initial-sync|{source}"}
     )

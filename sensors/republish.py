@@ -9,15 +9,18 @@ preliminary, has become final (their local day is covered, and it and the re-syn
 over).
 
 Partitions with a run queued or running are left for a later tick. The run key names the tick's
-hour, so a refresh that failed is asked for again an hour later, never lost.
+hour, so a refresh that failed is asked for again an hour later, never lost. The runs name their
+people by salted subject (`ohx/subjects`), never by id.
 """
 
+import hashlib
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
 from assets.partitions import partition_key
+from ohx_dagster.identity import erasure_salt
 from ohx_dagster.publish import finality
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
@@ -61,6 +64,7 @@ def build_republish_sensor(
         now = datetime.now(UTC)
         record_store = store.get_store()
         busy = in_flight_partitions(context.instance, job.name)
+        salt = erasure_salt()
         requests = []
         skipped = 0
         for provider in sharding:
@@ -76,11 +80,15 @@ def build_republish_sensor(
                     partition = partition_key(day, key)
                     if str(partition) in busy:
                         continue
-                    request = SyncRequest(SyncStrategy.REFRESH, user_ids=frozenset(users))
-                    digest = ",".join(sorted(users))
+                    request = SyncRequest.for_people(
+                        SyncStrategy.REFRESH, provider, users, salt=salt
+                    )
+                    # The people by subject: the run key names no one, the same in every process.
+                    subjects = ",".join(sorted(request.subjects or ()))
+                    digest = hashlib.sha256(subjects.encode()).hexdigest()[:16]
                     requests.append(
                         dg.RunRequest(
-                            run_key=f"refresh|{partition}|{now:%Y-%m-%dT%H}|{hash(digest)}",
+                            run_key=f"refresh|{partition}|{now:%Y-%m-%dT%H}|{digest}",
                             partition_key=partition,
                             tags=request.tags(),
                         )

@@ -8,8 +8,12 @@ day x the shard key of its person (`oura-3`; `oura` when not sharded). The run r
 back from the inbox by its run key (tag `ohx/inbox`) and fetches what they announce, wherever it
 falls (a Withings range over two days, an Oura night that began yesterday).
 run_key = partition + last event id: a tick that is evaluated twice launches nothing twice.
+The run names its people by their salted subjects (`ohx/subjects`), never by id; the reasons of
+ignored events, which name people, are kept with the events in the inbox (`reason`), and the
+tick's log line counts them per reason without naming anyone.
 """
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,10 +84,20 @@ def plan_dispatch(
     return dispatch
 
 
+def ignored_summary(ignored: dict[int, str]) -> str:
+    """One log line for the ignored events: how many per kind of reason, quoted names left out
+    (the reasons name people: each is kept with its event, `webhook_inbox.reason`)."""
+    kinds: dict[str, int] = defaultdict(int)
+    for reason in ignored.values():
+        kinds[re.sub(r"'[^']*'|\"[^\"]*\"", "<...>", reason)] += 1
+    listed = "; ".join(f"{n} x {kind}" for kind, n in sorted(kinds.items()))
+    return f"ignored {len(ignored)} events (reasons in webhook_inbox): {listed}"
+
+
 def run_request_for(day: date, source: str, events: Sequence[InboxEvent]) -> dg.RunRequest:
     run_key = f"webhook|{day.isoformat()}|{source}|{max(e.id for e in events)}"
-    request = SyncRequest(
-        SyncStrategy.PUSH, user_ids=frozenset(e.user_id for e in events), inbox=run_key
+    request = SyncRequest.for_people(
+        SyncStrategy.PUSH, events[0].provider, {e.user_id for e in events}, inbox=run_key
     )
     return dg.RunRequest(
         run_key=run_key,
@@ -119,7 +133,7 @@ def build_webhook_sensor(
             inbox.mark_dispatched([e.id for e in group], request.run_key or "")
         if dispatch.ignored:
             inbox.mark_ignored(dispatch.ignored)
-            context.log.info(f"ignored {len(dispatch.ignored)} events: {dispatch.ignored}")
+            context.log.info(ignored_summary(dispatch.ignored))
         return dg.SensorResult(run_requests=requests, cursor=str(max(e.id for e in events)))
 
     return webhook_sensor

@@ -61,6 +61,7 @@ from deployment_harness import (
 )
 from s3_test_server import ACCESS_KEY, REGION, S3Server
 
+from ohx_dagster.identity import subject_hash
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.webhooks.simulator import send_event
 
@@ -92,6 +93,9 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         "OHX_SIMULATED_WEBHOOK_SECRET": uuid.uuid4().hex,
         "OHX_TOKEN_KEY": Fernet.generate_key().decode(),
         "AWS_SECRET_ACCESS_KEY": uuid.uuid4().hex,
+        # One salt for every service: the daemon's sensors name people by subject, the runs
+        # resolve them (each service has its own OHX_HOME, so no shared salt file).
+        "OHX_ERASURE_SALT": uuid.uuid4().hex,
     }
     ohx_url = database(
         pg_server, f"ohx_{suffix}", secrets["OHX_DATABASE_PASSWORD"], f"ohx_{suffix}"
@@ -287,7 +291,10 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         assert graphql.runs(statuses=IN_FLIGHT) == []
         tags = {t["key"]: t["value"] for t in webhook_runs[0]["tags"]}
         assert tags["dagster/partition"] == f"{today.isoformat()}|simulated"
-        assert person.user_id in tags["ohx/users"] and other.user_id not in tags["ohx/users"]
+        # The run names its person by salted subject, never by id (issue 19).
+        salt = secrets["OHX_ERASURE_SALT"].encode()
+        assert "ohx/users" not in tags and person.user_id not in str(tags)
+        assert tags["ohx/subjects"] == subject_hash("simulated", person.user_id, salt=salt)
 
         leaked_graphql = find_secrets("\n".join(graphql.answers), secrets)
         stored, _ = scan_database(dagster_url, secrets)

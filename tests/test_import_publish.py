@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from ohx_dagster.cli import cli
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.run_request import STRATEGY_TAG, USERS_TAG
+from ohx_dagster.run_request import STRATEGY_TAG, USERS_TAG, SyncRequest
 from ohx_dagster.settings import Settings
 from ohx_dagster.store import RecordStore
 
@@ -77,7 +77,9 @@ def test_an_import_is_published_by_the_republish_sensor(
         for day, people in changed.items():
             tags = requests[f"{day}|fitabase"].tags
             assert tags[STRATEGY_TAG] == "refresh"
-            assert set(tags[USERS_TAG].split(",")) == people
+            # The people by salted subject, never by id (issue 19).
+            assert USERS_TAG not in tags
+            assert SyncRequest.from_tags(tags).resolve(store, "fitabase").user_ids == people
 
         # The UI's run of the first request publishes that day.
         first = min(changed)

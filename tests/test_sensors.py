@@ -85,7 +85,9 @@ def test_webhook_tick_groups_events_by_partition_and_ignores_with_reasons(
     today_request = by_partition[f"{now.date()}|simulated"]
     request = SyncRequest.from_tags(today_request.tags)
     assert request.strategy is SyncStrategy.PUSH
-    assert request.user_ids == {"sim-001", "sim-002"}
+    # People by salted subject only (issue 19); the run resolves them through the store.
+    assert "ohx/users" not in today_request.tags and request.user_ids is None
+    assert request.resolve(store, "simulated").user_ids == {"sim-001", "sim-002"}
     assert today_request.tags["dagster/priority"] == str(PRIORITY[SyncStrategy.PUSH])
     assert int(today_request.tags["dagster/priority"]) > PRIORITY[SyncStrategy.INCREMENTAL]
     assert today_request.run_key == f"webhook|{now.date()}|simulated|2"
@@ -123,7 +125,8 @@ def test_new_user_sensor_backfills_the_lookback_with_the_initial_strategy(
     assert backfill.requires_backfill_daemon()
     request = SyncRequest.from_tags(backfill.tags)
     assert request.strategy is SyncStrategy.INITIAL
-    assert request.user_ids == {"sim-001", "sim-002"}
+    assert "ohx/users" not in backfill.tags and request.user_ids is None
+    assert request.resolve(store, "simulated").user_ids == {"sim-001", "sim-002"}
     assert int(backfill.tags["dagster/priority"]) < 0
     subset = backfill.asset_graph_subset
     keys = {
@@ -143,7 +146,8 @@ def test_new_user_sensor_backfills_the_lookback_with_the_initial_strategy(
     assert not tick(defs, "new_user_sensor", database_url, cursor=result.cursor).run_requests
     store.add_users([HealthSyncConfig(user_id="sim-003", provider="simulated", lookback_days=3)])
     later = tick(defs, "new_user_sensor", database_url, cursor=result.cursor)
-    assert SyncRequest.from_tags(later.run_requests[0].tags).user_ids == {"sim-003"}
+    later_request = SyncRequest.from_tags(later.run_requests[0].tags)
+    assert later_request.resolve(store, "simulated").user_ids == {"sim-003"}
     later_keys = later.run_requests[0].asset_graph_subset.partitions_subsets_by_asset_key
     assert len(next(iter(later_keys.values())).get_partition_keys()) == 4
 

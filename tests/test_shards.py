@@ -224,7 +224,8 @@ def test_webhook_sensor_routes_each_event_to_its_users_shard(sharded_defs):
     )
     result = _tick(defs, "webhook_sensor", database_url)
     users_by_key = {
-        r.partition_key: SyncRequest.from_tags(r.tags).user_ids for r in result.run_requests
+        r.partition_key: SyncRequest.from_tags(r.tags).resolve(store, "simulated").user_ids
+        for r in result.run_requests
     }
     day = now.date().isoformat()
     assert users_by_key == {
@@ -235,14 +236,16 @@ def test_webhook_sensor_routes_each_event_to_its_users_shard(sharded_defs):
 
 
 def test_new_user_sensor_backfills_each_user_in_their_shard(sharded_defs):
-    defs, _, database_url = sharded_defs
+    defs, store, database_url = sharded_defs
     result = _tick(defs, "new_user_sensor", database_url)
     found = {}
     for request in result.run_requests:
         subsets = request.asset_graph_subset.partitions_subsets_by_asset_key.values()
         sources = {key.split("|")[1] for s in subsets for key in s.get_partition_keys()}
         assert len(sources) == 1
-        found[sources.pop()] = SyncRequest.from_tags(request.tags).user_ids
+        found[sources.pop()] = (
+            SyncRequest.from_tags(request.tags).resolve(store, "simulated").user_ids
+        )
     assert found == {
         "simulated-0": {"sim-002"},
         "simulated-1": {"sim-003", "sim-004", "sim-006"},

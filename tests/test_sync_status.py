@@ -22,6 +22,7 @@ from assets.metadata import hourly_plot
 from assets.partitions import health_partitions, outside_partitions
 from ohx_dagster.cli import cli
 from ohx_dagster.definitions import build_definitions
+from ohx_dagster.identity import erasure_salt, short, subject_hash
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
@@ -161,6 +162,11 @@ def run_status(
         return defs.get_job_def("sync_status_job").execute_in_process(instance=instance)
 
 
+def shown(user_id: str) -> str:
+    """A simulated person as the status asset names them: their shown salted subject."""
+    return short(subject_hash("simulated", user_id, salt=erasure_salt()))
+
+
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
@@ -187,7 +193,7 @@ def test_status_asset_holds_the_cli_table_and_its_checks_fail_on_problems(
     statuses = json.loads(cli_out.stdout)["statuses"]
     assert len(statuses) == len(rows) > 0
     for cli_row in statuses:
-        row = rows[cli_row["user_id"], cli_row["data_type"]]
+        row = rows[shown(cli_row["user_id"]), cli_row["data_type"]]
         assert row["covered_until"] == (cli_row["covered_until"] or "never")
         assert row["records_24h"] == cli_row["records_24h"]
         state = cli_row["state"]
@@ -196,13 +202,13 @@ def test_status_asset_holds_the_cli_table_and_its_checks_fail_on_problems(
         )
     synced_at = SYNCED.isoformat().replace("+00:00", "Z")
     for kind in TYPES & SUPPORTED_TYPES["simulated"]:
-        assert rows["sim-002", kind.value]["covered_until"] == synced_at
+        assert rows[shown("sim-002"), kind.value]["covered_until"] == synced_at
         # 40 minutes when the module was loaded, more by the time this test runs in a long suite.
         since_load = (datetime.now(UTC) - NOW).total_seconds() // 60
         lags = {words(timedelta(minutes=m)) for m in range(40, 42 + int(since_load))}
-        assert rows["sim-002", kind.value]["lag"] in lags
-    assert rows["sim-001", "heart_rate"]["records_24h"] > 0
-    assert {r["state"] for (p, _), r in rows.items() if p == "sim-003"} <= {
+        assert rows[shown("sim-002"), kind.value]["lag"] in lags
+    assert rows[shown("sim-001"), "heart_rate"]["records_24h"] > 0
+    assert {r["state"] for (p, _), r in rows.items() if p == shown("sim-003")} <= {
         "needs reauthorization",
         "not supported",
     }
@@ -214,7 +220,13 @@ def test_status_asset_holds_the_cli_table_and_its_checks_fail_on_problems(
     assert not found["connections_authorized"].passed
     assert found["connections_authorized"].severity == dg.AssetCheckSeverity.WARN
     assert not found["last_sync_succeeded"].passed
-    assert "sim-001 steps" in str(found["last_sync_succeeded"].metadata["failing"].value)
+    assert f"{shown('sim-001')} steps" in str(
+        found["last_sync_succeeded"].metadata["failing"].value
+    )
+    assert found["connections_authorized"].metadata["people"].value == [shown("sim-003")]
+    # People by salted subject only (issue 19): no id in the table or any check's metadata.
+    told = str([metadata, [c.metadata for c in found.values()]])
+    assert not re.search(r"sim-00\d", told)
 
 
 def test_freshness_fails_when_a_person_falls_behind_the_configured_lag(
@@ -225,12 +237,13 @@ def test_freshness_fails_when_a_person_falls_behind_the_configured_lag(
     assert not freshness.passed and freshness.severity == dg.AssetCheckSeverity.ERROR
     behind = freshness.metadata["behind"].value
     # sim-001 and sim-002 are active and 40 minutes behind; sim-003's grant is gone instead.
-    assert {line.split()[0] for line in behind} == {"sim-001", "sim-002"}
+    assert {line.split()[0] for line in behind} == {shown("sim-001"), shown("sim-002")}
     assert all("(allowed 30 min)" in line for line in behind)
     assert freshness.metadata["allowed_lag"].value == "30 min (OHX_MAX_SYNC_LAG)"
     (event,) = result.get_asset_materialization_events()
     table = event.materialization.metadata["status"].records
-    assert table[0].data["behind"] is True and table[0].data["person"] in ("sim-001", "sim-002")
+    assert table[0].data["person"] in (shown("sim-001"), shown("sim-002"))
+    assert table[0].data["behind"] is True
     relaxed = run_status(tmp_path / "relaxed", synced, monkeypatch, OHX_MAX_SYNC_LAG="simulated=1h")
     assert checks(relaxed)["freshness"].passed
 
