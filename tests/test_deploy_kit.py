@@ -181,6 +181,16 @@ def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
     missing = {**env, "OHX_TLS_CERT": str(tmp_path / "none.crt")}
     refused = nginx_harness.check(nginx_harness.prefix(tmp_path / "missing", missing))
     assert refused.returncode != 0 and "none.crt" in refused.stderr, refused.stderr
+    # nginx: a location that sets any proxy_set_header inherits none of the server's. Each
+    # proxying location either sets none or sets the forwarded headers the receiver reads.
+    text = nginx_harness.CONF.read_text()
+    locations = re.findall(r"\n    location ([^{]+)\{(.*?)\n    \}", text, re.S)
+    proxied = {where.strip(): body for where, body in locations if "proxy_pass" in body}
+    assert set(proxied) == {"= /_ohx_staff_auth", "/webhooks/", "/oauth/", "/connect/", "/"}
+    for where, body in proxied.items():
+        if "proxy_set_header" in body:
+            for header in ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Port"):
+                assert re.search(rf"proxy_set_header {header}\s", body), (where, header)
     # Every placeholder must be given (the image would leave it, and nginx fail on it).
     without = {k: v for k, v in env.items() if k != "OHX_TLS_KEY"}
     with pytest.raises(KeyError, match="OHX_TLS_KEY"):
