@@ -124,3 +124,18 @@ def test_auth_staff_answers_the_proxy(store: RecordStore) -> None:
             assert "x-ohx-staff" not in refused.headers
         staff.remove(store, "j.doe", actor="test")
         assert http.get(f"{url}/auth/staff", auth=("j.doe", token)).status_code == 401
+
+
+def test_doctor_names_the_retired_shared_token(store: RecordStore, monkeypatch) -> None:
+    from ohx_dagster.cli import doctor
+
+    def connect_routes() -> doctor.Check:
+        return next(c for c in doctor.check_webhooks() if c.name == "connect routes")
+
+    assert connect_routes().status == doctor.SKIP  # no public URL: /connect is not mounted
+    monkeypatch.setenv("OHX_OAUTH_REDIRECT_BASE", "https://ohx.example.org")
+    assert connect_routes().status == doctor.OK
+    monkeypatch.setenv("OHX_CONNECT_TOKEN", "staff-token-0123456789")
+    line = connect_routes().line()
+    assert line.startswith("FAIL connect routes: OHX_CONNECT_TOKEN is retired"), line
+    assert "ohx staff add" in line and "unset" in line

@@ -385,7 +385,12 @@ def check_webhooks() -> Iterator[Check]:
     try:
         connect = ConnectConfig.from_env()
     except ConfigError as exc:
-        yield Check("connect routes", FAIL, str(exc), "set the variable the message names")
+        yield Check(
+            "connect routes",
+            FAIL,
+            str(exc),
+            "set (or, if retired, unset) the variable the message names",
+        )
         return
     if connect is None:
         yield Check(
