@@ -141,3 +141,59 @@ def bucket(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
     name = f"ohx-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(name)
     return name
+
+
+# -- test tiers ---------------------------------------------------------------------------------
+#
+# Every test gets one tier marker, so a developer can run the fast loop (`scripts/test --fast`:
+# the unit tier) while CI and the README run everything. The tier follows what a test needs:
+# whole processes, servers or Dagster runs (e2e), a browser, the fault suite, PostgreSQL, any
+# other database or server (integration); none of these: unit.
+
+E2E_MODULES = frozenset({
+    "test_dagster_cli_errors", "test_deploy_kit", "test_deployment", "test_dev",
+    "test_image_packages", "test_materialize", "test_cli_fitabase", "test_pseudonymous_runs",
+    "test_readme_commands", "test_realtime_e2e", "test_secret_exposure", "test_webserver",
+})  # fmt: skip
+FAULT_MODULES = frozenset({"test_faults", "test_invariants"})
+POSTGRES_FIXTURES = frozenset({"pg_server", "pg_url", "pg_database_url", "postgres"})
+# A database, a server, files of its own or a CLI run: integration.
+SERVER_FIXTURES = frozenset({
+    "store", "store_url", "sqlite_store", "api", "s3", "bucket", "cli_store", "world",
+    "sqlite_world", "server", "simulated", "fresh", "tmp_path", "tmp_path_factory",
+})  # fmt: skip
+INTEGRATION_MODULES = frozenset({
+    "test_cli", "test_cli_first_hour", "test_identity", "test_import_bounds",
+    "test_import_output", "test_import_publish", "test_inbox", "test_shards", "test_sync",
+    "test_webhooks_app", "test_webhooks_serve", "test_webhooks_subscriptions",
+})  # fmt: skip
+TIERS = ("unit", "integration", "postgres", "e2e", "browser", "faults")
+
+
+def tier_of(item: pytest.Item) -> str:
+    module = item.path.stem
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    params = list(callspec.params.values()) if callspec is not None else []
+    if module == "test_browser":
+        return "browser"
+    if module in FAULT_MODULES:
+        return "faults"
+    if module in E2E_MODULES:
+        return "e2e"
+    if names & POSTGRES_FIXTURES or "postgresql" in params:
+        return "postgres"
+    if names & SERVER_FIXTURES or module in INTEGRATION_MODULES:
+        return "integration"
+    return "unit"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier in TIERS:
+        config.addinivalue_line("markers", f"{tier}: the {tier} tier (tests/conftest.py tier_of)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item)))

@@ -162,10 +162,8 @@ def test_the_proxy_manifests_pass_the_api_schemas(tmp_path: Path) -> None:
     assert refused.returncode != 0, refused.stdout
 
 
-@pytest.mark.skipif(
-    nginx_harness.why_no_nginx() is not None, reason=str(nginx_harness.why_no_nginx())
-)
 def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
+    nginx_harness.require_nginx()
     cert, key = nginx_harness.certificate(tmp_path / "tls")
     env = {
         "OHX_TLS_CERT": str(cert),

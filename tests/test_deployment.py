@@ -72,9 +72,6 @@ pytestmark = [
         reason=f"the console scripts {', '.join(TOOLS)} of this virtualenv are needed "
         "(pip install -e '.[test]')",
     ),
-    pytest.mark.skipif(
-        nginx_harness.why_no_nginx() is not None, reason=str(nginx_harness.why_no_nginx())
-    ),
 ]
 
 USERS = 2
@@ -83,6 +80,7 @@ USERS = 2
 def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services(
     pg_server: object, s3: S3Server, tmp_path: Path
 ) -> None:
+    nginx_harness.require_nginx()
     now = datetime.now(UTC)
     today = now.date()
     days = [today - timedelta(days=2), today - timedelta(days=1)]  # the backfill's
