@@ -127,10 +127,11 @@ def finality(
     if not due:
         return found
     ledger = store.coverage(provider, due)
+    refused = store.refused_types_of(provider, due)
     for user_id, config in due.items():
         covered = {t: spans for (u, t), spans in ledger.items() if u == user_id}
         found[user_id] = is_final(day, config, now=now, horizon=horizon, covered=covered,
-                                  refused=store.refused_types(config))  # fmt: skip
+                                  refused=refused[user_id])  # fmt: skip
     return found
 
 

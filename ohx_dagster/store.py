@@ -716,6 +716,25 @@ class RecordStore:
             rows = conn.execute(query).all()
         return {r.data_type: r.refused_reason for r in rows if r.refused_config in (None, current)}
 
+    def refused_types_of(
+        self, provider: str, configs: Mapping[str, HealthSyncConfig]
+    ) -> dict[str, dict[str, str]]:
+        """`refused_types` of each of these people, in one read."""
+        t = type_status
+        query = sa.select(t.c.user_id, t.c.data_type, t.c.refused_reason, t.c.refused_config).where(
+            t.c.provider == provider,
+            t.c.user_id.in_(sorted(configs)),
+            t.c.refused_reason.is_not(None),
+        )
+        with self.read() as conn:
+            rows = conn.execute(query).all()
+        current = {user_id: config_hash(config) for user_id, config in configs.items()}
+        found: dict[str, dict[str, str]] = {user_id: {} for user_id in configs}
+        for r in rows:
+            if r.refused_config in (None, current[r.user_id]):
+                found[r.user_id][r.data_type] = r.refused_reason
+        return found
+
     def _clear_refusals(self, conn: Connection, provider: str, user_id: str) -> None:
         t = type_status
         conn.execute(

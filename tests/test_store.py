@@ -160,6 +160,11 @@ def test_people_states_refusals_and_reconnection(store: RecordStore) -> None:
         user_id="u1", provider="oura", timezone="Europe/Paris", lookback_days=7
     )
     assert store.refused_types(edited) == {}  # other settings: tried again
+    other = HealthSyncConfig(user_id="u2", provider="oura")
+    assert store.refused_types_of("oura", {"u1": config, "u2": other}) == {
+        "u1": store.refused_types(config), "u2": {}
+    }  # fmt: skip
+    assert store.refused_types_of("oura", {"u1": edited}) == {"u1": {}}
     store.set_state("oura", "u1", NEEDS_REAUTHORIZATION, "invalid_grant")
     assert store.active_users("oura") == []
     assert store.person("oura", "u1").state == NEEDS_REAUTHORIZATION
