@@ -16,8 +16,8 @@ never happens without its row.
 
 Who writes: the connect flow (`connect_user`: connect, refused connect), `ohx users disconnect`,
 `ohx users relink`, `ohx users readmit`, `ohx users set-zone`, `ohx users delete` and the
-erase_person_job (erase), `ohx import` (import), `ohx staff add` and `ohx staff remove` (staff-add, staff-remove: the
-staff name in the detail, no subject). `ohx audit` reads it.
+erase_person_job (erase), `ohx import` (import), `ohx staff add` and `ohx staff remove`
+(staff-add, staff-remove: the staff name in the detail, no subject). `ohx audit` reads it.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ People are named by their salted subject (ohx_dagster/identity.py: HMAC-SHA256(s
 the only place ids live. So Dagster's runs, backfills and event logs hold nothing that names a
 person to anyone without the salt, and erasure has nothing to chase there. `ohx/users` stays for
 an operator who types ids in the launchpad; such a run selects the same way and replaces the tag
-by `ohx/subjects` when it starts (assets/health.py).
+by `ohx/subjects` when it starts, in its backfill's tags too (assets/pseudonyms.py).
 """
 
 from __future__ import annotations

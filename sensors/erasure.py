@@ -29,8 +29,9 @@ store keeps the outbox rows it needs to find the person until the server has con
 Since issue 19 the product never names a person by id in Dagster: runs and backfills carry
 `ohx/subjects`, and metadata, check results, log lines and failures name people by subject
 (ohx_dagster/run_request.py, assets/pseudonyms.py). What erase_from_dagster finds is what was
-written before that, and ids an operator typed: `ohx/users` in a backfill (a run replaces it by
-`ohx/subjects` when it starts), or in a run's tags on a non-SQL run storage. The subject a run
+written before that, and ids an operator typed: `ohx/users` in a run or a backfill whose first
+run has not started yet (a run replaces it by `ohx/subjects` in both when it starts), or on a
+non-SQL run storage. The subject a run
 still holds names no one to anyone without the salt, and is what the tombstone holds anyway.
 
 What Dagster keeps after erase_from_dagster, and why:
@@ -59,11 +60,10 @@ import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable, AssetKeyTable
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
-from dagster._core.storage.runs.schema import BackfillTagsTable
-from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 from dagster_shared.serdes import serialize_value
 from pydantic import Field
 
+from assets.pseudonyms import set_backfill_tags
 from ohx_dagster.erasure import (
     check_subject,
     erase_person,
@@ -232,19 +232,7 @@ def _rewrite_backfills(instance: dg.DagsterInstance, user_id: str, pattern: re.P
             if not any(pattern.search(value) for value in tags.values()):
                 continue
             cleaned = {n: _without_person(n, v, user_id, pattern) for n, v in tags.items()}
-            instance.update_backfill(backfill._replace(tags=cleaned))
-            storage = instance.run_storage
-            if isinstance(storage, SqlRunStorage) and storage.has_backfill_tags_table():
-                t = BackfillTagsTable
-                with storage.connect() as conn:  # update_backfill rewrites the body only
-                    conn.execute(t.delete().where(t.c.backfill_id == backfill.backfill_id))
-                    conn.execute(
-                        t.insert(),
-                        [
-                            {"backfill_id": backfill.backfill_id, "key": n, "value": v}
-                            for n, v in cleaned.items()
-                        ],
-                    )
+            set_backfill_tags(instance, backfill, cleaned)
             rewritten += 1
         if len(backfills) < PAGE:
             return rewritten

@@ -433,7 +433,8 @@ def test_statistics_from_chunks_equal_the_statistics_of_the_records(
 ) -> None:
     """What publishing computes from the stored chunks (bucket_statistics) is exactly what
     hourly, daily and count_mismatches give for the same records of each person's local day:
-    five zones (Kolkata's +5:30 hours cut UTC chunks in two), steps from two devices with a tie, a weigh-in two apps logged, hand entries."""
+    five zones (Kolkata's +5:30 hours cut UTC chunks in two), steps from two devices with a tie,
+    a weigh-in two apps logged, hand entries."""
     from ohx_dagster import record_tables
     from ohx_dagster.fhir.partition import read_window
     from ohx_dagster.models import DateRange, HealthDataType

@@ -24,7 +24,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
-from dagster._core.execution.backfill import PartitionBackfill
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.errors import ConfigError
@@ -241,6 +241,35 @@ def test_a_run_for_one_person_by_subject_syncs_exactly_that_person(world: World)
         f"subject {short(nobody)}: names no person of the source (erased, or another "
         "OHX_ERASURE_SALT?)"
     ]
+    assert id_hits(world) == {}
+
+
+def test_a_backfill_launched_with_typed_ids_keeps_them_only_until_its_first_run(
+    world: World,
+) -> None:
+    first = world.people[0]
+    salt = erasure_salt()
+    days = [TODAY - timedelta(days=2), TODAY - timedelta(days=1)]
+    world.instance.add_backfill(
+        PartitionBackfill(
+            backfill_id="typed", status=BulkActionStatus.REQUESTED, from_failure=False,
+            tags={USERS_TAG: first, "ohx/strategy": "partition"},
+            backfill_timestamp=time.time(),
+            partition_names=[f"{d}|{PROVIDER}" for d in days],
+        )
+    )  # fmt: skip
+    assert id_hits(world)  # the operator's ids, until a run of the backfill starts
+    launched = world.instance.get_backfill("typed")
+    result = world.run(f"{days[0]}|{PROVIDER}", {**launched.tags, "dagster/backfill": "typed"})
+    assert result.success
+    assert people_with_records(world.store, days[0]) == {first}
+    converted = world.instance.get_backfill("typed")
+    assert USERS_TAG not in converted.tags
+    assert converted.tags[SUBJECTS_TAG] == subject_hash(PROVIDER, first, salt=salt)
+    # Its next run carries the subject only, and syncs the same person.
+    later = world.run(f"{days[1]}|{PROVIDER}", {**converted.tags, "dagster/backfill": "typed"})
+    assert later.success
+    assert people_with_records(world.store, days[1]) == {first}
     assert id_hits(world) == {}
 
 
