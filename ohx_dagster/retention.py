@@ -1,6 +1,11 @@
 """Retention: what is older than a person's retention period is removed everywhere it lives.
 
-Per person, with cutoff = now - retention_days:
+Per person, with cutoff = the end of their data - retention_days (retention_cutoff): the end of
+their data is now for the sources that sync people as they live (provider APIs, the simulator),
+and the end of their newest stored record for an export (FILE_SOURCES: fitabase, polar,
+apple_health), whose records are dated when the export was made, not when it was imported, so a
+2016 Fitbit export imported today keeps its last retention_days of data instead of being deleted
+at the next run (erasure, ohx_dagster/erasure.py, removes an export's person whenever asked):
 - records before the cutoff (the hour that straddles it keeps its later samples), whole aggregate
   buckets that end before it, and coverage before it (store.delete_before);
 - webhook inbox rows (their payloads) received before it;
@@ -56,6 +61,18 @@ class RetentionReport:
     audit_rows_deleted: int = 0  # audit log rows older than OHX_AUDIT_RETENTION
     # Records deleted per "provider/user" (for callers; the Dagster op shows counts only).
     by_user: dict[str, int] = field(default_factory=dict)
+
+
+def retention_cutoff(store: RecordStore, config: HealthSyncConfig, now: datetime) -> datetime:
+    """What is older than this goes (module docstring): retention_days before now, or before the
+    end of the person's newest stored record for an export, whichever is earlier."""
+    from ohx_dagster.settings import FILE_SOURCES
+
+    end = now
+    if config.provider in FILE_SOURCES:
+        stored = store.stored_until(config.provider, config.user_id)
+        end = now if stored is None else min(now, stored)
+    return end - timedelta(days=config.retention_days)
 
 
 def last_expired_day(config: HealthSyncConfig, cutoff: datetime) -> date:
@@ -132,7 +149,7 @@ def apply_retention(
     if audit_retention is not None:
         report.audit_rows_deleted = audit.expire(store, to_us(now - audit_retention))
     for config in store.all_users():
-        cutoff = now - timedelta(days=config.retention_days)
+        cutoff = retention_cutoff(store, config, now)
         records, buckets = store.delete_before(config.provider, config.user_id, cutoff)
         _expire_output(store, output, config, cutoff, report)
         report.users += 1

@@ -291,11 +291,21 @@ def test_every_readme_command_runs_from_a_fresh_copy(clone: Path, env: dict[str,
     assert (home / "ohx.db").is_file() and (home / "dagster" / "dagster.yaml").is_file()
     assert (home / "fhir" / "2025-06-01" / "simulated" / "manifest.json").is_file()
     assert (home / "fhir" / "2016-04-12" / "fitabase" / "manifest.json").is_file()
-    # The README's import examples, published (a refresh run of one imported day each).
-    for day, source in (("2016-04-02", "fitabase"), ("2017-11-06", "apple_health")):
-        manifest = json.loads((home / "fhir" / day / source / "manifest.json").read_text())
-        kinds = {entry["type"] for entry in manifest["output"]}
-        assert {"Observation", "Patient", "Provenance"} <= kinds, (day, source, kinds)
+    # The README's import examples, published (a refresh run of one imported day each), and
+    # still published after the daily_retention schedule's job: retention counts back from an
+    # export's newest record, not from today (it deleted these 2016 and 2017 days at once).
+    retention = [
+        "source .venv/bin/activate",
+        "export OHX_HOME=$PWD/.ohx DAGSTER_HOME=$PWD/.ohx/dagster",
+        "dagster job execute -m ohx_dagster.definitions -j apply_retention_job",
+    ]
+    for ran_retention in (False, True):
+        if ran_retention:
+            run_block(retention, clone, env, logs / "retention.log")
+        for day, source in (("2016-04-02", "fitabase"), ("2017-11-06", "apple_health")):
+            manifest = json.loads((home / "fhir" / day / source / "manifest.json").read_text())
+            kinds = {entry["type"] for entry in manifest["output"]}
+            assert {"Observation", "Patient", "Provenance"} <= kinds, (day, source, kinds)
     assert (home / "dagster-pg" / "dagster.yaml").read_bytes() == (
         REPO / "deploy" / "dagster.postgres.yaml"
     ).read_bytes()

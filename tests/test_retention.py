@@ -81,6 +81,32 @@ def test_retention_keeps_each_users_period(store: RecordStore) -> None:
     assert again.records_deleted == 0 and again.aggregates_deleted == 0
 
 
+def test_an_exports_retention_counts_back_from_its_newest_record(store: RecordStore) -> None:
+    """A 2016 export imported years later keeps its last retention_days of data; a person of a
+    live source whose data is as old loses it all (their period counts back from now)."""
+    newest = datetime(2016, 5, 12, 12, 0, tzinfo=UTC)
+    configs = [
+        HealthSyncConfig(user_id="export", provider=provider, retention_days=30)
+        for provider in ("fitabase", "apple_health", "simulated")
+    ]
+    store.add_users(configs)
+    for config in configs:
+        batch = hourly_heart_rate("export", 40, newest).assign(provider=config.provider)
+        store.commit(config.provider, "export", ZoneInfo("UTC"), batch)
+    window = DateRange(newest - timedelta(days=400), newest + timedelta(days=1))
+    report = apply_retention(store, NOW)
+    for provider in ("fitabase", "apple_health"):
+        kept = store.read_records(provider, window, user_ids=["export"])
+        assert len(kept) == 30 * 24, provider
+        assert kept["ts"].min() >= newest - timedelta(days=30)
+        assert store.stored_until(provider, "export") == newest
+    assert store.read_records("simulated", window, user_ids=["export"]).empty
+    assert report.records_deleted == 2 * 10 * 24 + 40 * 24
+    # Nothing more goes while the export is unchanged, whenever retention runs again.
+    later = apply_retention(store, NOW + timedelta(days=3650))
+    assert later.records_deleted == 0
+
+
 def test_the_retention_job_runs_in_dagster(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'ohx.db'}"
     store = RecordStore(url)

@@ -276,23 +276,26 @@ def publishing_note(source: str, changed: set[date]) -> str:
 
 
 def retention_note(store: RecordStore, outcome: ImportOutcome) -> str | None:
-    """Imported days older than a person's retention period: Dagster's daily_retention
-    schedule deletes them (their FHIR output too) at its next run."""
+    """Imported days older than a person's retention period, counted back from the export's
+    newest record (ohx_dagster/retention.retention_cutoff): Dagster's daily_retention schedule
+    deletes them (their FHIR output too) at its next run."""
+    from ohx_dagster.retention import retention_cutoff
+
     expired: dict[int, int] = {}
-    today = common.now().date()
     for user_id in outcome.people:
         person = store.person(outcome.source, user_id)
         if person is None:
             continue
         keep = person.config.retention_days
-        cutoff = today - timedelta(days=keep)
+        cutoff = retention_cutoff(store, person.config, common.now()).date()
         old = sum(1 for day in outcome.days if day < cutoff)
         if old:
             expired[keep] = max(expired.get(keep, 0), old)
     if not expired:
         return None
     parts = [
-        f"{old} of the {len(outcome.days)} days are older than {keep} days"
+        f"{old} of the {len(outcome.days)} days are over {keep} days before the person's newest "
+        "record"
         for keep, old in sorted(expired.items())
     ]
     return (
