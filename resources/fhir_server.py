@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import dagster as dg
+import pydantic
 
 from ohx_dagster.errors import ConfigError
 from ohx_dagster.fhir.delivery import (
@@ -30,21 +31,61 @@ class FhirServerResource(dg.ConfigurableResource):
     server stays unavailable the step is retried `step_retries` times, `step_retry_wait_s`
     apart (doubling), then fails. The outbox keeps what was not delivered for the next run."""
 
-    base_url: str = ""
-    bearer_token: str = ""
-    token_url: str = ""
-    client_id: str = ""
-    client_secret: str = ""
-    private_key: str = ""
-    private_key_file: str = ""
-    key_id: str = ""
-    scope: str = "system/*.write"
-    batch_size: int = 100
-    max_retries: int = 5
-    retry_backoff_s: float = 0.5
-    step_retries: int = 3
-    step_retry_wait_s: float = 30.0
-    confirm_sample: int = 20
+    base_url: str = pydantic.Field(
+        "",
+        description="OHX_FHIR_SERVER_URL: the FHIR server's base URL (empty: no server, "
+        "delivery skipped).",
+    )
+    bearer_token: str = pydantic.Field(
+        "", description="OHX_FHIR_BEARER_TOKEN: a static bearer token (the last auth tried)."
+    )
+    token_url: str = pydantic.Field(
+        "",
+        description="OHX_FHIR_TOKEN_URL: the OAuth token endpoint (SMART Backend Services or "
+        "client credentials).",
+    )
+    client_id: str = pydantic.Field("", description="OHX_FHIR_CLIENT_ID: the OAuth client id.")
+    client_secret: str = pydantic.Field(
+        "", description="OHX_FHIR_CLIENT_SECRET: the OAuth client secret (client credentials)."
+    )
+    private_key: str = pydantic.Field(
+        "", description="OHX_FHIR_PRIVATE_KEY: the SMART Backend Services private key, PEM."
+    )
+    private_key_file: str = pydantic.Field(
+        "", description="OHX_FHIR_PRIVATE_KEY_FILE: a file holding that PEM key."
+    )
+    key_id: str = pydantic.Field(
+        "", description="OHX_FHIR_KEY_ID: the kid of the SMART Backend Services key."
+    )
+    scope: str = pydantic.Field(
+        "system/*.write", description="OHX_FHIR_SCOPE: the OAuth scope asked for."
+    )
+    batch_size: int = pydantic.Field(
+        100,
+        description="OHX_FHIR_BATCH_SIZE: resources per transaction bundle (a whole number >= 1).",
+    )
+    max_retries: int = pydantic.Field(
+        5,
+        description="OHX_FHIR_MAX_RETRIES: retries of one transaction (429/503, other 5xx, "
+        "dropped connections).",
+    )
+    retry_backoff_s: float = pydantic.Field(
+        0.5,
+        description="OHX_FHIR_RETRY_BACKOFF_S: seconds before a transaction's first retry, "
+        "doubling.",
+    )
+    step_retries: int = pydantic.Field(
+        3,
+        description="OHX_FHIR_STEP_RETRIES: retries of the delivery step while the server stays "
+        "unavailable.",
+    )
+    step_retry_wait_s: float = pydantic.Field(
+        30.0, description="OHX_FHIR_STEP_RETRY_WAIT_S: seconds between step retries, doubling."
+    )
+    confirm_sample: int = pydantic.Field(
+        20,
+        description="OHX_FHIR_CONFIRM_SAMPLE: delivered resources read back to confirm a delivery.",
+    )
 
     @property
     def configured(self) -> bool:

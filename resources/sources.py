@@ -59,21 +59,49 @@ def _api_source(name: str, store: RecordStore, horizon: timedelta) -> object:
 class SourcesResource(dg.ConfigurableResource):
     """Builds the source behind a `source` partition key."""
 
-    simulated_users: int = 3
-    simulated_seed: int = 7
+    simulated_users: int = pydantic.Field(
+        3, description="OHX_SIMULATED_USERS: number of simulated people (a whole number >= 1)."
+    )
+    simulated_seed: int = pydantic.Field(
+        7, description="OHX_SIMULATED_SEED: seed of the simulated provider (a whole number)."
+    )
     # OHX_SIMULATED_HR_HZ: heart-rate samples per second of every simulated user (None: per user).
-    simulated_hr_hz: float | None = None
-    fitabase_dir: str | None = None
-    fitabase_tz: str = ""
-    polar_csv: str | None = None
-    polar_tz: str | None = None
-    apple_health_export: str | None = None
-    apple_health_user: str | None = None
+    simulated_hr_hz: float | None = pydantic.Field(
+        None,
+        description="OHX_SIMULATED_HR_HZ: heart-rate samples per second of every simulated "
+        "person (null: 1 to 0.2, per person).",
+    )
+    fitabase_dir: str | None = pydantic.Field(
+        None, description="OHX_FITABASE_DIR: Fitabase export folder(s), separated by ':'."
+    )
+    fitabase_tz: str = pydantic.Field(
+        "", description="OHX_FITABASE_TZ: IANA zone of the Fitabase files' wall-clock times."
+    )
+    polar_csv: str | None = pydantic.Field(
+        None, description="OHX_POLAR_CSV: a Polar H10 recording (ECGLogger CSV), source polar."
+    )
+    polar_tz: str | None = pydantic.Field(
+        None, description="OHX_POLAR_TZ: IANA zone of a Sensor Logger file's wall-clock times."
+    )
+    apple_health_export: str | None = pydantic.Field(
+        None, description="OHX_APPLE_HEALTH_EXPORT: an Apple Health export.xml or export.zip."
+    )
+    apple_health_user: str | None = pydantic.Field(
+        None,
+        description="OHX_APPLE_HEALTH_USER: the person's id (null: the export's folder name).",
+    )
     # OHX_EARLIEST_SAMPLE_DATE (ISO day): exports' samples dated before it or after tomorrow are
     # refused (ohx_dagster/providers/bounds.py).
-    earliest_sample: str = EARLIEST_SAMPLE.isoformat()
+    earliest_sample: str = pydantic.Field(
+        EARLIEST_SAMPLE.isoformat(),
+        description="OHX_EARLIEST_SAMPLE_DATE (YYYY-MM-DD): exports' samples dated before it or "
+        "after tomorrow are refused.",
+    )
     # Seconds, per source: OHX_RESYNC_HORIZON's overrides of providers/registry.py.
-    resync_horizons_s: dict[str, float] = pydantic.Field(default_factory=dict)
+    resync_horizons_s: dict[str, float] = pydantic.Field(
+        default_factory=dict,
+        description="OHX_RESYNC_HORIZON: seconds a sync re-reads, per source ({'oura': 259200}).",
+    )
 
     def horizon(self, name: str) -> timedelta:
         if name in self.resync_horizons_s:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from functools import cache
 
 import dagster as dg
+import pydantic
 
 from ohx_dagster.settings import Settings
 from ohx_dagster.store import RecordStore
@@ -23,7 +24,10 @@ class RecordStoreResource(dg.ConfigurableResource):
     or postgresql://user:password@host/db; a server URL comes in as EnvVar("OHX_DATABASE_URL"), so
     Dagster stores and shows the variable's name, never the password."""
 
-    database_url: str
+    database_url: str = pydantic.Field(
+        description="OHX_DATABASE_URL: the record store, sqlite:///path or "
+        "postgresql://user:password@host/db."
+    )
 
     def get_store(self) -> RecordStore:
         return _store(self.database_url)

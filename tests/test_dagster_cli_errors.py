@@ -142,3 +142,35 @@ def test_other_exceptions_keep_their_traceback() -> None:
     wrapped = RuntimeError("outer")
     wrapped.__cause__ = dg.DagsterInvalidSubsetError("the passed partition key `2025-06-01|x`")
     assert "add 'x' to OHX_SOURCES" in (explain(wrapped, partitions) or "")
+
+
+def test_every_config_field_the_launchpad_shows_says_what_it_expects(tmp_path: Path) -> None:
+    """The launchpad's config editor shows a field's description beside it: every field of the
+    project's resources and of its ops' config has one, naming its OHX_ variable where one sets
+    it."""
+    from ohx_dagster.definitions import build_definitions
+    from ohx_dagster.settings import Settings
+
+    defs = build_definitions(Settings.from_env({"OHX_HOME": str(tmp_path / "ohx")}))
+    repository = defs.get_repository_def()
+    schemas = {
+        f"resources.{name}": resource.config_schema.config_type
+        for name, resource in repository.get_top_level_resources().items()
+        if name != "io_manager"  # Dagster's own
+    }
+    for job in repository.get_all_jobs():
+        for node in job.graph.iterate_op_defs():
+            if node.config_schema is not None and node.config_schema.config_type is not None:
+                schemas[f"ops.{node.name}"] = node.config_schema.config_type
+    assert {"resources.store", "resources.sources", "resources.output"} <= set(schemas)
+    assert "ops.erase_person" in schemas
+    missing = [
+        f"{where}.{field}"
+        for where, kind in schemas.items()
+        for field, spec in getattr(kind, "fields", {}).items()
+        if not (spec.description or "").strip()
+    ]
+    assert missing == []
+    assert sum(len(getattr(kind, "fields", {})) for kind in schemas.values()) >= 30
+    sources = schemas["resources.sources"].fields
+    assert sources["simulated_users"].description.startswith("OHX_SIMULATED_USERS: ")
