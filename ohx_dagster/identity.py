@@ -14,12 +14,16 @@ One account, one patient. A (provider, provider user id) belongs to exactly one 
 the connect flow, tests, seeds) refuses, under the person's lock, an account already connected
 for another patient (`LinkConflict`, naming both by subject only); nothing is stored. Moving an
 account to another patient is a staff decision: `relink` (`ohx users relink`) rewrites the
-patient in the config, marks every stored day of the person changed (day_versions: version + 1)
-so that the republish sensor publishes their whole history again under the new patient (the
-observations keep their ids, so a FHIR server updates them in place with the new subject; the
-Patient resource the product derived for them, if any, is no longer published; publishing is
-not changed for this: it renders what the config says), and writes an audit row with who, when
-and why, all in one transaction.
+patient in the config, bumps the person's link generation (HealthSyncConfig.link_generation),
+marks every stored day of the person changed (day_versions: version + 1) so that the republish
+sensor publishes their whole history again, and writes an audit row with who, when and why, all
+in one transaction. The generation is part of the content key of every resource of the person's
+data (ohx_dagster.ids.content_key), so the republished history is new resources (new ids and
+identifiers) under the new patient, and the resources published before, which the data no longer
+yields, are published `entered-in-error` with their old subject (publish._withdrawn): the FHIR
+way to correct a record filed under the wrong patient, never a subject changed in place. The
+Patient the product derived for the person, if any, stays in the output while withdrawn
+resources reference it.
 
 Tombstones. An `erasures` row whose `readmitted_at_us` is empty keeps its subject out: every way
 a person comes in consults it -- a sync's discovery of a source's people (file exports and the
@@ -307,7 +311,11 @@ def relink(
     conn.execute(
         users.update()
         .where(users.c.provider == provider, users.c.user_id == user_id)
-        .values(config=orjson.dumps({**data, "fhir_patient_id": patient}).decode())
+        .values(
+            config=orjson.dumps(
+                {**data, "fhir_patient_id": patient, "link_generation": config.link_generation + 1}
+            ).decode()
+        )
     )
     v = day_versions
     days = int(

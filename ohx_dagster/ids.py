@@ -24,9 +24,17 @@ CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 FHIR_ID: Final = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
-def content_key(*parts: object) -> str:
-    """A readable key of the parts, e.g. 'fitabase|2022484408|heart_rate|2016-04-01T07:00Z'."""
-    return "|".join(str(part) for part in parts)
+def content_key(*parts: object, generation: int = 0) -> str:
+    """A readable key of the parts, e.g. 'fitabase|2022484408|heart_rate|2016-04-01T07:00Z'.
+
+    `generation`: the person's link generation (HealthSyncConfig.link_generation, bumped by
+    `ohx users relink`). When > 0 it ends the key ('...|link-1'), so every resource of a person
+    moved to another patient has a new id and identifier; 0 leaves the key (and every id of a
+    person never moved) as it always was. At the end, the key still begins with provider|user
+    (erasure, the outbox and partition owners read the user id from the third field of an
+    identifier value)."""
+    key = "|".join(str(part) for part in parts)
+    return f"{key}|link-{generation}" if generation else key
 
 
 def stable_id(*parts: object) -> str:

@@ -256,6 +256,11 @@ class HealthSyncConfig:
     # Zone history: (first day, zone) in order, the last one `timezone`; empty: `timezone`
     # always. Each local day is cut in the zone it was lived in (ohx_dagster/localdays.py).
     zone_changes: tuple[tuple[str, str], ...] = ()
+    # Link generation: how many times staff moved the account to another patient (`ohx users
+    # relink`). When > 0, it is part of the content key of every resource of the person's data
+    # (ohx_dagster.ids.content_key), so a move publishes new resources under the new patient and
+    # withdraws the old ones (entered-in-error) instead of changing their subject in place.
+    link_generation: int = 0
 
     def __post_init__(self) -> None:
         for name in ("user_id", "provider"):
@@ -286,6 +291,9 @@ class HealthSyncConfig:
             number = getattr(self, name)
             if isinstance(number, bool) or not isinstance(number, int) or number < 1:
                 raise ValidationError(name, number, "a whole number of days >= 1")
+        generation = self.link_generation
+        if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
+            raise ValidationError("link_generation", generation, "a whole number >= 0")
         if not self.fhir_patient_id:
             object.__setattr__(self, "fhir_patient_id", default_patient_id(self))
 
@@ -323,6 +331,8 @@ class HealthSyncConfig:
             "lookback_days": self.lookback_days,
             # Only when there is a history: the stored config of everyone else stays as it was.
             **({"zone_changes": [list(c) for c in self.zone_changes]} if self.zone_changes else {}),
+            # Likewise only once the account was moved to another patient.
+            **({"link_generation": self.link_generation} if self.link_generation else {}),
         }
 
     @classmethod

@@ -42,7 +42,12 @@ import sqlalchemy as sa
 
 from ohx_dagster import aggregate, db, record_tables
 from ohx_dagster import coverage as cov
-from ohx_dagster.fhir.common import is_clinical_patient, referenced
+from ohx_dagster.fhir.common import (
+    entered_in_error,
+    is_clinical_patient,
+    is_withdrawn,
+    referenced,
+)
 from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
 from ohx_dagster.fhir.validation import validate_output
@@ -55,7 +60,7 @@ from ohx_dagster.times import HOUR_US, from_us, iso_us, now_us, to_us, utc_day
 
 FILE_BUCKETS: Final = 64
 WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
-ENTERED_IN_ERROR: Final = "entered-in-error"
+WITHDRAWN_TYPES: Final = WITHDRAWABLE | {"DeviceAssociation"}
 
 Validate = Callable[[list[dict[str, Any]]], list[str]]
 
@@ -66,8 +71,17 @@ def check_output(
     validate: Validate | None,
 ) -> list[str]:
     """Problems of a bucket's resources: every reference resolves inside them (or to a clinical
-    system's Patient), ids and identifiers are unique, and a sample validates against R5."""
+    system's Patient: a person's, or the one a withdrawn resource was filed under before the
+    account was relinked), ids and identifiers are unique, and a sample validates against R5."""
     external = [f"Patient/{c.fhir_patient_id}" for c in configs.values() if is_clinical_patient(c)]
+    external += sorted(
+        {
+            r["subject"]["reference"]
+            for r in resources
+            if is_withdrawn(r)
+            and str(r.get("subject", {}).get("reference", "")).startswith("Patient/")
+        }
+    )
     problems = [str(p) for p in validate_output(resources, external=external)]
     if validate is not None:
         problems += validate(resources)
@@ -213,12 +227,14 @@ def _read_bucket(
 def _withdrawn(
     previous: Iterable[dict[str, Any]], current_ids: set[tuple[str, str]]
 ) -> list[dict[str, Any]]:
-    """Resources published before that the data no longer yields, as entered-in-error."""
+    """Resources published before that the data no longer yields, as entered-in-error: clinical
+    ones, and a DeviceAssociation (it names the patient: after `ohx users relink`, the one of
+    the person's former patient)."""
     gone = []
     for resource in previous:
         key = (resource["resourceType"], resource["id"])
-        if resource["resourceType"] in WITHDRAWABLE and key not in current_ids:
-            gone.append({**resource, "status": ENTERED_IN_ERROR})
+        if resource["resourceType"] in WITHDRAWN_TYPES and key not in current_ids:
+            gone.append(entered_in_error(resource))
     return gone
 
 

@@ -127,7 +127,13 @@ class RecordStore:
             # Their zone history stays; a new zone applies from today on (days already lived
             # keep theirs: `ohx users set-zone` re-cuts the past), and the days it moves are
             # marked for publishing.
-            kept = replace(config, timezone=before.timezone, zone_changes=before.zone_changes)
+            # So does their link generation (ids of a relinked person: ohx_dagster/identity.py).
+            kept = replace(
+                config,
+                timezone=before.timezone,
+                zone_changes=before.zone_changes,
+                link_generation=before.link_generation,
+            )
             today = datetime.now(UTC).astimezone(config.zone).date()
             config = (
                 kept if kept.timezone == config.timezone else kept.with_zone(config.timezone, today)

@@ -18,8 +18,15 @@ import pytest
 from fhir_test_server import FhirServer, running_fhir_server
 
 from ohx_dagster.fhir.codes import PERSON_SYSTEM
-from ohx_dagster.fhir.delivery import BearerToken, DeliveryError, FhirClient, enqueue_partition
+from ohx_dagster.fhir.delivery import (
+    BearerToken,
+    DeliveryError,
+    FhirClient,
+    enqueue_partition,
+    owner,
+)
 from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.identity import relink
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
@@ -245,4 +252,84 @@ def test_a_persons_whole_day_deleted_at_the_provider_is_deleted_on_the_server(
             and r["identifier"][0]["value"] == gone.user_id]  # fmt: skip
     others = [r for r in server.resources.values() if r["resourceType"] == "Observation"]
     assert others and all(not theirs(r) for r in others)
+    store.dispose()
+
+
+def test_a_relinked_persons_old_resources_are_deleted_and_new_ones_name_the_new_patient(
+    tmp_path: Path, server: FhirServer
+) -> None:
+    """`ohx users relink` (identity.relink): the person's resources are published again under
+    new identifiers naming the new patient, the old ones are entered-in-error in the output and
+    deleted on the server (their DeviceAssociation with the former patient too); nobody else's
+    resource on the server changes. Twice: from our derived Patient to the clinical system's,
+    then from that one to another of its Patients (a withdrawn resource then names a clinical
+    Patient the person no longer has: the output still validates)."""
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
+    source = Windowed(
+        SimulatedSource(2, seed=5, clock=lambda: NOW), SUPPORTED_TYPES["simulated"], HORIZON
+    )
+    sync_partition(source, store, [DAY], strategy="partition", now=NOW)
+    output = FhirOutput(str(tmp_path / "fhir"))
+    _seed_clinical_patient(server)
+    server.resources[("Patient", "clinical-8")] = {
+        "resourceType": "Patient",
+        "id": "clinical-8",
+        "meta": {"versionId": "1"},
+    }
+
+    def publish_and_deliver() -> None:
+        report = publish_partition(
+            store, output, provider="simulated", key="simulated", shard=Shard("simulated"),
+            day=DAY, scope=None, now=NOW, horizon=HORIZON,
+        )  # fmt: skip
+        assert report.invalid_buckets == {}
+        enqueue_partition(store, output, PARTITION)
+        FhirClient(server.url, auth=BearerToken(server.token), batch_size=40).deliver(
+            store, PARTITION
+        )
+        assert server.refusals == []
+
+    def identifiers(user_id: str) -> dict[str, dict]:
+        """The server's resources of the person with an identifier, by identifier value."""
+        return {
+            r["identifier"][0]["value"]: r
+            for r in server.resources.values()
+            if r.get("identifier") and owner(r) == ("simulated", user_id)
+            and r["resourceType"] != "Patient"
+        }  # fmt: skip
+
+    publish_and_deliver()
+    moved, neighbour = sorted(c.user_id for c in store.users("simulated"))
+    others = {k: dict(v) for k, v in server.resources.items() if owner(v)[1] == neighbour}
+    assert others
+    held = identifiers(moved)
+    assert {r["resourceType"] for r in held.values()} >= {
+        "Observation", "DiagnosticReport", "DeviceAssociation"
+    }  # fmt: skip
+    salt = b"relink-test-salt-0123456789"
+    for generation, patient in ((1, CLINICAL_ID), (2, "clinical-8")):
+        with store.write() as conn:
+            done = relink(
+                conn, "simulated", moved, patient, actor="nurse.a", reason="wrong patient",
+                salt=salt,
+            )  # fmt: skip
+        assert done is not None and done.days >= 1
+        publish_and_deliver()
+        now_held = identifiers(moved)
+        # Nothing of before that names a patient is left on the server: every such resource
+        # is a new one naming the new patient. Their Devices (no patient) stay as they were.
+        devices = {v: r for v, r in held.items() if r["resourceType"] == "Device"}
+        assert devices and {v: r for v, r in now_held.items() if v in devices} == devices
+        old = set(held) - set(devices)
+        new = set(now_held) - set(devices)
+        assert not old & new
+        assert {v.replace(f"|link-{generation}", "", 1) for v in new} == {
+            v.replace(f"|link-{generation - 1}", "", 1) for v in old
+        }
+        assert all(f"|link-{generation}" in v for v in new)
+        assert {
+            r["subject"]["reference"] for r in now_held.values() if "subject" in r
+        } == {f"Patient/{patient}"}  # fmt: skip
+        held = now_held
+        assert {k: v for k, v in server.resources.items() if owner(v)[1] == neighbour} == others
     store.dispose()

@@ -22,6 +22,8 @@ from ohx_dagster import audit
 from ohx_dagster.cli import cli
 from ohx_dagster.erasure import erase_person, remaining_rows
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.fhir.common import is_withdrawn
+from ohx_dagster.fhir.delivery import owner
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.identity import (
     Erased,
@@ -40,7 +42,7 @@ from ohx_dagster.providers.fitabase import FitabaseSource
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.providers.tokens import OAuthTokens, TokenStore, connect_user
-from ohx_dagster.publish import partition_dir, publish_partition
+from ohx_dagster.publish import check_output, partition_dir, publish_partition
 from ohx_dagster.retention import apply_retention
 from ohx_dagster.schema import audit_log, day_versions, measurements, series_chunks, users
 from ohx_dagster.settings import audit_retention
@@ -311,20 +313,32 @@ def test_relink_moves_the_account_audited_and_republishes_its_history(
     sync_partition(simulated(), store, [SIM_DAY], now=SIM_NOW)
     output = FhirOutput(str(tmp_path / "fhir"))
 
-    def publish() -> list[dict]:
+    directory = partition_dir(SIM_DAY, "simulated")
+
+    def publish(*, force: bool = False) -> list[dict]:
         report = publish_partition(
             store, output, provider="simulated", key="simulated", shard=Shard("simulated"),
-            day=SIM_DAY, scope=None, now=SIM_NOW, horizon=timedelta(hours=1),
+            day=SIM_DAY, scope=None, now=SIM_NOW, horizon=timedelta(hours=1), force=force,
         )  # fmt: skip
         assert not report.invalid_buckets
-        directory = partition_dir(SIM_DAY, "simulated")
         return [
             r
             for entry in output.manifest(directory)["output"]
             for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
         ]
 
+    def lines_by_owner() -> dict[str, set[bytes]]:
+        """Every NDJSON line of the partition as written, by the person it is about."""
+        found: dict[str, set[bytes]] = {}
+        for entry in output.manifest(directory)["output"]:
+            body = (tmp_path / "fhir" / directory / entry["url"].rsplit("/", 1)[-1]).read_bytes()
+            for line in body.splitlines():
+                found.setdefault(owner(json.loads(line))[1], set()).add(line)
+        return found
+
     before = publish()
+    neighbours_before = {u: lines for u, lines in lines_by_owner().items() if u != "sim-001"}
+    assert neighbours_before
     old = store.user("simulated", "sim-001").fhir_patient_id
     assert any(r.get("subject", {}).get("reference") == f"Patient/{old}" for r in before)
     waiting = store.unpublished_days("simulated")  # neighbouring days the sync touched
@@ -377,13 +391,76 @@ def test_relink_moves_the_account_audited_and_republishes_its_history(
     assert "wrong patient chosen at enrolment" in row.detail
     assert old not in row.detail and "pat-new" not in row.detail and "sim-001" not in row.detail
     assert abs(row.at_us - now_us()) < 60e6
-    # What the republish sensor's refresh run does: their history now names the new patient.
+    assert store.user("simulated", "sim-001").link_generation == 1
+    # What the republish sensor's refresh run does: their history is published again as new
+    # resources under the new patient, and what was published before is entered-in-error.
     after = publish()
-    theirs = [
-        r for r in after if "sim-001" in json.dumps(r.get("identifier", [])) and "subject" in r
+    configs = {p.config.user_id: p.config for p in store.people("simulated")}
+    assert not check_output(after, configs, None)
+    by_id = {(r["resourceType"], r["id"]): r for r in after}
+    clinical = {"Observation", "DiagnosticReport"}
+    theirs_before = [
+        r for r in before if r["resourceType"] in clinical and owner(r) == ("simulated", "sim-001")
     ]
-    assert theirs and all(r["subject"]["reference"] == "Patient/pat-new" for r in theirs)
-    assert not any(old in json.dumps(r) for r in after)  # the derived Patient: gone, unnamed
+    assert {r["resourceType"] for r in theirs_before} == clinical  # series, aggregates and ECG
+    # A replacement's identifier is the old one with the generation in its key ("|link-1").
+    replacements = {
+        r["identifier"][0]["value"].replace("|link-1", "", 1): r
+        for r in after
+        if r["resourceType"] in clinical
+        and owner(r) == ("simulated", "sim-001")
+        and r["status"] != "entered-in-error"
+    }
+    assert len(replacements) == len(theirs_before)
+
+    def content(resource: dict) -> dict:
+        ignored = {"id", "identifier", "subject", "status", "derivedFrom", "result", "device"}
+        return {k: v for k, v in resource.items() if k not in ignored}
+
+    for earlier in theirs_before:
+        withdrawn = by_id[(earlier["resourceType"], earlier["id"])]
+        assert withdrawn == {**earlier, "status": "entered-in-error"}  # its old subject
+        assert withdrawn["subject"]["reference"] == f"Patient/{old}"
+        new = replacements[earlier["identifier"][0]["value"]]
+        assert "|link-1" in new["identifier"][0]["value"]
+        assert new["id"] != earlier["id"]
+        assert new["subject"]["reference"] == "Patient/pat-new"
+        assert content(new) == content(earlier)  # the same values
+        assert new["status"] == earlier["status"]
+    # The Patient derived for them before stays while withdrawn resources reference it.
+    assert ("Patient", old) in by_id
+    assert not any(
+        r["subject"]["reference"] == f"Patient/{old}"
+        for r in after
+        if "subject" in r and not is_withdrawn(r)
+    )
+    # Their Device's association with the former patient is withdrawn too; the new one names
+    # the new patient. Their Provenance is a new resource.
+    associations = [
+        r for r in after if r["resourceType"] == "DeviceAssociation" and owner(r)[1] == "sim-001"
+    ]
+    withdrawn_links = [r for r in associations if is_withdrawn(r)]
+    assert withdrawn_links and all(
+        r["subject"]["reference"] == f"Patient/{old}"
+        and r["status"]["coding"][0]["code"] == "entered-in-error"
+        and (r["resourceType"], r["id"]) in {(b["resourceType"], b["id"]) for b in before}
+        for r in withdrawn_links
+    )
+    assert [r["subject"]["reference"] for r in associations if not is_withdrawn(r)] == [
+        "Patient/pat-new"
+    ] * (len(associations) - len(withdrawn_links))
+    provenances = [
+        r for r in after if r["resourceType"] == "Provenance" and owner(r)[1] == "sim-001"
+    ]
+    assert [p["patient"]["reference"] for p in provenances] == ["Patient/pat-new"]
+    assert not {p["id"] for p in provenances} & {p["id"] for p in before}
+    # Nobody else's published line changed by a byte.
+    assert {u: lines for u, lines in lines_by_owner().items() if u != "sim-001"} == (
+        neighbours_before
+    )
+    # Publishing again (forced: their day is rendered anew) changes no file.
+    files = output.manifest(directory)["output"]
+    assert publish(force=True) == after and output.manifest(directory)["output"] == files
     # Again: nothing to move.
     again = ohx(
         "users", "relink", "simulated", "sim-001", "--patient", "pat-new",

@@ -29,7 +29,7 @@ from ohx_dagster.fhir.codes import (
     UCUM,
     category,
 )
-from ohx_dagster.ids import stable_id
+from ohx_dagster.ids import content_key, stable_id
 from ohx_dagster.models import HealthDataType, HealthSyncConfig, default_patient_id
 
 
@@ -66,6 +66,27 @@ def header(resource_type: str, key: str) -> dict[str, Any]:
 
 def reference(resource_type: str, key: str) -> dict[str, str]:
     return {"reference": f"{resource_type}/{stable_id(resource_type, key)}"}
+
+
+ENTERED_IN_ERROR: Final = "entered-in-error"
+
+
+def entered_in_error(resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource withdrawn: its status entered-in-error, as its type codes a status (a code,
+    or the DeviceAssociation's CodeableConcept)."""
+    if resource["resourceType"] == "DeviceAssociation":
+        coding = {"system": DEVICE_ASSOCIATION_STATUS, "code": ENTERED_IN_ERROR,
+                  "display": "Entered in Error"}  # fmt: skip
+        return {**resource, "status": {"coding": [coding]}}
+    return {**resource, "status": ENTERED_IN_ERROR}
+
+
+def is_withdrawn(resource: dict[str, Any]) -> bool:
+    """Whether the resource is entered-in-error (`entered_in_error`)."""
+    status = resource.get("status")
+    if isinstance(status, dict):
+        return any(c.get("code") == ENTERED_IN_ERROR for c in status.get("coding", ()))
+    return status == ENTERED_IN_ERROR
 
 
 def references_in(node: Any) -> Iterator[dict]:
@@ -114,7 +135,9 @@ def patient(config: HealthSyncConfig) -> dict[str, Any]:
 
 
 def device_key(provider: str, user_id: str, device_id: str) -> str:
-    return f"{provider}|{user_id}|device|{device_id}"
+    """A Device names no patient: its key has no link generation (a relinked person's resources
+    keep pointing at the same Device; their DeviceAssociation, which names the patient, is new)."""
+    return content_key(provider, user_id, "device", device_id)
 
 
 def device_reference(provider: str, user_id: str, device_id: str) -> dict[str, str] | None:
@@ -169,7 +192,9 @@ def device(provider: str, config: HealthSyncConfig, device_id: str) -> list[dict
     resource["status"] = "active"
     resource["displayName"] = device_id
     resource["name"] = [{"value": device_id, "type": "user-friendly-name"}]
-    association = header("DeviceAssociation", f"{key}|association")
+    association = header(
+        "DeviceAssociation", content_key(key, "association", generation=config.link_generation)
+    )
     association["device"] = reference("Device", key)
     association["status"] = {
         "coding": [{"system": DEVICE_ASSOCIATION_STATUS, "code": "unknown", "display": "Unknown"}]

@@ -44,7 +44,7 @@ import sqlalchemy as sa
 from ohx_dagster import db
 from ohx_dagster.errors import OhxError
 from ohx_dagster.fhir.codes import PERSON_SYSTEM
-from ohx_dagster.fhir.common import referenced, references_in
+from ohx_dagster.fhir.common import is_withdrawn, referenced, references_in
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.providers.http import parse_retry_after
 from ohx_dagster.schema import fhir_files, fhir_outbox
@@ -91,7 +91,7 @@ def rank(resource: dict, *, deleted: bool = False) -> int:
     base = TYPE_RANK.get(resource["resourceType"], 3)
     if resource.get("derivedFrom") or resource.get("hasMember"):
         base += 1
-    deleted = deleted or resource.get("status") == "entered-in-error"
+    deleted = deleted or is_withdrawn(resource)
     return DELETE_RANK - base if deleted else base
 
 
@@ -109,7 +109,7 @@ def _outbox_row(partition_key: str, file: str, resource: dict, stamp: int) -> di
         "user_id": user_id,
         "body": body.decode(),
         "body_hash": hashlib.sha256(body).hexdigest(),
-        "withdrawn": resource.get("status") == "entered-in-error",
+        "withdrawn": is_withdrawn(resource),
         "enqueued_at_us": stamp,
     }
 
@@ -493,7 +493,7 @@ def transaction(
 
     def delete(resource: dict) -> bool:
         key = (resource["resourceType"], resource["id"])
-        return resource.get("status") == "entered-in-error" or key in deleted
+        return is_withdrawn(resource) or key in deleted
 
     return {
         "resourceType": "Bundle",

@@ -36,8 +36,10 @@ from ohx_dagster.records import row_dicts
 LinkedSeries = Callable[[str, int, int], list[dict[str, str]]]
 
 
-def ecg_key(provider: str, user_id: str, ts_us: int, device_id: str) -> str:
-    return content_key(provider, user_id, HealthDataType.ECG.value, int(ts_us), device_id)
+def ecg_key(provider: str, user_id: str, ts_us: int, device_id: str, generation: int = 0) -> str:
+    return content_key(
+        provider, user_id, HealthDataType.ECG.value, int(ts_us), device_id, generation=generation
+    )
 
 
 def device_steps(samples: np.ndarray) -> tuple[np.ndarray, float]:
@@ -62,7 +64,7 @@ def ecg_resources(
     rate = float(row["sampling_rate_hz"])
     end_us = ts_us + round(len(samples) / rate * 1_000_000)
     period = {"start": format_us(ts_us, offset), "end": format_us(end_us, offset)}
-    key = ecg_key(provider, config.user_id, ts_us, device_id)
+    key = ecg_key(provider, config.user_id, ts_us, device_id, config.link_generation)
     data, factor = device_steps(samples)
 
     waveform = header("Observation", f"{key}|waveform")

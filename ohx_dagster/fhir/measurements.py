@@ -35,15 +35,21 @@ SPARSE_TYPES: Final = (
 )
 
 
-def measurement_key(provider: str, user_id: str, data_type: str, ts_us: int, device_id: str) -> str:
-    return content_key(provider, user_id, data_type, "individual", int(ts_us), device_id)
+def measurement_key(
+    provider: str, user_id: str, data_type: str, ts_us: int, device_id: str, generation: int = 0
+) -> str:
+    return content_key(
+        provider, user_id, data_type, "individual", int(ts_us), device_id, generation=generation
+    )
 
 
 def measurement_observation(row: Mapping[str, Any], config: HealthSyncConfig) -> dict[str, Any]:
     kind = HealthDataType(row["data_type"])
     codes = TYPE_CODES[kind]
     ts_us = int(row["ts_us"])
-    key = measurement_key(row["provider"], config.user_id, kind.value, ts_us, row["device_id"])
+    key = measurement_key(
+        row["provider"], config.user_id, kind.value, ts_us, row["device_id"], config.link_generation
+    )
     resource = observation_base(kind, key, config)
     offset = 0 if pd.isna(row["utc_offset_min"]) else int(row["utc_offset_min"])
     resource["effectiveDateTime"] = format_us(ts_us, offset)

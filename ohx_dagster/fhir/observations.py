@@ -54,6 +54,7 @@ def aggregate_key(row: Mapping[str, Any], config: HealthSyncConfig) -> str:
         row["level"],
         start,
         str(calendar.zone_on(calendar.day_of(start)).key),
+        generation=config.link_generation,
     )
 
 

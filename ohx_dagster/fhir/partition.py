@@ -133,19 +133,28 @@ class PartitionIndex:
     """Which readings the partition publishes: (person, type) -> sorted [(start, end, reference)],
     so aggregates and ECG reports point only at resources of the same output."""
 
-    def __init__(self, provider: str, chunks: Sequence[Chunk], measurements: pd.DataFrame) -> None:
+    def __init__(
+        self,
+        provider: str,
+        chunks: Sequence[Chunk],
+        measurements: pd.DataFrame,
+        configs: Mapping[str, HealthSyncConfig],
+    ) -> None:
+        def generation(user_id: str) -> int:
+            return configs[user_id].link_generation
+
         self.entries: dict[tuple[str, str], list[tuple[int, int, dict[str, str]]]] = defaultdict(
             list
         )
         for chunk in chunks:
             ref = series_reference(provider, chunk.user_id, chunk.data_type, chunk.hour_us,
-                                   chunk.device_id)  # fmt: skip
+                                   chunk.device_id, generation(chunk.user_id))  # fmt: skip
             # A chunk's hour; a part a midnight cut begins inside it and ends with it.
             end = (chunk.hour_us // HOUR_US + 1) * HOUR_US
             self.entries[(chunk.user_id, chunk.data_type)].append((chunk.hour_us, end, ref))
         for row in row_dicts(measurements):
             key = measurement_key(provider, row["user_id"], row["data_type"], row["ts_us"],
-                                  row["device_id"])  # fmt: skip
+                                  row["device_id"], generation(row["user_id"]))  # fmt: skip
             self.entries[(row["user_id"], row["data_type"])].append(
                 (int(row["ts_us"]), int(row["ts_us"]) + 1, reference("Observation", key))
             )
@@ -191,7 +200,7 @@ def bucket_resources(
     chunks, sparse = data.in_day()
     configs = data.configs
     measurements = measurement_rows(sparse) if not sparse.empty else sparse
-    index = PartitionIndex(data.provider, chunks, measurements)
+    index = PartitionIndex(data.provider, chunks, measurements, data.configs)
     ecg = sparse[sparse["data_type"] == HealthDataType.ECG.value] if not sparse.empty else sparse
     resting = resting_heart_rate(data, statuses, index.derived_from)
     by_person: dict[str, list[dict[str, Any]]] = defaultdict(list)

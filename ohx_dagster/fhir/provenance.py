@@ -25,7 +25,7 @@ from ohx_dagster.fhir.codes import (
 )
 from ohx_dagster.fhir.common import patient_reference
 from ohx_dagster.fhir.timefmt import format_us
-from ohx_dagster.ids import stable_id
+from ohx_dagster.ids import content_key, stable_id
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.registry import describe
 
@@ -44,7 +44,10 @@ def provenance(
     # R5 Provenance has no identifier: its id is its content key's, and delivery updates it by id.
     # The zone is part of the key as it is of the aggregates': the same export read in another
     # zone is another set of resources with another Provenance, never the first one's overwritten.
-    key = f"{provider}|{config.user_id}|provenance|{day.isoformat()}|{config.zone_on(day).key}"
+    key = content_key(
+        provider, config.user_id, "provenance", day.isoformat(), config.zone_on(day).key,
+        generation=config.link_generation,
+    )  # fmt: skip
     resource: dict[str, Any] = {"resourceType": "Provenance", "id": stable_id("Provenance", key)}
     resource["target"] = [
         {"reference": f"{r['resourceType']}/{r['id']}"} for r in resources if "id" in r

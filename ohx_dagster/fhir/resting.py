@@ -46,7 +46,10 @@ def resting_heart_rate(
         if not values.size:
             continue
         zone = str(calendar.zone_on(data.day).key)
-        key = content_key(data.provider, user_id, "heart_rate", "resting", start, zone)
+        key = content_key(
+            data.provider, user_id, "heart_rate", "resting", start, zone,
+            generation=config.link_generation,
+        )  # fmt: skip
         offset = calendar.offset_min(start, data.day)
         resource = header("Observation", key)
         resource["status"] = statuses.get(user_id, "final")

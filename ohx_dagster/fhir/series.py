@@ -30,14 +30,19 @@ from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.record_tables import Chunk
 
 
-def series_key(provider: str, user_id: str, data_type: str, hour_us: int, device_id: str) -> str:
-    return content_key(provider, user_id, data_type, "series", int(hour_us), device_id)
+def series_key(
+    provider: str, user_id: str, data_type: str, hour_us: int, device_id: str, generation: int = 0
+) -> str:
+    return content_key(
+        provider, user_id, data_type, "series", int(hour_us), device_id, generation=generation
+    )
 
 
 def series_reference(
-    provider: str, user_id: str, data_type: str, hour_us: int, device_id: str
+    provider: str, user_id: str, data_type: str, hour_us: int, device_id: str, generation: int = 0
 ) -> dict[str, str]:
-    return reference("Observation", series_key(provider, user_id, data_type, hour_us, device_id))
+    key = series_key(provider, user_id, data_type, hour_us, device_id, generation)
+    return reference("Observation", key)
 
 
 def sampled_text(values: np.ndarray) -> str:
@@ -76,7 +81,9 @@ def series_observation(
 ) -> dict[str, Any]:
     """One hour of one type from one device as an Observation with valueSampledData."""
     codes = TYPE_CODES[kind]
-    key = series_key(provider, config.user_id, kind.value, hour_us, device_id)
+    key = series_key(
+        provider, config.user_id, kind.value, hour_us, device_id, config.link_generation
+    )
     resource = observation_base(kind, key, config, status)
     end = int(ts_us[-1]) + (0 if np.isnan(duration_s) else round(duration_s * 1_000_000))
     resource["effectivePeriod"] = {
