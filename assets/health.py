@@ -21,11 +21,10 @@ from assets.metadata import hourly_charts, hourly_plot, span, type_table
 from assets.partitions import BACKFILL_POLICY, days_and_shard
 from assets.pseudonyms import Hider, run_request
 from ohx_dagster import aggregate
-from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.identity import short
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.providers.base import Event
-from ohx_dagster.publish import partition_dir, publish_partition
+from ohx_dagster.publish import partition_dir, publish_partition, validate_sample
 from ohx_dagster.quality import aggregate_inconsistencies
 from ohx_dagster.run_request import SyncRequest
 from ohx_dagster.shards import Sharding
@@ -36,9 +35,6 @@ from resources import FhirOutputResource, RecordStoreResource, SourcesResource
 
 MAX_RETRIES = 3
 RETRY_WAIT_S = 30.0
-# FHIR validation takes milliseconds a resource: each published bucket is validated on a
-# stratified sample of its resources (every type and profile) before it is published.
-VALIDATION_SAMPLE = 12
 
 
 def events_of(store: RecordStore, request: SyncRequest) -> dict[str, list[Event]]:
@@ -299,9 +295,7 @@ def build_health_assets(
                 force=request.strategy is SyncStrategy.PARTITION,
                 run_id=context.run_id,
                 publish_ambiguous=output.publish_ambiguous,
-                validate=lambda resources: [
-                    str(p) for p in validate_resources(resources, limit=VALIDATION_SAMPLE)
-                ],
+                validate=validate_sample,
             )
             for day in days
         ]

@@ -85,7 +85,7 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
     """In this process: the warm-up and empty runs, then the partition with `users` people."""
     import dagster as dg
 
-    import assets.health
+    import ohx_dagster.publish
     from ohx_dagster.fhir.validation import forget_remembered
     from ohx_dagster.providers.simulated import SimulatedSource
     from ohx_dagster.store import RecordStore
@@ -111,7 +111,7 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
         # Where the run's CPU goes, beside the total: the FHIR validation of each published
         # bucket's sample (the asset's call) and the simulated provider answering the fetches.
         with (
-            _Meter(assets.health, "validate_resources") as validation,
+            _Meter(ohx_dagster.publish, "validate_resources") as validation,
             _Meter(SimulatedSource, "fetch") as provider,
         ):
             if profile is None:

@@ -23,11 +23,10 @@ from typing import Any
 
 from bench.common import DAY, day_start, median, timed
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.providers.base import Event, Windowed
 from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.publish import publish_partition
+from ohx_dagster.publish import publish_partition, validate_sample
 from ohx_dagster.shards import Shard
 from ohx_dagster.store import RecordStore
 from ohx_dagster.strategies import SyncStrategy
@@ -35,12 +34,6 @@ from ohx_dagster.sync import sync_partition
 
 PERSON = "sim-001"
 HORIZON = RESYNC_HORIZON["simulated"]
-# assets/health.py validates each published bucket on a sample of this size.
-VALIDATION_SAMPLE = 12
-
-
-def _validate(resources: list[dict[str, Any]]) -> list[str]:
-    return [str(p) for p in validate_resources(resources, limit=VALIDATION_SAMPLE)]
 
 
 def partition(home: Path, people: int, rounds: int) -> dict[str, Any]:
@@ -65,7 +58,7 @@ def partition(home: Path, people: int, rounds: int) -> dict[str, Any]:
             now=now,
             horizon=HORIZON,
             force=scope is None,
-            validate=_validate,
+            validate=validate_sample,
         )
 
     with timed() as setup:

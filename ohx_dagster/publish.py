@@ -50,7 +50,7 @@ from ohx_dagster.fhir.common import (
 )
 from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
-from ohx_dagster.fhir.validation import validate_output
+from ohx_dagster.fhir.validation import validate_output, validate_resources
 from ohx_dagster.localdays import Calendar
 from ohx_dagster.models import AggregationLevel, HealthSyncConfig
 from ohx_dagster.schema import aggregates, day_versions, fhir_files, users
@@ -63,6 +63,15 @@ WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
 WITHDRAWN_TYPES: Final = WITHDRAWABLE | {"DeviceAssociation"}
 
 Validate = Callable[[list[dict[str, Any]]], list[str]]
+# FHIR validation takes milliseconds a resource: each published bucket is validated on a
+# stratified sample of its resources (every type and profile) before it is published.
+VALIDATION_SAMPLE: Final = 12
+
+
+def validate_sample(resources: list[dict[str, Any]]) -> list[str]:
+    """The R5 validation every publisher passes as `validate` (the publish step of Dagster's
+    runs, `ohx import`): a stratified sample of VALIDATION_SAMPLE resources of the bucket."""
+    return [str(p) for p in validate_resources(resources, limit=VALIDATION_SAMPLE)]
 
 
 def check_output(

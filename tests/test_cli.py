@@ -543,10 +543,13 @@ def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> N
         "person apple-health",
         "Zone: Asia/Jerusalem",
         "2017-01-22 .. 2017-11-06",
-        "Not published yet: 'apple_health' is not in OHX_SOURCES",
-        "republish_sensor",
+        # apple_health is not in OHX_SOURCES: no Dagster run would publish it; the import did.
+        "FHIR: 196 days (2017-01-22 .. 2017-11-06) published by this import to "
+        f"{home / 'fhir'}/<day>/apple_health/",
+        "'apple_health' is not in the running Dagster's OHX_SOURCES (simulated)",
     ):
         assert phrase in out, phrase
+    assert "republish_sensor" not in out
     # Retention counts back from the export's newest record: none of its days expires.
     assert "Retention" not in out and "daily_retention" not in out
     # --verbose: the records and the skipped elements as tables, kind by kind.
@@ -563,7 +566,8 @@ def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> N
     store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
     everything = DateRange(datetime(2017, 1, 1, tzinfo=UTC), datetime(2018, 1, 1, tzinfo=UTC))
     assert len(store.read_records("apple_health", everything)) == 6197
-    assert store.unpublished_days("apple_health")  # marked for Dagster's republish sensor
+    assert store.unpublished_days("apple_health") == {}  # every day published by the import
+    assert (home / "fhir" / "2017-11-06" / "apple_health" / "manifest.json").is_file()
     # The same file again changes nothing; without --verbose, the summary in a few lines.
     again = ohx("import", "apple-health", str(export))
     assert again.exit_code == 0, again.output
@@ -614,7 +618,8 @@ def fitabase_subset(fitabase_dir: Path, tmp_path: Path) -> Path:
 def test_import_fitabase(
     home: Path, fitabase_subset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Dagster's settings here name the source: the summary says what the sensor will publish.
+    # Dagster's settings here name the source, but its partitions start in 2025: no run would
+    # publish the 2016 days, so the import does, and says why.
     monkeypatch.setenv("OHX_SOURCES", "simulated,fitabase")
     monkeypatch.setenv("OHX_FITABASE_DIR", str(fitabase_subset))
     monkeypatch.setenv("OHX_FITABASE_TZ", "UTC")
@@ -639,9 +644,11 @@ def test_import_fitabase(
     )
     assert "hourlyCalories_merged.csv" in out and "2 people" in out
     store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
-    changed = store.unpublished_days("fitabase")
-    assert f"{len(changed)} changed days lie before OHX_PARTITIONS_START=2025-01-01" in out
-    assert f"set OHX_PARTITIONS_START={min(changed)} where Dagster runs" in out
+    assert store.unpublished_days("fitabase") == {}
+    days = sorted(p.name for p in (home / "fhir").iterdir())
+    assert f"FHIR: {len(days)} days ({days[0]} .. {days[-1]}) published by this import" in out
+    assert "outside the running Dagster's partitions (OHX_PARTITIONS_START=2025-01-01" in out
+    assert "republish_sensor" not in out
     person = store.person("fitabase", "2022484408")
     assert person is not None and person.config.timezone == "America/Chicago"
     expected = sum(len(read[n]) for n in list(read)[:3])

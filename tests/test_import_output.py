@@ -18,7 +18,9 @@ SUMMARY = (
     "Days (UTC): 2017-01-22 .. 2017-11-06, 289 days; 196 days changed in the store.",
     "Records: 6,197 (heart_rate 2,177, steps 3,980, weight 40).",
     "Skipped: 41 kinds (4,837 in all) this product does not sync: --verbose lists them and why.",
-    "Not published yet: 'apple_health' is not in OHX_SOURCES",
+    # Where the FHIR is: the import published every day (apple_health is not in scripts/dev's
+    # OHX_SOURCES, so no Dagster run would).
+    "FHIR: 196 days (2017-01-22 .. 2017-11-06) published by this import to ",
 )  # no "Retention:" line: the export spans under a year (ohx_dagster/retention.py)
 
 

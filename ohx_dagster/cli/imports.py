@@ -15,15 +15,20 @@ Each call commits on its own: an import that stops half way (a database gone, a 
 failure) says which days are stored and which are not, and importing the same file again
 completes it (what is stored already is unchanged).
 
-Publishing is Dagster's: the store marks every day whose data changed, and the running code
-location's republish_sensor publishes them (when the source is in its OHX_SOURCES and the day
-within its partitions).
+Publishing: the store marks every day whose data changed. The days the running Dagster owns (the
+source is in its OHX_SOURCES and the day within its partitions, from OHX_PARTITIONS_START to
+today: this environment's settings, as Dagster's) are its republish_sensor's, which publishes
+them in `refresh` runs the UI shows. Every other changed day of the file the import publishes
+itself, with the same step as those runs (publish.publish_partition, validated by
+publish.validate_sample), as FHIR R5 bulk NDJSON under OHX_FHIR_DIR (no FHIR server delivery:
+that is a Dagster run's); a re-import publishes what an interrupted one left unpublished.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -37,8 +42,11 @@ from ohx_dagster.errors import OhxError, ValidationError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ohx_dagster.fhir.output import FhirOutput
     from ohx_dagster.providers.base import HealthSource
     from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
+    from ohx_dagster.settings import Settings
+    from ohx_dagster.shards import Shard
     from ohx_dagster.store import RecordStore
 
 DAYS_PER_SYNC = 7
@@ -209,15 +217,11 @@ def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> s
     )
 
 
-def run_with_progress(
-    store: RecordStore,
-    source: HealthSource,
-    people: Iterable[str],
-    days: list[date],
-    held: set[date] | None = None,
-) -> ImportOutcome:
-    """The sync with a progress bar on one line that rewrites itself, and is gone when the import
-    ends, when the output is a terminal; nothing when it is not (a pipe, a file, a log)."""
+@contextmanager
+def _progress(start: str, verb: str, total: int) -> Iterator[Callable[[date, date | None], None]]:
+    """A progress bar on one line that rewrites itself, and is gone when the step ends, when the
+    output is a terminal; nothing when it is not (a pipe, a file, a log). Yields advance(first,
+    last): the days first .. last (last None: first alone) are done."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     columns = (
@@ -229,50 +233,186 @@ def run_with_progress(
     console = common.console(stderr=True)
     shown = console.is_terminal and click.get_text_stream("stdout").isatty()
     with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
-        task = bar.add_task(f"syncing {days[0]}", total=len(days))
+        task = bar.add_task(start, total=total)
 
-        def advance(first: date, last: date) -> None:
-            bar.update(task, advance=(last - first).days + 1, description=f"synced to {last}")
+        def advance(first: date, last: date | None = None) -> None:
+            end = first if last is None else last
+            bar.update(task, advance=(end - first).days + 1, description=f"{verb} {end}")
 
+        yield advance
+
+
+def run_with_progress(
+    store: RecordStore,
+    source: HealthSource,
+    people: Iterable[str],
+    days: list[date],
+    held: set[date] | None = None,
+) -> ImportOutcome:
+    """The sync with a progress bar (_progress: in a terminal only)."""
+    with _progress(f"syncing {days[0]}", "synced to", len(days)) as advance:
         return sync_file(store, source, people, days, held=held, progress=advance)
 
 
-def publishing_note(source: str, changed: set[date]) -> str:
-    """What Dagster will do with the changed days, read from this environment's settings."""
+def import_file(
+    store: RecordStore,
+    source: HealthSource,
+    people: list[str],
+    days: list[date],
+    held: set[date] | None = None,
+) -> tuple[ImportOutcome, Settings, Published]:
+    """The sync, then the publishing of the changed days the running Dagster does not publish
+    (publish_outside), under this environment's settings."""
     from ohx_dagster.settings import Settings
 
-    if not changed:
-        return "Nothing changed in the store: nothing to publish."
-    first, last = min(changed), max(changed)
-    span = f"{len(changed)} changed days ({first} .. {last})"
-    try:
-        settings = Settings.from_env()
-    except OhxError as exc:
-        return (
-            f"The running Dagster's republish_sensor publishes the {span} when {source!r} is in "
-            f"its OHX_SOURCES (this environment's settings do not load: {exc})."
-        )
+    settings = Settings.from_env()  # validated before the command ran (cli.OhxGroup)
+    outcome = run_with_progress(store, source, people, days, held)
+    return outcome, settings, publish_outside(store, settings, outcome, people)
+
+
+@dataclass
+class Published:
+    """What the import published itself: days outside the running Dagster's partitions or
+    sources."""
+
+    days: set[date] = field(default_factory=set)
+    where: str = ""  # the output folder of the days, with <day> for the date
+    invalid: dict[date, list[str]] = field(default_factory=dict)  # days not published, and why
+
+
+def dagster_days(settings: Settings, source: str, days: Iterable[date]) -> set[date]:
+    """The days the running Dagster's republish_sensor publishes: its source, its partitions
+    (OHX_PARTITIONS_START to today UTC, as sensors/republish.py skips the others)."""
     if source not in settings.sources:
-        return (
-            f"Not published yet: {source!r} is not in OHX_SOURCES ({','.join(settings.sources)}). "
-            f"Add it where Dagster runs, and its republish_sensor publishes the {span}."
-        )
+        return set()
     today = common.now().date()
-    inside = [d for d in changed if settings.partitions_start <= d <= today]
-    early = len(changed) - len(inside)
+    return {d for d in days if settings.partitions_start <= d <= today}
+
+
+def publish_outside(
+    store: RecordStore, settings: Settings, outcome: ImportOutcome, people: Iterable[str]
+) -> Published:
+    """Publish the file's people's unpublished days of its span that the running Dagster does
+    not (dagster_days), as the publish step of a `refresh` run does: the people whose day
+    changed, per source key, validated the same way (publish.validate_sample)."""
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.shards import Shard
+
+    source, wanted, span = outcome.source, set(people), set(outcome.days)
+    due = {
+        day: found & wanted
+        for day, found in store.unpublished_days(source).items()
+        if day in span and found & wanted
+    }
+    for day in dagster_days(settings, source, due):
+        del due[day]
+    configured = source in settings.sources
+    shards = {
+        u: settings.sharding.shard_of(source, u) if configured else Shard(source)
+        for users in due.values()
+        for u in users
+    }
+    keys = sorted({shard.key for shard in shards.values()})
+    published = Published(
+        where=f"{settings.fhir_dir}/<day>/{keys[0] if len(keys) == 1 else '<source key>'}/"
+    )
+    output = FhirOutput(settings.fhir_dir)
+    with _progress("publishing", "published", len(due)) as advance:
+        for day, users in sorted(due.items()):
+            try:
+                for shard in sorted({shards[u] for u in users}, key=lambda s: s.index):
+                    scope = {u for u in users if shards[u] == shard}
+                    _publish(store, output, settings, published, shard, day, scope)
+            except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what is published
+                raise ImportStopped(_publish_stopped(published, day, exc)) from exc
+            advance(day)
+    return published
+
+
+def _publish(
+    store: RecordStore,
+    output: FhirOutput,
+    settings: Settings,
+    published: Published,
+    shard: Shard,
+    day: date,
+    scope: set[str],
+) -> None:
+    """One day of the people of one source key, as a refresh run's publish step does."""
+    from ohx_dagster.publish import publish_partition, validate_sample
+
+    report = publish_partition(
+        store,
+        output,
+        provider=shard.provider,
+        key=shard.key,
+        shard=shard,
+        day=day,
+        scope=scope,
+        now=common.now(),
+        horizon=settings.resync_horizons[shard.provider],
+        publish_ambiguous=settings.publish_ambiguous,
+        validate=validate_sample,
+    )
+    problems = [p for ps in report.invalid_buckets.values() for p in ps]
+    if problems:
+        published.invalid.setdefault(day, []).extend(problems)
+    elif report.buckets:
+        published.days.add(day)
+
+
+def _publish_stopped(published: Published, day: date, exc: BaseException) -> str:
+    from ohx_dagster.cli import _user_error
+
+    if isinstance(exc, KeyboardInterrupt):
+        why = "interrupted"
+    else:
+        why = _user_error(exc) or f"{type(exc).__name__}: {common.one_line(exc)}"
+    return (
+        f"publishing stopped at {day} ({why}): the file is stored, {len(published.days)} days "
+        f"are published in {published.where}; import the same file again to publish the rest"
+    )
+
+
+def publishing_note(
+    source: str, changed: set[date], settings: Settings, published: Published
+) -> str:
+    """One line: what the import published and where, and what the running Dagster publishes."""
+    if not changed and not published.days:
+        return "Nothing changed in the store: nothing to publish."
     notes = []
+    if published.days:
+        first, last = min(published.days), max(published.days)
+        if source not in settings.sources:
+            sources = ",".join(settings.sources)
+            why = f"{source!r} is not in the running Dagster's OHX_SOURCES ({sources})"
+        else:
+            why = (
+                "they lie outside the running Dagster's partitions (OHX_PARTITIONS_START="
+                f"{settings.partitions_start} to today)"
+            )
+        notes.append(
+            f"FHIR: {len(published.days)} days ({first} .. {last}) published by this import to "
+            f"{published.where} (manifest.json, NDJSON): {why}."
+        )
+    inside = dagster_days(settings, source, changed)
     if inside:
         notes.append(
             f"The running Dagster publishes {len(inside)} changed days: its republish_sensor "
             "picks them up within a minute (a refresh run per day and source key, in Runs)."
         )
-    if early:
-        notes.append(
-            f"{early} changed days lie before OHX_PARTITIONS_START={settings.partitions_start} "
-            f"and are not published: set OHX_PARTITIONS_START={first} where Dagster runs, and "
-            "its republish_sensor publishes them."
-        )
-    return " ".join(notes)
+    return " ".join(notes) or "Nothing left to publish."
+
+
+def invalid_line(published: Published) -> str | None:
+    """The days whose FHIR did not validate (not published: the previous version stays)."""
+    if not published.invalid:
+        return None
+    day = min(published.invalid)
+    return (
+        f"{len(published.invalid)} days not published: their FHIR does not validate (the "
+        f"previous version stays); {day}: {published.invalid[day][0]}"
+    )
 
 
 def retention_note(store: RecordStore, outcome: ImportOutcome) -> str | None:
@@ -311,11 +451,14 @@ def render_summary(
     notes: Iterable[str] = (),
     *,
     store: RecordStore,
+    settings: Settings,
+    published: Published,
     refused: RefusedDates | None = None,
     verbose: bool = False,
 ) -> None:
-    """A few lines: what was imported, over which days, what was skipped (counted), what Dagster
-    will publish and what retention deletes; a line for each refusal or failure. `verbose`:
+    """A few lines: what was imported, over which days, what was skipped (counted), where the
+    FHIR of the days the import published is and what Dagster will publish, and what retention
+    deletes; a line for each refusal, failure or day whose FHIR did not validate. `verbose`:
     the records and the skipped elements as tables, kind by kind."""
     from rich.text import Text
 
@@ -349,7 +492,10 @@ def render_summary(
                 style="red",
             )
         )
-    out.print(Text(publishing_note(outcome.source, outcome.days_changed)))
+    out.print(Text(publishing_note(outcome.source, outcome.days_changed, settings, published)))
+    invalid = invalid_line(published)
+    if invalid:
+        out.print(Text(invalid, style="red"))
     retention = retention_note(store, outcome)
     if retention:
         out.print(Text(retention, style="yellow"))
@@ -423,8 +569,8 @@ def plausible_dates() -> PlausibleDates:
     return PlausibleDates.at(common.now(), earliest_sample_date())
 
 
-def _failed(outcome: ImportOutcome) -> None:
-    if outcome.failures:
+def _failed(outcome: ImportOutcome, published: Published) -> None:
+    if outcome.failures or published.invalid:
         raise click.exceptions.Exit(1)
 
 
@@ -466,7 +612,8 @@ def apple_skipped(summary: Any) -> list[Skipped]:
 
 @click.group("import")
 def import_() -> None:
-    """Import a data export into the record store (Dagster then publishes the changed days)."""
+    """Import a data export into the record store, and publish its changed days as FHIR (the
+    running Dagster's republish_sensor publishes those in its sources and partitions)."""
 
 
 @import_.command("apple-health")
@@ -483,8 +630,9 @@ def apple_health(
     """Import an Apple Health export (export.zip as the Health app shares it, or export.xml)
     for one person: heart rate, steps, weight, temperature, SpO2, blood pressure and ECGs, over
     every day it spans. Importing again replaces the stored records of those days and types
-    with the file's (an unchanged file changes nothing); Dagster then publishes the changed
-    days."""
+    with the file's (an unchanged file changes nothing). The changed days are published as FHIR
+    by the running Dagster when apple_health is in its OHX_SOURCES and the day in its partitions,
+    by the import otherwise (the summary says where)."""
     from ohx_dagster.ids import check_user_id  # the id rule of every entry point
     from ohx_dagster.providers.apple_health import AppleHealthSource
     from ohx_dagster.providers.base import Windowed
@@ -511,7 +659,7 @@ def apple_health(
             f"which their days keep (the export says {zone.zone})."
         )
     days = [held[0] + timedelta(days=n) for n in range((held[-1] - held[0]).days + 1)]
-    outcome = run_with_progress(store, source, [reader.user_id], days, set(held))
+    outcome, settings, published = import_file(store, source, [reader.user_id], days, set(held))
     title = f"Imported {export} as {reader.name} person {reader.user_id}"
     render_summary(
         title,
@@ -519,10 +667,12 @@ def apple_health(
         apple_skipped(reader.summary),
         notes,
         store=store,
+        settings=settings,
+        published=published,
         refused=reader.refused,
         verbose=verbose,
     )
-    _failed(outcome)
+    _failed(outcome, published)
 
 
 # -- Fitabase --------------------------------------------------------------------------------------
@@ -560,8 +710,9 @@ def fitabase_skipped(directory: Path, read: Mapping[str, Any]) -> list[Skipped]:
 def fitabase(ctx: click.Context, directory: Path, timezone: str, verbose: bool) -> None:
     """Import a Fitbit export in the Fitabase CSV layout (one folder, many people): heart rate,
     hourly steps and weight, over every day it spans. Importing again replaces the stored
-    records of those days and types with the folder's; Dagster then publishes the changed
-    days."""
+    records of those days and types with the folder's. The changed days are published as FHIR
+    by the running Dagster when fitabase is in its OHX_SOURCES and the day in its partitions, by
+    the import otherwise (the summary says where)."""
     from ohx_dagster.providers.base import Windowed
     from ohx_dagster.providers.fitabase import EXPORT_FILES, FitabaseSource
     from ohx_dagster.providers.registry import RESYNC_HORIZON
@@ -583,8 +734,19 @@ def fitabase(ctx: click.Context, directory: Path, timezone: str, verbose: bool) 
     store = common.open_store(ctx, create=True)
     source = Windowed(reader, held_types(reader.name, records), RESYNC_HORIZON[reader.name])
     people = [c.user_id for c in reader.discover_users()]
-    outcome = run_with_progress(store, source, people, spanned_days(records), held_days(records))
+    outcome, settings, published = import_file(
+        store, source, people, spanned_days(records), held_days(records)
+    )
     title = f"Imported {directory} as {reader.name}: {len(outcome.people)} people, zone {timezone}"
     skipped = fitabase_skipped(directory, expected)
-    render_summary(title, outcome, skipped, store=store, refused=reader.refused, verbose=verbose)
-    _failed(outcome)
+    render_summary(
+        title,
+        outcome,
+        skipped,
+        store=store,
+        settings=settings,
+        published=published,
+        refused=reader.refused,
+        verbose=verbose,
+    )
+    _failed(outcome, published)
