@@ -21,8 +21,9 @@ from ohx_dagster.providers.base import FetchResult, Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
+from ohx_dagster.strategies import SyncStrategy, goal
 from ohx_dagster.sync import SyncFailed, sync_partition
-from ohx_dagster.times import utc_day
+from ohx_dagster.times import from_us
 
 # Relative to the wall clock: people connect "now", and their history reaches 30 days back.
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -57,22 +58,32 @@ class ScriptedSource(Windowed):
         return result
 
 
+def goal_window(config: HealthSyncConfig, days: Sequence[date]) -> DateRange:
+    """What runs of these day partitions leave covered for a person: the UTC days and the
+    person's local days of those dates (what the partitions publish)."""
+    first, last = (
+        goal(SyncStrategy.PARTITION, day, config, NOW - timedelta(days=400), NOW)
+        for day in (min(days), max(days))
+    )
+    return DateRange(from_us(first[0]), from_us(last[1]))
+
+
 def held(store: RecordStore, people: Sequence[str], days: Sequence[date]) -> int:
     """What the provider holds for these people and days (the simulator is deterministic)."""
     source = SimulatedSource(3, clock=lambda: NOW)
     total = 0
     for config in source.discover_users():
         if config.user_id in people:
-            for day in days:
-                total += len(
-                    source.fetch(config, SUPPORTED_TYPES["simulated"], utc_day(day), batch_size=0)
-                )
+            window = goal_window(config, days)
+            total += len(source.fetch(config, SUPPORTED_TYPES["simulated"], window, batch_size=0))
     return total
 
 
 def stored(store: RecordStore, days: Sequence[date]) -> int:
-    window = DateRange(utc_day(min(days)).start, utc_day(max(days)).end)
-    return len(store.read_records("simulated", window))
+    return sum(
+        len(store.read_records("simulated", goal_window(config, days), user_ids=[config.user_id]))
+        for config in store.users("simulated")
+    )
 
 
 def test_a_run_commits_its_day_and_a_rerun_fetches_nothing(store: RecordStore) -> None:
