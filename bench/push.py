@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,14 @@ def partition(home: Path, people: int, rounds: int) -> dict[str, Any]:
     source = Windowed(simulator, SUPPORTED_TYPES["simulated"], HORIZON)
     shard = Shard("simulated")
 
-    def publish(now: datetime, scope: set[str] | None) -> Any:
+    def publish(now: datetime, scope: set[str] | None, day: date = DAY) -> Any:
         return publish_partition(
             store,
             output,
             provider="simulated",
             key="simulated",
             shard=shard,
-            day=DAY,
+            day=day,
             scope=scope,
             now=now,
             horizon=HORIZON,
@@ -69,7 +69,7 @@ def partition(home: Path, people: int, rounds: int) -> dict[str, Any]:
         clock[0] += timedelta(minutes=5)
         event = Event("heart_rate", clock[0] - timedelta(minutes=1), clock[0], {})
         with timed() as run:
-            sync_partition(
+            pushed = sync_partition(
                 source,
                 store,
                 DAY,
@@ -78,7 +78,10 @@ def partition(home: Path, people: int, rounds: int) -> dict[str, Any]:
                 events={PERSON: [event]},
                 now=clock[0],
             )
-            report = publish(clock[0], {PERSON})
+            # The person's local day the new minutes belong to (past 23:00 UTC it is the next
+            # day east of UTC): what the chain and the republish sensor publish.
+            for day in sorted(pushed.days_changed):
+                report = publish(clock[0], {PERSON}, day)
         assert report.users and PERSON in report.users, "the push published nothing"
         runs.append(run.cpu_s)
         resources = report.resources
