@@ -22,6 +22,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster_storage import storage_hits
 from fhir_test_server import FhirServer, running_fhir_server
 
 from ohx_dagster import audit
@@ -352,33 +353,7 @@ def server_hits(server: FhirServer, traces: Traces) -> list[str]:
 def dagster_hits(world: World, traces: Traces) -> dict[str, list[str]]:
     """Runs, their event logs, backfills, and every row of every table of the instance's SQLite
     databases, and its captured logs."""
-    instance = world.instance
-    hits: dict[str, list[str]] = {}
-    for record in instance.get_run_records():
-        run = record.dagster_run
-        text = json.dumps([run.tags, run.run_config], default=str)
-        text += " ".join(str(e) for e in instance.all_logs(run.run_id))
-        if found := traces.found_in(text):
-            hits[f"run {run.run_id}"] = found
-    for backfill in instance.get_backfills():
-        if found := traces.found_in(json.dumps(dict(backfill.tags))):
-            hits[f"backfill {backfill.backfill_id}"] = found
-    for path in world.dagster_dir.rglob("*"):
-        if not path.is_file():
-            continue
-        if path.suffix == ".db":
-            engine = sa.create_engine(f"sqlite:///{path}")
-            with engine.connect() as conn:
-                for table in sa.inspect(engine).get_table_names():
-                    for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
-                        if found := traces.found_in(repr(tuple(row))):
-                            hits[f"{path.name}:{table}"] = found
-            engine.dispose()
-        elif not path.name.endswith(("-wal", "-shm", "-journal")) and (
-            found := traces.found_in(path.read_bytes().decode("latin-1"))
-        ):
-            hits[str(path.relative_to(world.dagster_dir))] = found
-    return hits
+    return storage_hits(world.instance, world.dagster_dir, traces.found_in)
 
 
 def others_resources(world: World) -> dict[tuple[str, str], dict]:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import sqlalchemy as sa
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster_storage import storage_hits
 
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.errors import ConfigError
@@ -100,32 +100,7 @@ def id_hits(world: World) -> dict[str, list[str]]:
     def found(text: str) -> list[str]:
         return [p.pattern for p in patterns if p.search(text)]
 
-    hits: dict[str, list[str]] = {}
-    for record in world.instance.get_run_records():
-        run = record.dagster_run
-        text = json.dumps([run.tags, run.run_config], default=str)
-        text += " ".join(str(e) for e in world.instance.all_logs(run.run_id))
-        if names := found(text):
-            hits[f"run {run.run_id} {run.tags.get('dagster/partition')}"] = names
-    for backfill in world.instance.get_backfills():
-        if names := found(json.dumps(dict(backfill.tags))):
-            hits[f"backfill {backfill.backfill_id}"] = names
-    for path in world.dagster_dir.rglob("*"):
-        if not path.is_file():
-            continue
-        if path.suffix == ".db":
-            engine = sa.create_engine(f"sqlite:///{path}")
-            with engine.connect() as conn:
-                for table in sa.inspect(engine).get_table_names():
-                    for row in conn.execute(sa.text(f'SELECT * FROM "{table}"')):
-                        if names := found(repr(tuple(row))):
-                            hits[f"{path.name}:{table}"] = names
-            engine.dispose()
-        elif not path.name.endswith(("-wal", "-shm", "-journal")) and (
-            names := found(path.read_bytes().decode("latin-1"))
-        ):
-            hits[str(path.relative_to(world.dagster_dir))] = names
-    return hits
+    return storage_hits(world.instance, world.dagster_dir, found)
 
 
 def people_with_records(store: RecordStore, day) -> set[str]:
