@@ -17,7 +17,6 @@ Worked example (docs/sync.md): a person in America/New_York, day 2026-11-20, is
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
@@ -94,10 +93,6 @@ class Calendar:
         starts = np.array([self.day_window(d)[0] for d in days], dtype="int64")
         position = np.searchsorted(starts, ts_us, side="right") - 1
         return first.toordinal() + position.astype("int64")
-
-
-def calendars(configs: Iterable[HealthSyncConfig]) -> dict[str, Calendar]:
-    return {c.user_id: Calendar.of(c) for c in configs}
 
 
 def midnight_us(day: date, zone: ZoneInfo) -> int:
