@@ -23,16 +23,16 @@ Observations with their devices; only the statistics count one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.localdays import Calendar
+from ohx_dagster.localdays import Calendar, own_day_bounds, own_days
 from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.schema import aggregates
 from ohx_dagster.times import HOUR_US, from_us
@@ -51,27 +51,35 @@ def _calendar(zones: Mapping[str, Clock], user_id: object) -> Calendar:
     return UTC_CLOCK if found is None else Calendar.of(found)
 
 
-def local_hours(ts_us: np.ndarray, calendar: Calendar) -> tuple[np.ndarray, np.ndarray]:
-    """(start, end) of the local hour of each instant, as UTC microseconds."""
-    if not ts_us.size:
-        empty = np.zeros(0, dtype="int64")
-        return empty, empty
-    days = calendar.days_spanned(int(ts_us.min()), int(ts_us.max()) + 1)
-    bounds = np.unique(np.concatenate([calendar.hour_bounds(d) for d in days]))
-    at = np.searchsorted(bounds, ts_us, side="right") - 1
-    return bounds[at], bounds[at + 1]
+def _offsets(frame: pd.DataFrame) -> np.ndarray:
+    """Each record's own UTC offset in minutes, NaN where it has none."""
+    if "utc_offset_min" not in frame:
+        return np.full(len(frame), np.nan)
+    return frame["utc_offset_min"].to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _groups(frame: pd.DataFrame) -> Iterable[tuple[str, str, np.ndarray]]:
+    """(user, type, row numbers) of the frame's records."""
+    users = frame["user_id"].to_numpy(dtype=object)
+    kinds = frame["data_type"].to_numpy(dtype=object)
+    for user_id, kind in dict.fromkeys(zip(users.tolist(), kinds.tolist(), strict=True)):
+        yield str(user_id), str(kind), np.flatnonzero((users == user_id) & (kinds == kind))
 
 
 def _hour_columns(frame: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFrame:
-    """The frame with each row's local hour as bucket_start_us, bucket_end_us."""
+    """The frame with each row's local hour as bucket_start_us, bucket_end_us and the offset
+    it is written with as bucket_offset_min."""
     starts = np.zeros(len(frame), dtype="int64")
     ends = np.zeros(len(frame), dtype="int64")
+    offsets = np.zeros(len(frame), dtype="int64")
     stamps = frame["ts"].dt.as_unit("us").astype("int64").to_numpy()
-    users = frame["user_id"].to_numpy(dtype=object)
-    for user_id in pd.unique(users):
-        rows = np.flatnonzero(users == user_id)
-        starts[rows], ends[rows] = local_hours(stamps[rows], _calendar(zones, user_id))
-    return frame.assign(bucket_start_us=starts, bucket_end_us=ends)
+    own = _offsets(frame)
+    for user_id, kind, rows in _groups(frame):
+        calendar = _calendar(zones, user_id)
+        starts[rows], ends[rows], offsets[rows] = calendar.record_hours(
+            kind, stamps[rows], own[rows]
+        )
+    return frame.assign(bucket_start_us=starts, bucket_end_us=ends, bucket_offset_min=offsets)
 
 
 AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
@@ -203,19 +211,16 @@ def hourly(records: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFrame:
     frame = aggregated_records(records, zones)
     if frame.empty:
         return empty_aggregates()
-    return _hourly_rows(_statistics(_hour_columns(frame, zones), HOURLY_KEYS), zones)
+    frame = _hour_columns(frame, zones)
+    stats = _statistics(frame, HOURLY_KEYS)
+    first = frame.groupby(HOURLY_KEYS, sort=True, observed=True)["bucket_offset_min"].first()
+    stats["utc_offset_min"] = first.to_numpy(dtype="int64")
+    return _hourly_rows(stats)
 
 
-def _hourly_rows(stats: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFrame:
-    """Statistics per local hour as aggregate rows: level, and the offset each starts at."""
+def _hourly_rows(stats: pd.DataFrame) -> pd.DataFrame:
+    """Statistics per local hour (with the offset each starts at) as aggregate rows."""
     stats["level"] = AggregationLevel.HOURLY.value
-    offsets = np.zeros(len(stats), dtype="int64")
-    starts = stats["bucket_start_us"].to_numpy(dtype="int64")
-    users = stats["user_id"].to_numpy(dtype=object)
-    for row, (user_id, start) in enumerate(zip(users.tolist(), starts.tolist(), strict=True)):
-        calendar = _calendar(zones, user_id)
-        offsets[row] = calendar.offset_min(start, calendar.day_of(start))
-    stats["utc_offset_min"] = offsets
     return stats[AGGREGATE_COLUMNS]
 
 
@@ -233,43 +238,61 @@ def records_window_for_local_day(day: date) -> DateRange:
 
 def daily(records: pd.DataFrame, zones: Mapping[str, Clock], day: date) -> pd.DataFrame:
     """Statistics per (provider, user, type) over local calendar day `day` of each user."""
-    frame = aggregated_records(records, zones)
+    frame = in_local_day(aggregated_records(records, zones), zones, day)
     if frame.empty:
         return empty_aggregates()
-    # Each user's local day as UTC bounds, then one grouping for all users (not one per user).
-    bounds = _day_bounds(frame["user_id"].unique(), zones, day)
-    stamps = frame["ts"].dt.as_unit("us").astype("int64")
-    inside = (stamps >= frame["user_id"].map(bounds["bucket_start_us"])) & (
-        stamps < frame["user_id"].map(bounds["bucket_end_us"])
-    )
-    if not inside.any():
-        return empty_aggregates()
-    stats = _statistics(frame[inside], ["provider", "user_id", "data_type"])
-    return _daily_rows(stats, bounds)
+    stats = _statistics(frame, DAILY_KEYS)
+    return _daily_rows(stats, zones, day, _own_offsets(frame, zones))
 
 
-def _day_bounds(user_ids: Iterable[str], zones: Mapping[str, Clock], day: date) -> pd.DataFrame:
-    """Per person: their local day `day` as UTC microseconds [start, end), and its offset."""
-    users = pd.Index(list(user_ids))
-    calendars = [_calendar(zones, user_id) for user_id in users]
-    windows = [calendar.day_window(day) for calendar in calendars]
-    return pd.DataFrame(
-        {
-            "bucket_start_us": [start for start, _ in windows],
-            "bucket_end_us": [end for _, end in windows],
-            "utc_offset_min": [
-                calendar.offset_min(start, day)
-                for (start, _), calendar in zip(windows, calendars, strict=True)
-            ],
-        },
-        index=users,
-    )
+# (person, type) -> the own offsets of the first and the last record of their day.
+OwnOffsets = dict[tuple[str, str], tuple[int, int]]
 
 
-def _daily_rows(stats: pd.DataFrame, bounds: pd.DataFrame) -> pd.DataFrame:
+def _own_offsets(frame: pd.DataFrame, zones: Mapping[str, Clock]) -> OwnOffsets:
+    """The first and last own offset of each (person, type) of a day's records that have one."""
+    found: OwnOffsets = {}
+    if frame.empty:
+        return found
+    stamps = frame["ts"].dt.as_unit("us").astype("int64").to_numpy()
+    offsets = _offsets(frame)
+    for user_id, kind, rows in _groups(frame):
+        own = rows[_calendar(zones, user_id).own(kind, offsets[rows])]
+        if own.size:
+            order = own[np.argsort(stamps[own], kind="stable")]
+            found[(user_id, kind)] = (int(offsets[order[0]]), int(offsets[order[-1]]))
+    return found
+
+
+def _daily_rows(
+    stats: pd.DataFrame, zones: Mapping[str, Clock], day: date, own: OwnOffsets
+) -> pd.DataFrame:
+    """Statistics of local day `day` as aggregate rows: the day's bounds and the offset it
+    starts at, on the clock of the records' own offsets where they have them."""
+    starts, ends, offsets = [], [], []
+    for user_id, kind in zip(stats["user_id"].tolist(), stats["data_type"].tolist(), strict=True):
+        if (user_id, kind) in own:
+            first, last = own[(user_id, kind)]
+            start, end = own_day_bounds(day, first)[0], own_day_bounds(day, last)[1]
+            offset = first
+        else:
+            calendar = _calendar(zones, user_id)
+            start, end = calendar.day_window(day)
+            offset = calendar.offset_min(start, day)
+        starts.append(start)
+        ends.append(end)
+        offsets.append(offset)
     stats["level"] = AggregationLevel.DAILY.value
-    stats = stats.join(bounds, on="user_id")
+    stats["bucket_start_us"] = np.array(starts, dtype="int64")
+    stats["bucket_end_us"] = np.array(ends, dtype="int64")
+    stats["utc_offset_min"] = np.array(offsets, dtype="int64")
     return stats[AGGREGATE_COLUMNS].reset_index(drop=True)
+
+
+def _per_person_and_type(series: pd.Series) -> Iterator[tuple[tuple[str, str], Any]]:
+    """The items of a series grouped by ["user_id", "data_type"] (pandas types their keys as
+    Hashable)."""
+    return cast("Iterator[tuple[tuple[str, str], Any]]", series.items())
 
 
 def count_mismatches(
@@ -285,7 +308,9 @@ def count_mismatches(
         else expected.iloc[:0]
     )
     difference = expected.sub(got, fill_value=0)
-    return [f"{u} {t}: {int(v):+d}" for (u, t), v in difference[difference != 0].items()]
+    return [
+        f"{u} {t}: {int(v):+d}" for (u, t), v in _per_person_and_type(difference[difference != 0])
+    ]
 
 
 # -- from stored chunks ---------------------------------------------------------------------------
@@ -317,6 +342,7 @@ class Piece:
     end_us: int
     values: np.ndarray
     methods: np.ndarray
+    offset_min: int  # the offset the hour is written with
 
 
 def _labels(values: np.ndarray) -> set[str]:
@@ -334,8 +360,11 @@ def local_pieces(chunks: Sequence[Chunk], zones: Mapping[str, Clock], day: date)
     for chunk in chunks:
         if chunk.data_type not in _AGGREGATED_VALUES or not len(chunk.samples):
             continue
+        calendar = _calendar(zones, chunk.user_id)
+        if chunk.data_type in calendar.own_offsets:
+            pieces += _own_pieces(chunk, day)
+            continue
         if chunk.user_id not in hours:
-            calendar = _calendar(zones, chunk.user_id)
             hours[chunk.user_id] = (*calendar.day_window(day), calendar.hour_bounds(day))
         first, last, bounds = hours[chunk.user_id]
         hour, samples = chunk.hour_us, chunk.samples
@@ -344,7 +373,8 @@ def local_pieces(chunks: Sequence[Chunk], zones: Mapping[str, Clock], day: date)
         at = int(np.searchsorted(bounds, hour))
         if at + 1 < bounds.size and bounds[at] == hour and bounds[at + 1] == hour + HOUR_US:
             pieces.append(Piece(chunk.user_id, chunk.data_type, chunk.device_id, hour,
-                                hour + HOUR_US, samples.value, samples.method))  # fmt: skip
+                                hour + HOUR_US, samples.value, samples.method,
+                                calendar.offset_min(hour, day)))  # fmt: skip
             continue
         inside = np.flatnonzero((samples.ts_us >= first) & (samples.ts_us < last))
         if not inside.size:
@@ -352,9 +382,30 @@ def local_pieces(chunks: Sequence[Chunk], zones: Mapping[str, Clock], day: date)
         slots = np.searchsorted(bounds, samples.ts_us[inside], side="right") - 1
         for slot in np.unique(slots).tolist():
             rows = inside[slots == slot]
+            start = int(bounds[slot])
             pieces.append(Piece(chunk.user_id, chunk.data_type, chunk.device_id,
-                                int(bounds[slot]), int(bounds[slot + 1]), samples.value[rows],
-                                samples.method[rows]))  # fmt: skip
+                                start, int(bounds[slot + 1]), samples.value[rows],
+                                samples.method[rows], calendar.offset_min(start, day)))  # fmt: skip
+    return pieces
+
+
+def _own_pieces(chunk: Chunk, day: date) -> list[Piece]:
+    """A chunk whose samples carry their own offsets, cut into the local hours of those offsets
+    that fall on day `day`."""
+    samples = chunk.samples
+    offsets = samples.utc_offset_min.astype("int64")
+    inside = np.flatnonzero(own_days(samples.ts_us, offsets) == day.toordinal())
+    if not inside.size:
+        return []
+    shift = offsets[inside] * 60_000_000
+    local = samples.ts_us[inside] + shift
+    starts = local - local % HOUR_US - shift
+    pieces = []
+    for start, offset in sorted(set(zip(starts.tolist(), offsets[inside].tolist(), strict=True))):
+        rows = inside[(starts == start) & (offsets[inside] == offset)]
+        pieces.append(Piece(chunk.user_id, chunk.data_type, chunk.device_id, start,
+                            start + HOUR_US, samples.value[rows], samples.method[rows],
+                            offset))  # fmt: skip
     return pieces
 
 
@@ -398,7 +449,7 @@ def _combine(provider: str, parts: Iterable[Part], keys: list[str]) -> pd.DataFr
     ordered = sorted(found)
     rows = [found[key] for key in ordered]
     count = np.array([r[0] for r in rows], dtype="int64")
-    total = np.array([r[3] for r in rows], dtype="float64")
+    sums = np.array([r[3] for r in rows], dtype="float64")
     columns: dict[str, object] = {"provider": [provider] * len(ordered)}
     for position, name in enumerate(keys[1:]):
         columns[name] = [key[position] for key in ordered]
@@ -408,8 +459,8 @@ def _combine(provider: str, parts: Iterable[Part], keys: list[str]) -> pd.DataFr
             "count": count,
             "min": np.array([r[1] for r in rows], dtype="float64"),
             "max": np.array([r[2] for r in rows], dtype="float64"),
-            "mean": total / count,
-            "sum": total,
+            "mean": sums / count,
+            "sum": sums,
             "diastolic_min": np.nan,
             "diastolic_max": np.nan,
             "diastolic_mean": np.nan,
@@ -489,11 +540,11 @@ def in_local_day(records: pd.DataFrame, zones: Mapping[str, Clock], day: date) -
     """The records inside their person's local day `day`."""
     if records.empty:
         return records
-    bounds = _day_bounds(records["user_id"].unique(), zones, day)
-    stamps = records["ts"].dt.as_unit("us").astype("int64")
-    inside = (stamps >= records["user_id"].map(bounds["bucket_start_us"])) & (
-        stamps < records["user_id"].map(bounds["bucket_end_us"])
-    )
+    inside = np.zeros(len(records), dtype=bool)
+    stamps = records["ts"].dt.as_unit("us").astype("int64").to_numpy()
+    offsets = _offsets(records)
+    for user_id, kind, rows in _groups(records):
+        inside[rows] = _calendar(zones, user_id).in_day(kind, stamps[rows], offsets[rows], day)
     return records[inside]
 
 
@@ -521,18 +572,20 @@ def bucket_statistics(
         HOURLY_KEYS,
     )  # fmt: skip
     stats = _joined_statistics(dense, _sparse_statistics(sparse_day, HOURLY_KEYS), HOURLY_KEYS)
-    hourly_stats = empty_aggregates() if stats.empty else _hourly_rows(stats, zones)
+    hourly_stats = empty_aggregates() if stats.empty else _hourly_rows(_with_hour_offsets(
+        stats, pieces, sparse_day))  # fmt: skip
     # The check: the samples counted per person and type against the hourly counts.
     expected: dict[tuple[str, str], int] = {}
     for piece in pieces:
         key = (piece.user_id, piece.data_type)
         expected[key] = expected.get(key, 0) + int(piece.values.size)
     if not sparse_day.empty:
-        for key, size in sparse_day.groupby(["user_id", "data_type"]).size().items():
+        for key, size in _per_person_and_type(sparse_day.groupby(["user_id", "data_type"]).size()):
             expected[key] = expected.get(key, 0) + int(size)
     got: dict[tuple[str, str], int] = {}
     if not hourly_stats.empty:
-        for key, size in hourly_stats.groupby(["user_id", "data_type"])["count"].sum().items():
+        counts = hourly_stats.groupby(["user_id", "data_type"])["count"].sum()
+        for key, size in _per_person_and_type(counts):
             got[key] = int(size)
     mismatches = [
         f"{u} {t}: {expected.get((u, t), 0) - got.get((u, t), 0):+d}"
@@ -545,13 +598,37 @@ def bucket_statistics(
     )
     if not people:
         return hourly_stats, empty_aggregates(), mismatches
-    bounds = _day_bounds(sorted(people), zones, day)
     dense = _combine(
         provider,
         (((p.user_id, p.data_type), p.device_id, p.values, p.methods) for p in pieces),
         DAILY_KEYS,
     )
-    daily_sparse = sparse_day.drop(columns=["bucket_start_us", "bucket_end_us"], errors="ignore")
+    daily_sparse = sparse_day.drop(
+        columns=["bucket_start_us", "bucket_end_us", "bucket_offset_min"], errors="ignore"
+    )
     stats = _joined_statistics(dense, _sparse_statistics(daily_sparse, DAILY_KEYS), DAILY_KEYS)
-    daily_stats = empty_aggregates() if stats.empty else _daily_rows(stats, bounds)
-    return hourly_stats, daily_stats, mismatches
+    if stats.empty:
+        return hourly_stats, empty_aggregates(), mismatches
+    own = _own_offsets(daily_sparse, zones)
+    for piece in sorted(pieces, key=lambda p: p.start_us):
+        if piece.data_type in _calendar(zones, piece.user_id).own_offsets:
+            key = (piece.user_id, piece.data_type)
+            own[key] = (own.get(key, (piece.offset_min,))[0], piece.offset_min)
+    return hourly_stats, _daily_rows(stats, zones, day, own), mismatches
+
+
+def _with_hour_offsets(
+    stats: pd.DataFrame, pieces: Sequence[Piece], sparse_day: pd.DataFrame
+) -> pd.DataFrame:
+    """Hourly statistics with the offset each hour is written with (its first piece's or
+    reading's)."""
+    found: dict[tuple, int] = {}
+    for p in pieces:
+        found.setdefault((p.user_id, p.data_type, p.start_us, p.end_us), p.offset_min)
+    if not sparse_day.empty:
+        columns = (sparse_day[k].tolist() for k in [*HOURLY_KEYS[1:], "bucket_offset_min"])
+        for user_id, kind, start, end, offset in zip(*columns, strict=True):
+            found.setdefault((user_id, kind, start, end), int(offset))
+    keys = zip(*(stats[k].tolist() for k in HOURLY_KEYS[1:]), strict=True)
+    stats["utc_offset_min"] = np.array([found[key] for key in keys], dtype="int64")
+    return stats

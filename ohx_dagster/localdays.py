@@ -11,6 +11,13 @@ day D-1 to the midnight that ends day D, each in the zone that day was lived in
   where D-1 ended: it is shorter or longer than usual, and no instant belongs to two days or to
   none. The days tile time for every person, whatever their zone history.
 
+Where a provider dates each record with the offset it was taken at (`RECORD_OFFSETS`: Google
+Health's readings, Oura's daily summaries, Withings' measures), that offset says the record's
+local day and hour, whatever the person's zone setting: a weigh-in at 23:30-05:00 is on that day
+even for a person whose setting still says UTC. Each record has one offset, so it is still in
+exactly one day and one hour. Other records (Oura's heart rate is UTC only; Withings' intraday
+series and every export carry no offset of their own) follow the zone history.
+
 Worked example (docs/sync.md): a person in America/New_York, day 2026-11-20, is
 [2026-11-20T05:00Z, 2026-11-21T05:00Z): nineteen hours of UTC day 20 and five of UTC day 21.
 """
@@ -26,11 +33,23 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from ohx_dagster.models import HealthSyncConfig, zone_name_on
-from ohx_dagster.times import HOUR_US, from_us, to_us
+from ohx_dagster.times import DAY_US, HOUR_US, from_us, to_us
 
 # Every UTC offset and every daylight-saving change on Earth falls on a quarter hour.
 QUARTER_HOUR_US: Final = HOUR_US // 4
 ONE_DAY: Final = timedelta(days=1)
+MINUTE_US: Final = 60_000_000
+EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+
+# Types whose every record the provider dates with the offset it was taken at (each provider's
+# SOURCE.md): Google Health's readings (`sampleTime.utcOffset`, `interval.startUtcOffset`), Oura's
+# daily summaries (`timestamp` with its offset), Withings' getmeas measures (the answer's
+# `timezone`). Heart rate from Oura (UTC only) and Withings (intraday, no zone) is not here.
+RECORD_OFFSETS: Final[dict[str, frozenset[str]]] = {
+    "google_health": frozenset({"heart_rate", "steps", "weight", "spo2"}),
+    "oura": frozenset({"steps", "spo2"}),
+    "withings": frozenset({"weight", "blood_pressure", "spo2", "temperature"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +59,8 @@ class Calendar:
 
     timezone: str
     changes: tuple[tuple[str, str], ...] = ()
+    # The types whose records carry their own offset at this person's provider (RECORD_OFFSETS).
+    own_offsets: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, config: HealthSyncConfig | ZoneInfo | Calendar) -> Calendar:
@@ -47,7 +68,12 @@ class Calendar:
             return config
         if isinstance(config, ZoneInfo):
             return cls(str(config.key))
-        return cls(config.timezone, config.zone_changes)
+        own = RECORD_OFFSETS.get(config.provider, frozenset())
+        return cls(config.timezone, config.zone_changes, own)
+
+    def by_zone(self) -> Calendar:
+        """This calendar without records' own offsets: the zone history alone."""
+        return Calendar(self.timezone, self.changes) if self.own_offsets else self
 
     def zone_on(self, day: date) -> ZoneInfo:
         return ZoneInfo(zone_name_on(self.timezone, self.changes, day))
@@ -93,6 +119,80 @@ class Calendar:
         starts = np.array([self.day_window(d)[0] for d in days], dtype="int64")
         position = np.searchsorted(starts, ts_us, side="right") - 1
         return first.toordinal() + position.astype("int64")
+
+    def hours_of(self, ts_us: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) of the local hour of each instant, as UTC microseconds."""
+        if not ts_us.size:
+            empty = np.zeros(0, dtype="int64")
+            return empty, empty
+        days = self.days_spanned(int(ts_us.min()), int(ts_us.max()) + 1)
+        bounds = np.unique(np.concatenate([self.hour_bounds(d) for d in days]))
+        at = np.searchsorted(bounds, ts_us, side="right") - 1
+        return bounds[at], bounds[at + 1]
+
+    # -- records: their own offset where the provider gives one, else the zone history --------
+
+    def own(self, data_type: str, offsets_min: np.ndarray) -> np.ndarray:
+        """Which records of this type are dated by their own offset (`offsets_min` as float,
+        NaN where a record has none)."""
+        if data_type not in self.own_offsets:
+            return np.zeros(offsets_min.shape, dtype=bool)
+        return ~np.isnan(offsets_min)
+
+    def record_days(self, data_type: str, ts_us: np.ndarray, offsets_min: np.ndarray) -> np.ndarray:
+        """The local day of each record (date ordinals)."""
+        own = self.own(data_type, offsets_min)
+        days = np.zeros(ts_us.shape, dtype="int64")
+        if own.any():
+            days[own] = own_days(ts_us[own], offsets_min[own])
+        if not own.all():
+            days[~own] = self.days_of(ts_us[~own])
+        return days
+
+    def in_day(
+        self, data_type: str, ts_us: np.ndarray, offsets_min: np.ndarray, day: date
+    ) -> np.ndarray:
+        """Which records are in local day `day`."""
+        if data_type not in self.own_offsets:
+            start, end = self.day_window(day)
+            return (ts_us >= start) & (ts_us < end)
+        return self.record_days(data_type, ts_us, offsets_min) == day.toordinal()
+
+    def record_hours(
+        self, data_type: str, ts_us: np.ndarray, offsets_min: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, end, offset in minutes) of each record's local hour."""
+        own = self.own(data_type, offsets_min)
+        starts, ends = self.hours_of(ts_us) if not own.all() else (ts_us.copy(), ts_us.copy())
+        offsets = np.zeros(ts_us.shape, dtype="int64")
+        if (~own).any():
+            offsets[~own] = [self.offset_min(s, self.day_of(s)) for s in starts[~own].tolist()]
+        if own.any():
+            shift = offsets_min[own].astype("int64") * MINUTE_US
+            local = ts_us[own] + shift
+            starts[own] = local - local % HOUR_US - shift
+            ends[own] = starts[own] + HOUR_US
+            offsets[own] = offsets_min[own].astype("int64")
+        return starts, ends, offsets
+
+
+def own_days(ts_us: np.ndarray, offsets_min: np.ndarray) -> np.ndarray:
+    """The local date (ordinal) of each instant on the clock of its own offset."""
+    local = ts_us + offsets_min.astype("int64") * MINUTE_US
+    return local // DAY_US + EPOCH_ORDINAL
+
+
+def own_day_bounds(day: date, offset_min: int) -> tuple[int, int]:
+    """Day `day` on a clock `offset_min` off UTC, as UTC microseconds [start, end)."""
+    start = (day.toordinal() - EPOCH_ORDINAL) * DAY_US - offset_min * MINUTE_US
+    return start, start + DAY_US
+
+
+def any_zone_days(start_us: int, end_us: int) -> list[date]:
+    """Every date some clock on Earth (UTC-12 .. UTC+14) shows during [start, end)."""
+    first = from_us(start_us - 12 * HOUR_US).date()
+    last = from_us(max(end_us, start_us + 1) - 1 + 14 * HOUR_US).date()
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
 def midnight_us(day: date, zone: ZoneInfo) -> int:

@@ -51,12 +51,12 @@ from ohx_dagster.fhir.common import (
 from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
 from ohx_dagster.fhir.validation import validate_output, validate_resources
-from ohx_dagster.localdays import Calendar
+from ohx_dagster.localdays import EPOCH_ORDINAL, MINUTE_US, Calendar
 from ohx_dagster.models import AggregationLevel, HealthSyncConfig
 from ohx_dagster.schema import aggregates, day_versions, fhir_files, users
 from ohx_dagster.shards import Shard
 from ohx_dagster.store import RecordStore
-from ohx_dagster.times import HOUR_US, from_us, iso_us, now_us, to_us, utc_day
+from ohx_dagster.times import DAY_US, HOUR_US, from_us, iso_us, now_us, to_us, utc_day
 
 FILE_BUCKETS: Final = 64
 WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
@@ -112,8 +112,21 @@ def partition_dir(day: date, key: str) -> str:
 
 def final_at(day: date, config: HealthSyncConfig, horizon: timedelta) -> datetime:
     """When a person's local day can no longer change by time alone: it is over and the
-    provider's re-sync horizon has passed."""
-    return from_us(Calendar.of(config).day_window(day)[1]) + horizon
+    provider's re-sync horizon has passed (for records dated by their own offset, the day is
+    over on every clock: UTC-12 included)."""
+    return from_us(day_extent(day, config)[1]) + horizon
+
+
+def day_extent(day: date, config: HealthSyncConfig, data_type: str | None = None) -> cov.Interval:
+    """The instants a person's local day `day` can hold (of one type, or of any): their zone's
+    day, or, for types whose records carry their own offset, that day on any clock."""
+    calendar = Calendar.of(config)
+    window = calendar.day_window(day)
+    owned = calendar.own_offsets if data_type is None else calendar.own_offsets & {data_type}
+    if not owned:
+        return window
+    midnight = (day.toordinal() - EPOCH_ORDINAL) * DAY_US
+    return min(window[0], midnight - 14 * HOUR_US), max(window[1], midnight + DAY_US + 12 * HOUR_US)
 
 
 def is_final(
@@ -130,9 +143,12 @@ def is_final(
     data came without a ledger (nothing asked of a provider) is final by time alone."""
     if now < final_at(day, config, horizon):
         return False
-    window = Calendar.of(config).day_window(day)
     enabled = {t.value for t in config.enabled_types} - set(refused)
-    return all(not cov.gaps(window, spans) for kind, spans in covered.items() if kind in enabled)
+    return all(
+        not cov.gaps(day_extent(day, config, kind), spans)
+        for kind, spans in covered.items()
+        if kind in enabled
+    )
 
 
 def finality(
@@ -340,15 +356,24 @@ def _write_aggregates(
     t = aggregates
     midnight = to_us(utc_day(day).start)
     any_zone = (midnight - 14 * HOUR_US, midnight + 12 * HOUR_US)  # UTC+14 .. UTC-12
+    local_midnight = (day.toordinal() - EPOCH_ORDINAL) * DAY_US  # day `day` on a naive clock
     for user_id, config in configs.items():
-        start, end = Calendar.of(config).day_window(day)
+        calendar = Calendar.of(config)
+        start, end = calendar.day_window(day)
         person = (t.c.provider == provider) & (t.c.user_id == user_id)
+        own = t.c.data_type.in_(sorted(calendar.own_offsets))
+        # An hour is the day's when it begins inside it: on the zone's clock, or, for records
+        # with their own offset, on the clock of the offset it is written with.
+        local_start = t.c.bucket_start_us + sa.cast(t.c.utc_offset_min, sa.BigInteger) * MINUTE_US
+        on_zone_clock = sa.and_(~own, t.c.bucket_start_us >= start, t.c.bucket_start_us < end)
+        on_own_clock = sa.and_(
+            own, local_start >= local_midnight, local_start < local_midnight + DAY_US
+        )
         conn.execute(
             t.delete().where(
                 person,
                 t.c.level == AggregationLevel.HOURLY.value,
-                t.c.bucket_start_us >= start,
-                t.c.bucket_start_us < end,
+                sa.or_(on_zone_clock, on_own_clock),
             )
         )
         conn.execute(

@@ -27,7 +27,7 @@ from ohx_dagster import coverage as cov
 from ohx_dagster import db, migrate, record_tables
 from ohx_dagster.aggregate import AGGREGATE_COLUMNS
 from ohx_dagster.coverage import Interval
-from ohx_dagster.localdays import Calendar
+from ohx_dagster.localdays import Calendar, any_zone_days
 from ohx_dagster.models import DateRange, HealthSyncConfig
 from ohx_dagster.record_tables import DENSE, Chunk
 from ohx_dagster.records import concat, label_codes
@@ -73,6 +73,8 @@ def days_touched(
     days: set[date] = set()
     for start, end in spans:
         days.update(calendar.days_spanned(start, max(end, start + 1)))
+        if calendar.own_offsets:  # a record with its own offset: the day of that offset
+            days.update(any_zone_days(start, end))
     return days
 
 

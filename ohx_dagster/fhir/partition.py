@@ -46,7 +46,7 @@ from ohx_dagster.fhir.observations import aggregate_observations
 from ohx_dagster.fhir.provenance import provenance
 from ohx_dagster.fhir.resting import resting_heart_rate
 from ohx_dagster.fhir.series import chunk_observation, series_reference
-from ohx_dagster.localdays import Calendar
+from ohx_dagster.localdays import Calendar, own_day_bounds
 from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.record_tables import Chunk
 from ohx_dagster.records import row_dicts
@@ -90,43 +90,66 @@ class BucketData:
             sparse = sparse[sparse["method"] != AMBIGUOUS].reset_index(drop=True)
         return BucketData(self.provider, self.day, self.configs, chunks, sparse)
 
-    def windows(self) -> dict[str, tuple[int, int]]:
-        """Each person's local day of the partition's date, as UTC microseconds."""
-        return {u: Calendar.of(c).day_window(self.day) for u, c in self.configs.items()}
+    def calendars(self) -> dict[str, Calendar]:
+        return {u: Calendar.of(c) for u, c in self.configs.items()}
+
+    def _midnight(self, calendar: Calendar, chunk: Chunk, keep: np.ndarray) -> int:
+        """Where the partition's day begins for these samples: the person's local midnight, on
+        the clock of the samples' own offset when they carry one."""
+        if chunk.data_type not in calendar.own_offsets or not keep.any():
+            return calendar.day_window(self.day)[0]
+        offset = int(chunk.samples.utc_offset_min[np.flatnonzero(keep)[0]])
+        return own_day_bounds(self.day, offset)[0]
 
     def in_day(self) -> tuple[list[Chunk], pd.DataFrame]:
         """What the partition publishes: each person's readings of their local day (the part of
         a chunk their local midnight cuts that falls inside it)."""
-        windows = self.windows()
+        calendars = self.calendars()
         chunks = []
         for chunk in self.chunks:
-            if chunk.user_id not in windows:
+            calendar = calendars.get(chunk.user_id)
+            if calendar is None:
                 continue
-            first, last = windows[chunk.user_id]
-            if first <= chunk.hour_us and chunk.hour_us + HOUR_US <= last:
-                chunks.append(chunk)
-            elif chunk.hour_us < last and chunk.hour_us + HOUR_US > first:
-                part = day_part(chunk, first, last)
-                if part is not None:
-                    chunks.append(part)
+            if chunk.data_type not in calendar.own_offsets:
+                first, last = calendar.day_window(self.day)
+                if first <= chunk.hour_us and chunk.hour_us + HOUR_US <= last:
+                    chunks.append(chunk)
+                    continue
+                if chunk.hour_us >= last or chunk.hour_us + HOUR_US <= first:
+                    continue
+            samples = chunk.samples
+            offsets = samples.utc_offset_min.astype("float64")
+            keep = calendar.in_day(chunk.data_type, samples.ts_us, offsets, self.day)
+            part = day_part(chunk, keep, self._midnight(calendar, chunk, keep))
+            if part is not None:
+                chunks.append(part)
         if self.sparse.empty:
             return chunks, self.sparse
-        stamps = self.sparse["ts"].dt.as_unit("us").astype("int64")
-        users = self.sparse["user_id"]
-        inside = (stamps >= users.map(lambda u: windows.get(u, (0, 0))[0])) & (
-            stamps < users.map(lambda u: windows.get(u, (0, 0))[1])
-        )
+        inside = np.zeros(len(self.sparse), dtype=bool)
+        stamps = self.sparse["ts"].dt.as_unit("us").astype("int64").to_numpy()
+        offsets = self.sparse["utc_offset_min"].to_numpy(dtype="float64", na_value=np.nan)
+        users = self.sparse["user_id"].to_numpy(dtype=object)
+        kinds = self.sparse["data_type"].to_numpy(dtype=object)
+        for user_id, kind in dict.fromkeys(zip(users.tolist(), kinds.tolist(), strict=True)):
+            if user_id in calendars:
+                rows = np.flatnonzero((users == user_id) & (kinds == kind))
+                inside[rows] = calendars[user_id].in_day(
+                    kind, stamps[rows], offsets[rows], self.day
+                )
         return chunks, self.sparse[inside].reset_index(drop=True)
 
 
-def day_part(chunk: Chunk, first: int, last: int) -> Chunk | None:
-    """The samples of a chunk inside [first, last), as a chunk that starts at the later of its
-    hour and `first` (so the two parts a midnight cuts have ids of their own)."""
-    keep = np.flatnonzero((chunk.samples.ts_us >= first) & (chunk.samples.ts_us < last))
-    if not keep.size:
+def day_part(chunk: Chunk, keep: np.ndarray, midnight_us: int) -> Chunk | None:
+    """The samples of a chunk a local midnight cuts that are in the day (`keep`), as a chunk
+    that starts at the later of its hour and the day's first midnight (so the two parts have ids
+    of their own); the whole chunk when all are kept."""
+    if keep.all():
+        return chunk
+    at = np.flatnonzero(keep)
+    if not at.size:
         return None
-    return Chunk(chunk.user_id, chunk.data_type, chunk.device_id, max(chunk.hour_us, first),
-                 chunk.samples.take(keep))  # fmt: skip
+    return Chunk(chunk.user_id, chunk.data_type, chunk.device_id,
+                 max(chunk.hour_us, midnight_us), chunk.samples.take(at))  # fmt: skip
 
 
 class PartitionIndex:

@@ -40,7 +40,8 @@ def resting_heart_rate(
         for chunk in data.chunks:
             if chunk.user_id == user_id and chunk.data_type == "heart_rate":
                 samples = chunk.samples
-                inside = (samples.ts_us >= start) & (samples.ts_us < end)
+                offsets = samples.utc_offset_min.astype("float64")
+                inside = calendar.in_day("heart_rate", samples.ts_us, offsets, data.day)
                 parts.append(samples.value[inside & np.isin(samples.context, RESTING_CONTEXTS)])
         values = np.concatenate(parts) if parts else np.array([])
         if not values.size:
