@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from ohx_dagster.core.datatypes import DATA_TYPES
 from ohx_dagster.localdays import Calendar, own_day_bounds, own_days
 from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.schema import aggregates
@@ -84,7 +85,7 @@ def _hour_columns(frame: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFra
 
 AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
 # ECG waveforms are published as recordings, not as statistics.
-AGGREGATED_TYPES: Final = frozenset(HealthDataType) - {HealthDataType.ECG}
+AGGREGATED_TYPES: Final = frozenset(k for k, facts in DATA_TYPES.items() if facts.aggregated)
 
 
 def empty_aggregates() -> pd.DataFrame:
@@ -95,10 +96,9 @@ DUPLICATE_WINDOW: Final = timedelta(seconds=60)
 # Within these differences two apps' readings are the same reading (units as stored: kg, mmHg,
 # Cel, %): about the resolution of a home scale, cuff, thermometer and pulse oximeter.
 DUPLICATE_TOLERANCE: Final[dict[str, float]] = {
-    HealthDataType.WEIGHT.value: 0.1,
-    HealthDataType.BLOOD_PRESSURE.value: 1.0,
-    HealthDataType.TEMPERATURE.value: 0.1,
-    HealthDataType.SPO2.value: 1.0,
+    kind.value: facts.duplicate_tolerance
+    for kind, facts in DATA_TYPES.items()
+    if facts.duplicate_tolerance is not None
 }
 METHOD_PREFERENCE: Final[dict[str, int]] = {"device": 0, "manual": 1, "ambiguous": 2}
 

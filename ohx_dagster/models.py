@@ -10,31 +10,16 @@ import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ohx_dagster.core.datatypes import DATA_TYPES, HealthDataType, Shape, of_shape
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.ids import stable_id
-from ohx_dagster.units import CANONICAL_UNITS, to_canonical
+from ohx_dagster.units import to_canonical
 
-
-class HealthDataType(StrEnum):
-    HEART_RATE = "heart_rate"
-    STEPS = "steps"
-    RR_INTERVALS = "rr_intervals"
-    ECG = "ecg"
-    BLOOD_PRESSURE = "blood_pressure"
-    WEIGHT = "weight"
-    TEMPERATURE = "temperature"
-    SPO2 = "spo2"
-
-    @property
-    def canonical_unit(self) -> str:
-        return CANONICAL_UNITS[self.value]
-
-
-# Types that arrive as many samples: stored as hourly chunks and published as SampledData series.
-SERIES_TYPES: Final = (HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.RR_INTERVALS)
+# Types whose samples arrive many at a time: stored as hourly chunks, published as series.
+SERIES_TYPES: Final = of_shape(Shape.SERIES)
 
 
 class AggregationLevel(StrEnum):
@@ -50,28 +35,10 @@ class SyncFrequency(StrEnum):
 
 
 # Values outside these bounds cannot come from a working device: rejected on ingest.
-HARD_LIMITS: Final[dict[HealthDataType, tuple[float, float]]] = {
-    HealthDataType.HEART_RATE: (20.0, 300.0),
-    HealthDataType.STEPS: (0.0, 100_000.0),
-    HealthDataType.RR_INTERVALS: (150.0, 3_000.0),
-    HealthDataType.ECG: (-100_000.0, 100_000.0),
-    HealthDataType.BLOOD_PRESSURE: (20.0, 300.0),
-    HealthDataType.WEIGHT: (0.5, 650.0),
-    HealthDataType.TEMPERATURE: (25.0, 45.0),
-    HealthDataType.SPO2: (50.0, 100.0),
-}
+HARD_LIMITS: Final = {kind: facts.hard_limits for kind, facts in DATA_TYPES.items()}
 
 # Values outside these bounds are possible but rare enough that a person should look (asset check).
-PLAUSIBLE_RANGES: Final[dict[HealthDataType, tuple[float, float]]] = {
-    HealthDataType.HEART_RATE: (25.0, 230.0),
-    HealthDataType.STEPS: (0.0, 60_000.0),
-    HealthDataType.RR_INTERVALS: (250.0, 2_400.0),
-    HealthDataType.ECG: (-20_000.0, 20_000.0),
-    HealthDataType.BLOOD_PRESSURE: (30.0, 260.0),
-    HealthDataType.WEIGHT: (1.0, 400.0),
-    HealthDataType.TEMPERATURE: (30.0, 43.0),
-    HealthDataType.SPO2: (70.0, 100.0),
-}
+PLAUSIBLE_RANGES: Final = {kind: facts.plausible for kind, facts in DATA_TYPES.items()}
 
 
 def require_aware(name: str, value: datetime) -> datetime:
@@ -159,6 +126,7 @@ class HealthDataRecord:
         stamp = require_aware("timestamp", self.timestamp)
         if self.utc_offset_min is None:
             offset = stamp.utcoffset()
+            assert offset is not None  # require_aware refused a stamp without one
             object.__setattr__(self, "utc_offset_min", int(offset.total_seconds() // 60))
         object.__setattr__(self, "timestamp", stamp.astimezone(UTC))
         if self.unit != data_type.canonical_unit:
@@ -175,6 +143,7 @@ class HealthDataRecord:
             if self.diastolic is None:
                 raise ValidationError("diastolic", None, "a number for blood_pressure")
             diastolic = check_value(data_type, "diastolic", self.diastolic)
+            assert self.value is not None  # blood pressure is not ECG: checked above
             if diastolic >= self.value:
                 raise ValidationError("diastolic", diastolic, f"< systolic {self.value:g}")
             object.__setattr__(self, "diastolic", diastolic)
@@ -206,7 +175,7 @@ class HealthDataRecord:
         timestamp: datetime,
         value: float | None,
         unit: str,
-        **extra: object,
+        **extra: Any,
     ) -> HealthDataRecord:
         """Build a record from a provider's unit, converting value (and diastolic/samples)."""
         kind = HealthDataType(data_type)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from ohx_dagster.models import HealthDataType
+from ohx_dagster.core.datatypes import DATA_TYPES, DataType, HealthDataType
 
 LOINC: Final = "http://loinc.org"
 UCUM: Final = "http://unitsofmeasure.org"
@@ -61,50 +61,21 @@ class TypeCodes:
 
 _VS: Final = "http://hl7.org/fhir/StructureDefinition/"
 
+
+def _type_codes(facts: DataType) -> TypeCodes:
+    return TypeCodes(
+        Code(LOINC, *facts.loinc),
+        facts.unit,
+        facts.unit_display,
+        facts.category,
+        None if facts.profile is None else _VS + facts.profile,
+        tuple(Code(LOINC, *also) for also in facts.also_loinc),
+    )
+
+
+# The table of data types' FHIR face (ohx_dagster/core/datatypes.py).
 TYPE_CODES: Final[dict[HealthDataType, TypeCodes]] = {
-    HealthDataType.HEART_RATE: TypeCodes(
-        Code(LOINC, "8867-4", "Heart rate"),
-        "/min",
-        "beats/minute",
-        "vital-signs",
-        _VS + "heartrate",
-    ),
-    HealthDataType.STEPS: TypeCodes(
-        Code(LOINC, "55423-8", "Number of steps in unspecified time Pedometer"),
-        "1",
-        "steps",
-        "activity",
-        None,
-    ),
-    # No vital-signs profile: that profile binds every quantity to ucum-vitals-common, which has
-    # no unit of time, so an RR interval in ms cannot conform to it.
-    HealthDataType.RR_INTERVALS: TypeCodes(
-        Code(LOINC, "8637-1", "R-R interval by EKG"), "ms", "ms", "vital-signs", None
-    ),
-    HealthDataType.ECG: TypeCodes(
-        Code(LOINC, "11524-6", "EKG study"), "uV", "microvolt", "procedure", None
-    ),
-    HealthDataType.BLOOD_PRESSURE: TypeCodes(
-        Code(LOINC, "85354-9", "Blood pressure panel with all children optional"),
-        "mm[Hg]",
-        "mmHg",
-        "vital-signs",
-        _VS + "bp",
-    ),
-    HealthDataType.WEIGHT: TypeCodes(
-        Code(LOINC, "29463-7", "Body weight"), "kg", "kg", "vital-signs", _VS + "bodyweight"
-    ),
-    HealthDataType.TEMPERATURE: TypeCodes(
-        Code(LOINC, "8310-5", "Body temperature"), "Cel", "C", "vital-signs", _VS + "bodytemp"
-    ),
-    HealthDataType.SPO2: TypeCodes(
-        Code(LOINC, "59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
-        "%",
-        "%",
-        "vital-signs",
-        _VS + "oxygensat",
-        (Code(LOINC, "2708-6", "Oxygen saturation in Arterial blood"),),
-    ),
+    kind: _type_codes(facts) for kind, facts in DATA_TYPES.items()
 }
 
 DAILY_STEPS: Final = Code(LOINC, "41950-7", "Number of steps in 24 hour Measured")
@@ -130,13 +101,7 @@ STATISTIC: Final[dict[str, Code]] = {
 # The decimals a statistic of a type is published with: one more than the readings carry, so a
 # mean says something a reading cannot, and a float's tail (84.9000015258789 kg) never shows.
 DECIMALS: Final[dict[HealthDataType, int]] = {
-    HealthDataType.HEART_RATE: 1,
-    HealthDataType.STEPS: 1,
-    HealthDataType.RR_INTERVALS: 1,
-    HealthDataType.BLOOD_PRESSURE: 1,
-    HealthDataType.WEIGHT: 2,
-    HealthDataType.TEMPERATURE: 2,
-    HealthDataType.SPO2: 1,
+    kind: facts.decimals for kind, facts in DATA_TYPES.items() if facts.decimals is not None
 }
 
 # The extremes of a blood-pressure aggregate: no LOINC code names a minimum or maximum systolic

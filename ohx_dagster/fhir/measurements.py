@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import pandas as pd
 
+from ohx_dagster.core.datatypes import Shape, of_shape
 from ohx_dagster.fhir.codes import DIASTOLIC, SYSTOLIC, TYPE_CODES
 from ohx_dagster.fhir.common import (
     device_reference,
@@ -27,12 +28,7 @@ from ohx_dagster.ids import content_key
 from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.records import row_dicts
 
-SPARSE_TYPES: Final = (
-    HealthDataType.BLOOD_PRESSURE,
-    HealthDataType.WEIGHT,
-    HealthDataType.TEMPERATURE,
-    HealthDataType.SPO2,
-)
+SPARSE_TYPES: Final = of_shape(Shape.READING)
 
 
 def measurement_key(

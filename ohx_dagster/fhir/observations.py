@@ -9,11 +9,12 @@ re-publishing a partition produces the same resources.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
+from ohx_dagster.core.datatypes import DATA_TYPES
 from ohx_dagster.fhir.codes import (
     BP_EXTREMES,
     DAILY_STEPS,
@@ -66,6 +67,13 @@ def _value(row: Mapping[str, Any], column: str, kind: HealthDataType) -> float |
     return round(float(value), DECIMALS[kind])
 
 
+def _headline(row: Mapping[str, Any], column: str, kind: HealthDataType) -> float:
+    """A statistic every aggregate has (a bucket holds at least one reading)."""
+    value = _value(row, column, kind)
+    assert value is not None, f"an aggregate without its {column}"
+    return value
+
+
 def _statistic_components(row: Mapping[str, Any], kind: HealthDataType) -> list[dict[str, Any]]:
     unit = TYPE_CODES[kind].unit
     components = []
@@ -106,7 +114,7 @@ def _provenance(
 def aggregate_observation(
     row: Mapping[str, Any],
     config: HealthSyncConfig,
-    derived_from: list[dict[str, str]] = (),
+    derived_from: Sequence[dict[str, str]] = (),
     status: str = "final",
 ) -> dict[str, Any]:
     """An hourly or daily statistic. Every aggregate says which statistic its value is and of how
@@ -126,7 +134,7 @@ def aggregate_observation(
         "start": format_us(row["bucket_start_us"], row["utc_offset_min"]),
         "end": format_us(end_us, calendar.offset_min(end_us, calendar.day_of(end_us - 1))),
     }
-    headline = "sum" if kind is HealthDataType.STEPS else "mean"
+    headline = DATA_TYPES[kind].headline
     _provenance(resource, row, config, headline)
     if derived_from:
         resource["derivedFrom"] = list(derived_from)
@@ -137,11 +145,11 @@ def aggregate_observation(
         resource["component"] = [
             {
                 "code": SYSTOLIC.concept(),
-                "valueQuantity": quantity(_value(row, "mean", kind), codes.unit),
+                "valueQuantity": quantity(_headline(row, "mean", kind), codes.unit),
             },
             {
                 "code": DIASTOLIC.concept(),
-                "valueQuantity": quantity(_value(row, "diastolic_mean", kind), codes.unit),
+                "valueQuantity": quantity(_headline(row, "diastolic_mean", kind), codes.unit),
             },
             {
                 "code": STATISTIC["mean"].concept(),
@@ -155,7 +163,7 @@ def aggregate_observation(
             _count(row),
         ]
         return resource
-    resource["valueQuantity"] = quantity(_value(row, headline, kind), codes.unit)
+    resource["valueQuantity"] = quantity(_headline(row, headline, kind), codes.unit)
     resource["component"] = _statistic_components(row, kind)
     return resource
 

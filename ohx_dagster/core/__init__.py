@@ -1,0 +1,1 @@
+"""The domain's core: facts every other part reads (the table of data types)."""

@@ -1,0 +1,211 @@
+"""The one table of data types: every fact the product knows about a type, in one entry.
+
+Adding a type is one entry here plus each provider's mapping (docs/extending.md). The rest of the
+code reads its facts from this table, never spells them again:
+
+- the canonical UCUM unit, and the unit spellings providers send with their conversion
+  (ohx_dagster/units.py);
+- the hard limits (rejected on ingest) and the plausible range (the quality check looks) in the
+  canonical unit (ohx_dagster/models.py);
+- its shape: a series of many samples (stored as hourly chunks, published as SampledData), a spot
+  reading (one Observation each) or a waveform (ECG: a recording, never aggregated);
+- how it aggregates: the statistic an aggregate leads with (a sum of steps, a mean of the rest)
+  and the decimals it is published with; for readings, the difference under which two apps'
+  readings a minute apart are one reading (ohx_dagster/aggregate.py);
+- its FHIR face: LOINC code, UCUM display, observation category and the R5 profile it conforms
+  to (ohx_dagster/fhir/codes.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+import numpy as np
+
+Convert = Callable[[np.ndarray], np.ndarray]
+
+
+class HealthDataType(StrEnum):
+    HEART_RATE = "heart_rate"
+    STEPS = "steps"
+    RR_INTERVALS = "rr_intervals"
+    ECG = "ecg"
+    BLOOD_PRESSURE = "blood_pressure"
+    WEIGHT = "weight"
+    TEMPERATURE = "temperature"
+    SPO2 = "spo2"
+
+    @property
+    def canonical_unit(self) -> str:
+        return DATA_TYPES[self].unit
+
+
+class Shape(StrEnum):
+    SERIES = "series"  # many samples: hourly chunks, SampledData series
+    READING = "reading"  # a spot reading: one Observation each
+    WAVEFORM = "waveform"  # a recording (ECG): its own Observation and report, no statistics
+
+
+@dataclass(frozen=True, slots=True)
+class DataType:
+    unit: str  # canonical UCUM code
+    unit_display: str
+    spellings: Mapping[str, Convert]  # units providers send -> the canonical unit
+    hard_limits: tuple[float, float]  # outside: cannot come from a working device
+    plausible: tuple[float, float]  # outside: possible, rare enough that a person should look
+    shape: Shape
+    loinc: tuple[str, str]  # (code, display)
+    category: str  # observation-category code
+    profile: str | None = None  # the R5 StructureDefinition it conforms to, by its last segment
+    also_loinc: tuple[tuple[str, str], ...] = ()  # further codings the profile asks for
+    decimals: int | None = None  # of a published statistic (None: never aggregated)
+    headline: str = "mean"  # the statistic an aggregate leads with
+    duplicate_tolerance: float | None = None  # readings: two apps' readings within are one
+
+    @property
+    def aggregated(self) -> bool:
+        return self.shape is not Shape.WAVEFORM
+
+
+def _same(values: np.ndarray) -> np.ndarray:
+    return values
+
+
+def _times(factor: float) -> Convert:
+    return lambda values: values * factor
+
+
+def _fahrenheit(values: np.ndarray) -> np.ndarray:
+    return (values - 32.0) * 5.0 / 9.0
+
+
+def _kelvin(values: np.ndarray) -> np.ndarray:
+    return values - 273.15
+
+
+_POUND: Final = 0.45359237
+
+T = HealthDataType
+DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
+    T.HEART_RATE: DataType(
+        unit="/min",
+        unit_display="beats/minute",
+        spellings={s: _same for s in ("/min", "{beats}/min", "bpm", "count/min", "beats/min")},
+        hard_limits=(20.0, 300.0),
+        plausible=(25.0, 230.0),
+        shape=Shape.SERIES,
+        loinc=("8867-4", "Heart rate"),
+        category="vital-signs",
+        profile="heartrate",
+        decimals=1,
+    ),
+    T.STEPS: DataType(
+        unit="1",
+        unit_display="steps",
+        spellings={s: _same for s in ("1", "{steps}", "count", "steps")},
+        hard_limits=(0.0, 100_000.0),
+        plausible=(0.0, 60_000.0),
+        shape=Shape.SERIES,
+        loinc=("55423-8", "Number of steps in unspecified time Pedometer"),
+        category="activity",
+        decimals=1,
+        headline="sum",  # a sum of counts; a mean of steps means little
+    ),
+    # No vital-signs profile: that profile binds every quantity to ucum-vitals-common, which has
+    # no unit of time, so an RR interval in ms cannot conform to it.
+    T.RR_INTERVALS: DataType(
+        unit="ms",
+        unit_display="ms",
+        spellings={"ms": _same, "s": _times(1000.0)},
+        hard_limits=(150.0, 3_000.0),
+        plausible=(250.0, 2_400.0),
+        shape=Shape.SERIES,
+        loinc=("8637-1", "R-R interval by EKG"),
+        category="vital-signs",
+        decimals=1,
+    ),
+    T.ECG: DataType(
+        unit="uV",
+        unit_display="microvolt",
+        spellings={"uV": _same, "mV": _times(1000.0), "V": _times(1_000_000.0)},
+        hard_limits=(-100_000.0, 100_000.0),
+        plausible=(-20_000.0, 20_000.0),
+        shape=Shape.WAVEFORM,
+        loinc=("11524-6", "EKG study"),
+        category="procedure",
+    ),
+    T.BLOOD_PRESSURE: DataType(
+        unit="mm[Hg]",
+        unit_display="mmHg",
+        spellings={"mm[Hg]": _same, "mmHg": _same, "kPa": _times(7.500615758456563)},
+        hard_limits=(20.0, 300.0),
+        plausible=(30.0, 260.0),
+        shape=Shape.READING,
+        loinc=("85354-9", "Blood pressure panel with all children optional"),
+        category="vital-signs",
+        profile="bp",
+        decimals=1,
+        duplicate_tolerance=1.0,  # a cuff's resolution
+    ),
+    T.WEIGHT: DataType(
+        unit="kg",
+        unit_display="kg",
+        spellings={
+            "kg": _same,
+            "g": _times(0.001),
+            "[lb_av]": _times(_POUND),
+            "lb": _times(_POUND),
+            "lbs": _times(_POUND),
+            "[st_av]": _times(6.35029318),
+        },
+        hard_limits=(0.5, 650.0),
+        plausible=(1.0, 400.0),
+        shape=Shape.READING,
+        loinc=("29463-7", "Body weight"),
+        category="vital-signs",
+        profile="bodyweight",
+        decimals=2,
+        duplicate_tolerance=0.1,  # a home scale's resolution
+    ),
+    T.TEMPERATURE: DataType(
+        unit="Cel",
+        unit_display="C",
+        spellings={
+            "Cel": _same,
+            "degC": _same,
+            "[degF]": _fahrenheit,
+            "degF": _fahrenheit,
+            "K": _kelvin,
+        },
+        hard_limits=(25.0, 45.0),
+        plausible=(30.0, 43.0),
+        shape=Shape.READING,
+        loinc=("8310-5", "Body temperature"),
+        category="vital-signs",
+        profile="bodytemp",
+        decimals=2,
+        duplicate_tolerance=0.1,  # a thermometer's resolution
+    ),
+    T.SPO2: DataType(
+        unit="%",
+        unit_display="%",
+        spellings={"%": _same, "1": _times(100.0)},
+        hard_limits=(50.0, 100.0),
+        plausible=(70.0, 100.0),
+        shape=Shape.READING,
+        loinc=("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
+        category="vital-signs",
+        profile="oxygensat",
+        also_loinc=(("2708-6", "Oxygen saturation in Arterial blood"),),
+        decimals=1,
+        duplicate_tolerance=1.0,  # a pulse oximeter's resolution
+    ),
+}
+
+
+def of_shape(shape: Shape) -> tuple[HealthDataType, ...]:
+    """The types of one shape, in the table's order."""
+    return tuple(kind for kind, facts in DATA_TYPES.items() if facts.shape is shape)
