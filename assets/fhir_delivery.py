@@ -15,6 +15,9 @@ by identifier, holds exactly what was sent, once).
 
 A server's error or a mismatch can quote an identifier, which names its person: what the step
 logs and reports names the provider's people by their salted subject instead (assets/pseudonyms.py).
+Every transaction sent is in the audit log (`export`, actor "dagster run <run id>", one row per
+person it held: ohx_dagster/fhir/delivery.py); the read-back sample of `server_confirms` is the
+same step checking what it sent, not an access of its own.
 """
 
 from typing import TypeVar
@@ -101,7 +104,9 @@ def build_fhir_delivery_asset(
             enqueued = sum(enqueue_partition(record_store, output.get(), p) for p in partitions)
             before = _counts(record_store, partitions)
             for partition in partitions:
-                report.add(client.deliver(record_store, partition))
+                report.add(
+                    client.deliver(record_store, partition, actor=f"dagster run {context.run_id}")
+                )
         except (DeliveryError, SQLAlchemyError, OSError) as exc:
             counts = _counts(record_store, partitions)
             attempt = context.retry_number

@@ -148,6 +148,7 @@ NOT_PERSONAL: Final = {
     "erasures": "salted hashes and counts only (the tombstones that keep the erased out)",
     "audit_log": "staff actions: salted hashes, staff names, outcomes (they record the erasure)",
     "staff_tokens": "staff names and hashes of their tokens (ohx_dagster/staff.py), no patient",
+    "staff_revoked": "staff names and ids of their revoked tokens (ohx_dagster/staff.py)",
 }
 OWN_RULE: Final = {
     "fhir_outbox": "server deletion first (step 3)",

@@ -40,7 +40,7 @@ from typing import Any, Final
 import pandas as pd
 import sqlalchemy as sa
 
-from ohx_dagster import aggregate, db, record_tables
+from ohx_dagster import aggregate, audit, db, record_tables
 from ohx_dagster import coverage as cov
 from ohx_dagster.fhir.common import (
     entered_in_error,
@@ -51,6 +51,7 @@ from ohx_dagster.fhir.common import (
 from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
 from ohx_dagster.fhir.validation import validate_output, validate_resources
+from ohx_dagster.identity import erasure_salt
 from ohx_dagster.localdays import EPOCH_ORDINAL, MINUTE_US, Calendar
 from ohx_dagster.models import AggregationLevel, HealthSyncConfig
 from ohx_dagster.schema import aggregates, day_versions, fhir_files, users
@@ -405,6 +406,7 @@ def _commit_bucket(
     hourly: pd.DataFrame,
     daily: pd.DataFrame,
     bodies: Mapping[str, bytes] | None = None,
+    exported: Callable[[sa.Connection], None] | None = None,
 ) -> dict[str, Any] | None:
     """Make the bucket's new files part of the partition; None if a newer render already is.
 
@@ -412,7 +414,8 @@ def _commit_bucket(
     (none read = 0: a person whose first data arrived after this render's snapshot must not be
     published away by it). The files were written before the lock; another run's garbage
     collection may have removed one since (it was nobody's yet), so under the lock each is
-    written again if it is not there."""
+    written again if it is not there. `exported` writes the audit rows of the commit in its
+    transaction (an export is never committed without them)."""
     partition = partition_key(day, key)
     directory = partition_dir(day, key)
     t, v = fhir_files, day_versions
@@ -457,6 +460,8 @@ def _commit_bucket(
                 ),
                 rows,
             )
+        if exported is not None:
+            exported(conn)
         current = [
             OutputFile(r.resource_type, r.bucket, r.name, r.count)
             for r in conn.execute(sa.select(t).where(t.c.partition_key == partition))
@@ -467,6 +472,29 @@ def _commit_bucket(
             export_time=iso_us(stamp) or "",
             request=f"urn:ohx:partition:{partition}",
         )
+
+
+def _exports(
+    provider: str, resources: Sequence[dict], configs: Mapping[str, HealthSyncConfig], where: str
+) -> dict[str, tuple[str, str]]:
+    """The audit rows of a bucket's files: per person whose resources they hold, how many."""
+    from ohx_dagster.fhir.delivery import owner
+
+    held: Counter[str] = Counter()
+    withdrawn: Counter[str] = Counter()
+    for resource in resources:
+        source, user_id = owner(resource)
+        if source == provider and user_id in configs:
+            held[user_id] += 1
+            withdrawn[user_id] += is_withdrawn(resource)
+    return {
+        u: (
+            "ok",
+            f"FHIR NDJSON {where}: {n:,} resources"
+            + (f" ({withdrawn[u]:,} entered-in-error)" if withdrawn[u] else ""),
+        )
+        for u, n in held.items()
+    }
 
 
 def publish_partition(
@@ -484,10 +512,27 @@ def publish_partition(
     validate: Validate | None = None,
     run_id: str = "",
     publish_ambiguous: bool = False,
+    actor: str | None = None,
 ) -> PublishReport:
     """Publish the partition's buckets whose people changed (of `scope` when given). Readings a
-    shared device cannot attribute are left out unless `publish_ambiguous`."""
+    shared device cannot attribute are left out unless `publish_ambiguous`.
+
+    Audited (ohx_dagster/audit.py, action `export`, by `actor`: default "dagster run <run_id>"):
+    one row per person whose resources a committed bucket holds, in the transaction that commits
+    it (ok: how many resources, how many withdrawn, where); one per person due in a bucket that
+    failed validation (failed: nothing of it published)."""
     report = PublishReport(day, key)
+    actor = actor or (f"dagster run {run_id}" if run_id else "publish")
+    salt = erasure_salt()
+
+    def exported(rows: Mapping[str, tuple[str, str]]) -> Callable[[sa.Connection], None]:
+        def write(conn: sa.Connection) -> None:
+            audit.record_people(
+                conn, actor=actor, action="export", provider=provider, outcomes=rows, salt=salt
+            )
+
+        return write
+
     people = {
         p.config.user_id: p.config for p in store.people(provider) if shard.holds(p.config.user_id)
     }
@@ -527,8 +572,16 @@ def publish_partition(
         resources = _keep_referenced(resources + withdrawn, previous)
         resources = _keep_provenance(resources, previous)
         problems = check_output(resources, configs, validate)
+        where = f"{output.root_url.rstrip('/')}/{directory}/ bucket {bucket}"
         if problems:
             report.invalid_buckets[bucket] = problems
+            failed = {
+                u: ("failed", f"FHIR NDJSON {where}: not published, {len(problems)} problem(s)")
+                for u in configs
+                if u in due
+            }
+            with store.write() as conn:
+                exported(failed)(conn)
             continue
         by_type: dict[str, list[dict]] = defaultdict(list)
         for resource in resources:
@@ -541,6 +594,7 @@ def publish_partition(
             output.write_fresh(f"{directory}/{name}", body)
             files.append(OutputFile(resource_type, bucket, name, len(items)))
             bodies[name] = body
+        exports = _exports(provider, resources, configs, where)
         manifest = _commit_bucket(
             store,
             output,
@@ -555,6 +609,7 @@ def publish_partition(
             configs=configs,
             hourly=hourly,
             daily=daily,
+            exported=exported(exports),
         )
         if manifest is None:
             report.stale_buckets.append(bucket)

@@ -365,3 +365,14 @@ staff_tokens = sa.Table(
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
     sa.Column("created_by", sa.String(128), nullable=False),
 )
+
+# Revoked staff tokens (`ohx staff remove`): the public id and whose it was, never a secret, so
+# that a revoked token presented again is audited under its staff member's name (staff.py).
+staff_revoked = sa.Table(
+    "staff_revoked",
+    metadata,
+    sa.Column("token_id", sa.String(16), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("revoked_at_us", sa.BigInteger, nullable=False),
+    sa.Column("revoked_by", sa.String(128), nullable=False),
+)

@@ -12,7 +12,10 @@ Given as `Authorization: Bearer <token>` (scripts, curl) or HTTP Basic with the 
 user and the token as password (a browser's login prompt, through the proxy). Never in a URL.
 
 Adding and removing staff are audited (ohx_dagster/audit.py: staff-add, staff-remove, the name
-in the detail; staff are not patients, so no subject).
+in the detail; staff are not patients, so no subject). A removed token's id stays in
+`staff_revoked` with its name (no secret), so that `refusal` can say whose a revoked token was:
+a credential refused at /connect or the proxy is audited under the staff member its token names
+(current or revoked), else as "unknown"; never with the token.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sqlalchemy as sa
 
 from ohx_dagster import audit
 from ohx_dagster.errors import ValidationError
-from ohx_dagster.schema import staff_tokens
+from ohx_dagster.schema import staff_revoked, staff_tokens
 from ohx_dagster.times import now_us
 
 if TYPE_CHECKING:
@@ -99,10 +102,17 @@ def remove(store: RecordStore, name: str, *, actor: str) -> bool:
     """Revoke a staff member's token at once; False if there was none."""
     t = staff_tokens
     with store.write() as conn:
-        gone = conn.execute(t.delete().where(t.c.name == name)).rowcount
-        if gone:
-            audit.record(conn, actor=actor, action="staff-remove", detail=f"staff {name}")
-    return bool(gone)
+        token_id = conn.execute(sa.select(t.c.token_id).where(t.c.name == name)).scalar()
+        if token_id is None:
+            return False
+        conn.execute(t.delete().where(t.c.name == name))
+        conn.execute(
+            staff_revoked.insert().values(
+                token_id=token_id, name=name, revoked_at_us=now_us(), revoked_by=actor
+            )
+        )
+        audit.record(conn, actor=actor, action="staff-remove", detail=f"staff {name}")
+    return True
 
 
 def verify(store: RecordStore, token: str | None, *, name: str | None = None) -> str | None:
@@ -137,3 +147,92 @@ def from_authorization(store: RecordStore, header: str | None) -> str | None:
             return None
         return verify(store, password, name=user) if sep else None
     return None
+
+
+# -- why a credential was refused (for the audit log) --------------------------------------------
+
+# Why a credential authenticates no one: a fixed vocabulary, so that counts of them stay small.
+NO_CREDENTIALS: Final = "no staff credentials"
+MALFORMED: Final = "not a staff token"
+UNKNOWN: Final = "a token never issued"
+REVOKED: Final = "a revoked token"
+WRONG_SECRET: Final = "a token with a wrong secret"
+OTHER_NAME: Final = "a token given with another staff name"
+IN_URL: Final = "a token in the URL"
+NOT_ACCEPTED: Final = "a credential not accepted"
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Who a refused credential names and why it was refused; never the token's secret.
+
+    actor: the staff member the token's id names (its current or revoked owner), else "unknown";
+    token_id: the token's public id when the token is well formed (`ohx staff list` and the
+    staff-add audit row show it too), else "".
+    """
+
+    actor: str
+    reason: str
+    token_id: str = ""
+
+
+def _owner(store: RecordStore, token_id: str) -> tuple[str | None, str | None, bool]:
+    """(name, secret hash, revoked) of the token id: a current token, a revoked one, or none."""
+    with store.read() as conn:
+        row = conn.execute(
+            sa.select(staff_tokens.c.name, staff_tokens.c.secret_sha256).where(
+                staff_tokens.c.token_id == token_id
+            )
+        ).first()
+        if row is not None:
+            return str(row.name), str(row.secret_sha256), False
+        name = conn.execute(
+            sa.select(staff_revoked.c.name).where(staff_revoked.c.token_id == token_id)
+        ).scalar()
+    return (None if name is None else str(name)), None, name is not None
+
+
+def refusal(
+    store: RecordStore,
+    token: str | None,
+    *,
+    name: str | None = None,
+    reason: str | None = None,
+) -> Refusal:
+    """Why `token` (with `name`, given as HTTP Basic) authenticates no one, and whose it is; with
+    `reason`, that reason whatever the token (a token in the URL is refused even when valid)."""
+    found = TOKEN.fullmatch(token or "")
+    if found is None:
+        return Refusal("unknown", reason or (MALFORMED if token else NO_CREDENTIALS))
+    token_id, secret = found.groups()
+    owner, secret_sha256, revoked = _owner(store, token_id)
+    if owner is None:
+        return Refusal("unknown", reason or UNKNOWN, token_id)
+    if reason is None:
+        if revoked:
+            reason = REVOKED
+        elif not hmac.compare_digest(secret_sha256 or "", _sha256(secret)):
+            reason = WRONG_SECRET
+        else:
+            # Valid and its owner's: refused for another reason (issued since the check).
+            reason = OTHER_NAME if name is not None and name != owner else NOT_ACCEPTED
+    return Refusal(owner, reason, token_id)
+
+
+def refusal_of_authorization(store: RecordStore, header: str | None) -> Refusal:
+    """`refusal` of an Authorization header that `from_authorization` refused."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if not scheme:
+        return refusal(store, None)
+    if scheme == "bearer":
+        return refusal(store, value) if value else Refusal("unknown", MALFORMED)
+    if scheme == "basic":
+        try:
+            user, sep, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return Refusal("unknown", MALFORMED)
+        if not sep or not password:
+            return Refusal("unknown", MALFORMED)
+        return refusal(store, password, name=user)
+    return Refusal("unknown", MALFORMED)

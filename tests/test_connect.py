@@ -397,7 +397,7 @@ def test_a_token_in_the_url_is_refused_and_not_logged(
         )
         assert both.status_code == 400
     server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
-    assert any("credential in the URL" in r.getMessage() for r in server_side)
+    assert any("a token in the URL" in r.getMessage() for r in server_side)
     assert not any(token in r.getMessage() for r in server_side)
     with receiver.store.read() as conn:
         assert conn.execute(sa.select(oauth_states)).all() == []

@@ -22,10 +22,11 @@ code server). Two simulated people are connected (`python -m ohx_dagster.seed`);
 schedule and sensor but the webhook sensor is stopped first, so only what the test sends runs.
 A staff member is issued a token (`ohx staff add`): through the proxy, the UI answers 401 without
 it and 200 with it, /connect refuses without it (and a token in its URL) and starts a connection
-with it. Then a signed webhook goes through the proxy, without staff credentials, to the receiver
-and its run puts today's FHIR objects into the bucket, and a two-day backfill puts the two days
-before; each partition's manifest names exactly the objects of its folder. The secrets the
-services were given appear in no GraphQL answer and no row of the Dagster database.
+with it; `ohx audit` shows each refusal under the staff member the token names, or "unknown".
+Then a signed webhook goes through the proxy, without staff credentials, to the receiver and its
+run puts today's FHIR objects into the bucket, and a two-day backfill puts the two days before;
+each partition's manifest names exactly the objects of its folder. The secrets the services were
+given appear in no GraphQL answer and no row of the Dagster database.
 """
 
 from __future__ import annotations
@@ -229,6 +230,25 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         consent = httpx.URL(started.headers["location"])
         assert consent.params["client_id"] == "oura-client"
         assert consent.params["redirect_uri"] == f"{proxy}/oauth/oura/callback"
+        # Each refusal is in the audit log: under the staff member the token names, else
+        # "unknown"; the UI's login prompts (no credentials) are not attempts. Never the token.
+        shown = services.run("audit", [str(tool("ohx")), "audit", "--json"], env("staff"))
+        entries = orjson.loads(shown.stdout)["entries"]
+        refused = [
+            (e["action"], e["actor"], e["detail"]) for e in entries if e["outcome"] == "refused"
+        ]
+        assert any(
+            (a, who) == ("connect", "unknown")
+            and d.startswith("the proxy's check for GET /connect/oura: no staff credentials")
+            for a, who, d in refused
+        ), refused
+        assert any(
+            (a, who) == ("connect", "j.doe")
+            and d.startswith("GET /connect/oura: a token in the URL")
+            for a, who, d in refused
+        ), refused
+        assert {who for a, who, _ in refused if a == "sign-in"} == {"j.doe"}, refused
+        assert token not in shown.stdout and "pat-1" not in shown.stdout
         # Nothing else of the receiver is reachable from outside.
         assert tls.get(f"{proxy}/auth/staff", headers=bearer).status_code == 404
         # The open paths need no staff login: a callback with a state nobody issued is the

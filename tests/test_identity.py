@@ -509,6 +509,8 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
         ("connect", subject("oura", "acc-9"), "ok"),
         ("import", kept_subject, "ok"),  # one row per person, by id
         ("import", erased_subject, "ok"),
+        ("export", kept_subject, "ok"),  # the import published their day: their files
+        ("export", erased_subject, "ok"),
         ("erase", erased_subject, "ok"),
         ("import", kept_subject, "ok"),  # the second import: they stayed out
         ("disconnect", kept_subject, "ok"),
@@ -516,13 +518,18 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
         ("readmit", erased_subject, "refused"),
     ]
     assert all(e["at"].endswith("Z") and e["actor"] for e in entries)
+    exports = [e for e in entries if e["action"] == "export"]
+    assert all(e["actor"].startswith("ohx import (") for e in exports)
+    assert all(
+        e["detail"].startswith("FHIR NDJSON ") and " resources" in e["detail"] for e in exports
+    )
     for clear in (ERASED, KEPT, "acc-9", "pat-9"):
         assert clear not in shown.stdout
     table = ohx("audit")
     assert table.exit_code == 0 and "readmit" in table.stdout and "consent renewed" in table.stdout
     only = json.loads(ohx("audit", "--action", "erase", "--json").stdout)["entries"]
     assert [e["action"] for e in only] == ["erase"]
-    assert len(json.loads(ohx("audit", "--since", "1h", "--json").stdout)["entries"]) == 8
+    assert len(json.loads(ohx("audit", "--since", "1h", "--json").stdout)["entries"]) == 10
     assert json.loads(ohx("audit", "--since", "2999-01-01", "--json").stdout)["entries"] == []
     assert "--since" in one_error_line(ohx("audit", "--since", "yesterday-ish"))
     assert "--action" in one_error_line(ohx("audit", "--action", "read"))

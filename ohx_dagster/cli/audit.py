@@ -3,8 +3,13 @@ as their salted subject, the outcome and the detail.
 
 - `--since`: an ISO date or time (UTC unless it says), or a span back from now (`24h`, `7d`,
   `30m`).
-- `--action`: connect, disconnect, relink, import, erase, readmit, export (audit.ACTIONS).
+- `--action`: connect, disconnect, relink, import, export, erase, readmit, set-zone, staff-add,
+  staff-remove, sign-in (audit.ACTIONS).
 - `--json`: machine-readable, ISO 8601 times.
+
+What each action records, and who its actor is: docs/deployment.md, "The audit log: what is
+recorded". Refused staff credentials are `connect` or `sign-in` rows with outcome `refused`,
+bounded to a row at once and a summary row per minute and source.
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ def since_moment(text: str, now: datetime) -> datetime:
 
 @click.command("audit")
 @click.option("--since", help="From when: an ISO date or time, or a span back (24h, 7d).")
-@click.option("--action", help="Only this action (connect, relink, import, erase, ...).")
+@click.option("--action", help="Only this action (connect, import, export, erase, sign-in, ...).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON (ISO 8601 times).")
 @click.pass_context
 def audit(ctx: click.Context, since: str | None, action: str | None, as_json: bool) -> None:
-    """Who connected, re-linked, imported, erased and re-admitted whom, and when (the person as
-    their salted subject, never their id)."""
+    """Who connected, re-linked, imported, exported, erased and re-admitted whom, and when, and
+    which staff credentials were refused (the person as their salted subject, never their id)."""
     from rich.table import Table
     from rich.text import Text
 

@@ -339,6 +339,7 @@ def _publish(
     scope: set[str],
 ) -> None:
     """One day of the people of one source key, as a refresh run's publish step does."""
+    from ohx_dagster.audit import login
     from ohx_dagster.publish import publish_partition, validate_sample
 
     report = publish_partition(
@@ -353,6 +354,7 @@ def _publish(
         horizon=settings.resync_horizons[shard.provider],
         publish_ambiguous=settings.publish_ambiguous,
         validate=validate_sample,
+        actor=login("ohx import"),  # each person's files are an `export` in the audit log
     )
     problems = [p for ps in report.invalid_buckets.values() for p in ps]
     if problems:

@@ -25,6 +25,10 @@ exponential backoff; any other 4xx stops with the server's OperationOutcome in t
 Auth: a static bearer token, OAuth client credentials with a secret, or SMART Backend Services
 (client credentials authenticated by a JWT the client signs with its private key); tokens are
 cached until shortly before they expire and fetched anew after a 401.
+Audited (ohx_dagster/audit.py, action `export`): per transaction Bundle, one row per person whose
+resources it held, in the transaction that marks them delivered (ok) or records the failure
+(failed: the server refused or stayed unavailable); the person as their salted subject, the
+server without credentials or query.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
-from ohx_dagster import db
+from ohx_dagster import audit, db
 from ohx_dagster.errors import OhxError
 from ohx_dagster.fhir.codes import PERSON_SYSTEM
 from ohx_dagster.fhir.common import is_withdrawn, referenced, references_in
@@ -200,7 +204,14 @@ def _withdraw_vanished_provenance(store: RecordStore, partition_key: str) -> Non
 def _pending_query(partition_key: str | None) -> sa.Select:
     t = fhir_outbox
     query = sa.select(
-        t.c.resource_type, t.c.resource_id, t.c.body, t.c.body_hash, t.c.withdrawn
+        t.c.resource_type,
+        t.c.resource_id,
+        t.c.body,
+        t.c.body_hash,
+        t.c.withdrawn,
+        t.c.provider,
+        t.c.user_id,
+        t.c.partition_key,
     ).where(sa.or_(t.c.delivered_hash.is_(None), t.c.delivered_hash != t.c.body_hash))
     if partition_key is not None:
         query = query.where(t.c.partition_key == partition_key)
@@ -578,8 +589,11 @@ class FhirClient:
         if self.batch_size < 1:
             raise ValueError(f"batch_size {self.batch_size}: expected >= 1")
 
-    def deliver(self, store: RecordStore, partition_key: str | None = None) -> DeliveryReport:
-        """Send every pending resource (of a partition, or all) in bounded transactions."""
+    def deliver(
+        self, store: RecordStore, partition_key: str | None = None, *, actor: str = "fhir delivery"
+    ) -> DeliveryReport:
+        """Send every pending resource (of a partition, or all) in bounded transactions, each
+        audited as `actor`'s export of the people it holds (module docstring)."""
         report = DeliveryReport()
         with store.read() as conn:
             rows = conn.execute(_pending_query(partition_key)).all()
@@ -591,10 +605,10 @@ class FhirClient:
                 try:
                     self._send(client, resources, _match_urls(store, resources), deleted, report)
                 except DeliveryError as exc:
-                    self._record_failure(store, batch, str(exc))
+                    self._record_failure(store, batch, str(exc), actor)
                     report.remaining = len(rows) - start
                     raise
-                self._mark_delivered(store, batch)
+                self._mark_delivered(store, batch, actor)
                 report.sent += len(batch)
                 report.batches += 1
         return report
@@ -716,10 +730,45 @@ class FhirClient:
                 raise DeliveryError(f"{self.base_url}: an entry answered {status!r}")
             report.statuses[status] = report.statuses.get(status, 0) + 1
 
-    def _mark_delivered(self, store: RecordStore, batch: Sequence[Any]) -> None:
+    def _exported(
+        self, conn: sa.Connection, batch: Sequence[Any], actor: str, outcome: str
+    ) -> None:
+        """The batch's audit rows: per person whose resources it held, how many and where."""
+        from ohx_dagster.identity import erasure_salt
+
+        people: dict[tuple[str, str], list[Any]] = {}
+        for row in batch:
+            if row.provider and row.user_id:
+                people.setdefault((row.provider, row.user_id), []).append(row)
+        if not people:
+            return
+        server = redacted_url(self.base_url)
+        salt = erasure_salt()
+        for (provider, user_id), rows in sorted(people.items()):
+            deletes = sum(bool(r.withdrawn) for r in rows)
+            partitions = ", ".join(sorted({r.partition_key for r in rows}))
+            what = f"{len(rows):,} resources" + (f" ({deletes:,} deletes)" if deletes else "")
+            done = (
+                "acknowledged"
+                if outcome == "ok"
+                else "not delivered: the server refused the transaction or stayed unavailable"
+            )
+            audit.record_people(
+                conn,
+                actor=actor,
+                action="export",
+                provider=provider,
+                outcomes={
+                    user_id: (outcome, f"FHIR server {server}: {what} of {partitions} {done}")
+                },
+                salt=salt,
+            )
+
+    def _mark_delivered(self, store: RecordStore, batch: Sequence[Any], actor: str) -> None:
         t = fhir_outbox
         at = now_us()
         with store.write() as conn:
+            self._exported(conn, batch, actor, "ok")
             for row in batch:
                 conn.execute(
                     t.update()
@@ -736,9 +785,12 @@ class FhirClient:
                     )
                 )
 
-    def _record_failure(self, store: RecordStore, batch: Sequence[Any], error: str) -> None:
+    def _record_failure(
+        self, store: RecordStore, batch: Sequence[Any], error: str, actor: str
+    ) -> None:
         t = fhir_outbox
         with store.write() as conn:
+            self._exported(conn, batch, actor, "failed")
             for row in batch:
                 conn.execute(
                     t.update()

@@ -57,6 +57,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ohx_dagster.audit import RefusedRows
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.inbox import Inbox, NewEvent
 from ohx_dagster.providers.google_health import webhook as google_health
@@ -400,9 +401,11 @@ def create_app(
     group_commit: bool = True,
     connect: ConnectConfig | None = None,
     refusals: RefusalLog | None = None,
+    refused_rows: RefusedRows | None = None,
 ) -> Starlette:
     """The receiver for the providers `secrets` configures (others are not mounted); with
-    `connect`, also the account-connection routes (ohx_dagster.webhooks.connect). Of `limits`
+    `connect`, also the account-connection routes (ohx_dagster.webhooks.connect), whose refused
+    staff credentials go to the audit log through `refused_rows` (bounded). Of `limits`
     the app applies the body timeout and the rate limit; serve it with
     ohx_dagster.webhooks.serve.server_config(app, limits) for the others."""
     limits = limits or ReceiverLimits()
@@ -470,25 +473,31 @@ def create_app(
             Route("/webhooks/simulated", simulated_notify, methods=["POST"]),
         ]
 
+    refusals = refusals or RefusalLog()
     if connect is not None:
-        routes += connect_routes(store, connect)
+        refused_rows = refused_rows or RefusedRows(store)
+        routes += connect_routes(store, connect, refusals=refusals, refused_rows=refused_rows)
 
     buckets = None
     middleware = []
     if limits.rate_per_minute > 0:
         buckets = TokenBuckets(limits.rate_per_minute, limits.rate_burst)
         middleware.append(Middleware(RateLimit, buckets=buckets))
-    refusals = refusals or RefusalLog()
     middleware.append(Middleware(RequestShape, refusals=refusals))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        ticker = asyncio.create_task(refusals.ticking())
+        tickers = [asyncio.create_task(refusals.ticking())]
+        if refused_rows is not None:
+            tickers.append(asyncio.create_task(_ticking_rows(refused_rows)))
         try:
             yield
         finally:
-            ticker.cancel()
+            for ticker in tickers:
+                ticker.cancel()
             refusals.flush()  # what was refused since the last summary
+            if refused_rows is not None:
+                await run_in_threadpool(refused_rows.flush)
 
     app = Starlette(
         routes=routes,
@@ -508,7 +517,15 @@ def create_app(
     app.state.committer = committer
     app.state.rate_buckets = buckets
     app.state.refusals = refusals
+    app.state.refused_rows = refused_rows
     return app
+
+
+async def _ticking_rows(rows: RefusedRows) -> None:
+    """Every interval, the summary rows of an interval that ended (a flood that stopped)."""
+    while True:
+        await asyncio.sleep(rows.interval_s)
+        await run_in_threadpool(rows.tick)
 
 
 def _healthz(secrets: WebhookSecrets) -> Callable[[Request], Awaitable[Response]]:

@@ -9,7 +9,18 @@
   field. The staff member's name is the actor of the connection's audit row (ohx_dagster/audit.py).
 - GET /auth/staff: 204 with `X-OHX-Staff: <name>` for a valid staff Authorization header, else 401
   with `WWW-Authenticate: Basic` (the login prompt). The deployment's nginx asks it with
-  `auth_request` before the Dagster UI and /connect (deploy/nginx/ohx.conf); nothing else needs it.
+  `auth_request` before the Dagster UI and /connect (deploy/nginx/ohx.conf), saying which path
+  it guards in `X-OHX-Original-URI` (nginx's $request_uri; only its path is read, to tell
+  /connect from the UI); nothing else needs it.
+
+Refused staff credentials are audited (ohx_dagster/audit.py RefusedRows: bounded, one row at once
+and one summary row per interval and source): at /connect (no, wrong, revoked or URL-borne token)
+and at /auth/staff guarding /connect, as `connect` refused; at /auth/staff guarding the Dagster
+UI, as `sign-in` refused when credentials were sent (none: the login prompt every browser gets
+first, not an attempt). The actor is the staff member the token names (staff.refusal: its
+current or revoked owner), else "unknown"; the detail says what was asked, why it was refused,
+the token's public id and the client address, never the token. Their log lines go through the
+receiver's RefusalLog (one full line per kind and interval).
 - GET /oauth/<provider>/callback?code=..&state=.. (the provider's redirect) -> 200 "connected"
   page; 400 for an unknown, used or expired state or a denial (`error=access_denied`); 409 for
   an account already connected for another patient (staff move it with `ohx users relink`) or
@@ -39,13 +50,15 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ohx_dagster import staff as credentials
+from ohx_dagster.audit import RefusedRows
 from ohx_dagster.errors import ConfigError, ProviderError, ValidationError
 from ohx_dagster.identity import (
     Erased,
@@ -61,10 +74,14 @@ from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_a
 from ohx_dagster.staff import from_authorization
 from ohx_dagster.store import RecordStore
 
+if TYPE_CHECKING:
+    from ohx_dagster.webhooks.app import RefusalLog
+
 RETIRED_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
 REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
 URL_CREDENTIALS: Final = ("token", "access_token")
 NO_STORE: Final = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+ORIGINAL_URI: Final = "x-ohx-original-uri"  # the proxy's auth_request: the path it guards
 
 log = logging.getLogger("ohx_dagster.webhooks.connect")
 
@@ -103,8 +120,16 @@ def _page(request: Request, status: int, title: str, detail: str, **extra: str) 
     return HTMLResponse(text, status_code=status, headers=NO_STORE)
 
 
-def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
-    """The two routes, over one ConnectFlow (creates its state table on the store)."""
+def connect_routes(
+    store: RecordStore,
+    config: ConnectConfig,
+    *,
+    refusals: RefusalLog | None = None,
+    refused_rows: RefusedRows | None = None,
+) -> list[Route]:
+    """The routes, over one ConnectFlow (creates its state table on the store); refused staff
+    credentials are logged through `refusals` and audited through `refused_rows` (module doc)."""
+    refused_rows = refused_rows or RefusedRows(store)
     subscriptions = config.subscriptions
     after_connect = None
     if subscriptions is not None:
@@ -118,18 +143,66 @@ def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
         header = request.headers.get("authorization")
         return await run_in_threadpool(from_authorization, store, header) if header else None
 
+    def connect_path(path: str) -> str:
+        """A /connect path as the audit row shows it: a provider only if it is one of ours
+        (the path is the client's)."""
+        provider = path.removeprefix("/connect/").split("/")[0]
+        return f"/connect/{provider if provider in flow.settings else '<not connectable>'}"
+
+    async def refuse(
+        request: Request,
+        status: int,
+        action: str,
+        where: str,
+        refusal: credentials.Refusal,
+    ) -> None:
+        """Log (bounded) and audit (bounded) a refused staff credential; never the token."""
+        from ohx_dagster.webhooks.app import address_key  # the app imports this module
+
+        reason = f"{refusal.reason} (audited: {action} refused, actor {refusal.actor})"
+        if refusals is not None:
+            refusals.refused(logging.WARNING, status, request, reason)
+        else:
+            log.warning("%d %s: %s", status, where, reason)
+        client = request.client
+        await run_in_threadpool(
+            refused_rows.refused,
+            action=action,
+            actor=refusal.actor,
+            where=where,
+            reason=refusal.reason,
+            address=address_key(client.host if client else ""),
+            note=f"token {refusal.token_id}" if refusal.token_id else "",
+        )
+
     async def auth_staff(request: Request) -> Response:
         name = await staff_of(request)
         if name is None:
+            header = request.headers.get("authorization")
+            guarded = request.headers.get(ORIGINAL_URI, "").partition("?")[0]
+            if guarded.startswith("/connect/") or header:
+                refusal = await run_in_threadpool(
+                    credentials.refusal_of_authorization, store, header
+                )
+                if guarded.startswith("/connect/"):
+                    action, where = "connect", f"the proxy's check for GET {connect_path(guarded)}"
+                else:
+                    action, where = "sign-in", "the proxy's check for the Dagster UI"
+                await refuse(request, 401, action, where, refusal)
             challenge = {"WWW-Authenticate": 'Basic realm="ohx staff", charset="UTF-8"'}
             return Response(status_code=401, headers={**NO_STORE, **challenge})
         return Response(status_code=204, headers={**NO_STORE, "X-OHX-Staff": name})
 
     async def start(request: Request) -> Response:
         provider = request.path_params["provider"]
-        if any(name in request.query_params for name in URL_CREDENTIALS):
+        where = f"GET {connect_path(request.url.path)}"
+        in_url = [request.query_params[n] for n in URL_CREDENTIALS if n in request.query_params]
+        if in_url:
             # The URL (and so the token) is not logged: only that one was there.
-            log.warning("400 /connect/%s: a credential in the URL, refused", provider)
+            refusal = await run_in_threadpool(
+                credentials.refusal, store, in_url[0], reason=credentials.IN_URL
+            )
+            await refuse(request, 400, "connect", where, refusal)
             return _page(
                 request,
                 400,
@@ -139,7 +212,10 @@ def connect_routes(store: RecordStore, config: ConnectConfig) -> list[Route]:
             )
         staff = await staff_of(request)
         if staff is None:
-            log.warning("401 /connect/%s: missing or wrong staff token", provider)
+            refusal = await run_in_threadpool(
+                credentials.refusal_of_authorization, store, request.headers.get("authorization")
+            )
+            await refuse(request, 401, "connect", where, refusal)
             return _page(request, 401, "Not authorized", "missing or wrong staff token")
         if provider not in flow.settings:
             return _page(request, 404, "Unknown provider", f"{provider!r} cannot be connected here")
