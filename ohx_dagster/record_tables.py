@@ -191,12 +191,14 @@ def _measurement_rows(provider: str, user_id: str, batch: pd.DataFrame) -> dict[
     ts = _ts_us(batch)
     rows: dict[tuple, dict] = {}
     stamp = now_us()
-    for i, row in enumerate(batch.itertuples(index=False)):
+    # A row's fields are whatever its columns hold: not something the type checker can know.
+    batch_rows: Iterable[Any] = batch.itertuples(index=False)
+    for i, row in enumerate(batch_rows):
         samples = row.samples
         waveform = None if samples is None else chunks.encode_waveform(np.asarray(samples))
 
-        def number(value: object) -> float | None:
-            return None if value is None or pd.isna(value) else float(value)  # type: ignore[arg-type]
+        def number(value: Any) -> float | None:
+            return None if value is None or pd.isna(value) else float(value)
 
         key = (row.data_type, int(ts[i]), row.device_id)
         rows[key] = {

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.models import HARD_LIMITS, DateRange, HealthDataRecord, HealthDataType
 from ohx_dagster.units import to_canonical
+
+if TYPE_CHECKING:
+    from pandas._typing import AstypeArg, SequenceNotStr
+
+    # Timestamps as make_batch takes them: anything pandas makes a DatetimeIndex of.
+    Timestamps: TypeAlias = SequenceNotStr[datetime] | pd.Series | pd.Index | np.ndarray
 
 IDENTITY: Final[list[str]] = ["provider", "user_id", "data_type", "ts", "device_id"]
 COLUMNS: Final[list[str]] = [
@@ -35,7 +42,7 @@ COLUMNS: Final[list[str]] = [
 # How a value was obtained: measured by the device, typed in by a person, or measured by a device
 # that cannot tell who stood on it (a shared scale's unassigned weigh-in).
 METHODS: Final = ("device", "manual", "ambiguous")
-_DTYPES: Final[dict[str, str]] = {
+_DTYPES: Final[dict[str, AstypeArg]] = {
     "provider": "object",
     "user_id": "object",
     "data_type": "object",
@@ -81,7 +88,7 @@ def own_column(values: object, n: int, dtype: str | type) -> np.ndarray:
     return np.array(np.broadcast_to(np.asarray(values, dtype=dtype), n))
 
 
-def to_utc_index(timestamps: Sequence[datetime] | pd.Series | pd.DatetimeIndex) -> pd.DatetimeIndex:
+def to_utc_index(timestamps: Timestamps) -> pd.DatetimeIndex:
     """Timestamps as a UTC DatetimeIndex; naive input is rejected, not assumed to be UTC."""
     index = pd.DatetimeIndex(timestamps)
     if index.tz is None:
@@ -95,17 +102,17 @@ def make_batch(
     provider: str,
     user_id: str | Sequence[str],
     data_type: HealthDataType | str,
-    timestamps: Sequence[datetime] | pd.Series | pd.DatetimeIndex,
-    values: Sequence[float] | np.ndarray | None,
+    timestamps: Timestamps,
+    values: ArrayLike | None,
     unit: str,
-    device_id: str = "",
-    utc_offset_min: int | Sequence[int] | None = None,
-    diastolic: Sequence[float] | np.ndarray | None = None,
-    duration_s: float | Sequence[float] | None = None,
-    samples: Sequence[Sequence[float]] | None = None,
-    sampling_rate_hz: float | Sequence[float] | None = None,
-    method: str | Sequence[str] = "device",
-    context: str | Sequence[str] = "",
+    device_id: ArrayLike = "",
+    utc_offset_min: ArrayLike | None = None,
+    diastolic: ArrayLike | None = None,
+    duration_s: ArrayLike | None = None,
+    samples: Sequence[ArrayLike] | None = None,
+    sampling_rate_hz: ArrayLike | None = None,
+    method: ArrayLike = "device",
+    context: ArrayLike = "",
 ) -> pd.DataFrame:
     """A validated batch of one provider's records of one type, converted to canonical units.
 
@@ -123,6 +130,10 @@ def make_batch(
         "ts": ts,
         "device_id": device_id,
     }
+    value: np.ndarray
+    low: np.ndarray | float
+    waveforms: pd.Series | None
+    rate: np.ndarray | float
     if utc_offset_min is None:
         # Keep the device's local offset when the timestamps carry one, as HealthDataRecord does.
         local = pd.DatetimeIndex(timestamps)
@@ -211,7 +222,9 @@ def batch_from_records(records: Iterable[HealthDataRecord]) -> pd.DataFrame:
 
 def records_from_batch(batch: pd.DataFrame) -> Iterator[HealthDataRecord]:
     """The batch as validated records (re-checks every rule; for tests and small batches)."""
-    for row in batch.itertuples(index=False):
+    # A row's fields are whatever its columns hold: not something the type checker can know.
+    rows: Iterable[Any] = batch.itertuples(index=False)
+    for row in rows:
 
         def opt(value: float) -> float | None:
             return None if pd.isna(value) else float(value)

@@ -215,7 +215,7 @@ def samples_batch(
         timestamps=pd.DatetimeIndex([s.at.astimezone(UTC) for s in samples]),
         values=[s.value for s in samples],
         unit=unit,
-        device_id=[s.device_id for s in samples],  # type: ignore[arg-type]
+        device_id=[s.device_id for s in samples],
         utc_offset_min=pd.array([s.offset_min for s in samples], dtype="Int32"),
         duration_s=[np.nan if s.duration_s is None else s.duration_s for s in samples],
         diastolic=None

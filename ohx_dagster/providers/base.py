@@ -58,7 +58,9 @@ class Event:
 
 @runtime_checkable
 class HealthSource(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
+
     # The types this source can ever deliver: others are never asked for, and never "missing".
     supported_types: frozenset[HealthDataType]
     # How far back a sync of today re-reads covered data, for uploads that arrive late.
@@ -103,7 +105,10 @@ class ReadOnce:
     `records`. A record is stamped with its first sample (an ECG too), so any window holding that
     start yields the same record (idempotent upserts)."""
 
-    records: pd.DataFrame
+    @property
+    def records(self) -> pd.DataFrame:
+        """Every record of the export (each source reads it once, when first asked)."""
+        raise NotImplementedError
 
     def fetch(
         self,

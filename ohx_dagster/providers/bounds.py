@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.locations import Location
 
 EARLIEST_SAMPLE: Final = date(2000, 1, 1)
 SETTING: Final = "OHX_EARLIEST_SAMPLE_DATE"
@@ -129,7 +130,7 @@ def check_archive_member(archive: str, member: zipfile.ZipInfo) -> None:
         )
 
 
-def inside(folder: Path, path: Path, setting: str) -> Path:
+def inside(folder: Location, path: Location, setting: str) -> Location:
     """`path`, when it is `folder`'s own or a symbolic link that stays inside `folder`; a link
     leading outside is refused (an export folder names what may be read, nothing beyond it).
     Object-store locations have no links and are returned as they are."""

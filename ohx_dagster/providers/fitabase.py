@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import pandas as pd
@@ -100,7 +100,8 @@ def _localize(
         | (index >= pd.Timestamp(dates.latest) + 2 * margin)
     )
     if far.any():
-        index = index.where(~far)  # NaT: localized as NaT
+        # NaT: localized as NaT (a DatetimeIndex's where is one; pandas-stubs says Index).
+        index = cast(pd.DatetimeIndex, index.where(~far))
     # The hour repeated when clocks go back is read as the first (daylight) one; the hour that
     # does not exist when clocks go forward is moved forward. Both are how Fitbit devices log.
     stamps = index.tz_localize(

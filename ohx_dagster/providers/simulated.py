@@ -88,7 +88,7 @@ def _local_hours(profile: SimulatedProfile, stamps: pd.DatetimeIndex) -> np.ndar
     return seconds // 3600 + (seconds // 60 % 60) / 60.0 + (seconds % 60) / 3600.0
 
 
-def _local_clocks(profile: SimulatedProfile, hours: Sequence[datetime]) -> list[tuple[int, int]]:
+def _local_clocks(profile: SimulatedProfile, hours: np.ndarray) -> list[tuple[int, int]]:
     """(local hour of day, UTC offset in minutes) at the start of each UTC hour, converted at
     once (per hour and type, the conversions were a third of a fetch)."""
     if len(hours) == 0:
@@ -228,6 +228,7 @@ class SimulatedSource:
         clocks = _local_clocks(profile, hours)
         batches = []
         for kind in sorted(data_types):
+            parts: Sequence[dict[str, Any] | None]
             if HealthDataType(kind) is HealthDataType.HEART_RATE:
                 parts = self._heart_rate_hours(profile, hours, [offset for _, offset in clocks])
             else:
@@ -245,7 +246,7 @@ class SimulatedSource:
         return batch[inside].reset_index(drop=True)
 
     def _heart_rate_hours(
-        self, profile: SimulatedProfile, hours: Sequence[datetime], offsets: Sequence[int]
+        self, profile: SimulatedProfile, hours: np.ndarray, offsets: Sequence[int]
     ) -> list[dict[str, Any]]:
         """make_batch's arguments for the hours of heart rate, as one part: the instants and their
         local times computed at once (per hour, that was most of a fetch's time), each hour's

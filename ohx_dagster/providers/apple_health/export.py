@@ -52,7 +52,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
-from typing import IO, Final
+from typing import IO, Final, cast
 
 import numpy as np
 import pandas as pd
@@ -438,7 +438,7 @@ def parse_export(
     A file that is not a HealthKit export fails at its first element, before the rest of a
     possibly huge file is read; one with no <Record> fails at its end."""
     reader = ExportReader(name, dates)
-    parser = ET.XMLPullParser(events=("start", "end"))
+    parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     root: ET.Element | None = None
     starts: list[int] = []  # line of each open element's start tag
     line = 0
@@ -448,7 +448,9 @@ def parse_export(
         for line, text in pieces(stream, piece):
             parser.feed(text)
             pending += len(text)
-            for event, element in parser.read_events():
+            # Only start and end events were asked for: each holds an element.
+            events = cast("Iterator[tuple[str, ET.Element]]", parser.read_events())
+            for event, element in events:
                 pending = 0
                 if event == "start":
                     starts.append(line)
@@ -569,9 +571,9 @@ def batch(
         timestamps=pd.DatetimeIndex(utc_us.astype("datetime64[us]")).tz_localize("UTC"),
         values=checked.values[take],
         unit=data_type.canonical_unit,
-        device_id=names[np.frombuffer(columns.device, dtype="int32")[take]],  # type: ignore[arg-type]
+        device_id=names[np.frombuffer(columns.device, dtype="int32")[take]],
         utc_offset_min=offsets,
         diastolic=None if checked.diastolic is None else checked.diastolic[take],
         duration_s=None if columns.duration_s is None else np.frombuffer(columns.duration_s)[take],
-        method=method,  # type: ignore[arg-type]
+        method=method,
     )

@@ -46,7 +46,11 @@ TIMEOUT_S: Final = 10.0
 # Tink enums (proto3 JSON gives their names; numbers are accepted too).
 _STATUS = {1: "ENABLED", 2: "DISABLED", 3: "DESTROYED"}
 _PREFIX = {1: "TINK", 2: "LEGACY", 3: "RAW", 4: "CRUNCHY"}
-_CURVES: Final = {2: ec.SECP256R1, 3: ec.SECP384R1, 4: ec.SECP521R1}
+_CURVES: Final[dict[int, Callable[[], ec.EllipticCurve]]] = {
+    2: ec.SECP256R1,
+    3: ec.SECP384R1,
+    4: ec.SECP521R1,
+}
 _HASHES: Final = {3: hashes.SHA256, 2: hashes.SHA384, 4: hashes.SHA512}
 IEEE_P1363, DER = 1, 2
 

@@ -163,7 +163,9 @@ def provenance(point: Mapping[str, Any]) -> Provenance:
     if not isinstance(source, dict):
         return "", "device"
     method = "manual" if source.get("recordingMethod") == "MANUAL" else "device"
-    device = source.get("device") if isinstance(source.get("device"), dict) else {}
+    device = source.get("device")
+    if not isinstance(device, dict):
+        device = {}
     name = device.get("displayName")
     if isinstance(name, str) and name.strip():
         return name.strip(), method
@@ -172,7 +174,9 @@ def provenance(point: Mapping[str, Any]) -> Provenance:
         make = device.get("manufacturer")
         parts = [make.strip()] if isinstance(make, str) and make.strip() else []
         return " ".join([*parts, form.lower().replace("_", " ")]), method
-    application = source.get("application") if isinstance(source.get("application"), dict) else {}
+    application = source.get("application")
+    if not isinstance(application, dict):
+        application = {}
     for field in ("packageName", "webClientId", "googleWebClientId"):
         value = application.get(field)
         if isinstance(value, str) and value.strip():

@@ -140,6 +140,7 @@ def routes(receiver: Receiver, secrets: OuraSecrets | None) -> list[Route]:
             now=receiver.clock(),
             window_s=receiver.replay_window_s,
         )
+        assert timestamp is not None  # verify refused a notification without one
         return await receiver.commit(parse_notification(body, delivery_timestamp=timestamp))
 
     return [

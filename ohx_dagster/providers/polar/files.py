@@ -37,13 +37,13 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final, NoReturn
 
 import numpy as np
 import pandas as pd
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.locations import Location
 
 NAME_PATTERN: Final = "Polar_<model>_<device id>_<yyyymmdd>_<hhmmss>_<STREAM>.txt"
 _SENSOR_LOGGER_NAME: Final = re.compile(
@@ -79,7 +79,7 @@ _INT64_MAX: Final = str(np.iinfo(np.int64).max)
 class PolarFileError(ValidationError):
     """A Polar file that is not in its layout: `<file> line <n>: <problem> (expected <what>)`."""
 
-    def __init__(self, path: Path, line: int, problem: str, expected: str) -> None:
+    def __init__(self, path: Location, line: int, problem: str, expected: str) -> None:
         super().__init__(path.name, f"line {line}", expected)
         self.path = path
         self.line = line
@@ -96,14 +96,14 @@ def _show(text: str) -> str:
 class SensorLoggerFile:
     """One stream file of a Polar Sensor Logger recording, known by its name."""
 
-    path: Path
+    path: Location
     model: str  # "H10", "Sense" (Verity Sense), "OH1": the sensor's Bluetooth name
     device: str  # the sensor's 8-hex-digit device id
     started: str  # yyyymmdd_hhmmss, phone local time
     stream: str  # ECG, HR, RR, ACC, PPG, ...
 
     @classmethod
-    def parse(cls, path: Path) -> SensorLoggerFile | None:
+    def parse(cls, path: Location) -> SensorLoggerFile | None:
         found = _SENSOR_LOGGER_NAME.fullmatch(path.name)
         if found is None:
             return None
@@ -124,7 +124,7 @@ class SensorLoggerFile:
         return f"Polar_{self.model}_{self.device}_{self.started}"
 
 
-def _decode(path: Path, data: bytes) -> str:
+def _decode(path: Location, data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -134,7 +134,7 @@ def _decode(path: Path, data: bytes) -> str:
         ) from None
 
 
-def first_line(path: Path) -> str | None:
+def first_line(path: Location) -> str | None:
     """The header line alone (layouts are told apart and checked before a file is read); None
     for an empty file."""
     with path.open("rb") as stream:
@@ -151,7 +151,7 @@ def header_of(line: str | None, sep: str) -> tuple[str, ...]:
 
 
 def check_header(
-    path: Path, line: str | None, sep: str, headers: tuple[tuple[str, ...], ...], what: str
+    path: Location, line: str | None, sep: str, headers: tuple[tuple[str, ...], ...], what: str
 ) -> tuple[str, ...]:
     fields = header_of(line, sep)
     for header in headers:
@@ -167,7 +167,7 @@ def check_header(
 class Table:
     """A file's data rows split into fields (strings; None past a short row's end)."""
 
-    path: Path
+    path: Location
     sep: str
     header: tuple[str, ...]
     fields: pd.DataFrame
@@ -261,13 +261,14 @@ class Table:
         return pd.DatetimeIndex(parsed).as_unit("us")
 
 
-def read_table(path: Path, sep: str, headers: tuple[tuple[str, ...], ...], what: str) -> Table:
+def read_table(path: Location, sep: str, headers: tuple[tuple[str, ...], ...], what: str) -> Table:
     text = _decode(path, path.read_bytes())
     lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()  # the newline ending the last row, and blank lines after it
     header = check_header(path, lines[0] if text else None, sep, headers, what)
     body = pd.Series(lines[1:], dtype=object).str.removesuffix("\r")
+    counts: np.ndarray
     if body.empty:
         fields = pd.DataFrame(index=body.index)
         counts = np.zeros(0, dtype=np.int64)
@@ -281,7 +282,7 @@ def read_table(path: Path, sep: str, headers: tuple[tuple[str, ...], ...], what:
 class Stream:
     """One file's rows: line numbers, times (naive local for Sensor Logger), values."""
 
-    path: Path
+    path: Location
     lines: np.ndarray
     times: pd.DatetimeIndex
     values: np.ndarray
@@ -295,11 +296,11 @@ class Stream:
         return Stream(self.path, self.lines[keep], self.times[keep], self.values[keep], clock)
 
 
-def _logger(path: Path, stream: str) -> Table:
+def _logger(path: Location, stream: str) -> Table:
     return read_table(path, ";", HEADERS[stream], f"Polar Sensor Logger {stream}")
 
 
-def read_ecg(path: Path) -> Stream:
+def read_ecg(path: Location) -> Stream:
     table = _logger(path, "ECG")
     table.require_fields(4, 4)
     table.numbers(2)  # timestamp [ms]: meaning undocumented, a number all the same
@@ -312,7 +313,7 @@ class HeartRate:
     extra: dict[str, int]  # values read from the columns that are not stored, per column
 
 
-def read_hr(path: Path) -> HeartRate:
+def read_hr(path: Location) -> HeartRate:
     table = _logger(path, "HR")
     newer = len(table.header) == 4
     # Newer: HRV and breathing may be missing from a row; older: any number of RR intervals follow.
@@ -326,13 +327,13 @@ def read_hr(path: Path) -> HeartRate:
     return HeartRate(stream, {k: v for k, v in extra.items() if v})
 
 
-def read_rr(path: Path) -> Stream:
+def read_rr(path: Location) -> Stream:
     table = _logger(path, "RR")
     table.require_fields(2, 2)
     return Stream(path, table.lines, table.phone_times(), table.numbers(1))
 
 
-def read_acc(path: Path) -> int:
+def read_acc(path: Location) -> int:
     """Checks every line of an accelerometer file; returns its sample count (not stored)."""
     table = _logger(path, "ACC")
     table.require_fields(5, 5)
@@ -352,7 +353,7 @@ class Converted:
     rr: Stream  # ms, rows that carry one
 
 
-def read_converted(path: Path) -> Converted:
+def read_converted(path: Location) -> Converted:
     table = read_table(path, ",", (CONVERTED_HEADER,), "converted ECGLogger")
     table.require_fields(5, 5)
     time_ns = table.integers(0)

@@ -39,8 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
-from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import pandas as pd
@@ -192,7 +191,7 @@ class PolarFileSource(ReadOnce):
         )
         self.logged.append(logged)
 
-    def _add_file(self, path: Path) -> None:
+    def _add_file(self, path: Location) -> None:
         logged = SensorLoggerFile.parse(path)
         if logged is not None:
             if logged.stream not in HEADERS:
@@ -216,8 +215,9 @@ class PolarFileSource(ReadOnce):
         check_header(path, line, ",", (CONVERTED_HEADER,), "converted ECGLogger")
         self.converted.append(path)
 
-    def _add_folder(self, folder: Path) -> None:
-        for path in sorted(folder.iterdir(), key=str):
+    def _add_folder(self, folder: Location) -> None:
+        entries: list[Location] = sorted(folder.iterdir(), key=str)
+        for path in entries:
             path = inside(folder, path, "OHX_POLAR_CSV")
             logged = SensorLoggerFile.parse(path)
             if not path.is_file():
@@ -245,7 +245,7 @@ class PolarFileSource(ReadOnce):
                 f"{NAME_PATTERN}",
             )
 
-    def _user(self, logged: SensorLoggerFile | None, path: Path) -> str:
+    def _user(self, logged: SensorLoggerFile | None, path: Location) -> str:
         user = self.user_id or (logged.device_id if logged is not None else path.stem)
         try:  # the rule every entry point applies (ohx_dagster/ids.py)
             return check_user_id(user)
@@ -268,7 +268,8 @@ class PolarFileSource(ReadOnce):
             parts += self._read_logged(logged, summary)
         batch = self.refused.keep(dedupe(concat(parts)), str(self.path))
         batch = batch.sort_values(["user_id", "data_type", "ts"], ignore_index=True)
-        summary.records.update(batch["data_type"].value_counts().to_dict())
+        # Counted by the data_type column's text (pandas types the index of counts as Hashable).
+        summary.records.update(cast("dict[str, int]", batch["data_type"].value_counts().to_dict()))
         return batch, summary
 
     @property
@@ -283,7 +284,7 @@ class PolarFileSource(ReadOnce):
         """UTC instants shown in the configured zone, so records keep the local offset."""
         return stream.times.tz_convert(self.timezone) if self.timezone else stream.times
 
-    def _read_converted(self, path: Path, summary: ImportSummary) -> list[pd.DataFrame]:
+    def _read_converted(self, path: Location, summary: ImportSummary) -> list[pd.DataFrame]:
         recording = read_converted(path)
         summary.files["converted"] += 1
         summary.rows["converted"] += len(recording.ecg.lines)
