@@ -57,12 +57,21 @@ def _sqlite_pragmas(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# A database error's message never shows the statement's parameters: they hold people's ids
+# (and values), and such messages reach log lines (the receiver logs an inbox failure).
+HIDE_PARAMETERS: Final = True
+
+
 def create_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+            hide_parameters=HIDE_PARAMETERS,
+        )
         _sqlite_pragmas(engine)
         return engine
     if url.startswith(("postgresql://", "postgresql+psycopg2://", "postgres://")):
@@ -75,6 +84,7 @@ def create_engine(url: str) -> Engine:
             max_overflow=5,
             executemany_mode="values_plus_batch",
             executemany_batch_page_size=1000,
+            hide_parameters=HIDE_PARAMETERS,
         )
     raise ConfigError(
         f"OHX_DATABASE_URL={redacted(url)!r}: expected sqlite:///<path> or "

@@ -85,7 +85,11 @@ class NewEvent:
     def __post_init__(self) -> None:
         check_id("provider", self.provider, MAX_CHARS["provider"])
         check_user_id(self.user_id)  # the rule every entry point applies (ohx_dagster/ids.py)
-        check_id("event_key", self.event_key, MAX_CHARS["event_key"])
+        try:
+            check_id("event_key", self.event_key, MAX_CHARS["event_key"])
+        except ValidationError as exc:  # the key begins with the person's id: not repeated
+            shown = f"<{len(self.event_key)} characters, not shown>"
+            raise ValidationError("event_key", shown, exc.expected) from None
         if self.data_type is not None:
             try:
                 object.__setattr__(self, "data_type", HealthDataType(self.data_type).value)

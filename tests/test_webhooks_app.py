@@ -26,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
+from ohx_dagster.identity import erasure_salt, subject_hash
 from ohx_dagster.inbox import Inbox, NewEvent
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.oura.webhook import signature as oura_signature
@@ -224,7 +225,8 @@ def test_withings_needs_the_callback_token_and_a_known_user(receiver):
         assert receiver.post(route, form, headers).status_code == 401
     stranger = b"userid=99999&appli=1&startdate=1772355000&enddate=1772355600"
     refused = receiver.post("/webhooks/withings?token=withings-callback-token", stranger, headers)
-    assert refused.status_code == 401 and "99999" in refused.json()["error"]
+    assert refused.status_code == 401 and "99999" not in refused.json()["error"]
+    assert subject_hash("withings", "99999", salt=erasure_salt())[:12] in refused.json()["error"]
     assert receiver.inbox.counts()["pending"] == 3
 
 

@@ -13,6 +13,7 @@ import pytest
 from provider_api_server import documented
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.identity import erasure_salt, subject_hash
 from ohx_dagster.inbox import Inbox
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.withings.codes import UNLINKED
@@ -127,7 +128,9 @@ def test_the_route_checks_the_token_and_the_user(receiver: str, store: RecordSto
     assert post(receiver, NOTIFICATION, token=None).status_code == 401
     assert post(receiver, NOTIFICATION, token=TOKEN + "x").status_code == 401
     stranger = post(receiver, {**NOTIFICATION, "userid": "99999"})
-    assert stranger.status_code == 401 and "99999" in stranger.json()["error"]
+    # Named by the account's salted subject (the receiver logs it), never by its id.
+    assert stranger.status_code == 401 and "99999" not in stranger.json()["error"]
+    assert subject_hash("withings", "99999", salt=erasure_salt())[:12] in stranger.json()["error"]
     malformed = post(receiver, {**NOTIFICATION, "appli": "x"})
     assert malformed.status_code == 400 and malformed.json()["field"] == "appli"
     assert post(receiver, b"\xff\xfe").status_code == 400

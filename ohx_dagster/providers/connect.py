@@ -39,6 +39,7 @@ import hashlib
 import logging
 import os
 import secrets
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,7 @@ import orjson
 import sqlalchemy as sa
 
 from ohx_dagster.errors import ConfigError, OhxError, ProviderError, ValidationError
-from ohx_dagster.identity import erasure_salt, short, subject_hash
+from ohx_dagster.identity import erasure_salt, redact, short, subject_hash
 from ohx_dagster.ids import check_patient_id, check_user_id
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers import payload
@@ -302,11 +303,20 @@ class ConnectFlow:
         if self.after_connect is not None:
             try:
                 self.after_connect(settings, config)
-            except Exception:
-                log.exception(
-                    "%s account %s: after-connect step failed",
+            except Exception as exc:
+                # The traceback with the person's id replaced by their subject, as every log
+                # line names them (an error may quote the id).
+                salt = erasure_salt()
+                log.error(
+                    "%s account %s: after-connect step failed\n%s",
                     provider,
-                    short(subject_hash(provider, user_id, salt=erasure_salt())),
+                    short(subject_hash(provider, user_id, salt=salt)),
+                    redact(
+                        "".join(traceback.format_exception(exc)).rstrip(),
+                        provider,
+                        [user_id],
+                        salt=salt,
+                    ),
                 )
         return config
 

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from ohx_dagster.errors import ConfigError
-from ohx_dagster.identity import erasure_salt, short, subject_hash
+from ohx_dagster.identity import erasure_salt, redact, short, subject_hash
 from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.http import excerpt
 from ohx_dagster.schema import webhook_subscriptions
@@ -169,14 +169,17 @@ def subscribe_after_connect(
         detail = excerpt(f"{type(exc).__name__}: {exc}", secrets=hidden)
         user_id = "" if provider == "oura" else user.user_id
         results = [SubscriptionResult(provider, user_id, "*", FAILED, detail=detail)]
+    salt = erasure_salt()
     for result in results:
         if result.status == FAILED:
-            log.error(  # the person by their salted subject (ohx_dagster/identity.py)
+            # The person by their salted subject (ohx_dagster/identity.py), in the detail too:
+            # a provider's or a token refresh's error may quote their id.
+            log.error(
                 "%s webhook subscription %s for account %s failed: %s",
                 provider,
                 result.target,
-                short(subject_hash(provider, user.user_id, salt=erasure_salt())),
-                result.detail,
+                short(subject_hash(provider, user.user_id, salt=salt)),
+                redact(result.detail, provider, [user.user_id], salt=salt),
             )
         elif result.status == SKIPPED:
             log.info("%s webhook subscription skipped: %s", provider, result.detail)

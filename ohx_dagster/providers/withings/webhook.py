@@ -29,6 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ohx_dagster.errors import ValidationError
+from ohx_dagster.identity import erasure_salt, short, subject_hash
 from ohx_dagster.inbox import NewEvent
 from ohx_dagster.providers.withings.codes import APPLI, IGNORED, NAME, UNLINKED, USER_EVENTS
 from ohx_dagster.store import DISCONNECTED
@@ -71,7 +72,9 @@ def parse_form(body: bytes) -> dict[str, str]:
         return dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True))
     except (UnicodeDecodeError, ValueError):
         expected = "application/x-www-form-urlencoded fields"
-        raise ValidationError("body", body[:60], expected, where="withings notification") from None
+        # Not a word of the body: its first field is the person's userid.
+        shown = f"<{len(body)} bytes, not shown>"
+        raise ValidationError("body", shown, expected, where="withings notification") from None
 
 
 def unlinked(form: Mapping[str, str]) -> str | None:
@@ -139,7 +142,9 @@ def routes(receiver: Receiver, token: str | None) -> list[Route]:
         events = parse_notification(form)
         user_id = events[0].user_id
         if await run_in_threadpool(store.user, NAME, user_id) is None:
-            raise SignatureRejected(f"withings userid {user_id!r} is not a connected user")
+            # Logged (the receiver's RefusalLog): the account by its salted subject, not its id.
+            subject = short(subject_hash(NAME, user_id, salt=erasure_salt()))
+            raise SignatureRejected(f"withings account {subject} is not a connected user")
         answer = await receiver.commit(events)
         reason = unlinked(form)
         if reason is not None:
