@@ -4,8 +4,10 @@
                           parses, interpolates and validates deploy/docker-compose.yml as
                           `docker compose up` would
     hadolint              the Dockerfile linter
-    kubernetes-validate   deploy/helm/receiver.yaml and proxy.yaml (the proxy, its Service, the
-                          NetworkPolicies) against the Kubernetes API's OpenAPI schemas
+    kubernetes-validate   deploy/helm/receiver.yaml, proxy.yaml (the proxy, its Service, the
+                          NetworkPolicies) and codeserver-policy.yaml against the Kubernetes
+                          API's OpenAPI schemas; the NetworkPolicies also evaluated for who
+                          reaches whom among the chart's and the kit's pods
     nginx -t              deploy/nginx/ohx.conf filled in as the nginx image does, with a
                           self-signed certificate (skipped, with the reason, without nginx)
 
@@ -158,6 +160,93 @@ def test_the_proxy_manifests_pass_the_api_schemas(tmp_path: Path) -> None:
     assert "name: ohx-receiver\n" in (DEPLOY / "helm" / "receiver.yaml").read_text()
     broken = tmp_path / "proxy.yaml"
     broken.write_text(text.replace("policyTypes:", "policyType:", 1))
+    refused = run(tool("kubernetes-validate"), "--strict", broken)
+    assert refused.returncode != 0, refused.stdout
+
+
+# Pod labels as the dagster chart (1.13: templates/deployment-webserver.yaml, deployment-daemon
+# .yaml, charts/dagster-user-deployments/templates/deployment-user.yaml) and dagster-k8s's
+# K8sRunLauncher (a run's Job) set them; the chart's selector labels on each of its pods.
+CHART = {"app.kubernetes.io/name": "dagster", "app.kubernetes.io/instance": "ohx"}
+PODS: dict[str, dict[str, str]] = {
+    "webserver": {**CHART, "component": "dagster-webserver", "deployment": "webserver"},
+    "daemon": {**CHART, "component": "dagster-daemon", "deployment": "daemon"},
+    "codeserver": {**CHART, "component": "user-deployments", "deployment": "ohx"},
+    "run": {"app.kubernetes.io/name": "dagster", "app.kubernetes.io/instance": "dagster",
+            "app.kubernetes.io/part-of": "dagster", "app.kubernetes.io/component": "run_worker"},
+    "proxy": {"app.kubernetes.io/name": "ohx", "app.kubernetes.io/component": "proxy"},
+    "receiver": {"app.kubernetes.io/name": "ohx", "app.kubernetes.io/component": "receiver"},
+    "other": {"app": "something-else"},
+}  # fmt: skip
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # what the evaluator below understands
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def admitted(policies: list[dict], source: str, target: str, port: int) -> bool:
+    """Whether NetworkPolicies (one namespace, pod selectors only) let `source` reach `target`
+    on TCP `port`: a pod no Ingress policy selects takes anything; else some rule of a policy
+    selecting it must name the source (or no one: everyone) and the port (or none: all)."""
+    selecting = [
+        p["spec"]
+        for p in policies
+        if "Ingress" in p["spec"]["policyTypes"]
+        and _selects(p["spec"]["podSelector"], PODS[target])
+    ]
+    if not selecting:
+        return True
+    for spec in selecting:
+        for rule in spec.get("ingress", []):
+            peers = rule.get("from")
+            for peer in peers or []:
+                assert set(peer) == {"podSelector"}, peer  # no namespaces, no IP blocks
+            if peers and not any(_selects(peer["podSelector"], PODS[source]) for peer in peers):
+                continue
+            ports = rule.get("ports")
+            if not ports or any(p["port"] == port and p["protocol"] == "TCP" for p in ports):
+                return True
+    return False
+
+
+def test_only_the_webserver_and_the_daemon_reach_the_code_server(tmp_path: Path) -> None:
+    import yaml
+
+    manifests = DEPLOY / "helm" / "codeserver-policy.yaml"
+    done = run(tool("kubernetes-validate"), "--strict", manifests)
+    assert done.returncode == 0, done.stdout + done.stderr
+    kinds = re.findall(r"passed for resource (\S+)", done.stdout + done.stderr)
+    assert kinds == ["networkpolicy/ohx-codeserver-from-dagster"]
+    # The code location the policy guards is values.yaml's, on its port.
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    (location,) = values["dagster-user-deployments"]["deployments"]
+    port = location["port"]
+    assert PODS["codeserver"]["deployment"] == location["name"]
+    (policy,) = [d for d in yaml.safe_load_all(manifests.read_text()) if d]
+    assert policy["spec"]["podSelector"]["matchLabels"]["deployment"] == location["name"]
+    # With the proxy's policies, who reaches whom, on the ports that matter.
+    proxy = [d for d in yaml.safe_load_all((DEPLOY / "helm" / "proxy.yaml").read_text()) if d]
+    policies = [policy] + [d for d in proxy if d["kind"] == "NetworkPolicy"]
+    reach = {
+        (source, target, p)
+        for source in PODS
+        for target, p in (("codeserver", port), ("codeserver", 8080), ("webserver", 3000),
+                          ("receiver", 8787), ("proxy", 8443))
+        if admitted(policies, source, target, p)
+    }  # fmt: skip
+    assert {s for s, t, p in reach if (t, p) == ("codeserver", port)} == {"webserver", "daemon"}
+    assert not {s for s, t, p in reach if (t, p) == ("codeserver", 8080)}
+    assert {s for s, t, p in reach if t == "webserver"} == {"proxy"}
+    assert {s for s, t, p in reach if t == "receiver"} == {"proxy"}
+    assert {s for s, t, p in reach if t == "proxy"} == set(PODS)
+    # The evaluator sees a wrong policy: one without its `from` lets everyone in.
+    (rule,) = policy["spec"]["ingress"]
+    opened = {**policy, "spec": {**policy["spec"], "ingress": [{"ports": rule["ports"]}]}}
+    assert admitted([opened], "run", "codeserver", port)
+    # And the API schema refuses a broken copy.
+    broken = tmp_path / "codeserver-policy.yaml"
+    broken.write_text(manifests.read_text().replace("podSelector:", "podSelectors:", 1))
     refused = run(tool("kubernetes-validate"), "--strict", broken)
     assert refused.returncode != 0, refused.stdout
 
