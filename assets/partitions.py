@@ -85,7 +85,7 @@ def day_and_source(context: dg.AssetExecutionContext) -> tuple[date, str]:
         # A run tagged only with dagster/partition (CLI `job execute --tags`) gives the key as a
         # string; the definition parses it the way it formats it.
         partitions = context.assets_def.partitions_def
-        key = partitions.get_partition_key_from_str(key)  # type: ignore[union-attr]
+        key = partitions.get_partition_key_from_str(key)
     keys = key.keys_by_dimension
     return date.fromisoformat(keys[DAY]), keys[SOURCE]
 
@@ -118,7 +118,7 @@ def days_and_shard(
 def _multi_keys(context: dg.AssetExecutionContext, keys: list[str]) -> list[dg.MultiPartitionKey]:
     partitions = context.assets_def.partitions_def
     return [
-        k if isinstance(k, dg.MultiPartitionKey) else partitions.get_partition_key_from_str(k)  # type: ignore[union-attr]
+        k if isinstance(k, dg.MultiPartitionKey) else partitions.get_partition_key_from_str(k)
         for k in keys
     ]
 

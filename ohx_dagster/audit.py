@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from ohx_dagster.db import text_length
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.schema import audit_log
 from ohx_dagster.times import now_us
@@ -51,7 +52,7 @@ ACTIONS: Final = (
     "staff-add", "staff-remove", "sign-in",
 )  # fmt: skip
 OUTCOMES: Final = ("ok", "partial", "refused", "failed")
-ACTOR_CHARS: Final = audit_log.c.actor.type.length
+ACTOR_CHARS: Final = text_length(audit_log.c.actor)
 DETAIL_CHARS: Final = 2_000
 # Refused requests: one row at once per source and interval, the rest in one summary row.
 REFUSAL_INTERVAL_S: Final = 60.0

@@ -120,6 +120,13 @@ def read(engine: Engine, *, snapshot: bool = False) -> Iterator[Connection]:
         yield conn
 
 
+def text_length(column: sa.Column[Any]) -> int:
+    """The length a VARCHAR column declares: the most characters a value may hold."""
+    kind = column.type
+    assert isinstance(kind, sa.String) and kind.length is not None, column.name
+    return kind.length
+
+
 def lock_key(*parts: str) -> int:
     """A stable signed 64-bit key for a PostgreSQL advisory lock."""
     digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
@@ -190,7 +197,9 @@ def _copy_upsert(conn: Connection, table: sa.Table, rows: Sequence[dict[str, Any
     for row in rows:
         writer.writerow([_copy_value(row.get(name)) for name in names])
     buffer.seek(0)
-    cursor = conn.connection.driver_connection.cursor()  # psycopg2: copy_expert
+    driver = conn.connection.driver_connection
+    assert driver is not None  # a connection in use holds its DBAPI connection
+    cursor = driver.cursor()  # psycopg2: copy_expert
     cursor.execute(
         f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" '
         f'(LIKE "{table.name}" INCLUDING DEFAULTS) ON COMMIT DELETE ROWS'

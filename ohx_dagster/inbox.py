@@ -30,6 +30,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ohx_dagster.db import text_length
 from ohx_dagster.errors import ValidationError
 from ohx_dagster.identity import erasure_salt, subject_hash, tombstones
 from ohx_dagster.ids import check_id, check_user_id, excerpt
@@ -55,7 +56,7 @@ log = logging.getLogger("ohx_dagster.inbox")
 # the database refused would fail the whole transaction, and the receiver commits concurrent
 # requests in one (ohx_dagster/webhooks/app.py). Lengths are the columns' own.
 MAX_CHARS: Final = {
-    name: webhook_inbox.c[name].type.length for name in ("provider", "user_id", "event_key")
+    name: text_length(webhook_inbox.c[name]) for name in ("provider", "user_id", "event_key")
 }
 MAX_PAYLOAD_BYTES: Final = 256 * 1024  # the payload as stored (compact JSON, UTF-8)
 MAX_REASON_CHARS: Final = 1_000
@@ -240,7 +241,7 @@ class Inbox:
         t = webhook_inbox
         query = sa.select(t.c.status, sa.func.count()).group_by(t.c.status)
         with self.store.read() as conn:
-            found = dict(conn.execute(query).all())
+            found: dict[str, int] = dict(conn.execute(query).all())
         return {status: int(found.get(status, 0)) for status in STATUSES}
 
 

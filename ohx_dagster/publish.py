@@ -463,7 +463,8 @@ def _commit_bucket(
         if exported is not None:
             exported(conn)
         current = [
-            OutputFile(r.resource_type, r.bucket, r.name, r.count)
+            # r.count: the column, which SQLAlchemy's Row serves (its stubs: Sequence.count).
+            OutputFile(r.resource_type, r.bucket, r.name, r.count)  # type: ignore[arg-type]
             for r in conn.execute(sa.select(t).where(t.c.partition_key == partition))
         ]
         return output.write_manifest(

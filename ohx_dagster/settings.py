@@ -273,6 +273,7 @@ def parse_per_source(name: str, text: str, *, minimum: int = 0) -> dict[str, tim
                 f"{name}: {part!r}: expected source=N followed by m, h or d{least} "
                 f"(sources: {', '.join(KNOWN_SOURCES)})"
             )
+        assert unit is not None  # refused above (no number without a unit)
         found[source] = timedelta(**{unit: int(number)})
     return found
 

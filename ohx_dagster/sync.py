@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Final
 
 import numpy as np
@@ -256,7 +257,7 @@ def sync_partition(
             announced if kind is SyncStrategy.PUSH else None,
             result.batch,
             result.covered,
-            stored=lambda t, s, e, c=config: store.holds(source.name, c.user_id, t, s, e),
+            stored=partial(store.holds, source.name, config.user_id),
             now_us=to_us(now),
         )
         cursors = dict(result.cursors)

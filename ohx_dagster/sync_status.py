@@ -249,7 +249,12 @@ def collect(store: RecordStore, provider: str | None, now: datetime) -> list[Typ
                 refused = status is not None and status.refused_reason is not None
                 if data_type not in supported:
                     kind, why = "not supported", None
-                elif state == ACTIVE and refused and status.refused_config in (None, current):
+                elif (
+                    state == ACTIVE
+                    and refused
+                    and status is not None  # refused says so: for the type checker
+                    and status.refused_config in (None, current)
+                ):
                     kind, why = REFUSED, status.refused_reason
                 elif state == ACTIVE and data_type not in enabled:
                     kind, why = "not enabled", None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pydantic
@@ -156,7 +157,8 @@ def fhir_server_from_env(environ: Mapping[str, str] | None = None) -> FhirServer
     | OHX_FHIR_BATCH_SIZE, _MAX_RETRIES, _RETRY_BACKOFF_S, _STEP_RETRIES, _STEP_RETRY_WAIT_S, _CONFIRM_SAMPLE | tuning |
     """  # noqa: E501
     env = os.environ if environ is None else environ
-    values: dict[str, object] = {
+    # Each field an EnvVar (read by Dagster when the resource is used) or a number checked here.
+    values: dict[str, Any] = {
         field: dg.EnvVar(name) for field, name in _ENV.items() if env.get(name)
     }
     for field, (name, kind) in _NUMBERS.items():

@@ -52,7 +52,7 @@ What Dagster keeps after erase_from_dagster, and why:
 import json
 import re
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Final
 
@@ -105,7 +105,7 @@ def names_pattern(user_id: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
 
 
-def run_provider(tags: dict[str, str]) -> str | None:
+def run_provider(tags: Mapping[str, str]) -> str | None:
     """The provider of a run's source partition key (None: not a partitioned sync run)."""
     for name in ("dagster/partition", "dagster/asset_partition_range_start"):
         value = tags.get(name, "")
@@ -115,7 +115,7 @@ def run_provider(tags: dict[str, str]) -> str | None:
     return re.sub(r"-\d+$", "", key) if key else None
 
 
-def _names_in_tags(tags: dict[str, str], user_id: str, pattern: re.Pattern[str]) -> bool:
+def _names_in_tags(tags: Mapping[str, str], user_id: str, pattern: re.Pattern[str]) -> bool:
     users = {u.strip() for u in tags.get(USERS_TAG, "").split(",")}
     return user_id in users or any(pattern.search(value) for value in tags.values())
 

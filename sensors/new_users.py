@@ -47,7 +47,9 @@ def backfill_request(
 ) -> dg.RunRequest:
     keys = [partition_key(day, source) for day in lookback_days(configs, today, first_day)]
     subset = partitions.empty_subset().with_partition_keys(keys)
-    graph_subset = AssetGraphSubset(
+    # Dagster's NamedTuple sets `__hash__ = None` in its body, which mypy takes for a third
+    # field without a default.
+    graph_subset = AssetGraphSubset(  # type: ignore[call-arg]
         partitions_subsets_by_asset_key={key: subset for asset in assets for key in asset.keys},
         non_partitioned_asset_keys=set(),
     )

@@ -18,6 +18,7 @@ from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.partitions import partition_key
 from ohx_dagster.identity import erasure_salt
@@ -49,7 +50,7 @@ def days_to_republish(
 
 
 def build_republish_sensor(
-    job: dg.JobDefinition, sharding: Sharding, first_day: date
+    job: dg.JobDefinition | UnresolvedAssetJobDefinition, sharding: Sharding, first_day: date
 ) -> dg.SensorDefinition:
     @dg.sensor(
         job=job,

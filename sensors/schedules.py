@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.partitions import partition_key
 from ohx_dagster import waiting
@@ -135,7 +136,9 @@ def close_requests(
 
 
 def build_schedules(
-    job: dg.JobDefinition, sources: Sequence[str] | Sharding, first_day: date
+    job: dg.JobDefinition | UnresolvedAssetJobDefinition,
+    sources: Sequence[str] | Sharding,
+    first_day: date,
 ) -> list[dg.ScheduleDefinition]:
     sharding = sources if isinstance(sources, Sharding) else Sharding.unsharded(sources)
     keys = sharding.all_keys()

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.partitions import partition_key
 from ohx_dagster.inbox import Inbox, InboxEvent
@@ -107,7 +108,9 @@ def run_request_for(day: date, source: str, events: Sequence[InboxEvent]) -> dg.
 
 
 def build_webhook_sensor(
-    job: dg.JobDefinition, sources: Sequence[str] | Sharding, first_day: date
+    job: dg.JobDefinition | UnresolvedAssetJobDefinition,
+    sources: Sequence[str] | Sharding,
+    first_day: date,
 ) -> dg.SensorDefinition:
     @dg.sensor(
         job=job,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import click
 
@@ -62,7 +63,7 @@ def audit(ctx: click.Context, since: str | None, action: str | None, as_json: bo
     start = None if since is None else since_moment(since, common.now())
     store = common.open_store(ctx)
     rows = log.read(store, since_us=None if start is None else times.to_us(start), action=action)
-    entries = [
+    entries: list[dict[str, Any]] = [
         {
             "at": times.iso(r.at_us),
             "actor": r.actor,

@@ -115,7 +115,9 @@ def console(*, stderr: bool = False) -> Console:
     a test), so that tables are not wrapped into columns of a few characters."""
     from rich.console import Console
 
-    stream = click.get_text_stream("stderr" if stderr else "stdout")
+    # Deprecated in click 8.5 (served by its module __getattr__, typed object), still the same
+    # function until click 9.
+    stream = click.get_text_stream("stderr" if stderr else "stdout")  # type: ignore[operator]
     width = None if stream.isatty() else int(os.environ.get("COLUMNS") or 160)
     return Console(file=stream, width=width, highlight=False, soft_wrap=True)
 

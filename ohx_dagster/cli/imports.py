@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import click
 
@@ -195,7 +195,9 @@ def _file_records(
     )
     if found.empty:
         return {}, {}
-    return found["data_type"].value_counts().to_dict(), implausible_values(found)
+    # Counted by the data_type column's text (pandas types the index of counts as Hashable).
+    counts = cast("dict[str, int]", found["data_type"].value_counts().to_dict())
+    return counts, implausible_values(found)
 
 
 def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> str:
@@ -217,8 +219,12 @@ def _stopped(outcome: ImportOutcome, chunk: list[date], exc: BaseException) -> s
     )
 
 
+class _Advance(Protocol):
+    def __call__(self, first: date, last: date | None = None) -> None: ...
+
+
 @contextmanager
-def _progress(start: str, verb: str, total: int) -> Iterator[Callable[[date, date | None], None]]:
+def _progress(start: str, verb: str, total: int) -> Iterator[_Advance]:
     """A progress bar on one line that rewrites itself, and is gone when the step ends, when the
     output is a terminal; nothing when it is not (a pipe, a file, a log). Yields advance(first,
     last): the days first .. last (last None: first alone) are done."""
@@ -231,7 +237,8 @@ def _progress(start: str, verb: str, total: int) -> Iterator[Callable[[date, dat
         TextColumn("days"),
     )
     console = common.console(stderr=True)
-    shown = console.is_terminal and click.get_text_stream("stdout").isatty()
+    # click.get_text_stream: deprecated in click 8.5 (typed object), the same function until 9.
+    shown = console.is_terminal and click.get_text_stream("stdout").isatty()  # type: ignore[operator]
     with Progress(*columns, console=console, transient=True, disable=not shown) as bar:
         task = bar.add_task(start, total=total)
 
@@ -486,10 +493,10 @@ def render_summary(
         out.print(Text(f"person {user_id} not imported: {why}", style="yellow"))
     for user_id, why in sorted(outcome.failures.items()):
         spans = outcome.failed_days.get(user_id, [])
-        days = ", ".join(f"{first} .. {last}" for first, last in spans)
+        listed = ", ".join(f"{first} .. {last}" for first, last in spans)
         out.print(
             Text(
-                f"person {user_id} failed: {why}; not stored for them: {days or 'nothing'} (the "
+                f"person {user_id} failed: {why}; not stored for them: {listed or 'nothing'} (the "
                 "other days are); import the same file again to complete it",
                 style="red",
             )

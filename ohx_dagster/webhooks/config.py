@@ -272,7 +272,8 @@ def _bounded(
     if isinstance(value, bool) or (kind is int and isinstance(value, float)):
         raise ConfigError(f"{label}={value!r}: expected {expected}")
     try:
-        number = kind(value)  # type: ignore[call-overload]
+        # Any value on purpose: one int() or float() refuses raises, and is reported below.
+        number = kind(value)  # type: ignore[call-overload, arg-type]
     except (TypeError, ValueError):
         raise ConfigError(f"{label}={value!r}: expected {expected}") from None
     if not lowest <= number <= highest:  # NaN fails this too

@@ -156,5 +156,5 @@ def conformance(kind: str, url: str) -> dict[str, Any] | None:
         resource = read_json(path)
         if resource.get("url") == url:
             return resource
-    path = _irregular(kind).get(url)
-    return read_json(path) if path is not None else None
+    irregular = _irregular(kind).get(url)
+    return read_json(irregular) if irregular is not None else None

@@ -214,7 +214,8 @@ def _check(found: Found, profiles: list[str], scope: _Scope) -> Iterator[str]:
     kind = pointed or (declared if isinstance(declared, str) else None)
     if kind is None:
         return
-    rules = []  # the narrowest first: a profile's targets, then the base definition's
+    # The narrowest first: a profile's targets, then the base definition's (None: any type).
+    rules: list[tuple[frozenset[str] | None, str]] = []
     for url in profiles:
         narrowed = _profile_targets(url).get(found.element.path)
         if narrowed is not None:

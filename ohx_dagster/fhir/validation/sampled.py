@@ -185,7 +185,8 @@ def _span(
 def _check(sampled: dict[str, Any], path: str, period: Any) -> list[str]:
     problems = list(_origin(sampled, path))
     interval = sampled.get("interval")
-    if "interval" in sampled and (_number(interval) is None or _number(interval) <= 0):
+    number = _number(interval)
+    if "interval" in sampled and (number is None or number <= 0):
         problems.append(f"{path}.interval: {interval!r} found; expected a number greater than 0")
     if "factor" in sampled and _number(sampled["factor"]) == 0:
         problems.append(

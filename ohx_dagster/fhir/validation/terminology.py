@@ -198,7 +198,8 @@ def _expand(url: str, stack: tuple[str, ...]) -> ValueSet:
         return ValueSet(url, frozenset(), open_systems=frozenset({"*"}))
     compose = resource.get("compose", {})
     codes: set[tuple[str, str]] = set()
-    is_ucum, open_systems = False, set()
+    is_ucum = False
+    open_systems: set[str] = set()
     for rule in compose.get("include", []):
         part = _part(rule, (*stack, url))
         codes |= part.codes
