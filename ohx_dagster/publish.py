@@ -145,11 +145,17 @@ def is_final(
     if now < final_at(day, config, horizon):
         return False
     enabled = {t.value for t in config.enabled_types} - set(refused)
-    return all(
-        not cov.gaps(day_extent(day, config, kind), spans)
-        for kind, spans in covered.items()
-        if kind in enabled
-    )
+    zone_day = Calendar.of(config).day_window(day)
+    for kind, spans in covered.items():
+        if kind not in enabled:
+            continue
+        start, end = day_extent(day, config, kind)
+        # Before the person's history begins (the ledger's first instant) there is nothing to
+        # wait for (the early hours of the day on clocks ahead of their zone).
+        first = min((s for s, _ in spans), default=start)
+        if cov.gaps((max(start, min(first, zone_day[0])), end), cov.normalize(spans)):
+            return False
+    return True
 
 
 def finality(

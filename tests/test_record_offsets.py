@@ -191,3 +191,26 @@ def test_every_stored_record_in_exactly_one_published_daily_aggregate(
             counted += count
         assert counted == int(mine.sum())
     store.dispose()
+
+
+def test_a_chunk_the_midnight_cuts_is_published_as_its_part_whatever_is_stored_yet() -> None:
+    """Asia/Kolkata's day 2026-12-04 begins at 18:30 UTC on the 3rd: the stored hour 18:00 is cut
+    there. Its later part has an id of its own (it starts at 18:30) even while only the samples
+    after the cut are stored (a run of the 4th before the run of the 3rd): the output of the day
+    does not depend on the order the days were synced in."""
+    import pandas as pd
+
+    from ohx_dagster.chunks import Samples
+    from ohx_dagster.fhir.partition import BucketData
+    from ohx_dagster.record_tables import Chunk
+
+    hour = to_us(datetime(2026, 12, 3, 18, tzinfo=UTC))
+    cut = hour + HOUR_US // 2
+    config = HealthSyncConfig("p", "simulated", timezone="Asia/Kolkata")
+    for stamps in ([cut + 60_000_000, cut + 120_000_000], [hour + 60_000_000, cut + 60_000_000]):
+        samples = Samples.of(stamps, [70.0, 71.0])
+        chunk = Chunk("p", "heart_rate", "watch", hour, samples)
+        data = BucketData("simulated", date(2026, 12, 4), {"p": config}, [chunk], pd.DataFrame())
+        [part], _ = data.in_day()
+        assert part.hour_us == cut
+        assert part.samples.ts_us.tolist() == [s for s in stamps if s >= cut]

@@ -141,15 +141,15 @@ class BucketData:
 
 def day_part(chunk: Chunk, keep: np.ndarray, midnight_us: int) -> Chunk | None:
     """The samples of a chunk a local midnight cuts that are in the day (`keep`), as a chunk
-    that starts at the later of its hour and the day's first midnight (so the two parts have ids
-    of their own); the whole chunk when all are kept."""
-    if keep.all():
-        return chunk
+    that starts at the later of its hour and the day's first midnight, so the two parts have ids
+    of their own, whichever samples are stored yet (a part is a part even while the other
+    part's samples have not arrived)."""
     at = np.flatnonzero(keep)
     if not at.size:
         return None
+    samples = chunk.samples if at.size == keep.size else chunk.samples.take(at)
     return Chunk(chunk.user_id, chunk.data_type, chunk.device_id,
-                 max(chunk.hour_us, midnight_us), chunk.samples.take(at))  # fmt: skip
+                 max(chunk.hour_us, midnight_us), samples)  # fmt: skip
 
 
 class PartitionIndex:
