@@ -200,10 +200,11 @@ def _invariant_outcome(
         outcome = _FAILED if result and not all(r is True for r in result) else _HOLDS
     except Exception as exc:
         outcome = f"could not be evaluated: {exc}"
-    if key is not None:
+    if key is not None and blob is not None:
         if len(_OUTCOMES) >= _OUTCOMES_MAX:
             _OUTCOMES.clear()
-        _OUTCOMES[key] = outcome
+        # A copy of the blob's own length: orjson's bytes keep the 4 KiB it wrote them into.
+        _OUTCOMES[(expression, typed_path, bytes(memoryview(blob)))] = outcome
     return outcome
 
 

@@ -19,11 +19,16 @@ from ohx_dagster.fhir.validation.problems import Problem, identity
 _VALID: set[tuple[str, type, Any]] = set()
 _VALID_MAX: Final = 50_000
 _VALUE_MAX_BYTES: Final = 2_048
+# And at most this many bytes of JSON (a few MB more with the bookkeeping): 50,000 values of
+# 2 KiB would be 100 MB, a third of what `ohx import` may take (docs/storage.md).
+_VALID_MAX_JSON: Final = 8 << 20
+_json_bytes = [0]  # of the values in _VALID
 
 
 def forget_valid_values() -> None:
     """Empty the memory of valid values (as a new process starts: benchmarks)."""
     _VALID.clear()
+    _json_bytes[0] = 0
 
 
 def _remembered_key(ref: str, instance: Any) -> tuple[str, type, Any] | None:
@@ -45,8 +50,13 @@ def _remembering_ref(validator: Any, ref: str, instance: Any, schema: Any) -> It
         return
     errors = list(validator._validate_reference(ref=ref, instance=instance))
     if not errors and key is not None:
-        if len(_VALID) >= _VALID_MAX:
-            _VALID.clear()
+        if len(_VALID) >= _VALID_MAX or _json_bytes[0] >= _VALID_MAX_JSON:
+            forget_valid_values()
+        if isinstance(key[2], bytes):
+            # A copy of its own length: orjson's bytes keep the 4 KiB they were written into (a
+            # full memory of them was 200 MB; `ohx import` grew 0.33 MiB a day published).
+            key = (key[0], key[1], bytes(memoryview(key[2])))
+            _json_bytes[0] += len(key[2])
         _VALID.add(key)
     yield from errors
 
