@@ -1,15 +1,19 @@
 """`ohx import`: a data export into the record store, through the same sync as Dagster's runs.
 
 The file is read by its source class (AppleHealthSource, FitabaseSource) whole, and checked,
-before anything is stored: a file with an error stores nothing. Samples dated outside the
-plausible dates (OHX_EARLIEST_SAMPLE_DATE to tomorrow, providers/bounds.py) are refused, counted
-and shown in one line. Then `sync_partition` with strategy `partition` stores it for every UTC
-day it spans, in calls holding at most a week of days with records (one fetch and one commit per
-person and call; the empty days between are joined to a call, so a sparse file spanning years
-costs a few calls, not one per week), so a re-import of the same file changes nothing. Only the
-data types the file holds are synced: an export that holds heart rate only leaves the steps
-another export stored alone. Within those types the file is the truth for its days (records of
-those days it no longer holds are deleted), as for every partition run.
+before anything is stored: a file with an error stores nothing. (An Apple Health export is read
+into a temporary file, providers/apple_health/spill.py, not into memory: the import's memory is
+the same whatever the number of samples.) Samples dated outside the plausible dates
+(OHX_EARLIEST_SAMPLE_DATE to tomorrow, providers/bounds.py) are refused, counted and shown in one
+line. Then `sync_partition` with strategy `partition` stores it for every UTC day it spans, in
+calls holding at most a week of days with records and, where the source says how many records a
+day holds, at most RECORDS_PER_SYNC records unless one day holds more (one fetch and one commit
+per person and call, so a call's memory is bounded too; the empty days between are joined to a
+call, so a sparse file spanning years costs a few calls, not one per week), so a re-import of the
+same file changes nothing. Only the data types the file holds are synced: an export that holds
+heart rate only leaves the steps another export stored alone. Within those types the file is the
+truth for its days (records of those days it no longer holds are deleted), as for every
+partition run.
 
 Each call commits on its own: an import that stops half way (a database gone, a person's
 failure) says which days are stored and which are not, and importing the same file again
@@ -50,6 +54,9 @@ if TYPE_CHECKING:
     from ohx_dagster.store import RecordStore
 
 DAYS_PER_SYNC = 7
+# Records per sync_partition call at most (a day holding more is a call of its own): a week of
+# heart rate every 10 s is 60,480.
+RECORDS_PER_SYNC = 100_000
 ABOUT_EXPORT = {"ExportDate", "Me"}  # export.xml's own metadata elements, not data
 HRV = "HKQuantityTypeIdentifierHeartRateVariabilitySDNN"
 FITABASE_REASONS = {
@@ -95,17 +102,22 @@ def held_days(records: pd.DataFrame) -> set[date]:
     return set(records["ts"].dt.floor("D").unique().date)
 
 
-def sync_calls(days: list[date], held: set[date]) -> list[list[date]]:
-    """The days in consecutive runs of at most DAYS_PER_SYNC days holding records each; the
+def sync_calls(
+    days: list[date], held: set[date], sizes: Mapping[date, int] | None = None
+) -> list[list[date]]:
+    """The days in consecutive runs of at most DAYS_PER_SYNC days holding records each and, given
+    `sizes` (records per day), at most RECORDS_PER_SYNC records unless one day holds more; the
     empty days between join the run before them (one call stores, or clears, them all)."""
     calls: list[list[date]] = []
-    count = 0
+    count = records = 0
     for day in days:
         if day in held:
-            if not calls or count == DAYS_PER_SYNC:
+            size = sizes.get(day, 0) if sizes is not None else 0
+            if not calls or count == DAYS_PER_SYNC or (count and records + size > RECORDS_PER_SYNC):
                 calls.append([])
-                count = 0
+                count = records = 0
             count += 1
+            records += size
         elif not calls:
             calls.append([])
         calls[-1].append(day)
@@ -127,15 +139,17 @@ def sync_file(
     days: list[date],
     *,
     held: set[date] | None = None,
+    sizes: Mapping[date, int] | None = None,
     progress: Callable[[date, date], None] | None = None,
 ) -> ImportOutcome:
     """The file's people over its days (`held`: those holding records; default all), at most
-    DAYS_PER_SYNC days with records per sync_partition call."""
+    DAYS_PER_SYNC days with records and RECORDS_PER_SYNC records (`sizes`: records per day, when
+    the source tells) per sync_partition call."""
     from ohx_dagster.sync import SyncFailed, sync_partition
 
     outcome = ImportOutcome(source.name, days)
     wanted = frozenset(people)
-    for chunk in sync_calls(days, set(days) if held is None else held):
+    for chunk in sync_calls(days, set(days) if held is None else held, sizes):
         try:
             try:
                 report = sync_partition(
@@ -255,10 +269,11 @@ def run_with_progress(
     people: Iterable[str],
     days: list[date],
     held: set[date] | None = None,
+    sizes: Mapping[date, int] | None = None,
 ) -> ImportOutcome:
     """The sync with a progress bar (_progress: in a terminal only)."""
     with _progress(f"syncing {days[0]}", "synced to", len(days)) as advance:
-        return sync_file(store, source, people, days, held=held, progress=advance)
+        return sync_file(store, source, people, days, held=held, sizes=sizes, progress=advance)
 
 
 def import_file(
@@ -267,13 +282,14 @@ def import_file(
     people: list[str],
     days: list[date],
     held: set[date] | None = None,
+    sizes: Mapping[date, int] | None = None,
 ) -> tuple[ImportOutcome, Settings, Published]:
     """The sync, then the publishing of the changed days the running Dagster does not publish
     (publish_outside), under this environment's settings."""
     from ohx_dagster.settings import Settings
 
     settings = Settings.from_env()  # validated before the command ran (cli.OhxGroup)
-    outcome = run_with_progress(store, source, people, days, held)
+    outcome = run_with_progress(store, source, people, days, held, sizes)
     return outcome, settings, publish_outside(store, settings, outcome, people)
 
 
@@ -653,8 +669,10 @@ def apple_health(
         except ValidationError as exc:
             raise click.BadParameter(f"expected {exc.expected}", param_hint="--user") from None
     reader = AppleHealthSource(export, user_id=user_id, timezone=timezone, dates=plausible_dates())
+    ctx.call_on_close(reader.close)  # its temporary file (spill.py), however the command ends
     with common.console(stderr=True).status(f"reading {export}"):
-        held = reader.held_days()  # the export read and checked: nothing stored before this
+        sizes = reader.day_sizes()  # the export read and checked: nothing stored before this
+        held = list(sizes)
         zone = reader.zone
     store = common.open_store(ctx, create=True)
     types = reader.held_types() & SUPPORTED_TYPES[reader.name]
@@ -668,7 +686,9 @@ def apple_health(
             f"which their days keep (the export says {zone.zone})."
         )
     days = [held[0] + timedelta(days=n) for n in range((held[-1] - held[0]).days + 1)]
-    outcome, settings, published = import_file(store, source, [reader.user_id], days, set(held))
+    outcome, settings, published = import_file(
+        store, source, [reader.user_id], days, set(held), sizes
+    )
     title = f"Imported {export} as {reader.name} person {reader.user_id}"
     render_summary(
         title,

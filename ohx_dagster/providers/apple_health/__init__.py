@@ -6,6 +6,7 @@ archive).
 |---|---|
 | archive.py | where the files are: export.xml alone, the unzipped folder, or export.zip |
 | export.py | export.xml, streamed: heart rate, steps, weight, temperature, SpO2, blood pressure |
+| spill.py | the samples read, in a temporary SQLite file while the export is imported |
 | ecg.py | electrocardiograms/ecg_<date>.csv: Apple Watch ECG app recordings |
 | zone.py | the user's IANA zone, from the samples' offsets, HKTimeZone metadata and locale |
 | source.py | AppleHealthSource: the records, the zone, the HealthSource protocol |

@@ -3,11 +3,15 @@
 Exports reach gigabytes, so the XML is streamed with ElementTree's pull parser (the engine of
 `iterparse`), fed in pieces of at most PIECE bytes cut at line ends so every error names its line
 (a file without line breaks is read in pieces all the same), and each top-level element is
-cleared once read: the parse holds one element at a time, and the samples kept are compact
-arrays (about 50 bytes per mapped sample), never the document. What the parser would have to
-hold whole is bounded: MAX_PENDING bytes without an element starting or ending (one huge tag,
-text or comment) and MAX_DESCENDANTS elements inside one top-level element are refused with
-one line, so memory grows with the samples mapped, never with the shape of a hostile file.
+cleared once read: the parse holds one element at a time, never the document. The samples are
+kept in compact arrays for SPILL_BATCH of them at a time, then checked (a value no device gives
+is noted, with its line) and written to a temporary SQLite file (spill.py), with their count per
+UTC day and their zone evidence per quarter hour: memory is the same for 10 thousand samples or
+20 million. What the parser would have to hold whole is bounded too: MAX_PENDING bytes without an
+element starting or ending (one huge tag, text or comment), MAX_DESCENDANTS elements inside one
+top-level element, MAX_KINDS element names, types and time zones, MAX_DEVICES devices and
+MAX_OBSERVATIONS (quarter hour, UTC offset) pairs are refused with one line, so memory never
+grows with the shape of a hostile file either.
 
 A sample dated outside the plausible dates (bounds.py) is refused and counted, not kept: it
 reaches neither the records nor the zone's evidence.
@@ -59,6 +63,7 @@ import pandas as pd
 
 from ohx_dagster.errors import ProviderError, ValidationError
 from ohx_dagster.models import HARD_LIMITS, HealthDataType
+from ohx_dagster.providers.apple_health.spill import Spill
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
 from ohx_dagster.records import make_batch
 from ohx_dagster.units import accepted_units, to_canonical
@@ -94,6 +99,14 @@ PIECE: Final = 1 << 20  # bytes read at a time; a line longer than this is fed i
 # A real export's largest element is a Workout or a beat list: kilobytes, a few hundred children.
 MAX_PENDING: Final = 16 << 20
 MAX_DESCENDANTS: Final = 100_000
+# Samples parsed before they are checked and written to the spill file: about 3 MiB of arrays.
+SPILL_BATCH: Final = 1 << 16
+# The real export holds 60 element names, types and zones and 30 devices; HealthKit has about
+# 200 types. A (quarter hour, offset) pair per quarter hour of every day since 2000 is 950,000.
+MAX_KINDS: Final = 10_000
+MAX_DEVICES: Final = 100_000
+MAX_OBSERVATIONS: Final = 2_000_000
+_BIN_US: Final = 15 * 60_000_000  # zone.py's quarter hours
 
 
 @dataclass
@@ -135,7 +148,7 @@ def parse_moment(text: str | None) -> tuple[int, int] | None:
 
 
 class _Columns:
-    """One (data type, unit)'s samples as compact arrays while the file streams: 27 bytes a
+    """One (data type, unit)'s samples of the batch being parsed as compact arrays: 27 bytes a
     heart rate (diastolic only for blood pressure, a duration only for steps)."""
 
     def __init__(self, data_type: HealthDataType) -> None:
@@ -197,17 +210,28 @@ def _metadata(element: ET.Element) -> dict[str, str]:
 
 
 class ExportReader:
-    """Turns the stream of elements into per-type columns and the summary."""
+    """Turns the stream of elements into the spill file's samples and the summary."""
 
-    def __init__(self, name: str, dates: PlausibleDates) -> None:
+    def __init__(self, name: str, dates: PlausibleDates, *, spill_batch: int = SPILL_BATCH) -> None:
         self.name = name  # the file as messages name it: path, or "export.zip!member"
         self.refused = RefusedDates(dates)
         self.summary = ExportSummary()
+        self.spill = Spill()
+        self.spill_batch = spill_batch
+        # The batch being parsed, per (type, unit); every (type, unit) read, by its number in the
+        # spill; of those, the first value and the first diastolic no device gives.
         self.columns: dict[tuple[HealthDataType, str], _Columns] = {}
+        self.keys: dict[tuple[HealthDataType, str], int] = {}
+        self.invalid: dict[tuple[HealthDataType, str], dict[str, ValidationError]] = {}
+        self.pending = 0  # samples and blood-pressure halves in the batch
         self.devices: dict[str, int] = {}
         self.units_ok: set[tuple[HealthDataType, str]] = set()
-        self.bp_halves: Counter[tuple[str, str, str, str]] = Counter()
-        self.bp_children: Counter[tuple[str, str, str, str]] = Counter()
+        # Blood-pressure halves of the batch: (type, sourceName, startDate, value, child).
+        self.pressure: list[tuple[str, str, str, str, int]] = []
+
+    def close(self) -> None:
+        """Delete the spill file."""
+        self.spill.close()
 
     def where(self, line: int, kind: str) -> str:
         return f"{self.name}, line {line}, {kind}"
@@ -240,7 +264,18 @@ class ExportReader:
 
     def device(self, element: ET.Element) -> int:
         name = device_id(element.get("sourceName", ""), element.get("device", ""))
-        return self.devices.setdefault(name, len(self.devices))
+        found = self.devices.get(name)
+        if found is None:
+            if len(self.devices) >= MAX_DEVICES:
+                raise ValidationError(
+                    "device",
+                    name,
+                    f"at most {MAX_DEVICES:,} devices and apps writing samples (a real export "
+                    "names dozens)",
+                    where=self.name,
+                )
+            found = self.devices[name] = len(self.devices)
+        return found
 
     def add(
         self, data_type: HealthDataType, unit: str, *args: float, **kwargs: float | bool
@@ -254,7 +289,9 @@ class ExportReader:
         columns = self.columns.get((data_type, unit))
         if columns is None:
             columns = self.columns[(data_type, unit)] = _Columns(data_type)
+            self.keys.setdefault((data_type, unit), len(self.keys))
         columns.add(*args, **kwargs)  # type: ignore[arg-type]
+        self.pending += 1
         self.summary.mapped[data_type.value] += 1
         if kwargs.get("manual"):
             self.summary.manual[data_type.value] += 1
@@ -273,6 +310,23 @@ class ExportReader:
             if element.tag == "ExportDate":
                 self.summary.export_date = element.get("value", "")
             self.summary.other[element.tag] += 1
+        summary = self.summary
+        kinds = (
+            len(summary.records)
+            + len(summary.correlations)
+            + len(summary.other)
+            + len(summary.time_zones)
+        )
+        if kinds > MAX_KINDS:
+            raise ValidationError(
+                "element",
+                f"{kinds:,} kinds",
+                f"at most {MAX_KINDS:,} element names, sample types and HKTimeZone zones "
+                "(HealthKit has about 200 types)",
+                where=self.where(line, f"<{element.tag}>"),
+            )
+        if self.pending >= self.spill_batch:
+            self.flush()
 
     def record(self, element: ET.Element, line: int, metadata: dict[str, str]) -> None:
         kind = element.get("type", "")
@@ -280,7 +334,8 @@ class ExportReader:
         if len(element):
             self.beats(element, line, kind)
         if kind in (SYSTOLIC, DIASTOLIC):
-            self.bp_halves[_bp_key(element)] += 1
+            self.pressure.append((*_bp_key(element), 0))
+            self.pending += 1
             return
         data_type = QUANTITY_TYPES.get(kind)
         if data_type is None:
@@ -364,7 +419,8 @@ class ExportReader:
             self.check_unit(data_type, unit, line, child_kind)
             value = self.number(child.get("value"), "value", line, child_kind)
             halves[child_kind] = float(to_canonical(data_type.value, value, unit))
-            self.bp_children[_bp_key(child)] += 1
+            self.pressure.append((*_bp_key(child), 1))
+            self.pending += 1
             manual = manual or _metadata(child).get(USER_ENTERED) == "1"
         if len(halves) != 2:
             raise ValidationError(
@@ -386,8 +442,86 @@ class ExportReader:
             manual=manual,
         )
 
+    def flush(self) -> None:
+        """The batch checked and written to the spill file, with its counts per UTC day and its
+        zone evidence per (quarter hour, offset); then a new batch."""
+        utc_parts, offset_parts = [], []
+        with self.spill.batch():
+            for key, columns in self.columns.items():
+                if not len(columns.line):
+                    continue
+                values, diastolic = self._checked(key, columns)
+                offsets = np.frombuffer(columns.offset_min, dtype="int16").astype("int64")
+                utc_us = np.frombuffer(columns.local_us, dtype="int64") - offsets * _MINUTE_US
+                written = {
+                    "utc_us": utc_us,
+                    "offset_min": offsets,
+                    "value": values,
+                    "diastolic": diastolic,
+                    "duration_s": None
+                    if columns.duration_s is None
+                    else np.frombuffer(columns.duration_s),
+                    "device": np.frombuffer(columns.device, dtype="int32"),
+                    "manual": np.frombuffer(columns.manual, dtype="int8"),
+                    "line": np.frombuffer(columns.line, dtype="int32"),
+                }
+                self.spill.write(self.keys[key], written)
+                utc_parts.append(utc_us)
+                offset_parts.append(offsets)
+            if utc_parts:
+                utc_us, offsets = np.concatenate(utc_parts), np.concatenate(offset_parts)
+                days, counts = np.unique(utc_us // _DAY_US, return_counts=True)
+                self.spill.count_days(days, counts)
+                # One observation per (quarter hour, offset): its first instant, its count.
+                code = (utc_us // _BIN_US) * 4096 + (offsets + 2048)
+                order = np.lexsort((utc_us, code))
+                code = code[order]
+                first = np.ones(len(code), dtype=bool)
+                first[1:] = code[1:] != code[:-1]
+                starts = np.flatnonzero(first)
+                counts = np.diff(np.append(starts, len(code)))
+                kept = order[starts]
+                self.spill.observe(code[starts], offsets[kept], utc_us[kept], counts)
+            if self.pressure:
+                self.spill.pressure(self.pressure)
+        self.columns = {}
+        self.pressure = []
+        self.pending = 0
+
+    def _checked(
+        self, key: tuple[HealthDataType, str], columns: _Columns
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The batch's values in canonical units, and its diastolic values; the first value and
+        the first diastolic of the (type, unit) that no device gives are noted, with their line
+        (`check` raises them once the whole export is read, as before anything is stored)."""
+        data_type, unit = key
+        values = to_canonical(data_type.value, np.frombuffer(columns.value), unit)
+        diastolic = None if columns.diastolic is None else np.frombuffer(columns.diastolic)
+        low, high = HARD_LIMITS[data_type]
+        noted = self.invalid.setdefault(key, {})
+        for name, array_ in (("value", values), ("diastolic", diastolic)):
+            if array_ is None or name in noted:
+                continue
+            bad = ~np.isfinite(array_) | (array_ < low) | (array_ > high)
+            if name == "diastolic":
+                bad |= array_ >= values
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                noted[name] = ValidationError(
+                    name,
+                    float(array_[row]),
+                    f"{low:g}..{high:g} {data_type.canonical_unit} for {data_type.value}"
+                    + (" and < systolic" if name == "diastolic" else ""),
+                    where=self.where(columns.line[row], f"{data_type.value} in {unit!r}"),
+                )
+        return values, diastolic
+
     def finish(self) -> None:
-        self.summary.unpaired_blood_pressure = sum((self.bp_halves - self.bp_children).values())
+        self.flush()
+        # Every device's name by its number, as an object array: indexing it shares the str
+        # objects (np.full or astype(object) would make one str per row: 13 MB per 250k samples).
+        self.device_names = np.array(list(self.devices), dtype=object)
+        self.summary.unpaired_blood_pressure = self.spill.unpaired_pressure()
         if not self.summary.records:
             other = ", ".join(f"{tag} {n}" for tag, n in sorted(self.summary.other.items()))
             raise ValidationError(
@@ -397,18 +531,28 @@ class ExportReader:
                 + (f" (only {other})" if other else ""),
                 where=self.name,
             )
+        observed = self.spill.count_observations()
+        if observed > MAX_OBSERVATIONS:
+            raise ValidationError(
+                "startDate",
+                f"{observed:,} (quarter hour, UTC offset) pairs",
+                f"at most {MAX_OBSERVATIONS:,}: samples of one quarter hour carry one offset, "
+                "or two where the clocks change",
+                where=self.name,
+            )
 
-    def observations(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every mapped sample's UTC instant (microseconds) and the offset its date carried."""
-        if not self.columns:
-            return np.empty(0, dtype="int64"), np.empty(0, dtype="int64")
-        offsets = np.concatenate(
-            [np.frombuffer(c.offset_min, dtype="int16") for c in self.columns.values()]
-        ).astype("int64")
-        local = np.concatenate(
-            [np.frombuffer(c.local_us, dtype="int64") for c in self.columns.values()]
-        )
-        return local - offsets * _MINUTE_US, offsets
+    def check(self) -> None:
+        """Every (type, unit)'s values were in canonical bounds: the first that was not, in the
+        order of the (type, unit)s, is an error naming its line, before any record is stored."""
+        for key in sorted(self.keys):
+            noted = self.invalid.get(key, {})
+            if noted:
+                raise noted.get("value") or noted["diastolic"]
+
+    def observations(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The mapped samples' zone evidence: per (quarter hour, UTC offset) the first UTC instant
+        (microseconds), the offset and how many samples carried it."""
+        return self.spill.observations()
 
 
 def _bp_key(element: ET.Element) -> tuple[str, str, str, str]:
@@ -430,14 +574,29 @@ def pieces(stream: IO[bytes], size: int = PIECE) -> Iterator[tuple[int, bytes]]:
 
 
 def parse_export(
-    stream: IO[bytes], name: str, dates: PlausibleDates, *, piece: int = PIECE
+    stream: IO[bytes],
+    name: str,
+    dates: PlausibleDates,
+    *,
+    piece: int = PIECE,
+    spill_batch: int = SPILL_BATCH,
 ) -> ExportReader:
-    """Stream one export.xml; the reader holds the samples per type and the summary, and counts
-    the samples refused for their date.
+    """Stream one export.xml; the reader holds the samples in its spill file (closed with it) and
+    the summary, and counts the samples refused for their date.
 
     A file that is not a HealthKit export fails at its first element, before the rest of a
-    possibly huge file is read; one with no <Record> fails at its end."""
-    reader = ExportReader(name, dates)
+    possibly huge file is read; one with no <Record> fails at its end. A file that fails leaves
+    no spill file behind."""
+    reader = ExportReader(name, dates, spill_batch=spill_batch)
+    try:
+        _read(reader, stream, name, piece)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
+
+
+def _read(reader: ExportReader, stream: IO[bytes], name: str, piece: int) -> None:
     parser: ET.XMLPullParser[ET.Element] = ET.XMLPullParser(events=("start", "end"))
     root: ET.Element | None = None
     starts: list[int] = []  # line of each open element's start tag
@@ -503,77 +662,25 @@ def parse_export(
         ) from exc
     reader.summary.lines = line
     reader.finish()
-    return reader
-
-
-@dataclass(frozen=True, slots=True)
-class Checked:
-    """One (data type, unit)'s samples validated, in canonical units, with their UTC instants:
-    what a window's records are built from (8 or 16 bytes a sample beside the columns)."""
-
-    utc_us: np.ndarray
-    values: np.ndarray
-    diastolic: np.ndarray | None  # blood pressure only
-
-
-def check(reader: ExportReader, key: tuple[HealthDataType, str]) -> Checked:
-    """One (data type, unit)'s columns validated in canonical units: a value no device gives is
-    an error naming its line, before any record of the export is stored."""
-    data_type, unit = key
-    columns = reader.columns[key]
-    values = to_canonical(data_type.value, np.frombuffer(columns.value), unit)
-    diastolic = None if columns.diastolic is None else np.frombuffer(columns.diastolic)
-    low, high = HARD_LIMITS[data_type]
-    for name, array_ in (("value", values), ("diastolic", diastolic)):
-        if array_ is None:
-            continue
-        bad = ~np.isfinite(array_) | (array_ < low) | (array_ > high)
-        if name == "diastolic":
-            bad |= array_ >= values
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise ValidationError(
-                name,
-                float(array_[row]),
-                f"{low:g}..{high:g} {data_type.canonical_unit} for {data_type.value}"
-                + (" and < systolic" if name == "diastolic" else ""),
-                where=reader.where(columns.line[row], f"{data_type.value} in {unit!r}"),
-            )
-    offsets = np.frombuffer(columns.offset_min, dtype="int16").astype("int64")
-    utc_us = np.frombuffer(columns.local_us, dtype="int64") - offsets * _MINUTE_US
-    return Checked(utc_us, values, diastolic)
 
 
 def batch(
-    reader: ExportReader,
-    user_id: str,
-    key: tuple[HealthDataType, str],
-    checked: Checked | None = None,
-    rows: np.ndarray | None = None,
+    reader: ExportReader, user_id: str, key: tuple[HealthDataType, str], rows: dict[str, np.ndarray]
 ) -> pd.DataFrame:
-    """One (data type, unit)'s columns (`rows` of them, default all) as a validated record
-    batch in canonical units."""
+    """Samples of one (data type, unit) read from the spill file (Spill.read) as a validated
+    record batch in canonical units."""
     data_type, _ = key
-    columns = reader.columns[key]
-    checked = checked or check(reader, key)
-    take = slice(None) if rows is None else rows
-    offsets = np.frombuffer(columns.offset_min, dtype="int16")[take].astype("int64")
-    utc_us = checked.utc_us[take]
-    names = np.array(list(reader.devices), dtype=object)
-    # Indexing an object array shares its two str objects (np.full or astype(object) would
-    # make one str per row: 13 MB per 250k samples).
-    manual = np.frombuffer(columns.manual, "int8")[take]
-    method = np.array(["device", "manual"], dtype=object)[manual]
     return make_batch(
         provider=NAME,
         user_id=user_id,
         data_type=data_type,
-        timestamps=pd.DatetimeIndex(utc_us.astype("datetime64[us]")).tz_localize("UTC"),
-        values=checked.values[take],
+        timestamps=pd.DatetimeIndex(rows["utc_us"].astype("datetime64[us]")).tz_localize("UTC"),
+        values=rows["value"],
         unit=data_type.canonical_unit,
-        device_id=names[np.frombuffer(columns.device, dtype="int32")[take]],
-        utc_offset_min=offsets,
-        diastolic=None if checked.diastolic is None else checked.diastolic[take],
-        duration_s=None if columns.duration_s is None else np.frombuffer(columns.duration_s)[take],
-        method=method,
+        device_id=reader.device_names[rows["device"]],
+        utc_offset_min=rows["offset_min"].astype("int64"),
+        diastolic=rows["diastolic"] if data_type is HealthDataType.BLOOD_PRESSURE else None,
+        duration_s=rows["duration_s"] if data_type is HealthDataType.STEPS else None,
+        # Indexing an object array shares its two str objects.
+        method=np.array(["device", "manual"], dtype=object)[rows["manual"]],
     )

@@ -26,11 +26,9 @@ from ohx_dagster.providers.apple_health.ecg import EcgRecording, ecg_batch, read
 from ohx_dagster.providers.apple_health.export import (
     NAME,
     QUANTITY_TYPES,
-    Checked,
     ExportReader,
     ExportSummary,
     batch,
-    check,
     parse_export,
     parse_moment,
 )
@@ -49,7 +47,10 @@ class AppleHealthSource(ReadOnce):
 
     `timezone` overrides the inferred zone (an IANA name); `zone` says which zone the user gets
     and why, for the importer to print. Samples dated outside `dates` (default: 2000-01-01 to
-    tomorrow of the clock when the source is made) are refused and counted in `refused`."""
+    tomorrow of the clock when the source is made) are refused and counted in `refused`.
+
+    The export is read once, when first asked, into a temporary file (spill.py) that the
+    windows of a sync are read from: `close()` deletes it (so does garbage collection)."""
 
     name = NAME
 
@@ -81,15 +82,27 @@ class AppleHealthSource(ReadOnce):
         with open_export(self.path) as files:
             with files.xml() as stream:
                 reader = parse_export(stream, files.xml_name, self.dates)
-            recordings = []
-            for name in files.ecg_names():
-                recording = read_ecg(files.read(name), name)
-                if self.dates.outside(pd.DatetimeIndex([recording.ts])).any():
-                    reader.refused.add("ecg", 1, f"{recording.ts.isoformat()} ({name})")
-                else:
-                    recordings.append(recording)
+            try:
+                recordings = []
+                for name in files.ecg_names():
+                    recording = read_ecg(files.read(name), name)
+                    if self.dates.outside(pd.DatetimeIndex([recording.ts])).any():
+                        reader.refused.add("ecg", 1, f"{recording.ts.isoformat()} ({name})")
+                    else:
+                        recordings.append(recording)
+            except BaseException:
+                reader.close()
+                raise
         reader.summary.ecg_files = len(recordings)
         return reader, recordings
+
+    def close(self) -> None:
+        """Delete the export's spill file, when it was read (asking again reads it again)."""
+        parsed = self.__dict__.pop("_parsed", None)
+        self.__dict__.pop("_checked", None)
+        self.__dict__.pop("records", None)
+        if parsed is not None:
+            parsed[0].close()
 
     @property
     def refused(self) -> RefusedDates:
@@ -106,11 +119,12 @@ class AppleHealthSource(ReadOnce):
         return self._parsed[1]
 
     @cached_property
-    def _checked(self) -> dict[tuple[HealthDataType, str], Checked]:
-        """Every (type, unit)'s samples validated (a bad value fails here, before anything is
-        stored), in canonical units with their UTC instants, in the order records are built."""
+    def _checked(self) -> list[tuple[HealthDataType, str]]:
+        """Every (type, unit) the export holds, in the order records are built, its values
+        checked (a bad value fails here, before anything is stored)."""
         reader, _ = self._parsed
-        return {key: check(reader, key) for key in sorted(reader.columns)}
+        reader.check()
+        return sorted(reader.keys)
 
     def _nothing(self) -> ValidationError:
         reader = self._parsed[0]
@@ -131,14 +145,22 @@ class AppleHealthSource(ReadOnce):
         )
 
     def held_days(self) -> list[date]:
-        """The UTC days holding a record, sorted, read from the compact columns (no records
-        are built); an export holding none is an error."""
-        utc_us = [c.utc_us for c in self._checked.values()]
-        utc_us.append(np.array([r.ts.value // 1000 for r in self.ecg_recordings], dtype="int64"))
-        days = np.unique(np.concatenate(utc_us) // DAY_US)
-        if not days.size:
+        """The UTC days holding a record, sorted, read from the spill file's count per day (no
+        records are built); an export holding none is an error."""
+        return sorted(self.day_sizes())
+
+    def day_sizes(self) -> dict[date, int]:
+        """The records of each UTC day holding some (what a sync call of those days stores, at
+        most; less where a sample repeats another); an export holding none is an error."""
+        self._checked  # noqa: B018 (a bad value fails here)
+        days, counts = self._parsed[0].spill.days()
+        sizes = dict(zip(days.tolist(), counts.tolist(), strict=True))
+        for recording in self.ecg_recordings:
+            day = recording.ts.value // 1000 // DAY_US
+            sizes[day] = sizes.get(day, 0) + 1
+        if not sizes:
             raise self._nothing()
-        return [_EPOCH + timedelta(days=int(n)) for n in days]
+        return {_EPOCH + timedelta(days=n): sizes[n] for n in sorted(sizes)}
 
     def held_types(self) -> frozenset[HealthDataType]:
         """The data types the export holds records of."""
@@ -152,7 +174,8 @@ class AppleHealthSource(ReadOnce):
         reader, recordings = self._parsed
         # A generator, so the per-type batches are freed once concatenated (peak memory).
         batches = (
-            batch(reader, self.user_id, key, checked) for key, checked in self._checked.items()
+            batch(reader, self.user_id, key, reader.spill.read(reader.keys[key]))
+            for key in self._checked
         )
         records = dedupe(concat(itertools.chain(batches, [ecg_batch(recordings, self.user_id)])))
         if records.empty:
@@ -167,19 +190,19 @@ class AppleHealthSource(ReadOnce):
         *,
         batch_size: int = 1000,
     ) -> pd.DataFrame:
-        """The window's records, built from the columns for that window alone: the same rows
-        as selecting them from `records` (ReadOnce.fetch), in the same order."""
+        """The window's records, built from the spill file's samples of that window alone: the
+        same rows as selecting them from `records` (ReadOnce.fetch), in the same order."""
         if user.user_id != self.user_id:
             return empty_batch()
         reader, recordings = self._parsed
         wanted = {HealthDataType(t) for t in data_types}
         start, end = to_us(window.start), to_us(window.end)
         parts = []
-        for key, checked in self._checked.items():
+        for key in self._checked:
             if key[0] in wanted:
-                rows = np.flatnonzero((checked.utc_us >= start) & (checked.utc_us < end))
-                if rows.size:
-                    parts.append(batch(reader, self.user_id, key, checked, rows))
+                rows = reader.spill.read(reader.keys[key], start, end)
+                if rows["utc_us"].size:
+                    parts.append(batch(reader, self.user_id, key, rows))
         if HealthDataType.ECG in wanted:
             inside = [r for r in recordings if window.start <= r.ts < window.end]
             parts.append(ecg_batch(inside, self.user_id))
@@ -192,12 +215,13 @@ class AppleHealthSource(ReadOnce):
             return ZoneChoice(self.timezone, False, f"{self.timezone}: given by configuration")
         self.held_days()  # an export without records fails here, before any zone is guessed
         reader, recordings = self._parsed
-        xml_utc_us, xml_offset_min = reader.observations()
+        xml_utc_us, xml_offset_min, xml_count = reader.observations()
         stamp = parse_moment(reader.summary.export_date)
         return infer_zone(
             ZoneEvidence(
                 xml_utc_us=xml_utc_us,
                 xml_offset_min=xml_offset_min,
+                xml_count=xml_count,
                 other_utc_us=np.array([r.ts.value // 1000 for r in recordings], dtype="int64"),
                 other_offset_min=np.array([r.utc_offset_min for r in recordings], dtype="int64"),
                 export_date=None if stamp is None else (stamp[0] - stamp[1] * 60_000_000, stamp[1]),

@@ -28,7 +28,9 @@ Choice, first that applies:
   (Etc/GMT-2 is UTC+2), which ignores DST; the reason says so and names the closest zone.
 
 Observations are reduced to one per (15-minute bin, offset): tz transitions fall on quarter
-hours, so a bin's first instant decides for the bin. A zone is tested at the ends of every run
+hours, so a bin's first instant decides for the bin. The export's parse reduces its samples so
+as it reads them (export.py: the first instant and the count of each), so the evidence grows with
+the quarter hours an export spans, never with its samples. A zone is tested at the ends of every run
 of equal offsets first (cheap, rejects most), then at every bin.
 """
 
@@ -80,6 +82,8 @@ class ZoneEvidence:
 
     xml_utc_us: np.ndarray  # export.xml samples: UTC instants in microseconds
     xml_offset_min: np.ndarray  # and the offsets their dates carried
+    # How many samples each stands for (the parse's first of a (15-minute bin, offset)); None: 1.
+    xml_count: np.ndarray | None = None
     other_utc_us: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
     other_offset_min: np.ndarray = field(default_factory=lambda: np.empty(0, dtype="int64"))
     export_date: tuple[int, int] | None = None  # ExportDate: UTC microseconds, offset minutes
@@ -104,18 +108,25 @@ def zone_offsets(zone: str, utc_us: np.ndarray) -> np.ndarray:
 
 
 class Observations:
-    """(instant, offset) pairs, one per 15-minute bin and offset, sorted by instant."""
+    """(instant, offset) pairs, one per 15-minute bin and offset, sorted by instant. `count`:
+    how many samples each given pair stands for (default 1)."""
 
-    def __init__(self, utc_us: np.ndarray, offset_min: np.ndarray) -> None:
+    def __init__(
+        self, utc_us: np.ndarray, offset_min: np.ndarray, count: np.ndarray | None = None
+    ) -> None:
         utc_us = np.asarray(utc_us, dtype="int64")
         offset_min = np.asarray(offset_min, dtype="int64")
-        self.count = len(utc_us)
+        counts = np.ones(len(utc_us), dtype="int64") if count is None else np.asarray(count)
+        self.count = int(counts.sum())
         key = (utc_us // _BIN_US) * 4096 + (offset_min + 2048)
         order = np.lexsort((utc_us, key))
         first = np.ones(len(order), dtype=bool)
         first[1:] = key[order][1:] != key[order][:-1]
         keep = order[first]
-        weights = np.diff(np.append(np.flatnonzero(first), len(order)))
+        starts = np.flatnonzero(first)
+        weights = (
+            np.add.reduceat(counts[order], starts) if len(order) else np.zeros(0, dtype="int64")
+        )
         by_time = np.argsort(utc_us[keep], kind="stable")
         self.utc_us = utc_us[keep][by_time]
         self.offset_min = offset_min[keep][by_time]
@@ -248,9 +259,15 @@ def fixed_zone(minutes: int) -> str | None:
 
 def infer_zone(evidence: ZoneEvidence) -> ZoneChoice:
     """The zone of the export's user, and why (see the module docstring)."""
+    xml_count = (
+        np.ones(len(evidence.xml_utc_us), dtype="int64")
+        if evidence.xml_count is None
+        else evidence.xml_count
+    )
     all_obs = Observations(
         np.concatenate([evidence.xml_utc_us, evidence.other_utc_us]),
         np.concatenate([evidence.xml_offset_min, evidence.other_offset_min]),
+        np.concatenate([xml_count, np.ones(len(evidence.other_utc_us), dtype="int64")]),
     )
     country = country_of(evidence.locale)
     named = Counter({z: n for z, n in evidence.time_zones.items() if is_zone(z)})
@@ -281,7 +298,7 @@ def infer_zone(evidence: ZoneEvidence) -> ZoneChoice:
         for zone in rank(named, named, country):
             if not at_export.fits(zone):
                 continue
-            xml = Observations(evidence.xml_utc_us, evidence.xml_offset_min)
+            xml = Observations(evidence.xml_utc_us, evidence.xml_offset_min, xml_count)
             offset = format_offset(evidence.export_date[1])
             return ZoneChoice(
                 zone,
