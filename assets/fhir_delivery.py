@@ -34,10 +34,10 @@ from ohx_dagster.fhir.delivery import (
     enqueue_partition,
     partition_counts,
 )
-from ohx_dagster.identity import erasure_salt
-from ohx_dagster.publish import partition_key
-from ohx_dagster.shards import Sharding
-from ohx_dagster.store import RecordStore
+from ohx_dagster.privacy.identity import erasure_salt
+from ohx_dagster.publish.partitions import partition_key
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.shards import Sharding
 from resources import FhirOutputResource, RecordStoreResource
 from resources.fhir_server import FhirServerResource
 

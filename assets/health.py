@@ -20,17 +20,17 @@ import pandas as pd
 from assets.metadata import hourly_charts, hourly_plot, span, type_table
 from assets.partitions import BACKFILL_POLICY, days_and_shard
 from assets.pseudonyms import Hider, run_request
-from ohx_dagster import aggregate
-from ohx_dagster.identity import short
-from ohx_dagster.inbox import Inbox
+from ohx_dagster.privacy.identity import short
 from ohx_dagster.providers.base import Event
-from ohx_dagster.publish import partition_dir, publish_partition, validate_sample
-from ohx_dagster.quality import aggregate_inconsistencies
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.shards import Sharding
-from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import SyncStrategy
-from ohx_dagster.sync import SyncFailed, SyncReport, run_checks, sync_partition
+from ohx_dagster.publish import aggregate
+from ohx_dagster.publish.partitions import partition_dir, publish_partition, validate_sample
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import SyncFailed, SyncReport, run_checks, sync_partition
+from ohx_dagster.sync.inbox import Inbox
+from ohx_dagster.sync.quality import aggregate_inconsistencies
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.shards import Sharding
+from ohx_dagster.sync.strategies import SyncStrategy
 from resources import FhirOutputResource, RecordStoreResource, SourcesResource
 
 MAX_RETRIES = 3
@@ -107,7 +107,7 @@ def build_health_assets(
         sources: SourcesResource,
     ) -> dg.MaterializeResult:
         """Records fetched from the partition's source and committed to the record store with
-        the coverage they prove. Run tags (ohx_dagster/run_request.py) choose the windows
+        the coverage they prove. Run tags (ohx_dagster/sync/run_request.py) choose the windows
         (`ohx/strategy`: partition, the default, = the whole day; incremental; push; initial;
         close; refresh) and the people (`ohx/subjects`, or `ohx/users` typed by an operator;
         `ohx/frequencies`, `ohx/close-at`)."""

@@ -1,7 +1,7 @@
 """Metadata a data engineer reads first, in Dagster's UI: ISO times, small plots, tables by type.
 
 Nothing here names a person or shows a value of theirs: Dagster keeps event metadata forever and
-erasure (ohx_dagster/erasure.py) cannot reach into it, so metadata counts and spans only.
+erasure (ohx_dagster/privacy/erasure.py) cannot reach into it, so metadata counts and spans only.
 
 Plots are small PNG bar charts drawn here (no plotting library in the product's image) and shown
 through Dagster's Markdown metadata as `data:` URI images: Dagster 1.13's Markdown renderer lets
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import dagster as dg
 import pandas as pd
 
-from ohx_dagster.sync_status import TypeStatus, records_per_hour, window_start
-from ohx_dagster.times import HOUR_US, to_us
+from ohx_dagster.core.times import HOUR_US, to_us
+from ohx_dagster.sync.status import TypeStatus, records_per_hour, window_start
 
 if TYPE_CHECKING:
-    from ohx_dagster.store import RecordStore
+    from ohx_dagster.storage.store import RecordStore
 
 # One character an hour: "·" no records, then eighths of the busiest hour (a non-zero hour is
 # never drawn as nothing).
@@ -159,7 +159,7 @@ def people_chart(counts: list[int]) -> dict[str, dg.MetadataValue]:
 def status_charts(
     store: RecordStore, source: str, rows: Sequence[TypeStatus], now: datetime
 ) -> dict[str, dg.MetadataValue]:
-    """The sync_status asset's plots of the last 24 hours (ohx_dagster/sync_status.window_start):
+    """The sync_status asset's plots of the last 24 hours (ohx_dagster/sync/status.window_start):
     records per UTC hour by type, every person together (`records_per_hour/<type>`, drawn as
     the partition view draws them), and records per person (`records_24h_per_person`)."""
     start_us = to_us(window_start(now))

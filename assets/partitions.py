@@ -1,7 +1,7 @@
 """Partitions: day (UTC) x source. Users are never a partition dimension (DESIGN.md).
 
 A `source` key is a provider (`oura`) or one hash shard of its users (`oura-3`), as OHX_SOURCES
-says (ohx_dagster/shards.py)."""
+says (ohx_dagster/sync/shards.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import date
 
 import dagster as dg
 
-from ohx_dagster.shards import Shard, Sharding
+from ohx_dagster.sync.shards import Shard, Sharding
 
 DAY = "day"
 SOURCE = "source"

@@ -1,12 +1,12 @@
 """What a sync run tells Dagster names people by their salted subject, never by id (issue 19).
 
-- `run_request(context, store, provider)`: the run's SyncRequest (ohx_dagster/run_request.py)
+- `run_request(context, store, provider)`: the run's SyncRequest (ohx_dagster/sync/run_request.py)
   with its `ohx/subjects` resolved to people through the store. A run an operator launched with
   ids typed in `ohx/users` selects those people, and its tags are rewritten at once: `ohx/users`
   goes, `ohx/subjects` holds the same people (`replace_typed_ids`); so are its backfill's tags
   when it belongs to one launched that way (its later runs then carry subjects only).
 - `Hider`: what a run reports (metadata, check results, log lines, failures) with the ids of the
-  people it touched replaced by their shown subject (ohx_dagster/identity.py `redact`).
+  people it touched replaced by their shown subject (ohx_dagster/privacy/identity.py `redact`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from dagster_shared.serdes import serialize_value
 
-from ohx_dagster.identity import erasure_salt, redact, subject_hash
-from ohx_dagster.run_request import SUBJECTS_TAG, USERS_TAG, SyncRequest
-from ohx_dagster.store import RecordStore
+from ohx_dagster.privacy.identity import erasure_salt, redact, subject_hash
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.run_request import SUBJECTS_TAG, USERS_TAG, SyncRequest
 
 T = TypeVar("T")
 

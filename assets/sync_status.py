@@ -1,6 +1,6 @@
 """Sync status in the UI: one `sync_status/<source>` asset per configured source, refreshed every
 15 minutes by the sync_status_schedule (and by hand: Materialize), whose metadata is the per-person
-table `ohx status` prints (ohx_dagster/sync_status.py computes both), with checks that fail when a
+table `ohx status` prints (ohx_dagster/sync/status.py computes both), with checks that fail when a
 connected person falls behind.
 
 - freshness (provider APIs and the simulator; an error): fails when an active person's type has
@@ -13,9 +13,9 @@ connected person falls behind.
 
 Unlike the partitions' metadata (assets/metadata.py: counts and spans only), this table lists
 people: that is what it is for. It names them, and the checks' lists too, by their salted subject
-(its first 12 hex digits, ohx_dagster/identity.py), never by id: Dagster keeps what erasure would
-have to chase otherwise. `ohx status` prints the same table with ids, from the store; `python -m
-ohx_dagster.erasure subject --provider P --user U` gives a person's subject.
+(its first 12 hex digits, ohx_dagster/privacy/identity.py), never by id: Dagster keeps what erasure
+would have to chase otherwise. `ohx status` prints the same table with ids, from the store; `python
+-m ohx_dagster.privacy.erasure subject --provider P --user U` gives a person's subject.
 """
 
 from collections.abc import Mapping, Sequence
@@ -25,8 +25,8 @@ from typing import TypeVar
 import dagster as dg
 
 from assets.metadata import status_charts
-from ohx_dagster.identity import erasure_salt, redact
-from ohx_dagster.sync_status import (
+from ohx_dagster.privacy.identity import erasure_salt, redact
+from ohx_dagster.sync.status import (
     ACTIVE,
     LagLimit,
     TypeStatus,

@@ -33,7 +33,7 @@ import time
 from datetime import date, timedelta
 from pathlib import Path
 
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "apple-health" / "export.xml"
 COPIES = (1, 10, 40)

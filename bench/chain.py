@@ -33,8 +33,8 @@ from bench.common import DAY, REPO, batch_rows, sqlite_bulk_load, timed
 
 
 def _definitions(home: Path, users: int, hz: float) -> Any:
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.definitions import build_definitions
-    from ohx_dagster.settings import Settings
 
     env = {
         "OHX_HOME": str(home),
@@ -85,10 +85,10 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
     """In this process: the warm-up and empty runs, then the partition with `users` people."""
     import dagster as dg
 
-    import ohx_dagster.publish
+    import ohx_dagster.publish.partitions
     from ohx_dagster.fhir.validation import forget_remembered
     from ohx_dagster.providers.simulated import SimulatedSource
-    from ohx_dagster.store import RecordStore
+    from ohx_dagster.storage.store import RecordStore
 
     with tempfile.TemporaryDirectory(prefix="ohx-bench-chain-") as tmp:
         root = Path(tmp)
@@ -111,7 +111,7 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
         # Where the run's CPU goes, beside the total: the FHIR validation of each published
         # bucket's sample (the asset's call) and the simulated provider answering the fetches.
         with (
-            _Meter(ohx_dagster.publish, "validate_resources") as validation,
+            _Meter(ohx_dagster.publish.partitions, "validate_resources") as validation,
             _Meter(SimulatedSource, "fetch") as provider,
         ):
             if profile is None:
@@ -140,9 +140,9 @@ def worker(users: int, hz: float, keep: Path | None, profile: Path | None = None
 def baseline(home: Path, loads: int = 3) -> dict[str, Any]:
     """The chain's stored samples of the day, as rows upserted into plain SQLite: the median of
     `loads` loads into fresh files (the chain's figure is a median too)."""
-    from ohx_dagster.models import DateRange
-    from ohx_dagster.store import RecordStore
-    from ohx_dagster.times import utc_day
+    from ohx_dagster.core.models import DateRange
+    from ohx_dagster.core.times import utc_day
+    from ohx_dagster.storage.store import RecordStore
 
     store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
     window = utc_day(DAY)

@@ -25,7 +25,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from faults.backends import create_database, postgres_server
-from ohx_dagster.models import DateRange, HealthDataType
+from ohx_dagster.core.models import DateRange, HealthDataType
 from ohx_dagster.providers.simulated import SimulatedSource
 
 REPO = Path(__file__).resolve().parents[1]

@@ -57,12 +57,12 @@ def run(users: int = 10, days: int = 30, hz: float = 1.0) -> dict[str, Any]:
     import dagster as dg
 
     from assets.partitions import BACKFILL_POLICY
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.definitions import build_definitions
     from ohx_dagster.providers.simulated import SimulatedSource
-    from ohx_dagster.run_request import SyncRequest
-    from ohx_dagster.settings import Settings
-    from ohx_dagster.store import RecordStore
-    from ohx_dagster.strategies import SyncStrategy
+    from ohx_dagster.storage.store import RecordStore
+    from ohx_dagster.sync.run_request import SyncRequest
+    from ohx_dagster.sync.strategies import SyncStrategy
 
     today = datetime.now(UTC).date()
     history = [today - timedelta(days=days - i) for i in range(days)]

@@ -38,9 +38,9 @@ from bench.common import (
     sqlite_bytes,
     timed,
 )
+from ohx_dagster.core.times import to_us
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import to_us
+from ohx_dagster.storage.store import RecordStore
 
 SAMPLES = 1_000_000
 

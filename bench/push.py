@@ -26,11 +26,11 @@ from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.providers.base import Event, Windowed
 from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.publish import publish_partition, validate_sample
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import SyncStrategy
-from ohx_dagster.sync import sync_partition
+from ohx_dagster.publish.partitions import publish_partition, validate_sample
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.shards import Shard
+from ohx_dagster.sync.strategies import SyncStrategy
 
 PERSON = "sim-001"
 HORIZON = RESYNC_HORIZON["simulated"]

@@ -29,16 +29,16 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ohx_dagster.config.settings import Settings  # noqa: E402
+from ohx_dagster.core.models import DateRange  # noqa: E402
 from ohx_dagster.definitions import build_definitions  # noqa: E402
-from ohx_dagster.inbox import Inbox, NewEvent  # noqa: E402
-from ohx_dagster.models import DateRange  # noqa: E402
 from ohx_dagster.providers.simulated import SimulatedSource  # noqa: E402
-from ohx_dagster.settings import Settings  # noqa: E402
-from ohx_dagster.store import RecordStore  # noqa: E402
-from ohx_dagster.webhooks.app import create_app  # noqa: E402
-from ohx_dagster.webhooks.config import WebhookSecrets  # noqa: E402
-from ohx_dagster.webhooks.serve import serve_in_thread  # noqa: E402
-from ohx_dagster.webhooks.simulator import send_event  # noqa: E402
+from ohx_dagster.receiver.app import create_app  # noqa: E402
+from ohx_dagster.receiver.config import WebhookSecrets  # noqa: E402
+from ohx_dagster.receiver.serve import serve_in_thread  # noqa: E402
+from ohx_dagster.receiver.simulator import send_event  # noqa: E402
+from ohx_dagster.storage.store import RecordStore  # noqa: E402
+from ohx_dagster.sync.inbox import Inbox, NewEvent  # noqa: E402
 from resources import RecordStoreResource  # noqa: E402
 
 SECRET = "bench-simulated-secret"  # the development route is mounted only with a secret

@@ -28,10 +28,10 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
-from ohx_dagster.inbox import Inbox
-from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
-from ohx_dagster.webhooks.simulator import endpoint, signed_request
+from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
+from ohx_dagster.receiver.simulator import endpoint, signed_request
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.inbox import Inbox
 
 SECRET = "bench-simulated-secret"
 TYPES = ("heart_rate", "steps", "rr_intervals", "spo2")
@@ -44,8 +44,8 @@ def serve(database_url: str, group_commit: bool) -> None:
     which the rate limit would otherwise answer with 429 after its burst."""
     import uvicorn
 
-    from ohx_dagster.webhooks.app import create_app
-    from ohx_dagster.webhooks.serve import server_config
+    from ohx_dagster.receiver.app import create_app
+    from ohx_dagster.receiver.serve import server_config
 
     store = RecordStore(database_url)
     limits = ReceiverLimits(rate_per_minute=0, max_connections_per_address=0)

@@ -37,8 +37,8 @@ def environment(home: Path, first_day: date) -> dict[str, str]:
 
 
 def _definitions(env: Mapping[str, str]):
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.definitions import build_definitions
-    from ohx_dagster.settings import Settings
 
     return build_definitions(Settings.from_env(dict(env)))
 

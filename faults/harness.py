@@ -34,21 +34,21 @@ from typing import Any, Protocol
 import pandas as pd
 import sqlalchemy as sa
 
-from ohx_dagster import aggregate
+from ohx_dagster.core.localdays import Calendar
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import from_us, to_us
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
-from ohx_dagster.inbox import Inbox
-from ohx_dagster.localdays import Calendar
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import HealthSource
-from ohx_dagster.publish import PublishReport, partition_dir, publish_partition
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.schema import users
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore, history_start
-from ohx_dagster.strategies import SyncStrategy, goal
-from ohx_dagster.sync import SyncFailed, SyncReport, run_checks, sync_partition
-from ohx_dagster.times import from_us, to_us
+from ohx_dagster.publish import aggregate
+from ohx_dagster.publish.partitions import PublishReport, partition_dir, publish_partition
+from ohx_dagster.storage.schema import users
+from ohx_dagster.storage.store import RecordStore, history_start
+from ohx_dagster.sync.fetch import SyncFailed, SyncReport, run_checks, sync_partition
+from ohx_dagster.sync.inbox import Inbox
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.shards import Shard
+from ohx_dagster.sync.strategies import SyncStrategy, goal
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_RETRIES = 3  # assets/health.py

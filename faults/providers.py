@@ -28,15 +28,15 @@ import numpy as np
 from provider_api_server import Answer, Call, FakeApi, answer, documented
 
 from faults.harness import Clock, Key, batch_keys
-from ohx_dagster.models import DateRange, HealthSyncConfig
+from ohx_dagster.core.models import DateRange, HealthSyncConfig
+from ohx_dagster.core.times import from_us, to_us
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, DEVICE, HEARTRATE
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.withings import WithingsSource
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import from_us, to_us
+from ohx_dagster.storage.store import RecordStore
 
 HR, STEPS, SPO2 = "heart_rate", "steps", "spo2"
 WEIGHT = "weight"

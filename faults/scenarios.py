@@ -31,19 +31,19 @@ from provider_api_server import answer, documented, fake_api
 from faults.backends import Backend
 from faults.harness import REPO, Clock, Run, World, batch_keys, count_statements, utc_midnight
 from faults.providers import HR, SPO2, STEPS, OuraModel, SimulatedTruth, WithingsModel, utc
+from ohx_dagster.core.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.models import SyncFrequency as Frequency
+from ohx_dagster.core.times import from_us, to_us
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.models import SyncFrequency as Frequency
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.oura.webhook import signature
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import SyncStrategy, local_day
-from ohx_dagster.times import from_us, to_us
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import OuraSecrets, WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import OuraSecrets, WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.strategies import SyncStrategy, local_day
 
 SEED = 7
 HR_HZ = 1 / 60  # one heart-rate sample a minute: a day is 1,440 of them a person

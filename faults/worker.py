@@ -21,11 +21,11 @@ def main(argument: str) -> int:
     from ohx_dagster.providers.base import Windowed
     from ohx_dagster.providers.registry import SUPPORTED_TYPES
     from ohx_dagster.providers.simulated import SimulatedSource
-    from ohx_dagster.publish import publish_partition
-    from ohx_dagster.shards import Shard
-    from ohx_dagster.store import RecordStore
-    from ohx_dagster.strategies import SyncStrategy
-    from ohx_dagster.sync import sync_partition
+    from ohx_dagster.publish.partitions import publish_partition
+    from ohx_dagster.storage.store import RecordStore
+    from ohx_dagster.sync.fetch import sync_partition
+    from ohx_dagster.sync.shards import Shard
+    from ohx_dagster.sync.strategies import SyncStrategy
 
     job = orjson.loads(argument)
     now = datetime.fromisoformat(job["now"])

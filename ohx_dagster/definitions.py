@@ -15,10 +15,10 @@ from assets.fhir_delivery import build_fhir_delivery_asset
 from assets.health import build_health_assets
 from assets.partitions import health_partitions
 from assets.sync_status import build_sync_status_assets
-from ohx_dagster import cli_errors
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.settings import Settings
-from ohx_dagster.shards import Sharding
+from ohx_dagster.cli import dagster_errors as cli_errors
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.sync.shards import Sharding
 from resources import FhirOutputResource, SourcesResource
 from resources.fhir_server import fhir_server_from_env
 from resources.store import store_resource

@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from ohx_dagster.errors import ConfigError
+from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.fhir.delivery import (
     Auth,
     BearerToken,

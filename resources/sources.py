@@ -8,7 +8,8 @@ from functools import cache
 import dagster as dg
 import pydantic
 
-from ohx_dagster.errors import ConfigError
+from ohx_dagster.config.settings import KNOWN_SOURCES
+from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.base import HealthSource, Windowed
@@ -17,8 +18,7 @@ from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.polar import PolarH10Source
 from ohx_dagster.providers.registry import API_PROVIDERS, RESYNC_HORIZON, SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.settings import KNOWN_SOURCES
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 
 @cache

@@ -9,8 +9,8 @@ from functools import cache
 import dagster as dg
 import pydantic
 
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.storage.store import RecordStore
 
 
 @cache

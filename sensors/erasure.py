@@ -1,14 +1,14 @@
 """Erasing a person on request: the erase_person_job, and what Dagster itself holds of them
 (`erase_from_dagster`; Dagster code lives here, the domain package stays plain Python).
 
-The request names no one. Run config, as `python -m ohx_dagster.erasure subject --provider oura
---user <id> --requested-by <who>` prints it:
+The request names no one. Run config, as `python -m ohx_dagster.privacy.erasure subject --provider
+oura --user <id> --requested-by <who>` prints it:
 
     ops: {erase_person: {config: {provider: oura, subject: <64 hex>, requested_by: <who>}}}
 
-where subject = HMAC-SHA256(salt, "provider|user_id") (ohx_dagster/erasure.py: the salt). Dagster
-keeps a run's config for as long as it keeps the run, and no job can delete its own run, so a
-clear id in the config would outlive the erasure it asked for. The subject hash is what the
+where subject = HMAC-SHA256(salt, "provider|user_id") (ohx_dagster/privacy/erasure.py: the salt).
+Dagster keeps a run's config for as long as it keeps the run, and no job can delete its own run, so
+a clear id in the config would outlive the erasure it asked for. The subject hash is what the
 `erasures` table records anyway: the run adds nothing to the audit record. The job finds the person
 by hashing the provider's ids that the store still holds; once erased, the subject resolves to
 nobody and a second run records that nothing was left. (A one-time request row keyed by a random
@@ -18,7 +18,8 @@ installation's salt.)
 
 The erasures row the job completes is written by erase_person's first step: from then on it is
 the tombstone that keeps the subject out of syncs, connections and webhooks until `ohx users
-readmit` (ohx_dagster/identity.py); the job's counts and an `erase` audit row follow at the end.
+readmit` (ohx_dagster/privacy/identity.py); the job's counts and an `erase` audit row follow at the
+end.
 
 Order: wait (bounded by `wait_for_runs_s`) until the runs naming the person have finished, and
 delete them; erase the store, the files and the server's copies (erasure.erase_person); delete
@@ -28,7 +29,7 @@ store keeps the outbox rows it needs to find the person until the server has con
 
 Since issue 19 the product never names a person by id in Dagster: runs and backfills carry
 `ohx/subjects`, and metadata, check results, log lines and failures name people by subject
-(ohx_dagster/run_request.py, assets/pseudonyms.py). What erase_from_dagster finds is what was
+(ohx_dagster/sync/run_request.py, assets/pseudonyms.py). What erase_from_dagster finds is what was
 written before that, and ids an operator typed: `ohx/users` in a run or a backfill whose first
 run has not started yet (a run replaces it by `ohx/subjects` in both when it starts), or on a
 non-SQL run storage. The subject a run
@@ -46,7 +47,8 @@ What Dagster keeps after erase_from_dagster, and why:
   sensor's log counts its ignored events per reason without naming anyone (since issue 19; an
   older tick's log can quote an id); ticks go by the instance's tick retention (dagster.yaml
   `retention:`), not by erasure;
-- the instance's database keeps deleted rows' bytes until vacuumed (see ohx_dagster/erasure.py).
+- the instance's database keeps deleted rows' bytes until vacuumed (see
+  ohx_dagster/privacy/erasure.py).
 """
 
 import json
@@ -64,7 +66,7 @@ from dagster_shared.serdes import serialize_value
 from pydantic import Field
 
 from assets.pseudonyms import set_backfill_tags
-from ohx_dagster.erasure import (
+from ohx_dagster.privacy.erasure import (
     check_subject,
     erase_person,
     erasure_salt,
@@ -72,7 +74,7 @@ from ohx_dagster.erasure import (
     record_erasure,
     resolve_subject,
 )
-from ohx_dagster.run_request import USERS_TAG
+from ohx_dagster.sync.run_request import USERS_TAG
 from resources import FhirOutputResource, RecordStoreResource
 from resources.fhir_server import FhirServerResource
 
@@ -278,7 +280,8 @@ class ErasureRequest(dg.Config):
     provider: str = Field(description="The person's provider (oura, withings, simulated, ...).")
     subject: str = Field(
         description="HMAC-SHA256(salt, 'provider|user_id') in hex, from `python -m "
-        "ohx_dagster.erasure subject` (never the id itself: run config is kept with the run)."
+        "ohx_dagster.privacy.erasure subject` (never the id itself: run config is kept with "
+        "the run)."
     )
     requested_by: str = Field(description="Who asked for the erasure (kept in `erasures`).")
     wait_for_runs_s: float = Field(

@@ -20,10 +20,10 @@ import dagster as dg
 from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
 
 from assets.partitions import partition_key
-from ohx_dagster.models import HealthSyncConfig
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.shards import Sharding
-from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.core.models import HealthSyncConfig
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.shards import Sharding
+from ohx_dagster.sync.strategies import SyncStrategy
 from resources import RecordStoreResource
 
 # Users per backfill: bounds the ohx/subjects tag and lets each provider's history arrive in turns.

@@ -21,12 +21,12 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.partitions import partition_key
-from ohx_dagster.identity import erasure_salt
-from ohx_dagster.publish import finality
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.shards import Sharding
-from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.privacy.identity import erasure_salt
+from ohx_dagster.publish.partitions import finality
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.shards import Sharding
+from ohx_dagster.sync.strategies import SyncStrategy
 from resources import RecordStoreResource, SourcesResource
 from sensors.schedules import in_flight_partitions
 

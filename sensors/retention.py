@@ -1,14 +1,14 @@
 """Daily retention: remove what is older than each person's retention period, everywhere it lives
-(records, aggregates, coverage, inbox payloads, outbox rows, FHIR files: ohx_dagster/retention.py),
-and audit log rows older than OHX_AUDIT_RETENTION.
+(records, aggregates, coverage, inbox payloads, outbox rows, FHIR files:
+ohx_dagster/privacy/retention.py), and audit log rows older than OHX_AUDIT_RETENTION.
 The metadata counts only: Dagster keeps it forever and it must never name a person."""
 
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from ohx_dagster.retention import apply_retention
-from ohx_dagster.settings import audit_retention
+from ohx_dagster.config.settings import audit_retention
+from ohx_dagster.privacy.retention import apply_retention
 from resources import FhirOutputResource, RecordStoreResource
 
 

@@ -20,15 +20,15 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.partitions import partition_key
-from ohx_dagster import waiting
-from ohx_dagster.coverage import gaps, normalize
-from ohx_dagster.models import HealthSyncConfig, SyncFrequency
+from ohx_dagster.core.coverage import gaps, normalize
+from ohx_dagster.core.models import HealthSyncConfig, SyncFrequency
+from ohx_dagster.core.times import from_us, to_us
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.shards import Sharding
-from ohx_dagster.store import ACTIVE, RecordStore, history_start
-from ohx_dagster.strategies import SyncStrategy
-from ohx_dagster.times import from_us, to_us
+from ohx_dagster.storage.store import ACTIVE, RecordStore, history_start
+from ohx_dagster.sync import waiting
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.shards import Sharding
+from ohx_dagster.sync.strategies import SyncStrategy
 from resources import RecordStoreResource
 
 CATCH_UP_DAYS = 7

@@ -23,11 +23,11 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.partitions import partition_key
-from ohx_dagster.inbox import Inbox, InboxEvent
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.shards import Sharding
-from ohx_dagster.store import ACTIVE, PersonRow, RecordStore
-from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.storage.store import ACTIVE, PersonRow, RecordStore
+from ohx_dagster.sync.inbox import Inbox, InboxEvent
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.shards import Sharding
+from ohx_dagster.sync.strategies import SyncStrategy
 from resources import RecordStoreResource
 
 BATCH_LIMIT = 2_000

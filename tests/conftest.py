@@ -20,7 +20,7 @@ from provider_api_server import FakeApi, fake_api
 from s3_test_server import S3Server, running_s3_server
 
 from faults.backends import create_database
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 REPO = Path(__file__).resolve().parents[1]
 # CI clones the repository as a sibling of shared/, exactly like the working tree.
@@ -30,7 +30,8 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 @pytest.fixture(autouse=True)
 def erasure_salt(monkeypatch: pytest.MonkeyPatch) -> str:
     """A known salt for every test (subjects in the audit log, tombstones), so that no test
-    writes the installation's salt file under the home directory (ohx_dagster/identity.py)."""
+    writes the installation's salt file under the home directory
+    (ohx_dagster/privacy/identity.py)."""
     salt = "test-salt-0123456789abcdef"
     monkeypatch.setenv("OHX_ERASURE_SALT", salt)
     return salt

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.serve import serve_in_thread
 
 Answer = tuple[int, Any, dict[str, str]]
 

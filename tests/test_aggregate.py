@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster import aggregate
+from ohx_dagster.core.records import concat, make_batch
+from ohx_dagster.core.times import HOUR_US, to_us
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
-from ohx_dagster.records import concat, make_batch
-from ohx_dagster.times import HOUR_US, to_us
+from ohx_dagster.publish import aggregate
 
 TIME_FORMAT = "%m/%d/%Y %I:%M:%S %p"
 CHICAGO = "America/Chicago"
@@ -435,11 +435,11 @@ def test_statistics_from_chunks_equal_the_statistics_of_the_records(
     hourly, daily and count_mismatches give for the same records of each person's local day:
     five zones (Kolkata's +5:30 hours cut UTC chunks in two), steps from two devices with a tie,
     a weigh-in two apps logged, hand entries."""
-    from ohx_dagster import record_tables
+    from ohx_dagster.core.models import DateRange, HealthDataType
+    from ohx_dagster.core.times import to_us
     from ohx_dagster.fhir.partition import read_window
-    from ohx_dagster.models import DateRange, HealthDataType
     from ohx_dagster.providers.simulated import SimulatedSource
-    from ohx_dagster.times import to_us
+    from ohx_dagster.storage import record_tables
 
     window = read_window(day)
     source = SimulatedSource(6, clock=lambda: window.end)

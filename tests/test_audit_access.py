@@ -22,24 +22,24 @@ import pytest
 import sqlalchemy as sa
 from fhir_test_server import FhirServer, running_fhir_server
 
-from ohx_dagster import audit, staff
-from ohx_dagster.audit import RefusedRows
 from ohx_dagster.fhir.delivery import BearerToken, DeliveryError, FhirClient, enqueue, owner
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.identity import erasure_salt, subject_hash
+from ohx_dagster.privacy import audit, staff
+from ohx_dagster.privacy.audit import RefusedRows
+from ohx_dagster.privacy.identity import erasure_salt, subject_hash
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.publish import partition_dir, publish_partition
-from ohx_dagster.schema import audit_log
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
-from ohx_dagster.webhooks.connect import ConnectConfig
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.publish.partitions import partition_dir, publish_partition
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
+from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.schema import audit_log
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.shards import Shard
 
 ENV = {
     "OHX_OAUTH_REDIRECT_BASE": "https://ohx.example.org",
@@ -233,7 +233,7 @@ def test_a_revoked_token_of_an_earlier_release_is_named_after_the_upgrade(
     store_url: str,
 ) -> None:
     """Revision 0005 finds the tokens revoked before it in the audit log."""
-    from ohx_dagster import db, migrate
+    from ohx_dagster.storage import db, migrate
 
     engine = db.create_engine(store_url)
     migrate.upgrade(engine, "0004")  # no staff_revoked yet

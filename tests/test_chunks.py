@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster.chunks import (
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.storage.chunks import (
     HOUR_US,
     Samples,
     decode,
@@ -16,7 +17,6 @@ from ohx_dagster.chunks import (
     encode_waveform,
     merge,
 )
-from ohx_dagster.errors import ValidationError
 
 HOUR = 1_700_000_000_000_000 // HOUR_US * HOUR_US
 

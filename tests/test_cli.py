@@ -30,21 +30,23 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 
-from ohx_dagster import migrate, staff, times
 from ohx_dagster.cli import cli, common, dev, queries
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core import times
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us
+from ohx_dagster.privacy import staff
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.schema import oauth_tokens, webhook_subscriptions
-from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import WebhookSecrets
-from ohx_dagster.webhooks.connect import ConnectConfig
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import WebhookSecrets
+from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage import migrate
+from ohx_dagster.storage.schema import oauth_tokens, webhook_subscriptions
+from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
+from ohx_dagster.sync.fetch import sync_partition
 
 REPO = Path(__file__).resolve().parents[1]
 OHX = Path(sys.executable).parent / "ohx"
@@ -455,15 +457,15 @@ def test_delete_needs_yes_and_erases(store: RecordStore, monkeypatch: pytest.Mon
     assert refused.exit_code == 2 and "--yes" in refused.stderr
     assert store.person("simulated", "sim-002") is not None
     # Erasure absent from the installation: one line, nothing deleted.
-    monkeypatch.setitem(sys.modules, "ohx_dagster.erasure", None)
+    monkeypatch.setitem(sys.modules, "ohx_dagster.privacy.erasure", None)
     line = one_error_line(ohx("users", "delete", "simulated", "sim-002", "--yes"))
-    assert "ohx_dagster.erasure" in line and "nothing was deleted" in line
+    assert "ohx_dagster.privacy.erasure" in line and "nothing was deleted" in line
     assert store.person("simulated", "sim-002") is not None
-    monkeypatch.delitem(sys.modules, "ohx_dagster.erasure")
+    monkeypatch.delitem(sys.modules, "ohx_dagster.privacy.erasure")
     erased = ohx("users", "delete", "simulated", "sim-002", "--yes")
     assert erased.exit_code == 0, (erased.output, erased.exception)
     assert "simulated sim-002 erased" in erased.stdout
-    from ohx_dagster.erasure import remaining_rows
+    from ohx_dagster.privacy.erasure import remaining_rows
 
     assert store.person("simulated", "sim-002") is None
     assert remaining_rows(store, "simulated", "sim-002") == {}
@@ -820,13 +822,15 @@ def test_dev_ships_the_checkouts_instance_files() -> None:
 def test_seed_help_does_not_seed(home: Path) -> None:
     env = {**os.environ, "OHX_HOME": str(home)}
     helped = subprocess.run(
-        [sys.executable, "-m", "ohx_dagster.seed", "--help"],
+        [sys.executable, "-m", "ohx_dagster.cli.seed", "--help"],
         env=env, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert helped.returncode == 0 and helped.stdout.startswith("usage: python -m ohx_dagster.seed")
+    assert helped.returncode == 0 and helped.stdout.startswith(
+        "usage: python -m ohx_dagster.cli.seed"
+    )
     assert not home.exists()
-    from ohx_dagster.seed import seed
-    from ohx_dagster.settings import Settings
+    from ohx_dagster.cli.seed import seed
+    from ohx_dagster.config.settings import Settings
 
     assert seed(Settings.from_env()).startswith("simulated users: 3 newly connected")
     assert seed(Settings.from_env()).startswith("simulated users: 0 newly connected")

@@ -19,9 +19,9 @@ from click.testing import CliRunner, Result
 from cryptography.fernet import Fernet
 
 from ohx_dagster.cli import cli
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers.tokens import OAuthTokens, TokenStore
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 OHX = Path(sys.executable).parent / "ohx"
 REPO = Path(__file__).resolve().parents[1]

@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy as sa
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 
-from ohx_dagster import audit, staff
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.identity import erasure_salt, patient_subject, subject_hash
-from ohx_dagster.models import SyncFrequency
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.core.models import SyncFrequency
+from ohx_dagster.privacy import audit, staff
+from ohx_dagster.privacy.identity import erasure_salt, patient_subject, subject_hash
 from ohx_dagster.providers.connect import (
     STATE_TTL,
     ConnectSettings,
@@ -31,11 +31,11 @@ from ohx_dagster.providers.connect import (
     pkce_challenge,
 )
 from ohx_dagster.providers.tokens import TokenStore, oauth_tokens
-from ohx_dagster.store import RecordStore, users
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import WebhookSecrets
-from ohx_dagster.webhooks.connect import ConnectConfig
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import WebhookSecrets
+from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import RecordStore, users
 
 PUBLIC = "https://ohx.example.org"
 STAFF = "nurse.a"

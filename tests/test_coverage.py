@@ -7,7 +7,7 @@ from itertools import pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster.coverage import gaps, intersect, normalize, total
+from ohx_dagster.core.coverage import gaps, intersect, normalize, total
 
 intervals = st.lists(
     st.tuples(st.integers(0, 1000), st.integers(0, 1000)).map(lambda p: (min(p), max(p))),

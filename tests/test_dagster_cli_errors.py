@@ -3,7 +3,7 @@
 Each test runs `dagster` as a subprocess, as a person types it, against this code location
 (`-m ohx_dagster.definitions`) and counts the lines they see. Dagster prints a few lines of its
 own (SupersessionWarning, BetaWarning: each two lines); the project's answer is one line among
-them, and no traceback. Before ohx_dagster/cli_errors.py: 57-76 lines, a traceback ending in
+them, and no traceback. Before ohx_dagster/cli/dagster_errors.py: 57-76 lines, a traceback ending in
 DagsterInvalidSubsetError / DagsterInvalidConfigError.
 """
 
@@ -134,7 +134,7 @@ def test_other_exceptions_keep_their_traceback() -> None:
     import dagster as dg
 
     from assets.partitions import health_partitions
-    from ohx_dagster.cli_errors import explain
+    from ohx_dagster.cli.dagster_errors import explain
 
     partitions = health_partitions(date(2025, 1, 1), ["simulated"])
     assert explain(ValueError("partition key `x|y`"), partitions) is None
@@ -148,8 +148,8 @@ def test_every_config_field_the_launchpad_shows_says_what_it_expects(tmp_path: P
     """The launchpad's config editor shows a field's description beside it: every field of the
     project's resources and of its ops' config has one, naming its OHX_ variable where one sets
     it."""
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.definitions import build_definitions
-    from ohx_dagster.settings import Settings
 
     defs = build_definitions(Settings.from_env({"OHX_HOME": str(tmp_path / "ohx")}))
     repository = defs.get_repository_def()

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ohx_dagster.config.settings import Settings
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.settings import Settings
 from resources import RecordStoreResource
 
 HEALTH_ASSETS = ["raw_health_records", "hourly_aggregates", "daily_aggregates", "fhir_observations"]

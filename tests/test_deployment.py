@@ -18,7 +18,7 @@ deployments in deploy/ do:
 
 Dagster's instance is deploy/dagster.postgres.yaml (PostgreSQL run, event log and schedule
 storage; the queued run coordinator; the default run launcher, which starts runs through the
-code server). Two simulated people are connected (`python -m ohx_dagster.seed`); every
+code server). Two simulated people are connected (`python -m ohx_dagster.cli.seed`); every
 schedule and sensor but the webhook sensor is stopped first, so only what the test sends runs.
 A staff member is issued a token (`ohx staff add`): through the proxy, the UI answers 401 without
 it and 200 with it, /connect refuses without it (and a token in its URL) and starts a connection
@@ -62,9 +62,9 @@ from deployment_harness import (
 )
 from s3_test_server import ACCESS_KEY, REGION, S3Server
 
-from ohx_dagster.identity import subject_hash
+from ohx_dagster.privacy.identity import subject_hash
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.webhooks.simulator import send_event
+from ohx_dagster.receiver.simulator import send_event
 
 TOOLS = ("dagster", "dagster-webserver", "dagster-daemon", "ohx", "ohx-webhooks")
 pytestmark = [
@@ -256,7 +256,7 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         assert tls.get(f"{proxy}/oauth/oura/callback", params={"state": "x"}).status_code == 400
 
         # 3. People connect (the simulated source's), then a webhook names one of them.
-        services.run("seed", [sys.executable, "-m", "ohx_dagster.seed"], env("seed"))
+        services.run("seed", [sys.executable, "-m", "ohx_dagster.cli.seed"], env("seed"))
         person, other = SimulatedSource(USERS).discover_users()
         moment = max(now - timedelta(minutes=2), now.replace(hour=0, minute=0, second=0))
         # Through the proxy, without staff credentials: webhooks are signed, not logged in.

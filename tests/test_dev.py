@@ -249,14 +249,14 @@ def test_the_console_gets_warnings_and_errors_verbose_everything(
         "2026-01-01 00:00:01 +0000 - dagster.daemon.SensorDaemon - WARNING - sensor slow\n"
         "2026-01-01 00:00:02 +0000 - dagster - WARNING - /x.py:1: BetaWarning: in beta\n"
         "ERROR:    uvicorn could not bind\n"
-        "WARNING ohx_dagster.webhooks.simulator: POST failed\n"
+        "WARNING ohx_dagster.receiver.simulator: POST failed\n"
         "2026-01-01 00:00:03 +0000 - dagster - ERROR - half a li"
     )
     quiet.echo()
     assert capsys.readouterr().out.splitlines() == [
         "dagster: 2026-01-01 00:00:01 +0000 - dagster.daemon.SensorDaemon - WARNING - sensor slow",
         "dagster: ERROR:    uvicorn could not bind",
-        "dagster: WARNING ohx_dagster.webhooks.simulator: POST failed",
+        "dagster: WARNING ohx_dagster.receiver.simulator: POST failed",
     ]
     with log.open("a") as out:
         out.write("ne\n")

@@ -25,9 +25,15 @@ from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster_storage import storage_hits
 from fhir_test_server import FhirServer, running_fhir_server
 
-from ohx_dagster import audit
-from ohx_dagster import erasure as erasure_module
-from ohx_dagster.erasure import (
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.core.models import DateRange
+from ohx_dagster.core.times import now_us
+from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, owner, pending
+from ohx_dagster.fhir.delivery import partition_counts as outbox_counts
+from ohx_dagster.fhir.output import MANIFEST, FhirOutput, file_name
+from ohx_dagster.privacy import audit
+from ohx_dagster.privacy import erasure as erasure_module
+from ohx_dagster.privacy.erasure import (
     NOT_PERSONAL,
     OWN_RULE,
     ErasureReport,
@@ -39,18 +45,17 @@ from ohx_dagster.erasure import (
     resolve_subject,
     subject_hash,
 )
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, owner, pending
-from ohx_dagster.fhir.delivery import partition_counts as outbox_counts
-from ohx_dagster.fhir.output import MANIFEST, FhirOutput, file_name
-from ohx_dagster.inbox import Inbox, NewEvent
-from ohx_dagster.models import DateRange
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.providers.tokens import OAuthTokens, TokenStore, connect_user
-from ohx_dagster.publish import bucket_of, partition_dir, partition_key, publish_partition
-from ohx_dagster.schema import (
+from ohx_dagster.publish.partitions import (
+    bucket_of,
+    partition_dir,
+    partition_key,
+    publish_partition,
+)
+from ohx_dagster.storage.schema import (
     erasures,
     fhir_outbox,
     metadata,
@@ -59,10 +64,10 @@ from ohx_dagster.schema import (
     request_budget,
     webhook_subscriptions,
 )
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import now_us
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.shards import Shard
 from resources import FhirOutputResource, RecordStoreResource
 from resources.fhir_server import FhirServerResource
 from sensors.erasure import (
@@ -521,7 +526,7 @@ def test_without_a_server_the_erasure_says_what_is_left(sqlite_world: World) -> 
 def test_a_render_read_before_the_erasure_cannot_bring_them_back(sqlite_world: World) -> None:
     """A publisher that read the bucket before the erasure commits after it: the raised
     published versions make its commit stale, so the manifest never names their data again."""
-    from ohx_dagster import publish
+    from ohx_dagster.publish import partitions as publish
 
     world = sqlite_world
     store = world.store

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faults import scenarios
 from faults.backends import Backend, Postgres, SQLite
 from faults.scenarios import SCENARIOS, Row, run_scenario
-from ohx_dagster import publish
-from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.publish import partitions as publish
+from ohx_dagster.sync.strategies import SyncStrategy
 
 SLOW = {"crash", "kill", "dagster"}
 # What depends on the database (locks, transactions, concurrent writers): on PostgreSQL too.

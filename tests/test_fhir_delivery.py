@@ -18,8 +18,8 @@ from ohx_dagster.fhir.delivery import (
     enqueue,
     pending,
 )
-from ohx_dagster.schema import fhir_outbox
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.schema import fhir_outbox
+from ohx_dagster.storage.store import RecordStore
 
 
 @pytest.fixture

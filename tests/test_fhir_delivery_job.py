@@ -17,11 +17,11 @@ import dagster as dg
 import pytest
 from fhir_test_server import FhirServer, running_fhir_server
 
+from ohx_dagster.config.settings import Settings
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.delivery import partition_counts as outbox_counts
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 DAY = "2025-01-05"
 PARTITION = f"{DAY}|simulated"

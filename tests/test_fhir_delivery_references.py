@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from fhir_test_server import FhirServer, running_fhir_server
 
+from ohx_dagster.core.records import empty_batch
+from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.fhir.codes import PERSON_SYSTEM
 from ohx_dagster.fhir.delivery import (
     BearerToken,
@@ -26,17 +28,15 @@ from ohx_dagster.fhir.delivery import (
     owner,
 )
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.identity import relink
+from ohx_dagster.privacy.identity import relink
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.publish import partition_dir, partition_key, publish_partition
-from ohx_dagster.records import empty_batch
-from ohx_dagster.schema import fhir_outbox
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us, utc_day
+from ohx_dagster.publish.partitions import partition_dir, partition_key, publish_partition
+from ohx_dagster.storage.schema import fhir_outbox
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.shards import Shard
 
 NOW = datetime(2025, 3, 20, 12, tzinfo=UTC)
 DAY = NOW.date() - timedelta(days=10)

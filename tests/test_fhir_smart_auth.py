@@ -23,7 +23,7 @@ from ohx_dagster.fhir.delivery import (
     enqueue,
     pending,
 )
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 from resources.fhir_server import fhir_server_from_env
 
 CLIENT = "ohx-backend"

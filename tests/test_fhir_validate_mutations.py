@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.fhir.validation import (
     Problem,
     sampled_data_problems,
     validate_output,
     validate_resource,
 )
-from ohx_dagster.models import HealthDataType
 
 PATIENTS = frozenset({"Patient/p-001"})  # the FHIR server's Patients the output links to
 HOUR_US = 1_775_001_600_000_000  # 2026-04-01T00:00Z
@@ -39,8 +39,8 @@ def product_resources(
 ) -> dict[str, dict[str, Any]]:
     """The product's resources of one person and hour, built by its own builders (the one place
     that knows their signatures): name -> resource."""
+    from ohx_dagster.core.models import HealthSyncConfig
     from ohx_dagster.fhir import common, ecg, measurements, observations, series
-    from ohx_dagster.models import HealthSyncConfig
 
     config = HealthSyncConfig(user_id="u1", provider="simulated", fhir_patient_id="p-001")
     ts = HOUR_US + np.arange(0, 600, 5, dtype="int64") * 1_000_000

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ohx_dagster.errors import ConfigError
+from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.fhir.validation import packages
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,9 +15,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ohx_dagster.config.settings import Settings
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 DAY = "2025-01-02"
 

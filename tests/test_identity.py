@@ -18,14 +18,18 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from hypothesis import HealthCheck, given, settings
 
-from ohx_dagster import audit
 from ohx_dagster.cli import cli
-from ohx_dagster.erasure import erase_person, remaining_rows
-from ohx_dagster.errors import ValidationError
+from ohx_dagster.config.settings import audit_retention
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.ids import check_patient_id, check_user_id
+from ohx_dagster.core.models import HealthSyncConfig
+from ohx_dagster.core.times import now_us
 from ohx_dagster.fhir.common import is_withdrawn
 from ohx_dagster.fhir.delivery import owner
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.identity import (
+from ohx_dagster.privacy import audit
+from ohx_dagster.privacy.erasure import erase_person, remaining_rows
+from ohx_dagster.privacy.identity import (
     Erased,
     LinkConflict,
     erasure_salt,
@@ -33,23 +37,19 @@ from ohx_dagster.identity import (
     readmit,
     subject_hash,
 )
-from ohx_dagster.ids import check_patient_id, check_user_id
-from ohx_dagster.inbox import Inbox, NewEvent
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.privacy.retention import apply_retention
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.connect import sync_config
 from ohx_dagster.providers.fitabase import FitabaseSource
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.providers.tokens import OAuthTokens, TokenStore, connect_user
-from ohx_dagster.publish import check_output, partition_dir, publish_partition
-from ohx_dagster.retention import apply_retention
-from ohx_dagster.schema import audit_log, day_versions, measurements, series_chunks, users
-from ohx_dagster.settings import audit_retention
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import now_us
+from ohx_dagster.publish.partitions import check_output, partition_dir, publish_partition
+from ohx_dagster.storage.schema import audit_log, day_versions, measurements, series_chunks, users
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.shards import Shard
 
 DAY = date(2016, 4, 12)
 EXPORT_NOW = datetime(2016, 5, 1, tzinfo=UTC)
@@ -152,8 +152,8 @@ def test_dagster_runs_of_an_export_leave_an_erased_person_out_and_say_how_many(
 ) -> None:
     import dagster as dg
 
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.definitions import build_definitions
-    from ohx_dagster.settings import Settings
 
     for name in ("OHX_DATABASE_URL", "OHX_FHIR_DIR", "OHX_SOURCES"):
         monkeypatch.delenv(name, raising=False)

@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 
 from bench.apple_health import write_export
 from ohx_dagster.cli import cli, common, imports
-from ohx_dagster.errors import ProviderError, ValidationError
-from ohx_dagster.models import DateRange, HealthDataType
+from ohx_dagster.core.errors import ProviderError, ValidationError
+from ohx_dagster.core.models import DateRange, HealthDataType
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.apple_health import export as apple_export
 from ohx_dagster.providers.apple_health import source as apple_source
@@ -46,7 +46,7 @@ from ohx_dagster.providers.bounds import MAX_RATIO, PlausibleDates, RefusedDates
 from ohx_dagster.providers.fitabase import EXPORT_FILES, FitabaseSource, read_export_file
 from ohx_dagster.providers.polar import PolarFileSource
 from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 OHX = Path(sys.executable).parent / "ohx"
 REAL_RECORDS = 6197  # mapped records of the real export (tests/test_cli.py counts them too)
@@ -362,7 +362,7 @@ def test_an_empty_fitabase_file_is_one_line(home: Path, tmp_path: Path) -> None:
 def test_a_ten_thousand_character_person_id_is_one_line_and_stores_nothing(
     home: Path, tmp_path: Path, fitabase_dir: Path, export_text: str
 ) -> None:
-    """The ids of a file obey the rule of every entry point (ohx_dagster/ids.py): a real
+    """The ids of a file obey the rule of every entry point (ohx_dagster/core/ids.py): a real
     Fitabase row whose Id is 10,000 digits was stored as a person; an export folder whose name
     (the default person) holds a line break."""
     folder = tmp_path / "fitabase"

@@ -21,7 +21,7 @@ SUMMARY = (
     # Where the FHIR is: the import published every day (apple_health is not in scripts/dev's
     # OHX_SOURCES, so no Dagster run would).
     "FHIR: 196 days (2017-01-22 .. 2017-11-06) published by this import to ",
-)  # no "Retention:" line: the export spans under a year (ohx_dagster/retention.py)
+)  # no "Retention:" line: the export spans under a year (ohx_dagster/privacy/retention.py)
 
 
 def _env(home: Path) -> dict[str, str]:

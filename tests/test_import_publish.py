@@ -24,11 +24,11 @@ import pytest
 from click.testing import CliRunner
 
 from ohx_dagster.cli import cli
+from ohx_dagster.config.settings import Settings
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.validation import validate_resources
-from ohx_dagster.run_request import STRATEGY_TAG, USERS_TAG, SyncRequest
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.run_request import STRATEGY_TAG, USERS_TAG, SyncRequest
 
 PEOPLE = {"2022484408", "1503960366"}
 ZONE = "America/Chicago"

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.inbox import MAX_CHARS, MAX_PAYLOAD_BYTES, Inbox, NewEvent, pending_after
-from ohx_dagster.store import RecordStore
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.inbox import MAX_CHARS, MAX_PAYLOAD_BYTES, Inbox, NewEvent, pending_after
 
 WHEN = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 

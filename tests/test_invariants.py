@@ -29,13 +29,13 @@ from faults.backends import SQLite
 from faults.harness import Clock, World, utc_midnight
 from faults.providers import MutableSimulated
 from faults.scenarios import InjectedCrash, crash_at
-from ohx_dagster import coverage as cov
-from ohx_dagster.errors import RateLimited
-from ohx_dagster.models import HealthDataType, SyncFrequency
+from ohx_dagster.core import coverage as cov
+from ohx_dagster.core.errors import RateLimited
+from ohx_dagster.core.models import HealthDataType, SyncFrequency
+from ohx_dagster.core.times import to_us
 from ohx_dagster.providers.base import Event, FetchResult, Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
-from ohx_dagster.strategies import SyncStrategy
-from ohx_dagster.times import to_us
+from ohx_dagster.sync.strategies import SyncStrategy
 
 HR_HZ = 1 / 120
 START = datetime.combine(datetime.now(UTC).date() - timedelta(days=3), time(10, 5), tzinfo=UTC)

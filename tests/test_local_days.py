@@ -19,12 +19,12 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster import aggregate
+from ohx_dagster.core.localdays import Calendar
+from ohx_dagster.core.models import AggregationLevel, DateRange, HealthSyncConfig
+from ohx_dagster.core.records import concat, make_batch
+from ohx_dagster.core.times import HOUR_US, from_us, to_us
 from ohx_dagster.fhir.timefmt import parse_us
-from ohx_dagster.localdays import Calendar
-from ohx_dagster.models import AggregationLevel, DateRange, HealthSyncConfig
-from ohx_dagster.records import concat, make_batch
-from ohx_dagster.times import HOUR_US, from_us, to_us
+from ohx_dagster.publish import aggregate
 
 ZONES = [
     "America/New_York",
@@ -170,7 +170,7 @@ NOW = datetime(2026, 12, 6, 13, tzinfo=UTC)  # fixed: the simulator's data is a 
 
 
 def published_observations(output, day: date) -> list[dict]:
-    from ohx_dagster.publish import partition_dir
+    from ohx_dagster.publish.partitions import partition_dir
 
     directory = partition_dir(day, "simulated")
     manifest = output.manifest(directory) or {"output": []}
@@ -184,8 +184,8 @@ def published_observations(output, day: date) -> list[dict]:
 
 def publish_changed(store, output, now: datetime) -> None:
     """What the chain and the republish sensor do: publish every day whose data changed."""
-    from ohx_dagster.publish import publish_partition
-    from ohx_dagster.shards import Shard
+    from ohx_dagster.publish.partitions import publish_partition
+    from ohx_dagster.sync.shards import Shard
 
     for day in sorted(store.unpublished_days("simulated")):
         publish_partition(store, output, provider="simulated", key="simulated",
@@ -200,8 +200,8 @@ def test_new_york_two_utc_days_synced_one_final_daily_aggregate_of_the_whole_loc
     from ohx_dagster.providers.base import Windowed
     from ohx_dagster.providers.registry import SUPPORTED_TYPES
     from ohx_dagster.providers.simulated import SimulatedSource
-    from ohx_dagster.store import RecordStore
-    from ohx_dagster.sync import sync_partition
+    from ohx_dagster.storage.store import RecordStore
+    from ohx_dagster.sync.fetch import sync_partition
 
     day = date(2026, 11, 20)
     source = Windowed(SimulatedSource(2, seed=7, clock=lambda: NOW), SUPPORTED_TYPES["simulated"],
@@ -250,7 +250,7 @@ def test_every_stored_sample_in_exactly_one_published_daily_aggregate(
     """Through the real store and publishing: the published daily aggregates of a person count
     every stored sample once, each in the partition of its local day."""
     from ohx_dagster.fhir.output import FhirOutput
-    from ohx_dagster.store import RecordStore
+    from ohx_dagster.storage.store import RecordStore
 
     home = tmp_path_factory.mktemp("days")
     store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
@@ -290,13 +290,13 @@ def test_ohx_users_set_zone_recuts_the_days_and_the_old_rows_go(
     shorter), no daily row of the old cut is left, and the change is in the audit log."""
     from click.testing import CliRunner
 
-    from ohx_dagster import audit
     from ohx_dagster.cli import cli
     from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.privacy import audit
     from ohx_dagster.providers.base import Windowed
     from ohx_dagster.providers.registry import SUPPORTED_TYPES
     from ohx_dagster.providers.simulated import SimulatedSource
-    from ohx_dagster.sync import sync_partition
+    from ohx_dagster.sync.fetch import sync_partition
 
     monkeypatch.setenv("OHX_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OHX_DATABASE_URL", store_url)
@@ -354,7 +354,7 @@ def test_reconnecting_in_another_zone_keeps_the_days_already_lived(store) -> Non
     """The connect flow registers the person again with the zone they give now: their past days
     keep their zone, the new one applies from today on, and their stored days it moves are
     marked for publishing."""
-    from ohx_dagster.records import make_batch as batch_of
+    from ohx_dagster.core.records import make_batch as batch_of
 
     config = HealthSyncConfig("p", "oura", timezone="America/New_York")
     store.upsert_user(config)

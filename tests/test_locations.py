@@ -14,8 +14,8 @@ import pytest
 from s3_test_server import S3Server
 from test_providers_apple_health import ECG_MEMBER, write_apple_ecg
 
-from ohx_dagster.errors import ConfigError, OhxError, ValidationError
-from ohx_dagster.locations import location, split_locations
+from ohx_dagster.config.locations import location, split_locations
+from ohx_dagster.core.errors import ConfigError, OhxError, ValidationError
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.polar import PolarH10Source

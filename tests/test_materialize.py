@@ -12,11 +12,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.models import DateRange
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.models import DateRange
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 DAY = "2025-01-05"
 PARTITION = f"{DAY}|simulated"

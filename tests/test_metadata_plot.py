@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 
 from assets.metadata import BAR_PX, GAP_PX, PLOT_HEIGHT_PX, bar_chart, hourly_charts, hourly_plot
-from ohx_dagster.times import to_us
+from ohx_dagster.core.times import to_us
 
 DATA_URI = re.compile(r"!\[([^\]]*)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)")
 

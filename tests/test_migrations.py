@@ -1,4 +1,5 @@
-"""Schema revisions: the migrations build exactly ohx_dagster/schema.py, and a database made by
+"""Schema revisions: the migrations build exactly ohx_dagster/storage/schema.py, and a database made
+by
 release 0.1 (no alembic_version) is upgraded keeping its records, people and inbox."""
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from ohx_dagster import db, migrate
-from ohx_dagster.models import DateRange, HealthSyncConfig
-from ohx_dagster.schema import VERSION_TABLE, metadata
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import to_us
+from ohx_dagster.core.models import DateRange, HealthSyncConfig
+from ohx_dagster.core.times import to_us
+from ohx_dagster.storage import db, migrate
+from ohx_dagster.storage.schema import VERSION_TABLE, metadata
+from ohx_dagster.storage.store import RecordStore
 
 T0 = datetime(2026, 11, 20, 8, tzinfo=UTC)
 

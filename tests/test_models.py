@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import (
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import (
     AggregationLevel,
     DateRange,
     HealthDataRecord,

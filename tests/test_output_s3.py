@@ -19,16 +19,16 @@ import pytest
 from fhir_test_server import FhirServer, running_fhir_server
 from s3_test_server import S3Server
 
+from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, pending
 from ohx_dagster.fhir.output import MANIFEST, FhirOutput
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.publish import partition_dir, partition_key, publish_partition
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us, utc_day
+from ohx_dagster.publish.partitions import partition_dir, partition_key, publish_partition
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.shards import Shard
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 DAY = NOW.date() - timedelta(days=5)

@@ -18,19 +18,19 @@ import pytest
 import sqlalchemy as sa
 from provider_api_server import FakeApi, answer
 
-from ohx_dagster.identity import erasure_salt, short, subject_hash
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.privacy.identity import erasure_salt, short, subject_hash
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.oura.source import HEARTRATE
 from ohx_dagster.providers.registry import API_PROVIDERS
 from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_after_connect
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import SyncFailed, sync_partition
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import SyncFailed, sync_partition
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 DAY = NOW.date() - timedelta(days=1)
@@ -184,7 +184,7 @@ def test_a_failing_after_connect_step_logs_its_traceback_without_the_id(
     def crash(store: object, settings: object, app: object, api: object, user) -> None:
         raise RuntimeError(f"subscribing {user.user_id} crashed")
 
-    monkeypatch.setattr("ohx_dagster.webhooks.connect.subscribe_after_connect", crash)
+    monkeypatch.setattr("ohx_dagster.receiver.connect.subscribe_after_connect", crash)
     with (
         fake_api() as server,
         connect_receiver(

@@ -15,8 +15,8 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from provider_api_server import Call, FakeApi, answer, fake_api
 
-from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.http import ApiClient, HttpStatusError, paginate, parse_retry_after
 from ohx_dagster.providers.tokens import (
     OAuthClient,
@@ -25,8 +25,8 @@ from ohx_dagster.providers.tokens import (
     UserTokens,
     connect_user,
 )
-from ohx_dagster.schema import oauth_tokens
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.schema import oauth_tokens
+from ohx_dagster.storage.store import RecordStore
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 ACCESS = "access-token-SECRET-1"

@@ -23,17 +23,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.errors import ProviderError, ValidationError
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.errors import ProviderError, ValidationError
 from ohx_dagster.fhir.ecg import ecg_reports, read_waveform
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.apple_health.ecg import read_ecg
 from ohx_dagster.providers.apple_health.zone import zone_offsets
 from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 RAW_UNITS = {"heart_rate": "count/min", "steps": "count", "weight": "kg"}
 MAPPED = {

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.base import WindowReader
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 
@@ -189,10 +189,10 @@ def _published(tmp_path: Path, export: Path, zone: str) -> list[dict]:
     from ohx_dagster.fhir.output import FhirOutput
     from ohx_dagster.providers.base import Windowed
     from ohx_dagster.providers.registry import SUPPORTED_TYPES
-    from ohx_dagster.publish import partition_dir, publish_partition
-    from ohx_dagster.shards import Shard
-    from ohx_dagster.store import RecordStore
-    from ohx_dagster.sync import sync_partition
+    from ohx_dagster.publish.partitions import partition_dir, publish_partition
+    from ohx_dagster.storage.store import RecordStore
+    from ohx_dagster.sync.fetch import sync_partition
+    from ohx_dagster.sync.shards import Shard
 
     day = datetime(2016, 4, 12, tzinfo=UTC).date()
     now = datetime(2016, 5, 1, tzinfo=UTC)

@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from provider_api_server import Call, FakeApi, answer, documented
 
-from ohx_dagster.errors import RateLimited
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.errors import RateLimited
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.google_health import APP, GoogleHealthSource
@@ -28,9 +29,8 @@ from ohx_dagster.providers.google_health.source import (
 )
 from ohx_dagster.providers.http import ApiClient
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us, utc_day
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
 
 HR, STEPS, WEIGHT, SPO2 = (
     HealthDataType.HEART_RATE,

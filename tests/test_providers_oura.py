@@ -11,19 +11,19 @@ import orjson
 import pytest
 from provider_api_server import Call, FakeApi, answer, documented
 
-from ohx_dagster.errors import RateLimited
+from ohx_dagster.core.errors import RateLimited
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.oura import APP, OuraSource
 from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, HEARTRATE
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
-from ohx_dagster.publish import partition_dir, publish_partition
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import SyncFailed, sync_partition
-from ohx_dagster.times import to_us, utc_day
+from ohx_dagster.publish.partitions import partition_dir, publish_partition
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import SyncFailed, sync_partition
+from ohx_dagster.sync.shards import Shard
 
 HR, STEPS, SPO2 = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.SPO2
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

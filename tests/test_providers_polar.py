@@ -17,19 +17,19 @@ import orjson
 import pandas as pd
 import pytest
 
-from ohx_dagster.errors import ConfigError, ValidationError
+from ohx_dagster.core.errors import ConfigError, ValidationError
+from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.fhir.ecg import read_waveform
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.validation import validate_resources
-from ohx_dagster.models import HealthDataType
 from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.polar import PolarFileError, PolarFileSource, PolarH10Source
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
-from ohx_dagster.publish import publish_partition
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
+from ohx_dagster.publish.partitions import publish_partition
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.shards import Shard
 
 DAY = date(2024, 5, 5)
 # detectPVC's own tests read the recording's clock in America/Chicago (09:50 local = 14:50Z).

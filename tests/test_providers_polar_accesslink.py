@@ -28,14 +28,14 @@ import pytest
 from provider_api_server import Answer, Call, FakeApi, answer
 
 import ohx_dagster.providers.polar as polar
-from ohx_dagster import staff
-from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError
+from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.validation import validate_resources
-from ohx_dagster.identity import erasure_salt, subject_hash
-from ohx_dagster.inbox import Inbox
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.privacy import staff
+from ohx_dagster.privacy.identity import erasure_salt, subject_hash
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.connect import ConnectSettings
@@ -47,15 +47,15 @@ from ohx_dagster.providers.polar.accesslink_webhook import NAME, ROUTE, signatur
 from ohx_dagster.providers.registry import API_PROVIDERS, SUPPORTED_TYPES
 from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
-from ohx_dagster.publish import partition_dir, publish_partition
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us, utc_day
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import PolarAccessLinkSecrets, WebhookSecrets
-from ohx_dagster.webhooks.connect import ConnectConfig
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.publish.partitions import partition_dir, publish_partition
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import PolarAccessLinkSecrets, WebhookSecrets
+from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.inbox import Inbox
+from ohx_dagster.sync.shards import Shard
 
 FIXTURES = Path(polar.__file__).parent / "fixtures" / "accesslink"
 HR, RR = HealthDataType.HEART_RATE, HealthDataType.RR_INTERVALS
@@ -319,7 +319,7 @@ def test_connecting_uses_basic_auth_keeps_the_token_and_registers_the_person(
     with serve_connect(store, polar_api) as url, httpx.Client(timeout=10) as http:
         done = connect(http, url)
         assert done.status_code == 200, done.text
-        # The answer names the account by its salted subject only (ohx_dagster/identity.py).
+        # The answer names the account by its salted subject only (ohx_dagster/privacy/identity.py).
         assert done.json()["subject"] == subject_hash(NAME, USER_ID, salt=erasure_salt())
         assert USER_ID == "10579" and USER_ID not in done.text
 

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ohx_dagster.models import DateRange, HealthDataType
+from ohx_dagster.core.models import DateRange, HealthDataType
+from ohx_dagster.core.records import records_from_batch
 from ohx_dagster.providers.base import WindowReader
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.quality import implausible_values, recordings_without_heart_rate
-from ohx_dagster.records import records_from_batch
+from ohx_dagster.sync.quality import implausible_values, recordings_without_heart_rate
 
 NOW = datetime(2025, 1, 10, tzinfo=UTC)
 DAY = DateRange(datetime(2025, 1, 5, tzinfo=UTC), datetime(2025, 1, 6, tzinfo=UTC))
@@ -143,9 +143,9 @@ def test_one_heart_rate_sample_rate_for_everyone_when_set() -> None:
 
 
 def test_the_rate_setting_reaches_the_source_and_rejects_what_it_cannot_do() -> None:
+    from ohx_dagster.config.settings import Settings
+    from ohx_dagster.core.errors import ConfigError
     from ohx_dagster.definitions import build_definitions
-    from ohx_dagster.errors import ConfigError
-    from ohx_dagster.settings import Settings
 
     assert Settings.from_env({}).simulated_hr_hz is None
     settings = Settings.from_env({"OHX_SIMULATED_HR_HZ": "1", "OHX_HOME": "/tmp/ohx-hz"})

@@ -16,25 +16,25 @@ import httpx
 import pytest
 from provider_api_server import Call, FakeApi, answer, documented
 
-from ohx_dagster.errors import ProviderError, RateLimited
+from ohx_dagster.core.errors import ProviderError, RateLimited
+from ohx_dagster.core.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.validation import validate_resources
-from ohx_dagster.inbox import Inbox
-from ohx_dagster.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.withings import APP, HEART, MEASURE, MEASURE_V2, WithingsSource
 from ohx_dagster.providers.withings.codes import UNLINKED
 from ohx_dagster.providers.withings.source import attrib_method, measure_value, notified_window
-from ohx_dagster.publish import partition_dir, publish_partition
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import DISCONNECTED, RecordStore
-from ohx_dagster.sync import SyncFailed, fetch_person, sync_partition
-from ohx_dagster.times import to_us
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.publish.partitions import partition_dir, publish_partition
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import DISCONNECTED, RecordStore
+from ohx_dagster.sync.fetch import SyncFailed, fetch_person, sync_partition
+from ohx_dagster.sync.inbox import Inbox
+from ohx_dagster.sync.shards import Shard
 
 NAME = "withings"
 HR, STEPS, ECG = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.ECG

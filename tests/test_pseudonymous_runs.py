@@ -26,16 +26,16 @@ import pytest
 from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster_storage import storage_hits
 
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.core.models import DateRange
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.identity import erasure_salt, match_subjects, redact, short, subject_hash
-from ohx_dagster.inbox import Inbox, NewEvent
-from ohx_dagster.models import DateRange
+from ohx_dagster.privacy.identity import erasure_salt, match_subjects, redact, short, subject_hash
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.run_request import SUBJECTS_TAG, USERS_TAG, SyncRequest
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
-from ohx_dagster.strategies import SyncStrategy
+from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
+from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.run_request import SUBJECTS_TAG, USERS_TAG, SyncRequest
+from ohx_dagster.sync.strategies import SyncStrategy
 from sensors.erasure import names_pattern
 
 TODAY = datetime.now(UTC).date()

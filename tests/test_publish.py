@@ -15,22 +15,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ohx_dagster.aggregate import in_local_day, local_day_window
+from ohx_dagster.core.models import AggregationLevel
+from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.fhir.ecg import read_waveform
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.partition import read_window
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.timefmt import parse_us
 from ohx_dagster.fhir.validation import validate_resources
-from ohx_dagster.models import AggregationLevel
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.publish import bucket_of, partition_dir, publish_partition
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us, utc_day
+from ohx_dagster.publish.aggregate import in_local_day, local_day_window
+from ohx_dagster.publish.partitions import bucket_of, partition_dir, publish_partition
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.shards import Shard
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 DAY = NOW.date() - timedelta(days=10)

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster.quality import recordings_without_heart_rate
-from ohx_dagster.records import concat, make_batch
+from ohx_dagster.core.records import concat, make_batch
+from ohx_dagster.sync.quality import recordings_without_heart_rate
 
 T0 = datetime(2026, 11, 19, tzinfo=UTC)
 UNITS = {"heart_rate": "/min", "rr_intervals": "ms"}

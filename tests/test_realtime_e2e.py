@@ -8,18 +8,18 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.models import DateRange
+from ohx_dagster.core.times import utc_day
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.inbox import Inbox
-from ohx_dagster.models import DateRange
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import utc_day
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
-from ohx_dagster.webhooks.simulator import send_event
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.receiver.simulator import send_event
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.inbox import Inbox
 from resources import RecordStoreResource
 
 SECRET = "e2e-simulated-secret"  # the development route is mounted only with a secret

@@ -1,6 +1,6 @@
 """Records the provider dates with their own offset (Google Health's readings, Oura's daily
-summaries, Withings' measures: ohx_dagster/localdays.py RECORD_OFFSETS) are in the local day and
-hour of that offset, whatever the person's zone setting says; the rest follow the zone history.
+summaries, Withings' measures: ohx_dagster/core/localdays.py RECORD_OFFSETS) are in the local day
+and hour of that offset, whatever the person's zone setting says; the rest follow the zone history.
 
 Invariants, attacked with hypothesis over offsets of every kind (-12:00 .. +14:00, half and
 quarter hours) that change from record to record (a person who travels), under any zone setting:
@@ -21,13 +21,13 @@ import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster import aggregate
+from ohx_dagster.core.localdays import Calendar, own_day_bounds
+from ohx_dagster.core.models import AggregationLevel, HealthSyncConfig
+from ohx_dagster.core.records import concat, make_batch
+from ohx_dagster.core.times import HOUR_US, to_us
 from ohx_dagster.fhir.timefmt import parse_us
-from ohx_dagster.localdays import Calendar, own_day_bounds
-from ohx_dagster.models import AggregationLevel, HealthSyncConfig
-from ohx_dagster.records import concat, make_batch
-from ohx_dagster.store import days_touched
-from ohx_dagster.times import HOUR_US, to_us
+from ohx_dagster.publish import aggregate
+from ohx_dagster.storage.store import days_touched
 
 # Offsets a record can carry: whole, half and quarter hours across every zone on Earth.
 OFFSETS = [-720, -600, -300, -240, -210, 0, 60, 120, 330, 345, 525, 630, 765, 825, 840]
@@ -148,9 +148,9 @@ def test_every_stored_record_in_exactly_one_published_daily_aggregate(
     """Through the real store and publishing (series chunks and spot readings): each published
     daily aggregate counts the records of its own local date, in that date's partition."""
     from ohx_dagster.fhir.output import FhirOutput
-    from ohx_dagster.publish import partition_dir, publish_partition
-    from ohx_dagster.shards import Shard
-    from ohx_dagster.store import RecordStore
+    from ohx_dagster.publish.partitions import partition_dir, publish_partition
+    from ohx_dagster.storage.store import RecordStore
+    from ohx_dagster.sync.shards import Shard
 
     home = tmp_path_factory.mktemp("own")
     store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
@@ -200,9 +200,9 @@ def test_a_chunk_the_midnight_cuts_is_published_as_its_part_whatever_is_stored_y
     does not depend on the order the days were synced in."""
     import pandas as pd
 
-    from ohx_dagster.chunks import Samples
     from ohx_dagster.fhir.partition import BucketData
-    from ohx_dagster.record_tables import Chunk
+    from ohx_dagster.storage.chunks import Samples
+    from ohx_dagster.storage.record_tables import Chunk
 
     hour = to_us(datetime(2026, 12, 3, 18, tzinfo=UTC))
     cut = hour + HOUR_US // 2

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import HealthDataRecord, HealthDataType
-from ohx_dagster.records import (
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import HealthDataRecord, HealthDataType
+from ohx_dagster.core.records import (
     COLUMNS,
     IDENTITY,
     batch_from_records,

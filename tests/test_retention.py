@@ -13,23 +13,35 @@ import pytest
 import sqlalchemy as sa
 from fhir_test_server import FhirServer, running_fhir_server
 
-from ohx_dagster import aggregate, db
-from ohx_dagster.erasure import erase_person
+from ohx_dagster.core.models import DateRange, HealthSyncConfig
+from ohx_dagster.core.records import make_batch
+from ohx_dagster.core.times import to_us
 from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, owner
 from ohx_dagster.fhir.output import MANIFEST, FhirOutput, file_name
-from ohx_dagster.inbox import Inbox, NewEvent
-from ohx_dagster.models import DateRange, HealthSyncConfig
+from ohx_dagster.privacy.erasure import erase_person
+from ohx_dagster.privacy.retention import apply_retention, last_expired_day
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.publish import bucket_of, partition_dir, partition_key, publish_partition
-from ohx_dagster.records import make_batch
-from ohx_dagster.retention import apply_retention, last_expired_day
-from ohx_dagster.schema import aggregates, coverage, day_versions, fhir_outbox, webhook_inbox
-from ohx_dagster.shards import Shard
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us
+from ohx_dagster.publish import aggregate
+from ohx_dagster.publish.partitions import (
+    bucket_of,
+    partition_dir,
+    partition_key,
+    publish_partition,
+)
+from ohx_dagster.storage import db
+from ohx_dagster.storage.schema import (
+    aggregates,
+    coverage,
+    day_versions,
+    fhir_outbox,
+    webhook_inbox,
+)
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.shards import Shard
 from resources import FhirOutputResource, RecordStoreResource
 from sensors.retention import apply_retention_job
 

@@ -7,19 +7,19 @@ import dagster as dg
 import pytest
 from dagster._core.storage.dagster_run import DagsterRun
 
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig, SyncFrequency
+from ohx_dagster.core.records import empty_batch
+from ohx_dagster.core.times import to_us
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.models import HealthDataType, HealthSyncConfig, SyncFrequency
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.records import empty_batch
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.schema import coverage, users
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import SyncStrategy
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.times import to_us
+from ohx_dagster.storage.schema import coverage, users
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.strategies import SyncStrategy
 from resources import RecordStoreResource
 from sensors.schedules import CATCH_UP_DAYS, days_closing_at
 

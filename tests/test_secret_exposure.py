@@ -251,7 +251,7 @@ def test_no_secret_reaches_graphql_or_the_run_storage(
         # Only this run: no sensor backfills, no scheduled runs; the webhook sensor keeps
         # ticking (its ticks are in the storage scanned below).
         graphql.stop_instigators(keep={"webhook_sensor"})
-        services.run("seed", [sys.executable, "-m", "ohx_dagster.seed"], env("seed"))
+        services.run("seed", [sys.executable, "-m", "ohx_dagster.cli.seed"], env("seed"))
         services.start(
             "daemon", [str(tool("dagster-daemon")), "run", "-w", str(workspace)], env("daemon")
         )

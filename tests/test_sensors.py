@@ -5,13 +5,13 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import pytest
 
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.inbox import Inbox, NewEvent
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.settings import Settings
-from ohx_dagster.store import RecordStore
-from ohx_dagster.strategies import PRIORITY, SyncStrategy
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.strategies import PRIORITY, SyncStrategy
 from resources import RecordStoreResource
 from sensors.webhooks import BATCH_LIMIT
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.settings import Settings
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Hash-sharded source partitions (ohx_dagster/shards.py): `simulated:3` gives the partition keys
+"""Hash-sharded source partitions (ohx_dagster/sync/shards.py): `simulated:3` gives the partition
+keys
 simulated-0..2, each run for its own users only, adding up to exactly the unsharded partition."""
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.errors import ConfigError
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.inbox import Inbox, NewEvent
-from ohx_dagster.models import HealthSyncConfig
-from ohx_dagster.run_request import SyncRequest
-from ohx_dagster.settings import Settings
-from ohx_dagster.shards import MAX_SHARDS, Shard, Sharding, user_shard
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.run_request import SyncRequest
+from ohx_dagster.sync.shards import MAX_SHARDS, Shard, Sharding, user_shard
 from resources import RecordStoreResource
 
 DAY = "2025-01-05"
@@ -31,7 +32,7 @@ USERS = [f"sim-{i:03d}" for i in range(1, 7)]
 def test_shard_assignment_is_stable_across_processes():
     # hashlib, not hash(): another interpreter with another hash seed assigns the same shards.
     script = (
-        "from ohx_dagster.shards import user_shard; "
+        "from ohx_dagster.sync.shards import user_shard; "
         "print([user_shard('oura', f'u{i}', 8) for i in range(200)])"
     )
     other = subprocess.run(

@@ -1,4 +1,5 @@
-"""Staff credentials (ohx_dagster/staff.py): `ohx staff add/list/remove`, tokens stored only as
+"""Staff credentials (ohx_dagster/privacy/staff.py): `ohx staff add/list/remove`, tokens stored only
+as
 hashes, audited, and the receiver's /auth/staff that the deployment's nginx asks."""
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from ohx_dagster import audit, staff
 from ohx_dagster.cli import cli
-from ohx_dagster.schema import staff_tokens
-from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import WebhookSecrets
-from ohx_dagster.webhooks.connect import ConnectConfig
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.privacy import audit, staff
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import WebhookSecrets
+from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.schema import staff_tokens
+from ohx_dagster.storage.store import RecordStore
 
 
 @pytest.fixture

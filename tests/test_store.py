@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.models import DateRange, HealthSyncConfig
-from ohx_dagster.records import concat, make_batch
-from ohx_dagster.store import ACTIVE, DISCONNECTED, NEEDS_REAUTHORIZATION, RecordStore
-from ohx_dagster.times import to_us
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.core.models import DateRange, HealthSyncConfig
+from ohx_dagster.core.records import concat, make_batch
+from ohx_dagster.core.times import to_us
+from ohx_dagster.storage.store import ACTIVE, DISCONNECTED, NEEDS_REAUTHORIZATION, RecordStore
 
 T0 = datetime(2016, 4, 1, tzinfo=UTC)
 DAY = DateRange(T0, T0 + timedelta(days=1))

@@ -10,10 +10,10 @@ from datetime import UTC, date, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster.coverage import gaps, normalize
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.strategies import SyncStrategy, goal, local_day, plan_days, plan_windows
-from ohx_dagster.times import to_us, utc_day
+from ohx_dagster.core.coverage import gaps, normalize
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us, utc_day
+from ohx_dagster.sync.strategies import SyncStrategy, goal, local_day, plan_days, plan_windows
 
 NOW = datetime(2026, 11, 30, 14, 30, tzinfo=UTC)
 TODAY = NOW.date()

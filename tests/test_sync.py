@@ -15,15 +15,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster.errors import NeedsReauthorization, ProviderError, RateLimited, ValidationError
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.errors import (
+    NeedsReauthorization,
+    ProviderError,
+    RateLimited,
+    ValidationError,
+)
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import from_us
 from ohx_dagster.providers.base import FetchResult, Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
-from ohx_dagster.strategies import SyncStrategy, goal
-from ohx_dagster.sync import SyncFailed, sync_partition
-from ohx_dagster.times import from_us
+from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
+from ohx_dagster.sync.fetch import SyncFailed, sync_partition
+from ohx_dagster.sync.strategies import SyncStrategy, goal
 
 # Relative to the wall clock: people connect "now", and their history reaches 30 days back.
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

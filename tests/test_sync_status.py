@@ -1,4 +1,4 @@
-"""Sync status as the UI shows it (assets/sync_status.py over ohx_dagster/sync_status.py), and the
+"""Sync status as the UI shows it (assets/sync_status.py over ohx_dagster/sync/status.py), and the
 errors a run gives for a partition or a run tag that does not exist.
 
 Real parts: simulated people synced into a SQLite and a PostgreSQL store, the sync_status job run
@@ -21,17 +21,18 @@ from click.testing import CliRunner
 from assets.metadata import hourly_plot
 from assets.partitions import health_partitions, outside_partitions
 from ohx_dagster.cli import cli
+from ohx_dagster.config.settings import Settings, parse_per_source
+from ohx_dagster.core.times import to_us
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.identity import erasure_salt, short, subject_hash
+from ohx_dagster.privacy.identity import erasure_salt, short, subject_hash
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.run_request import KNOWN_TAGS
-from ohx_dagster.schema import users
-from ohx_dagster.settings import Settings, parse_per_source
-from ohx_dagster.store import NEEDS_REAUTHORIZATION, RecordStore
-from ohx_dagster.sync import sync_partition
-from ohx_dagster.sync_status import (
+from ohx_dagster.storage.schema import users
+from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
+from ohx_dagster.sync.fetch import sync_partition
+from ohx_dagster.sync.run_request import KNOWN_TAGS
+from ohx_dagster.sync.status import (
     LagLimit,
     TypeStatus,
     is_behind,
@@ -40,7 +41,6 @@ from ohx_dagster.sync_status import (
     window_start,
     words,
 )
-from ohx_dagster.times import to_us
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 SYNCED = NOW - timedelta(minutes=40)  # the sync ran then: every type is 40 minutes behind

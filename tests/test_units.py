@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import HealthDataType
-from ohx_dagster.units import CANONICAL_UNITS, accepted_units, to_canonical
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import HealthDataType
+from ohx_dagster.core.units import CANONICAL_UNITS, accepted_units, to_canonical
 
 MMHG_PA = 133.322387415
 

@@ -10,11 +10,11 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ohx_dagster import waiting
-from ohx_dagster.coverage import gaps, normalize
-from ohx_dagster.models import HealthDataType
-from ohx_dagster.records import make_batch
-from ohx_dagster.times import HOUR_US, to_us
+from ohx_dagster.core.coverage import gaps, normalize
+from ohx_dagster.core.models import HealthDataType
+from ohx_dagster.core.records import make_batch
+from ohx_dagster.core.times import HOUR_US, to_us
+from ohx_dagster.sync import waiting
 
 HR = HealthDataType.HEART_RATE
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
@@ -113,8 +113,8 @@ def test_no_empty_notified_window_is_ever_covered_before_its_data_or_give_up(win
 def test_status_says_waiting_then_late_after_the_horizon(sqlite_store) -> None:
     """`ohx status` and the sync_status asset read the same rows: the type says it waits for the
     provider, and is late once the re-sync horizon has passed."""
-    from ohx_dagster.models import HealthSyncConfig
-    from ohx_dagster.sync_status import collect
+    from ohx_dagster.core.models import HealthSyncConfig
+    from ohx_dagster.sync.status import collect
 
     config = HealthSyncConfig("p", "oura", timezone="Europe/Berlin")
     sqlite_store.add_users([config])
@@ -131,8 +131,8 @@ def test_status_says_waiting_then_late_after_the_horizon(sqlite_store) -> None:
 def test_the_hourly_catch_up_waits_for_the_backoff_too(sqlite_store) -> None:
     """A day whose only gap is a window waiting for the provider gets a catch-up run only when
     the window's backoff is over (a run per hour for nothing costs seconds of CPU each)."""
-    from ohx_dagster.models import HealthSyncConfig
-    from ohx_dagster.schema import users
+    from ohx_dagster.core.models import HealthSyncConfig
+    from ohx_dagster.storage.schema import users
     from sensors.schedules import days_with_gaps
 
     config = HealthSyncConfig("p", "oura", timezone="UTC", enabled_types=frozenset({HR}))

@@ -26,16 +26,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ohx_dagster.identity import erasure_salt, subject_hash
-from ohx_dagster.inbox import Inbox, NewEvent
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.models import HealthSyncConfig
+from ohx_dagster.privacy.identity import erasure_salt, subject_hash
 from ohx_dagster.providers.oura.webhook import signature as oura_signature
-from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks import cli, simulator
-from ohx_dagster.webhooks.app import GroupCommitter, TokenBuckets, client_address, create_app
-from ohx_dagster.webhooks.config import OuraSecrets, ReceiverLimits, WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
-from ohx_dagster.webhooks.signatures import simulated_signature
+from ohx_dagster.receiver import cli, simulator
+from ohx_dagster.receiver.app import GroupCommitter, TokenBuckets, client_address, create_app
+from ohx_dagster.receiver.config import OuraSecrets, ReceiverLimits, WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.receiver.signatures import simulated_signature
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.inbox import Inbox, NewEvent
 
 SECRETS = WebhookSecrets(
     oura=OuraSecrets("oura-client-secret", "oura-verification-token"),
@@ -269,7 +269,7 @@ def test_simulator_rounds_reach_the_receiver(receiver):
 def test_simulator_needs_a_secret_and_reads_it_from_the_environment(
     receiver, tmp_path, monkeypatch, capsys, caplog
 ):
-    caplog.set_level(logging.INFO, logger="ohx_dagster.webhooks.simulator")
+    caplog.set_level(logging.INFO, logger="ohx_dagster.receiver.simulator")
     monkeypatch.setenv("OHX_HOME", str(tmp_path))
     monkeypatch.setenv("OHX_SIMULATED_USERS", "1")
     monkeypatch.delenv("OHX_SIMULATED_WEBHOOK_SECRET", raising=False)
@@ -626,7 +626,7 @@ def test_cli_serves_the_store_from_the_environment(tmp_path):
         [
             sys.executable,
             "-m",
-            "ohx_dagster.webhooks.cli",
+            "ohx_dagster.receiver.cli",
             "--port",
             "0",
             "--header-timeout",

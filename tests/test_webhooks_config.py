@@ -3,8 +3,8 @@ the limits, each also an ohx-webhooks flag; bad values name the variable or flag
 
 import pytest
 
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.webhooks.config import (
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.receiver.config import (
     LIMIT_VARIABLES,
     OuraSecrets,
     ReceiverLimits,

@@ -5,9 +5,9 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from ohx_dagster.errors import ValidationError
+from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.providers.oura.webhook import parse_notification as parse_oura
-from ohx_dagster.webhooks.notifications import parse_simulated
+from ohx_dagster.receiver.notifications import parse_simulated
 
 # Oura's own example body (OpenAPI, "Receiving and Processing Events"), for a workout document.
 OURA = {

@@ -17,12 +17,12 @@ import httpx
 import orjson
 import pytest
 
-from ohx_dagster.inbox import Inbox
 from ohx_dagster.providers.oura.webhook import signature as oura_signature
-from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks.app import MAX_HEADER_CHARS, RefusalLog, create_app
-from ohx_dagster.webhooks.config import OuraSecrets, ReceiverLimits, WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.app import MAX_HEADER_CHARS, RefusalLog, create_app
+from ohx_dagster.receiver.config import OuraSecrets, ReceiverLimits, WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.inbox import Inbox
 
 SECRETS = WebhookSecrets(oura=OuraSecrets("oura-client-secret", "oura-verification-token"))
 LIMITS = ReceiverLimits(rate_per_minute=0)  # the flood is the point: no 429s here
@@ -80,13 +80,13 @@ def signed(body: dict) -> tuple[bytes, list[tuple[str, str]]]:
 
 
 def lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "ohx_dagster.webhooks"]
+    return [r.getMessage() for r in caplog.records if r.name == "ohx_dagster.receiver"]
 
 
 def test_a_flood_of_forged_deliveries_logs_one_line_and_a_summary_per_interval(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="ohx_dagster.webhooks")
+    caplog.set_level(logging.DEBUG, logger="ohx_dagster.receiver")
     raw, headers = signed(OURA)
     forged = [(name, "0" * 64 if name == "x-oura-signature" else value) for name, value in headers]
     for _ in range(300):
@@ -115,7 +115,7 @@ def test_a_flood_of_forged_deliveries_logs_one_line_and_a_summary_per_interval(
 def test_a_malformed_flood_is_summarized_per_kind(
     receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="ohx_dagster.webhooks")
+    caplog.set_level(logging.DEBUG, logger="ohx_dagster.receiver")
     raw, headers = signed({**OURA, "event_time": "yesterday"})  # signed, not Oura's format
     for _ in range(20):
         assert receiver.post(raw, headers).status_code == 400
@@ -175,7 +175,7 @@ def test_a_flood_that_stops_is_still_summarized(
 ) -> None:
     """No refusal follows the flood: the receiver's ticking task writes the summary once the
     interval (0.2 s here, on the real clock) is over."""
-    caplog.set_level(logging.DEBUG, logger="ohx_dagster.webhooks")
+    caplog.set_level(logging.DEBUG, logger="ohx_dagster.receiver")
     store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
     app = create_app(store, SECRETS, limits=LIMITS, refusals=RefusalLog(0.2))
     with serve_in_thread(app, limits=LIMITS) as url, httpx.Client(timeout=10) as http:

@@ -13,11 +13,11 @@ import httpx
 import psutil
 import pytest
 
-from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
-from ohx_dagster.webhooks.simulator import signed_request
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.receiver.simulator import signed_request
+from ohx_dagster.storage.store import RecordStore
 
 SECRET = "serve-test-secret"
 SECRETS = WebhookSecrets(simulated_secret=SECRET)

@@ -23,9 +23,9 @@ import pytest
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 from test_connect import JSON, SECRET, STAFF, TOKENS, USER_IDS, FakeProviders, Receiver
 
-from ohx_dagster import staff
-from ohx_dagster.errors import ProviderError
-from ohx_dagster.identity import erasure_salt, subject_hash
+from ohx_dagster.core.errors import ProviderError
+from ohx_dagster.privacy import staff
+from ohx_dagster.privacy.identity import erasure_salt, subject_hash
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.oura.subscriptions import DATA_TYPES as OURA_DATA_TYPES
@@ -35,11 +35,11 @@ from ohx_dagster.providers.oura.subscriptions import ensure as ensure_oura_subsc
 from ohx_dagster.providers.oura.subscriptions import main
 from ohx_dagster.providers.registry import API_PROVIDERS
 from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
-from ohx_dagster.store import RecordStore
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import OuraSecrets, WebhookSecrets
-from ohx_dagster.webhooks.connect import ConnectConfig
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import OuraSecrets, WebhookSecrets
+from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import RecordStore
 
 VERIFY = "oura-verification-token"
 # Every (event type, data type) this app subscribes at Oura.
@@ -421,7 +421,7 @@ def test_even_a_crashing_subscription_step_leaves_the_connection_standing(
     def crash(*args: object, **kwargs: object) -> None:
         raise RuntimeError("subscription step crashed")
 
-    monkeypatch.setattr("ohx_dagster.webhooks.connect.subscribe_after_connect", crash)
+    monkeypatch.setattr("ohx_dagster.receiver.connect.subscribe_after_connect", crash)
     with connect_receiver(sqlite_store, providers, withings_token=WITHINGS_TOKEN) as setup:
         _, done = setup.receiver.connect("withings")
     assert done.status_code == 200

@@ -12,16 +12,16 @@ import httpx
 import pytest
 from provider_api_server import documented
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.identity import erasure_salt, subject_hash
-from ohx_dagster.inbox import Inbox
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import HealthSyncConfig
+from ohx_dagster.privacy.identity import erasure_salt, subject_hash
 from ohx_dagster.providers.withings.codes import UNLINKED
 from ohx_dagster.providers.withings.webhook import parse_form, parse_notification
-from ohx_dagster.store import ACTIVE, DISCONNECTED, RecordStore
-from ohx_dagster.webhooks.app import create_app
-from ohx_dagster.webhooks.config import ReceiverLimits, WebhookSecrets
-from ohx_dagster.webhooks.serve import serve_in_thread
+from ohx_dagster.receiver.app import create_app
+from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
+from ohx_dagster.receiver.serve import serve_in_thread
+from ohx_dagster.storage.store import ACTIVE, DISCONNECTED, RecordStore
+from ohx_dagster.sync.inbox import Inbox
 
 NOTIFICATION = documented("withings", "notification")  # Withings' example: appli 1, 34 h
 UNLINK = documented("withings", "notification_unlink")

@@ -43,7 +43,7 @@ from ohx_dagster.cli import (
     status,
     users,
 )
-from ohx_dagster.errors import OhxError
+from ohx_dagster.core.errors import OhxError
 
 
 def _user_error(exc: BaseException) -> str | None:

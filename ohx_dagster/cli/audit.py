@@ -1,5 +1,5 @@
-"""`ohx audit`: the audit log (ohx_dagster/audit.py), oldest first: when, who, what, the person
-as their salted subject, the outcome and the detail.
+"""`ohx audit`: the audit log (ohx_dagster/privacy/audit.py), oldest first: when, who, what, the
+person as their salted subject, the outcome and the detail.
 
 - `--since`: an ISO date or time (UTC unless it says), or a span back from now (`24h`, `7d`,
   `30m`).
@@ -20,8 +20,8 @@ from typing import Any
 
 import click
 
-from ohx_dagster import times
 from ohx_dagster.cli import common
+from ohx_dagster.core import times
 
 _SPAN = re.compile(r"(\d+)([mhd])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -54,7 +54,7 @@ def audit(ctx: click.Context, since: str | None, action: str | None, as_json: bo
     from rich.table import Table
     from rich.text import Text
 
-    from ohx_dagster import audit as log
+    from ohx_dagster.privacy import audit as log
 
     if action is not None and action not in log.ACTIONS:
         raise click.BadParameter(

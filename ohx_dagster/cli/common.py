@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ohx_dagster.errors import OhxError
+from ohx_dagster.core.errors import OhxError
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ohx_dagster.store import RecordStore
+    from ohx_dagster.storage.store import RecordStore
 
 # The database the command opened, for the error line of a connection failure.
 _opened: dict[str, str] = {}
@@ -32,7 +32,7 @@ class NoDatabase(OhxError):
 
 
 def ohx_home(env: Mapping[str, str] | None = None) -> Path:
-    """OHX_HOME, as ohx_dagster.settings reads it."""
+    """OHX_HOME, as ohx_dagster.config.settings reads it."""
     env = os.environ if env is None else env
     return Path(env.get("OHX_HOME") or Path.home() / ".ohx").expanduser()
 
@@ -55,7 +55,7 @@ def sqlite_file(url: str) -> Path | None:
 
 
 def redacted(url: str) -> str:
-    from ohx_dagster.db import redacted as hide
+    from ohx_dagster.storage.db import redacted as hide
 
     return hide(url)
 
@@ -75,7 +75,7 @@ def remember_database(url: str) -> None:
 def open_store(ctx: click.Context, *, create: bool = False) -> RecordStore:
     """The record store of the settings, disposed when the command ends. A SQLite file that is
     not there is an error unless `create` (commands that only read do not make databases)."""
-    from ohx_dagster.store import RecordStore
+    from ohx_dagster.storage.store import RecordStore
 
     url = database_url()
     remember_database(url)
@@ -130,7 +130,7 @@ def check_provider(provider: str | None, param_hint: str = "--provider") -> str 
     """A --provider value (or the PROVIDER argument): one of the sources this product knows."""
     if provider is None:
         return None
-    from ohx_dagster.settings import KNOWN_SOURCES
+    from ohx_dagster.config.settings import KNOWN_SOURCES
 
     if provider not in KNOWN_SOURCES:
         raise click.BadParameter(

@@ -1,6 +1,6 @@
 """`ohx connect <provider> --patient ID`: the link that starts connecting a person's account.
 
-The link is the receiver's connect flow (ohx_dagster/webhooks/connect.py):
+The link is the receiver's connect flow (ohx_dagster/receiver/connect.py):
 OHX_OAUTH_REDIRECT_BASE + /connect/<provider>?patient=..&timezone=..&frequency=..&aggregation=..
 &lookback_days=.. The receiver wants a staff member's token (`ohx staff add`) in an Authorization
 header, never in the link: the curl printed beside it sends it from the shell's OHX_STAFF_TOKEN
@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 import click
 
-from ohx_dagster.errors import ConfigError
+from ohx_dagster.core.errors import ConfigError
 
 REDIRECT_BASE = "OHX_OAUTH_REDIRECT_BASE"
 STAFF_TOKEN = "OHX_STAFF_TOKEN"

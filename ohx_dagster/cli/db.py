@@ -1,4 +1,4 @@
-"""`ohx db`: the record store's schema revision (Alembic, ohx_dagster/migrate.py).
+"""`ohx db`: the record store's schema revision (Alembic, ohx_dagster/storage/migrate.py).
 
 Reads only OHX_DATABASE_URL (or the SQLite default under OHX_HOME): a deployment's migration job
 has the database URL and nothing else.
@@ -17,7 +17,7 @@ def db() -> None:
 
 
 def _engine(*, create: bool):  # -> sqlalchemy Engine
-    from ohx_dagster import db as database
+    from ohx_dagster.storage import db as database
 
     url = common.database_url()
     common.remember_database(url)
@@ -30,7 +30,7 @@ def _engine(*, create: bool):  # -> sqlalchemy Engine
 @db.command("upgrade")
 def upgrade() -> None:
     """Upgrade the record store (OHX_DATABASE_URL) to this release's schema; idempotent."""
-    from ohx_dagster import migrate
+    from ohx_dagster.storage import migrate
 
     url, engine = _engine(create=True)
     try:
@@ -48,7 +48,7 @@ def upgrade() -> None:
 @db.command("current")
 def current() -> None:
     """Show the record store's schema revision and this release's."""
-    from ohx_dagster import migrate
+    from ohx_dagster.storage import migrate
 
     url, engine = _engine(create=False)
     try:

@@ -46,7 +46,7 @@ from typing import Any, Final
 
 import click
 
-from ohx_dagster.errors import ConfigError, OhxError
+from ohx_dagster.core.errors import ConfigError, OhxError
 
 HOST: Final = "127.0.0.1"
 PORTS: Final = (
@@ -342,7 +342,7 @@ def _await(
 def _seconds(start: float | None, end: float | None) -> str:
     if start is None or end is None:
         return ""
-    from ohx_dagster.times import words
+    from ohx_dagster.core.times import words
 
     return f" in {words(timedelta(seconds=round(max(0.0, end - start))))}"
 
@@ -476,9 +476,9 @@ def dev(verbose: bool) -> None:
     ports = check_ports()  # first: a taken port stops everything before anything starts
     stopper = Stopper()
 
-    from ohx_dagster.seed import seed
-    from ohx_dagster.settings import Settings
-    from ohx_dagster.webhooks.config import SIMULATED_SECRET
+    from ohx_dagster.cli.seed import seed
+    from ohx_dagster.config.settings import Settings
+    from ohx_dagster.receiver.config import SIMULATED_SECRET
 
     home = Path(os.environ.get("OHX_HOME") or Path.cwd() / ".ohx").absolute()
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").absolute()
@@ -505,7 +505,7 @@ def dev(verbose: bool) -> None:
     try:
         receiver = services.start(
             "webhooks",
-            [python, "-m", "ohx_dagster.webhooks.cli", "--host", HOST, "--port", str(webhooks)],
+            [python, "-m", "ohx_dagster.receiver.cli", "--host", HOST, "--port", str(webhooks)],
         )
         _await(
             "the webhook receiver",
@@ -522,7 +522,7 @@ def dev(verbose: bool) -> None:
             [
                 python,
                 "-m",
-                "ohx_dagster.webhooks.simulator",
+                "ohx_dagster.receiver.simulator",
                 "--url",
                 f"http://{HOST}:{webhooks}",
                 "--every",

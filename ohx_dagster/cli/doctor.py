@@ -18,7 +18,7 @@ from typing import Final
 import click
 
 from ohx_dagster.cli import common
-from ohx_dagster.errors import ConfigError, OhxError
+from ohx_dagster.core.errors import ConfigError, OhxError
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
 FHIR_SERVER_TIMEOUT_S: Final = 5.0
@@ -38,7 +38,7 @@ class Check:
 
 
 def _settings() -> object | None:
-    from ohx_dagster.settings import Settings
+    from ohx_dagster.config.settings import Settings
 
     try:
         return Settings.from_env()
@@ -47,7 +47,7 @@ def _settings() -> object | None:
 
 
 def check_configuration() -> Check:
-    from ohx_dagster.settings import Settings
+    from ohx_dagster.config.settings import Settings
 
     try:
         settings = Settings.from_env()
@@ -63,7 +63,7 @@ def check_configuration() -> Check:
 def check_database() -> Check:
     import sqlalchemy as sa
 
-    from ohx_dagster import db, migrate
+    from ohx_dagster.storage import db, migrate
 
     url = common.database_url()
     where = f"record store {common.redacted(url)}"
@@ -210,8 +210,8 @@ def stored_tokens() -> list[tuple[str, str, str]] | None:
     (no file, no schema yet, unreachable: the database check says which)."""
     import sqlalchemy as sa
 
-    from ohx_dagster import db
-    from ohx_dagster.schema import oauth_tokens as t
+    from ohx_dagster.storage import db
+    from ohx_dagster.storage.schema import oauth_tokens as t
 
     url = common.database_url()
     path = common.sqlite_file(url)
@@ -292,7 +292,7 @@ def export_problem(setting: str, value: str) -> str | None:
     """What is wrong with the export a setting names, as one line naming it (None: it holds
     data). Fitabase: every folder exists and holds an export file with data rows; Apple Health:
     a file that is not empty; Polar: a file or a folder with files that are not empty."""
-    from ohx_dagster.locations import kind, location, split_locations
+    from ohx_dagster.config.locations import kind, location, split_locations
 
     try:
         if setting == "OHX_FITABASE_DIR":
@@ -352,8 +352,8 @@ def validate_environment() -> None:
     """What every command that reads the settings checks first: the settings parse
     (Settings.from_env), OHX_TOKEN_KEY when set is a set of Fernet keys, and every export the
     settings name holds data. Raises ConfigError: one line naming the setting."""
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.providers.tokens import TOKEN_KEY_ENV, cipher_from_env
-    from ohx_dagster.settings import Settings
 
     Settings.from_env()
     if os.environ.get(TOKEN_KEY_ENV, "").strip():
@@ -365,8 +365,8 @@ def validate_environment() -> None:
 
 
 def check_webhooks() -> Iterator[Check]:
-    from ohx_dagster.webhooks.config import WebhookSecrets
-    from ohx_dagster.webhooks.connect import ConnectConfig
+    from ohx_dagster.receiver.config import WebhookSecrets
+    from ohx_dagster.receiver.connect import ConnectConfig
 
     try:
         secrets = WebhookSecrets.from_env()

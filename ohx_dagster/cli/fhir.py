@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ohx_dagster.errors import OhxError
+from ohx_dagster.core.errors import OhxError
 
 
 @click.group("fhir")

@@ -41,17 +41,17 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import click
 
 from ohx_dagster.cli import common
-from ohx_dagster.errors import OhxError, ValidationError
+from ohx_dagster.core.errors import OhxError, ValidationError
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.fhir.output import FhirOutput
     from ohx_dagster.providers.base import HealthSource
     from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
-    from ohx_dagster.settings import Settings
-    from ohx_dagster.shards import Shard
-    from ohx_dagster.store import RecordStore
+    from ohx_dagster.storage.store import RecordStore
+    from ohx_dagster.sync.shards import Shard
 
 DAYS_PER_SYNC = 7
 # Records per sync_partition call at most (a day holding more is a call of its own): a week of
@@ -125,7 +125,7 @@ def sync_calls(
 
 
 def held_types(name: str, records: pd.DataFrame) -> frozenset[Any]:
-    from ohx_dagster.models import HealthDataType
+    from ohx_dagster.core.models import HealthDataType
     from ohx_dagster.providers.registry import SUPPORTED_TYPES
 
     held = {HealthDataType(t) for t in records["data_type"].unique()}
@@ -145,7 +145,7 @@ def sync_file(
     """The file's people over its days (`held`: those holding records; default all), at most
     DAYS_PER_SYNC days with records and RECORDS_PER_SYNC records (`sizes`: records per day, when
     the source tells) per sync_partition call."""
-    from ohx_dagster.sync import SyncFailed, sync_partition
+    from ohx_dagster.sync.fetch import SyncFailed, sync_partition
 
     outcome = ImportOutcome(source.name, days)
     wanted = frozenset(people)
@@ -172,8 +172,8 @@ def sync_file(
         except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C too: say what is stored
             raise ImportStopped(_stopped(outcome, chunk, exc)) from exc
     outcome.people -= set(outcome.failures) | set(outcome.people_skipped)
-    from ohx_dagster.audit import record_import  # who imported whom, for `ohx audit`
-    from ohx_dagster.identity import erased_among
+    from ohx_dagster.privacy.audit import record_import  # who imported whom, for `ohx audit`
+    from ohx_dagster.privacy.identity import erased_among
 
     records, span = sum(outcome.imported.values()), len(days)
     record_import(store, source.name, outcome.people, outcome.failures, records=records, days=span)
@@ -193,10 +193,10 @@ def _file_records(
     the people it synced, and of those the implausible values. (A call's windows reach into its
     neighbours' days where a person's local day does, so the sync's own counts would count the
     records there twice.) A source that is not a file read by windows: the sync's counts."""
-    from ohx_dagster.models import DateRange
-    from ohx_dagster.quality import implausible_values
-    from ohx_dagster.records import concat
-    from ohx_dagster.times import utc_day
+    from ohx_dagster.core.models import DateRange
+    from ohx_dagster.core.records import concat
+    from ohx_dagster.core.times import utc_day
+    from ohx_dagster.sync.quality import implausible_values
 
     reader = getattr(source, "reader", None)
     if reader is None or not hasattr(reader, "fetch"):
@@ -286,7 +286,7 @@ def import_file(
 ) -> tuple[ImportOutcome, Settings, Published]:
     """The sync, then the publishing of the changed days the running Dagster does not publish
     (publish_outside), under this environment's settings."""
-    from ohx_dagster.settings import Settings
+    from ohx_dagster.config.settings import Settings
 
     settings = Settings.from_env()  # validated before the command ran (cli.OhxGroup)
     outcome = run_with_progress(store, source, people, days, held, sizes)
@@ -319,7 +319,7 @@ def publish_outside(
     not (dagster_days), as the publish step of a `refresh` run does: the people whose day
     changed, per source key, validated the same way (publish.validate_sample)."""
     from ohx_dagster.fhir.output import FhirOutput
-    from ohx_dagster.shards import Shard
+    from ohx_dagster.sync.shards import Shard
 
     source, wanted, span = outcome.source, set(people), set(outcome.days)
     due = {
@@ -362,8 +362,8 @@ def _publish(
     scope: set[str],
 ) -> None:
     """One day of the people of one source key, as a refresh run's publish step does."""
-    from ohx_dagster.audit import login
-    from ohx_dagster.publish import publish_partition, validate_sample
+    from ohx_dagster.privacy.audit import login
+    from ohx_dagster.publish.partitions import publish_partition, validate_sample
 
     report = publish_partition(
         store,
@@ -442,9 +442,10 @@ def invalid_line(published: Published) -> str | None:
 
 def retention_note(store: RecordStore, outcome: ImportOutcome) -> str | None:
     """Imported days older than a person's retention period, counted back from the export's
-    newest record (ohx_dagster/retention.retention_cutoff): Dagster's daily_retention schedule
+    newest record (ohx_dagster/privacy/retention.retention_cutoff): Dagster's daily_retention
+    schedule
     deletes them (their FHIR output too) at its next run."""
-    from ohx_dagster.retention import retention_cutoff
+    from ohx_dagster.privacy.retention import retention_cutoff
 
     expired: dict[int, int] = {}
     for user_id in outcome.people:
@@ -588,8 +589,8 @@ VERBOSE = click.option(
 
 def plausible_dates() -> PlausibleDates:
     """OHX_EARLIEST_SAMPLE_DATE to tomorrow of this run's clock."""
+    from ohx_dagster.config.settings import earliest_sample_date
     from ohx_dagster.providers.bounds import PlausibleDates
-    from ohx_dagster.settings import earliest_sample_date
 
     return PlausibleDates.at(common.now(), earliest_sample_date())
 
@@ -658,7 +659,7 @@ def apple_health(
     with the file's (an unchanged file changes nothing). The changed days are published as FHIR
     by the running Dagster when apple_health is in its OHX_SOURCES and the day in its partitions,
     by the import otherwise (the summary says where)."""
-    from ohx_dagster.ids import check_user_id  # the id rule of every entry point
+    from ohx_dagster.core.ids import check_user_id  # the id rule of every entry point
     from ohx_dagster.providers.apple_health import AppleHealthSource
     from ohx_dagster.providers.base import Windowed
     from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES

@@ -1,6 +1,6 @@
 """Read-only queries the CLI needs and the store does not offer, in SQLAlchemy on `store.read()`.
 
-The status queries (covered until, records in a window) live in ohx_dagster/sync_status.py, which
+The status queries (covered until, records in a window) live in ohx_dagster/sync/status.py, which
 the UI's sync_status assets read too; they are named here for the commands that use them.
 """
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ohx_dagster.schema import oauth_tokens, webhook_subscriptions
-from ohx_dagster.store import RecordStore
-from ohx_dagster.sync_status import (
+from ohx_dagster.storage.schema import oauth_tokens, webhook_subscriptions
+from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.status import (
     Key,
     covered_until,
     measurement_count_query,

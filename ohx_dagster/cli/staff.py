@@ -1,5 +1,5 @@
 """`ohx staff`: the staff who may start connections at the receiver's /connect and pass the
-deployment's authenticating proxy (ohx_dagster/staff.py).
+deployment's authenticating proxy (ohx_dagster/privacy/staff.py).
 
 - `add NAME`: issues NAME's bearer token and prints it once (the store keeps only its hash).
 - `list`: name, token id, when and by whom issued.
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import click
 
-from ohx_dagster import times
 from ohx_dagster.cli import common
+from ohx_dagster.core import times
 
 
 @click.group("staff")
@@ -26,8 +26,8 @@ def staff() -> None:
 @click.pass_context
 def add(ctx: click.Context, name: str) -> None:
     """Issue NAME's bearer token; it is printed once and stored only as a hash."""
-    from ohx_dagster import audit
-    from ohx_dagster import staff as credentials
+    from ohx_dagster.privacy import audit
+    from ohx_dagster.privacy import staff as credentials
 
     credentials.check_name(name)
     store = common.open_store(ctx)
@@ -44,7 +44,7 @@ def add(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """The staff with a token: name, token id, issued when and by whom."""
-    from ohx_dagster import staff as credentials
+    from ohx_dagster.privacy import staff as credentials
 
     rows = credentials.members(common.open_store(ctx))
     if not rows:
@@ -60,9 +60,9 @@ def list_(ctx: click.Context) -> None:
 @click.pass_context
 def remove(ctx: click.Context, name: str) -> None:
     """Revoke NAME's token at once."""
-    from ohx_dagster import audit
-    from ohx_dagster import staff as credentials
-    from ohx_dagster.errors import ValidationError
+    from ohx_dagster.core.errors import ValidationError
+    from ohx_dagster.privacy import audit
+    from ohx_dagster.privacy import staff as credentials
 
     store = common.open_store(ctx)
     if not credentials.remove(store, name, actor=audit.login("ohx staff remove")):

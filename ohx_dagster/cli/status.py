@@ -1,5 +1,5 @@
 """`ohx status`: how far the sync has got and what stops it (computed by
-ohx_dagster/sync_status.py, as the UI's sync_status assets are).
+ohx_dagster/sync/status.py, as the UI's sync_status assets are).
 
 By default a summary that fits a terminal: one line per provider and data type, worst first
 (behind, needs reauthorization, refused, failing, active, disconnected), with how many people are
@@ -28,33 +28,33 @@ from typing import TYPE_CHECKING, Any, Final
 
 import click
 
-from ohx_dagster import times
 from ohx_dagster.cli import common
+from ohx_dagster.core import times
 
 if TYPE_CHECKING:
-    from ohx_dagster.settings import Settings
-    from ohx_dagster.store import PersonRow, RecordStore
-    from ohx_dagster.sync_status import LagLimit, TypeStatus
+    from ohx_dagster.config.settings import Settings
+    from ohx_dagster.storage.store import PersonRow, RecordStore
+    from ohx_dagster.sync.status import LagLimit, TypeStatus
 
 ERROR_CHARS = 80
 
 
-# The status is computed in ohx_dagster/sync_status.py, which the sync_status assets of the UI
+# The status is computed in ohx_dagster/sync/status.py, which the sync_status assets of the UI
 # read too; imported when a command runs (`ohx --help` loads no database driver or pandas).
 def person_state(person: PersonRow) -> tuple[str, str | None]:
-    from ohx_dagster import sync_status
+    from ohx_dagster.sync import status as sync_status
 
     return sync_status.person_state(person)
 
 
 def window_start(now: datetime) -> datetime:
-    from ohx_dagster import sync_status
+    from ohx_dagster.sync import status as sync_status
 
     return sync_status.window_start(now)
 
 
 def collect(store: RecordStore, provider: str | None, now: datetime) -> list[TypeStatus]:
-    from ohx_dagster import sync_status
+    from ohx_dagster.sync import status as sync_status
 
     return sync_status.collect(store, provider, now)
 
@@ -82,8 +82,8 @@ ERROR_CHARS_SUMMARY: Final = 48
 
 def lag_limits(settings: Settings) -> dict[str, LagLimit]:
     """The lag each live source allows (exports keep none), as the sync_status assets use it."""
-    from ohx_dagster.settings import FILE_SOURCES
-    from ohx_dagster.sync_status import LagLimit
+    from ohx_dagster.config.settings import FILE_SOURCES
+    from ohx_dagster.sync.status import LagLimit
 
     fixed = {name: timedelta(seconds=s) for name, s in settings.max_lag_overrides}
     return {
@@ -96,7 +96,7 @@ def lag_limits(settings: Settings) -> dict[str, LagLimit]:
 def condition(row: TypeStatus, now: datetime, limit: LagLimit | None) -> str:
     """The row's state, with an active type that waited too long as "behind" and one whose last
     attempt failed as "failing"."""
-    from ohx_dagster import sync_status
+    from ohx_dagster.sync import status as sync_status
 
     if limit is not None and sync_status.is_behind(row, now, limit):
         return "behind"
@@ -150,7 +150,7 @@ class Summary:
 
 def summarise(rows: list[TypeStatus], now: datetime, limits: dict[str, LagLimit]) -> list[Summary]:
     """One Summary per provider and type, worst first (then provider, then type order)."""
-    from ohx_dagster import sync_status
+    from ohx_dagster.sync import status as sync_status
 
     groups: dict[tuple[str, str], list[TypeStatus]] = {}
     for row in rows:
@@ -316,7 +316,7 @@ def status(
     reauthorization, refused, failing, active), the largest lag, records in the last 24 h (the
     current UTC hour and the 23 before it), the latest error. --person and --all show the rows
     per person and type: covered until, lag, state, last error, records in the last 24 h."""
-    from ohx_dagster.settings import Settings
+    from ohx_dagster.config.settings import Settings
 
     common.check_provider(provider)
     settings = Settings.from_env()

@@ -5,10 +5,10 @@
   last failure per type, stored OAuth tokens (scope and expiry only), webhook subscriptions.
 - `disconnect <provider> <user_id>`: no run calls the provider for them any more; their data is
   kept (retention still applies) and connecting again makes them active.
-- `delete <provider> <user_id> --yes`: erases the person (ohx_dagster.erasure.erase_person);
+- `delete <provider> <user_id> --yes`: erases the person (ohx_dagster.privacy.erasure.erase_person);
   their tombstone keeps them out of every later sync, connection and webhook.
 - `relink <provider> <user_id> --patient ID --reason .. --actor ..`: moves an account to another
-  patient and republishes its history under them (ohx_dagster.identity.relink), audited.
+  patient and republishes its history under them (ohx_dagster.privacy.identity.relink), audited.
 - `readmit <provider> <user_id> --reason .. --actor ..`: lifts an erased person's tombstone,
   audited.
 """
@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ohx_dagster import times
 from ohx_dagster.cli import common
-from ohx_dagster.errors import OhxError
-from ohx_dagster.ids import check_user_id
+from ohx_dagster.core import times
+from ohx_dagster.core.errors import OhxError
+from ohx_dagster.core.ids import check_user_id
 
 if TYPE_CHECKING:
-    from ohx_dagster.store import PersonRow, RecordStore
+    from ohx_dagster.storage.store import PersonRow, RecordStore
 
 
 class UnknownPerson(OhxError):
@@ -121,7 +121,7 @@ def list_people(ctx: click.Context, provider: str | None, as_json: bool) -> None
 
 def person_detail(store: RecordStore, person: PersonRow) -> dict[str, Any]:
     from ohx_dagster.cli import queries
-    from ohx_dagster.store import config_hash
+    from ohx_dagster.storage.store import config_hash
 
     config = person.config
     provider, user_id = config.provider, config.user_id
@@ -271,7 +271,7 @@ def show(ctx: click.Context, provider: str, user_id: str, as_json: bool) -> None
 @click.pass_context
 def disconnect(ctx: click.Context, provider: str, user_id: str, reason: str) -> None:
     """Stop syncing a person. Their data is kept; connecting their account again resumes."""
-    from ohx_dagster.store import DISCONNECTED
+    from ohx_dagster.storage.store import DISCONNECTED
 
     store = common.open_store(ctx)
     person = _person(store, provider, user_id)
@@ -282,8 +282,8 @@ def disconnect(ctx: click.Context, provider: str, user_id: str, reason: str) -> 
         )
         return
     store.set_state(provider, user_id, DISCONNECTED, reason)
-    from ohx_dagster import audit
-    from ohx_dagster.identity import erasure_salt, subject_hash
+    from ohx_dagster.privacy import audit
+    from ohx_dagster.privacy.identity import erasure_salt, subject_hash
 
     audit.record(
         store,
@@ -300,18 +300,18 @@ def disconnect(ctx: click.Context, provider: str, user_id: str, reason: str) -> 
 
 
 def _erasure() -> Any:
-    """ohx_dagster.erasure, imported once a deletion is confirmed."""
+    """ohx_dagster.privacy.erasure, imported once a deletion is confirmed."""
     try:
-        erasure = importlib.import_module("ohx_dagster.erasure")
+        erasure = importlib.import_module("ohx_dagster.privacy.erasure")
     except ImportError as exc:
-        if exc.name not in (None, "ohx_dagster.erasure"):
+        if exc.name not in (None, "ohx_dagster.privacy.erasure"):
             raise  # a dependency of the erasure module is missing: show it
         raise OhxError(
-            "erasure is not available in this installation (ohx_dagster.erasure is missing): "
-            "install a release that has it; nothing was deleted"
+            "erasure is not available in this installation (ohx_dagster.privacy.erasure is "
+            "missing): install a release that has it; nothing was deleted"
         ) from None
     if not hasattr(erasure, "erase_person"):
-        raise OhxError("ohx_dagster.erasure has no erase_person: nothing was deleted")
+        raise OhxError("ohx_dagster.privacy.erasure has no erase_person: nothing was deleted")
     return erasure
 
 
@@ -332,16 +332,17 @@ def _fhir_client() -> Any | None:
 @click.pass_context
 def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
     """Erase a person everywhere: the store, the published FHIR files and the FHIR server's
-    copies (ohx_dagster.erasure.erase_person). Running it again finishes what a server outage
+    copies (ohx_dagster.privacy.erasure.erase_person). Running it again finishes what a server
+    outage
     left."""
     if not yes:
         raise click.UsageError(
             f"erasing {provider} {user_id} cannot be undone: add --yes to confirm "
             f"(or `ohx users disconnect {provider} {user_id}` to stop syncing and keep the data)"
         )
-    from ohx_dagster.audit import login
+    from ohx_dagster.config.settings import FILE_SOURCES, Settings
     from ohx_dagster.fhir.output import FhirOutput
-    from ohx_dagster.settings import FILE_SOURCES, Settings
+    from ohx_dagster.privacy.audit import login
 
     check_user_id(user_id, "USER_ID")
     store = common.open_store(ctx)
@@ -378,7 +379,7 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
         )
     click.echo(
         "Dagster's run history is not touched here: the erase_person_job erases the runs that "
-        f"name them (`python -m ohx_dagster.erasure subject --provider {provider} --user "
+        f"name them (`python -m ohx_dagster.privacy.erasure subject --provider {provider} --user "
         f"{user_id} --requested-by <you>` prints its run config)."
     )
     if not report.complete and client is None:
@@ -416,8 +417,8 @@ def relink(
     """Move an account to another patient: the connect flow refuses that, staff decide it here.
     Every stored day of the person is published again under the new patient by Dagster's
     republish_sensor; who, when and why go to the audit log."""
-    from ohx_dagster import identity
-    from ohx_dagster.ids import check_patient_id
+    from ohx_dagster.core.ids import check_patient_id
+    from ohx_dagster.privacy import identity
 
     common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")
@@ -476,7 +477,7 @@ def set_zone(
     from datetime import date
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from ohx_dagster import audit, identity
+    from ohx_dagster.privacy import audit, identity
 
     common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")
@@ -520,7 +521,7 @@ def set_zone(
 def readmit(ctx: click.Context, provider: str, user_id: str, reason: str, actor: str) -> None:
     """Let an erased person in again: their erasure's tombstone is lifted, so the next sync of
     their source, connection or webhook stores their data again."""
-    from ohx_dagster import identity
+    from ohx_dagster.privacy import identity
 
     common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")

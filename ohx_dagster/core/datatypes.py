@@ -4,14 +4,14 @@ Adding a type is one entry here plus each provider's mapping (docs/extending.md)
 code reads its facts from this table, never spells them again:
 
 - the canonical UCUM unit, and the unit spellings providers send with their conversion
-  (ohx_dagster/units.py);
+  (ohx_dagster/core/units.py);
 - the hard limits (rejected on ingest) and the plausible range (the quality check looks) in the
-  canonical unit (ohx_dagster/models.py);
+  canonical unit (ohx_dagster/core/models.py);
 - its shape: a series of many samples (stored as hourly chunks, published as SampledData), a spot
   reading (one Observation each) or a waveform (ECG: a recording, never aggregated);
 - how it aggregates: the statistic an aggregate leads with (a sum of steps, a mean of the rest)
   and the decimals it is published with; for readings, the difference under which two apps'
-  readings a minute apart are one reading (ohx_dagster/aggregate.py);
+  readings a minute apart are one reading (ohx_dagster/publish/aggregate.py);
 - its FHIR face: LOINC code, UCUM display, observation category and the R5 profile it conforms
   to (ohx_dagster/fhir/codes.py).
 """

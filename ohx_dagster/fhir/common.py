@@ -21,6 +21,8 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from ohx_dagster.core.ids import content_key, stable_id
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig, default_patient_id
 from ohx_dagster.fhir.codes import (
     DEVICE_ASSOCIATION_STATUS,
     IDENTIFIER_SYSTEM,
@@ -29,8 +31,6 @@ from ohx_dagster.fhir.codes import (
     UCUM,
     category,
 )
-from ohx_dagster.ids import content_key, stable_id
-from ohx_dagster.models import HealthDataType, HealthSyncConfig, default_patient_id
 
 
 def epoch_us(timestamps: pd.Series) -> np.ndarray:
@@ -145,7 +145,7 @@ def device_reference(provider: str, user_id: str, device_id: str) -> dict[str, s
     return reference("Device", device_key(provider, user_id, device_id)) if device_id else None
 
 
-# How a value was obtained (ohx_dagster.records.METHODS), as Observation.method says it. Device
+# How a value was obtained (ohx_dagster.core.records.METHODS), as Observation.method says it. Device
 # measurements say nothing: their device is in Observation.device.
 METHOD_TEXT: Final[dict[str, str]] = {
     "manual": "entered by hand",
@@ -167,7 +167,8 @@ def observation_base(
     """The leading elements of an Observation of a type: profile, status, category, code, subject.
 
     Aggregates claim the profile too: an hourly mean heart rate is still a heart rate. `status`:
-    final, or preliminary while late data may still change it (ohx_dagster/publish.py)."""
+    final, or preliminary while late data may still change it
+    (ohx_dagster/publish/partitions.py)."""
     codes = TYPE_CODES[kind]
     resource = header("Observation", key)
     if codes.profile:

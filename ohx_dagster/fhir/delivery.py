@@ -25,8 +25,8 @@ exponential backoff; any other 4xx stops with the server's OperationOutcome in t
 Auth: a static bearer token, OAuth client credentials with a secret, or SMART Backend Services
 (client credentials authenticated by a JWT the client signs with its private key); tokens are
 cached until shortly before they expire and fetched anew after a 401.
-Audited (ohx_dagster/audit.py, action `export`): per transaction Bundle, one row per person whose
-resources it held, in the transaction that marks them delivered (ok) or records the failure
+Audited (ohx_dagster/privacy/audit.py, action `export`): per transaction Bundle, one row per person
+whose resources it held, in the transaction that marks them delivered (ok) or records the failure
 (failed: the server refused or stayed unavailable); the person as their salted subject, the
 server without credentials or query.
 """
@@ -45,15 +45,16 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
-from ohx_dagster import audit, db
-from ohx_dagster.errors import OhxError
+from ohx_dagster.core.errors import OhxError
+from ohx_dagster.core.times import now_us
 from ohx_dagster.fhir.codes import PERSON_SYSTEM
 from ohx_dagster.fhir.common import is_withdrawn, referenced, references_in
 from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.privacy import audit
 from ohx_dagster.providers.http import parse_retry_after
-from ohx_dagster.schema import fhir_files, fhir_outbox
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import now_us
+from ohx_dagster.storage import db
+from ohx_dagster.storage.schema import fhir_files, fhir_outbox
+from ohx_dagster.storage.store import RecordStore
 
 RETRY_STATUSES: Final = frozenset({429, 500, 502, 503, 504})
 FHIR_JSON: Final = "application/fhir+json"
@@ -734,7 +735,7 @@ class FhirClient:
         self, conn: sa.Connection, batch: Sequence[Any], actor: str, outcome: str
     ) -> None:
         """The batch's audit rows: per person whose resources it held, how many and where."""
-        from ohx_dagster.identity import erasure_salt
+        from ohx_dagster.privacy.identity import erasure_salt
 
         people: dict[tuple[str, str], list[Any]] = {}
         for row in batch:

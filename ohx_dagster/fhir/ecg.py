@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ohx_dagster.core.ids import content_key
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import row_dicts
 from ohx_dagster.fhir.codes import ECG_SECTION, ECG_WAVEFORM, TYPE_CODES, category
 from ohx_dagster.fhir.common import (
     device_reference,
@@ -28,9 +31,6 @@ from ohx_dagster.fhir.common import (
 )
 from ohx_dagster.fhir.series import sampled_text
 from ohx_dagster.fhir.timefmt import format_us, parse_us
-from ohx_dagster.ids import content_key
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.records import row_dicts
 
 # (user_id, start_us, end_us) -> references to the heart-rate and RR series around that window.
 LinkedSeries = Callable[[str, int, int], list[dict[str, str]]]

@@ -15,6 +15,9 @@ from typing import Any, Final
 import pandas as pd
 
 from ohx_dagster.core.datatypes import Shape, of_shape
+from ohx_dagster.core.ids import content_key
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import row_dicts
 from ohx_dagster.fhir.codes import DIASTOLIC, SYSTOLIC, TYPE_CODES
 from ohx_dagster.fhir.common import (
     device_reference,
@@ -24,9 +27,6 @@ from ohx_dagster.fhir.common import (
     quantity,
 )
 from ohx_dagster.fhir.timefmt import format_us
-from ohx_dagster.ids import content_key
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.records import row_dicts
 
 SPARSE_TYPES: Final = of_shape(Shape.READING)
 

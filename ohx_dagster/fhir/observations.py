@@ -15,6 +15,10 @@ from typing import Any
 import pandas as pd
 
 from ohx_dagster.core.datatypes import DATA_TYPES
+from ohx_dagster.core.ids import content_key
+from ohx_dagster.core.localdays import Calendar
+from ohx_dagster.core.models import AggregationLevel, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import row_dicts
 from ohx_dagster.fhir.codes import (
     BP_EXTREMES,
     DAILY_STEPS,
@@ -32,10 +36,6 @@ from ohx_dagster.fhir.common import (
     quantity,
 )
 from ohx_dagster.fhir.timefmt import format_us
-from ohx_dagster.ids import content_key
-from ohx_dagster.localdays import Calendar
-from ohx_dagster.models import AggregationLevel, HealthDataType, HealthSyncConfig
-from ohx_dagster.records import row_dicts
 
 __all__ = ["aggregate_observation", "aggregate_observations", "patient_reference", "quantity"]
 

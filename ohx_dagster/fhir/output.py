@@ -14,7 +14,7 @@ same content may be collected any moment.
 Writes are atomic on both kinds of storage: local files are written under a temporary name,
 flushed to disk (fsync), then renamed; an object store's put is atomic by itself (an object is
 either all there or not there). Reads never trust a cached listing: the files may have been
-written by another process (ohx_dagster/locations.py turns s3fs's listings cache off).
+written by another process (ohx_dagster/config/locations.py turns s3fs's listings cache off).
 
 | variable | meaning |
 |---|---|
@@ -38,8 +38,8 @@ import fsspec
 import orjson
 from fsspec.implementations.local import LocalFileSystem
 
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.locations import storage_options
+from ohx_dagster.config.locations import storage_options
+from ohx_dagster.core.errors import ConfigError
 
 __all__ = ["MANIFEST", "FhirOutput", "OutputFile", "file_name", "ndjson", "storage_options"]
 

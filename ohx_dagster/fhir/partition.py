@@ -1,6 +1,6 @@
 """Which FHIR resources one day partition publishes for a bucket of people, from data read once.
 
-Per person, for their local day of the partition's date (ohx_dagster/localdays.py: the day they
+Per person, for their local day of the partition's date (ohx_dagster/core/localdays.py: the day they
 lived, 23 to 25 hours, in the zone they lived it in):
 - their Patient (unless the clinical system named them: then its Patient is referenced);
 - heart rate, steps and RR series: one Observation (valueSampledData) per stored chunk (one
@@ -35,6 +35,10 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from ohx_dagster.core.localdays import Calendar, own_day_bounds
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import row_dicts
+from ohx_dagster.core.times import HOUR_US, utc_day
 from ohx_dagster.fhir.common import device, is_clinical_patient, patient, reference
 from ohx_dagster.fhir.ecg import ecg_reports
 from ohx_dagster.fhir.measurements import (
@@ -46,12 +50,8 @@ from ohx_dagster.fhir.observations import aggregate_observations
 from ohx_dagster.fhir.provenance import provenance
 from ohx_dagster.fhir.resting import resting_heart_rate
 from ohx_dagster.fhir.series import chunk_observation, series_reference
-from ohx_dagster.localdays import Calendar, own_day_bounds
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.record_tables import Chunk
-from ohx_dagster.records import row_dicts
-from ohx_dagster.sync import LINK_MARGIN
-from ohx_dagster.times import HOUR_US, utc_day
+from ohx_dagster.storage.record_tables import Chunk
+from ohx_dagster.sync.fetch import LINK_MARGIN
 
 LINK_MARGIN_US: Final = int(LINK_MARGIN.total_seconds() * 1_000_000)
 AMBIGUOUS: Final = "ambiguous"

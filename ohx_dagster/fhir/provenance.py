@@ -5,9 +5,9 @@ Dagster run, assembled by which software, and when (`recorded`).
 The agent and the run are logical references (identifier only): they are not resources of the
 output. R5 Provenance has no identifier: delivery updates it by its id (PUT Provenance/<id>), and
 deletes it when the person's day no longer has one. A publication that changes no clinical
-resource keeps the previous Provenance (ohx_dagster/publish.py); otherwise it names the new run
-and time, so comparisons of outputs made by different runs leave it out (the clinical resources
-are byte-identical whatever run made them).
+resource keeps the previous Provenance (ohx_dagster/publish/partitions.py); otherwise it names the
+new run and time, so comparisons of outputs made by different runs leave it out (the clinical
+resources are byte-identical whatever run made them).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any, Final
 
+from ohx_dagster.core.ids import content_key, stable_id
+from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.fhir.codes import (
     DATA_OPERATION,
     PARTICIPANT_TYPE,
@@ -25,8 +27,6 @@ from ohx_dagster.fhir.codes import (
 )
 from ohx_dagster.fhir.common import patient_reference
 from ohx_dagster.fhir.timefmt import format_us
-from ohx_dagster.ids import content_key, stable_id
-from ohx_dagster.models import HealthSyncConfig
 from ohx_dagster.providers.registry import describe
 
 SOFTWARE: Final = "ohx-dagster"

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
+from ohx_dagster.core.ids import content_key
+from ohx_dagster.core.localdays import Calendar
+from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.fhir.codes import DECIMALS, LOINC, STATISTIC, Code, category
 from ohx_dagster.fhir.common import header, patient_reference, quantity
 from ohx_dagster.fhir.timefmt import format_us
-from ohx_dagster.ids import content_key
-from ohx_dagster.localdays import Calendar
-from ohx_dagster.models import HealthDataType
 
 if TYPE_CHECKING:
     from ohx_dagster.fhir.partition import BucketData

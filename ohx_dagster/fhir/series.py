@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ohx_dagster.core.ids import content_key
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.fhir.codes import TYPE_CODES
 from ohx_dagster.fhir.common import (
     device_reference,
@@ -25,9 +27,7 @@ from ohx_dagster.fhir.common import (
     reference,
 )
 from ohx_dagster.fhir.timefmt import format_us, parse_us
-from ohx_dagster.ids import content_key
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.record_tables import Chunk
+from ohx_dagster.storage.record_tables import Chunk
 
 
 def series_key(

@@ -31,17 +31,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.coverage import Interval
-from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.coverage import Interval
+from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import concat, dedupe, empty_batch, make_batch
+from ohx_dagster.core.times import from_us
 from ohx_dagster.providers.app import ProviderApp
 from ohx_dagster.providers.base import Event, FetchResult, Windows, windows_from_moments
 from ohx_dagster.providers.budget import RequestBudget
 from ohx_dagster.providers.http import ApiClient, Refused, TokenSource
 from ohx_dagster.providers.tokens import OAuthClient, TokenStore, UserTokens
-from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import from_us
+from ohx_dagster.storage.store import RecordStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +192,7 @@ class Sample:
     duration_s: float | None = None
     device_id: str = ""
     diastolic: float | None = None
-    method: str = "device"  # ohx_dagster.records.METHODS
+    method: str = "device"  # ohx_dagster.core.records.METHODS
     context: str = ""  # what the person was doing, as the provider names it
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
-from ohx_dagster.models import HealthDataType
+from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.providers.budget import RequestLimit
 
 

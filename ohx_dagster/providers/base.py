@@ -20,10 +20,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
-from ohx_dagster.coverage import Interval
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.records import concat, dedupe, empty_batch, select
-from ohx_dagster.times import from_us, to_us
+from ohx_dagster.core.coverage import Interval
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import concat, dedupe, empty_batch, select
+from ohx_dagster.core.times import from_us, to_us
 
 Windows = Mapping[HealthDataType, Sequence[Interval]]
 

@@ -23,8 +23,8 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.locations import Location
+from ohx_dagster.config.locations import Location
+from ohx_dagster.core.errors import ValidationError
 
 EARLIEST_SAMPLE: Final = date(2000, 1, 1)
 SETTING: Final = "OHX_EARLIEST_SAMPLE_DATE"

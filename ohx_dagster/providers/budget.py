@@ -22,11 +22,11 @@ from typing import Final
 
 import sqlalchemy as sa
 
-from ohx_dagster import db
-from ohx_dagster.errors import RateLimited
-from ohx_dagster.schema import request_budget
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import to_us
+from ohx_dagster.core.errors import RateLimited
+from ohx_dagster.core.times import to_us
+from ohx_dagster.storage import db
+from ohx_dagster.storage.schema import request_budget
+from ohx_dagster.storage.store import RecordStore
 
 # Wait this long after a 429 that named no Retry-After.
 DEFAULT_BLOCK_S: Final = 60.0

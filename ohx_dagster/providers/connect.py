@@ -50,10 +50,11 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
-from ohx_dagster.errors import ConfigError, OhxError, ProviderError, ValidationError
-from ohx_dagster.identity import erasure_salt, redact, short, subject_hash
-from ohx_dagster.ids import check_patient_id, check_user_id
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.errors import ConfigError, OhxError, ProviderError, ValidationError
+from ohx_dagster.core.ids import check_patient_id, check_user_id
+from ohx_dagster.core.models import HealthSyncConfig
+from ohx_dagster.core.times import to_us
+from ohx_dagster.privacy.identity import erasure_salt, redact, short, subject_hash
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
@@ -65,9 +66,8 @@ from ohx_dagster.providers.tokens import (
     cipher_from_env,
     connect_user,
 )
-from ohx_dagster.schema import oauth_states
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import to_us
+from ohx_dagster.storage.schema import oauth_states
+from ohx_dagster.storage.store import RecordStore
 
 REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
 STATE_TTL: Final = timedelta(minutes=10)
@@ -285,7 +285,7 @@ class ConnectFlow:
         tokens, body = self._exchange(settings, code, verifier)
         user_id = self._provider_user_id(settings, tokens, body)
         try:
-            check_user_id(user_id)  # the rule of every way in (ohx_dagster/ids.py)
+            check_user_id(user_id)  # the rule of every way in (ohx_dagster/core/ids.py)
         except ValidationError as exc:
             raise ProviderError(
                 f"{provider}: the provider's user id is not usable ({exc.expected})"

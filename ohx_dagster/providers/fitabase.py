@@ -12,8 +12,8 @@ weightLogInfo_merged.csv (weight, kg). dailyActivity_merged.csv is not read: its
 the hourly steps and would count them twice.
 
 A directory is a local path or an object-store prefix (s3://bucket/exports/fitabase, see
-ohx_dagster/locations.py), so a run in its own container reads the export without a shared disk.
-An export file that is a symbolic link leading out of its directory is refused, and rows dated
+ohx_dagster/config/locations.py), so a run in its own container reads the export without a shared
+disk. An export file that is a symbolic link leading out of its directory is refused, and rows dated
 outside the plausible dates (providers/bounds.py) are refused and counted in `refused`.
 """
 
@@ -28,18 +28,18 @@ from typing import Final, cast
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ProviderError, ValidationError
-from ohx_dagster.ids import check_user_id
-from ohx_dagster.locations import Location, kind, location, split_locations
-from ohx_dagster.models import (
+from ohx_dagster.config.locations import Location, kind, location, split_locations
+from ohx_dagster.core.errors import ProviderError, ValidationError
+from ohx_dagster.core.ids import check_user_id
+from ohx_dagster.core.models import (
     AggregationLevel,
     HealthDataType,
     HealthSyncConfig,
     SyncFrequency,
 )
+from ohx_dagster.core.records import concat, dedupe, empty_batch, make_batch
 from ohx_dagster.providers.base import ReadOnce
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates, inside
-from ohx_dagster.records import concat, dedupe, empty_batch, make_batch
 
 NAME: Final = "fitabase"
 SETTING: Final = "OHX_FITABASE_DIR"

@@ -28,8 +28,8 @@ from typing import Any, Final, Protocol, TypeVar
 import httpx
 import orjson
 
-from ohx_dagster import errors
-from ohx_dagster.errors import ProviderError, RateLimited
+from ohx_dagster.core import errors
+from ohx_dagster.core.errors import ProviderError, RateLimited
 
 EXCERPT_CHARS: Final = 200
 MAX_PAGES: Final = 10_000

@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from typing import Any, Final
 
-from ohx_dagster.errors import ProviderError
+from ohx_dagster.core.errors import ProviderError
 
 _MISSING: Final = object()
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)s$")

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
-from ohx_dagster.models import HealthDataType as T
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.models import HealthDataType as T
+from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers import google_health, oura, polar, withings
 from ohx_dagster.providers.app import ProviderApp
 

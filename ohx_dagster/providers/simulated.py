@@ -21,15 +21,15 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.models import (
+from ohx_dagster.core.models import (
     AggregationLevel,
     DateRange,
     HealthDataType,
     HealthSyncConfig,
     SyncFrequency,
 )
-from ohx_dagster.records import concat, empty_batch, make_batch
-from ohx_dagster.times import HOUR_US, to_us
+from ohx_dagster.core.records import concat, empty_batch, make_batch
+from ohx_dagster.core.times import HOUR_US, to_us
 
 NAME: Final = "simulated"
 HOUR: Final = timedelta(hours=1)

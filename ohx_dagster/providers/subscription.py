@@ -10,7 +10,7 @@ schedule syncs the person anyway.
 
 Variables: OHX_WEBHOOK_BASE_URL, the receiver's public base URL for provider callbacks (default:
 OHX_OAUTH_REDIRECT_BASE, the same receiver); the receiver secrets the callbacks carry
-(ohx_dagster/webhooks/config.py: a provider whose route is not mounted is not subscribed).
+(ohx_dagster/receiver/config.py: a provider whose route is not mounted is not subscribed).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from ohx_dagster.errors import ConfigError
-from ohx_dagster.identity import erasure_salt, redact, short, subject_hash
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.core.models import HealthSyncConfig
+from ohx_dagster.core.times import from_us, now_us, to_us
+from ohx_dagster.privacy.identity import erasure_salt, redact, short, subject_hash
 from ohx_dagster.providers.http import excerpt
-from ohx_dagster.schema import webhook_subscriptions
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import from_us, now_us, to_us
-from ohx_dagster.webhooks import config
+from ohx_dagster.receiver import config
+from ohx_dagster.storage.schema import webhook_subscriptions
+from ohx_dagster.storage.store import RecordStore
 
 if TYPE_CHECKING:
     from ohx_dagster.providers.api import ApiSettings
@@ -83,7 +83,7 @@ class SubscriptionSettings:
         if not base.startswith(("https://", "http://")):
             raise ConfigError(f"{BASE_URL_ENV}={base!r}: expected the receiver's public base URL")
         # The receiver mounts /webhooks/oura with the client secret and the verification token,
-        # /webhooks/withings with the callback token (ohx_dagster/webhooks/config.py).
+        # /webhooks/withings with the callback token (ohx_dagster/receiver/config.py).
         oura = env.get(config.OURA_TOKEN, "").strip() if env.get(config.OURA_SECRET) else ""
         withings = env.get(config.WITHINGS_TOKEN, "").strip()
         return cls(base, oura or None, withings or None)
@@ -172,8 +172,8 @@ def subscribe_after_connect(
     salt = erasure_salt()
     for result in results:
         if result.status == FAILED:
-            # The person by their salted subject (ohx_dagster/identity.py), in the detail too:
-            # a provider's or a token refresh's error may quote their id.
+            # The person by their salted subject (ohx_dagster/privacy/identity.py), in the detail
+            # too: a provider's or a token refresh's error may quote their id.
             log.error(
                 "%s webhook subscription %s for account %s failed: %s",
                 provider,

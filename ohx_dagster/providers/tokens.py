@@ -1,6 +1,6 @@
 """Per-user OAuth2 tokens of the provider APIs, encrypted at rest, refreshed when they expire.
 
-- One row per (provider, user) in `oauth_tokens` (ohx_dagster/schema.py): the access and
+- One row per (provider, user) in `oauth_tokens` (ohx_dagster/storage/schema.py): the access and
   refresh tokens as one Fernet ciphertext (key from OHX_TOKEN_KEY; several keys separated by
   commas rotate: the first encrypts, all decrypt), the scope and expiry in clear (not secrets;
   an operator can see who must reconnect without the key).
@@ -24,7 +24,7 @@
 - `connect_user` is the one way a user arrives: tokens and sync config in one transaction, so
   the new-user sensor (which backfills the user's history) never sees a user without tokens;
   an erased person, or an account connected for another patient, is refused there
-  (ohx_dagster/identity.py).
+  (ohx_dagster/privacy/identity.py).
 """
 
 from __future__ import annotations
@@ -44,15 +44,16 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from sqlalchemy.engine import Connection
 
-from ohx_dagster import audit, db, identity
-from ohx_dagster.errors import ConfigError, NeedsReauthorization, ProviderError
-from ohx_dagster.ids import check_provider_name, check_user_id
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError
+from ohx_dagster.core.ids import check_provider_name, check_user_id
+from ohx_dagster.core.models import HealthSyncConfig
+from ohx_dagster.core.times import from_us, now_us, to_us
+from ohx_dagster.privacy import audit, identity
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.http import ApiClient, HttpStatusError, decode_json
-from ohx_dagster.schema import oauth_tokens
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import from_us, now_us, to_us
+from ohx_dagster.storage import db
+from ohx_dagster.storage.schema import oauth_tokens
+from ohx_dagster.storage.store import RecordStore
 
 TOKEN_KEY_ENV: Final = "OHX_TOKEN_KEY"
 # An access token this close to its expiry is refreshed before use (clock skew, request time).
@@ -407,7 +408,7 @@ def connect_user(
     transaction under the person's lock (the new-user sensor, which backfills the user's
     lookback window, never sees a user without tokens). Reconnecting replaces the tokens.
 
-    Refused, with nothing stored (ohx_dagster/identity.py): an id the receiver would refuse
+    Refused, with nothing stored (ohx_dagster/privacy/identity.py): an id the receiver would refuse
     (ValidationError), an erased person who was not re-admitted (Erased), an account connected
     for another patient (LinkConflict: moving it is `ohx users relink`). Every outcome is
     written to the audit log, the person as their salted subject."""

@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import orjson
 
-from ohx_dagster.errors import ConfigError
+from ohx_dagster.core.errors import ConfigError
 
 SETTING: Final = "OHX_FHIR_PACKAGES"
 # The pinned npm packages (name@version), each unpacked into a folder "name-version".

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Final
 
+from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.fhir.codes import (
     DAILY_STEPS,
     DIASTOLIC,
@@ -29,7 +30,6 @@ from ohx_dagster.fhir.codes import (
 from ohx_dagster.fhir.validation import ucum
 from ohx_dagster.fhir.validation.problems import Problem, identity
 from ohx_dagster.fhir.validation.sampled import sampled_data
-from ohx_dagster.models import HealthDataType
 
 
 def _units() -> dict[tuple[str, str], tuple[str, str]]:

@@ -10,7 +10,7 @@ The archive, as the Health app writes it (SOURCE.md names where each fact comes 
 
 An export.xml given alone is read with the electrocardiograms folder beside it, when there is
 one (the archive unzipped). Either may be a local path or on object storage (s3://...,
-ohx_dagster/locations.py): the zip is read by ranges, never copied to a disk.
+ohx_dagster/config/locations.py): the zip is read by ranges, never copied to a disk.
 
 A member that would inflate beyond the limits of bounds.py (a zip bomb) is refused before it is
 read, and an ECG file beside export.xml that is a symbolic link leading out of the export's
@@ -26,8 +26,8 @@ from contextlib import contextmanager
 from pathlib import PurePosixPath
 from typing import IO, Final
 
-from ohx_dagster.errors import ProviderError, ValidationError
-from ohx_dagster.locations import Location
+from ohx_dagster.config.locations import Location
+from ohx_dagster.core.errors import ProviderError, ValidationError
 from ohx_dagster.providers.bounds import check_archive_member, inside
 
 EXPORT_XML: Final = "export.xml"

@@ -41,16 +41,16 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import HARD_LIMITS, HealthDataType
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import HARD_LIMITS, HealthDataType
+from ohx_dagster.core.records import concat, make_batch
+from ohx_dagster.core.units import to_canonical
 from ohx_dagster.providers.apple_health.export import (
     NAME,
     TIME_FORMAT,
     device_id,
     parse_moment,
 )
-from ohx_dagster.records import concat, make_batch
-from ohx_dagster.units import to_canonical
 
 WATCH: Final = "Apple Watch"
 # The unit line's value -> the unit make_batch converts from. The real files write MICRO SIGN

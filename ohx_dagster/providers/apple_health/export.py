@@ -61,12 +61,12 @@ from typing import IO, Final, cast
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ProviderError, ValidationError
-from ohx_dagster.models import HARD_LIMITS, HealthDataType
+from ohx_dagster.core.errors import ProviderError, ValidationError
+from ohx_dagster.core.models import HARD_LIMITS, HealthDataType
+from ohx_dagster.core.records import make_batch
+from ohx_dagster.core.units import accepted_units, to_canonical
 from ohx_dagster.providers.apple_health.spill import Spill
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
-from ohx_dagster.records import make_batch
-from ohx_dagster.units import accepted_units, to_canonical
 
 NAME: Final = "apple_health"
 QUANTITY_TYPES: Final[dict[str, HealthDataType]] = {

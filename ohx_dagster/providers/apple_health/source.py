@@ -11,16 +11,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.ids import check_user_id
-from ohx_dagster.locations import Location, kind, location
-from ohx_dagster.models import (
+from ohx_dagster.config.locations import Location, kind, location
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.ids import check_user_id
+from ohx_dagster.core.models import (
     AggregationLevel,
     DateRange,
     HealthDataType,
     HealthSyncConfig,
     SyncFrequency,
 )
+from ohx_dagster.core.records import concat, dedupe, empty_batch
+from ohx_dagster.core.times import DAY_US, to_us
 from ohx_dagster.providers.apple_health.archive import open_export
 from ohx_dagster.providers.apple_health.ecg import EcgRecording, ecg_batch, read_ecg
 from ohx_dagster.providers.apple_health.export import (
@@ -35,8 +37,6 @@ from ohx_dagster.providers.apple_health.export import (
 from ohx_dagster.providers.apple_health.zone import ZoneChoice, ZoneEvidence, infer_zone, is_zone
 from ohx_dagster.providers.base import ReadOnce
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
-from ohx_dagster.records import concat, dedupe, empty_batch
-from ohx_dagster.times import DAY_US, to_us
 
 SETTING = "OHX_APPLE_HEALTH_EXPORT"
 _EPOCH = date(1970, 1, 1)
@@ -71,7 +71,7 @@ class AppleHealthSource(ReadOnce):
             raise ValidationError("timezone", timezone, "an IANA time zone name")
         self.timezone = timezone
         folder = self.path.resolve().parent if isinstance(self.path, Path) else self.path.parent
-        try:  # the rule every entry point applies (ohx_dagster/ids.py)
+        try:  # the rule every entry point applies (ohx_dagster/core/ids.py)
             self.user_id = check_user_id(user_id or folder.name)
         except ValidationError as exc:
             where = f"the person of {self.path}: name another with OHX_APPLE_HEALTH_USER or --user"

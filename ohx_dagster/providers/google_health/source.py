@@ -38,14 +38,14 @@ from typing import Any, Final
 
 import pandas as pd
 
-from ohx_dagster.coverage import Interval
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.coverage import Interval
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSource, Sample, samples_batch
 from ohx_dagster.providers.base import Event
 from ohx_dagster.providers.http import TokenSource, paginate
-from ohx_dagster.times import to_us
 
 NAME: Final = "google_health"
 MAX_PAGE_SIZE: Final = 10_000

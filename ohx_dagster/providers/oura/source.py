@@ -32,14 +32,14 @@ from typing import Any, Final
 
 import pandas as pd
 
-from ohx_dagster.coverage import Interval
-from ohx_dagster.errors import ProviderError
-from ohx_dagster.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.coverage import Interval
+from ohx_dagster.core.errors import ProviderError
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.times import to_us
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSource, Sample, offset_min, samples_batch
 from ohx_dagster.providers.base import Event
 from ohx_dagster.providers.http import HttpStatusError, TokenSource, paginate
-from ohx_dagster.times import to_us
 
 NAME: Final = "oura"
 DEVICE: Final = "oura-ring"

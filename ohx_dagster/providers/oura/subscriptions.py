@@ -24,8 +24,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
 
-from ohx_dagster.errors import ConfigError, ProviderError
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.errors import ConfigError, ProviderError
+from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.app import ProviderApp
@@ -44,7 +44,7 @@ from ohx_dagster.providers.subscription import (
     SubscriptionSettings,
     record,
 )
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 SUBSCRIPTIONS: Final = "/v2/webhook/subscription"
 DATA_TYPES: Final = ("daily_activity", "daily_spo2", "sleep", "workout", "session")
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
     env = os.environ if env is None else env
     # Imported here: settings and the provider registry import this package.
+    from ohx_dagster.config.settings import Settings
     from ohx_dagster.providers.registry import API_PROVIDERS
-    from ohx_dagster.settings import Settings
 
     try:
         store = RecordStore(Settings.from_env(env).database_url)

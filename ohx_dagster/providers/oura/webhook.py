@@ -16,13 +16,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.inbox import NewEvent
-from ohx_dagster.models import HealthDataType
-from ohx_dagster.webhooks.config import OuraSecrets
-from ohx_dagster.webhooks.parsing import iso_instant, json_body, quoted, require
-from ohx_dagster.webhooks.receiver import Receiver
-from ohx_dagster.webhooks.signatures import SignatureRejected, check_fresh, same_secret
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.models import HealthDataType
+from ohx_dagster.receiver.config import OuraSecrets
+from ohx_dagster.receiver.parsing import iso_instant, json_body, quoted, require
+from ohx_dagster.receiver.receiver import Receiver
+from ohx_dagster.receiver.signatures import SignatureRejected, check_fresh, same_secret
+from ohx_dagster.sync.inbox import NewEvent
 
 HR: Final = HealthDataType.HEART_RATE.value
 # Data types whose documents carry data this product syncs (None: several types, sync all).

@@ -47,9 +47,10 @@ from urllib.parse import quote
 
 import pandas as pd
 
-from ohx_dagster.coverage import Interval
-from ohx_dagster.models import HARD_LIMITS, DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.models import HealthDataType as T
+from ohx_dagster.core.coverage import Interval
+from ohx_dagster.core.models import HARD_LIMITS, DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.models import HealthDataType as T
+from ohx_dagster.core.times import to_us
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSettings, ApiSource, Sample, samples_batch
 from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
@@ -57,8 +58,7 @@ from ohx_dagster.providers.base import Event, FetchResult, Windows
 from ohx_dagster.providers.http import HttpStatusError, TokenSource
 from ohx_dagster.providers.polar import accesslink_subscriptions as subscriptions
 from ohx_dagster.providers.polar.accesslink_webhook import EXERCISE, NAME
-from ohx_dagster.store import RecordStore
-from ohx_dagster.times import to_us
+from ohx_dagster.storage.store import RecordStore
 
 EXERCISES: Final = "/v3/exercises"
 HR, RR = HealthDataType.HEART_RATE, HealthDataType.RR_INTERVALS

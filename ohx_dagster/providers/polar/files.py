@@ -42,8 +42,8 @@ from typing import Final, NoReturn
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.locations import Location
+from ohx_dagster.config.locations import Location
+from ohx_dagster.core.errors import ValidationError
 
 NAME_PATTERN: Final = "Polar_<model>_<device id>_<yyyymmdd>_<hhmmss>_<STREAM>.txt"
 _SENSOR_LOGGER_NAME: Final = re.compile(

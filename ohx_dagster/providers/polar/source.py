@@ -44,16 +44,18 @@ from typing import Final, cast
 import numpy as np
 import pandas as pd
 
-from ohx_dagster.errors import ConfigError, ValidationError
-from ohx_dagster.ids import check_user_id
-from ohx_dagster.locations import Location, location
-from ohx_dagster.locations import kind as location_kind
-from ohx_dagster.models import (
+from ohx_dagster.config.locations import Location, location
+from ohx_dagster.config.locations import kind as location_kind
+from ohx_dagster.core.errors import ConfigError, ValidationError
+from ohx_dagster.core.ids import check_user_id
+from ohx_dagster.core.models import (
     HARD_LIMITS,
     AggregationLevel,
     HealthDataType,
     HealthSyncConfig,
 )
+from ohx_dagster.core.records import concat, dedupe, make_batch
+from ohx_dagster.core.units import to_canonical
 from ohx_dagster.providers.base import ReadOnce
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates, inside
 from ohx_dagster.providers.polar.files import (
@@ -76,8 +78,6 @@ from ohx_dagster.providers.polar.files import (
     read_hr,
     read_rr,
 )
-from ohx_dagster.records import concat, dedupe, make_batch
-from ohx_dagster.units import to_canonical
 
 NAME: Final = "polar"
 CONVERTED_DEVICE: Final = "polar-h10"
@@ -247,7 +247,7 @@ class PolarFileSource(ReadOnce):
 
     def _user(self, logged: SensorLoggerFile | None, path: Location) -> str:
         user = self.user_id or (logged.device_id if logged is not None else path.stem)
-        try:  # the rule every entry point applies (ohx_dagster/ids.py)
+        try:  # the rule every entry point applies (ohx_dagster/core/ids.py)
             return check_user_id(user)
         except ValidationError as exc:
             where = f"the person of {path.name}: name another with user_id"

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from ohx_dagster.models import HealthDataType as T
+from ohx_dagster.core.models import HealthDataType as T
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
 from ohx_dagster.providers.budget import RequestLimit

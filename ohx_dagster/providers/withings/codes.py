@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from ohx_dagster.errors import ProviderError, RateLimited
-from ohx_dagster.models import HealthDataType
+from ohx_dagster.core.errors import ProviderError, RateLimited
+from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.http import Budget, Refused, Unauthorized, excerpt
 

@@ -63,18 +63,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
-from ohx_dagster import coverage as cov
-from ohx_dagster.coverage import Interval
-from ohx_dagster.errors import NeedsReauthorization, ProviderError, RateLimited
-from ohx_dagster.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core import coverage as cov
+from ohx_dagster.core.coverage import Interval
+from ohx_dagster.core.errors import NeedsReauthorization, ProviderError, RateLimited
+from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import concat, dedupe, make_batch
+from ohx_dagster.core.times import DAY_US, to_us
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSource, Sample, offset_min, samples_batch
 from ohx_dagster.providers.base import Event, FetchResult, Windows
 from ohx_dagster.providers.budget import RequestBudget
 from ohx_dagster.providers.http import Refused, TokenSource, paginate
 from ohx_dagster.providers.withings.codes import APPLI, NAME, status_check
-from ohx_dagster.records import concat, dedupe, make_batch
-from ohx_dagster.times import DAY_US, to_us
 
 MEASURE: Final = "/measure"
 HEART: Final = "/v2/heart"
@@ -91,8 +91,8 @@ SINGLE: Final[dict[int, tuple[HealthDataType, str]]] = {
 MEASTYPES: Final = (WEIGHT, DIASTOLIC, SYSTOLIC, PULSE, SPO2, BODY_TEMPERATURE)
 HR, STEPS, ECG = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.ECG
 
-# measuregrp `attrib` -> the record's method (ohx_dagster.records.METHODS); SOURCE.md quotes the
-# documented meaning of each value.
+# measuregrp `attrib` -> the record's method (ohx_dagster.core.records.METHODS); SOURCE.md quotes
+# the documented meaning of each value.
 ATTRIB_METHOD: Final[dict[int, str]] = {
     0: "device",
     1: "ambiguous",

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Final
 from urllib.parse import quote
 
-from ohx_dagster.errors import OhxError
-from ohx_dagster.models import HealthSyncConfig
+from ohx_dagster.core.errors import OhxError
+from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers.api import ApiConnection, ApiSettings
 from ohx_dagster.providers.app import ProviderApp
 from ohx_dagster.providers.http import excerpt
@@ -25,7 +25,7 @@ from ohx_dagster.providers.subscription import (
     SubscriptionSettings,
 )
 from ohx_dagster.providers.withings.codes import APPLI, status_check
-from ohx_dagster.store import RecordStore
+from ohx_dagster.storage.store import RecordStore
 
 NOTIFY: Final = "/notify"
 # Applis subscribed at connection: every category whose data the source reads (codes.APPLI):

@@ -28,14 +28,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ohx_dagster.errors import ValidationError
-from ohx_dagster.identity import erasure_salt, short, subject_hash
-from ohx_dagster.inbox import NewEvent
+from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.privacy.identity import erasure_salt, short, subject_hash
 from ohx_dagster.providers.withings.codes import APPLI, IGNORED, NAME, UNLINKED, USER_EVENTS
-from ohx_dagster.store import DISCONNECTED
-from ohx_dagster.webhooks.parsing import quoted, require
-from ohx_dagster.webhooks.receiver import Receiver
-from ohx_dagster.webhooks.signatures import SignatureRejected, same_secret
+from ohx_dagster.receiver.parsing import quoted, require
+from ohx_dagster.receiver.receiver import Receiver
+from ohx_dagster.receiver.signatures import SignatureRejected, same_secret
+from ohx_dagster.storage.store import DISCONNECTED
+from ohx_dagster.sync.inbox import NewEvent
 
 ROUTE: Final = "/webhooks/withings"
 # The largest Unix second a notification may name (2**35 s is the year 3058).

@@ -1,0 +1,1 @@
+"""Settings: the environment read in one place, and where files are."""

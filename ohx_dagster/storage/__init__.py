@@ -1,0 +1,2 @@
+"""The record store: schema and migrations, series chunks, the tables of records, coverage and
+people."""

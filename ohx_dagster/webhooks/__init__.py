@@ -1,2 +1,0 @@
-"""The webhook receiver (its own ASGI process, `ohx-webhooks`): verification, signatures, inbox.
-The receiver is ohx_dagster.webhooks.app.create_app; each provider's routes live in its folder."""
