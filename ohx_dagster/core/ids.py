@@ -16,8 +16,10 @@ import re
 from typing import Final
 
 from ohx_dagster.core.errors import ValidationError
-from ohx_dagster.storage.schema import PROVIDER_CHARS, USER_CHARS
 
+# The longest provider name and provider user id (the store's columns are this wide).
+PROVIDER_CHARS: Final = 64
+USER_CHARS: Final = 128
 # C0 controls and DEL.
 CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 # FHIR R5 `id`: 1-64 of [A-Za-z0-9-.].

@@ -36,7 +36,7 @@ from ohx_dagster.core.datatypes import DATA_TYPES
 from ohx_dagster.core.localdays import Calendar, own_day_bounds, own_days
 from ohx_dagster.core.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import HOUR_US, from_us
-from ohx_dagster.storage.schema import aggregates
+from ohx_dagster.storage.schema import AGGREGATE_COLUMNS
 
 if TYPE_CHECKING:
     from ohx_dagster.storage.record_tables import Chunk
@@ -83,7 +83,6 @@ def _hour_columns(frame: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFra
     return frame.assign(bucket_start_us=starts, bucket_end_us=ends, bucket_offset_min=offsets)
 
 
-AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
 # ECG waveforms are published as recordings, not as statistics.
 AGGREGATED_TYPES: Final = frozenset(k for k, facts in DATA_TYPES.items() if facts.aggregated)
 

@@ -14,11 +14,11 @@ from typing import Final
 
 import sqlalchemy as sa
 
+from ohx_dagster.core.ids import PROVIDER_CHARS, USER_CHARS
+
 # Alembic's bookkeeping table, not its default `alembic_version`: Dagster's own PostgreSQL
 # storage keeps its revision there, and the two may share a database.
 VERSION_TABLE: Final = "ohx_schema_version"
-PROVIDER_CHARS: Final = 64
-USER_CHARS: Final = 128
 DEVICE_CHARS: Final = 128
 TYPE_CHARS: Final = 32
 
@@ -225,6 +225,8 @@ aggregates = sa.Table(
         sa.Column("methods", sa.String(64), nullable=False, default=""),
     ),
 )
+# The columns of an aggregate row, in order (the statistics publish/aggregate.py computes).
+AGGREGATE_COLUMNS: Final[list[str]] = [c.name for c in aggregates.columns]
 sa.Index(
     "ix_aggregates_window", aggregates.c.provider, aggregates.c.level, aggregates.c.bucket_start_us
 )

@@ -29,10 +29,10 @@ from ohx_dagster.core.localdays import Calendar, any_zone_days
 from ohx_dagster.core.models import DateRange, HealthSyncConfig
 from ohx_dagster.core.records import concat, label_codes
 from ohx_dagster.core.times import HOUR_US, from_us, now_us, to_us
-from ohx_dagster.publish.aggregate import AGGREGATE_COLUMNS
 from ohx_dagster.storage import db, migrate, record_tables
 from ohx_dagster.storage.record_tables import DENSE, Chunk
 from ohx_dagster.storage.schema import (
+    AGGREGATE_COLUMNS,
     aggregates,
     coverage,
     day_versions,
