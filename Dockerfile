@@ -19,7 +19,7 @@ WORKDIR /src
 # 1. Third-party packages exactly as pinned; this layer changes only with the lock files. The
 #    product's test and bench tools (pyproject's extras: pytest, hypothesis, pgserver, ruff, mypy
 #    and its stubs, moto's S3 server, Playwright, matplotlib, and what only they pull in) stay out
-#    (tests/test_image_packages.py checks the list against the packages' metadata), and wheels
+#    (tests/deploy/test_image_packages.py checks the list against the packages' metadata), and wheels
 #    only: the slim base has no compiler, and nothing is built from source.
 COPY requirements.lock ./
 COPY deploy/requirements-deploy.lock ./deploy/

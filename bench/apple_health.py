@@ -14,7 +14,7 @@ Record, streamed to disk), and `ohx import apple-health` runs on it in a child p
 OHX_HOME in a temporary folder: its peak RSS (RUSAGE_CHILDREN), the records stored, wall and CPU
 time. Figures of 2026-12-06 on the 2-core machine, 6,000,000 Records (1.41 GB, 696 days): 699.5
 MiB before the spill file (the samples as columns in memory, and 0.33 MiB more a day published),
-see docs/storage.md for after. tests/test_import_bounds.py runs a 600,000-Record one.
+see docs/storage.md for after. tests/providers/test_import_bounds.py runs a 600,000-Record one.
 
 Run: .venv/bin/python bench/apple_health.py             (the parse figures; about a minute)
      .venv/bin/python bench/apple_health.py --import 6000000   (about 10 minutes, 1.5 GB of disk)

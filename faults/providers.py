@@ -2,11 +2,11 @@
 
 - `SimulatedTruth`: what the simulated provider holds (it is deterministic: the same call on the
   scenario's clock).
-- `OuraModel`: Oura's API v2 on a local HTTP server (tests/provider_api_server.py), answering
-  the documented shapes (ohx_dagster/providers/oura/fixtures) from samples it holds per person:
-  heart rate (5-minute rows with their `source`), daily activity (steps at the Oura day's 4 a.m.
-  local `timestamp`), daily SpO2 (stored at local midnight of `day`), sleep documents; samples can
-  arrive late (`visible_at`) and be deleted. OAuth: access tokens expire, refresh tokens rotate
+- `OuraModel`: Oura's API v2 on a local HTTP server (tests/support/provider_api_server.py),
+  answering the documented shapes (ohx_dagster/providers/oura/fixtures) from samples it holds per
+  person: heart rate (5-minute rows with their `source`), daily activity (steps at the Oura day's 4
+  a.m. local `timestamp`), daily SpO2 (stored at local midnight of `day`), sleep documents; samples
+  can arrive late (`visible_at`) and be deleted. OAuth: access tokens expire, refresh tokens rotate
   and are spent once (a reused one answers 400 invalid_grant).
 - `WithingsModel`: Withings' /measure getmeas and the token endpoint, with weighings that carry
   `date` and `modified` (what `lastupdate` selects on), wrapped answers {"status", "body"}.

@@ -122,7 +122,7 @@ def sqlite_store(tmp_path: Path) -> Iterator[RecordStore]:
 
 @pytest.fixture
 def api() -> Iterator[FakeApi]:
-    """A provider API test server on 127.0.0.1 (tests/provider_api_server.py)."""
+    """A provider API test server on 127.0.0.1 (tests/support/provider_api_server.py)."""
     with fake_api() as server:
         yield server
 

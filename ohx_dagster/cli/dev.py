@@ -63,7 +63,7 @@ LINE_CHARS: Final = 240
 UNREADABLE_POLLS: Final = 10
 CHECKOUT: Final = Path(__file__).resolve().parents[2]
 # deploy/dagster.yaml and workspace.yaml of the checkout, for an installed wheel that has neither
-# (tests/test_cli.py keeps these copies equal to the files).
+# (tests/cli/test_cli.py keeps these copies equal to the files).
 DAGSTER_YAML: Final = """\
 # Dagster instance for the embedded default (SQLite under $DAGSTER_HOME), written by `ohx dev`.
 run_queue:

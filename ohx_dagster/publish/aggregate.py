@@ -320,8 +320,8 @@ def count_mismatches(
 # begin on the UTC hour or the day begins inside the chunk), each piece reduced to one partial
 # (count, min, max, sum, devices, methods) with numpy and the partials combined, so the statistics
 # cost a step per piece, not a row per sample. The rows are those `hourly`, `daily` and
-# `count_mismatches` give for the same records (tests/test_aggregate.py compares them); only the
-# order in which a bucket's values are added differs, which is exact for whole numbers (heart
+# `count_mismatches` give for the same records (tests/publish/test_aggregate.py compares them); only
+# the order in which a bucket's values are added differs, which is exact for whole numbers (heart
 # rate, steps, RR in ms) and within rounding otherwise.
 
 _AGGREGATED_VALUES: Final = frozenset(t.value for t in AGGREGATED_TYPES)

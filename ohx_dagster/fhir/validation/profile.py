@@ -150,7 +150,7 @@ def _names_something(value: Any) -> bool:
 # Reference's invariants, met by every Reference the product writes: answered here when they
 # plainly hold (most of a partition's evaluations: a Provenance has a target per resource, and
 # ref-1 reads %rootResource, so it cannot be remembered). Anything less plain goes to the
-# engine; a property test holds these to it (tests/test_fhir_validate.py).
+# engine; a property test holds these to it (tests/fhir/test_fhir_validate.py).
 PLAINLY_HOLDS: Final[dict[str, Callable[[Any], bool]]] = {
     "reference.exists()  implies (reference.startsWith('#').not() or (reference.substring(1)"
     ".trace('url') in %rootResource.contained.id.trace('ids')) or (reference='#' and "
