@@ -1,8 +1,8 @@
 """The database underneath the store: engines, transactions, locks, bulk writes, schema revision.
 
-SQLite (WAL; writers take the lock up front with BEGIN IMMEDIATE and wait up to a minute) is the
-embedded default; PostgreSQL runs the same statements, and bulk writes go through COPY into a
-temporary staging table and one INSERT .. ON CONFLICT from it.
+SQLite (WAL; writers take the lock up front with BEGIN IMMEDIATE and wait for it up to five
+minutes) is the embedded default; PostgreSQL runs the same statements, and bulk writes go through
+COPY into a temporary staging table and one INSERT .. ON CONFLICT from it.
 
 Locks: a person's data is written under that person's lock (`lock_person`): a transaction-level
 advisory lock on PostgreSQL, the database write lock on SQLite. Two runs that merge the same hour
@@ -27,7 +27,11 @@ from sqlalchemy.engine import Connection, Engine
 
 from ohx_dagster.core.errors import ConfigError
 
-SQLITE_BUSY_TIMEOUT_MS: Final = 60_000
+# How long a writer waits for SQLite's write lock before it fails: long enough that a busy machine
+# (a backfill, an import and the sensors at once on two cores) queues writers instead of failing
+# them (with a minute, tests/storage/test_store.py's four writer processes once failed with
+# "database is locked" on a loaded machine).
+SQLITE_BUSY_TIMEOUT_MS: Final = 300_000
 
 
 def redacted(url: str) -> str:
@@ -69,7 +73,7 @@ def create_engine(url: str) -> Engine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
             url,
-            connect_args={"timeout": 60, "check_same_thread": False},
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
             hide_parameters=HIDE_PARAMETERS,
         )
         _sqlite_pragmas(engine)
