@@ -34,7 +34,7 @@ from ohx_dagster.fhir.delivery import (
     enqueue_partition,
     partition_counts,
 )
-from ohx_dagster.privacy.identity import erasure_salt
+from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.publish.partitions import partition_key
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.shards import Sharding

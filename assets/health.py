@@ -20,7 +20,7 @@ import pandas as pd
 from assets.metadata import hourly_charts, hourly_plot, span, type_table
 from assets.partitions import BACKFILL_POLICY, days_and_shard
 from assets.pseudonyms import Hider, run_request
-from ohx_dagster.privacy.identity import short
+from ohx_dagster.privacy.subjects import short
 from ohx_dagster.providers.base import Event
 from ohx_dagster.publish import aggregate
 from ohx_dagster.publish.partitions import partition_dir, publish_partition, validate_sample

@@ -22,7 +22,8 @@ from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 from dagster_shared.serdes import serialize_value
 
-from ohx_dagster.privacy.identity import erasure_salt, redact, subject_hash
+from ohx_dagster.privacy.identity import redact
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.run_request import SUBJECTS_TAG, USERS_TAG, SyncRequest
 

@@ -25,7 +25,8 @@ from typing import TypeVar
 import dagster as dg
 
 from assets.metadata import status_charts
-from ohx_dagster.privacy.identity import erasure_salt, redact
+from ohx_dagster.privacy.identity import redact
+from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.sync.status import (
     ACTIVE,
     LagLimit,

@@ -21,7 +21,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from assets.partitions import partition_key
-from ohx_dagster.privacy.identity import erasure_salt
+from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.publish.partitions import finality
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.run_request import SyncRequest

@@ -283,7 +283,7 @@ def disconnect(ctx: click.Context, provider: str, user_id: str, reason: str) -> 
         return
     store.set_state(provider, user_id, DISCONNECTED, reason)
     from ohx_dagster.privacy import audit
-    from ohx_dagster.privacy.identity import erasure_salt, subject_hash
+    from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 
     audit.record(
         store,
@@ -418,14 +418,14 @@ def relink(
     Every stored day of the person is published again under the new patient by Dagster's
     republish_sensor; who, when and why go to the audit log."""
     from ohx_dagster.core.ids import check_patient_id
-    from ohx_dagster.privacy import identity
+    from ohx_dagster.privacy import identity, subjects
 
     common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")
     check_patient_id(patient, "--patient")
     reason, actor = _said(reason, "--reason"), _said(actor, "--actor")
     store = common.open_store(ctx)
-    salt = identity.erasure_salt()
+    salt = subjects.erasure_salt()
     with store.write() as conn:
         moved = identity.relink(
             conn, provider, user_id, patient, actor=actor, reason=reason, salt=salt
@@ -438,8 +438,8 @@ def relink(
         return
     click.echo(
         f"{provider} {user_id} moved to patient {patient} (from patient subject "
-        f"{identity.short(moved.old_patient)}); recorded in the audit log as subject "
-        f"{identity.short(moved.subject)} by {actor}"
+        f"{subjects.short(moved.old_patient)}); recorded in the audit log as subject "
+        f"{subjects.short(moved.subject)} by {actor}"
     )
     click.echo(
         f"{moved.days} stored days marked changed: the running Dagster's republish_sensor "
@@ -477,7 +477,7 @@ def set_zone(
     from datetime import date
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from ohx_dagster.privacy import audit, identity
+    from ohx_dagster.privacy import audit, subjects
 
     common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")
@@ -498,7 +498,7 @@ def set_zone(
     store = common.open_store(ctx)
     before = _person(store, provider, user_id).config
     days = store.set_zone(provider, user_id, timezone, first)
-    subject = identity.subject_hash(provider, user_id, salt=identity.erasure_salt())
+    subject = subjects.subject_hash(provider, user_id, salt=subjects.erasure_salt())
     audit.record(
         store, actor=actor, action="set-zone", subject=subject,
         detail=f"provider {provider}; {before.timezone} -> {timezone} from "
@@ -521,7 +521,7 @@ def set_zone(
 def readmit(ctx: click.Context, provider: str, user_id: str, reason: str, actor: str) -> None:
     """Let an erased person in again: their erasure's tombstone is lifted, so the next sync of
     their source, connection or webhook stores their data again."""
-    from ohx_dagster.privacy import identity
+    from ohx_dagster.privacy import identity, subjects
 
     common.check_provider(provider, "PROVIDER")
     check_user_id(user_id, "USER_ID")
@@ -529,7 +529,7 @@ def readmit(ctx: click.Context, provider: str, user_id: str, reason: str, actor:
     store = common.open_store(ctx)
     with store.write() as conn:
         lifted = identity.readmit(
-            conn, provider, user_id, actor=actor, reason=reason, salt=identity.erasure_salt()
+            conn, provider, user_id, actor=actor, reason=reason, salt=subjects.erasure_salt()
         )
     if not lifted:
         raise OhxError(

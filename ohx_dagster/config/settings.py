@@ -22,7 +22,7 @@
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
 | OHX_EARLIEST_SAMPLE_DATE | 2000-01-01 | exports: samples before it or after tomorrow refused |
 | OHX_TOKEN_KEY | (unset) | Fernet key(s) encrypting provider OAuth tokens at rest |
-| OHX_ERASURE_SALT | $OHX_HOME/erasure-salt | secret salt of people's subjects (identity.py) |
+| OHX_ERASURE_SALT | $OHX_HOME/erasure-salt | salt of people's subjects (privacy/subjects.py) |
 | OHX_AUDIT_RETENTION | 2190d | how long audit log rows are kept (`Nd`, days), see below |
 | OHX_{OURA,WITHINGS,GOOGLE_HEALTH}_* | (unset) | provider API sources: see providers/api.py |
 

@@ -735,7 +735,7 @@ class FhirClient:
         self, conn: sa.Connection, batch: Sequence[Any], actor: str, outcome: str
     ) -> None:
         """The batch's audit rows: per person whose resources it held, how many and where."""
-        from ohx_dagster.privacy.identity import erasure_salt
+        from ohx_dagster.privacy.subjects import erasure_salt
 
         people: dict[tuple[str, str], list[Any]] = {}
         for row in batch:

@@ -2,7 +2,7 @@
 
 A row (`audit_log`, ohx_dagster/storage/schema.py): id, at_us (when), actor (who: a staff name given
 with --actor, the login of the terminal, or the process that acted, e.g. "connect flow"), action
-(`ACTIONS`), subject (the person as their salted hash, ohx_dagster/privacy/identity.py; "" for an
+(`ACTIONS`), subject (the person as their salted hash, ohx_dagster/privacy/subjects.py; "" for an
 action on no one person), outcome (ok, partial: an erasure the FHIR server's copies are
 still missing from, refused, failed) and detail (counts, reasons, patients by their
 salted hash: never a person's id in clear). Audit rows are not personal data: erasing a person
@@ -116,7 +116,7 @@ def record_people(
 ) -> None:
     """One row per person of `outcomes` (user id -> (outcome, detail)), the person as their
     subject, in the caller's transaction."""
-    from ohx_dagster.privacy.identity import subject_hash
+    from ohx_dagster.privacy.subjects import subject_hash
 
     for user_id, (outcome, detail) in sorted(outcomes.items()):
         record(
@@ -150,7 +150,7 @@ def record_import(
     days: int,
 ) -> None:
     """`ohx import`: one row per person the file held, the person as their subject."""
-    from ohx_dagster.privacy.identity import erasure_salt, subject_hash
+    from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 
     actor = login("ohx import")
     outcomes = {p: "ok" for p in people} | {p: "failed" for p in failed}

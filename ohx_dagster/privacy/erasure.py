@@ -78,7 +78,7 @@ Dagster's own records of the person (runs tagged with them, event logs naming th
 `sensors.erasure.erase_from_dagster`, next to the job that runs all of it: this package stays
 free of Dagster.
 
-The salt and the subject live in ohx_dagster/privacy/identity.py: OHX_ERASURE_SALT (16+ characters,
+The salt and the subject live in ohx_dagster/privacy/subjects.py: OHX_ERASURE_SALT (16+ characters,
 a secret like OHX_TOKEN_KEY) when set; else one random salt per installation, created on first use
 in $OHX_HOME/erasure-salt (mode 0600). Never in the database: a salt beside the hashes would let
 anyone who can read the table test a guessed id. Deployments whose processes do not share
@@ -116,7 +116,7 @@ from ohx_dagster.fhir.output import (
     ndjson,
 )
 from ohx_dagster.privacy import audit
-from ohx_dagster.privacy.identity import (  # noqa: F401 (SALT_ENV..: this module's public names too)
+from ohx_dagster.privacy.subjects import (  # noqa: F401 (SALT_ENV..: this module's public names too)
     MIN_SALT_CHARS,
     SALT_ENV,
     SALT_FILE,

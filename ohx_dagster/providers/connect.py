@@ -54,7 +54,8 @@ from ohx_dagster.core.errors import ConfigError, OhxError, ProviderError, Valida
 from ohx_dagster.core.ids import check_patient_id, check_user_id
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import to_us
-from ohx_dagster.privacy.identity import erasure_salt, redact, short, subject_hash
+from ohx_dagster.privacy.identity import redact
+from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp

@@ -28,7 +28,8 @@ import sqlalchemy as sa
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import from_us, now_us, to_us
-from ohx_dagster.privacy.identity import erasure_salt, redact, short, subject_hash
+from ohx_dagster.privacy.identity import redact
+from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.http import excerpt
 from ohx_dagster.receiver import config
 from ohx_dagster.storage.schema import webhook_subscriptions
@@ -172,7 +173,7 @@ def subscribe_after_connect(
     salt = erasure_salt()
     for result in results:
         if result.status == FAILED:
-            # The person by their salted subject (ohx_dagster/privacy/identity.py), in the detail
+            # The person by their salted subject (ohx_dagster/privacy/subjects.py), in the detail
             # too: a provider's or a token refresh's error may quote their id.
             log.error(
                 "%s webhook subscription %s for account %s failed: %s",

@@ -48,7 +48,7 @@ from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderE
 from ohx_dagster.core.ids import check_provider_name, check_user_id
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import from_us, now_us, to_us
-from ohx_dagster.privacy import audit, identity
+from ohx_dagster.privacy import audit, identity, subjects
 from ohx_dagster.providers import payload
 from ohx_dagster.providers.http import ApiClient, HttpStatusError, decode_json
 from ohx_dagster.storage import db
@@ -420,9 +420,9 @@ def connect_user(
         )
     check_provider_name(provider)
     check_user_id(user_id)
-    salt = identity.erasure_salt() if salt is None else salt
-    subject = identity.subject_hash(provider, user_id, salt=salt)
-    patient = identity.short(identity.patient_subject(config.fhir_patient_id, salt=salt))
+    salt = subjects.erasure_salt() if salt is None else salt
+    subject = subjects.subject_hash(provider, user_id, salt=salt)
+    patient = subjects.short(subjects.patient_subject(config.fhir_patient_id, salt=salt))
     token_store = TokenStore(store, key=key)
     try:
         with store.write() as conn:

@@ -54,7 +54,7 @@ from ohx_dagster.fhir.output import FhirOutput, OutputFile, file_name, ndjson
 from ohx_dagster.fhir.partition import BucketData, bucket_resources, read_window
 from ohx_dagster.fhir.validation import validate_output, validate_resources
 from ohx_dagster.privacy import audit
-from ohx_dagster.privacy.identity import erasure_salt
+from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.publish import aggregate
 from ohx_dagster.storage import db, record_tables
 from ohx_dagster.storage.schema import aggregates, day_versions, fhir_files, users

@@ -27,7 +27,7 @@ receiver's RefusalLog (one full line per kind and interval).
   an account already connected for another patient (staff move it with `ohx users relink`) or
   one whose erasure stands (`ohx users readmit`); 502 when the provider's token endpoint fails
   or its user id is not one the receiver accepts. Only a 200 stores anything. Answers and log
-  lines name the account and the patient by their salted subjects (ohx_dagster/privacy/identity.py),
+  lines name the account and the patient by their salted subjects (ohx_dagster/privacy/subjects.py),
   never by id.
 
 Pages are small HTML, or JSON when the request accepts application/json. None is cached, and no
@@ -51,7 +51,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -62,21 +62,13 @@ from ohx_dagster.core.errors import ConfigError, ProviderError, ValidationError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.privacy import staff as credentials
 from ohx_dagster.privacy.audit import RefusedRows
-from ohx_dagster.privacy.identity import (
-    Erased,
-    LinkConflict,
-    erasure_salt,
-    patient_subject,
-    short,
-    subject_hash,
-)
+from ohx_dagster.privacy.identity import Erased, LinkConflict
 from ohx_dagster.privacy.staff import from_authorization
+from ohx_dagster.privacy.subjects import erasure_salt, patient_subject, short, subject_hash
 from ohx_dagster.providers.connect import ConnectFlow, ConnectRefused, ConnectSettings
 from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_after_connect
+from ohx_dagster.receiver.refusals import RefusalLog, address_key
 from ohx_dagster.storage.store import RecordStore
-
-if TYPE_CHECKING:
-    from ohx_dagster.receiver.app import RefusalLog
 
 RETIRED_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
 REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
@@ -158,8 +150,6 @@ def connect_routes(
         refusal: credentials.Refusal,
     ) -> None:
         """Log (bounded) and audit (bounded) a refused staff credential; never the token."""
-        from ohx_dagster.receiver.app import address_key  # the app imports this module
-
         reason = f"{refusal.reason} (audited: {action} refused, actor {refusal.actor})"
         if refusals is not None:
             refusals.refused(logging.WARNING, status, request, reason)

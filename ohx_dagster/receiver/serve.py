@@ -35,8 +35,8 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ohx_dagster.receiver.app import address_key
 from ohx_dagster.receiver.config import ReceiverLimits
+from ohx_dagster.receiver.refusals import address_key
 
 _HEAD_TIMEOUT_BODY: Final = b"request line and headers not received in time"
 _HEAD_TIMEOUT_ANSWER: Final = (

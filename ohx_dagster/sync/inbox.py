@@ -34,7 +34,8 @@ from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.ids import check_id, check_user_id, excerpt
 from ohx_dagster.core.models import HealthDataType, require_aware
 from ohx_dagster.core.times import from_us, now_us, to_us
-from ohx_dagster.privacy.identity import erasure_salt, subject_hash, tombstones
+from ohx_dagster.privacy.identity import tombstones
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.storage.db import text_length
 from ohx_dagster.storage.schema import INBOX_STATUSES, webhook_inbox
 from ohx_dagster.storage.store import RecordStore

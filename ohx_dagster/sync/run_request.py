@@ -14,7 +14,7 @@ Strategies (ohx_dagster/sync/strategies.py): partition, incremental, push, initi
 
 Any other `ohx/` tag is an error that lists these: a typo must not widen a run to everyone.
 
-People are named by their salted subject (ohx_dagster/privacy/identity.py: HMAC-SHA256(salt,
+People are named by their salted subject (ohx_dagster/privacy/subjects.py: HMAC-SHA256(salt,
 "provider|user_id")), never by id: the product's sensors write `ohx/subjects` only (`for_people`;
 `tags()` refuses ids without subjects), and the run resolves them through the store (`resolve`),
 the only place ids live. So Dagster's runs, backfills and event logs hold nothing that names a
@@ -33,13 +33,8 @@ from typing import TYPE_CHECKING, Final
 
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import HealthSyncConfig, SyncFrequency, require_aware
-from ohx_dagster.privacy.identity import (
-    SHOWN,
-    SUBJECT_TEXT,
-    erasure_salt,
-    match_subjects,
-    subject_hash,
-)
+from ohx_dagster.privacy.identity import SUBJECT_TEXT, match_subjects
+from ohx_dagster.privacy.subjects import SHOWN, erasure_salt, subject_hash
 from ohx_dagster.sync.strategies import PRIORITY, SyncStrategy
 
 if TYPE_CHECKING:

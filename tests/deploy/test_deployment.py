@@ -62,7 +62,7 @@ from deployment_harness import (
 )
 from s3_test_server import ACCESS_KEY, REGION, S3Server
 
-from ohx_dagster.privacy.identity import subject_hash
+from ohx_dagster.privacy.subjects import subject_hash
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.receiver.simulator import send_event
 

@@ -26,7 +26,7 @@ from ohx_dagster.fhir.delivery import BearerToken, DeliveryError, FhirClient, en
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.privacy import audit, staff
 from ohx_dagster.privacy.audit import RefusedRows
-from ohx_dagster.privacy.identity import erasure_salt, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.registry import SUPPORTED_TYPES

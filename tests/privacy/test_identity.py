@@ -29,15 +29,9 @@ from ohx_dagster.fhir.delivery import owner
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.privacy import audit
 from ohx_dagster.privacy.erasure import erase_person, remaining_rows
-from ohx_dagster.privacy.identity import (
-    Erased,
-    LinkConflict,
-    erasure_salt,
-    patient_subject,
-    readmit,
-    subject_hash,
-)
+from ohx_dagster.privacy.identity import Erased, LinkConflict, readmit
 from ohx_dagster.privacy.retention import apply_retention
+from ohx_dagster.privacy.subjects import erasure_salt, patient_subject, subject_hash
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.connect import sync_config
 from ohx_dagster.providers.fitabase import FitabaseSource

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from provider_api_server import FakeApi, answer
 
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.privacy.identity import erasure_salt, short, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.oura.source import HEARTRATE

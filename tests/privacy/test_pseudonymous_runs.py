@@ -30,7 +30,8 @@ from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import DateRange
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.privacy.identity import erasure_salt, match_subjects, redact, short, subject_hash
+from ohx_dagster.privacy.identity import match_subjects, redact
+from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
 from ohx_dagster.sync.inbox import Inbox, NewEvent

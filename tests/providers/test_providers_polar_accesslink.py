@@ -35,7 +35,7 @@ from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.privacy import staff
-from ohx_dagster.privacy.identity import erasure_salt, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.connect import ConnectSettings

@@ -14,7 +14,7 @@ from provider_api_server import documented
 
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.privacy.identity import erasure_salt, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.withings.codes import UNLINKED
 from ohx_dagster.providers.withings.webhook import parse_form, parse_notification
 from ohx_dagster.receiver.app import create_app

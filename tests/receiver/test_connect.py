@@ -23,7 +23,7 @@ from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import SyncFrequency
 from ohx_dagster.privacy import audit, staff
-from ohx_dagster.privacy.identity import erasure_salt, patient_subject, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, patient_subject, subject_hash
 from ohx_dagster.providers.connect import (
     STATE_TTL,
     ConnectSettings,

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.privacy.identity import erasure_salt, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.oura.webhook import signature as oura_signature
 from ohx_dagster.receiver import cli, simulator
 from ohx_dagster.receiver.app import GroupCommitter, TokenBuckets, client_address, create_app

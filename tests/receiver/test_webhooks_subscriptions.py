@@ -25,7 +25,7 @@ from test_connect import JSON, SECRET, STAFF, TOKENS, USER_IDS, FakeProviders, R
 
 from ohx_dagster.core.errors import ProviderError
 from ohx_dagster.privacy import staff
-from ohx_dagster.privacy.identity import erasure_salt, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.oura.subscriptions import DATA_TYPES as OURA_DATA_TYPES

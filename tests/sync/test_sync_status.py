@@ -24,7 +24,7 @@ from ohx_dagster.cli import cli
 from ohx_dagster.config.settings import Settings, parse_per_source
 from ohx_dagster.core.times import to_us
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.privacy.identity import erasure_salt, short, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource

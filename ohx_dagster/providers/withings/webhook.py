@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ohx_dagster.core.errors import ValidationError
-from ohx_dagster.privacy.identity import erasure_salt, short, subject_hash
+from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.withings.codes import APPLI, IGNORED, NAME, UNLINKED, USER_EVENTS
 from ohx_dagster.receiver.parsing import quoted, require
 from ohx_dagster.receiver.receiver import Receiver
