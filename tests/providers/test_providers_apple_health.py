@@ -22,7 +22,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
-from apple_health_ecg import ECG_MEMBER, write_apple_ecg
+from apple_health_ecg import ECG_MEMBER, ECG_START, write_apple_ecg
 
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ProviderError, ValidationError
@@ -744,3 +744,40 @@ def test_a_file_without_an_export_fails_in_one_line(
     assert "\n" not in message and str(path) in message
     for part in expected:
         assert part in message
+
+
+def test_many_ecg_recordings_cost_no_memory_until_a_window_reads_them(
+    tmp_path: Path, ecg_csv: bytes
+) -> None:
+    """A watch that took an ECG every day for years: the export is read and checked once, and
+    what stays in memory between windows is each recording's name, start and offset, not its
+    15,360 samples (123 KB each as float64): memory does not grow with the number of recordings.
+    A window still gets its recordings whole."""
+    import tracemalloc
+
+    stamp = ECG_START.strftime("%Y-%m-%d %H:%M:%S %z")
+    recordings = {}
+    for n in range(120):
+        day = ECG_START + timedelta(days=n)
+        text = ecg_csv.replace(stamp.encode(), day.strftime("%Y-%m-%d %H:%M:%S %z").encode())
+        recordings[f"apple_health_export/electrocardiograms/ecg_{day:%Y-%m-%d}.csv"] = text
+
+    def retained(count: int) -> tuple[int, AppleHealthSource]:
+        folder = tmp_path / str(count)
+        folder.mkdir()
+        archive = _health_zip(folder, SYNTHETIC, dict(list(recordings.items())[:count]))
+        tracemalloc.start()
+        source = AppleHealthSource(archive, user_id="ann")
+        source.held_days()  # parsed and checked, every recording read once
+        held = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return held, source
+
+    one, _ = retained(1)
+    many, source = retained(120)
+    assert source.summary.ecg_files == 120
+    assert (many - one) / 119 < 8_000  # bytes a recording; its samples alone are 122,880
+    window = DateRange(ECG_START + timedelta(days=10), ECG_START + timedelta(days=12))
+    ecg = source.fetch(source.discover_users()[0], [HealthDataType.ECG], window)
+    assert len(ecg) == 2 and all(len(s) == 15_360 for s in ecg["samples"])
+    source.close()

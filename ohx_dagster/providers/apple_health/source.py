@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,14 @@ from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
 
 SETTING = "OHX_APPLE_HEALTH_EXPORT"
 _EPOCH = date(1970, 1, 1)
+
+
+class HeldEcg(NamedTuple):
+    """What stays in memory of an ECG recording between the reads of its samples."""
+
+    name: str
+    ts: pd.Timestamp
+    utc_offset_min: int
 
 
 class AppleHealthSource(ReadOnce):
@@ -78,23 +87,37 @@ class AppleHealthSource(ReadOnce):
             raise ValidationError(exc.field, exc.value, exc.expected, where=where) from None
 
     @cached_property
-    def _parsed(self) -> tuple[ExportReader, list[EcgRecording]]:
+    def _parsed(self) -> tuple[ExportReader, list[HeldEcg]]:
+        """The export read and checked: its samples in the spill file, and each ECG recording
+        kept as its name, start and offset only. A recording is read again when a window asks
+        for it, so memory does not grow with how many recordings the export holds (about 120 KB
+        of samples each)."""
         with open_export(self.path) as files:
             with files.xml() as stream:
                 reader = parse_export(stream, files.xml_name, self.dates)
             try:
-                recordings = []
+                kept = []
                 for name in files.ecg_names():
                     recording = read_ecg(files.read(name), name)
                     if self.dates.outside(pd.DatetimeIndex([recording.ts])).any():
                         reader.refused.add("ecg", 1, f"{recording.ts.isoformat()} ({name})")
                     else:
-                        recordings.append(recording)
+                        kept.append(HeldEcg(name, recording.ts, recording.utc_offset_min))
             except BaseException:
                 reader.close()
                 raise
-        reader.summary.ecg_files = len(recordings)
-        return reader, recordings
+        reader.summary.ecg_files = len(kept)
+        return reader, kept
+
+    def _recordings(self, names: Iterable[str]) -> list[EcgRecording]:
+        """These ECG recordings, read from the export again (each was checked when it was
+        first read)."""
+        wanted = list(names)
+        if not wanted:
+            return []
+        with open_export(self.path) as files:
+            files.ecg_names()  # an unzipped export's folder is listed before a file is read
+            return [read_ecg(files.read(name), name) for name in wanted]
 
     def close(self) -> None:
         """Delete the export's spill file, when it was read (asking again reads it again)."""
@@ -116,7 +139,7 @@ class AppleHealthSource(ReadOnce):
     @property
     def ecg_recordings(self) -> list[EcgRecording]:
         """The ECG app recordings with what records do not hold (classification, symptoms)."""
-        return self._parsed[1]
+        return self._recordings(held.name for held in self._parsed[1])
 
     @cached_property
     def _checked(self) -> list[tuple[HealthDataType, str]]:
@@ -155,8 +178,8 @@ class AppleHealthSource(ReadOnce):
         self._checked  # noqa: B018 (a bad value fails here)
         days, counts = self._parsed[0].spill.days()
         sizes = dict(zip(days.tolist(), counts.tolist(), strict=True))
-        for recording in self.ecg_recordings:
-            day = recording.ts.value // 1000 // DAY_US
+        for held in self._parsed[1]:
+            day = held.ts.value // 1000 // DAY_US
             sizes[day] = sizes.get(day, 0) + 1
         if not sizes:
             raise self._nothing()
@@ -165,13 +188,14 @@ class AppleHealthSource(ReadOnce):
     def held_types(self) -> frozenset[HealthDataType]:
         """The data types the export holds records of."""
         types = {data_type for data_type, _ in self._checked}
-        return frozenset(types | ({HealthDataType.ECG} if self.ecg_recordings else set()))
+        return frozenset(types | ({HealthDataType.ECG} if self._parsed[1] else set()))
 
     @cached_property
     def records(self) -> pd.DataFrame:
         """Every record of the export (a sync reads windows of it through `fetch`, which
         builds the window's records alone: the export's samples stay compact columns)."""
-        reader, recordings = self._parsed
+        reader, _ = self._parsed
+        recordings = self.ecg_recordings
         # A generator, so the per-type batches are freed once concatenated (peak memory).
         batches = (
             batch(reader, self.user_id, key, reader.spill.read(reader.keys[key]))
@@ -194,7 +218,7 @@ class AppleHealthSource(ReadOnce):
         same rows as selecting them from `records` (ReadOnce.fetch), in the same order."""
         if user.user_id != self.user_id:
             return empty_batch()
-        reader, recordings = self._parsed
+        reader, held = self._parsed
         wanted = {HealthDataType(t) for t in data_types}
         start, end = to_us(window.start), to_us(window.end)
         parts = []
@@ -204,8 +228,8 @@ class AppleHealthSource(ReadOnce):
                 if rows["utc_us"].size:
                     parts.append(batch(reader, self.user_id, key, rows))
         if HealthDataType.ECG in wanted:
-            inside = [r for r in recordings if window.start <= r.ts < window.end]
-            parts.append(ecg_batch(inside, self.user_id))
+            inside = [ecg.name for ecg in held if window.start <= ecg.ts < window.end]
+            parts.append(ecg_batch(self._recordings(inside), self.user_id))
         found = dedupe(concat(parts))
         return found.sort_values(["data_type", "ts", "device_id"], ignore_index=True)
 
