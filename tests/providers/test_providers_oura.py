@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import orjson
 import pytest
+from clock import latest_past
 from provider_api_server import Call, FakeApi, answer, documented
 
 from ohx_dagster.core.errors import RateLimited
@@ -26,7 +27,8 @@ from ohx_dagster.sync.fetch import SyncFailed, sync_partition
 from ohx_dagster.sync.shards import Shard
 
 HR, STEPS, SPO2 = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.SPO2
-NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+# Noon of the latest day that has had one: a night before it is over whatever the hour now.
+NOW = latest_past(12)
 DAY = NOW.date() - timedelta(days=2)
 USER = HealthSyncConfig(
     user_id="oura-u1",

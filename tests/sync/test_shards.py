@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from clock import latest_past
 
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError
@@ -256,8 +257,8 @@ def test_new_user_sensor_backfills_each_user_in_their_shard(sharded_defs):
 
 def test_schedules_request_every_shard_key(sharded_defs):
     defs, _, database_url = sharded_defs
-    today = datetime.now(UTC).date()
-    moment = datetime(today.year, today.month, today.day, 12, 5, tzinfo=UTC)
+    moment = latest_past(12, 5)  # an hourly tick that has happened, whatever the hour now
+    today = moment.date()
     with dg.build_schedule_context(
         scheduled_execution_time=moment,
         resources={"store": RecordStoreResource(database_url=database_url)},

@@ -56,7 +56,9 @@ def synced(store: RecordStore) -> RecordStore:
     to SYNCED; sim-003 then
     needs reauthorization, sim-001's steps failed after its last success."""
     source = Windowed(SimulatedSource(3, clock=lambda: SYNCED), TYPES)
-    sync_partition(source, store, [SYNCED.date()], now=SYNCED)
+    # The day before too: coverage reaches a day back whatever the hour (just after midnight UTC
+    # today's partition alone would hold minutes).
+    sync_partition(source, store, [SYNCED.date() - timedelta(days=1), SYNCED.date()], now=SYNCED)
     with store.write() as conn:  # they connected a day before that sync
         conn.execute(users.update().values(connected_at_us=to_us(SYNCED - timedelta(days=1))))
     store.record_errors("simulated", "sim-001", {"steps": "ProviderError: read timed out"})
