@@ -29,12 +29,12 @@ import orjson
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ohx_dagster.config.receiver import WebhookSecrets  # noqa: E402
 from ohx_dagster.config.settings import Settings  # noqa: E402
 from ohx_dagster.core.models import DateRange  # noqa: E402
 from ohx_dagster.definitions import build_definitions  # noqa: E402
 from ohx_dagster.providers.simulated import SimulatedSource  # noqa: E402
 from ohx_dagster.receiver.app import create_app  # noqa: E402
-from ohx_dagster.receiver.config import WebhookSecrets  # noqa: E402
 from ohx_dagster.receiver.serve import serve_in_thread  # noqa: E402
 from ohx_dagster.receiver.simulator import send_event  # noqa: E402
 from ohx_dagster.storage.store import RecordStore  # noqa: E402

@@ -28,7 +28,7 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
-from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
+from ohx_dagster.config.receiver import ReceiverLimits, WebhookSecrets
 from ohx_dagster.receiver.simulator import endpoint, signed_request
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.inbox import Inbox

@@ -31,6 +31,7 @@ from provider_api_server import answer, documented, fake_api
 from faults.backends import Backend
 from faults.harness import REPO, Clock, Run, World, batch_keys, count_statements, utc_midnight
 from faults.providers import HR, SPO2, STEPS, OuraModel, SimulatedTruth, WithingsModel, utc
+from ohx_dagster.config.receiver import OuraSecrets, WebhookSecrets
 from ohx_dagster.core.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.models import SyncFrequency as Frequency
 from ohx_dagster.core.times import from_us, to_us
@@ -40,7 +41,6 @@ from ohx_dagster.providers.oura.webhook import signature
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import OuraSecrets, WebhookSecrets
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.strategies import SyncStrategy, local_day

@@ -477,8 +477,8 @@ def dev(verbose: bool) -> None:
     stopper = Stopper()
 
     from ohx_dagster.cli.seed import seed
+    from ohx_dagster.config.receiver import SIMULATED_SECRET
     from ohx_dagster.config.settings import Settings
-    from ohx_dagster.receiver.config import SIMULATED_SECRET
 
     home = Path(os.environ.get("OHX_HOME") or Path.cwd() / ".ohx").absolute()
     dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").absolute()

@@ -365,7 +365,7 @@ def validate_environment() -> None:
 
 
 def check_webhooks() -> Iterator[Check]:
-    from ohx_dagster.receiver.config import WebhookSecrets
+    from ohx_dagster.config.receiver import WebhookSecrets
     from ohx_dagster.receiver.connect import ConnectConfig
 
     try:

@@ -57,3 +57,6 @@ class ProviderApp:
     # False: the provider issues long-lived access tokens without refresh tokens (Polar); an
     # access token it rejects (401) means the person must connect again.
     refresh_tokens: bool = True
+    # The module whose `routes(receiver, secrets)` builds the provider's webhook routes, imported
+    # only by the receiver (its web framework stays out of every sync run); None: no webhooks.
+    webhook: str | None = None

@@ -10,7 +10,7 @@ schedule syncs the person anyway.
 
 Variables: OHX_WEBHOOK_BASE_URL, the receiver's public base URL for provider callbacks (default:
 OHX_OAUTH_REDIRECT_BASE, the same receiver); the receiver secrets the callbacks carry
-(ohx_dagster/receiver/config.py: a provider whose route is not mounted is not subscribed).
+(ohx_dagster/config/receiver.py: a provider whose route is not mounted is not subscribed).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from urllib.parse import quote
 
 import sqlalchemy as sa
 
+from ohx_dagster.config import receiver as config
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import from_us, now_us, to_us
 from ohx_dagster.privacy.identity import redact
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.http import excerpt
-from ohx_dagster.receiver import config
 from ohx_dagster.storage.schema import webhook_subscriptions
 from ohx_dagster.storage.store import RecordStore
 
@@ -84,7 +84,7 @@ class SubscriptionSettings:
         if not base.startswith(("https://", "http://")):
             raise ConfigError(f"{BASE_URL_ENV}={base!r}: expected the receiver's public base URL")
         # The receiver mounts /webhooks/oura with the client secret and the verification token,
-        # /webhooks/withings with the callback token (ohx_dagster/receiver/config.py).
+        # /webhooks/withings with the callback token (ohx_dagster/config/receiver.py).
         oura = env.get(config.OURA_TOKEN, "").strip() if env.get(config.OURA_SECRET) else ""
         withings = env.get(config.WITHINGS_TOKEN, "").strip()
         return cls(base, oura or None, withings or None)

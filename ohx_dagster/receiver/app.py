@@ -7,7 +7,7 @@ token, unknown Withings user), parse it (400 naming what is wrong, including val
 the inbox holds), commit the events to the inbox, and only then acknowledge (2xx). A duplicate (a
 provider's retry, a replay inside the window) commits nothing new and is acknowledged the same
 way. Nothing is stored for a 4xx. No provider is called here: the webhook sensor fetches the data
-later. Limits: ohx_dagster/receiver/config.py (ReceiverLimits); the connection-level ones are the
+later. Limits: ohx_dagster/config/receiver.py (ReceiverLimits); the connection-level ones are the
 server's (ohx_dagster/receiver/serve.py).
 
 The inbox write blocks, so it runs in a worker thread and the event loop keeps answering. With
@@ -44,6 +44,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
+from importlib import import_module
 from typing import Final
 from urllib.parse import parse_qsl
 
@@ -56,18 +57,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ohx_dagster.config.receiver import ReceiverLimits, WebhookSecrets
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.privacy.audit import RefusedRows
-from ohx_dagster.providers.google_health import webhook as google_health
-from ohx_dagster.providers.oura import webhook as oura
-from ohx_dagster.providers.polar import accesslink_webhook as polar_accesslink
-from ohx_dagster.providers.withings import webhook as withings
-from ohx_dagster.receiver import notifications, signatures
-from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
+from ohx_dagster.providers.registry import API_PROVIDERS
+from ohx_dagster.providers.webhook import signatures
+from ohx_dagster.providers.webhook.receiver import Receiver
+from ohx_dagster.providers.webhook.signatures import REPLAY_WINDOW_S, SignatureRejected
+from ohx_dagster.receiver import notifications
 from ohx_dagster.receiver.connect import ConnectConfig, connect_routes
-from ohx_dagster.receiver.receiver import Receiver
 from ohx_dagster.receiver.refusals import RefusalLog, address_key
-from ohx_dagster.receiver.signatures import REPLAY_WINDOW_S, SignatureRejected
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.inbox import Inbox, NewEvent
 
@@ -354,10 +353,10 @@ def create_app(
     routes = [Route("/healthz", _healthz(secrets), methods=["GET"])]
     receiver = Receiver(store, body_of, commit, clock, replay_window_s)
 
-    routes += oura.routes(receiver, secrets.oura)
-    routes += google_health.routes(receiver, secrets.google_health)
-    routes += withings.routes(receiver, secrets.withings_token)
-    routes += polar_accesslink.routes(receiver, secrets.polar_accesslink)
+    # Every provider with webhooks mounts its own routes: the receiver spells no provider's name.
+    for name, provider in API_PROVIDERS.items():
+        if provider.webhook is not None:
+            routes += import_module(provider.webhook).routes(receiver, secrets.of(name))
 
     if secrets.simulated_secret is not None:
         secret = secrets.simulated_secret

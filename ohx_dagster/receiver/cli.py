@@ -5,7 +5,7 @@
 The store is OHX_DATABASE_URL (default: SQLite under OHX_HOME, see ohx_dagster/config/settings.py),
 the same store the Dagster code location reads, so the webhook sensor sees what this process
 commits. Provider secrets and the receiver's limits (timeouts, connection limit, rate limit per
-client address, trusted proxies): ohx_dagster/receiver/config.py, each limit also a flag here that
+client address, trusted proxies): ohx_dagster/config/receiver.py, each limit also a flag here that
 wins over its variable. A bad setting stops the process at startup with a message naming the
 variable or flag. Account connection (/connect, /oauth/<provider>/callback): see
 ohx_dagster/receiver/connect.py. GET /healthz answers {"status": "ok", "providers": [...]}.
@@ -19,15 +19,15 @@ import sys
 
 import uvicorn
 
-from ohx_dagster.config.settings import Settings
-from ohx_dagster.core.errors import ConfigError
-from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import (
+from ohx_dagster.config.receiver import (
     LIMIT_VARIABLES,
     SIMULATED_SECRET,
     ReceiverLimits,
     WebhookSecrets,
 )
+from ohx_dagster.config.settings import Settings
+from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.receiver.app import create_app
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import server_config
 from ohx_dagster.storage.store import RecordStore

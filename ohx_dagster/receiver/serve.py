@@ -4,7 +4,7 @@ benchmarks and demos.
     with serve_in_thread(create_app(store, secrets), limits=ReceiverLimits()) as base_url:
         httpx.get(f"{base_url}/healthz")
 
-`server_config` is the one place the limits of ohx_dagster/receiver/config.py reach uvicorn: the
+`server_config` is the one place the limits of ohx_dagster/config/receiver.py reach uvicorn: the
 connection limit (limit_concurrency), the keep-alive timeout, proxy headers only from trusted
 proxies, and the HTTP protocol. uvicorn 0.54 has no timeout for a request's head (its keep-alive
 timer starts after a response, and any byte stops it), so a client could hold a connection open
@@ -35,7 +35,7 @@ import uvicorn
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ohx_dagster.receiver.config import ReceiverLimits
+from ohx_dagster.config.receiver import ReceiverLimits
 from ohx_dagster.receiver.refusals import address_key
 
 _HEAD_TIMEOUT_BODY: Final = b"request line and headers not received in time"

@@ -32,11 +32,11 @@ from typing import Final
 import httpx
 import orjson
 
+from ohx_dagster.config.receiver import SIMULATED_SECRET
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.providers.simulated import profiles
-from ohx_dagster.receiver.config import SIMULATED_SECRET
-from ohx_dagster.receiver.signatures import simulated_signature
+from ohx_dagster.providers.webhook.signatures import simulated_signature
 
 ROUTE: Final = "/webhooks/simulated"
 EVERY_ROUND: Final = (HealthDataType.HEART_RATE, HealthDataType.STEPS)

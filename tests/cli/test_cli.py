@@ -31,6 +31,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from ohx_dagster.cli import cli, common, dev, queries
+from ohx_dagster.config.receiver import WebhookSecrets
 from ohx_dagster.core import times
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us
@@ -40,7 +41,6 @@ from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import WebhookSecrets
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage import migrate

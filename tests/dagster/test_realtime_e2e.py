@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+from ohx_dagster.config.receiver import WebhookSecrets
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.models import DateRange
 from ohx_dagster.core.times import utc_day
@@ -15,7 +16,6 @@ from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import WebhookSecrets
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.receiver.simulator import send_event
 from ohx_dagster.storage.store import RecordStore

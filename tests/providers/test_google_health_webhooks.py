@@ -29,6 +29,11 @@ from test_providers_google_health import (
     steps,
 )
 
+from ohx_dagster.config.receiver import (
+    GOOGLE_HEALTH_KEYSET_URL,
+    GoogleHealthSecrets,
+    WebhookSecrets,
+)
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError, ValidationError
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
@@ -43,15 +48,10 @@ from ohx_dagster.providers.google_health.keyset import (
 from ohx_dagster.providers.google_health.source import rfc3339
 from ohx_dagster.providers.google_health.webhook import body_items, parse_notification
 from ohx_dagster.providers.tokens import OAuthTokens, connect_user
+from ohx_dagster.providers.webhook.signatures import SignatureRejected
 from ohx_dagster.publish.partitions import partition_dir
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import (
-    GOOGLE_HEALTH_KEYSET_URL,
-    GoogleHealthSecrets,
-    WebhookSecrets,
-)
 from ohx_dagster.receiver.serve import serve_in_thread
-from ohx_dagster.receiver.signatures import SignatureRejected
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.inbox import Inbox
 from resources import RecordStoreResource

@@ -28,6 +28,7 @@ import pytest
 from provider_api_server import Answer, Call, FakeApi, answer
 
 import ohx_dagster.providers.polar as polar
+from ohx_dagster.config.receiver import PolarAccessLinkSecrets, WebhookSecrets
 from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us, utc_day
@@ -49,7 +50,6 @@ from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
 from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import PolarAccessLinkSecrets, WebhookSecrets
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore

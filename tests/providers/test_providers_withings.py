@@ -16,6 +16,7 @@ import httpx
 import pytest
 from provider_api_server import Call, FakeApi, answer, documented
 
+from ohx_dagster.config.receiver import ReceiverLimits, WebhookSecrets
 from ohx_dagster.core.errors import ProviderError, RateLimited
 from ohx_dagster.core.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us
@@ -29,7 +30,6 @@ from ohx_dagster.providers.withings.codes import UNLINKED
 from ohx_dagster.providers.withings.source import attrib_method, measure_value, notified_window
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import DISCONNECTED, RecordStore
 from ohx_dagster.sync.fetch import SyncFailed, fetch_person, sync_partition

@@ -12,13 +12,13 @@ import httpx
 import pytest
 from provider_api_server import documented
 
+from ohx_dagster.config.receiver import ReceiverLimits, WebhookSecrets
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.withings.codes import UNLINKED
 from ohx_dagster.providers.withings.webhook import parse_form, parse_notification
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import ACTIVE, DISCONNECTED, RecordStore
 from ohx_dagster.sync.inbox import Inbox

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 
+from ohx_dagster.config.receiver import WebhookSecrets
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import SyncFrequency
 from ohx_dagster.privacy import audit, staff
@@ -32,7 +33,6 @@ from ohx_dagster.providers.connect import (
 )
 from ohx_dagster.providers.tokens import TokenStore, oauth_tokens
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import WebhookSecrets
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore, users

@@ -3,13 +3,13 @@ the limits, each also an ohx-webhooks flag; bad values name the variable or flag
 
 import pytest
 
-from ohx_dagster.core.errors import ConfigError
-from ohx_dagster.receiver.config import (
+from ohx_dagster.config.receiver import (
     LIMIT_VARIABLES,
     OuraSecrets,
     ReceiverLimits,
     WebhookSecrets,
 )
+from ohx_dagster.core.errors import ConfigError
 
 
 def test_secrets_from_env():

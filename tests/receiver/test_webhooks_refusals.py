@@ -17,9 +17,9 @@ import httpx
 import orjson
 import pytest
 
+from ohx_dagster.config.receiver import OuraSecrets, ReceiverLimits, WebhookSecrets
 from ohx_dagster.providers.oura.webhook import signature as oura_signature
 from ohx_dagster.receiver.app import MAX_HEADER_CHARS, create_app
-from ohx_dagster.receiver.config import OuraSecrets, ReceiverLimits, WebhookSecrets
 from ohx_dagster.receiver.refusals import RefusalLog
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore

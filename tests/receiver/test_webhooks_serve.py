@@ -13,8 +13,8 @@ import httpx
 import psutil
 import pytest
 
+from ohx_dagster.config.receiver import ReceiverLimits, WebhookSecrets
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.receiver.simulator import signed_request
 from ohx_dagster.storage.store import RecordStore

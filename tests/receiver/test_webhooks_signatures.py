@@ -4,8 +4,8 @@ stale, future and replayed requests."""
 import pytest
 
 from ohx_dagster.providers.oura import webhook as oura
-from ohx_dagster.receiver import signatures as sig
-from ohx_dagster.receiver.signatures import SignatureRejected
+from ohx_dagster.providers.webhook import signatures as sig
+from ohx_dagster.providers.webhook.signatures import SignatureRejected
 
 # printf '%s' "$TS$BODY" | openssl dgst -sha256 -hmac 'oura-client-secret'  (upper-cased)
 OURA_TS = "1767225600"

@@ -23,6 +23,7 @@ import pytest
 from provider_api_server import Answer, Call, FakeApi, answer, fake_api
 from test_connect import JSON, SECRET, STAFF, TOKENS, USER_IDS, FakeProviders, Receiver
 
+from ohx_dagster.config.receiver import OuraSecrets, WebhookSecrets
 from ohx_dagster.core.errors import ProviderError
 from ohx_dagster.privacy import staff
 from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
@@ -36,7 +37,6 @@ from ohx_dagster.providers.oura.subscriptions import main
 from ohx_dagster.providers.registry import API_PROVIDERS
 from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import OuraSecrets, WebhookSecrets
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore

@@ -51,6 +51,7 @@ APP = ProviderApp(
     request_limit=RequestLimit(300, 60.0, per_person=True),
     source=GoogleHealthSource,
     find_user_id=find_user_id,
+    webhook="ohx_dagster.providers.google_health.webhook",
 )
 GoogleHealthSource.app = APP
 

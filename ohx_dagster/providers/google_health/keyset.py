@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from ohx_dagster.receiver.signatures import SignatureRejected
+from ohx_dagster.providers.webhook.signatures import SignatureRejected
 
 TYPE_URL: Final = "type.googleapis.com/google.crypto.tink.EcdsaPublicKey"
 TTL_S: Final = 600.0

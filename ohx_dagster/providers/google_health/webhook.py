@@ -24,13 +24,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ohx_dagster.config.receiver import GoogleHealthSecrets
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.providers.google_health.keyset import KeysetCache, KeysetUnavailable
 from ohx_dagster.providers.google_health.source import BY_DATA_TYPE, NAME, interval_window
-from ohx_dagster.receiver.config import GoogleHealthSecrets
-from ohx_dagster.receiver.parsing import json_body, quoted, require
-from ohx_dagster.receiver.receiver import Receiver
-from ohx_dagster.receiver.signatures import SignatureRejected, same_secret
+from ohx_dagster.providers.webhook.parsing import json_body, quoted, require
+from ohx_dagster.providers.webhook.receiver import Receiver
+from ohx_dagster.providers.webhook.signatures import SignatureRejected, same_secret
 from ohx_dagster.sync.inbox import NewEvent
 
 PATH: Final = "/webhooks/google_health"

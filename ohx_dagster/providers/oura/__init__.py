@@ -45,6 +45,7 @@ APP = ProviderApp(
     source=OuraSource,
     find_user_id=find_user_id,
     after_connect=subscriptions.after_connect,
+    webhook="ohx_dagster.providers.oura.webhook",
 )
 OuraSource.app = APP
 

@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ohx_dagster.config.receiver import OuraSecrets
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HealthDataType
-from ohx_dagster.receiver.config import OuraSecrets
-from ohx_dagster.receiver.parsing import iso_instant, json_body, quoted, require
-from ohx_dagster.receiver.receiver import Receiver
-from ohx_dagster.receiver.signatures import SignatureRejected, check_fresh, same_secret
+from ohx_dagster.providers.webhook.parsing import iso_instant, json_body, quoted, require
+from ohx_dagster.providers.webhook.receiver import Receiver
+from ohx_dagster.providers.webhook.signatures import SignatureRejected, check_fresh, same_secret
 from ohx_dagster.sync.inbox import NewEvent
 
 HR: Final = HealthDataType.HEART_RATE.value

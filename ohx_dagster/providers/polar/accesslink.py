@@ -316,6 +316,7 @@ APP = ProviderApp(
     after_connect=subscriptions.after_connect,
     token_auth="basic",
     refresh_tokens=False,
+    webhook="ohx_dagster.providers.polar.accesslink_webhook",
 )
 AccessLinkSource.app = APP
 

@@ -11,7 +11,7 @@ new information for Polar (never the FHIR patient id).
 The webhook belongs to the application (Basic client credentials, "Client application can only
 have one webhook registered"): POST /v3/webhooks {"events": ["EXERCISE"], "url"} creates it, and
 its 201 answer holds `signature_secret_key`, "the only chance to get it". That key is REQUIRED AS
-A VARIABLE (OHX_POLAR_ACCESSLINK_SIGNATURE_SECRET_KEY, ohx_dagster/receiver/config.py), not
+A VARIABLE (OHX_POLAR_ACCESSLINK_SIGNATURE_SECRET_KEY, ohx_dagster/config/receiver.py), not
 stored encrypted in the database, because:
 - the receiver then verifies every delivery from its own configuration, like every other
   provider's secret, with no database read and no token key (OHX_TOKEN_KEY) in the receiver;
@@ -40,6 +40,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ohx_dagster.config.receiver import POLAR_ACCESSLINK_KEY
 from ohx_dagster.core.errors import ConfigError, ProviderError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers import payload
@@ -60,7 +61,6 @@ from ohx_dagster.providers.subscription import (
     SubscriptionSettings,
 )
 from ohx_dagster.providers.tokens import TokenStore, UserTokens, basic_credentials
-from ohx_dagster.receiver.config import POLAR_ACCESSLINK_KEY
 from ohx_dagster.storage.store import RecordStore
 
 USERS: Final = "/v3/users"

@@ -54,6 +54,7 @@ APP = ProviderApp(
     token_params={"action": "requesttoken"},
     token_wrapped=True,
     after_connect=subscriptions.after_connect,
+    webhook="ohx_dagster.providers.withings.webhook",
 )
 WithingsSource.app = APP
 

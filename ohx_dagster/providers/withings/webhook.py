@@ -30,10 +30,10 @@ from starlette.routing import Route
 
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
+from ohx_dagster.providers.webhook.parsing import quoted, require
+from ohx_dagster.providers.webhook.receiver import Receiver
+from ohx_dagster.providers.webhook.signatures import SignatureRejected, same_secret
 from ohx_dagster.providers.withings.codes import APPLI, IGNORED, NAME, UNLINKED, USER_EVENTS
-from ohx_dagster.receiver.parsing import quoted, require
-from ohx_dagster.receiver.receiver import Receiver
-from ohx_dagster.receiver.signatures import SignatureRejected, same_secret
 from ohx_dagster.storage.store import DISCONNECTED
 from ohx_dagster.sync.inbox import NewEvent
 

@@ -135,6 +135,10 @@ class WebhookSecrets:
             polar_accesslink=_polar_accesslink(env),
         )
 
+    def of(self, provider: str) -> object | None:
+        """The secrets a provider's webhook routes are built with (None: not configured)."""
+        return self.withings_token if provider == "withings" else getattr(self, provider, None)
+
     @property
     def mounted(self) -> dict[str, bool]:
         """Which provider routes the receiver serves."""
