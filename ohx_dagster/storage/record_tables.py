@@ -6,6 +6,9 @@ can tell which day partitions must be published again: re-delivering what is sto
 
 A `replace` window says "the provider has just answered for this whole window": stored records of
 that type inside it that the provider did not send again are gone at the provider, and go here too.
+
+The record store's record methods (store_records.py: `RecordStore.commit`, `read_records`, ...)
+are built on these; publishing reads chunks and measurements with them directly.
 """
 
 from __future__ import annotations
