@@ -166,7 +166,11 @@ class Calendar:
         starts, ends = self.hours_of(ts_us) if not own.all() else (ts_us.copy(), ts_us.copy())
         offsets = np.zeros(ts_us.shape, dtype="int64")
         if (~own).any():
-            offsets[~own] = [self.offset_min(s, self.day_of(s)) for s in starts[~own].tolist()]
+            # One offset per local hour, not per record: a day has about 24 of them.
+            hours, each = np.unique(starts[~own], return_inverse=True)
+            days = [date.fromordinal(d) for d in self.days_of(hours).tolist()]
+            found = [self.offset_min(s, d) for s, d in zip(hours.tolist(), days, strict=True)]
+            offsets[~own] = np.asarray(found, dtype="int64")[each]
         if own.any():
             shift = offsets_min[own].astype("int64") * MINUTE_US
             local = ts_us[own] + shift

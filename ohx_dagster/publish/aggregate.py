@@ -237,6 +237,13 @@ def records_window_for_local_day(day: date) -> DateRange:
 
 def daily(records: pd.DataFrame, zones: Mapping[str, Clock], day: date) -> pd.DataFrame:
     """Statistics per (provider, user, type) over local calendar day `day` of each user."""
+    # Only the records near the day are worked on (a day of margin beyond every zone's day keeps
+    # the duplicate rule's neighbours): given a month, the day cost a month's work.
+    window = records_window_for_local_day(day)
+    near = (records["ts"] >= window.start - timedelta(days=1)) & (
+        records["ts"] < window.end + timedelta(days=1)
+    )
+    records = records if near.all() else records[near]
     frame = in_local_day(aggregated_records(records, zones), zones, day)
     if frame.empty:
         return empty_aggregates()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,7 @@ def instants(spans) -> set[int]:
 
 
 @given(intervals)
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 def test_normalize_keeps_exactly_the_instants(spans) -> None:
     merged = normalize(spans)
     assert instants(merged) == instants(spans)
@@ -28,7 +29,7 @@ def test_normalize_keeps_exactly_the_instants(spans) -> None:
 
 
 @given(st.integers(0, 1000), st.integers(0, 1000), intervals)
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 def test_gaps_are_the_goal_minus_the_coverage(a, b, spans) -> None:
     goal = (min(a, b), max(a, b))
     covered = normalize(spans)

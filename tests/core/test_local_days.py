@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -76,7 +77,7 @@ def wall_clock_day(calendar: Calendar, day: date) -> tuple[datetime, datetime]:
     )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(calendars(), days)
 def test_days_tile_time_and_are_the_wall_clock_day(calendar: Calendar, day: date) -> None:
     start, end = calendar.day_window(day)
@@ -115,7 +116,7 @@ def samples(calendar_: Calendar, first: date, stamps_s: list[int]) -> pd.DataFra
     )  # fmt: skip
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(calendars(), days, st.lists(st.integers(0, 3 * 86_400 - 1), min_size=1, max_size=300))
 def test_each_sample_in_exactly_one_daily_aggregate(
     calendar: Calendar, first: date, stamps_s: list[int]

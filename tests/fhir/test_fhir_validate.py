@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import tracemalloc
 
+import depth
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -228,7 +229,7 @@ _REFERENCE_PARTS = {
 }
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=depth.examples(300), deadline=None)
 @given(
     st.dictionaries(st.sampled_from(sorted(_REFERENCE_PARTS)), st.none(), max_size=4).flatmap(
         lambda keys: st.fixed_dictionaries({k: _REFERENCE_PARTS[k] for k in keys})

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -890,7 +891,9 @@ def _series_of(drawn: tuple[HealthDataType, np.ndarray, np.ndarray]) -> dict[str
     return product_resources(series_kind=kind, series_ts_us=ts, series_values=values)["series"]
 
 
-_HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_HYPOTHESIS = settings(
+    max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @_HYPOTHESIS

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
 from ohx_dagster.cli import cli
+from ohx_dagster.config.receiver import WebhookSecrets
 from ohx_dagster.privacy import audit, staff
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import WebhookSecrets
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.schema import staff_tokens

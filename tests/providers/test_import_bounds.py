@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -290,7 +291,7 @@ def moments() -> st.SearchStrategy[datetime]:
     )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[FIXTURES])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[FIXTURES])
 @given(moment=moments(), offset=st.integers(min_value=-14 * 60, max_value=14 * 60))
 def test_any_date_outside_is_refused_and_any_inside_kept(
     export_text: str, moment: datetime, offset: int
@@ -305,7 +306,7 @@ def test_any_date_outside_is_refused_and_any_inside_kept(
     assert reader.refused.total == int(not plausible)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[FIXTURES])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[FIXTURES])
 @given(moment=moments())
 def test_any_fitabase_time_outside_is_refused_and_any_inside_kept(
     tmp_path_factory: pytest.TempPathFactory, fitabase_dir: Path, moment: datetime

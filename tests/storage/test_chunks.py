@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +38,7 @@ def samples(ts: list[int], vals: list[float], **columns) -> Samples:
         lambda ts: st.tuples(st.just(ts), st.lists(values, min_size=len(ts), max_size=len(ts)))
     )
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_every_chunk_decodes_to_exactly_what_was_encoded(case) -> None:
     ts, vals = case
     chunk = samples(ts, vals, utc_offset_min=60, method="manual", context="sleep")
@@ -50,7 +51,7 @@ def test_every_chunk_decodes_to_exactly_what_was_encoded(case) -> None:
     st.lists(st.tuples(st.integers(0, HOUR_US - 1), values), min_size=1, max_size=200),
     st.lists(st.tuples(st.integers(0, HOUR_US - 1), values), min_size=0, max_size=200),
 )
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_a_merge_keeps_every_instant_once_and_the_newest_value(stored, arriving) -> None:
     old = samples([t for t, _ in stored], [v for _, v in stored])
     new = Samples.of(
@@ -87,6 +88,6 @@ def test_instants_outside_the_hour_or_unsorted_are_refused() -> None:
 
 
 @given(st.lists(st.floats(-20_000, 20_000, allow_nan=False), min_size=1, max_size=2000))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_an_ecg_waveform_round_trips_exactly(waveform) -> None:
     assert decode_waveform(encode_waveform(np.array(waveform))).tolist() == waveform

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
 
+from depth import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -130,7 +131,7 @@ runs = st.lists(
 
 
 @given(runs, st.lists(st.tuples(st.integers(0, 6), st.integers(0, 23)), max_size=5))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 def test_runs_in_any_order_leave_every_goal_covered(sequence, failures) -> None:
     """Apply runs in the given order (a failed run commits nothing); after each successful run
     its goal is covered, whatever came before."""
