@@ -5,8 +5,8 @@ partition's current output that are not in the outbox yet, read from the output 
 s3://: no shared disk needed), then sends what the server has not acknowledged. Without a
 configured server it records "skipped" and touches nothing.
 The outbox makes it safe to retry: what the server acknowledged is not sent again, what it did not
-stays pending for the next run (see ohx_dagster.fhir.delivery). A server that stays unavailable
-fails the step after its retries, with the outbox's counts in the failure's metadata.
+stays pending for the next run (see ohx_dagster.fhir.delivery.outbox). A server that stays
+unavailable fails the step after its retries, with the outbox's counts in the failure's metadata.
 
 Checks: `outbox_drained` (every resource of the partition's current files acknowledged by the
 server with exactly the published body: compared with the partition, never with whatever happens
@@ -16,8 +16,8 @@ by identifier, holds exactly what was sent, once).
 A server's error or a mismatch can quote an identifier, which names its person: what the step
 logs and reports names the provider's people by their salted subject instead (assets/pseudonyms.py).
 Every transaction sent is in the audit log (`export`, actor "dagster run <run id>", one row per
-person it held: ohx_dagster/fhir/delivery.py); the read-back sample of `server_confirms` is the
-same step checking what it sent, not an access of its own.
+person it held: ohx_dagster/fhir/delivery/client.py); the read-back sample of `server_confirms`
+is the same step checking what it sent, not an access of its own.
 """
 
 from typing import TypeVar
@@ -27,13 +27,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from assets.partitions import BACKFILL_POLICY, days_and_shard
 from assets.pseudonyms import Hider
-from ohx_dagster.fhir.delivery import (
-    DeliveryError,
-    DeliveryReport,
-    delivered_sample,
-    enqueue_partition,
-    partition_counts,
-)
+from ohx_dagster.fhir.delivery.client import DeliveryReport
+from ohx_dagster.fhir.delivery.errors import DeliveryError
+from ohx_dagster.fhir.delivery.outbox import delivered_sample, enqueue_partition, partition_counts
 from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.publish.partitions import partition_key
 from ohx_dagster.storage.store import RecordStore

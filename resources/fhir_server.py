@@ -11,14 +11,13 @@ import dagster as dg
 import pydantic
 
 from ohx_dagster.core.errors import ConfigError
-from ohx_dagster.fhir.delivery import (
+from ohx_dagster.fhir.delivery.auth import (
     Auth,
     BearerToken,
     ClientCredentials,
-    FhirClient,
     SmartBackendServices,
-    redacted_url,
 )
+from ohx_dagster.fhir.delivery.client import FhirClient, redacted_url
 
 
 class FhirServerResource(dg.ConfigurableResource):

@@ -10,7 +10,8 @@ Subjects resolve: a person's resources point at `Patient/<id>` and carry the per
 in the same Reference. The id is the clinical system's when the connect flow was given one (that
 Patient lives on the clinical server, not in our output); otherwise it is ours, and every output
 that references it holds the matching Patient resource. Delivery turns references into
-conditional ones that the server resolves inside the transaction (ohx_dagster.fhir.delivery).
+conditional ones that the server resolves inside the transaction
+(ohx_dagster.fhir.delivery.bundle).
 """
 
 from __future__ import annotations

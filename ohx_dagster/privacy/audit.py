@@ -19,8 +19,8 @@ Who writes: the connect flow (`connect_user`: connect, refused connect), `ohx us
 erase_person_job (erase), `ohx import` (import), `ohx staff add` and `ohx staff remove`
 (staff-add, staff-remove: the staff name in the detail, no subject); publishing NDJSON
 (publish.publish_partition: export, one row per person of a committed bucket, in its
-transaction) and delivery to a FHIR server (fhir/delivery.py: export, one row per person of a
-transaction Bundle); the receiver's /connect and /auth/staff for refused staff credentials
+transaction) and delivery to a FHIR server (fhir/delivery/client.py: export, one row per person
+of a transaction Bundle); the receiver's /connect and /auth/staff for refused staff credentials
 (connect or sign-in, refused, through `RefusedRows`: bounded, see below). `ohx audit` reads it;
 docs/deployment.md lists what each action records.
 """

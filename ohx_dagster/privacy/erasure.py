@@ -36,7 +36,7 @@ bucket, republishes every resource it published before and no longer produces as
 entered-in-error (its withdrawal mechanism), so a re-render would carry the person's resources on
 as withdrawn copies. Instead, for every partition of the provider (and its shard keys) whose
 files of the person's bucket hold them: read those files, drop every resource the person owns
-(`delivery.owner`: the content-key identifier, the person identifier of their Patient, the
+(`outbox.owner`: the content-key identifier, the person identifier of their Patient, the
 patient of their Provenance; or a subject/patient reference to the Patient id derived for them),
 write the remaining resources as new content-named files, then, in one transaction under the
 partition's lock (the publisher's `fhir` lock, taken by its commit too), check that the bucket's
@@ -106,7 +106,10 @@ from sqlalchemy.engine import Connection
 from ohx_dagster.core.errors import OhxError, ValidationError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import iso_us, now_us
-from ohx_dagster.fhir.delivery import DeliveryError, FhirClient, match_url, owner
+from ohx_dagster.fhir.delivery.bundle import match_url
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.errors import DeliveryError
+from ohx_dagster.fhir.delivery.outbox import owner
 from ohx_dagster.fhir.output import (
     MANIFEST,
     UNCOMMITTED_GRACE_S,

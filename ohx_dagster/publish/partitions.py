@@ -487,7 +487,7 @@ def _exports(
     provider: str, resources: Sequence[dict], configs: Mapping[str, HealthSyncConfig], where: str
 ) -> dict[str, tuple[str, str]]:
     """The audit rows of a bucket's files: per person whose resources they hold, how many."""
-    from ohx_dagster.fhir.delivery import owner
+    from ohx_dagster.fhir.delivery.outbox import owner
 
     held: Counter[str] = Counter()
     withdrawn: Counter[str] = Counter()

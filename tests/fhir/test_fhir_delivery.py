@@ -10,14 +10,10 @@ from collections.abc import Iterator
 import pytest
 from fhir_test_server import FhirServer, running_fhir_server
 
-from ohx_dagster.fhir.delivery import (
-    BearerToken,
-    ClientCredentials,
-    DeliveryError,
-    FhirClient,
-    enqueue,
-    pending,
-)
+from ohx_dagster.fhir.delivery.auth import BearerToken, ClientCredentials
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.errors import DeliveryError
+from ohx_dagster.fhir.delivery.outbox import enqueue, pending
 from ohx_dagster.storage.schema import fhir_outbox
 from ohx_dagster.storage.store import RecordStore
 

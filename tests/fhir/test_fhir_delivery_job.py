@@ -19,7 +19,7 @@ from fhir_test_server import FhirServer, running_fhir_server
 
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.definitions import build_definitions
-from ohx_dagster.fhir.delivery import partition_counts as outbox_counts
+from ohx_dagster.fhir.delivery.outbox import partition_counts as outbox_counts
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.storage.store import RecordStore
 

@@ -20,13 +20,10 @@ from fhir_test_server import FhirServer, running_fhir_server
 from ohx_dagster.core.records import empty_batch
 from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.fhir.codes import PERSON_SYSTEM
-from ohx_dagster.fhir.delivery import (
-    BearerToken,
-    DeliveryError,
-    FhirClient,
-    enqueue_partition,
-    owner,
-)
+from ohx_dagster.fhir.delivery.auth import BearerToken
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.errors import DeliveryError
+from ohx_dagster.fhir.delivery.outbox import enqueue_partition, owner
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.privacy.identity import relink
 from ohx_dagster.providers.base import Windowed

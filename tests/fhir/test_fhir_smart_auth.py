@@ -16,13 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhir_test_server import ASSERTION_TYPE, FhirServer, running_fhir_server
 
-from ohx_dagster.fhir.delivery import (
-    DeliveryError,
-    FhirClient,
-    SmartBackendServices,
-    enqueue,
-    pending,
-)
+from ohx_dagster.fhir.delivery.auth import SmartBackendServices
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.errors import DeliveryError
+from ohx_dagster.fhir.delivery.outbox import enqueue, pending
 from ohx_dagster.storage.store import RecordStore
 from resources.fhir_server import fhir_server_from_env
 

@@ -21,7 +21,9 @@ from fhir_test_server import FhirServer, running_fhir_server
 from s3_test_server import S3Server
 
 from ohx_dagster.core.times import to_us, utc_day
-from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, pending
+from ohx_dagster.fhir.delivery.auth import BearerToken
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.outbox import enqueue_partition, pending
 from ohx_dagster.fhir.output import MANIFEST, FhirOutput
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES

@@ -22,7 +22,10 @@ import pytest
 import sqlalchemy as sa
 from fhir_test_server import FhirServer, running_fhir_server
 
-from ohx_dagster.fhir.delivery import BearerToken, DeliveryError, FhirClient, enqueue, owner
+from ohx_dagster.fhir.delivery.auth import BearerToken
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.errors import DeliveryError
+from ohx_dagster.fhir.delivery.outbox import enqueue, owner
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.privacy import audit, staff
 from ohx_dagster.privacy.audit import RefusedRows

@@ -28,8 +28,10 @@ from fhir_test_server import FhirServer, running_fhir_server
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import DateRange
 from ohx_dagster.core.times import now_us
-from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, owner, pending
-from ohx_dagster.fhir.delivery import partition_counts as outbox_counts
+from ohx_dagster.fhir.delivery.auth import BearerToken
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.outbox import enqueue_partition, owner, pending
+from ohx_dagster.fhir.delivery.outbox import partition_counts as outbox_counts
 from ohx_dagster.fhir.output import MANIFEST, FhirOutput, file_name
 from ohx_dagster.privacy import audit
 from ohx_dagster.privacy import erasure as erasure_module

@@ -25,7 +25,7 @@ from ohx_dagster.core.ids import check_patient_id, check_user_id
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import now_us
 from ohx_dagster.fhir.common import is_withdrawn
-from ohx_dagster.fhir.delivery import owner
+from ohx_dagster.fhir.delivery.outbox import owner
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.privacy import audit
 from ohx_dagster.privacy.erasure import erase_person, remaining_rows

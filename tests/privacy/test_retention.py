@@ -16,7 +16,9 @@ from fhir_test_server import FhirServer, running_fhir_server
 from ohx_dagster.core.models import DateRange, HealthSyncConfig
 from ohx_dagster.core.records import make_batch
 from ohx_dagster.core.times import to_us
-from ohx_dagster.fhir.delivery import BearerToken, FhirClient, enqueue_partition, owner
+from ohx_dagster.fhir.delivery.auth import BearerToken
+from ohx_dagster.fhir.delivery.client import FhirClient
+from ohx_dagster.fhir.delivery.outbox import enqueue_partition, owner
 from ohx_dagster.fhir.output import MANIFEST, FhirOutput, file_name
 from ohx_dagster.privacy.erasure import erase_person
 from ohx_dagster.privacy.retention import apply_retention, last_expired_day
