@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from fhir_test_server import FhirServer, running_fhir_server
 
+from ohx_dagster.config.receiver import ReceiverLimits, WebhookSecrets
 from ohx_dagster.fhir.delivery.auth import BearerToken
 from ohx_dagster.fhir.delivery.client import FhirClient
 from ohx_dagster.fhir.delivery.errors import DeliveryError
@@ -36,7 +37,6 @@ from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.config import ReceiverLimits, WebhookSecrets
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.schema import audit_log

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
+from depth import examples
 from hypothesis import HealthCheck, given, settings
 
 from ohx_dagster.cli import cli
@@ -574,7 +575,9 @@ IDS = st.one_of(
 
 
 @settings(
-    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(80),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(text=IDS)
 def test_every_entry_point_accepts_exactly_the_ids_the_rule_accepts(
