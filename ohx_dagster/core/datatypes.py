@@ -37,6 +37,8 @@ class HealthDataType(StrEnum):
     WEIGHT = "weight"
     TEMPERATURE = "temperature"
     SPO2 = "spo2"
+    RESPIRATORY_RATE = "respiratory_rate"
+    HRV_SDNN = "hrv_sdnn"
 
     @property
     def canonical_unit(self) -> str:
@@ -202,6 +204,35 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         also_loinc=(("2708-6", "Oxygen saturation in Arterial blood"),),
         decimals=1,
         duplicate_tolerance=1.0,  # a pulse oximeter's resolution
+    ),
+    # Breaths a minute, as watches and rings estimate it during sleep: the R5 vital-signs profile
+    # resprate (9279-1, /min).
+    T.RESPIRATORY_RATE: DataType(
+        unit="/min",
+        unit_display="breaths/minute",
+        spellings={s: _same for s in ("/min", "{breaths}/min", "count/min", "breaths/min")},
+        hard_limits=(1.0, 150.0),
+        plausible=(4.0, 60.0),
+        shape=Shape.SERIES,
+        loinc=("9279-1", "Respiratory rate"),
+        category="vital-signs",
+        profile="resprate",
+        decimals=1,
+    ),
+    # Heart-rate variability as the standard deviation of the beat intervals (SDNN), one value
+    # a measurement (Apple Watch: a minute's beats). Only SDNN is this code: RMSSD, which other
+    # providers report, is another statistic and never published under it. No R5 profile.
+    T.HRV_SDNN: DataType(
+        unit="ms",
+        unit_display="ms",
+        spellings={"ms": _same, "s": _times(1000.0)},
+        hard_limits=(0.0, 1_000.0),
+        plausible=(3.0, 300.0),
+        shape=Shape.READING,
+        loinc=("80404-7", "R-R interval.standard deviation (Heart rate variability)"),
+        category="vital-signs",
+        decimals=1,
+        duplicate_tolerance=0.5,  # two apps' copies of one reading, rounded differently
     ),
 }
 

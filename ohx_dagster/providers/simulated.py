@@ -1,4 +1,4 @@
-"""The embedded simulated provider: deterministic, physiologically plausible data for all 8 types.
+"""The embedded simulated provider: deterministic, physiologically plausible data for every type.
 
 Each (user, type, UTC hour) is generated from its own seed, so any window, fetched in any order or
 overlapping any other, yields exactly the same records: the simulator behaves like a provider API
@@ -7,7 +7,8 @@ with a fixed history. Nothing is returned after `now` (the simulator's clock).
 Per user: heart rate every 1-5 s (everyone at `hr_hz`, OHX_SIMULATED_HR_HZ, when set) with a
 day/night rhythm and activity bouts, steps per minute during waking hours, a nightly 5-minute
 RR-interval session consistent with the heart rate, one 30 s ECG a day at 250-500 Hz with its heart
-rate, blood pressure twice a day, weight and temperature each morning, SpO2 hourly at night.
+rate, blood pressure twice a day, weight and temperature each morning, SpO2 hourly at night,
+respiratory rate every 5 minutes from midnight to 6, and the SDNN of the nightly RR session.
 """
 
 from __future__ import annotations
@@ -138,7 +139,22 @@ _MEASURED_AT: Final[dict[HealthDataType, Callable[[int], bool]]] = {
     HealthDataType.WEIGHT: lambda hour: hour == 7,
     HealthDataType.TEMPERATURE: lambda hour: hour == 7,
     HealthDataType.SPO2: lambda hour: hour < 6 or hour >= 23,
+    HealthDataType.RESPIRATORY_RATE: lambda hour: hour < 6,
+    HealthDataType.HRV_SDNN: lambda hour: hour == 3,
 }
+
+
+def _rr_session(profile: SimulatedProfile, hour: datetime, rng: np.random.Generator) -> pd.Series:
+    """A nightly 5-minute HRV session: RR = 60000 / HR with respiratory sinus arrhythmia."""
+    bpm = profile.resting_hr - 4.0
+    count = int(300 * bpm / 60)
+    base = 60_000.0 / bpm
+    rsa = 40.0 * np.sin(np.arange(count) * 2 * np.pi / 4.5)
+    rr = (base + rsa + rng.normal(0, 15, count)).round(0)
+    stamps = (
+        pd.Timestamp(hour) + pd.Timedelta(minutes=10) + pd.to_timedelta(np.cumsum(rr), unit="ms")
+    )
+    return pd.Series(rr, index=stamps)
 
 
 def _one_batch(parts: list[dict[str, Any]]) -> pd.DataFrame:
@@ -319,18 +335,32 @@ class SimulatedSource:
         if kind is HealthDataType.RR_INTERVALS:
             if local_hour != 3:
                 return None
-            # A nightly 5-minute HRV session: RR = 60000 / HR with respiratory sinus arrhythmia.
-            bpm = profile.resting_hr - 4.0
-            count = int(300 * bpm / 60)
-            base = 60_000.0 / bpm
-            rsa = 40.0 * np.sin(np.arange(count) * 2 * np.pi / 4.5)
-            rr = (base + rsa + rng.normal(0, 15, count)).round(0)
-            stamps = (
-                pd.Timestamp(hour)
-                + pd.Timedelta(minutes=10)
-                + pd.to_timedelta(np.cumsum(rr), unit="ms")
+            session = _rr_session(profile, hour, rng)
+            return dict(
+                **common,
+                timestamps=session.index,
+                values=session.to_numpy(),
+                unit="ms",
+                device_id=watch,
             )
-            return dict(**common, timestamps=stamps, values=rr, unit="ms", device_id=watch)
+
+        if kind is HealthDataType.HRV_SDNN:
+            # The SDNN of that night's RR session (drawn again from its own seed), at its end.
+            rr_rng = _rng(self.seed, profile.user_id, HealthDataType.RR_INTERVALS.value, hour_us)
+            session = _rr_session(profile, hour, rr_rng)
+            return dict(
+                **common,
+                timestamps=[session.index[-1]],
+                values=[round(float(session.std(ddof=1)), 1)],
+                unit="ms",
+                device_id=watch,
+            )
+
+        if kind is HealthDataType.RESPIRATORY_RATE:
+            # Every 5 minutes of the night, as a watch estimates it during sleep.
+            stamps = pd.date_range(hour, periods=12, freq="5min")
+            values = np.clip(rng.normal(14.5, 1.2, 12), 8, 24).round(1)
+            return dict(**common, timestamps=stamps, values=values, unit="/min", device_id=watch)
 
         if kind is HealthDataType.ECG:
             if local_hour != 9:

@@ -23,6 +23,7 @@ Observations with their devices; only the statistics count one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -187,22 +188,39 @@ def _joined(values: pd.Series) -> str:
     return ",".join(sorted({str(v) for v in values if v}))
 
 
+def _exact_sum(values: Iterable[float]) -> tuple[float, int]:
+    """(sum, count) of the non-NaN values, the sum correctly rounded (math.fsum): the same bits
+    whatever the order and however the values are split into chunks, so the statistics from
+    stored chunks, from rows and from a few readings are one number each."""
+    kept = [v for v in values if v == v]
+    return math.fsum(kept), len(kept)
+
+
+def _sum_of(values: pd.Series) -> float:
+    return _exact_sum(values.to_numpy(dtype="float64").tolist())[0]
+
+
 def _statistics(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     grouped = frame.groupby(keys, sort=True, observed=True)
     stats = grouped.agg(
         count=("value", "size"),
         min=("value", "min"),
         max=("value", "max"),
-        mean=("value", "mean"),
-        sum=("value", "sum"),
+        sum=("value", _sum_of),
+        counted=("value", "count"),
         diastolic_min=("diastolic", "min"),
         diastolic_max=("diastolic", "max"),
-        diastolic_mean=("diastolic", "mean"),
+        diastolic_sum=("diastolic", _sum_of),
+        diastolic_counted=("diastolic", "count"),
         unit=("unit", "first"),
         devices=("device_id", _joined),
         methods=("method", _joined),
     )
-    return stats.reset_index()
+    stats["mean"] = stats["sum"] / stats["counted"]
+    stats["diastolic_mean"] = stats["diastolic_sum"] / stats["diastolic_counted"]
+    order = ["count", "min", "max", "mean", "sum", "diastolic_min", "diastolic_max",
+             "diastolic_mean", "unit", "devices", "methods"]  # fmt: skip
+    return stats[order].reset_index()
 
 
 def hourly(records: pd.DataFrame, zones: Mapping[str, Clock]) -> pd.DataFrame:
@@ -440,14 +458,14 @@ def _combine(provider: str, parts: Iterable[Part], keys: list[str]) -> pd.DataFr
     for key, device_id, values, methods in parts:
         if not values.size:
             continue
-        low, high, total = float(values.min()), float(values.max()), float(values.sum())
+        low, high = float(values.min()), float(values.max())
         entry = found.get(key)
         if entry is None:
-            found[key] = [values.size, low, high, total, {device_id} - {""}, _labels(methods)]
+            found[key] = [values.size, low, high, [values], {device_id} - {""}, _labels(methods)]
             continue
         entry[0] += values.size
         entry[1], entry[2] = min(entry[1], low), max(entry[2], high)
-        entry[3] += total
+        entry[3].append(values)
         entry[4] |= {device_id} - {""}
         entry[5] |= _labels(methods)
     if not found:
@@ -455,7 +473,7 @@ def _combine(provider: str, parts: Iterable[Part], keys: list[str]) -> pd.DataFr
     ordered = sorted(found)
     rows = [found[key] for key in ordered]
     count = np.array([r[0] for r in rows], dtype="int64")
-    sums = np.array([r[3] for r in rows], dtype="float64")
+    sums = np.array([_exact_sum(np.concatenate(r[3]).tolist())[0] for r in rows], dtype="float64")
     columns: dict[str, object] = {"provider": [provider] * len(ordered)}
     for position, name in enumerate(keys[1:]):
         columns[name] = [key[position] for key in ordered]
@@ -480,24 +498,6 @@ def _combine(provider: str, parts: Iterable[Part], keys: list[str]) -> pd.DataFr
     return frame
 
 
-def _kahan(values: Iterable[float]) -> tuple[float, int]:
-    """(sum, count) of the non-NaN values with the compensated summation pandas' groupby sum and
-    mean use, in the same order: the same bits as `_statistics`."""
-    total = compensation = 0.0
-    count = 0
-    for value in values:
-        if value != value:
-            continue
-        count += 1
-        y = value - compensation
-        t = total + y
-        compensation = t - total - y
-        if compensation != compensation:
-            compensation = 0.0
-        total = t
-    return total, count
-
-
 def _sparse_statistics(records: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """`_statistics` of already counted sparse records (a few a person and day, where a pandas
     grouping costs more than the arithmetic), row for row the same; empty frame: none."""
@@ -515,8 +515,8 @@ def _sparse_statistics(records: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         at = groups[key]
         values = [value[i] for i in at if value[i] == value[i]]
         lows = [diastolic[i] for i in at if diastolic[i] == diastolic[i]]
-        total, count = _kahan(value[i] for i in at)
-        low_total, low_count = _kahan(lows)
+        total, count = _exact_sum(value[i] for i in at)
+        low_total, low_count = _exact_sum(lows)
         units = [unit[i] for i in at if isinstance(unit[i], str)]
         rows.append(
             (*key, len(at), min(values, default=nan), max(values, default=nan),

@@ -236,6 +236,8 @@ SYNTHETIC = f"""<?xml version="1.0" encoding="UTF-8"?>
    <InstantaneousBeatsPerMinute bpm="63" time="12:00:00.45 AM"/>
   </HeartRateVariabilityMetadataList>
  </Record>
+ <Record type="HKQuantityTypeIdentifierRespiratoryRate" {WATCH} unit="count/min" value="14.5"
+  {_at("2024-03-31 03:10:00 +0200")}/>
  <Correlation type="HKCorrelationTypeIdentifierBloodPressure" {CUFF} {BP_AT}>
   <MetadataEntry key="HKWasUserEntered" value="1"/>
   <Record type="{SYS}" {CUFF} unit="mmHg" value="121" {BP_AT}/>
@@ -271,15 +273,21 @@ def test_healthkit_shapes_map_to_canonical_records(synthetic: AppleHealthSource)
     # Typed in (HKWasUserEntered="1"): the weight and the pressure; the rest was measured.
     assert (weight["method"], pressure.method) == ("manual", "manual")
     assert set(records.loc["spo2"]["method"]) == {"device"}
-    # The SDNN value is not RR and is not stored; its beats are heart rate, and the second one
-    # is past local midnight (the next day, still +0100 as the sample's clock).
+    # The SDNN value is an HRV reading (never RR intervals); its beats are heart rate, and the
+    # second one is past local midnight (the next day, still +0100 as the sample's clock).
     assert set(records.index.get_level_values(0)) == {
         "spo2",
         "temperature",
         "weight",
         "blood_pressure",
         "heart_rate",
+        "hrv_sdnn",
+        "respiratory_rate",
     }
+    hrv = records.loc[("hrv_sdnn", utc("2024-03-30 23:59:58 +0100"))]
+    assert (hrv["value"], hrv["unit"], hrv["utc_offset_min"]) == (41.5, "ms", 60)
+    breaths = records.loc[("respiratory_rate", utc("2024-03-31 03:10:00 +0200"))]
+    assert (breaths["value"], breaths["unit"], breaths["utc_offset_min"]) == (14.5, "/min", 120)
     beats = records.loc["heart_rate"]
     assert beats.index.tolist() == [
         utc("2024-03-30 23:59:59 +0100") + pd.Timedelta("500ms"),
@@ -288,7 +296,7 @@ def test_healthkit_shapes_map_to_canonical_records(synthetic: AppleHealthSource)
     assert beats["value"].tolist() == [61.0, 63.0] and set(beats["utc_offset_min"]) == {60}
     summary = synthetic.summary
     assert summary.beats == 2 and summary.unpaired_blood_pressure == 1  # the lone 140
-    assert summary.skipped == Counter({"HKQuantityTypeIdentifierHeartRateVariabilitySDNN": 1})
+    assert summary.skipped == Counter()
     assert summary.manual == Counter({"weight": 1, "blood_pressure": 1})
     (user,) = synthetic.discover_users()
     assert user.user_id == "ann"

@@ -28,14 +28,16 @@ Mapped, one user per export; timestamps keep the offset the export wrote ("2017-
 | HKQuantityTypeIdentifierBodyTemperature (degC, degF) | temperature |
 | HKQuantityTypeIdentifierOxygenSaturation (%, stored as a fraction 0..1) | spo2 |
 | HKCorrelationTypeIdentifierBloodPressure (Systolic + Diastolic children) | blood_pressure |
+| HKQuantityTypeIdentifierRespiratoryRate (count/min) | respiratory_rate |
+| HKQuantityTypeIdentifierHeartRateVariabilitySDNN (ms: the SDNN of the record's beats) | hrv_sdnn |
 
 A sample with `<MetadataEntry key="HKWasUserEntered" value="1"/>` was typed in by a person (in
 the real export: the Health app's own "Add Data" entries, sourceName "Health"); its record gets
 method "manual", every other one "device". `HKTimeZone` metadata (the IANA zone a device or app
 recorded a sample in) is counted per zone for zone.py.
 
-Not mapped: HKQuantityTypeIdentifierHeartRateVariabilitySDNN is a per-minute statistic of beat
-intervals, not RR intervals (its beat list still yields heart rate). Every other type (distance,
+An HRV record is a statistic of about a minute of beats (SDNN), published as that, never as RR
+intervals; its beat list yields heart rate as before. Every other type (distance,
 energy, sleep, nutrition, Workouts, ActivitySummary, ...) is skipped and counted in the summary;
 a mapped type with a unit we cannot convert, a value that is not a number, or a date without its
 offset is an error naming the file, line, type and the value.
@@ -75,6 +77,8 @@ QUANTITY_TYPES: Final[dict[str, HealthDataType]] = {
     "HKQuantityTypeIdentifierBodyMass": HealthDataType.WEIGHT,
     "HKQuantityTypeIdentifierBodyTemperature": HealthDataType.TEMPERATURE,
     "HKQuantityTypeIdentifierOxygenSaturation": HealthDataType.SPO2,
+    "HKQuantityTypeIdentifierRespiratoryRate": HealthDataType.RESPIRATORY_RATE,
+    "HKQuantityTypeIdentifierHeartRateVariabilitySDNN": HealthDataType.HRV_SDNN,
 }
 BLOOD_PRESSURE: Final = "HKCorrelationTypeIdentifierBloodPressure"
 SYSTOLIC: Final = "HKQuantityTypeIdentifierBloodPressureSystolic"
