@@ -1,4 +1,5 @@
-"""The composition root: the one Definitions object, assembled from settings in the environment.
+"""The composition root: the one Definitions object, assembled from the settings of the
+environment (ohx_dagster/config), checked against the provider registry's sources (CATALOG).
 
 Runs execute in process: a sync run is a short chain of four assets, and the multiprocess
 executor's start-up (about 5 s a run) would dwarf the work of an hourly or webhook run.
@@ -18,6 +19,7 @@ from assets.sync_status import build_sync_status_assets
 from ohx_dagster.cli import dagster_errors as cli_errors
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.providers.registry import CATALOG
 from ohx_dagster.sync.shards import Sharding
 from resources import FhirOutputResource, SourcesResource
 from resources.fhir_server import fhir_server_from_env
@@ -35,7 +37,7 @@ from sensors.webhooks import build_webhook_sensor
 def build_definitions(settings: Settings) -> dg.Definitions:
     # The source dimension lists every shard key of OHX_SOURCES (the provider's name when a
     # source is not sharded).
-    sharding = settings.sharding
+    sharding = Sharding(settings.source_counts)
     live = Sharding({source: sharding[source] for source in settings.live_sources})
     partitions = health_partitions(settings.partitions_start, settings.source_keys)
     health_assets = build_health_assets(partitions, sharding)
@@ -101,7 +103,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        return Settings.from_env(catalog=CATALOG)
     except ConfigError as exc:
         # Dagster prints the stack of a code location that fails to load: keep it to the line
         # that says which setting is wrong and how to fix it.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.config.fhir import FhirServerSettings
 from ohx_dagster.fhir.delivery.auth import (
     Auth,
     BearerToken,
@@ -119,52 +118,12 @@ class FhirServerResource(dg.ConfigurableResource):
         )
 
 
-# Secrets and URLs: passed as dg.EnvVar, so their values never land in run config or the UI.
-_ENV: dict[str, str] = {
-    "base_url": "OHX_FHIR_SERVER_URL",
-    "bearer_token": "OHX_FHIR_BEARER_TOKEN",
-    "token_url": "OHX_FHIR_TOKEN_URL",
-    "client_id": "OHX_FHIR_CLIENT_ID",
-    "client_secret": "OHX_FHIR_CLIENT_SECRET",
-    "private_key": "OHX_FHIR_PRIVATE_KEY",
-    "private_key_file": "OHX_FHIR_PRIVATE_KEY_FILE",
-    "key_id": "OHX_FHIR_KEY_ID",
-    "scope": "OHX_FHIR_SCOPE",
-}
-# Tuning, not secret: read as numbers here.
-_NUMBERS: dict[str, tuple[str, type]] = {
-    "batch_size": ("OHX_FHIR_BATCH_SIZE", int),
-    "max_retries": ("OHX_FHIR_MAX_RETRIES", int),
-    "retry_backoff_s": ("OHX_FHIR_RETRY_BACKOFF_S", float),
-    "step_retries": ("OHX_FHIR_STEP_RETRIES", int),
-    "step_retry_wait_s": ("OHX_FHIR_STEP_RETRY_WAIT_S", float),
-    "confirm_sample": ("OHX_FHIR_CONFIRM_SAMPLE", int),
-}
-
-
 def fhir_server_from_env(environ: Mapping[str, str] | None = None) -> FhirServerResource:
-    """The resource from OHX_FHIR_* variables; no OHX_FHIR_SERVER_URL = no server.
-
-    | variable | meaning |
-    |---|---|
-    | OHX_FHIR_SERVER_URL | FHIR base URL (unset: delivery is skipped) |
-    | OHX_FHIR_BEARER_TOKEN | static bearer token |
-    | OHX_FHIR_TOKEN_URL, OHX_FHIR_CLIENT_ID | OAuth token endpoint and client id |
-    | OHX_FHIR_CLIENT_SECRET | client credentials with a shared secret |
-    | OHX_FHIR_PRIVATE_KEY / _FILE, OHX_FHIR_KEY_ID | SMART Backend Services: PEM (RSA: RS384, EC P-384: ES384) and its kid |
-    | OHX_FHIR_SCOPE | default system/*.write |
-    | OHX_FHIR_BATCH_SIZE, _MAX_RETRIES, _RETRY_BACKOFF_S, _STEP_RETRIES, _STEP_RETRY_WAIT_S, _CONFIRM_SAMPLE | tuning |
-    """  # noqa: E501
-    env = os.environ if environ is None else environ
-    # Each field an EnvVar (read by Dagster when the resource is used) or a number checked here.
-    values: dict[str, Any] = {
-        field: dg.EnvVar(name) for field, name in _ENV.items() if env.get(name)
-    }
-    for field, (name, kind) in _NUMBERS.items():
-        text = env.get(name)
-        if text:
-            try:
-                values[field] = kind(text)
-            except ValueError:
-                raise ConfigError(f"{name}={text!r}: expected a {kind.__name__}") from None
+    """The resource from the OHX_FHIR_* variables (FhirServerSettings, ohx_dagster/config/fhir.py,
+    lists them); no OHX_FHIR_SERVER_URL = no server. Secrets and URLs are passed as dg.EnvVar
+    (read by Dagster when the resource is used), so their values never land in run config or the
+    UI; the tuning numbers are checked here."""
+    settings = FhirServerSettings.from_env(environ)
+    values: dict[str, Any] = {field: dg.EnvVar(name) for field, name in settings.configured.items()}
+    values.update(settings.numbers())
     return FhirServerResource(**values)

@@ -8,15 +8,19 @@ from functools import cache
 import dagster as dg
 import pydantic
 
-from ohx_dagster.config.settings import KNOWN_SOURCES
+from ohx_dagster.config.providers import ApiSettings
 from ohx_dagster.core.errors import ConfigError
-from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.bounds import EARLIEST_SAMPLE, PlausibleDates
 from ohx_dagster.providers.fitabase import FitabaseSource, parse_dirs
 from ohx_dagster.providers.polar import PolarH10Source
-from ohx_dagster.providers.registry import API_PROVIDERS, RESYNC_HORIZON, SUPPORTED_TYPES
+from ohx_dagster.providers.registry import (
+    API_PROVIDERS,
+    KNOWN_SOURCES,
+    RESYNC_HORIZON,
+    SUPPORTED_TYPES,
+)
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.storage.store import RecordStore
 
@@ -51,7 +55,7 @@ def _apple_health(path: str, user_id: str | None, earliest: str) -> AppleHealthS
 @cache
 def _api_source(name: str, store: RecordStore, horizon: timedelta) -> object:
     # One HTTP connection pool per process, provider and store. Their people's OAuth tokens live
-    # in the record store, their OAuth app in the environment (ohx_dagster/providers/api.py).
+    # in the record store, their OAuth app in the environment (ohx_dagster/config/providers.py).
     app = API_PROVIDERS[name]
     return app.source(store, ApiSettings.from_env(app), horizon=horizon)
 

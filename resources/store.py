@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from functools import cache
 
@@ -10,6 +9,7 @@ import dagster as dg
 import pydantic
 
 from ohx_dagster.config.settings import Settings
+from ohx_dagster.config.storage import StorageSettings
 from ohx_dagster.storage.store import RecordStore
 
 
@@ -36,7 +36,6 @@ class RecordStoreResource(dg.ConfigurableResource):
 def store_resource(settings: Settings, env: Mapping[str, str] | None = None) -> RecordStoreResource:
     """The store resource of these settings: the URL through EnvVar when the environment gives
     it (it may hold a password), else the embedded SQLite path (no secret in it)."""
-    env = os.environ if env is None else env
-    if env.get("OHX_DATABASE_URL"):
+    if StorageSettings.from_env(env).database_url_set:
         return RecordStoreResource(database_url=dg.EnvVar("OHX_DATABASE_URL"))
     return RecordStoreResource(database_url=settings.database_url)

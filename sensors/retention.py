@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from ohx_dagster.config.settings import audit_retention
+from ohx_dagster.config.privacy import audit_retention
 from ohx_dagster.privacy.retention import apply_retention
 from resources import FhirOutputResource, RecordStoreResource
 

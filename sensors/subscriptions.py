@@ -1,10 +1,9 @@
 """Daily renewal of the app's Oura webhook subscriptions (they expire; Withings subscribes per
 user when the person connects, Google Health needs none)."""
 
-import os
-
 import dagster as dg
 
+from ohx_dagster.config import environment
 from ohx_dagster.providers.oura.subscriptions import renew
 from ohx_dagster.providers.registry import API_PROVIDERS
 from resources import RecordStoreResource
@@ -14,7 +13,7 @@ from resources import RecordStoreResource
 def renew_oura_subscriptions(
     context: dg.OpExecutionContext, store: RecordStoreResource
 ) -> dg.Output[int]:
-    results = renew(store.get_store(), os.environ, API_PROVIDERS["oura"])
+    results = renew(store.get_store(), environment.environ(), API_PROVIDERS["oura"])
     failed = [r for r in results if not r.ok]
     for result in results:
         context.log.info(f"oura {result.target}: {result.status} {result.detail or ''}")

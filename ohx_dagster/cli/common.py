@@ -8,7 +8,6 @@ Only click is imported at module level: `ohx --help` loads no database driver, p
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,18 +31,20 @@ class NoDatabase(OhxError):
 
 
 def ohx_home(env: Mapping[str, str] | None = None) -> Path:
-    """OHX_HOME, as ohx_dagster.config.settings reads it."""
-    env = os.environ if env is None else env
-    return Path(env.get("OHX_HOME") or Path.home() / ".ohx").expanduser()
+    """OHX_HOME, as ohx_dagster.config reads it (StorageSettings)."""
+    from ohx_dagster.config.storage import StorageSettings
+
+    return StorageSettings.from_env(env).home
 
 
 def database_url(env: Mapping[str, str] | None = None) -> str:
-    """OHX_DATABASE_URL, or the embedded SQLite default under OHX_HOME (Settings' rule).
+    """OHX_DATABASE_URL, or the embedded SQLite default under OHX_HOME (StorageSettings).
 
     Read alone, without Settings.from_env: `ohx db upgrade` runs in deployments (a migration job)
     whose environment holds the database URL and nothing else."""
-    env = os.environ if env is None else env
-    return env.get("OHX_DATABASE_URL") or f"sqlite:///{ohx_home(env) / 'ohx.db'}"
+    from ohx_dagster.config.storage import StorageSettings
+
+    return StorageSettings.from_env(env).database_url
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -115,10 +116,12 @@ def console(*, stderr: bool = False) -> Console:
     a test), so that tables are not wrapped into columns of a few characters."""
     from rich.console import Console
 
+    from ohx_dagster.config.cli import CliSettings
+
     # Deprecated in click 8.5 (served by its module __getattr__, typed object), still the same
     # function until click 9.
     stream = click.get_text_stream("stderr" if stderr else "stdout")  # type: ignore[operator]
-    width = None if stream.isatty() else int(os.environ.get("COLUMNS") or 160)
+    width = None if stream.isatty() else CliSettings.from_env().width
     return Console(file=stream, width=width, highlight=False, soft_wrap=True)
 
 
@@ -130,7 +133,7 @@ def check_provider(provider: str | None, param_hint: str = "--provider") -> str 
     """A --provider value (or the PROVIDER argument): one of the sources this product knows."""
     if provider is None:
         return None
-    from ohx_dagster.config.settings import KNOWN_SOURCES
+    from ohx_dagster.providers.registry import KNOWN_SOURCES
 
     if provider not in KNOWN_SOURCES:
         raise click.BadParameter(

@@ -11,7 +11,6 @@ Nothing is stored until the person consents.
 
 from __future__ import annotations
 
-import os
 import shlex
 from urllib.parse import urlencode
 
@@ -19,7 +18,7 @@ import click
 
 from ohx_dagster.core.errors import ConfigError
 
-REDIRECT_BASE = "OHX_OAUTH_REDIRECT_BASE"
+REDIRECT_BASE = "OHX_OAUTH_REDIRECT_BASE"  # ohx_dagster/config/connect.py
 STAFF_TOKEN = "OHX_STAFF_TOKEN"
 
 
@@ -44,7 +43,9 @@ def connect_link(
 
 
 def _base() -> str:
-    base = os.environ.get(REDIRECT_BASE, "").strip().rstrip("/")
+    from ohx_dagster.config.connect import ConnectionSettings
+
+    base = ConnectionSettings.from_env().base_url
     if not base:
         raise ConfigError(
             f"{REDIRECT_BASE} is not set: set it to the receiver's public base URL "

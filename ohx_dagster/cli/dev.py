@@ -46,13 +46,10 @@ from typing import Any, Final
 
 import click
 
+from ohx_dagster.config.cli import PORTS, CliSettings
 from ohx_dagster.core.errors import ConfigError, OhxError
 
 HOST: Final = "127.0.0.1"
-PORTS: Final = (
-    ("OHX_UI_PORT", 3000, "the Dagster UI"),
-    ("OHX_WEBHOOK_PORT", 8787, "the webhook receiver"),
-)
 RECEIVER_START_S: Final = 60.0
 # `dagster dev` imports the code location before the webserver answers: minutes on a busy machine.
 UI_START_S: Final = 900.0
@@ -84,14 +81,6 @@ load_from:
 """
 
 
-def port_setting(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
-    env = os.environ if env is None else env
-    text = env.get(name, "").strip() or str(default)
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ConfigError(f"{name}={text!r}: expected a port number 1..65535 (default {default})")
-    return int(text)
-
-
 def port_taken(port: int, host: str = HOST) -> bool:
     """Whether a server could not listen on host:port (bound the way uvicorn and the Dagster
     webserver bind: SO_REUSEADDR, so a port in TIME_WAIT is free)."""
@@ -108,7 +97,7 @@ def port_taken(port: int, host: str = HOST) -> bool:
 
 def check_ports(env: Mapping[str, str] | None = None) -> dict[str, int]:
     """The ports by variable; a taken one (or a bad value) is a ConfigError naming both."""
-    ports = {name: port_setting(name, default, env) for name, default, _ in PORTS}
+    ports = CliSettings.from_env(env).ports()
     if ports["OHX_UI_PORT"] == ports["OHX_WEBHOOK_PORT"]:
         raise ConfigError(
             f"OHX_UI_PORT and OHX_WEBHOOK_PORT are both {ports['OHX_UI_PORT']}: give them "
@@ -477,19 +466,21 @@ def dev(verbose: bool) -> None:
     stopper = Stopper()
 
     from ohx_dagster.cli.seed import seed
+    from ohx_dagster.config.environment import child_environment
     from ohx_dagster.config.receiver import SIMULATED_SECRET
     from ohx_dagster.config.settings import Settings
+    from ohx_dagster.providers.registry import CATALOG
 
-    home = Path(os.environ.get("OHX_HOME") or Path.cwd() / ".ohx").absolute()
-    dagster_home = Path(os.environ.get("DAGSTER_HOME") or home / "dagster").absolute()
-    env = {
-        **os.environ,
-        "OHX_HOME": str(home),
-        "DAGSTER_HOME": str(dagster_home),
-        "PYTHONUNBUFFERED": "1",  # log lines reach the files (and the console) as they happen
-        SIMULATED_SECRET: secrets.token_urlsafe(32),
-    }
-    settings = Settings.from_env(env)
+    home, dagster_home = CliSettings.from_env().dev_homes(Path.cwd())
+    env = child_environment(
+        {
+            "OHX_HOME": str(home),
+            "DAGSTER_HOME": str(dagster_home),
+            "PYTHONUNBUFFERED": "1",  # log lines reach the files (and the console) as they happen
+            SIMULATED_SECRET: secrets.token_urlsafe(32),
+        }
+    )
+    settings = Settings.from_env(env, catalog=CATALOG)
     dagster = _dagster()
     workspace = _instance_files(dagster_home)
     logs = home / "logs"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,6 +18,7 @@ from typing import Final
 import click
 
 from ohx_dagster.cli import common
+from ohx_dagster.config.sources import EXPORT_SETTINGS
 from ohx_dagster.core.errors import ConfigError, OhxError
 
 OK, FAIL, SKIP = "OK", "FAIL", "SKIP"
@@ -39,18 +40,20 @@ class Check:
 
 def _settings() -> object | None:
     from ohx_dagster.config.settings import Settings
+    from ohx_dagster.providers.registry import CATALOG
 
     try:
-        return Settings.from_env()
+        return Settings.from_env(catalog=CATALOG)
     except OhxError:
         return None
 
 
 def check_configuration() -> Check:
     from ohx_dagster.config.settings import Settings
+    from ohx_dagster.providers.registry import CATALOG
 
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(catalog=CATALOG)
     except OhxError as exc:
         return Check("configuration", FAIL, str(exc), "set the variable the message names")
     return Check(
@@ -106,7 +109,9 @@ def check_database() -> Check:
 
 
 def check_dagster() -> Check:
-    home = os.environ.get("DAGSTER_HOME", "").strip()
+    from ohx_dagster.config.cli import CliSettings
+
+    home = CliSettings.from_env().dagster_home
     if not home:
         return Check(
             "dagster instance",
@@ -158,25 +163,19 @@ def check_fhir_packages() -> Check:
 
 def configured_providers() -> list[str]:
     """Provider APIs named in OHX_SOURCES or with any of their OAuth variables set."""
+    from ohx_dagster.config.providers import ApiSettings
+    from ohx_dagster.config.sources import named_sources
     from ohx_dagster.providers.registry import API_PROVIDERS
 
-    sources = {
-        part.split(":")[0].strip()
-        for part in os.environ.get("OHX_SOURCES", "").split(",")
-        if part.strip()
-    }
-    found = []
-    for name, app in API_PROVIDERS.items():
-        prefix = app.env_prefix
-        if name in sources or any(
-            os.environ.get(f"{prefix}_{part}") for part in ("CLIENT_ID", "CLIENT_SECRET")
-        ):
-            found.append(name)
-    return found
+    sources = named_sources()
+    return [
+        name for name, app in API_PROVIDERS.items() if name in sources or ApiSettings.named(app)
+    ]
 
 
 def check_providers() -> Iterator[Check]:
-    from ohx_dagster.providers.api import ApiSettings
+    from ohx_dagster.config.connect import ConnectionSettings
+    from ohx_dagster.config.providers import ApiSettings
     from ohx_dagster.providers.connect import ConnectSettings
     from ohx_dagster.providers.registry import API_PROVIDERS
 
@@ -186,7 +185,7 @@ def check_providers() -> Iterator[Check]:
             "provider OAuth", SKIP, "no provider API configured (OHX_SOURCES, OHX_*_CLIENT_ID)"
         )
         return
-    connect = bool(os.environ.get("OHX_OAUTH_REDIRECT_BASE", "").strip())
+    connect = bool(ConnectionSettings.from_env().redirect_base)
     for name in providers:
         app = API_PROVIDERS[name]
         try:
@@ -236,9 +235,10 @@ def check_token_key() -> Check:
     replaced key without the old one after it makes every person's next sync fail)."""
     from cryptography.fernet import InvalidToken
 
-    from ohx_dagster.providers.tokens import TOKEN_KEY_ENV, cipher_from_env
+    from ohx_dagster.config.tokens import TOKEN_KEY_ENV, TokenSettings
 
-    text = os.environ.get(TOKEN_KEY_ENV, "").strip()
+    settings = TokenSettings.from_env()
+    text = settings.key.strip()
     tokens = stored_tokens() or []
     held = f"{len(tokens)} stored token(s)"
     if not text and not configured_providers() and not tokens:
@@ -246,11 +246,11 @@ def check_token_key() -> Check:
             "token key", SKIP, f"{TOKEN_KEY_ENV} unset; not needed: no provider API configured"
         )
     try:
-        cipher = cipher_from_env()
+        cipher = settings.cipher()
     except ConfigError as exc:
         detail = f"{exc}; the store holds {held}" if tokens else str(exc)
         return Check("token key", FAIL, detail, f"set {TOKEN_KEY_ENV} to a Fernet key")
-    keys = len([k for k in text.split(",") if k.strip()])
+    keys = len(settings.keys)
     unreadable = []
     for provider, user_id, ciphertext in tokens:
         try:
@@ -273,12 +273,6 @@ def check_token_key() -> Check:
 
 
 # -- export sources: the files they name hold data -------------------------------------------------
-
-EXPORT_SETTINGS: Final = (
-    ("OHX_FITABASE_DIR", "fitabase"),
-    ("OHX_APPLE_HEALTH_EXPORT", "apple_health"),
-    ("OHX_POLAR_CSV", "polar"),
-)
 
 
 def _first_data_line(path: object) -> bool:
@@ -324,13 +318,17 @@ def export_problem(setting: str, value: str) -> str | None:
     return None
 
 
-def configured_exports(env: os._Environ[str] | dict[str, str] | None = None) -> list[str]:
-    env = os.environ if env is None else env
-    return [name for name, _ in EXPORT_SETTINGS if (env.get(name) or "").strip()]
+def configured_exports(env: Mapping[str, str] | None = None) -> list[str]:
+    from ohx_dagster.config.sources import export_locations
+
+    return list(export_locations(env))
 
 
 def check_exports() -> Iterator[Check]:
-    names = configured_exports()
+    from ohx_dagster.config.sources import export_locations
+
+    values = export_locations()
+    names = list(values)
     if not names:
         yield Check(
             "export data",
@@ -340,7 +338,7 @@ def check_exports() -> Iterator[Check]:
         return
     for name in names:
         source = dict(EXPORT_SETTINGS)[name]
-        value = os.environ[name].strip()
+        value = values[name]
         problem = export_problem(name, value)
         if problem:
             yield Check(f"{source} export", FAIL, problem, f"point {name} at an export with data")
@@ -353,13 +351,15 @@ def validate_environment() -> None:
     (Settings.from_env), OHX_TOKEN_KEY when set is a set of Fernet keys, and every export the
     settings name holds data. Raises ConfigError: one line naming the setting."""
     from ohx_dagster.config.settings import Settings
-    from ohx_dagster.providers.tokens import TOKEN_KEY_ENV, cipher_from_env
+    from ohx_dagster.config.sources import export_locations
+    from ohx_dagster.providers.registry import CATALOG
 
-    Settings.from_env()
-    if os.environ.get(TOKEN_KEY_ENV, "").strip():
-        cipher_from_env()
-    for name in configured_exports():
-        problem = export_problem(name, os.environ[name].strip())
+    settings = Settings.from_env(catalog=CATALOG)
+    tokens = settings.tokens
+    if tokens.key.strip():
+        tokens.cipher()
+    for name, value in export_locations(settings.env).items():
+        problem = export_problem(name, value)
         if problem:
             raise ConfigError(problem)
 
@@ -404,12 +404,15 @@ def check_webhooks() -> Iterator[Check]:
 def check_fhir_server() -> Check:
     import httpx
 
-    base = os.environ.get("OHX_FHIR_SERVER_URL", "").strip().rstrip("/")
+    from ohx_dagster.config.fhir import FhirServerSettings
+
+    server = FhirServerSettings.from_env()
+    base = server.base_url.strip().rstrip("/")
     if not base:
         return Check("FHIR server", SKIP, "OHX_FHIR_SERVER_URL unset: delivery is skipped")
     url = f"{base}/metadata"
     headers = {"Accept": "application/fhir+json"}
-    token = os.environ.get("OHX_FHIR_BEARER_TOKEN", "").strip()
+    token = server.bearer_token.strip()
     if token:
         headers["Authorization"] = f"Bearer {token}"
     fix = "start the server, or correct OHX_FHIR_SERVER_URL (the FHIR base, without /metadata)"
@@ -442,11 +445,10 @@ def check_fhir_server() -> Check:
 
 
 def check_output(settings: object | None) -> Check:
+    from ohx_dagster.config.storage import StorageSettings
     from ohx_dagster.fhir.output import FhirOutput
 
-    root = getattr(settings, "fhir_dir", None) or (
-        os.environ.get("OHX_FHIR_DIR") or str(common.ohx_home() / "fhir")
-    )
+    root = getattr(settings, "fhir_dir", None) or StorageSettings.from_env().fhir_dir
     fix = "make OHX_FHIR_DIR writable for this user (or, for s3://, check its credentials)"
     if "://" not in root and not Path(root).exists():
         # Not created by a check: the nearest existing folder must let the first run create it.

@@ -287,8 +287,10 @@ def import_file(
     """The sync, then the publishing of the changed days the running Dagster does not publish
     (publish_outside), under this environment's settings."""
     from ohx_dagster.config.settings import Settings
+    from ohx_dagster.providers.registry import CATALOG
 
-    settings = Settings.from_env()  # validated before the command ran (cli.OhxGroup)
+    # Validated before the command ran (cli.OhxGroup).
+    settings = Settings.from_env(catalog=CATALOG)
     outcome = run_with_progress(store, source, people, days, held, sizes)
     return outcome, settings, publish_outside(store, settings, outcome, people)
 
@@ -319,7 +321,7 @@ def publish_outside(
     not (dagster_days), as the publish step of a `refresh` run does: the people whose day
     changed, per source key, validated the same way (publish.validate_sample)."""
     from ohx_dagster.fhir.output import FhirOutput
-    from ohx_dagster.sync.shards import Shard
+    from ohx_dagster.sync.shards import Shard, Sharding
 
     source, wanted, span = outcome.source, set(people), set(outcome.days)
     due = {
@@ -330,8 +332,9 @@ def publish_outside(
     for day in dagster_days(settings, source, due):
         del due[day]
     configured = source in settings.sources
+    sharding = Sharding(settings.source_counts)
     shards = {
-        u: settings.sharding.shard_of(source, u) if configured else Shard(source)
+        u: sharding.shard_of(source, u) if configured else Shard(source)
         for users in due.values()
         for u in users
     }

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.parse_args(argv)
     try:
-        print(seed(Settings.from_env()))
+        from ohx_dagster.providers.registry import CATALOG
+
+        print(seed(Settings.from_env(catalog=CATALOG)))
     except OhxError as exc:
         print(f"seed: configuration error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -317,9 +317,10 @@ def status(
     current UTC hour and the 23 before it), the latest error. --person and --all show the rows
     per person and type: covered until, lag, state, last error, records in the last 24 h."""
     from ohx_dagster.config.settings import Settings
+    from ohx_dagster.providers.registry import CATALOG
 
     common.check_provider(provider)
-    settings = Settings.from_env()
+    settings = Settings.from_env(catalog=CATALOG)
     store = common.open_store(ctx)
     now = common.now()
     rows = collect(store, provider, now)

@@ -343,6 +343,7 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
     from ohx_dagster.config.settings import FILE_SOURCES, Settings
     from ohx_dagster.fhir.output import FhirOutput
     from ohx_dagster.privacy.audit import login
+    from ohx_dagster.providers.registry import CATALOG
 
     check_user_id(user_id, "USER_ID")
     store = common.open_store(ctx)
@@ -354,7 +355,7 @@ def delete(ctx: click.Context, provider: str, user_id: str, yes: bool) -> None:
             f"nothing of {user_id!r} of provider {provider!r} is in the store (never there, or "
             "erased already): `ohx users list` shows who is there"
         )
-    settings = Settings.from_env()
+    settings = Settings.from_env(catalog=CATALOG)
     client = _fhir_client()
     report = erasure.erase_person(
         store,

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 
 from upath import UPath
 
+from ohx_dagster.config import environment
 from ohx_dagster.core.errors import ConfigError
 
 # scheme://... : a URL (s3://, gs://, memory://); anything else is a local path.
@@ -39,7 +40,7 @@ def is_url(text: str) -> bool:
 def storage_options(url: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """fsspec options of a URL: for s3://, the endpoint of OHX_S3_ENDPOINT_URL when set, and no
     listings cache (another process may have written since: every listing is asked afresh)."""
-    env = os.environ if env is None else env
+    env = environment.resolve(env)
     if not url.startswith(("s3://", "s3a://")):
         return {}
     options: dict[str, Any] = {"use_listings_cache": False}

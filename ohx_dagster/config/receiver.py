@@ -1,5 +1,6 @@
 """Webhook receiver settings from the environment, read in one place. Every variable, its default
-and what it is for.
+and what it is for. ReceiverSettings (Settings.receiver) holds both parts: the secrets and the
+limits.
 
 Secrets: a provider whose variables are all unset is not mounted (its route answers 404; the
 receiver logs it at startup).
@@ -77,6 +78,8 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from ohx_dagster.config import environment
+from ohx_dagster.config.redact import Redacted
 from ohx_dagster.core.errors import ConfigError
 
 MIN_SECRET_CHARS: Final = 8
@@ -94,28 +97,36 @@ POLAR_ACCESSLINK_SECRET: Final = "OHX_POLAR_ACCESSLINK_CLIENT_SECRET"
 POLAR_ACCESSLINK_KEY: Final = "OHX_POLAR_ACCESSLINK_SIGNATURE_SECRET_KEY"
 
 
-@dataclass(frozen=True, slots=True)
-class OuraSecrets:
+@dataclass(frozen=True, slots=True, repr=False)
+class OuraSecrets(Redacted):
+    _secrets = ("client_secret", "verification_token")
+
     client_secret: str
     verification_token: str
 
 
-@dataclass(frozen=True, slots=True)
-class GoogleHealthSecrets:
+@dataclass(frozen=True, slots=True, repr=False)
+class GoogleHealthSecrets(Redacted):
+    _secrets = ("authorization",)
+
     authorization: str  # the exact Authorization header value Google sends
     keyset_location: str = GOOGLE_HEALTH_KEYSET_URL
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class PolarAccessLinkSecrets:
+class PolarAccessLinkSecrets(Redacted):
     """None: the webhook is not created yet (only PINGs are answered)."""
+
+    _secrets = ("signature_secret_key",)
 
     signature_secret_key: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class WebhookSecrets:
+@dataclass(frozen=True, slots=True, repr=False)
+class WebhookSecrets(Redacted):
     """Per provider its secrets, or None when that provider is not configured (not mounted)."""
+
+    _secrets = ("withings_token", "simulated_secret")
 
     oura: OuraSecrets | None = None
     withings_token: str | None = None
@@ -125,7 +136,7 @@ class WebhookSecrets:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WebhookSecrets:
-        env = os.environ if env is None else env
+        env = environment.resolve(env)
         oura = _oura(env)
         return cls(
             oura=None if oura is None else OuraSecrets(*oura),
@@ -251,7 +262,7 @@ class ReceiverLimits:
         cls, env: Mapping[str, str] | None = None, flags: Mapping[str, str] | None = None
     ) -> ReceiverLimits:
         """The limits from the environment; `flags` (field -> text, from ohx-webhooks) win."""
-        env = os.environ if env is None else env
+        env = environment.resolve(env)
         flags = flags or {}
         values: dict[str, object] = {}
         for limit in LIMIT_VARIABLES:
@@ -361,3 +372,23 @@ def _polar_accesslink(env: Mapping[str, str]) -> PolarAccessLinkSecrets | None:
             "belongs to the AccessLink OAuth app, set its client id and secret too"
         )
     return None if secret is None else PolarAccessLinkSecrets(key)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ReceiverSettings(Redacted):
+    """The webhook receiver's settings: its providers' secrets and its limits (the limits of
+    the environment alone; `ohx-webhooks` flags win over them: ReceiverLimits.from_env)."""
+
+    secrets: WebhookSecrets
+    limits: ReceiverLimits
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ReceiverSettings:
+        env = environment.resolve(env)
+        return cls(WebhookSecrets.from_env(env), ReceiverLimits.from_env(env))
+
+
+def simulated_secret(env: Mapping[str, str] | None = None) -> str:
+    """OHX_SIMULATED_WEBHOOK_SECRET, stripped ("": unset), as the simulator that signs with it
+    reads it (the receiver checks it: WebhookSecrets)."""
+    return environment.resolve(env).get(SIMULATED_SECRET, "").strip()

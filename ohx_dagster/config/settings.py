@@ -1,18 +1,38 @@
-"""Settings from the environment, read in one place. Every variable, its default, and why.
+"""Settings from the environment, read in one place: the one `Settings` object. Its fields are
+the sync's settings (the table below); its properties are a section per concern, each parsed
+from the same environment when asked (a section that is wrong fails where it is used, as it
+always did: the receiver's secrets do not stop `ohx status`), each with its variables' table in
+its module:
+
+| section | module | variables |
+|---|---|---|
+| `storage` | config/storage.py | OHX_HOME, OHX_DATABASE_URL, OHX_DB_AUTO_MIGRATE |
+| `api(app)`, `apis` | config/providers.py | OHX_<P>_CLIENT_ID, _CLIENT_SECRET, _API_URL, _TOKEN_URL |
+| `connection`, `subscriptions` | config/connect.py | OHX_OAUTH_REDIRECT_BASE, OHX_<P>_AUTHORIZE_URL, OHX_WEBHOOK_BASE_URL |
+| `receiver` | config/receiver.py | the webhook secrets, OHX_WEBHOOK_* limits |
+| `tokens` | config/tokens.py | OHX_TOKEN_KEY |
+| `privacy` | config/privacy.py | OHX_ERASURE_SALT, OHX_AUDIT_RETENTION |
+| `fhir_server`, `fhir_packages` | config/fhir.py | OHX_FHIR_SERVER_URL, ..., OHX_FHIR_PACKAGES |
+| `cli` | config/cli.py | DAGSTER_HOME, OHX_UI_PORT, OHX_WEBHOOK_PORT, COLUMNS |
+| (file locations) | config/locations.py | OHX_S3_ENDPOINT_URL |
+
+ohx_dagster/config/environment.py is the one module that reads the process environment; every
+section can also be read alone (`StorageSettings.from_env()`, ...) where a process needs it
+without the sync's settings (`ohx db` in a migration job, the retention job). Secrets never show
+in a settings object's repr (ohx_dagster/config/redact.py).
+
+The sync's settings:
 
 | variable | default | meaning |
 |---|---|---|
-| OHX_HOME | ~/.ohx | data directory: SQLite store, FHIR NDJSON output |
-| OHX_DATABASE_URL | sqlite:///$OHX_HOME/ohx.db | record store (sqlite:/// or postgresql://) |
 | OHX_PARTITIONS_START | 2025-01-01 | first day partition (UTC) |
-| OHX_SOURCES | simulated (+ fitabase if OHX_FITABASE_DIR) | `name` or `name:N` (N shards) |
+| OHX_SOURCES | simulated (+ fitabase if OHX_FITABASE_DIR) | `name` or `name:N` (N shards), config/sources.py |
 | OHX_FITABASE_DIR | (unset) | Fitabase export directory; several separated by ':' |
 | OHX_FITABASE_TZ | (required with fitabase) | IANA zone of the exports' wall-clock times |
 | OHX_SIMULATED_USERS | 3 | number of simulated users |
 | OHX_SIMULATED_SEED | 7 | seed of the simulated provider |
 | OHX_SIMULATED_HR_HZ | (unset: 1 to 0.2, per user) | heart-rate samples/s of every simulated user |
 | OHX_FHIR_DIR | $OHX_HOME/fhir | FHIR bulk output root: a path or s3://bucket/prefix |
-| OHX_S3_ENDPOINT_URL | (unset: AWS) | S3-compatible endpoint for an s3:// output (MinIO, moto) |
 | OHX_RESYNC_HORIZON | per source (providers/registry.py) | how far back syncs re-read, `oura=72h` |
 | OHX_MAX_SYNC_LAG | 2 x sync interval + horizon | lag sync_status's freshness allows, `oura=6h` |
 | OHX_POLAR_CSV | (unset) | Polar H10 recording (ECGLogger CSV) for source "polar" |
@@ -21,40 +41,46 @@
 | OHX_APPLE_HEALTH_EXPORT | (unset) | Apple Health export.xml or export.zip, source "apple_health" |
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
 | OHX_EARLIEST_SAMPLE_DATE | 2000-01-01 | exports: samples before it or after tomorrow refused |
-| OHX_TOKEN_KEY | (unset) | Fernet key(s) encrypting provider OAuth tokens at rest |
-| OHX_ERASURE_SALT | $OHX_HOME/erasure-salt | salt of people's subjects (privacy/subjects.py) |
-| OHX_AUDIT_RETENTION | 2190d | how long audit log rows are kept (`Nd`, days), see below |
-| OHX_{OURA,WITHINGS,GOOGLE_HEALTH}_* | (unset) | provider API sources: see providers/api.py |
 
-OHX_AUDIT_RETENTION: the daily retention job deletes audit log rows (ohx_dagster/privacy/audit.py)
-older than this. The default, 2190 days (six years), is the HIPAA retention of security
-documentation (45 CFR 164.316(b)(2)(i)), which hospitals apply to access logs too; an institution
-with a longer rule sets it (the rows hold salted hashes only, so keeping them longer keeps no
-personal data).
-"""
+The source names and the default re-sync horizons are the provider registry's: the composition
+roots pass them in (`Settings.from_env(catalog=CATALOG)`, ohx_dagster/providers/registry.py),
+config does not import the registry. Without a catalog (tests), source names are not checked.
+"""  # noqa: E501
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Final
 
+from ohx_dagster.config import environment
+from ohx_dagster.config.cli import CliSettings
+from ohx_dagster.config.connect import ConnectionSettings, SubscriptionSettings
+from ohx_dagster.config.fhir import FhirPackageSettings, FhirServerSettings
+from ohx_dagster.config.privacy import PrivacySettings, audit_retention
+from ohx_dagster.config.providers import ApiSettings, ProviderEndpoints
+from ohx_dagster.config.receiver import ReceiverSettings
+from ohx_dagster.config.redact import Redacted
+from ohx_dagster.config.sources import (
+    FILE_SOURCES,
+    SourceCatalog,
+    parse_per_source,
+    parse_sources,
+    shard_key,
+)
+from ohx_dagster.config.storage import StorageSettings
+from ohx_dagster.config.tokens import TokenSettings
 from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.providers.api import ApiSettings
-from ohx_dagster.providers.registry import API_PROVIDERS, horizons
-from ohx_dagster.sync.shards import Sharding
-
-KNOWN_SOURCES = ("simulated", "fitabase", "polar", "apple_health", *API_PROVIDERS)
-# Exports are imported as they are: they have no webhooks and no "new user" history to fetch.
-FILE_SOURCES = frozenset({"fitabase", "polar", "apple_health"})
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+@dataclass(frozen=True, slots=True, repr=False)
+class Settings(Redacted):
+    """The sync's settings (fields) and every other concern's (sections): module docstring."""
+
+    _urls = ("database_url",)
+
     home: Path
     database_url: str
     partitions_start: date
@@ -88,10 +114,21 @@ class Settings:
     # make an import span (and sync) every day between it and the real data.
     earliest_sample: date = date(2000, 1, 1)
 
+    # The environment these settings were read from: the sections below are parsed from it.
+    env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    # The provider registry's facts they were checked against (None: not checked, in tests).
+    catalog: SourceCatalog | None = field(default=None, repr=False, compare=False)
+
+    # -- the sync ---------------------------------------------------------------------------------
+
     @property
     def resync_horizons(self) -> dict[str, timedelta]:
+        """Every source's re-sync horizon: the registry's defaults, OHX_RESYNC_HORIZON's
+        overrides (the settings must have been read with the catalog)."""
+        if self.catalog is None:
+            raise ValueError("Settings read without the source catalog know no default horizon")
         overrides = {name: timedelta(seconds=s) for name, s in self.horizon_overrides}
-        return horizons(overrides)
+        return {**self.catalog.horizons, **overrides}
 
     @property
     def live_sources(self) -> tuple[str, ...]:
@@ -99,28 +136,87 @@ class Settings:
         return tuple(s for s in self.sources if s not in FILE_SOURCES)
 
     @property
-    def sharding(self) -> Sharding:
-        """Shard count of every source (1 = unsharded)."""
+    def source_counts(self) -> dict[str, int]:
+        """Shard count of every source, in OHX_SOURCES order (1 = unsharded); the sync's
+        Sharding (ohx_dagster/sync/shards.py) is built from it."""
         counts = dict(self.shard_counts)
-        return Sharding({s: counts.get(s, 1) for s in self.sources})
+        return {s: counts.get(s, 1) for s in self.sources}
 
     @property
     def source_keys(self) -> tuple[str, ...]:
         """The `source` partition keys: one per source, or one per shard of a sharded one."""
-        return tuple(self.sharding.all_keys())
+        return tuple(
+            shard_key(source, index, count)
+            for source, count in self.source_counts.items()
+            for index in range(count)
+        )
+
+    # -- the sections -----------------------------------------------------------------------------
+
+    @property
+    def storage(self) -> StorageSettings:
+        return StorageSettings.from_env(self.env)
+
+    def api(self, app: ProviderEndpoints) -> ApiSettings:
+        """A provider API's settings (its OAuth app); ConfigError naming what is missing."""
+        return ApiSettings.from_env(app, self.env)
+
+    @property
+    def apis(self) -> dict[str, ApiSettings]:
+        """The settings of the provider APIs OHX_SOURCES names (none without the catalog)."""
+        apps = {} if self.catalog is None else self.catalog.apis
+        return {s: self.api(apps[s]) for s in self.sources if s in apps}
+
+    @property
+    def connection(self) -> ConnectionSettings:
+        return ConnectionSettings.from_env(self.env)
+
+    @property
+    def subscriptions(self) -> SubscriptionSettings | None:
+        return SubscriptionSettings.from_env(self.env)
+
+    @property
+    def receiver(self) -> ReceiverSettings:
+        return ReceiverSettings.from_env(self.env)
+
+    @property
+    def tokens(self) -> TokenSettings:
+        return TokenSettings.from_env(self.env)
+
+    @property
+    def privacy(self) -> PrivacySettings:
+        return PrivacySettings.from_env(self.env)
+
+    @property
+    def fhir_server(self) -> FhirServerSettings:
+        return FhirServerSettings.from_env(self.env)
+
+    @property
+    def fhir_packages(self) -> FhirPackageSettings:
+        return FhirPackageSettings.from_env(self.env)
+
+    @property
+    def cli(self) -> CliSettings:
+        return CliSettings.from_env(self.env)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
-        home = Path(env.get("OHX_HOME") or Path.home() / ".ohx").expanduser()
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, catalog: SourceCatalog | None = None
+    ) -> Settings:
+        """The settings of `env` (default: the process environment), checked against the
+        provider registry's `catalog` (ohx_dagster.providers.registry.CATALOG); ConfigError,
+        one line naming the variable, for the first one that is wrong."""
+        env = environment.resolve(env)
+        storage = StorageSettings.from_env(env)
+        known = None if catalog is None else catalog.names
         fitabase_dir = env.get("OHX_FITABASE_DIR") or None
         default_sources = "simulated,fitabase" if fitabase_dir else "simulated"
-        sharding = Sharding.parse(env.get("OHX_SOURCES", default_sources))
-        sources = tuple(sharding)
+        counts = parse_sources(env.get("OHX_SOURCES", default_sources))
+        sources = tuple(counts)
         for source in sources:
-            if source not in KNOWN_SOURCES:
+            if known is not None and source not in known:
                 raise ConfigError(
-                    f"OHX_SOURCES: unknown source {source!r}; known: {', '.join(KNOWN_SOURCES)}"
+                    f"OHX_SOURCES: unknown source {source!r}; known: {', '.join(known)}"
                 )
         if not sources:
             raise ConfigError("OHX_SOURCES is empty: name at least one source")
@@ -135,10 +231,10 @@ class Settings:
                 "OHX_SOURCES names apple_health but OHX_APPLE_HEALTH_EXPORT is not set"
             )
         for source in sources:
-            if source in API_PROVIDERS:
+            if catalog is not None and source in catalog.apis:
                 # A provider API named without its OAuth app fails here, when the code location
                 # loads, not at its first run.
-                ApiSettings.from_env(API_PROVIDERS[source], env)
+                ApiSettings.from_env(catalog.apis[source], env)
         start_text = env.get("OHX_PARTITIONS_START", "2025-01-01")
         try:
             start = date.fromisoformat(start_text)
@@ -156,8 +252,8 @@ class Settings:
             if env.get(name):
                 _zone(env, name)
         return cls(
-            home=home,
-            database_url=env.get("OHX_DATABASE_URL") or f"sqlite:///{home / 'ohx.db'}",
+            home=storage.home,
+            database_url=storage.database_url,
             partitions_start=start,
             sources=sources,
             fitabase_dir=fitabase_dir,
@@ -165,24 +261,28 @@ class Settings:
             simulated_users=_positive_int(env, "OHX_SIMULATED_USERS", 3),
             simulated_seed=_positive_int(env, "OHX_SIMULATED_SEED", 7),
             simulated_hr_hz=_rate(env, "OHX_SIMULATED_HR_HZ"),
-            fhir_dir=_output_root(env.get("OHX_FHIR_DIR") or str(home / "fhir")),
+            fhir_dir=_output_root(storage.fhir_dir),
             polar_csv=polar_csv,
             polar_tz=env.get("OHX_POLAR_TZ") or None,
             publish_ambiguous=_flag(env, "OHX_PUBLISH_AMBIGUOUS"),
             apple_health_export=apple_health_export,
             apple_health_user=env.get("OHX_APPLE_HEALTH_USER") or None,
-            shard_counts=tuple((s, n) for s, n in sharding.items() if n > 1),
-            horizon_overrides=_per_source_seconds(env, "OHX_RESYNC_HORIZON", minimum=0),
-            max_lag_overrides=_per_source_seconds(env, "OHX_MAX_SYNC_LAG", minimum=1),
+            shard_counts=tuple((s, n) for s, n in counts.items() if n > 1),
+            horizon_overrides=_per_source_seconds(
+                env, "OHX_RESYNC_HORIZON", minimum=0, known=known
+            ),
+            max_lag_overrides=_per_source_seconds(env, "OHX_MAX_SYNC_LAG", minimum=1, known=known),
             earliest_sample=earliest_sample_date(env),
             audit_retention=audit_retention(env),
+            env=dict(env),
+            catalog=catalog,
         )
 
 
 def earliest_sample_date(env: Mapping[str, str] | None = None) -> date:
     """OHX_EARLIEST_SAMPLE_DATE (default 2000-01-01), read alone: `ohx import` needs it where
     the rest of Dagster's settings may not be set."""
-    env = os.environ if env is None else env
+    env = environment.resolve(env)
     text = (env.get("OHX_EARLIEST_SAMPLE_DATE") or "2000-01-01").strip()
     try:
         found = date.fromisoformat(text)
@@ -194,24 +294,6 @@ def earliest_sample_date(env: Mapping[str, str] | None = None) -> date:
             "first day a file's samples may be dated (default 2000-01-01)"
         )
     return found
-
-
-AUDIT_RETENTION_ENV: Final = "OHX_AUDIT_RETENTION"
-AUDIT_RETENTION_DEFAULT: Final = "2190d"
-
-
-def audit_retention(env: Mapping[str, str] | None = None) -> timedelta:
-    """OHX_AUDIT_RETENTION as a span: `N` days written `Nd` (N >= 1), default 2190d (module
-    docstring). Read alone by the retention job, which needs nothing else."""
-    env = os.environ if env is None else env
-    text = (env.get(AUDIT_RETENTION_ENV) or AUDIT_RETENTION_DEFAULT).strip()
-    number = text[:-1] if text.endswith("d") else ""
-    if not number.isdigit() or int(number) < 1:
-        raise ConfigError(
-            f"{AUDIT_RETENTION_ENV}={text!r}: expected a number of days >= 1 followed by d, "
-            f"e.g. {AUDIT_RETENTION_DEFAULT} (six years, the default)"
-        )
-    return timedelta(days=int(number))
 
 
 def _zone(env: Mapping[str, str], name: str) -> str:
@@ -255,34 +337,10 @@ def _rate(env: Mapping[str, str], name: str) -> float | None:
     return value
 
 
-_DURATION_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_per_source(name: str, text: str, *, minimum: int = 0) -> dict[str, timedelta]:
-    """`oura=6h, withings=2d` -> a duration per source; errors name the setting, the part and
-    the form."""
-    found: dict[str, timedelta] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        source, _, amount = (t.strip() for t in part.partition("="))
-        unit = _DURATION_UNITS.get(amount[-1:])
-        number = amount[:-1]
-        if source not in KNOWN_SOURCES or unit is None or not number.isdigit():
-            number = ""
-        if not number or int(number) < minimum:
-            least = f", N >= {minimum}" if minimum else ""
-            raise ConfigError(
-                f"{name}: {part!r}: expected source=N followed by m, h or d{least} "
-                f"(sources: {', '.join(KNOWN_SOURCES)})"
-            )
-        assert unit is not None  # refused above (no number without a unit)
-        found[source] = timedelta(**{unit: int(number)})
-    return found
-
-
 def _per_source_seconds(
-    env: Mapping[str, str], name: str, *, minimum: int
+    env: Mapping[str, str], name: str, *, minimum: int, known: tuple[str, ...] | None
 ) -> tuple[tuple[str, float], ...]:
-    found = parse_per_source(name, env.get(name, ""), minimum=minimum)
+    found = parse_per_source(name, env.get(name, ""), minimum=minimum, known=known)
     return tuple((source, delta.total_seconds()) for source, delta in found.items())
 
 

@@ -1,18 +1,6 @@
-"""What every provider API source shares: its settings from the environment and its connection
-(HTTP client + the store's encrypted tokens).
-
-| variable | default | meaning |
-|---|---|---|
-| OHX_TOKEN_KEY | (required once a token is read or written) | Fernet key(s), comma-separated |
-| OHX_OURA_CLIENT_ID, OHX_OURA_CLIENT_SECRET | (required for source "oura") | Oura OAuth app |
-| OHX_OURA_API_URL, OHX_OURA_TOKEN_URL | https://api.ouraring.com, .../oauth/token | |
-| OHX_WITHINGS_CLIENT_ID, OHX_WITHINGS_CLIENT_SECRET | (required for "withings") | Withings app |
-| OHX_WITHINGS_API_URL, OHX_WITHINGS_TOKEN_URL | https://wbsapi.withings.net, .../v2/oauth2 | |
-| OHX_GOOGLE_HEALTH_CLIENT_ID, ..._CLIENT_SECRET | (required for "google_health") | Google app |
-| OHX_GOOGLE_HEALTH_API_URL, ..._TOKEN_URL | https://health.googleapis.com, oauth2 token | |
-| OHX_POLAR_ACCESSLINK_CLIENT_ID | (required for "polar_accesslink") | Polar app |
-| OHX_POLAR_ACCESSLINK_CLIENT_SECRET | (required for "polar_accesslink") | Polar app |
-| OHX_POLAR_ACCESSLINK_API_URL, ..._TOKEN_URL | https://www.polaraccesslink.com, polarremote.com | |
+"""What every provider API source shares: its settings (ApiSettings, read from the environment
+by ohx_dagster/config/providers.py, where its variables are listed) and its connection (HTTP
+client + the store's encrypted tokens, whose key is ohx_dagster/config/tokens.py's).
 
 The secrets are read where the source is built (SourcesResource.get), never stored in run config.
 API sources enumerate no users themselves: `discover_users()` is [] (the HealthSource protocol's
@@ -22,8 +10,7 @@ from the store like every other source's.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,8 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ohx_dagster.config.providers import ApiSettings
 from ohx_dagster.core.coverage import Interval
-from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
+from ohx_dagster.core.errors import NeedsReauthorization, ProviderError, RateLimited
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import concat, dedupe, empty_batch, make_batch
 from ohx_dagster.core.times import from_us
@@ -40,39 +28,8 @@ from ohx_dagster.providers.app import ProviderApp
 from ohx_dagster.providers.base import Event, FetchResult, Windows, windows_from_moments
 from ohx_dagster.providers.budget import RequestBudget
 from ohx_dagster.providers.http import ApiClient, Refused, TokenSource
-from ohx_dagster.providers.tokens import OAuthClient, TokenStore, UserTokens
+from ohx_dagster.providers.tokens import TokenStore, UserTokens
 from ohx_dagster.storage.store import RecordStore
-
-
-@dataclass(frozen=True, slots=True)
-class ApiSettings:
-    provider: str
-    base_url: str
-    oauth: OAuthClient
-
-    @classmethod
-    def from_env(cls, app: ProviderApp, env: Mapping[str, str] | None = None) -> ApiSettings:
-        env = os.environ if env is None else env
-        p = app.env_prefix
-        missing = [n for n in (f"{p}_CLIENT_ID", f"{p}_CLIENT_SECRET") if not env.get(n)]
-        if missing:
-            raise ConfigError(
-                f"source {app.name!r} needs {' and '.join(missing)} (its OAuth app): set them, "
-                f"or take {app.name!r} out of OHX_SOURCES"
-            )
-        return cls(
-            provider=app.name,
-            base_url=env.get(f"{p}_API_URL") or app.api_url,
-            oauth=OAuthClient(
-                provider=app.name,
-                token_url=env.get(f"{p}_TOKEN_URL") or app.token_url,
-                client_id=env[f"{p}_CLIENT_ID"],
-                client_secret=env[f"{p}_CLIENT_SECRET"],
-                extra_params=dict(app.token_params),
-                wrapped=app.token_wrapped,
-                token_auth=app.token_auth,
-            ),
-        )
 
 
 class ApiConnection:

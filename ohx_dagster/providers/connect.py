@@ -21,11 +21,9 @@ answer is RFC 6749 5.1 JSON (errors: HTTP 400 {"error", "error_description"}), o
 {"status": 0, "body": {...}} where the ProviderApp says so (Withings), an error being a non-zero
 status with an `error` text.
 
-Variables:
-- OHX_OAUTH_REDIRECT_BASE: public base URL of the receiver; the callback, to register at each
-  provider, is <base>/oauth/<provider>/callback.
-- OHX_<P>_AUTHORIZE_URL (P = OURA, WITHINGS, GOOGLE_HEALTH, POLAR_ACCESSLINK): another
-  authorization endpoint.
+Variables: OHX_OAUTH_REDIRECT_BASE (the receiver's public base URL; the callback, to register at
+each provider, is <base>/oauth/<provider>/callback) and OHX_<P>_AUTHORIZE_URL, read by
+ConnectionSettings (ohx_dagster/config/connect.py).
 
 The client authenticates at the token endpoint with client_id/client_secret in the form, or with
 HTTP Basic where its ProviderApp says `token_auth="basic"` (Polar); a provider that issues no
@@ -37,7 +35,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import os
 import secrets
 import traceback
 from collections.abc import Callable, Mapping
@@ -50,6 +47,9 @@ import httpx
 import orjson
 import sqlalchemy as sa
 
+from ohx_dagster.config import environment
+from ohx_dagster.config.connect import ConnectionSettings
+from ohx_dagster.config.providers import ApiSettings
 from ohx_dagster.core.errors import ConfigError, OhxError, ProviderError, ValidationError
 from ohx_dagster.core.ids import check_patient_id, check_user_id
 from ohx_dagster.core.models import HealthSyncConfig
@@ -57,7 +57,6 @@ from ohx_dagster.core.times import to_us
 from ohx_dagster.privacy.identity import redact
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
 from ohx_dagster.providers.http import ApiClient, excerpt
 from ohx_dagster.providers.registry import API_PROVIDERS
@@ -70,7 +69,6 @@ from ohx_dagster.providers.tokens import (
 from ohx_dagster.storage.schema import oauth_states
 from ohx_dagster.storage.store import RecordStore
 
-REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
 STATE_TTL: Final = timedelta(minutes=10)
 EXCHANGE_TIMEOUT_S: Final = 30.0
 
@@ -101,37 +99,32 @@ class ConnectSettings:
 
     @classmethod
     def from_env(cls, provider: str, env: Mapping[str, str] | None = None) -> ConnectSettings:
-        env = os.environ if env is None else env
+        env = environment.resolve(env)
         if provider not in API_PROVIDERS:
             raise ConfigError(f"provider {provider!r}: expected one of {list(API_PROVIDERS)}")
-        base = env.get(REDIRECT_BASE_ENV, "").strip().rstrip("/")
-        if not base.startswith(("https://", "http://")):
-            raise ConfigError(
-                f"{REDIRECT_BASE_ENV}={base!r}: expected the receiver's public base URL "
-                "(https://...), under which /oauth/<provider>/callback is registered"
-            )
+        connection = ConnectionSettings.from_env(env)
+        redirect_uri = connection.redirect_uri(provider)
         app = API_PROVIDERS[provider]
         spec = app.authorize
-        url = env.get(f"{app.env_prefix}_AUTHORIZE_URL") or spec.authorize_url
+        url = connection.authorize_url(app.env_prefix, spec.authorize_url)
         return cls(
             api=ApiSettings.from_env(app, env),
             authorize=AuthorizeSpec(
                 url, spec.scopes, spec.scope_separator, spec.pkce, spec.extra_params
             ),
-            redirect_uri=f"{base}/oauth/{provider}/callback",
+            redirect_uri=redirect_uri,
             app=app,
         )
 
     @classmethod
     def configured(cls, env: Mapping[str, str] | None = None) -> dict[str, ConnectSettings]:
         """The providers whose OAuth client id and secret are set (the others cannot connect)."""
-        env = os.environ if env is None else env
-        found = {}
-        for provider, app in API_PROVIDERS.items():
-            prefix = app.env_prefix
-            if env.get(f"{prefix}_CLIENT_ID") and env.get(f"{prefix}_CLIENT_SECRET"):
-                found[provider] = cls.from_env(provider, env)
-        return found
+        env = environment.resolve(env)
+        return {
+            provider: cls.from_env(provider, env)
+            for provider, app in API_PROVIDERS.items()
+            if ApiSettings.configured(app, env)
+        }
 
 
 def _hash(state: str) -> str:

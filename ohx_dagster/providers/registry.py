@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
+from ohx_dagster.config.sources import SourceCatalog
 from ohx_dagster.core.models import HealthDataType as T
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers import google_health, oura, polar, withings
@@ -56,6 +57,13 @@ RESYNC_HORIZON: Final[dict[str, timedelta]] = {
 
 def horizons(overrides: Mapping[str, timedelta]) -> dict[str, timedelta]:
     return {**RESYNC_HORIZON, **overrides}
+
+
+# What the settings check OHX_SOURCES, OHX_RESYNC_HORIZON and OHX_MAX_SYNC_LAG against, and the
+# provider APIs whose OAuth app a named source needs: handed to Settings.from_env by the
+# composition roots (config does not import this module).
+CATALOG: Final = SourceCatalog(apis=API_PROVIDERS, horizons=RESYNC_HORIZON)
+KNOWN_SOURCES: Final = CATALOG.names
 
 
 # What a source is, in words for the people who read a Provenance.

@@ -8,25 +8,21 @@ After a person connects (ohx_dagster.providers.connect), `subscribe_after_connec
 provider's. A failure is logged and recorded, never raised: the connection stands, and the hourly
 schedule syncs the person anyway.
 
-Variables: OHX_WEBHOOK_BASE_URL, the receiver's public base URL for provider callbacks (default:
-OHX_OAUTH_REDIRECT_BASE, the same receiver); the receiver secrets the callbacks carry
-(ohx_dagster/config/receiver.py: a provider whose route is not mounted is not subscribed).
+Where providers call us back (OHX_WEBHOOK_BASE_URL) and the receiver secrets the callbacks carry:
+SubscriptionSettings, ohx_dagster/config/connect.py.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final
-from urllib.parse import quote
 
 import sqlalchemy as sa
 
-from ohx_dagster.config import receiver as config
-from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.config.connect import SubscriptionSettings
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import from_us, now_us, to_us
 from ohx_dagster.privacy.identity import redact
@@ -39,8 +35,6 @@ if TYPE_CHECKING:
     from ohx_dagster.providers.api import ApiSettings
     from ohx_dagster.providers.app import ProviderApp
 
-BASE_URL_ENV: Final = "OHX_WEBHOOK_BASE_URL"
-REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
 RENEW_WITHIN: Final = timedelta(days=7)
 TIMEOUT_S: Final = 15.0
 
@@ -64,39 +58,6 @@ class SubscriptionResult:
     @property
     def ok(self) -> bool:
         return self.status in (CREATED, RENEWED, ACTIVE)
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionSettings:
-    """Where providers call us back, and the receiver secrets their callbacks carry."""
-
-    callback_base: str
-    oura_verification_token: str | None = field(default=None, repr=False)
-    withings_callback_token: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> SubscriptionSettings | None:
-        """None when no public base URL is set (nothing can be subscribed)."""
-        env = os.environ if env is None else env
-        base = (env.get(BASE_URL_ENV) or env.get(REDIRECT_BASE_ENV) or "").strip().rstrip("/")
-        if not base:
-            return None
-        if not base.startswith(("https://", "http://")):
-            raise ConfigError(f"{BASE_URL_ENV}={base!r}: expected the receiver's public base URL")
-        # The receiver mounts /webhooks/oura with the client secret and the verification token,
-        # /webhooks/withings with the callback token (ohx_dagster/config/receiver.py).
-        oura = env.get(config.OURA_TOKEN, "").strip() if env.get(config.OURA_SECRET) else ""
-        withings = env.get(config.WITHINGS_TOKEN, "").strip()
-        return cls(base, oura or None, withings or None)
-
-    @property
-    def oura_callback(self) -> str:
-        return f"{self.callback_base}/webhooks/oura"
-
-    @property
-    def withings_callback(self) -> str:
-        token = quote(self.withings_callback_token or "", safe="")
-        return f"{self.callback_base}/webhooks/withings?token={token}"
 
 
 # -- the record -----------------------------------------------------------------------------------

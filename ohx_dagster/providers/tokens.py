@@ -1,9 +1,9 @@
 """Per-user OAuth2 tokens of the provider APIs, encrypted at rest, refreshed when they expire.
 
 - One row per (provider, user) in `oauth_tokens` (ohx_dagster/storage/schema.py): the access and
-  refresh tokens as one Fernet ciphertext (key from OHX_TOKEN_KEY; several keys separated by
-  commas rotate: the first encrypts, all decrypt), the scope and expiry in clear (not secrets;
-  an operator can see who must reconnect without the key).
+  refresh tokens as one Fernet ciphertext (key from OHX_TOKEN_KEY, ohx_dagster/config/tokens.py;
+  several keys separated by commas rotate: the first encrypts, all decrypt), the scope and expiry
+  in clear (not secrets; an operator can see who must reconnect without the key).
 - A missing or malformed key is a ConfigError when a token is read or written, not before: a
   deployment without API sources needs no key.
 - Refresh (refresh-token grant at the provider's token URL) happens when the access token is
@@ -30,10 +30,9 @@
 from __future__ import annotations
 
 import base64
-import os
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -41,9 +40,11 @@ from typing import Any, Final
 
 import orjson
 import sqlalchemy as sa
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken, MultiFernet
 from sqlalchemy.engine import Connection
 
+from ohx_dagster.config.providers import OAuthClient
+from ohx_dagster.config.tokens import TOKEN_KEY_ENV, cipher_from_env
 from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError
 from ohx_dagster.core.ids import check_provider_name, check_user_id
 from ohx_dagster.core.models import HealthSyncConfig
@@ -55,7 +56,6 @@ from ohx_dagster.storage import db
 from ohx_dagster.storage.schema import oauth_tokens
 from ohx_dagster.storage.store import RecordStore
 
-TOKEN_KEY_ENV: Final = "OHX_TOKEN_KEY"
 # An access token this close to its expiry is refreshed before use (clock skew, request time).
 EXPIRY_MARGIN: Final = timedelta(seconds=60)
 # A refresh lease outlives the token endpoint's slowest answer (the HTTP client's 30 s timeout,
@@ -125,46 +125,11 @@ class OAuthTokens:
         return cls(access, refresh, expires_at, scope)
 
 
-@dataclass(frozen=True, slots=True)
-class OAuthClient:
-    """A provider's OAuth application: where and as whom to refresh tokens."""
-
-    provider: str
-    token_url: str
-    client_id: str
-    client_secret: str = field(repr=False)
-    # Fields the provider wants beside the standard ones (Withings: action=requesttoken).
-    extra_params: Mapping[str, str] = field(default_factory=dict)
-    # Withings wraps every answer as {"status": 0, "body": {...}}.
-    wrapped: bool = False
-    # "form": client_id and client_secret in the form body; "basic": an HTTP Basic header.
-    token_auth: str = "form"
-
-
 def basic_credentials(client_id: str, client_secret: str) -> str:
     """The Authorization header of HTTP Basic client authentication (Polar's token endpoint and
     client-level API: base64 of "client_id:client_secret")."""
     pair = f"{client_id}:{client_secret}".encode()
     return f"Basic {base64.b64encode(pair).decode()}"
-
-
-def cipher_from_env(env: Mapping[str, str] | None = None) -> MultiFernet:
-    env = os.environ if env is None else env
-    text = env.get(TOKEN_KEY_ENV, "")
-    keys = [k.strip() for k in text.split(",") if k.strip()]
-    if not keys:
-        raise ConfigError(
-            f"{TOKEN_KEY_ENV} is not set: provider tokens are encrypted at rest with it; "
-            'create one with python -c "from cryptography.fernet import Fernet; '
-            'print(Fernet.generate_key().decode())"'
-        )
-    try:
-        return MultiFernet([Fernet(k) for k in keys])
-    except (ValueError, TypeError):
-        raise ConfigError(
-            f"{TOKEN_KEY_ENV}: expected Fernet keys (32 url-safe base64-encoded bytes each, "
-            "comma-separated for rotation)"
-        ) from None
 
 
 class TokenStore:

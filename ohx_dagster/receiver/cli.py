@@ -2,7 +2,7 @@
 
     ohx-webhooks --host 127.0.0.1 --port 8787
 
-The store is OHX_DATABASE_URL (default: SQLite under OHX_HOME, see ohx_dagster/config/settings.py),
+The store is OHX_DATABASE_URL (default: SQLite under OHX_HOME, see ohx_dagster/config/storage.py),
 the same store the Dagster code location reads, so the webhook sensor sees what this process
 commits. Provider secrets and the receiver's limits (timeouts, connection limit, rate limit per
 client address, trusted proxies): ohx_dagster/config/receiver.py, each limit also a flag here that
@@ -27,6 +27,7 @@ from ohx_dagster.config.receiver import (
 )
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.providers.registry import CATALOG
 from ohx_dagster.receiver.app import create_app
 from ohx_dagster.receiver.connect import ConnectConfig
 from ohx_dagster.receiver.serve import server_config
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(catalog=CATALOG)
         secrets = WebhookSecrets.from_env()
         flags = {limit.field: getattr(args, limit.field) for limit in LIMIT_VARIABLES}
         limits = ReceiverLimits.from_env(flags=flags)

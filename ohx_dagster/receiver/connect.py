@@ -33,22 +33,18 @@ receiver's RefusalLog (one full line per kind and interval).
 Pages are small HTML, or JSON when the request accepts application/json. None is cached, and no
 page sends a Referer onward.
 
-Variables:
-- OHX_OAUTH_REDIRECT_BASE: public base URL of this receiver (ohx_dagster.providers.connect); set,
-  the routes are mounted (unset: /connect, /oauth and /auth/staff are not).
-- OHX_<P>_CLIENT_ID and OHX_<P>_CLIENT_SECRET (P = OURA, WITHINGS, GOOGLE_HEALTH): the provider's
-  OAuth app; a provider without them cannot be connected (404).
-- OHX_TOKEN_KEY: the Fernet key that encrypts the tokens, required once a provider is connectable.
-- OHX_WEBHOOK_BASE_URL (default OHX_OAUTH_REDIRECT_BASE): after a connection, the provider's
-  webhooks are subscribed to this receiver (ohx_dagster.providers.subscription); a failure there
-  is logged and recorded and the person is connected all the same.
+Settings (ohx_dagster/config/connect.py lists the variables): with OHX_OAUTH_REDIRECT_BASE set,
+the routes are mounted (unset: /connect, /oauth and /auth/staff are not); a provider without its
+OAuth app (ohx_dagster/config/providers.py) cannot be connected (404); OHX_TOKEN_KEY
+(ohx_dagster/config/tokens.py) is required once a provider is connectable. After a connection,
+the provider's webhooks are subscribed to OHX_WEBHOOK_BASE_URL (ohx_dagster.providers.subscription);
+a failure there is logged and recorded and the person is connected all the same.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -58,6 +54,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ohx_dagster.config import environment
+from ohx_dagster.config.connect import ConnectionSettings
 from ohx_dagster.core.errors import ConfigError, ProviderError, ValidationError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.privacy import staff as credentials
@@ -70,8 +68,6 @@ from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_a
 from ohx_dagster.receiver.refusals import RefusalLog, address_key
 from ohx_dagster.storage.store import RecordStore
 
-RETIRED_TOKEN_ENV: Final = "OHX_CONNECT_TOKEN"
-REDIRECT_BASE_ENV: Final = "OHX_OAUTH_REDIRECT_BASE"
 URL_CREDENTIALS: Final = ("token", "access_token")
 NO_STORE: Final = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
 ORIGINAL_URI: Final = "x-ohx-original-uri"  # the proxy's auth_request: the path it guards
@@ -89,13 +85,10 @@ class ConnectConfig:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ConnectConfig | None:
-        env = os.environ if env is None else env
-        if env.get(RETIRED_TOKEN_ENV, "").strip():
-            raise ConfigError(
-                f"{RETIRED_TOKEN_ENV} is retired: give each staff member their own token with "
-                f"`ohx staff add NAME`, then unset {RETIRED_TOKEN_ENV}"
-            )
-        if not env.get(REDIRECT_BASE_ENV, "").strip():
+        env = environment.resolve(env)
+        connection = ConnectionSettings.from_env(env)
+        connection.refuse_retired()
+        if not connection.redirect_base:
             return None
         return cls(ConnectSettings.configured(env), SubscriptionSettings.from_env(env))
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 import time
 import uuid
@@ -32,9 +31,10 @@ from typing import Final
 import httpx
 import orjson
 
-from ohx_dagster.config.receiver import SIMULATED_SECRET
+from ohx_dagster.config.receiver import SIMULATED_SECRET, simulated_secret
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.models import HealthDataType
+from ohx_dagster.providers.registry import CATALOG
 from ohx_dagster.providers.simulated import profiles
 from ohx_dagster.providers.webhook.signatures import simulated_signature
 
@@ -159,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per round is enough
-    secret = args.secret or os.environ.get(SIMULATED_SECRET, "").strip()
+    secret = args.secret or simulated_secret()
     if not secret:
         print(
             f"simulator: no secret: set {SIMULATED_SECRET} (the receiver's) or pass --secret",
             file=sys.stderr,
         )
         return 2
-    settings = Settings.from_env()
+    settings = Settings.from_env(catalog=CATALOG)
     user_ids = [p.user_id for p in profiles(settings.simulated_users, settings.simulated_seed)]
     if not user_ids:
         log.warning("no simulated users (OHX_SIMULATED_USERS=0): nothing to send")

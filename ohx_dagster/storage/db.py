@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from ohx_dagster.config.storage import StorageSettings
 from ohx_dagster.core.errors import ConfigError
 
 # How long a writer waits for SQLite's write lock before it fails: long enough that a busy machine
@@ -227,9 +227,4 @@ def auto_migrate_default(url: str) -> bool:
     """Whether opening the store may migrate its schema: yes for the embedded SQLite default, no
     for a server database (the deployment runs `ohx db upgrade` first) unless
     OHX_DB_AUTO_MIGRATE=1 says so."""
-    setting = os.environ.get("OHX_DB_AUTO_MIGRATE", "").strip().lower()
-    if setting in ("1", "true", "yes"):
-        return True
-    if setting in ("0", "false", "no"):
-        return False
-    return url.startswith("sqlite:")
+    return StorageSettings.from_env().auto_migrate(url)

@@ -2,7 +2,8 @@
 
 OHX_SOURCES names each source with an optional shard count, `simulated:4,oura:8,fitabase`:
 `simulated-0` .. `simulated-3`, `oura-0` .. `oura-7` and `fitabase` (no count = one shard whose
-key is the provider's name, as before sharding). A user belongs to shard
+key is the provider's name, as before sharding; ohx_dagster/config/sources.py reads it and names
+the keys). A user belongs to shard
 stable_hash(provider, user_id) % count, so a realtime run re-aggregates and re-publishes one
 shard's users rather than the whole provider's. Records, aggregates and sync state stay keyed by
 provider: the store is not sharded, a shard is a subset of a provider's users.
@@ -14,9 +15,8 @@ import hashlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
+from ohx_dagster.config.sources import MAX_SHARDS, parse_sources, shard_key
 from ohx_dagster.core.errors import ConfigError
-
-MAX_SHARDS = 64
 
 
 def user_shard(provider: str, user_id: str, count: int) -> int:
@@ -36,7 +36,7 @@ class Shard:
 
     @property
     def key(self) -> str:
-        return self.provider if self.count == 1 else f"{self.provider}-{self.index}"
+        return shard_key(self.provider, self.index, self.count)
 
     @property
     def whole(self) -> bool:
@@ -48,24 +48,6 @@ class Shard:
 
     def select(self, user_ids: Iterable[str]) -> frozenset[str]:
         return frozenset(u for u in user_ids if self.holds(u))
-
-
-def parse_spec(item: str) -> tuple[str, int]:
-    """`name` or `name:N` (N a whole number from 1 to MAX_SHARDS) -> (name, N)."""
-    name, sep, count_text = item.strip().partition(":")
-    name = name.strip()
-    if not sep:
-        return name, 1
-    try:
-        count = int(count_text.strip())
-    except ValueError:
-        count = 0
-    if not 1 <= count <= MAX_SHARDS or not name:
-        raise ConfigError(
-            f"OHX_SOURCES: {item.strip()!r}: expected name or name:N with N a whole number "
-            f"from 1 to {MAX_SHARDS}"
-        )
-    return name, count
 
 
 class Sharding(Mapping[str, int]):
@@ -80,15 +62,7 @@ class Sharding(Mapping[str, int]):
     @classmethod
     def parse(cls, text: str) -> Sharding:
         """`simulated:4,oura:8,fitabase` -> {simulated: 4, oura: 8, fitabase: 1}."""
-        counts: dict[str, int] = {}
-        for item in text.split(","):
-            if not item.strip():
-                continue
-            name, count = parse_spec(item)
-            if name in counts:
-                raise ConfigError(f"OHX_SOURCES names {name!r} twice")
-            counts[name] = count
-        return cls(counts)
+        return cls(parse_sources(text))
 
     @classmethod
     def unsharded(cls, providers: Iterable[str]) -> Sharding:

@@ -4,6 +4,7 @@ import pytest
 
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError
+from ohx_dagster.providers.registry import CATALOG
 
 
 @pytest.mark.parametrize(
@@ -29,7 +30,7 @@ from ohx_dagster.core.errors import ConfigError
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env(env)
+        Settings.from_env(env, catalog=CATALOG)
     assert named in str(raised.value)
 
 

@@ -182,7 +182,7 @@ def test_shard_partitions_add_up_to_the_unsharded_partition(tmp_path):
     assert max(observations.values()) == 1
 
     patients = {f"Patient/{c.fhir_patient_id}": c.user_id for c in sharded_store.users("simulated")}
-    sharding = sharded.sharding
+    sharding = Sharding(sharded.source_counts)
     for key, resources in by_shard.items():
         users = {patients[r["subject"]["reference"]] for r in resources if "subject" in r}
         assert users == {u for u in USERS if sharding.key_of("simulated", u) == key}

@@ -26,7 +26,7 @@ from ohx_dagster.core.times import to_us
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.base import Windowed
-from ohx_dagster.providers.registry import SUPPORTED_TYPES
+from ohx_dagster.providers.registry import KNOWN_SOURCES, SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.storage.schema import users
 from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
@@ -117,7 +117,7 @@ def test_lag_settings_name_the_variable_and_the_form() -> None:
     }
     for wrong in ("oura=6", "fitbit=2h", "oura=0h", "oura"):
         with pytest.raises(ValueError, match=r"^OHX_MAX_SYNC_LAG: .*expected source=N"):
-            parse_per_source("OHX_MAX_SYNC_LAG", wrong, minimum=1)
+            parse_per_source("OHX_MAX_SYNC_LAG", wrong, minimum=1, known=KNOWN_SOURCES)
     settings = Settings.from_env({"OHX_HOME": "/nowhere", "OHX_MAX_SYNC_LAG": "simulated=2d"})
     assert settings.max_lag_overrides == (("simulated", 172800.0),)
 

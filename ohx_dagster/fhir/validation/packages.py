@@ -3,7 +3,7 @@
 The packages (npm tarballs, pinned versions) are fetched by scripts/fetch-fhir-packages and never
 copied into this repository. They are looked for in, first to last:
 
-1. $OHX_FHIR_PACKAGES, when set;
+1. $OHX_FHIR_PACKAGES, when set (ohx_dagster/config/fhir.py reads it and XDG_CACHE_HOME);
 2. the checkout's .fhir-packages/, when this code runs from a checkout of the repository;
 3. a per-user cache, $XDG_CACHE_HOME/ohx/fhir-packages (~/.cache/ohx/fhir-packages), when it runs
    from an installed wheel.
@@ -11,7 +11,6 @@ copied into this repository. They are looked for in, first to last:
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -24,9 +23,10 @@ from typing import Any, Final
 
 import orjson
 
+from ohx_dagster.config.fhir import PACKAGES_ENV, FhirPackageSettings
 from ohx_dagster.core.errors import ConfigError
 
-SETTING: Final = "OHX_FHIR_PACKAGES"
+SETTING: Final = PACKAGES_ENV
 # The pinned npm packages (name@version), each unpacked into a folder "name-version".
 SPECS: Final = ("hl7.fhir.r5.core@5.0.0", "hl7.fhir.r5.examples@5.0.0", "hl7.terminology.r5@7.0.1")
 CORE_PACKAGE: Final = "hl7.fhir.r5.core-5.0.0"
@@ -46,15 +46,14 @@ def _checkout() -> Path | None:
 
 
 def user_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "ohx" / "fhir-packages"
+    return FhirPackageSettings.from_env().user_cache
 
 
 def _where() -> tuple[Path, str]:
     """(folder, how it was chosen)."""
-    configured = os.environ.get(SETTING)
-    if configured:
-        return Path(configured).expanduser(), f"from ${SETTING}"
+    settings = FhirPackageSettings.from_env()
+    if settings.configured is not None:
+        return settings.configured, f"from ${SETTING}"
     checkout = _checkout()
     if checkout is not None:
         return checkout / ".fhir-packages", f"the checkout's folder (${SETTING} unset)"

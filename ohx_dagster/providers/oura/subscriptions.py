@@ -17,25 +17,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import quote
 
+from ohx_dagster.config import environment
+from ohx_dagster.config.connect import BASE_URL_ENV, REDIRECT_BASE_ENV
+from ohx_dagster.config.providers import ApiSettings
+from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError, ProviderError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.app import ProviderApp
 from ohx_dagster.providers.http import ApiClient, decode_json, excerpt
 from ohx_dagster.providers.subscription import (
     ACTIVE,
-    BASE_URL_ENV,
     CREATED,
     FAILED,
-    REDIRECT_BASE_ENV,
     RENEW_WITHIN,
     RENEWED,
     SKIPPED,
@@ -194,13 +194,12 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     parser.add_argument("--renew-within-days", type=float, default=RENEW_WITHIN.days)
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
-    env = os.environ if env is None else env
-    # Imported here: settings and the provider registry import this package.
-    from ohx_dagster.config.settings import Settings
-    from ohx_dagster.providers.registry import API_PROVIDERS
+    env = environment.resolve(env)
+    # Imported here: the provider registry imports this package.
+    from ohx_dagster.providers.registry import API_PROVIDERS, CATALOG
 
     try:
-        store = RecordStore(Settings.from_env(env).database_url)
+        store = RecordStore(Settings.from_env(env, catalog=CATALOG).database_url)
     except ConfigError as exc:
         print(f"subscriptions: configuration error: {exc}", file=sys.stderr)
         return 2

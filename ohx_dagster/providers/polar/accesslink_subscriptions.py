@@ -35,25 +35,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Mapping
 from typing import Any, Final
 
+from ohx_dagster.config import environment
+from ohx_dagster.config.connect import BASE_URL_ENV, REDIRECT_BASE_ENV
+from ohx_dagster.config.providers import ApiSettings
 from ohx_dagster.config.receiver import POLAR_ACCESSLINK_KEY
 from ohx_dagster.core.errors import ConfigError, ProviderError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiSettings
 from ohx_dagster.providers.budget import RequestBudget, RequestLimit
 from ohx_dagster.providers.http import ApiClient, HttpStatusError, decode_json, excerpt
 from ohx_dagster.providers.polar.accesslink_webhook import NAME, ROUTE
 from ohx_dagster.providers.subscription import (
     ACTIVE,
-    BASE_URL_ENV,
     CREATED,
     FAILED,
-    REDIRECT_BASE_ENV,
     RENEWED,
     SKIPPED,
     TIMEOUT_S,
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     parser.add_argument("action", choices=["create", "status"])
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(levelname)s %(name)s: %(message)s")
-    env = os.environ if env is None else env
+    env = environment.resolve(env)
     # Imported here: the ProviderApp's module imports this one.
     from ohx_dagster.providers.polar.accesslink import APP
 
