@@ -240,7 +240,9 @@ def render_summary(summaries: list[Summary], now: datetime) -> None:
         )
     out.print(table)
     for provider, kinds in unsupported.items():
-        out.print(Text(f"not supported by {provider}: {', '.join(kinds)}", style="dim"))
+        # Wrapped to the terminal: a provider may lack most of the types.
+        text = Text(f"not supported by {provider}: {', '.join(kinds)}", style="dim")
+        out.print(text, soft_wrap=False)
     out.print(
         Text(
             "per person: ohx status --person ID, or --all; for scripts: --json",

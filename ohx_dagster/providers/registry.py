@@ -41,9 +41,11 @@ SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {
     "fitabase": frozenset({T.HEART_RATE, T.STEPS, T.WEIGHT}),
     "polar": frozenset({T.HEART_RATE, T.RR_INTERVALS, T.ECG}),
     "apple_health": frozenset(
-        {T.HEART_RATE, T.STEPS, T.WEIGHT, T.TEMPERATURE, T.SPO2, T.BLOOD_PRESSURE, T.ECG,
-         T.RESPIRATORY_RATE, T.HRV_SDNN}
-    ),  # fmt: skip
+        {
+            *(T.HEART_RATE, T.STEPS, T.WEIGHT, T.TEMPERATURE, T.SPO2, T.BLOOD_PRESSURE, T.ECG),
+            *(T.RESPIRATORY_RATE, T.HRV_SDNN),
+        }
+    ),
 }
 
 RESYNC_HORIZON: Final[dict[str, timedelta]] = {
