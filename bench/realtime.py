@@ -34,11 +34,12 @@ from ohx_dagster.config.settings import Settings  # noqa: E402
 from ohx_dagster.core.models import DateRange  # noqa: E402
 from ohx_dagster.definitions import build_definitions  # noqa: E402
 from ohx_dagster.providers.simulated import SimulatedSource  # noqa: E402
+from ohx_dagster.providers.webhook.events import NewEvent  # noqa: E402
 from ohx_dagster.receiver.app import create_app  # noqa: E402
 from ohx_dagster.receiver.serve import serve_in_thread  # noqa: E402
 from ohx_dagster.receiver.simulator import send_event  # noqa: E402
 from ohx_dagster.storage.store import RecordStore  # noqa: E402
-from ohx_dagster.sync.inbox import Inbox, NewEvent  # noqa: E402
+from ohx_dagster.sync.inbox import Inbox  # noqa: E402
 from resources import RecordStoreResource  # noqa: E402
 
 SECRET = "bench-simulated-secret"  # the development route is mounted only with a secret

@@ -62,13 +62,14 @@ from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.privacy.audit import RefusedRows
 from ohx_dagster.providers.registry import API_PROVIDERS
 from ohx_dagster.providers.webhook import signatures
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.providers.webhook.receiver import Receiver
 from ohx_dagster.providers.webhook.signatures import REPLAY_WINDOW_S, SignatureRejected
 from ohx_dagster.receiver import notifications
 from ohx_dagster.receiver.connect import ConnectConfig, connect_routes
 from ohx_dagster.receiver.refusals import RefusalLog, address_key
 from ohx_dagster.storage.store import RecordStore
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 
 MAX_BODY_BYTES: Final = 256 * 1024
 MAX_GROUP_REQUESTS: Final = 1_000

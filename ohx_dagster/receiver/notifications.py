@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HealthDataType
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.providers.webhook.parsing import iso_instant, json_body, require
-from ohx_dagster.sync.inbox import NewEvent
 
 
 def parse_simulated(body: bytes) -> list[NewEvent]:

@@ -8,8 +8,9 @@ import pytest
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.definitions import build_definitions
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.storage.store import RecordStore
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 from ohx_dagster.sync.run_request import SyncRequest
 from ohx_dagster.sync.strategies import PRIORITY, SyncStrategy
 from resources import RecordStoreResource

@@ -51,6 +51,7 @@ from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.providers.tokens import OAuthTokens, TokenStore, connect_user
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.publish.partitions import (
     bucket_of,
     partition_dir,
@@ -68,7 +69,7 @@ from ohx_dagster.storage.schema import (
 )
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.fetch import sync_partition
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 from ohx_dagster.sync.shards import Shard
 from resources import FhirOutputResource, RecordStoreResource
 from resources.fhir_server import FhirServerResource

@@ -39,11 +39,12 @@ from ohx_dagster.providers.fitabase import FitabaseSource
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.providers.tokens import OAuthTokens, TokenStore, connect_user
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.publish.partitions import check_output, partition_dir, publish_partition
 from ohx_dagster.storage.schema import audit_log, day_versions, measurements, series_chunks, users
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.fetch import sync_partition
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 from ohx_dagster.sync.shards import Shard
 
 DAY = date(2016, 4, 12)

@@ -33,8 +33,9 @@ from ohx_dagster.definitions import build_definitions
 from ohx_dagster.privacy.identity import match_subjects, redact
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
 from ohx_dagster.providers.simulated import SimulatedSource
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 from ohx_dagster.sync.run_request import SUBJECTS_TAG, USERS_TAG, SyncRequest
 from ohx_dagster.sync.strategies import SyncStrategy
 from sensors.erasure import names_pattern

@@ -25,6 +25,7 @@ from ohx_dagster.privacy.retention import apply_retention, last_expired_day
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.publish import aggregate
 from ohx_dagster.publish.partitions import (
     bucket_of,
@@ -42,7 +43,7 @@ from ohx_dagster.storage.schema import (
 )
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.fetch import sync_partition
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 from ohx_dagster.sync.shards import Shard
 from resources import FhirOutputResource, RecordStoreResource
 from sensors.retention import apply_retention_job

@@ -30,12 +30,13 @@ from ohx_dagster.config.receiver import OuraSecrets, ReceiverLimits, WebhookSecr
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.oura.webhook import signature as oura_signature
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.providers.webhook.signatures import simulated_signature
 from ohx_dagster.receiver import cli, simulator
 from ohx_dagster.receiver.app import GroupCommitter, TokenBuckets, client_address, create_app
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 
 SECRETS = WebhookSecrets(
     oura=OuraSecrets("oura-client-secret", "oura-verification-token"),

@@ -8,8 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.providers.webhook.events import MAX_CHARS, MAX_PAYLOAD_BYTES, NewEvent
 from ohx_dagster.storage.store import RecordStore
-from ohx_dagster.sync.inbox import MAX_CHARS, MAX_PAYLOAD_BYTES, Inbox, NewEvent, pending_after
+from ohx_dagster.sync.inbox import Inbox, pending_after
 
 WHEN = datetime(2026, 3, 1, 8, 30, tzinfo=UTC)
 

@@ -20,8 +20,9 @@ from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.storage.store import RecordStore
-from ohx_dagster.sync.inbox import Inbox, NewEvent
+from ohx_dagster.sync.inbox import Inbox
 from ohx_dagster.sync.run_request import SyncRequest
 from ohx_dagster.sync.shards import MAX_SHARDS, Shard, Sharding, user_shard
 from resources import RecordStoreResource

@@ -28,10 +28,10 @@ from ohx_dagster.config.receiver import GoogleHealthSecrets
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.providers.google_health.keyset import KeysetCache, KeysetUnavailable
 from ohx_dagster.providers.google_health.source import BY_DATA_TYPE, NAME, interval_window
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.providers.webhook.parsing import json_body, quoted, require
 from ohx_dagster.providers.webhook.receiver import Receiver
 from ohx_dagster.providers.webhook.signatures import SignatureRejected, same_secret
-from ohx_dagster.sync.inbox import NewEvent
 
 PATH: Final = "/webhooks/google_health"
 SIGNATURE_HEADERS: Final = ("X-HEALTHAPI-SIGNATURE", "GOOGLE-HEALTH-API-SIGNATURE")

@@ -19,10 +19,10 @@ from starlette.routing import Route
 from ohx_dagster.config.receiver import OuraSecrets
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HealthDataType
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.providers.webhook.parsing import iso_instant, json_body, quoted, require
 from ohx_dagster.providers.webhook.receiver import Receiver
 from ohx_dagster.providers.webhook.signatures import SignatureRejected, check_fresh, same_secret
-from ohx_dagster.sync.inbox import NewEvent
 
 HR: Final = HealthDataType.HEART_RATE.value
 # Data types whose documents carry data this product syncs (None: several types, sync all).

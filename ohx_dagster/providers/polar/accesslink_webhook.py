@@ -33,10 +33,10 @@ from starlette.routing import Route
 
 from ohx_dagster.config.receiver import POLAR_ACCESSLINK_KEY, PolarAccessLinkSecrets
 from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.providers.webhook.parsing import iso_instant, json_body, quoted, require
 from ohx_dagster.providers.webhook.receiver import Receiver
 from ohx_dagster.providers.webhook.signatures import SignatureRejected, same_secret
-from ohx_dagster.sync.inbox import NewEvent
 
 NAME: Final = "polar_accesslink"
 ROUTE: Final = f"/webhooks/{NAME}"

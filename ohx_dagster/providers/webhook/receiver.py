@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.storage.store import RecordStore
-from ohx_dagster.sync.inbox import NewEvent
 
 
 @dataclass(frozen=True, slots=True)

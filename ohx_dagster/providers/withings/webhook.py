@@ -30,12 +30,12 @@ from starlette.routing import Route
 
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
+from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.providers.webhook.parsing import quoted, require
 from ohx_dagster.providers.webhook.receiver import Receiver
 from ohx_dagster.providers.webhook.signatures import SignatureRejected, same_secret
 from ohx_dagster.providers.withings.codes import APPLI, IGNORED, NAME, UNLINKED, USER_EVENTS
 from ohx_dagster.storage.store import DISCONNECTED
-from ohx_dagster.sync.inbox import NewEvent
 
 ROUTE: Final = "/webhooks/withings"
 # The largest Unix second a notification may name (2**35 s is the year 3058).
