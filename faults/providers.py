@@ -30,11 +30,11 @@ from provider_api_server import Answer, Call, FakeApi, answer, documented
 from faults.harness import Clock, Key, batch_keys
 from ohx_dagster.core.models import DateRange, HealthSyncConfig
 from ohx_dagster.core.times import from_us, to_us
-from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.api.source import ApiSettings
+from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, DEVICE, HEARTRATE
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.withings import WithingsSource
 from ohx_dagster.storage.store import RecordStore
 

@@ -91,7 +91,7 @@ def connect(
 ) -> None:
     """Print the receiver's link that connects PROVIDER (oura, withings, google_health) for a
     patient: the person signs in at the provider, and their history is synced by itself."""
-    from ohx_dagster.providers.connect import STATE_TTL, sync_config
+    from ohx_dagster.providers.api.connect import STATE_TTL, sync_config
     from ohx_dagster.providers.registry import API_PROVIDERS
 
     if provider not in API_PROVIDERS:

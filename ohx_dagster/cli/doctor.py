@@ -176,7 +176,7 @@ def configured_providers() -> list[str]:
 def check_providers() -> Iterator[Check]:
     from ohx_dagster.config.connect import ConnectionSettings
     from ohx_dagster.config.providers import ApiSettings
-    from ohx_dagster.providers.connect import ConnectSettings
+    from ohx_dagster.providers.api.connect import ConnectSettings
     from ohx_dagster.providers.registry import API_PROVIDERS
 
     providers = configured_providers()
@@ -191,7 +191,7 @@ def check_providers() -> Iterator[Check]:
         try:
             settings = ApiSettings.from_env(app)
             if connect:
-                ConnectSettings.from_env(name)
+                ConnectSettings.from_env(app)
         except ConfigError as exc:
             yield Check(f"{name} OAuth", FAIL, str(exc), "set the variables the message names")
             continue

@@ -1,6 +1,6 @@
 """Account connection and webhook subscription settings: where the receiver is reached from the
-outside, for the OAuth redirect (ohx_dagster/providers/connect.py, ohx_dagster/receiver/
-connect.py) and for the providers' webhook callbacks (ohx_dagster/providers/subscription.py).
+outside, for the OAuth redirect (ohx_dagster/providers/api/connect.py, ohx_dagster/receiver/
+connect.py) and for the providers' webhook callbacks (ohx_dagster/providers/api/subscription.py).
 
 | variable | default | meaning |
 |---|---|---|

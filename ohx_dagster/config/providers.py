@@ -31,7 +31,7 @@ from ohx_dagster.core.errors import ConfigError
 
 
 class ProviderEndpoints(Protocol):
-    """What the settings read of a provider's ProviderApp (ohx_dagster.providers.app)."""
+    """What the settings read of a provider's ProviderApp (ohx_dagster.providers.api.app)."""
 
     @property
     def name(self) -> str: ...

@@ -1,5 +1,5 @@
 """Token encryption settings: the key that encrypts the provider OAuth tokens at rest
-(ohx_dagster/providers/tokens.py).
+(ohx_dagster/providers/api/tokens.py).
 
 | variable | default | meaning |
 |---|---|---|

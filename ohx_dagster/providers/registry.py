@@ -28,7 +28,7 @@ from ohx_dagster.config.sources import SourceCatalog
 from ohx_dagster.core.models import HealthDataType as T
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.providers import google_health, oura, polar, withings
-from ohx_dagster.providers.app import ProviderApp
+from ohx_dagster.providers.api.app import ProviderApp
 
 # Provider APIs: each folder's ProviderApp. A new provider is a new folder and a line here.
 API_PROVIDERS: Final[dict[str, ProviderApp]] = {

@@ -1,4 +1,4 @@
-"""The receiver's account-connection routes (the flow itself: ohx_dagster.providers.connect).
+"""The receiver's account-connection routes (the flow itself: ohx_dagster.providers.api.connect).
 
 - GET /connect/<provider>?patient=<FHIR patient id>[&timezone=Europe/Paris][&frequency=hourly]
   [&aggregation=hourly][&lookback_days=30], with a staff member's token (`ohx staff add`,
@@ -37,8 +37,9 @@ Settings (ohx_dagster/config/connect.py lists the variables): with OHX_OAUTH_RED
 the routes are mounted (unset: /connect, /oauth and /auth/staff are not); a provider without its
 OAuth app (ohx_dagster/config/providers.py) cannot be connected (404); OHX_TOKEN_KEY
 (ohx_dagster/config/tokens.py) is required once a provider is connectable. After a connection,
-the provider's webhooks are subscribed to OHX_WEBHOOK_BASE_URL (ohx_dagster.providers.subscription);
-a failure there is logged and recorded and the person is connected all the same.
+the provider's webhooks are subscribed to OHX_WEBHOOK_BASE_URL
+(ohx_dagster.providers.api.subscription); a failure there is logged and recorded and the person
+is connected all the same.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from starlette.routing import Route
 
 from ohx_dagster.config import environment
 from ohx_dagster.config.connect import ConnectionSettings
+from ohx_dagster.config.providers import ApiSettings
 from ohx_dagster.core.errors import ConfigError, ProviderError, ValidationError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.privacy import staff as credentials
@@ -63,8 +65,9 @@ from ohx_dagster.privacy.audit import RefusedRows
 from ohx_dagster.privacy.identity import Erased, LinkConflict
 from ohx_dagster.privacy.staff import from_authorization
 from ohx_dagster.privacy.subjects import erasure_salt, patient_subject, short, subject_hash
-from ohx_dagster.providers.connect import ConnectFlow, ConnectRefused, ConnectSettings
-from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_after_connect
+from ohx_dagster.providers.api.connect import ConnectFlow, ConnectRefused, ConnectSettings
+from ohx_dagster.providers.api.subscription import SubscriptionSettings, subscribe_after_connect
+from ohx_dagster.providers.registry import API_PROVIDERS
 from ohx_dagster.receiver.refusals import RefusalLog, address_key
 from ohx_dagster.storage.store import RecordStore
 
@@ -90,7 +93,17 @@ class ConnectConfig:
         connection.refuse_retired()
         if not connection.redirect_base:
             return None
-        return cls(ConnectSettings.configured(env), SubscriptionSettings.from_env(env))
+        return cls(connectable(env), SubscriptionSettings.from_env(env))
+
+
+def connectable(env: Mapping[str, str] | None = None) -> dict[str, ConnectSettings]:
+    """The providers whose OAuth client id and secret are set (the others cannot connect)."""
+    env = environment.resolve(env)
+    return {
+        name: ConnectSettings.from_env(app, env)
+        for name, app in API_PROVIDERS.items()
+        if ApiSettings.configured(app, env)
+    }
 
 
 def _page(request: Request, status: int, title: str, detail: str, **extra: str) -> Response:

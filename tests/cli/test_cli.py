@@ -37,11 +37,10 @@ from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us
 from ohx_dagster.privacy import staff
 from ohx_dagster.providers.base import Windowed
-from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.connect import ConnectConfig, connectable
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage import migrate
 from ohx_dagster.storage.schema import oauth_tokens, webhook_subscriptions
@@ -508,7 +507,7 @@ def test_connect_prints_the_receivers_link(
     }  # fmt: skip
     # The link starts the flow on a real receiver configured like production, with the staff
     # member's token in the header the printed curl sends.
-    config = ConnectConfig(ConnectSettings.configured(env))
+    config = ConnectConfig(connectable(env))
     with (
         serve_in_thread(create_app(store, WebhookSecrets(), connect=config)) as url,
         httpx.Client(timeout=10) as http,

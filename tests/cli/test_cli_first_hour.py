@@ -20,7 +20,7 @@ from cryptography.fernet import Fernet
 
 from ohx_dagster.cli import cli
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.providers.tokens import OAuthTokens, TokenStore
+from ohx_dagster.providers.api.tokens import OAuthTokens, TokenStore
 from ohx_dagster.storage.store import RecordStore
 
 OHX = Path(sys.executable).parent / "ohx"

@@ -32,12 +32,11 @@ from ohx_dagster.privacy import audit, staff
 from ohx_dagster.privacy.audit import RefusedRows
 from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
 from ohx_dagster.providers.base import Windowed
-from ohx_dagster.providers.connect import ConnectSettings
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.connect import ConnectConfig, connectable
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.schema import audit_log
 from ohx_dagster.storage.store import RecordStore
@@ -86,7 +85,7 @@ class Receiver:
 def receiver(sqlite_store: RecordStore, token_key: str) -> Iterator[Receiver]:
     clock = Clock()
     rows = RefusedRows(sqlite_store, clock=clock)
-    config = ConnectConfig(ConnectSettings.configured(ENV))
+    config = ConnectConfig(connectable(ENV))
     app = create_app(
         sqlite_store,
         WebhookSecrets(),

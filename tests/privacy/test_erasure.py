@@ -47,10 +47,10 @@ from ohx_dagster.privacy.erasure import (
     resolve_subject,
     subject_hash,
 )
+from ohx_dagster.providers.api.tokens import OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.base import Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.providers.tokens import OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.publish.partitions import (
     bucket_of,

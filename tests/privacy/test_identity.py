@@ -33,12 +33,12 @@ from ohx_dagster.privacy.erasure import erase_person, remaining_rows
 from ohx_dagster.privacy.identity import Erased, LinkConflict, readmit
 from ohx_dagster.privacy.retention import apply_retention
 from ohx_dagster.privacy.subjects import erasure_salt, patient_subject, subject_hash
+from ohx_dagster.providers.api.connect import sync_config
+from ohx_dagster.providers.api.tokens import OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.base import Windowed
-from ohx_dagster.providers.connect import sync_config
 from ohx_dagster.providers.fitabase import FitabaseSource
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.providers.simulated import SimulatedSource
-from ohx_dagster.providers.tokens import OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.webhook.events import NewEvent
 from ohx_dagster.publish.partitions import check_output, partition_dir, publish_partition
 from ohx_dagster.storage.schema import audit_log, day_versions, measurements, series_chunks, users

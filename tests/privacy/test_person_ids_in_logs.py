@@ -21,12 +21,12 @@ from provider_api_server import FakeApi, answer
 from ohx_dagster.config.receiver import WebhookSecrets
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
-from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.api.source import ApiSettings
+from ohx_dagster.providers.api.subscription import SubscriptionSettings, subscribe_after_connect
+from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.oura import OuraSource
 from ohx_dagster.providers.oura.source import HEARTRATE
 from ohx_dagster.providers.registry import API_PROVIDERS
-from ohx_dagster.providers.subscription import SubscriptionSettings, subscribe_after_connect
-from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.receiver.app import create_app
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore

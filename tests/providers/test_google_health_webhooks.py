@@ -40,6 +40,7 @@ from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import utc_day
 from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.providers.api.tokens import OAuthTokens, connect_user
 from ohx_dagster.providers.google_health.keyset import (
     KeysetCache,
     KeysetUnavailable,
@@ -47,7 +48,6 @@ from ohx_dagster.providers.google_health.keyset import (
 )
 from ohx_dagster.providers.google_health.source import rfc3339
 from ohx_dagster.providers.google_health.webhook import body_items, parse_notification
-from ohx_dagster.providers.tokens import OAuthTokens, connect_user
 from ohx_dagster.providers.webhook.signatures import SignatureRejected
 from ohx_dagster.publish.partitions import partition_dir
 from ohx_dagster.receiver.app import create_app

@@ -17,8 +17,8 @@ from provider_api_server import Call, FakeApi, answer, fake_api
 
 from ohx_dagster.core.errors import ConfigError, NeedsReauthorization, ProviderError, RateLimited
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
-from ohx_dagster.providers.http import ApiClient, HttpStatusError, paginate, parse_retry_after
-from ohx_dagster.providers.tokens import (
+from ohx_dagster.providers.api.http import ApiClient, HttpStatusError, paginate, parse_retry_after
+from ohx_dagster.providers.api.tokens import (
     OAuthClient,
     OAuthTokens,
     TokenStore,

@@ -17,7 +17,9 @@ from provider_api_server import Call, FakeApi, answer, documented
 from ohx_dagster.core.errors import RateLimited
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us, utc_day
-from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.api.http import ApiClient
+from ohx_dagster.providers.api.source import ApiSettings
+from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.google_health import APP, GoogleHealthSource
 from ohx_dagster.providers.google_health.source import (
@@ -27,8 +29,6 @@ from ohx_dagster.providers.google_health.source import (
     provenance,
     rfc3339,
 )
-from ohx_dagster.providers.http import ApiClient
-from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.fetch import sync_partition
 

@@ -16,11 +16,11 @@ from ohx_dagster.core.errors import RateLimited
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.fhir.output import FhirOutput
-from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.api.source import ApiSettings
+from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.oura import APP, OuraSource
 from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, HEARTRATE
-from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.fetch import SyncFailed, sync_partition
@@ -291,7 +291,7 @@ def test_the_connect_flow_finds_the_person_by_personal_info(api, store) -> None:
         "/v2/usercollection/personal_info",
         lambda call: answer(200, documented("oura", "personal_info")),
     )
-    from ohx_dagster.providers.http import ApiClient
+    from ohx_dagster.providers.api.http import ApiClient
 
     client = ApiClient("oura", api.base_url, backoff_s=0.0)
     assert APP.find_user_id(client, {}, "fresh-token") == "oura-u1"

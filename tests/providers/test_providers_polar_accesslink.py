@@ -37,20 +37,19 @@ from ohx_dagster.fhir.series import read_series
 from ohx_dagster.fhir.validation import validate_resources
 from ohx_dagster.privacy import staff
 from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
-from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.api.http import ApiClient
+from ohx_dagster.providers.api.source import ApiSettings
+from ohx_dagster.providers.api.subscription import SubscriptionSettings, recorded
+from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
-from ohx_dagster.providers.connect import ConnectSettings
-from ohx_dagster.providers.http import ApiClient
 from ohx_dagster.providers.polar import ACCESSLINK, AccessLinkSource
 from ohx_dagster.providers.polar import accesslink_subscriptions as subscriptions
 from ohx_dagster.providers.polar.accesslink import REACH
 from ohx_dagster.providers.polar.accesslink_webhook import NAME, ROUTE, signature
 from ohx_dagster.providers.registry import API_PROVIDERS, SUPPORTED_TYPES
-from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
-from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.connect import ConnectConfig, connectable
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import NEEDS_REAUTHORIZATION, RecordStore
 from ohx_dagster.sync.fetch import sync_partition
@@ -292,7 +291,7 @@ def serve_connect(store: RecordStore, polar_api: FakePolar):
     env = polar_api.env()
     staff.remove(store, "nurse.a", actor="test")
     ISSUED[:] = [staff.add(store, "nurse.a", actor="test")]
-    config = ConnectConfig(ConnectSettings.configured(env), SubscriptionSettings(PUBLIC))
+    config = ConnectConfig(connectable(env), SubscriptionSettings(PUBLIC))
     secrets = WebhookSecrets(polar_accesslink=PolarAccessLinkSecrets(KEY))
     return serve_in_thread(create_app(store, secrets, connect=config))
 

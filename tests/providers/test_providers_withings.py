@@ -22,9 +22,9 @@ from ohx_dagster.core.models import AggregationLevel, DateRange, HealthDataType,
 from ohx_dagster.core.times import to_us
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.validation import validate_resources
-from ohx_dagster.providers.api import ApiSettings
+from ohx_dagster.providers.api.source import ApiSettings
+from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
-from ohx_dagster.providers.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.withings import APP, HEART, MEASURE, MEASURE_V2, WithingsSource
 from ohx_dagster.providers.withings.codes import UNLINKED
 from ohx_dagster.providers.withings.source import attrib_method, measure_value, notified_window

@@ -25,15 +25,14 @@ from ohx_dagster.core.errors import ConfigError
 from ohx_dagster.core.models import SyncFrequency
 from ohx_dagster.privacy import audit, staff
 from ohx_dagster.privacy.subjects import erasure_salt, patient_subject, subject_hash
-from ohx_dagster.providers.connect import (
+from ohx_dagster.providers.api.connect import (
     STATE_TTL,
-    ConnectSettings,
     oauth_states,
     pkce_challenge,
 )
-from ohx_dagster.providers.tokens import TokenStore, oauth_tokens
+from ohx_dagster.providers.api.tokens import TokenStore, oauth_tokens
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.connect import ConnectConfig, connectable
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore, users
 
@@ -192,7 +191,7 @@ def serve(store: RecordStore, providers: FakeProviders, env: dict[str, str]) -> 
     """The receiver with the connect routes, and a staff member's token for it (TOKENS)."""
     staff.remove(store, STAFF, actor="test")
     token = staff.add(store, STAFF, actor="test")
-    config = ConnectConfig(ConnectSettings.configured(env))
+    config = ConnectConfig(connectable(env))
     with serve_in_thread(create_app(store, WebhookSecrets(), connect=config)) as url:
         TOKENS[url] = token
         yield url

@@ -27,17 +27,16 @@ from ohx_dagster.config.receiver import OuraSecrets, WebhookSecrets
 from ohx_dagster.core.errors import ProviderError
 from ohx_dagster.privacy import staff
 from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
-from ohx_dagster.providers.api import ApiSettings
-from ohx_dagster.providers.connect import ConnectSettings
+from ohx_dagster.providers.api.source import ApiSettings
+from ohx_dagster.providers.api.subscription import SubscriptionSettings, recorded
 from ohx_dagster.providers.oura.subscriptions import DATA_TYPES as OURA_DATA_TYPES
 from ohx_dagster.providers.oura.subscriptions import EVENT_TYPES as OURA_EVENT_TYPES
 from ohx_dagster.providers.oura.subscriptions import SUBSCRIPTIONS as OURA_SUBSCRIPTIONS
 from ohx_dagster.providers.oura.subscriptions import ensure as ensure_oura_subscriptions
 from ohx_dagster.providers.oura.subscriptions import main
 from ohx_dagster.providers.registry import API_PROVIDERS
-from ohx_dagster.providers.subscription import SubscriptionSettings, recorded
 from ohx_dagster.receiver.app import create_app
-from ohx_dagster.receiver.connect import ConnectConfig
+from ohx_dagster.receiver.connect import ConnectConfig, connectable
 from ohx_dagster.receiver.serve import serve_in_thread
 from ohx_dagster.storage.store import RecordStore
 
@@ -305,7 +304,7 @@ def connect_receiver(
         oura=OuraSecrets("oura-client-secret", VERIFY), withings_token=withings_token
     )
     subscriptions = SubscriptionSettings(url, VERIFY, withings_token)
-    config = ConnectConfig(ConnectSettings.configured(providers.env()), subscriptions)
+    config = ConnectConfig(connectable(providers.env()), subscriptions)
     app = create_app(store, secrets, connect=config)
     TOKENS[url] = staff.add(store, STAFF, actor="test")
     with serve_in_thread(app, port=port) as served, httpx.Client(timeout=30) as http:

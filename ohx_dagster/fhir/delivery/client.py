@@ -29,7 +29,7 @@ from ohx_dagster.fhir.delivery.bundle import match_url, transaction
 from ohx_dagster.fhir.delivery.errors import DeliveryError
 from ohx_dagster.fhir.delivery.outbox import pending_query, referenced_match_urls
 from ohx_dagster.privacy import audit
-from ohx_dagster.providers.http import parse_retry_after
+from ohx_dagster.providers.api.http import parse_retry_after
 from ohx_dagster.storage.schema import fhir_outbox
 from ohx_dagster.storage.store import RecordStore
 

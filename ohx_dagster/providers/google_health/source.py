@@ -42,10 +42,10 @@ from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiSource, Sample, samples_batch
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.http import TokenSource, paginate
+from ohx_dagster.providers.api.source import ApiSource, Sample, samples_batch
 from ohx_dagster.providers.base import Event
-from ohx_dagster.providers.http import TokenSource, paginate
 
 NAME: Final = "google_health"
 MAX_PAGE_SIZE: Final = 10_000

@@ -8,10 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 from ohx_dagster.core.models import HealthDataType as T
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
-from ohx_dagster.providers.budget import RequestLimit
-from ohx_dagster.providers.http import IssuedToken
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.app import AuthorizeSpec, ProviderApp
+from ohx_dagster.providers.api.budget import RequestLimit
+from ohx_dagster.providers.api.http import IssuedToken
 from ohx_dagster.providers.oura import subscriptions
 from ohx_dagster.providers.oura.source import NAME, OuraSource
 

@@ -36,10 +36,10 @@ from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.errors import ProviderError
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiSource, Sample, offset_min, samples_batch
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.http import HttpStatusError, TokenSource, paginate
+from ohx_dagster.providers.api.source import ApiSource, Sample, offset_min, samples_batch
 from ohx_dagster.providers.base import Event
-from ohx_dagster.providers.http import HttpStatusError, TokenSource, paginate
 
 NAME: Final = "oura"
 DEVICE: Final = "oura-ring"

@@ -29,10 +29,10 @@ from ohx_dagster.config.providers import ApiSettings
 from ohx_dagster.config.settings import Settings
 from ohx_dagster.core.errors import ConfigError, ProviderError
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.app import ProviderApp
-from ohx_dagster.providers.http import ApiClient, decode_json, excerpt
-from ohx_dagster.providers.subscription import (
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.app import ProviderApp
+from ohx_dagster.providers.api.http import ApiClient, decode_json, excerpt
+from ohx_dagster.providers.api.subscription import (
     ACTIVE,
     CREATED,
     FAILED,

@@ -51,11 +51,11 @@ from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.models import HARD_LIMITS, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.models import HealthDataType as T
 from ohx_dagster.core.times import to_us
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiSettings, ApiSource, Sample, samples_batch
-from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.app import AuthorizeSpec, ProviderApp
+from ohx_dagster.providers.api.http import HttpStatusError, TokenSource
+from ohx_dagster.providers.api.source import ApiSettings, ApiSource, Sample, samples_batch
 from ohx_dagster.providers.base import Event, FetchResult, Windows
-from ohx_dagster.providers.http import HttpStatusError, TokenSource
 from ohx_dagster.providers.polar import accesslink_subscriptions as subscriptions
 from ohx_dagster.providers.polar.accesslink_webhook import EXERCISE, NAME
 from ohx_dagster.storage.store import RecordStore

@@ -45,11 +45,10 @@ from ohx_dagster.config.providers import ApiSettings
 from ohx_dagster.config.receiver import POLAR_ACCESSLINK_KEY
 from ohx_dagster.core.errors import ConfigError, ProviderError
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.budget import RequestBudget, RequestLimit
-from ohx_dagster.providers.http import ApiClient, HttpStatusError, decode_json, excerpt
-from ohx_dagster.providers.polar.accesslink_webhook import NAME, ROUTE
-from ohx_dagster.providers.subscription import (
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.budget import RequestBudget, RequestLimit
+from ohx_dagster.providers.api.http import ApiClient, HttpStatusError, decode_json, excerpt
+from ohx_dagster.providers.api.subscription import (
     ACTIVE,
     CREATED,
     FAILED,
@@ -59,7 +58,8 @@ from ohx_dagster.providers.subscription import (
     SubscriptionResult,
     SubscriptionSettings,
 )
-from ohx_dagster.providers.tokens import TokenStore, UserTokens, basic_credentials
+from ohx_dagster.providers.api.tokens import TokenStore, UserTokens, basic_credentials
+from ohx_dagster.providers.polar.accesslink_webhook import NAME, ROUTE
 from ohx_dagster.storage.store import RecordStore
 
 USERS: Final = "/v3/users"

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 from ohx_dagster.core.errors import ProviderError, RateLimited
 from ohx_dagster.core.models import HealthDataType
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.http import Budget, Refused, Unauthorized, excerpt
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.http import Budget, Refused, Unauthorized, excerpt
 
 NAME: Final = "withings"
 INVALID_TOKEN: Final = 401

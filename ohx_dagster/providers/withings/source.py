@@ -69,11 +69,11 @@ from ohx_dagster.core.errors import NeedsReauthorization, ProviderError, RateLim
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import concat, dedupe, make_batch
 from ohx_dagster.core.times import DAY_US, to_us
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.api import ApiSource, Sample, offset_min, samples_batch
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.budget import RequestBudget
+from ohx_dagster.providers.api.http import Refused, TokenSource, paginate
+from ohx_dagster.providers.api.source import ApiSource, Sample, offset_min, samples_batch
 from ohx_dagster.providers.base import Event, FetchResult, Windows
-from ohx_dagster.providers.budget import RequestBudget
-from ohx_dagster.providers.http import Refused, TokenSource, paginate
 from ohx_dagster.providers.withings.codes import APPLI, NAME, status_check
 
 MEASURE: Final = "/measure"

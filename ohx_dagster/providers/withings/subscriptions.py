@@ -14,10 +14,10 @@ from urllib.parse import quote
 
 from ohx_dagster.core.errors import OhxError
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.providers.api import ApiConnection, ApiSettings
-from ohx_dagster.providers.app import ProviderApp
-from ohx_dagster.providers.http import excerpt
-from ohx_dagster.providers.subscription import (
+from ohx_dagster.providers.api.app import ProviderApp
+from ohx_dagster.providers.api.http import excerpt
+from ohx_dagster.providers.api.source import ApiConnection, ApiSettings
+from ohx_dagster.providers.api.subscription import (
     CREATED,
     FAILED,
     SKIPPED,

@@ -24,11 +24,11 @@ from ohx_dagster.core.errors import NeedsReauthorization, ProviderError, RateLim
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import concat, dedupe, empty_batch, make_batch
 from ohx_dagster.core.times import from_us
-from ohx_dagster.providers.app import ProviderApp
+from ohx_dagster.providers.api.app import ProviderApp
+from ohx_dagster.providers.api.budget import RequestBudget
+from ohx_dagster.providers.api.http import ApiClient, Refused, TokenSource
+from ohx_dagster.providers.api.tokens import TokenStore, UserTokens
 from ohx_dagster.providers.base import Event, FetchResult, Windows, windows_from_moments
-from ohx_dagster.providers.budget import RequestBudget
-from ohx_dagster.providers.http import ApiClient, Refused, TokenSource
-from ohx_dagster.providers.tokens import TokenStore, UserTokens
 from ohx_dagster.storage.store import RecordStore
 
 
@@ -69,7 +69,7 @@ class ApiConnection:
 
 class ApiSource:
     """What the provider API sources share: a connection, no people of their own (people arrive
-    by connecting their account, see ohx_dagster/providers/connect.py), and per-type outcomes.
+    by connecting their account, see ohx_dagster/providers/api/connect.py), and per-type outcomes.
 
     `fetch_windows` reads type by type (`read`, one window at a time): a type the provider
     refuses (403) is recorded as refused, a type that fails otherwise as failed, and the other

@@ -50,8 +50,8 @@ from ohx_dagster.core.ids import check_provider_name, check_user_id
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import from_us, now_us, to_us
 from ohx_dagster.privacy import audit, identity, subjects
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.http import ApiClient, HttpStatusError, decode_json
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.http import ApiClient, HttpStatusError, decode_json
 from ohx_dagster.storage import db
 from ohx_dagster.storage.schema import oauth_tokens
 from ohx_dagster.storage.store import RecordStore
@@ -320,7 +320,7 @@ def _refresh_grant(
 
 
 class UserTokens:
-    """The `TokenSource` of one user of one provider (see ohx_dagster.providers.http)."""
+    """The `TokenSource` of one user of one provider (see ohx_dagster.providers.api.http)."""
 
     def __init__(
         self,

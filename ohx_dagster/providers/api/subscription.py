@@ -4,7 +4,7 @@ part: where providers call us back, the outcome of each attempt, and its record 
 there: Oura per application, Withings per person) and names that function as its ProviderApp's
 `after_connect`.
 
-After a person connects (ohx_dagster.providers.connect), `subscribe_after_connect` runs their
+After a person connects (ohx_dagster.providers.api.connect), `subscribe_after_connect` runs their
 provider's. A failure is logged and recorded, never raised: the connection stands, and the hourly
 schedule syncs the person anyway.
 
@@ -27,20 +27,20 @@ from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import from_us, now_us, to_us
 from ohx_dagster.privacy.identity import redact
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
-from ohx_dagster.providers.http import excerpt
+from ohx_dagster.providers.api.http import excerpt
 from ohx_dagster.storage.schema import webhook_subscriptions
 from ohx_dagster.storage.store import RecordStore
 
 if TYPE_CHECKING:
-    from ohx_dagster.providers.api import ApiSettings
-    from ohx_dagster.providers.app import ProviderApp
+    from ohx_dagster.providers.api.app import ProviderApp
+    from ohx_dagster.providers.api.source import ApiSettings
 
 RENEW_WITHIN: Final = timedelta(days=7)
 TIMEOUT_S: Final = 15.0
 
 CREATED, RENEWED, ACTIVE, FAILED, SKIPPED = "created", "renewed", "active", "failed", "skipped"
 
-log = logging.getLogger("ohx_dagster.providers.subscription")
+log = logging.getLogger("ohx_dagster.providers.api.subscription")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,13 @@
 """The HTTP side of every provider API source: one small client over httpx.
 
-- Bearer auth from a `TokenSource` (ohx_dagster.providers.tokens): on a 401 the source refreshes
+- Bearer auth from a `TokenSource` (ohx_dagster.providers.api.tokens): on a 401 the source refreshes
   once and the request is repeated once; a second 401 means the user must reconnect.
 - 5xx answers and connection errors (reset, refused, timeout) are retried with exponential backoff
   and jitter; when the attempts are used up they become a ProviderError.
 - 429, and 503 with a Retry-After, become RateLimited(provider, retry_after_s) at once: the sync
   turns that into a Dagster retry after Retry-After (seconds or an HTTP-date), instead of sleeping
   inside a run that holds one of the provider's concurrency slots. The application's shared
-  request budget (ohx_dagster.providers.budget) is told, so every other run stops calling too.
+  request budget (ohx_dagster.providers.api.budget) is told, so every other run stops calling too.
 - 403 becomes Refused: the provider will not serve this to us (a scope the person did not grant,
   an expired membership); the source records it per data type and the sync skips that type.
 - Every error names the provider, the endpoint, the status and a short excerpt of the body; the
@@ -79,7 +79,7 @@ class Refused(HttpStatusError, errors.Refused):
 
 
 class Budget(Protocol):
-    """The application's shared request allowance (ohx_dagster.providers.budget)."""
+    """The application's shared request allowance (ohx_dagster.providers.api.budget)."""
 
     def take(self) -> None:
         """Count one request, or raise RateLimited when none is left."""

@@ -16,10 +16,10 @@ Per provider, its folder's ProviderApp (ohx_dagster/providers/<name>/__init__.py
 authorization endpoint, the scopes asked, whether PKCE is used, and how the person's provider id
 is found after the code exchange (`find_user_id`).
 
-Token endpoints and client credentials are the API sources' (ohx_dagster.providers.api). The token
-answer is RFC 6749 5.1 JSON (errors: HTTP 400 {"error", "error_description"}), or wrapped as
-{"status": 0, "body": {...}} where the ProviderApp says so (Withings), an error being a non-zero
-status with an `error` text.
+Token endpoints and client credentials are the API sources'
+(ohx_dagster.providers.api.source). The token answer is RFC 6749 5.1 JSON (errors: HTTP 400
+{"error", "error_description"}), or wrapped as {"status": 0, "body": {...}} where the
+ProviderApp says so (Withings), an error being a non-zero status with an `error` text.
 
 Variables: OHX_OAUTH_REDIRECT_BASE (the receiver's public base URL; the callback, to register at
 each provider, is <base>/oauth/<provider>/callback) and OHX_<P>_AUTHORIZE_URL, read by
@@ -56,11 +56,10 @@ from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import to_us
 from ohx_dagster.privacy.identity import redact
 from ohx_dagster.privacy.subjects import erasure_salt, short, subject_hash
-from ohx_dagster.providers import payload
-from ohx_dagster.providers.app import AuthorizeSpec, ProviderApp
-from ohx_dagster.providers.http import ApiClient, excerpt
-from ohx_dagster.providers.registry import API_PROVIDERS
-from ohx_dagster.providers.tokens import (
+from ohx_dagster.providers.api import payload
+from ohx_dagster.providers.api.app import AuthorizeSpec, ProviderApp
+from ohx_dagster.providers.api.http import ApiClient, excerpt
+from ohx_dagster.providers.api.tokens import (
     OAuthTokens,
     basic_credentials,
     cipher_from_env,
@@ -72,7 +71,7 @@ from ohx_dagster.storage.store import RecordStore
 STATE_TTL: Final = timedelta(minutes=10)
 EXCHANGE_TIMEOUT_S: Final = 30.0
 
-log = logging.getLogger("ohx_dagster.providers.connect")
+log = logging.getLogger("ohx_dagster.providers.api.connect")
 # Called with the provider's settings and the registered user once a connection is stored (the
 # receiver subscribes the provider's webhooks there). It must not undo the connection: whatever
 # it raises is logged and swallowed.
@@ -98,13 +97,10 @@ class ConnectSettings:
         return self.api.provider
 
     @classmethod
-    def from_env(cls, provider: str, env: Mapping[str, str] | None = None) -> ConnectSettings:
+    def from_env(cls, app: ProviderApp, env: Mapping[str, str] | None = None) -> ConnectSettings:
         env = environment.resolve(env)
-        if provider not in API_PROVIDERS:
-            raise ConfigError(f"provider {provider!r}: expected one of {list(API_PROVIDERS)}")
         connection = ConnectionSettings.from_env(env)
-        redirect_uri = connection.redirect_uri(provider)
-        app = API_PROVIDERS[provider]
+        redirect_uri = connection.redirect_uri(app.name)
         spec = app.authorize
         url = connection.authorize_url(app.env_prefix, spec.authorize_url)
         return cls(
@@ -115,16 +111,6 @@ class ConnectSettings:
             redirect_uri=redirect_uri,
             app=app,
         )
-
-    @classmethod
-    def configured(cls, env: Mapping[str, str] | None = None) -> dict[str, ConnectSettings]:
-        """The providers whose OAuth client id and secret are set (the others cannot connect)."""
-        env = environment.resolve(env)
-        return {
-            provider: cls.from_env(provider, env)
-            for provider, app in API_PROVIDERS.items()
-            if ApiSettings.configured(app, env)
-        }
 
 
 def _hash(state: str) -> str:

@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ohx_dagster.core.models import HealthDataType
-from ohx_dagster.providers.budget import RequestLimit
+from ohx_dagster.providers.api.budget import RequestLimit
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ class AuthorizeSpec:
 # (api client, token answer body, access token) -> the provider's id of the person who consented.
 FindUserId = Callable[[Any, Mapping[str, Any], str], str]
 # (store, subscription settings, api settings, person, backoff_s=) -> subscription results: what
-# the provider needs subscribed once a person connected (ohx_dagster.providers.subscription).
+# the provider needs subscribed once a person connected (ohx_dagster.providers.api.subscription).
 AfterConnect = Callable[..., list[Any]]
 
 
