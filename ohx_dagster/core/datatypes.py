@@ -12,8 +12,8 @@ code reads its facts from this table, never spells them again:
 - how it aggregates: the statistic an aggregate leads with (a sum of steps, a mean of the rest)
   and the decimals it is published with; for readings, the difference under which two apps'
   readings a minute apart are one reading (ohx_dagster/publish/aggregate.py);
-- its FHIR face: LOINC code, UCUM display, observation category and the R5 profile it conforms
-  to (ohx_dagster/fhir/codes.py).
+- its FHIR face: its code (LOINC, or a code system of this project where LOINC has none), UCUM
+  display, observation category and the R5 profile it conforms to (ohx_dagster/fhir/codes.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ import numpy as np
 
 Convert = Callable[[np.ndarray], np.ndarray]
 
+LOINC_SYSTEM: Final = "http://loinc.org"
+# This project's code system for a measure LOINC has no code for (RMSSD).
+HRV_SYSTEM: Final = "urn:ohx:fhir:heart-rate-variability"
+
 
 class HealthDataType(StrEnum):
     HEART_RATE = "heart_rate"
@@ -39,6 +43,7 @@ class HealthDataType(StrEnum):
     SPO2 = "spo2"
     RESPIRATORY_RATE = "respiratory_rate"
     HRV_SDNN = "hrv_sdnn"
+    HRV_RMSSD = "hrv_rmssd"
 
     @property
     def canonical_unit(self) -> str:
@@ -59,13 +64,14 @@ class DataType:
     hard_limits: tuple[float, float]  # outside: cannot come from a working device
     plausible: tuple[float, float]  # outside: possible, rare enough that a person should look
     shape: Shape
-    loinc: tuple[str, str]  # (code, display)
+    code: tuple[str, str]  # (code, display) in `system`
     category: str  # observation-category code
     profile: str | None = None  # the R5 StructureDefinition it conforms to, by its last segment
     also_loinc: tuple[tuple[str, str], ...] = ()  # further codings the profile asks for
     decimals: int | None = None  # of a published statistic (None: never aggregated)
     headline: str = "mean"  # the statistic an aggregate leads with
     duplicate_tolerance: float | None = None  # readings: two apps' readings within are one
+    system: str = LOINC_SYSTEM  # of `code`
 
     @property
     def aggregated(self) -> bool:
@@ -99,7 +105,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(20.0, 300.0),
         plausible=(25.0, 230.0),
         shape=Shape.SERIES,
-        loinc=("8867-4", "Heart rate"),
+        code=("8867-4", "Heart rate"),
         category="vital-signs",
         profile="heartrate",
         decimals=1,
@@ -111,7 +117,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(0.0, 100_000.0),
         plausible=(0.0, 60_000.0),
         shape=Shape.SERIES,
-        loinc=("55423-8", "Number of steps in unspecified time Pedometer"),
+        code=("55423-8", "Number of steps in unspecified time Pedometer"),
         category="activity",
         decimals=1,
         headline="sum",  # a sum of counts; a mean of steps means little
@@ -125,7 +131,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(150.0, 3_000.0),
         plausible=(250.0, 2_400.0),
         shape=Shape.SERIES,
-        loinc=("8637-1", "R-R interval by EKG"),
+        code=("8637-1", "R-R interval by EKG"),
         category="vital-signs",
         decimals=1,
     ),
@@ -136,7 +142,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(-100_000.0, 100_000.0),
         plausible=(-20_000.0, 20_000.0),
         shape=Shape.WAVEFORM,
-        loinc=("11524-6", "EKG study"),
+        code=("11524-6", "EKG study"),
         category="procedure",
     ),
     T.BLOOD_PRESSURE: DataType(
@@ -146,7 +152,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(20.0, 300.0),
         plausible=(30.0, 260.0),
         shape=Shape.READING,
-        loinc=("85354-9", "Blood pressure panel with all children optional"),
+        code=("85354-9", "Blood pressure panel with all children optional"),
         category="vital-signs",
         profile="bp",
         decimals=1,
@@ -166,7 +172,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(0.5, 650.0),
         plausible=(1.0, 400.0),
         shape=Shape.READING,
-        loinc=("29463-7", "Body weight"),
+        code=("29463-7", "Body weight"),
         category="vital-signs",
         profile="bodyweight",
         decimals=2,
@@ -185,7 +191,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(25.0, 45.0),
         plausible=(30.0, 43.0),
         shape=Shape.READING,
-        loinc=("8310-5", "Body temperature"),
+        code=("8310-5", "Body temperature"),
         category="vital-signs",
         profile="bodytemp",
         decimals=2,
@@ -198,7 +204,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(50.0, 100.0),
         plausible=(70.0, 100.0),
         shape=Shape.READING,
-        loinc=("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
+        code=("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry"),
         category="vital-signs",
         profile="oxygensat",
         also_loinc=(("2708-6", "Oxygen saturation in Arterial blood"),),
@@ -214,7 +220,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(1.0, 150.0),
         plausible=(4.0, 60.0),
         shape=Shape.SERIES,
-        loinc=("9279-1", "Respiratory rate"),
+        code=("9279-1", "Respiratory rate"),
         category="vital-signs",
         profile="resprate",
         decimals=1,
@@ -229,10 +235,25 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         hard_limits=(0.0, 1_000.0),
         plausible=(3.0, 300.0),
         shape=Shape.READING,
-        loinc=("80404-7", "R-R interval.standard deviation (Heart rate variability)"),
+        code=("80404-7", "R-R interval.standard deviation (Heart rate variability)"),
         category="vital-signs",
         decimals=1,
         duplicate_tolerance=0.5,  # two apps' copies of one reading, rounded differently
+    ),
+    # The root mean square of successive beat-interval differences, which Oura and Fitbit report
+    # as HRV. LOINC has no code for it: this project's own code, never 80404-7 (that is SDNN).
+    T.HRV_RMSSD: DataType(
+        unit="ms",
+        unit_display="ms",
+        spellings={"ms": _same, "s": _times(1000.0)},
+        hard_limits=(0.0, 1_000.0),
+        plausible=(3.0, 300.0),
+        shape=Shape.READING,
+        code=("rmssd", "Heart rate variability, root mean square of successive RR differences"),
+        system=HRV_SYSTEM,
+        category="vital-signs",
+        decimals=1,
+        duplicate_tolerance=0.5,
     ),
 }
 

@@ -43,11 +43,12 @@ EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 
 # Types whose every record the provider dates with the offset it was taken at (each provider's
 # SOURCE.md): Google Health's readings (`sampleTime.utcOffset`, `interval.startUtcOffset`), Oura's
-# daily summaries (`timestamp` with its offset), Withings' getmeas measures (the answer's
-# `timezone`). Heart rate from Oura (UTC only) and Withings (intraday, no zone) is not here.
+# daily summaries and sleep HRV samples (`timestamp` with its offset), Withings' getmeas
+# measures (the answer's `timezone`). Heart rate from Oura (UTC only) and Withings (intraday, no
+# zone) is not here.
 RECORD_OFFSETS: Final[dict[str, frozenset[str]]] = {
     "google_health": frozenset({"heart_rate", "steps", "weight", "spo2"}),
-    "oura": frozenset({"steps", "spo2"}),
+    "oura": frozenset({"steps", "spo2", "hrv_rmssd"}),
     "withings": frozenset({"weight", "blood_pressure", "spo2", "temperature"}),
 }
 

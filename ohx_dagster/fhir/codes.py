@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from ohx_dagster.core.datatypes import DATA_TYPES, DataType, HealthDataType
+from ohx_dagster.core.datatypes import DATA_TYPES, LOINC_SYSTEM, DataType, HealthDataType
 
-LOINC: Final = "http://loinc.org"
+LOINC: Final = LOINC_SYSTEM
 UCUM: Final = "http://unitsofmeasure.org"
 OBSERVATION_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
 STATISTICS: Final = "http://hl7.org/fhir/observation-statistics"
@@ -52,7 +52,7 @@ class TypeCodes:
     also: tuple[Code, ...] = ()  # further codings a profile asks for (SpO2: 2708-6)
 
     def concept(self) -> dict[str, object]:
-        """Observation.code: the type's LOINC coding first, then any the profile requires."""
+        """Observation.code: the type's coding first, then any the profile requires."""
         return {
             "coding": [self.code.coding(), *(c.coding() for c in self.also)],
             "text": self.code.display,
@@ -64,7 +64,7 @@ _VS: Final = "http://hl7.org/fhir/StructureDefinition/"
 
 def _type_codes(facts: DataType) -> TypeCodes:
     return TypeCodes(
-        Code(LOINC, *facts.loinc),
+        Code(facts.system, *facts.code),
         facts.unit,
         facts.unit_display,
         facts.category,

@@ -8,7 +8,8 @@ Per user: heart rate every 1-5 s (everyone at `hr_hz`, OHX_SIMULATED_HR_HZ, when
 day/night rhythm and activity bouts, steps per minute during waking hours, a nightly 5-minute
 RR-interval session consistent with the heart rate, one 30 s ECG a day at 250-500 Hz with its heart
 rate, blood pressure twice a day, weight and temperature each morning, SpO2 hourly at night,
-respiratory rate every 5 minutes from midnight to 6, and the SDNN of the nightly RR session.
+respiratory rate every 5 minutes from midnight to 6, and the SDNN and RMSSD of the nightly RR
+session.
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ _MEASURED_AT: Final[dict[HealthDataType, Callable[[int], bool]]] = {
     HealthDataType.SPO2: lambda hour: hour < 6 or hour >= 23,
     HealthDataType.RESPIRATORY_RATE: lambda hour: hour < 6,
     HealthDataType.HRV_SDNN: lambda hour: hour == 3,
+    HealthDataType.HRV_RMSSD: lambda hour: hour == 3,
 }
 
 
@@ -344,14 +346,19 @@ class SimulatedSource:
                 device_id=watch,
             )
 
-        if kind is HealthDataType.HRV_SDNN:
-            # The SDNN of that night's RR session (drawn again from its own seed), at its end.
+        if kind in (HealthDataType.HRV_SDNN, HealthDataType.HRV_RMSSD):
+            # A statistic of that night's RR session (drawn again from its own seed), at its end:
+            # SDNN, or RMSSD (the root mean square of successive differences).
             rr_rng = _rng(self.seed, profile.user_id, HealthDataType.RR_INTERVALS.value, hour_us)
             session = _rr_session(profile, hour, rr_rng)
+            if kind is HealthDataType.HRV_SDNN:
+                value = float(session.std(ddof=1))
+            else:
+                value = float(np.sqrt(np.mean(np.diff(session.to_numpy()) ** 2)))
             return dict(
                 **common,
                 timestamps=[session.index[-1]],
-                values=[round(float(session.std(ddof=1)), 1)],
+                values=[round(value, 1)],
                 unit="ms",
                 device_id=watch,
             )

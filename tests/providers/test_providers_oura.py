@@ -20,7 +20,7 @@ from ohx_dagster.providers.api.source import ApiSettings
 from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.oura import APP, OuraSource
-from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, HEARTRATE
+from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, HEARTRATE, HRV, SLEEP
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.fetch import SyncFailed, sync_partition
@@ -63,11 +63,13 @@ class FakeOura:
         self.heart: list[dict] = []
         self.activity: list[dict] = []
         self.spo2: list[dict] = []
+        self.sleep: list[dict] = []
         self.documents: dict[str, dict] = {}
         self.refuse: set[str] = set()
         api.on(HEARTRATE, self._heart)
         api.on(DAILY_ACTIVITY, lambda call: self._daily(call, "daily_activity", self.activity))
         api.on(DAILY_SPO2, lambda call: self._daily(call, "daily_spo2", self.spo2))
+        api.on(SLEEP, lambda call: self._daily(call, "sleep", self.sleep))
 
     def _refused(self, name: str):
         if name in self.refuse:
@@ -176,6 +178,36 @@ def test_documented_pages_become_exact_records_with_their_context(api, oura, sto
     assert spo2["value"].tolist() == [96.5] and spo2["ts"].tolist() == [midnight]
     assert set(result.covered) == {"heart_rate", "steps", "spo2"}
     assert [c.query.get("next_token") for c in api.calls_to(HEARTRATE)] == [None, "page-2"]
+
+
+def test_a_nights_hrv_samples_become_rmssd_readings_at_their_own_times(api, oura, store) -> None:
+    """A sleep's `hrv` SampleModel: every non-null 5-minute item is an hrv_rmssd reading at
+    timestamp + i x interval with its own offset (+01:00 in Berlin's winter, +02:00 in summer),
+    in ms exactly as Oura gave it; a deleted sleep gives nothing. Published under this project's
+    RMSSD code, never LOINC 80404-7 (SDNN)."""
+    from ohx_dagster.core.times import to_us as micros
+    from ohx_dagster.fhir.measurements import measurement_observation
+
+    bedtime = datetime.combine(DAY, datetime.min.time(), tzinfo=USER.zone) + timedelta(hours=1)
+    night = {**documented("oura", "sleep"), "id": "night-1", "day": DAY.isoformat(),
+             "bedtime_start": stamp(bedtime), "bedtime_end": stamp(bedtime + timedelta(hours=6)),
+             "hrv": {"interval": 300.0, "items": [45.0, None, 51.5, 38.0],
+                     "timestamp": stamp(bedtime)}}  # fmt: skip
+    gone = {**night, "id": "night-2", "type": "deleted",
+            "hrv": {**night["hrv"], "items": [99.0]}}  # fmt: skip
+    oura.sleep = [night, gone]
+    window = (to_us(day_start(DAY) - timedelta(hours=2)), to_us(day_start(DAY) + timedelta(days=1)))
+    result = source_for(api, store).fetch_windows(USER, {HRV: [window]})
+    hrv = result.batch[result.batch["data_type"] == "hrv_rmssd"]
+    expected_at = [bedtime, bedtime + timedelta(minutes=10), bedtime + timedelta(minutes=15)]
+    assert hrv["ts"].tolist() == expected_at
+    assert hrv["value"].tolist() == [45.0, 51.5, 38.0] and set(hrv["unit"]) == {"ms"}
+    offset = int(bedtime.utcoffset().total_seconds() // 60)
+    assert set(hrv["utc_offset_min"]) == {offset}
+    row = hrv.iloc[0].to_dict() | {"ts_us": micros(hrv["ts"].iloc[0]), "diastolic": None}
+    coding = measurement_observation(row, USER)["code"]["coding"]
+    assert coding[0]["system"] == "urn:ohx:fhir:heart-rate-variability"
+    assert all(c["code"] != "80404-7" for c in coding)
 
 
 def test_a_refused_type_is_recorded_and_the_others_sync(api, oura, store) -> None:

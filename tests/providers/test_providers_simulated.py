@@ -157,3 +157,33 @@ def test_the_rate_setting_reaches_the_source_and_rejects_what_it_cannot_do() -> 
         with pytest.raises(ConfigError) as failed:
             Settings.from_env({"OHX_SIMULATED_HR_HZ": text})
         assert "OHX_SIMULATED_HR_HZ" in str(failed.value) and "\n" not in str(failed.value)
+
+
+def test_hrv_readings_are_the_sdnn_and_rmssd_of_the_nights_rr_session(day_of_data) -> None:
+    """Each night's two HRV readings are exactly the SDNN and the RMSSD of that night's stored RR
+    intervals, and the FHIR face keeps them apart: SDNN is LOINC 80404-7, RMSSD this project's
+    own code, never 80404-7."""
+    from ohx_dagster.core.models import HealthSyncConfig
+    from ohx_dagster.core.times import to_us
+    from ohx_dagster.fhir.measurements import measurement_observation
+
+    for user_id, person in day_of_data.groupby("user_id"):
+        rr = person[person["data_type"] == "rr_intervals"]["value"].to_numpy()
+        assert rr.size > 100, user_id
+        sdnn = person[person["data_type"] == "hrv_sdnn"]
+        rmssd = person[person["data_type"] == "hrv_rmssd"]
+        assert len(sdnn) == len(rmssd) == 1, user_id
+        assert sdnn["value"].iloc[0] == round(float(np.std(rr, ddof=1)), 1)
+        assert rmssd["value"].iloc[0] == round(float(np.sqrt(np.mean(np.diff(rr) ** 2))), 1)
+        assert sdnn["value"].iloc[0] != rmssd["value"].iloc[0]
+        config = HealthSyncConfig(user_id=str(user_id), provider="simulated", fhir_patient_id="p")
+        codings = {}
+        for row in (sdnn, rmssd):
+            record = row.iloc[0].to_dict() | {"ts_us": to_us(row["ts"].iloc[0]), "diastolic": None}
+            resource = measurement_observation(record, config)
+            codings[record["data_type"]] = resource["code"]["coding"]
+            assert resource["valueQuantity"]["code"] == "ms"
+        assert codings["hrv_sdnn"][0]["system"] == "http://loinc.org"
+        assert codings["hrv_sdnn"][0]["code"] == "80404-7"
+        assert all(c["code"] != "80404-7" for c in codings["hrv_rmssd"])
+        assert codings["hrv_rmssd"][0]["system"] == "urn:ohx:fhir:heart-rate-variability"

@@ -138,7 +138,7 @@ def test_round_trip_series_and_measurements_equal_the_store(simulated) -> None:
     records = records.assign(ts_us=records["ts"].dt.as_unit("us").astype("int64"))
     patients = {f"Patient/{c.fhir_patient_id}": c.user_id for c in configs.values()}
     # LOINC code -> type, from the table of data types (ECG is a recording, not compared here).
-    type_of = {facts.loinc[0]: kind.value for kind, facts in DATA_TYPES.items()}
+    type_of = {facts.code[0]: kind.value for kind, facts in DATA_TYPES.items()}
     seen: Counter[str] = Counter()
     for resource in resources:
         if resource["resourceType"] != "Observation":

@@ -38,7 +38,7 @@ APP = ProviderApp(
         "https://cloud.ouraring.com/oauth/authorize",
         ("personal", "daily", "heartrate", "workout", "session", "spo2Daily"),
     ),
-    supported_types=frozenset({T.HEART_RATE, T.STEPS, T.SPO2}),
+    supported_types=frozenset({T.HEART_RATE, T.STEPS, T.SPO2, T.HRV_RMSSD}),
     # The ring uploads when the app opens, often the next morning.
     resync_horizon=timedelta(hours=48),
     request_limit=RequestLimit(5_000, 300.0),

@@ -9,6 +9,12 @@
 - spo2 <- daily_spo2 (start_date, end_date): `spo2_percentage.average` of the night, stamped at
   local midnight of `day` in the person's zone, duration 86400 s; a null aggregate (documented
   as nullable: no reading that night) is skipped.
+- hrv_rmssd <- sleep (start_date, end_date): each 5-minute sample of a sleep period's `hrv`
+  (`SampleModel`: `timestamp` of the first, `interval` seconds, `items`, null where no reading),
+  at timestamp + i x interval with its offset. Oura computes HRV as rMSSD (its support article
+  "Heart Rate Variability": "Oura calculates your nighttime HRV using rMSSD ... five-minute
+  samples"), so it is stored as RMSSD, never as SDNN. A deleted sleep, or one without `hrv`, has
+  none.
 
 Oura has no per-interval steps (daily_activity's `class_5_min` is an activity class, not a
 count), no weight, blood pressure or body temperature. Every collection pages with `next_token`;
@@ -47,14 +53,16 @@ COLLECTION: Final = "/v2/usercollection"
 HEARTRATE: Final = f"{COLLECTION}/heartrate"
 DAILY_ACTIVITY: Final = f"{COLLECTION}/daily_activity"
 DAILY_SPO2: Final = f"{COLLECTION}/daily_spo2"
+SLEEP: Final = f"{COLLECTION}/sleep"
 DAY_S: Final = 86_400.0
 # How far back a deletion (or a document that is gone) is looked for.
 DELETE_REACH: Final = timedelta(days=7)
 
 HR, STEPS, SPO2 = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.SPO2
+HRV = HealthDataType.HRV_RMSSD
 # The data types a notification's document bears on.
 DOCUMENT_TYPES: Final[dict[str, tuple[HealthDataType, ...]]] = {
-    "sleep": (HR, SPO2),
+    "sleep": (HR, SPO2, HRV),
     "daily_activity": (STEPS,),
     "daily_spo2": (SPO2,),
     "workout": (HR,),
@@ -88,6 +96,8 @@ class OuraSource(ApiSource):
             return self._steps(user, window, auth)
         if kind is SPO2:
             return self._spo2(user, window, auth)
+        if kind is HRV:
+            return self._hrv(user, window, auth)
         return super().read(user, kind, window, auth)
 
     def _heart_rate(self, user: HealthSyncConfig, window: DateRange, auth: TokenSource):
@@ -138,6 +148,24 @@ class OuraSource(ApiSource):
                 samples.append(Sample(moment, average, offset_min(moment), DAY_S, DEVICE))
         return samples_batch(NAME, user.user_id, SPO2, "%", samples)
 
+    def _hrv(self, user: HealthSyncConfig, window: DateRange, auth: TokenSource):
+        samples = []
+        for at, row in self._daily(SLEEP, window, user, auth):
+            series = row.get("hrv")
+            if row.get("type") == "deleted" or series is None:
+                continue
+            where = f"{at} hrv"
+            start = payload.instant(series, "timestamp", where)
+            step = timedelta(seconds=payload.number(series, "interval", where))
+            for index, item in enumerate(payload.items(series, "items", where)):
+                if item is None:
+                    continue  # no reading in that interval
+                value = payload.number({"item": item}, "item", f"{where} items[{index}]")
+                moment = start + index * step
+                if window.contains(moment):
+                    samples.append(Sample(moment, value, offset_min(moment), None, DEVICE))
+        return samples_batch(NAME, user.user_id, HRV, "ms", samples)
+
     # -- notifications ---------------------------------------------------------------------------
 
     def event_windows(
@@ -187,6 +215,7 @@ class OuraSource(ApiSource):
             return {
                 HR: (to_us(start), to_us(end) + 1),
                 SPO2: _local_day(_day(document, where), user),
+                HRV: (to_us(start), to_us(end) + 1),
             }
         if document_type in ("workout", "session"):
             start = payload.instant(document, "start_datetime", where)
