@@ -13,6 +13,7 @@
 | push | push.py | a push run in a partition of 50 | the same in one of 1 | <= 1.5x |
 | history | history.py | 10 people x 30 days, week-long runs | a run with no work | < 10 min |
 | sweep | chain.py | throughput at 1, 5, 10, 25, 50 people | - | the plot |
+| process | process.py | an empty run as a process (`dagster job execute`) | `import dagster` as a process | <= 1.5x |
 
 Nothing here asserts: the report says which targets are met.
 """
@@ -31,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import chain, history, ingest, push
+from bench import chain, history, ingest, process, push
 from bench.common import REPO
 
 BENCH = REPO / "bench"
@@ -244,6 +245,8 @@ def report(results: dict[str, Any]) -> str:
                 _met(push_result["ratio"] <= 1.5),
             )
         )
+    if results.get("process"):
+        rows += process.rows(results["process"])
     h = results.get("history")
     if h:
         scaled = h["users"] * h["days"] < 300
@@ -353,7 +356,9 @@ HOW = [
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="", help="comma-separated: ingest,chain,push,history")
+    parser.add_argument(
+        "--only", default="", help="comma-separated: ingest,chain,push,history,process"
+    )
     parser.add_argument(
         "--report-only", action="store_true", help="REPORT.md again from bench/results.json"
     )
@@ -372,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         "chain",
         "push",
         "history",
+        "process",
     }
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -394,6 +400,9 @@ def main(argv: list[str] | None = None) -> None:
         days = args.history_days
         print(f"history: 10 people x {days} days through Dagster runs", flush=True)
         results["history"] = history.run(10, days)
+    if "process" in wanted:  # after the chain: its children's peak RSS is the chain's own
+        print("process: an empty run and the definitions as processes, against import dagster")
+        results["process"] = process.run()
     results["load_end"] = list(os.getloadavg())
     results["elapsed_s"] = time.perf_counter() - started
     results["children_maxrss_kib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
