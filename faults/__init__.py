@@ -7,7 +7,7 @@ the simulated provider, and local HTTP servers answering Oura's and Withings' do
 Each scenario injects its fault, lets the product recover the way it does by itself (a Dagster
 retry, the next scheduled run, the republish and new-user sensors), then compares what the
 provider holds with what the store holds and what the published FHIR says: `scripts/faults`
-prints the table, tests/faults/test_faults.py asserts it. docs/sync.md explains each row.
+prints the table, tests/fault_suite/test_faults.py asserts it. docs/sync.md explains each row.
 """
 
 import sys
