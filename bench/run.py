@@ -13,7 +13,7 @@
 | push | push.py | a push run in a partition of 50 | the same in one of 1 | <= 1.5x |
 | history | history.py | 10 people x 30 days, week-long runs | a run with no work | < 10 min |
 | sweep | chain.py | throughput at 1, 5, 10, 25, 50 people | - | the plot |
-| process | process.py | an empty run as a process (`dagster job execute`) | `import dagster` as a process | <= 1.5x |
+| process | process.py | an empty run as its own process | `import dagster` as one | <= 1.5x |
 
 Nothing here asserts: the report says which targets are met.
 """

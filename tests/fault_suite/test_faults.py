@@ -76,8 +76,8 @@ def write_points(backend: Backend, root: Path) -> list[str]:
 def test_crash_just_before_and_just_after_every_commit(tmp_path: Path) -> None:
     """A transaction boundary is where a split write would show: the run dies as it commits
     (rolled back) or right after (committed, the next write never happens). Every commit of
-    the run, sync and publish. (tests/fault_suite/test_invariants.py draws any write point at random;
-    scripts/faults runs every one.)"""
+    the run, sync and publish. (tests/fault_suite/test_invariants.py draws any write point at
+    random; scripts/faults runs every one.)"""
     seen = write_points(SQLite(), tmp_path)
     commits = [n for n, point in enumerate(seen, start=1) if point == "COMMIT"]
     points = sorted({p for n in commits for p in (n, n + 1) if p <= len(seen)})
