@@ -9,13 +9,16 @@ clock mark, so runs of any days in any order, or at the same time, never skip da
 | partition | the UTC day, up to now | the whole goal, covered or not (asked for by hand) |
 | initial | the day from the person's history start | the goal's gaps |
 | incremental | the day from the history start | gaps; today's run also the trailing horizon |
-| push | as incremental | as incremental, plus every window the notifications name |
+| push | as incremental | gaps, and every window the notifications name (never the horizon) |
 | close | the person's local calendar day | gaps, and the trailing horizon before now |
 | refresh | none | nothing: publish what changed (late data, a status turning final) |
 
 The trailing re-sync horizon (per provider, providers/registry.py) is re-read by today's
-incremental and push runs and by a daily person's close run (their only run of the day), across
-midnight: uploads that reach the provider late land without a run for each day they belong to.
+incremental run and by a daily person's close run (their only run of the day), across midnight:
+uploads that reach the provider late land without a run for each day they belong to. A push does
+not re-read it: a notification names what changed, and a realtime person's hourly incremental run
+re-reads the horizon, so a push pays for its new data only (issue 21: an hour re-read for each
+one-minute event was 60 times the work).
 
 A person's history starts `lookback_days` before they connected and never before their retention
 period (ohx_dagster.storage.store.history_start). Windows may reach beyond the partition day (the
@@ -122,7 +125,7 @@ def plan_windows(
             else:
                 windows += cov.gaps(target, covered.get(data_type.value, ()))
             owns_horizon = kind is SyncStrategy.CLOSE or (
-                kind in (SyncStrategy.INCREMENTAL, SyncStrategy.PUSH) and today
+                kind is SyncStrategy.INCREMENTAL and today
             )
             if owns_horizon and horizon:
                 # Today's run (and a daily person's close, their only run of the day) owns the

@@ -84,6 +84,24 @@ def test_push_reads_what_the_notification_announced_wherever_it_falls() -> None:
     ) == normalize([night, hole])
 
 
+def test_push_pays_for_new_data_only_never_the_horizon() -> None:
+    """A realtime person's push a minute after the last one reads that minute and what the
+    notification names; the horizon is the hourly incremental run's (issue 21)."""
+    last = NOW - timedelta(minutes=1)
+    covered = [(to_us(HISTORY), to_us(last))]
+    assert plan("push", TODAY, covered=covered, horizon=timedelta(hours=48)) == [
+        (to_us(last), to_us(NOW))
+    ]
+    late = (to_us(NOW - timedelta(hours=30)), to_us(NOW - timedelta(hours=29)))
+    assert plan(
+        "push", TODAY, covered=covered, horizon=timedelta(hours=48), announced={HR: [late]}
+    ) == [late, (to_us(last), to_us(NOW))]
+    # The incremental run of the same moment re-reads the horizon.
+    assert plan("incremental", TODAY, covered=covered, horizon=timedelta(hours=48)) == [
+        (to_us(NOW - timedelta(hours=48)), to_us(NOW))
+    ]
+
+
 def test_initial_starts_at_the_persons_history() -> None:
     edge = HISTORY.date()
     _, end = day_span(edge)
