@@ -386,7 +386,8 @@ class World:
     def dispatch(self) -> list[Run]:
         """The webhook sensor's tick, and the push runs it asks for."""
         from assets.health import events_of
-        from sensors.webhooks import BATCH_LIMIT, plan_dispatch, run_request_for
+        from ohx_dagster.sync.dispatch import plan_dispatch
+        from sensors.webhooks import BATCH_LIMIT, run_request_for
 
         inbox = Inbox(self.store)
         events = inbox.for_sensor(self.inbox_cursor, BATCH_LIMIT)

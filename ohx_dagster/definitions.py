@@ -73,7 +73,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             *([oura_subscriptions_schedule] if uses_oura else []),
         ],
         sensors=[
-            build_webhook_sensor(sync_job, live, settings.partitions_start),
+            # OHX_REALTIME=worker: the realtime worker (ohx-realtime) answers webhooks instead.
+            *(
+                [build_webhook_sensor(sync_job, live, settings.partitions_start)]
+                if settings.realtime == "runs"
+                else []
+            ),
             build_republish_sensor(sync_job, sharding, settings.partitions_start),
             build_new_user_sensor(sync_assets, partitions, live, settings.partitions_start),
         ],

@@ -41,6 +41,7 @@ The sync's settings:
 | OHX_APPLE_HEALTH_EXPORT | (unset) | Apple Health export.xml or export.zip, source "apple_health" |
 | OHX_APPLE_HEALTH_USER | export's folder name | user id of that export |
 | OHX_EARLIEST_SAMPLE_DATE | 2000-01-01 | exports: samples before it or after tomorrow refused |
+| OHX_REALTIME | runs | who answers webhooks: `runs` (the webhook sensor's runs) or `worker` (`ohx-realtime`) |
 
 The source names and the default re-sync horizons are the provider registry's: the composition
 roots pass them in (`Settings.from_env(catalog=CATALOG)`, ohx_dagster/providers/registry.py),
@@ -113,6 +114,10 @@ class Settings(Redacted):
     # 2000, and a sample from 1900 or 9999 is a broken clock or a forged file: kept, it would
     # make an import span (and sync) every day between it and the real data.
     earliest_sample: date = date(2000, 1, 1)
+    # OHX_REALTIME: `runs`, the webhook sensor launches a push run per partition and tick; `worker`,
+    # the long-lived `ohx-realtime` process answers them in batches (ohx_dagster/realtime/) and the
+    # webhook sensor is not defined, so no event is answered twice.
+    realtime: str = "runs"
 
     # The environment these settings were read from: the sections below are parsed from it.
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -274,6 +279,7 @@ class Settings(Redacted):
             max_lag_overrides=_per_source_seconds(env, "OHX_MAX_SYNC_LAG", minimum=1, known=known),
             earliest_sample=earliest_sample_date(env),
             audit_retention=audit_retention(env),
+            realtime=_choice(env, "OHX_REALTIME", REALTIME_MODES),
             env=dict(env),
             catalog=catalog,
         )
@@ -302,6 +308,17 @@ def _zone(env: Mapping[str, str], name: str) -> str:
         HealthSyncConfig(user_id="-", provider="-", timezone=text)
     except ValueError:
         raise ConfigError(f"{name}={text!r}: expected an IANA zone, e.g. Europe/Paris") from None
+    return text
+
+
+REALTIME_MODES = ("runs", "worker")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (the first when unset)."""
+    text = (env.get(name) or choices[0]).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{name}={text!r}: expected one of {', '.join(choices)}")
     return text
 
 
