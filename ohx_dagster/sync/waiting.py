@@ -110,6 +110,10 @@ def settle(
     for kind, windows in (announced or {}).items():
         for start, end in normalize((s, min(e, now_us)) for s, e in windows):
             fresh = Waiting(kind.value, start, end, now_us, now_us, tries=0)
+            # The answer holds data of the window: nothing waits (and the store is not read:
+            # a realtime push answers with data, and that read cost more than its commit).
+            if _answered(batch, kind.value, start, end):
+                continue
             if _asked(covered, fresh) and not stored(kind.value, start, end):
                 items.append(fresh)
     kept: list[Waiting] = []
