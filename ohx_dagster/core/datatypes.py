@@ -44,6 +44,8 @@ class HealthDataType(StrEnum):
     RESPIRATORY_RATE = "respiratory_rate"
     HRV_SDNN = "hrv_sdnn"
     HRV_RMSSD = "hrv_rmssd"
+    INTERSTITIAL_GLUCOSE = "interstitial_glucose"
+    BLOOD_GLUCOSE = "blood_glucose"
 
     @property
     def canonical_unit(self) -> str:
@@ -95,6 +97,9 @@ def _kelvin(values: np.ndarray) -> np.ndarray:
 
 
 _POUND: Final = 0.45359237
+# mg/dL per mmol/L of glucose: its molar mass, 180.156 g/mol, in mg/dL per mmol/L. The exact factor,
+# not the 18 meters round to: mmol/L readings land within 0.001 mg/dL of their mg/dL twins.
+GLUCOSE_MG_DL_PER_MMOL_L: Final = 18.0156
 
 T = HealthDataType
 DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
@@ -253,6 +258,45 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         system=HRV_SYSTEM,
         category="vital-signs",
         decimals=1,
+        duplicate_tolerance=0.5,
+    ),
+    # Glucose from a continuous monitor: a reading of interstitial fluid every 5 minutes, as the
+    # CGM IG (hl7.fhir.uv.cgm 1.0.0) codes its sensor readings (99504-3, mg/dL; category
+    # laboratory). CGMs report 40..400 mg/dL; beyond, "low" or "high", not a number.
+    T.INTERSTITIAL_GLUCOSE: DataType(
+        unit="mg/dL",
+        unit_display="mg/dL",
+        spellings={
+            "mg/dL": _same,
+            "mg/dl": _same,
+            "mmol/L": _times(GLUCOSE_MG_DL_PER_MMOL_L),
+            "mmol/l": _times(GLUCOSE_MG_DL_PER_MMOL_L),
+        },
+        hard_limits=(10.0, 1_000.0),
+        plausible=(40.0, 400.0),
+        shape=Shape.SERIES,
+        code=("99504-3", "Glucose [Mass/volume] in Interstitial fluid"),
+        category="laboratory",
+        decimals=0,
+    ),
+    # Glucose in blood from a meter (a finger stick) or typed in: one reading each. 2339-0 is
+    # blood glucose whatever the method (US Core's example codes a meter's reading with it).
+    # Meters read up to 600 mg/dL; a hyperglycaemic crisis can exceed that.
+    T.BLOOD_GLUCOSE: DataType(
+        unit="mg/dL",
+        unit_display="mg/dL",
+        spellings={
+            "mg/dL": _same,
+            "mg/dl": _same,
+            "mmol/L": _times(GLUCOSE_MG_DL_PER_MMOL_L),
+            "mmol/l": _times(GLUCOSE_MG_DL_PER_MMOL_L),
+        },
+        hard_limits=(10.0, 2_000.0),
+        plausible=(20.0, 600.0),
+        shape=Shape.READING,
+        code=("2339-0", "Glucose [Mass/volume] in Blood"),
+        category="laboratory",
+        decimals=0,
         duplicate_tolerance=0.5,
     ),
 }

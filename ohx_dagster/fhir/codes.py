@@ -119,6 +119,7 @@ CATEGORY_DISPLAY: Final[dict[str, str]] = {
     "vital-signs": "Vital Signs",
     "activity": "Activity",
     "procedure": "Procedure",
+    "laboratory": "Laboratory",
 }
 
 

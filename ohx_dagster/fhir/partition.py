@@ -12,6 +12,8 @@ lived, 23 to 25 hours, in the zone they lived it in):
   preference, each `derivedFrom` every series and measurement it summarises;
 - resting heart rate of their local day (LOINC 40443-4), from the heart rate the provider says
   was taken at rest or asleep, when it says so (Oura's `source`);
+- CGM summaries of their local day and of the 14 days ending with it, when they wore a CGM that
+  day (ohx_dagster/fhir/cgm.py);
 - ECG: waveform Observation + DiagnosticReport linking the heart rate and RR recorded with it;
 - a Device for each device of theirs a resource names, with the DeviceAssociation to them;
 - a Provenance naming every resource above, the source, the Dagster run and this software.
@@ -39,6 +41,7 @@ from ohx_dagster.core.localdays import Calendar, own_day_bounds
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import row_dicts
 from ohx_dagster.core.times import HOUR_US, utc_day
+from ohx_dagster.fhir.cgm import cgm_summaries
 from ohx_dagster.fhir.common import device, is_clinical_patient, patient, reference
 from ohx_dagster.fhir.ecg import ecg_reports
 from ohx_dagster.fhir.measurements import (
@@ -73,6 +76,8 @@ class BucketData:
     configs: Mapping[str, HealthSyncConfig]
     chunks: Sequence[Chunk]
     sparse: pd.DataFrame  # measurements and ECG recordings
+    # CGM readings of the 13 days before the read window: the 14-day summary's (fhir/cgm.py).
+    history: Sequence[Chunk] = ()
 
     def without_ambiguous(self) -> BucketData:
         """The data minus readings that may belong to someone else (unless published by choice)."""
@@ -88,7 +93,7 @@ class BucketData:
         sparse = self.sparse
         if not sparse.empty:
             sparse = sparse[sparse["method"] != AMBIGUOUS].reset_index(drop=True)
-        return BucketData(self.provider, self.day, self.configs, chunks, sparse)
+        return BucketData(self.provider, self.day, self.configs, chunks, sparse, self.history)
 
     def calendars(self) -> dict[str, Calendar]:
         return {u: Calendar.of(c) for u, c in self.configs.items()}
@@ -242,6 +247,7 @@ def bucket_resources(
     add(aggregate_observations(hourly, configs, index.derived_from, statuses))
     add(aggregate_observations(daily, configs, index.derived_from, statuses))
     add(resting)
+    add(cgm_summaries(data, statuses))
     published: list[dict[str, Any]] = []
     for user_id, resources in sorted(by_person.items()):
         config = configs[user_id]

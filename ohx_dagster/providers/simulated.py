@@ -143,7 +143,21 @@ _MEASURED_AT: Final[dict[HealthDataType, Callable[[int], bool]]] = {
     HealthDataType.RESPIRATORY_RATE: lambda hour: hour < 6,
     HealthDataType.HRV_SDNN: lambda hour: hour == 3,
     HealthDataType.HRV_RMSSD: lambda hour: hour == 3,
+    HealthDataType.INTERSTITIAL_GLUCOSE: lambda hour: True,
+    HealthDataType.BLOOD_GLUCOSE: lambda hour: hour in (7, 19),
 }
+# Local hours of the simulated meals: glucose rises after each and falls back within hours.
+_MEALS: Final = (7.5, 12.5, 18.5)
+
+
+def _glucose_at(local_hour: np.ndarray) -> np.ndarray:
+    """mg/dL, without noise: fasting 95, a rise of 45 peaking 45 minutes after each meal and
+    gone three hours later (a smooth function of the local time, so hours join up)."""
+    level = np.full(local_hour.shape, 95.0)
+    for meal in _MEALS:
+        since = (local_hour - meal) % 24.0
+        level += 45.0 * (since / 0.75) * np.exp(1.0 - since / 0.75) * (since < 4.0)
+    return level
 
 
 def _rr_session(profile: SimulatedProfile, hour: datetime, rng: np.random.Generator) -> pd.Series:
@@ -368,6 +382,31 @@ class SimulatedSource:
             stamps = pd.date_range(hour, periods=12, freq="5min")
             values = np.clip(rng.normal(14.5, 1.2, 12), 8, 24).round(1)
             return dict(**common, timestamps=stamps, values=values, unit="/min", device_id=watch)
+
+        if kind is HealthDataType.INTERSTITIAL_GLUCOSE:
+            # A CGM's reading every 5 minutes, whole mg/dL as sensors report them.
+            stamps = pd.date_range(hour, periods=12, freq="5min")
+            level = _glucose_at(_local_hours(profile, stamps))
+            values = np.clip(level + rng.normal(0.0, 4.0, 12), 40, 400).round(0)
+            return dict(
+                **common,
+                timestamps=stamps,
+                values=values,
+                unit="mg/dL",
+                device_id=f"sim-cgm-{profile.user_id}",
+            )
+
+        if kind is HealthDataType.BLOOD_GLUCOSE:
+            # A finger stick before breakfast (7:20) and after dinner (19:20), read by a meter.
+            stamp = pd.DatetimeIndex([pd.Timestamp(hour) + pd.Timedelta(minutes=20)])
+            level = _glucose_at(_local_hours(profile, stamp))[0]
+            return dict(
+                **common,
+                timestamps=stamp,
+                values=[round(float(level + rng.normal(0.0, 6.0)))],
+                unit="mg/dL",
+                device_id=f"sim-meter-{profile.user_id}",
+            )
 
         if kind is HealthDataType.ECG:
             if local_hour != 9:

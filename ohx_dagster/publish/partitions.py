@@ -42,8 +42,9 @@ import sqlalchemy as sa
 
 from ohx_dagster.core import coverage as cov
 from ohx_dagster.core.localdays import EPOCH_ORDINAL, MINUTE_US, Calendar
-from ohx_dagster.core.models import AggregationLevel, HealthSyncConfig
+from ohx_dagster.core.models import AggregationLevel, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import DAY_US, HOUR_US, from_us, iso_us, now_us, to_us, utc_day
+from ohx_dagster.fhir.cgm import PERIODS as CGM_PERIODS
 from ohx_dagster.fhir.common import (
     entered_in_error,
     is_clinical_patient,
@@ -62,6 +63,7 @@ from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.shards import Shard
 
 FILE_BUCKETS: Final = 64
+CGM_DAYS: Final = max(CGM_PERIODS)
 WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
 WITHDRAWN_TYPES: Final = WITHDRAWABLE | {"DeviceAssociation"}
 
@@ -255,7 +257,12 @@ def _read_bucket(
         versions = store.day_versions(conn, provider, day, configs)
         found = record_tables.read_chunks(conn, provider, start, end, user_ids=configs)
         sparse = record_tables.read_measurements(conn, provider, start, end, user_ids=configs)
-    return BucketData(provider, day, configs, found, sparse), versions
+        # The 14-day CGM summary's earlier days (one small read: 288 readings a day).
+        history = record_tables.read_chunks(
+            conn, provider, start - (CGM_DAYS - 1) * DAY_US, start, user_ids=configs,
+            data_types=[HealthDataType.INTERSTITIAL_GLUCOSE.value],
+        )  # fmt: skip
+    return BucketData(provider, day, configs, found, sparse, history), versions
 
 
 def _withdrawn(

@@ -558,7 +558,8 @@ def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> N
         r"heart_rate\s+│\s+2,177\s",
         r"steps\s+│\s+3,980\s",
         r"weight\s+│\s+40\s",
-        r"total\s+│\s+6,197\s",
+        r"blood_glucose\s+│\s+35\s",
+        r"total\s+│\s+6,232\s",
         r"HKQuantityTypeIdentifierDistanceWalkingRunning\s+│\s+3,556 │ not a data type this",
         r"HKQuantityTypeIdentifierHeartRateVariabilitySDNN|Workout\s+│\s+61 │",
     ):
@@ -566,14 +567,17 @@ def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> N
     assert "│ ExportDate " not in out and "│ Me " not in out  # the export's own metadata
     store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
     everything = DateRange(datetime(2017, 1, 1, tzinfo=UTC), datetime(2018, 1, 1, tzinfo=UTC))
-    assert len(store.read_records("apple_health", everything)) == 6197
+    assert len(store.read_records("apple_health", everything)) == 6232
     assert store.unpublished_days("apple_health") == {}  # every day published by the import
     assert (home / "fhir" / "2017-11-06" / "apple_health" / "manifest.json").is_file()
     # The same file again changes nothing; without --verbose, the summary in a few lines.
     again = ohx("import", "apple-health", str(export))
     assert again.exit_code == 0, again.output
     assert "0 days changed" in again.stdout and "Nothing changed" in again.stdout
-    assert "Records: 6,197 (heart_rate 2,177, steps 3,980, weight 40)." in again.stdout
+    assert (
+        "Records: 6,232 (blood_glucose 35 of which 2 implausible (kept), heart_rate 2,177, "
+        "steps 3,980, weight 40)." in again.stdout
+    )
     assert "this product does not sync: --verbose lists them and why." in again.stdout
     assert "│" not in again.stdout and len(again.stdout.splitlines()) <= 8
     # The zip the Health app shares, for another person in another zone.
@@ -584,7 +588,7 @@ def test_import_apple_health(home: Path, shared_data: Path, tmp_path: Path) -> N
     assert other.exit_code == 0, other.output
     person = store.person("apple_health", "bob")
     assert person is not None and person.config.timezone == "UTC"
-    assert len(store.read_records("apple_health", everything, user_ids=["bob"])) == 6197
+    assert len(store.read_records("apple_health", everything, user_ids=["bob"])) == 6232
     store.dispose()
 
 

@@ -39,6 +39,10 @@ def test_every_type_has_one_canonical_unit_that_converts_to_itself() -> None:
         ("heart_rate", "bpm", [60.0], [60.0]),
         ("heart_rate", "count/min", [72.0], [72.0]),
         ("steps", "{steps}", [1234.0], [1234.0]),
+        # Glucose: 1 mmol/L is 18.0156 mg/dL (its molar mass, 180.156 g/mol), not a meter's 18.
+        ("interstitial_glucose", "mmol/L", [5.5, 10.0], [99.0858, 180.156]),
+        ("interstitial_glucose", "mg/dl", [120.0], [120.0]),
+        ("blood_glucose", "mmol/l", [3.9], [70.26084]),
     ],
 )
 def test_provider_units_convert_to_canonical(

@@ -35,12 +35,19 @@ from ohx_dagster.providers.apple_health.zone import zone_offsets
 from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
 from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.sync.quality import implausible_values
 
-RAW_UNITS = {"heart_rate": "count/min", "steps": "count", "weight": "kg"}
+RAW_UNITS = {
+    "heart_rate": "count/min",
+    "steps": "count",
+    "weight": "kg",
+    "blood_glucose": "mg/dL",
+}
 MAPPED = {
     "HKQuantityTypeIdentifierHeartRate": "heart_rate",
     "HKQuantityTypeIdentifierStepCount": "steps",
     "HKQuantityTypeIdentifierBodyMass": "weight",
+    "HKQuantityTypeIdentifierBloodGlucose": "blood_glucose",
 }
 ATTRIBUTE = re.compile(r'(\w+)="([^"]*)"')
 
@@ -127,13 +134,41 @@ def test_records_carry_the_raw_values_units_and_offsets(
         row = records.loc[(kind, pd.Timestamp(start).tz_convert("UTC"), device)]
         assert row["value"] == float(attributes["value"])
         assert row["utc_offset_min"] == start.utcoffset().total_seconds() / 60 == 120
-        assert row["unit"] == {"heart_rate": "/min", "steps": "1", "weight": "kg"}[kind]
+        assert (
+            row["unit"]
+            == {
+                "heart_rate": "/min",
+                "steps": "1",
+                "weight": "kg",
+                "blood_glucose": "mg/dL",
+            }[kind]
+        )
         assert attributes["unit"] == RAW_UNITS[kind]
         if kind == "steps":
             assert row["duration_s"] == (end - start).total_seconds()
         else:
             assert pd.isna(row["duration_s"])
     assert set(checked) == set(MAPPED.values())
+
+
+def test_every_blood_glucose_record_is_stored_as_written(
+    source: AppleHealthSource, raw_lines: list[str]
+) -> None:
+    """All 35 meter and typed readings of the real export: value, unit and instant as written,
+    glucose in blood (HealthKit names no specimen; SOURCE.md), the two 666 mg/dL kept and
+    flagged implausible, not refused."""
+    written = []
+    for line in raw_lines:
+        if 'type="HKQuantityTypeIdentifierBloodGlucose"' in line:
+            attributes = dict(ATTRIBUTE.findall(line))
+            assert attributes["unit"] == "mg/dL"
+            start = pd.Timestamp(_when(attributes["startDate"])).tz_convert("UTC")
+            written.append((start, float(attributes["value"])))
+    assert len(written) == 35
+    stored = source.records[source.records["data_type"] == "blood_glucose"]
+    assert sorted(zip(stored["ts"], stored["value"], strict=True)) == sorted(written)
+    assert set(stored["unit"]) == {"mg/dL"}
+    assert implausible_values(stored) == {"blood_glucose": 2}  # the two 666 mg/dL
 
 
 def _broken(tmp_path: Path, raw_lines: list[str], line: int, old: str, new: str) -> Path:
@@ -166,7 +201,7 @@ def test_an_unknown_unit_of_an_unmapped_type_is_not_an_error(
 ) -> None:
     line = _first_line(raw_lines, "HKQuantityTypeIdentifierDistanceWalkingRunning")
     path = _broken(tmp_path, raw_lines, line, 'unit="km"', 'unit="furlong"')
-    assert len(AppleHealthSource(path).records) == 2_177 + 3_980 + 40
+    assert len(AppleHealthSource(path).records) == 2_177 + 3_980 + 40 + 35
 
 
 def test_a_date_without_offset_names_the_record(tmp_path: Path, raw_lines: list[str]) -> None:
@@ -397,13 +432,19 @@ def test_user_entered_samples_are_manual(source: AppleHealthSource, export_xml: 
             typed.add(
                 (MAPPED[record.get("type")], utc(record.get("startDate")), record.get("sourceName"))
             )
-    assert len(typed) == 27  # 21 step counts and 6 weights, all typed into the Health app
-    assert {name for _, _, name in typed} == {"Health"}
+    # 21 step counts and 6 weights typed into the Health app; 18 blood glucose readings typed
+    # into Health (11), One Drop (5) and ACCU-CHEK's app (2).
+    assert Counter(kind for kind, _, _ in typed) == {"steps": 21, "weight": 6, "blood_glucose": 18}
+    assert Counter(name for kind, _, name in typed if kind == "blood_glucose") == {
+        "Health": 11,
+        "One Drop": 5,
+        "ACCU-CHEK": 2,
+    }
     records = source.records
     manual = records[records["method"] == "manual"]
     assert set(zip(manual["data_type"], manual["ts"], manual["device_id"], strict=True)) == typed
     assert set(records["method"]) == {"manual", "device"}
-    assert source.summary.manual == Counter({"steps": 21, "weight": 6})
+    assert source.summary.manual == Counter({"steps": 21, "weight": 6, "blood_glucose": 18})
 
 
 # --- ECG recordings --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The simulated provider: deterministic, plausible, all eight types, nothing from the future."""
+"""The simulated provider: deterministic, plausible, every type, nothing from the future."""
 
 from __future__ import annotations
 
@@ -187,3 +187,42 @@ def test_hrv_readings_are_the_sdnn_and_rmssd_of_the_nights_rr_session(day_of_dat
         assert codings["hrv_sdnn"][0]["code"] == "80404-7"
         assert all(c["code"] != "80404-7" for c in codings["hrv_rmssd"])
         assert codings["hrv_rmssd"][0]["system"] == "urn:ohx:fhir:heart-rate-variability"
+
+
+def test_glucose_is_a_cgms_five_minute_readings_and_two_finger_sticks(day_of_data) -> None:
+    """Every simulated person wears a CGM (a whole mg/dL reading every 5 minutes, in its range,
+    higher after each meal than before breakfast) and pricks a finger twice a day; the FHIR face
+    codes them as the CGM IG and US Core do (99504-3 in interstitial fluid, 2339-0 in blood)."""
+    from ohx_dagster.core.models import HealthSyncConfig
+    from ohx_dagster.core.times import to_us
+    from ohx_dagster.fhir.measurements import measurement_observation
+
+    for user_id, person in day_of_data.groupby("user_id"):
+        cgm = person[person["data_type"] == "interstitial_glucose"].sort_values("ts")
+        assert len(cgm) == 288, user_id  # the UTC day, every 5 minutes
+        assert (cgm["ts"].diff().dropna() == pd.Timedelta(minutes=5)).all()
+        values = cgm["value"].to_numpy()
+        assert (values == values.round()).all() and values.min() >= 40 and values.max() <= 400
+        assert set(cgm["unit"]) == {"mg/dL"} and cgm["device_id"].str.startswith("sim-cgm").all()
+        zone = source().profiles[str(user_id)].timezone
+        local = cgm["ts"].dt.tz_convert(zone)
+        hour = local.dt.hour + local.dt.minute / 60
+        fasting = values[((hour >= 5) & (hour < 7)).to_numpy()].mean()
+        after_lunch = values[((hour >= 13) & (hour < 13.75)).to_numpy()].mean()
+        assert after_lunch > fasting + 20, user_id
+        meters = person[person["data_type"] == "blood_glucose"]
+        assert len(meters) == 2, user_id
+        assert implausible_values(person) == {}
+        config = HealthSyncConfig(user_id=str(user_id), provider="simulated", fhir_patient_id="p")
+        row = meters.iloc[0].to_dict()
+        resource = measurement_observation(
+            row | {"ts_us": to_us(row["ts"]), "diastolic": None}, config
+        )
+        assert resource["code"]["coding"][0] == {
+            "system": "http://loinc.org",
+            "code": "2339-0",
+            "display": "Glucose [Mass/volume] in Blood",
+        }
+        assert resource["category"][0]["coding"][0]["code"] == "laboratory"
+        assert resource["valueQuantity"]["code"] == "mg/dL"
+        assert resource["valueQuantity"]["value"] == row["value"]

@@ -213,6 +213,8 @@ def test_timestamps_carry_the_persons_offset(simulated) -> None:
         )
         if start is None:
             continue
+        if len(start) == len("2026-11-10"):
+            continue  # a CGM summary's period of whole local days: dates, as the CGM IG has it
         moment = pd.Timestamp(start)
         expected = moment.tz_convert(zones[resource["subject"]["reference"]])
         assert moment.utcoffset() == expected.utcoffset(), (start, resource["id"])

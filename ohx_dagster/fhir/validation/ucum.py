@@ -31,6 +31,7 @@ KNOWN: Final[dict[str, tuple[str | None, str | None, float | None]]] = {
     "/min": (None, "1 / [time]", None),
     "Cel": (None, "[temperature]", None),
     "kg": (None, "[mass]", None),
+    "mg/dL": (None, "[mass] / [length] ** 3", None),
     "mm[Hg]": (None, "[mass] / [length] / [time] ** 2", None),
     "V": (None, "[mass] * [length] ** 2 / [time] ** 3 / [current]", None),
     "mV": (None, "[mass] * [length] ** 2 / [time] ** 3 / [current]", None),

@@ -79,6 +79,9 @@ QUANTITY_TYPES: Final[dict[str, HealthDataType]] = {
     "HKQuantityTypeIdentifierOxygenSaturation": HealthDataType.SPO2,
     "HKQuantityTypeIdentifierRespiratoryRate": HealthDataType.RESPIRATORY_RATE,
     "HKQuantityTypeIdentifierHeartRateVariabilitySDNN": HealthDataType.HRV_SDNN,
+    # HealthKit's blood glucose names no specimen: meters and typed values (the real export's
+    # sources: ACCU-CHEK, One Drop, iGluco, mySugr, Health), so glucose in blood (SOURCE.md).
+    "HKQuantityTypeIdentifierBloodGlucose": HealthDataType.BLOOD_GLUCOSE,
 }
 BLOOD_PRESSURE: Final = "HKCorrelationTypeIdentifierBloodPressure"
 SYSTOLIC: Final = "HKQuantityTypeIdentifierBloodPressureSystolic"
