@@ -100,6 +100,12 @@ _POUND: Final = 0.45359237
 # mg/dL per mmol/L of glucose: its molar mass, 180.156 g/mol, in mg/dL per mmol/L. The exact factor,
 # not the 18 meters round to: mmol/L readings land within 0.001 mg/dL of their mg/dL twins.
 GLUCOSE_MG_DL_PER_MMOL_L: Final = 18.0156
+_GLUCOSE_SPELLINGS: Final[dict[str, Convert]] = {
+    "mg/dL": _same,
+    "mg/dl": _same,
+    "mmol/L": _times(GLUCOSE_MG_DL_PER_MMOL_L),
+    "mmol/l": _times(GLUCOSE_MG_DL_PER_MMOL_L),
+}
 
 T = HealthDataType
 DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
@@ -266,12 +272,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
     T.INTERSTITIAL_GLUCOSE: DataType(
         unit="mg/dL",
         unit_display="mg/dL",
-        spellings={
-            "mg/dL": _same,
-            "mg/dl": _same,
-            "mmol/L": _times(GLUCOSE_MG_DL_PER_MMOL_L),
-            "mmol/l": _times(GLUCOSE_MG_DL_PER_MMOL_L),
-        },
+        spellings=_GLUCOSE_SPELLINGS,
         hard_limits=(10.0, 1_000.0),
         plausible=(40.0, 400.0),
         shape=Shape.SERIES,
@@ -285,12 +286,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
     T.BLOOD_GLUCOSE: DataType(
         unit="mg/dL",
         unit_display="mg/dL",
-        spellings={
-            "mg/dL": _same,
-            "mg/dl": _same,
-            "mmol/L": _times(GLUCOSE_MG_DL_PER_MMOL_L),
-            "mmol/l": _times(GLUCOSE_MG_DL_PER_MMOL_L),
-        },
+        spellings=_GLUCOSE_SPELLINGS,
         hard_limits=(10.0, 2_000.0),
         plausible=(20.0, 600.0),
         shape=Shape.READING,
