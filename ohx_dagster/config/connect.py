@@ -5,7 +5,7 @@ connect.py) and for the providers' webhook callbacks (ohx_dagster/providers/api/
 | variable | default | meaning |
 |---|---|---|
 | OHX_OAUTH_REDIRECT_BASE | (unset: /connect, /oauth and /auth/staff are not mounted) | public base URL of the receiver; the callback, to register at each provider, is <base>/oauth/<provider>/callback |
-| OHX_<P>_AUTHORIZE_URL | the provider's (providers/<name>/__init__.py) | another authorization endpoint (P = OURA, WITHINGS, GOOGLE_HEALTH, POLAR_ACCESSLINK) |
+| OHX_<P>_AUTHORIZE_URL | the provider's (providers/<name>/__init__.py) | another authorization endpoint (P = OURA, WITHINGS, GOOGLE_HEALTH, POLAR_ACCESSLINK, DEXCOM; Dexcom's sandbox: https://sandbox-api.dexcom.com/v2/oauth2/login) |
 | OHX_WEBHOOK_BASE_URL | OHX_OAUTH_REDIRECT_BASE | the receiver's public base URL for provider callbacks; unset with the redirect base: nothing is subscribed |
 | OHX_CONNECT_TOKEN | (retired) | set, the receiver refuses to start: each staff member has their own token (`ohx staff add NAME`) |
 

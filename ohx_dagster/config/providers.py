@@ -13,6 +13,11 @@ them, and config does not import it: the app is handed in).
 | OHX_POLAR_ACCESSLINK_CLIENT_ID | (required for "polar_accesslink") | Polar app |
 | OHX_POLAR_ACCESSLINK_CLIENT_SECRET | (required for "polar_accesslink") | Polar app |
 | OHX_POLAR_ACCESSLINK_API_URL, ..._TOKEN_URL | https://www.polaraccesslink.com, polarremote.com | |
+| OHX_DEXCOM_CLIENT_ID, OHX_DEXCOM_CLIENT_SECRET | (required for "dexcom") | Dexcom app |
+| OHX_DEXCOM_API_URL, ..._TOKEN_URL | https://api.dexcom.com, .../v2/oauth2/token | (below) |
+
+Dexcom's sandbox is https://sandbox-api.dexcom.com, its EU and Japan hosts https://api.dexcom.eu and
+https://api.dexcom.jp: the three URLs (with OHX_DEXCOM_AUTHORIZE_URL) point the source there.
 
 The secrets are read where the source is built (SourcesResource.get), never stored in run config.
 The authorization endpoint (OHX_<P>_AUTHORIZE_URL) is the connect flow's: ohx_dagster/config/

@@ -12,6 +12,9 @@ Each source, as `source (types): default re-sync horizon, and why that horizon`:
 - google_health (heart rate, steps, weight, SpO2): 72 h, watches sync through the phone,
   sometimes days later.
 - polar_accesslink (exercise heart rate, RR intervals): 72 h, watches upload when they sync.
+- dexcom (interstitial glucose): 48 h, the apps upload as the sensor reads and Dexcom serves the
+  readings hours later (about 1 h in the US, 3 h elsewhere); a phone out of reach uploads when
+  it is back.
 - fitabase, polar, apple_health (what the export holds): 0, a file does not change after it was
   written.
 
@@ -27,12 +30,13 @@ from typing import Final
 from ohx_dagster.config.sources import SourceCatalog
 from ohx_dagster.core.models import HealthDataType as T
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.providers import google_health, oura, polar, withings
+from ohx_dagster.providers import dexcom, google_health, oura, polar, withings
 from ohx_dagster.providers.api.app import ProviderApp
 
 # Provider APIs: each folder's ProviderApp. A new provider is a new folder and a line here.
 API_PROVIDERS: Final[dict[str, ProviderApp]] = {
-    app.name: app for app in (oura.APP, withings.APP, google_health.APP, polar.ACCESSLINK)
+    app.name: app
+    for app in (oura.APP, withings.APP, google_health.APP, polar.ACCESSLINK, dexcom.APP)
 }
 
 SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {
@@ -75,6 +79,7 @@ _DESCRIPTIONS: Final[dict[str, str]] = {
     "withings": "Withings public API",
     "google_health": "Google Health API v4",
     "polar_accesslink": "Polar AccessLink API v3",
+    "dexcom": "Dexcom API v3",
     "polar": "Polar H10 recording (Polar Sensor Logger or ECGLogger files)",
     "apple_health": "Apple Health export",
     "fitabase": "Fitbit data export (Fitabase layout)",

@@ -33,6 +33,7 @@ SECRETS = {
     "OHX_GOOGLE_HEALTH_WEBHOOK_AUTHORIZATION": "Bearer google-webhook-secret-4711",
     "OHX_POLAR_ACCESSLINK_CLIENT_SECRET": "polar-client-secret-4711",
     "OHX_POLAR_ACCESSLINK_SIGNATURE_SECRET_KEY": "polar-signature-key-4711",
+    "OHX_DEXCOM_CLIENT_SECRET": "dexcom-client-secret-4711",
     "OHX_SIMULATED_WEBHOOK_SECRET": "simulated-webhook-secret-4711",
     "OHX_FHIR_CLIENT_SECRET": "fhir-client-secret-4711",
     "OHX_FHIR_BEARER_TOKEN": "fhir-bearer-token-4711",

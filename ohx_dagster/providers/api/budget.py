@@ -7,6 +7,7 @@ database, so that the documented limits hold however many runs call the provider
 | withings | 120 requests per minute | application |
 | google_health | 300 requests per minute | person |
 | polar | 500 requests per 15 minutes (plus 20 per person) | application |
+| dexcom | 60,000 requests per hour | application |
 
 Each request takes one from the current window's allowance (one short write transaction); when
 none is left, or after the provider answered 429 (`block`: nobody calls before its Retry-After),
