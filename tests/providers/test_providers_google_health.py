@@ -10,6 +10,7 @@ import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from provider_api_server import Call, FakeApi, answer, documented
@@ -38,6 +39,11 @@ HR, STEPS, WEIGHT, SPO2 = (
     HealthDataType.WEIGHT,
     HealthDataType.SPO2,
 )
+GLUCOSE, HRV, RESP = (
+    HealthDataType.BLOOD_GLUCOSE,
+    HealthDataType.HRV_RMSSD,
+    HealthDataType.RESPIRATORY_RATE,
+)
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 DAY = NOW.date() - timedelta(days=2)
 USER = HealthSyncConfig(user_id="2515055256096816351", provider="google_health", timezone="UTC")
@@ -48,8 +54,8 @@ WATCH = documented(PROVIDER, "heart_rate")["dataPoints"][0]["dataSource"]
 PHONE = documented(PROVIDER, "steps")["dataPoints"][0]["dataSource"]
 TYPED = documented(PROVIDER, "weight")["dataPoints"][0]["dataSource"]
 FILTER = re.compile(
-    r'^(?P<field>[a-z_]+)\.(?P<path>interval\.start_time|sample_time\.physical_time) >= "(?P<start>'
-    r'[^"]+)" AND (?P=field)\.(?P=path) < "(?P<end>[^"]+)"$'
+    r'^(?P<field>[a-z_]+)\.(?P<path>interval\.start_time|sample_time\.physical_time|date) >= "'
+    r'(?P<start>[^"]+)" AND (?P=field)\.(?P=path) < "(?P<end>[^"]+)"$'
 )
 
 
@@ -128,11 +134,13 @@ class FakeGoogleHealth:
             api.on(spec.endpoint, lambda call, k=kind: self._answer(call, k, reconcile=False))
             api.on(spec.reconcile, lambda call, k=kind: self._answer(call, k, reconcile=True))
 
-    def _start(self, kind: HealthDataType, point: dict) -> datetime:
+    def _start(self, kind: HealthDataType, point: dict) -> str:
+        """What the filter compares: an RFC 3339 instant, or a daily point's ISO date."""
         member = point[TYPES[kind].field]
+        if "date" in member:
+            return date(**member["date"]).isoformat()
         text = member["interval"]["startTime"] if "interval" in member else None
-        text = text or member["sampleTime"]["physicalTime"]
-        return datetime.fromisoformat(text)
+        return rfc3339(datetime.fromisoformat(text or member["sampleTime"]["physicalTime"]))
 
     def _reconciled(self, kind: HealthDataType, points: list[dict]) -> list[dict]:
         chosen: dict[str, tuple[int, dict]] = {}
@@ -140,6 +148,8 @@ class FakeGoogleHealth:
             member = point[TYPES[kind].field]
             if "interval" in member:
                 key = f"{member['interval']['startTime']}/{member['interval']['endTime']}"
+            elif "date" in member:
+                key = self._start(kind, point)
             else:
                 key = member["sampleTime"]["physicalTime"]
             rank = self.priority.index(label(point)) if label(point) in self.priority else 99
@@ -159,16 +169,18 @@ class FakeGoogleHealth:
             return answer(403, documented(PROVIDER, "error_scope"))
         match = FILTER.match(call.query.get("filter", ""))
         path = "interval.start_time" if spec.interval else "sample_time.physical_time"
+        path = "date" if spec.daily else path
         if match is None or match["field"] != spec.filter_name or match["path"] != path:
             return answer(400, documented(PROVIDER, "error_filter"))
         if reconcile and call.query.get("dataSourceFamily") != ALL_SOURCES:
             return answer(400, documented(PROVIDER, "error_filter"))
-        start = datetime.fromisoformat(match["start"])
-        end = datetime.fromisoformat(match["end"])
-        inside = [p for p in self.points[kind] if start <= self._start(kind, p) < end]
+        # "Date literal expected in ISO 8601 YYYY-MM-DD format"; timestamps in RFC 3339.
+        parse: Any = date.fromisoformat if spec.daily else datetime.fromisoformat
+        start, end = parse(match["start"]), parse(match["end"])
+        inside = [p for p in self.points[kind] if start <= parse(self._start(kind, p)) < end]
         if reconcile:
             inside = self._reconciled(kind, inside)
-        inside.sort(key=lambda p: self._start(kind, p), reverse=True)  # "descending order"
+        inside.sort(key=lambda p: parse(self._start(kind, p)), reverse=True)  # "descending order"
         size = min(int(call.query.get("pageSize", "1440")), self.page)
         offset = int(call.query.get("pageToken", "offset-0").removeprefix("offset-"))
         body: dict[str, Any] = {}
@@ -407,3 +419,182 @@ def test_the_connect_flow_finds_the_person_by_identity(api) -> None:
     client = ApiClient(PROVIDER, api.base_url, backoff_s=0.0)
     assert APP.find_user_id(client, {}, "fresh-token") == "2515055256096816351"
     assert api.calls[-1].bearer == "fresh-token"
+
+
+# -- blood glucose, daily heart rate variability (RMSSD), daily respiratory rate ---------------
+
+BERLIN = HealthSyncConfig(user_id=USER.user_id, provider=PROVIDER, timezone="Europe/Berlin")
+COLUMNS = ["data_type", "ts", "value", "unit", "utc_offset_min", "device_id", "method", "context"]
+
+
+def glucose(moment: datetime, mg_dl: float, **fields: str | None) -> dict:
+    """blood_glucose.json's point at `moment` (UTC+1); a field given None is left out."""
+    point = documented(PROVIDER, "blood_glucose")["dataPoints"][0]
+    value = {"sampleTime": sample_time(moment, 3600), "bloodGlucoseMilligramsPerDeciliter": mg_dl}
+    member = point["bloodGlucose"] | value | fields
+    point["bloodGlucose"] = {k: v for k, v in member.items() if v is not None}
+    return point
+
+
+def daily(name: str, day: date, **values: float | None) -> dict:
+    """The fixture `name`'s daily point for `day`; a value given None is left out."""
+    point = documented(PROVIDER, name)["dataPoints"][0]
+    [field] = [k for k in point if k != "dataSource"]
+    member = point[field] | {"date": {"year": day.year, "month": day.month, "day": day.day}}
+    point[field] = {k: v for k, v in (member | values).items() if v is not None}
+    return point
+
+
+def test_blood_glucose_is_stored_in_mg_dl_as_the_meter_read_it(api, google, sqlite) -> None:
+    """blood_glucose.json: a finger stick of 104 mg/dL before breakfast at 07:45+01:00, stored
+    and published as that (LOINC 2339-0, mg/dL), attributed to the meter."""
+    from ohx_dagster.fhir.measurements import measurement_observation
+
+    google.points[GLUCOSE] = documented(PROVIDER, "blood_glucose")["dataPoints"]
+    moment = datetime(2026, 3, 7, 6, 45, tzinfo=UTC)
+    window = (to_us(moment - timedelta(hours=1)), to_us(moment + timedelta(hours=1)))
+    result = source_for(api, sqlite).fetch_windows(USER, {GLUCOSE: [window]})
+    assert result.batch[COLUMNS].astype(object).values.tolist() == [
+        ["blood_glucose", moment, 104.0, "mg/dL", 60, "Contour Next One", "device", "before_meal"]
+    ]
+    assert api.calls_to(TYPES[GLUCOSE].reconcile)[0].query["filter"] == (
+        'blood_glucose.sample_time.physical_time >= "2026-03-07T05:45:00Z" AND '
+        'blood_glucose.sample_time.physical_time < "2026-03-07T07:45:00Z"'
+    )
+    row = result.batch.iloc[0].to_dict() | {"ts_us": to_us(moment)}
+    observation = measurement_observation(row, USER)
+    assert [(c["system"], c["code"]) for c in observation["code"]["coding"]] == [
+        ("http://loinc.org", "2339-0")
+    ]
+    assert observation["valueQuantity"] == {
+        "value": 104, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"
+    }  # fmt: skip
+    assert observation["effectiveDateTime"] == "2026-03-07T07:45:00+01:00"
+
+
+def test_glucose_a_cgm_measured_or_of_another_fluid_is_not_blood_glucose(
+    api, google, sqlite
+) -> None:
+    """BloodGlucose.measurementSource CONTINUOUS_GLUCOSE_MONITORING and specimen
+    INTERSTITIAL_FLUID or TEARS are not glucose in blood: skipped. A laboratory's plasma value
+    and a reading without specimen or source are stored, each at its time and own offset."""
+    google.points[GLUCOSE] = [
+        glucose(at(7), 98.0),
+        glucose(at(8), 140.0, measurementSource="CONTINUOUS_GLUCOSE_MONITORING", specimen=None),
+        glucose(at(9), 120.0, specimen="INTERSTITIAL_FLUID", measurementSource=None),
+        glucose(at(10), 131.0, specimen="TEARS"),
+        glucose(at(11), 92.0, specimen="PLASMA", measurementSource="LAB_TEST",
+                measurementTiming="FASTING"),
+        glucose(at(12), 150.0, specimen=None, measurementSource=None, measurementTiming=None),
+    ]  # fmt: skip
+    report = sync_partition(source_for(api, sqlite), sqlite, DAY, strategy="partition", now=NOW)
+    assert report.records_by_type == {"blood_glucose": 3} and not report.failures
+    stored = sqlite.read_records(PROVIDER, utc_day(DAY)).sort_values("ts")
+    assert stored[["data_type", "ts", "value", "unit", "utc_offset_min", "context"]].astype(
+        object
+    ).values.tolist() == [
+        ["blood_glucose", at(7), 98.0, "mg/dL", 60, "before_meal"],
+        ["blood_glucose", at(11), 92.0, "mg/dL", 60, "fasting"],
+        ["blood_glucose", at(12), 150.0, "mg/dL", 60, ""],
+    ]
+
+
+def test_daily_hrv_is_rmssd_at_the_start_of_its_local_day(api, google, sqlite) -> None:
+    """daily_heart_rate_variability.json: averageHeartRateVariabilityMilliseconds ("calculated
+    using the root mean square of successive differences (RMSSD)") of 2026-03-07 for a person in
+    Berlin: 38.5 ms at 2026-03-07T00:00+01:00, in that local day, published under this project's
+    RMSSD code, never LOINC 80404-7 (SDNN). A day with entropy but no average is no reading."""
+    from ohx_dagster.core.localdays import Calendar
+    from ohx_dagster.fhir.measurements import measurement_observation
+
+    google.points[HRV] = [
+        *documented(PROVIDER, "daily_heart_rate_variability")["dataPoints"],
+        daily("daily_heart_rate_variability", date(2026, 3, 8),
+              averageHeartRateVariabilityMilliseconds=None),
+    ]  # fmt: skip
+    start = datetime(2026, 3, 6, 23, tzinfo=UTC)
+    window = (to_us(start), to_us(start + timedelta(days=2)))
+    result = source_for(api, sqlite).fetch_windows(BERLIN, {HRV: [window]})
+    assert result.batch[COLUMNS].astype(object).values.tolist() == [
+        ["hrv_rmssd", start, 38.5, "ms", 60, "Pixel Watch 3", "device", ""]
+    ]
+    assert result.batch["duration_s"].isna().all()  # a reading at the day's start
+    assert Calendar.of(BERLIN).day_of(to_us(start)) == date(2026, 3, 7)
+    assert api.calls_to(TYPES[HRV].reconcile)[0].query["filter"] == (
+        'daily_heart_rate_variability.date >= "2026-03-05" AND '
+        'daily_heart_rate_variability.date < "2026-03-10"'
+    )
+    row = result.batch.iloc[0].to_dict() | {"ts_us": to_us(start)}
+    observation = measurement_observation(row, BERLIN)
+    assert [(c["system"], c["code"]) for c in observation["code"]["coding"]] == [
+        ("urn:ohx:fhir:heart-rate-variability", "rmssd")
+    ]
+    assert observation["valueQuantity"]["value"] == 38.5
+    assert observation["valueQuantity"]["code"] == "ms"
+    assert observation["effectiveDateTime"] == "2026-03-07T00:00:00+01:00"
+
+
+def test_daily_values_are_stored_at_the_start_of_their_local_day(
+    api, google, store, token_key
+) -> None:
+    """daily_respiratory_rate.json's breathsPerMinute (14.6, "the average number of breaths
+    taken per minute") and daily_heart_rate_variability.json's average (38.5 ms) for a person in
+    New York, synced by day: stored as 14.6 /min and 38.5 ms at local midnight of their date with
+    that zone's offset, the only records of the day."""
+    new_york = HealthSyncConfig(user_id=USER.user_id, provider=PROVIDER,
+                                timezone="America/New_York")  # fmt: skip
+    connect(store, new_york)
+    google.points[RESP] = [daily("daily_respiratory_rate", DAY)]
+    google.points[HRV] = [daily("daily_heart_rate_variability", DAY)]
+    report = sync_partition(source_for(api, store), store, DAY, strategy="partition", now=NOW)
+    assert report.users_synced == [USER.user_id] and not report.failures
+    assert report.records_by_type == {"respiratory_rate": 1, "hrv_rmssd": 1}
+    midnight = datetime.combine(DAY, datetime.min.time(), tzinfo=ZoneInfo("America/New_York"))
+    offset = int(midnight.utcoffset().total_seconds() // 60)
+    stored = store.read_records(PROVIDER, utc_day(DAY)).sort_values("data_type")
+    assert stored[COLUMNS].astype(object).values.tolist() == [
+        ["hrv_rmssd", midnight.astimezone(UTC), 38.5, "ms", offset, "Pixel Watch 3", "device", ""],
+        ["respiratory_rate", midnight.astimezone(UTC), 14.6, "/min", offset, "Pixel Watch 3",
+         "device", ""],
+    ]  # fmt: skip
+
+
+def test_a_daily_point_with_a_malformed_date_fails_its_type_in_one_line(
+    api, google, sqlite
+) -> None:
+    bad = daily("daily_respiratory_rate", DAY)
+    bad["dailyRespiratoryRate"]["date"] = "2026-03-07"
+    reconciled = {"dailyRespiratoryRate": bad["dailyRespiratoryRate"]}
+    api.queue(TYPES[RESP].reconcile, answer(200, {"dataPoints": [reconciled]}))
+    api.queue(TYPES[RESP].endpoint, answer(200, {"dataPoints": [bad]}))
+    google.points[HR] = [heart(at(8), 64)]
+    result = source_for(api, sqlite).fetch_windows(USER, {RESP: [day_window()], HR: [day_window()]})
+    assert set(result.covered) == {"heart_rate"}
+    message = result.failed["respiratory_rate"]
+    assert "\n" not in message
+    assert "dataPoints[0].dailyRespiratoryRate: field 'date' is '2026-03-07'" in message
+    assert "expected a full Date {year, month, day}" in message
+
+
+def test_notifications_of_the_new_types_are_parsed_and_read_again(api, sqlite) -> None:
+    """The guide lists Blood Glucose, Daily Heart Rate Variability and Daily Respiratory Rate
+    among the webhook data types: each notification maps to its type. A daily type's window is
+    the whole local day it touches: its points are dated at the day's start."""
+    from ohx_dagster.providers.google_health.webhook import parse_notification
+
+    names = ["blood-glucose", "daily-heart-rate-variability", "daily-respiratory-rate"]
+    parsed = parse_notification([{"data": notification(name)} for name in names])
+    assert [e.data_type for e in parsed] == ["blood_glucose", "hrv_rmssd", "respiratory_rate"]
+    assert not any(e.ignored_reason for e in parsed)
+    events = [Event(e.data_type, e.occurred_at, NOW, e.payload) for e in parsed]
+    windows = source_for(api, sqlite).event_windows(BERLIN, events, NOW)
+    start = datetime(2026, 3, 8, 1, 29, tzinfo=UTC)  # 02:29 in Berlin
+    local_day = (
+        to_us(datetime(2026, 3, 7, 23, tzinfo=UTC)),
+        to_us(datetime(2026, 3, 8, 23, tzinfo=UTC)),
+    )
+    assert windows == {
+        GLUCOSE: [(to_us(start), to_us(start + timedelta(minutes=5)) + 1)],
+        HRV: [local_day],
+        RESP: [local_day],
+    }

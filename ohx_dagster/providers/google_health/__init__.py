@@ -1,6 +1,7 @@
-"""Google Health API v4 (the Fitbit Web API's successor): heart rate, steps, weight and oxygen
-saturation of a person's Fitbit and Pixel devices and Health Connect apps, one reading per moment
-from the reconciled view, realtime through Google's signed webhooks (webhook.py; the subscriber is
+"""Google Health API v4 (the Fitbit Web API's successor): heart rate, steps, weight, oxygen
+saturation and blood glucose, and the daily heart rate variability (RMSSD) and respiratory rate,
+of a person's Fitbit and Pixel devices and Health Connect apps, one reading per moment from the
+reconciled view, realtime through Google's signed webhooks (webhook.py; the subscriber is
 the project's, AUTOMATIC: nothing to subscribe per person). Sources: SOURCE.md."""
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ APP = ProviderApp(
     env_prefix="OHX_GOOGLE_HEALTH",
     api_url="https://health.googleapis.com",
     token_url="https://oauth2.googleapis.com/token",
-    # steps: activity_and_fitness; heart rate, weight, oxygen saturation: health metrics. Google
+    # steps: activity_and_fitness; heart rate, weight, oxygen saturation, blood glucose, daily
+    # heart rate variability and daily respiratory rate: health metrics. Google
     # sends a refresh token only with access_type=offline, and again on a reconnect only with
     # prompt=consent: both are asked for.
     authorize=AuthorizeSpec(
@@ -45,7 +47,9 @@ APP = ProviderApp(
         pkce=True,
         extra_params={"access_type": "offline", "prompt": "consent"},
     ),
-    supported_types=frozenset({T.HEART_RATE, T.STEPS, T.WEIGHT, T.SPO2}),
+    supported_types=frozenset(
+        {T.HEART_RATE, T.STEPS, T.WEIGHT, T.SPO2, T.BLOOD_GLUCOSE, T.HRV_RMSSD, T.RESPIRATORY_RATE}
+    ),
     # Watches sync through the phone, sometimes days later.
     resync_horizon=timedelta(hours=72),
     request_limit=RequestLimit(300, 60.0, per_person=True),

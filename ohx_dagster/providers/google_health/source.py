@@ -8,6 +8,19 @@ and rule: SOURCE.md beside this module.
 | weight | weight | weight | weightGrams (g -> kg) | sampleTime |
 | spo2 | oxygen-saturation | oxygenSaturation | percentage (%) | sampleTime |
 
+- blood_glucose <- blood-glucose: `bloodGlucose.bloodGlucoseMilligramsPerDeciliter` (mg/dL) at
+  sampleTime; context: measurementTiming.
+- hrv_rmssd <- daily-heart-rate-variability (a daily type):
+  `dailyHeartRateVariability.averageHeartRateVariabilityMilliseconds` (ms; RMSSD) of its date.
+- respiratory_rate <- daily-respiratory-rate (a daily type): `dailyRespiratoryRate.breathsPerMinute`
+  (/min) of its date.
+
+A daily point carries a `date` ("in the user's timezone") and no time or offset: it is stored at
+the start of that local day in the person's zone history (core/localdays.py, the day the product
+files it under), with that zone's offset, as an instant (no duration). A blood-glucose point whose
+`specimen` is interstitial fluid or tears, or whose `measurementSource` is a continuous glucose
+monitor, is not glucose in blood: it is skipped.
+
 One reading per person and moment: the values come from the reconciled stream,
 GET .../dataPoints:reconcile?dataSourceFamily=users/me/dataSourceFamilies/all-sources ("Reconcile
 data points from multiple data sources into a single data stream"), so the steps a phone and a
@@ -20,7 +33,7 @@ the uploading application) becomes the record's device_id, and recordingMethod M
 
 Proto3 JSON omits fields holding their default: a sample without `sampleTime.utcOffset` (or an
 interval without `startUtcOffset`) was taken at UTC+0, a steps point without `count` counted 0
-steps. A heart rate, weight or SpO2 point without its value is skipped (zero is no reading). int64
+steps. A point of any other type without its value is skipped (zero is no reading). int64
 values arrive as JSON strings. A value that is present but malformed is a ProviderError naming the
 endpoint, the point, the field and the value: that type fails for the run, the others go on.
 
@@ -33,15 +46,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
 import pandas as pd
 
 from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.errors import ValidationError
+from ohx_dagster.core.localdays import Calendar
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
-from ohx_dagster.core.times import to_us
+from ohx_dagster.core.times import from_us, to_us
 from ohx_dagster.providers.api import payload
 from ohx_dagster.providers.api.http import TokenSource, paginate
 from ohx_dagster.providers.api.source import ApiSource, Sample, samples_batch
@@ -62,9 +76,14 @@ class GoogleType:
     filter_name: str  # in filter expressions (snake_case)
     value: str  # the value's field in the member
     unit: str
-    interval: bool = False
+    interval: bool = False  # an interval type (ObservationTimeInterval)
+    daily: bool = False  # a daily type (a `date`, filtered by `{filter_name}.date`)
     # Whether an omitted value (proto3's default 0) is a reading: 0 steps are, 0 bpm is not.
     zero_is_reading: bool = False
+    # The member's enum field (dotted path) kept, lower-cased, as the record's context.
+    context: str = ""
+    # (field, values): a point whose field holds one of these values is not this type: skipped.
+    excluded: tuple[tuple[str, frozenset[str]], ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -75,14 +94,35 @@ class GoogleType:
         return f"{self.endpoint}:reconcile"
 
 
+# Glucose a CGM measured, or of a fluid other than blood (BloodGlucose.Specimen and
+# .MeasurementSource): not glucose in blood.
+NOT_BLOOD: Final = (
+    ("specimen", frozenset({"INTERSTITIAL_FLUID", "TEARS"})),
+    ("measurementSource", frozenset({"CONTINUOUS_GLUCOSE_MONITORING"})),
+)
+
 TYPES: Final[dict[HealthDataType, GoogleType]] = {
     HealthDataType.HEART_RATE: GoogleType("heart-rate", "heartRate", "heart_rate",
-                                          "beatsPerMinute", "bpm"),
+                                          "beatsPerMinute", "bpm",
+                                          context="metadata.motionContext"),
     HealthDataType.STEPS: GoogleType("steps", "steps", "steps", "count", "steps", interval=True,
                                      zero_is_reading=True),
     HealthDataType.WEIGHT: GoogleType("weight", "weight", "weight", "weightGrams", "g"),
     HealthDataType.SPO2: GoogleType("oxygen-saturation", "oxygenSaturation", "oxygen_saturation",
                                     "percentage", "%"),
+    HealthDataType.BLOOD_GLUCOSE: GoogleType("blood-glucose", "bloodGlucose", "blood_glucose",
+                                             "bloodGlucoseMilligramsPerDeciliter", "mg/dL",
+                                             context="measurementTiming", excluded=NOT_BLOOD),
+    # "A user's average heart rate variability calculated using the root mean square of
+    # successive differences (RMSSD)": RMSSD, never SDNN.
+    HealthDataType.HRV_RMSSD: GoogleType("daily-heart-rate-variability",
+                                         "dailyHeartRateVariability",
+                                         "daily_heart_rate_variability",
+                                         "averageHeartRateVariabilityMilliseconds", "ms",
+                                         daily=True),
+    HealthDataType.RESPIRATORY_RATE: GoogleType("daily-respiratory-rate", "dailyRespiratoryRate",
+                                                "daily_respiratory_rate", "breathsPerMinute",
+                                                "breaths/min", daily=True),
 }  # fmt: skip
 # Notification dataType -> our type.
 BY_DATA_TYPE: Final[dict[str, HealthDataType]] = {g.data_type: k for k, g in TYPES.items()}
@@ -98,6 +138,13 @@ def rfc3339(moment: datetime) -> str:
 
 
 def time_filter(kind: GoogleType, window: DateRange) -> str:
+    if kind.daily:
+        # A local day starts within a day of its UTC date (offsets are -12 h .. +14 h): every
+        # date whose start can fall inside the window, a day more on each side.
+        first = window.start.astimezone(UTC).date() - timedelta(days=1)
+        after = window.end.astimezone(UTC).date() + timedelta(days=2)
+        field = f"{kind.filter_name}.date"
+        return f'{field} >= "{first.isoformat()}" AND {field} < "{after.isoformat()}"'
     path = "interval.start_time" if kind.interval else "sample_time.physical_time"
     field = f"{kind.filter_name}.{path}"
     return f'{field} >= "{rfc3339(window.start)}" AND {field} < "{rfc3339(window.end)}"'
@@ -126,20 +173,57 @@ class Reading:
         return to_us(self.at), None if self.end is None else to_us(self.end), self.value
 
 
-def read_point(point: Any, spec: GoogleType, where: str) -> Reading | None:
-    """One DataPoint or ReconciledDataPoint; None for a value proto3 left out that is no reading."""
+def _field(member: Mapping[str, Any], path: str) -> Any:
+    node: Any = member
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _date(member: Any, path: str, where: str) -> date:
+    """A google.type.Date holding a full date (year, month and day)."""
+    node = payload.get(member, path, where, "a Date {year, month, day}")
+    parts = [node.get(k) for k in ("year", "month", "day")] if isinstance(node, dict) else []
+    whole = [p for p in parts if isinstance(p, int) and not isinstance(p, bool)]
+    if len(whole) == 3:
+        try:
+            return date(whole[0], whole[1], whole[2])
+        except ValueError:  # a partial date (a zero field) or no such day
+            pass
+    raise payload.bad_field(where, path, node, "a full Date {year, month, day}")
+
+
+def read_point(
+    point: Any, spec: GoogleType, where: str, calendar: Calendar | None = None
+) -> Reading | None:
+    """One DataPoint or ReconciledDataPoint; None for a value proto3 left out that is no reading,
+    or a point that is not this type (`excluded`). A daily point is dated at the start of its
+    local day in `calendar` (the person's zone history), which daily types need."""
     if not isinstance(point, dict):
         raise payload.bad_field(where, "(point)", point, "a DataPoint object")
     member = payload.get(point, spec.field, where, f"a {spec.field} object")
     if not isinstance(member, dict):
         raise payload.bad_field(where, spec.field, member, f"a {spec.field} object")
     at = f"{where}.{spec.field}"
+    for name, values in spec.excluded:
+        label = member.get(name)
+        if isinstance(label, str) and label in values:
+            return None
     if spec.value in member:
         value = payload.number(member, spec.value, at)
     elif spec.zero_is_reading:
         value = 0.0
     else:
         return None
+    label = _field(member, spec.context) if spec.context else None
+    context = label.lower() if isinstance(label, str) and "UNSPECIFIED" not in label else ""
+    if spec.daily:
+        if calendar is None:
+            raise ValueError(f"{spec.data_type}: a daily type is dated by the person's calendar")
+        day = _date(member, "date", at)
+        start_us = calendar.day_window(day)[0]
+        offset = calendar.offset_min(start_us, day) * 60.0
+        return Reading(from_us(start_us), None, offset, value, context)
     if spec.interval:
         start = payload.instant(member, "interval.startTime", at)
         end = payload.instant(member, "interval.endTime", at)
@@ -147,12 +231,9 @@ def read_point(point: Any, spec: GoogleType, where: str) -> Reading | None:
             raise payload.bad_field(at, "interval.endTime", member["interval"]["endTime"],
                                     "an instant not before interval.startTime")  # fmt: skip
         offset = _offset_s(member, "interval.startUtcOffset", at)
-        return Reading(start, end, offset, value, "")
+        return Reading(start, end, offset, value, context)
     start = payload.instant(member, "sampleTime.physicalTime", at)
     offset = _offset_s(member, "sampleTime.utcOffset", at)
-    metadata = member.get("metadata") if spec.field == "heartRate" else None
-    motion = metadata.get("motionContext") if isinstance(metadata, dict) else None
-    context = motion.lower() if isinstance(motion, str) and "UNSPECIFIED" not in motion else ""
     return Reading(start, None, offset, value, context)
 
 
@@ -245,6 +326,14 @@ def _civil(node: Any, name: str, where: str) -> datetime:
     return moment.replace(tzinfo=UTC)
 
 
+def whole_days(calendar: Calendar, window: Interval) -> Interval:
+    """The local days (in `calendar`) that `window` touches, from the first one's start to the
+    last one's end."""
+    start, end = window
+    days = calendar.days_spanned(start, max(end, start + 1))
+    return calendar.day_window(days[0])[0], calendar.day_window(days[-1])[1]
+
+
 def notification_windows(data: Mapping[str, Any], where: str) -> list[Interval]:
     intervals = data.get("intervals") or []
     if not isinstance(intervals, list):
@@ -285,16 +374,17 @@ class GoogleHealthSource(ApiSource):
             user, spec.reconcile, {**params, "dataSourceFamily": ALL_SOURCES}, auth
         )
         raw = self._points(user, spec.endpoint, params, auth)
+        calendar = Calendar.of(user).by_zone()
         sources: dict[Key, set[Provenance]] = {}
         where = self.connection.where(spec.endpoint)
         for index, point in enumerate(raw):
-            reading = read_point(point, spec, f"{where} dataPoints[{index}]")
+            reading = read_point(point, spec, f"{where} dataPoints[{index}]", calendar)
             if reading is not None:
                 sources.setdefault(reading.key, set()).add(provenance(point))
         samples = []
         where = self.connection.where(spec.reconcile)
         for index, point in enumerate(reconciled):
-            reading = read_point(point, spec, f"{where} dataPoints[{index}]")
+            reading = read_point(point, spec, f"{where} dataPoints[{index}]", calendar)
             if reading is None or not window.contains(reading.at):
                 continue
             device_id, method = attribute(sources.get(reading.key, set()))
@@ -318,8 +408,10 @@ class GoogleHealthSource(ApiSource):
         self, user: HealthSyncConfig, events: Sequence[Event], now: datetime
     ) -> dict[HealthDataType, list[Interval]]:
         """Each notification's intervals for its type; one without intervals (none documented,
-        but possible) reads the re-sync horizon back from its arrival."""
+        but possible) reads the re-sync horizon back from its arrival. A daily type's windows
+        are widened to the whole local days they touch: its points are dated at a day's start."""
         wanted = self.supported_types & user.enabled_types
+        calendar = Calendar.of(user).by_zone()
         found: dict[HealthDataType, list[Interval]] = {}
         for event in events:
             kind = BY_DATA_TYPE.get(str(event.payload.get("dataType", "")))
@@ -329,5 +421,7 @@ class GoogleHealthSource(ApiSource):
             if not windows:
                 since = event.received_at - self.resync_horizon
                 windows = [(to_us(since), to_us(now))]
+            if TYPES[kind].daily:
+                windows = [whole_days(calendar, window) for window in windows]
             found.setdefault(kind, []).extend(windows)
         return found
