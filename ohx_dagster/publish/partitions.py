@@ -102,6 +102,13 @@ def check_output(
     return problems
 
 
+def _owner(resource: dict[str, Any]) -> str:
+    """The user whose resource it is (its content key, or its person identifier)."""
+    from ohx_dagster.fhir.delivery.outbox import owner
+
+    return owner(resource)[1]
+
+
 def bucket_of(provider: str, user_id: str) -> int:
     digest = hashlib.blake2b(f"fhir\x00{provider}\x00{user_id}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") % FILE_BUCKETS
@@ -422,6 +429,7 @@ def _commit_bucket(
     daily: pd.DataFrame,
     bodies: Mapping[str, bytes] | None = None,
     exported: Callable[[sa.Connection], None] | None = None,
+    expected: Sequence[str] | None = None,
 ) -> dict[str, Any] | None:
     """Make the bucket's new files part of the partition; None if a newer render already is.
 
@@ -430,7 +438,9 @@ def _commit_bucket(
     published away by it). The files were written before the lock; another run's garbage
     collection may have removed one since (it was nobody's yet), so under the lock each is
     written again if it is not there. `exported` writes the audit rows of the commit in its
-    transaction (an export is never committed without them)."""
+    transaction (an export is never committed without them). `expected`: a partial render's
+    files of the version it kept the other people's resources from; another version committed
+    since makes this render stale too."""
     partition = partition_key(day, key)
     directory = partition_dir(day, key)
     t, v = fhir_files, day_versions
@@ -440,6 +450,10 @@ def _commit_bucket(
         if any(published.get(u, (0, False))[0] > versions.get(u, 0) for u in configs):
             return None
         if _erased(conn, provider, configs):  # erased since this bucket was read: render again
+            return None
+        if expected is not None and sorted(_previous_files(conn, partition, bucket)) != sorted(
+            expected
+        ):
             return None
         for f in files:
             if bodies and f.name in bodies and not output.exists(f"{directory}/{f.name}"):
@@ -560,7 +574,27 @@ def publish_partition(
         by_bucket[bucket_of(provider, user_id)][user_id] = config
     directory = partition_dir(day, key)
     for bucket in sorted({bucket_of(provider, u) for u in due}):
-        configs = by_bucket[bucket]
+        everyone = by_bucket[bucket]
+        with store.read() as conn:
+            previous_names = _previous_files(conn, partition_key(day, key), bucket)
+        # The committed version whole, or not at all: with a file of it gone (an output moved or
+        # restored, objects expired), a part of it would pass for all of it.
+        previous = (
+            [r for name in previous_names for r in output.read_resources(f"{directory}/{name}")]
+            if all(output.exists(f"{directory}/{name}") for name in previous_names)
+            else []
+        )
+        # Only the bucket's due people are rendered again: the others did not change, and their
+        # resources are taken as the committed version holds them (a webhook for one person
+        # costs that person, not the bucket's 150). A first version, a version whose files are
+        # gone and a forced publish render everyone.
+        partial = bool(previous) and not force
+        configs = {u: c for u, c in everyone.items() if u in due} if partial else everyone
+        # Kept as published: the bucket's people who are not due. Whoever else the committed
+        # version holds (someone erased or gone since) goes through the render as before.
+        unchanged = set(everyone) - set(configs)
+        kept = [r for r in previous if _owner(r) in unchanged]
+        previous = [r for r in previous if _owner(r) not in unchanged]
         data, versions = _read_bucket(store, provider, day, configs)
         if not publish_ambiguous:
             data = data.without_ambiguous()
@@ -574,21 +608,17 @@ def publish_partition(
         resources = bucket_resources(
             data, hourly, daily, statuses, run_id=run_id, recorded_us=to_us(now)
         )
-        with store.read() as conn:
-            previous_names = _previous_files(conn, partition_key(day, key), bucket)
         ids = {(r["resourceType"], r["id"]) for r in resources}
-        # The committed version whole, or not at all: with a file of it gone (an output moved or
-        # restored, objects expired), a part of it would pass for all of it.
-        previous = (
-            [r for name in previous_names for r in output.read_resources(f"{directory}/{name}")]
-            if all(output.exists(f"{directory}/{name}") for name in previous_names)
-            else []
-        )
         withdrawn = _withdrawn(previous, ids)
         resources = _amended(resources, previous)
         resources = _keep_referenced(resources + withdrawn, previous)
         resources = _keep_provenance(resources, previous)
+        # The sample validated is of what this render made; references are checked on the
+        # whole bucket.
         problems = check_output(resources, configs, validate)
+        if kept:
+            problems += check_output(kept + resources, everyone, None)
+            resources = kept + resources
         where = f"{output.root_url.rstrip('/')}/{directory}/ bucket {bucket}"
         if problems:
             report.invalid_buckets[bucket] = problems
@@ -601,7 +631,8 @@ def publish_partition(
                 exported(failed)(conn)
             continue
         by_type: dict[str, list[dict]] = defaultdict(list)
-        for resource in resources:
+        # In id order: a partial and a whole render of the same data write the same bytes.
+        for resource in sorted(resources, key=lambda r: r["id"]):
             by_type[resource["resourceType"]].append(resource)
         files = []
         bodies: dict[str, bytes] = {}
@@ -627,6 +658,7 @@ def publish_partition(
             hourly=hourly,
             daily=daily,
             exported=exported(exports),
+            expected=previous_names if partial else None,
         )
         if manifest is None:
             report.stale_buckets.append(bucket)
