@@ -17,11 +17,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Final
 
 import numpy as np
 
 READING_INTERVAL_US: Final = 300_000_000  # a CGM reading every 5 minutes
+PERIOD_DAYS: Final = (1, 14)  # the local day, and the 14 days the consensus reports on
 MIN_ACTIVE: Final = 70.0  # percent of the period
 # (name, lowest, highest) in mg/dL, inclusive; the boundaries of the consensus' ranges.
 RANGES: Final = (
@@ -32,6 +34,12 @@ RANGES: Final = (
     ("very-high", np.nextafter(250.0, np.inf), np.inf),
 )
 PERCENT_DECIMALS: Final = 2
+
+
+def days_summarizing(day: date) -> list[date]:
+    """The later local days whose summaries count this day's readings (it is among the
+    last max(PERIOD_DAYS) days of each)."""
+    return [day + timedelta(days=n) for n in range(1, max(PERIOD_DAYS))]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,9 +11,9 @@ concept's `text` says what it is. Below 70% sensor activity the glucose metrics 
 their Observations carry a data-absent reason saying so, and the wear figures stay.
 
 A summary is published in the partition of its last day, beside the day's readings; the 14 days'
-readings come from the store (BucketData.history). Known limit: a reading that reaches the store
-after a later day was published changes that later day's 14-day summary only when that day is
-published again (its own data changing, or its turn from preliminary to final).
+readings come from the store (BucketData.history). A commit that changes a day's readings marks
+the 13 later days already published as changed too (store.commit), so a reading that reaches the
+store late is in every 14-day summary that counts it once the republish sensor has run.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from ohx_dagster.core.glucose import MIN_ACTIVE, GlucoseSummary, summarize
+from ohx_dagster.core.glucose import MIN_ACTIVE, PERIOD_DAYS, GlucoseSummary, summarize
 from ohx_dagster.core.ids import content_key
 from ohx_dagster.core.localdays import Calendar
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from ohx_dagster.fhir.partition import BucketData
 
 CGM: Final = HealthDataType.INTERSTITIAL_GLUCOSE.value
-PERIODS: Final = (1, 14)  # days: the local day, and the 14 days the consensus reports on
 DATA_ABSENT: Final = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 
 # metric -> (LOINC code, text)
@@ -93,19 +92,22 @@ def period_summary(
     return summarize(values, period_us=end - start, local_days=labels)
 
 
-def cgm_summaries(data: BucketData, statuses: Mapping[str, str]) -> list[dict[str, Any]]:
+def cgm_summaries(
+    data: BucketData, statuses: Mapping[str, str], period_statuses: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """Per person of the bucket with CGM readings on the partition's day: the day's summary and
-    the 14 days' (module docstring)."""
+    the 14 days' (module docstring), with the day's status and the period's."""
     resources: list[dict[str, Any]] = []
     chunks = [*data.history, *data.chunks]
     for user_id, config in data.configs.items():
         if period_summary(data.chunks, config, data.day, 1) is None:
             continue  # no CGM that day: no summary of it
-        for days in PERIODS:
+        for days in PERIOD_DAYS:
             summary = period_summary(chunks, config, data.day, days)
             if summary is not None:
+                status = (statuses if days == 1 else period_statuses).get(user_id, "final")
                 resources += summary_resources(
-                    data.provider, config, data.day, days, summary, statuses.get(user_id, "final")
+                    data.provider, config, data.day, days, summary, status
                 )
     return resources
 

@@ -222,9 +222,11 @@ def bucket_resources(
     *,
     run_id: str = "",
     recorded_us: int,
+    summary_statuses: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Every resource the partition publishes for the bucket's people (module docstring);
-    `statuses`: per person, final or preliminary for the partition's series and aggregates."""
+    `statuses`: per person, final or preliminary for the partition's series and aggregates;
+    `summary_statuses`: for their summaries over several days (default: `statuses`)."""
     chunks, sparse = data.in_day()
     configs = data.configs
     measurements = measurement_rows(sparse) if not sparse.empty else sparse
@@ -247,7 +249,7 @@ def bucket_resources(
     add(aggregate_observations(hourly, configs, index.derived_from, statuses))
     add(aggregate_observations(daily, configs, index.derived_from, statuses))
     add(resting)
-    add(cgm_summaries(data, statuses))
+    add(cgm_summaries(data, statuses, statuses if summary_statuses is None else summary_statuses))
     published: list[dict[str, Any]] = []
     for user_id, resources in sorted(by_person.items()):
         config = configs[user_id]

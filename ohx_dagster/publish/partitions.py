@@ -41,10 +41,10 @@ import pandas as pd
 import sqlalchemy as sa
 
 from ohx_dagster.core import coverage as cov
+from ohx_dagster.core.glucose import PERIOD_DAYS as CGM_PERIODS
 from ohx_dagster.core.localdays import EPOCH_ORDINAL, MINUTE_US, Calendar
 from ohx_dagster.core.models import AggregationLevel, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import DAY_US, HOUR_US, from_us, iso_us, now_us, to_us, utc_day
-from ohx_dagster.fhir.cgm import PERIODS as CGM_PERIODS
 from ohx_dagster.fhir.common import (
     entered_in_error,
     is_clinical_patient,
@@ -59,11 +59,12 @@ from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.publish import aggregate
 from ohx_dagster.storage import db, record_tables
 from ohx_dagster.storage.schema import aggregates, day_versions, fhir_files, users
-from ohx_dagster.storage.store import RecordStore
+from ohx_dagster.storage.store import RecordStore, history_start
 from ohx_dagster.sync.shards import Shard
 
 FILE_BUCKETS: Final = 64
 CGM_DAYS: Final = max(CGM_PERIODS)
+CGM: Final = HealthDataType.INTERSTITIAL_GLUCOSE.value
 WITHDRAWABLE: Final = frozenset({"Observation", "DiagnosticReport"})
 WITHDRAWN_TYPES: Final = WITHDRAWABLE | {"DeviceAssociation"}
 
@@ -189,6 +190,39 @@ def finality(
         covered = {t: spans for (u, t), spans in ledger.items() if u == user_id}
         found[user_id] = is_final(day, config, now=now, horizon=horizon, covered=covered,
                                   refused=refused[user_id])  # fmt: skip
+    return found
+
+
+def summary_finality(
+    store: RecordStore,
+    provider: str,
+    day: date,
+    configs: Mapping[str, HealthSyncConfig],
+    final: Mapping[str, bool],
+    *,
+    now: datetime,
+) -> dict[str, bool]:
+    """Whether each person's 14-day CGM summary ending on `day` is final: their day is, and the
+    CGM ledger holds every earlier day of the period that their sync will ever ask for (from
+    store.history_start), so a backfill that reached the later days first publishes the
+    summary preliminary until the earlier ones are in. Without a CGM ledger (imported
+    readings) or with CGM refused, the day's finality stands."""
+    found = {u: bool(final.get(u, False)) for u in configs}
+    waiting = [u for u, is_final in found.items() if is_final]
+    ledger = store.coverage(provider, waiting) if waiting else {}
+    kept = {u: configs[u] for u in waiting if (u, CGM) in ledger}
+    if not kept:
+        return found
+    refused = store.refused_types_of(provider, kept)
+    connected = store.connected_at(provider, kept)
+    for user_id, config in kept.items():
+        if CGM in refused[user_id] or user_id not in connected:
+            continue
+        first = Calendar.of(config).day_window(day - timedelta(days=CGM_DAYS - 1))[0]
+        floor = to_us(history_start(config, connected[user_id], now))
+        period = (max(first, floor), day_extent(day, config, CGM)[1])
+        if period[0] < period[1] and cov.gaps(period, cov.normalize(ledger[(user_id, CGM)])):
+            found[user_id] = False
     return found
 
 
@@ -605,9 +639,11 @@ def publish_partition(
         report.count_mismatches += mismatches
         final = finality(store, provider, day, configs, now=now, horizon=horizon)
         statuses = {u: "final" if is_final else "preliminary" for u, is_final in final.items()}
+        summaries = summary_finality(store, provider, day, configs, final, now=now)
         resources = bucket_resources(
-            data, hourly, daily, statuses, run_id=run_id, recorded_us=to_us(now)
-        )
+            data, hourly, daily, statuses, run_id=run_id, recorded_us=to_us(now),
+            summary_statuses={u: "final" if f else "preliminary" for u, f in summaries.items()},
+        )  # fmt: skip
         ids = {(r["resourceType"], r["id"]) for r in resources}
         withdrawn = _withdrawn(previous, ids)
         resources = _amended(resources, previous)

@@ -92,8 +92,9 @@ def write_series(
     batch: pd.DataFrame,
     replace: Mapping[str, Sequence[Interval]],
     rows: np.ndarray | None = None,
-) -> list[tuple[int, int]]:
-    """Merge a person's dense records into their chunks; returns the [start, end) spans changed.
+) -> dict[str, list[tuple[int, int]]]:
+    """Merge a person's dense records into their chunks; returns the [start, end) spans changed,
+    per data type.
     `rows`: the batch's rows that are dense records (None: all of them), read column by column
     (a copy of the frame's dense part cost more than the columns the chunks need)."""
     new: dict[tuple[str, str, int], Samples] = {}
@@ -127,7 +128,7 @@ def write_series(
             first, last = chunks.hour_of(np.array([start, end - 1]))
             touched.setdefault(data_type, set()).update(range(int(first), int(last) + 1, HOUR_US))
     t = series_chunks
-    changed: list[tuple[int, int]] = []
+    changed: dict[str, list[tuple[int, int]]] = {}
     upserts: list[dict[str, Any]] = []
     deletes: list[tuple[str, str, int]] = []
     stamp = now_us()
@@ -158,7 +159,7 @@ def write_series(
             if not len(merged):
                 if old_payload is not None:
                     deletes.append((data_type, device_id, hour))
-                    changed.append((hour, hour + HOUR_US))
+                    changed.setdefault(data_type, []).append((hour, hour + HOUR_US))
                 continue
             if old is not None and merged.equals(old):  # re-delivered: nothing changes
                 continue
@@ -175,7 +176,7 @@ def write_series(
                     "updated_at_us": stamp,
                 }
             )
-            changed.append((hour, hour + HOUR_US))
+            changed.setdefault(data_type, []).append((hour, hour + HOUR_US))
     for data_type, device_id, hour in deletes:
         conn.execute(
             t.delete().where(

@@ -41,7 +41,7 @@ class StoreBase(Protocol):
         provider: str,
         user_id: str,
         covered: Mapping[str, Sequence[Interval]],
-    ) -> None: ...
+    ) -> dict[str, list[Interval]]: ...
 
     def _cut_coverage(  # store_coverage.py
         self, conn: Connection, provider: str, user_id: str, before: int
@@ -56,6 +56,10 @@ class StoreBase(Protocol):
     ) -> None: ...
 
     def _bump_days(  # store_day_versions.py
+        self, conn: Connection, provider: str, user_id: str, days: Iterable[date]
+    ) -> None: ...
+
+    def _bump_published_days(  # store_day_versions.py
         self, conn: Connection, provider: str, user_id: str, days: Iterable[date]
     ) -> None: ...
 

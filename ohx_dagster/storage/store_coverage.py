@@ -34,11 +34,11 @@ class CoverageMixin(StoreBase):
         provider: str,
         user_id: str,
         covered: Mapping[str, Sequence[Interval]],
-    ) -> None:
+    ) -> dict[str, list[Interval]]:
         """The person's coverage of each type with these intervals added: read in one query,
-        written back only for the types it changed."""
+        written back only for the types it changed. Returns what was not covered before."""
         if not covered:
-            return
+            return {}
         c = coverage
         person = (c.c.provider == provider) & (c.c.user_id == user_id)
         stored: dict[str, list[Interval]] = defaultdict(list)
@@ -47,13 +47,15 @@ class CoverageMixin(StoreBase):
         )
         for row in conn.execute(query.order_by(c.c.data_type, c.c.start_us)):
             stored[row.data_type].append((row.start_us, row.end_us))
-        changed = {}
+        changed, gained = {}, {}
         for data_type, intervals in covered.items():
-            merged = cov.normalize([*stored.get(data_type, []), *intervals])
-            if merged != stored.get(data_type, []):
+            before = stored.get(data_type, [])
+            merged = cov.normalize([*before, *intervals])
+            if merged != before:
                 changed[data_type] = merged
+                gained[data_type] = [g for span in intervals for g in cov.gaps(span, before)]
         if not changed:
-            return
+            return {}
         conn.execute(c.delete().where(person, c.c.data_type.in_(sorted(changed))))
         conn.execute(
             c.insert(),
@@ -64,6 +66,7 @@ class CoverageMixin(StoreBase):
                 for s, e in merged
             ],
         )  # fmt: skip
+        return gained
 
     def uncover(
         self, provider: str, user_id: str, windows: Mapping[str, Sequence[Interval]]

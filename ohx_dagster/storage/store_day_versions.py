@@ -51,6 +51,26 @@ class DayVersionsMixin(StoreBase):
             rows,
         )
 
+    def _bump_published_days(
+        self, conn: Connection, provider: str, user_id: str, days: Iterable[date]
+    ) -> None:
+        """Of these days, the person's already published ones are marked changed (a day not yet
+        published, or in the future, is published when its own data comes)."""
+        names = sorted(day.isoformat() for day in days)
+        if not names:
+            return
+        t = day_versions
+        conn.execute(
+            t.update()
+            .where(
+                t.c.provider == provider,
+                t.c.user_id == user_id,
+                t.c.day.in_(names),
+                t.c.published_version > 0,
+            )
+            .values(version=t.c.version + 1, changed_us=now_us())
+        )
+
     def day_versions(
         self, conn: Connection, provider: str, day: date, user_ids: Iterable[str] | None
     ) -> dict[str, int]:

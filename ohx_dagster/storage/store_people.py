@@ -151,6 +151,14 @@ class PeopleMixin(StoreBase):
         )
         return found[0] if found else None
 
+    def connected_at(self, provider: str, user_ids: Iterable[str]) -> dict[str, int]:
+        """When each of these people connected (the start of their history: store.history_start)."""
+        query = sa.select(users.c.user_id, users.c.connected_at_us).where(
+            users.c.provider == provider, users.c.user_id.in_(sorted(user_ids))
+        )
+        with self.read() as conn:
+            return {r.user_id: int(r.connected_at_us) for r in conn.execute(query)}
+
     def users(self, provider: str, *, connected_only: bool = True) -> list[HealthSyncConfig]:
         """The provider's people; `connected_only`: those connected (whatever their state)."""
         return [p.config for p in self.people(provider) if p.connected or not connected_only]

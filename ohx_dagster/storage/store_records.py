@@ -21,14 +21,17 @@ from sqlalchemy.engine import Connection
 
 from ohx_dagster.core import coverage as cov
 from ohx_dagster.core.coverage import Interval
+from ohx_dagster.core.glucose import days_summarizing
 from ohx_dagster.core.localdays import Calendar, any_zone_days
-from ohx_dagster.core.models import DateRange, HealthSyncConfig
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import concat, label_codes
 from ohx_dagster.core.times import to_us
 from ohx_dagster.storage import db, record_tables
 from ohx_dagster.storage.record_tables import DENSE, Chunk
 from ohx_dagster.storage.schema import aggregates, measurements, series_chunks, users
 from ohx_dagster.storage.store_base import StoreBase
+
+CGM = HealthDataType.INTERSTITIAL_GLUCOSE.value
 
 
 @dataclass
@@ -100,15 +103,21 @@ class RecordsMixin(StoreBase):
                 return report
             if asked_at_us is not None and replace:
                 replace = self._answered_last(conn, provider, user_id, replace, asked_at_us)
-            report.changed += record_tables.write_series(
+            series = record_tables.write_series(
                 conn, provider, user_id, batch, replace, rows=dense_rows
             )
+            report.changed += [span for spans in series.values() for span in spans]
             report.changed += record_tables.write_measurements(
                 conn, provider, user_id, sparse, replace
             )
-            self._add_coverage(conn, provider, user_id, covered)
+            gained = self._add_coverage(conn, provider, user_id, covered)
             report.days = days_touched(report.changed, zone)
             self._bump_days(conn, provider, user_id, report.days)
+            # Later days' 14-day CGM summaries count these readings, and are final only once
+            # their earlier days are covered: those already published go again.
+            glucose = days_touched([*series.get(CGM, []), *gained.get(CGM, [])], zone)
+            later = {d for day in glucose for d in days_summarizing(day)} - report.days
+            self._bump_published_days(conn, provider, user_id, later)
             if covered:
                 self._succeeded(conn, provider, user_id, covered)
             for name, value in (cursors or {}).items():

@@ -7,6 +7,7 @@ and mutations of them are caught."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -205,3 +206,50 @@ def test_a_panel_member_that_is_not_published_is_an_unresolved_reference() -> No
     without_gmi = [r for r in resources if r["code"]["coding"][0]["code"] != "97506-0"]
     problems = validate_output(without_gmi, external={"Patient/p-001"})
     assert any(p.resource_id == panel["id"] and "hasMember" in p.path for p in problems), problems
+
+
+def test_a_14_day_summary_is_preliminary_until_its_earlier_days_are_in(tmp_path) -> None:
+    """A backfill that reaches the later days first: the 14-day summary of a final day is
+    published preliminary while earlier days of its period are still to come; their readings
+    mark the published day changed, and it is published again, final, counting them."""
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    simulator = SimulatedSource(2, hr_hz=0.01, clock=lambda: now)
+    source = Windowed(simulator, SUPPORTED_TYPES["simulated"], timedelta(hours=1))
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
+    output = FhirOutput(str(tmp_path / "fhir"))
+    # Their history reaches far back: every day of the period is one the sync will ask for.
+    store.add_users(replace(c, lookback_days=3650) for c in simulator.discover_users())
+
+    def publish() -> list[dict]:
+        report = publish_partition(
+            store, output, provider="simulated", key="simulated", shard=Shard("simulated"),
+            day=LAST, scope=None, now=now, horizon=timedelta(hours=1),
+        )  # fmt: skip
+        assert not report.invalid_buckets
+        return [r for r in published(output, LAST) if r["resourceType"] == "Observation"
+                and r["subject"]["identifier"]["value"] == PERSON]  # fmt: skip
+
+    def panel(resources: list[dict], days: int) -> dict:
+        first = (LAST - timedelta(days=days - 1)).isoformat()
+        (found,) = [r for r in resources if r["code"]["coding"][0]["code"] == "107931-8"
+                    and r["effectivePeriod"]["start"] == first]  # fmt: skip
+        return found
+
+    def wear(resources: list[dict]) -> int:
+        first = (LAST - timedelta(days=13)).isoformat()
+        (found,) = [r for r in resources if r["code"]["coding"][0]["code"] == "104636-6"
+                    and r["effectivePeriod"]["start"] == first]  # fmt: skip
+        return found["valueQuantity"]["value"]
+
+    sync_partition(source, store, [LAST - timedelta(days=b) for b in range(6, -2, -1)], now=now)
+    early = publish()
+    assert panel(early, 1)["status"] == "final"  # the day itself is covered and over
+    # Seven UTC days and the evening before the first in New York: eight local days of wear.
+    assert panel(early, 14)["status"] == "preliminary" and wear(early) == 8
+    assert LAST not in store.unpublished_days("simulated")
+    sync_partition(source, store, [LAST - timedelta(days=b) for b in range(15, 6, -1)], now=now)
+    assert PERSON in store.unpublished_days("simulated")[LAST]  # the summary counts them
+    late = publish()
+    assert panel(late, 14)["status"] == "final" and wear(late) == 14
+    assert panel(late, 1) == panel(early, 1)  # the day's own summary did not change
+    store.dispose()

@@ -196,6 +196,41 @@ def test_day_versions_move_on_change_and_publishing_catches_up(store: RecordStor
     assert store.unpublished_days("fitabase") == {}
 
 
+def glucose_batch(user: str, day_start: datetime) -> pd.DataFrame:
+    """An hour of CGM readings every 5 minutes from `day_start` (UTC)."""
+    return make_batch(
+        provider="fitabase",
+        user_id=user,
+        data_type="interstitial_glucose",
+        timestamps=pd.date_range(day_start, periods=12, freq="5min"),
+        values=np.full(12, 110.0),
+        unit="mg/dL",
+        device_id="cgm",
+        utc_offset_min=-360,
+    )
+
+
+def test_late_cgm_readings_mark_the_published_days_whose_14_day_summary_counts_them(
+    store: RecordStore,
+) -> None:
+    """A day's 14-day CGM summary counts the 13 days before it: readings that reach the store
+    after a later day was published make that day due again; days never published (and days to
+    come) are left for their own data."""
+    published = [date(2016, 4, 14), date(2016, 4, 15)]  # the 13th day after, and the 14th
+    for day in published:
+        commit(store, glucose_batch("u1", datetime.combine(day, datetime.min.time(), UTC)
+                                    + timedelta(hours=12)))  # fmt: skip
+        with store.read() as conn:
+            versions = store.day_versions(conn, "fitabase", day, None)
+        store.mark_published("fitabase", day, versions, {"u1": True})
+    assert store.unpublished_days("fitabase") == {}
+    commit(store, glucose_batch("u1", T0 + timedelta(hours=12)))  # 07:00 on 1 April in Chicago
+    assert store.unpublished_days("fitabase") == {date(2016, 4, 1): {"u1"}, published[0]: {"u1"}}
+    commit(store, heart_rate_batch("u1", 86_400 * 3, 10))  # heart rate is in no such summary
+    assert set(store.unpublished_days("fitabase")) == {date(2016, 4, 1), published[0],
+                                                       date(2016, 4, 3)}  # fmt: skip
+
+
 def test_retention_trims_the_hour_that_straddles_the_cutoff(store: RecordStore) -> None:
     commit(store, heart_rate_batch("u1", 0, 1440))  # two hours at 5 s
     removed, _ = store.delete_before("fitabase", "u1", T0 + timedelta(minutes=90))
