@@ -4,7 +4,7 @@ person as their salted subject, the outcome and the detail.
 - `--since`: an ISO date or time (UTC unless it says), or a span back from now (`24h`, `7d`,
   `30m`).
 - `--action`: connect, disconnect, relink, import, export, erase, readmit, set-zone, staff-add,
-  staff-remove, sign-in (audit.ACTIONS).
+  staff-remove, sign-in, client-add, client-remove, token, read (audit.ACTIONS).
 - `--json`: machine-readable, ISO 8601 times.
 
 What each action records, and who its actor is: docs/deployment.md, "The audit log: what is

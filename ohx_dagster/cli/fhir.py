@@ -1,5 +1,10 @@
-"""`ohx fhir fetch-packages`: the pinned HL7 FHIR packages the validator reads, fetched with npm
-(ohx_dagster/fhir/validation/packages.py says where they are looked for)."""
+"""`ohx fhir`: the FHIR side of the product.
+
+- `fetch-packages`: the pinned HL7 FHIR packages the validator reads, fetched with npm
+  (ohx_dagster/fhir/validation/packages.py says where they are looked for).
+- `serve`: the FHIR R5 API for clinical systems (ohx_dagster/fhirapi, docs/fhir-api.md).
+- `clients add|list|remove`: the client systems it accepts (SMART Backend Services).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ from pathlib import Path
 
 import click
 
+from ohx_dagster.cli import common
 from ohx_dagster.core.errors import OhxError
 
 
 @click.group("fhir")
 def fhir() -> None:
-    """FHIR conformance packages."""
+    """FHIR: the API server, its client systems, the conformance packages."""
 
 
 @fhir.command("fetch-packages")
@@ -41,3 +47,107 @@ def fetch_packages(dest: Path | None) -> None:
     kept = len(SPECS) - len(fetched)
     if kept:
         click.echo(f"{kept} of {len(SPECS)} packages were already in {folder}")
+
+
+@fhir.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8790, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--public-url",
+    envvar="OHX_FHIR_API_URL",
+    help="The base URL clients reach this server at (through a proxy: the proxy's); the token "
+    "URL assertions name as aud. Default: the URL of each request. Env OHX_FHIR_API_URL.",
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, public_url: str | None) -> None:
+    """Serve the FHIR R5 API (SMART Backend Services, Patient read, Observation search) on the
+    store and the published NDJSON until stopped (Ctrl-C or SIGTERM)."""
+    import uvicorn
+
+    from ohx_dagster.config.receiver import ReceiverLimits
+    from ohx_dagster.config.settings import Settings
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.fhirapi.app import create_app
+    from ohx_dagster.providers.registry import CATALOG
+    from ohx_dagster.receiver.serve import server_config
+
+    settings = Settings.from_env(catalog=CATALOG)
+    store = common.open_store(ctx)
+    app = create_app(store, FhirOutput(settings.fhir_dir), public_url=public_url)
+    config = server_config(app, ReceiverLimits(), host=host, port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    click.echo(f"FHIR API on http://{host}:{port}/fhir (metadata: /fhir/metadata)", err=True)
+    server.run()
+
+
+@fhir.group("clients")
+def clients_() -> None:
+    """Client systems of the FHIR API (SMART Backend Services): add, list, remove."""
+
+
+@clients_.command("add")
+@click.argument("name")
+@click.option(
+    "--jwks",
+    "jwks_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The client's public keys, a JSON Web Key Set (RSA >= 2048 bits or EC P-384, each "
+    "with a kid).",
+)
+@click.option(
+    "--scope",
+    required=True,
+    help="The system scopes it may be granted, e.g. 'system/Observation.rs system/Patient.r'.",
+)
+@click.pass_context
+def clients_add(ctx: click.Context, name: str, jwks_file: Path, scope: str) -> None:
+    """Register a client system; prints its client id (the iss and sub of its assertions)."""
+    from ohx_dagster.core.errors import ValidationError
+    from ohx_dagster.fhirapi import clients
+    from ohx_dagster.privacy import audit
+
+    try:
+        text = jwks_file.read_bytes()[: 1 << 20]
+    except OSError as exc:
+        raise ValidationError(
+            "--jwks", str(jwks_file), f"a readable file ({exc.strerror})"
+        ) from None
+    store = common.open_store(ctx)
+    client = clients.add_client(store, name, text, scope, actor=audit.login("ohx fhir clients add"))
+    click.echo(client.client_id)
+    click.echo(f"{name} may ask for {' '.join(map(str, client.scopes))}", err=True)
+
+
+@clients_.command("list")
+@click.pass_context
+def clients_list(ctx: click.Context) -> None:
+    """The registered client systems: name, client id, key ids, scopes."""
+    from ohx_dagster.fhirapi import clients
+
+    found = clients.list_clients(common.open_store(ctx))
+    if not found:
+        click.echo("no clients: add one with `ohx fhir clients add NAME --jwks FILE --scope ...`")
+        return
+    for client in found:
+        kids = ",".join(k["kid"] for k in client.keys)
+        click.echo(
+            f"{client.name}\t{client.client_id}\t{kids}\t{' '.join(map(str, client.scopes))}"
+        )
+
+
+@clients_.command("remove")
+@click.argument("name_or_id")
+@click.pass_context
+def clients_remove(ctx: click.Context, name_or_id: str) -> None:
+    """Remove a client system; its access tokens stop working at once."""
+    from ohx_dagster.core.errors import ValidationError
+    from ohx_dagster.fhirapi import clients
+    from ohx_dagster.privacy import audit
+
+    store = common.open_store(ctx)
+    if not clients.remove_client(store, name_or_id, actor=audit.login("ohx fhir clients remove")):
+        raise ValidationError(
+            "NAME", name_or_id, "a registered client (see `ohx fhir clients list`)"
+        )
+    click.echo(f"removed {name_or_id}: its tokens no longer work")

@@ -156,6 +156,9 @@ NOT_PERSONAL: Final = {
         "staff names and hashes of their tokens (ohx_dagster/privacy/staff.py), no patient"
     ),
     "staff_revoked": "staff names and ids of their revoked tokens (ohx_dagster/privacy/staff.py)",
+    "fhir_clients": "the FHIR API's client systems and their public keys, no patient",
+    "fhir_assertions": "ids of client assertions seen (ohx_dagster/fhirapi/clients.py), no patient",
+    "fhir_tokens": "hashes of access tokens issued to client systems, no patient",
 }
 OWN_RULE: Final = {
     "fhir_outbox": "server deletion first (step 3)",

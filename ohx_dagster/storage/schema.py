@@ -380,3 +380,36 @@ staff_revoked = sa.Table(
     sa.Column("revoked_at_us", sa.BigInteger, nullable=False),
     sa.Column("revoked_by", sa.String(128), nullable=False),
 )
+
+# The FHIR API's SMART Backend Services clients (ohx_dagster/fhirapi/clients.py): each client's
+# public keys (a JWKS) and the system scopes staff allowed it; the assertions' ids seen, until
+# they expire (a replayed one is refused); the access tokens issued, by the SHA-256 of the token.
+fhir_clients = sa.Table(
+    "fhir_clients",
+    metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("jwks", sa.Text, nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("added_at_us", sa.BigInteger, nullable=False),
+    sa.Column("added_by", sa.String(128), nullable=False),
+)
+
+fhir_assertions = sa.Table(
+    "fhir_assertions",
+    metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("jti", sa.String(256), primary_key=True),
+    sa.Column("expires_us", sa.BigInteger, nullable=False),
+)
+sa.Index(None, fhir_assertions.c.expires_us)
+
+fhir_tokens = sa.Table(
+    "fhir_tokens",
+    metadata,
+    sa.Column("token_sha256", sa.String(64), primary_key=True),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.Text, nullable=False),
+    sa.Column("expires_us", sa.BigInteger, nullable=False),
+)
+sa.Index(None, fhir_tokens.c.expires_us)

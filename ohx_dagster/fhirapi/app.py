@@ -1,0 +1,352 @@
+"""The FHIR R5 API: an ASGI app over the store and the published NDJSON.
+
+    GET  /fhir/metadata                         CapabilityStatement (no token needed)
+    GET  /.well-known/smart-configuration       SMART configuration (also under /fhir/)
+    POST /auth/token                            SMART Backend Services token (clients.py)
+    GET  /fhir/Patient/{id}                     system/Patient.r
+    GET  /fhir/Observation?patient=&code=&date=&_count=   system/Observation.s
+
+Every FHIR request needs `Authorization: Bearer <access token>`; a missing, unknown or expired
+token gets 401, a scope that does not cover the type 403, a parameter this server does not know
+or cannot read 400, an unknown patient 404: each an OperationOutcome naming what was wrong
+(token refusals are OAuth errors, RFC 6749 5.2). Answers are `application/fhir+json`.
+
+Audited (ohx_dagster/privacy/audit.py): every token issued or refused (action `token`, the
+client's name as actor when it is a registered client, "unknown" otherwise), and every read or
+search of a person's data (action `read`, the client as actor, the person as their salted
+subject, what was asked and how many resources in the detail). A request refused before it
+names a person (no token, wrong scope) is audited through RefusedRows, bounded.
+
+`public_url` is the server's base URL as clients reach it (through a proxy, the proxy's): the
+token URL an assertion's `aud` must name and the base of paging links. Without it, the URL of
+the request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.metadata import version
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ohx_dagster.fhir.output import FhirOutput
+from ohx_dagster.fhir.provenance import SOFTWARE
+from ohx_dagster.fhirapi import clients
+from ohx_dagster.fhirapi.clients import Grant, TokenError
+from ohx_dagster.fhirapi.scopes import allowed
+from ohx_dagster.fhirapi.search import Published, SearchError, parse_codes, parse_date
+from ohx_dagster.privacy import audit
+from ohx_dagster.privacy.audit import RefusedRows
+from ohx_dagster.privacy.subjects import erasure_salt, subject_hash
+from ohx_dagster.storage.store import RecordStore
+
+FHIR_JSON: Final = "application/fhir+json"
+DEFAULT_COUNT: Final = 50
+MAX_COUNT: Final = 1_000
+SEARCH_PARAMETERS: Final = ("patient", "code", "date", "_count", "_offset", "_format")
+MAX_FORM_BYTES: Final = 32_768
+FORMATS: Final = ("json", "application/json", "application/fhir+json")
+
+
+def _fhir(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None):
+    return JSONResponse(dict(body), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def outcome(
+    status: int, code: str, text: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """An OperationOutcome with one error issue (`code` from the IssueType value set)."""
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+    }
+    return _fhir(body, status, headers)
+
+
+def capability_statement(base: str) -> dict[str, Any]:
+    """What this server does, and only that."""
+    token_url = f"{base}/auth/token"
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-12-07",
+        "kind": "instance",
+        "software": {"name": SOFTWARE, "version": version("ohx-dagster")},
+        "implementation": {
+            "description": "Open Health Exchange sync: published wearable and home-device data",
+            "url": f"{base}/fhir",
+        },
+        "fhirVersion": "5.0.0",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://hl7.org/fhir/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ]
+                        }
+                    ],
+                    "description": "SMART Backend Services: client_credentials with a "
+                    f"private_key_jwt assertion (RS384 or ES384) at {token_url}; system scopes.",
+                },
+                "resource": [
+                    {
+                        "type": "Patient",
+                        "interaction": [{"code": "read"}],
+                    },
+                    {
+                        "type": "Observation",
+                        "interaction": [{"code": "search-type"}],
+                        "searchParam": [
+                            {
+                                "name": "patient",
+                                "type": "reference",
+                                "documentation": "Required: one patient's observations.",
+                            },
+                            {"name": "code", "type": "token"},
+                            {
+                                "name": "date",
+                                "type": "date",
+                                "documentation": "On effective[x]; prefixes eq, ge, gt, le, lt.",
+                            },
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+
+
+def smart_configuration(base: str) -> dict[str, Any]:
+    return {
+        "token_endpoint": f"{base}/auth/token",
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": list(clients.ALGORITHMS),
+        "grant_types_supported": ["client_credentials"],
+        "scopes_supported": ["system/Patient.r", "system/Observation.s", "system/Observation.rs"],
+        "capabilities": ["client-confidential-asymmetric"],
+    }
+
+
+def create_app(
+    store: RecordStore,
+    output: FhirOutput,
+    *,
+    public_url: str | None = None,
+    refused_rows: RefusedRows | None = None,
+) -> Starlette:
+    published = Published(store, output)
+    refused_rows = refused_rows or RefusedRows(store)
+    salt = erasure_salt()
+
+    def base_of(request: Request) -> str:
+        return (public_url or str(request.base_url)).rstrip("/")
+
+    async def metadata(request: Request) -> Response:
+        return _fhir(capability_statement(base_of(request)))
+
+    async def smart(request: Request) -> Response:
+        return JSONResponse(smart_configuration(base_of(request)))
+
+    async def token(request: Request) -> Response:
+        url = f"{base_of(request)}/auth/token"
+        try:
+            form = await _form(request)
+            client, answer = await run_in_threadpool(clients.issue_token, store, form, url)
+        except TokenError as exc:
+            refused_rows.refused(
+                action="token",
+                actor="unknown",
+                where="POST /auth/token",
+                reason=exc.error,
+                address=_address(request),
+            )
+            headers = {"Cache-Control": "no-store"}
+            return JSONResponse(
+                {"error": exc.error, "error_description": exc.description},
+                status_code=exc.status,
+                headers=headers,
+            )
+        await run_in_threadpool(
+            audit.record,
+            store,
+            actor=f"fhir client {client.name}",
+            action="token",
+            detail=f"scopes {answer['scope']}",
+        )
+        return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    async def authorized(request: Request, resource_type: str, permission: str) -> Grant | Response:
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        grant = None
+        if scheme.lower() == "bearer" and value:
+            grant = await run_in_threadpool(clients.check_token, store, value.strip())
+        where = f"{request.method} {request.url.path}"
+        if grant is None:
+            refused_rows.refused(
+                action="read",
+                actor="unknown",
+                where=where,
+                reason="no valid access token",
+                address=_address(request),
+            )
+            challenge = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
+            return outcome(
+                401,
+                "login",
+                "an access token is needed (Authorization: Bearer ...): "
+                "missing, unknown or expired",
+                challenge,
+            )
+        if not allowed(list(grant.scopes), resource_type, permission):
+            refused_rows.refused(
+                action="read",
+                actor=f"fhir client {grant.name}",
+                where=where,
+                reason="scope",
+                address=_address(request),
+            )
+            return outcome(
+                403,
+                "forbidden",
+                f"the token's scopes do not include system/{resource_type}.{permission}",
+            )
+        return grant
+
+    def audited(grant: Grant, config: Any, what: str, count: int) -> None:
+        audit.record(
+            store,
+            actor=f"fhir client {grant.name}",
+            action="read",
+            subject=subject_hash(config.provider, config.user_id, salt=salt),
+            detail=f"{what}: {count} resources",
+        )
+
+    async def read_patient(request: Request) -> Response:
+        grant = await authorized(request, "Patient", "r")
+        if isinstance(grant, Response):
+            return grant
+        patient_id = request.path_params["id"]
+        config = await run_in_threadpool(published.person, patient_id)
+        found = None if config is None else await run_in_threadpool(published.patient, config)
+        if config is None or found is None:
+            return outcome(404, "not-found", f"no Patient {patient_id[:64]!r} here")
+        await run_in_threadpool(audited, grant, config, "GET Patient", 1)
+        return _fhir(found)
+
+    async def search_observations(request: Request) -> Response:
+        grant = await authorized(request, "Observation", "s")
+        if isinstance(grant, Response):
+            return grant
+        query = request.query_params
+        try:
+            unknown = sorted(set(query) - set(SEARCH_PARAMETERS))
+            if unknown:
+                raise SearchError(
+                    f"parameter {unknown[0]!r} is not supported here "
+                    f"(supported: {', '.join(SEARCH_PARAMETERS)})"
+                )
+            if query.get("_format", "json") not in FORMATS:
+                raise SearchError("_format: this server answers JSON only")
+            patients = query.getlist("patient")
+            if len(patients) != 1:
+                raise SearchError("give one patient (patient=Patient/ID): a cohort is $export's")
+            codes = [t for text in query.getlist("code") for t in parse_codes(text)]
+            dates = [parse_date(text) for text in query.getlist("date")]
+            count = _number(query.get("_count"), "_count", DEFAULT_COUNT, 1, MAX_COUNT)
+            offset = _number(query.get("_offset"), "_offset", 0, 0, 10**9)
+        except SearchError as exc:
+            return outcome(400, "invalid", str(exc))
+        patient_id = patients[0].removeprefix("Patient/")
+        config = await run_in_threadpool(published.person, patient_id)
+        if config is None:
+            return outcome(404, "not-found", f"no Patient {patient_id[:64]!r} here")
+        found = await run_in_threadpool(published.observations, config, codes, dates)
+        page = found[offset : offset + count]
+        base = base_of(request)
+        links = [{"relation": "self", "url": _link(base, query, offset, count)}]
+        if offset + count < len(found):
+            links.append({"relation": "next", "url": _link(base, query, offset + count, count)})
+        if offset > 0:
+            links.append(
+                {"relation": "previous", "url": _link(base, query, max(0, offset - count), count)}
+            )
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(found),
+            "link": links,
+            "entry": [
+                {
+                    "fullUrl": f"{base}/fhir/Observation/{r['id']}",
+                    "resource": r,
+                    "search": {"mode": "match"},
+                }
+                for r in page
+            ],
+        }
+        # The person is the row's subject (salted), never their id in clear.
+        asked = sorted((k, v) for k, v in query.multi_items() if k != "patient")
+        what = "GET Observation?" + urlencode(asked)[:300]
+        await run_in_threadpool(audited, grant, config, what, len(page))
+        return _fhir(bundle)
+
+    routes = [
+        Route("/fhir/metadata", metadata, methods=["GET"]),
+        Route("/.well-known/smart-configuration", smart, methods=["GET"]),
+        Route("/fhir/.well-known/smart-configuration", smart, methods=["GET"]),
+        Route("/auth/token", token, methods=["POST"]),
+        Route("/fhir/Patient/{id}", read_patient, methods=["GET"]),
+        Route("/fhir/Observation", search_observations, methods=["GET"]),
+    ]
+    return Starlette(routes=routes)
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The token request's form fields (application/x-www-form-urlencoded, each field once)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/x-www-form-urlencoded":
+        raise TokenError("invalid_request", "the body must be application/x-www-form-urlencoded")
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_FORM_BYTES:
+            raise TokenError("invalid_request", f"the body is over {MAX_FORM_BYTES} bytes")
+    try:
+        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise TokenError("invalid_request", "the body is not a URL-encoded form") from None
+    form = dict(pairs)
+    if len(form) != len(pairs):
+        raise TokenError("invalid_request", "a form field is given twice")
+    return form
+
+
+def _number(text: str | None, name: str, default: int, low: int, high: int) -> int:
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise SearchError(f"{name} must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def _link(base: str, query: Any, offset: int, count: int) -> str:
+    kept = [(k, v) for k, v in query.multi_items() if k not in ("_offset", "_count")]
+    return f"{base}/fhir/Observation?" + urlencode([*kept, ("_count", count), ("_offset", offset)])
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else ""
