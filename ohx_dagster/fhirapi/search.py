@@ -160,21 +160,26 @@ class Published:
     def __init__(self, store: RecordStore, output: FhirOutput) -> None:
         self.store, self.output = store, output
         self._lock = threading.Lock()
-        self._people: dict[str, HealthSyncConfig] = {}
+        self._people: dict[str, tuple[str, str]] = {}  # Patient id -> (provider, user id)
         self._read_at = -PEOPLE_CACHE_S
 
     def person(self, patient_id: str) -> HealthSyncConfig | None:
-        """The person whose Patient this is (people read again at most every 30 s, and at once
-        for an id not known yet; an erased person's row is gone)."""
+        """The person whose Patient this is, as the store holds them now: the map of Patient ids
+        is read again at most every 30 s (and at once for an id not in it), and the person's own
+        row on every request, so an erased or relinked person is never served from it."""
         with self._lock:
             fresh = time.monotonic() - self._read_at < PEOPLE_CACHE_S
             if not fresh or patient_id not in self._people:
                 with self.store.read() as conn:
                     rows = conn.execute(sa.select(users.c.config)).scalars().all()
                 configs = [HealthSyncConfig.from_json(orjson.loads(row)) for row in rows]
-                self._people = {c.fhir_patient_id: c for c in configs}
+                self._people = {c.fhir_patient_id: (c.provider, c.user_id) for c in configs}
                 self._read_at = time.monotonic()
-            return self._people.get(patient_id)
+            found = self._people.get(patient_id)
+        if found is None:
+            return None
+        config = self.store.user(*found)
+        return config if config is not None and config.fhir_patient_id == patient_id else None
 
     def _files(
         self, config: HealthSyncConfig, resource_type: str, first: date | None, last: date | None

@@ -378,3 +378,37 @@ def test_one_assertion_sent_twice_at_once_gets_one_token(store: RecordStore) -> 
     with ThreadPoolExecutor(2) as pool:
         answers = sorted(pool.map(attempt, range(2)))
     assert answers[0] == "invalid_client" and answers[1].startswith("ohxa_")
+
+
+def test_an_erased_person_is_not_found_and_their_data_never_served(tmp_path: Path) -> None:
+    """After `ohx users delete`, their Patient is 404, a search for them is 404, and no search
+    for anyone else returns a resource of theirs."""
+    from ohx_dagster.privacy.erasure import erase_person
+
+    simulator = SimulatedSource(2, hr_hz=0.01, clock=lambda: NOW)
+    source = Windowed(simulator, SUPPORTED_TYPES["simulated"], timedelta(hours=1))
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}", migrate_schema=True)
+    output = FhirOutput(str(tmp_path / "fhir"))
+    people = simulator.discover_users()
+    store.add_users(people)
+    sync_partition(source, store, [DAY], now=NOW)
+    publish_partition(store, output, provider="simulated", key="simulated",
+                      shard=Shard("simulated"), day=DAY, scope=None, now=NOW,
+                      horizon=timedelta(hours=1))  # fmt: skip
+    key = Key("ES384", "e-1")
+    client = clients.add_client(store, "ehr", jwks(key), "system/Observation.rs system/Patient.r",
+                                actor="test")  # fmt: skip
+    gone, kept = people
+    with serve_in_thread(create_app(store, output)) as base:
+        world = {"base": base, "client": client, "ec": key}
+        token = token_for(world, "ec")
+        before = fhir_get(world, "Observation", token, patient=gone.fhir_patient_id)
+        assert before.status_code == 200 and before.json()["total"] > 0
+        erase_person(store, output, None, "simulated", gone.user_id, requested_by="test")
+        assert fhir_get(world, "Patient/" + gone.fhir_patient_id, token).status_code == 404
+        after = fhir_get(world, "Observation", token, patient=gone.fhir_patient_id)
+        assert after.status_code == 404
+        other = fhir_get(world, "Observation", token, patient=kept.fhir_patient_id, _count=1000)
+        assert other.status_code == 200 and other.json()["total"] > 0
+        assert gone.fhir_patient_id not in other.text and gone.user_id not in other.text
+    store.dispose()
