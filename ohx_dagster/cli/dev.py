@@ -1,13 +1,14 @@
 """`ohx dev`: the product on its embedded default, as scripts/dev runs it.
 
-1. The two ports are checked first: one that is taken stops everything at once, naming the port
+1. The three ports are checked first: one that is taken stops everything at once, naming the port
    and its variable (OHX_UI_PORT, default 3000: the Dagster UI; OHX_WEBHOOK_PORT, default 8787:
-   the webhook receiver).
+   the webhook receiver; OHX_FHIR_API_PORT, default 8790: the FHIR API).
 2. OHX_HOME (default ./.ohx) and DAGSTER_HOME (default $OHX_HOME/dagster, given deploy/dagster.yaml
    on first start); the simulated users are seeded into the store.
-3. The webhook receiver on 127.0.0.1:$OHX_WEBHOOK_PORT (awaited until /healthz answers), the
-   simulator posting a signed webhook every minute, and `dagster dev` (webserver, daemon, code
-   server) on 127.0.0.1:$OHX_UI_PORT; "UI at http://..." once the webserver answers.
+3. The webhook receiver on 127.0.0.1:$OHX_WEBHOOK_PORT (awaited until /healthz answers), the FHIR
+   API on 127.0.0.1:$OHX_FHIR_API_PORT (awaited until /fhir/metadata answers), the simulator
+   posting a signed webhook every minute, and `dagster dev` (webserver, daemon, code server) on
+   127.0.0.1:$OHX_UI_PORT; "UI at http://..." once the webserver answers.
 
 What it says: a line per step from the first second, then one line per run start and end (read
 from the Dagster instance) and the warnings and errors of the services and runs, one line each.
@@ -98,11 +99,13 @@ def port_taken(port: int, host: str = HOST) -> bool:
 def check_ports(env: Mapping[str, str] | None = None) -> dict[str, int]:
     """The ports by variable; a taken one (or a bad value) is a ConfigError naming both."""
     ports = CliSettings.from_env(env).ports()
-    if ports["OHX_UI_PORT"] == ports["OHX_WEBHOOK_PORT"]:
-        raise ConfigError(
-            f"OHX_UI_PORT and OHX_WEBHOOK_PORT are both {ports['OHX_UI_PORT']}: give them "
-            "different ports"
-        )
+    names = sorted(ports)
+    for n, first in enumerate(names):
+        for second in names[n + 1 :]:
+            if ports[first] == ports[second]:
+                raise ConfigError(
+                    f"{first} and {second} are both {ports[first]}: give them different ports"
+                )
     for name, _, what in PORTS:
         if port_taken(ports[name]):
             raise ConfigError(
@@ -449,8 +452,8 @@ class RunWatcher:
     help="Also show every line the services and runs log (they always go to $OHX_HOME/logs).",
 )
 def dev(verbose: bool) -> None:
-    """Run the product locally: seed the simulated users, then the webhook receiver, the
-    simulator and `dagster dev` (UI + daemon). Ctrl-C (or SIGTERM) stops everything.
+    """Run the product locally: seed the simulated users, then the webhook receiver, the FHIR
+    API, the simulator and `dagster dev` (UI + daemon). Ctrl-C (or SIGTERM) stops everything.
 
     \b
     The console shows each step, one line per run start and end, and warnings and errors;
@@ -459,6 +462,7 @@ def dev(verbose: bool) -> None:
     \b
     OHX_UI_PORT       Dagster UI port (default 3000)
     OHX_WEBHOOK_PORT  webhook receiver port (default 8787)
+    OHX_FHIR_API_PORT FHIR API port (default 8790; docs/fhir-api.md)
     OHX_HOME          data directory (default ./.ohx)
     DAGSTER_HOME      Dagster instance (default $OHX_HOME/dagster)
     """
@@ -488,6 +492,7 @@ def dev(verbose: bool) -> None:
     say(f"ohx dev: data in {home}, logs in {logs}")
     say(seed(settings))
     ui, webhooks = ports["OHX_UI_PORT"], ports["OHX_WEBHOOK_PORT"]
+    fhir_port = ports["OHX_FHIR_API_PORT"]
     python = sys.executable
     services = Services(env, logs, verbose)
     watcher: RunWatcher | None = None
@@ -508,6 +513,21 @@ def dev(verbose: bool) -> None:
             "OHX_WEBHOOK_PORT",
         )
         say(f"webhook receiver at http://{HOST}:{webhooks}")
+        fhir_api = services.start(
+            "fhir-api",
+            [str(Path(python).parent / "ohx"), "fhir", "serve", "--host", HOST,
+             "--port", str(fhir_port)],
+        )  # fmt: skip
+        _await(
+            "the FHIR API",
+            f"http://{HOST}:{fhir_port}/fhir/metadata",
+            fhir_api,
+            services,
+            stopper,
+            RECEIVER_START_S,
+            "OHX_FHIR_API_PORT",
+        )
+        say(f"FHIR API at http://{HOST}:{fhir_port}/fhir (clients: `ohx fhir clients add`)")
         services.start(
             "simulator",
             [

@@ -54,7 +54,6 @@ def fetch_packages(dest: Path | None) -> None:
 @click.option("--port", default=8790, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--public-url",
-    envvar="OHX_FHIR_API_URL",
     help="The base URL clients reach this server at (through a proxy: the proxy's); the token "
     "URL assertions name as aud. Default: the URL of each request. Env OHX_FHIR_API_URL.",
 )
@@ -64,6 +63,7 @@ def serve(ctx: click.Context, host: str, port: int, public_url: str | None) -> N
     store and the published NDJSON until stopped (Ctrl-C or SIGTERM)."""
     import uvicorn
 
+    from ohx_dagster.config.environment import environ
     from ohx_dagster.config.receiver import ReceiverLimits
     from ohx_dagster.config.settings import Settings
     from ohx_dagster.fhir.output import FhirOutput
@@ -72,6 +72,7 @@ def serve(ctx: click.Context, host: str, port: int, public_url: str | None) -> N
     from ohx_dagster.receiver.serve import server_config
 
     settings = Settings.from_env(catalog=CATALOG)
+    public_url = public_url or environ().get("OHX_FHIR_API_URL") or None
     store = common.open_store(ctx)
     app = create_app(store, FhirOutput(settings.fhir_dir), public_url=public_url)
     config = server_config(app, ReceiverLimits(), host=host, port=port, log_level="warning")

@@ -27,6 +27,7 @@ from ohx_dagster.core.errors import ConfigError
 PORTS: Final = (
     ("OHX_UI_PORT", 3000, "the Dagster UI"),
     ("OHX_WEBHOOK_PORT", 8787, "the webhook receiver"),
+    ("OHX_FHIR_API_PORT", 8790, "the FHIR API"),
 )
 
 

@@ -2,7 +2,7 @@
 
     GET  /fhir/metadata                         CapabilityStatement (no token needed)
     GET  /.well-known/smart-configuration       SMART configuration (also under /fhir/)
-    POST /auth/token                            SMART Backend Services token (clients.py)
+    POST /fhir/auth/token                            SMART Backend Services token (clients.py)
     GET  /fhir/Patient/{id}                     system/Patient.r
     GET  /fhir/Observation?patient=&code=&date=&_count=   system/Observation.s
 
@@ -71,7 +71,7 @@ def outcome(
 
 def capability_statement(base: str) -> dict[str, Any]:
     """What this server does, and only that."""
-    token_url = f"{base}/auth/token"
+    token_url = f"{base}/fhir/auth/token"
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -131,7 +131,7 @@ def capability_statement(base: str) -> dict[str, Any]:
 
 def smart_configuration(base: str) -> dict[str, Any]:
     return {
-        "token_endpoint": f"{base}/auth/token",
+        "token_endpoint": f"{base}/fhir/auth/token",
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(clients.ALGORITHMS),
         "grant_types_supported": ["client_credentials"],
@@ -161,7 +161,7 @@ def create_app(
         return JSONResponse(smart_configuration(base_of(request)))
 
     async def token(request: Request) -> Response:
-        url = f"{base_of(request)}/auth/token"
+        url = f"{base_of(request)}/fhir/auth/token"
         try:
             form = await _form(request)
             client, answer = await run_in_threadpool(clients.issue_token, store, form, url)
@@ -169,7 +169,7 @@ def create_app(
             refused_rows.refused(
                 action="token",
                 actor="unknown",
-                where="POST /auth/token",
+                where="POST /fhir/auth/token",
                 reason=exc.error,
                 address=_address(request),
             )
@@ -308,7 +308,7 @@ def create_app(
         Route("/fhir/metadata", metadata, methods=["GET"]),
         Route("/.well-known/smart-configuration", smart, methods=["GET"]),
         Route("/fhir/.well-known/smart-configuration", smart, methods=["GET"]),
-        Route("/auth/token", token, methods=["POST"]),
+        Route("/fhir/auth/token", token, methods=["POST"]),
         Route("/fhir/Patient/{id}", read_patient, methods=["GET"]),
         Route("/fhir/Observation", search_observations, methods=["GET"]),
     ]

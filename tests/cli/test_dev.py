@@ -138,6 +138,7 @@ def start_dev(tmp_path: Path) -> Iterator[Callable[..., Session]]:
             DAGSTER_HOME=str(dagster_home),
             OHX_UI_PORT=str(ui),
             OHX_WEBHOOK_PORT=str(free_port()),
+            OHX_FHIR_API_PORT=str(free_port()),
             OHX_SIMULATED_USERS="1",
             OHX_FHIR_PACKAGES=os.environ.get("OHX_FHIR_PACKAGES", str(REPO / ".fhir-packages")),
             COLUMNS="200",
@@ -204,10 +205,14 @@ def test_ohx_dev_says_what_it_does_and_ctrl_c_leaves_nothing_running(
     lines = list(session.lines)
     assert lines.index("starting Dagster: webserver, daemon, code server ...") < len(lines) - 1
     assert any(line.startswith("webhook receiver at http://127.0.0.1:") for line in lines)
+    fhir_api = next(line.split()[3] for line in lines if line.startswith("FHIR API at "))
+    assert httpx.get(f"{fhir_api}/metadata", timeout=10).json()["fhirVersion"] == "5.0.0"
     stop(session, signal.SIGINT)
     # What the services said is in their log files, not on the console.
     logs = session.home / "logs"
-    assert {p.name for p in logs.iterdir()} == {"webhooks.log", "simulator.log", "dagster.log"}
+    assert {p.name for p in logs.iterdir()} == {
+        "webhooks.log", "fhir-api.log", "simulator.log", "dagster.log",
+    }  # fmt: skip
     assert f"127.0.0.1:{session.ui}" in (logs / "dagster.log").read_text()
     assert "Application startup complete" in (logs / "webhooks.log").read_text()
 

@@ -12,9 +12,9 @@ activates it.
 
 - Long-running commands (`scripts/dev`) are started, checked ready (the Dagster UI answers and
   serves the `ohx` code location, the webhook receiver answers /healthz), then stopped with Ctrl-C
-  (SIGINT to the process group), which must end them cleanly. The ports are free ones given through
-  OHX_UI_PORT and OHX_WEBHOOK_PORT, the variables the README names, so the test never collides
-  with another instance on the machine.
+  (SIGINT to the process group), which must end them cleanly. The ports are free ones given
+  through OHX_UI_PORT, OHX_WEBHOOK_PORT and OHX_FHIR_API_PORT, the variables the README names, so
+  the test never collides with another instance on the machine.
 - `scripts/test` is not run: it runs this test suite, this test included (recursion).
 - The PostgreSQL block gets `DAGSTER_PG_URL` (the README says to set it) for a database of the
   test's own PostgreSQL server.
@@ -183,6 +183,7 @@ def env(clone: Path, pg_database_url: str) -> dict[str, str]:
         .render_as_string(hide_password=False),
         "OHX_UI_PORT": str(free_port()),
         "OHX_WEBHOOK_PORT": str(free_port()),
+        "OHX_FHIR_API_PORT": str(free_port()),
     }
 
 

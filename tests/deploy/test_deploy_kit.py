@@ -48,7 +48,9 @@ pytestmark = pytest.mark.skipif(
     "(pip install -e '.[test]')",
 )
 # Services that run the product's image, and the ones of the kit that must not see its secrets.
-PRODUCT = {"codeserver", "daemon", "dagster-migrate", "migrate", "receiver", "webserver"}
+PRODUCT = {
+    "codeserver", "daemon", "dagster-migrate", "migrate", "receiver", "webserver", "fhir-api",
+}  # fmt: skip
 PLATFORM = {"postgres", "minio", "minio-init"}
 PROXY = {"proxy"}
 
@@ -98,10 +100,10 @@ def test_compose_renders_the_kit_with_each_secret_only_where_it_is_used(tmp_path
     assert mounts["/etc/nginx/tls"] == str(folder / "tls")
     proxy_env = services["proxy"]["environment"]
     assert set(nginx_harness.PLACEHOLDER.findall(nginx_harness.CONF.read_text())) == set(proxy_env)
-    assert (proxy_env["OHX_WEBSERVER_UPSTREAM"], proxy_env["OHX_RECEIVER_UPSTREAM"]) == (
-        "webserver:3000",
-        "receiver:8787",
-    )
+    upstreams = ("OHX_WEBSERVER_UPSTREAM", "OHX_RECEIVER_UPSTREAM", "OHX_FHIR_UPSTREAM")
+    assert [proxy_env[name] for name in upstreams] == [
+        "webserver:3000", "receiver:8787", "fhir-api:8790",
+    ]  # fmt: skip
     image = env_file(folder / ".env")["OHX_IMAGE"]
     assert {name: services[name]["image"] for name in PRODUCT} == dict.fromkeys(PRODUCT, image)
     environment = {name: service.get("environment") or {} for name, service in services.items()}
@@ -260,6 +262,7 @@ def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
         "OHX_PROXY_PORT": "8443",
         "OHX_WEBSERVER_UPSTREAM": "localhost:3000",
         "OHX_RECEIVER_UPSTREAM": "127.0.0.1:8787",
+        "OHX_FHIR_UPSTREAM": "127.0.0.1:8790",
     }
     done = nginx_harness.check(nginx_harness.prefix(tmp_path / "nginx", env))
     assert done.returncode == 0, done.stderr
@@ -273,7 +276,8 @@ def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
     text = nginx_harness.CONF.read_text()
     locations = re.findall(r"\n    location ([^{]+)\{(.*?)\n    \}", text, re.S)
     proxied = {where.strip(): body for where, body in locations if "proxy_pass" in body}
-    assert set(proxied) == {"= /_ohx_staff_auth", "/webhooks/", "/oauth/", "/connect/", "/"}
+    assert set(proxied) == {"= /_ohx_staff_auth", "/webhooks/", "/oauth/", "/connect/", "/",
+                            "/fhir/", "= /.well-known/smart-configuration"}  # fmt: skip
     for where, body in proxied.items():
         if "proxy_set_header" in body:
             for header in ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Port"):
@@ -286,10 +290,13 @@ def test_the_proxy_configuration_passes_nginx_t(tmp_path: Path) -> None:
 
 def test_the_kubernetes_manifests_pass_the_api_schemas(tmp_path: Path) -> None:
     manifests = DEPLOY / "helm" / "receiver.yaml"
-    done = run(tool("kubernetes-validate"), "--strict", manifests)
-    assert done.returncode == 0, done.stdout + done.stderr
-    kinds = re.findall(r"passed for resource (\S+)", done.stdout + done.stderr)
-    assert {kind.split("/")[0] for kind in kinds} == {"configmap", "job", "deployment", "service"}
+    expected = {"receiver.yaml": {"configmap", "job", "deployment", "service"},
+                "fhir-api.yaml": {"deployment", "service"}}  # fmt: skip
+    for name, kinds_expected in expected.items():
+        done = run(tool("kubernetes-validate"), "--strict", DEPLOY / "helm" / name)
+        assert done.returncode == 0, name + done.stdout + done.stderr
+        kinds = re.findall(r"passed for resource (\S+)", done.stdout + done.stderr)
+        assert {kind.split("/")[0] for kind in kinds} == kinds_expected, name
     broken = tmp_path / "receiver.yaml"
     broken.write_text(manifests.read_text().replace("replicas: ", "replicas: many # ", 1))
     refused = run(tool("kubernetes-validate"), "--strict", broken)

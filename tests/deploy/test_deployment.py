@@ -11,6 +11,7 @@ deployments in deploy/ do:
     dagster-daemon run        sensors, the run queue, backfills
     dagster-webserver         the UI's GraphQL API (workspace: the gRPC server)
     ohx-webhooks              the webhook receiver, with the development route configured
+    ohx fhir serve            the FHIR API, reading the store and the bucket
     nginx                     deploy/nginx/ohx.conf: TLS (a self-signed certificate), the staff
                               login (auth_request to the receiver's /auth/staff) before the UI
                               and /connect; webhooks pass through it unauthenticated
@@ -25,8 +26,10 @@ it and 200 with it, /connect refuses without it (and a token in its URL) and sta
 with it; `ohx audit` shows each refusal under the staff member the token names, or "unknown".
 Then a signed webhook goes through the proxy, without staff credentials, to the receiver and its
 run puts today's FHIR objects into the bucket, and a two-day backfill puts the two days before;
-each partition's manifest names exactly the objects of its folder. The secrets the services were
-given appear in no GraphQL answer and no row of the Dagster database.
+each partition's manifest names exactly the objects of its folder. A clinical system registered
+with `ohx fhir clients add` gets a token through the proxy with a signed assertion and finds
+each person's Observations in the bucket's objects through the FHIR API. The secrets the
+services were given appear in no GraphQL answer and no row of the Dagster database.
 """
 
 from __future__ import annotations
@@ -131,7 +134,12 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         extra = {"DAGSTER_HOME": str(homes[role])} if role in homes else {}
         return base_env(**product, **extra, OHX_HOME=str(tmp_path / "ohx-home" / role))
 
-    grpc_port, web_port, receiver_port = free_port(), free_port(), free_port()
+    grpc_port, web_port, receiver_port, fhir_port = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    )
     proxy_port = free_port()
     proxy = f"https://127.0.0.1:{proxy_port}"
     cert, key = nginx_harness.certificate(tmp_path / "tls")
@@ -163,6 +171,12 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
             [str(tool("ohx-webhooks")), "--host", "127.0.0.1", "--port", str(receiver_port)],
             {**env("receiver"), **receiver_env},
         )
+        services.start(
+            "fhir-api",
+            [str(tool("ohx")), "fhir", "serve", "--host", "127.0.0.1", "--port", str(fhir_port),
+             "--public-url", proxy],
+            env("fhir-api"),
+        )  # fmt: skip
         services.wait("the code server", lambda: grpc_serving(grpc_port), timeout=120)
         services.start(
             "webserver",
@@ -189,6 +203,7 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
                 "OHX_PROXY_PORT": f"127.0.0.1:{proxy_port}",
                 "OHX_WEBSERVER_UPSTREAM": f"127.0.0.1:{web_port}",
                 "OHX_RECEIVER_UPSTREAM": f"127.0.0.1:{receiver_port}",
+                "OHX_FHIR_UPSTREAM": f"127.0.0.1:{fhir_port}",
             },
         )
         checked = nginx_harness.check(main)
@@ -314,6 +329,10 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         assert "ohx/users" not in tags and person.user_id not in str(tags)
         assert tags["ohx/subjects"] == subject_hash("simulated", person.user_id, salt=salt)
 
+        # 5. A clinical system pulls through the proxy: no staff login, its own token.
+        found = fhir_pull(services, env("staff"), tmp_path, tls, proxy, (person, other))
+        assert found[person.fhir_patient_id] > 0 and found[other.fhir_patient_id] > 0, found
+
         leaked_graphql = find_secrets("\n".join(graphql.answers), secrets)
         stored, _ = scan_database(dagster_url, secrets)
         # No run wrote into another service's directory: nothing is shared but PG and S3.
@@ -325,7 +344,7 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         tls.close()
         services.stop()
 
-    # 5. The bucket: each partition's folder holds its NDJSON objects and a manifest naming
+    # 6. The bucket: each partition's folder holds its NDJSON objects and a manifest naming
     # exactly them, with their counts.
     objects = s3.objects(bucket, "output/")
     folders = sorted({key.rsplit("/", 1)[0] for key in objects})
@@ -351,3 +370,52 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
 
     assert leaked_graphql == [] and stored == {}, (leaked_graphql, stored)
     assert all(files == ["dagster.yaml"] for files in written.values()), written
+
+
+def fhir_pull(
+    services: Services,
+    env: dict[str, str],
+    folder: Path,
+    tls: httpx.Client,
+    proxy: str,
+    people: tuple,
+) -> dict[str, int]:
+    """Register a client system, get a token through the proxy, and count each person's
+    Observations the FHIR API finds (in the bucket's objects)."""
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    jwk = jwt.algorithms.ECAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    (folder / "ehr.jwks").write_bytes(orjson.dumps({"keys": [{**jwk, "kid": "ehr-1"}]}))
+    added = services.run(
+        "clients",
+        [str(tool("ohx")), "fhir", "clients", "add", "ehr", "--jwks", str(folder / "ehr.jwks"),
+         "--scope", "system/Observation.rs"],
+        env,
+    )  # fmt: skip
+    client_id = added.stdout.strip()
+    token_url = f"{proxy}/fhir/auth/token"
+    assertion = jwt.encode(
+        {"iss": client_id, "sub": client_id, "aud": token_url, "jti": uuid.uuid4().hex,
+         "exp": int(datetime.now(UTC).timestamp()) + 240},
+        key, algorithm="ES384", headers={"kid": "ehr-1"},
+    )  # fmt: skip
+    unauthenticated = tls.get(f"{proxy}/fhir/Observation", params={"patient": "x"})
+    assert unauthenticated.status_code == 401, unauthenticated.text
+    assert unauthenticated.json()["resourceType"] == "OperationOutcome"  # not the staff login
+    answer = tls.post(token_url, data={
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion, "scope": "system/Observation.rs",
+    })  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    bearer = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+    found = {}
+    for person in people:
+        search = tls.get(f"{proxy}/fhir/Observation", headers=bearer,
+                         params={"patient": person.fhir_patient_id, "_count": "1"})  # fmt: skip
+        assert search.status_code == 200, search.text
+        found[person.fhir_patient_id] = search.json()["total"]
+        assert search.json()["link"][0]["url"].startswith(f"{proxy}/fhir/Observation?")
+    return found

@@ -103,12 +103,12 @@ def ask_token(world: dict[str, Any], assertion: str, scope: str = "system/Observ
               **form: str) -> httpx.Response:  # fmt: skip
     body = {"grant_type": "client_credentials", "client_assertion_type": clients.ASSERTION_TYPE,
             "client_assertion": assertion, "scope": scope, **form}  # fmt: skip
-    return httpx.post(f"{world['base']}/auth/token", data=body)
+    return httpx.post(f"{world['base']}/fhir/auth/token", data=body)
 
 
 def token_for(world: dict[str, Any], key: str = "rsa", scope: str = "system/Observation.rs "
               "system/Patient.r") -> str:  # fmt: skip
-    signed = world[key].assertion(world["client"].client_id, f"{world['base']}/auth/token")
+    signed = world[key].assertion(world["client"].client_id, f"{world['base']}/fhir/auth/token")
     answer = ask_token(world, signed, scope)
     assert answer.status_code == 200, answer.text
     return answer.json()["access_token"]
@@ -141,14 +141,14 @@ def test_metadata_and_smart_configuration_say_what_the_server_does(world) -> Non
     assert [i["code"] for i in resources["Patient"]["interaction"]] == ["read"]
     assert [i["code"] for i in resources["Observation"]["interaction"]] == ["search-type"]
     smart = httpx.get(f"{world['base']}/.well-known/smart-configuration").json()
-    assert smart["token_endpoint"] == f"{world['base']}/auth/token"
+    assert smart["token_endpoint"] == f"{world['base']}/fhir/auth/token"
     assert smart["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
     assert smart["grant_types_supported"] == ["client_credentials"]
 
 
 @pytest.mark.parametrize("key", ["rsa", "ec"])
 def test_a_signed_assertion_gets_a_five_minute_token_of_the_allowed_scopes(world, key) -> None:
-    signed = world[key].assertion(world["client"].client_id, f"{world['base']}/auth/token")
+    signed = world[key].assertion(world["client"].client_id, f"{world['base']}/fhir/auth/token")
     # Asked for more than it may have: given the part a registered scope covers.
     answer = ask_token(world, signed, "system/Observation.rs system/Patient.rs")
     assert answer.status_code == 200 and answer.headers["cache-control"] == "no-store"
@@ -183,7 +183,7 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("what", "change", "error"), REFUSALS, ids=[r[0] for r in REFUSALS])
 def test_each_bad_token_request_is_refused_with_its_oauth_error(world, what, change, error):
-    client_id, aud = world["client"].client_id, f"{world['base']}/auth/token"
+    client_id, aud = world["client"].client_id, f"{world['base']}/fhir/auth/token"
     key = Key("RS384", "rsa-1") if change.get("other_key") else world["rsa"]
     if change.get("hs256"):
         signed = jwt.encode({"iss": client_id, "sub": client_id, "aud": aud, "jti": "x",
@@ -206,7 +206,7 @@ def test_each_bad_token_request_is_refused_with_its_oauth_error(world, what, cha
 
 
 def test_a_replayed_assertion_is_refused(world) -> None:
-    signed = world["ec"].assertion(world["client"].client_id, f"{world['base']}/auth/token")
+    signed = world["ec"].assertion(world["client"].client_id, f"{world['base']}/fhir/auth/token")
     assert ask_token(world, signed).status_code == 200
     again = ask_token(world, signed)
     assert again.status_code == 400 and "used before" in again.json()["error_description"]
@@ -299,7 +299,7 @@ def test_an_expired_or_revoked_token_stops_working(world, tmp_path: Path) -> Non
     assert fhir_get(world, "Observation", token, patient=patient).status_code == 401
     key = Key("ES384", "temp-1")
     temp = clients.add_client(store, "temporary", jwks(key), "system/Observation.s", actor="test")
-    signed = key.assertion(temp.client_id, f"{world['base']}/auth/token")
+    signed = key.assertion(temp.client_id, f"{world['base']}/fhir/auth/token")
     granted = ask_token(world, signed, "system/Observation.s").json()["access_token"]
     assert fhir_get(world, "Observation", granted, patient=patient).status_code == 200
     assert clients.remove_client(store, "temporary", actor="test")
@@ -364,7 +364,7 @@ def test_one_assertion_sent_twice_at_once_gets_one_token(store: RecordStore) -> 
 
     key = Key("ES384", "k-1")
     client = clients.add_client(store, "twice", jwks(key), "system/Observation.s", actor="test")
-    url = "https://fhir.example/auth/token"
+    url = "https://fhir.example/fhir/auth/token"
     form = {"grant_type": "client_credentials", "client_assertion_type": clients.ASSERTION_TYPE,
             "client_assertion": key.assertion(client.client_id, url),
             "scope": "system/Observation.s"}  # fmt: skip
