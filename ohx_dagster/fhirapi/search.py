@@ -165,11 +165,12 @@ class Published:
 
     def person(self, patient_id: str) -> HealthSyncConfig | None:
         """The person whose Patient this is, as the store holds them now: the map of Patient ids
-        is read again at most every 30 s (and at once for an id not in it), and the person's own
-        row on every request, so an erased or relinked person is never served from it."""
+        is read again at most every 30 s (an unknown id does not make it read sooner: random ids
+        cost a client nothing but a lookup; a person connected meanwhile is found within 30 s),
+        and the person's own row on every request, so an erased or relinked person is never
+        served from the map."""
         with self._lock:
-            fresh = time.monotonic() - self._read_at < PEOPLE_CACHE_S
-            if not fresh or patient_id not in self._people:
+            if time.monotonic() - self._read_at >= PEOPLE_CACHE_S:
                 with self.store.read() as conn:
                     rows = conn.execute(sa.select(users.c.config)).scalars().all()
                 configs = [HealthSyncConfig.from_json(orjson.loads(row)) for row in rows]
