@@ -136,7 +136,7 @@ def smart_configuration(base: str) -> dict[str, Any]:
         "token_endpoint_auth_signing_alg_values_supported": list(clients.ALGORITHMS),
         "grant_types_supported": ["client_credentials"],
         "scopes_supported": ["system/Patient.r", "system/Observation.s", "system/Observation.rs"],
-        "capabilities": ["client-confidential-asymmetric"],
+        "capabilities": ["client-confidential-asymmetric", "permission-v2"],
     }
 
 

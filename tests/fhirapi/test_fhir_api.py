@@ -144,6 +144,8 @@ def test_metadata_and_smart_configuration_say_what_the_server_does(world) -> Non
     assert smart["token_endpoint"] == f"{world['base']}/fhir/auth/token"
     assert smart["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
     assert smart["grant_types_supported"] == ["client_credentials"]
+    # Asymmetric client authentication, and scopes in SMART v2's grammar only.
+    assert smart["capabilities"] == ["client-confidential-asymmetric", "permission-v2"]
 
 
 @pytest.mark.parametrize("key", ["rsa", "ec"])
