@@ -4,7 +4,8 @@
     GET  /.well-known/smart-configuration       SMART configuration (also under /fhir/)
     POST /fhir/auth/token                            SMART Backend Services token (clients.py)
     GET  /fhir/Patient/{id}                     system/Patient.r
-    GET  /fhir/Observation?patient=&code=&date=&_count=   system/Observation.s
+    GET  /fhir/Observation?patient=&code=&date=&_lastUpdated=&_count=   system/Observation.s
+    GET  /fhir/Observation/{id}                 system/Observation.r
 
 Every FHIR request needs `Authorization: Bearer <access token>`; a missing, unknown or expired
 token gets 401, a scope that does not cover the type 403, a parameter this server does not know
@@ -49,7 +50,9 @@ from ohx_dagster.storage.store import RecordStore
 FHIR_JSON: Final = "application/fhir+json"
 DEFAULT_COUNT: Final = 50
 MAX_COUNT: Final = 1_000
-SEARCH_PARAMETERS: Final = ("patient", "code", "date", "_count", "_offset", "_format")
+SEARCH_PARAMETERS: Final = (
+    "patient", "code", "date", "_lastUpdated", "_count", "_offset", "_format",
+)  # fmt: skip
 MAX_FORM_BYTES: Final = 32_768
 FORMATS: Final = ("json", "application/json", "application/fhir+json")
 
@@ -108,7 +111,7 @@ def capability_statement(base: str) -> dict[str, Any]:
                     },
                     {
                         "type": "Observation",
-                        "interaction": [{"code": "search-type"}],
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
                         "searchParam": [
                             {
                                 "name": "patient",
@@ -120,6 +123,11 @@ def capability_statement(base: str) -> dict[str, Any]:
                                 "name": "date",
                                 "type": "date",
                                 "documentation": "On effective[x]; prefixes eq, ge, gt, le, lt.",
+                            },
+                            {
+                                "name": "_lastUpdated",
+                                "type": "date",
+                                "documentation": "When the resource last changed here.",
                             },
                         ],
                     },
@@ -247,6 +255,18 @@ def create_app(
         await run_in_threadpool(audited, grant, config, "GET Patient", 1)
         return _fhir(found)
 
+    async def read_observation(request: Request) -> Response:
+        grant = await authorized(request, "Observation", "r")
+        if isinstance(grant, Response):
+            return grant
+        resource_id = request.path_params["id"]
+        found = await run_in_threadpool(published.read, "Observation", resource_id)
+        if found is None:
+            return outcome(404, "not-found", f"no Observation {resource_id[:64]!r} here")
+        config, resource = found
+        await run_in_threadpool(audited, grant, config, "GET Observation/[id]", 1)
+        return _fhir(resource)
+
     async def search_observations(request: Request) -> Response:
         grant = await authorized(request, "Observation", "s")
         if isinstance(grant, Response):
@@ -266,6 +286,7 @@ def create_app(
                 raise SearchError("give one patient (patient=Patient/ID): a cohort is $export's")
             codes = [t for text in query.getlist("code") for t in parse_codes(text)]
             dates = [parse_date(text) for text in query.getlist("date")]
+            updated = [parse_date(text) for text in query.getlist("_lastUpdated")]
             count = _number(query.get("_count"), "_count", DEFAULT_COUNT, 1, MAX_COUNT)
             offset = _number(query.get("_offset"), "_offset", 0, 0, 10**9)
         except SearchError as exc:
@@ -274,7 +295,7 @@ def create_app(
         config = await run_in_threadpool(published.person, patient_id)
         if config is None:
             return outcome(404, "not-found", f"no Patient {patient_id[:64]!r} here")
-        found = await run_in_threadpool(published.observations, config, codes, dates)
+        found = await run_in_threadpool(published.observations, config, codes, dates, updated)
         page = found[offset : offset + count]
         base = base_of(request)
         links = [{"relation": "self", "url": _link(base, query, offset, count)}]
@@ -311,6 +332,7 @@ def create_app(
         Route("/fhir/auth/token", token, methods=["POST"]),
         Route("/fhir/Patient/{id}", read_patient, methods=["GET"]),
         Route("/fhir/Observation", search_observations, methods=["GET"]),
+        Route("/fhir/Observation/{id}", read_observation, methods=["GET"]),
     ]
     return Starlette(routes=routes)
 

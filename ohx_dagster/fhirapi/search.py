@@ -14,6 +14,8 @@ Search (`Observation?patient=&code=&date=`):
   (a period's start to end, an instant's own range): eq = the resource's range inside the
   value's, ge/le = its range reaches at or after / at or before the value's, gt/lt = past it.
   Given more than once, every one must hold. A value with a time and no zone is refused.
+`_lastUpdated` takes the same prefixes, on when each resource last changed (fhir_changes: the
+files do not carry it); served resources carry it as `meta.lastUpdated`.
 Results are ordered by their start, then id, so pages are stable between requests.
 """
 
@@ -31,10 +33,10 @@ import orjson
 import sqlalchemy as sa
 
 from ohx_dagster.core.models import HealthSyncConfig
-from ohx_dagster.core.times import to_us
+from ohx_dagster.core.times import iso_us, to_us
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.publish.partitions import bucket_of, partition_dir
-from ohx_dagster.storage.schema import fhir_files, users
+from ohx_dagster.storage.schema import fhir_changes, fhir_files, users
 
 if TYPE_CHECKING:
     from ohx_dagster.storage.store import RecordStore
@@ -218,6 +220,44 @@ class Published:
                 ):
                     yield resource
 
+    def last_changed(self, config: HealthSyncConfig, resource_type: str) -> dict[str, int]:
+        """When each of the person's resources of this type last changed (fhir_changes)."""
+        t = fhir_changes
+        query = (
+            sa.select(t.c.resource_id, sa.func.max(t.c.at_us))
+            .where(t.c.provider == config.provider, t.c.user_id == config.user_id,
+                   t.c.resource_type == resource_type)
+            .group_by(t.c.resource_id)
+        )  # fmt: skip
+        with self.store.read() as conn:
+            return {row[0]: int(row[1]) for row in conn.execute(query)}
+
+    def read(self, resource_type: str, resource_id: str) -> tuple[HealthSyncConfig, dict] | None:
+        """A resource by id, as its bucket's current file holds it, with its person; None when
+        no change of it was recorded, its person is gone, or its file no longer holds it."""
+        t, f = fhir_changes, fhir_files
+        with self.store.read() as conn:
+            row = conn.execute(
+                sa.select(t.c.provider, t.c.user_id, t.c.partition_key, t.c.bucket, t.c.at_us)
+                .where(t.c.resource_type == resource_type, t.c.resource_id == resource_id)
+                .order_by(t.c.seq.desc())
+                .limit(1)
+            ).first()
+            name = None if row is None else conn.execute(
+                sa.select(f.c.name).where(f.c.partition_key == row.partition_key,
+                                          f.c.bucket == row.bucket,
+                                          f.c.resource_type == resource_type)
+            ).scalar()  # fmt: skip
+        if row is None or name is None:
+            return None
+        config = self.store.user(row.provider, row.user_id)
+        if config is None:
+            return None
+        for resource in self._read([(row.partition_key, name)], config):
+            if resource["resourceType"] == resource_type and resource["id"] == resource_id:
+                return config, stamped(resource, int(row.at_us))
+        return None
+
     def patient(self, config: HealthSyncConfig) -> dict[str, Any] | None:
         """The person's Patient as last published."""
         for key, name in self._files(config, "Patient", None, None):
@@ -230,8 +270,12 @@ class Published:
         config: HealthSyncConfig,
         codes: Sequence[tuple[str | None, str]],
         dates: Sequence[DateFilter],
+        updated: Sequence[DateFilter] = (),
     ) -> list[dict[str, Any]]:
-        """The person's Observations matching every filter, ordered by start then id."""
+        """The person's Observations matching every filter (`updated`: on when each last
+        changed; one with no recorded change matches none), ordered by start then id, each with
+        `meta.lastUpdated` where a change of it is recorded."""
+        changed = self.last_changed(config, "Observation")
         lows = [d.low_us for d in dates if d.prefix in ("eq", "ge", "gt")]
         highs = [d.high_us for d in dates if d.prefix in ("eq", "le", "lt")]
         # A local day's partition holds instants up to 14 h before and 12 h after its UTC day.
@@ -244,8 +288,19 @@ class Published:
             span = effective_range(resource)
             if dates and (span is None or not all(d.holds(*span) for d in dates)):
                 continue
-            found[resource["id"]] = resource
+            at = changed.get(resource["id"])
+            if updated and (at is None or not all(u.holds(at, at) for u in updated)):
+                continue
+            found[resource["id"]] = stamped(resource, at)
         return sorted(found.values(), key=_sort_key)
+
+
+def stamped(resource: dict[str, Any], changed_us: int | None) -> dict[str, Any]:
+    """The resource with `meta.lastUpdated`: when it last changed (the files do not carry it,
+    so their bytes stay the same from one render of the same data to the next)."""
+    if changed_us is None:
+        return resource
+    return {**resource, "meta": {**resource.get("meta", {}), "lastUpdated": iso_us(changed_us)}}
 
 
 def _day(us: int) -> date:

@@ -58,7 +58,7 @@ from ohx_dagster.privacy import audit
 from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.publish import aggregate
 from ohx_dagster.storage import db, record_tables
-from ohx_dagster.storage.schema import aggregates, day_versions, fhir_files, users
+from ohx_dagster.storage.schema import aggregates, day_versions, fhir_changes, fhir_files, users
 from ohx_dagster.storage.store import RecordStore, history_start
 from ohx_dagster.sync.shards import Shard
 
@@ -538,6 +538,45 @@ def _commit_bucket(
         )
 
 
+def _changed(
+    resources: Sequence[dict[str, Any]], previous: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The resources of a render that its bucket's committed version does not hold as they are
+    (new, or with other content): what `fhir_changes` records."""
+    before = {(r["resourceType"], r["id"]): r for r in previous}
+    return [r for r in resources if before.get((r["resourceType"], r["id"])) != r]
+
+
+def _record_changes(
+    changed: Sequence[dict[str, Any]], partition: str, bucket: int, stamp: int
+) -> Callable[[sa.Connection], None]:
+    from ohx_dagster.fhir.delivery.outbox import owner
+
+    rows = []
+    for resource in changed:
+        provider, user_id = owner(resource)
+        if user_id:
+            rows.append({"provider": provider, "user_id": user_id, "partition_key": partition,
+                         "bucket": bucket, "resource_type": resource["resourceType"],
+                         "resource_id": resource["id"], "at_us": stamp})  # fmt: skip
+
+    def write(conn: sa.Connection) -> None:
+        if rows:
+            conn.execute(fhir_changes.insert(), rows)
+
+    return write
+
+
+def _both(
+    first: Callable[[sa.Connection], None], second: Callable[[sa.Connection], None]
+) -> Callable[[sa.Connection], None]:
+    def write(conn: sa.Connection) -> None:
+        first(conn)
+        second(conn)
+
+    return write
+
+
 def _exports(
     provider: str, resources: Sequence[dict], configs: Mapping[str, HealthSyncConfig], where: str
 ) -> dict[str, tuple[str, str]]:
@@ -649,6 +688,7 @@ def publish_partition(
         resources = _amended(resources, previous)
         resources = _keep_referenced(resources + withdrawn, previous)
         resources = _keep_provenance(resources, previous)
+        changed = _changed(resources, previous)
         # The sample validated is of what this render made; references are checked on the
         # whole bucket.
         problems = check_output(resources, configs, validate)
@@ -693,7 +733,10 @@ def publish_partition(
             configs=configs,
             hourly=hourly,
             daily=daily,
-            exported=exported(exports),
+            exported=_both(
+                exported(exports),
+                _record_changes(changed, partition_key(day, key), bucket, now_us()),
+            ),
             expected=previous_names if partial else None,
         )
         if manifest is None:

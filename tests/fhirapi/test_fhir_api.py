@@ -126,6 +126,13 @@ def published_of(world: dict[str, Any], patient_id: str) -> dict[str, dict]:
     return found
 
 
+def unstamped(resource: dict[str, Any]) -> dict[str, Any]:
+    """A served resource without the meta.lastUpdated the API adds: as its file holds it."""
+    meta = {k: v for k, v in resource.get("meta", {}).items() if k != "lastUpdated"}
+    rest = {k: v for k, v in resource.items() if k != "meta"}
+    return {**rest, "meta": meta} if meta else rest
+
+
 def fhir_get(world: dict[str, Any], path: str, token: str | None, **params: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.get(f"{world['base']}/fhir/{path}", params=params, headers=headers)
@@ -139,7 +146,7 @@ def test_metadata_and_smart_configuration_say_what_the_server_does(world) -> Non
     assert validate_resource(body) == []
     resources = {r["type"]: r for r in body["rest"][0]["resource"]}
     assert [i["code"] for i in resources["Patient"]["interaction"]] == ["read"]
-    assert [i["code"] for i in resources["Observation"]["interaction"]] == ["search-type"]
+    assert [i["code"] for i in resources["Observation"]["interaction"]] == ["read", "search-type"]
     smart = httpx.get(f"{world['base']}/.well-known/smart-configuration").json()
     assert smart["token_endpoint"] == f"{world['base']}/fhir/auth/token"
     assert smart["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
@@ -234,7 +241,9 @@ def test_a_search_returns_exactly_the_persons_observations_page_by_page(world) -
     assert [r["id"] for r in seen] == sorted(
         {r["id"] for r in seen}, key=[r["id"] for r in seen].index
     )
-    assert {r["id"]: r for r in seen} == want  # each once, as published
+    # Each once, as published, with when it last changed added.
+    assert all(r["meta"]["lastUpdated"] for r in seen)
+    assert {r["id"]: unstamped(r) for r in seen} == want
     starts = [effective_range(r)[0] for r in seen]
     assert starts == sorted(starts)
     assert validate_resource(page.json()) == []
@@ -413,4 +422,73 @@ def test_an_erased_person_is_not_found_and_their_data_never_served(tmp_path: Pat
         other = fhir_get(world, "Observation", token, patient=kept.fhir_patient_id, _count=1000)
         assert other.status_code == 200 and other.json()["total"] > 0
         assert gone.fhir_patient_id not in other.text and gone.user_id not in other.text
+    store.dispose()
+
+
+def test_an_observation_is_read_by_id_with_when_it_last_changed(world) -> None:
+    token = token_for(world)
+    person = world["people"][0]
+    search = fhir_get(world, "Observation", token, patient=person.fhir_patient_id, _count=5)
+    first = search.json()["entry"][0]["resource"]
+    assert first["meta"]["lastUpdated"].endswith("Z")
+    read = fhir_get(world, f"Observation/{first['id']}", token)
+    assert read.status_code == 200 and read.json() == first
+    assert validate_resource(read.json()) == []
+    published = published_of(world, person.fhir_patient_id)[first["id"]]
+    assert unstamped(read.json()) == published  # the file's resource, meta.lastUpdated added
+    assert fhir_get(world, "Observation/0000", token).status_code == 404
+    search_only = token_for(world, scope="system/Observation.s")
+    assert fhir_get(world, f"Observation/{first['id']}", search_only).status_code == 403
+
+
+def test_last_updated_finds_exactly_what_a_later_publish_changed(tmp_path: Path) -> None:
+    """A provider deletes an hour of a person's heart rate after the day was published: a
+    search with _lastUpdated after the first publish returns exactly the resources the second
+    changed (the withdrawn hour among them), and nothing of the other person."""
+    simulator = SimulatedSource(2, hr_hz=0.01, clock=lambda: NOW)
+    source = Windowed(simulator, SUPPORTED_TYPES["simulated"], timedelta(hours=1))
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}", migrate_schema=True)
+    output = FhirOutput(str(tmp_path / "fhir"))
+    people = simulator.discover_users()
+    store.add_users(people)
+    sync_partition(source, store, [DAY], now=NOW)
+
+    def publish() -> None:
+        publish_partition(store, output, provider="simulated", key="simulated",
+                          shard=Shard("simulated"), day=DAY, scope=None, now=NOW,
+                          horizon=timedelta(hours=1))  # fmt: skip
+
+    publish()
+    key = Key("ES384", "e-1")
+    client = clients.add_client(store, "ehr", jwks(key), "system/Observation.rs", actor="test")
+    person = people[1]
+    with serve_in_thread(create_app(store, output)) as base:
+        world = {"base": base, "client": client, "ec": key}
+        token = token_for(world, "ec", "system/Observation.rs")
+        before = {e["resource"]["id"]: e["resource"] for e in fhir_get(
+            world, "Observation", token, patient=person.fhir_patient_id, _count=1000
+        ).json()["entry"]}  # fmt: skip
+        time.sleep(0.01)
+        between = datetime.now(UTC)
+        time.sleep(0.01)
+        start = datetime.combine(DAY, datetime.min.time(), UTC) + timedelta(hours=10)
+        hour = (to_us(start), to_us(start + timedelta(hours=1)))
+        config = store.user("simulated", person.user_id)
+        kept = source.fetch_windows(config, {}).batch.iloc[:0]
+        store.commit("simulated", person.user_id, config.zone, kept,
+                     replace={"heart_rate": [hour]})  # fmt: skip
+        publish()
+        stamp = between.isoformat().replace("+00:00", "Z")
+        changed = fhir_get(world, "Observation", token, patient=person.fhir_patient_id,
+                           _lastUpdated=f"gt{stamp}", _count=1000).json()  # fmt: skip
+        after = {e["resource"]["id"]: e["resource"] for e in fhir_get(
+            world, "Observation", token, patient=person.fhir_patient_id, _count=1000
+        ).json()["entry"]}  # fmt: skip
+        expected = {i for i, r in after.items()
+                    if i not in before or unstamped(before[i]) != unstamped(r)}  # fmt: skip
+        assert {e["resource"]["id"] for e in changed["entry"]} == expected
+        assert any(after[i]["status"] == "entered-in-error" for i in expected)
+        other = fhir_get(world, "Observation", token, patient=people[0].fhir_patient_id,
+                         _lastUpdated=f"gt{stamp}").json()  # fmt: skip
+        assert other["total"] == 0
     store.dispose()

@@ -537,7 +537,7 @@ def test_ohx_audit_shows_connect_import_erase_and_readmit(
     assert len(json.loads(ohx("audit", "--since", "1h", "--json").stdout)["entries"]) == 10
     assert json.loads(ohx("audit", "--since", "2999-01-01", "--json").stdout)["entries"] == []
     assert "--since" in one_error_line(ohx("audit", "--since", "yesterday-ish"))
-    assert "--action" in one_error_line(ohx("audit", "--action", "read"))
+    assert "--action" in one_error_line(ohx("audit", "--action", "peek"))
 
 
 def test_audit_rows_are_kept_for_the_retention_setting_and_never_changed(
