@@ -223,11 +223,9 @@ class Published:
     def last_changed(self, config: HealthSyncConfig, resource_type: str) -> dict[str, int]:
         """When each of the person's resources of this type last changed (fhir_changes)."""
         t = fhir_changes
-        query = (
-            sa.select(t.c.resource_id, sa.func.max(t.c.at_us))
-            .where(t.c.provider == config.provider, t.c.user_id == config.user_id,
-                   t.c.resource_type == resource_type)
-            .group_by(t.c.resource_id)
+        query = sa.select(t.c.resource_id, t.c.at_us).where(
+            t.c.provider == config.provider, t.c.user_id == config.user_id,
+            t.c.resource_type == resource_type,
         )  # fmt: skip
         with self.store.read() as conn:
             return {row[0]: int(row[1]) for row in conn.execute(query)}
@@ -238,10 +236,9 @@ class Published:
         t, f = fhir_changes, fhir_files
         with self.store.read() as conn:
             row = conn.execute(
-                sa.select(t.c.provider, t.c.user_id, t.c.partition_key, t.c.bucket, t.c.at_us)
-                .where(t.c.resource_type == resource_type, t.c.resource_id == resource_id)
-                .order_by(t.c.seq.desc())
-                .limit(1)
+                sa.select(
+                    t.c.provider, t.c.user_id, t.c.partition_key, t.c.bucket, t.c.at_us
+                ).where(t.c.resource_type == resource_type, t.c.resource_id == resource_id)
             ).first()
             name = None if row is None else conn.execute(
                 sa.select(f.c.name).where(f.c.partition_key == row.partition_key,

@@ -561,8 +561,7 @@ def _record_changes(
                          "resource_id": resource["id"], "at_us": stamp})  # fmt: skip
 
     def write(conn: sa.Connection) -> None:
-        if rows:
-            conn.execute(fhir_changes.insert(), rows)
+        db.upsert(conn, fhir_changes, rows)
 
     return write
 

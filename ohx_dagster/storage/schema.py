@@ -414,23 +414,20 @@ fhir_tokens = sa.Table(
 )
 sa.Index(None, fhir_tokens.c.expires_us)
 
-# When each published resource last changed (publish.publish_partition writes a row per resource
-# a committed bucket creates or changes, in the commit's transaction; a re-render that changes
-# nothing writes none). The FHIR API reads it for `meta.lastUpdated`, `_lastUpdated` and a read by
-# id (which partition and bucket hold the resource); the files stay byte-deterministic. Erased
-# with the person (provider, user_id).
+# When each published resource last changed, and where it is (publish.publish_partition upserts a
+# row per resource a committed bucket creates or changes, in the commit's transaction; a
+# re-render that changes nothing writes none): one row per resource, so it grows with what is
+# published, not with how often. The FHIR API reads it for `meta.lastUpdated`, `_lastUpdated` and
+# a read by id; the files stay byte-deterministic. Erased with the person (provider, user_id).
 fhir_changes = sa.Table(
     "fhir_changes",
     metadata,
-    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("resource_type", sa.String(64), primary_key=True),
+    sa.Column("resource_id", sa.String(64), primary_key=True),
     sa.Column("provider", sa.String(PROVIDER_CHARS), nullable=False),
     sa.Column("user_id", sa.String(USER_CHARS), nullable=False),
     sa.Column("partition_key", sa.String(160), nullable=False),
     sa.Column("bucket", sa.Integer, nullable=False),
-    sa.Column("resource_type", sa.String(64), nullable=False),
-    sa.Column("resource_id", sa.String(64), nullable=False),
     sa.Column("at_us", sa.BigInteger, nullable=False),
-    sqlite_autoincrement=True,
 )
-sa.Index(None, fhir_changes.c.resource_type, fhir_changes.c.resource_id)
 sa.Index(None, fhir_changes.c.provider, fhir_changes.c.user_id, fhir_changes.c.resource_type)

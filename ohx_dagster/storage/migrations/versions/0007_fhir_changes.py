@@ -1,6 +1,7 @@
-"""When each published resource last changed: `fhir_changes` (ohx_dagster/storage/schema.py), a row
-per resource a committed bucket creates or changes, written by publishing in the commit's
-transaction. The FHIR API reads it for `meta.lastUpdated`, `_lastUpdated` and reads by id.
+"""When each published resource last changed: `fhir_changes` (ohx_dagster/storage/schema.py), one
+row per resource, upserted by publishing in the transaction that commits a bucket for every
+resource it creates or changes. The FHIR API reads it for `meta.lastUpdated`, `_lastUpdated`
+and reads by id.
 
 Data: none. Resources published before this revision have no row until they change or their
 partition is published again with `force` (they are served without `meta.lastUpdated`, found by
@@ -23,20 +24,13 @@ depends_on = None
 def upgrade() -> None:
     op.create_table(
         "fhir_changes",
-        sa.Column("seq", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column("resource_type", sa.String(64), primary_key=True),
+        sa.Column("resource_id", sa.String(64), primary_key=True),
         sa.Column("provider", sa.String(64), nullable=False),
         sa.Column("user_id", sa.String(128), nullable=False),
         sa.Column("partition_key", sa.String(160), nullable=False),
         sa.Column("bucket", sa.Integer, nullable=False),
-        sa.Column("resource_type", sa.String(64), nullable=False),
-        sa.Column("resource_id", sa.String(64), nullable=False),
         sa.Column("at_us", sa.BigInteger, nullable=False),
-        sqlite_autoincrement=True,
-    )
-    op.create_index(
-        "ix_fhir_changes_resource_type_resource_id",
-        "fhir_changes",
-        ["resource_type", "resource_id"],
     )
     op.create_index(
         "ix_fhir_changes_provider_user_id_resource_type",
