@@ -492,3 +492,25 @@ def test_last_updated_finds_exactly_what_a_later_publish_changed(tmp_path: Path)
                          _lastUpdated=f"gt{stamp}").json()  # fmt: skip
         assert other["total"] == 0
     store.dispose()
+
+
+def test_every_published_resource_has_its_change_row_pointing_at_its_file(world) -> None:
+    """fhir_changes holds one row per resource the current files hold (for the people), each
+    naming the partition and bucket whose file holds it, and no row for anything else."""
+    from ohx_dagster.fhir.delivery.outbox import owner
+    from ohx_dagster.storage.schema import fhir_changes, fhir_files
+
+    store, output = world["store"], world["output"]
+    with store.read() as conn:
+        files = conn.execute(fhir_files.select()).all()
+        rows = {(r.resource_type, r.resource_id): r for r in conn.execute(fhir_changes.select())}
+    held = {}
+    for file in files:
+        day, _, source = file.partition_key.partition("|")
+        path = f"{partition_dir(date.fromisoformat(day), source)}/{file.name}"
+        for resource in output.read_resources(path):
+            if owner(resource)[1]:
+                held[(resource["resourceType"], resource["id"])] = (file.partition_key, file.bucket)
+    assert held and set(rows) == set(held)
+    for key, (partition, bucket) in held.items():
+        assert (rows[key].partition_key, rows[key].bucket) == (partition, bucket), key
