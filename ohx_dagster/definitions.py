@@ -25,6 +25,7 @@ from resources import FhirOutputResource, SourcesResource
 from resources.fhir_server import fhir_server_from_env
 from resources.store import store_resource
 from sensors.erasure import erase_person_job
+from sensors.exports import fhir_export_job, fhir_exports_sensor
 from sensors.new_users import build_new_user_sensor
 from sensors.republish import build_republish_sensor
 from sensors.retention import apply_retention_job, retention_schedule
@@ -64,6 +65,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             status_job,
             apply_retention_job,
             erase_person_job,
+            fhir_export_job,
             *([oura_subscriptions_job] if uses_oura else []),
         ],
         schedules=[
@@ -81,6 +83,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             ),
             build_republish_sensor(sync_job, sharding, settings.partitions_start),
             build_new_user_sensor(sync_assets, partitions, live, settings.partitions_start),
+            # Bulk Data `$export` requests the FHIR API accepted (ohx fhir serve).
+            fhir_exports_sensor,
         ],
         resources={
             "store": store_resource(settings),

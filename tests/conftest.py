@@ -155,7 +155,7 @@ E2E_MODULES = frozenset({
     "test_dagster_cli_errors", "test_deploy_kit", "test_deployment", "test_dev",
     "test_image_packages", "test_materialize", "test_cli_fitabase", "test_pseudonymous_runs",
     "test_readme_commands", "test_realtime_e2e", "test_realtime_process", "test_secret_exposure",
-    "test_webserver", "test_fhir_cli",
+    "test_webserver", "test_fhir_cli", "test_bulk_export",
 })  # fmt: skip
 FAULT_MODULES = frozenset({"test_faults", "test_invariants"})
 POSTGRES_FIXTURES = frozenset({"pg_server", "pg_url", "pg_database_url", "postgres"})

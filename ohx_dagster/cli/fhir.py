@@ -4,6 +4,7 @@
   (ohx_dagster/fhir/validation/packages.py says where they are looked for).
 - `serve`: the FHIR R5 API for clinical systems (ohx_dagster/fhirapi, docs/fhir-api.md).
 - `clients add|list|remove`: the client systems it accepts (SMART Backend Services).
+- `groups add|list|remove`: the cohorts clients export (`Group/[id]/$export`).
 """
 
 from __future__ import annotations
@@ -152,3 +153,66 @@ def clients_remove(ctx: click.Context, name_or_id: str) -> None:
             "NAME", name_or_id, "a registered client (see `ohx fhir clients list`)"
         )
     click.echo(f"removed {name_or_id}: its tokens no longer work")
+
+
+@fhir.group("groups")
+def groups_() -> None:
+    """Cohorts clients export with Group/[id]/$export: add, list, remove."""
+
+
+@groups_.command("add")
+@click.argument("group_id")
+@click.option("--everyone", is_flag=True, help="Every person here when the export runs.")
+@click.option("--provider", "providers", multiple=True, help="The people of this provider "
+              "(repeat for more).")  # fmt: skip
+@click.option("--patient", "patients", multiple=True, help="A person by their Patient id "
+              "(repeat for more).")  # fmt: skip
+@click.option("--description", default="", help="What the cohort is for.")
+@click.pass_context
+def groups_add(
+    ctx: click.Context,
+    group_id: str,
+    everyone: bool,
+    providers: tuple[str, ...],
+    patients: tuple[str, ...],
+    description: str,
+) -> None:
+    """Define a group by exactly one of --everyone, --provider or --patient."""
+    from ohx_dagster.fhirapi import groups
+    from ohx_dagster.privacy import audit
+
+    group = groups.add_group(
+        common.open_store(ctx), group_id, everyone=everyone, providers=providers,
+        patients=patients, description=description, actor=audit.login("ohx fhir groups add"),
+    )  # fmt: skip
+    click.echo(f"Group/{group.group_id}: {group.describe()}")
+
+
+@groups_.command("list")
+@click.pass_context
+def groups_list(ctx: click.Context) -> None:
+    """The groups: id, who is in it, description."""
+    from ohx_dagster.fhirapi import groups
+
+    found = groups.list_groups(common.open_store(ctx))
+    if not found:
+        click.echo("no groups: add one with `ohx fhir groups add ID --everyone` (or --provider, "
+                   "--patient)")  # fmt: skip
+        return
+    for group in found:
+        click.echo(f"{group.group_id}\t{group.describe()}\t{group.description}")
+
+
+@groups_.command("remove")
+@click.argument("group_id")
+@click.pass_context
+def groups_remove(ctx: click.Context, group_id: str) -> None:
+    """Remove a group (exports already kicked off for it fail when they run)."""
+    from ohx_dagster.core.errors import ValidationError
+    from ohx_dagster.fhirapi import groups
+    from ohx_dagster.privacy import audit
+
+    store = common.open_store(ctx)
+    if not groups.remove_group(store, group_id, actor=audit.login("ohx fhir groups remove")):
+        raise ValidationError("GROUP", group_id, "a group here (see `ohx fhir groups list`)")
+    click.echo(f"removed Group/{group_id}")

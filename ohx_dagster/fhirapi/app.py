@@ -6,6 +6,11 @@
     GET  /fhir/Patient/{id}                     system/Patient.r
     GET  /fhir/Observation?patient=&code=&date=&_lastUpdated=&_count=   system/Observation.s
     GET  /fhir/Observation/{id}                 system/Observation.r
+    GET  /fhir/Patient/$export, /fhir/Group/{id}/$export   Bulk Data kick-off (bulk.py): .r of
+                                                each type exported
+    GET  /fhir/bulk-status/{export}             202 with X-Progress while it runs, then the
+                                                manifest; DELETE cancels
+    GET  /fhir/bulk-files/{export}/{name}       an export's NDJSON file
 
 Every FHIR request needs `Authorization: Bearer <access token>`; a missing, unknown or expired
 token gets 401, a scope that does not cover the type 403, a parameter this server does not know
@@ -25,7 +30,11 @@ the request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import formatdate
 from importlib.metadata import version
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
@@ -36,9 +45,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ohx_dagster.core.times import iso_us, to_us
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.provenance import SOFTWARE
-from ohx_dagster.fhirapi import clients
+from ohx_dagster.fhirapi import bulk, clients, groups
 from ohx_dagster.fhirapi.clients import Grant, TokenError
 from ohx_dagster.fhirapi.scopes import allowed
 from ohx_dagster.fhirapi.search import Published, SearchError, parse_codes, parse_date
@@ -55,6 +65,10 @@ SEARCH_PARAMETERS: Final = (
 )  # fmt: skip
 MAX_FORM_BYTES: Final = 32_768
 FORMATS: Final = ("json", "application/json", "application/fhir+json")
+NDJSON: Final = "application/fhir+ndjson"
+BULK_DATA: Final = "http://hl7.org/fhir/uv/bulkdata"
+KICK_OFF_PARAMETERS: Final = ("_type", "_since", "_outputFormat")
+_INSTANT: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
 
 def _fhir(body: Mapping[str, Any], status: int = 200, headers: Mapping[str, str] | None = None):
@@ -85,6 +99,7 @@ def capability_statement(base: str) -> dict[str, Any]:
             "description": "Open Health Exchange sync: published wearable and home-device data",
             "url": f"{base}/fhir",
         },
+        "instantiates": [f"{BULK_DATA}/CapabilityStatement/bulk-data"],
         "fhirVersion": "5.0.0",
         "format": ["json"],
         "rest": [
@@ -108,6 +123,24 @@ def capability_statement(base: str) -> dict[str, Any]:
                     {
                         "type": "Patient",
                         "interaction": [{"code": "read"}],
+                        "operation": [
+                            {
+                                "name": "export",
+                                "definition": f"{BULK_DATA}/OperationDefinition/patient-export",
+                                "documentation": "Every person's published resources "
+                                "(_type, _since, _outputFormat); a Dagster run writes them.",
+                            }
+                        ],
+                    },
+                    {
+                        "type": "Group",
+                        "operation": [
+                            {
+                                "name": "export",
+                                "definition": f"{BULK_DATA}/OperationDefinition/group-export",
+                                "documentation": "A cohort staff defined (ohx fhir groups).",
+                            }
+                        ],
                     },
                     {
                         "type": "Observation",
@@ -196,7 +229,8 @@ def create_app(
         )
         return JSONResponse(answer, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
-    async def authorized(request: Request, resource_type: str, permission: str) -> Grant | Response:
+    async def granted(request: Request) -> Grant | Response:
+        """The request's token's grant, or the 401 that says there is none."""
         header = request.headers.get("authorization", "")
         scheme, _, value = header.partition(" ")
         grant = None
@@ -219,6 +253,13 @@ def create_app(
                 "missing, unknown or expired",
                 challenge,
             )
+        return grant
+
+    async def authorized(request: Request, resource_type: str, permission: str) -> Grant | Response:
+        grant = await granted(request)
+        if isinstance(grant, Response):
+            return grant
+        where = f"{request.method} {request.url.path}"
         if not allowed(list(grant.scopes), resource_type, permission):
             refused_rows.refused(
                 action="read",
@@ -325,8 +366,148 @@ def create_app(
         await run_in_threadpool(audited, grant, config, what, len(page))
         return _fhir(bundle)
 
+    async def kick_off(request: Request) -> Response:
+        grant = await granted(request)
+        if isinstance(grant, Response):
+            return grant
+        group_id = request.path_params.get("id")
+        try:
+            asked = _kick_off_parameters(request)
+        except SearchError as exc:
+            return outcome(400, "invalid", str(exc))
+        types = asked.types or tuple(t for t in bulk.TYPES if allowed(list(grant.scopes), t, "r"))
+        refused = [t for t in types if not allowed(list(grant.scopes), t, "r")]
+        if refused or not types:
+            refused_rows.refused(
+                action="bulk-export",
+                actor=f"fhir client {grant.name}",
+                where=f"GET {request.url.path}",
+                reason="scope",
+                address=_address(request),
+            )
+            return outcome(
+                403,
+                "forbidden",
+                f"the token's scopes do not include system/{(refused or ['*'])[0]}.r",
+            )
+        if (
+            group_id is not None
+            and await run_in_threadpool(groups.get_group, store, group_id) is None
+        ):
+            return outcome(404, "not-found", f"no Group {group_id[:64]!r} here")
+        base = base_of(request)
+        query = f"?{request.url.query}" if request.url.query else ""
+        export = await run_in_threadpool(
+            bulk.kick_off, store, client_id=grant.client_id, group_id=group_id, types=types,
+            since_us=asked.since_us, request=f"{base}{request.url.path}{query}",
+        )  # fmt: skip
+        await run_in_threadpool(
+            audit.record, store, actor=f"fhir client {grant.name}", action="bulk-export",
+            detail=f"{export.export_id}: kicked off for "
+            f"{'Group/' + group_id if group_id else 'every Patient'}, {','.join(types)}"
+            + (f", since {iso_us(asked.since_us)}" if asked.since_us is not None else ""),
+        )  # fmt: skip
+        location = f"{base}/fhir/bulk-status/{export.export_id}"
+        body = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational",
+                       "diagnostics": f"export accepted: poll {location}"}],
+        }  # fmt: skip
+        return _fhir(body, 202, {"Content-Location": location})
+
+    async def mine(request: Request) -> tuple[Grant, bulk.Export] | Response:
+        """The export the URL names, if the token's client asked for it (another's is not
+        found: an export id is not a secret to guess at)."""
+        grant = await granted(request)
+        if isinstance(grant, Response):
+            return grant
+        export_id = request.path_params["export_id"]
+        export = await run_in_threadpool(bulk.get, store, export_id)
+        if export is None or export.client_id != grant.client_id:
+            return outcome(404, "not-found", f"no export {export_id[:64]!r} here (expired?)")
+        return grant, export
+
+    async def export_status(request: Request) -> Response:
+        found = await mine(request)
+        if isinstance(found, Response):
+            return found
+        _, export = found
+        if export.state in bulk.LIVE:
+            progress = export.progress or ("queued" if export.state == "accepted" else "running")
+            return Response(
+                status_code=202,
+                headers={"X-Progress": progress, "Retry-After": str(bulk.RETRY_AFTER_S)},
+            )
+        if export.state == "failed":
+            return outcome(500, "exception", f"the export failed: {export.error}")
+        if export.state != "complete":
+            why = {
+                "cancelled": "it was cancelled",
+                "withdrawn": "a person it held asked to be erased: kick off a new export",
+            }[export.state]
+            return outcome(404, "not-found", f"export {export.export_id}: {why}")
+        base = base_of(request)
+        manifest = {
+            "transactionTime": iso_us(export.transaction_us),
+            "request": export.request,
+            "requiresAccessToken": True,
+            "output": [
+                {"type": f["type"], "url": f"{base}/fhir/bulk-files/{export.export_id}/{f['name']}",
+                 "count": f["count"]}
+                for f in export.output
+            ],
+            "error": [],
+        }  # fmt: skip
+        expires = export.expires_us()
+        headers = {} if expires is None else {"Expires": _http_date(expires)}
+        return JSONResponse(manifest, headers=headers)
+
+    async def export_cancel(request: Request) -> Response:
+        found = await mine(request)
+        if isinstance(found, Response):
+            return found
+        grant, export = found
+        cancelled = await run_in_threadpool(
+            bulk.cancel, store, output, export.export_id, actor=f"fhir client {grant.name}"
+        )
+        if not cancelled:
+            return outcome(404, "not-found", f"export {export.export_id} is no longer here")
+        body = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "information", "code": "informational",
+                       "diagnostics": f"export {export.export_id} cancelled, its files deleted"}],
+        }  # fmt: skip
+        return _fhir(body, 202)
+
+    async def export_file(request: Request) -> Response:
+        found = await mine(request)
+        if isinstance(found, Response):
+            return found
+        grant, export = found
+        name = request.path_params["name"]
+        entry = next((f for f in export.output if f["name"] == name), None)
+        if export.state != "complete" or entry is None:
+            return outcome(404, "not-found", f"no file {name[:64]!r} in export {export.export_id}")
+        if not allowed(list(grant.scopes), entry["type"], "r"):
+            return outcome(403, "forbidden", f"the token's scopes do not include "
+                           f"system/{entry['type']}.r")  # fmt: skip
+        try:
+            body = await run_in_threadpool(output.read, f"{export.directory}/{name}")
+        except FileNotFoundError:
+            return outcome(404, "not-found", f"export {export.export_id} is no longer here")
+        await run_in_threadpool(
+            audit.record, store, actor=f"fhir client {grant.name}", action="bulk-export",
+            detail=f"{export.export_id}: downloaded {name} ({entry['count']} resources)",
+        )  # fmt: skip
+        return Response(body, media_type=NDJSON)
+
     routes = [
         Route("/fhir/metadata", metadata, methods=["GET"]),
+        Route("/fhir/Patient/$export", kick_off, methods=["GET"]),
+        Route("/fhir/Group/{id}/$export", kick_off, methods=["GET"]),
+        Route("/fhir/bulk-status/{export_id}", export_status, methods=["GET"]),
+        Route("/fhir/bulk-status/{export_id}", export_cancel, methods=["DELETE"]),
+        Route("/fhir/bulk-files/{export_id}/{name}", export_file, methods=["GET"]),
         Route("/.well-known/smart-configuration", smart, methods=["GET"]),
         Route("/fhir/.well-known/smart-configuration", smart, methods=["GET"]),
         Route("/fhir/auth/token", token, methods=["POST"]),
@@ -355,6 +536,57 @@ async def _form(request: Request) -> dict[str, str]:
     if len(form) != len(pairs):
         raise TokenError("invalid_request", "a form field is given twice")
     return form
+
+
+@dataclass(frozen=True, slots=True)
+class KickOff:
+    types: tuple[str, ...]  # empty: every type the client may read
+    since_us: int | None
+
+
+def _kick_off_parameters(request: Request) -> KickOff:
+    """A kick-off's headers and parameters (Bulk Data Access 2.0), or the SearchError naming
+    what is wrong. An unknown parameter is refused unless `Prefer: handling=lenient`."""
+    prefer = {p.strip().lower() for p in request.headers.get("prefer", "").split(",")}
+    if "respond-async" not in prefer:
+        raise SearchError("a kick-off needs the header Prefer: respond-async")
+    accept = request.headers.get("accept", FHIR_JSON)
+    if not any(a.split(";")[0].strip() in (*FORMATS, "*/*") for a in accept.split(",")):
+        raise SearchError(f"Accept: {accept[:64]!r}: this server answers application/fhir+json")
+    query = request.query_params
+    unknown = sorted(set(query) - set(KICK_OFF_PARAMETERS))
+    if unknown and "handling=lenient" not in prefer:
+        raise SearchError(
+            f"parameter {unknown[0]!r} is not supported here (supported: "
+            f"{', '.join(KICK_OFF_PARAMETERS)}; Prefer: handling=lenient ignores the others)"
+        )
+    formats = query.getlist("_outputFormat")
+    if any(f not in bulk.OUTPUT_FORMATS for f in formats):
+        raise SearchError(f"_outputFormat: one of {', '.join(bulk.OUTPUT_FORMATS)}")
+    types = [t for text in query.getlist("_type") for t in text.split(",")]
+    not_here = [t for t in types if t not in bulk.TYPES]
+    if not_here:
+        raise SearchError(
+            f"_type {not_here[0][:64]!r} is not exported here (one of {', '.join(bulk.TYPES)})"
+        )
+    since = query.getlist("_since")
+    if len(since) > 1:
+        raise SearchError("_since is given more than once")
+    since_us = None
+    if since:
+        if _INSTANT.fullmatch(since[0]) is None:
+            raise SearchError(
+                f"_since {since[0][:64]!r} is not a FHIR instant (e.g. 2026-12-01T00:00:00Z)"
+            )
+        try:
+            since_us = to_us(datetime.fromisoformat(since[0].replace("Z", "+00:00")))
+        except ValueError as exc:
+            raise SearchError(f"_since {since[0][:64]!r}: {exc}") from None
+    return KickOff(tuple(dict.fromkeys(types)), since_us)
+
+
+def _http_date(us: int) -> str:
+    return formatdate(us / 1_000_000, usegmt=True)
 
 
 def _number(text: str | None, name: str, default: int, low: int, high: int) -> int:

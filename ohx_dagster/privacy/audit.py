@@ -22,8 +22,9 @@ erase_person_job (erase), `ohx import` (import), `ohx staff add` and `ohx staff 
 transaction) and delivery to a FHIR server (fhir/delivery/client.py: export, one row per person
 of a transaction Bundle); the receiver's /connect and /auth/staff for refused staff credentials
 (connect or sign-in, refused, through `RefusedRows`: bounded, see below); the FHIR API
-(ohx_dagster/fhirapi: client-add, client-remove, token, read). `ohx audit` reads it;
-docs/deployment.md lists what each action records.
+(ohx_dagster/fhirapi: client-add, client-remove, token, read; group-add, group-remove for
+cohorts; bulk-export for each `$export` kicked off, run, downloaded, cancelled or withdrawn).
+`ohx audit` reads it; docs/deployment.md lists what each action records.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 ACTIONS: Final = (
     "connect", "disconnect", "relink", "import", "erase", "readmit", "export", "set-zone",
     "staff-add", "staff-remove", "sign-in", "client-add", "client-remove", "token", "read",
+    "group-add", "group-remove", "bulk-export",
 )  # fmt: skip
 OUTCOMES: Final = ("ok", "partial", "refused", "failed")
 ACTOR_CHARS: Final = text_length(audit_log.c.actor)

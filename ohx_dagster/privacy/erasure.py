@@ -12,7 +12,8 @@
    (it names them, and it is what deleting there needs), marked withdrawn and acknowledged, so
    no delivery run ever sends them again. With the `users` row gone no schedule, sensor or
    publisher selects the person any more.
-2. The published FHIR output (`strip_partitions`, below).
+2. The published FHIR output (`strip_partitions`, below), and the Bulk Data exports whose files
+   hold them (`withdraw_exports`: deleted, the client told the export was withdrawn).
 3. The FHIR server: DELETE in transaction Bundles through FhirClient.delete (conditional by
    identifier; by id for a Provenance, which has none), what references others first (the
    outbox's delivery rank, reversed). The outbox rows of each acknowledged batch are deleted.
@@ -132,6 +133,7 @@ from ohx_dagster.storage import db
 from ohx_dagster.storage.schema import (
     day_versions,
     erasures,
+    fhir_exports,
     fhir_files,
     fhir_outbox,
     metadata,
@@ -159,6 +161,8 @@ NOT_PERSONAL: Final = {
     "fhir_clients": "the FHIR API's client systems and their public keys, no patient",
     "fhir_assertions": "ids of client assertions seen (ohx_dagster/fhirapi/clients.py), no patient",
     "fhir_tokens": "hashes of access tokens issued to client systems, no patient",
+    "fhir_groups": "cohort definitions (everyone, providers); listed people are in members",
+    "fhir_exports": "Bulk Data requests and file names; files holding a person are withdrawn",
 }
 OWN_RULE: Final = {
     "fhir_outbox": "server deletion first (step 3)",
@@ -737,6 +741,7 @@ def erase_person(
     counts, report.erasure_id = _erase_rows(store, person, report.subject, requested_by)
     report.counts.update(counts)
     stripped = strip_partitions(store, output, person)
+    exports = withdraw_exports(store, output, person)
     server = _delete_on_server(store, fhir_client, person)
     report.counts["fhir_outbox"] += server.deleted
     report.counts |= {
@@ -744,6 +749,7 @@ def erase_person(
         "fhir_partitions_rewritten": stripped.partitions,
         "fhir_resources_removed": stripped.resources,
         "fhir_files_removed": stripped.files_deleted,
+        "fhir_exports_withdrawn": exports,
     }
     report.server_pending = server.pending
     report.server_error = server.error
@@ -758,6 +764,37 @@ def erase_person(
             outcome=outcome,
         )
     return report
+
+
+def withdraw_exports(store: RecordStore, output: FhirOutput, person: Person) -> int:
+    """Withdraw every Bulk Data export whose files hold the person (ohx_dagster/fhirapi/bulk.py):
+    its files deleted, its state `withdrawn` (the client's poll says so). A run still writing
+    one finds the state changed when it completes and deletes what it wrote; one that has not
+    reached the person's files yet leaves them out (they are no longer in `users`)."""
+    t = fhir_exports
+    with store.read() as conn:
+        ids = conn.execute(
+            sa.select(t.c.export_id).where(t.c.state.in_(("running", "complete")))
+        ).scalars().all()  # fmt: skip
+    withdrawn = 0
+    for export_id in ids:
+        directory = f"exports/{export_id}"
+        holds = any(
+            person.mentioned_in(output.read(f"{directory}/{name}"))
+            for name in output.names(directory)
+            if name.endswith(".ndjson")
+        )
+        if not holds:
+            continue
+        with store.write() as conn:
+            conn.execute(
+                t.update()
+                .where(t.c.export_id == export_id)
+                .values(state="withdrawn", output="[]", finished_us=now_us())
+            )
+        output.delete_tree(directory)
+        withdrawn += 1
+    return withdrawn
 
 
 def remaining_rows(store: RecordStore, provider: str, user_id: str) -> dict[str, int]:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
+import orjson
 import pandas as pd
 import sqlalchemy as sa
 
@@ -548,7 +549,7 @@ def _changed(
 
 
 def _record_changes(
-    changed: Sequence[dict[str, Any]], partition: str, bucket: int, stamp: int
+    changed: Sequence[dict[str, Any]], partition: str, bucket: int
 ) -> Callable[[sa.Connection], None]:
     from ohx_dagster.fhir.delivery.outbox import owner
 
@@ -556,12 +557,31 @@ def _record_changes(
     for resource in changed:
         provider, user_id = owner(resource)
         if user_id:
+            digest = hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS))
             rows.append({"provider": provider, "user_id": user_id, "partition_key": partition,
                          "bucket": bucket, "resource_type": resource["resourceType"],
-                         "resource_id": resource["id"], "at_us": stamp})  # fmt: skip
+                         "resource_id": resource["id"], "digest": digest.hexdigest()})  # fmt: skip
 
     def write(conn: sa.Connection) -> None:
-        db.upsert(conn, fhir_changes, rows)
+        if not rows:
+            return
+        # Stamped under the partition's lock, as the commit ends: a Bulk Data export that starts
+        # reading a moment after its transactionTime sees every change stamped before it
+        # (ohx_dagster/fhirapi/bulk.py), whatever the commit waited for. A resource published
+        # again with the same content (on another day) keeps its time and moves to this file.
+        stamp = now_us()
+        statement = db.insert_for(conn)(fhir_changes)
+        new = statement.excluded
+        kept = sa.case((fhir_changes.c.digest == new.digest, fhir_changes.c.at_us), else_=new.at_us)
+        conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["resource_type", "resource_id"],
+                set_={"provider": new.provider, "user_id": new.user_id,
+                      "partition_key": new.partition_key, "bucket": new.bucket,
+                      "digest": new.digest, "at_us": kept},
+            ),
+            [{**row, "at_us": stamp} for row in rows],
+        )  # fmt: skip
 
     return write
 
@@ -734,7 +754,7 @@ def publish_partition(
             daily=daily,
             exported=_both(
                 exported(exports),
-                _record_changes(changed, partition_key(day, key), bucket, now_us()),
+                _record_changes(changed, partition_key(day, key), bucket),
             ),
             expected=previous_names if partial else None,
         )

@@ -429,5 +429,59 @@ fhir_changes = sa.Table(
     sa.Column("partition_key", sa.String(160), nullable=False),
     sa.Column("bucket", sa.Integer, nullable=False),
     sa.Column("at_us", sa.BigInteger, nullable=False),
+    # SHA-256 of the resource as published: the same content published again on another day (a
+    # Patient, a Device) moves the row to the newer file but keeps when it last changed.
+    sa.Column("digest", sa.String(64)),
 )
 sa.Index(None, fhir_changes.c.provider, fhir_changes.c.user_id, fhir_changes.c.resource_type)
+# A `_since` export reads a file's changes after a time (ohx_dagster/fhirapi/bulk.py).
+sa.Index(None, fhir_changes.c.partition_key, fhir_changes.c.bucket, fhir_changes.c.resource_type)
+sa.Index(None, fhir_changes.c.at_us)
+
+# Bulk Data export (ohx_dagster/fhirapi/bulk.py). A group is a cohort staff define: everyone, the
+# people of some providers, or a list of people (fhir_group_members, erased with each person).
+# An export is a client's request and its progress; its files are in the output root under
+# exports/<id>/ and hold people's data: an erasure deletes every export whose files hold the
+# person (ohx_dagster/privacy/erasure.py), the rows themselves name no one.
+GROUP_KINDS: Final = ("everyone", "providers", "people")
+EXPORT_STATES: Final = ("accepted", "running", "complete", "failed", "cancelled", "withdrawn")
+
+fhir_groups = sa.Table(
+    "fhir_groups",
+    metadata,
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("providers", sa.Text, nullable=False, default="[]"),  # JSON list (kind providers)
+    sa.Column("description", sa.Text, nullable=False, default=""),
+    sa.Column("added_at_us", sa.BigInteger, nullable=False),
+    sa.Column("added_by", sa.String(128), nullable=False),
+    sa.CheckConstraint(f"kind IN {GROUP_KINDS!r}", name="kind"),
+)
+
+fhir_group_members = sa.Table(
+    "fhir_group_members",
+    metadata,
+    sa.Column("group_id", sa.String(64), primary_key=True),
+    *_person(),
+)
+
+fhir_exports = sa.Table(
+    "fhir_exports",
+    metadata,
+    sa.Column("export_id", sa.String(32), primary_key=True),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("group_id", sa.String(64)),  # None: Patient/$export (every person)
+    sa.Column("types", sa.Text, nullable=False),  # JSON list of resource types
+    sa.Column("since_us", sa.BigInteger),
+    sa.Column("request", sa.Text, nullable=False),  # the kick-off URL, for the manifest
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("transaction_us", sa.BigInteger, nullable=False),
+    sa.Column("started_us", sa.BigInteger),
+    sa.Column("finished_us", sa.BigInteger),
+    sa.Column("run_id", sa.String(64), nullable=False, default=""),
+    sa.Column("output", sa.Text, nullable=False, default="[]"),  # JSON [{type, name, count}]
+    sa.Column("progress", sa.String(128), nullable=False, default=""),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.CheckConstraint(f"state IN {EXPORT_STATES!r}", name="state"),
+)
+sa.Index(None, fhir_exports.c.state)

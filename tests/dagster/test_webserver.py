@@ -105,4 +105,5 @@ def test_ui_serves_assets_partitions_checks_schedules_and_sensors(webserver: str
         "webhook_sensor",
         "new_user_sensor",
         "republish_sensor",
+        "fhir_exports",
     }

@@ -20,7 +20,8 @@ deployments in deploy/ do:
 Dagster's instance is deploy/dagster.postgres.yaml (PostgreSQL run, event log and schedule
 storage; the queued run coordinator; the default run launcher, which starts runs through the
 code server). Two simulated people are connected (`python -m ohx_dagster.cli.seed`); every
-schedule and sensor but the webhook sensor is stopped first, so only what the test sends runs.
+schedule and sensor but the webhook sensor and the Bulk Data export sensor is stopped first, so
+only what the test sends runs.
 A staff member is issued a token (`ohx staff add`): through the proxy, the UI answers 401 without
 it and 200 with it, /connect refuses without it (and a token in its URL) and starts a connection
 with it; `ohx audit` shows each refusal under the staff member the token names, or "unknown".
@@ -28,7 +29,9 @@ Then a signed webhook goes through the proxy, without staff credentials, to the 
 run puts today's FHIR objects into the bucket, and a two-day backfill puts the two days before;
 each partition's manifest names exactly the objects of its folder. A clinical system registered
 with `ohx fhir clients add` gets a token through the proxy with a signed assertion and finds
-each person's Observations in the bucket's objects through the FHIR API. The secrets the
+each person's Observations in the bucket's objects through the FHIR API, then pulls the same
+Observations with `Patient/$export`: the daemon's sensor launches the export's run, whose files
+land in the bucket and come back through the proxy. The secrets the
 services were given appear in no GraphQL answer and no row of the Dagster database.
 """
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import re
 import ssl
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -187,7 +191,7 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
         services.wait("the webserver", lambda: http_ok(f"{url}/server_info"), timeout=120)
         services.wait("the code location in the webserver", graphql.location_loaded, timeout=60)
         # Before the daemon ticks anything: only the webhook sensor runs.
-        stopped = graphql.stop_instigators(keep={"webhook_sensor"})
+        stopped = graphql.stop_instigators(keep={"webhook_sensor", "fhir_exports"})
         assert "new_user_sensor" in stopped and "hourly_incremental_sync" in stopped
         services.start(
             "daemon", [str(tool("dagster-daemon")), "run", "-w", str(workspace)], env("daemon")
@@ -346,7 +350,11 @@ def test_a_webhook_and_a_backfill_reach_the_bucket_through_the_deployed_services
 
     # 6. The bucket: each partition's folder holds its NDJSON objects and a manifest naming
     # exactly them, with their counts.
-    objects = s3.objects(bucket, "output/")
+    everything = s3.objects(bucket, "output/")
+    # A Bulk Data export's files, under exports/<export id>/ (step 5).
+    exports = {k: body for k, body in everything.items() if k.startswith("output/exports/")}
+    assert len({k.split("/")[2] for k in exports}) == 1 and exports, sorted(exports)
+    objects = {k: body for k, body in everything.items() if k not in exports}
     folders = sorted({key.rsplit("/", 1)[0] for key in objects})
     expected = [f"output/{day.isoformat()}/simulated" for day in [*days, today]]
     assert folders == expected, folders
@@ -418,4 +426,26 @@ def fhir_pull(
         assert search.status_code == 200, search.text
         found[person.fhir_patient_id] = search.json()["total"]
         assert search.json()["link"][0]["url"].startswith(f"{proxy}/fhir/Observation?")
+    # Bulk Data: the daemon's fhir_exports sensor launches the export's run, which writes to the
+    # bucket; the files come back through the proxy, the same Observations as the search found.
+    kicked = tls.get(f"{proxy}/fhir/Patient/$export", params={"_type": "Observation"},
+                     headers={**bearer, "Accept": "application/fhir+json",
+                              "Prefer": "respond-async"})  # fmt: skip
+    assert kicked.status_code == 202, kicked.text
+    status = kicked.headers["Content-Location"]
+    assert status.startswith(f"{proxy}/fhir/bulk-status/")
+    deadline = time.monotonic() + 180
+    while (polled := tls.get(status, headers=bearer)).status_code == 202:
+        assert time.monotonic() < deadline, ("the export did not finish", services.logs())
+        time.sleep(2)
+    assert polled.status_code == 200, polled.text
+    exported: dict[str, int] = {}
+    for entry in polled.json()["output"]:
+        assert entry["url"].startswith(f"{proxy}/fhir/bulk-files/")
+        body = tls.get(entry["url"], headers=bearer)
+        assert body.status_code == 200, body.text
+        for line in body.content.splitlines():
+            reference = orjson.loads(line)["subject"]["reference"].removeprefix("Patient/")
+            exported[reference] = exported.get(reference, 0) + 1
+    assert exported == found, (exported, found)
     return found

@@ -1,6 +1,6 @@
-"""`ohx fhir clients` and `ohx fhir serve` as staff run them: bad input is one line naming what
-was wrong, a client is added, listed and removed (audited), and the server runs as its own
-process, answers, and stops cleanly on SIGTERM."""
+"""`ohx fhir clients`, `ohx fhir groups` and `ohx fhir serve` as staff run them: bad input is
+one line naming what was wrong, a client or a group is added, listed and removed (audited), and
+the server runs as its own process, answers, and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
@@ -118,6 +118,41 @@ def test_clients_add_list_remove_and_their_one_line_errors(home: Path, tmp_path:
     actions = [row.action for row in audit.read(store)]
     store.dispose()
     assert actions.count("client-add") == 1 and actions.count("client-remove") == 1
+
+
+def test_groups_add_list_remove_and_their_one_line_errors(home: Path) -> None:
+    from ohx_dagster.fhirapi.groups import cohort
+    from ohx_dagster.providers.simulated import SimulatedSource
+
+    store = RecordStore(f"sqlite:///{home / 'ohx.db'}")
+    people = SimulatedSource(3).discover_users()
+    store.add_users(people)
+    patient = people[1].fhir_patient_id
+    assert "GROUP" in one_error_line(ohx("fhir", "groups", "add", "a b", "--everyone"))
+    assert "exactly one of" in one_error_line(
+        ohx("fhir", "groups", "add", "g", "--everyone", "--provider", "oura")
+    )
+    assert "exactly one of" in one_error_line(ohx("fhir", "groups", "add", "g"))
+    assert "--provider='fitbit'" in one_error_line(
+        ohx("fhir", "groups", "add", "g", "--provider", "fitbit")
+    )
+    assert "--patient='nobody'" in one_error_line(
+        ohx("fhir", "groups", "add", "g", "--patient", patient, "--patient", "nobody")
+    )
+    assert ohx("fhir", "groups", "list").stdout.startswith("no groups")
+    one = ohx("fhir", "groups", "add", "one", "--patient", patient, "--description", "a study")
+    assert one.exit_code == 0 and one.stdout.strip() == "Group/one: 1 people", one.output
+    assert ohx("fhir", "groups", "add", "sim", "--provider", "simulated").exit_code == 0
+    assert "it exists" in one_error_line(ohx("fhir", "groups", "add", "one", "--everyone"))
+    listed = ohx("fhir", "groups", "list").stdout.splitlines()
+    assert listed == ["one\t1 people\ta study", "sim\tthe people of simulated\t"]
+    assert [c.user_id for c in cohort(store, "one") or []] == [people[1].user_id]
+    assert len(cohort(store, "sim") or []) == 3 and cohort(store, "nope") is None
+    assert ohx("fhir", "groups", "remove", "one").exit_code == 0
+    assert "a group here" in one_error_line(ohx("fhir", "groups", "remove", "one"))
+    actions = [row.action for row in audit.read(store)]
+    store.dispose()
+    assert actions.count("group-add") == 2 and actions.count("group-remove") == 1
 
 
 def free_port() -> int:
