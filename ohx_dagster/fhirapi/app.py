@@ -6,6 +6,7 @@
     GET  /fhir/Patient/{id}                     system/Patient.r
     GET  /fhir/Observation?patient=&code=&date=&_lastUpdated=&_count=   system/Observation.s
     GET  /fhir/Observation/{id}                 system/Observation.r
+    GET  /fhir/Group, /fhir/Group/{id}          system/Group.s, .r: the cohorts staff defined
     GET  /fhir/Patient/$export, /fhir/Group/{id}/$export   Bulk Data kick-off (bulk.py): .r of
                                                 each type exported
     GET  /fhir/bulk-status/{export}             202 with X-Progress while it runs, then the
@@ -67,6 +68,10 @@ MAX_FORM_BYTES: Final = 32_768
 FORMATS: Final = ("json", "application/json", "application/fhir+json")
 NDJSON: Final = "application/fhir+ndjson"
 BULK_DATA: Final = "http://hl7.org/fhir/uv/bulkdata"
+SCOPES_SUPPORTED: Final = (
+    "system/Patient.r", "system/Observation.s", "system/Observation.rs", "system/Group.rs",
+    "system/*.rs",
+)  # fmt: skip
 KICK_OFF_PARAMETERS: Final = ("_type", "_since", "_outputFormat")
 _INSTANT: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
 
@@ -134,6 +139,7 @@ def capability_statement(base: str) -> dict[str, Any]:
                     },
                     {
                         "type": "Group",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
                         "operation": [
                             {
                                 "name": "export",
@@ -176,7 +182,7 @@ def smart_configuration(base: str) -> dict[str, Any]:
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(clients.ALGORITHMS),
         "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/Patient.r", "system/Observation.s", "system/Observation.rs"],
+        "scopes_supported": list(SCOPES_SUPPORTED),
         "capabilities": ["client-confidential-asymmetric", "permission-v2"],
     }
 
@@ -283,6 +289,35 @@ def create_app(
             subject=subject_hash(config.provider, config.user_id, salt=salt),
             detail=f"{what}: {count} resources",
         )
+
+    async def read_group(request: Request) -> Response:
+        grant = await authorized(request, "Group", "r")
+        if isinstance(grant, Response):
+            return grant
+        group_id = request.path_params["id"]
+        group = await run_in_threadpool(groups.get_group, store, group_id)
+        if group is None:
+            return outcome(404, "not-found", f"no Group {group_id[:64]!r} here")
+        return _fhir(await run_in_threadpool(groups.as_resource, store, group))
+
+    async def search_groups(request: Request) -> Response:
+        grant = await authorized(request, "Group", "s")
+        if isinstance(grant, Response):
+            return grant
+        unknown = sorted(set(request.query_params) - {"_format"})
+        if unknown:
+            return outcome(400, "invalid", f"parameter {unknown[0]!r} is not supported here "
+                           "(Group search lists every group)")  # fmt: skip
+        found = await run_in_threadpool(groups.list_groups, store)
+        resources = [await run_in_threadpool(groups.as_resource, store, g) for g in found]
+        base = base_of(request)
+        bundle = {
+            "resourceType": "Bundle", "type": "searchset", "total": len(resources),
+            "link": [{"relation": "self", "url": f"{base}/fhir/Group"}],
+            "entry": [{"fullUrl": f"{base}/fhir/Group/{r['id']}", "resource": r,
+                       "search": {"mode": "match"}} for r in resources],
+        }  # fmt: skip
+        return _fhir(bundle)
 
     async def read_patient(request: Request) -> Response:
         grant = await authorized(request, "Patient", "r")
@@ -505,6 +540,8 @@ def create_app(
         Route("/fhir/metadata", metadata, methods=["GET"]),
         Route("/fhir/Patient/$export", kick_off, methods=["GET"]),
         Route("/fhir/Group/{id}/$export", kick_off, methods=["GET"]),
+        Route("/fhir/Group", search_groups, methods=["GET"]),
+        Route("/fhir/Group/{id}", read_group, methods=["GET"]),
         Route("/fhir/bulk-status/{export_id}", export_status, methods=["GET"]),
         Route("/fhir/bulk-status/{export_id}", export_cancel, methods=["DELETE"]),
         Route("/fhir/bulk-files/{export_id}/{name}", export_file, methods=["GET"]),

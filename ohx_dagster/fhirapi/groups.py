@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 import sqlalchemy as sa
@@ -159,3 +159,31 @@ def cohort(store: RecordStore, group_id: str | None) -> list[HealthSyncConfig] |
             ).tuples()
         )
     return [c for c in people if (c.provider, c.user_id) in listed]
+
+
+def as_resource(store: RecordStore, group: Group) -> dict[str, Any]:
+    """The group as an R5 Group: listed people are its members (enumerated); everyone and
+    providers are definitional, with how many people it holds now."""
+    people = cohort(store, group.group_id) or []
+    resource: dict[str, Any] = {
+        "resourceType": "Group",
+        "id": group.group_id,
+        "type": "person",
+        "membership": "enumerated" if group.kind == "people" else "definitional",
+        "name": group.group_id,
+        "quantity": len(people),
+    }
+    if group.description:
+        resource["description"] = group.description
+    if group.kind == "providers":
+        resource["characteristic"] = [
+            {"code": {"text": "connected provider"}, "valueCodeableConcept": {"text": provider},
+             "exclude": False}
+            for provider in group.providers
+        ]  # fmt: skip
+    if group.kind == "people":
+        resource["member"] = [
+            {"entity": {"reference": f"Patient/{c.fhir_patient_id}"}}
+            for c in sorted(people, key=lambda c: c.fhir_patient_id)
+        ]
+    return resource

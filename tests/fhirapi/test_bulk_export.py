@@ -293,6 +293,35 @@ def test_kick_off_without_token_unknown_group_and_lenient_handling(world: World)
     assert ignored.status_code == 202
 
 
+def test_groups_are_read_and_listed_as_r5_groups(world: World) -> None:
+    first, _, third = world.people
+    groups.add_group(world.store, "pair", patients=[first.fhir_patient_id, third.fhir_patient_id],
+                     description="a study", actor="t")  # fmt: skip
+    groups.add_group(world.store, "sim", providers=["simulated"], actor="t")
+    groups.add_group(world.store, "all", everyone=True, actor="t")
+    token = world.token()
+    pair = world.get("Group/pair", token).json()
+    assert validate_resource(pair) == [], validate_resource(pair)
+    assert pair["membership"] == "enumerated" and pair["quantity"] == 2
+    assert sorted(m["entity"]["reference"] for m in pair["member"]) == sorted(
+        f"Patient/{p.fhir_patient_id}" for p in (first, third)
+    )
+    listed = world.get("Group", token).json()
+    assert validate_resource(listed) == [] and listed["total"] == 3
+    by_id = {e["resource"]["id"]: e["resource"] for e in listed["entry"]}
+    assert by_id["sim"]["membership"] == "definitional" and "member" not in by_id["sim"]
+    assert by_id["sim"]["characteristic"][0]["valueCodeableConcept"]["text"] == "simulated"
+    assert by_id["all"]["quantity"] == 3
+    assert world.get("Group/nope", token).status_code == 404
+    assert world.get("Group", token, name="x").status_code == 400
+    narrow = clients.add_client(world.store, "obs-only", jwks(key := Key("ES384", "o-1")),
+                                "system/Observation.rs", actor="t")  # fmt: skip
+    assert (
+        world.get("Group/pair", world.token("system/Observation.rs", key, narrow)).status_code
+        == 403
+    )
+
+
 def test_delete_cancels_before_and_after_the_run(world: World) -> None:
     token = world.token()
     kicked = world.get("Patient/$export", token, KICK_OFF)
