@@ -7,6 +7,9 @@
     GET  /fhir/Observation?patient=&code=&date=&_lastUpdated=&_count=   system/Observation.s
     GET  /fhir/Observation/{id}                 system/Observation.r
     GET  /fhir/Group, /fhir/Group/{id}          system/Group.s, .r: the cohorts staff defined
+    GET  /fhir/SubscriptionTopic[/{id}]         the one topic (subscriptions.py)
+    POST /fhir/Subscription; GET, DELETE /fhir/Subscription/{id}; GET .../$status, .../$events
+                                                system/Subscription.c, .r, .d (+ Observation.r)
     GET  /fhir/Patient/$export, /fhir/Group/{id}/$export   Bulk Data kick-off (bulk.py): .r of
                                                 each type exported
     GET  /fhir/bulk-status/{export}             202 with X-Progress while it runs, then the
@@ -31,8 +34,10 @@ the request.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import formatdate
@@ -40,6 +45,7 @@ from importlib.metadata import version
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -49,7 +55,7 @@ from starlette.routing import Route
 from ohx_dagster.core.times import iso_us, to_us
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.provenance import SOFTWARE
-from ohx_dagster.fhirapi import bulk, clients, groups
+from ohx_dagster.fhirapi import bulk, clients, groups, subscriptions
 from ohx_dagster.fhirapi.clients import Grant, TokenError
 from ohx_dagster.fhirapi.scopes import allowed
 from ohx_dagster.fhirapi.search import Published, SearchError, parse_codes, parse_date
@@ -70,7 +76,7 @@ NDJSON: Final = "application/fhir+ndjson"
 BULK_DATA: Final = "http://hl7.org/fhir/uv/bulkdata"
 SCOPES_SUPPORTED: Final = (
     "system/Patient.r", "system/Observation.s", "system/Observation.rs", "system/Group.rs",
-    "system/*.rs",
+    "system/Subscription.crd", "system/*.rs",
 )  # fmt: skip
 KICK_OFF_PARAMETERS: Final = ("_type", "_since", "_outputFormat")
 _INSTANT: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})")
@@ -138,6 +144,26 @@ def capability_statement(base: str) -> dict[str, Any]:
                         ],
                     },
                     {
+                        "type": "SubscriptionTopic",
+                        "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    },
+                    {
+                        "type": "Subscription",
+                        "interaction": [{"code": "create"}, {"code": "read"}, {"code": "delete"}],
+                        "documentation": "rest-hook, id-only or full-resource, on the topic "
+                        f"{subscriptions.TOPIC_URL} (filter by patient, required, and code).",
+                        "operation": [
+                            {
+                                "name": "status",
+                                "definition": "http://hl7.org/fhir/OperationDefinition/Subscription-status",
+                            },
+                            {
+                                "name": "events",
+                                "definition": "http://hl7.org/fhir/OperationDefinition/Subscription-events",
+                            },
+                        ],
+                    },
+                    {
                         "type": "Group",
                         "interaction": [{"code": "read"}, {"code": "search-type"}],
                         "operation": [
@@ -193,8 +219,11 @@ def create_app(
     *,
     public_url: str | None = None,
     refused_rows: RefusedRows | None = None,
+    deliver: bool = True,
+    post: subscriptions.Post | None = None,
 ) -> Starlette:
     published = Published(store, output)
+    deliverer = subscriptions.Deliverer(store, published, post=post)
     refused_rows = refused_rows or RefusedRows(store)
     salt = erasure_salt()
 
@@ -536,8 +565,121 @@ def create_app(
         )  # fmt: skip
         return Response(body, media_type=NDJSON)
 
+    async def topics(request: Request) -> Response:
+        topic = subscriptions.topic_resource()
+        if "id" in request.path_params:
+            if request.path_params["id"] != topic["id"]:
+                return outcome(404, "not-found", "no such SubscriptionTopic here")
+            return _fhir(topic)
+        base = base_of(request)
+        return _fhir({
+            "resourceType": "Bundle", "type": "searchset", "total": 1,
+            "link": [{"relation": "self", "url": f"{base}/fhir/SubscriptionTopic"}],
+            "entry": [{"fullUrl": f"{base}/fhir/SubscriptionTopic/{topic['id']}",
+                       "resource": topic, "search": {"mode": "match"}}],
+        })  # fmt: skip
+
+    async def subscribe(request: Request) -> Response:
+        grant = await authorized(request, "Subscription", "c")
+        if isinstance(grant, Response):
+            return grant
+        if not allowed(list(grant.scopes), "Observation", "r"):
+            return outcome(403, "forbidden", "a subscription to Observations needs "
+                           "system/Observation.r too")  # fmt: skip
+        try:
+            body = orjson.loads(await _body(request))
+            asked = subscriptions.parse(body)
+        except (orjson.JSONDecodeError, SearchError, subscriptions.SubscriptionError) as exc:
+            return outcome(400, "invalid", str(exc))
+        config = await run_in_threadpool(published.person, asked.patient_id)
+        if config is None:
+            return outcome(404, "not-found", f"no Patient {asked.patient_id[:64]!r} here")
+        created = await run_in_threadpool(
+            lambda: subscriptions.create(store, client_id=grant.client_id, client_name=grant.name,
+                                         request=asked, person=config, base=base_of(request))
+        )  # fmt: skip
+        created = await run_in_threadpool(deliverer.handshake, created)
+        location = {"Location": created.url}
+        return _fhir(created.resource(), 201, location)
+
+    async def subscription_of(
+        request: Request, permission: str
+    ) -> tuple[Grant, subscriptions.Subscription] | Response:
+        grant = await authorized(request, "Subscription", permission)
+        if isinstance(grant, Response):
+            return grant
+        found = await run_in_threadpool(subscriptions.get, store, request.path_params["id"])
+        if found is None or found.client_id != grant.client_id:
+            return outcome(404, "not-found", "no such Subscription here")
+        return grant, found
+
+    async def read_subscription(request: Request) -> Response:
+        found = await subscription_of(request, "r")
+        if isinstance(found, Response):
+            return found
+        return _fhir(found[1].resource())
+
+    async def delete_subscription(request: Request) -> Response:
+        found = await subscription_of(request, "d")
+        if isinstance(found, Response):
+            return found
+        grant, subscription = found
+        await run_in_threadpool(
+            lambda: subscriptions.delete(store, subscription, client_name=grant.name)
+        )
+        return Response(status_code=204)
+
+    async def subscription_status(request: Request) -> Response:
+        found = await subscription_of(request, "r")
+        if isinstance(found, Response):
+            return found
+        status = subscriptions.status_resource(found[1], "query-status")
+        return _fhir({
+            "resourceType": "Bundle", "type": "searchset", "total": 1,
+            "link": [{"relation": "self", "url": f"{found[1].url}/$status"}],
+            "entry": [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": status,
+                       "search": {"mode": "match"}}],
+        })  # fmt: skip
+
+    async def subscription_events(request: Request) -> Response:
+        found = await subscription_of(request, "r")
+        if isinstance(found, Response):
+            return found
+        grant, subscription = found
+        query = request.query_params
+        try:
+            unknown = sorted(set(query) - {"eventsSinceNumber", "eventsUntilNumber", "content"})
+            if unknown:
+                raise SearchError(f"parameter {unknown[0]!r} is not supported by $events")
+            since = _number(query.get("eventsSinceNumber"), "eventsSinceNumber", 1, 1, 10**15)
+            until = _number(query.get("eventsUntilNumber"), "eventsUntilNumber", 10**15, 1,
+                            10**15)  # fmt: skip
+            content = query.get("content", subscription.content)
+            if content not in subscriptions.CONTENTS:
+                raise SearchError(f"content: one of {', '.join(subscriptions.CONTENTS)}")
+        except SearchError as exc:
+            return outcome(400, "invalid", str(exc))
+        held = await run_in_threadpool(
+            subscriptions.events, store, subscription.subscription_id, since - 1, until
+        )
+        bundle = await run_in_threadpool(
+            lambda: subscriptions.notification(subscription, "query-event", held,
+                                               published=published, content=content)
+        )  # fmt: skip
+        await run_in_threadpool(
+            audited, grant, subscription, f"GET Subscription/$events {since}-", len(held)
+        )
+        return _fhir(bundle)
+
     routes = [
         Route("/fhir/metadata", metadata, methods=["GET"]),
+        Route("/fhir/SubscriptionTopic", topics, methods=["GET"]),
+        Route("/fhir/SubscriptionTopic/{id}", topics, methods=["GET"]),
+        Route("/fhir/Subscription", subscribe, methods=["POST"]),
+        Route("/fhir/Subscription/{id}/$status", subscription_status, methods=["GET"]),
+        Route("/fhir/Subscription/{id}/$events", subscription_events, methods=["GET"]),
+        Route("/fhir/Subscription/{id}", read_subscription, methods=["GET"]),
+        Route("/fhir/Subscription/{id}", delete_subscription, methods=["DELETE"]),
         Route("/fhir/Patient/$export", kick_off, methods=["GET"]),
         Route("/fhir/Group/{id}/$export", kick_off, methods=["GET"]),
         Route("/fhir/Group", search_groups, methods=["GET"]),
@@ -552,7 +694,19 @@ def create_app(
         Route("/fhir/Observation", search_observations, methods=["GET"]),
         Route("/fhir/Observation/{id}", read_observation, methods=["GET"]),
     ]
-    return Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if deliver:
+            deliverer.start()
+        try:
+            yield
+        finally:
+            deliverer.stop()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.deliverer = deliverer
+    return app
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -624,6 +778,18 @@ def _kick_off_parameters(request: Request) -> KickOff:
 
 def _http_date(us: int) -> str:
     return formatdate(us / 1_000_000, usegmt=True)
+
+
+async def _body(request: Request) -> bytes:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in ("application/fhir+json", "application/json"):
+        raise SearchError("the body must be application/fhir+json")
+    body = b""
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_FORM_BYTES:
+            raise SearchError(f"the body is over {MAX_FORM_BYTES} bytes")
+    return body
 
 
 def _number(text: str | None, name: str, default: int, low: int, high: int) -> int:

@@ -23,7 +23,8 @@ transaction) and delivery to a FHIR server (fhir/delivery/client.py: export, one
 of a transaction Bundle); the receiver's /connect and /auth/staff for refused staff credentials
 (connect or sign-in, refused, through `RefusedRows`: bounded, see below); the FHIR API
 (ohx_dagster/fhirapi: client-add, client-remove, token, read; group-add, group-remove for
-cohorts; bulk-export for each `$export` kicked off, run, downloaded, cancelled or withdrawn).
+cohorts; bulk-export for each `$export` kicked off, run, downloaded, cancelled or withdrawn;
+subscribe for each Subscription created or deleted, notify for each notification delivered).
 `ohx audit` reads it; docs/deployment.md lists what each action records.
 """
 
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 ACTIONS: Final = (
     "connect", "disconnect", "relink", "import", "erase", "readmit", "export", "set-zone",
     "staff-add", "staff-remove", "sign-in", "client-add", "client-remove", "token", "read",
-    "group-add", "group-remove", "bulk-export",
+    "group-add", "group-remove", "bulk-export", "subscribe", "notify",
 )  # fmt: skip
 OUTCOMES: Final = ("ok", "partial", "refused", "failed")
 ACTOR_CHARS: Final = text_length(audit_log.c.actor)

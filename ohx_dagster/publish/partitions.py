@@ -58,6 +58,7 @@ from ohx_dagster.fhir.validation import validate_output, validate_resources
 from ohx_dagster.privacy import audit
 from ohx_dagster.privacy.subjects import erasure_salt
 from ohx_dagster.publish import aggregate
+from ohx_dagster.publish.subscription_events import record_events
 from ohx_dagster.storage import db, record_tables
 from ohx_dagster.storage.schema import aggregates, day_versions, fhir_changes, fhir_files, users
 from ohx_dagster.storage.store import RecordStore, history_start
@@ -554,6 +555,7 @@ def _record_changes(
     from ohx_dagster.fhir.delivery.outbox import owner
 
     rows = []
+    held = {(r["resourceType"], r["id"]): r for r in changed}
     for resource in changed:
         provider, user_id = owner(resource)
         if user_id:
@@ -570,6 +572,8 @@ def _record_changes(
         # (ohx_dagster/fhirapi/bulk.py), whatever the commit waited for. A resource published
         # again with the same content (on another day) keeps its time and moves to this file.
         stamp = now_us()
+        # Before the upsert: an event is a change of content (the stored digest differs).
+        record_events(conn, rows, held)
         statement = db.insert_for(conn)(fhir_changes)
         new = statement.excluded
         kept = sa.case((fhir_changes.c.digest == new.digest, fhir_changes.c.at_us), else_=new.at_us)

@@ -485,3 +485,49 @@ fhir_exports = sa.Table(
     sa.CheckConstraint(f"state IN {EXPORT_STATES!r}", name="state"),
 )
 sa.Index(None, fhir_exports.c.state)
+
+# R5 topic-based Subscriptions (ohx_dagster/fhirapi/subscriptions.py): a client's subscription to
+# one person's new or changed Observations (its filter names the person, so the row is erased with
+# them), and its numbered events: recorded by publishing in the transaction that commits the
+# changed resources (ohx_dagster/publish/subscription_events.py), delivered in order by the FHIR
+# API process, kept SUBSCRIPTION_EVENTS_KEPT after delivery for `$events`.
+SUBSCRIPTION_STATES: Final = ("requested", "active", "error", "off")
+
+fhir_subscriptions = sa.Table(
+    "fhir_subscriptions",
+    metadata,
+    sa.Column("subscription_id", sa.String(32), primary_key=True),
+    sa.Column("client_id", sa.String(64), nullable=False),
+    sa.Column("provider", sa.String(PROVIDER_CHARS), nullable=False),
+    sa.Column("user_id", sa.String(USER_CHARS), nullable=False),
+    sa.Column("codes", sa.Text, nullable=False, default="[]"),  # JSON [[system or null, code]]
+    sa.Column("endpoint", sa.Text, nullable=False),
+    sa.Column("content", sa.String(16), nullable=False),
+    sa.Column("heartbeat_s", sa.Integer, nullable=False, default=0),
+    sa.Column("base", sa.Text, nullable=False),  # the API's base URL the client created it at
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("error", sa.Text, nullable=False, default=""),
+    sa.Column("events", sa.BigInteger, nullable=False, default=0),  # the last event number
+    sa.Column("notifications", sa.BigInteger, nullable=False, default=0),  # the last batch
+    sa.Column("delivered", sa.BigInteger, nullable=False, default=0),  # last event delivered
+    sa.Column("last_sent_us", sa.BigInteger, nullable=False, default=0),
+    sa.Column("retry_at_us", sa.BigInteger, nullable=False, default=0),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("lease_until_us", sa.BigInteger, nullable=False, default=0),
+    sa.Column("created_us", sa.BigInteger, nullable=False),
+    sa.CheckConstraint(f"status IN {SUBSCRIPTION_STATES!r}", name="status"),
+)
+sa.Index(None, fhir_subscriptions.c.provider, fhir_subscriptions.c.user_id)
+
+fhir_subscription_events = sa.Table(
+    "fhir_subscription_events",
+    metadata,
+    sa.Column("subscription_id", sa.String(32), primary_key=True),
+    sa.Column("event_number", sa.BigInteger, primary_key=True),
+    sa.Column("notification", sa.BigInteger, nullable=False),
+    sa.Column("provider", sa.String(PROVIDER_CHARS), nullable=False),
+    sa.Column("user_id", sa.String(USER_CHARS), nullable=False),
+    sa.Column("resource_type", sa.String(64), nullable=False),
+    sa.Column("resource_id", sa.String(64), nullable=False),
+    sa.Column("at_us", sa.BigInteger, nullable=False),
+)
