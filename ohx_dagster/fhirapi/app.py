@@ -24,8 +24,10 @@ or cannot read 400, an unknown patient 404: each an OperationOutcome naming what
 Audited (ohx_dagster/privacy/audit.py): every token issued or refused (action `token`, the
 client's name as actor when it is a registered client, "unknown" otherwise), and every read or
 search of a person's data (action `read`, the client as actor, the person as their salted
-subject, what was asked and how many resources in the detail). A request refused before it
-names a person (no token, wrong scope) is audited through RefusedRows, bounded.
+subject, what was asked and how many resources in the detail); Bulk Data kick-offs, cancels,
+downloads and finished exports (`bulk-export`, bulk.py) and Subscriptions created, deleted and
+notified (`subscribe`, `notify`, subscriptions.py). A request refused before it names a person
+(no token, wrong scope) is audited through RefusedRows, bounded.
 
 `public_url` is the server's base URL as clients reach it (through a proxy, the proxy's): the
 token URL an assertion's `aud` must name and the base of paging links. Without it, the URL of

@@ -365,3 +365,56 @@ def test_the_api_process_delivers_on_its_own(world: World, tmp_path: Path) -> No
             assert time.monotonic() < deadline, "no notification within 30 s"
             time.sleep(0.2)
     assert numbers(receiver.of("event-notification")[0])[0] == 1
+
+
+def test_each_realtime_step_that_publishes_the_patient_is_one_notification(tmp_path: Path) -> None:
+    """The realtime worker answers webhooks: a step that publishes the subscribed patient's new
+    data is one notification, numbered on from the last; a step for someone else is none."""
+    from ohx_dagster.providers.webhook.events import NewEvent
+    from ohx_dagster.publish.partitions import validate_sample
+    from ohx_dagster.realtime.worker import RealtimeWorker
+    from ohx_dagster.sync.inbox import Inbox
+    from ohx_dagster.sync.shards import Sharding
+
+    synced = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    clock = [synced]
+    simulator = SimulatedSource(2, hr_hz=0.2, clock=lambda: clock[0])
+    source = Windowed(simulator, SUPPORTED_TYPES["simulated"], timedelta(hours=1))
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}", migrate_schema=True)
+    output = FhirOutput(str(tmp_path / "fhir"))
+    people = simulator.discover_users()
+    store.add_users(people)
+    sync_partition(source, store, synced.date(), now=synced)
+    worker = RealtimeWorker(
+        store, output, sharding=Sharding({"simulated": 1}), first_day=date(2026, 11, 1),
+        source_of=lambda provider: source, horizon_of=lambda provider: timedelta(hours=1),
+        validate=validate_sample,
+    )  # fmt: skip
+    sent: list[dict] = []
+
+    def post(endpoint: str, body: bytes) -> int:
+        sent.append(orjson.loads(body))
+        return 200
+
+    from ohx_dagster.fhirapi.search import Published
+
+    deliverer = subscriptions.Deliverer(store, Published(store, output), post=post)
+    asked = subscriptions.Request(people[0].fhir_patient_id, (), "https://hooks.example/x",
+                                  "id-only", 0)  # fmt: skip
+    created = subscriptions.create(store, client_id="c", client_name="alerts", request=asked,
+                                   person=people[0], base="https://fhir.example")  # fmt: skip
+    assert deliverer.handshake(created).status == "active"
+    inbox = Inbox(store)
+    for minute, person in ((10, people[0]), (20, people[1]), (30, people[0])):
+        clock[0] = synced + timedelta(minutes=minute)
+        inbox.add([NewEvent("simulated", f"{person.user_id}-{minute}", person.user_id,
+                            "heart_rate", clock[0], {})])  # fmt: skip
+        assert worker.step(clock[0]).events == 1
+        deliverer.tick()
+    notes = [b for b in sent if b["entry"][0]["resource"]["type"] == "event-notification"]
+    assert len(notes) == 2
+    every = [n for bundle in notes for n in numbers(bundle)]
+    assert every == list(range(1, len(every) + 1)) and all(numbers(b) for b in notes)
+    for bundle in notes:
+        assert validate_resource(bundle) == []
+    store.dispose()
