@@ -15,6 +15,7 @@
 | sweep | chain.py | throughput at 1, 5, 10, 25, 50 people | - | the plot |
 | process | process.py | an empty run as its own process | `import dagster` as one | <= 1.5x |
 | realtime | worker.py | 10,000 people, 167 events/s, 10 min | the receiver alone | <= 0.01 CPU-s |
+| export | export.py | `$export` of 100 people x 1 day, as its run | reading the NDJSON | - |
 
 Nothing here asserts: the report says which targets are met.
 """
@@ -33,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import chain, history, ingest, process, push, worker
+from bench import chain, export, history, ingest, process, push, worker
 from bench.common import REPO
 
 BENCH = REPO / "bench"
@@ -271,6 +272,8 @@ def report(results: dict[str, Any]) -> str:
             )
     if results.get("process"):
         rows += process.rows(results["process"])
+    if results.get("export"):
+        rows += export.rows(results["export"])
     if results.get("realtime"):
         rows += worker.rows(results["realtime"])
     h = results.get("history")
@@ -397,7 +400,9 @@ HOW = [
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", default="", help="comma-separated: ingest,chain,push,history,process,realtime"
+        "--only",
+        default="",
+        help="comma-separated: ingest,chain,push,history,process,export,realtime",
     )
     parser.add_argument(
         "--realtime-seconds",
@@ -430,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         "push",
         "history",
         "process",
+        "export",
         "realtime",
     }
     started = time.perf_counter()
@@ -461,6 +467,9 @@ def main(argv: list[str] | None = None) -> None:
     if "process" in wanted:  # after the chain: its children's peak RSS is the chain's own
         print("process: an empty run and the definitions as processes, against import dagster")
         results["process"] = process.run()
+    if "export" in wanted:
+        print("export: Patient/$export of 100 people x 1 day at 1 Hz, against reading the NDJSON")
+        results["export"] = export.run(100)
     if "realtime" in wanted:  # last: its processes are not this process's children to wait for
         seconds = args.realtime_seconds
         print(f"realtime: 10,000 people, 167 webhooks/s for {seconds:.0f} s", flush=True)
