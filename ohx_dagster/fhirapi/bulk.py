@@ -347,6 +347,9 @@ def _write(
     files = _Files(output, export.directory)
     held: Counter[tuple[str, str]] = Counter()
     seen: set[tuple[str, str]] = set()
+    # A repeated resource whose recorded file no longer holds it (stripped since) is taken from
+    # its newest other copy instead of being left out.
+    elsewhere: dict[tuple[str, str], dict[str, Any]] = {}
     for index, file in enumerate(plan):
         changed = _changed_in(store, file, export.since_us) if export.since_us is not None else None
         flushed = False
@@ -360,6 +363,7 @@ def _write(
             if key[0] in REPEATED:
                 where = preferred.get(key)
                 if where is not None and where != (file.partition_key, file.bucket):
+                    elsewhere.setdefault(key, resource)
                     continue
                 if key in seen:
                     continue
@@ -371,6 +375,10 @@ def _write(
                 raise ExportStopped
             progress = f"{index + 1} of {len(plan)} files read"
             _set(store, export.export_id, ("running",), progress=progress)
+    for key, resource in elsewhere.items():
+        if key not in seen:
+            held[owner(resource)] += 1
+            files.add(key[0], orjson.dumps(resource) + b"\n")
     return files.close(), held
 
 

@@ -343,12 +343,14 @@ def notification(
     status = status_resource(subscription, kind, found, count)
     entries: list[dict[str, Any]] = [{"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": status}]
     if (content or subscription.content) == "full-resource" and published is not None:
-        # Each focus once (a resource changed twice is two events, one current version).
-        for event in {(e.resource_type, e.resource_id): e for e in found}.values():
-            held = published.read(event.resource_type, event.resource_id)
-            if held is not None:
-                path = f"{event.resource_type}/{event.resource_id}"
-                entries.append({"fullUrl": f"{subscription.base}/fhir/{path}", "resource": held[1]})
+        # Each focus once (a resource changed twice is two events, one current version), every
+        # file read once however many of its resources the events name.
+        ids = list(dict.fromkeys(e.resource_id for e in found if e.resource_type == "Observation"))
+        held = published.read_many("Observation", ids)
+        for resource_id in ids:
+            if resource_id in held:
+                entries.append({"fullUrl": f"{subscription.base}/fhir/Observation/{resource_id}",
+                                "resource": held[resource_id]})  # fmt: skip
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid4()),

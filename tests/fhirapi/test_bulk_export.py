@@ -482,3 +482,25 @@ def _shared_world(factory: pytest.TempPathFactory) -> World:
         world.publish(DAY + timedelta(days=1))
         _WORLDS["world"] = world
     return _WORLDS["world"]
+
+
+def test_a_repeated_resource_whose_recorded_file_lost_it_is_still_exported_once(
+    world: World,
+) -> None:
+    """A Patient's change row names a file that no longer holds it (stripped since): the export
+    takes its newest other copy, once."""
+    person = world.people[0]
+    with world.store.write() as conn:
+        conn.execute(
+            fhir_changes.update()
+            .where(fhir_changes.c.resource_type == "Patient",
+                   fhir_changes.c.resource_id == person.fhir_patient_id)
+            .values(partition_key="2026-01-01|simulated")
+        )  # fmt: skip
+    export = bulk.kick_off(world.store, client_id=world.client.client_id, group_id=None,
+                           types=["Patient"], since_us=None, request="urn:test")  # fmt: skip
+    ended = bulk.run_export(world.store, world.output, export.export_id, settle_s=0)
+    assert ended is not None and ended.state == "complete"
+    body = b"".join(world.output.read(f"{ended.directory}/{f['name']}") for f in ended.output)
+    ids = [orjson.loads(line)["id"] for line in body.splitlines()]
+    assert sorted(ids) == sorted(p.fhir_patient_id for p in world.people)

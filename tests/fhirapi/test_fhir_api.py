@@ -147,6 +147,23 @@ def test_metadata_and_smart_configuration_say_what_the_server_does(world) -> Non
     resources = {r["type"]: r for r in body["rest"][0]["resource"]}
     assert [i["code"] for i in resources["Patient"]["interaction"]] == ["read"]
     assert [i["code"] for i in resources["Observation"]["interaction"]] == ["read", "search-type"]
+    assert [o["definition"] for o in resources["Patient"]["operation"]] == [
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"
+    ]
+    assert [o["definition"] for o in resources["Group"]["operation"]] == [
+        "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export"
+    ]
+    assert [i["code"] for i in resources["Subscription"]["interaction"]] == [
+        "create", "read", "delete",
+    ]  # fmt: skip
+    assert {o["name"] for o in resources["Subscription"]["operation"]} == {"status", "events"}
+    # Nothing else is claimed: each type it names has a route that answers (401: needs a token).
+    assert set(resources) == {
+        "Patient", "Observation", "Group", "Subscription", "SubscriptionTopic",
+    }  # fmt: skip
+    for name in ("Observation", "Group", "Patient/x", "Group/x/$export", "Subscription/x"):
+        assert httpx.get(f"{world['base']}/fhir/{name}").status_code == 401, name
+    assert httpx.get(f"{world['base']}/fhir/SubscriptionTopic").status_code == 200
     smart = httpx.get(f"{world['base']}/.well-known/smart-configuration").json()
     assert smart["token_endpoint"] == f"{world['base']}/fhir/auth/token"
     assert smart["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
