@@ -367,9 +367,12 @@ def test_the_api_process_delivers_on_its_own(world: World, tmp_path: Path) -> No
     assert numbers(receiver.of("event-notification")[0])[0] == 1
 
 
-def test_each_realtime_step_that_publishes_the_patient_is_one_notification(tmp_path: Path) -> None:
+def test_each_realtime_step_that_publishes_the_patient_is_one_notification(
+    tmp_path: Path, store_url: str
+) -> None:
     """The realtime worker answers webhooks: a step that publishes the subscribed patient's new
-    data is one notification, numbered on from the last; a step for someone else is none."""
+    data is one notification, numbered on from the last; a step for someone else is none (on
+    SQLite and PostgreSQL: the numbers are reserved by the publishing commit's UPDATE)."""
     from ohx_dagster.providers.webhook.events import NewEvent
     from ohx_dagster.publish.partitions import validate_sample
     from ohx_dagster.realtime.worker import RealtimeWorker
@@ -380,7 +383,7 @@ def test_each_realtime_step_that_publishes_the_patient_is_one_notification(tmp_p
     clock = [synced]
     simulator = SimulatedSource(2, hr_hz=0.2, clock=lambda: clock[0])
     source = Windowed(simulator, SUPPORTED_TYPES["simulated"], timedelta(hours=1))
-    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}", migrate_schema=True)
+    store = RecordStore(store_url, migrate_schema=True)
     output = FhirOutput(str(tmp_path / "fhir"))
     people = simulator.discover_users()
     store.add_users(people)
@@ -417,4 +420,50 @@ def test_each_realtime_step_that_publishes_the_patient_is_one_notification(tmp_p
     assert every == list(range(1, len(every) + 1)) and all(numbers(b) for b in notes)
     for bundle in notes:
         assert validate_resource(bundle) == []
+    store.dispose()
+
+
+def test_two_commits_at_once_take_distinct_consecutive_numbers(
+    tmp_path: Path, store_url: str
+) -> None:
+    """Two partitions of the subscribed person published at the same moment by two threads
+    (two runs): their events' numbers are 1..N, each once, each commit's consecutive."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ohx_dagster.storage.schema import fhir_subscription_events, fhir_subscriptions
+
+    simulator = SimulatedSource(1, hr_hz=0.01, clock=lambda: NOW)
+    source = Windowed(simulator, SUPPORTED_TYPES["simulated"], timedelta(hours=1))
+    store = RecordStore(store_url, migrate_schema=True)
+    output = FhirOutput(str(tmp_path / "fhir"))
+    [person] = simulator.discover_users()
+    store.add_users([person])
+    days = [DAY + timedelta(days=i) for i in range(4)]
+    sync_partition(source, store, days, now=NOW)
+    asked = subscriptions.Request(person.fhir_patient_id, (), "https://hooks.example/x",
+                                  "id-only", 0)  # fmt: skip
+    created = subscriptions.create(store, client_id="c", client_name="alerts", request=asked,
+                                   person=person, base="https://fhir.example")  # fmt: skip
+    with store.write() as conn:
+        conn.execute(fhir_subscriptions.update().values(status="active"))
+
+    def publish(day: date) -> None:
+        publish_partition(store, output, provider="simulated", key="simulated",
+                          shard=Shard("simulated"), day=day, scope=None, now=NOW,
+                          horizon=timedelta(hours=1))  # fmt: skip
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(publish, days))
+    with store.read() as conn:
+        rows = conn.execute(fhir_subscription_events.select()).all()
+    numbers_ = sorted(int(r.event_number) for r in rows)
+    assert numbers_ == list(range(1, len(rows) + 1)) and len(rows) > 4
+    by_note: dict[int, list[int]] = {}
+    for r in rows:
+        by_note.setdefault(int(r.notification), []).append(int(r.event_number))
+    assert len(by_note) == 4
+    for taken in by_note.values():
+        assert sorted(taken) == list(range(min(taken), max(taken) + 1))
+    held = subscriptions.get(store, created.subscription_id)
+    assert held is not None and held.events == len(rows)
     store.dispose()
