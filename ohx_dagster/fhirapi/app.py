@@ -329,7 +329,12 @@ def create_app(
         group = await run_in_threadpool(groups.get_group, store, group_id)
         if group is None:
             return outcome(404, "not-found", f"no Group {group_id[:64]!r} here")
-        return _fhir(await run_in_threadpool(groups.as_resource, store, group))
+        resource = await run_in_threadpool(groups.as_resource, store, group)
+        await run_in_threadpool(
+            lambda: audit.record(store, actor=f"fhir client {grant.name}", action="read",
+                                 detail=f"GET Group/{group_id}: {resource['quantity']} members")
+        )  # fmt: skip
+        return _fhir(resource)
 
     async def search_groups(request: Request) -> Response:
         grant = await authorized(request, "Group", "s")
@@ -341,6 +346,10 @@ def create_app(
                            "(Group search lists every group)")  # fmt: skip
         found = await run_in_threadpool(groups.list_groups, store)
         resources = [await run_in_threadpool(groups.as_resource, store, g) for g in found]
+        await run_in_threadpool(
+            lambda: audit.record(store, actor=f"fhir client {grant.name}", action="read",
+                                 detail=f"GET Group: {len(resources)} groups")
+        )  # fmt: skip
         base = base_of(request)
         bundle = {
             "resourceType": "Bundle", "type": "searchset", "total": len(resources),
@@ -619,6 +628,7 @@ def create_app(
         found = await subscription_of(request, "r")
         if isinstance(found, Response):
             return found
+        await run_in_threadpool(audited, found[0], found[1], "GET Subscription/[id]", 1)
         return _fhir(found[1].resource())
 
     async def delete_subscription(request: Request) -> Response:
@@ -635,6 +645,7 @@ def create_app(
         found = await subscription_of(request, "r")
         if isinstance(found, Response):
             return found
+        await run_in_threadpool(audited, found[0], found[1], "GET Subscription/$status", 1)
         status = subscriptions.status_resource(found[1], "query-status")
         return _fhir({
             "resourceType": "Bundle", "type": "searchset", "total": 1,
