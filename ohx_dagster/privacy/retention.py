@@ -16,7 +16,9 @@ asked):
   the partition's lock, the old files deleted after); then their outbox rows of those partitions
   lose their values (erasure.empty_outbox_rows: a row the server never saw goes; a delivered one
   keeps only the identifier the server finds it by, so that erasing the person later still
-  deletes the server's copy), and their day_versions rows of those days go. The day_versions rows
+  deletes the server's copy), their fhir_changes rows of those partitions go (the FHIR API's
+  record of when and where each stripped resource last changed), and their day_versions rows of
+  those days go. The day_versions rows
   are the index of which partitions hold the person, so they go last: a run that stops half-way
   resumes where it stopped.
 
@@ -44,7 +46,7 @@ from ohx_dagster.privacy import audit
 from ohx_dagster.privacy.erasure import Person, empty_outbox_rows, strip_partitions
 from ohx_dagster.publish.partitions import final_at
 from ohx_dagster.storage import db
-from ohx_dagster.storage.schema import day_versions, fhir_outbox, webhook_inbox
+from ohx_dagster.storage.schema import day_versions, fhir_changes, fhir_outbox, webhook_inbox
 from ohx_dagster.storage.store import RecordStore
 
 
@@ -57,6 +59,7 @@ class RetentionReport:
     outbox_deleted: int = 0
     outbox_emptied: int = 0
     day_versions_deleted: int = 0
+    fhir_changes_deleted: int = 0  # when and where their stripped resources last changed
     fhir_partitions_rewritten: int = 0
     fhir_resources_removed: int = 0
     fhir_files_removed: int = 0
@@ -131,6 +134,17 @@ def _expire_output(
         report.outbox_deleted += deleted
         report.outbox_emptied += emptied
         if output is not None:  # without the output its files are not cleaned: keep the index
+            c = fhir_changes
+            report.fhir_changes_deleted += int(
+                conn.execute(
+                    c.delete().where(
+                        c.c.provider == provider,
+                        c.c.user_id == user_id,
+                        c.c.partition_key < first_kept,
+                    )
+                ).rowcount
+                or 0
+            )
             report.day_versions_deleted += int(
                 conn.execute(v.delete().where(person, v.c.day <= last.isoformat())).rowcount or 0
             )

@@ -38,6 +38,7 @@ from ohx_dagster.storage.schema import (
     aggregates,
     coverage,
     day_versions,
+    fhir_changes,
     fhir_outbox,
     webhook_inbox,
 )
@@ -233,6 +234,16 @@ def test_retention_removes_the_expired_days_everywhere_but_on_the_server(
             .where(day_versions.c.user_id == SHORT)
         ).scalar_one()
         assert left == 0  # all their days are past the cutoff
+        # The FHIR API's record of their resources' changes went with the resources.
+        changes = conn.execute(
+            sa.select(sa.func.count()).select_from(fhir_changes)
+            .where(fhir_changes.c.user_id == SHORT)
+        ).scalar_one()  # fmt: skip
+        assert changes == 0 and report.fhir_changes_deleted > 0
+        assert conn.execute(
+            sa.select(sa.func.count()).select_from(fhir_changes)
+            .where(fhir_changes.c.user_id == OTHER)
+        ).scalar_one() > 0  # fmt: skip
         # Their outbox rows keep no value: only what finds the server's copy, for an erasure.
         kept = conn.execute(sa.select(fhir_outbox).where(fhir_outbox.c.user_id == SHORT)).all()
         assert len(kept) == theirs_on_server == report.outbox_emptied
