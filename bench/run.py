@@ -394,6 +394,12 @@ HOW = [
     "of BACKFILL_POLICY's 7 days), each run executed as a Dagster run in this process against a "
     "DagsterInstance on disk, one after the other; not launched through the daemon (whose run "
     "launcher adds the process start measured above to each run).",
+    "- Export: `bench/export.py` (its docstring): 100 simulated people's day at 1 Hz published "
+    "(not timed), then in turns, each as its own process, the `fhir_export` run "
+    "(`dagster job execute`) of a `Patient/$export` of everyone and a plain Python process that "
+    "reads the same NDJSON files and writes their resources out by type; the median of 3 after "
+    "one pair that warms the file cache; CPU and peak RSS from each child's own rusage. The run's "
+    "figure includes Dagster's run start (an empty run is the process row's).",
 ]
 
 
