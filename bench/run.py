@@ -16,6 +16,7 @@
 | process | process.py | an empty run as its own process | `import dagster` as one | <= 1.5x |
 | realtime | worker.py | 10,000 people, 167 events/s, 10 min | the receiver alone | <= 0.01 CPU-s |
 | export | export.py | `$export` of 100 people x 1 day, as its run | reading the NDJSON | - |
+| receiver | webhooks.py | accepted events/s | a trivial handler, same commit | >= 0.5x |
 
 Nothing here asserts: the report says which targets are met.
 """
@@ -34,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import chain, export, history, ingest, process, push, worker
+from bench import chain, export, history, ingest, process, push, webhooks, worker
 from bench.common import REPO
 
 BENCH = REPO / "bench"
@@ -274,6 +275,8 @@ def report(results: dict[str, Any]) -> str:
         rows += process.rows(results["process"])
     if results.get("export"):
         rows += export.rows(results["export"])
+    if results.get("receiver"):
+        rows += webhooks.rows(results["receiver"])
     if results.get("realtime"):
         rows += worker.rows(results["realtime"])
     h = results.get("history")
@@ -400,6 +403,11 @@ HOW = [
     "reads the same NDJSON files and writes their resources out by type; the median of 3 after "
     "one pair that warms the file cache; CPU and peak RSS from each child's own rusage. The run's "
     "figure includes Dagster's run start (an empty run is the process row's).",
+    "- Receiver: `bench/webhooks.py --mode versus` (its docstring): the receiver as its own "
+    "process (production limits but the per-address ones) and then the baseline, a trivial "
+    "Starlette handler that parses the body and commits the event to the same inbox through the "
+    "same group commit, each loaded with the same signed events and 10% re-deliveries by 16 "
+    "keep-alive clients; every acknowledged event in the inbox exactly once in both.",
 ]
 
 
@@ -408,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated: ingest,chain,push,history,process,export,realtime",
+        help="comma-separated: ingest,chain,push,history,process,export,receiver,realtime",
     )
     parser.add_argument(
         "--realtime-seconds",
@@ -442,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         "history",
         "process",
         "export",
+        "receiver",
         "realtime",
     }
     started = time.perf_counter()
@@ -476,6 +485,9 @@ def main(argv: list[str] | None = None) -> None:
     if "export" in wanted:
         print("export: Patient/$export of 100 people x 1 day at 1 Hz, against reading the NDJSON")
         results["export"] = export.run(100)
+    if "receiver" in wanted:
+        print("receiver: accepted webhooks/s against a trivial handler with the same commit")
+        results["receiver"] = webhooks.versus()
     if "realtime" in wanted:  # last: its processes are not this process's children to wait for
         seconds = args.realtime_seconds
         print(f"realtime: 10,000 people, 167 webhooks/s for {seconds:.0f} s", flush=True)

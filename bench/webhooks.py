@@ -9,6 +9,11 @@ as a provider's retry would be) from `--clients` concurrent keep-alive connectio
 accepted events/s and p50/p99/max latency. Then it checks the inbox: every acknowledged event is
 there exactly once (0 lost, 0 duplicated) and every duplicate was answered 2xx without a row.
 Bounded: loopback only, a fixed number of requests, and `--max-seconds` per mode.
+
+`--mode versus` measures the receiver (group commit) against issue 21's baseline, a trivial
+Starlette handler at equal durability (`serve_trivial`: it parses the body and commits the event
+to the same inbox through the same group commit, nothing else), on the same load, and prints the
+ratio of their accepted events per second (target: at least 0.5x).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -51,6 +57,47 @@ def serve(database_url: str, group_commit: bool) -> None:
     limits = ReceiverLimits(rate_per_minute=0, max_connections_per_address=0)
     secrets = WebhookSecrets(simulated_secret=SECRET)
     app = create_app(store, secrets, limits=limits, group_commit=group_commit)
+    server = uvicorn.Server(server_config(app, limits))
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                return
+            await asyncio.sleep(0.01)
+        print("PORT", server.servers[0].sockets[0].getsockname()[1], flush=True)
+        await task
+
+    asyncio.run(run())
+
+
+def serve_trivial(database_url: str) -> None:
+    """Child process: the baseline of issue 21, a trivial Starlette handler at equal durability:
+    it parses the body and commits the event to the same inbox through the same group commit,
+    and does nothing else (no signature, limits, people or payload checks)."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from ohx_dagster.providers.webhook.events import NewEvent
+    from ohx_dagster.receiver.app import GroupCommitter
+    from ohx_dagster.receiver.serve import server_config
+    from ohx_dagster.receiver.simulator import ROUTE
+
+    committer = GroupCommitter(Inbox(RecordStore(database_url)))
+
+    async def receive(request: Request) -> JSONResponse:
+        payload = orjson.loads(await request.body())
+        event = NewEvent("simulated", payload["event_id"], payload["user_id"],
+                         payload["data_type"], datetime.fromisoformat(payload["occurred_at"]),
+                         {})  # fmt: skip
+        new = await committer.add([event])
+        return JSONResponse({"accepted": new, "duplicates": 1 - new})
+
+    app = Starlette(routes=[Route(ROUTE, receive, methods=["POST"])])
+    limits = ReceiverLimits(rate_per_minute=0, max_connections_per_address=0)
     server = uvicorn.Server(server_config(app, limits))
 
     async def run() -> None:
@@ -167,7 +214,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
-def bench_mode(group_commit: bool, args: argparse.Namespace) -> dict[str, float]:
+def bench_mode(mode: str, args: argparse.Namespace) -> dict[str, float]:
+    """`mode`: group (the receiver, group commit), single (the receiver, a transaction per
+    request) or trivial (the baseline handler)."""
+    group_commit = mode != "single"
     with tempfile.TemporaryDirectory(prefix="ohx-bench-") as tmp:
         database_url = f"sqlite:///{Path(tmp) / 'inbox.db'}"
         RecordStore(database_url).dispose()  # schema created before the server starts
@@ -179,6 +229,7 @@ def bench_mode(group_commit: bool, args: argparse.Namespace) -> dict[str, float]
                 database_url,
                 "--group-commit",
                 str(group_commit),
+                *(["--trivial"] if mode == "trivial" else []),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -215,7 +266,11 @@ def bench_mode(group_commit: bool, args: argparse.Namespace) -> dict[str, float]
     lost = len(outcome.acknowledged - stored_set)
     duplicated = len(stored) - len(stored_set)
     unacknowledged = len(unique - outcome.acknowledged)
-    name = "group commit" if group_commit else "one transaction per request"
+    name = {
+        "group": "the receiver, group commit",
+        "single": "the receiver, one transaction per request",
+        "trivial": "a trivial Starlette handler, same inbox and group commit",
+    }[mode]
     lat = outcome.latencies_s
     print(f"\n== {name}: {len(jobs)} requests from {args.clients} clients in {elapsed:.1f} s")
     print(f"   accepted events/s : {len(outcome.acknowledged) / elapsed:,.0f}")
@@ -249,7 +304,36 @@ def bench_mode(group_commit: bool, args: argparse.Namespace) -> dict[str, float]
         and outcome.duplicate_answers == sent_duplicates
         and len(stored) == len(unique)
     )
-    return {"ok": float(ok), "p99_ms": percentile(lat, 99) * 1e3}
+    return {"ok": float(ok), "p99_ms": percentile(lat, 99) * 1e3,
+            "events_per_s": len(outcome.acknowledged) / elapsed, "receiver_cpu_s": server_cpu,
+            "requests": len(lat)}  # fmt: skip
+
+
+def versus(events: int = 20_000, duplicates: int = 2_000, clients: int = 16) -> dict[str, Any]:
+    """The receiver against the trivial handler on the same load (scripts/bench's row)."""
+    args = argparse.Namespace(events=events, duplicates=duplicates, clients=clients,
+                              max_seconds=120.0)  # fmt: skip
+    receiver, trivial = bench_mode("group", args), bench_mode("trivial", args)
+    return {"receiver": receiver, "trivial": trivial, "events": events, "clients": clients,
+            "ratio": receiver["events_per_s"] / trivial["events_per_s"]}  # fmt: skip
+
+
+def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The report's row (bench/run.py)."""
+    receiver, trivial, ratio = result["receiver"], result["trivial"], result["ratio"]
+    return [
+        (
+            f"webhook receiver (`ohx-webhooks`, group commit), {result['events']:,} signed events "
+            f"from {result['clients']} keep-alive clients, accepted events/s",
+            f"{receiver['events_per_s']:,.0f}/s, p99 {receiver['p99_ms']:.0f} ms, "
+            f"{receiver['receiver_cpu_s']:.1f} CPU-s",
+            f"a trivial Starlette handler, same inbox and group commit: "
+            f"{trivial['events_per_s']:,.0f}/s, p99 {trivial['p99_ms']:.0f} ms",
+            f"{ratio:.2f}x",
+            ">= 0.5x",
+            "met" if ratio >= 0.5 and receiver["ok"] and trivial["ok"] else "**missed**",
+        )
+    ]
 
 
 def main() -> int:
@@ -258,15 +342,25 @@ def main() -> int:
     parser.add_argument("--duplicates", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-seconds", type=float, default=120.0)
-    parser.add_argument("--mode", choices=["both", "group", "single"], default="both")
+    parser.add_argument(
+        "--mode", choices=["both", "group", "single", "trivial", "versus"], default="both"
+    )
     parser.add_argument("--serve", metavar="DATABASE_URL", help=argparse.SUPPRESS)
     parser.add_argument("--group-commit", default="True", help=argparse.SUPPRESS)
+    parser.add_argument("--trivial", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.group_commit == "True")
+        if args.trivial:
+            serve_trivial(args.serve)
+        else:
+            serve(args.serve, args.group_commit == "True")
         return 0
-    modes = {"both": [True, False], "group": [True], "single": [False]}[args.mode]
+    modes = {"both": ["group", "single"], "group": ["group"], "single": ["single"],
+             "trivial": ["trivial"], "versus": ["group", "trivial"]}[args.mode]  # fmt: skip
     results = [bench_mode(mode, args) for mode in modes]
+    if args.mode == "versus":
+        ratio = results[0]["events_per_s"] / results[1]["events_per_s"]
+        print(f"\nreceiver / trivial handler, accepted events/s: {ratio:.2f}x (target >= 0.5x)")
     passed = all(r["ok"] for r in results) and all(r["p99_ms"] < 1_000 for r in results)
     print("\nPASS" if passed else "\nFAIL")
     return 0 if passed else 1
