@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 TOPIC_URL: Final = "urn:ohx:fhir:SubscriptionTopic:patient-observations"
 CHANNEL_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/subscription-channel-type"
 CONTENTS: Final = ("id-only", "full-resource")
+# Subscription elements this server does not honour: refused rather than silently ignored.
+UNSUPPORTED: Final = ("maxCount", "timeout", "end", "parameter")
 MAX_HEARTBEAT_S: Final = 86_400
 MIN_HEARTBEAT_S: Final = 10
 TIMEOUT_S: Final = 10.0
@@ -119,6 +121,12 @@ def parse(body: Any) -> Request:
     problems = validate_resource(body)
     if problems:
         raise SubscriptionError(f"not a valid R5 Subscription: {problems[0].message}")
+    unsupported = [name for name in UNSUPPORTED if name in body]
+    if unsupported:
+        raise SubscriptionError(
+            f"{unsupported[0]} is not supported here (notifications are one per published "
+            "commit, sent with no extra headers, with a 10 s timeout, until deleted)"
+        )
     if body.get("topic") != TOPIC_URL:
         raise SubscriptionError(f"topic must be {TOPIC_URL} (GET /fhir/SubscriptionTopic)")
     channel = body.get("channelType") or {}

@@ -314,6 +314,8 @@ def test_a_code_filter_and_the_other_person(world: World, served: dict[str, Any]
         ({"filterBy": []}, 400, "patient"),
         ({"filterBy": [{"filterParameter": "subject", "value": "x"}]}, 400, "subject"),
         ({"status": "bogus"}, 400, "valid R5"),
+        ({"maxCount": 10}, 400, "maxCount"),
+        ({"parameter": [{"name": "Authorization", "value": "Bearer x"}]}, 400, "parameter"),
         ({"filterBy": [{"filterParameter": "patient", "value": "Patient/nobody"}]}, 404, "nobody"),
     ],
 )
