@@ -66,6 +66,7 @@ from dagster_shared.serdes import serialize_value
 from pydantic import Field
 
 from assets.pseudonyms import set_backfill_tags
+from ohx_dagster.config.sources import key_provider
 from ohx_dagster.privacy.erasure import (
     check_subject,
     erase_person,
@@ -112,9 +113,9 @@ def run_provider(tags: Mapping[str, str]) -> str | None:
     for name in ("dagster/partition", "dagster/asset_partition_range_start"):
         value = tags.get(name, "")
         if "|" in value:
-            return re.sub(r"-\d+$", "", value.rsplit("|", 1)[1])
+            return key_provider(value.rsplit("|", 1)[1])
     key = tags.get("dagster/partition/source")
-    return re.sub(r"-\d+$", "", key) if key else None
+    return key_provider(key) if key else None
 
 
 def _names_in_tags(tags: Mapping[str, str], user_id: str, pattern: re.Pattern[str]) -> bool:

@@ -53,6 +53,12 @@ def shard_key(provider: str, index: int, count: int) -> str:
     return provider if count == 1 else f"{provider}-{index}"
 
 
+def key_provider(key: str) -> str:
+    """The provider of a source partition key: its name, or `provider-N` of a shard."""
+    head, _, index = key.rpartition("-")
+    return head if head and index.isdigit() else key
+
+
 def parse_spec(item: str) -> tuple[str, int]:
     """`name` or `name:N` (N a whole number from 1 to MAX_SHARDS) -> (name, N)."""
     name, sep, count_text = item.strip().partition(":")

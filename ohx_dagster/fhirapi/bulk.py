@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import sqlalchemy as sa
 
+from ohx_dagster.config.sources import key_provider
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import now_us
 from ohx_dagster.fhir.delivery.outbox import owner
@@ -201,12 +202,6 @@ def expire(store: RecordStore, output: FhirOutput, now: int | None = None) -> in
 # -- the run ----------------------------------------------------------------------------------
 
 
-def _provider_of(partition_key: str) -> str:
-    source = partition_key.partition("|")[2]
-    head, _, index = source.rpartition("-")
-    return head if head and index.isdigit() else source
-
-
 @dataclass(frozen=True, slots=True)
 class _File:
     partition_key: str
@@ -239,7 +234,7 @@ def _plan(store: RecordStore, export: Export, people: list[HealthSyncConfig]) ->
         _File(r.partition_key, r.bucket, r.resource_type, r.name)
         for r in rows
         if r.bucket in buckets
-        and _provider_of(r.partition_key) in providers
+        and key_provider(r.partition_key.partition("|")[2]) in providers
         and (wanted is None or (r.partition_key, r.bucket, r.resource_type) in wanted)
     ]
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 import sqlalchemy as sa
 
+from ohx_dagster.config.sources import key_provider
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import iso_us, to_us
 from ohx_dagster.fhir.output import FhirOutput
@@ -342,6 +343,4 @@ def _day(us: int) -> date:
 
 
 def _of_provider(partition_key: str, config: HealthSyncConfig) -> bool:
-    source = partition_key.partition("|")[2]
-    head, _, index = source.rpartition("-")
-    return source == config.provider or (head == config.provider and index.isdigit())
+    return key_provider(partition_key.partition("|")[2]) == config.provider

@@ -104,6 +104,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ohx_dagster.config.sources import key_provider
 from ohx_dagster.core.errors import OhxError, ValidationError
 from ohx_dagster.core.models import HealthSyncConfig
 from ohx_dagster.core.times import iso_us, now_us
@@ -339,7 +340,7 @@ class StripReport:
 
 def is_provider_key(key: str, provider: str) -> bool:
     """Whether a partition's source key is the provider's (its name, or one of its shards)."""
-    return key == provider or re.fullmatch(rf"{re.escape(provider)}-\d+", key) is not None
+    return key_provider(key) == provider
 
 
 def _directory(partition: str) -> str:
