@@ -43,20 +43,15 @@ SECRET = "bench-simulated-secret"
 TYPES = ("heart_rate", "steps", "rr_intervals", "spo2")
 
 
-def serve(database_url: str, group_commit: bool) -> None:
-    """Child process: the receiver on an ephemeral port; prints `PORT <n>` once it listens.
+LIMITS = ReceiverLimits(rate_per_minute=0, max_connections_per_address=0)
 
-    The production limits, except the per-address ones: every load client here is 127.0.0.1,
-    which the rate limit would otherwise answer with 429 after its burst."""
+
+def _serve_printing_port(app: Any, limits: ReceiverLimits) -> None:
+    """Serve `app` on an ephemeral port; print `PORT <n>` once it listens."""
     import uvicorn
 
-    from ohx_dagster.receiver.app import create_app
     from ohx_dagster.receiver.serve import server_config
 
-    store = RecordStore(database_url)
-    limits = ReceiverLimits(rate_per_minute=0, max_connections_per_address=0)
-    secrets = WebhookSecrets(simulated_secret=SECRET)
-    app = create_app(store, secrets, limits=limits, group_commit=group_commit)
     server = uvicorn.Server(server_config(app, limits))
 
     async def run() -> None:
@@ -71,11 +66,23 @@ def serve(database_url: str, group_commit: bool) -> None:
     asyncio.run(run())
 
 
+def serve(database_url: str, group_commit: bool) -> None:
+    """Child process: the receiver on an ephemeral port; prints `PORT <n>` once it listens.
+
+    The production limits, except the per-address ones: every load client here is 127.0.0.1,
+    which the rate limit would otherwise answer with 429 after its burst."""
+    from ohx_dagster.receiver.app import create_app
+
+    store = RecordStore(database_url)
+    secrets = WebhookSecrets(simulated_secret=SECRET)
+    app = create_app(store, secrets, limits=LIMITS, group_commit=group_commit)
+    _serve_printing_port(app, LIMITS)
+
+
 def serve_trivial(database_url: str) -> None:
     """Child process: the baseline of issue 21, a trivial Starlette handler at equal durability:
     it parses the body and commits the event to the same inbox through the same group commit,
     and does nothing else (no signature, limits, people or payload checks)."""
-    import uvicorn
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -83,7 +90,6 @@ def serve_trivial(database_url: str) -> None:
 
     from ohx_dagster.providers.webhook.events import NewEvent
     from ohx_dagster.receiver.app import GroupCommitter
-    from ohx_dagster.receiver.serve import server_config
     from ohx_dagster.receiver.simulator import ROUTE
 
     committer = GroupCommitter(Inbox(RecordStore(database_url)))
@@ -97,19 +103,7 @@ def serve_trivial(database_url: str) -> None:
         return JSONResponse({"accepted": new, "duplicates": 1 - new})
 
     app = Starlette(routes=[Route(ROUTE, receive, methods=["POST"])])
-    limits = ReceiverLimits(rate_per_minute=0, max_connections_per_address=0)
-    server = uvicorn.Server(server_config(app, limits))
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                return
-            await asyncio.sleep(0.01)
-        print("PORT", server.servers[0].sockets[0].getsockname()[1], flush=True)
-        await task
-
-    asyncio.run(run())
+    _serve_printing_port(app, LIMITS)
 
 
 @dataclass
