@@ -54,6 +54,7 @@ MIN_HEARTBEAT_S: Final = 10
 TIMEOUT_S: Final = 10.0
 MAX_BACKOFF_S: Final = 60
 EVENTS_KEPT_S: Final = 7 * 86_400
+TRIM_EVERY_S: Final = 3_600  # delivered events past EVENTS_KEPT_S are deleted this often
 BATCH: Final = 1_000
 LEASE_S: Final = 60
 _US: Final = 1_000_000
@@ -231,21 +232,13 @@ def _subscription(row: Any, patient_id: str) -> Subscription:
     )  # fmt: skip
 
 
-def _patient_id(provider: str, user_id: str) -> str:
-    from ohx_dagster.core.models import HealthSyncConfig
-
-    return HealthSyncConfig(user_id=user_id, provider=provider).fhir_patient_id
-
-
 def get(store: RecordStore, subscription_id: str) -> Subscription | None:
+    """The subscription, with its person's Patient id (erasing the person deletes it)."""
     s = fhir_subscriptions
     with store.read() as conn:
         row = conn.execute(sa.select(s).where(s.c.subscription_id == subscription_id)).first()
-    if row is None:
-        return None
-    config = store.user(row.provider, row.user_id)
-    patient = config.fhir_patient_id if config else _patient_id(row.provider, row.user_id)
-    return _subscription(row, patient)
+    config = None if row is None else store.user(row.provider, row.user_id)
+    return None if config is None else _subscription(row, config.fhir_patient_id)
 
 
 def create(
@@ -407,6 +400,7 @@ class Deliverer:
             post = _http_post(self._client)
         self.post = post
         self._stop = threading.Event()
+        self._trimmed_us = 0
         self._thread: threading.Thread | None = None
         self.salt = erasure_salt()
 
@@ -453,10 +447,15 @@ class Deliverer:
         """One pass over the subscriptions due; how many notifications were delivered."""
         now = self.clock()
         s = fhir_subscriptions
+        # Only those with something to send: events not yet delivered, or a heartbeat due (a
+        # lease and its release are two writes; an idle subscription costs none).
+        pending = s.c.events > s.c.delivered
+        heartbeat = (s.c.heartbeat_s > 0) & (s.c.last_sent_us + s.c.heartbeat_s * _US <= now)
         with self.store.read() as conn:
             due = conn.execute(
                 sa.select(s.c.subscription_id).where(
-                    s.c.status == "active", s.c.retry_at_us <= now, s.c.lease_until_us <= now
+                    s.c.status == "active", s.c.retry_at_us <= now, s.c.lease_until_us <= now,
+                    pending | heartbeat,
                 )
             ).scalars().all()  # fmt: skip
         sent = 0
@@ -467,7 +466,9 @@ class Deliverer:
                 sent += self._deliver(subscription_id, now)
             finally:
                 self._update(subscription_id, lease_until_us=0)
-        self._trim(now)
+        if now - self._trimmed_us >= TRIM_EVERY_S * _US:
+            self._trim(now)
+            self._trimmed_us = now
         return sent
 
     def _deliver(self, subscription_id: str, now: int) -> int:
