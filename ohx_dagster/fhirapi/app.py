@@ -329,7 +329,7 @@ def create_app(
         group = await run_in_threadpool(groups.get_group, store, group_id)
         if group is None:
             return outcome(404, "not-found", f"no Group {group_id[:64]!r} here")
-        resource = await run_in_threadpool(groups.as_resource, store, group)
+        [resource] = await run_in_threadpool(groups.as_resources, store, [group])
         await run_in_threadpool(
             lambda: audit.record(store, actor=f"fhir client {grant.name}", action="read",
                                  detail=f"GET Group/{group_id}: {resource['quantity']} members")
@@ -345,7 +345,7 @@ def create_app(
             return outcome(400, "invalid", f"parameter {unknown[0]!r} is not supported here "
                            "(Group search lists every group)")  # fmt: skip
         found = await run_in_threadpool(groups.list_groups, store)
-        resources = [await run_in_threadpool(groups.as_resource, store, g) for g in found]
+        resources = await run_in_threadpool(groups.as_resources, store, found)
         await run_in_threadpool(
             lambda: audit.record(store, actor=f"fhir client {grant.name}", action="read",
                                  detail=f"GET Group: {len(resources)} groups")

@@ -137,6 +137,20 @@ def remove_group(store: RecordStore, group_id: str, *, actor: str) -> bool:
     return bool(gone.rowcount)
 
 
+def _members(
+    conn: sa.Connection, group: Group, people: list[HealthSyncConfig]
+) -> list[HealthSyncConfig]:
+    """The group's people among `people` (everyone in the store)."""
+    if group.kind == "everyone":
+        return people
+    if group.kind == "providers":
+        return [c for c in people if c.provider in group.providers]
+    m = fhir_group_members
+    query = sa.select(m.c.provider, m.c.user_id).where(m.c.group_id == group.group_id)
+    listed = set(conn.execute(query).tuples())
+    return [c for c in people if (c.provider, c.user_id) in listed]
+
+
 def cohort(store: RecordStore, group_id: str | None) -> list[HealthSyncConfig] | None:
     """The people of a group now (`None` group: everyone, Patient/$export); None when there is
     no such group."""
@@ -145,26 +159,18 @@ def cohort(store: RecordStore, group_id: str | None) -> list[HealthSyncConfig] |
         if group_id is None:
             return people
         row = conn.execute(sa.select(fhir_groups).where(fhir_groups.c.group_id == group_id)).first()
-        if row is None:
-            return None
-        if row.kind == "everyone":
-            return people
-        if row.kind == "providers":
-            chosen = set(orjson.loads(row.providers))
-            return [c for c in people if c.provider in chosen]
-        m = fhir_group_members
-        listed = set(
-            conn.execute(
-                sa.select(m.c.provider, m.c.user_id).where(m.c.group_id == group_id)
-            ).tuples()
-        )
-    return [c for c in people if (c.provider, c.user_id) in listed]
+        return None if row is None else _members(conn, _group(row, 0), people)
 
 
-def as_resource(store: RecordStore, group: Group) -> dict[str, Any]:
-    """The group as an R5 Group: listed people are its members (enumerated); everyone and
-    providers are definitional, with how many people it holds now."""
-    people = cohort(store, group.group_id) or []
+def as_resources(store: RecordStore, found: list[Group]) -> list[dict[str, Any]]:
+    """The groups as R5 Groups (everyone in the store read once): listed people are members
+    (enumerated); everyone and providers are definitional, with how many people they hold now."""
+    with store.read() as conn:
+        people = _configs(conn)
+        return [_resource(group, _members(conn, group, people)) for group in found]
+
+
+def _resource(group: Group, people: list[HealthSyncConfig]) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Group",
         "id": group.group_id,
