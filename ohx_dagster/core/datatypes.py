@@ -8,7 +8,8 @@ code reads its facts from this table, never spells them again:
 - the hard limits (rejected on ingest) and the plausible range (the quality check looks) in the
   canonical unit (ohx_dagster/core/models.py);
 - its shape: a series of many samples (stored as hourly chunks, published as SampledData), a spot
-  reading (one Observation each) or a waveform (ECG: a recording, never aggregated);
+  reading (one Observation each), a waveform (ECG: a recording, never aggregated) or a session (a
+  night's sleep: a period with stage intervals, one Observation each, never aggregated);
 - how it aggregates: the statistic an aggregate leads with (a sum of steps, a mean of the rest)
   and the decimals it is published with; for readings, the difference under which two apps'
   readings a minute apart are one reading (ohx_dagster/publish/aggregate.py);
@@ -46,6 +47,7 @@ class HealthDataType(StrEnum):
     HRV_RMSSD = "hrv_rmssd"
     INTERSTITIAL_GLUCOSE = "interstitial_glucose"
     BLOOD_GLUCOSE = "blood_glucose"
+    SLEEP = "sleep"
 
     @property
     def canonical_unit(self) -> str:
@@ -56,6 +58,9 @@ class Shape(StrEnum):
     SERIES = "series"  # many samples: hourly chunks, SampledData series
     READING = "reading"  # a spot reading: one Observation each
     WAVEFORM = "waveform"  # a recording (ECG): its own Observation and report, no statistics
+    # A period with parts (a night's sleep and its stages): stamped at its end, the moment it is
+    # known whole, so it belongs to the local day it ends on (ohx_dagster/core/sessions.py).
+    SESSION = "session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,7 @@ class DataType:
 
     @property
     def aggregated(self) -> bool:
-        return self.shape is not Shape.WAVEFORM
+        return self.shape in (Shape.SERIES, Shape.READING)
 
 
 def _same(values: np.ndarray) -> np.ndarray:
@@ -294,6 +299,21 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         category="laboratory",
         decimals=0,
         duplicate_tolerance=0.5,
+    ),
+    # A sleep session: its value the time asleep (every stage but awake), in minutes, as the
+    # Personal Health Records IG (hl7.fhir.uv.phr) states sleep durations; its stages as
+    # intervals (ohx_dagster/core/sessions.py); published as one Observation, 93832-4 "Sleep
+    # duration", category social-history as the IG's sleep examples, on the night it ends.
+    T.SLEEP: DataType(
+        unit="min",
+        unit_display="min",
+        spellings={"min": _same, "s": _times(1.0 / 60.0), "h": _times(60.0)},
+        hard_limits=(0.0, 1_440.0),
+        plausible=(0.0, 960.0),
+        shape=Shape.SESSION,
+        code=("93832-4", "Sleep duration"),
+        category="social-history",
+        decimals=2,  # of a minute: 0.6 s, finer than any provider's stages
     ),
 }
 

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ohx_dagster.core.datatypes import DATA_TYPES, HealthDataType, Shape, of_shape
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.ids import stable_id
+from ohx_dagster.core.sessions import check_session, stage_intervals
 from ohx_dagster.core.units import to_canonical
 
 # Types whose samples arrive many at a time: stored as hourly chunks, published as series.
@@ -94,8 +95,9 @@ class HealthDataRecord:
     """One measurement, in canonical units, at a timezone-aware instant.
 
     `value` is the measurement (systolic for blood pressure); an ECG record has no `value` and
-    carries `samples` and `sampling_rate_hz` instead. `HealthDataRecord.create(...)` converts from
-    a provider's unit.
+    carries `samples` and `sampling_rate_hz` instead; a sleep session is stamped at its end, lasts
+    `duration_s` and carries its stage intervals in `samples` (ohx_dagster/core/sessions.py).
+    `HealthDataRecord.create(...)` converts from a provider's unit.
     """
 
     provider: str
@@ -153,6 +155,19 @@ class HealthDataRecord:
             math.isfinite(self.duration_s) and self.duration_s >= 0
         ):
             raise ValidationError("duration_s", self.duration_s, "a finite number >= 0")
+        if DATA_TYPES[data_type].shape is Shape.SESSION:
+            self._check_session()
+        elif self.samples is not None and data_type is not HealthDataType.ECG:
+            raise ValidationError("samples", "...", "None unless ecg or a session's stages")
+
+    def _check_session(self) -> None:
+        assert self.value is not None  # a session is not ECG: its value was checked
+        if self.duration_s is None:
+            raise ValidationError("duration_s", None, f"the length of the {self.data_type} session")
+        check_session(self.duration_s, self.value)
+        if self.samples is not None:
+            rows = stage_intervals(self.samples, self.duration_s)
+            object.__setattr__(self, "samples", tuple(rows.ravel().tolist()))
 
     def _check_ecg(self) -> None:
         if not self.samples:
@@ -183,7 +198,7 @@ class HealthDataRecord:
             value = float(to_canonical(kind, value, unit))
         if extra.get("diastolic") is not None:
             extra["diastolic"] = float(to_canonical(kind, extra["diastolic"], unit))
-        if extra.get("samples") is not None:
+        if extra.get("samples") is not None and kind is HealthDataType.ECG:
             extra["samples"] = tuple(to_canonical(kind, extra["samples"], unit).tolist())
         to_canonical(kind, 0.0, unit)  # rejects an unknown unit even when value is None
         return cls(

@@ -16,8 +16,10 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from ohx_dagster.core.datatypes import DATA_TYPES, Shape
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HARD_LIMITS, DateRange, HealthDataRecord, HealthDataType
+from ohx_dagster.core.sessions import check_session, stage_intervals
 from ohx_dagster.core.units import to_canonical
 
 if TYPE_CHECKING:
@@ -162,6 +164,8 @@ def make_batch(
             raise ValidationError("value", value.shape, f"{n} values, one per timestamp")
         _check_range(kind, "value", value, where)
         waveforms, rate = None, np.nan
+        if DATA_TYPES[kind].shape is Shape.SESSION:
+            waveforms = _sessions(value, duration_s, samples, n, where)
     if kind is HealthDataType.BLOOD_PRESSURE:
         if diastolic is None:
             raise ValidationError("diastolic", None, "values for blood_pressure", where=where)
@@ -193,6 +197,33 @@ def make_batch(
         "context": pd.Series(own_column(context, n, object), dtype="object", copy=False),
     }
     return pd.DataFrame(columns, index=pd.RangeIndex(n), copy=False)
+
+
+def _sessions(
+    value: np.ndarray,
+    duration_s: ArrayLike | None,
+    samples: Sequence[ArrayLike | None] | None,
+    n: int,
+    where: str,
+) -> pd.Series:
+    """Sessions' stages (ohx_dagster/core/sessions.py) as the samples column, each checked
+    against its session: a duration of more than nothing and at most a day, no more asleep than
+    that, stage intervals in order inside it."""
+    if duration_s is None:
+        raise ValidationError("duration_s", None, "each session's length in seconds", where=where)
+    durations = np.broadcast_to(np.asarray(duration_s, dtype="float64"), n)
+    if samples is not None and len(samples) != n:
+        raise ValidationError("samples", len(samples), f"{n} stage lists, one per session")
+    stages: list[list[float] | None] = []
+    for row in range(n):
+        at = f"{where}, row {row}"
+        check_session(float(durations[row]), float(value[row]), at)
+        given = None if samples is None else samples[row]
+        if given is None or np.asarray(given).size == 0:
+            stages.append(None)
+        else:
+            stages.append(stage_intervals(given, float(durations[row]), at).ravel().tolist())
+    return pd.Series(stages, dtype="object")
 
 
 def batch_from_records(records: Iterable[HealthDataRecord]) -> pd.DataFrame:

@@ -87,6 +87,31 @@ DIASTOLIC: Final = Code(LOINC, "8462-4", "Diastolic blood pressure")
 ECG_SECTION: Final = Code(V2_0074, "EC", "Electrocardiac (e.g., EKG,  EEC, Holter)")
 ECG_WAVEFORM: Final = Code(MDC, "131328", "MDC_ECG_ELEC_POTL")
 
+# Sleep, as the Personal Health Records IG (hl7.fhir.uv.phr) says it: the session an Observation
+# coded with LOINC's sleep duration and the IG's "sleep episode", its stages components coded
+# with LOINC's stage durations where LOINC has one and the IG's sleep-episode codes beside them
+# (its pcd-sleep-observation-code value set: 93832-4, 93831-6, 93830-8, 93829-0).
+PHR_PGHD: Final = "http://hl7.org/fhir/uv/phr/CodeSystem/observation-pghd-codes"
+PHR_SLEEP: Final = "http://hl7.org/fhir/uv/phr/CodeSystem/sleep-episode-codes"
+SLEEP_EPISODE: Final = Code(PHR_PGHD, "sleepEpisode", "Sleep episode")
+# A component's codings, by the StageTotals field it states (ohx_dagster/core/sessions.py).
+SLEEP_COMPONENTS: Final[dict[str, tuple[Code, ...]]] = {
+    "deep": (
+        Code(LOINC, "93831-6", "Deep sleep duration"),
+        Code(PHR_SLEEP, "deepSleepDuration", "Deep sleep duration"),
+    ),
+    "light": (
+        Code(LOINC, "93830-8", "Light sleep duration"),
+        Code(PHR_SLEEP, "coreSleepDuration", "Core sleep Duration"),
+    ),
+    "rem": (
+        Code(LOINC, "93829-0", "REM sleep duration"),
+        Code(PHR_SLEEP, "remSleepDuration", "Rem sleep duration"),
+    ),
+    "awake_after_onset": (Code(PHR_SLEEP, "wakeAfterSleepOnset", "Wake after sleep onset"),),
+    "awakenings": (Code(PHR_SLEEP, "numberOfAwakenings", "Number of awakenings"),),
+}
+
 # SampledData: the UCUM units of its time axis (interval / offsets).
 INTERVAL_UNITS: Final = frozenset({"s", "ms"})
 
@@ -120,6 +145,7 @@ CATEGORY_DISPLAY: Final[dict[str, str]] = {
     "activity": "Activity",
     "procedure": "Procedure",
     "laboratory": "Laboratory",
+    "social-history": "Social History",
 }
 
 

@@ -8,8 +8,8 @@ Per user: heart rate every 1-5 s (everyone at `hr_hz`, OHX_SIMULATED_HR_HZ, when
 day/night rhythm and activity bouts, steps per minute during waking hours, a nightly 5-minute
 RR-interval session consistent with the heart rate, one 30 s ECG a day at 250-500 Hz with its heart
 rate, blood pressure twice a day, weight and temperature each morning, SpO2 hourly at night,
-respiratory rate every 5 minutes from midnight to 6, and the SDNN and RMSSD of the nightly RR
-session.
+respiratory rate every 5 minutes from midnight to 6, the SDNN and RMSSD of the nightly RR
+session, and a night's sleep with its stages ending between 6 and 7 in the morning.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ohx_dagster.core.models import (
     SyncFrequency,
 )
 from ohx_dagster.core.records import concat, empty_batch, make_batch
+from ohx_dagster.core.sessions import Stage
 from ohx_dagster.core.times import HOUR_US, to_us
 
 NAME: Final = "simulated"
@@ -145,6 +146,7 @@ _MEASURED_AT: Final[dict[HealthDataType, Callable[[int], bool]]] = {
     HealthDataType.HRV_RMSSD: lambda hour: hour == 3,
     HealthDataType.INTERSTITIAL_GLUCOSE: lambda hour: True,
     HealthDataType.BLOOD_GLUCOSE: lambda hour: hour in (7, 19),
+    HealthDataType.SLEEP: lambda hour: hour == 6,
 }
 # Local hours of the simulated meals: glucose rises after each and falls back within hours.
 _MEALS: Final = (7.5, 12.5, 18.5)
@@ -173,6 +175,37 @@ def _rr_session(profile: SimulatedProfile, hour: datetime, rng: np.random.Genera
     return pd.Series(rr, index=stamps)
 
 
+def _night(rng: np.random.Generator) -> tuple[float, list[float]]:
+    """A night's length in seconds and its stages as flattened (start, end, stage) triples:
+    about 15 minutes falling asleep, then 90-minute cycles of light, deep and REM sleep (deep
+    sleep shortening and REM lengthening through the night), now and then a few minutes awake."""
+    length = float(round(rng.normal(7.5, 0.5) * 3600 / 30) * 30)
+    stages: list[float] = []
+    at = float(round(rng.uniform(5, 25)) * 60)
+    stages += [0.0, at, float(Stage.AWAKE)]
+    cycle = 0
+    while at < length - 600:
+        deep = max(0.0, 35 - 9 * cycle) * 60
+        rem = min(40.0, 8 + 8 * cycle) * 60
+        parts = [
+            (Stage.LIGHT, 25 * 60),
+            (Stage.DEEP, deep),
+            (Stage.LIGHT, 20 * 60),
+            (Stage.REM, rem),
+        ]
+        if rng.random() < 0.4:
+            parts.append((Stage.AWAKE, float(round(rng.uniform(1, 6)) * 60)))
+        for stage, seconds in parts:
+            end = min(at + seconds, length)
+            if end > at:
+                stages += [at, end, float(stage)]
+                at = end
+        cycle += 1
+    if at < length:
+        stages += [at, length, float(Stage.AWAKE)]
+    return length, stages
+
+
 def _one_batch(parts: list[dict[str, Any]]) -> pd.DataFrame:
     """One type's hours as one batch: the rows the hours' own batches would give, in order, built
     and validated once (a batch per hour was most of a fetch's time)."""
@@ -193,7 +226,10 @@ def _one_batch(parts: list[dict[str, Any]]) -> pd.DataFrame:
         extra["samples"] = [wave for part in parts for wave in part["samples"]]
     for name in ("duration_s", "sampling_rate_hz"):
         if name in first:
-            extra[name] = first[name]
+            extra[name] = (
+                np.concatenate([np.broadcast_to(np.asarray(p[name], "float64"), len(i))
+                                for p, i in zip(parts, stamps, strict=True)])
+            )  # fmt: skip
     return make_batch(
         provider=first["provider"],
         user_id=first["user_id"],
@@ -406,6 +442,23 @@ class SimulatedSource:
                 values=[round(float(level + rng.normal(0.0, 6.0)))],
                 unit="mg/dL",
                 device_id=f"sim-meter-{profile.user_id}",
+            )
+
+        if kind is HealthDataType.SLEEP:
+            # The night that ends between 6:00 and 6:59, stamped at its end (core/sessions.py).
+            length, stages = _night(rng)
+            woke = pd.Timestamp(hour) + pd.Timedelta(minutes=float(rng.uniform(0, 59)))
+            woke = woke.floor("s")
+            rows = np.asarray(stages).reshape(-1, 3)
+            asleep = rows[rows[:, 2] != Stage.AWAKE]
+            return dict(
+                **common,
+                timestamps=[woke],
+                values=[float((asleep[:, 1] - asleep[:, 0]).sum())],
+                unit="s",
+                device_id=watch,
+                duration_s=length,
+                samples=[stages],
             )
 
         if kind is HealthDataType.ECG:

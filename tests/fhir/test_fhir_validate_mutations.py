@@ -41,7 +41,7 @@ def product_resources(
     """The product's resources of one person and hour, built by its own builders (the one place
     that knows their signatures): name -> resource."""
     from ohx_dagster.core.models import HealthSyncConfig
-    from ohx_dagster.fhir import common, ecg, measurements, observations, series
+    from ohx_dagster.fhir import common, ecg, measurements, observations, series, sleep
 
     config = HealthSyncConfig(user_id="u1", provider="simulated", fhir_patient_id="p-001")
     ts = HOUR_US + np.arange(0, 600, 5, dtype="int64") * 1_000_000
@@ -90,11 +90,19 @@ def product_resources(
         config,
         lambda user, start, end: [{"reference": f"Observation/{heart['id']}"}],
     )
+    # A night of 7 h: 15 min awake, deep, light, 4 min awake, REM (ohx_dagster/core/sessions.py).
+    stages = [0, 900, 4, 900, 6300, 1, 6300, 18000, 2, 18000, 18240, 4, 18240, 25200, 3]
+    night = sleep.sleep_observation(
+        {**at, "ts_us": HOUR_US + 25_200_000_000, "data_type": "sleep", "device_id": "watch-1",
+         "value": 404.0, "duration_s": 25_200.0, "samples": stages},
+        config,
+    )  # fmt: skip
     devices = {}
     for name in ("watch-1", "cuff-1", "scale-1"):
         device, association = common.device("simulated", config, name)
         devices |= {f"device-{name}": device, f"association-{name}": association}
     named = {"series": heart, "rr": rr, "aggregate": aggregate, "bp": bp, "weight": weight}
+    named["sleep"] = night
     return {**named, "waveform": waveform, "report": report, **devices}
 
 
@@ -625,6 +633,35 @@ MUTATIONS = [
         _copy_as("series", "copy", identifier=[{"system": "urn:ohx:fhir", "value": "other"}]),
         "Observation.id",
         "is used by more than one Observation; expected ids unique per resource type",
+    ),
+    # product rules: a night's sleep (fhir/sleep.py)
+    Mutation(
+        "asleep longer than the night",
+        "sleep",
+        _set("sleep", "valueQuantity.value", 480),
+        "Observation.valueQuantity",
+        "480 min asleep in a session of 420 min (effectivePeriod); expected at most the session",
+    ),
+    Mutation(
+        "sleep stages adding up to more than the night",
+        "sleep",
+        _set("sleep", "component.1.valueQuantity.value", 300),
+        "Observation.component",
+        "expected at most the session",
+    ),
+    Mutation(
+        "sleep stage in a unit that is not a time",
+        "sleep",
+        _set("sleep", "component.0.valueQuantity.code", "kg"),
+        "Observation.component[0].valueQuantity.code",
+        "'kg' ([mass]) is not a unit of 93831-6 Deep sleep duration",
+    ),
+    Mutation(
+        "sleep stage in hours stated as minutes' worth",
+        "sleep",
+        _set("sleep", "component.2.valueQuantity.code", "h"),
+        "Observation.component",
+        "expected at most the session",
     ),
     Mutation(
         "duplicated identifiers",

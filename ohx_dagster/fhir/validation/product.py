@@ -8,7 +8,9 @@
 - an ECG waveform is in a UCUM voltage (uV, mV, V ...): "microvolt" or "µV" are not UCUM;
 - every SampledData.origin is a UCUM quantity (system and code: the unit of the whole series;
   R5 itself allows an origin without a unit, as HL7's example Observation-ekg has);
-- an ECG DiagnosticReport (the EKG study code) is in the Electrocardiac section of v2-0074 (EC).
+- an ECG DiagnosticReport (the EKG study code) is in the Electrocardiac section of v2-0074 (EC);
+- a sleep session (93832-4 with an effectivePeriod) sleeps no longer than it lasts, and its
+  stages and time awake add up to no more than it (each rounded to 0.01 min).
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from ohx_dagster.fhir.codes import (
     DIASTOLIC,
     ECG_SECTION,
     ECG_WAVEFORM,
+    SLEEP_COMPONENTS,
     STATISTICS,
     SYSTOLIC,
     TYPE_CODES,
     Code,
 )
+from ohx_dagster.fhir.timefmt import parse_us
 from ohx_dagster.fhir.validation import ucum
 from ohx_dagster.fhir.validation.problems import Problem, identity
 from ohx_dagster.fhir.validation.sampled import sampled_data
@@ -44,6 +48,11 @@ def _units() -> dict[tuple[str, str], tuple[str, str]]:
     for code, unit in pairs:
         units[(code.system, code.code)] = (unit, f"{code.code} {code.display}")
     units[(ECG_WAVEFORM.system, ECG_WAVEFORM.code)] = (ucum.VOLT, "an ECG waveform")
+    sleep = TYPE_CODES[HealthDataType.SLEEP].unit
+    for field, stage_codes in SLEEP_COMPONENTS.items():
+        if field != "awakenings":  # a count (valueInteger)
+            for code in stage_codes:
+                units[(code.system, code.code)] = (sleep, f"{code.code} {code.display}")
     return units
 
 
@@ -51,6 +60,15 @@ UNITS: Final = _units()
 _ECG_WAVEFORM: Final = (ECG_WAVEFORM.system, ECG_WAVEFORM.code)
 _ECG_STUDY: Final = TYPE_CODES[HealthDataType.ECG].code
 _UNCOUNTED: Final = "count"  # the count statistic is a valueInteger, no unit
+_SLEEP: Final = TYPE_CODES[HealthDataType.SLEEP].code
+# What a sleep session's components that are parts of its time add up to (awakenings count).
+_SLEEP_PARTS: Final = frozenset(
+    (code.system, code.code)
+    for field, codes in SLEEP_COMPONENTS.items()
+    if field != "awakenings"
+    for code in codes
+)
+_ROUNDING_MIN: Final = 0.01
 
 
 def _expected(concept: Any) -> tuple[str, str] | None:
@@ -114,6 +132,56 @@ def _observation(resource: dict[str, Any]) -> Iterator[str]:
         if key is not None:
             for path, quantity in _quantities(component, f"Observation.component[{index}]"):
                 yield from filter(None, [_unit_problem(quantity, path, key)])
+    yield from _sleep(resource)
+
+
+def _has(concept: Any, code: Code) -> bool:
+    codings = concept.get("coding", []) if isinstance(concept, dict) else []
+    return any((c.get("system"), c.get("code")) == (code.system, code.code) for c in codings)
+
+
+def _minutes(quantity: Any) -> float | None:
+    if not isinstance(quantity, dict) or not isinstance(quantity.get("code"), str):
+        return None
+    factor = ucum.seconds(quantity["code"])
+    value = quantity.get("value")
+    if factor is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value * factor / 60.0
+
+
+def _sleep(resource: dict[str, Any]) -> Iterator[str]:
+    period = resource.get("effectivePeriod")
+    if not _has(resource.get("code"), _SLEEP) or not isinstance(period, dict):
+        return
+    try:
+        lasted = (parse_us(period["end"]) - parse_us(period["start"])) / 60e6
+    except (KeyError, TypeError, ValueError):
+        return  # the structure check names a period without both ends
+    asleep = _minutes(resource.get("valueQuantity"))
+    if asleep is not None and asleep > lasted + _ROUNDING_MIN:
+        yield (
+            f"Observation.valueQuantity: {asleep:g} min asleep in a session of {lasted:g} min "
+            "(effectivePeriod); expected at most the session"
+        )
+    parts = [
+        (index, _minutes(component.get("valueQuantity")))
+        for index, component in enumerate(resource.get("component", []))
+        if isinstance(component, dict)
+        and any(
+            (c.get("system"), c.get("code")) in _SLEEP_PARTS
+            for c in component.get("code", {}).get("coding", [])
+        )
+    ]
+    known = [(index, minutes) for index, minutes in parts if minutes is not None]
+    total = sum(minutes for _, minutes in known)
+    if total > lasted + _ROUNDING_MIN * len(known):
+        indexes = ", ".join(str(index) for index, _ in known)
+        yield (
+            f"Observation.component: stages and time awake (components {indexes}) add up to "
+            f"{total:g} min in a session of {lasted:g} min (effectivePeriod); expected at most "
+            "the session"
+        )
 
 
 def _report(resource: dict[str, Any]) -> Iterator[str]:

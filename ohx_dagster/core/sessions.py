@@ -1,0 +1,152 @@
+"""Sleep sessions: a period and the stage intervals inside it.
+
+A session is one record (ohx_dagster/core/datatypes.py, shape "session") stamped at its END, the
+moment it is known whole: `ts` is when the person woke, `duration_s` how long the session lasted,
+so it began at ts - duration_s. Being stamped at its end, a session belongs to exactly one local
+day, the one it ends on (the night is the date the person woke up), whichever midnight or
+daylight-saving change it crossed, and a provider's fetch window that holds its end returns it
+once it is over.
+
+Its `value` is the time asleep in minutes as the provider reports it; its stages, when the
+provider gives them, are intervals in the record's `samples`, flattened as (start, end, stage)
+triples: seconds after the session's start, end > start, in order, never overlapping, inside the
+session. The stages, numbered as Oura's hypnograms number them (1 deep, 2 light, 3 REM, 4 awake)
+plus 5 for sleep whose stage the device does not tell (HealthKit's "asleep").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ohx_dagster.core.errors import ValidationError
+
+# A night of sleep and a nap are hours; a session longer than a day is not one.
+MAX_SESSION_S: Final = 86_400.0
+
+
+class Stage(IntEnum):
+    DEEP = 1
+    LIGHT = 2  # HealthKit's "core", N1 and N2
+    REM = 3
+    AWAKE = 4
+    ASLEEP = 5  # asleep, stage not told
+
+
+ASLEEP_STAGES: Final = (Stage.DEEP, Stage.LIGHT, Stage.REM, Stage.ASLEEP)
+
+
+def stage_intervals(samples: ArrayLike, duration_s: float, where: str = "") -> np.ndarray:
+    """The (start, end, stage) rows of a session's flattened stages, checked: an error names the
+    first interval that is not inside the session, not in order or of no known stage."""
+    flat = np.asarray(samples, dtype="float64")
+    if flat.ndim != 1 or flat.size % 3:
+        raise ValidationError(
+            "stages", flat.size, "(start, end, stage) triples, flattened", where=where
+        )
+    rows = flat.reshape(-1, 3)
+    known = np.isin(rows[:, 2], [int(s) for s in Stage])
+    bad = (
+        ~np.isfinite(rows).all(axis=1)
+        | (rows[:, 0] < 0)
+        | (rows[:, 1] <= rows[:, 0])
+        | (rows[:, 1] > duration_s)
+        | ~known
+    )
+    bad[1:] |= rows[1:, 0] < rows[:-1, 1]
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ValidationError(
+            "stages",
+            rows[index].tolist(),
+            f"intervals in order inside the session's {duration_s:g} s, each (start s, end s, "
+            f"stage {[int(s) for s in Stage]}) with end > start",
+            where=f"{where}, interval {index}" if where else f"interval {index}",
+        )
+    return rows
+
+
+def check_session(duration_s: float, value_min: float, where: str = "") -> None:
+    """A session lasts more than nothing and at most a day, and no one sleeps longer than it."""
+    if not np.isfinite(duration_s) or not 0 < duration_s <= MAX_SESSION_S:
+        raise ValidationError(
+            "duration_s", duration_s, f"0 < seconds <= {MAX_SESSION_S:g} for sleep", where=where
+        )
+    if value_min * 60.0 > duration_s + 1e-6:
+        raise ValidationError(
+            "value",
+            value_min,
+            f"at most the session's {duration_s / 60.0:g} minutes asleep",
+            where=where,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StageTotals:
+    """What a night's stages add up to, in seconds."""
+
+    deep: float
+    light: float
+    rem: float
+    asleep_unstaged: float
+    awake_after_onset: float  # awake between falling asleep and the last waking
+    awakenings: int  # times woken between falling asleep and the last waking
+
+    @property
+    def asleep(self) -> float:
+        return self.deep + self.light + self.rem + self.asleep_unstaged
+
+
+def stage_totals(rows: np.ndarray) -> StageTotals:
+    """Seconds in each stage; wake after sleep onset and awakenings count only awake intervals
+    between the first and the last asleep interval (lying awake before sleeping or after the
+    final waking is neither)."""
+    length = rows[:, 1] - rows[:, 0]
+    stage = rows[:, 2].astype("int64")
+
+    def total(kind: Stage) -> float:
+        return float(length[stage == kind].sum())
+
+    asleep = np.flatnonzero(np.isin(stage, [int(s) for s in ASLEEP_STAGES]))
+    between = np.zeros(len(rows), dtype=bool)
+    if asleep.size:
+        between[asleep[0] : asleep[-1] + 1] = True
+    awake = between & (stage == Stage.AWAKE)
+    return StageTotals(
+        deep=total(Stage.DEEP),
+        light=total(Stage.LIGHT),
+        rem=total(Stage.REM),
+        asleep_unstaged=total(Stage.ASLEEP),
+        awake_after_onset=float(length[awake].sum()),
+        awakenings=int(awake.sum()),
+    )
+
+
+def from_hypnogram(text: str, step_s: float, where: str = "") -> np.ndarray:
+    """Flattened stage triples of a hypnogram string, one digit a step (Oura's
+    `sleep_phase_5_min` and `sleep_phase_30_sec`: 1 deep, 2 light, 3 REM, 4 awake), runs of one
+    stage as one interval."""
+    if not text or any(c not in "1234" for c in text):
+        raise ValidationError("hypnogram", text[:40], "digits 1 to 4, one a step", where=where)
+    codes = np.frombuffer(text.encode("ascii"), dtype="uint8") - ord("0")
+    starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    ends = np.r_[starts[1:], codes.size]
+    return (
+        np.column_stack([starts * step_s, ends * step_s, codes[starts]]).astype("float64").ravel()
+    )
+
+
+def merge_intervals(starts: np.ndarray, ends: np.ndarray, stages: np.ndarray) -> np.ndarray:
+    """Flattened triples of intervals given as columns (seconds after the session's start): in
+    order, a later interval cut where an earlier one still runs (two apps' overlapping records of
+    one night count each second once), empty ones left out."""
+    order = np.lexsort((ends, starts))
+    starts, ends, stages = starts[order], ends[order], stages[order]
+    reach = np.maximum.accumulate(ends)
+    begun = np.r_[starts[:1], np.maximum(starts[1:], reach[:-1])]
+    keep = ends > begun
+    return np.column_stack([begun[keep], ends[keep], stages[keep]]).astype("float64").ravel()
