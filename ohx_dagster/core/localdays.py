@@ -45,14 +45,15 @@ EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 # Types whose every record the provider dates with the offset it was taken at (each provider's
 # SOURCE.md): Google Health's samples and intervals (`sampleTime.utcOffset`,
 # `interval.startUtcOffset`; its daily types carry a date alone and follow the zone history), Oura's
-# daily summaries and sleep HRV samples (`timestamp` with its offset), Withings' getmeas
+# daily summaries, sleep HRV samples (`timestamp` with its offset) and sleep periods
+# (`bedtime_end` with its offset), Withings' getmeas
 # measures (the answer's `timezone`), Dexcom's glucose readings from its apps (`displayTime`
 # with its offset; a receiver's reading has none and follows the zone history, as `own` allows).
 # Heart rate from Oura (UTC only) and Withings (intraday, no zone) is not here.
 RECORD_OFFSETS: Final[dict[str, frozenset[str]]] = {
     "dexcom": frozenset({"interstitial_glucose"}),
     "google_health": frozenset({"heart_rate", "steps", "weight", "spo2", "blood_glucose"}),
-    "oura": frozenset({"steps", "spo2", "hrv_rmssd"}),
+    "oura": frozenset({"steps", "spo2", "hrv_rmssd", "sleep"}),
     "withings": frozenset({"weight", "blood_pressure", "spo2", "temperature"}),
 }
 

@@ -111,7 +111,7 @@ def make_batch(
     utc_offset_min: ArrayLike | None = None,
     diastolic: ArrayLike | None = None,
     duration_s: ArrayLike | None = None,
-    samples: Sequence[ArrayLike] | None = None,
+    samples: Sequence[ArrayLike | None] | None = None,
     sampling_rate_hz: ArrayLike | None = None,
     method: ArrayLike = "device",
     context: ArrayLike = "",
@@ -146,7 +146,10 @@ def make_batch(
     if kind is HealthDataType.ECG:
         if samples is None or sampling_rate_hz is None:
             raise ValidationError("samples", None, "samples and sampling_rate_hz for ecg")
-        converted = [to_canonical(kind, s, unit) for s in samples]
+        waves = [s for s in samples if s is not None]
+        if len(waves) != len(samples):
+            raise ValidationError("samples", None, "a waveform for every ecg", where=where)
+        converted = [to_canonical(kind, s, unit) for s in waves]
         for array in converted:
             if array.size == 0:
                 raise ValidationError("samples", [], "a non-empty waveform", where=where)

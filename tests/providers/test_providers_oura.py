@@ -210,6 +210,63 @@ def test_a_nights_hrv_samples_become_rmssd_readings_at_their_own_times(api, oura
     assert all(c["code"] != "80404-7" for c in coding)
 
 
+def test_a_sleep_period_is_one_night_with_its_stages_as_oura_counted_them(api, oura, store) -> None:
+    """The documented sleep period (7 h in bed, 380 min asleep: 80 deep, 200 light, 100 REM, its
+    hypnograms agreeing) is one sleep record stamped at `bedtime_end` with its offset, lasting from
+    `bedtime_start`, its stages laid from the 30-second hypnogram; published with the durations
+    Oura reported and the waking between sleeps. A deleted period gives nothing."""
+    from ohx_dagster.core.times import to_us as micros
+    from ohx_dagster.fhir.sleep import sleep_observation
+
+    given = documented("oura", "sleep")
+    shift = datetime.combine(DAY, datetime.min.time(), tzinfo=USER.zone) - datetime.fromisoformat(
+        given["bedtime_end"]
+    ).replace(hour=0)
+    start = datetime.fromisoformat(given["bedtime_start"]) + shift
+    end = datetime.fromisoformat(given["bedtime_end"]) + shift
+    night = {**given, "day": DAY.isoformat(), "bedtime_start": stamp(start),
+             "bedtime_end": stamp(end)}  # fmt: skip
+    nap = {**night, "id": "nap-1", "type": "late_nap", "sleep_phase_30_sec": None,
+           "bedtime_start": stamp(end + timedelta(hours=9)), "total_sleep_duration": 1500,
+           "bedtime_end": stamp(end + timedelta(hours=9, minutes=30)),
+           "sleep_phase_5_min": "422222"}  # fmt: skip
+    gone = {**night, "id": "night-2", "type": "deleted"}
+    oura.sleep = [night, nap, gone]
+    window = (to_us(day_start(DAY) - timedelta(hours=2)), to_us(day_start(DAY) + timedelta(days=1)))
+    result = source_for(api, store).fetch_windows(USER, {HealthDataType.SLEEP: [window]})
+    nights = result.batch[result.batch["data_type"] == "sleep"].reset_index(drop=True)
+    assert nights["ts"].tolist() == [end, end + timedelta(hours=9, minutes=30)]
+    assert nights["duration_s"].tolist() == [25_200.0, 1_800.0]
+    assert nights["value"].tolist() == [380.0, 25.0] and set(nights["unit"]) == {"min"}
+    assert nights["context"].tolist() == ["long_sleep", "late_nap"]
+    assert set(nights["utc_offset_min"]) == {int(end.utcoffset().total_seconds() // 60)}
+    row = nights.iloc[0].to_dict() | {"ts_us": micros(nights["ts"].iloc[0])}
+    resource = sleep_observation(row, USER)
+    assert resource["effectivePeriod"] == {"start": stamp(start), "end": stamp(end)}
+    assert resource["valueQuantity"]["value"] == given["total_sleep_duration"] / 60
+    components = {c["code"]["coding"][0]["code"]: c for c in resource["component"]}
+    assert components["93831-6"]["valueQuantity"]["value"] == night["deep_sleep_duration"] / 60
+    assert components["93830-8"]["valueQuantity"]["value"] == night["light_sleep_duration"] / 60
+    assert components["93829-0"]["valueQuantity"]["value"] == night["rem_sleep_duration"] / 60
+    # Awake 40 min in all (`awake_time`): 10 before sleeping, 20 after the last waking, 10 between.
+    assert components["wakeAfterSleepOnset"]["valueQuantity"]["value"] == 10
+    assert components["numberOfAwakenings"]["valueInteger"] == 2
+    nap_stages = nights["samples"].iloc[1]
+    assert nap_stages == [0.0, 300.0, 4.0, 300.0, 1800.0, 2.0]  # the 5-minute hypnogram's runs
+
+
+def test_a_hypnogram_longer_than_its_period_fails_the_type_in_one_line(api, oura, store) -> None:
+    night = {**documented("oura", "sleep"), "day": DAY.isoformat(),
+             "bedtime_start": stamp(day_start(DAY) + timedelta(hours=1)),
+             "bedtime_end": stamp(day_start(DAY) + timedelta(hours=2))}  # fmt: skip
+    oura.sleep = [night]
+    window = (to_us(day_start(DAY)), to_us(day_start(DAY) + timedelta(days=1)))
+    result = source_for(api, store).fetch_windows(USER, {HealthDataType.SLEEP: [window]})
+    message = result.failed["sleep"]
+    assert "sleep_phase_30_sec" in message and "840 steps" in message and "\n" not in message
+    assert result.batch.empty
+
+
 def test_a_refused_type_is_recorded_and_the_others_sync(api, oura, store) -> None:
     oura.refuse.add("daily_spo2")
     oura.heart = heart_rows(day_start(DAY) + timedelta(hours=8), 3, "awake")

@@ -15,6 +15,12 @@
   "Heart Rate Variability": "Oura calculates your nighttime HRV using rMSSD ... five-minute
   samples"), so it is stored as RMSSD, never as SDNN. A deleted sleep, or one without `hrv`, has
   none.
+- sleep <- sleep (start_date, end_date): each sleep period but a deleted one, stamped at
+  `bedtime_end` with its offset (ohx_dagster/core/sessions.py), lasting until then from
+  `bedtime_start`, `total_sleep_duration` seconds asleep, its stages from `sleep_phase_30_sec`
+  (or `sleep_phase_5_min`: 1 deep, 2 light, 3 REM, 4 awake) laid from `bedtime_start`, the last
+  step cut at the period's end; `type` (long_sleep, sleep, late_nap, rest) kept as its context.
+  A period without `total_sleep_duration` counts its asleep stages; with neither, it is skipped.
 
 Oura has no per-interval steps (daily_activity's `class_5_min` is an activity class, not a
 count), no weight, blood pressure or body temperature. Every collection pages with `next_token`;
@@ -36,11 +42,13 @@ from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 
 from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.errors import ProviderError
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.sessions import from_hypnogram, stage_intervals, stage_totals
 from ohx_dagster.core.times import to_us
 from ohx_dagster.providers.api import payload
 from ohx_dagster.providers.api.http import HttpStatusError, TokenSource, paginate
@@ -59,10 +67,12 @@ DAY_S: Final = 86_400.0
 DELETE_REACH: Final = timedelta(days=7)
 
 HR, STEPS, SPO2 = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.SPO2
-HRV = HealthDataType.HRV_RMSSD
+HRV, NIGHT = HealthDataType.HRV_RMSSD, HealthDataType.SLEEP
+# Oura's hypnograms: the field and the seconds a character stands for, finest first.
+HYPNOGRAMS: Final = (("sleep_phase_30_sec", 30.0), ("sleep_phase_5_min", 300.0))
 # The data types a notification's document bears on.
 DOCUMENT_TYPES: Final[dict[str, tuple[HealthDataType, ...]]] = {
-    "sleep": (HR, SPO2, HRV),
+    "sleep": (HR, SPO2, HRV, NIGHT),
     "daily_activity": (STEPS,),
     "daily_spo2": (SPO2,),
     "workout": (HR,),
@@ -98,6 +108,8 @@ class OuraSource(ApiSource):
             return self._spo2(user, window, auth)
         if kind is HRV:
             return self._hrv(user, window, auth)
+        if kind is NIGHT:
+            return self._sleep(user, window, auth)
         return super().read(user, kind, window, auth)
 
     def _heart_rate(self, user: HealthSyncConfig, window: DateRange, auth: TokenSource):
@@ -166,6 +178,32 @@ class OuraSource(ApiSource):
                     samples.append(Sample(moment, value, offset_min(moment), None, DEVICE))
         return samples_batch(NAME, user.user_id, HRV, "ms", samples)
 
+    def _sleep(self, user: HealthSyncConfig, window: DateRange, auth: TokenSource):
+        samples = []
+        for at, row in self._daily(SLEEP, window, user, auth):
+            if row.get("type") == "deleted":
+                continue
+            start = payload.instant(row, "bedtime_start", at)
+            end = payload.instant(row, "bedtime_end", at)
+            if not window.contains(end):
+                continue
+            length = (end - start).total_seconds()
+            stages = _stages(row, length, at)
+            asleep = row.get("total_sleep_duration")
+            if asleep is not None:
+                asleep = payload.number(row, "total_sleep_duration", at)
+            elif stages is not None:
+                asleep = stage_totals(stages).asleep
+            else:
+                continue  # neither a total nor stages: nothing to say of the night
+            kind = row.get("type")
+            samples.append(
+                Sample(end, asleep, offset_min(end), length, DEVICE,
+                       context=kind if isinstance(kind, str) else "",
+                       stages=None if stages is None else stages.ravel().tolist())
+            )  # fmt: skip
+        return samples_batch(NAME, user.user_id, NIGHT, "s", samples)
+
     # -- notifications ---------------------------------------------------------------------------
 
     def event_windows(
@@ -216,6 +254,7 @@ class OuraSource(ApiSource):
                 HR: (to_us(start), to_us(end) + 1),
                 SPO2: _local_day(_day(document, where), user),
                 HRV: (to_us(start), to_us(end) + 1),
+                NIGHT: (to_us(end), to_us(end) + 1),
             }
         if document_type in ("workout", "session"):
             start = payload.instant(document, "start_datetime", where)
@@ -227,6 +266,26 @@ class OuraSource(ApiSource):
         if document_type == "daily_spo2":
             return {SPO2: _local_day(_day(document, where), user)}
         raise ProviderError(f"{where}: no window for an Oura {document_type!r} document")
+
+
+def _stages(row: Any, length_s: float, where: str) -> np.ndarray | None:
+    """A period's stages from its finest hypnogram, laid from bedtime_start: the last step, which
+    the period may end inside, is cut at its end (more than a step beyond it is an error)."""
+    for field, step in HYPNOGRAMS:
+        text = row.get(field)
+        if not isinstance(text, str) or not text:
+            continue
+        if len(text) * step > length_s + step:
+            raise payload.bad_field(
+                where,
+                field,
+                f"{len(text)} steps",
+                f"at most {length_s / step:g} steps of {step:g} s",
+            )
+        rows = from_hypnogram(text, step, f"{where} {field}").reshape(-1, 3)
+        rows[:, 1] = np.minimum(rows[:, 1], length_s)
+        return stage_intervals(rows[rows[:, 1] > rows[:, 0]].ravel(), length_s, where)
+    return None
 
 
 def _day(document: Any, where: str) -> date:
