@@ -58,7 +58,6 @@ DAYS_PER_SYNC = 7
 # heart rate every 10 s is 60,480.
 RECORDS_PER_SYNC = 100_000
 ABOUT_EXPORT = {"ExportDate", "Me"}  # export.xml's own metadata elements, not data
-HRV = "HKQuantityTypeIdentifierHeartRateVariabilitySDNN"
 FITABASE_REASONS = {
     "dailyActivity_merged.csv": "daily totals: its TotalSteps repeats hourlySteps_merged.csv and "
     "would count the steps twice",
@@ -608,14 +607,11 @@ def _failed(outcome: ImportOutcome, published: Published) -> None:
 
 def apple_skipped(summary: Any) -> list[Skipped]:
     """What an export.xml held that is not synced, with counts and why."""
+    from ohx_dagster.providers.apple_health.sleep import NO_LENGTH
+
+    why = {NO_LENGTH: "a sleep record that ends as it starts: no time asleep or in bed"}
     found = [
-        Skipped(
-            kind,
-            count,
-            "a per-minute statistic, not RR intervals (its beat list is read as heart rate)"
-            if kind == HRV
-            else "not a data type this product syncs",
-        )
+        Skipped(kind, count, why.get(kind, "not a data type this product syncs"))
         for kind, count in summary.skipped.items()
     ]
     found += [

@@ -50,7 +50,7 @@ from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
 from ohx_dagster.storage.store import RecordStore
 
 OHX = Path(sys.executable).parent / "ohx"
-REAL_RECORDS = 6232  # mapped records of the real export (tests/cli/test_cli.py counts them too)
+REAL_RECORDS = 6319  # of the real export: 6,232 samples and 87 nights (tests/cli/test_cli.py too)
 # Two heart-rate Records of the real export (lines 309 and 310), as the export writes them.
 HR_DATES = (
     'startDate="2017-10-09 17:46:00 +0200" endDate="2017-10-09 17:46:00 +0200"',
@@ -603,10 +603,10 @@ def test_the_spill_file_is_deleted_when_closed_and_when_the_export_fails(
     export = folder / "export.xml"
     export.write_text(export_text, encoding="utf-8")
     source = AppleHealthSource(export, dates=WINDOW)
-    assert len(source.held_days()) == 194 and len(_spill_files(scratch)) == 1
+    assert len(source.held_days()) == 207 and len(_spill_files(scratch)) == 1
     source.close()
     assert _spill_files(scratch) == []
-    assert len(source.held_days()) == 194  # read again when asked again
+    assert len(source.held_days()) == 207  # read again when asked again
     del source
     assert _spill_files(scratch) == []
     # Cut short: the XML error ends the parse and its spill file.
@@ -676,7 +676,12 @@ def test_a_window_is_built_alone_and_equals_selecting_it_from_every_record(
     day, total = datetime(2017, 1, 16, tzinfo=UTC), 0
     while day < datetime(2017, 11, 13, tzinfo=UTC):
         window = DateRange(day, day + timedelta(days=7))
-        for types in (every, [HealthDataType.STEPS], [HealthDataType.HEART_RATE]):
+        for types in (
+            every,
+            [HealthDataType.STEPS],
+            [HealthDataType.HEART_RATE],
+            [HealthDataType.SLEEP],
+        ):
             built = source.fetch(user, types, window)
             selected = ReadOnce.fetch(source, user, types, window)
             if built.empty or selected.empty:  # (an empty batch's dtypes are empty_batch's)

@@ -31,6 +31,7 @@ from ohx_dagster.definitions import build_definitions
 from ohx_dagster.fhir.ecg import ecg_reports, read_waveform
 from ohx_dagster.providers.apple_health import AppleHealthSource
 from ohx_dagster.providers.apple_health.ecg import read_ecg
+from ohx_dagster.providers.apple_health.export import device_id
 from ohx_dagster.providers.apple_health.zone import zone_offsets
 from ohx_dagster.providers.base import HealthSource, Windowed
 from ohx_dagster.providers.registry import SUPPORTED_TYPES
@@ -107,11 +108,126 @@ def test_counts_per_type_equal_the_xml(source: AppleHealthSource, export_xml: Pa
     assert summary.records == top_level
     assert summary.correlations == Counter(c.get("type") for c in root.findall("Correlation"))
     assert summary.other["Workout"] == len(root.findall("Workout")) == 61
-    assert summary.skipped == Counter({t: n for t, n in top_level.items() if t not in MAPPED})
+    sleep = "HKCategoryTypeIdentifierSleepAnalysis"  # nights, not one record each: below
+    unmapped = {t: n for t, n in top_level.items() if t not in MAPPED and t != sleep}
+    assert summary.skipped == Counter({**unmapped, f"{sleep} (ends as it starts)": 2})
     assert summary.beats == len(root.findall(".//InstantaneousBeatsPerMinute")) == 0
     stored = source.records.groupby("data_type").size().to_dict()
-    assert stored == {MAPPED[t]: top_level[t] for t in MAPPED}
-    assert dict(summary.mapped) == stored  # no sample of this export repeats an identity
+    assert stored == {MAPPED[t]: top_level[t] for t in MAPPED} | {"sleep": 87}
+    # No sample of this export repeats an identity; 119 sleep records with a length are 87 nights.
+    assert dict(summary.mapped) == stored | {"sleep": top_level[sleep] - 2}
+
+
+def test_sleep_records_become_nights_holding_each_record_once(
+    source: AppleHealthSource, raw_lines: list[str]
+) -> None:
+    """The real export's 121 sleep analysis records (7 apps; "in bed", "asleep", "awake"): each
+    record with a length lies inside exactly one night of its app, unless its night was "in bed"
+    alone; each night's time asleep is the time its "asleep" records cover, each second once;
+    nights are stamped at their end with that record's offset."""
+    nights = source.records[source.records["data_type"] == "sleep"]
+    ends = nights["ts"].dt.as_unit("us").array.asi8
+    starts = ends - (nights["duration_s"].to_numpy() * 1e6).round().astype("int64")
+    devices = nights["device_id"].to_numpy()
+    held: dict[int, list[tuple[int, int, str]]] = {i: [] for i in range(len(nights))}
+    in_bed_alone = 0
+    for line in raw_lines:
+        if "HKCategoryTypeIdentifierSleepAnalysis" not in line:
+            continue
+        attributes = dict(ATTRIBUTE.findall(line))
+        start = int(_when(attributes["startDate"]).timestamp() * 1e6)
+        end = int(_when(attributes["endDate"]).timestamp() * 1e6)
+        if end == start:
+            continue
+        device = device_id(attributes["sourceName"], attributes.get("device", ""))
+        inside = np.flatnonzero((devices == device) & (starts <= start) & (end <= ends))
+        if attributes["value"].endswith("InBed") and not inside.size:
+            in_bed_alone += 1
+            continue
+        assert inside.size == 1, line
+        held[int(inside[0])].append((start, end, attributes["value"]))
+    assert in_bed_alone == 4
+    for index, records in held.items():
+        assert records, f"night {index} holds no record"
+        assert starts[index] == min(r[0] for r in records)
+        assert ends[index] == max(r[1] for r in records)
+        covered: set[int] = set()
+        for start, end, value in records:
+            if value.endswith("Asleep"):
+                covered.update(range(start // 1_000_000, end // 1_000_000))
+        assert nights["value"].iloc[index] * 60 == pytest.approx(len(covered), abs=1e-6)
+    assert set(nights["utc_offset_min"]) == {120}  # every date of the export says +0200
+
+
+def test_a_watch_night_of_stages_is_one_night_with_its_stages(tmp_path: Path) -> None:
+    """A watch's night since iOS 16, a record per stage and "in bed" around them, across midnight
+    and Berlin's change to summer time (02:00 became 03:00): one night of 430 minutes (the wall
+    clock says 490), stamped at its end, its stages in order from the first record, published
+    with their durations; awake before sleeping and after the last waking is not wake after
+    sleep onset."""
+    from ohx_dagster.core.times import to_us
+    from ohx_dagster.fhir.sleep import sleep_observation
+
+    rows = [
+        ("InBed", "2024-03-30 23:00:00 +0100", "2024-03-31 07:10:00 +0200"),
+        ("Awake", "2024-03-30 23:05:00 +0100", "2024-03-30 23:20:00 +0100"),
+        ("AsleepCore", "2024-03-30 23:20:00 +0100", "2024-03-31 00:10:00 +0100"),
+        ("AsleepDeep", "2024-03-31 00:10:00 +0100", "2024-03-31 01:00:00 +0100"),
+        ("Awake", "2024-03-31 01:00:00 +0100", "2024-03-31 01:05:00 +0100"),
+        ("AsleepREM", "2024-03-31 01:05:00 +0100", "2024-03-31 01:35:00 +0100"),
+        ("AsleepCore", "2024-03-31 01:35:00 +0100", "2024-03-31 06:50:00 +0200"),
+        ("Awake", "2024-03-31 06:50:00 +0200", "2024-03-31 07:10:00 +0200"),
+    ]
+    records = "\n".join(
+        f' <Record type="HKCategoryTypeIdentifierSleepAnalysis" {WATCH} '
+        f'value="HKCategoryValueSleepAnalysis{value}" startDate="{start}" endDate="{end}"/>'
+        for value, start, end in rows
+    )
+    xml = tmp_path / "ann" / "export.xml"
+    xml.parent.mkdir()
+    xml.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<HealthData locale="de_DE">\n'
+        f' <ExportDate value="2024-03-31 12:00:00 +0200"/>\n{records}\n</HealthData>\n'
+    )
+    source = AppleHealthSource(xml, timezone="Europe/Berlin")
+    try:
+        nights = source.records
+    finally:
+        source.close()
+    assert len(nights) == 1
+    night = nights.iloc[0].to_dict()
+    assert night["ts"] == utc("2024-03-31 07:10:00 +0200")
+    assert night["duration_s"] == 430 * 60 and night["utc_offset_min"] == 120
+    assert night["value"] == 385  # minutes asleep: 50 + 50 + 30 + 255
+    config = HealthSyncConfig("ann", "apple_health", timezone="Europe/Berlin")
+    resource = sleep_observation(night | {"ts_us": to_us(night["ts"])}, config)
+    assert resource["effectivePeriod"] == {
+        "start": "2024-03-31T00:00:00+02:00",  # 23:00 +01:00, on the clock of the waking
+        "end": "2024-03-31T07:10:00+02:00",
+    }
+    stages = {c["code"]["coding"][0]["code"]: c for c in resource["component"]}
+    assert stages["93831-6"]["valueQuantity"]["value"] == 50
+    assert stages["93830-8"]["valueQuantity"]["value"] == 305
+    assert stages["93829-0"]["valueQuantity"]["value"] == 30
+    assert stages["wakeAfterSleepOnset"]["valueQuantity"]["value"] == 5
+    assert stages["numberOfAwakenings"]["valueInteger"] == 1
+
+
+def test_an_unknown_sleep_value_fails_the_import_naming_its_line(tmp_path: Path) -> None:
+    xml = tmp_path / "ann" / "export.xml"
+    xml.parent.mkdir()
+    xml.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<HealthData locale="de_DE">\n'
+        f' <Record type="HKCategoryTypeIdentifierSleepAnalysis" {WATCH} value="Napping" '
+        'startDate="2024-03-30 23:00:00 +0100" endDate="2024-03-31 06:00:00 +0200"/>\n'
+        "</HealthData>\n"
+    )
+    source = AppleHealthSource(xml)
+    with pytest.raises(ValidationError) as failed:
+        source.held_days()
+    source.close()
+    message = str(failed.value)
+    assert "line 3" in message and "Napping" in message and "\n" not in message
 
 
 def test_records_carry_the_raw_values_units_and_offsets(
@@ -201,7 +317,7 @@ def test_an_unknown_unit_of_an_unmapped_type_is_not_an_error(
 ) -> None:
     line = _first_line(raw_lines, "HKQuantityTypeIdentifierDistanceWalkingRunning")
     path = _broken(tmp_path, raw_lines, line, 'unit="km"', 'unit="furlong"')
-    assert len(AppleHealthSource(path).records) == 2_177 + 3_980 + 40 + 35
+    assert len(AppleHealthSource(path).records) == 2_177 + 3_980 + 40 + 35 + 87  # 87 nights
 
 
 def test_a_date_without_offset_names_the_record(tmp_path: Path, raw_lines: list[str]) -> None:
@@ -441,10 +557,18 @@ def test_user_entered_samples_are_manual(source: AppleHealthSource, export_xml: 
         "ACCU-CHEK": 2,
     }
     records = source.records
-    manual = records[records["method"] == "manual"]
+    manual = records[(records["method"] == "manual") & (records["data_type"] != "sleep")]
     assert set(zip(manual["data_type"], manual["ts"], manual["device_id"], strict=True)) == typed
     assert set(records["method"]) == {"manual", "device"}
-    assert source.summary.manual == Counter({"steps": 21, "weight": 6, "blood_glucose": 18})
+    # Every sleep record of the Health app was typed in (30 with a length: asleep, in bed,
+    # awake), and no other app's: the Health app's 20 nights are manual, the others' are not.
+    nights = records[records["data_type"] == "sleep"]
+    by_hand = nights["method"] == "manual"
+    assert set(nights[by_hand]["device_id"]) == {"Health"} and by_hand.sum() == 20
+    assert (nights[~by_hand]["device_id"] != "Health").all()
+    assert source.summary.manual == Counter(
+        {"steps": 21, "weight": 6, "blood_glucose": 18, "sleep": 30}
+    )
 
 
 # --- ECG recordings --------------------------------------------------------------------------

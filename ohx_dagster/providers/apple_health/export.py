@@ -30,6 +30,7 @@ Mapped, one user per export; timestamps keep the offset the export wrote ("2017-
 | HKCorrelationTypeIdentifierBloodPressure (Systolic + Diastolic children) | blood_pressure |
 | HKQuantityTypeIdentifierRespiratoryRate (count/min) | respiratory_rate |
 | HKQuantityTypeIdentifierHeartRateVariabilitySDNN (ms: the SDNN of the record's beats) | hrv_sdnn |
+| HKCategoryTypeIdentifierSleepAnalysis (in bed, asleep, core, deep, REM, awake: sleep.py) | sleep |
 
 A sample with `<MetadataEntry key="HKWasUserEntered" value="1"/>` was typed in by a person (in
 the real export: the Health app's own "Add Data" entries, sourceName "Health"); its record gets
@@ -38,7 +39,7 @@ recorded a sample in) is counted per zone for zone.py.
 
 An HRV record is a statistic of about a minute of beats (SDNN), published as that, never as RR
 intervals; its beat list yields heart rate as before. Every other type (distance,
-energy, sleep, nutrition, Workouts, ActivitySummary, ...) is skipped and counted in the summary;
+energy, nutrition, Workouts, ActivitySummary, ...) is skipped and counted in the summary;
 a mapped type with a unit we cannot convert, a value that is not a number, or a date without its
 offset is an error naming the file, line, type and the value.
 
@@ -67,6 +68,13 @@ from ohx_dagster.core.errors import ProviderError, ValidationError
 from ohx_dagster.core.models import HARD_LIMITS, HealthDataType
 from ohx_dagster.core.records import make_batch
 from ohx_dagster.core.units import accepted_units, to_canonical
+from ohx_dagster.providers.apple_health.sleep import (
+    NO_LENGTH,
+    SLEEP_ANALYSIS,
+    STAGE_UNIT,
+    STAGES,
+    sessions,
+)
 from ohx_dagster.providers.apple_health.spill import Spill
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
 
@@ -163,7 +171,8 @@ class _Columns:
         self.offset_min = array("h")
         self.value = array("d")
         self.diastolic = array("d") if data_type is HealthDataType.BLOOD_PRESSURE else None
-        self.duration_s = array("d") if data_type is HealthDataType.STEPS else None
+        timed = (HealthDataType.STEPS, HealthDataType.SLEEP)
+        self.duration_s = array("d") if data_type in timed else None
         self.device = array("i")
         self.line = array("i")
         self.manual = array("b")
@@ -344,6 +353,9 @@ class ExportReader:
             self.pressure.append((*_bp_key(element), 0))
             self.pending += 1
             return
+        if kind == SLEEP_ANALYSIS:
+            self.sleep(element, line, metadata)
+            return
         data_type = QUANTITY_TYPES.get(kind)
         if data_type is None:
             self.summary.skipped[kind] += 1
@@ -373,6 +385,41 @@ class ExportReader:
             start,
             offset,
             value,
+            self.device(element),
+            line,
+            duration_s=duration,
+            manual=metadata.get(USER_ENTERED) == "1",
+        )
+
+    def sleep(self, element: ET.Element, line: int, metadata: dict[str, str]) -> None:
+        """A sleep analysis record: an interval stamped at its end (sleep.py makes nights of
+        them), its stage as its value."""
+        kind = SLEEP_ANALYSIS
+        text = element.get("value", "")
+        stage = STAGES.get(text)
+        if stage is None:
+            raise ValidationError(
+                "value", text, f"one of {sorted(STAGES)}", where=self.where(line, kind)
+            )
+        start, offset = self.moment(element.get("startDate"), "startDate", line, kind)
+        end, end_offset = self.moment(element.get("endDate"), "endDate", line, kind)
+        duration = ((end - end_offset * _MINUTE_US) - (start - offset * _MINUTE_US)) / 1e6
+        if duration == 0:
+            self.summary.skipped[NO_LENGTH] += 1
+            return
+        if not 0 < duration <= 86_400:
+            raise ValidationError(
+                "endDate",
+                element.get("endDate"),
+                "after startDate, within a day of it",
+                where=self.where(line, kind),
+            )
+        self.add(
+            HealthDataType.SLEEP,
+            STAGE_UNIT,
+            end,
+            end_offset,
+            float(stage),
             self.device(element),
             line,
             duration_s=duration,
@@ -502,6 +549,8 @@ class ExportReader:
         the first diastolic of the (type, unit) that no device gives are noted, with their line
         (`check` raises them once the whole export is read, as before anything is stored)."""
         data_type, unit = key
+        if unit == STAGE_UNIT:  # stages, each one of STAGES: nothing to convert or bound
+            return np.frombuffer(columns.value), None
         values = to_canonical(data_type.value, np.frombuffer(columns.value), unit)
         diastolic = None if columns.diastolic is None else np.frombuffer(columns.diastolic)
         low, high = HARD_LIMITS[data_type]
@@ -676,7 +725,9 @@ def batch(
 ) -> pd.DataFrame:
     """Samples of one (data type, unit) read from the spill file (Spill.read) as a validated
     record batch in canonical units."""
-    data_type, _ = key
+    data_type, unit = key
+    if unit == STAGE_UNIT:
+        return sessions(rows, reader.device_names, user_id, NAME)[0]
     return make_batch(
         provider=NAME,
         user_id=user_id,

@@ -22,7 +22,7 @@ from ohx_dagster.core.models import (
     HealthSyncConfig,
     SyncFrequency,
 )
-from ohx_dagster.core.records import concat, dedupe, empty_batch
+from ohx_dagster.core.records import concat, dedupe, empty_batch, select
 from ohx_dagster.core.times import DAY_US, to_us
 from ohx_dagster.providers.apple_health.archive import open_export
 from ohx_dagster.providers.apple_health.ecg import EcgRecording, ecg_batch, read_ecg
@@ -224,6 +224,11 @@ class AppleHealthSource(ReadOnce):
         parts = []
         for key in self._checked:
             if key[0] in wanted:
+                if key[0] is HealthDataType.SLEEP:
+                    # Nights are made of every interval (sleep.py), then the window's kept.
+                    nights = batch(reader, self.user_id, key, reader.spill.read(reader.keys[key]))
+                    parts.append(select(nights, self.user_id, [HealthDataType.SLEEP], window))
+                    continue
                 rows = reader.spill.read(reader.keys[key], start, end)
                 if rows["utc_us"].size:
                     parts.append(batch(reader, self.user_id, key, rows))
