@@ -16,7 +16,7 @@ conditional ones that the server resolves inside the transaction
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import numpy as np
@@ -160,6 +160,17 @@ def method_concept(methods: Iterable[str]) -> dict[str, Any] | None:
     if not named:
         return None
     return {"text": "; ".join(METHOD_TEXT.get(m, m) for m in named)}
+
+
+def add_origin(resource: dict[str, Any], row: Mapping[str, Any], user_id: str) -> None:
+    """A record's Observation gets the Device it came from and how it was obtained (a typed-in
+    or shared-device value), when the provider says."""
+    device = device_reference(row["provider"], user_id, row["device_id"])
+    if device:
+        resource["device"] = device
+    method = method_concept([row.get("method") or "device"])
+    if method:
+        resource["method"] = method
 
 
 def observation_base(

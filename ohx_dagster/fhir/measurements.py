@@ -20,9 +20,8 @@ from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import row_dicts
 from ohx_dagster.fhir.codes import DIASTOLIC, SYSTOLIC, TYPE_CODES
 from ohx_dagster.fhir.common import (
-    device_reference,
+    add_origin,
     epoch_us,
-    method_concept,
     observation_base,
     quantity,
 )
@@ -62,12 +61,7 @@ def measurement_observation(row: Mapping[str, Any], config: HealthSyncConfig) ->
         ]
     else:
         resource["valueQuantity"] = quantity(row["value"], codes.unit, codes.unit_display)
-    device = device_reference(row["provider"], config.user_id, row["device_id"])
-    if device:
-        resource["device"] = device
-    method = method_concept([row.get("method") or "device"])
-    if method:
-        resource["method"] = method
+    add_origin(resource, row, config.user_id)
     return resource
 
 

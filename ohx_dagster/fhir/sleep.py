@@ -22,9 +22,8 @@ from ohx_dagster.core.records import row_dicts
 from ohx_dagster.core.sessions import Stage, stage_totals
 from ohx_dagster.fhir.codes import DECIMALS, SLEEP_COMPONENTS, SLEEP_EPISODE, TYPE_CODES
 from ohx_dagster.fhir.common import (
-    device_reference,
+    add_origin,
     epoch_us,
-    method_concept,
     observation_base,
     quantity,
 )
@@ -82,12 +81,7 @@ def sleep_observation(row: Mapping[str, Any], config: HealthSyncConfig) -> dict[
             components.append(_component("awakenings", {"valueInteger": totals.awakenings}))
         if components:
             resource["component"] = components
-    device = device_reference(row["provider"], config.user_id, row["device_id"])
-    if device:
-        resource["device"] = device
-    method = method_concept([row.get("method") or "device"])
-    if method:
-        resource["method"] = method
+    add_origin(resource, row, config.user_id)
     return resource
 
 
