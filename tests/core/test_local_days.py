@@ -234,11 +234,14 @@ def test_new_york_two_utc_days_synced_one_final_daily_aggregate_of_the_whole_loc
     ids = {f"Observation/{r['id']}" for r in published_observations(output, day)}
     assert len(aggregate_["derivedFrom"]) == 24
     assert {d["reference"] for d in aggregate_["derivedFrom"]} <= ids
-    # No other partition publishes a daily heart rate of that local day, nor any of its samples.
+    # No other partition publishes a daily heart rate of that local day, nor any of its samples;
+    # a night is on the day it ended (the night that began late on the 20th is the 21st's).
     for other in (day - timedelta(days=1), day + timedelta(days=1)):
         for r in published_observations(output, other):
             if "effectivePeriod" in r and r["subject"]["identifier"]["value"] == "sim-002":
-                assert not r["effectivePeriod"]["start"].startswith("2026-11-20T"), r["id"]
+                night = r["code"]["coding"][0]["code"] == "93832-4"
+                edge = r["effectivePeriod"]["end" if night else "start"]
+                assert not edge.startswith("2026-11-20T"), r["id"]
     store.dispose()
 
 
