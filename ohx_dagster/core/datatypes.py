@@ -9,7 +9,7 @@ code reads its facts from this table, never spells them again:
   canonical unit (ohx_dagster/core/models.py);
 - its shape: a series of many samples (stored as hourly chunks, published as SampledData), a spot
   reading (one Observation each), a waveform (ECG: a recording, never aggregated) or a session (a
-  night's sleep: a period with stage intervals, one Observation each, never aggregated);
+  night's sleep, a workout: a period with its parts, published as its own, never aggregated);
 - how it aggregates: the statistic an aggregate leads with (a sum of steps, a mean of the rest)
   and the decimals it is published with; for readings, the difference under which two apps'
   readings a minute apart are one reading (ohx_dagster/publish/aggregate.py);
@@ -48,6 +48,7 @@ class HealthDataType(StrEnum):
     INTERSTITIAL_GLUCOSE = "interstitial_glucose"
     BLOOD_GLUCOSE = "blood_glucose"
     SLEEP = "sleep"
+    WORKOUT = "workout"
 
     @property
     def canonical_unit(self) -> str:
@@ -314,6 +315,21 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
         code=("93832-4", "Sleep duration"),
         category="social-history",
         decimals=2,  # of a minute: 0.6 s, finer than any provider's stages
+    ),
+    # A workout: its value the time exercising in minutes (Physical Activity IG's 55411-3
+    # "Exercise duration"), the activity as the provider names it in its context, its energy,
+    # distance and heart rate as its parts (ohx_dagster/core/sessions.py); published as the IG's
+    # activity group, a panel of one Observation per measure (ohx_dagster/fhir/workouts.py).
+    T.WORKOUT: DataType(
+        unit="min",
+        unit_display="min",
+        spellings={"min": _same, "s": _times(1.0 / 60.0), "h": _times(60.0)},
+        hard_limits=(0.0, 1_440.0),
+        plausible=(0.0, 600.0),
+        shape=Shape.SESSION,
+        code=("55411-3", "Exercise duration"),
+        category="activity",
+        decimals=2,
     ),
 }
 

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from ohx_dagster.core.datatypes import DATA_TYPES, HealthDataType, Shape, of_shape
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.ids import stable_id
-from ohx_dagster.core.sessions import check_session, stage_intervals
+from ohx_dagster.core.sessions import check_parts, check_session
 from ohx_dagster.core.units import to_canonical
 
 # Types whose samples arrive many at a time: stored as hourly chunks, published as series.
@@ -158,7 +158,7 @@ class HealthDataRecord:
         if DATA_TYPES[data_type].shape is Shape.SESSION:
             self._check_session()
         elif self.samples is not None and data_type is not HealthDataType.ECG:
-            raise ValidationError("samples", "...", "None unless ecg or a session's stages")
+            raise ValidationError("samples", "...", "None unless ecg or a session's parts")
 
     def _check_session(self) -> None:
         assert self.value is not None  # a session is not ECG: its value was checked
@@ -166,8 +166,8 @@ class HealthDataRecord:
             raise ValidationError("duration_s", None, f"the length of the {self.data_type} session")
         check_session(self.duration_s, self.value)
         if self.samples is not None:
-            rows = stage_intervals(self.samples, self.duration_s)
-            object.__setattr__(self, "samples", tuple(rows.ravel().tolist()))
+            parts = check_parts(self.data_type.value, self.samples, self.duration_s)
+            object.__setattr__(self, "samples", tuple(parts))
 
     def _check_ecg(self) -> None:
         if not self.samples:

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 from ohx_dagster.core.datatypes import DATA_TYPES, Shape
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HARD_LIMITS, DateRange, HealthDataRecord, HealthDataType
-from ohx_dagster.core.sessions import check_session, stage_intervals
+from ohx_dagster.core.sessions import check_parts, check_session
 from ohx_dagster.core.units import to_canonical
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ COLUMNS: Final[list[str]] = [
 # How a value was obtained: measured by the device, typed in by a person, or measured by a device
 # that cannot tell who stood on it (a shared scale's unassigned weigh-in).
 METHODS: Final = ("device", "manual", "ambiguous")
+# What the person was doing, as the provider names it (a workout's activity): the store's column.
+CONTEXT_CHARS: Final = 32
 _DTYPES: Final[dict[str, AstypeArg]] = {
     "provider": "object",
     "user_id": "object",
@@ -168,7 +170,7 @@ def make_batch(
         _check_range(kind, "value", value, where)
         waveforms, rate = None, np.nan
         if DATA_TYPES[kind].shape is Shape.SESSION:
-            waveforms = _sessions(value, duration_s, samples, n, where)
+            waveforms = _sessions(kind, value, duration_s, samples, n, where)
     if kind is HealthDataType.BLOOD_PRESSURE:
         if diastolic is None:
             raise ValidationError("diastolic", None, "values for blood_pressure", where=where)
@@ -187,6 +189,14 @@ def make_batch(
     unknown = given - set(METHODS) if n else set()
     if unknown:
         raise ValidationError("method", sorted(unknown)[0], f"one of {list(METHODS)}", where=where)
+    contexts = (
+        {context} if isinstance(context, str) else set(pd.unique(own_column(context, n, object)))
+    )
+    long = [c for c in contexts if len(str(c)) > CONTEXT_CHARS] if n else []
+    if long:
+        raise ValidationError(
+            "context", long[0], f"at most {CONTEXT_CHARS} characters", where=where
+        )
     # Every column is a scalar or an array of this batch's own (the caller's arrays are copied):
     # the frame then takes them as they are (copy=False), and each text column is built once.
     columns |= {
@@ -203,15 +213,16 @@ def make_batch(
 
 
 def _sessions(
+    kind: HealthDataType,
     value: np.ndarray,
     duration_s: ArrayLike | None,
     samples: Sequence[ArrayLike | None] | None,
     n: int,
     where: str,
 ) -> pd.Series:
-    """Sessions' stages (ohx_dagster/core/sessions.py) as the samples column, each checked
-    against its session: a duration of more than nothing and at most a day, no more asleep than
-    that, stage intervals in order inside it."""
+    """Sessions' parts (ohx_dagster/core/sessions.py) as the samples column, each checked
+    against its session: a duration of more than nothing and at most a day, no more asleep or
+    exercising than that, a night's stages in order inside it, a workout's measures in bounds."""
     if duration_s is None:
         raise ValidationError("duration_s", None, "each session's length in seconds", where=where)
     durations = np.broadcast_to(np.asarray(duration_s, dtype="float64"), n)
@@ -225,7 +236,7 @@ def _sessions(
         if given is None or np.asarray(given).size == 0:
             stages.append(None)
         else:
-            stages.append(stage_intervals(given, float(durations[row]), at).ravel().tolist())
+            stages.append(check_parts(kind.value, given, float(durations[row]), at))
     return pd.Series(stages, dtype="object")
 
 

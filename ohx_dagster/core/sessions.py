@@ -1,17 +1,19 @@
-"""Sleep sessions: a period and the stage intervals inside it.
+"""Sessions: a period and its parts (a night's sleep and its stages, a workout and its measures).
 
 A session is one record (ohx_dagster/core/datatypes.py, shape "session") stamped at its END, the
-moment it is known whole: `ts` is when the person woke, `duration_s` how long the session lasted,
-so it began at ts - duration_s. Being stamped at its end, a session belongs to exactly one local
-day, the one it ends on (the night is the date the person woke up), whichever midnight or
-daylight-saving change it crossed, and a provider's fetch window that holds its end returns it
-once it is over.
+moment it is known whole: `ts` is when the person woke or stopped, `duration_s` how long the
+session lasted, so it began at ts - duration_s. Being stamped at its end, a session belongs to
+exactly one local day, the one it ends on (the night is the date the person woke up), whichever
+midnight or daylight-saving change it crossed, and a provider's fetch window that holds its end
+returns it once it is over. Its parts are the record's `samples` (`check_parts`):
 
-Its `value` is the time asleep in minutes as the provider reports it; its stages, when the
-provider gives them, are intervals in the record's `samples`, flattened as (start, end, stage)
-triples: seconds after the session's start, end > start, in order, never overlapping, inside the
-session. The stages, numbered as Oura's hypnograms number them (1 deep, 2 light, 3 REM, 4 awake)
-plus 5 for sleep whose stage the device does not tell (HealthKit's "asleep").
+- sleep: `value` the time asleep in minutes as the provider reports it; its stages, when the
+  provider gives them, flattened as (start, end, stage) triples: seconds after the session's
+  start, end > start, in order, never overlapping, inside the session. The stages, numbered as
+  Oura's hypnograms number them (1 deep, 2 light, 3 REM, 4 awake) plus 5 for sleep whose stage
+  the device does not tell (HealthKit's "asleep");
+- workout: `value` the time exercising in minutes, the activity in `context`; its measures
+  (WORKOUT_MEASURES: energy, distance, mean and highest heart rate), NaN where not reported.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from ohx_dagster.core.errors import ValidationError
 
 # A night of sleep and a nap are hours; a session longer than a day is not one.
 MAX_SESSION_S: Final = 86_400.0
+# Providers write a session's dates in whole seconds and its time asleep or exercising finer
+# (HealthKit: a walk of 5.7229 minutes between dates 343 s apart): that much longer is the same.
+DATES_SLACK_S: Final = 1.0
 
 
 class Stage(IntEnum):
@@ -71,18 +76,53 @@ def stage_intervals(samples: ArrayLike, duration_s: float, where: str = "") -> n
 
 
 def check_session(duration_s: float, value_min: float, where: str = "") -> None:
-    """A session lasts more than nothing and at most a day, and no one sleeps longer than it."""
-    if not np.isfinite(duration_s) or not 0 < duration_s <= MAX_SESSION_S:
+    """A session lasts at most a day (nothing, for a workout typed in without its times), and
+    no one sleeps or exercises longer than it."""
+    if not np.isfinite(duration_s) or not 0 <= duration_s <= MAX_SESSION_S:
         raise ValidationError(
-            "duration_s", duration_s, f"0 < seconds <= {MAX_SESSION_S:g} for sleep", where=where
+            "duration_s", duration_s, f"0..{MAX_SESSION_S:g} seconds", where=where
         )
-    if value_min * 60.0 > duration_s + 1e-6:
+    if value_min * 60.0 > duration_s + DATES_SLACK_S:
         raise ValidationError(
             "value",
             value_min,
-            f"at most the session's {duration_s / 60.0:g} minutes asleep",
+            f"at most the session's {duration_s / 60.0:g} minutes",
             where=where,
         )
+
+
+# A workout's measures, in this order, each with its UCUM unit and the values a device can give.
+WORKOUT_MEASURES: Final[dict[str, tuple[str, tuple[float, float]]]] = {
+    "energy": ("kcal", (0.0, 20_000.0)),
+    "distance": ("m", (0.0, 1_000_000.0)),
+    "mean_heart_rate": ("/min", (20.0, 300.0)),
+    "max_heart_rate": ("/min", (20.0, 300.0)),
+}
+
+
+def workout_measures(samples: ArrayLike, where: str = "") -> np.ndarray:
+    """A workout's measures, checked: one per WORKOUT_MEASURES (NaN where not reported), each
+    inside its bounds, the mean heart rate no higher than the highest."""
+    values = np.asarray(samples, dtype="float64")
+    names = list(WORKOUT_MEASURES)
+    if values.shape != (len(names),):
+        raise ValidationError("measures", values.size, f"{len(names)} values: {names}", where=where)
+    for (name, (unit, (low, high))), value in zip(WORKOUT_MEASURES.items(), values, strict=True):
+        if not np.isnan(value) and not low <= value <= high:
+            raise ValidationError(name, float(value), f"{low:g}..{high:g} {unit}", where=where)
+    mean, top = values[2], values[3]
+    if mean > top:  # False when either is NaN
+        raise ValidationError(
+            "mean_heart_rate", float(mean), f"<= the highest, {top:g}", where=where
+        )
+    return values
+
+
+def check_parts(data_type: str, samples: ArrayLike, duration_s: float, where: str = "") -> list:
+    """A session's parts, checked for its type, as a flat list."""
+    if data_type == "workout":
+        return workout_measures(samples, where).tolist()
+    return stage_intervals(samples, duration_s, where).ravel().tolist()
 
 
 @dataclass(frozen=True, slots=True)

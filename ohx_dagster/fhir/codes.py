@@ -112,6 +112,23 @@ SLEEP_COMPONENTS: Final[dict[str, tuple[Code, ...]]] = {
     "awakenings": (Code(PHR_SLEEP, "numberOfAwakenings", "Number of awakenings"),),
 }
 
+# Workouts, as the Physical Activity IG (hl7.fhir.us.physical-activity 1.0.0) groups the measures
+# of one occurrence of exercise: a panel (its temporary code PAPanel, category activity and its
+# PhysicalActivity) whose members are Observations with codes of its activity-measure value set
+# (pa-observation-code-activity). Distance is in none of them: this project's own code.
+PA_TEMPORARY: Final = "http://hl7.org/fhir/us/physical-activity/CodeSystem/pa-temporary-codes"
+PA_PANEL: Final = Code(PA_TEMPORARY, "PAPanel", "Physical Activity Panel")
+PA_CATEGORY: Final = Code(PA_TEMPORARY, "PhysicalActivity", "Physical Activity")
+EXERCISE_ACTIVITY: Final = Code(LOINC, "73985-4", "Exercise activity")
+EXERCISE_SYSTEM: Final = "urn:ohx:fhir:exercise"
+# A member's code by the WORKOUT_MEASURES name it states (ohx_dagster/core/sessions.py).
+WORKOUT_MEMBERS: Final[dict[str, Code]] = {
+    "energy": Code(LOINC, "55424-6", "Calories burned in unspecified time Pedometer"),
+    "distance": Code(EXERCISE_SYSTEM, "distance", "Distance covered during the exercise"),
+    "mean_heart_rate": Code(LOINC, "55425-3", "Heart rate unspecified time mean by Pedometer"),
+    "max_heart_rate": Code(LOINC, "55426-1", "Heart rate unspecified time maximum by Pedometer"),
+}
+
 # SampledData: the UCUM units of its time axis (interval / offsets).
 INTERVAL_UNITS: Final = frozenset({"s", "ms"})
 

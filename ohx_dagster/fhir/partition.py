@@ -8,7 +8,8 @@ lived, 23 to 25 hours, in the zone they lived it in):
   each in its own day);
 - every sparse measurement (blood pressure, weight, temperature, SpO2) as its own Observation at
   its exact time;
-- every sleep session that ended in their local day, as its own Observation (fhir/sleep.py);
+- every sleep session that ended in their local day, as its own Observation (fhir/sleep.py), and
+  every workout, as the Physical Activity IG's panel of its measures (fhir/workouts.py);
 - hourly aggregates of their local hours and the daily aggregate of their local day, per their
   preference, each `derivedFrom` every series and measurement it summarises;
 - resting heart rate of their local day (LOINC 40443-4), from the heart rate the provider says
@@ -55,6 +56,7 @@ from ohx_dagster.fhir.provenance import provenance
 from ohx_dagster.fhir.resting import resting_heart_rate
 from ohx_dagster.fhir.series import chunk_observation, series_reference
 from ohx_dagster.fhir.sleep import sleep_observations
+from ohx_dagster.fhir.workouts import workout_observations
 from ohx_dagster.storage.record_tables import Chunk
 from ohx_dagster.sync.fetch import LINK_MARGIN
 
@@ -248,6 +250,7 @@ def bucket_resources(
     )
     add(measurement_observations(sparse, configs) if not sparse.empty else ())
     add(sleep_observations(sparse, configs) if not sparse.empty else ())
+    add(workout_observations(sparse, configs) if not sparse.empty else ())
     add(ecg_reports(ecg, configs, index.linked, statuses) if not ecg.empty else ())
     add(aggregate_observations(hourly, configs, index.derived_from, statuses))
     add(aggregate_observations(daily, configs, index.derived_from, statuses))

@@ -47,7 +47,7 @@ SUPPORTED_TYPES: Final[dict[str, frozenset[T]]] = {
     "apple_health": frozenset(
         {
             *(T.HEART_RATE, T.STEPS, T.WEIGHT, T.TEMPERATURE, T.SPO2, T.BLOOD_PRESSURE, T.ECG),
-            *(T.RESPIRATORY_RATE, T.HRV_SDNN, T.BLOOD_GLUCOSE, T.SLEEP),
+            *(T.RESPIRATORY_RATE, T.HRV_SDNN, T.BLOOD_GLUCOSE, T.SLEEP, T.WORKOUT),
         }
     ),
 }

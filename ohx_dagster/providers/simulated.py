@@ -9,7 +9,8 @@ day/night rhythm and activity bouts, steps per minute during waking hours, a nig
 RR-interval session consistent with the heart rate, one 30 s ECG a day at 250-500 Hz with its heart
 rate, blood pressure twice a day, weight and temperature each morning, SpO2 hourly at night,
 respiratory rate every 5 minutes from midnight to 6, the SDNN and RMSSD of the nightly RR
-session, and a night's sleep with its stages ending between 6 and 7 in the morning.
+session, a night's sleep with its stages ending between 6 and 7 in the morning, and an evening
+run ending between 18 and 19.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ _MEASURED_AT: Final[dict[HealthDataType, Callable[[int], bool]]] = {
     HealthDataType.INTERSTITIAL_GLUCOSE: lambda hour: True,
     HealthDataType.BLOOD_GLUCOSE: lambda hour: hour in (7, 19),
     HealthDataType.SLEEP: lambda hour: hour == 6,
+    HealthDataType.WORKOUT: lambda hour: hour == 18,
 }
 # Local hours of the simulated meals: glucose rises after each and falls back within hours.
 _MEALS: Final = (7.5, 12.5, 18.5)
@@ -224,6 +226,13 @@ def _one_batch(parts: list[dict[str, Any]]) -> pd.DataFrame:
         extra["diastolic"] = np.concatenate([np.asarray(p["diastolic"], "float64") for p in parts])
     if "samples" in first:
         extra["samples"] = [wave for part in parts for wave in part["samples"]]
+    if "context" in first:
+        extra["context"] = np.concatenate(
+            [
+                np.full(len(i), p["context"], dtype=object)
+                for p, i in zip(parts, stamps, strict=True)
+            ]
+        )
     for name in ("duration_s", "sampling_rate_hz"):
         if name in first:
             extra[name] = (
@@ -459,6 +468,32 @@ class SimulatedSource:
                 device_id=watch,
                 duration_s=length,
                 samples=[stages],
+            )
+
+        if kind is HealthDataType.WORKOUT:
+            # An evening run that ends between 18:00 and 18:59, stamped at its end: 25 to 50
+            # minutes at about 10 kcal and 160 m a minute, its heart rate from the person's rest.
+            minutes = float(round(rng.uniform(25, 50)))
+            ended = (pd.Timestamp(hour) + pd.Timedelta(minutes=float(rng.uniform(0, 59)))).floor(
+                "s"
+            )
+            mean = round(profile.resting_hr + 75 + float(rng.normal(0, 5)))
+            energy, metres = minutes * rng.uniform(9, 11), minutes * rng.uniform(140, 180)
+            measures = [
+                round(energy, 1),
+                round(metres),
+                float(mean),
+                float(mean + rng.integers(10, 25)),
+            ]
+            return dict(
+                **common,
+                timestamps=[ended],
+                values=[minutes],
+                unit="min",
+                device_id=watch,
+                duration_s=minutes * 60 + float(round(rng.uniform(0, 120))),  # and a pause
+                samples=[measures],
+                context="running",
             )
 
         if kind is HealthDataType.ECG:

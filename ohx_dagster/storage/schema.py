@@ -125,7 +125,7 @@ measurements = sa.Table(
         sa.Column("diastolic", sa.Float),
         sa.Column("duration_s", sa.Float),
         sa.Column("method", sa.String(16), nullable=False, default="device"),
-        sa.Column("context", sa.String(32), nullable=False, default=""),
+        sa.Column("context", sa.String(32), nullable=False, default=""),  # CONTEXT_CHARS
         sa.Column("sampling_rate_hz", sa.Float),
         sa.Column("waveform", sa.LargeBinary),
         sa.Column("updated_at_us", sa.BigInteger, nullable=False),

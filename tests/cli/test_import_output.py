@@ -16,9 +16,9 @@ SUMMARY = (
     "Imported ",
     "Zone: Asia/Jerusalem",
     "Days (UTC): 2017-01-22 .. 2017-11-06, 289 days; 210 days changed in the store.",
-    "Records: 6,319 (blood_glucose 35 of which 2 implausible (kept), heart_rate 2,177, "
-    "sleep 87, steps 3,980, weight 40).",
-    "Skipped: 40 kinds (4,683 in all) this product does not sync: --verbose lists them and why.",
+    "Records: 6,380 (blood_glucose 35 of which 2 implausible (kept), heart_rate 2,177, "
+    "sleep 87, steps 3,980, weight 40, workout 61).",
+    "Skipped: 39 kinds (4,622 in all) this product does not sync: --verbose lists them and why.",
     # Where the FHIR is: the import published every day (apple_health is not in scripts/dev's
     # OHX_SOURCES, so no Dagster run would).
     "FHIR: 210 days (2017-01-22 .. 2017-11-06) published by this import to ",

@@ -200,9 +200,9 @@ def test_stages_not_inside_the_night_are_refused_naming_the_interval(
 
 @pytest.mark.parametrize(
     ("duration", "value", "field"),
-    [(0, 0, "duration_s"), (90_000, 60, "duration_s"), (3600, 61, "value")],
+    [(-1, 0, "duration_s"), (90_000, 60, "duration_s"), (3600, 61.1, "value")],
 )
-def test_a_night_longer_than_a_day_or_more_asleep_than_long_is_refused(
+def test_a_session_longer_than_a_day_or_more_asleep_than_long_is_refused(
     duration: float, value: float, field: str
 ) -> None:
     with pytest.raises(ValidationError, match=field):
@@ -254,3 +254,60 @@ def test_wake_after_onset_counts_only_waking_between_sleeps() -> None:
     assert totals.awake_after_onset == 600  # 300 + 300; not the 600 before or after
     assert totals.awakenings == 2
     assert totals.asleep == 3000 + 3300 + 1500
+
+
+# -- workouts -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("measures", "named"),
+    [
+        ([30_000, np.nan, np.nan, np.nan], "energy"),  # 30,000 kcal
+        ([300, -5, np.nan, np.nan], "distance"),
+        ([300, 5_000, 170, 150], "mean_heart_rate"),  # mean above the highest
+        ([300, 5_000], "measures"),
+    ],
+)
+def test_a_workouts_measures_outside_what_a_device_gives_are_refused(
+    measures: list[float], named: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_batch(provider="oura", user_id="p", data_type=HealthDataType.WORKOUT,
+                   timestamps=pd.DatetimeIndex([FIRST]), values=[45], unit="min",
+                   duration_s=[2_700], samples=[measures], context="running")  # fmt: skip
+    assert named in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_workout_across_midnight_is_on_the_day_it_ended_as_the_ig_panel() -> None:
+    """Kolkata (+05:30): a run from 23:40 to 00:25 is on the second day, once: a panel whose
+    members hold the activity, 45 minutes, the energy, distance and heart rates reported."""
+    zone = ZoneInfo("Asia/Kolkata")
+    config = HealthSyncConfig("p", "simulated", timezone="Asia/Kolkata")
+    end = datetime(2026, 11, 21, 0, 25, tzinfo=zone)
+    batch = make_batch(provider="simulated", user_id="p", data_type=HealthDataType.WORKOUT,
+                       timestamps=pd.DatetimeIndex([end]), values=[45], unit="min",
+                       device_id="watch", duration_s=[2_700], context="running",
+                       samples=[[410.5, 7_200, 148, 171]])  # fmt: skip
+    found = {}
+    for day in (date(2026, 11, 20), date(2026, 11, 21)):
+        data = BucketData("simulated", day, {"p": config}, [], batch)
+        resources = bucket_resources(data, pd.DataFrame(), pd.DataFrame(), {}, recorded_us=0)
+        found[day] = [r for r in resources if r["resourceType"] == "Observation"]
+    assert found[date(2026, 11, 20)] == []
+    panel, *members = found[date(2026, 11, 21)]
+    assert panel["code"]["coding"][0]["code"] == "PAPanel"
+    assert panel["effectivePeriod"] == {"start": "2026-11-20T23:40:00+05:30",
+                                        "end": "2026-11-21T00:25:00+05:30"}  # fmt: skip
+    assert [m["reference"] for m in panel["hasMember"]] == [
+        f"Observation/{m['id']}" for m in members
+    ]
+    values = {
+        m["code"]["coding"][0]["code"]: m.get("valueQuantity") or m["valueCodeableConcept"]
+        for m in members
+    }
+    assert values["73985-4"] == {"text": "running"}
+    assert (values["55411-3"]["value"], values["55411-3"]["code"]) == (45, "min")
+    assert (values["55424-6"]["value"], values["55424-6"]["code"]) == (410.5, "kcal")
+    assert (values["distance"]["value"], values["distance"]["code"]) == (7_200, "m")
+    assert (values["55425-3"]["value"], values["55426-1"]["value"]) == (148, 171)
+    assert all(m["effectivePeriod"] == panel["effectivePeriod"] for m in members)

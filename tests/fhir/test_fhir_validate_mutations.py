@@ -41,7 +41,7 @@ def product_resources(
     """The product's resources of one person and hour, built by its own builders (the one place
     that knows their signatures): name -> resource."""
     from ohx_dagster.core.models import HealthSyncConfig
-    from ohx_dagster.fhir import common, ecg, measurements, observations, series, sleep
+    from ohx_dagster.fhir import common, ecg, measurements, observations, series, sleep, workouts
 
     config = HealthSyncConfig(user_id="u1", provider="simulated", fhir_patient_id="p-001")
     ts = HOUR_US + np.arange(0, 600, 5, dtype="int64") * 1_000_000
@@ -97,12 +97,20 @@ def product_resources(
          "value": 404.0, "duration_s": 25_200.0, "samples": stages},
         config,
     )  # fmt: skip
+    run = workouts.workout_resources(
+        {**at, "ts_us": HOUR_US + 2_700_000_000, "data_type": "workout", "device_id": "watch-1",
+         "value": 42.0, "duration_s": 2_700.0, "context": "running",
+         "samples": [410.5, 7_200.0, 148.0, 171.0]},
+        config,
+    )  # fmt: skip
     devices = {}
     for name in ("watch-1", "cuff-1", "scale-1"):
         device, association = common.device("simulated", config, name)
         devices |= {f"device-{name}": device, f"association-{name}": association}
     named = {"series": heart, "rr": rr, "aggregate": aggregate, "bp": bp, "weight": weight}
     named["sleep"] = night
+    named |= dict(zip(["run", "run-activity", "run-duration", "run-energy", "run-distance",
+                       "run-mean-hr", "run-max-hr"], run, strict=True))  # fmt: skip
     return {**named, "waveform": waveform, "report": report, **devices}
 
 
@@ -662,6 +670,28 @@ MUTATIONS = [
         _set("sleep", "component.2.valueQuantity.code", "h"),
         "Observation.component",
         "expected at most the session",
+    ),
+    # product rules: a workout (fhir/workouts.py)
+    Mutation(
+        "exercising longer than the workout",
+        "run-duration",
+        _set("run-duration", "valueQuantity.value", 50),
+        "Observation.valueQuantity",
+        "50 min exercising in a session of 45 min (effectivePeriod); expected at most the session",
+    ),
+    Mutation(
+        "workout energy in a unit that is not energy",
+        "run-energy",
+        _set("run-energy", "valueQuantity.code", "kg"),
+        "Observation.valueQuantity.code",
+        "is not a unit of 55424-6 Calories burned in unspecified time Pedometer",
+    ),
+    Mutation(
+        "workout panel naming a member not in the output",
+        "run",
+        _set("run", "hasMember.0.reference", "Observation/not-in-the-output"),
+        "Observation.hasMember[0].reference",
+        "'Observation/not-in-the-output' does not resolve",
     ),
     Mutation(
         "duplicated identifiers",

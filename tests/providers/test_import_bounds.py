@@ -50,7 +50,7 @@ from ohx_dagster.providers.registry import RESYNC_HORIZON, SUPPORTED_TYPES
 from ohx_dagster.storage.store import RecordStore
 
 OHX = Path(sys.executable).parent / "ohx"
-REAL_RECORDS = 6319  # of the real export: 6,232 samples and 87 nights (tests/cli/test_cli.py too)
+REAL_RECORDS = 6380  # of the real export: 6,232 samples, 87 nights, 61 workouts (test_cli.py too)
 # Two heart-rate Records of the real export (lines 309 and 310), as the export writes them.
 HR_DATES = (
     'startDate="2017-10-09 17:46:00 +0200" endDate="2017-10-09 17:46:00 +0200"',

@@ -107,13 +107,14 @@ def test_counts_per_type_equal_the_xml(source: AppleHealthSource, export_xml: Pa
     summary = source.summary
     assert summary.records == top_level
     assert summary.correlations == Counter(c.get("type") for c in root.findall("Correlation"))
-    assert summary.other["Workout"] == len(root.findall("Workout")) == 61
+    assert summary.mapped["workout"] == len(root.findall("Workout")) == 61
+    assert "Workout" not in summary.other
     sleep = "HKCategoryTypeIdentifierSleepAnalysis"  # nights, not one record each: below
     unmapped = {t: n for t, n in top_level.items() if t not in MAPPED and t != sleep}
     assert summary.skipped == Counter({**unmapped, f"{sleep} (ends as it starts)": 2})
     assert summary.beats == len(root.findall(".//InstantaneousBeatsPerMinute")) == 0
     stored = source.records.groupby("data_type").size().to_dict()
-    assert stored == {MAPPED[t]: top_level[t] for t in MAPPED} | {"sleep": 87}
+    assert stored == {MAPPED[t]: top_level[t] for t in MAPPED} | {"sleep": 87, "workout": 61}
     # No sample of this export repeats an identity; 119 sleep records with a length are 87 nights.
     assert dict(summary.mapped) == stored | {"sleep": top_level[sleep] - 2}
 
@@ -157,6 +158,48 @@ def test_sleep_records_become_nights_holding_each_record_once(
                 covered.update(range(start // 1_000_000, end // 1_000_000))
         assert nights["value"].iloc[index] * 60 == pytest.approx(len(covered), abs=1e-6)
     assert set(nights["utc_offset_min"]) == {120}  # every date of the export says +0200
+
+
+def test_workouts_carry_the_exports_activity_duration_energy_and_distance(
+    source: AppleHealthSource, raw_lines: list[str]
+) -> None:
+    """Each of the real export's 61 <Workout> elements is one workout at its endDate: the type's
+    name, `duration` minutes, `totalEnergyBurned` kcal and `totalDistance` km in metres exactly
+    as written; the two whose dates span less than their duration (a typed-in run, an LFconnect
+    run) begin that long before their end. Published as the IG's panel, valid."""
+    from ohx_dagster.core.times import to_us
+    from ohx_dagster.fhir.validation import validate_resources
+    from ohx_dagster.fhir.workouts import workout_resources
+
+    records = source.records
+    workouts = records[records["data_type"] == "workout"].set_index(["ts", "device_id"])
+    seen = 0
+    for line in raw_lines:
+        if "<Workout " not in line:
+            continue
+        seen += 1
+        attributes = dict(ATTRIBUTE.findall(line))
+        start, end = _when(attributes["startDate"]), _when(attributes["endDate"])
+        device = device_id(attributes["sourceName"], attributes.get("device", ""))
+        row = workouts.loc[(pd.Timestamp(end).tz_convert("UTC"), device)]
+        assert row["context"] == attributes["workoutActivityType"].removeprefix(
+            "HKWorkoutActivityType"
+        )
+        assert row["value"] == float(attributes["duration"])  # durationUnit "min" throughout
+        energy, distance, *_ = row["samples"]
+        assert energy == float(attributes["totalEnergyBurned"])
+        assert distance == float(attributes["totalDistance"]) * 1000
+        lasted = (end - start).total_seconds()
+        assert row["duration_s"] == max(lasted, float(attributes["duration"]) * 60)
+    assert seen == len(workouts) == 61
+    config = HealthSyncConfig("apple-health", "apple_health", timezone="Asia/Jerusalem")
+    resources = [
+        r
+        for _, row in records[records["data_type"] == "workout"].iterrows()
+        for r in workout_resources(row.to_dict() | {"ts_us": to_us(row["ts"])}, config)
+    ]
+    problems = [p for p in validate_resources(resources) if "Device/" not in p.message]
+    assert problems == []
 
 
 def test_a_watch_night_of_stages_is_one_night_with_its_stages(tmp_path: Path) -> None:
@@ -317,7 +360,9 @@ def test_an_unknown_unit_of_an_unmapped_type_is_not_an_error(
 ) -> None:
     line = _first_line(raw_lines, "HKQuantityTypeIdentifierDistanceWalkingRunning")
     path = _broken(tmp_path, raw_lines, line, 'unit="km"', 'unit="furlong"')
-    assert len(AppleHealthSource(path).records) == 2_177 + 3_980 + 40 + 35 + 87  # 87 nights
+    assert (
+        len(AppleHealthSource(path).records) == 2_177 + 3_980 + 40 + 35 + 87 + 61
+    )  # nights, workouts
 
 
 def test_a_date_without_offset_names_the_record(tmp_path: Path, raw_lines: list[str]) -> None:
@@ -434,7 +479,12 @@ def test_healthkit_shapes_map_to_canonical_records(synthetic: AppleHealthSource)
         "heart_rate",
         "hrv_sdnn",
         "respiratory_rate",
+        "workout",
     }
+    # A walk the cuff's app logged with no times or totals: a workout of no length, its activity.
+    walk = records.loc[("workout", utc("2024-03-31 08:10:00 +0200"))]
+    assert (walk["value"], walk["duration_s"], walk["context"]) == (0.0, 0.0, "Walking")
+    assert np.isnan(walk["samples"]).all()
     hrv = records.loc[("hrv_sdnn", utc("2024-03-30 23:59:58 +0100"))]
     assert (hrv["value"], hrv["unit"], hrv["utc_offset_min"]) == (41.5, "ms", 60)
     breaths = records.loc[("respiratory_rate", utc("2024-03-31 03:10:00 +0200"))]
@@ -557,7 +607,9 @@ def test_user_entered_samples_are_manual(source: AppleHealthSource, export_xml: 
         "ACCU-CHEK": 2,
     }
     records = source.records
-    manual = records[(records["method"] == "manual") & (records["data_type"] != "sleep")]
+    manual = records[
+        (records["method"] == "manual") & ~records["data_type"].isin(["sleep", "workout"])
+    ]
     assert set(zip(manual["data_type"], manual["ts"], manual["device_id"], strict=True)) == typed
     assert set(records["method"]) == {"manual", "device"}
     # Every sleep record of the Health app was typed in (30 with a length: asleep, in bed,
@@ -566,8 +618,20 @@ def test_user_entered_samples_are_manual(source: AppleHealthSource, export_xml: 
     by_hand = nights["method"] == "manual"
     assert set(nights[by_hand]["device_id"]) == {"Health"} and by_hand.sum() == 20
     assert (nights[~by_hand]["device_id"] != "Health").all()
+    # Workouts whose own metadata says typed in (by the Health app and by running apps).
+    typed_workouts = {
+        (utc(w.get("endDate")), w.get("sourceName"))
+        for w in root.findall("Workout")
+        if {m.get("key"): m.get("value") for m in w.findall("MetadataEntry")}.get(
+            "HKWasUserEntered"
+        )
+        == "1"
+    }
+    workouts = records[(records["data_type"] == "workout") & (records["method"] == "manual")]
+    assert set(zip(workouts["ts"], workouts["device_id"], strict=True)) == typed_workouts
+    assert len(typed_workouts) == 6
     assert source.summary.manual == Counter(
-        {"steps": 21, "weight": 6, "blood_glucose": 18, "sleep": 30}
+        {"steps": 21, "weight": 6, "blood_glucose": 18, "sleep": 30, "workout": 6}
     )
 
 

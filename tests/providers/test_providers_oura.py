@@ -20,7 +20,14 @@ from ohx_dagster.providers.api.source import ApiSettings
 from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.oura import APP, OuraSource
-from ohx_dagster.providers.oura.source import DAILY_ACTIVITY, DAILY_SPO2, HEARTRATE, HRV, SLEEP
+from ohx_dagster.providers.oura.source import (
+    DAILY_ACTIVITY,
+    DAILY_SPO2,
+    HEARTRATE,
+    HRV,
+    SLEEP,
+    WORKOUT,
+)
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.storage.store import RecordStore
 from ohx_dagster.sync.fetch import SyncFailed, sync_partition
@@ -64,12 +71,14 @@ class FakeOura:
         self.activity: list[dict] = []
         self.spo2: list[dict] = []
         self.sleep: list[dict] = []
+        self.workouts: list[dict] = []
         self.documents: dict[str, dict] = {}
         self.refuse: set[str] = set()
         api.on(HEARTRATE, self._heart)
         api.on(DAILY_ACTIVITY, lambda call: self._daily(call, "daily_activity", self.activity))
         api.on(DAILY_SPO2, lambda call: self._daily(call, "daily_spo2", self.spo2))
         api.on(SLEEP, lambda call: self._daily(call, "sleep", self.sleep))
+        api.on(WORKOUT, lambda call: self._daily(call, "workout", self.workouts))
 
     def _refused(self, name: str):
         if name in self.refuse:
@@ -265,6 +274,51 @@ def test_a_hypnogram_longer_than_its_period_fails_the_type_in_one_line(api, oura
     message = result.failed["sleep"]
     assert "sleep_phase_30_sec" in message and "840 steps" in message and "\n" not in message
     assert result.batch.empty
+
+
+def test_a_workout_is_one_workout_with_its_calories_and_distance_as_oura_gave_them(
+    api, oura, store
+) -> None:
+    """The documented workout (cycling, 45 minutes, 300.5 kcal, 12 km) is one workout stamped at
+    `end_datetime` with its offset; a manual one (`source` "manual") without calories or
+    distance is marked manual and reports neither; published as the Physical Activity IG's panel
+    with the values Oura gave."""
+    from ohx_dagster.core.times import to_us as micros
+    from ohx_dagster.fhir.workouts import workout_resources
+
+    given = documented("oura", "workout")
+    start = datetime.combine(DAY, datetime.min.time(), tzinfo=USER.zone) + timedelta(hours=18)
+    ride = {**given, "day": DAY.isoformat(), "start_datetime": stamp(start),
+            "end_datetime": stamp(start + timedelta(minutes=45))}  # fmt: skip
+    walk = {**ride, "id": "walk-1", "activity": "walking", "source": "manual", "calories": None,
+            "distance": None, "start_datetime": stamp(start + timedelta(hours=2)),
+            "end_datetime": stamp(start + timedelta(hours=2, minutes=20))}  # fmt: skip
+    oura.workouts = [ride, walk]
+    window = (to_us(day_start(DAY)), to_us(day_start(DAY) + timedelta(days=1)))
+    result = source_for(api, store).fetch_windows(USER, {HealthDataType.WORKOUT: [window]})
+    found = result.batch.reset_index(drop=True)
+    assert found["ts"].tolist() == [
+        start + timedelta(minutes=45),
+        start + timedelta(hours=2, minutes=20),
+    ]
+    assert found["value"].tolist() == [45.0, 20.0] and set(found["unit"]) == {"min"}
+    assert found["context"].tolist() == ["cycling", "walking"]
+    assert found["method"].tolist() == ["device", "manual"]
+    row = found.iloc[0].to_dict() | {"ts_us": micros(found["ts"].iloc[0])}
+    panel, *members = workout_resources(row, USER)
+    assert panel["effectivePeriod"]["end"] == stamp(start + timedelta(minutes=45))
+    values = {
+        m["code"]["coding"][0]["code"]: m.get("valueQuantity") or m["valueCodeableConcept"]
+        for m in members
+    }
+    assert values["73985-4"] == {"text": given["activity"]}
+    assert values["55424-6"]["value"] == given["calories"] and values["55424-6"]["code"] == "kcal"
+    assert values["distance"]["value"] == given["distance"] and values["distance"]["code"] == "m"
+    assert "55425-3" not in values  # Oura gives no heart rate of a workout
+    walked = found.iloc[1].to_dict() | {"ts_us": micros(found["ts"].iloc[1])}
+    _, *walk_members = workout_resources(walked, USER)
+    assert [m["code"]["coding"][0]["code"] for m in walk_members] == ["73985-4", "55411-3"]
+    assert all(m["method"]["text"] == "entered by hand" for m in walk_members)
 
 
 def test_a_refused_type_is_recorded_and_the_others_sync(api, oura, store) -> None:

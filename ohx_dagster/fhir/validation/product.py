@@ -10,7 +10,9 @@
   R5 itself allows an origin without a unit, as HL7's example Observation-ekg has);
 - an ECG DiagnosticReport (the EKG study code) is in the Electrocardiac section of v2-0074 (EC);
 - a sleep session (93832-4 with an effectivePeriod) sleeps no longer than it lasts, and its
-  stages and time awake add up to no more than it (each rounded to 0.01 min).
+  stages and time awake add up to no more than it (each rounded to 0.01 min, the whole to a second
+  more: dates are whole seconds); a workout's exercise duration (55411-3) likewise;
+- a workout's energy, distance and heart rates are in units of their kind (kcal, m, /min).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from ohx_dagster.core.models import HealthDataType
+from ohx_dagster.core.sessions import DATES_SLACK_S, WORKOUT_MEASURES
 from ohx_dagster.fhir.codes import (
     DAILY_STEPS,
     DIASTOLIC,
@@ -28,6 +31,7 @@ from ohx_dagster.fhir.codes import (
     STATISTICS,
     SYSTOLIC,
     TYPE_CODES,
+    WORKOUT_MEMBERS,
     Code,
 )
 from ohx_dagster.fhir.timefmt import parse_us
@@ -53,6 +57,8 @@ def _units() -> dict[tuple[str, str], tuple[str, str]]:
         if field != "awakenings":  # a count (valueInteger)
             for code in stage_codes:
                 units[(code.system, code.code)] = (sleep, f"{code.code} {code.display}")
+    for name, code in WORKOUT_MEMBERS.items():
+        units[(code.system, code.code)] = (WORKOUT_MEASURES[name][0], f"{code.code} {code.display}")
     return units
 
 
@@ -61,6 +67,7 @@ _ECG_WAVEFORM: Final = (ECG_WAVEFORM.system, ECG_WAVEFORM.code)
 _ECG_STUDY: Final = TYPE_CODES[HealthDataType.ECG].code
 _UNCOUNTED: Final = "count"  # the count statistic is a valueInteger, no unit
 _SLEEP: Final = TYPE_CODES[HealthDataType.SLEEP].code
+_EXERCISE: Final = TYPE_CODES[HealthDataType.WORKOUT].code
 # What a sleep session's components that are parts of its time add up to (awakenings count).
 _SLEEP_PARTS: Final = frozenset(
     (code.system, code.code)
@@ -132,7 +139,7 @@ def _observation(resource: dict[str, Any]) -> Iterator[str]:
         if key is not None:
             for path, quantity in _quantities(component, f"Observation.component[{index}]"):
                 yield from filter(None, [_unit_problem(quantity, path, key)])
-    yield from _sleep(resource)
+    yield from _session(resource)
 
 
 def _has(concept: Any, code: Code) -> bool:
@@ -150,20 +157,29 @@ def _minutes(quantity: Any) -> float | None:
     return value * factor / 60.0
 
 
-def _sleep(resource: dict[str, Any]) -> Iterator[str]:
+def _session(resource: dict[str, Any]) -> Iterator[str]:
+    """A night's sleep or a workout's exercise: no longer than its period, a night's stages
+    within it."""
     period = resource.get("effectivePeriod")
-    if not _has(resource.get("code"), _SLEEP) or not isinstance(period, dict):
+    sleep = _has(resource.get("code"), _SLEEP)
+    if not (sleep or _has(resource.get("code"), _EXERCISE)) or not isinstance(period, dict):
         return
     try:
         lasted = (parse_us(period["end"]) - parse_us(period["start"])) / 60e6
     except (KeyError, TypeError, ValueError):
         return  # the structure check names a period without both ends
-    asleep = _minutes(resource.get("valueQuantity"))
-    if asleep is not None and asleep > lasted + _ROUNDING_MIN:
+    spent = _minutes(resource.get("valueQuantity"))
+    if spent is not None and spent > lasted + _ROUNDING_MIN + DATES_SLACK_S / 60.0:
+        doing = "asleep" if sleep else "exercising"
         yield (
-            f"Observation.valueQuantity: {asleep:g} min asleep in a session of {lasted:g} min "
+            f"Observation.valueQuantity: {spent:g} min {doing} in a session of {lasted:g} min "
             "(effectivePeriod); expected at most the session"
         )
+    if sleep:
+        yield from _stages(resource, lasted)
+
+
+def _stages(resource: dict[str, Any], lasted: float) -> Iterator[str]:
     parts = [
         (index, _minutes(component.get("valueQuantity")))
         for index, component in enumerate(resource.get("component", []))

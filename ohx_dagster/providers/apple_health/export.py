@@ -31,6 +31,7 @@ Mapped, one user per export; timestamps keep the offset the export wrote ("2017-
 | HKQuantityTypeIdentifierRespiratoryRate (count/min) | respiratory_rate |
 | HKQuantityTypeIdentifierHeartRateVariabilitySDNN (ms: the SDNN of the record's beats) | hrv_sdnn |
 | HKCategoryTypeIdentifierSleepAnalysis (in bed, asleep, core, deep, REM, awake: sleep.py) | sleep |
+| Workout (activity type, duration, distance, energy: workouts.py) | workout |
 
 A sample with `<MetadataEntry key="HKWasUserEntered" value="1"/>` was typed in by a person (in
 the real export: the Health app's own "Add Data" entries, sourceName "Health"); its record gets
@@ -39,7 +40,7 @@ recorded a sample in) is counted per zone for zone.py.
 
 An HRV record is a statistic of about a minute of beats (SDNN), published as that, never as RR
 intervals; its beat list yields heart rate as before. Every other type (distance,
-energy, nutrition, Workouts, ActivitySummary, ...) is skipped and counted in the summary;
+energy, nutrition, ActivitySummary, ...) is skipped and counted in the summary;
 a mapped type with a unit we cannot convert, a value that is not a number, or a date without its
 offset is an error naming the file, line, type and the value.
 
@@ -76,6 +77,7 @@ from ohx_dagster.providers.apple_health.sleep import (
     sessions,
 )
 from ohx_dagster.providers.apple_health.spill import Spill
+from ohx_dagster.providers.apple_health.workouts import HeldWorkout, read_workout
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
 
 NAME: Final = "apple_health"
@@ -121,6 +123,7 @@ SPILL_BATCH: Final = 1 << 16
 MAX_KINDS: Final = 10_000
 MAX_DEVICES: Final = 100_000
 MAX_OBSERVATIONS: Final = 2_000_000
+MAX_WORKOUTS: Final = 100_000  # a workout a day for 270 years
 _BIN_US: Final = 15 * 60_000_000  # zone.py's quarter hours
 
 
@@ -244,6 +247,8 @@ class ExportReader:
         self.units_ok: set[tuple[HealthDataType, str]] = set()
         # Blood-pressure halves of the batch: (type, sourceName, startDate, value, child).
         self.pressure: list[tuple[str, str, str, str, int]] = []
+        # Workouts, few (a daily one is 365 a year): kept as read, in memory (workouts.py).
+        self.workouts: list[HeldWorkout] = []
 
     def close(self) -> None:
         """Delete the spill file."""
@@ -322,6 +327,8 @@ class ExportReader:
             self.record(element, line, metadata)
         elif element.tag == "Correlation":
             self.correlation(element, line, metadata)
+        elif element.tag == "Workout":
+            self.workout(element, line, metadata)
         else:
             if element.tag == "ExportDate":
                 self.summary.export_date = element.get("value", "")
@@ -425,6 +432,27 @@ class ExportReader:
             duration_s=duration,
             manual=metadata.get(USER_ENTERED) == "1",
         )
+
+    def workout(self, element: ET.Element, line: int, metadata: dict[str, str]) -> None:
+        where = self.where(line, "Workout")
+        start, offset = self.moment(element.get("startDate"), "startDate", line, "Workout")
+        end, end_offset = self.moment(element.get("endDate"), "endDate", line, "Workout")
+        start_utc, end_utc = start - offset * _MINUTE_US, end - end_offset * _MINUTE_US
+        if not self.refused.dates.holds_us(end_utc):
+            day = date.fromordinal(_EPOCH_DAY + end // _DAY_US)
+            self.refused.add("workout", 1, f"{day} ({where})")
+            return
+        device = self.device(element)
+        held = read_workout(element, start_utc, end_utc, end_offset, device, where)
+        if len(self.workouts) >= MAX_WORKOUTS:
+            raise ValidationError(
+                "Workout", len(self.workouts), f"at most {MAX_WORKOUTS:,} workouts", where=where
+            )
+        manual = metadata.get(USER_ENTERED) == "1"
+        self.workouts.append(held._replace(manual=manual))
+        self.summary.mapped["workout"] += 1
+        if manual:
+            self.summary.manual["workout"] += 1
 
     def beats(self, element: ET.Element, line: int, kind: str) -> None:
         """InstantaneousBeatsPerMinute children: a time of day (the sample's local clock) each."""
@@ -578,7 +606,7 @@ class ExportReader:
         # objects (np.full or astype(object) would make one str per row: 13 MB per 250k samples).
         self.device_names = np.array(list(self.devices), dtype=object)
         self.summary.unpaired_blood_pressure = self.spill.unpaired_pressure()
-        if not self.summary.records:
+        if not self.summary.records and not self.workouts:
             other = ", ".join(f"{tag} {n}" for tag, n in sorted(self.summary.other.items()))
             raise ValidationError(
                 "Record",

@@ -35,6 +35,7 @@ from ohx_dagster.providers.apple_health.export import (
     parse_export,
     parse_moment,
 )
+from ohx_dagster.providers.apple_health.workouts import HeldWorkout, workouts_batch
 from ohx_dagster.providers.apple_health.zone import ZoneChoice, ZoneEvidence, infer_zone, is_zone
 from ohx_dagster.providers.base import ReadOnce
 from ohx_dagster.providers.bounds import PlausibleDates, RefusedDates
@@ -109,6 +110,9 @@ class AppleHealthSource(ReadOnce):
         reader.summary.ecg_files = len(kept)
         return reader, kept
 
+    def _workouts(self, held: list[HeldWorkout]) -> pd.DataFrame:
+        return workouts_batch(held, self._parsed[0].device_names, self.user_id, NAME)
+
     def _recordings(self, names: Iterable[str]) -> list[EcgRecording]:
         """These ECG recordings, read from the export again (each was checked when it was
         first read)."""
@@ -181,6 +185,8 @@ class AppleHealthSource(ReadOnce):
         for held in self._parsed[1]:
             day = held.ts.value // 1000 // DAY_US
             sizes[day] = sizes.get(day, 0) + 1
+        for workout in self._parsed[0].workouts:
+            sizes[workout.end_us // DAY_US] = sizes.get(workout.end_us // DAY_US, 0) + 1
         if not sizes:
             raise self._nothing()
         return {_EPOCH + timedelta(days=n): sizes[n] for n in sorted(sizes)}
@@ -188,6 +194,8 @@ class AppleHealthSource(ReadOnce):
     def held_types(self) -> frozenset[HealthDataType]:
         """The data types the export holds records of."""
         types = {data_type for data_type, _ in self._checked}
+        if self._parsed[0].workouts:
+            types.add(HealthDataType.WORKOUT)
         return frozenset(types | ({HealthDataType.ECG} if self._parsed[1] else set()))
 
     @cached_property
@@ -201,7 +209,8 @@ class AppleHealthSource(ReadOnce):
             batch(reader, self.user_id, key, reader.spill.read(reader.keys[key]))
             for key in self._checked
         )
-        records = dedupe(concat(itertools.chain(batches, [ecg_batch(recordings, self.user_id)])))
+        others = [ecg_batch(recordings, self.user_id), self._workouts(reader.workouts)]
+        records = dedupe(concat(itertools.chain(batches, others)))
         if records.empty:
             raise self._nothing()
         return records.sort_values(["data_type", "ts", "device_id"], ignore_index=True)
@@ -235,6 +244,8 @@ class AppleHealthSource(ReadOnce):
         if HealthDataType.ECG in wanted:
             inside = [ecg.name for ecg in held if window.start <= ecg.ts < window.end]
             parts.append(ecg_batch(self._recordings(inside), self.user_id))
+        if HealthDataType.WORKOUT in wanted:
+            parts.append(self._workouts([w for w in reader.workouts if start <= w.end_us < end]))
         found = dedupe(concat(parts))
         return found.sort_values(["data_type", "ts", "device_id"], ignore_index=True)
 

@@ -1,4 +1,4 @@
-"""Oura: the ring's heart rate, daily steps, nightly SpO2, HRV and sleep through the Oura API v2,
+"""Oura: the ring's heart rate, daily steps, nightly SpO2, HRV, sleep and workouts (API v2),
 realtime through Oura's webhooks (documents named by a notification are read by id). Sources of
 every shape and rule: SOURCE.md."""
 
@@ -38,7 +38,7 @@ APP = ProviderApp(
         "https://cloud.ouraring.com/oauth/authorize",
         ("personal", "daily", "heartrate", "workout", "session", "spo2Daily"),
     ),
-    supported_types=frozenset({T.HEART_RATE, T.STEPS, T.SPO2, T.HRV_RMSSD, T.SLEEP}),
+    supported_types=frozenset({T.HEART_RATE, T.STEPS, T.SPO2, T.HRV_RMSSD, T.SLEEP, T.WORKOUT}),
     # The ring uploads when the app opens, often the next morning.
     resync_horizon=timedelta(hours=48),
     request_limit=RequestLimit(5_000, 300.0),

@@ -21,6 +21,10 @@
   (or `sleep_phase_5_min`: 1 deep, 2 light, 3 REM, 4 awake) laid from `bedtime_start`, the last
   step cut at the period's end; `type` (long_sleep, sleep, late_nap, rest) kept as its context.
   A period without `total_sleep_duration` counts its asleep stages; with neither, it is skipped.
+- workout <- workout (start_date, end_date): each workout stamped at `end_datetime` with its
+  offset, lasting from `start_datetime`, its `activity` as the activity, `calories` (kcal) and
+  `distance` (meters) as its measures (both nullable); `source` "manual" (entered by the person)
+  marks it manual.
 
 Oura has no per-interval steps (daily_activity's `class_5_min` is an activity class, not a
 count), no weight, blood pressure or body temperature. Every collection pages with `next_token`;
@@ -48,6 +52,7 @@ import pandas as pd
 from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.errors import ProviderError
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.records import CONTEXT_CHARS
 from ohx_dagster.core.sessions import from_hypnogram, stage_intervals, stage_totals
 from ohx_dagster.core.times import to_us
 from ohx_dagster.providers.api import payload
@@ -62,12 +67,13 @@ HEARTRATE: Final = f"{COLLECTION}/heartrate"
 DAILY_ACTIVITY: Final = f"{COLLECTION}/daily_activity"
 DAILY_SPO2: Final = f"{COLLECTION}/daily_spo2"
 SLEEP: Final = f"{COLLECTION}/sleep"
+WORKOUT: Final = f"{COLLECTION}/workout"
 DAY_S: Final = 86_400.0
 # How far back a deletion (or a document that is gone) is looked for.
 DELETE_REACH: Final = timedelta(days=7)
 
 HR, STEPS, SPO2 = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.SPO2
-HRV, NIGHT = HealthDataType.HRV_RMSSD, HealthDataType.SLEEP
+HRV, NIGHT, EXERCISE = HealthDataType.HRV_RMSSD, HealthDataType.SLEEP, HealthDataType.WORKOUT
 # Oura's hypnograms: the field and the seconds a character stands for, finest first.
 HYPNOGRAMS: Final = (("sleep_phase_30_sec", 30.0), ("sleep_phase_5_min", 300.0))
 # The data types a notification's document bears on.
@@ -75,7 +81,7 @@ DOCUMENT_TYPES: Final[dict[str, tuple[HealthDataType, ...]]] = {
     "sleep": (HR, SPO2, HRV, NIGHT),
     "daily_activity": (STEPS,),
     "daily_spo2": (SPO2,),
-    "workout": (HR,),
+    "workout": (HR, EXERCISE),
     "session": (HR,),
 }
 
@@ -110,6 +116,8 @@ class OuraSource(ApiSource):
             return self._hrv(user, window, auth)
         if kind is NIGHT:
             return self._sleep(user, window, auth)
+        if kind is EXERCISE:
+            return self._workouts(user, window, auth)
         return super().read(user, kind, window, auth)
 
     def _heart_rate(self, user: HealthSyncConfig, window: DateRange, auth: TokenSource):
@@ -204,6 +212,28 @@ class OuraSource(ApiSource):
             )  # fmt: skip
         return samples_batch(NAME, user.user_id, NIGHT, "s", samples)
 
+    def _workouts(self, user: HealthSyncConfig, window: DateRange, auth: TokenSource):
+        samples = []
+        for at, row in self._daily(WORKOUT, window, user, auth):
+            start = payload.instant(row, "start_datetime", at)
+            end = payload.instant(row, "end_datetime", at)
+            if not window.contains(end):
+                continue
+            activity = payload.get(row, "activity", at, "the activity's name")
+            if not isinstance(activity, str) or not 0 < len(activity) <= CONTEXT_CHARS:
+                raise payload.bad_field(at, "activity", activity, f"a name of 1..{CONTEXT_CHARS}")
+            measures = [
+                np.nan if row.get(name) is None else payload.number(row, name, at)
+                for name in ("calories", "distance")
+            ]
+            length = (end - start).total_seconds()
+            samples.append(
+                Sample(end, length / 60.0, offset_min(end), length, DEVICE, context=activity,
+                       method="manual" if row.get("source") == "manual" else "device",
+                       stages=[*measures, np.nan, np.nan])
+            )  # fmt: skip
+        return samples_batch(NAME, user.user_id, EXERCISE, "min", samples)
+
     # -- notifications ---------------------------------------------------------------------------
 
     def event_windows(
@@ -259,6 +289,8 @@ class OuraSource(ApiSource):
         if document_type in ("workout", "session"):
             start = payload.instant(document, "start_datetime", where)
             end = payload.instant(document, "end_datetime", where)
+            if document_type == "workout":
+                return {HR: (to_us(start), to_us(end) + 1), EXERCISE: (to_us(end), to_us(end) + 1)}
             return {HR: (to_us(start), to_us(end) + 1)}
         if document_type == "daily_activity":
             moment = payload.instant(document, "timestamp", where)
