@@ -542,6 +542,10 @@ def _sample_keys(resource: dict[str, Any]) -> list[Key]:
     if len(parts) >= 7 and parts[4] == "series":
         stamps, _ = read_series(resource)
         return [(parts[2], parts[3], int(t), parts[6]) for t in stamps]
+    if len(parts) >= 7 and parts[3] == HealthDataType.WORKOUT.value:
+        # A workout is its panel; the members repeat its key with the measure they state.
+        panel = resource["code"]["coding"][0]["code"] == "PAPanel"
+        return [(parts[2], parts[3], int(parts[5]), parts[6])] if panel else []
     if len(parts) >= 7 and parts[4] == "individual":
         return [(parts[2], parts[3], int(parts[5]), parts[6])]
     if len(parts) >= 7 and parts[3] == HealthDataType.ECG.value and parts[-1] == "waveform":
