@@ -32,6 +32,7 @@ from faults.backends import Backend
 from faults.harness import REPO, Clock, Run, World, batch_keys, count_statements, utc_midnight
 from faults.providers import HR, SPO2, STEPS, OuraModel, SimulatedTruth, WithingsModel, utc
 from ohx_dagster.config.receiver import OuraSecrets, WebhookSecrets
+from ohx_dagster.core.datatypes import DATA_TYPES
 from ohx_dagster.core.models import AggregationLevel, DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.models import SyncFrequency as Frequency
 from ohx_dagster.core.times import from_us, to_us
@@ -508,13 +509,15 @@ def dst_day(backend: Backend, root: Path) -> Row:
     by_type: dict[str, int] = {}
     for _, kind, _, _ in stored:
         by_type[kind] = by_type.get(kind, 0) + 1
-    aggregated = {k: v for k, v in by_type.items() if k != HealthDataType.ECG.value}
+    # ECG recordings, nights and workouts are published as they are, never aggregated.
+    aggregated = {k: v for k, v in by_type.items() if DATA_TYPES[HealthDataType(k)].aggregated}
     row.expect(counted == aggregated, f"daily aggregate counts {counted} != records {aggregated}")
     lengths = set((daily["bucket_end_us"] - daily["bucket_start_us"]) // 3_600_000_000)
     row.expect(lengths <= {hours}, f"daily buckets of {lengths} h, the local day has {hours}")
     row.expect(len(held) > 0 and len(stored) > 0, "nothing held or stored on the local day")
     row.notes.append(
-        f"daily aggregate counts {sum(counted.values())} samples over {hours} h (ECG aside)"
+        f"daily aggregate counts {sum(counted.values())} samples over {hours} h (ECG, sleep and "
+        "workouts aside)"
     )
     row.take(world, from_us(local_start), from_us(local_end))
     final = world.store.preliminary_days("simulated", day - timedelta(days=1))
