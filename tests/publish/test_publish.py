@@ -278,9 +278,15 @@ def test_a_day_is_preliminary_until_its_local_day_and_the_horizon_are_over(tmp_p
     report = publish(store, output, day=day, now=early)
     new_york = next(c for c in store.users("simulated") if c.timezone == "America/New_York")
     assert new_york.user_id in report.preliminary_users  # their day is still going on
-    complete = ("131328", "93832-4")  # an ECG waveform, a night's sleep
+
+    def complete(resource: dict) -> bool:  # an ECG waveform, a night's sleep, a workout
+        key = resource["identifier"][0]["value"]
+        return resource["code"]["coding"][0]["code"] == "131328" or any(
+            f"|{kind}|" in key for kind in ("sleep", "workout")
+        )
+
     statuses = {r["status"] for r in published(output, day) if r["resourceType"] == "Observation"
-                and "effectivePeriod" in r and r["code"]["coding"][0]["code"] not in complete
+                and "effectivePeriod" in r and not complete(r)
                 and r["subject"]["reference"] == f"Patient/{new_york.fhir_patient_id}"}  # fmt: skip
     # Series and aggregates; single measurements and ECG recordings are complete: final.
     assert statuses == {"preliminary"}
