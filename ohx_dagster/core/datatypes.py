@@ -113,6 +113,13 @@ _GLUCOSE_SPELLINGS: Final[dict[str, Convert]] = {
     "mmol/l": _times(GLUCOSE_MG_DL_PER_MMOL_L),
 }
 
+# A session's time (asleep, exercising): minutes, as the IGs state durations.
+_DURATION_SPELLINGS: Final[dict[str, Convert]] = {
+    "min": _same,
+    "s": _times(1.0 / 60.0),
+    "h": _times(60.0),
+}
+
 T = HealthDataType
 DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
     T.HEART_RATE: DataType(
@@ -308,7 +315,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
     T.SLEEP: DataType(
         unit="min",
         unit_display="min",
-        spellings={"min": _same, "s": _times(1.0 / 60.0), "h": _times(60.0)},
+        spellings=_DURATION_SPELLINGS,
         hard_limits=(0.0, 1_440.0),
         plausible=(0.0, 960.0),
         shape=Shape.SESSION,
@@ -323,7 +330,7 @@ DATA_TYPES: Final[dict[HealthDataType, DataType]] = {
     T.WORKOUT: DataType(
         unit="min",
         unit_display="min",
-        spellings={"min": _same, "s": _times(1.0 / 60.0), "h": _times(60.0)},
+        spellings=_DURATION_SPELLINGS,
         hard_limits=(0.0, 1_440.0),
         plausible=(0.0, 600.0),
         shape=Shape.SESSION,

@@ -95,8 +95,8 @@ class HealthDataRecord:
     """One measurement, in canonical units, at a timezone-aware instant.
 
     `value` is the measurement (systolic for blood pressure); an ECG record has no `value` and
-    carries `samples` and `sampling_rate_hz` instead; a sleep session is stamped at its end, lasts
-    `duration_s` and carries its stage intervals in `samples` (ohx_dagster/core/sessions.py).
+    carries `samples` and `sampling_rate_hz` instead; a session (a night, a workout) is stamped at
+    its end, lasts `duration_s` and carries its parts in `samples` (ohx_dagster/core/sessions.py).
     `HealthDataRecord.create(...)` converts from a provider's unit.
     """
 

@@ -221,23 +221,23 @@ def _sessions(
     where: str,
 ) -> pd.Series:
     """Sessions' parts (ohx_dagster/core/sessions.py) as the samples column, each checked
-    against its session: a duration of more than nothing and at most a day, no more asleep or
-    exercising than that, a night's stages in order inside it, a workout's measures in bounds."""
+    against its session: a duration of at most a day, no more asleep or exercising than that, a
+    night's stages in order inside it, a workout's measures in bounds."""
     if duration_s is None:
         raise ValidationError("duration_s", None, "each session's length in seconds", where=where)
     durations = np.broadcast_to(np.asarray(duration_s, dtype="float64"), n)
     if samples is not None and len(samples) != n:
-        raise ValidationError("samples", len(samples), f"{n} stage lists, one per session")
-    stages: list[list[float] | None] = []
+        raise ValidationError("samples", len(samples), f"{n} lists of parts, one per session")
+    parts: list[list[float] | None] = []
     for row in range(n):
         at = f"{where}, row {row}"
         check_session(float(durations[row]), float(value[row]), at)
         given = None if samples is None else samples[row]
         if given is None or np.asarray(given).size == 0:
-            stages.append(None)
+            parts.append(None)
         else:
-            stages.append(check_parts(kind.value, given, float(durations[row]), at))
-    return pd.Series(stages, dtype="object")
+            parts.append(check_parts(kind.value, given, float(durations[row]), at))
+    return pd.Series(parts, dtype="object")
 
 
 def batch_from_records(records: Iterable[HealthDataRecord]) -> pd.DataFrame:

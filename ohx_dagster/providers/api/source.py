@@ -151,7 +151,7 @@ class Sample:
     diastolic: float | None = None
     method: str = "device"  # ohx_dagster.core.records.METHODS
     context: str = ""  # what the person was doing, as the provider names it
-    stages: list[float] | None = None  # a session's stage triples (ohx_dagster/core/sessions.py)
+    parts: list[float] | None = None  # a session's parts (ohx_dagster/core/sessions.py)
 
 
 def offset_min(moment: datetime) -> int:
@@ -181,5 +181,5 @@ def samples_batch(
         else [np.nan if s.diastolic is None else s.diastolic for s in samples],
         method=[s.method for s in samples],
         context=[s.context for s in samples],
-        samples=[s.stages for s in samples] if any(s.stages for s in samples) else None,
+        samples=[s.parts for s in samples] if any(s.parts for s in samples) else None,
     )

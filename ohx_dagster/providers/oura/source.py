@@ -208,7 +208,7 @@ class OuraSource(ApiSource):
             samples.append(
                 Sample(end, asleep, offset_min(end), length, DEVICE,
                        context=kind if isinstance(kind, str) else "",
-                       stages=None if stages is None else stages.ravel().tolist())
+                       parts=None if stages is None else stages.ravel().tolist())
             )  # fmt: skip
         return samples_batch(NAME, user.user_id, NIGHT, "s", samples)
 
@@ -230,7 +230,7 @@ class OuraSource(ApiSource):
             samples.append(
                 Sample(end, length / 60.0, offset_min(end), length, DEVICE, context=activity,
                        method="manual" if row.get("source") == "manual" else "device",
-                       stages=[*measures, np.nan, np.nan])
+                       parts=[*measures, np.nan, np.nan])
             )  # fmt: skip
         return samples_batch(NAME, user.user_id, EXERCISE, "min", samples)
 
