@@ -24,7 +24,8 @@ SECOND: Final = "s"
 
 
 # code -> (problem, dimension, seconds): ucumvert's answers for the units the product writes (the
-# table of data types' canonical units, the ECG's and the SampledData periods' units).
+# table of data types' canonical units, the ECG's and the SampledData periods' units, a workout's
+# measures).
 KNOWN: Final[dict[str, tuple[str | None, str | None, float | None]]] = {
     "%": (None, "1", None),
     "1": (None, "1", None),
@@ -41,6 +42,8 @@ KNOWN: Final[dict[str, tuple[str | None, str | None, float | None]]] = {
     "min": (None, "[time]", 60.0),
     "h": (None, "[time]", 3600.0),
     "d": (None, "[time]", 86400.0),
+    "kcal": (None, "[mass] * [length] ** 2 / [time] ** 2", None),
+    "m": (None, "[length]", None),
 }
 
 
