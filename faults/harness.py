@@ -37,6 +37,7 @@ import sqlalchemy as sa
 from ohx_dagster.core.localdays import Calendar
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import from_us, to_us
+from ohx_dagster.fhir.codes import PA_PANEL
 from ohx_dagster.fhir.output import FhirOutput
 from ohx_dagster.fhir.series import read_series
 from ohx_dagster.providers.base import HealthSource
@@ -544,7 +545,7 @@ def _sample_keys(resource: dict[str, Any]) -> list[Key]:
         return [(parts[2], parts[3], int(t), parts[6]) for t in stamps]
     if len(parts) >= 7 and parts[3] == HealthDataType.WORKOUT.value:
         # A workout is its panel; the members repeat its key with the measure they state.
-        panel = resource["code"]["coding"][0]["code"] == "PAPanel"
+        panel = resource["code"]["coding"][0]["code"] == PA_PANEL.code
         return [(parts[2], parts[3], int(parts[5]), parts[6])] if panel else []
     if len(parts) >= 7 and parts[4] == "individual":
         return [(parts[2], parts[3], int(parts[5]), parts[6])]

@@ -100,6 +100,17 @@ WORKOUT_MEASURES: Final[dict[str, tuple[str, tuple[float, float]]]] = {
 }
 
 
+def workout_parts(
+    *,
+    energy: float = np.nan,
+    distance: float = np.nan,
+    mean_heart_rate: float = np.nan,
+    max_heart_rate: float = np.nan,
+) -> list[float]:
+    """A workout's parts, its measures by name in WORKOUT_MEASURES' order (NaN: not reported)."""
+    return [energy, distance, mean_heart_rate, max_heart_rate]
+
+
 def workout_measures(samples: ArrayLike, where: str = "") -> np.ndarray:
     """A workout's measures, checked: one per WORKOUT_MEASURES (NaN where not reported), each
     inside its bounds, the mean heart rate no higher than the highest."""

@@ -755,7 +755,7 @@ def batch(
     record batch in canonical units."""
     data_type, unit = key
     if unit == STAGE_UNIT:
-        return sessions(rows, reader.device_names, user_id, NAME)[0]
+        return sessions(rows, reader.device_names, user_id, NAME)
     return make_batch(
         provider=NAME,
         user_id=user_id,

@@ -13,8 +13,7 @@ stage; this module makes sessions of them, per device:
   end with that record's offset;
 - its stages are its records but "in bed", overlapping records of one device counted once
   (merge_intervals); its time asleep is the stages asleep;
-- a session of "in bed" records alone says nothing of sleep and is left out (`sessions` says
-  how many).
+- a session of "in bed" records alone says nothing of sleep and is left out.
 
 Grouping reads every interval of the export (a watch writes about 30 a night: 11,000 a year), so a
 window's sessions are the same whichever window of a sync asks for them.
@@ -86,14 +85,13 @@ def session_bounds(starts_us: np.ndarray, ends_us: np.ndarray) -> np.ndarray:
 
 def sessions(
     rows: dict[str, np.ndarray], device_names: np.ndarray, user_id: str, provider: str
-) -> tuple[pd.DataFrame, int]:
+) -> pd.DataFrame:
     """The nights of the export's sleep intervals (the spill's rows: `utc_us` the end,
-    `duration_s`, `value` the stage), as a sleep batch; and how many sessions were in bed only."""
+    `duration_s`, `value` the stage), as a sleep batch."""
     ends = rows["utc_us"].astype("int64")
     starts = ends - np.round(rows["duration_s"] * _US).astype("int64")
     stages = rows["value"].astype("int64")
     found: list[_Night] = []
-    in_bed_only = 0
     for device in np.unique(rows["device"]).tolist():
         mine = np.flatnonzero(rows["device"] == device)
         mine = mine[np.lexsort((ends[mine], starts[mine]))]
@@ -102,7 +100,6 @@ def sessions(
             at = mine[numbers == number]
             staged = at[stages[at] != IN_BED]
             if not staged.size:
-                in_bed_only += 1
                 continue
             begin, last = int(starts[at].min()), int(ends[at].max())
             flat = merge_intervals(
@@ -123,8 +120,8 @@ def sessions(
                 )
             )
     if not found:
-        return empty_batch(), in_bed_only
-    batch = make_batch(
+        return empty_batch()
+    return make_batch(
         provider=provider,
         user_id=user_id,
         data_type=HealthDataType.SLEEP,
@@ -139,4 +136,3 @@ def sessions(
         samples=[f.stages for f in found],
         method=np.array(["manual" if f.manual else "device" for f in found], dtype=object),
     )
-    return batch, in_bed_only

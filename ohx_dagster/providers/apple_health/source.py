@@ -110,6 +110,17 @@ class AppleHealthSource(ReadOnce):
         reader.summary.ecg_files = len(kept)
         return reader, kept
 
+    @cached_property
+    def _nights(self) -> pd.DataFrame:
+        """Every night of the export, grouped once (sleep.py reads all of a device's intervals
+        to find where a night ends); each window selects its own."""
+        reader = self._parsed[0]
+        return concat(
+            batch(reader, self.user_id, key, reader.spill.read(reader.keys[key]))
+            for key in self._checked
+            if key[0] is HealthDataType.SLEEP
+        )
+
     def _workouts(self, held: list[HeldWorkout]) -> pd.DataFrame:
         return workouts_batch(held, self._parsed[0].device_names, self.user_id, NAME)
 
@@ -127,6 +138,7 @@ class AppleHealthSource(ReadOnce):
         """Delete the export's spill file, when it was read (asking again reads it again)."""
         parsed = self.__dict__.pop("_parsed", None)
         self.__dict__.pop("_checked", None)
+        self.__dict__.pop("_nights", None)
         self.__dict__.pop("records", None)
         if parsed is not None:
             parsed[0].close()
@@ -234,9 +246,7 @@ class AppleHealthSource(ReadOnce):
         for key in self._checked:
             if key[0] in wanted:
                 if key[0] is HealthDataType.SLEEP:
-                    # Nights are made of every interval (sleep.py), then the window's kept.
-                    nights = batch(reader, self.user_id, key, reader.spill.read(reader.keys[key]))
-                    parts.append(select(nights, self.user_id, [HealthDataType.SLEEP], window))
+                    parts.append(select(self._nights, self.user_id, [HealthDataType.SLEEP], window))
                     continue
                 rows = reader.spill.read(reader.keys[key], start, end)
                 if rows["utc_us"].size:

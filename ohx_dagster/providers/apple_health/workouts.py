@@ -25,6 +25,7 @@ import pandas as pd
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.models import HealthDataType
 from ohx_dagster.core.records import CONTEXT_CHARS, empty_batch, make_batch
+from ohx_dagster.core.sessions import workout_parts
 
 PREFIX: Final = "HKWorkoutActivityType"
 # Each attribute's units as HealthKit writes them, and the factor to minutes, kcal and metres.
@@ -115,7 +116,7 @@ def workouts_batch(
         device_id=np.array([device_names[w.device] for w in held], dtype=object),
         utc_offset_min=np.array([w.offset_min for w in held], dtype="int64"),
         duration_s=[w.duration_s for w in held],
-        samples=[[w.energy_kcal, w.distance_m, np.nan, np.nan] for w in held],
+        samples=[workout_parts(energy=w.energy_kcal, distance=w.distance_m) for w in held],
         method=np.array(["manual" if w.manual else "device" for w in held], dtype=object),
         context=np.array([w.activity for w in held], dtype=object),
     )

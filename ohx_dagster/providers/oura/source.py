@@ -53,7 +53,7 @@ from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.errors import ProviderError
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import CONTEXT_CHARS
-from ohx_dagster.core.sessions import from_hypnogram, stage_intervals, stage_totals
+from ohx_dagster.core.sessions import from_hypnogram, stage_intervals, stage_totals, workout_parts
 from ohx_dagster.core.times import to_us
 from ohx_dagster.providers.api import payload
 from ohx_dagster.providers.api.http import HttpStatusError, TokenSource, paginate
@@ -222,15 +222,15 @@ class OuraSource(ApiSource):
             activity = payload.get(row, "activity", at, "the activity's name")
             if not isinstance(activity, str) or not 0 < len(activity) <= CONTEXT_CHARS:
                 raise payload.bad_field(at, "activity", activity, f"a name of 1..{CONTEXT_CHARS}")
-            measures = [
+            energy, distance = (
                 np.nan if row.get(name) is None else payload.number(row, name, at)
                 for name in ("calories", "distance")
-            ]
+            )
             length = (end - start).total_seconds()
             samples.append(
                 Sample(end, length / 60.0, offset_min(end), length, DEVICE, context=activity,
                        method="manual" if row.get("source") == "manual" else "device",
-                       parts=[*measures, np.nan, np.nan])
+                       parts=workout_parts(energy=energy, distance=distance))
             )  # fmt: skip
         return samples_batch(NAME, user.user_id, EXERCISE, "min", samples)
 
