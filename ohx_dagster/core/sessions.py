@@ -11,14 +11,16 @@ returns it once it is over. Its parts are the record's `samples` (`check_parts`)
   provider gives them, flattened as (start, end, stage) triples: seconds after the session's
   start, end > start, in order, never overlapping, inside the session. The stages, numbered as
   Oura's hypnograms number them (1 deep, 2 light, 3 REM, 4 awake) plus 5 for sleep whose stage
-  the device does not tell (HealthKit's "asleep");
+  the device does not tell (HealthKit's "asleep"). A provider that tells how long each stage
+  lasted but not when (Withings' sleep summaries) gives a summary instead (`stage_summary`): a
+  NaN first, which no interval starts with, then the totals;
 - workout: `value` the time exercising in minutes, the activity in `context`; its measures
   (WORKOUT_MEASURES: energy, distance, mean and highest heart rate), NaN where not reported.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Final
 
@@ -133,23 +135,101 @@ def check_parts(data_type: str, samples: ArrayLike, duration_s: float, where: st
     """A session's parts, checked for its type, as a flat list."""
     if data_type == "workout":
         return workout_measures(samples, where).tolist()
-    return stage_intervals(samples, duration_s, where).ravel().tolist()
+    flat = np.asarray(samples, dtype="float64")
+    if _is_summary(flat):
+        summary_totals(flat, duration_s, where)
+        return flat.tolist()
+    return stage_intervals(flat, duration_s, where).ravel().tolist()
 
 
 @dataclass(frozen=True, slots=True)
 class StageTotals:
-    """What a night's stages add up to, in seconds."""
+    """What a night's stages add up to, in seconds; NaN where the device does not tell."""
 
     deep: float
     light: float
     rem: float
     asleep_unstaged: float
     awake_after_onset: float  # awake between falling asleep and the last waking
-    awakenings: int  # times woken between falling asleep and the last waking
+    awakenings: float  # times woken between falling asleep and the last waking
 
     @property
     def asleep(self) -> float:
-        return self.deep + self.light + self.rem + self.asleep_unstaged
+        return float(np.nansum([self.deep, self.light, self.rem, self.asleep_unstaged]))
+
+    @property
+    def staged(self) -> bool:
+        """Whether the device told deep, light and REM sleep apart."""
+        stages = np.array([self.deep, self.light, self.rem])
+        return bool(np.isfinite(stages).all() and stages.sum() > 0)
+
+
+SUMMARY_FIELDS: Final = (
+    "deep",
+    "light",
+    "rem",
+    "asleep_unstaged",
+    "awake_after_onset",
+    "awakenings",
+)
+
+
+def stage_summary(
+    *,
+    deep: float = np.nan,
+    light: float = np.nan,
+    rem: float = np.nan,
+    asleep_unstaged: float = np.nan,
+    awake_after_onset: float = np.nan,
+    awakenings: float = np.nan,
+) -> list[float]:
+    """A night's parts when its device tells each stage's seconds but not when (NaN: not told).
+    The leading NaN marks a summary: an interval never starts at NaN."""
+    return [np.nan, deep, light, rem, asleep_unstaged, awake_after_onset, awakenings]
+
+
+def _is_summary(flat: np.ndarray) -> bool:
+    return flat.ndim == 1 and flat.size > 0 and bool(np.isnan(flat[0]))
+
+
+def summary_totals(flat: np.ndarray, duration_s: float, where: str = "") -> StageTotals:
+    """The totals of a stage summary, checked: each told total is at least 0, the seconds asleep
+    and awake after falling asleep fit in the session, awakenings are a whole number."""
+    if flat.shape != (1 + len(SUMMARY_FIELDS),):
+        raise ValidationError(
+            "stages", flat.size, f"a summary of NaN then {list(SUMMARY_FIELDS)}", where=where
+        )
+    totals = StageTotals(*(float(v) for v in flat[1:]))
+    for name in SUMMARY_FIELDS:
+        value = getattr(totals, name)
+        if np.isinf(value) or value < 0:
+            raise ValidationError(name, value, "at least 0, or NaN when not told", where=where)
+    awakenings = totals.awakenings
+    if not np.isnan(awakenings) and not awakenings.is_integer():
+        raise ValidationError("awakenings", awakenings, "a whole number", where=where)
+    spent = totals.asleep + float(np.nan_to_num(totals.awake_after_onset))
+    if spent > duration_s + DATES_SLACK_S:
+        raise ValidationError(
+            "stages",
+            spent,
+            f"seconds asleep and awake after falling asleep within the session's {duration_s:g} s",
+            where=where,
+        )
+    return totals
+
+
+def night_totals(samples: ArrayLike, duration_s: float, where: str = "") -> StageTotals:
+    """What a night's parts say, checked, whichever way its provider told them. From intervals,
+    time awake is known only where the device records waking: an app that writes "asleep"
+    alone leaves gaps that say nothing, so its waking is NaN."""
+    flat = np.asarray(samples, dtype="float64")
+    if _is_summary(flat):
+        return summary_totals(flat, duration_s, where)
+    rows = stage_intervals(flat, duration_s, where)
+    totals = stage_totals(rows)
+    if totals.staged or (rows[:, 2] == Stage.AWAKE).any():
+        return totals
+    return replace(totals, awake_after_onset=np.nan, awakenings=np.nan)
 
 
 def stage_totals(rows: np.ndarray) -> StageTotals:
@@ -173,7 +253,7 @@ def stage_totals(rows: np.ndarray) -> StageTotals:
         rem=total(Stage.REM),
         asleep_unstaged=total(Stage.ASLEEP),
         awake_after_onset=float(length[awake].sum()),
-        awakenings=int(awake.sum()),
+        awakenings=float(awake.sum()),
     )
 
 

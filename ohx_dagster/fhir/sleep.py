@@ -5,7 +5,8 @@ As the Personal Health Records IG (hl7.fhir.uv.phr) models a sleep episode: code
 effectivePeriod, the time asleep as valueQuantity in minutes, and a component per stage the
 provider told: deep (93831-6), light (93830-8), REM (93829-0), each with the IG's sleep-episode
 code beside LOINC's, and the IG's wake after sleep onset and number of awakenings where the
-device records waking. A session without stages has no components. The period's start is
+device records waking (core/sessions.py `night_totals`: from the stages' intervals or the
+provider's summary of them). A session without stages has no components. The period's start is
 written with the offset of its end: the same instant, one clock for the whole night.
 """
 
@@ -19,7 +20,7 @@ import pandas as pd
 
 from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import row_dicts
-from ohx_dagster.core.sessions import Stage, stage_totals
+from ohx_dagster.core.sessions import night_totals
 from ohx_dagster.fhir.codes import DECIMALS, SLEEP_COMPONENTS, SLEEP_EPISODE, TYPE_CODES
 from ohx_dagster.fhir.common import (
     add_origin,
@@ -65,20 +66,18 @@ def sleep_observation(row: Mapping[str, Any], config: HealthSyncConfig) -> dict[
     }
     resource["valueQuantity"] = _minutes(float(row["value"]) * 60.0)
     if row["samples"] is not None:
-        rows = np.asarray(row["samples"], dtype="float64").reshape(-1, 3)
-        totals = stage_totals(rows)
-        staged = totals.deep + totals.light + totals.rem > 0
+        totals = night_totals(row["samples"], float(row["duration_s"]))
         components = [
             _component(field, {"valueQuantity": _minutes(getattr(totals, field))})
             for field in ("deep", "light", "rem")
-            if staged
+            if totals.staged
         ]
-        # Time awake is known only where the device records waking: an app that writes "asleep"
-        # alone leaves gaps that say nothing.
-        if staged or (rows[:, 2] == Stage.AWAKE).any():
+        if not np.isnan(totals.awake_after_onset):
             waso = _minutes(totals.awake_after_onset)
             components.append(_component("awake_after_onset", {"valueQuantity": waso}))
-            components.append(_component("awakenings", {"valueInteger": totals.awakenings}))
+        if not np.isnan(totals.awakenings):
+            count = int(totals.awakenings)
+            components.append(_component("awakenings", {"valueInteger": count}))
         if components:
             resource["component"] = components
     add_origin(resource, row, config.user_id)

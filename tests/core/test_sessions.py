@@ -7,7 +7,9 @@ Invariants, attacked with hypothesis:
 - stage intervals are checked on ingest: in order, inside the session, of a known stage, or the
   batch is refused with one line naming the interval;
 - the published stage durations are the intervals' sums, and merged overlapping intervals count
-  every second once.
+  every second once;
+- a provider's summary of a night (each stage's total, not when) is accepted exactly when its
+  sleep and waking fit in the night, and published as it was told.
 """
 
 from __future__ import annotations
@@ -28,9 +30,12 @@ from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
 from ohx_dagster.core.records import make_batch
 from ohx_dagster.core.sessions import (
     Stage,
+    check_parts,
     from_hypnogram,
     merge_intervals,
+    night_totals,
     stage_intervals,
+    stage_summary,
     stage_totals,
 )
 from ohx_dagster.core.times import to_us
@@ -311,3 +316,71 @@ def test_a_workout_across_midnight_is_on_the_day_it_ended_as_the_ig_panel() -> N
     assert (values["distance"]["value"], values["distance"]["code"]) == (7_200, "m")
     assert (values["55425-3"]["value"], values["55426-1"]["value"]) == (148, 171)
     assert all(m["effectivePeriod"] == panel["effectivePeriod"] for m in members)
+
+
+# -- a night told as totals (Withings' sleep summaries) -------------------------------------------
+
+
+@given(
+    st.integers(1_800, 43_200),
+    st.lists(st.floats(0, 0.6, allow_nan=False), min_size=4, max_size=4),
+    st.integers(0, 30),
+)
+@settings(max_examples=examples(200))
+def test_a_summary_is_accepted_exactly_when_its_sleep_and_waking_fit_the_night(
+    length: int, shares: list[float], awakenings: int
+) -> None:
+    deep, light, rem, waso = (round(share * length) for share in shares)
+    parts = stage_summary(deep=deep, light=light, rem=rem, awake_after_onset=waso,
+                          awakenings=awakenings)  # fmt: skip
+    fits = deep + light + rem + waso <= length + 1
+    if fits:
+        checked = check_parts("sleep", parts, length)
+        totals = night_totals(checked, length)
+        assert (totals.deep, totals.light, totals.rem) == (deep, light, rem)
+        assert totals.asleep == deep + light + rem and totals.awakenings == awakenings
+    else:
+        with pytest.raises(ValidationError, match="within the session's"):
+            check_parts("sleep", parts, length)
+
+
+@pytest.mark.parametrize(
+    ("parts", "field"),
+    [
+        (stage_summary(deep=-1.0), "deep"),
+        (stage_summary(awakenings=1.5), "awakenings"),
+        (stage_summary(light=np.inf), "light"),
+        (stage_summary()[:5], "stages"),
+    ],
+)
+def test_a_summary_not_of_seconds_and_counts_is_refused_in_one_line(
+    parts: list[float], field: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        make_batch(provider="withings", user_id="p", data_type=SLEEP,
+                   timestamps=pd.DatetimeIndex([FIRST]), values=[400], unit="min",
+                   duration_s=[25_200], samples=[parts])  # fmt: skip
+    assert str(caught.value).startswith(field) and "\n" not in str(caught.value)
+
+
+def test_a_summarised_night_is_published_as_told_and_an_unstaged_one_without_stages() -> None:
+    config = HealthSyncConfig(user_id="p", provider="withings", timezone="UTC")
+    told = stage_summary(deep=5_820, light=10_440, rem=2_400, awake_after_onset=1_380,
+                         awakenings=1)  # fmt: skip
+    elsewhere = stage_summary(asleep_unstaged=18_000)
+    batch = make_batch(provider="withings", user_id="p", data_type=SLEEP,
+                       timestamps=pd.DatetimeIndex([FIRST + timedelta(hours=7),
+                                                    FIRST + timedelta(days=1, hours=7)]),
+                       values=[18_660, 18_000], unit="s", duration_s=[21_720, 21_720],
+                       samples=[told, elsewhere])  # fmt: skip
+    first, second = (
+        published_nights(config, batch, day) for day in (FIRST.date(), FIRST.date() + timedelta(1))
+    )
+    (night,) = first
+    assert {c["code"]["coding"][0]["code"]: c.get("valueQuantity", {}).get("value")
+            for c in night["component"]} == {"93831-6": 97, "93830-8": 174, "93829-0": 40,
+                                             "wakeAfterSleepOnset": 23,
+                                             "numberOfAwakenings": None}  # fmt: skip
+    assert night["component"][-1]["valueInteger"] == 1
+    (unstaged,) = second
+    assert unstaged["valueQuantity"]["value"] == 300 and "component" not in unstaged

@@ -1,8 +1,8 @@
 """The Withings source, receiver and runs against a local server answering only Withings'
 documented shapes (ohx_dagster/providers/withings/fixtures, SOURCE.md): measure getmeas (pages,
-attrib, lastupdate), Heart v2 list + get (ECG), intraday activity (24 h a call), the status codes
-inside HTTP 200, and notifications through the real receiver into real sync and publish runs,
-with the values that land in FHIR."""
+attrib, lastupdate), Heart v2 list + get (ECG), intraday activity (24 h a call), sleep summaries
+and workouts (captured answers), the status codes inside HTTP 200, and notifications through the
+real receiver into real sync and publish runs, with the values that land in FHIR."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -26,8 +27,8 @@ from ohx_dagster.providers.api.source import ApiSettings
 from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, TokenStore, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.withings import APP, HEART, MEASURE, MEASURE_V2, WithingsSource
-from ohx_dagster.providers.withings.codes import UNLINKED
-from ohx_dagster.providers.withings.source import attrib_method, measure_value, notified_window
+from ohx_dagster.providers.withings.codes import UNLINKED, attrib_method
+from ohx_dagster.providers.withings.source import SLEEP_V2, measure_value, notified_window
 from ohx_dagster.publish.partitions import partition_dir, publish_partition
 from ohx_dagster.receiver.app import create_app
 from ohx_dagster.receiver.serve import serve_in_thread
@@ -39,6 +40,7 @@ from ohx_dagster.sync.shards import Shard
 NAME = "withings"
 HR, STEPS, ECG = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.ECG
 WEIGHT, BP = HealthDataType.WEIGHT, HealthDataType.BLOOD_PRESSURE
+SLEEP, WORKOUT = HealthDataType.SLEEP, HealthDataType.WORKOUT
 NOTIFICATION = documented(NAME, "notification")  # Withings' own example: 34 h of appli 1
 USER_ID = NOTIFICATION["userid"]
 OTHER_ID = "67890"
@@ -104,13 +106,16 @@ class FakeWithings:
         self.groups: list[dict] = []
         self.recordings: list[tuple[dict, list[int], int]] = []  # list item, signal, rate
         self.intraday: dict[int, dict[str, int]] = {}  # epoch s -> fields
+        self.nights: list[dict] = []  # getsummary items
+        self.workouts: list[dict] = []  # getworkouts items
         self.server_time = seconds(NOW)
         self.page_size = 100
         self.tokens = {"at-1"}
         self.errors: dict[str, dict] = {}  # endpoint path -> a documented error body
         api.on(MEASURE, self._getmeas)
         api.on(HEART, self._heart)
-        api.on(MEASURE_V2, self._intraday)
+        api.on(MEASURE_V2, self._measure_v2)
+        api.on(SLEEP_V2, self._sleep)
 
     def _refused(self, call: Call) -> tuple | None:
         if call.bearer not in self.tokens:
@@ -174,10 +179,43 @@ class FakeWithings:
                 return answer(200, body)
         return answer(200, {"status": 503, "body": {}, "error": "Invalid Params: signalid"})
 
-    def _intraday(self, call: Call) -> tuple:
+    def _by_dates(self, call: Call, items: list[dict], fixture: str) -> tuple:
+        """The items whose `date` is in startdateymd..enddateymd, paged (`more` a boolean),
+        with the fields asked for."""
+        form = call.form
+        first, last = (
+            date.fromisoformat(form["startdateymd"]),
+            date.fromisoformat(form["enddateymd"]),
+        )
+        fields = set(form["data_fields"].split(","))
+        chosen = [
+            {**item, "data": {k: v for k, v in item["data"].items() if k in fields}}
+            for item in items
+            if first <= date.fromisoformat(item["date"]) <= last
+        ]
+        offset = int(form.get("offset", 0))
+        page = chosen[offset : offset + self.page_size]
+        more = offset + self.page_size < len(chosen)
+        body = documented(NAME, fixture)
+        body["body"].update(series=page, more=more, offset=offset + len(page) if more else 0)
+        return answer(200, body)
+
+    def _sleep(self, call: Call) -> tuple:
         refused = self._refused(call)
         if refused:
             return refused
+        assert call.form["action"] == "getsummary" and "lastupdate" not in call.form
+        return self._by_dates(call, self.nights, "sleep_summary")
+
+    def _measure_v2(self, call: Call) -> tuple:
+        refused = self._refused(call)
+        if refused:
+            return refused
+        if call.form["action"] == "getworkouts":
+            return self._by_dates(call, self.workouts, "workouts")
+        return self._intraday(call)
+
+    def _intraday(self, call: Call) -> tuple:
         form = call.form
         assert form["action"] == "getintradayactivity"
         start, end = int(form["startdate"]), int(form["enddate"])
@@ -263,6 +301,7 @@ def push(api: FakeApi, store: RecordStore, day: date):
 
 
 def published(store: RecordStore, tmp_path, day: date, **options: Any) -> list[dict]:
+    """The resources the day's partition publishes (NOW: inside Withings' horizon)."""
     output = FhirOutput(str(tmp_path / "fhir"))
     report = publish_partition(store, output, provider=NAME, key=NAME, shard=Shard(NAME), day=day,
                                scope=None, now=NOW, horizon=APP.resync_horizon,
@@ -382,7 +421,7 @@ def test_a_run_asks_each_endpoint_once_and_stores_the_documented_values(
         "signalid"
     ] == "48"
     # 26 h in Withings' 24 h pieces.
-    intraday = api.calls_to(MEASURE_V2)
+    intraday = [c for c in api.calls_to(MEASURE_V2) if c.form["action"] == "getintradayactivity"]
     assert {c.form["data_fields"] for c in intraday} == {"steps,duration,heart_rate"}
     spans = [(int(c.form["startdate"]), int(c.form["enddate"])) for c in intraday]
     assert all(end - start <= 86_400 for start, end in spans)
@@ -598,9 +637,10 @@ def test_a_scope_not_granted_refuses_only_what_needs_it(
     withings.errors[MEASURE_V2] = documented(NAME, "insufficient_scope")
     withings.groups = [group(1, at(DAY, 8), [(9, 80, 0), (10, 120, 0), (11, 64, 0)])]
     report = sync_partition(source_for(api, person), person, DAY, strategy="partition", now=NOW)
-    assert list(report.refused[USER_ID]) == ["steps"]
+    # Intraday activity and workouts are /v2/measure's: both refused, sleep (/v2/sleep) is not.
+    assert list(report.refused[USER_ID]) == ["steps", "workout"]
     assert "Insufficient_scope" in report.refused[USER_ID]["steps"]
-    assert list(person.refused_types(config())) == ["steps"]
+    assert list(person.refused_types(config())) == ["steps", "workout"]
     # Heart rate stays covered by getmeas's pulses: intraday activity is not ours to read.
     assert report.records_by_type == {"blood_pressure": 1, "heart_rate": 1}
     assert person.last_synced(NAME, USER_ID, "heart_rate") is not None
@@ -704,7 +744,10 @@ def test_event_windows_read_the_whole_range_again(api: FakeApi, person: RecordSt
         to_us(datetime(2018, 7, 2, 22, tzinfo=UTC)),
         to_us(datetime(2018, 7, 3, 22, tzinfo=UTC)),
     )
-    assert source.event_windows(config(), [Event(None, NOW, NOW, sleep)], NOW) == {HR: [paris_day]}
+    assert source.event_windows(config(), [Event(None, NOW, NOW, sleep)], NOW) == {
+        HR: [paris_day],
+        SLEEP: [paris_day],
+    }
     assert notified_window({"userid": USER_ID, "appli": "46", "action": "unlink"}, config()) is None
     only_heart = HealthSyncConfig(user_id=USER_ID, provider=NAME, enabled_types=frozenset({HR}))
     assert source.event_windows(only_heart, events, NOW) == {}
@@ -718,3 +761,184 @@ def test_rate_limit_error_is_a_rate_limit(
     window = (to_us(at(DAY, 0)), to_us(at(DAY, 12)))
     with pytest.raises(RateLimited):
         source_for(api, person).fetch_windows(config(), {ECG: [window]})
+
+
+# -- nights (sleep v2 getsummary) and workouts (measure v2 getworkouts) ----------------------------
+
+
+def moved(fixture: str, index: int, end: datetime) -> dict[str, Any]:
+    """A captured item (sleep_summary.json, workouts.json) moved to end at `end`: its length
+    and data as Withings reported them, its dates ours (`date` the local day of its end)."""
+    item = documented(NAME, fixture)["body"]["series"][index]
+    length = item["enddate"] - item["startdate"]
+    local = end.astimezone(ZoneInfo(item["timezone"]))
+    return {**item, "startdate": seconds(end) - length, "enddate": seconds(end),
+            "date": local.date().isoformat()}  # fmt: skip
+
+
+def observations(resources: list[dict], code: str) -> list[dict]:
+    return [
+        r
+        for r in resources
+        if r["resourceType"] == "Observation" and r["code"]["coding"][0]["code"] == code
+    ]
+
+
+def components(night: dict) -> dict[str, Any]:
+    """LOINC or the PHR IG's code -> value of a night's components."""
+    return {
+        c["code"]["coding"][0]["code"]: c.get("valueQuantity", {}).get(
+            "value", c.get("valueInteger")
+        )
+        for c in night.get("component", [])
+    }
+
+
+def test_a_night_is_stored_and_published_as_withings_summarised_it(
+    api: FakeApi, withings: FakeWithings, person: RecordStore, tmp_path
+) -> None:
+    """The captured night (Sleep Analyzer, Europe/Paris): 21,720 s in bed, 18,660 s asleep, deep
+    5,820, light 10,440, REM 2,400, waso 1,380, one waking. Kept by its end: the night before
+    is answered (its date is asked) but ends outside the partition."""
+    woke = at(DAY, 5)  # 07:00 in Paris
+    withings.nights = [moved("sleep_summary", 0, woke),
+                       moved("sleep_summary", 1, woke - timedelta(days=1))]  # fmt: skip
+    report = sync_partition(source_for(api, person), person, DAY, strategy="partition", now=NOW)
+    assert report.records_by_type.get("sleep") == 1
+    (call,) = api.calls_to(SLEEP_V2)
+    assert call.form["action"] == "getsummary" and call.form["data_fields"] == (
+        "total_sleep_time,asleepduration,deepsleepduration,lightsleepduration,remsleepduration,"
+        "waso,wakeupcount"
+    )
+    # The partition's local day and the UTC day, a day wider each side.
+    assert (call.form["startdateymd"], call.form["enddateymd"]) == ("2018-07-02", "2018-07-05")
+
+    (row,) = stored(person, SLEEP, at(DAY, 0) - timedelta(days=2), NOW).to_dict("records")
+    captured = documented(NAME, "sleep_summary")["body"]["series"][0]
+    assert row["ts"] == woke and row["duration_s"] == 21_720.0 and row["utc_offset_min"] == 120
+    assert row["value"] == 18_660 / 60 and row["unit"] == "min"
+    assert row["device_id"] == captured["hash_deviceid"]
+    summary = list(row["samples"])
+    assert summary[1:4] == [5_820.0, 10_440.0, 2_400.0] and summary[5:] == [1_380.0, 1.0]
+
+    resources = published(person, tmp_path, DAY)
+    (night,) = observations(resources, "93832-4")
+    assert night["effectivePeriod"] == {
+        "start": "2018-07-03T00:58:00+02:00",
+        "end": "2018-07-03T07:00:00+02:00",
+    }
+    assert night["valueQuantity"]["value"] == 311  # 18,660 s
+    assert components(night) == {"93831-6": 97, "93830-8": 174, "93829-0": 40,
+                                 "wakeAfterSleepOnset": 23, "numberOfAwakenings": 1}  # fmt: skip
+    assert validate_resources(resources) == []
+
+
+def test_workouts_are_stored_and_published_as_withings_measured_them(
+    api: FakeApi, withings: FakeWithings, person: RecordStore, tmp_path
+) -> None:
+    """The captured walks (a phone's tracker, Europe/Amsterdam): the first with its pause,
+    energy, distance and heart rate; the second with no data; the third's heart rate 0 (not
+    measured). The person's own entries stand only where the device gives nothing."""
+    ended = [at(DAY, 7), at(DAY, 12), at(DAY, 17)]
+    withings.workouts = [moved("workouts", i, end) for i, end in enumerate(ended)]
+    withings.workouts[2]["data"] |= {"distance": 0, "manual_distance": 1_300}
+    report = sync_partition(source_for(api, person), person, DAY, strategy="partition", now=NOW)
+    assert report.records_by_type.get("workout") == 3
+    (call,) = [c for c in api.calls_to(MEASURE_V2) if c.form["action"] == "getworkouts"]
+    assert call.form["data_fields"] == (
+        "calories,manual_calories,distance,manual_distance,hr_average,hr_max,pause_duration,"
+        "algo_pause_duration"
+    )
+    rows = stored(person, WORKOUT, at(DAY, 0), NOW)
+    assert rows["context"].tolist() == ["Walk"] * 3 and rows["utc_offset_min"].tolist() == [120] * 3
+    assert rows["duration_s"].tolist() == [502.0, 617.0, 880.0]
+    assert rows["value"].tolist() == [(502 - 80) / 60, 617 / 60, 880 / 60]  # less the pause
+    measures = [[None if v != v else v for v in parts] for parts in rows["samples"]]
+    assert measures == [[47.0, 680.0, 80.0, 80.0], [None] * 4, [82.0, 1_300.0, None, None]]
+    assert rows["method"].tolist() == ["device"] * 3  # attrib 0
+
+    resources = published(person, tmp_path, DAY)
+    panels = observations(resources, "PAPanel")
+    assert [p["effectivePeriod"]["end"] for p in panels] == [
+        "2018-07-03T09:00:00+02:00", "2018-07-03T14:00:00+02:00", "2018-07-03T19:00:00+02:00",
+    ]  # fmt: skip
+    by_ref = {f"Observation/{r['id']}": r for r in resources}
+    first = {
+        by_ref[m["reference"]]["code"]["coding"][0]["code"]: by_ref[m["reference"]]
+        for m in panels[0]["hasMember"]
+    }
+    assert first["73985-4"]["valueCodeableConcept"] == {"text": "Walk"}
+    assert {code: first[code]["valueQuantity"]["value"] for code in
+            ("55411-3", "55424-6", "55425-3", "55426-1")} == {
+        "55411-3": 7.03, "55424-6": 47, "55425-3": 80, "55426-1": 80}  # fmt: skip
+    assert len(panels[1]["hasMember"]) == 2  # the activity and its duration: nothing else told
+    assert validate_resources(resources) == []
+
+
+def test_a_night_from_elsewhere_an_unfinished_one_and_an_impossible_one(
+    api: FakeApi, withings: FakeWithings, person: RecordStore
+) -> None:
+    """A night from an external source has its time asleep and no stages ("Light, Deep and Rem
+    sleep durations are null in this case"); a night not `completed` is not stored yet; a
+    summary with more sleep than the night fails the type in one line."""
+    window = (to_us(at(DAY, 0)), to_us(at(DAY + timedelta(days=1), 0)))
+    elsewhere = moved("sleep_summary", 0, at(DAY, 5))
+    elsewhere["data"] = {"asleepduration": 18_000, "deepsleepduration": None}
+    unfinished = {**moved("sleep_summary", 1, at(DAY, 6)), "completed": False}
+    withings.nights = [elsewhere, unfinished]
+    result = source_for(api, person).fetch_windows(config(), {SLEEP: [window]})
+    assert result.covered == {"sleep": [window]}
+    (row,) = result.batch.to_dict("records")
+    assert row["value"] == 300.0
+    assert [None if v != v else v for v in row["samples"]][1:] == [None, None, None, 18_000.0,
+                                                                   None, None]  # fmt: skip
+
+    impossible = moved("sleep_summary", 0, at(DAY, 5))
+    impossible["data"]["deepsleepduration"] = 30_000  # the night is 21,720 s
+    withings.nights = [impossible]
+    result = source_for(api, person).fetch_windows(config(), {SLEEP: [window]})
+    assert result.covered == {} and list(result.failed) == ["sleep"]
+    message = result.failed["sleep"]
+    assert "\n" not in message and "series[0].data: field 'stages'" in message
+    assert "within the session's 21720 s" in message
+
+
+def test_a_night_across_the_spring_change_is_one_night_on_the_day_it_ended(
+    api: FakeApi, withings: FakeWithings, person: RecordStore, tmp_path
+) -> None:
+    """Europe/Paris, 25 March 2018: to bed at 23:00 CET, up at 07:00 CEST, 7 hours (the clock
+    says 8). One night, on the 25th; the 24th has none."""
+    spring = date(2018, 3, 25)
+    woke = datetime(2018, 3, 25, 5, tzinfo=UTC)
+    night = moved("sleep_summary", 0, woke)
+    night["startdate"] = seconds(woke) - 7 * 3_600
+    night["data"] |= {"wakeupduration": 7 * 3_600 - 18_660}
+    withings.nights = [night]
+    for day in (spring - timedelta(days=1), spring):
+        sync_partition(source_for(api, person), person, day, strategy="partition", now=NOW)
+    assert (
+        observations(published(person, tmp_path / "24", spring - timedelta(days=1)), "93832-4")
+        == []
+    )
+    (published_night,) = observations(published(person, tmp_path / "25", spring), "93832-4")
+    assert published_night["effectivePeriod"] == {
+        "start": "2018-03-25T00:00:00+02:00",  # 22:00Z, written with the offset of its end
+        "end": "2018-03-25T07:00:00+02:00",
+    }
+    assert len(stored(person, SLEEP, datetime(2018, 3, 20, tzinfo=UTC), NOW)) == 1
+
+
+def test_a_sleep_notification_brings_the_night_in_a_push_run(
+    api: FakeApi, withings: FakeWithings, people: RecordStore, receiver: str
+) -> None:
+    woke = at(DAY, 5)
+    night = moved("sleep_summary", 0, woke)
+    withings.nights = [night]
+    form = {"userid": USER_ID, "appli": "44", "startdate": str(night["startdate"]),
+            "enddate": str(night["enddate"])}  # fmt: skip
+    assert notify(receiver, form).json() == {"accepted": 2, "duplicates": 0}  # heart rate, sleep
+    report = push(api, people, DAY)
+    assert report.records_by_type.get("sleep") == 1
+    # The night's heart rate is read too (getmeas's pulses, intraday); no workouts are asked.
+    assert len(api.calls_to(SLEEP_V2)) == 1
+    assert {c.form["action"] for c in api.calls_to(MEASURE_V2)} == {"getintradayactivity"}

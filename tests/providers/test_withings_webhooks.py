@@ -41,8 +41,8 @@ def test_each_appli_announces_its_types() -> None:
     assert len({e.event_key for e in events}) == 2
     assert kinds({**NOTIFICATION, "appli": "2"}) == ["temperature"]
     assert kinds({**NOTIFICATION, "appli": "4"}) == ["blood_pressure", "heart_rate", "spo2"]
-    assert kinds({**NOTIFICATION, "appli": "16"}) == ["steps", "heart_rate"]
-    assert kinds({**NOTIFICATION, "appli": "44"}) == ["heart_rate"]
+    assert kinds({**NOTIFICATION, "appli": "16"}) == ["steps", "heart_rate", "workout"]
+    assert kinds({**NOTIFICATION, "appli": "44"}) == ["heart_rate", "sleep"]
     assert kinds({**NOTIFICATION, "appli": "54"}) == ["ecg"]
 
 
@@ -53,9 +53,9 @@ def test_a_retry_dedups_and_a_new_range_or_a_deletion_does_not() -> None:
     assert set(first).isdisjoint(e.event_key for e in parse_notification(newer))
     deletion = {**NOTIFICATION, "action": "delete"}
     assert set(first).isdisjoint(e.event_key for e in parse_notification(deletion))
-    [night] = parse_notification({"userid": "12345", "appli": "44", "date": "2018-07-03"})
-    assert night.data_type == "heart_rate"
-    assert night.occurred_at == datetime(2018, 7, 3, 12, tzinfo=UTC)
+    night = parse_notification({"userid": "12345", "appli": "44", "date": "2018-07-03"})
+    assert [e.data_type for e in night] == ["heart_rate", "sleep"]
+    assert {e.occurred_at for e in night} == {datetime(2018, 7, 3, 12, tzinfo=UTC)}
 
 
 @pytest.mark.parametrize(

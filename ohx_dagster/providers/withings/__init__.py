@@ -45,6 +45,7 @@ APP = ProviderApp(
     ),
     supported_types=frozenset(
         {T.HEART_RATE, T.STEPS, T.ECG, T.BLOOD_PRESSURE, T.WEIGHT, T.TEMPERATURE, T.SPO2}
+        | {T.SLEEP, T.WORKOUT}
     ),
     # Scales and cuffs sync over Wi-Fi or the app; notifications name new data as well.
     resync_horizon=timedelta(hours=48),

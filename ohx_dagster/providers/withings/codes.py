@@ -1,6 +1,6 @@
 """What the source, the subscriptions and the webhook share of the Withings API: the answer's
-status check, and the notification categories (`appli`) with the data types each one announces.
-Sources: SOURCE.md.
+status check, the notification categories (`appli`) with the data types each one announces, and
+how a measure group's or workout's `attrib` becomes a record's method. Sources: SOURCE.md.
 
 Every Withings answer is HTTP 200 with {"status", "body", "error"?}; the status says what went
 wrong:
@@ -34,14 +34,15 @@ TOO_MANY_REQUESTS: Final = 601
 HR, STEPS, ECG = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.ECG
 WEIGHT, TEMPERATURE = HealthDataType.WEIGHT, HealthDataType.TEMPERATURE
 BLOOD_PRESSURE, SPO2 = HealthDataType.BLOOD_PRESSURE, HealthDataType.SPO2
+SLEEP, WORKOUT = HealthDataType.SLEEP, HealthDataType.WORKOUT
 
 # The data types a notification of each appli announces (one inbox event per type).
 APPLI: Final[dict[int, tuple[HealthDataType, ...]]] = {
     1: (WEIGHT, TEMPERATURE),  # weight & body composition; the doc lists meastype 71 here too
     2: (TEMPERATURE,),
     4: (BLOOD_PRESSURE, HR, SPO2),  # cuffs: systolic, diastolic, heart pulse; SpO2
-    16: (STEPS, HR),  # activity: the intraday steps and heart rate of trackers and watches
-    44: (HR,),  # sleep: the night's intraday heart rate
+    16: (STEPS, HR, WORKOUT),  # activity: intraday steps and heart rate, workouts
+    44: (HR, SLEEP),  # sleep: the night's summary and its intraday heart rate
     54: (ECG,),
 }
 # Applis acknowledged and kept as ignored: nothing this product syncs comes with them.
@@ -61,6 +62,35 @@ UNLINKED: Final[dict[str, str]] = {
     "unlink": "withings: the person unlinked the app (appli 46, action unlink)",
     "delete": "withings: the person's Withings account was deleted (appli 46, action delete)",
 }
+
+
+# measuregrp `attrib` -> the record's method (ohx_dagster.core.records.METHODS); SOURCE.md quotes
+# the documented meaning of each value.
+ATTRIB_METHOD: Final[dict[int, str]] = {
+    0: "device",
+    1: "ambiguous",
+    2: "manual",
+    4: "manual",
+    5: "device",
+    7: "device",
+    8: "device",
+    15: "device",
+}
+
+
+def attrib_method(group: Any, where: str) -> str:
+    """The method of a measure group or workout by its `attrib`; an undocumented attrib is a
+    device's when the item names one."""
+    attrib = group.get("attrib")
+    if isinstance(attrib, bool) or not isinstance(attrib, int | float | str | None):
+        raise payload.bad_field(where, "attrib", attrib, "an integer")
+    try:
+        code = None if attrib is None else int(attrib)
+    except ValueError:
+        raise payload.bad_field(where, "attrib", attrib, "an integer") from None
+    if code in ATTRIB_METHOD:
+        return ATTRIB_METHOD[code]
+    return "device" if group.get("deviceid") or group.get("hash_deviceid") else "manual"
 
 
 def status_check(endpoint: str, action: str, budget: Budget | None = None) -> Callable[[Any], None]:

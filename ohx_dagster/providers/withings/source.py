@@ -1,13 +1,15 @@
 """The Withings public API (https://wbsapi.withings.net), per connected person. Sources of every
 shape and rule: SOURCE.md beside this module.
 
-Three endpoints, each asked once per person and run for all the types it serves:
+Five endpoints, each asked once per person and run for all the types it serves:
 
 | endpoint (POST) | types | asked |
 |---|---|---|
 | /measure getmeas | weight, blood_pressure, heart_rate, spo2, temperature | once + lastupdate |
 | /v2/heart list, then get | ecg | list once (paged), get per signalid |
 | /v2/measure getintradayactivity | steps, heart_rate | per 24 h (Withings' limit) |
+| /v2/sleep getsummary | sleep (a night a summary: sessions.py) | once (paged) |
+| /v2/measure getworkouts | workout (sessions.py) | once (paged) |
 
 getmeas: a measure's value is `value * 10^unit`; the types read (category 1, real measures):
 
@@ -74,11 +76,13 @@ from ohx_dagster.providers.api.budget import RequestBudget
 from ohx_dagster.providers.api.http import Refused, TokenSource, paginate
 from ohx_dagster.providers.api.source import ApiSource, Sample, offset_min, samples_batch
 from ohx_dagster.providers.base import Event, FetchResult, Windows
-from ohx_dagster.providers.withings.codes import APPLI, NAME, status_check
+from ohx_dagster.providers.withings import sessions
+from ohx_dagster.providers.withings.codes import APPLI, NAME, attrib_method, status_check
 
 MEASURE: Final = "/measure"
 HEART: Final = "/v2/heart"
 MEASURE_V2: Final = "/v2/measure"
+SLEEP_V2: Final = "/v2/sleep"
 CURSOR: Final = "lastupdate"
 
 WEIGHT, DIASTOLIC, SYSTOLIC, PULSE, SPO2, BODY_TEMPERATURE = 1, 9, 10, 11, 54, 71
@@ -90,28 +94,20 @@ SINGLE: Final[dict[int, tuple[HealthDataType, str]]] = {
 }
 MEASTYPES: Final = (WEIGHT, DIASTOLIC, SYSTOLIC, PULSE, SPO2, BODY_TEMPERATURE)
 HR, STEPS, ECG = HealthDataType.HEART_RATE, HealthDataType.STEPS, HealthDataType.ECG
-
-# measuregrp `attrib` -> the record's method (ohx_dagster.core.records.METHODS); SOURCE.md quotes
-# the documented meaning of each value.
-ATTRIB_METHOD: Final[dict[int, str]] = {
-    0: "device",
-    1: "ambiguous",
-    2: "manual",
-    4: "manual",
-    5: "device",
-    7: "device",
-    8: "device",
-    15: "device",
-}
+SLEEP, WORKOUT = HealthDataType.SLEEP, HealthDataType.WORKOUT
 
 # Each endpoint and the types it serves.
 GETMEAS: Final = "getmeas"
 HEART_LIST: Final = "heart"
 INTRADAY: Final = "intraday"
+NIGHTS: Final = "getsummary"
+WORKOUTS: Final = "getworkouts"
 SERVES: Final[dict[str, frozenset[HealthDataType]]] = {
     GETMEAS: frozenset({*(kind for kind, _ in SINGLE.values()), HealthDataType.BLOOD_PRESSURE}),
     HEART_LIST: frozenset({ECG}),
     INTRADAY: frozenset({STEPS, HR}),
+    NIGHTS: frozenset({SLEEP}),
+    WORKOUTS: frozenset({WORKOUT}),
 }
 READS: Final = frozenset().union(*SERVES.values())
 # Withings answers at most the first 24 h after startdate.
@@ -125,19 +121,6 @@ def measure_value(measure: Any, where: str) -> float:
     if not unit.is_integer():
         raise payload.bad_field(where, "unit", unit, "an integer power of ten")
     return value / 10 ** -int(unit) if unit < 0 else value * 10 ** int(unit)
-
-
-def attrib_method(group: Any, where: str) -> str:
-    attrib = group.get("attrib")
-    if isinstance(attrib, bool) or not isinstance(attrib, int | float | str | None):
-        raise payload.bad_field(where, "attrib", attrib, "an integer")
-    try:
-        code = None if attrib is None else int(attrib)
-    except ValueError:
-        raise payload.bad_field(where, "attrib", attrib, "an integer") from None
-    if code in ATTRIB_METHOD:
-        return ATTRIB_METHOD[code]
-    return "device" if group.get("deviceid") or group.get("hash_deviceid") else "manual"
 
 
 def _epoch(obj: Any, path: str, where: str) -> datetime:
@@ -210,6 +193,8 @@ class WithingsSource(ApiSource):
             GETMEAS: self._measures,
             HEART_LIST: self._ecgs,
             INTRADAY: self._intraday,
+            NIGHTS: self._nights,
+            WORKOUTS: self._workouts,
         }
         result = FetchResult()
         refused: dict[str, str] = {}
@@ -461,6 +446,67 @@ class WithingsSource(ApiSource):
             if not isinstance(item, dict):
                 raise payload.bad_field(at, "(item)", item, "an object")
             yield moment, item, at
+
+    # -- sleep v2 getsummary and measure v2 getworkouts: sessions ----------------------------------
+
+    def _sessions(
+        self,
+        user: HealthSyncConfig,
+        windows: list[Interval],
+        call: tuple[str, str, tuple[str, ...]],
+        auth: TokenSource,
+        budget: RequestBudget,
+    ) -> Iterable[tuple[Any, str]]:
+        """(item, where) of every page of a sessions call over the windows' local dates. The
+        dates are the person's, a day wider each side: Withings does not document in which zone
+        `startdateymd` and `enddateymd` are read, and a session is kept by its end (the caller)."""
+        endpoint, action, fields = call
+        start, end = min(s for s, _ in windows), max(e for _, e in windows)
+        first = datetime.fromtimestamp(start / 1e6, tz=UTC).astimezone(user.zone).date()
+        last = datetime.fromtimestamp(end / 1e6, tz=UTC).astimezone(user.zone).date()
+        form = {
+            "action": action,
+            "startdateymd": (first - timedelta(days=1)).isoformat(),
+            "enddateymd": (last + timedelta(days=1)).isoformat(),
+            "data_fields": ",".join(fields),
+        }
+        index = 0
+        for body in self._pages(endpoint, form, auth, budget):
+            for item in payload.items(body, "series", f"{NAME} {endpoint} {action}"):
+                yield item, f"{NAME} {endpoint} {action} series[{index}]"
+                index += 1
+
+    def _nights(
+        self,
+        user: HealthSyncConfig,
+        asked: dict[HealthDataType, list[Interval]],
+        auth: TokenSource,
+        budget: RequestBudget,
+    ) -> tuple[pd.DataFrame, dict[str, str]]:
+        windows = asked[SLEEP]
+        call = (SLEEP_V2, "getsummary", sessions.NIGHT_FIELDS)
+        found = []
+        for item, where in self._sessions(user, windows, call, auth, budget):
+            sample = sessions.night(item, user.zone, where)
+            if sample is not None and _inside(sample.at, windows):
+                found.append(sample)
+        return samples_batch(NAME, user.user_id, SLEEP, "s", found), {}
+
+    def _workouts(
+        self,
+        user: HealthSyncConfig,
+        asked: dict[HealthDataType, list[Interval]],
+        auth: TokenSource,
+        budget: RequestBudget,
+    ) -> tuple[pd.DataFrame, dict[str, str]]:
+        windows = asked[WORKOUT]
+        call = (MEASURE_V2, "getworkouts", sessions.WORKOUT_FIELDS)
+        found = []
+        for item, where in self._sessions(user, windows, call, auth, budget):
+            sample = sessions.workout(item, user.zone, where)
+            if _inside(sample.at, windows):
+                found.append(sample)
+        return samples_batch(NAME, user.user_id, WORKOUT, "min", found), {}
 
     # -- notifications ---------------------------------------------------------------------------
 
