@@ -1018,3 +1018,101 @@ def test_many_ecg_recordings_cost_no_memory_until_a_window_reads_them(
     ecg = source.fetch(source.discover_users()[0], [HealthDataType.ECG], window)
     assert len(ecg) == 2 and all(len(s) == 15_360 for s in ecg["samples"])
     source.close()
+
+
+# A real Apple Watch run as iOS 26 exports it (NicolasReyrolle/apple-health-analyzer
+# tests/test_export_parser.py, TestComplexRealWorldWorkout): no totals as attributes, its figures
+# in WorkoutStatistics children; a WorkoutActivity segment with statistics of its own.
+IOS26_RUN = """\
+ <Workout workoutActivityType="HKWorkoutActivityTypeRunning" duration="119.2710362156232" \
+durationUnit="min" sourceName="Apple Watch de Nicolas" sourceVersion="26.2" \
+device="&lt;&lt;HKDevice: 0xc936a3f60&gt;, name:Apple Watch, manufacturer:Apple Inc., \
+model:Watch, hardware:Watch7,2, software:26.2, creation date:2025-12-13 12:48:57 +0000&gt;" \
+creationDate="2025-12-20 14:51:19 +0100" startDate="2025-12-20 12:51:00 +0100" \
+endDate="2025-12-20 14:50:16 +0100">
+  <MetadataEntry key="HKIndoorWorkout" value="0"/>
+  <MetadataEntry key="HKTimeZone" value="Europe/Paris"/>
+  <WorkoutEvent type="HKWorkoutEventTypeSegment" date="2025-12-20 12:51:00 +0100" \
+duration="8.048923822244008" durationUnit="min"/>
+  <WorkoutActivity uuid="936B9E1D-52B9-41CA-BCA9-9654D43F004E" \
+startDate="2025-12-20 12:51:00 +0100" endDate="2025-12-20 14:50:16 +0100" \
+duration="119.2710362156232" durationUnit="min">
+   <WorkoutStatistics type="HKQuantityTypeIdentifierStepCount" \
+startDate="2025-12-20 12:51:00 +0100" endDate="2025-12-20 14:50:16 +0100" sum="17599" \
+unit="count"/>
+  </WorkoutActivity>
+  <WorkoutStatistics type="HKQuantityTypeIdentifierStepCount" \
+startDate="2025-12-20 12:51:00 +0100" endDate="2025-12-20 14:50:16 +0100" sum="17599" unit="count"/>
+  <WorkoutStatistics type="HKQuantityTypeIdentifierRunningPower" \
+startDate="2025-12-20 12:51:00 +0100" endDate="2025-12-20 14:50:16 +0100" average="222.789" \
+minimum="61" maximum="479" unit="W"/>
+  <WorkoutStatistics type="HKQuantityTypeIdentifierActiveEnergyBurned" \
+startDate="2025-12-20 12:51:00 +0100" endDate="2025-12-20 14:50:16 +0100" sum="1389.98" \
+unit="kcal"/>
+  <WorkoutStatistics type="HKQuantityTypeIdentifierDistanceWalkingRunning" \
+startDate="2025-12-20 12:51:00 +0100" endDate="2025-12-20 14:50:16 +0100" sum="16.1244" unit="km"/>
+  <WorkoutStatistics type="HKQuantityTypeIdentifierHeartRate" \
+startDate="2025-12-20 12:51:00 +0100" endDate="2025-12-20 14:50:16 +0100" average="140.139" \
+minimum="75" maximum="157" unit="count/min"/>
+  <WorkoutRoute sourceName="Apple Watch de Nicolas" sourceVersion="26.2" \
+creationDate="2025-12-20 14:51:25 +0100" startDate="2025-12-20 12:51:00 +0100" \
+endDate="2025-12-20 14:50:16 +0100">
+   <MetadataEntry key="HKMetadataKeySyncVersion" value="2"/>
+   <FileReference path="/workout-routes/route_2025-12-20_2.50pm.gpx"/>
+  </WorkoutRoute>
+ </Workout>
+"""
+
+
+def _one_workout(tmp_path: Path, workout: str) -> pd.DataFrame:
+    xml = tmp_path / "nicolas" / "export.xml"
+    xml.parent.mkdir()
+    xml.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<HealthData locale="fr_FR">\n'
+        f' <ExportDate value="2025-12-21 09:00:00 +0100"/>\n{workout}</HealthData>\n'
+    )
+    source = AppleHealthSource(xml, timezone="Europe/Paris")
+    try:
+        return source.records
+    finally:
+        source.close()
+
+
+def test_a_workout_of_ios_26_has_its_statistics_heart_rate_energy_and_distance(
+    tmp_path: Path,
+) -> None:
+    """The figures iOS 16 on writes as WorkoutStatistics: the heart rate's average and maximum,
+    the active energy and the distance, exactly as written (km in metres); the segment's own
+    statistics and the types a workout has no measure for (steps, power) are not read."""
+    from ohx_dagster.core.times import to_us
+    from ohx_dagster.fhir.validation import validate_resources
+    from ohx_dagster.fhir.workouts import workout_resources
+
+    (row,) = _one_workout(tmp_path, IOS26_RUN).to_dict("records")
+    assert row["ts"] == utc("2025-12-20 14:50:16 +0100") and row["utc_offset_min"] == 60
+    assert row["context"] == "Running" and row["value"] == 119.2710362156232
+    assert list(row["samples"]) == [1389.98, 16.1244 * 1000, 140.139, 157.0]  # km in metres
+    config = HealthSyncConfig("nicolas", "apple_health", timezone="Europe/Paris")
+    panel, *members = workout_resources(row | {"ts_us": to_us(row["ts"])}, config)
+    values = {m["code"]["coding"][0]["code"]: m.get("valueQuantity", {}).get("value")
+              for m in members}  # fmt: skip
+    assert values["55425-3"] == 140.139 and values["55426-1"] == 157
+    assert values["55424-6"] == 1389.98
+    assert [p for p in validate_resources([panel, *members]) if "Device/" not in p.message] == []
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (('unit="count/min"', 'unit="Hz"'), "unit"),
+        (('average="140.139"', 'average="lots"'), "average"),
+        (('average="140.139"', 'average="170"'), "mean_heart_rate"),  # above its maximum
+    ],
+)
+def test_a_workout_statistic_not_as_healthkit_writes_it_is_named(
+    tmp_path: Path, change: tuple[str, str], named: str
+) -> None:
+    with pytest.raises(ValidationError) as failed:
+        _one_workout(tmp_path, IOS26_RUN.replace(*change))
+    message = str(failed.value)
+    assert message.startswith(named) and "\n" not in message
