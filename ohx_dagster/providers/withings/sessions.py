@@ -18,6 +18,7 @@ measure 0 on a phone's walk), so a heart rate of 0 is "not measured"; the person
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -36,6 +37,9 @@ from ohx_dagster.core.sessions import (
 from ohx_dagster.providers.api import payload
 from ohx_dagster.providers.api.source import Sample, offset_min
 from ohx_dagster.providers.withings.codes import attrib_method
+
+# One answer's item, the person's zone and where it is -> its session (None: not one yet).
+SessionParse = Callable[[Any, ZoneInfo, str], Sample | None]
 
 # The data_fields each call asks for (Withings answers only the fields asked).
 NIGHT_FIELDS: Final = (

@@ -60,6 +60,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from functools import partial
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -78,6 +79,7 @@ from ohx_dagster.providers.api.source import ApiSource, Sample, offset_min, samp
 from ohx_dagster.providers.base import Event, FetchResult, Windows
 from ohx_dagster.providers.withings import sessions
 from ohx_dagster.providers.withings.codes import APPLI, NAME, attrib_method, status_check
+from ohx_dagster.providers.withings.sessions import SessionParse
 
 MEASURE: Final = "/measure"
 HEART: Final = "/v2/heart"
@@ -110,6 +112,11 @@ SERVES: Final[dict[str, frozenset[HealthDataType]]] = {
     WORKOUTS: frozenset({WORKOUT}),
 }
 READS: Final = frozenset().union(*SERVES.values())
+# Each session type's call: endpoint, action, data fields, the item's parse, the value's unit.
+SESSION_CALLS: Final[dict[HealthDataType, tuple[str, str, tuple[str, ...], SessionParse, str]]] = {
+    SLEEP: (SLEEP_V2, "getsummary", sessions.NIGHT_FIELDS, sessions.night, "s"),
+    WORKOUT: (MEASURE_V2, "getworkouts", sessions.WORKOUT_FIELDS, sessions.workout, "min"),
+}
 # Withings answers at most the first 24 h after startdate.
 INTRADAY_SPAN_US: Final = DAY_US
 
@@ -193,8 +200,8 @@ class WithingsSource(ApiSource):
             GETMEAS: self._measures,
             HEART_LIST: self._ecgs,
             INTRADAY: self._intraday,
-            NIGHTS: self._nights,
-            WORKOUTS: self._workouts,
+            NIGHTS: partial(self._sessions, SLEEP),
+            WORKOUTS: partial(self._sessions, WORKOUT),
         }
         result = FetchResult()
         refused: dict[str, str] = {}
@@ -451,16 +458,18 @@ class WithingsSource(ApiSource):
 
     def _sessions(
         self,
+        kind: HealthDataType,
         user: HealthSyncConfig,
-        windows: list[Interval],
-        call: tuple[str, str, tuple[str, ...]],
+        asked: dict[HealthDataType, list[Interval]],
         auth: TokenSource,
         budget: RequestBudget,
-    ) -> Iterable[tuple[Any, str]]:
-        """(item, where) of every page of a sessions call over the windows' local dates. The
-        dates are the person's, a day wider each side: Withings does not document in which zone
-        `startdateymd` and `enddateymd` are read, and a session is kept by its end (the caller)."""
-        endpoint, action, fields = call
+    ) -> tuple[pd.DataFrame, dict[str, str]]:
+        """The sessions of `kind` (SESSION_CALLS) that end inside its windows, from one call
+        over the windows' local dates, paged. The dates are the person's, a day wider each side:
+        Withings does not document in which zone `startdateymd` and `enddateymd` are read, and a
+        session is kept by its end."""
+        endpoint, action, fields, parse, unit = SESSION_CALLS[kind]
+        windows = asked[kind]
         start, end = min(s for s, _ in windows), max(e for _, e in windows)
         first = datetime.fromtimestamp(start / 1e6, tz=UTC).astimezone(user.zone).date()
         last = datetime.fromtimestamp(end / 1e6, tz=UTC).astimezone(user.zone).date()
@@ -470,43 +479,15 @@ class WithingsSource(ApiSource):
             "enddateymd": (last + timedelta(days=1)).isoformat(),
             "data_fields": ",".join(fields),
         }
+        found = []
         index = 0
         for body in self._pages(endpoint, form, auth, budget):
             for item in payload.items(body, "series", f"{NAME} {endpoint} {action}"):
-                yield item, f"{NAME} {endpoint} {action} series[{index}]"
+                sample = parse(item, user.zone, f"{NAME} {endpoint} {action} series[{index}]")
                 index += 1
-
-    def _nights(
-        self,
-        user: HealthSyncConfig,
-        asked: dict[HealthDataType, list[Interval]],
-        auth: TokenSource,
-        budget: RequestBudget,
-    ) -> tuple[pd.DataFrame, dict[str, str]]:
-        windows = asked[SLEEP]
-        call = (SLEEP_V2, "getsummary", sessions.NIGHT_FIELDS)
-        found = []
-        for item, where in self._sessions(user, windows, call, auth, budget):
-            sample = sessions.night(item, user.zone, where)
-            if sample is not None and _inside(sample.at, windows):
-                found.append(sample)
-        return samples_batch(NAME, user.user_id, SLEEP, "s", found), {}
-
-    def _workouts(
-        self,
-        user: HealthSyncConfig,
-        asked: dict[HealthDataType, list[Interval]],
-        auth: TokenSource,
-        budget: RequestBudget,
-    ) -> tuple[pd.DataFrame, dict[str, str]]:
-        windows = asked[WORKOUT]
-        call = (MEASURE_V2, "getworkouts", sessions.WORKOUT_FIELDS)
-        found = []
-        for item, where in self._sessions(user, windows, call, auth, budget):
-            sample = sessions.workout(item, user.zone, where)
-            if _inside(sample.at, windows):
-                found.append(sample)
-        return samples_batch(NAME, user.user_id, WORKOUT, "min", found), {}
+                if sample is not None and _inside(sample.at, windows):
+                    found.append(sample)
+        return samples_batch(NAME, user.user_id, kind, unit, found), {}
 
     # -- notifications ---------------------------------------------------------------------------
 
