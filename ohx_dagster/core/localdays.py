@@ -12,12 +12,13 @@ day D-1 to the midnight that ends day D, each in the zone that day was lived in
   none. The days tile time for every person, whatever their zone history.
 
 Where a provider dates each record with the offset it was taken at (`RECORD_OFFSETS`: Google
-Health's readings, Oura's daily summaries, Withings' measures, Dexcom's readings from its apps),
-that offset says the record's local day and hour, whatever the person's zone setting: a weigh-in
-at 23:30-05:00 is on that day even for a person whose setting still says UTC. Each record has one
-offset, so it is still in exactly one day and one hour. Other records (Oura's heart rate is UTC
-only; Withings' intraday series, Dexcom's receivers and every export carry no offset of their
-own) follow the zone history.
+Health's readings, Oura's daily summaries, Withings' measures, Dexcom's readings from its apps,
+and the nights and workouts of Oura, Withings and Google Health, stamped at their end with its
+offset), that offset says the record's local day and hour, whatever the person's zone setting:
+a weigh-in at 23:30-05:00 is on that day even for a person whose setting still says UTC. Each
+record has one offset, so it is still in exactly one day and one hour. Other records (Oura's
+heart rate is UTC only; Withings' intraday series, Dexcom's receivers and every export carry no
+offset of their own) follow the zone history.
 
 Worked example (docs/sync.md): a person in America/New_York, day 2026-11-20, is
 [2026-11-20T05:00Z, 2026-11-21T05:00Z): nineteen hours of UTC day 20 and five of UTC day 21.
@@ -52,9 +53,11 @@ EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 # Heart rate from Oura (UTC only) and Withings (intraday, no zone) is not here.
 RECORD_OFFSETS: Final[dict[str, frozenset[str]]] = {
     "dexcom": frozenset({"interstitial_glucose"}),
-    "google_health": frozenset({"heart_rate", "steps", "weight", "spo2", "blood_glucose"}),
-    "oura": frozenset({"steps", "spo2", "hrv_rmssd", "sleep"}),
-    "withings": frozenset({"weight", "blood_pressure", "spo2", "temperature"}),
+    "google_health": frozenset(
+        {"heart_rate", "steps", "weight", "spo2", "blood_glucose", "sleep", "workout"}
+    ),
+    "oura": frozenset({"steps", "spo2", "hrv_rmssd", "sleep", "workout"}),
+    "withings": frozenset({"weight", "blood_pressure", "spo2", "temperature", "sleep", "workout"}),
 }
 
 

@@ -314,16 +314,20 @@ def test_a_batch_becomes_one_event_per_user_type_and_interval() -> None:
                                        "endTime": "2026-03-08T02:05:00Z"}}  # fmt: skip
     body = orjson.dumps([
         {"data": {**data, "intervals": [*data["intervals"], second]}},
-        {"data": {**data, "dataType": "sleep"}},
+        {"data": {**data, "dataType": "distance"}},
         {"data": {**data, "dataType": "heart-rate", "operation": "DELETE"}},
+        {"data": {**data, "dataType": "sleep"}},
+        {"data": {**data, "dataType": "exercise"}},
     ])  # fmt: skip
     events = parse_notification(body_items(body))
+    # Sleep and Exercise are in the guide's list of webhook data types: each maps to its type.
     assert [(e.data_type, e.ignored_reason is None) for e in events] == [
-        ("steps", True), ("steps", True), (None, False), ("heart_rate", True)
+        ("steps", True), ("steps", True), (None, False), ("heart_rate", True), ("sleep", True),
+        ("workout", True),
     ]  # fmt: skip
-    assert len({e.event_key for e in events}) == 4
+    assert len({e.event_key for e in events}) == 6
     assert events[1].payload["intervals"] == [second]
-    assert "sleep" in (events[2].ignored_reason or "")
+    assert "distance" in (events[2].ignored_reason or "")
     assert events[3].payload["operation"] == "DELETE"
     with pytest.raises(ValidationError, match="startTime"):
         bad = {**data, "intervals": [{"physicalTimeInterval": {"startTime": "2026-03-0B01:29"}}]}

@@ -2,7 +2,8 @@
 documented shapes (ohx_dagster/providers/google_health/fixtures, SOURCE.md): the reconciled
 stream with the raw points' provenance, proto3's omitted zero values (a person at UTC+0, a minute
 of 0 steps), phone and watch steps counted once, a malformed value, a refused type, a rate limit,
-and notification windows, deletions included."""
+notification windows, deletions included, and sleep and exercise as sessions (a night with its
+stages, the codelab's real walk) through to FHIR."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ import pytest
 from provider_api_server import Call, FakeApi, answer, documented
 
 from ohx_dagster.core.errors import RateLimited
-from ohx_dagster.core.models import HealthDataType, HealthSyncConfig
+from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
 from ohx_dagster.core.times import to_us, utc_day
 from ohx_dagster.providers.api.http import ApiClient
 from ohx_dagster.providers.api.source import ApiSettings
 from ohx_dagster.providers.api.tokens import OAuthClient, OAuthTokens, connect_user
 from ohx_dagster.providers.base import Event, HealthSource
 from ohx_dagster.providers.google_health import APP, GoogleHealthSource
+from ohx_dagster.providers.google_health.sessions import SESSIONS
 from ohx_dagster.providers.google_health.source import (
     ALL_SOURCES,
     CIVIL_REACH,
@@ -44,6 +46,7 @@ GLUCOSE, HRV, RESP = (
     HealthDataType.HRV_RMSSD,
     HealthDataType.RESPIRATORY_RATE,
 )
+NIGHT, WORKOUT = HealthDataType.SLEEP, HealthDataType.WORKOUT
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 DAY = NOW.date() - timedelta(days=2)
 USER = HealthSyncConfig(user_id="2515055256096816351", provider="google_health", timezone="UTC")
@@ -54,9 +57,12 @@ WATCH = documented(PROVIDER, "heart_rate")["dataPoints"][0]["dataSource"]
 PHONE = documented(PROVIDER, "steps")["dataPoints"][0]["dataSource"]
 TYPED = documented(PROVIDER, "weight")["dataPoints"][0]["dataSource"]
 FILTER = re.compile(
-    r'^(?P<field>[a-z_]+)\.(?P<path>interval\.start_time|sample_time\.physical_time|date) >= "'
+    r"^(?P<field>[a-z_]+)\.(?P<path>interval\.start_time|sample_time\.physical_time|date"
+    r'|interval\.end_time|interval\.civil_start_time) >= "'
     r'(?P<start>[^"]+)" AND (?P=field)\.(?P=path) < "(?P<end>[^"]+)"$'
 )
+# The DataPoint member of each type the source reads.
+MEMBER = {k: g.field for k, g in TYPES.items()} | {k: g.field for k, g in SESSIONS.items()}
 
 
 def civil(moment: datetime, offset_s: int) -> dict[str, Any]:
@@ -122,7 +128,8 @@ class FakeGoogleHealth:
     """Google Health API v4 answering its documented shapes from what each data source holds.
     `list` returns every source's points; `reconcile` one point per interval or sample time: the
     source first in `priority` wins (ours: how Google reconciles is not documented). Filters
-    are parsed and checked as the filter documentation states them; pages hold at most `page`."""
+    are parsed and checked as the filter documentation states them (sleep by its end, exercise by
+    its civil start); pages hold at most `page` (25 for sessions)."""
 
     def __init__(self, api: FakeApi) -> None:
         self.api = api
@@ -130,22 +137,40 @@ class FakeGoogleHealth:
         self.priority: list[str] = ["Pixel Watch 3"]
         self.refuse: set[HealthDataType] = set()
         self.page = 1_000
-        for kind, spec in TYPES.items():
+        for kind, spec in [*TYPES.items(), *SESSIONS.items()]:
             api.on(spec.endpoint, lambda call, k=kind: self._answer(call, k, reconcile=False))
             api.on(spec.reconcile, lambda call, k=kind: self._answer(call, k, reconcile=True))
 
     def _start(self, kind: HealthDataType, point: dict) -> str:
-        """What the filter compares: an RFC 3339 instant, or a daily point's ISO date."""
-        member = point[TYPES[kind].field]
+        """What the filter compares: an RFC 3339 instant, a daily point's ISO date, a night's
+        end, an exercise's civil start (its start's wall clock at its start's offset)."""
+        member = point[MEMBER[kind]]
         if "date" in member:
             return date(**member["date"]).isoformat()
+        if kind is NIGHT:
+            return rfc3339(datetime.fromisoformat(member["interval"]["endTime"]))
+        if kind is WORKOUT:
+            interval = member["interval"]
+            offset = int(interval.get("startUtcOffset", "0s").removesuffix("s"))
+            start = datetime.fromisoformat(interval["startTime"]) + timedelta(seconds=offset)
+            return start.replace(tzinfo=None).isoformat()
         text = member["interval"]["startTime"] if "interval" in member else None
         return rfc3339(datetime.fromisoformat(text or member["sampleTime"]["physicalTime"]))
+
+    def _path(self, kind: HealthDataType) -> str:
+        if kind in SESSIONS:
+            return "interval.end_time" if SESSIONS[kind].by_end else "interval.civil_start_time"
+        spec = TYPES[kind]
+        return (
+            "date"
+            if spec.daily
+            else ("interval.start_time" if spec.interval else "sample_time.physical_time")
+        )
 
     def _reconciled(self, kind: HealthDataType, points: list[dict]) -> list[dict]:
         chosen: dict[str, tuple[int, dict]] = {}
         for point in points:
-            member = point[TYPES[kind].field]
+            member = point[MEMBER[kind]]
             if "interval" in member:
                 key = f"{member['interval']['startTime']}/{member['interval']['endTime']}"
             elif "date" in member:
@@ -164,24 +189,26 @@ class FakeGoogleHealth:
         return out
 
     def _answer(self, call: Call, kind: HealthDataType, *, reconcile: bool):
-        spec = TYPES[kind]
         if kind in self.refuse:
             return answer(403, documented(PROVIDER, "error_scope"))
         match = FILTER.match(call.query.get("filter", ""))
-        path = "interval.start_time" if spec.interval else "sample_time.physical_time"
-        path = "date" if spec.daily else path
-        if match is None or match["field"] != spec.filter_name or match["path"] != path:
+        name = SESSIONS[kind].field if kind in SESSIONS else TYPES[kind].filter_name
+        if match is None or match["field"] != name or match["path"] != self._path(kind):
             return answer(400, documented(PROVIDER, "error_filter"))
         if reconcile and call.query.get("dataSourceFamily") != ALL_SOURCES:
             return answer(400, documented(PROVIDER, "error_filter"))
-        # "Date literal expected in ISO 8601 YYYY-MM-DD format"; timestamps in RFC 3339.
-        parse: Any = date.fromisoformat if spec.daily else datetime.fromisoformat
+        # "Date literal expected in ISO 8601 YYYY-MM-DD format"; timestamps in RFC 3339; civil
+        # times "YYYY-MM-DD[THH:mm:ss]" (compared as naive wall clocks).
+        daily = kind in TYPES and TYPES[kind].daily
+        parse: Any = date.fromisoformat if daily else datetime.fromisoformat
         start, end = parse(match["start"]), parse(match["end"])
         inside = [p for p in self.points[kind] if start <= parse(self._start(kind, p)) < end]
         if reconcile:
             inside = self._reconciled(kind, inside)
         inside.sort(key=lambda p: parse(self._start(kind, p)), reverse=True)  # "descending order"
-        size = min(int(call.query.get("pageSize", "1440")), self.page)
+        # "The maximum page size for `exercise` and `sleep` is 25."
+        limit = 25 if kind in SESSIONS else self.page
+        size = min(int(call.query.get("pageSize", "1440")), self.page, limit)
         offset = int(call.query.get("pageToken", "offset-0").removeprefix("offset-"))
         body: dict[str, Any] = {}
         if inside[offset : offset + size]:  # proto3 JSON leaves an empty list out
@@ -382,7 +409,7 @@ def test_notifications_name_the_windows_to_read_again(api, sqlite) -> None:
         Event("steps", start, NOW, documented_steps),
         Event("heart_rate", None, NOW, civil_only),
         Event("weight", None, NOW, notification("weight", intervals=[])),
-        Event(None, None, NOW, notification("sleep")),
+        Event(None, None, NOW, notification("distance")),
     ]
     windows = source.event_windows(USER, events, NOW)
     assert windows == {
@@ -598,3 +625,322 @@ def test_notifications_of_the_new_types_are_parsed_and_read_again(api, sqlite) -
         HRV: [local_day],
         RESP: [local_day],
     }
+
+
+# -- sleep and exercise: sessions stamped at their end -----------------------------------------
+
+SESSION_COLUMNS = ["data_type", "ts", "value", "unit", "duration_s", "utc_offset_min",
+                   "device_id", "method", "context"]  # fmt: skip
+STAGE_CODES = {"DEEP": 1.0, "LIGHT": 2.0, "REM": 3.0, "AWAKE": 4.0, "ASLEEP": 5.0}
+BERLIN_ZONE = ZoneInfo("Europe/Berlin")
+
+
+def berlin_offset_s(moment: datetime) -> int:
+    offset = moment.astimezone(BERLIN_ZONE).utcoffset()
+    assert offset is not None
+    return int(offset.total_seconds())
+
+
+def session_interval(start: datetime, end: datetime) -> dict[str, Any]:
+    """SessionTimeInterval of a session lived in Berlin: each end at its own offset."""
+    first, last = berlin_offset_s(start), berlin_offset_s(end)
+    return {"startTime": rfc3339(start), "startUtcOffset": f"{first}s",
+            "endTime": rfc3339(end), "endUtcOffset": f"{last}s",
+            "civilStartTime": civil(start, first), "civilEndTime": civil(end, last)}  # fmt: skip
+
+
+def sleep_point(start: datetime, end: datetime, *stages: tuple[str, datetime, datetime]) -> dict:
+    """sleep.json's point as another night: its interval and stages (type, start, end), no
+    summary (Google's output only: the stages give the time asleep)."""
+    point = documented(PROVIDER, "sleep")["dataPoints"][0]
+    member = point["sleep"]
+    member["interval"] = session_interval(start, end)
+    member["stages"] = [
+        {"startTime": rfc3339(a), "startUtcOffset": f"{berlin_offset_s(a)}s",
+         "endTime": rfc3339(b), "endUtcOffset": f"{berlin_offset_s(b)}s", "type": kind}
+        for kind, a, b in stages
+    ]  # fmt: skip
+    del member["summary"]
+    return point
+
+
+def exercise_point(start: datetime, end: datetime) -> dict:
+    """exercise.json's run as another session, without pauses."""
+    point = documented(PROVIDER, "exercise")["dataPoints"][0]
+    member = point["exercise"]
+    member["interval"] = session_interval(start, end)
+    member["activeDuration"] = f"{int((end - start).total_seconds())}s"
+    del member["exerciseEvents"]
+    return point
+
+
+def components(observation: dict) -> dict[str, Any]:
+    return {
+        c["code"]["coding"][0]["code"]: c.get("valueQuantity", {}).get(
+            "value", c.get("valueInteger")
+        )
+        for c in observation.get("component", [])
+    }
+
+
+def test_the_app_asks_the_sleep_scope() -> None:
+    """Sleep needs its own scope (S1: "See your Google Health sleep data"); exercise is read
+    with activity_and_fitness, asked already."""
+    assert APP.authorize.scopes == (
+        "https://www.googleapis.com/auth/googlehealth.activity_and_fitness.readonly",
+        "https://www.googleapis.com/auth/googlehealth.health_metrics_and_measurements.readonly",
+        "https://www.googleapis.com/auth/googlehealth.sleep.readonly",
+    )
+    assert {NIGHT, WORKOUT} <= APP.supported_types
+
+
+def test_a_documented_night_is_stored_at_its_end_and_published_with_its_stages(
+    api, google, store, token_key
+) -> None:
+    """sleep.json: a watch's night in Berlin, 23:40 to 07:10 (+01:00), 415 minutes asleep by its
+    summary, twelve stages (deep 80, light 230, REM 105 minutes, one waking between sleeps). Google
+    lists the stages in no documented order: given latest first, they are stored in order, each
+    exactly as given. The night is the day it ended on, published as 93832-4 with its stages."""
+    from ohx_dagster.fhir.sleep import sleep_observation
+    from ohx_dagster.fhir.validation import validate_resources
+
+    connect(store, BERLIN)
+    point = documented(PROVIDER, "sleep")["dataPoints"][0]
+    given = list(point["sleep"]["stages"])
+    point["sleep"]["stages"] = given[::-1]
+    google.points[NIGHT] = [point]
+    day = date(2026, 3, 7)
+    report = sync_partition(source_for(api, store), store, day, strategy="partition",
+                            now=datetime(2026, 3, 8, 12, tzinfo=UTC))  # fmt: skip
+    assert report.records_by_type == {"sleep": 1} and not report.failures
+    # Asked by its end ("Session end time (Sleep specific)"), the whole local day and more.
+    first = api.calls_to(SESSIONS[NIGHT].reconcile)[0].query
+    asked = FILTER.match(first["filter"])
+    assert asked is not None and (asked["field"], asked["path"]) == ("sleep", "interval.end_time")
+    assert asked["start"] <= "2026-03-06T23:00:00Z" and asked["end"] >= "2026-03-07T23:00:00Z"
+    assert (first["pageSize"], first["dataSourceFamily"]) == ("25", ALL_SOURCES)
+    stored = store.read_records(PROVIDER, utc_day(day))
+    start, end = datetime(2026, 3, 6, 22, 40, tzinfo=UTC), datetime(2026, 3, 7, 6, 10, tzinfo=UTC)
+    assert stored[SESSION_COLUMNS].astype(object).values.tolist() == [
+        ["sleep", end, 415.0, "min", 27_000.0, 60, "Pixel Watch 3", "device", ""]
+    ]
+    seconds = [
+        value
+        for stage in given
+        for value in (
+            (datetime.fromisoformat(stage["startTime"]) - start).total_seconds(),
+            (datetime.fromisoformat(stage["endTime"]) - start).total_seconds(),
+            STAGE_CODES[stage["type"]],
+        )
+    ]
+    row = stored.iloc[0].to_dict()
+    assert list(row["samples"]) == seconds
+    observation = sleep_observation(row | {"ts_us": to_us(end)}, BERLIN)
+    assert observation["effectivePeriod"] == {
+        "start": "2026-03-06T23:40:00+01:00",
+        "end": "2026-03-07T07:10:00+01:00",
+    }
+    assert observation["valueQuantity"]["value"] == 415
+    assert components(observation) == {
+        "93831-6": 80, "93830-8": 230, "93829-0": 105,
+        "wakeAfterSleepOnset": 10, "numberOfAwakenings": 1,
+    }  # fmt: skip
+    assert validate_resources([observation]) == []
+
+
+def test_classic_stages_restless_left_out_overlaps_cut_and_a_nap(api, google, sqlite) -> None:
+    """A classic night without summary (23:00-07:00Z): its time asleep is its ASLEEP stages;
+    RESTLESS (neither asleep nor awake in Google's sums) is left out; an AWAKE stage overlapping
+    the sleep before it is cut where that ends. A nap (metadata.nap) with only its summary."""
+    night_start, night_end = at(23) - timedelta(days=1), at(7)
+    minutes = [night_start + timedelta(minutes=m) for m in (0, 180, 200, 360, 350, 370, 480)]
+    night = sleep_point(
+        night_start, night_end,
+        ("ASLEEP", minutes[0], minutes[1]), ("RESTLESS", minutes[1], minutes[2]),
+        ("ASLEEP", minutes[2], minutes[3]), ("AWAKE", minutes[4], minutes[5]),
+        ("ASLEEP", minutes[5], minutes[6]),
+    )  # fmt: skip
+    night["sleep"]["type"] = "CLASSIC"
+    nap = sleep_point(at(14), at(14, 45))
+    nap["sleep"] |= {"metadata": {"nap": True}, "summary": {"minutesAsleep": "40"}}
+    del nap["sleep"]["stages"]
+    google.points[NIGHT] = [night, nap]
+    result = source_for(api, sqlite).fetch_windows(USER, {NIGHT: [day_window()]})
+    rows = result.batch.sort_values("ts")
+    assert rows[["ts", "value", "duration_s", "context"]].values.tolist() == [
+        [night_end, 450.0, 28_800.0, ""], [at(14, 45), 40.0, 2_700.0, "nap"]
+    ]  # fmt: skip
+    assert list(rows.iloc[0]["samples"]) == [
+        0.0, 10_800.0, 5.0,  # ASLEEP
+        12_000.0, 21_600.0, 5.0,  # ASLEEP, after 20 minutes RESTLESS
+        21_600.0, 22_200.0, 4.0,  # AWAKE, its first 10 minutes cut (the sleep before ran on)
+        22_200.0, 28_800.0, 5.0,  # ASLEEP
+    ]  # fmt: skip
+    assert rows.iloc[1]["samples"] is None
+
+
+def test_the_codelabs_real_walk_and_a_documented_run_are_workouts(api, google, sqlite) -> None:
+    """exercise_codelab.json, Google's own answer: a 15-minute walk typed in the Fitbit app,
+    13:10-13:25Z at -05:00: stored at its end as 15 minutes of "Walk", 16 kcal and 1609.344 m
+    (its `distanceMillimiters`), manual, no device; published as the activity panel.
+    exercise.json, S1's spelling: a 45-minute run with a 2-minute pause, its average heart rate."""
+    from ohx_dagster.fhir.validation import validate_resources
+    from ohx_dagster.fhir.workouts import workout_resources
+
+    walk = documented(PROVIDER, "exercise_codelab")["dataPoints"]
+    run = documented(PROVIDER, "exercise")["dataPoints"]
+    paused = documented(PROVIDER, "exercise")["dataPoints"][0]
+    paused["exercise"]["interval"] = session_interval(at(18), at(18, 45))
+    del paused["exercise"]["activeDuration"]  # then its events tell the pause
+    for event, minute in zip(paused["exercise"]["exerciseEvents"], (0, 30, 32, 45), strict=True):
+        event["eventTime"] = rfc3339(at(18, minute))
+    google.points[WORKOUT] = [*walk, *run, paused]
+    end = datetime(2026, 2, 23, 13, 25, tzinfo=UTC)
+    window = (to_us(end - timedelta(hours=12)), to_us(end + timedelta(hours=1)))
+    result = source_for(api, sqlite).fetch_windows(USER, {WORKOUT: [window]})
+    assert api.calls_to(SESSIONS[WORKOUT].endpoint)[0].query == {
+        "filter": 'exercise.interval.civil_start_time >= "2026-02-21T11:25:00" AND '
+        'exercise.interval.civil_start_time < "2026-02-24T04:25:01"',
+        "pageSize": "25",
+    }
+    assert result.batch[SESSION_COLUMNS].astype(object).values.tolist() == [
+        ["workout", end, 15.0, "min", 900.0, -300, "", "manual", "Walk"]
+    ]
+    row = result.batch.iloc[0].to_dict()
+    measures = [None if v != v else v for v in row["samples"]]
+    assert measures == [16.0, 1609.344, None, None]
+    resources = workout_resources(row | {"ts_us": to_us(end)}, USER)
+    panel, *members = resources
+    assert panel["code"]["coding"][0]["code"] == "PAPanel"
+    assert panel["effectivePeriod"] == {
+        "start": "2026-02-23T08:10:00-05:00",
+        "end": "2026-02-23T08:25:00-05:00",
+    }
+    values = {
+        m["code"]["coding"][0]["code"]: m.get("valueQuantity", {}).get(
+            "value", m.get("valueCodeableConcept")
+        )
+        for m in members
+    }
+    assert values == {"73985-4": {"text": "Walk"}, "55411-3": 15, "55424-6": 16,
+                      "distance": 1609.344}  # fmt: skip
+    assert validate_resources(resources) == []
+
+    day = source_for(api, sqlite).fetch_windows(
+        USER, {WORKOUT: [(to_us(datetime(2026, 3, 7, tzinfo=UTC)), to_us(NOW))]}
+    )
+    rows = day.batch.sort_values("ts")
+    assert rows[SESSION_COLUMNS].astype(object).values.tolist() == [
+        ["workout", datetime(2026, 3, 7, 8, 15, tzinfo=UTC), 43.0, "min", 2_700.0, 60,
+         "Pixel Watch 3", "device", "Run"],
+        ["workout", at(18, 45), 43.0, "min", 2_700.0, 60, "Pixel Watch 3", "device", "Run"],
+    ]  # fmt: skip
+    assert [list(parts)[:3] for parts in rows["samples"]] == [[412.5, 7_250.0, 152.0]] * 2
+
+
+def published(store: RecordStore, tmp_path, day: date, now: datetime) -> list[dict]:
+    """The resources day partition `day` publishes (validated), [] when it has none."""
+    from ohx_dagster.fhir.output import FhirOutput
+    from ohx_dagster.fhir.validation import validate_resources
+    from ohx_dagster.publish.partitions import partition_dir, publish_partition
+    from ohx_dagster.sync.shards import Shard
+
+    output = FhirOutput(str(tmp_path / "fhir"))
+    report = publish_partition(store, output, provider=PROVIDER, key=PROVIDER,
+                               shard=Shard(PROVIDER), day=day, scope=None, now=now,
+                               horizon=APP.resync_horizon, validate=validate_resources)  # fmt: skip
+    assert report.invalid_buckets == {}
+    directory = partition_dir(day, PROVIDER)
+    manifest = output.manifest(directory)
+    if manifest is None:
+        return []
+    return [
+        r
+        for entry in manifest["output"]
+        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
+    ]
+
+
+def test_a_night_and_a_workout_across_midnight_and_the_clock_change_are_in_one_day(
+    api, google, store, token_key, tmp_path
+) -> None:
+    """Berlin's clocks went forward at 2026-03-29T01:00Z. A night from 22:30 (+01:00) to 07:30
+    (+02:00), and a run from 23:40 to 00:20 (+01:00), which ends on UTC's 28th: each is one
+    record at its end with the end's offset, and only local day 29, the day it ended on, holds
+    it, whichever day's run read it."""
+    from ohx_dagster.core.localdays import Calendar
+
+    connect(store, BERLIN)
+    start, end = datetime(2026, 3, 28, 21, 30, tzinfo=UTC), datetime(2026, 3, 29, 5, 30, tzinfo=UTC)
+    change = datetime(2026, 3, 29, 1, tzinfo=UTC)
+    night = sleep_point(start, end, ("LIGHT", start, change), ("DEEP", change, end))
+    assert night["sleep"]["interval"]["endUtcOffset"] == "7200s"
+    assert night["sleep"]["interval"]["startUtcOffset"] == "3600s"
+    google.points[NIGHT] = [night]
+    run_end = datetime(2026, 3, 28, 23, 20, tzinfo=UTC)
+    google.points[WORKOUT] = [exercise_point(run_end - timedelta(minutes=40), run_end)]
+    now = datetime(2026, 3, 30, 12, tzinfo=UTC)
+    reports = [
+        sync_partition(source_for(api, store), store, day, strategy="partition", now=now)
+        for day in (date(2026, 3, 28), date(2026, 3, 29))
+    ]
+    assert not any(r.failures for r in reports)
+    stored = store.read_records(
+        PROVIDER, DateRange(datetime(2026, 3, 27, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC))
+    ).sort_values("data_type")
+    assert stored[SESSION_COLUMNS].astype(object).values.tolist() == [
+        ["sleep", end, 480.0, "min", 28_800.0, 120, "Pixel Watch 3", "device", ""],
+        ["workout", run_end, 40.0, "min", 2_400.0, 60, "Pixel Watch 3", "device", "Run"],
+    ]
+    assert list(stored.iloc[0]["samples"]) == [0.0, 12_600.0, 2.0, 12_600.0, 28_800.0, 1.0]
+    calendar = Calendar.of(BERLIN)
+    assert {calendar.day_of(to_us(t)) for t in stored["ts"]} == {date(2026, 3, 29)}
+    # Published: day 28 holds neither session, day 29 both, once.
+    codes = {
+        day: sorted(
+            r["code"]["coding"][0]["code"]
+            for r in published(store, tmp_path, day, now)
+            if r["resourceType"] == "Observation"
+            and r["code"]["coding"][0]["code"] in ("93832-4", "PAPanel")
+        )
+        for day in (date(2026, 3, 28), date(2026, 3, 29))
+    }
+    assert codes == {date(2026, 3, 28): [], date(2026, 3, 29): ["93832-4", "PAPanel"]}
+
+
+def test_a_malformed_session_fails_only_its_type_in_one_line(api, google, sqlite) -> None:
+    """A stage ending after its night, and an exercise ending before it starts: each fails its
+    own type, named by the point and the field; the heart rate goes on."""
+    night = sleep_point(at(0), at(7), ("LIGHT", at(0), at(3)), ("DEEP", at(3), at(7, 10)))
+    run = exercise_point(at(9), at(8, 30))
+    google.points[NIGHT], google.points[WORKOUT] = [night], [run]
+    google.points[HR] = [heart(at(8), 64)]
+    windows = {NIGHT: [day_window()], WORKOUT: [day_window()], HR: [day_window()]}
+    result = source_for(api, sqlite).fetch_windows(USER, windows)
+    assert set(result.covered) == {"heart_rate"} and len(result.batch) == 1
+    sleep, workout = result.failed["sleep"], result.failed["workout"]
+    assert "\n" not in sleep and "\n" not in workout
+    assert (
+        f"/sleep/dataPoints dataPoints[0].sleep.stages[1]: field 'endTime' is "
+        f"'{rfc3339(at(7, 10))}': expected an instant not before startTime, inside the night"
+    ) in sleep
+    assert (
+        f"/exercise/dataPoints dataPoints[0].exercise: field 'interval.endTime' is "
+        f"'{rfc3339(at(8, 30))}': expected an instant not before interval.startTime"
+    ) in workout
+
+
+def test_session_notifications_read_every_end_a_day_past_their_interval(api, sqlite) -> None:
+    """`sleep` and `exercise` notifications name their types; a session is read by its end,
+    and the guide does not say which part of it the interval is: a day further is read."""
+    from ohx_dagster.providers.google_health.webhook import parse_notification
+
+    parsed = parse_notification([{"data": notification(n)} for n in ("sleep", "exercise")])
+    assert [(e.data_type, e.ignored_reason) for e in parsed] == [
+        ("sleep", None), ("workout", None)
+    ]  # fmt: skip
+    events = [Event(e.data_type, e.occurred_at, NOW, e.payload) for e in parsed]
+    windows = source_for(api, sqlite).event_windows(USER, events, NOW)
+    start = datetime(2026, 3, 8, 1, 29, tzinfo=UTC)
+    reach = (to_us(start), to_us(start + timedelta(minutes=5, days=1)) + 1)
+    assert windows == {NIGHT: [reach], WORKOUT: [reach]}

@@ -244,7 +244,8 @@ def test_connecting_stores_encrypted_tokens_and_registers_the_user(
             "withings": "user.metrics,user.activity",
             "google_health": "https://www.googleapis.com/auth/googlehealth.activity_and_fitness"
             ".readonly https://www.googleapis.com/auth/googlehealth"
-            ".health_metrics_and_measurements.readonly",
+            ".health_metrics_and_measurements.readonly"
+            " https://www.googleapis.com/auth/googlehealth.sleep.readonly",
         }[provider]
         assert params["scope"] == scope
         if provider == "google_health":

@@ -1,8 +1,9 @@
 """Google Health API v4 (the Fitbit Web API's successor): heart rate, steps, weight, oxygen
-saturation and blood glucose, and the daily heart rate variability (RMSSD) and respiratory rate,
-of a person's Fitbit and Pixel devices and Health Connect apps, one reading per moment from the
-reconciled view, realtime through Google's signed webhooks (webhook.py; the subscriber is
-the project's, AUTOMATIC: nothing to subscribe per person). Sources: SOURCE.md."""
+saturation and blood glucose, the daily heart rate variability (RMSSD) and respiratory rate, and
+sleep (each night with its stages) and workouts (sessions.py), of a person's Fitbit and Pixel
+devices and Health Connect apps, one reading or session per moment from the reconciled view,
+realtime through Google's signed webhooks (webhook.py; the subscriber is the project's,
+AUTOMATIC: nothing to subscribe per person). Sources: SOURCE.md."""
 
 from __future__ import annotations
 
@@ -34,8 +35,11 @@ APP = ProviderApp(
     env_prefix="OHX_GOOGLE_HEALTH",
     api_url="https://health.googleapis.com",
     token_url="https://oauth2.googleapis.com/token",
-    # steps: activity_and_fitness; heart rate, weight, oxygen saturation, blood glucose, daily
-    # heart rate variability and daily respiratory rate: health metrics. Google
+    # steps and exercise: activity_and_fitness; heart rate, weight, oxygen saturation, blood
+    # glucose, daily heart rate variability and daily respiratory rate: health metrics; sleep:
+    # its own scope (S1 `auth.oauth2.scopes`: "See your Google Health sleep data"; the webhook
+    # guide: "Sleep, which covers the sleep data type"). A person connected before sleep was
+    # synced has not granted it: their sleep is refused (403) until they connect again. Google
     # sends a refresh token only with access_type=offline, and again on a reconnect only with
     # prompt=consent: both are asked for.
     authorize=AuthorizeSpec(
@@ -43,12 +47,23 @@ APP = ProviderApp(
         (
             f"{SCOPE}.activity_and_fitness.readonly",
             f"{SCOPE}.health_metrics_and_measurements.readonly",
+            f"{SCOPE}.sleep.readonly",
         ),
         pkce=True,
         extra_params={"access_type": "offline", "prompt": "consent"},
     ),
     supported_types=frozenset(
-        {T.HEART_RATE, T.STEPS, T.WEIGHT, T.SPO2, T.BLOOD_GLUCOSE, T.HRV_RMSSD, T.RESPIRATORY_RATE}
+        {
+            T.HEART_RATE,
+            T.STEPS,
+            T.WEIGHT,
+            T.SPO2,
+            T.BLOOD_GLUCOSE,
+            T.HRV_RMSSD,
+            T.RESPIRATORY_RATE,
+            T.SLEEP,
+            T.WORKOUT,
+        }
     ),
     # Watches sync through the phone, sometimes days later.
     resync_horizon=timedelta(hours=72),

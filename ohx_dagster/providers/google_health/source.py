@@ -7,6 +7,8 @@ and rule: SOURCE.md beside this module.
 | steps | steps | steps | count over the interval (its duration kept) | interval.startTime |
 | weight | weight | weight | weightGrams (g -> kg) | sampleTime |
 | spo2 | oxygen-saturation | oxygenSaturation | percentage (%) | sampleTime |
+| sleep | sleep | sleep | time asleep (s), stages (sessions.py) | interval.endTime |
+| workout | exercise | exercise | time exercising (min), measures (sessions.py) | interval.endTime |
 
 - blood_glucose <- blood-glucose: `bloodGlucose.bloodGlucoseMilligramsPerDeciliter` (mg/dL) at
   sampleTime; context: measurementTiming.
@@ -15,13 +17,20 @@ and rule: SOURCE.md beside this module.
 - respiratory_rate <- daily-respiratory-rate (a daily type): `dailyRespiratoryRate.breathsPerMinute`
   (/min) of its date.
 
+Sleep and exercise are sessions (sessions.py): one record each, stamped at its end with the
+end's offset, kept when its end is inside the window read. Sleep is asked by its end
+(`sleep.interval.end_time`, the filter S1 gives sleep); exercise by its civil start
+(`exercise.interval.civil_start_time`, the only session filter S1 gives it), from a day and
+CIVIL_REACH before the window to CIVIL_REACH after it, so every exercise ending inside is asked.
+Pages hold at most 25 (S1: "The maximum page size for `exercise` and `sleep` is 25").
+
 A daily point carries a `date` ("in the user's timezone") and no time or offset: it is stored at
 the start of that local day in the person's zone history (core/localdays.py, the day the product
 files it under), with that zone's offset, as an instant (no duration). A blood-glucose point whose
 `specimen` is interstitial fluid or tears, or whose `measurementSource` is a continuous glucose
 monitor, is not glucose in blood: it is skipped.
 
-One reading per person and moment: the values come from the reconciled stream,
+One reading (or session) per person and moment: the values come from the reconciled stream,
 GET .../dataPoints:reconcile?dataSourceFamily=users/me/dataSourceFamilies/all-sources ("Reconcile
 data points from multiple data sources into a single data stream"), so the steps a phone and a
 watch both counted are counted once. A ReconciledDataPoint carries no `dataSource`: the source
@@ -44,8 +53,8 @@ holds goes).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
@@ -55,11 +64,14 @@ from ohx_dagster.core.coverage import Interval
 from ohx_dagster.core.errors import ValidationError
 from ohx_dagster.core.localdays import Calendar
 from ohx_dagster.core.models import DateRange, HealthDataType, HealthSyncConfig
+from ohx_dagster.core.sessions import MAX_SESSION_S
 from ohx_dagster.core.times import from_us, to_us
 from ohx_dagster.providers.api import payload
 from ohx_dagster.providers.api.http import TokenSource, paginate
 from ohx_dagster.providers.api.source import ApiSource, Sample, samples_batch
 from ohx_dagster.providers.base import Event
+from ohx_dagster.providers.google_health import sessions
+from ohx_dagster.providers.google_health.sessions import SESSIONS, SessionType
 
 NAME: Final = "google_health"
 MAX_PAGE_SIZE: Final = 10_000
@@ -125,16 +137,43 @@ TYPES: Final[dict[HealthDataType, GoogleType]] = {
                                                 "breaths/min", daily=True),
 }  # fmt: skip
 # Notification dataType -> our type.
-BY_DATA_TYPE: Final[dict[str, HealthDataType]] = {g.data_type: k for k, g in TYPES.items()}
+BY_DATA_TYPE: Final[dict[str, HealthDataType]] = {
+    **{g.data_type: k for k, g in TYPES.items()},
+    **{s.data_type: k for k, s in SESSIONS.items()},
+}
+# A session ends at most this long after any moment of it (a notification's interval).
+SESSION_REACH_US: Final = int(MAX_SESSION_S * 1_000_000)
 
-# (start µs, end µs or None, value): how a reconciled reading finds its raw point.
-Key = tuple[int, int | None, float]
+# (time µs, duration s or None, value) of a sample: how a reconciled one finds its raw point.
+Key = tuple[int, float | None, float]
 # (device_id, method) of a raw point.
 Provenance = tuple[str, str]
 
 
 def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def civil_literal(moment: datetime) -> str:
+    """A civil date-time literal (S1: "ISO 8601 `YYYY-MM-DD[THH:mm:ss]`") of UTC's wall clock."""
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def session_filter(kind: SessionType, window: DateRange) -> str:
+    """Sleep by its end, in the window; exercise by its civil start, from MAX_SESSION_S and
+    CIVIL_REACH before the window (a session lasts at most a day, a civil time is within
+    CIVIL_REACH of UTC) to CIVIL_REACH (and a second, the literal's precision) after it."""
+    if kind.by_end:
+        field = f"{kind.field}.interval.end_time"
+        return f'{field} >= "{rfc3339(window.start)}" AND {field} < "{rfc3339(window.end)}"'
+    field = f"{kind.field}.interval.civil_start_time"
+    first = civil_literal(window.start - timedelta(seconds=MAX_SESSION_S) - CIVIL_REACH)
+    after = civil_literal(window.end + CIVIL_REACH + timedelta(seconds=1))
+    return f'{field} >= "{first}" AND {field} < "{after}"'
+
+
+def sample_key(sample: Sample) -> Key:
+    return to_us(sample.at), sample.duration_s, sample.value
 
 
 def time_filter(kind: GoogleType, window: DateRange) -> str:
@@ -168,9 +207,10 @@ class Reading:
     value: float
     context: str
 
-    @property
-    def key(self) -> Key:
-        return to_us(self.at), None if self.end is None else to_us(self.end), self.value
+    def sample(self) -> Sample:
+        duration = None if self.end is None else (self.end - self.at).total_seconds()
+        offset = int(self.offset_s // 60)
+        return Sample(self.at, self.value, offset, duration, context=self.context)
 
 
 def _field(member: Mapping[str, Any], path: str) -> Any:
@@ -366,41 +406,45 @@ class GoogleHealthSource(ApiSource):
     def read(
         self, user: HealthSyncConfig, kind: HealthDataType, window: DateRange, auth: TokenSource
     ) -> pd.DataFrame:
-        if kind not in TYPES:
+        parse: Callable[[Any, str], Sample | None]
+        if kind in SESSIONS:
+            session = SESSIONS[kind]
+            endpoint, unit, parse = session.endpoint, session.unit, session.parse
+            params = {
+                "filter": session_filter(session, window),
+                "pageSize": str(sessions.MAX_PAGE_SIZE),
+            }
+        elif kind in TYPES:
+            spec, calendar = TYPES[kind], Calendar.of(user).by_zone()
+            endpoint, unit = spec.endpoint, spec.unit
+            params = {"filter": time_filter(spec, window), "pageSize": str(MAX_PAGE_SIZE)}
+
+            def parse(point: Any, where: str) -> Sample | None:
+                reading = read_point(point, spec, where, calendar)
+                return None if reading is None else reading.sample()
+
+        else:
             return super().read(user, kind, window, auth)
-        spec = TYPES[kind]
-        params = {"filter": time_filter(spec, window), "pageSize": str(MAX_PAGE_SIZE)}
+        reconcile = f"{endpoint}:reconcile"
         reconciled = self._points(
-            user, spec.reconcile, {**params, "dataSourceFamily": ALL_SOURCES}, auth
+            user, reconcile, {**params, "dataSourceFamily": ALL_SOURCES}, auth
         )
-        raw = self._points(user, spec.endpoint, params, auth)
-        calendar = Calendar.of(user).by_zone()
+        raw = self._points(user, endpoint, params, auth)
         sources: dict[Key, set[Provenance]] = {}
-        where = self.connection.where(spec.endpoint)
+        where = self.connection.where(endpoint)
         for index, point in enumerate(raw):
-            reading = read_point(point, spec, f"{where} dataPoints[{index}]", calendar)
-            if reading is not None:
-                sources.setdefault(reading.key, set()).add(provenance(point))
+            sample = parse(point, f"{where} dataPoints[{index}]")
+            if sample is not None:
+                sources.setdefault(sample_key(sample), set()).add(provenance(point))
         samples = []
-        where = self.connection.where(spec.reconcile)
+        where = self.connection.where(reconcile)
         for index, point in enumerate(reconciled):
-            reading = read_point(point, spec, f"{where} dataPoints[{index}]", calendar)
-            if reading is None or not window.contains(reading.at):
+            sample = parse(point, f"{where} dataPoints[{index}]")
+            if sample is None or not window.contains(sample.at):
                 continue
-            device_id, method = attribute(sources.get(reading.key, set()))
-            duration = None if reading.end is None else (reading.end - reading.at).total_seconds()
-            samples.append(
-                Sample(
-                    reading.at,
-                    reading.value,
-                    int(reading.offset_s // 60),
-                    duration,
-                    device_id=device_id,
-                    method=method,
-                    context=reading.context,
-                )
-            )
-        return samples_batch(NAME, user.user_id, kind, spec.unit, samples)
+            device_id, method = attribute(sources.get(sample_key(sample), set()))
+            samples.append(replace(sample, device_id=device_id, method=method))
+        return samples_batch(NAME, user.user_id, kind, unit, samples)
 
     # -- notifications ---------------------------------------------------------------------------
 
@@ -409,7 +453,9 @@ class GoogleHealthSource(ApiSource):
     ) -> dict[HealthDataType, list[Interval]]:
         """Each notification's intervals for its type; one without intervals (none documented,
         but possible) reads the re-sync horizon back from its arrival. A daily type's windows
-        are widened to the whole local days they touch: its points are dated at a day's start."""
+        are widened to the whole local days they touch: its points are dated at a day's start.
+        A session's reach a day further (SESSION_REACH_US): the guide does not say which part of
+        a session the interval is, and a session is read by its end, at most a day after it."""
         wanted = self.supported_types & user.enabled_types
         calendar = Calendar.of(user).by_zone()
         found: dict[HealthDataType, list[Interval]] = {}
@@ -421,7 +467,9 @@ class GoogleHealthSource(ApiSource):
             if not windows:
                 since = event.received_at - self.resync_horizon
                 windows = [(to_us(since), to_us(now))]
-            if TYPES[kind].daily:
+            if kind in SESSIONS:
+                windows = [(start, end + SESSION_REACH_US) for start, end in windows]
+            elif TYPES[kind].daily:
                 windows = [whole_days(calendar, window) for window in windows]
             found.setdefault(kind, []).extend(windows)
         return found
