@@ -417,15 +417,7 @@ class World:
 
     def resources(self, day: date) -> list[dict[str, Any]]:
         """Every resource the partition's manifest names."""
-        directory = partition_dir(day, self.provider)
-        manifest = self.output.manifest(directory) or {"output": []}
-        return [
-            resource
-            for entry in manifest["output"]
-            for resource in self.output.read_resources(
-                f"{directory}/{entry['url'].rsplit('/', 1)[-1]}"
-            )
-        ]
+        return list(self.output.listed_resources(partition_dir(day, self.provider)))
 
     def published(self, day: date) -> tuple[Counter, list[str]]:
         """The samples the partition's manifest names (a Counter of keys), and problems."""

@@ -176,14 +176,22 @@ class FhirOutput:
             return None
         return orjson.loads(self.read(f"{directory}/{MANIFEST}"))
 
+    def listed(self, directory: str) -> list[str]:
+        """The names of the files the directory's manifest lists (none without a manifest)."""
+        manifest = self.manifest(directory) or {"output": []}
+        return [entry["url"].rsplit("/", 1)[-1] for entry in manifest["output"]]
+
+    def listed_resources(self, directory: str) -> Iterator[dict]:
+        """Every resource of the files the directory's manifest lists: what it publishes."""
+        for name in self.listed(directory):
+            yield from self.read_resources(f"{directory}/{name}")
+
     def collect_garbage(
         self, directory: str, keep: Iterable[str], *, grace_s: float = UNCOMMITTED_GRACE_S
     ) -> int:
         """Remove files of the directory that neither `keep` nor its manifest names, and
         temporary files of writers that died; returns how many were removed."""
-        kept = set(keep) | {MANIFEST}
-        manifest = self.manifest(directory) or {"output": []}
-        kept |= {entry["url"].rsplit("/", 1)[-1] for entry in manifest["output"]}
+        kept = set(keep) | {MANIFEST} | set(self.listed(directory))
         removed = 0
         for name in self.names(directory):
             if name in kept:

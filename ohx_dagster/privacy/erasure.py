@@ -487,8 +487,7 @@ def _remove_orphans(store: RecordStore, output: FhirOutput, partition: str, pers
     directory = _directory(partition)
     with store.read() as conn:
         named = {r.name for r in _current_files(conn, partition)}
-    manifest = output.manifest(directory) or {"output": []}
-    named |= {entry["url"].rsplit("/", 1)[-1] for entry in manifest["output"]}
+    named |= set(output.listed(directory))
     removed = 0
     for name in output.names(directory):
         if name in named or name == MANIFEST or not _bucket_file(name, bucket):

@@ -45,12 +45,8 @@ def fhir_files(home: Path) -> dict[str, str]:
 
 def published(settings: Settings) -> list[dict]:
     output = FhirOutput(settings.fhir_dir)
-    manifest = output.manifest(f"{DAY}/simulated")
-    return [
-        r
-        for entry in manifest["output"]
-        for r in output.read_resources(f"{DAY}/simulated/{entry['url'].rsplit('/', 1)[-1]}")
-    ]
+    assert output.manifest(f"{DAY}/simulated") is not None
+    return list(output.listed_resources(f"{DAY}/simulated"))
 
 
 def materialize_twice(settings: Settings, instance: dg.DagsterInstance) -> RecordStore:

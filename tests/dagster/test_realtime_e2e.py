@@ -77,10 +77,7 @@ def test_signed_webhook_becomes_records_and_fhir_without_a_human(tmp_path) -> No
     output = FhirOutput(settings.fhir_dir)
     directory = f"{now.date().isoformat()}/simulated"
     observations = [
-        r
-        for entry in output.manifest(directory)["output"]
-        if entry["type"] == "Observation"
-        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
+        r for r in output.listed_resources(directory) if r["resourceType"] == "Observation"
     ]
     patient = f"Patient/{named.fhir_patient_id}"
     hour = moment.replace(minute=0, second=0, microsecond=0)

@@ -134,10 +134,8 @@ def test_transactions_carry_conditional_references_not_our_ids(published, server
     _deliver(store, output, server)
     ours = {
         f"{r['resourceType']}/{r['id']}"
-        for name in (e["url"].rsplit("/", 1)[-1] for e in output.manifest(
-            partition_dir(DAY, "simulated"))["output"])
-        for r in output.read_resources(f"{partition_dir(DAY, 'simulated')}/{name}")
-    }  # fmt: skip
+        for r in output.listed_resources(partition_dir(DAY, "simulated"))
+    }
     kinds: Counter = Counter()
     for bundle in server.received:
         full_urls = {e.get("fullUrl") for e in bundle["entry"]}
@@ -214,12 +212,7 @@ def test_a_persons_whole_day_deleted_at_the_provider_is_deleted_on_the_server(
         FhirClient(server.url, auth=BearerToken(server.token), batch_size=40).deliver(
             store, PARTITION
         )
-        directory = partition_dir(DAY, "simulated")
-        return [
-            r
-            for entry in output.manifest(directory)["output"]
-            for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
-        ]
+        return list(output.listed_resources(partition_dir(DAY, "simulated")))
 
     publish_and_deliver()
     gone = sorted(store.users("simulated"), key=lambda c: c.user_id)[0]

@@ -416,13 +416,8 @@ def test_a_signed_notification_becomes_records_and_fhir_and_a_delete_removes_the
 
     def observations() -> list[dict]:
         output = FhirOutput(settings.fhir_dir)
-        directory = partition_dir(now.date(), PROVIDER)
-        return [
-            r
-            for entry in output.manifest(directory)["output"]
-            if entry["type"] == "Observation"
-            for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
-        ]
+        resources = output.listed_resources(partition_dir(now.date(), PROVIDER))
+        return [r for r in resources if r["resourceType"] == "Observation"]
 
     keys_url = google.keyset_url
     with receiver(store, keys_url) as url:

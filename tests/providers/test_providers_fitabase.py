@@ -206,12 +206,7 @@ def _published(tmp_path: Path, export: Path, zone: str) -> list[dict]:
         scope=None, now=now, horizon=timedelta(0), run_id="run",
     )  # fmt: skip
     store.dispose()
-    directory = partition_dir(day, "fitabase")
-    return [
-        r
-        for entry in output.manifest(directory)["output"]
-        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
-    ]
+    return list(output.listed_resources(partition_dir(day, "fitabase")))
 
 
 def test_the_same_file_read_in_two_zones_never_shares_an_id_with_other_content(

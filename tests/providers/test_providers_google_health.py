@@ -850,15 +850,7 @@ def published(store: RecordStore, tmp_path, day: date, now: datetime) -> list[di
                                shard=Shard(PROVIDER), day=day, scope=None, now=now,
                                horizon=APP.resync_horizon, validate=validate_resources)  # fmt: skip
     assert report.invalid_buckets == {}
-    directory = partition_dir(day, PROVIDER)
-    manifest = output.manifest(directory)
-    if manifest is None:
-        return []
-    return [
-        r
-        for entry in manifest["output"]
-        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
-    ]
+    return list(output.listed_resources(partition_dir(day, PROVIDER)))
 
 
 def test_a_night_and_a_workout_across_midnight_and_the_clock_change_are_in_one_day(

@@ -418,12 +418,7 @@ def test_a_workout_notification_reads_its_heart_rate_and_fhir_keeps_it(
     output = FhirOutput(str(tmp_path / "fhir"))
     publish_partition(store, output, provider="oura", key="oura", shard=Shard("oura"), day=DAY,
                       scope=None, now=NOW, horizon=APP.resync_horizon)  # fmt: skip
-    directory = partition_dir(DAY, "oura")
-    resources = [
-        r
-        for entry in output.manifest(directory)["output"]
-        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
-    ]
+    resources = list(output.listed_resources(partition_dir(DAY, "oura")))
     series = [r for r in resources if "valueSampledData" in r]
     values = [float(v) for r in series for v in r["valueSampledData"]["data"].split()]
     assert sorted(values) == sorted(float(r["bpm"]) for r in oura.heart)

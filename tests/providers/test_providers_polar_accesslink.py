@@ -667,12 +667,7 @@ def test_an_exercise_syncs_and_publishes_its_heart_rate_and_rr(
         horizon=ACCESSLINK.resync_horizon,
     )
     assert published.invalid_buckets == {}
-    directory = partition_dir(DAY, NAME)
-    resources = [
-        r
-        for entry in output.manifest(directory)["output"]
-        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
-    ]
+    resources = list(output.listed_resources(partition_dir(DAY, NAME)))
     assert validate_resources(resources) == []
 
     def series(code: str) -> dict[str, Any]:

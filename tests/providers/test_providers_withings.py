@@ -307,15 +307,7 @@ def published(store: RecordStore, tmp_path, day: date, **options: Any) -> list[d
                                scope=None, now=NOW, horizon=APP.resync_horizon,
                                validate=validate_resources, **options)  # fmt: skip
     assert report.invalid_buckets == {}
-    directory = partition_dir(day, NAME)
-    manifest = output.manifest(directory)
-    if manifest is None:
-        return []
-    return [
-        r
-        for entry in manifest["output"]
-        for r in output.read_resources(f"{directory}/{entry['url'].rsplit('/', 1)[-1]}")
-    ]
+    return list(output.listed_resources(partition_dir(day, NAME)))
 
 
 def weights(resources: list[dict]) -> dict[str, tuple]:

@@ -35,13 +35,8 @@ PERSON = "sim-002"  # America/New_York (providers/simulated.py profiles)
 
 
 def published(output: FhirOutput, day: date) -> list[dict]:
-    manifest = output.manifest(partition_dir(day, "simulated"))
-    assert manifest is not None
-    found = []
-    for entry in manifest["output"]:
-        name = entry["url"].rsplit("/", 1)[-1]
-        found += output.read_resources(f"{partition_dir(day, 'simulated')}/{name}")
-    return found
+    assert output.manifest(partition_dir(day, "simulated")) is not None
+    return list(output.listed_resources(partition_dir(day, "simulated")))
 
 
 def direct(values: np.ndarray) -> dict:

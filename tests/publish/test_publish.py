@@ -52,14 +52,8 @@ def publish(store: RecordStore, output: FhirOutput, *, now=NOW, day=DAY, **kw):
 
 def published(output: FhirOutput, day=DAY) -> list[dict]:
     """Every resource the partition's manifest names (read back through the output)."""
-    manifest = output.manifest(partition_dir(day, "simulated"))
-    return [
-        resource
-        for entry in manifest["output"]
-        for resource in output.read_resources(
-            f"{partition_dir(day, 'simulated')}/{entry['url'].rsplit('/', 1)[-1]}"
-        )
-    ]
+    assert output.manifest(partition_dir(day, "simulated")) is not None
+    return list(output.listed_resources(partition_dir(day, "simulated")))
 
 
 @pytest.fixture(scope="module")
