@@ -266,15 +266,12 @@ def workout(point: Any, where: str) -> Sample:
     return Sample(end, minutes, offset_min, length, context=activity, parts=parts)
 
 
-@dataclass(frozen=True, slots=True)
-class SessionType:
+class DataPoints:
+    """The paths of a data type's points: listed (`users.dataTypes.dataPoints.list`) and
+    reconciled across sources (`.reconcile`)."""
+
+    __slots__ = ()
     data_type: str  # in the URL and in notifications (kebab-case)
-    field: str  # the DataPoint's union member, and the name in filter expressions
-    unit: str  # of the Sample's value
-    parse: Callable[[Any, str], Sample | None]
-    # The filter S1 gives the type: its end ("Session end time (**Sleep specific**)"), else its
-    # civil start ("Session civil start time (**Excluding Sleep and ECG**)").
-    by_end: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -283,6 +280,17 @@ class SessionType:
     @property
     def reconcile(self) -> str:
         return f"{self.endpoint}:reconcile"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionType(DataPoints):
+    data_type: str
+    field: str  # the DataPoint's union member, and the name in filter expressions
+    unit: str  # of the Sample's value
+    parse: Callable[[Any, str], Sample | None]
+    # The filter S1 gives the type: its end ("Session end time (**Sleep specific**)"), else its
+    # civil start ("Session civil start time (**Excluding Sleep and ECG**)").
+    by_end: bool = False
 
 
 SESSIONS: Final[dict[HealthDataType, SessionType]] = {

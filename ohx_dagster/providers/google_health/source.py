@@ -71,7 +71,7 @@ from ohx_dagster.providers.api.http import TokenSource, paginate
 from ohx_dagster.providers.api.source import ApiSource, Sample, samples_batch
 from ohx_dagster.providers.base import Event
 from ohx_dagster.providers.google_health import sessions
-from ohx_dagster.providers.google_health.sessions import SESSIONS, SessionType
+from ohx_dagster.providers.google_health.sessions import SESSIONS, DataPoints, SessionType
 
 NAME: Final = "google_health"
 MAX_PAGE_SIZE: Final = 10_000
@@ -82,7 +82,7 @@ CIVIL_REACH: Final = timedelta(hours=14)
 
 
 @dataclass(frozen=True, slots=True)
-class GoogleType:
+class GoogleType(DataPoints):
     data_type: str  # in the URL and in notifications (kebab-case)
     field: str  # the DataPoint's union member
     filter_name: str  # in filter expressions (snake_case)
@@ -96,14 +96,6 @@ class GoogleType:
     context: str = ""
     # (field, values): a point whose field holds one of these values is not this type: skipped.
     excluded: tuple[tuple[str, frozenset[str]], ...] = ()
-
-    @property
-    def endpoint(self) -> str:
-        return f"/v4/users/me/dataTypes/{self.data_type}/dataPoints"
-
-    @property
-    def reconcile(self) -> str:
-        return f"{self.endpoint}:reconcile"
 
 
 # Glucose a CGM measured, or of a fluid other than blood (BloodGlucose.Specimen and
@@ -407,16 +399,17 @@ class GoogleHealthSource(ApiSource):
         self, user: HealthSyncConfig, kind: HealthDataType, window: DateRange, auth: TokenSource
     ) -> pd.DataFrame:
         parse: Callable[[Any, str], Sample | None]
+        points: DataPoints
         if kind in SESSIONS:
-            session = SESSIONS[kind]
-            endpoint, unit, parse = session.endpoint, session.unit, session.parse
+            session = points = SESSIONS[kind]
+            unit, parse = session.unit, session.parse
             params = {
                 "filter": session_filter(session, window),
                 "pageSize": str(sessions.MAX_PAGE_SIZE),
             }
         elif kind in TYPES:
             spec, calendar = TYPES[kind], Calendar.of(user).by_zone()
-            endpoint, unit = spec.endpoint, spec.unit
+            points, unit = spec, spec.unit
             params = {"filter": time_filter(spec, window), "pageSize": str(MAX_PAGE_SIZE)}
 
             def parse(point: Any, where: str) -> Sample | None:
@@ -425,7 +418,7 @@ class GoogleHealthSource(ApiSource):
 
         else:
             return super().read(user, kind, window, auth)
-        reconcile = f"{endpoint}:reconcile"
+        endpoint, reconcile = points.endpoint, points.reconcile
         reconciled = self._points(
             user, reconcile, {**params, "dataSourceFamily": ALL_SOURCES}, auth
         )
