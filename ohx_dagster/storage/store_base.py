@@ -59,7 +59,7 @@ class StoreBase(Protocol):
         self, conn: Connection, provider: str, user_id: str, days: Iterable[date]
     ) -> None: ...
 
-    def _bump_published_days(  # store_day_versions.py
+    def _bump_known_days(  # store_day_versions.py
         self, conn: Connection, provider: str, user_id: str, days: Iterable[date]
     ) -> None: ...
 

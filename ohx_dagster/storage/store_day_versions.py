@@ -51,23 +51,21 @@ class DayVersionsMixin(StoreBase):
             rows,
         )
 
-    def _bump_published_days(
+    def _bump_known_days(
         self, conn: Connection, provider: str, user_id: str, days: Iterable[date]
     ) -> None:
-        """Of these days, the person's already published ones are marked changed (a day not yet
-        published, or in the future, is published when its own data comes)."""
+        """Of these days, the person's days the store knows (data stored or published) are
+        marked changed; a day it does not know yet (in the future, or without data) is published
+        when its own data comes. A known day not published yet is bumped too: a publisher may
+        be writing it from a snapshot taken before this change, and would otherwise mark the
+        version it read as published, this change left out."""
         names = sorted(day.isoformat() for day in days)
         if not names:
             return
         t = day_versions
         conn.execute(
             t.update()
-            .where(
-                t.c.provider == provider,
-                t.c.user_id == user_id,
-                t.c.day.in_(names),
-                t.c.published_version > 0,
-            )
+            .where(t.c.provider == provider, t.c.user_id == user_id, t.c.day.in_(names))
             .values(version=t.c.version + 1, changed_us=now_us())
         )
 

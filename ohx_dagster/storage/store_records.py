@@ -114,10 +114,10 @@ class RecordsMixin(StoreBase):
             report.days = days_touched(report.changed, zone)
             self._bump_days(conn, provider, user_id, report.days)
             # Later days' 14-day CGM summaries count these readings, and are final only once
-            # their earlier days are covered: those already published go again.
+            # their earlier days are covered: those the store knows go (again) to publishing.
             glucose = days_touched([*series.get(CGM, []), *gained.get(CGM, [])], zone)
             later = {d for day in glucose for d in days_summarizing(day)} - report.days
-            self._bump_published_days(conn, provider, user_id, later)
+            self._bump_known_days(conn, provider, user_id, later)
             if covered:
                 self._succeeded(conn, provider, user_id, covered)
             for name, value in (cursors or {}).items():

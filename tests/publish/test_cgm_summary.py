@@ -248,3 +248,24 @@ def test_a_14_day_summary_is_preliminary_until_its_earlier_days_are_in(tmp_path)
     assert panel(late, 14)["status"] == "final" and wear(late) == 14
     assert panel(late, 1) == panel(early, 1)  # the day's own summary did not change
     store.dispose()
+
+
+def test_a_summary_published_from_a_snapshot_before_an_earlier_days_readings_goes_again(
+    tmp_path,
+) -> None:
+    """Two runs at once (the fault suite's "two at once", seen failing 3 times in 42): the later
+    day's publisher reads its day before the earlier day's readings are committed, and marks
+    what it read as published after they are. The earlier day's commit has marked the later day
+    changed, so the later day is left to publish again and its summary counts them."""
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    simulator = SimulatedSource(2, hr_hz=0.01, clock=lambda: now)
+    source = Windowed(simulator, SUPPORTED_TYPES["simulated"], timedelta(hours=1))
+    store = RecordStore(f"sqlite:///{tmp_path / 'ohx.db'}")
+    store.add_users(simulator.discover_users())
+    sync_partition(source, store, LAST, now=now)
+    with store.read() as conn:  # the later day's publisher takes its snapshot
+        read = store.day_versions(conn, "simulated", LAST, [PERSON])
+    sync_partition(source, store, LAST - timedelta(days=1), now=now)  # the other run commits
+    store.mark_published("simulated", LAST, read, {PERSON: False})  # the publisher finishes
+    assert PERSON in store.unpublished_days("simulated")[LAST]
+    store.dispose()
